@@ -1,0 +1,107 @@
+//! Reads tensors from safetensors checkpoints (one file or sharded with
+//! `model.safetensors.index.json`), memory-mapped; pages of a tensor are released once it is
+//! copied, so loading needs little more memory than the weights themselves.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, UncheckedAdvice};
+use safetensors::tensor::{Dtype, Metadata};
+use safetensors::SafeTensors;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+struct Shard {
+    path: PathBuf,
+    mmap: Mmap,
+    header_len: usize,
+    metadata: Metadata,
+}
+
+/// An open checkpoint: tensor names to shards.
+pub struct Checkpoint {
+    shards: Vec<Shard>,
+    index: HashMap<String, usize>,
+}
+
+impl Checkpoint {
+    /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path).map_err(Error::io(&index_path))?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|source| Error::Json { path: index_path.clone(), source })?;
+            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Checkpoint {
+                path: index_path.clone(),
+                message: "no `weight_map` object".into(),
+            })?;
+            let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
+            files.sort();
+            files.dedup();
+            files
+        } else {
+            vec![dir.join("model.safetensors")]
+        };
+        let mut shards = Vec::new();
+        let mut index = HashMap::new();
+        for path in files {
+            let file = File::open(&path).map_err(Error::io(&path))?;
+            // SAFETY: the mapping is read-only and private; a file truncated underneath us is the
+            // same hazard every safetensors reader accepts.
+            let mmap = unsafe { Mmap::map(&file) }.map_err(Error::io(&path))?;
+            let (header_len, metadata) = SafeTensors::read_metadata(&mmap[..])
+                .map_err(|e| Error::Checkpoint { path: path.clone(), message: format!("not a safetensors file: {e}") })?;
+            for name in metadata.tensors().keys() {
+                index.insert(name.clone(), shards.len());
+            }
+            shards.push(Shard { path, mmap, header_len, metadata });
+        }
+        Ok(Checkpoint { shards, index })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// Total bytes of tensor data on disk.
+    pub fn data_bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.mmap.len() - 8 - s.header_len).sum()
+    }
+
+    /// Reads `name`, checks its shape, converts it to `kind` on `device`.
+    pub fn tensor(&self, name: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor> {
+        let shard = self
+            .index
+            .get(name)
+            .map(|i| &self.shards[*i])
+            .ok_or_else(|| Error::MissingTensor { name: name.to_string(), expected: shape.to_vec() })?;
+        let info = shard.metadata.info(name).ok_or_else(|| Error::MissingTensor { name: name.into(), expected: shape.to_vec() })?;
+        let found: Vec<i64> = info.shape.iter().map(|d| *d as i64).collect();
+        if found != shape {
+            return Err(Error::TensorShape { name: name.to_string(), expected: shape.to_vec(), found });
+        }
+        let stored = match info.dtype {
+            Dtype::F32 => Kind::Float,
+            Dtype::F16 => Kind::Half,
+            Dtype::BF16 => Kind::BFloat16,
+            Dtype::F64 => Kind::Double,
+            other => {
+                return Err(Error::Checkpoint { path: shard.path.clone(), message: format!("tensor `{name}` has dtype {other:?}") })
+            }
+        };
+        let start = 8 + shard.header_len + info.data_offsets.0;
+        let len = info.data_offsets.1 - info.data_offsets.0;
+        let bytes = shard.mmap.get(start..start + len).ok_or_else(|| Error::Checkpoint {
+            path: shard.path.clone(),
+            message: format!("tensor `{name}` lies past the end of the file"),
+        })?;
+        let t = Tensor::f_from_data_size(bytes, shape, stored)?;
+        // SAFETY: `bytes` is not used after this point; dropping the pages only makes a later read
+        // of the same range fault them in again from the file.
+        unsafe { shard.mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, start, len) }.ok();
+        Ok(t.f_to_kind(kind)?.f_to_device(device)?)
+    }
+}

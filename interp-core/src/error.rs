@@ -1,0 +1,43 @@
+use std::path::PathBuf;
+
+/// Every failure of `interp-core`, carrying the offending path, name or shape.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: malformed JSON: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+    #[error("config: {0}")]
+    Config(String),
+    #[error("unknown model_type `{found}`; supported: {}", crate::config::SUPPORTED_MODEL_TYPES.join(", "))]
+    UnknownArchitecture { found: String },
+    #[error("{path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+    #[error("checkpoint tensor `{name}` is missing (expected shape {expected:?})")]
+    MissingTensor { name: String, expected: Vec<i64> },
+    #[error("checkpoint tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    TensorShape { name: String, expected: Vec<i64>, found: Vec<i64> },
+    #[error("unknown hook point `{name}`{}", suggestion.as_ref().map(|s| format!("; did you mean `{s}`?")).unwrap_or_default())]
+    UnknownHook { name: String, suggestion: Option<String> },
+    #[error("hook point `{name}` does not exist in this model: {why}")]
+    HookUnavailable { name: String, why: String },
+    #[error("hook on `{name}` returned shape {found:?}, expected {expected:?}")]
+    HookShape { name: String, expected: Vec<i64>, found: Vec<i64> },
+    #[error("activation `{name}` is not in the cache (cached: {cached})")]
+    NotCached { name: String, cached: String },
+    #[error("invalid input: {0}")]
+    Input(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+}

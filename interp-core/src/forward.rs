@@ -1,0 +1,540 @@
+//! The forward pass: every hook point fires here, in TransformerLens order.
+//!
+//! A point that nobody hooks, caches or differentiates costs nothing: norms then run fused and
+//! the opt-in per-head paths (`hook_result`, `hook_q_input`, ...) are skipped.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use tch::{Kind, Tensor};
+
+use crate::cache::ActivationCache;
+use crate::config::{NormKind, RopeScaling, Rotary};
+use crate::error::{Error, Result};
+use crate::hook_point::{BlockSite, HookPoint};
+use crate::hooks::{axes, CacheSpec, HookCtx, HookFn, Hooks};
+use crate::model::{Block, HookedTransformer, Norm};
+
+pub(crate) enum Input<'a> {
+    /// Token ids [batch, pos].
+    Tokens(&'a Tensor),
+    /// The residual stream [batch, pos, d_model] entering `layer`.
+    Residual { resid: &'a Tensor, layer: usize },
+}
+
+/// Keys and values of earlier positions, for incremental decoding.
+pub struct KvCache {
+    /// Per layer: k, v [batch, n_kv_heads, past_len, d_head] (k after rotary).
+    pub(crate) layers: Vec<Option<(Tensor, Tensor)>>,
+    pub(crate) len: i64,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        KvCache { layers: (0..n_layers).map(|_| None).collect(), len: 0 }
+    }
+
+    /// Positions already cached.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The state of one run: hooks to call, what to cache, what to differentiate.
+pub(crate) struct Run<'h> {
+    fns: Vec<HookFn<'h>>,
+    hooked: HashMap<HookPoint, Vec<usize>>,
+    spec: Option<CacheSpec>,
+    cache_points: BTreeSet<HookPoint>,
+    cached: BTreeMap<HookPoint, Tensor>,
+    grad_points: BTreeSet<HookPoint>,
+    pub(crate) grad_inputs: Vec<(HookPoint, Tensor)>,
+    pos_offset: i64,
+    n_layers: usize,
+    norm: NormKind,
+}
+
+impl<'h> Run<'h> {
+    pub(crate) fn new(
+        model: &HookedTransformer,
+        hooks: Hooks<'h>,
+        spec: Option<CacheSpec>,
+        cache_points: Option<BTreeSet<HookPoint>>,
+        grad_points: Option<BTreeSet<HookPoint>>,
+    ) -> Result<Self> {
+        let mut fns = Vec::new();
+        let mut hooked: HashMap<HookPoint, Vec<usize>> = HashMap::new();
+        for (pattern, f) in hooks.entries {
+            for p in model.resolve_pattern(&pattern)? {
+                hooked.entry(p).or_default().push(fns.len());
+            }
+            fns.push(f);
+        }
+        Ok(Run {
+            fns,
+            hooked,
+            spec,
+            cache_points: cache_points.unwrap_or_default(),
+            cached: BTreeMap::new(),
+            grad_points: grad_points.unwrap_or_default(),
+            grad_inputs: Vec::new(),
+            pos_offset: 0,
+            n_layers: model.cfg.n_layers,
+            norm: model.cfg.norm,
+        })
+    }
+
+    pub(crate) fn active(&self, p: HookPoint) -> bool {
+        self.hooked.contains_key(&p) || self.cache_points.contains(&p) || self.grad_points.contains(&p)
+    }
+
+    /// Runs the hooks on `x`, then caches it and marks it for gradients as asked.
+    pub(crate) fn fire(&mut self, p: HookPoint, mut x: Tensor) -> Result<Tensor> {
+        if let Some(ids) = self.hooked.get(&p) {
+            let ctx = HookCtx { point: p, pos_offset: self.pos_offset };
+            for &i in ids {
+                if let Some(new) = (self.fns[i])(&x, &ctx)? {
+                    if new.size() != x.size() {
+                        return Err(Error::HookShape { name: p.to_string(), expected: x.size(), found: new.size() });
+                    }
+                    x = new;
+                }
+            }
+        }
+        if self.grad_points.contains(&p) {
+            if !x.requires_grad() {
+                x = x.f_detach()?.f_set_requires_grad(true)?;
+            }
+            self.grad_inputs.push((p, x.shallow_clone()));
+        }
+        if self.cache_points.contains(&p) {
+            let stored = self.for_cache(p, &x)?;
+            self.cached.insert(p, stored);
+        }
+        Ok(x)
+    }
+
+    fn for_cache(&self, p: HookPoint, x: &Tensor) -> Result<Tensor> {
+        let mut t = x.f_detach()?;
+        if let Some(spec) = &self.spec {
+            if let Some(range) = &spec.positions {
+                let axis = axes(p).1.unwrap_or(1) as i64;
+                let n = t.size()[axis as usize];
+                if range.start < 0 || range.end > n || range.start >= range.end {
+                    return Err(Error::Input(format!("cache positions {range:?} out of range for {n} positions")));
+                }
+                t = t.f_narrow(axis, range.start, range.end - range.start)?;
+            }
+            if let Some(kind) = spec.dtype {
+                t = t.f_to_kind(kind)?;
+            }
+            if let Some(device) = spec.device {
+                t = t.f_to_device(device)?;
+            }
+        }
+        Ok(t)
+    }
+
+    pub(crate) fn take_cache(&mut self) -> Option<ActivationCache> {
+        self.spec.as_ref()?;
+        Some(ActivationCache { map: std::mem::take(&mut self.cached), n_layers: self.n_layers, norm: self.norm })
+    }
+}
+
+/// Per-forward tensors shared by all layers.
+struct Ctx {
+    batch: i64,
+    pos: i64,
+    /// cos, sin [batch, pos, 1, rotary_dim] in the model dtype.
+    rotary: Option<(Tensor, Tensor)>,
+    /// Allowed (query, key) pairs [batch or 1, 1, pos, keys], one per distinct sliding window.
+    masks: Vec<(Option<i64>, Tensor)>,
+}
+
+impl Ctx {
+    fn mask(&self, window: Option<i64>) -> &Tensor {
+        let found = self.masks.iter().find(|(w, _)| *w == window);
+        &found.unwrap_or(&self.masks[0]).1
+    }
+}
+
+/// Rotary inverse frequencies [dim / 2] (f32), with the configured scaling.
+pub(crate) fn rotary_inv_freq(r: &Rotary) -> Result<Tensor> {
+    let freqs: Vec<f32> = (0..r.dim / 2)
+        .map(|i| {
+            let f = 1.0 / r.base.powf((2 * i) as f64 / r.dim as f64);
+            let f = match r.scaling {
+                RopeScaling::None => f,
+                RopeScaling::Linear { factor } => f / factor,
+                RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    let (low_wavelen, high_wavelen) =
+                        (original_max_position / low_freq_factor, original_max_position / high_freq_factor);
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (original_max_position / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                }
+            };
+            f as f32
+        })
+        .collect();
+    Ok(Tensor::f_from_slice(&freqs)?)
+}
+
+fn rotate_half(x: &Tensor) -> Result<Tensor> {
+    let half = x.size()[x.dim() - 1] / 2;
+    let (x1, x2) = (x.f_narrow(-1, 0, half)?, x.f_narrow(-1, half, half)?);
+    Ok(Tensor::f_cat(&[x2.f_neg()?, x1], -1)?)
+}
+
+/// Rotary embedding of the first `rotary_dim` dims of x [batch, pos, heads, d_head].
+fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (dh, rot) = (x.size()[3], cos.size()[3]);
+    let rotate = |x: &Tensor| -> Result<Tensor> { Ok(x.f_mul(cos)?.f_add(&rotate_half(x)?.f_mul(sin)?)?) };
+    if rot == dh {
+        return rotate(x);
+    }
+    let (xr, xp) = (x.f_narrow(-1, 0, rot)?, x.f_narrow(-1, rot, dh - rot)?);
+    Ok(Tensor::f_cat(&[rotate(&xr)?, xp], -1)?)
+}
+
+impl HookedTransformer {
+    fn check_tokens(&self, tokens: &Tensor, offset: i64) -> Result<Tensor> {
+        if tokens.dim() != 2 {
+            return Err(Error::Input(format!("tokens must be [batch, pos], found shape {:?}", tokens.size())));
+        }
+        if !matches!(tokens.kind(), Kind::Int64 | Kind::Int) {
+            return Err(Error::Input(format!("tokens must be int64, found {:?}", tokens.kind())));
+        }
+        if tokens.numel() == 0 {
+            return Err(Error::Input("empty input: no tokens".into()));
+        }
+        let (min, max) = (tokens.f_min()?.int64_value(&[]), tokens.f_max()?.int64_value(&[]));
+        if min < 0 || max >= self.cfg.d_vocab {
+            let bad = if min < 0 { min } else { max };
+            return Err(Error::Input(format!("token id {bad} is outside the vocabulary [0, {})", self.cfg.d_vocab)));
+        }
+        let len = offset + tokens.size()[1];
+        if len > self.cfg.n_ctx {
+            return Err(Error::Input(format!("sequence of {len} tokens is longer than the context ({})", self.cfg.n_ctx)));
+        }
+        Ok(tokens.f_to_kind(Kind::Int64)?.f_to_device(self.device)?)
+    }
+
+    /// Runs the model on `input`; see `Runner`. `mask` covers cached and new positions.
+    pub(crate) fn run_forward(
+        &self,
+        run: &mut Run,
+        input: &Input,
+        mask: Option<&Tensor>,
+        stop_at_layer: Option<usize>,
+        mut kv: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        let offset = kv.as_ref().map_or(0, |k| k.len);
+        run.pos_offset = offset;
+        let stop = stop_at_layer.unwrap_or(c.n_layers);
+        let (start, batch, pos, tokens) = match input {
+            Input::Tokens(t) => {
+                let t = self.check_tokens(t, offset)?;
+                (0, t.size()[0], t.size()[1], Some(t))
+            }
+            Input::Residual { resid, layer } => {
+                let s = resid.size();
+                if s.len() != 3 || s[2] != c.d_model || s[0] * s[1] == 0 {
+                    return Err(Error::Input(format!("residual must be [batch, pos, {}], found {s:?}", c.d_model)));
+                }
+                if s[1] + offset > c.n_ctx {
+                    return Err(Error::Input(format!("sequence of {} is longer than the context ({})", s[1] + offset, c.n_ctx)));
+                }
+                (*layer, s[0], s[1], None)
+            }
+        };
+        if start > c.n_layers || stop > c.n_layers || stop < start {
+            return Err(Error::Input(format!("layers {start}..{stop} out of range for a {}-layer model", c.n_layers)));
+        }
+        let keys = offset + pos;
+        let key_valid = match mask {
+            Some(m) => {
+                if m.size() != [batch, keys] {
+                    return Err(Error::Input(format!("attention mask must be [{batch}, {keys}], found {:?}", m.size())));
+                }
+                Some(m.f_to_device(self.device)?.f_ne(0)?)
+            }
+            None => None,
+        };
+        let positions = match &key_valid {
+            Some(valid) => valid
+                .f_cumsum(1, Kind::Int64)?
+                .f_sub_scalar(1)?
+                .f_clamp_min(0)?
+                .f_narrow(1, offset, pos)?,
+            None => Tensor::f_arange_start(offset, keys, (Kind::Int64, self.device))?.f_unsqueeze(0)?.f_expand([batch, pos], false)?,
+        };
+        let rotary = match &self.inv_freq {
+            Some(inv_freq) => {
+                let freqs = positions.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?.f_mul(inv_freq)?;
+                let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?.f_unsqueeze(2)?;
+                Some((emb.f_cos()?.f_to_kind(self.kind)?, emb.f_sin()?.f_to_kind(self.kind)?))
+            }
+            None => None,
+        };
+        let mut windows: Vec<Option<i64>> = c.sliding_window[start..stop].to_vec();
+        windows.sort();
+        windows.dedup();
+        let masks = windows
+            .into_iter()
+            .map(|w| Ok((w, self.allowed_mask(offset, pos, w, key_valid.as_ref())?)))
+            .collect::<Result<Vec<_>>>()?;
+        let ctx = Ctx { batch, pos, rotary, masks };
+
+        let mut resid = match (input, tokens) {
+            (_, Some(tokens)) => {
+                let mut embed = Tensor::f_embedding(&self.params.w_e, &tokens, -1, false, false)?;
+                if c.scale_embed {
+                    // Like HF: the normaliser is rounded to the model dtype first.
+                    let norm = Tensor::f_from_slice(&[(c.d_model as f64).sqrt()])?.f_to_kind(self.kind)?.f_to_device(self.device)?;
+                    embed = embed.f_mul(&norm)?;
+                }
+                let embed = run.fire(HookPoint::Embed, embed)?;
+                match &self.params.w_pos {
+                    Some(w_pos) => {
+                        let pos_embed = run.fire(HookPoint::PosEmbed, Tensor::f_embedding(w_pos, &positions, -1, false, false)?)?;
+                        embed.f_add(&pos_embed)?
+                    }
+                    None => embed,
+                }
+            }
+            (Input::Residual { resid, .. }, None) => resid.f_to_kind(self.kind)?.f_to_device(self.device)?,
+            (Input::Tokens(_), None) => unreachable!("tokens are checked above"),
+        };
+        for l in start..stop {
+            let layer_kv = kv.as_deref_mut().map(|k| &mut k.layers[l]);
+            resid = self.block_forward(l, &self.params.blocks[l], resid, run, &ctx, layer_kv)?;
+        }
+        if let Some(k) = kv {
+            k.len = keys;
+        }
+        if stop_at_layer.is_some() {
+            return Ok(resid);
+        }
+        let x = self.norm(&self.params.ln_final, &resid, run, Some((HookPoint::LnFinalScale, HookPoint::LnFinalNormalized)))?;
+        let x = run.fire(HookPoint::UnembedIn, x)?;
+        let mut logits = x.f_linear(&self.params.w_u, self.params.b_u.as_ref())?;
+        if let Some(cap) = c.final_softcap {
+            logits = logits.f_div_scalar(cap)?.f_tanh()?.f_mul_scalar(cap)?;
+        }
+        run.fire(HookPoint::UnembedOut, logits)
+    }
+
+    /// Which keys each query may attend to: causal, within the sliding window, not padding (a
+    /// padding query attends to itself, so that no row is empty). [batch or 1, 1, pos, keys].
+    fn allowed_mask(&self, offset: i64, pos: i64, window: Option<i64>, key_valid: Option<&Tensor>) -> Result<Tensor> {
+        let keys = offset + pos;
+        let q = Tensor::f_arange_start(offset, keys, (Kind::Int64, self.device))?.f_view([pos, 1])?;
+        let k = Tensor::f_arange(keys, (Kind::Int64, self.device))?.f_view([1, keys])?;
+        let mut allowed = k.f_le_tensor(&q)?;
+        if let Some(w) = window {
+            allowed = allowed.f_logical_and(&q.f_sub(&k)?.f_lt(w)?)?;
+        }
+        let allowed = match key_valid {
+            Some(valid) => allowed.f_unsqueeze(0)?.f_logical_and(&valid.f_unsqueeze(1)?)?.f_logical_or(&k.f_eq_tensor(&q)?)?,
+            None => allowed.f_unsqueeze(0)?,
+        };
+        Ok(allowed.f_unsqueeze(1)?)
+    }
+
+    /// Applies a norm in f32; fires `hook_scale` and `hook_normalized` when someone listens.
+    fn norm(&self, n: &Norm, x: &Tensor, run: &mut Run, points: Option<(HookPoint, HookPoint)>) -> Result<Tensor> {
+        let x32 = x.f_to_kind(Kind::Float)?;
+        let hooked = points.filter(|(s, nz)| run.active(*s) || run.active(*nz));
+        let out = match (hooked, n.kind) {
+            (None, NormKind::LayerNorm) => {
+                let d = x.size()[x.dim() - 1];
+                x32.f_layer_norm([d], n.w.as_ref(), n.b.as_ref(), n.eps, false)?
+            }
+            (None, NormKind::RmsNorm) => {
+                let y = x32.f_mul(&x32.f_square()?.f_mean_dim(-1, true, Kind::Float)?.f_add_scalar(n.eps)?.f_rsqrt()?)?;
+                match &n.w {
+                    Some(w) => y.f_mul(w)?,
+                    None => y,
+                }
+            }
+            (Some((scale_point, normalized_point)), kind) => {
+                let centred = match kind {
+                    NormKind::LayerNorm => x32.f_sub(&x32.f_mean_dim(-1, true, Kind::Float)?)?,
+                    NormKind::RmsNorm => x32,
+                };
+                let scale = centred.f_square()?.f_mean_dim(-1, true, Kind::Float)?.f_add_scalar(n.eps)?.f_sqrt()?;
+                let scale = run.fire(scale_point, scale)?;
+                let mut y = run.fire(normalized_point, centred.f_div(&scale)?)?;
+                if let Some(w) = &n.w {
+                    y = y.f_mul(w)?;
+                }
+                if let Some(b) = &n.b {
+                    y = y.f_add(b)?;
+                }
+                y
+            }
+        };
+        Ok(out.f_to_kind(self.kind)?)
+    }
+
+    fn block_forward(
+        &self,
+        l: usize,
+        blk: &Block,
+        resid: Tensor,
+        run: &mut Run,
+        ctx: &Ctx,
+        kv: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let at = |s| HookPoint::Block(l, s);
+        let resid_pre = run.fire(at(BlockSite::ResidPre), resid)?;
+        let attn_out = self.attention(l, blk, &resid_pre, run, ctx, kv)?;
+        if self.cfg.parallel_attn_mlp {
+            let mlp_in = run.fire(at(BlockSite::MlpIn), resid_pre.shallow_clone())?;
+            let mlp_out = self.mlp(l, blk, &mlp_in, run)?;
+            let resid_post = resid_pre.f_add(&attn_out)?.f_add(&mlp_out)?;
+            return run.fire(at(BlockSite::ResidPost), resid_post);
+        }
+        let resid_mid = run.fire(at(BlockSite::ResidMid), resid_pre.f_add(&attn_out)?)?;
+        let mlp_in = run.fire(at(BlockSite::MlpIn), resid_mid.shallow_clone())?;
+        let mlp_out = self.mlp(l, blk, &mlp_in, run)?;
+        run.fire(at(BlockSite::ResidPost), resid_mid.f_add(&mlp_out)?)
+    }
+
+    /// q, k, v [batch, pos, heads, d_head] from per-head copies of the block input (opt-in path:
+    /// each head may read a different residual stream).
+    fn split_qkv(&self, l: usize, blk: &Block, resid_pre: &Tensor, run: &mut Run) -> Result<(Tensor, Tensor, Tensor)> {
+        let c = &self.cfg;
+        if run.active(HookPoint::Block(l, BlockSite::Ln1Scale)) || run.active(HookPoint::Block(l, BlockSite::Ln1Normalized)) {
+            return Err(Error::HookUnavailable {
+                name: format!("blocks.{l}.ln1.*"),
+                why: "ln1 runs once per head when per-head q/k/v inputs are hooked; hook those inputs or ln1, not both".into(),
+            });
+        }
+        let (b, p) = (resid_pre.size()[0], resid_pre.size()[1]);
+        let w = &blk.attn.qkv.w; // [(h + 2kv) dh, dm]
+        let parts = [(BlockSite::QInput, 0, c.n_heads), (BlockSite::KInput, c.n_heads, c.n_kv_heads), (BlockSite::VInput, c.n_heads + c.n_kv_heads, c.n_kv_heads)];
+        let mut out = Vec::with_capacity(3);
+        for (site, first, heads) in parts {
+            let x = resid_pre.f_unsqueeze(2)?.f_expand([b, p, heads, c.d_model], false)?;
+            let x = run.fire(HookPoint::Block(l, site), x)?;
+            let x = self.norm(&blk.ln1, &x, run, None)?;
+            let w = w.f_narrow(0, first * c.d_head, heads * c.d_head)?.f_view([heads, c.d_head, c.d_model])?;
+            let mut y = Tensor::f_einsum("bphm,hdm->bphd", &[&x, &w], None::<&[i64]>)?;
+            if let Some(bias) = &blk.attn.qkv.b {
+                y = y.f_add(&bias.f_narrow(0, first * c.d_head, heads * c.d_head)?.f_view([heads, c.d_head])?)?;
+            }
+            out.push(y);
+        }
+        let v = out.pop().expect("three parts");
+        let k = out.pop().expect("three parts");
+        let q = out.pop().expect("three parts");
+        Ok((q, k, v))
+    }
+
+    fn attention(
+        &self,
+        l: usize,
+        blk: &Block,
+        resid_pre: &Tensor,
+        run: &mut Run,
+        ctx: &Ctx,
+        kv: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        let at = |s| HookPoint::Block(l, s);
+        let (b, p, h, nkv, dh, dm) = (ctx.batch, ctx.pos, c.n_heads, c.n_kv_heads, c.d_head, c.d_model);
+        let split = [BlockSite::QInput, BlockSite::KInput, BlockSite::VInput].into_iter().any(|s| run.active(at(s)));
+        let (q, k, v) = if split {
+            self.split_qkv(l, blk, resid_pre, run)?
+        } else {
+            let x = self.norm(&blk.ln1, resid_pre, run, Some((at(BlockSite::Ln1Scale), at(BlockSite::Ln1Normalized))))?;
+            let qkv = blk.attn.qkv.forward(&x)?;
+            (
+                qkv.f_narrow(2, 0, h * dh)?.f_reshape([b, p, h, dh])?,
+                qkv.f_narrow(2, h * dh, nkv * dh)?.f_reshape([b, p, nkv, dh])?,
+                qkv.f_narrow(2, (h + nkv) * dh, nkv * dh)?.f_reshape([b, p, nkv, dh])?,
+            )
+        };
+        let mut q = run.fire(at(BlockSite::Q), q)?;
+        let mut k = run.fire(at(BlockSite::K), k)?;
+        let v = run.fire(at(BlockSite::V), v)?;
+        if let Some((cos, sin)) = &ctx.rotary {
+            q = run.fire(at(BlockSite::RotQ), apply_rotary(&q, cos, sin)?)?;
+            k = run.fire(at(BlockSite::RotK), apply_rotary(&k, cos, sin)?)?;
+        }
+        // [batch, heads, pos, d_head]; with a KV cache, keys and values span all positions so far.
+        let (mut k, mut v) = (k.f_transpose(1, 2)?, v.f_transpose(1, 2)?);
+        if let Some(slot) = kv {
+            if let Some((pk, pv)) = slot.take() {
+                k = Tensor::f_cat(&[pk, k], 2)?;
+                v = Tensor::f_cat(&[pv, v], 2)?;
+            }
+            *slot = Some((k.shallow_clone(), v.shallow_clone()));
+        }
+        let t = k.size()[2];
+        let g = h / nkv; // query heads per kv head: grouped without repeating k and v
+        let q = q.f_transpose(1, 2)?.f_reshape([b, nkv, g, p, dh])?;
+        let mut scale = c.attn_scale;
+        if c.scale_attn_by_inverse_layer_idx {
+            scale /= (l + 1) as f64;
+        }
+        let mut scores = q.f_matmul(&k.f_unsqueeze(2)?.f_transpose(-1, -2)?)?.f_reshape([b, h, p, t])?.f_mul_scalar(scale)?;
+        if let Some(cap) = c.attn_softcap {
+            scores = scores.f_div_scalar(cap)?.f_tanh()?.f_mul_scalar(cap)?;
+        }
+        let allowed = ctx.mask(c.sliding_window[l]);
+        let scores = run.fire(at(BlockSite::AttnScores), scores.f_masked_fill(&allowed.f_logical_not()?, f64::NEG_INFINITY)?)?;
+        let pattern = run.fire(at(BlockSite::Pattern), scores.f_softmax(-1, Kind::Float)?.f_to_kind(self.kind)?)?;
+        let z = pattern.f_reshape([b, nkv, g, p, t])?.f_matmul(&v.f_unsqueeze(2)?)?.f_reshape([b, h, p, dh])?.f_transpose(1, 2)?;
+        let z = run.fire(at(BlockSite::Z), z)?;
+        let o = &blk.attn.o;
+        let mut out = if run.active(at(BlockSite::Result)) {
+            let w_o = o.w.f_view([dm, h, dh])?;
+            let result = Tensor::f_einsum("bphd,mhd->bphm", &[&z, &w_o], None::<&[i64]>)?;
+            let result = run.fire(at(BlockSite::Result), result)?;
+            let summed = result.f_sum_dim_intlist(2, false, self.kind)?;
+            match &o.b {
+                Some(bias) => summed.f_add(bias)?,
+                None => summed,
+            }
+        } else {
+            o.forward(&z.f_reshape([b, p, h * dh])?)?
+        };
+        if let Some(post) = &blk.ln1_post {
+            out = self.norm(post, &out, run, None)?;
+        }
+        run.fire(at(BlockSite::AttnOut), out)
+    }
+
+    fn mlp(&self, l: usize, blk: &Block, mlp_in: &Tensor, run: &mut Run) -> Result<Tensor> {
+        let at = |s| HookPoint::Block(l, s);
+        let x = self.norm(&blk.ln2, mlp_in, run, Some((at(BlockSite::Ln2Scale), at(BlockSite::Ln2Normalized))))?;
+        let m = &blk.mlp;
+        let post = match &m.w_gate {
+            Some(gate) => {
+                let pre = run.fire(at(BlockSite::MlpPre), gate.forward(&x)?)?;
+                let pre_linear = run.fire(at(BlockSite::MlpPreLinear), m.w_in.forward(&x)?)?;
+                self.act(&pre)?.f_mul(&pre_linear)?
+            }
+            None => self.act(&run.fire(at(BlockSite::MlpPre), m.w_in.forward(&x)?)?)?,
+        };
+        let post = run.fire(at(BlockSite::MlpPost), post)?;
+        let mut out = m.w_out.forward(&post)?;
+        if let Some(norm) = &blk.ln2_post {
+            out = self.norm(norm, &out, run, None)?;
+        }
+        run.fire(at(BlockSite::MlpOut), out)
+    }
+}

@@ -1,0 +1,442 @@
+//! `HookedTransformer`: the model, its parameters, and the public ways to run it.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::cache::ActivationCache;
+use crate::checkpoint::Checkpoint;
+use crate::config::{Activation, Architecture, ModelConfig, NormKind, Positional};
+use crate::error::{Error, Result};
+use crate::forward::{Input, Run};
+use crate::hook_point::{edit_distance, glob_match, BlockSite, HookPoint};
+use crate::hooks::{CacheSpec, Hooks, NamesFilter};
+use crate::tokenizer::Tokenizer;
+
+/// `x W^T + b` with W stored [out, in].
+pub(crate) struct Linear {
+    pub(crate) w: Tensor,
+    pub(crate) b: Option<Tensor>,
+}
+
+impl Linear {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_linear(&self.w, self.b.as_ref())?)
+    }
+}
+
+/// LayerNorm or RMSNorm; gain and bias in f32 (`None` once folded away by `fold_ln`).
+pub(crate) struct Norm {
+    pub(crate) kind: NormKind,
+    pub(crate) w: Option<Tensor>,
+    pub(crate) b: Option<Tensor>,
+    pub(crate) eps: f64,
+}
+
+pub(crate) struct Attention {
+    /// [(n_heads + 2 n_kv_heads) d_head, d_model]: q heads, then k heads, then v heads.
+    pub(crate) qkv: Linear,
+    /// [d_model, n_heads d_head]
+    pub(crate) o: Linear,
+}
+
+pub(crate) struct Mlp {
+    /// [d_mlp, d_model]
+    pub(crate) w_in: Linear,
+    /// [d_mlp, d_model], gated MLPs only.
+    pub(crate) w_gate: Option<Linear>,
+    /// [d_model, d_mlp]
+    pub(crate) w_out: Linear,
+}
+
+pub(crate) struct Block {
+    pub(crate) ln1: Norm,
+    pub(crate) attn: Attention,
+    /// Gemma-2's norm on the attention output.
+    pub(crate) ln1_post: Option<Norm>,
+    pub(crate) ln2: Norm,
+    pub(crate) mlp: Mlp,
+    /// Gemma-2's norm on the MLP output.
+    pub(crate) ln2_post: Option<Norm>,
+}
+
+pub(crate) struct Params {
+    /// [d_vocab, d_model]
+    pub(crate) w_e: Tensor,
+    /// [n_ctx, d_model]
+    pub(crate) w_pos: Option<Tensor>,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) ln_final: Norm,
+    /// [d_vocab, d_model] (HF layout; `w_u()` gives TransformerLens' [d_model, d_vocab]).
+    pub(crate) w_u: Tensor,
+    /// [d_vocab]
+    pub(crate) b_u: Option<Tensor>,
+}
+
+/// A transformer language model with TransformerLens hook points.
+///
+/// ```no_run
+/// use interp_core::{HookedTransformer, CacheSpec};
+/// let model = HookedTransformer::from_pretrained_dir("tests/fixtures/gpt2", tch::Device::Cpu, tch::Kind::Float)?;
+/// let tokens = model.to_tokens("Then, Mary and John went to the store.", true)?;
+/// let (logits, cache) = model.run_with_cache(&tokens, CacheSpec::names(["blocks.*.attn.hook_pattern"]))?;
+/// let pattern = cache.get("blocks.1.attn.hook_pattern")?; // [batch, head, query, key]
+/// # Ok::<(), interp_core::Error>(())
+/// ```
+pub struct HookedTransformer {
+    pub cfg: ModelConfig,
+    pub(crate) params: Params,
+    pub(crate) tokenizer: Option<Tokenizer>,
+    pub(crate) kind: Kind,
+    pub(crate) device: Device,
+    /// Rotary inverse frequencies [rotary_dim / 2], f32.
+    pub(crate) inv_freq: Option<Tensor>,
+}
+
+impl HookedTransformer {
+    /// Loads `config.json`, the safetensors weights and, if present, `tokenizer.json` from an HF
+    /// checkpoint directory, converting the weights to `kind` (`Float`, `Half` or `BFloat16`) on
+    /// `device`.
+    pub fn from_pretrained_dir(dir: impl AsRef<Path>, device: Device, kind: Kind) -> Result<Self> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(Error::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
+            });
+        }
+        if !matches!(kind, Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double) {
+            return Err(Error::Input(format!("model dtype must be a float kind, found {kind:?}")));
+        }
+        let cfg = ModelConfig::from_dir(dir)?;
+        let ckpt = Checkpoint::open(dir)?;
+        let params = crate::loading::load_params(&cfg, &ckpt, kind, device)?;
+        let tok_path = dir.join("tokenizer.json");
+        let tokenizer = if tok_path.exists() { Some(Tokenizer::from_file(&tok_path, cfg.bos_token_id)?) } else { None };
+        Self::from_params(cfg, params, tokenizer, kind, device)
+    }
+
+    pub(crate) fn from_params(
+        cfg: ModelConfig,
+        params: Params,
+        tokenizer: Option<Tokenizer>,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Self> {
+        let inv_freq = match &cfg.positional {
+            Positional::Rotary(r) => Some(crate::forward::rotary_inv_freq(r)?.f_to_device(device)?),
+            Positional::Learned => None,
+        };
+        Ok(HookedTransformer { cfg, params, tokenizer, kind, device, inv_freq })
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    /// Number of parameters held (a tied unembedding counts once).
+    pub fn n_params(&self) -> i64 {
+        let p = &self.params;
+        let lin = |l: &Linear| l.w.numel() as i64 + l.b.as_ref().map_or(0, |b| b.numel() as i64);
+        let norm = |n: &Norm| [&n.w, &n.b].iter().map(|t| t.as_ref().map_or(0, |t| t.numel() as i64)).sum::<i64>();
+        let blocks: i64 = p
+            .blocks
+            .iter()
+            .map(|b| {
+                lin(&b.attn.qkv)
+                    + lin(&b.attn.o)
+                    + lin(&b.mlp.w_in)
+                    + b.mlp.w_gate.as_ref().map_or(0, lin)
+                    + lin(&b.mlp.w_out)
+                    + norm(&b.ln1)
+                    + norm(&b.ln2)
+                    + b.ln1_post.as_ref().map_or(0, norm)
+                    + b.ln2_post.as_ref().map_or(0, norm)
+            })
+            .sum();
+        let tied = p.w_u.data_ptr() == p.w_e.data_ptr();
+        p.w_e.numel() as i64
+            + p.w_pos.as_ref().map_or(0, |t| t.numel() as i64)
+            + if tied { 0 } else { p.w_u.numel() as i64 }
+            + p.b_u.as_ref().map_or(0, |t| t.numel() as i64)
+            + norm(&p.ln_final)
+            + blocks
+    }
+
+    // ---- TransformerLens-layout weight views (no copies) ----
+
+    /// W_E [d_vocab, d_model]
+    pub fn w_e(&self) -> &Tensor {
+        &self.params.w_e
+    }
+    /// W_pos [n_ctx, d_model], for learned positional embeddings.
+    pub fn w_pos(&self) -> Option<&Tensor> {
+        self.params.w_pos.as_ref()
+    }
+    /// W_U [d_model, d_vocab]
+    pub fn w_u(&self) -> Tensor {
+        self.params.w_u.tr()
+    }
+    fn block(&self, layer: usize) -> Result<&Block> {
+        self.params.blocks.get(layer).ok_or_else(|| Error::Input(format!("layer {layer} out of range (model has {})", self.cfg.n_layers)))
+    }
+    fn qkv_part(&self, layer: usize, part: i64) -> Result<Tensor> {
+        let (h, kv, dh, dm) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.d_head, self.cfg.d_model);
+        let (start, heads) = [(0, h), (h, kv), (h + kv, kv)][part as usize];
+        let w = &self.block(layer)?.attn.qkv.w;
+        Ok(w.f_narrow(0, start * dh, heads * dh)?.f_view([heads, dh, dm])?.f_transpose(1, 2)?)
+    }
+    /// W_Q [n_heads, d_model, d_head]
+    pub fn w_q(&self, layer: usize) -> Result<Tensor> {
+        self.qkv_part(layer, 0)
+    }
+    /// W_K [n_kv_heads, d_model, d_head]
+    pub fn w_k(&self, layer: usize) -> Result<Tensor> {
+        self.qkv_part(layer, 1)
+    }
+    /// W_V [n_kv_heads, d_model, d_head]
+    pub fn w_v(&self, layer: usize) -> Result<Tensor> {
+        self.qkv_part(layer, 2)
+    }
+    /// W_O [n_heads, d_head, d_model]
+    pub fn w_o(&self, layer: usize) -> Result<Tensor> {
+        let (h, dh, dm) = (self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model);
+        Ok(self.block(layer)?.attn.o.w.f_view([dm, h, dh])?.f_permute([1, 2, 0])?)
+    }
+    /// W_in [d_model, d_mlp]
+    pub fn w_in(&self, layer: usize) -> Result<Tensor> {
+        Ok(self.block(layer)?.mlp.w_in.w.tr())
+    }
+    /// W_gate [d_model, d_mlp], gated MLPs only.
+    pub fn w_gate(&self, layer: usize) -> Result<Option<Tensor>> {
+        Ok(self.block(layer)?.mlp.w_gate.as_ref().map(|g| g.w.tr()))
+    }
+    /// W_out [d_mlp, d_model]
+    pub fn w_out(&self, layer: usize) -> Result<Tensor> {
+        Ok(self.block(layer)?.mlp.w_out.w.tr())
+    }
+
+    // ---- hook points ----
+
+    /// Whether this model has `point`, and why not if it does not.
+    fn availability(&self, point: HookPoint) -> std::result::Result<(), String> {
+        let c = &self.cfg;
+        match point {
+            HookPoint::PosEmbed if c.positional != Positional::Learned => Err("the model uses rotary positions".into()),
+            HookPoint::Block(l, _) if l >= c.n_layers => Err(format!("the model has {} layers", c.n_layers)),
+            HookPoint::Block(_, BlockSite::RotQ | BlockSite::RotK) if c.positional == Positional::Learned => {
+                Err("the model has no rotary embeddings".into())
+            }
+            HookPoint::Block(_, BlockSite::ResidMid) if c.parallel_attn_mlp => {
+                Err("attention and MLP run in parallel, so there is no resid_mid".into())
+            }
+            HookPoint::Block(_, BlockSite::MlpPreLinear) if !c.gated_mlp => Err("the MLP is not gated".into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every hook point this model has, in forward order; opt-in points only with `opt_in`.
+    pub fn hook_points(&self, opt_in: bool) -> Vec<HookPoint> {
+        let top = [HookPoint::Embed, HookPoint::PosEmbed];
+        let end = [HookPoint::LnFinalScale, HookPoint::LnFinalNormalized, HookPoint::UnembedIn, HookPoint::UnembedOut];
+        let blocks = (0..self.cfg.n_layers).flat_map(|l| BlockSite::ALL.into_iter().map(move |s| HookPoint::Block(l, s)));
+        top.into_iter()
+            .chain(blocks)
+            .chain(end)
+            .filter(|p| self.availability(*p).is_ok() && (opt_in || !p.is_opt_in()))
+            .collect()
+    }
+
+    /// Parses a hook name and checks that this model has it; suggests the closest name if not.
+    pub fn hook_point(&self, name: &str) -> Result<HookPoint> {
+        match name.parse::<HookPoint>() {
+            Ok(p) => self.availability(p).map(|()| p).map_err(|why| Error::HookUnavailable { name: name.into(), why }),
+            Err(_) => {
+                let suggestion = self
+                    .hook_points(true)
+                    .into_iter()
+                    .map(|p| p.to_string())
+                    .min_by_key(|s| edit_distance(s, name));
+                Err(Error::UnknownHook { name: name.into(), suggestion })
+            }
+        }
+    }
+
+    /// The points a name or glob pattern selects; an error if it selects none.
+    pub(crate) fn resolve_pattern(&self, pattern: &str) -> Result<Vec<HookPoint>> {
+        if !pattern.contains('*') {
+            return Ok(vec![self.hook_point(pattern)?]);
+        }
+        let found: Vec<HookPoint> = self
+            .hook_points(true)
+            .into_iter()
+            .filter(|p| (!p.is_opt_in() || pattern.contains(p.leaf())) && glob_match(pattern, &p.to_string()))
+            .collect();
+        if found.is_empty() {
+            return Err(Error::UnknownHook { name: pattern.into(), suggestion: None });
+        }
+        Ok(found)
+    }
+
+    pub(crate) fn resolve_filter(&self, filter: &NamesFilter) -> Result<BTreeSet<HookPoint>> {
+        Ok(match filter {
+            NamesFilter::All => self.hook_points(false).into_iter().collect(),
+            NamesFilter::Names(names) => {
+                let mut set = BTreeSet::new();
+                for n in names {
+                    set.extend(self.resolve_pattern(n)?);
+                }
+                set
+            }
+            NamesFilter::Predicate(f) => self.hook_points(true).into_iter().filter(|p| f(&p.to_string())).collect(),
+        })
+    }
+
+    // ---- running ----
+
+    /// Starts a configurable run: hooks, cache, attention mask, start/stop layer, gradients.
+    pub fn runner<'m, 'h>(&'m self, tokens: &'m Tensor) -> Runner<'m, 'h> {
+        Runner::new(self, Input::Tokens(tokens))
+    }
+
+    /// Starts a run from the residual stream `resid` [batch, pos, d_model] entering `layer`.
+    pub fn runner_from_layer<'m, 'h>(&'m self, resid: &'m Tensor, layer: usize) -> Runner<'m, 'h> {
+        Runner::new(self, Input::Residual { resid, layer })
+    }
+
+    /// Logits [batch, pos, d_vocab] for tokens [batch, pos] (int64).
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        Ok(self.runner(tokens).run()?.output)
+    }
+
+    /// Logits and the activations selected by `spec`.
+    pub fn run_with_cache(&self, tokens: &Tensor, spec: CacheSpec) -> Result<(Tensor, ActivationCache)> {
+        let out = self.runner(tokens).cache(spec).run()?;
+        Ok((out.output, out.cache.unwrap_or_else(|| self.empty_cache())))
+    }
+
+    /// Logits with `hooks` reading or rewriting activations.
+    pub fn run_with_hooks(&self, tokens: &Tensor, hooks: Hooks<'_>) -> Result<Tensor> {
+        Ok(self.runner(tokens).hooks(hooks).run()?.output)
+    }
+
+    pub(crate) fn empty_cache(&self) -> ActivationCache {
+        ActivationCache { map: Default::default(), n_layers: self.cfg.n_layers, norm: self.cfg.norm }
+    }
+
+    /// The MLP nonlinearity, applied in the model dtype.
+    pub(crate) fn act(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self.cfg.act {
+            Activation::Gelu => x.f_gelu("none")?,
+            Activation::GeluTanh => x.f_gelu("tanh")?,
+            Activation::Relu => x.f_relu()?,
+            Activation::Silu => x.f_silu()?,
+            Activation::Sigmoid => x.f_sigmoid()?,
+            Activation::Identity => x.shallow_clone(),
+        })
+    }
+
+    pub fn architecture(&self) -> Architecture {
+        self.cfg.architecture
+    }
+}
+
+/// What a run returns.
+pub struct RunOutput {
+    /// Logits [batch, pos, d_vocab], or with `stop_at_layer(l)` the residual stream entering layer `l`.
+    pub output: Tensor,
+    pub cache: Option<ActivationCache>,
+    /// Gradients of the metric with respect to the activations named in `gradients`.
+    pub grads: Option<ActivationCache>,
+    /// The metric's value, when gradients were asked for.
+    pub metric: Option<Tensor>,
+}
+
+type Metric<'h> = Box<dyn FnOnce(&Tensor) -> Result<Tensor> + 'h>;
+
+/// A configurable forward pass; see [`HookedTransformer::runner`].
+pub struct Runner<'m, 'h> {
+    model: &'m HookedTransformer,
+    input: Input<'m>,
+    hooks: Hooks<'h>,
+    cache: Option<CacheSpec>,
+    attention_mask: Option<&'m Tensor>,
+    stop_at_layer: Option<usize>,
+    grads: Option<(NamesFilter, Metric<'h>)>,
+}
+
+impl<'m, 'h> Runner<'m, 'h> {
+    fn new(model: &'m HookedTransformer, input: Input<'m>) -> Self {
+        Runner { model, input, hooks: Hooks::new(), cache: None, attention_mask: None, stop_at_layer: None, grads: None }
+    }
+
+    pub fn hooks(mut self, hooks: Hooks<'h>) -> Self {
+        self.hooks.entries.extend(hooks.entries);
+        self
+    }
+
+    pub fn cache(mut self, spec: CacheSpec) -> Self {
+        self.cache = Some(spec);
+        self
+    }
+
+    /// Attention mask [batch, pos] (1 = real token, 0 = padding; left or right padding). Each row
+    /// then computes exactly what its unpadded tokens would: positions count real tokens only.
+    pub fn attention_mask(mut self, mask: &'m Tensor) -> Self {
+        self.attention_mask = Some(mask);
+        self
+    }
+
+    /// Stop before block `layer` and return the residual stream entering it [batch, pos, d_model].
+    pub fn stop_at_layer(mut self, layer: usize) -> Self {
+        self.stop_at_layer = Some(layer);
+        self
+    }
+
+    /// Also compute d metric / d activation for the points `names` selects; `metric` maps the
+    /// output (logits) to a scalar.
+    pub fn gradients(mut self, names: NamesFilter, metric: impl FnOnce(&Tensor) -> Result<Tensor> + 'h) -> Self {
+        self.grads = Some((names, Box::new(metric)));
+        self
+    }
+
+    pub fn run(self) -> Result<RunOutput> {
+        let model = self.model;
+        let cache_points = self.cache.as_ref().map(|s| model.resolve_filter(&s.filter)).transpose()?;
+        let grad_points = self.grads.as_ref().map(|(f, _)| model.resolve_filter(f)).transpose()?;
+        let mut run = Run::new(model, self.hooks, self.cache, cache_points, grad_points)?;
+        let output = match self.grads {
+            None => {
+                let _guard = tch::no_grad_guard();
+                model.run_forward(&mut run, &self.input, self.attention_mask, self.stop_at_layer, None)?
+            }
+            Some((_, metric)) => {
+                let output = model.run_forward(&mut run, &self.input, self.attention_mask, self.stop_at_layer, None)?;
+                let value = metric(&output)?;
+                if value.numel() != 1 {
+                    return Err(Error::Input(format!("the metric must be a scalar, found shape {:?}", value.size())));
+                }
+                let (points, acts): (Vec<HookPoint>, Vec<Tensor>) = std::mem::take(&mut run.grad_inputs).into_iter().unzip();
+                let grads = Tensor::f_run_backward(&[&value], &acts, false, false)?;
+                let mut cache = model.empty_cache();
+                cache.map = points.into_iter().zip(grads).collect();
+                return Ok(RunOutput {
+                    output: output.f_detach()?,
+                    cache: run.take_cache(),
+                    grads: Some(cache),
+                    metric: Some(value.f_detach()?),
+                });
+            }
+        };
+        Ok(RunOutput { output, cache: run.take_cache(), grads: None, metric: None })
+    }
+}

@@ -1,0 +1,101 @@
+//! Text to tokens and back, from an HF `tokenizer.json`.
+
+use std::path::Path;
+
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+/// An HF tokenizer plus the model's BOS token.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    bos: Option<i64>,
+}
+
+/// Which side of a shorter row gets the padding in a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaddingSide {
+    Left,
+    Right,
+}
+
+impl Tokenizer {
+    pub fn from_file(path: &Path, bos: Option<i64>) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        Ok(Tokenizer { inner, bos })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn bos_token_id(&self) -> Option<i64> {
+        self.bos
+    }
+
+    /// Token ids of `text` (no special tokens), with the model's BOS in front if `prepend_bos`
+    /// (as TransformerLens does by default).
+    pub fn encode(&self, text: &str, prepend_bos: bool) -> Result<Vec<i64>> {
+        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let mut ids: Vec<i64> = Vec::with_capacity(enc.len() + 1);
+        if prepend_bos {
+            ids.push(self.bos.ok_or_else(|| Error::Tokenizer("the model has no BOS token to prepend".into()))?);
+        }
+        ids.extend(enc.get_ids().iter().map(|&i| i as i64));
+        Ok(ids)
+    }
+
+    /// Tokens [1, pos] (int64).
+    pub fn to_tokens(&self, text: &str, prepend_bos: bool) -> Result<Tensor> {
+        let ids = self.encode(text, prepend_bos)?;
+        if ids.is_empty() {
+            return Err(Error::Input("empty input: the text has no tokens".into()));
+        }
+        Ok(Tensor::f_from_slice(&ids)?.f_unsqueeze(0)?)
+    }
+
+    /// Tokens [batch, pos] padded with `pad_id`, and the attention mask [batch, pos] (1 = real).
+    pub fn to_tokens_batch(&self, texts: &[&str], prepend_bos: bool, side: PaddingSide, pad_id: i64) -> Result<(Tensor, Tensor)> {
+        let rows = texts.iter().map(|t| self.encode(t, prepend_bos)).collect::<Result<Vec<_>>>()?;
+        let len = rows.iter().map(Vec::len).max().unwrap_or(0);
+        if len == 0 {
+            return Err(Error::Input("empty input: no tokens".into()));
+        }
+        let (mut ids, mut mask) = (Vec::with_capacity(rows.len() * len), Vec::with_capacity(rows.len() * len));
+        for row in &rows {
+            let pad = len - row.len();
+            let (pad_ids, pad_mask) = (std::iter::repeat_n(pad_id, pad), std::iter::repeat_n(0i64, pad));
+            match side {
+                PaddingSide::Left => {
+                    ids.extend(pad_ids.chain(row.iter().copied()));
+                    mask.extend(pad_mask.chain(std::iter::repeat_n(1, row.len())));
+                }
+                PaddingSide::Right => {
+                    ids.extend(row.iter().copied().chain(pad_ids));
+                    mask.extend(std::iter::repeat_n(1, row.len()).chain(pad_mask));
+                }
+            }
+        }
+        let shape = [rows.len() as i64, len as i64];
+        Ok((Tensor::f_from_slice(&ids)?.f_view(shape)?, Tensor::f_from_slice(&mask)?.f_view(shape)?))
+    }
+
+    /// Each token as its own decoded string (`" the"`, not `"Ġthe"`).
+    pub fn to_str_tokens(&self, ids: &[i64]) -> Result<Vec<String>> {
+        ids.iter().map(|&i| self.decode(&[i])).collect()
+    }
+
+    pub fn decode(&self, ids: &[i64]) -> Result<String> {
+        let ids = ids
+            .iter()
+            .map(|&i| u32::try_from(i).map_err(|_| Error::Input(format!("token id {i} is not a valid id"))))
+            .collect::<Result<Vec<u32>>>()?;
+        self.inner.decode(&ids, false).map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+}
+
+/// Ids of a [pos] or [1, pos] token tensor.
+pub(crate) fn tensor_ids(tokens: &Tensor) -> Result<Vec<i64>> {
+    let flat = tokens.f_to_kind(Kind::Int64)?.f_flatten(0, -1)?;
+    Ok(Vec::<i64>::try_from(&flat)?)
+}

@@ -1,0 +1,128 @@
+"""Builds the reference fixtures that tests/reference.rs checks the runtime against.
+
+For each architecture: a tiny random HF model with a deliberately non-trivial init (large
+initializer range, noise on every norm gain and bias, small soft caps, a sliding window shorter than
+the sequence), saved with `save_pretrained`, plus `reference.safetensors` holding the input ids, the
+logits, every hidden state and every attention pattern that HF transformers computes (eager attention,
+float32). Also a small byte-level BPE tokenizer (trained here with HF `tokenizers`) next to the GPT-2
+model, with the ids HF gives for a few strings.
+
+Run: bash scripts/make_fixtures.sh   (creates/uses the venv .venv with torch and transformers)
+"""
+import json
+import os
+import shutil
+import sys
+
+import torch
+import transformers
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers, processors
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
+BATCH, SEQ = 2, 20
+
+ARCHS = {
+    "gpt2": transformers.GPT2Config(
+        vocab_size=300, n_positions=64, n_embd=64, n_layer=2, n_head=4, initializer_range=0.2,
+        activation_function="gelu_new", bos_token_id=0, eos_token_id=0,
+    ),
+    "gpt_neox": transformers.GPTNeoXConfig(
+        vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=64, initializer_range=0.2, use_parallel_residual=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000.0, "partial_rotary_factor": 0.25},
+    ),
+    "gpt_neox_sequential": transformers.GPTNeoXConfig(
+        vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=64, initializer_range=0.2, use_parallel_residual=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+    ),
+    "llama": transformers.LlamaConfig(
+        vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=96, max_position_embeddings=64, initializer_range=0.2, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+        tie_word_embeddings=False,
+    ),
+    "mistral": transformers.MistralConfig(
+        vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+        intermediate_size=96, max_position_embeddings=64, initializer_range=0.2, sliding_window=7,
+        head_dim=16,
+    ),
+    "qwen2": transformers.Qwen2Config(
+        vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=96, max_position_embeddings=64, initializer_range=0.2, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    ),
+    "gemma": transformers.GemmaConfig(
+        vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+        head_dim=24, intermediate_size=96, max_position_embeddings=64, initializer_range=0.2,
+    ),
+    "gemma2": transformers.Gemma2Config(
+        vocab_size=211, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, intermediate_size=96, max_position_embeddings=64, initializer_range=0.2,
+        query_pre_attn_scalar=20, sliding_window=6, attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
+    ),
+}
+
+
+def perturb_norms(model, gen):
+    """Noise on every norm gain and bias: a dropped bias or a wrong gain offset must not pass."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or ".ln_" in name or name.startswith("ln_f") or ".ln_f" in name:
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+            elif name.endswith("bias"):
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+
+
+def gpt2_tokenizer(vocab_size):
+    corpus = [
+        "When in the course of human events it becomes necessary for one people to dissolve the bands",
+        "The quick brown fox jumps over the lazy dog. Then, Mary and John went to the store.",
+        "John gave a drink to Mary. The war lasted from the year 1732 to the year 1789.",
+        "Résumé: naïve café, 東京 and emoji 🙂 are bytes too.",
+    ] * 20
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    assert tok.get_vocab_size() == vocab_size, tok.get_vocab_size()
+    return tok
+
+
+def main():
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1234)
+    for arch, cfg in ARCHS.items():
+        cfg._attn_implementation = "eager"
+        model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
+        perturb_norms(model, gen)
+        out_dir = os.path.join(OUT, arch)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        model.save_pretrained(out_dir, safe_serialization=True)
+        ids = torch.randint(0, cfg.vocab_size, (BATCH, SEQ), generator=gen)
+        with torch.no_grad():
+            out = model(ids, output_hidden_states=True, output_attentions=True)
+        tensors = {"input_ids": ids.contiguous(), "logits": out.logits.contiguous()}
+        for i, h in enumerate(out.hidden_states):
+            tensors[f"hidden_states.{i}"] = h.contiguous()
+        for i, a in enumerate(out.attentions):
+            tensors[f"attentions.{i}"] = a.contiguous()
+        save_file(tensors, os.path.join(out_dir, "reference.safetensors"))
+        if arch == "gpt2":
+            tok = gpt2_tokenizer(cfg.vocab_size)
+            tok.save(os.path.join(out_dir, "tokenizer.json"))
+            texts = ["Then, Mary and John went to the store.", " naïve café 東京 🙂", "hello  world\n\nend"]
+            cases = [{"text": t, "ids": tok.encode(t, add_special_tokens=False).ids} for t in texts]
+            with open(os.path.join(out_dir, "tokenizer_cases.json"), "w") as f:
+                json.dump(cases, f, ensure_ascii=False, indent=1)
+        print(f"{arch}: logits {tuple(out.logits.shape)}, |logits| max {out.logits.abs().max():.3f}")
+    print(f"transformers {transformers.__version__}, torch {torch.__version__}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

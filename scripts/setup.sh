@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks for building, testing and running the toolkit. Idempotent.
+#   - libtorch 2.13.0 (for tch 0.26) from PyPI's torch wheel, into the git-ignored venv .venv,
+#     linked at .libtorch (the path .cargo/config.toml pins as LIBTORCH);
+#   - the Debian packages the build needs.
+# With --reference it also installs HF transformers into .venv, for scripts/make_fixtures.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION=2.13.0
+TRANSFORMERS_VERSION=5.23.0
+DEBIAN_PACKAGES=(pkg-config)
+
+missing=()
+for p in "${DEBIAN_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+  echo "setup: installing torch==$TORCH_VERSION from PyPI (about 4.7 GB, a few minutes)"
+  .venv/bin/pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
+fi
+site=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+ln -sfn "$site/torch" .libtorch
+
+if [[ "${1:-}" == "--reference" ]]; then
+  .venv/bin/pip install -q --disable-pip-version-check "transformers==$TRANSFORMERS_VERSION" safetensors numpy
+fi
+echo "setup: ready (libtorch at .libtorch -> $site/torch)"

@@ -1,0 +1,7 @@
+//! # interp
+//!
+//! The mechanistic-interpretability toolkit: re-exports the runtime (`interp_core`), sparse
+//! dictionaries (`transcoders`) and circuit analysis (`circuits`), and builds the `interp` CLI.
+pub use circuits;
+pub use interp_core;
+pub use transcoders;

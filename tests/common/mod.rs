@@ -1,0 +1,29 @@
+//! Helpers shared by the end-to-end tests.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use interp::interp_core::{tch, HookedTransformer};
+use tch::{Device, Kind, Tensor};
+
+/// Every architecture with HF reference fixtures (see scripts/make_fixtures.py).
+pub const ARCHS: &[&str] = &["gpt2", "gpt_neox", "gpt_neox_sequential", "llama", "mistral", "qwen2", "gemma", "gemma2"];
+
+pub fn fixture(arch: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(arch)
+}
+
+pub fn load(arch: &str) -> HookedTransformer {
+    HookedTransformer::from_pretrained_dir(fixture(arch), Device::Cpu, Kind::Float).expect("fixture loads")
+}
+
+/// The tensors HF transformers computed (input_ids, logits, hidden_states.i, attentions.i).
+pub fn reference(arch: &str) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(fixture(arch).join("reference.safetensors")).expect("reference fixture").into_iter().collect()
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
+}
