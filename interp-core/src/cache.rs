@@ -154,3 +154,30 @@ impl ActivationCache {
         Ok(x.f_div(&scale)?)
     }
 }
+
+impl crate::model::HookedTransformer {
+    /// Direct logit attribution: each component's contribution to the logit of `tokens`, through
+    /// the final norm frozen at its cached scale (and gain) and the unembedding. Summed over a
+    /// full decomposition (`decompose_resid(None, false)`) plus the bias terms this leaves out
+    /// (final-norm bias and `b_U`), it gives the logits.
+    ///
+    /// Shapes: stack [n, batch, pos, d_model] (raw, not normalised), tokens [batch] (int64)
+    /// -> [n, batch, pos].
+    pub fn logit_attrs(&self, cache: &ActivationCache, stack: &Tensor, tokens: &Tensor) -> Result<Tensor> {
+        let s = stack.size();
+        if s.len() != 4 || s[3] != self.cfg.d_model || tokens.size() != [s[1]] {
+            return Err(Error::Input(format!(
+                "logit_attrs needs stack [n, batch, pos, {}] and tokens [batch], found {s:?} and {:?}",
+                self.cfg.d_model,
+                tokens.size()
+            )));
+        }
+        let mut x = cache.apply_ln_to_stack(stack)?;
+        if let Some(gain) = &self.params.ln_final.w {
+            x = x.f_mul(gain)?;
+        }
+        // [batch, d_model]: the unembedding column of each row's token.
+        let dirs = self.params.w_u.f_index_select(0, &tokens.f_to_device(self.device)?)?.f_to_kind(Kind::Float)?;
+        Ok(x.f_mul(&dirs.f_unsqueeze(1)?)?.f_sum_dim_intlist(-1, false, Kind::Float)?)
+    }
+}

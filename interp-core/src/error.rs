@@ -29,7 +29,8 @@ pub enum Error {
     Input(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
-    #[error("torch: {0}")]
+    /// libtorch's message, first line only (the rest is a C++ backtrace).
+    #[error("torch: {}", .0.to_string().lines().next().unwrap_or_default())]
     Torch(#[from] tch::TchError),
 }
 

@@ -352,9 +352,10 @@ impl HookedTransformer {
         Ok(allowed.f_unsqueeze(1)?)
     }
 
-    /// Applies a norm in f32; fires `hook_scale` and `hook_normalized` when someone listens.
+    /// Applies a norm in f32 (or f64 for f64 models); fires `hook_scale` and `hook_normalized` when someone listens.
     fn norm(&self, n: &Norm, x: &Tensor, run: &mut Run, points: Option<(HookPoint, HookPoint)>) -> Result<Tensor> {
-        let x32 = x.f_to_kind(Kind::Float)?;
+        let acc = self.accumulate_kind();
+        let x32 = x.f_to_kind(acc)?;
         let hooked = points.filter(|(s, nz)| run.active(*s) || run.active(*nz));
         let out = match (hooked, n.kind) {
             (None, NormKind::LayerNorm) => {
@@ -362,7 +363,7 @@ impl HookedTransformer {
                 x32.f_layer_norm([d], n.w.as_ref(), n.b.as_ref(), n.eps, false)?
             }
             (None, NormKind::RmsNorm) => {
-                let y = x32.f_mul(&x32.f_square()?.f_mean_dim(-1, true, Kind::Float)?.f_add_scalar(n.eps)?.f_rsqrt()?)?;
+                let y = x32.f_mul(&x32.f_square()?.f_mean_dim(-1, true, acc)?.f_add_scalar(n.eps)?.f_rsqrt()?)?;
                 match &n.w {
                     Some(w) => y.f_mul(w)?,
                     None => y,
@@ -370,10 +371,10 @@ impl HookedTransformer {
             }
             (Some((scale_point, normalized_point)), kind) => {
                 let centred = match kind {
-                    NormKind::LayerNorm => x32.f_sub(&x32.f_mean_dim(-1, true, Kind::Float)?)?,
+                    NormKind::LayerNorm => x32.f_sub(&x32.f_mean_dim(-1, true, acc)?)?,
                     NormKind::RmsNorm => x32,
                 };
-                let scale = centred.f_square()?.f_mean_dim(-1, true, Kind::Float)?.f_add_scalar(n.eps)?.f_sqrt()?;
+                let scale = centred.f_square()?.f_mean_dim(-1, true, acc)?.f_add_scalar(n.eps)?.f_sqrt()?;
                 let scale = run.fire(scale_point, scale)?;
                 let mut y = run.fire(normalized_point, centred.f_div(&scale)?)?;
                 if let Some(w) = &n.w {
@@ -496,7 +497,7 @@ impl HookedTransformer {
         }
         let allowed = ctx.mask(c.sliding_window[l]);
         let scores = run.fire(at(BlockSite::AttnScores), scores.f_masked_fill(&allowed.f_logical_not()?, f64::NEG_INFINITY)?)?;
-        let pattern = run.fire(at(BlockSite::Pattern), scores.f_softmax(-1, Kind::Float)?.f_to_kind(self.kind)?)?;
+        let pattern = run.fire(at(BlockSite::Pattern), scores.f_softmax(-1, self.accumulate_kind())?.f_to_kind(self.kind)?)?;
         let z = pattern.f_reshape([b, nkv, g, p, t])?.f_matmul(&v.f_unsqueeze(2)?)?.f_reshape([b, h, p, dh])?.f_transpose(1, 2)?;
         let z = run.fire(at(BlockSite::Z), z)?;
         let o = &blk.attn.o;

@@ -34,10 +34,11 @@ impl Loader<'_> {
         })
     }
 
-    /// Norm gains and biases are kept in f32: norms compute in f32.
+    /// Norm gains and biases are kept in f32 (f64 for an f64 model): norms compute in it.
     fn norm(&self, prefix: &str) -> Result<Norm> {
         let dm = self.cfg.d_model;
-        let f32 = |name: String| self.ckpt.tensor(&name, &[dm], Kind::Float, self.device);
+        let acc = if self.kind == Kind::Double { Kind::Double } else { Kind::Float };
+        let f32 = |name: String| self.ckpt.tensor(&name, &[dm], acc, self.device);
         let mut w = f32(format!("{prefix}.weight"))?;
         if matches!(self.cfg.architecture, Architecture::Gemma | Architecture::Gemma2) {
             w = w.f_add_scalar(1.0)?; // Gemma stores the gain as (1 + w).

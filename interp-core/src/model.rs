@@ -345,6 +345,11 @@ impl HookedTransformer {
         })
     }
 
+    /// The dtype that norms and softmax accumulate in: f32, or f64 for an f64 model.
+    pub(crate) fn accumulate_kind(&self) -> Kind {
+        if self.kind == Kind::Double { Kind::Double } else { Kind::Float }
+    }
+
     pub fn architecture(&self) -> Architecture {
         self.cfg.architecture
     }
