@@ -1,0 +1,207 @@
+//! Checkpoint formats (sharded, f16/bf16 on disk), the tokenizer, and clear errors on bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{fixture, load, max_abs_diff, reference};
+use interp::interp_core::{tch, CacheSpec, HookedTransformer, PaddingSide};
+use tch::{Device, Kind, Tensor};
+
+/// A fresh copy of a fixture directory (without the reference file) to break in some way.
+fn scratch(arch: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("interp-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        let src = fixture(arch).join(f);
+        if src.exists() {
+            std::fs::copy(src, dir.join(f)).unwrap();
+        }
+    }
+    dir
+}
+
+fn weights(dir: &Path) -> Vec<(String, Tensor)> {
+    Tensor::read_safetensors(dir.join("model.safetensors")).unwrap()
+}
+
+fn load_err(dir: &Path) -> String {
+    match HookedTransformer::from_pretrained_dir(dir, Device::Cpu, Kind::Float) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    let path = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    f(v.as_object_mut().unwrap());
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+#[test]
+fn sharded_and_half_precision_checkpoints_load() {
+    let ids = &reference("llama")["input_ids"];
+    let want = load("llama").forward(ids).unwrap();
+    // Two shards with an index, as HF writes large models.
+    let dir = scratch("llama", "sharded");
+    let all = weights(&dir);
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let (a, b) = all.split_at(all.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (file, part) in [("model-00001-of-00002.safetensors", a), ("model-00002-of-00002.safetensors", b)] {
+        Tensor::write_safetensors(part, dir.join(file)).unwrap();
+        for (name, _) in part {
+            map.insert(name.clone(), file.into());
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let sharded = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(max_abs_diff(&sharded.forward(ids).unwrap(), &want), 0.0);
+    // bf16 and f16 on disk, f32 in memory.
+    for kind in [Kind::BFloat16, Kind::Half] {
+        let dir = scratch("llama", "half");
+        let half: Vec<(String, Tensor)> = weights(&dir).into_iter().map(|(n, t)| (n, t.to_kind(kind))).collect();
+        Tensor::write_safetensors(&half, dir.join("model.safetensors")).unwrap();
+        let m = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
+        let d = max_abs_diff(&m.forward(ids).unwrap(), &want);
+        assert!(d > 0.0 && d < 0.5, "{kind:?}: {d}");
+        assert_eq!(m.w_e().kind(), Kind::Float);
+    }
+}
+
+#[test]
+fn tokenizer_matches_hf_and_prepends_bos() {
+    let m = load("gpt2");
+    let cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("gpt2").join("tokenizer_cases.json")).unwrap()).unwrap();
+    for case in cases.as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<i64> = case["ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let tokens = m.to_tokens(text, false).unwrap();
+        assert_eq!(Vec::<i64>::try_from(tokens.view([-1])).unwrap(), want, "{text:?}");
+        if text.is_ascii() {
+            // Multi-byte characters split across tokens decode to replacement characters per token.
+            assert_eq!(m.to_str_tokens(&tokens).unwrap().concat(), text);
+        }
+        assert_eq!(m.to_string(&tokens).unwrap(), text);
+        let with_bos = m.to_tokens(text, true).unwrap();
+        assert_eq!(with_bos.int64_value(&[0, 0]), 0);
+        assert_eq!(with_bos.size()[1], tokens.size()[1] + 1);
+    }
+    let tok = m.tokenizer().unwrap();
+    let (ids, mask) = tok.to_tokens_batch(&["a b c d", "a"], true, PaddingSide::Left, 0).unwrap();
+    assert_eq!(ids.size(), mask.size());
+    assert_eq!(mask.sum(Kind::Int64).int64_value(&[]), ids.size()[1] + 2);
+    assert_eq!(mask.int64_value(&[1, 0]), 0);
+    assert!(m.to_tokens("", false).unwrap_err().to_string().contains("empty input"));
+}
+
+#[test]
+fn bad_checkpoints_give_clear_errors() {
+    let nowhere = std::env::temp_dir().join("interp-no-such-model");
+    assert!(load_err(&nowhere).contains("model directory not found"));
+
+    let dir = scratch("gpt2", "noconfig");
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("config.json") && e.contains("No such file"), "{e}");
+
+    let dir = scratch("gpt2", "badjson");
+    std::fs::write(dir.join("config.json"), "{\"model_type\": \"gpt2\",").unwrap();
+    assert!(load_err(&dir).contains("malformed JSON"));
+
+    let dir = scratch("gpt2", "missingkey");
+    edit_config(&dir, |c| {
+        c.remove("n_embd");
+    });
+    assert!(load_err(&dir).contains("missing key `n_embd`"));
+
+    let dir = scratch("gpt2", "badtype");
+    edit_config(&dir, |c| {
+        c.insert("n_head".into(), "four".into());
+    });
+    assert!(load_err(&dir).contains("`n_head` must be an integer"));
+
+    let dir = scratch("gpt2", "unknownarch");
+    edit_config(&dir, |c| {
+        c.insert("model_type".into(), "mamba".into());
+    });
+    let e = load_err(&dir);
+    assert!(e.contains("unknown model_type `mamba`") && e.contains("gpt_neox") && e.contains("gemma2"), "{e}");
+
+    let dir = scratch("gpt2", "gqa");
+    edit_config(&dir, |c| {
+        c.insert("n_head".into(), 3.into());
+    });
+    assert!(load_err(&dir).contains("divisible by n_heads"));
+
+    let dir = scratch("gpt2", "missingtensor");
+    let kept: Vec<_> = weights(&dir).into_iter().filter(|(n, _)| n != "transformer.h.1.mlp.c_fc.weight").collect();
+    Tensor::write_safetensors(&kept, dir.join("model.safetensors")).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("`transformer.h.1.mlp.c_fc.weight` is missing") && e.contains("[64, 256]"), "{e}");
+
+    let dir = scratch("gpt2", "wrongshape");
+    let bent: Vec<_> = weights(&dir)
+        .into_iter()
+        .map(|(n, t)| if n == "transformer.wpe.weight" { (n, t.narrow(0, 0, 32)) } else { (n, t) })
+        .collect();
+    Tensor::write_safetensors(&bent, dir.join("model.safetensors")).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("`transformer.wpe.weight` has shape [32, 64], expected [64, 64]"), "{e}");
+
+    let dir = scratch("gpt2", "garbage");
+    std::fs::write(dir.join("model.safetensors"), b"not a checkpoint").unwrap();
+    assert!(load_err(&dir).contains("not a safetensors file"));
+
+    let dir = scratch("gpt2", "noweights");
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    assert!(load_err(&dir).contains("model.safetensors"));
+
+    let dir = scratch("gpt2", "badtokenizer");
+    std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
+    assert!(load_err(&dir).contains("tokenizer"));
+}
+
+#[test]
+fn bad_inputs_to_a_run_give_clear_errors() {
+    let m = load("gpt2");
+    let ids = &reference("gpt2")["input_ids"];
+    let run_err = |t: &Tensor| m.forward(t).unwrap_err().to_string();
+    assert!(run_err(&Tensor::from_slice(&[1i64, 300]).view([1, 2])).contains("token id 300 is outside the vocabulary [0, 300)"));
+    assert!(run_err(&Tensor::from_slice(&[-1i64]).view([1, 1])).contains("token id -1"));
+    assert!(run_err(&Tensor::zeros([1, 0], (Kind::Int64, Device::Cpu))).contains("empty input"));
+    assert!(run_err(&Tensor::zeros([1, 65], (Kind::Int64, Device::Cpu))).contains("longer than the context (64)"));
+    assert!(run_err(&Tensor::zeros([4], (Kind::Int64, Device::Cpu))).contains("[batch, pos]"));
+    assert!(run_err(&Tensor::zeros([1, 4], (Kind::Float, Device::Cpu))).contains("int64"));
+
+    let e = m.run_with_cache(ids, CacheSpec::names(["blocks.0.hook_resid_pree"])).err().unwrap().to_string();
+    assert!(e.contains("unknown hook point") && e.contains("did you mean `blocks.0.hook_resid_pre`"), "{e}");
+    let e = m.run_with_cache(ids, CacheSpec::names(["blocks.7.hook_resid_pre"])).err().unwrap().to_string();
+    assert!(e.contains("has 2 layers"), "{e}");
+    let e = m.run_with_cache(ids, CacheSpec::names(["blocks.*.hook_nothing"])).err().unwrap().to_string();
+    assert!(e.contains("unknown hook point `blocks.*.hook_nothing`"), "{e}");
+    let e = m.run_with_cache(ids, CacheSpec::names(["blocks.0.attn.hook_rot_q"])).err().unwrap().to_string();
+    assert!(e.contains("no rotary"), "{e}");
+    let e = m.run_with_cache(ids, CacheSpec::all().positions(10..30)).err().unwrap().to_string();
+    assert!(e.contains("out of range"), "{e}");
+    let mask = Tensor::ones([2, 5], (Kind::Int64, Device::Cpu));
+    let e = m.runner(ids).attention_mask(&mask).run().err().unwrap().to_string();
+    assert!(e.contains("attention mask must be [2, 20]"), "{e}");
+    let e = m
+        .run_with_cache(ids, CacheSpec::names(["blocks.0.hook_q_input", "blocks.0.ln1.hook_scale"]))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("hook those inputs or ln1, not both"), "{e}");
+
+    let neox = load("gpt_neox");
+    let e = neox.run_with_cache(ids, CacheSpec::names(["blocks.0.hook_resid_mid"])).err().unwrap().to_string();
+    assert!(e.contains("in parallel") && e.contains("no resid_mid"), "{e}");
+    let e = neox.to_tokens("hi", true).unwrap_err().to_string();
+    assert!(e.contains("no tokenizer.json"), "{e}");
+    let e = m.runner_from_layer(&Tensor::zeros([2, 3, 7], (Kind::Float, Device::Cpu)), 1).run().err().unwrap().to_string();
+    assert!(e.contains("residual must be [batch, pos, 64]"), "{e}");
+}
