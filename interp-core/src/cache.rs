@@ -181,3 +181,19 @@ impl crate::model::HookedTransformer {
         Ok(x.f_mul(&dirs.f_unsqueeze(1)?)?.f_sum_dim_intlist(-1, false, Kind::Float)?)
     }
 }
+
+impl crate::model::HookedTransformer {
+    /// Logit lens: each residual stream in `stack` through the final norm (its scale recomputed
+    /// for each component, as the model would) and the unembedding.
+    ///
+    /// Shapes: stack [n, batch, pos, d_model] -> logits [n, batch, pos, d_vocab].
+    pub fn logit_lens(&self, stack: &Tensor) -> Result<Tensor> {
+        let s = stack.size();
+        if s.len() != 4 {
+            return Err(Error::Input(format!("logit_lens needs a stack [n, batch, pos, d_model], found {s:?}")));
+        }
+        let flat = stack.f_reshape([s[0] * s[1], s[2], s[3]])?;
+        let logits = self.runner_from_layer(&flat, self.cfg.n_layers).run()?.output;
+        Ok(logits.f_reshape([s[0], s[1], s[2], -1])?)
+    }
+}

@@ -1,1 +1,194 @@
-fn main(){}
+//! The `interp` command line: inspect models, cache activations, print a logit-lens summary.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use interp::interp_core::{tch, CacheSpec, HookedTransformer, NamesFilter};
+use tch::{Device, Kind, Tensor};
+
+/// The model the main job runs on when none is given.
+const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gpt2");
+
+#[derive(Parser)]
+#[command(name = "interp", version, about = "Mechanistic interpretability on hooked transformers (HF checkpoints, TransformerLens hook names)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DType {
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// Checkpoint directory: config.json, model.safetensors (or sharded with an index), tokenizer.json.
+    model_dir: PathBuf,
+    /// cpu, cuda, or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Dtype the weights are converted to.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DType,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the architecture, sizes, parameter count and every hook point of a model.
+    Inspect {
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Run a model and write hook activations (f32) and `logits` to a safetensors file.
+    Cache {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// safetensors file holding an int64 tensor `input_ids` [batch, pos].
+        #[arg(long, conflicts_with = "text", required_unless_present = "text")]
+        ids_file: Option<PathBuf>,
+        /// Text to tokenize with the model's tokenizer.json (BOS prepended) instead of --ids-file.
+        #[arg(long)]
+        text: Option<String>,
+        /// Output safetensors file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Hook names or glob patterns (e.g. 'blocks.*.attn.hook_pattern'); default: every
+        /// standard hook point. Opt-in points (attn.hook_result, hook_q_input, ...) only by name.
+        #[arg(long, num_args = 1..)]
+        hooks: Vec<String>,
+    },
+    /// The main job (for now): load a model, run a prompt with a cache, print a logit-lens summary.
+    Summary {
+        /// Checkpoint directory (default: the built-in GPT-2-style model).
+        model_dir: Option<PathBuf>,
+        #[arg(long, default_value = "Then, Mary and John went to the store. John gave a drink to")]
+        text: String,
+    },
+}
+
+fn device(name: &str) -> Result<Device> {
+    Ok(match name {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => Device::Cuda(n),
+            None => bail!("unknown device `{other}` (use cpu, cuda or cuda:N)"),
+        },
+    })
+}
+
+fn load(args: &ModelArgs) -> Result<HookedTransformer> {
+    let kind = match args.dtype {
+        DType::F32 => Kind::Float,
+        DType::F16 => Kind::Half,
+        DType::Bf16 => Kind::BFloat16,
+    };
+    let device = device(&args.device)?;
+    if let Device::Cuda(n) = device {
+        if n >= tch::Cuda::device_count() as usize {
+            bail!("device {} is not available ({} CUDA devices)", args.device, tch::Cuda::device_count());
+        }
+    }
+    Ok(HookedTransformer::from_pretrained_dir(&args.model_dir, device, kind)?)
+}
+
+fn inspect(model: &HookedTransformer) {
+    let c = &model.cfg;
+    println!("model_type     {} ({:?})", c.model_type, c.architecture);
+    println!("layers         {}", c.n_layers);
+    println!("d_model        {}", c.d_model);
+    println!("heads          {} (kv heads {}), d_head {}", c.n_heads, c.n_kv_heads, c.d_head);
+    println!("d_mlp          {} ({:?}{})", c.d_mlp, c.act, if c.gated_mlp { ", gated" } else { "" });
+    println!("vocab          {}", c.d_vocab);
+    println!("context        {}", c.n_ctx);
+    println!("norm           {:?} (eps {})", c.norm, c.norm_eps);
+    println!("positions      {:?}", c.positional);
+    println!("parameters     {}", model.n_params());
+    println!("dtype, device  {:?}, {:?}", model.kind(), model.device());
+    let points = model.hook_points(true);
+    println!("hook points    {} (opt-in marked *)", points.len());
+    for p in points {
+        println!("  {p}{}", if p.is_opt_in() { " *" } else { "" });
+    }
+}
+
+fn cache(model: &HookedTransformer, ids_file: Option<&Path>, text: Option<&str>, out: &Path, hooks: &[String]) -> Result<()> {
+    let ids = match (ids_file, text) {
+        (Some(path), _) => {
+            let tensors = Tensor::read_safetensors(path).with_context(|| format!("reading {}", path.display()))?;
+            let (_, ids) = tensors
+                .into_iter()
+                .find(|(n, _)| n == "input_ids")
+                .with_context(|| format!("{} has no tensor `input_ids`", path.display()))?;
+            ids
+        }
+        (None, Some(text)) => model.to_tokens(text, true)?,
+        (None, None) => bail!("give --ids-file or --text"),
+    };
+    let filter = if hooks.is_empty() { NamesFilter::All } else { NamesFilter::names(hooks) };
+    let spec = CacheSpec::new(filter).dtype(Kind::Float).device(Device::Cpu);
+    let (logits, cache) = model.run_with_cache(&ids.to_device(model.device()), spec)?;
+    let mut named: Vec<(String, Tensor)> = cache.iter().map(|(n, t)| (n, t.contiguous())).collect();
+    named.push(("logits".into(), logits.to_kind(Kind::Float).to_device(Device::Cpu).contiguous()));
+    Tensor::write_safetensors(&named, out).with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote {} tensors ({} bytes of activations) to {}", named.len(), cache.total_bytes(), out.display());
+    Ok(())
+}
+
+fn summary(dir: &Path, text: &str) -> Result<()> {
+    let model = HookedTransformer::from_pretrained_dir(dir, Device::Cpu, Kind::Float)?;
+    let c = &model.cfg;
+    println!("{} model, {} layers, d_model {}, {} parameters ({})", c.model_type, c.n_layers, c.d_model, model.n_params(), dir.display());
+    let tokens = model.to_tokens(text, true)?;
+    let str_tokens = model.to_str_tokens(&tokens)?;
+    println!("prompt: {} tokens {:?}", str_tokens.len(), str_tokens);
+    let start = std::time::Instant::now();
+    let (logits, cache) = model.run_with_cache(&tokens, CacheSpec::all())?;
+    println!(
+        "run_with_cache: {} hook points, {:.1} KiB cached, {:.1} ms",
+        cache.len(),
+        cache.total_bytes() as f64 / 1024.0,
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    let final_top = logits.select(1, -1).argmax(-1, false).int64_value(&[0]);
+    let lens = cache.accumulated_resid(None, false, false)?;
+    let lens_logits = model.logit_lens(&lens.components)?; // [n, 1, pos, vocab]
+    let probs = lens_logits.select(2, -1).select(1, 0).softmax(-1, Kind::Float); // [n, vocab]
+    println!("logit lens at the last position (final prediction {:?}):", model.to_string(&Tensor::from_slice(&[final_top]))?);
+    println!("  {:<12} {:<16} {:>8} {:>14}", "residual", "top token", "p(top)", "p(final top)");
+    for (i, label) in lens.labels.iter().enumerate() {
+        let row = probs.get(i as i64);
+        let top = row.argmax(-1, false).int64_value(&[]);
+        let tok = model.to_string(&Tensor::from_slice(&[top]))?;
+        println!("  {:<12} {:<16} {:>8.4} {:>14.4}", label, format!("{tok:?}"), row.double_value(&[top]), row.double_value(&[final_top]));
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Some(Command::Inspect { model }) => inspect(&load(&model)?),
+        Some(Command::Cache { model, ids_file, text, out, hooks }) => {
+            cache(&load(&model)?, ids_file.as_deref(), text.as_deref(), &out, &hooks)?
+        }
+        Some(Command::Summary { model_dir, text }) => summary(model_dir.as_deref().unwrap_or(Path::new(DEFAULT_MODEL)), &text)?,
+        None => summary(Path::new(DEFAULT_MODEL), "Then, Mary and John went to the store. John gave a drink to")?,
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
