@@ -316,7 +316,9 @@ impl ModelConfig {
                     },
                     (None, "gemma2") => l % 2 == 0,
                     (None, "mistral") => true,
-                    (None, "qwen2") => k.bool_or("use_sliding_window", false)?,
+                    (None, "qwen2") => {
+                        k.bool_or("use_sliding_window", false)? && l as i64 >= k.opt_int("max_window_layers")?.unwrap_or(28)
+                    }
                     _ => false,
                 };
                 Ok(if sliding { window } else { None })
@@ -351,7 +353,7 @@ impl ModelConfig {
             sliding_window,
             post_norms: gemma2,
             scale_embed: gemma,
-            tie_embeddings: k.bool_or("tie_word_embeddings", gemma || model_type == "qwen2")?,
+            tie_embeddings: k.bool_or("tie_word_embeddings", gemma)?,
             qkv_bias: attention_bias || model_type == "qwen2",
             o_bias: attention_bias,
             mlp_bias: k.bool_or("mlp_bias", false)?,
@@ -392,7 +394,7 @@ impl ModelConfig {
         if let Some(w) = self.sliding_window.iter().flatten().find(|w| **w <= 0) {
             return Err(Error::Config(format!("sliding_window must be positive, found {w}")));
         }
-        if !(self.norm_eps > 0.0) {
+        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
             return Err(Error::Config(format!("norm eps must be positive, found {}", self.norm_eps)));
         }
         Ok(())
@@ -416,4 +418,68 @@ fn rope_scaling(rope: &Keys) -> Result<RopeScaling> {
 
 fn need(k: &Keys, key: &str) -> Result<f64> {
     k.opt_float(key)?.ok_or_else(|| Error::Config(format!("rope parameters: missing `{key}`")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pythia_style_keys() {
+        let c = ModelConfig::from_hf_json(&json!({
+            "model_type": "gpt_neox", "hidden_size": 512, "num_attention_heads": 8, "num_hidden_layers": 6,
+            "intermediate_size": 2048, "vocab_size": 50304, "max_position_embeddings": 2048,
+            "rotary_pct": 0.25, "rotary_emb_base": 10000, "use_parallel_residual": true
+        }))
+        .unwrap();
+        assert_eq!(c.positional, Positional::Rotary(Rotary { dim: 16, base: 10000.0, scaling: RopeScaling::None }));
+        assert!(c.parallel_attn_mlp && !c.tie_embeddings && c.qkv_bias);
+    }
+
+    #[test]
+    fn llama3_rope_scaling_in_the_v4_layout() {
+        let c = ModelConfig::from_hf_json(&json!({
+            "model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "num_hidden_layers": 1, "intermediate_size": 96, "vocab_size": 10, "max_position_embeddings": 64,
+            "rope_theta": 500000.0,
+            "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                             "original_max_position_embeddings": 8192}
+        }))
+        .unwrap();
+        let Positional::Rotary(r) = &c.positional else { panic!("rotary") };
+        assert_eq!(r.base, 500000.0);
+        assert!(matches!(r.scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
+        assert_eq!((c.n_kv_heads, c.d_head, c.tie_embeddings), (2, 16, false));
+    }
+
+    #[test]
+    fn sliding_windows_per_layer() {
+        let base = |model_type: &str, extra: serde_json::Value| {
+            let mut v = json!({
+                "model_type": model_type, "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 4,
+                "intermediate_size": 96, "vocab_size": 10, "max_position_embeddings": 64, "sliding_window": 5
+            });
+            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            ModelConfig::from_hf_json(&v).unwrap().sliding_window
+        };
+        assert_eq!(base("gemma2", json!({})), [Some(5), None, Some(5), None]);
+        assert_eq!(base("mistral", json!({})), [Some(5); 4]);
+        assert_eq!(base("qwen2", json!({"use_sliding_window": true, "max_window_layers": 2})), [None, None, Some(5), Some(5)]);
+        assert_eq!(base("qwen2", json!({})), [None; 4]);
+        assert_eq!(base("llama", json!({"layer_types": ["full_attention", "sliding_attention", "full_attention", "full_attention"]})), [None, Some(5), None, None]);
+    }
+
+    #[test]
+    fn invalid_values_are_errors() {
+        let bad = |v: serde_json::Value| ModelConfig::from_hf_json(&v).unwrap_err().to_string();
+        assert!(bad(json!([1, 2])).contains("not a JSON object"));
+        assert!(bad(json!({"n_embd": 8})).contains("missing key `model_type`"));
+        let e = bad(json!({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 3,
+            "num_hidden_layers": 1, "intermediate_size": 96, "vocab_size": 10, "max_position_embeddings": 64}));
+        assert!(e.contains("multiple of n_kv_heads"), "{e}");
+        let e = bad(json!({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
+            "intermediate_size": 96, "vocab_size": 10, "max_position_embeddings": 64, "rope_scaling": {"rope_type": "yarn"}}));
+        assert!(e.contains("unsupported rope type `yarn`"), "{e}");
+    }
 }

@@ -54,7 +54,8 @@ impl HookedTransformer {
     ///
     /// Returns tokens [batch, pos + new].
     pub fn generate(&self, tokens: &Tensor, attention_mask: Option<&Tensor>, sampling: &Sampling, hooks: Hooks<'_>) -> Result<Tensor> {
-        if !(sampling.temperature >= 0.0) || sampling.top_k.is_some_and(|k| k < 1) || sampling.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+        let bad_p = |p: f64| p.is_nan() || p <= 0.0 || p > 1.0;
+        if sampling.temperature.is_nan() || sampling.temperature < 0.0 || sampling.top_k.is_some_and(|k| k < 1) || sampling.top_p.is_some_and(bad_p) {
             return Err(Error::Input(format!("invalid sampling settings: {sampling:?}")));
         }
         if let Some(seed) = sampling.seed {
