@@ -2,8 +2,10 @@
 //!
 //! A GPT-2-small-shaped random model (12 layers, d_model 768, 12 heads, vocab 50257), batch 8 x 128,
 //! f32, 2 threads. Prints, against baselines measured in the same run:
-//! - forward tokens/s and achieved GFLOP/s as a fraction of a torch matmul roofline;
+//! - forward tokens/s and achieved GFLOP/s as a fraction of two torch matmul rooflines: a GEMM
+//!   skeleton of the forward (its own matrix products, same shapes) and the single-GEMM peak;
 //! - run_with_cache (every standard hook) time as a ratio of forward, and the cache's bytes;
+//! The host's speed drifts, so measurements interleave in rounds and ratios are paired per round.
 //! - peak RSS while loading the checkpoint as a multiple of the weights' size (in a child process).
 
 use std::path::Path;
@@ -19,7 +21,8 @@ const VOCAB: i64 = 50257;
 const N_CTX: i64 = 1024;
 const BATCH: i64 = 8;
 const POS: i64 = 128;
-const REPEATS: usize = 5;
+const REPEATS: usize = 4;
+const ROUNDS: usize = 5;
 
 fn write_checkpoint(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
@@ -68,17 +71,16 @@ fn measure_load(dir: &Path) {
     println!("{} {} {}", (peak - before) * 1024.0, secs, model.n_params());
 }
 
-fn median_secs(mut f: impl FnMut()) -> f64 {
-    f(); // warm-up
-    let mut times: Vec<f64> = (0..REPEATS)
+/// Fastest of `REPEATS` timed runs after a warm-up: the estimate least disturbed by a noisy host.
+fn min_secs(mut f: impl FnMut()) -> f64 {
+    f();
+    (0..REPEATS)
         .map(|_| {
             let s = Instant::now();
             f();
             s.elapsed().as_secs_f64()
         })
-        .collect();
-    times.sort_by(|a, b| a.total_cmp(b));
-    times[REPEATS / 2]
+        .fold(f64::INFINITY, f64::min)
 }
 
 fn main() {
@@ -99,22 +101,6 @@ fn main() {
     let (load_rss, load_secs) = (nums.first().copied().unwrap_or(f64::NAN), nums.get(1).copied().unwrap_or(f64::NAN));
 
     let _guard = tch::no_grad_guard();
-    // Roofline: torch's own GEMM into a preallocated output (no allocation in the timing), at the
-    // model's two big shapes: tokens x d_model x 4 d_model (MLP) and tokens x d_model x vocab
-    // (unembedding). The faster of the two is the roofline.
-    let m = BATCH * POS;
-    let gemm_gflops = |k: i64, n: i64| {
-        let a = Tensor::randn([m, k], (Kind::Float, Device::Cpu));
-        let b = Tensor::randn([k, n], (Kind::Float, Device::Cpu));
-        let out = Tensor::empty([m, n], (Kind::Float, Device::Cpu));
-        let secs = median_secs(|| {
-            let _ = a.matmul_out(&out, &b);
-        });
-        2.0 * (m * k * n) as f64 / secs / 1e9
-    };
-    let (mlp_gemm, unembed_gemm) = (gemm_gflops(D_MODEL, 4 * D_MODEL), gemm_gflops(D_MODEL, VOCAB));
-    let roofline = mlp_gemm.max(unembed_gemm);
-
     let model = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
     let tokens = Tensor::randint(VOCAB, [BATCH, POS], (Kind::Int64, Device::Cpu));
     let tokens_n = (BATCH * POS) as f64;
@@ -123,34 +109,68 @@ fn main() {
     let attention = 2.0 * 2.0 * (LAYERS * BATCH * HEADS * POS * POS * (D_MODEL / HEADS)) as f64;
     let flops = per_token_matmul * tokens_n + attention;
 
-    // Default glibc malloc first, then with freed memory kept for reuse.
-    let (forward_default, cached_default) = forward_and_cache(&model, &tokens).0;
-    reuse_freed_memory();
-    let ((forward, cached), (cache_points, cache_bytes)) = forward_and_cache(&model, &tokens);
-    let cached_half = median_secs(|| {
-        let _ = model.run_with_cache(&tokens, CacheSpec::all().dtype(Kind::Half)).unwrap();
-    });
+    // Baselines. Peak: one torch GEMM into a preallocated output at the MLP shape. Skeleton: every
+    // GEMM the forward runs (q/k/v, output, MLP in and out per layer, the unembedding), same shapes
+    // and layouts, back to back, with bias: the roofline this forward can reach.
+    let m = BATCH * POS;
+    let randn = |s: &[i64]| Tensor::randn(s, (Kind::Float, Device::Cpu));
+    let (a, b, out) = (randn(&[m, D_MODEL]), randn(&[D_MODEL, 4 * D_MODEL]), Tensor::empty([m, 4 * D_MODEL], (Kind::Float, Device::Cpu)));
+    let x = randn(&[BATCH, POS, D_MODEL]);
+    let h = randn(&[BATCH, POS, 4 * D_MODEL]);
+    let layer: Vec<(Tensor, Tensor, &Tensor)> = [(3 * D_MODEL, D_MODEL), (D_MODEL, D_MODEL), (4 * D_MODEL, D_MODEL), (D_MODEL, 4 * D_MODEL)]
+        .into_iter()
+        .map(|(o, i)| (randn(&[o, i]), randn(&[o]), if i == D_MODEL { &x } else { &h }))
+        .collect();
+    let w_u = randn(&[VOCAB, D_MODEL]);
+    let skeleton = || {
+        for _ in 0..LAYERS {
+            for (w, bias, input) in &layer {
+                let _ = input.linear(w, Some(bias));
+            }
+        }
+        let _ = x.linear::<Tensor>(&w_u, None);
+    };
+    let skeleton_flops = 2.0 * tokens_n * (LAYERS as f64 * 12.0 * dm * dm + dm * VOCAB as f64);
 
-    println!("interp runtime benchmark: GPT-2-small shape ({} params), batch {BATCH} x {POS}, f32, {} threads", model.n_params(), tch::get_num_threads());
-    println!("torch matmul roofline                 {roofline:8.1} GFLOP/s (MLP shape {mlp_gemm:.1}, unembed shape {unembed_gemm:.1})");
-    println!("forward                               {forward:8.3} s  {:9.0} tokens/s  {:6.1} GFLOP/s  = {:.2} of roofline", tokens_n / forward, flops / forward / 1e9, flops / forward / 1e9 / roofline);
-    println!("run_with_cache, all {cache_points} hook points  {cached:8.3} s  {:9.0} tokens/s  = {:.2}x forward, cache {:.1} MiB", tokens_n / cached, cached / forward, cache_bytes as f64 / 1048576.0);
-    println!("  same, stored as f16                 {cached_half:8.3} s  = {:.2}x forward, cache {:.1} MiB", cached_half / forward, cache_bytes as f64 / 2.0 / 1048576.0);
-    println!("  without reuse_freed_memory()        forward {forward_default:.3} s, cache {cached_default:.3} s = {:.2}x forward", cached_default / forward_default);
+    // Rounds interleave every measurement, so that the host's drifting speed hits all alike;
+    // ratios are taken within a round. The first rounds use glibc's default malloc.
+    let mut rows: Vec<[f64; 5]> = Vec::new();
+    let mut cache_info = (0, 0);
+    for round in 0..2 * ROUNDS {
+        if round == ROUNDS {
+            reuse_freed_memory();
+        }
+        let peak = min_secs(|| {
+            let _ = a.matmul_out(&out, &b);
+        });
+        let skel = min_secs(skeleton);
+        let fwd = min_secs(|| {
+            let _ = model.forward(&tokens).unwrap();
+        });
+        let cached = min_secs(|| {
+            let (_, cache) = model.run_with_cache(&tokens, CacheSpec::all()).unwrap();
+            cache_info = (cache.len(), cache.total_bytes());
+        });
+        let half = min_secs(|| {
+            let _ = model.run_with_cache(&tokens, CacheSpec::all().dtype(Kind::Half)).unwrap();
+        });
+        rows.push([2.0 * (m * D_MODEL * 4 * D_MODEL) as f64 / peak / 1e9, skel, fwd, cached, half]);
+    }
+    let med = |rows: &[[f64; 5]], f: &dyn Fn(&[f64; 5]) -> f64| {
+        let mut v: Vec<f64> = rows.iter().map(f).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (default, tuned) = rows.split_at(ROUNDS);
+    let fwd = med(tuned, &|r| r[2]);
+    println!("interp runtime benchmark: GPT-2-small shape ({} params), batch {BATCH} x {POS}, f32, {} threads, fastest of {REPEATS} runs, medians of {ROUNDS} interleaved rounds", model.n_params(), tch::get_num_threads());
+    println!("torch GEMM peak (MLP shape)           {:8.1} GFLOP/s", med(tuned, &|r| r[0]));
+    println!("GEMM skeleton of the forward          {:8.3} s  {:6.1} GFLOP/s", med(tuned, &|r| r[1]), skeleton_flops / med(tuned, &|r| r[1]) / 1e9);
+    println!("forward                               {fwd:8.3} s  {:9.0} tokens/s  {:6.1} GFLOP/s", tokens_n / fwd, flops / fwd / 1e9);
+    println!("  fraction of the skeleton roofline   {:8.2}", med(tuned, &|r| (flops / r[2]) / (skeleton_flops / r[1])));
+    println!("  fraction of the GEMM peak           {:8.2}", med(tuned, &|r| flops / r[2] / 1e9 / r[0]));
+    println!("run_with_cache, all {} hook points  {:8.3} s  = {:.2}x forward, cache {:.1} MiB", cache_info.0, med(tuned, &|r| r[3]), med(tuned, &|r| r[3] / r[2]), cache_info.1 as f64 / 1048576.0);
+    println!("  same, stored as f16                 {:8.3} s  = {:.2}x forward, cache {:.1} MiB", med(tuned, &|r| r[4]), med(tuned, &|r| r[4] / r[2]), cache_info.1 as f64 / 2.0 / 1048576.0);
+    println!("  glibc default malloc (no reuse_freed_memory): cache = {:.2}x forward, forward {:.3} s", med(default, &|r| r[3] / r[2]), med(default, &|r| r[2]));
     println!("load checkpoint                       {load_secs:8.3} s  peak RSS added {:.0} MiB = {:.2}x the weights ({:.0} MiB)", load_rss / 1048576.0, load_rss / weight_bytes, weight_bytes / 1048576.0);
-}
-
-/// Median seconds of forward and of run_with_cache(all), plus the cache's size.
-fn forward_and_cache(model: &HookedTransformer, tokens: &Tensor) -> ((f64, f64), (usize, usize)) {
-    let forward = median_secs(|| {
-        let _ = model.forward(tokens).unwrap();
-    });
-    let mut cache_bytes = 0;
-    let mut cache_points = 0;
-    let cached = median_secs(|| {
-        let (_, cache) = model.run_with_cache(tokens, CacheSpec::all()).unwrap();
-        cache_bytes = cache.total_bytes();
-        cache_points = cache.len();
-    });
-    ((forward, cached), (cache_points, cache_bytes))
 }
