@@ -14,6 +14,7 @@ pub struct ActivationCache {
     pub(crate) map: BTreeMap<HookPoint, Tensor>,
     pub(crate) n_layers: usize,
     pub(crate) norm: NormKind,
+    pub(crate) attn_only: bool,
 }
 
 /// A stack of residual-stream components with a label each (`embed`, `0_attn_out`, `L3H5`, ...).
@@ -107,8 +108,10 @@ impl ActivationCache {
         for l in 0..last {
             parts.push(self.f32(HookPoint::Block(l, BlockSite::AttnOut))?);
             labels.push(format!("{l}_attn_out"));
-            parts.push(self.f32(HookPoint::Block(l, BlockSite::MlpOut))?);
-            labels.push(format!("{l}_mlp_out"));
+            if !self.attn_only {
+                parts.push(self.f32(HookPoint::Block(l, BlockSite::MlpOut))?);
+                labels.push(format!("{l}_mlp_out"));
+            }
         }
         self.stack(parts, labels, apply_ln)
     }

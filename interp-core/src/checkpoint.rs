@@ -26,6 +26,47 @@ pub struct Checkpoint {
     index: HashMap<String, usize>,
 }
 
+/// Where the loader gets HF-named tensors: a checkpoint on disk, or fresh random weights.
+pub(crate) trait TensorSource {
+    fn contains(&self, name: &str) -> bool;
+    /// The tensor `name`, checked against `shape`, as `kind` on `device`.
+    fn tensor(&self, name: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor>;
+}
+
+impl TensorSource for Checkpoint {
+    fn contains(&self, name: &str) -> bool {
+        Checkpoint::contains(self, name)
+    }
+    fn tensor(&self, name: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor> {
+        Checkpoint::tensor(self, name, shape, kind, device)
+    }
+}
+
+/// GPT-2-style initialisation, decided by each HF tensor's name: norm gains 1, biases 0, matrices
+/// N(0, 0.02), and the matrices that write to the residual stream scaled by 1/sqrt(2 n_layers).
+pub(crate) struct RandomInit {
+    pub(crate) n_layers: usize,
+}
+
+impl TensorSource for RandomInit {
+    fn contains(&self, _name: &str) -> bool {
+        true
+    }
+    fn tensor(&self, name: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor> {
+        let opts = (Kind::Float, device);
+        let t = if name.ends_with(".bias") {
+            Tensor::f_zeros(shape, opts)?
+        } else if shape.len() == 1 {
+            Tensor::f_ones(shape, opts)?
+        } else {
+            let writes_resid = ["attn.c_proj", "mlp.c_proj", "o_proj", "down_proj"].iter().any(|s| name.contains(s));
+            let std = if writes_resid { 0.02 / (2.0 * self.n_layers as f64).sqrt() } else { 0.02 };
+            Tensor::f_randn(shape, opts)?.f_mul_scalar(std)?
+        };
+        Ok(t.f_to_kind(kind)?)
+    }
+}
+
 impl Checkpoint {
     /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
     pub fn open(dir: &Path) -> Result<Self> {

@@ -118,7 +118,16 @@ pub struct ModelConfig {
     pub o_bias: bool,
     pub mlp_bias: bool,
     pub bos_token_id: Option<i64>,
+    /// No MLPs (config extension `interp_attn_only`).
+    pub attn_only: bool,
+    /// The `config.json` this came from, written back by `save_pretrained`.
+    pub hf_json: Value,
 }
+
+/// Keys this toolkit adds to HF `config.json` for models HF cannot express (documented in the
+/// README): `interp_attn_only` (blocks without MLPs) and, for `gpt2`, `interp_gated_mlp` (a GLU-family
+/// MLP `act(x W_gate) * (x W_in)` with the gate stored as `h.L.mlp.c_gate`).
+pub const EXTENSION_KEYS: &[&str] = &["interp_attn_only", "interp_gated_mlp"];
 
 /// Reads keys of one `config.json` with errors that name the key.
 struct Keys<'a>(&'a Map<String, Value>);
@@ -177,12 +186,13 @@ impl ModelConfig {
         let map = value.as_object().ok_or_else(|| Error::Config("config.json is not a JSON object".into()))?;
         let k = Keys(map);
         let model_type = k.str("model_type")?.ok_or_else(|| Error::Config("missing key `model_type`".into()))?;
-        let cfg = match model_type {
+        let mut cfg = match model_type {
             "gpt2" => Self::gpt2(&k)?,
             "gpt_neox" => Self::gpt_neox(&k)?,
             "llama" | "mistral" | "qwen2" | "gemma" | "gemma2" => Self::llama_like(&k, model_type)?,
             other => return Err(Error::UnknownArchitecture { found: other.to_string() }),
         };
+        cfg.hf_json = value.clone();
         cfg.validate()?;
         Ok(cfg)
     }
@@ -207,7 +217,7 @@ impl ModelConfig {
             norm: NormKind::LayerNorm,
             norm_eps: k.float_or("layer_norm_epsilon", 1e-5)?,
             act: Activation::parse(k.str("activation_function")?.unwrap_or("gelu_new"))?,
-            gated_mlp: false,
+            gated_mlp: k.bool_or("interp_gated_mlp", false)?,
             positional: Positional::Learned,
             parallel_attn_mlp: false,
             attn_scale: scale,
@@ -222,6 +232,8 @@ impl ModelConfig {
             o_bias: true,
             mlp_bias: true,
             bos_token_id: k.opt_int("bos_token_id")?,
+            attn_only: k.bool_or("interp_attn_only", false)?,
+            hf_json: Value::Null,
         })
     }
 
@@ -273,6 +285,8 @@ impl ModelConfig {
             o_bias: bias,
             mlp_bias: true,
             bos_token_id: k.opt_int("bos_token_id")?,
+            attn_only: false,
+            hf_json: Value::Null,
         })
     }
 
@@ -358,6 +372,8 @@ impl ModelConfig {
             o_bias: attention_bias,
             mlp_bias: k.bool_or("mlp_bias", false)?,
             bos_token_id: k.opt_int("bos_token_id")?,
+            attn_only: k.bool_or("interp_attn_only", false)?,
+            hf_json: Value::Null,
         })
     }
 

@@ -12,7 +12,7 @@ use crate::config::{NormKind, RopeScaling, Rotary};
 use crate::error::{Error, Result};
 use crate::hook_point::{BlockSite, HookPoint};
 use crate::hooks::{axes, CacheSpec, HookCtx, HookFn, Hooks};
-use crate::model::{Block, HookedTransformer, Norm};
+use crate::model::{Block, HookedTransformer, Mlp, Norm};
 
 pub(crate) enum Input<'a> {
     /// Token ids [batch, pos].
@@ -55,6 +55,7 @@ pub(crate) struct Run<'h> {
     pos_offset: i64,
     n_layers: usize,
     norm: NormKind,
+    attn_only: bool,
 }
 
 impl<'h> Run<'h> {
@@ -84,6 +85,7 @@ impl<'h> Run<'h> {
             pos_offset: 0,
             n_layers: model.cfg.n_layers,
             norm: model.cfg.norm,
+            attn_only: model.cfg.attn_only,
         })
     }
 
@@ -140,7 +142,7 @@ impl<'h> Run<'h> {
 
     pub(crate) fn take_cache(&mut self) -> Option<ActivationCache> {
         self.spec.as_ref()?;
-        Some(ActivationCache { map: std::mem::take(&mut self.cached), n_layers: self.n_layers, norm: self.norm })
+        Some(ActivationCache { map: std::mem::take(&mut self.cached), n_layers: self.n_layers, norm: self.norm, attn_only: self.attn_only })
     }
 }
 
@@ -401,15 +403,22 @@ impl HookedTransformer {
         let at = |s| HookPoint::Block(l, s);
         let resid_pre = run.fire(at(BlockSite::ResidPre), resid)?;
         let attn_out = self.attention(l, blk, &resid_pre, run, ctx, kv)?;
+        let Some(mlp) = &blk.mlp else {
+            let resid_mid = match self.cfg.parallel_attn_mlp {
+                true => resid_pre.f_add(&attn_out)?,
+                false => run.fire(at(BlockSite::ResidMid), resid_pre.f_add(&attn_out)?)?,
+            };
+            return run.fire(at(BlockSite::ResidPost), resid_mid);
+        };
         if self.cfg.parallel_attn_mlp {
             let mlp_in = run.fire(at(BlockSite::MlpIn), resid_pre.shallow_clone())?;
-            let mlp_out = self.mlp(l, blk, &mlp_in, run)?;
+            let mlp_out = self.mlp(l, blk, mlp, &mlp_in, run)?;
             let resid_post = resid_pre.f_add(&attn_out)?.f_add(&mlp_out)?;
             return run.fire(at(BlockSite::ResidPost), resid_post);
         }
         let resid_mid = run.fire(at(BlockSite::ResidMid), resid_pre.f_add(&attn_out)?)?;
         let mlp_in = run.fire(at(BlockSite::MlpIn), resid_mid.shallow_clone())?;
-        let mlp_out = self.mlp(l, blk, &mlp_in, run)?;
+        let mlp_out = self.mlp(l, blk, mlp, &mlp_in, run)?;
         run.fire(at(BlockSite::ResidPost), resid_mid.f_add(&mlp_out)?)
     }
 
@@ -519,10 +528,9 @@ impl HookedTransformer {
         run.fire(at(BlockSite::AttnOut), out)
     }
 
-    fn mlp(&self, l: usize, blk: &Block, mlp_in: &Tensor, run: &mut Run) -> Result<Tensor> {
+    fn mlp(&self, l: usize, blk: &Block, m: &Mlp, mlp_in: &Tensor, run: &mut Run) -> Result<Tensor> {
         let at = |s| HookPoint::Block(l, s);
         let x = self.norm(&blk.ln2, mlp_in, run, Some((at(BlockSite::Ln2Scale), at(BlockSite::Ln2Normalized))))?;
-        let m = &blk.mlp;
         let post = match &m.w_gate {
             Some(gate) => {
                 let pre = run.fire(at(BlockSite::MlpPre), gate.forward(&x)?)?;

@@ -37,7 +37,10 @@ mod loading;
 mod memory;
 mod model;
 mod processing;
+mod save;
+mod spec;
 mod tokenizer;
+pub mod train;
 
 pub use cache::{ActivationCache, ResidualStack};
 pub use checkpoint::Checkpoint;
@@ -50,5 +53,6 @@ pub use hooks::{CacheSpec, HookCtx, HookFn, Hooks, Intervention, NamesFilter, Sc
 pub use memory::reuse_freed_memory;
 pub use model::{HookedTransformer, RunOutput, Runner};
 pub use processing::WeightProcessing;
+pub use spec::{BlockStyle, MlpKind, ModelSpec};
 pub use tokenizer::{PaddingSide, Tokenizer};
 pub use tch;

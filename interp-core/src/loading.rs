@@ -5,13 +5,13 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::TensorSource;
 use crate::config::{Architecture, ModelConfig, NormKind};
 use crate::error::Result;
 use crate::model::{Attention, Block, Linear, Mlp, Norm, Params};
 
 struct Loader<'a> {
-    ckpt: &'a Checkpoint,
+    ckpt: &'a dyn TensorSource,
     cfg: &'a ModelConfig,
     kind: Kind,
     device: Device,
@@ -51,7 +51,7 @@ impl Loader<'_> {
     }
 }
 
-pub(crate) fn load_params(cfg: &ModelConfig, ckpt: &Checkpoint, kind: Kind, device: Device) -> Result<Params> {
+pub(crate) fn load_params(cfg: &ModelConfig, ckpt: &dyn TensorSource, kind: Kind, device: Device) -> Result<Params> {
     let l = Loader { ckpt, cfg, kind, device };
     match cfg.architecture {
         Architecture::Gpt2 => gpt2(&l),
@@ -90,17 +90,21 @@ fn gpt2(l: &Loader) -> Result<Params> {
                     },
                 },
                 ln1_post: None,
-                ln2: l.norm(&format!("{b}.ln_2"))?,
-                mlp: Mlp {
-                    w_in: Linear {
-                        w: l.conv1d(&format!("{b}.mlp.c_fc.weight"), dm, dmlp)?,
-                        b: Some(l.t(&format!("{b}.mlp.c_fc.bias"), &[dmlp])?),
-                    },
-                    w_gate: None,
-                    w_out: Linear {
-                        w: l.conv1d(&format!("{b}.mlp.c_proj.weight"), dmlp, dm)?,
-                        b: Some(l.t(&format!("{b}.mlp.c_proj.bias"), &[dm])?),
-                    },
+                ln2: if c.attn_only { Norm { kind: c.norm, w: None, b: None, eps: c.norm_eps } } else { l.norm(&format!("{b}.ln_2"))? },
+                mlp: if c.attn_only {
+                    None
+                } else {
+                    let conv = |name: &str, d_in: i64, d_out: i64| -> Result<Linear> {
+                        Ok(Linear {
+                            w: l.conv1d(&format!("{b}.mlp.{name}.weight"), d_in, d_out)?,
+                            b: Some(l.t(&format!("{b}.mlp.{name}.bias"), &[d_out])?),
+                        })
+                    };
+                    Some(Mlp {
+                        w_in: conv("c_fc", dm, dmlp)?,
+                        w_gate: if c.gated_mlp { Some(conv("c_gate", dm, dmlp)?) } else { None },
+                        w_out: conv("c_proj", dmlp, dm)?,
+                    })
                 },
                 ln2_post: None,
             })
@@ -137,11 +141,11 @@ fn gpt_neox(l: &Loader) -> Result<Params> {
                 },
                 ln1_post: None,
                 ln2: l.norm(&format!("{b}.post_attention_layernorm"))?,
-                mlp: Mlp {
+                mlp: Some(Mlp {
                     w_in: l.linear(&format!("{b}.mlp.dense_h_to_4h"), dm, dmlp, true)?,
                     w_gate: None,
                     w_out: l.linear(&format!("{b}.mlp.dense_4h_to_h"), dmlp, dm, true)?,
-                },
+                }),
                 ln2_post: None,
             })
         })
@@ -165,7 +169,9 @@ fn llama_like(l: &Loader) -> Result<Params> {
                 (Some(qb), Some(kb), Some(vb)) => Some(Tensor::f_cat(&[qb, kb, vb], 0)?),
                 _ => None,
             };
-            let (ln2, ln1_post, ln2_post) = if gemma2 {
+            let (ln2, ln1_post, ln2_post) = if c.attn_only {
+                (Norm { kind: c.norm, w: None, b: None, eps: c.norm_eps }, None, None)
+            } else if gemma2 {
                 (
                     l.norm(&format!("{b}.pre_feedforward_layernorm"))?,
                     Some(l.norm(&format!("{b}.post_attention_layernorm"))?),
@@ -182,10 +188,14 @@ fn llama_like(l: &Loader) -> Result<Params> {
                 },
                 ln1_post,
                 ln2,
-                mlp: Mlp {
-                    w_in: l.linear(&format!("{b}.mlp.up_proj"), dm, dmlp, c.mlp_bias)?,
-                    w_gate: Some(l.linear(&format!("{b}.mlp.gate_proj"), dm, dmlp, c.mlp_bias)?),
-                    w_out: l.linear(&format!("{b}.mlp.down_proj"), dmlp, dm, c.mlp_bias)?,
+                mlp: if c.attn_only {
+                    None
+                } else {
+                    Some(Mlp {
+                        w_in: l.linear(&format!("{b}.mlp.up_proj"), dm, dmlp, c.mlp_bias)?,
+                        w_gate: Some(l.linear(&format!("{b}.mlp.gate_proj"), dm, dmlp, c.mlp_bias)?),
+                        w_out: l.linear(&format!("{b}.mlp.down_proj"), dmlp, dm, c.mlp_bias)?,
+                    })
                 },
                 ln2_post,
             })

@@ -56,7 +56,8 @@ pub(crate) struct Block {
     /// Gemma-2's norm on the attention output.
     pub(crate) ln1_post: Option<Norm>,
     pub(crate) ln2: Norm,
-    pub(crate) mlp: Mlp,
+    /// `None` in attention-only models.
+    pub(crate) mlp: Option<Mlp>,
     /// Gemma-2's norm on the MLP output.
     pub(crate) ln2_post: Option<Norm>,
 }
@@ -143,33 +144,48 @@ impl HookedTransformer {
         self.tokenizer.as_ref()
     }
 
+    /// Every parameter tensor, a tied unembedding once. They share storage with the model, so
+    /// in-place updates (an optimiser step) change it; they are leaves, so they can require grad.
+    pub fn parameters(&self) -> Vec<Tensor> {
+        let p = &self.params;
+        let mut out: Vec<Tensor> = Vec::new();
+        let lin = |l: &Linear, out: &mut Vec<Tensor>| {
+            out.push(l.w.shallow_clone());
+            out.extend(l.b.as_ref().map(Tensor::shallow_clone));
+        };
+        let norm = |n: &Norm, out: &mut Vec<Tensor>| out.extend([&n.w, &n.b].into_iter().flatten().map(Tensor::shallow_clone));
+        out.push(p.w_e.shallow_clone());
+        out.extend(p.w_pos.as_ref().map(Tensor::shallow_clone));
+        for b in &p.blocks {
+            norm(&b.ln1, &mut out);
+            lin(&b.attn.qkv, &mut out);
+            lin(&b.attn.o, &mut out);
+            if let Some(n) = &b.ln1_post {
+                norm(n, &mut out);
+            }
+            if let Some(m) = &b.mlp {
+                norm(&b.ln2, &mut out);
+                lin(&m.w_in, &mut out);
+                if let Some(g) = &m.w_gate {
+                    lin(g, &mut out);
+                }
+                lin(&m.w_out, &mut out);
+            }
+            if let Some(n) = &b.ln2_post {
+                norm(n, &mut out);
+            }
+        }
+        norm(&p.ln_final, &mut out);
+        if p.w_u.data_ptr() != p.w_e.data_ptr() {
+            out.push(p.w_u.shallow_clone());
+        }
+        out.extend(p.b_u.as_ref().map(Tensor::shallow_clone));
+        out
+    }
+
     /// Number of parameters held (a tied unembedding counts once).
     pub fn n_params(&self) -> i64 {
-        let p = &self.params;
-        let lin = |l: &Linear| l.w.numel() as i64 + l.b.as_ref().map_or(0, |b| b.numel() as i64);
-        let norm = |n: &Norm| [&n.w, &n.b].iter().map(|t| t.as_ref().map_or(0, |t| t.numel() as i64)).sum::<i64>();
-        let blocks: i64 = p
-            .blocks
-            .iter()
-            .map(|b| {
-                lin(&b.attn.qkv)
-                    + lin(&b.attn.o)
-                    + lin(&b.mlp.w_in)
-                    + b.mlp.w_gate.as_ref().map_or(0, lin)
-                    + lin(&b.mlp.w_out)
-                    + norm(&b.ln1)
-                    + norm(&b.ln2)
-                    + b.ln1_post.as_ref().map_or(0, norm)
-                    + b.ln2_post.as_ref().map_or(0, norm)
-            })
-            .sum();
-        let tied = p.w_u.data_ptr() == p.w_e.data_ptr();
-        p.w_e.numel() as i64
-            + p.w_pos.as_ref().map_or(0, |t| t.numel() as i64)
-            + if tied { 0 } else { p.w_u.numel() as i64 }
-            + p.b_u.as_ref().map_or(0, |t| t.numel() as i64)
-            + norm(&p.ln_final)
-            + blocks
+        self.parameters().iter().map(|t| t.numel() as i64).sum()
     }
 
     // ---- TransformerLens-layout weight views (no copies) ----
@@ -212,17 +228,20 @@ impl HookedTransformer {
         let (h, dh, dm) = (self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model);
         Ok(self.block(layer)?.attn.o.w.f_view([dm, h, dh])?.f_permute([1, 2, 0])?)
     }
+    fn mlp_weights(&self, layer: usize) -> Result<&Mlp> {
+        self.block(layer)?.mlp.as_ref().ok_or_else(|| Error::Input("the model is attention-only: it has no MLP weights".into()))
+    }
     /// W_in [d_model, d_mlp]
     pub fn w_in(&self, layer: usize) -> Result<Tensor> {
-        Ok(self.block(layer)?.mlp.w_in.w.tr())
+        Ok(self.mlp_weights(layer)?.w_in.w.tr())
     }
     /// W_gate [d_model, d_mlp], gated MLPs only.
     pub fn w_gate(&self, layer: usize) -> Result<Option<Tensor>> {
-        Ok(self.block(layer)?.mlp.w_gate.as_ref().map(|g| g.w.tr()))
+        Ok(self.mlp_weights(layer)?.w_gate.as_ref().map(|g| g.w.tr()))
     }
     /// W_out [d_mlp, d_model]
     pub fn w_out(&self, layer: usize) -> Result<Tensor> {
-        Ok(self.block(layer)?.mlp.w_out.w.tr())
+        Ok(self.mlp_weights(layer)?.w_out.w.tr())
     }
 
     // ---- hook points ----
@@ -238,6 +257,9 @@ impl HookedTransformer {
             }
             HookPoint::Block(_, BlockSite::ResidMid) if c.parallel_attn_mlp => {
                 Err("attention and MLP run in parallel, so there is no resid_mid".into())
+            }
+            HookPoint::Block(_, s) if c.attn_only && s >= BlockSite::MlpIn && s <= BlockSite::MlpOut => {
+                Err("the model is attention-only".into())
             }
             HookPoint::Block(_, BlockSite::MlpPreLinear) if !c.gated_mlp => Err("the MLP is not gated".into()),
             _ => Ok(()),
@@ -330,7 +352,7 @@ impl HookedTransformer {
     }
 
     pub(crate) fn empty_cache(&self) -> ActivationCache {
-        ActivationCache { map: Default::default(), n_layers: self.cfg.n_layers, norm: self.cfg.norm }
+        ActivationCache { map: Default::default(), n_layers: self.cfg.n_layers, norm: self.cfg.norm, attn_only: self.cfg.attn_only }
     }
 
     /// The MLP nonlinearity, applied in the model dtype.

@@ -85,10 +85,11 @@ impl HookedTransformer {
         if opts.fold_ln {
             for blk in &mut p.blocks {
                 fold_norm_into(&blk.ln1, &mut [&mut blk.attn.qkv])?;
-                let mlp = &mut blk.mlp;
-                match &mut mlp.w_gate {
-                    Some(gate) => fold_norm_into(&blk.ln2, &mut [&mut mlp.w_in, gate])?,
-                    None => fold_norm_into(&blk.ln2, &mut [&mut mlp.w_in])?,
+                if let Some(mlp) = &mut blk.mlp {
+                    match &mut mlp.w_gate {
+                        Some(gate) => fold_norm_into(&blk.ln2, &mut [&mut mlp.w_in, gate])?,
+                        None => fold_norm_into(&blk.ln2, &mut [&mut mlp.w_in])?,
+                    }
                 }
                 for n in [&mut blk.ln1, &mut blk.ln2] {
                     n.w = None;
@@ -107,7 +108,7 @@ impl HookedTransformer {
                 p.w_pos = Some(center(w_pos, 1)?);
             }
             for blk in &mut p.blocks {
-                for lin in [&mut blk.attn.o, &mut blk.mlp.w_out] {
+                for lin in std::iter::once(&mut blk.attn.o).chain(blk.mlp.as_mut().map(|m| &mut m.w_out)) {
                     lin.w = center(&lin.w, 0)?;
                     if let Some(b) = &lin.b {
                         lin.b = Some(center(b, 0)?);

@@ -25,6 +25,15 @@ impl Tokenizer {
         Ok(Tokenizer { inner, bos })
     }
 
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.inner.save(path, true).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))
+    }
+
+    /// Wraps an HF tokenizer (e.g. one trained with the `tokenizers` crate).
+    pub fn new(inner: tokenizers::Tokenizer, bos: Option<i64>) -> Self {
+        Tokenizer { inner, bos }
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

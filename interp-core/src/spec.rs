@@ -1,0 +1,119 @@
+//! `ModelSpec`: the shape of a model to build from scratch (for training), written as an HF
+//! `config.json` so that what we train is an ordinary checkpoint.
+
+use serde_json::{json, Value};
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+
+/// Block layout of a model built here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockStyle {
+    /// LayerNorm, learned positions, biases (HF `gpt2`).
+    Gpt2,
+    /// RMSNorm, rotary positions, no biases, always-gated MLP (HF `llama`).
+    Llama,
+}
+
+/// MLP nonlinearity by its common name. The GLU family gates: `act(x W_gate) * (x W_in)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MlpKind {
+    Relu,
+    Gelu,
+    /// Sigmoid gate.
+    Glu,
+    /// No nonlinearity on the gate.
+    Bilinear,
+    ReGlu,
+    GeGlu,
+    SwiGlu,
+}
+
+impl MlpKind {
+    /// (HF activation name, gated)
+    fn hf(self) -> (&'static str, bool) {
+        match self {
+            MlpKind::Relu => ("relu", false),
+            MlpKind::Gelu => ("gelu_new", false),
+            MlpKind::Glu => ("sigmoid", true),
+            MlpKind::Bilinear => ("linear", true),
+            MlpKind::ReGlu => ("relu", true),
+            MlpKind::GeGlu => ("gelu_new", true),
+            MlpKind::SwiGlu => ("silu", true),
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name.to_ascii_lowercase().as_str() {
+            "relu" => MlpKind::Relu,
+            "gelu" => MlpKind::Gelu,
+            "glu" => MlpKind::Glu,
+            "bilinear" => MlpKind::Bilinear,
+            "reglu" => MlpKind::ReGlu,
+            "geglu" => MlpKind::GeGlu,
+            "swiglu" => MlpKind::SwiGlu,
+            other => {
+                return Err(Error::Config(format!("unknown MLP `{other}` (relu, gelu, glu, bilinear, reglu, geglu, swiglu)")))
+            }
+        })
+    }
+}
+
+/// A model to build. `mlp: None` makes it attention-only.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSpec {
+    pub style: BlockStyle,
+    pub n_layers: usize,
+    pub d_model: i64,
+    pub n_heads: i64,
+    pub d_mlp: i64,
+    pub d_vocab: i64,
+    pub n_ctx: i64,
+    pub mlp: Option<MlpKind>,
+    pub tie_embeddings: bool,
+    pub bos_token_id: Option<i64>,
+}
+
+impl ModelSpec {
+    /// The HF `config.json` (with this toolkit's extension keys where HF has no equivalent).
+    pub fn to_hf_json(&self) -> Result<Value> {
+        let default = if self.style == BlockStyle::Llama { MlpKind::SwiGlu } else { MlpKind::Gelu };
+        let (act, gated) = self.mlp.unwrap_or(default).hf();
+        let mut v = match self.style {
+            BlockStyle::Gpt2 => json!({
+                "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+                "n_layer": self.n_layers, "n_embd": self.d_model, "n_head": self.n_heads, "n_inner": self.d_mlp,
+                "vocab_size": self.d_vocab, "n_positions": self.n_ctx, "activation_function": act,
+                "layer_norm_epsilon": 1e-5, "tie_word_embeddings": self.tie_embeddings,
+            }),
+            BlockStyle::Llama => {
+                if !gated {
+                    return Err(Error::Config(format!("Llama-style blocks have gated MLPs; {:?} is not gated", self.mlp)));
+                }
+                let act = if act == "gelu_new" { "gelu_pytorch_tanh" } else { act };
+                json!({
+                    "model_type": "llama", "architectures": ["LlamaForCausalLM"],
+                    "num_hidden_layers": self.n_layers, "hidden_size": self.d_model, "num_attention_heads": self.n_heads,
+                    "num_key_value_heads": self.n_heads, "head_dim": self.d_model / self.n_heads.max(1),
+                    "intermediate_size": self.d_mlp, "vocab_size": self.d_vocab, "max_position_embeddings": self.n_ctx,
+                    "hidden_act": act, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "attention_bias": false,
+                    "mlp_bias": false, "tie_word_embeddings": self.tie_embeddings,
+                })
+            }
+        };
+        let map = v.as_object_mut().ok_or_else(|| Error::Config("config is not an object".into()))?;
+        map.insert("bos_token_id".into(), self.bos_token_id.map_or(Value::Null, Value::from));
+        map.insert("eos_token_id".into(), self.bos_token_id.map_or(Value::Null, Value::from));
+        if self.mlp.is_none() {
+            map.insert("interp_attn_only".into(), true.into());
+        } else if gated && self.style == BlockStyle::Gpt2 {
+            map.insert("interp_gated_mlp".into(), true.into());
+        }
+        Ok(v)
+    }
+
+    /// The validated runtime config.
+    pub fn config(&self) -> Result<ModelConfig> {
+        ModelConfig::from_hf_json(&self.to_hf_json()?)
+    }
+}

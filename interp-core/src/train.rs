@@ -1,0 +1,308 @@
+//! Training from scratch: AdamW, warmup plus cosine or linear decay, gradient clipping, periodic
+//! evaluation, atomic checkpoints and exact resume, a progress bar.
+//!
+//! Batches are a pure function of the step (`BatchSource::train_batch(step)`), so a run resumed
+//! from a checkpoint continues with exactly the batches and optimizer state it would have had:
+//! on CPU, its final weights equal an uninterrupted run's bit for bit.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::forward::{Input, Run};
+use crate::hooks::Hooks;
+use crate::model::HookedTransformer;
+
+/// Inputs and next-token targets, [batch, pos] int64; `mask` [batch, pos] (1 = scored) limits the
+/// loss to some positions (task answers).
+pub struct Batch {
+    pub input: Tensor,
+    pub target: Tensor,
+    pub mask: Option<Tensor>,
+}
+
+/// Where training data comes from. `train_batch` must depend only on `step`.
+pub trait BatchSource {
+    fn train_batch(&self, step: usize) -> Result<Batch>;
+    fn eval_batches(&self) -> Result<Vec<Batch>>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// Cosine from the peak to `min_lr_ratio * lr`.
+    Cosine,
+    /// Linear from the peak to `min_lr_ratio * lr`.
+    Linear,
+}
+
+/// Optimiser and loop settings; `Default` gives sensible values for small models.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub steps: usize,
+    pub lr: f64,
+    pub warmup_steps: usize,
+    pub schedule: Schedule,
+    pub min_lr_ratio: f64,
+    /// Decoupled weight decay, on matrices only (not norms, biases).
+    pub weight_decay: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    /// Clip the global gradient norm to this.
+    pub grad_clip: Option<f64>,
+    pub eval_every: usize,
+    pub checkpoint_every: usize,
+    /// Checkpoints go here (`checkpoint.safetensors`); an existing one is resumed.
+    pub checkpoint_dir: Option<PathBuf>,
+    pub seed: i64,
+    pub progress: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 1000,
+            lr: 1e-3,
+            warmup_steps: 50,
+            schedule: Schedule::Cosine,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.01,
+            betas: (0.9, 0.99),
+            eps: 1e-8,
+            grad_clip: Some(1.0),
+            eval_every: 100,
+            checkpoint_every: 100,
+            checkpoint_dir: None,
+            seed: 0,
+            progress: true,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The learning rate at `step` (0-based).
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let span = self.steps.saturating_sub(self.warmup_steps).max(1) as f64;
+        let t = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        let min = self.lr * self.min_lr_ratio;
+        let frac = match self.schedule {
+            Schedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * t).cos()),
+            Schedule::Linear => 1.0 - t,
+        };
+        min + (self.lr - min) * frac
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    /// The step training started at (non-zero after a resume).
+    pub resumed_at: usize,
+    pub steps: usize,
+    /// Mean training loss over the last 10% of steps run.
+    pub final_train_loss: f64,
+    /// (step, mean eval loss)
+    pub eval_losses: Vec<(usize, f64)>,
+    pub tokens_per_sec: f64,
+}
+
+/// Cross-entropy of `logits` [b, p, vocab] against `target` [b, p], averaged over `mask`ed positions.
+pub fn next_token_loss(logits: &Tensor, batch: &Batch) -> Result<Tensor> {
+    let logp = logits.f_log_softmax(-1, Kind::Float)?;
+    let nll = logp.f_gather(-1, &batch.target.f_unsqueeze(-1)?, false)?.f_squeeze_dim(-1)?.f_neg()?;
+    Ok(match &batch.mask {
+        Some(mask) => {
+            let m = mask.f_to_kind(Kind::Float)?;
+            nll.f_mul(&m)?.f_sum(Kind::Float)?.f_div(&m.f_sum(Kind::Float)?.f_clamp_min(1.0)?)?
+        }
+        None => nll.f_mean(Kind::Float)?,
+    })
+}
+
+/// A stable hash (FNV-1a) of what a checkpoint must agree with.
+fn fingerprint(model: &HookedTransformer, params: &[Tensor]) -> i64 {
+    let mut text = model.cfg.hf_json.to_string();
+    for p in params {
+        text.push_str(&format!("{:?}", p.size()));
+    }
+    text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3)) as i64
+}
+
+struct AdamState {
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+}
+
+fn checkpoint_path(dir: &Path) -> PathBuf {
+    dir.join("checkpoint.safetensors")
+}
+
+fn save_checkpoint(dir: &Path, step: usize, fp: i64, params: &[Tensor], st: &AdamState) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    let mut named: Vec<(String, Tensor)> = vec![
+        ("step".into(), Tensor::f_from_slice(&[step as i64])?),
+        ("fingerprint".into(), Tensor::f_from_slice(&[fp])?),
+    ];
+    for (i, ((p, m), v)) in params.iter().zip(&st.m).zip(&st.v).enumerate() {
+        named.push((format!("param.{i}"), p.f_detach()?.f_to_device(tch::Device::Cpu)?));
+        named.push((format!("adam_m.{i}"), m.f_to_device(tch::Device::Cpu)?));
+        named.push((format!("adam_v.{i}"), v.f_to_device(tch::Device::Cpu)?));
+    }
+    // Write then rename: an interrupted or failed write (disk full) leaves the last good one.
+    let tmp = dir.join("checkpoint.safetensors.tmp");
+    Tensor::write_safetensors(&named, &tmp).map_err(|e| Error::Io {
+        path: tmp.clone(),
+        source: std::io::Error::other(e.to_string().lines().next().unwrap_or_default().to_string()),
+    })?;
+    std::fs::rename(&tmp, checkpoint_path(dir)).map_err(Error::io(checkpoint_path(dir)))
+}
+
+fn load_checkpoint(dir: &Path, fp: i64, params: &[Tensor], st: &AdamState) -> Result<Option<usize>> {
+    let path = checkpoint_path(dir);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bad = |message: String| Error::Checkpoint { path: path.clone(), message };
+    let map: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(&path).map_err(|e| bad(format!("unreadable: {e}")))?.into_iter().collect();
+    let get = |name: &str| map.get(name).ok_or_else(|| bad(format!("no tensor `{name}`")));
+    if get("fingerprint")?.int64_value(&[0]) != fp {
+        return Err(bad("it belongs to another model configuration; remove it or use another checkpoint dir".into()));
+    }
+    let _guard = tch::no_grad_guard();
+    for (i, ((p, m), v)) in params.iter().zip(&st.m).zip(&st.v).enumerate() {
+        for (dst, name) in [(p, format!("param.{i}")), (m, format!("adam_m.{i}")), (v, format!("adam_v.{i}"))] {
+            let src = get(&name)?;
+            if src.size() != dst.size() {
+                return Err(bad(format!("`{name}` has shape {:?}, expected {:?}", src.size(), dst.size())));
+            }
+            dst.shallow_clone().f_copy_(src)?;
+        }
+    }
+    Ok(Some(get("step")?.int64_value(&[0]) as usize))
+}
+
+impl HookedTransformer {
+    /// Trains the model in place on `data`; see [`TrainConfig`]. A NaN or infinite loss stops
+    /// the run with an error (the last checkpoint stays as it was).
+    pub fn train(&self, data: &dyn BatchSource, cfg: &TrainConfig) -> Result<TrainReport> {
+        if cfg.steps == 0 || !(cfg.lr > 0.0) || cfg.checkpoint_every == 0 || cfg.eval_every == 0 {
+            return Err(Error::Input(format!("invalid training settings: {cfg:?}")));
+        }
+        tch::manual_seed(cfg.seed);
+        let params: Vec<Tensor> = self.parameters().into_iter().map(|p| p.set_requires_grad(true)).collect();
+        let st = AdamState {
+            m: params.iter().map(|p| p.f_zeros_like()).collect::<Result<_, _>>()?,
+            v: params.iter().map(|p| p.f_zeros_like()).collect::<Result<_, _>>()?,
+        };
+        let fp = fingerprint(self, &params);
+        let start = match &cfg.checkpoint_dir {
+            Some(dir) => load_checkpoint(dir, fp, &params, &st)?.unwrap_or(0),
+            None => 0,
+        };
+        let result = self.train_loop(data, cfg, &params, &st, fp, start);
+        for p in &params {
+            let _ = p.set_requires_grad(false);
+        }
+        result
+    }
+
+    fn train_loop(&self, data: &dyn BatchSource, cfg: &TrainConfig, params: &[Tensor], st: &AdamState, fp: i64, start: usize) -> Result<TrainReport> {
+        let bar = if cfg.progress { indicatif::ProgressBar::new(cfg.steps as u64) } else { indicatif::ProgressBar::hidden() };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_position(start as u64);
+        let (b1, b2) = cfg.betas;
+        let (mut losses, mut eval_losses, mut tokens) = (Vec::new(), Vec::new(), 0usize);
+        let clock = Instant::now();
+        for step in start..cfg.steps {
+            let batch = data.train_batch(step)?;
+            let mut run = Run::new(self, Hooks::new(), None, None, None)?;
+            let logits = self.run_forward(&mut run, &Input::Tokens(&batch.input), None, None, None)?;
+            let loss = next_token_loss(&logits, &batch)?;
+            let loss_value = loss.f_double_value(&[])?;
+            if !loss_value.is_finite() {
+                return Err(Error::Input(format!(
+                    "training loss is {loss_value} at step {step}; stopped (the last checkpoint, if any, is untouched)"
+                )));
+            }
+            let grads = Tensor::f_run_backward(&[&loss], params, false, false)?;
+            let _guard = tch::no_grad_guard();
+            let scale = match cfg.grad_clip {
+                Some(max) => {
+                    let sq: f64 = grads.iter().map(|g| g.f_square().and_then(|s| s.f_sum(Kind::Double)).map(|s| s.double_value(&[]))).sum::<Result<f64, _>>()?;
+                    let norm = sq.sqrt();
+                    if norm > max { max / (norm + 1e-6) } else { 1.0 }
+                }
+                None => 1.0,
+            };
+            let lr = cfg.lr_at(step);
+            let t = (step + 1) as i32;
+            let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+            for (((p, g), m), v) in params.iter().zip(&grads).zip(&st.m).zip(&st.v) {
+                let g = g.f_mul_scalar(scale)?;
+                // In place on shallow clones: the same storage as the model's and the state's tensors.
+                let (mut m, mut v, mut p) = (m.shallow_clone(), v.shallow_clone(), p.shallow_clone());
+                let _ = m.f_mul_scalar_(b1)?.f_add_(&g.f_mul_scalar(1.0 - b1)?)?;
+                let _ = v.f_mul_scalar_(b2)?.f_addcmul_(&g, &g.f_mul_scalar(1.0 - b2)?)?;
+                if p.dim() >= 2 && cfg.weight_decay > 0.0 {
+                    let _ = p.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?;
+                }
+                let update = m.f_div_scalar(c1)?.f_div(&v.f_div_scalar(c2)?.f_sqrt()?.f_add_scalar(cfg.eps)?)?;
+                let _ = p.f_sub_(&update.f_mul_scalar(lr)?)?;
+            }
+            losses.push(loss_value);
+            tokens += batch.input.numel();
+            let done = step + 1;
+            if done % cfg.eval_every == 0 || done == cfg.steps {
+                eval_losses.push((done, self.eval_loss(data)?));
+            }
+            if let Some(dir) = &cfg.checkpoint_dir {
+                if done % cfg.checkpoint_every == 0 || done == cfg.steps {
+                    // A divergent update can make weights non-finite a step before the loss shows it.
+                    for p in params {
+                        if p.f_isfinite()?.f_all()?.int64_value(&[]) == 0 {
+                            return Err(Error::Input(format!(
+                                "training diverged: parameters are not finite after step {done}; stopped (the last checkpoint is untouched)"
+                            )));
+                        }
+                    }
+                    save_checkpoint(dir, done, fp, params, st)?;
+                }
+            }
+            let rate = tokens as f64 / clock.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("loss {loss_value:.4} | {rate:.0} tok/s"));
+            bar.inc(1);
+        }
+        bar.finish();
+        let tail = losses.len().div_ceil(10).max(1);
+        let final_train_loss = if losses.is_empty() { f64::NAN } else { losses[losses.len() - tail.min(losses.len())..].iter().sum::<f64>() / tail.min(losses.len()) as f64 };
+        Ok(TrainReport {
+            resumed_at: start,
+            steps: cfg.steps,
+            final_train_loss,
+            eval_losses,
+            tokens_per_sec: tokens as f64 / clock.elapsed().as_secs_f64().max(1e-9),
+        })
+    }
+
+    /// Mean next-token loss over the source's eval batches.
+    pub fn eval_loss(&self, data: &dyn BatchSource) -> Result<f64> {
+        let _guard = tch::no_grad_guard();
+        let batches = data.eval_batches()?;
+        if batches.is_empty() {
+            return Err(Error::Input("no eval batches".into()));
+        }
+        let mut total = 0.0;
+        for b in &batches {
+            total += next_token_loss(&self.forward(&b.input)?, b)?.f_double_value(&[])?;
+        }
+        Ok(total / batches.len() as f64)
+    }
+}

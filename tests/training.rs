@@ -1,0 +1,136 @@
+//! Building models from scratch, saving them as HF checkpoints, training with exact resume.
+
+mod common;
+
+use common::max_abs_diff;
+use interp::interp_core::train::{Batch, BatchSource, Schedule, TrainConfig};
+use interp::interp_core::{tch, BlockStyle, HookedTransformer, MlpKind, ModelSpec, Result};
+use tch::{Device, Kind, Tensor};
+
+fn spec(style: BlockStyle, mlp: Option<MlpKind>) -> ModelSpec {
+    ModelSpec { style, n_layers: 2, d_model: 32, n_heads: 4, d_mlp: 64, d_vocab: 16, n_ctx: 32, mlp, tie_embeddings: false, bos_token_id: Some(0) }
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("interp-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Next token = a fixed permutation of the current one: learnable by one layer.
+struct Permutation {
+    fail_at: Option<usize>,
+}
+
+impl Permutation {
+    fn batch(seed: i64) -> Batch {
+        let g = Tensor::arange(16, (Kind::Int64, Device::Cpu));
+        let perm = (g * 5 + 3).remainder(16);
+        let _ = seed;
+        let input = Tensor::randint_low(0, 16, [16, 12], (Kind::Int64, Device::Cpu));
+        let target = perm.index_select(0, &input.flatten(0, -1)).view([16, 12]);
+        Batch { input, target, mask: None }
+    }
+}
+
+impl BatchSource for Permutation {
+    fn train_batch(&self, step: usize) -> Result<Batch> {
+        if Some(step) == self.fail_at {
+            return Err(interp::interp_core::Error::Input("interrupted".into()));
+        }
+        tch::manual_seed(1000 + step as i64);
+        Ok(Self::batch(step as i64))
+    }
+    fn eval_batches(&self) -> Result<Vec<Batch>> {
+        tch::manual_seed(7);
+        Ok(vec![Self::batch(-1)])
+    }
+}
+
+fn quiet(steps: usize) -> TrainConfig {
+    TrainConfig { steps, lr: 3e-3, warmup_steps: 5, progress: false, eval_every: 10, checkpoint_every: 5, ..Default::default() }
+}
+
+#[test]
+fn every_variant_saves_and_loads_back_exactly() {
+    let variants = [
+        (BlockStyle::Gpt2, Some(MlpKind::Gelu)),
+        (BlockStyle::Gpt2, Some(MlpKind::Relu)),
+        (BlockStyle::Gpt2, Some(MlpKind::Bilinear)),
+        (BlockStyle::Gpt2, Some(MlpKind::Glu)),
+        (BlockStyle::Gpt2, None),
+        (BlockStyle::Llama, Some(MlpKind::SwiGlu)),
+        (BlockStyle::Llama, Some(MlpKind::GeGlu)),
+        (BlockStyle::Llama, Some(MlpKind::ReGlu)),
+        (BlockStyle::Llama, Some(MlpKind::Bilinear)),
+        (BlockStyle::Llama, None),
+    ];
+    let tokens = Tensor::randint(16, [2, 10], (Kind::Int64, Device::Cpu));
+    for (style, mlp) in variants {
+        let model = HookedTransformer::init_random(&spec(style, mlp), 1, Kind::Float, Device::Cpu).unwrap();
+        let dir = scratch("roundtrip");
+        model.save_pretrained(&dir).unwrap();
+        let back = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
+        assert_eq!(back.cfg, model.cfg, "{style:?} {mlp:?}");
+        assert_eq!(max_abs_diff(&back.forward(&tokens).unwrap(), &model.forward(&tokens).unwrap()), 0.0, "{style:?} {mlp:?}");
+        assert_eq!(back.n_params(), model.n_params());
+        assert_eq!(model.cfg.attn_only, mlp.is_none());
+    }
+    let err = interp::interp_core::ModelSpec { mlp: Some(MlpKind::Relu), ..spec(BlockStyle::Llama, None) }.config().unwrap_err();
+    assert!(err.to_string().contains("gated"), "{err}");
+    let attn_only = HookedTransformer::init_random(&spec(BlockStyle::Gpt2, None), 1, Kind::Float, Device::Cpu).unwrap();
+    let e = attn_only.run_with_cache(&tokens, interp::interp_core::CacheSpec::names(["blocks.0.mlp.hook_post"])).err().unwrap();
+    assert!(e.to_string().contains("attention-only"), "{e}");
+}
+
+#[test]
+fn training_learns_and_resumes_exactly() {
+    let init = || HookedTransformer::init_random(&spec(BlockStyle::Gpt2, Some(MlpKind::Bilinear)), 3, Kind::Float, Device::Cpu).unwrap();
+    // Uninterrupted.
+    let a = init();
+    let before = a.eval_loss(&Permutation { fail_at: None }).unwrap();
+    let report = a.train(&Permutation { fail_at: None }, &quiet(60)).unwrap();
+    let after = report.eval_losses.last().unwrap().1;
+    assert!(before > 2.0 && after < 0.3 * before, "eval loss {before} -> {after}");
+    // Interrupted at step 12 (after the checkpoint of step 10), then resumed.
+    let dir = scratch("resume");
+    let cfg = TrainConfig { checkpoint_dir: Some(dir.clone()), ..quiet(60) };
+    let b = init();
+    let err = b.train(&Permutation { fail_at: Some(12) }, &cfg).unwrap_err();
+    assert!(err.to_string().contains("interrupted"));
+    let b = init();
+    let resumed = b.train(&Permutation { fail_at: None }, &cfg).unwrap();
+    assert_eq!(resumed.resumed_at, 10);
+    for (pa, pb) in a.parameters().iter().zip(b.parameters()) {
+        assert_eq!(max_abs_diff(pa, &pb), 0.0, "resumed weights differ from an uninterrupted run");
+    }
+    // A checkpoint of another configuration is refused.
+    let other = HookedTransformer::init_random(&spec(BlockStyle::Llama, Some(MlpKind::SwiGlu)), 3, Kind::Float, Device::Cpu).unwrap();
+    let e = other.train(&Permutation { fail_at: None }, &cfg).unwrap_err().to_string();
+    assert!(e.contains("another model configuration"), "{e}");
+}
+
+#[test]
+fn nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
+    let dir = scratch("nan");
+    let model = HookedTransformer::init_random(&spec(BlockStyle::Llama, Some(MlpKind::SwiGlu)), 4, Kind::Float, Device::Cpu).unwrap();
+    // A learning rate this large diverges within a few steps.
+    let cfg = TrainConfig { lr: 1e30, warmup_steps: 1, grad_clip: None, checkpoint_every: 1, checkpoint_dir: Some(dir.clone()), ..quiet(50) };
+    let e = model.train(&Permutation { fail_at: None }, &cfg).unwrap_err().to_string();
+    assert!((e.contains("training loss is") || e.contains("diverged")) && e.contains("stopped"), "{e}");
+    let ckpt: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(dir.join("checkpoint.safetensors")).unwrap().into_iter().collect();
+    assert!(ckpt["step"].int64_value(&[0]) >= 1, "a good checkpoint was written before the divergence");
+    assert!(ckpt.iter().filter(|(n, _)| n.starts_with("param.")).all(|(_, t)| t.isfinite().all().int64_value(&[]) == 1));
+}
+
+#[test]
+fn schedules_warm_up_and_decay() {
+    let cfg = TrainConfig { steps: 110, lr: 1.0, warmup_steps: 10, min_lr_ratio: 0.1, ..Default::default() };
+    assert!((cfg.lr_at(0) - 0.1).abs() < 1e-12);
+    assert!((cfg.lr_at(9) - 1.0).abs() < 1e-12);
+    assert!((cfg.lr_at(60) - 0.55).abs() < 1e-12); // cosine midpoint
+    assert!((cfg.lr_at(110) - 0.1).abs() < 1e-12);
+    let lin = TrainConfig { schedule: Schedule::Linear, ..cfg };
+    assert!((lin.lr_at(60) - 0.55).abs() < 1e-12);
+    assert!((lin.lr_at(35) - 0.775).abs() < 1e-12);
+}
