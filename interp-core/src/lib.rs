@@ -28,6 +28,7 @@
 mod cache;
 mod checkpoint;
 pub mod config;
+pub mod data;
 mod error;
 mod forward;
 mod generate;
