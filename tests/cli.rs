@@ -79,3 +79,48 @@ fn main_job_prints_a_logit_lens_summary() {
     assert!(out.contains("run_with_cache: 42 hook points"), "{out}");
     assert!(out.contains("final_post"));
 }
+
+#[test]
+fn train_killed_midway_resumes_to_the_same_weights() {
+    let root = std::env::temp_dir().join(format!("interp-cli-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let corpus = root.join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    for i in 0..4 {
+        let text: String = (0..300).map(|j| format!("the {} cat sat on the {} mat. ", ["black", "white", "red"][(i + j) % 3], ["big", "small"][j % 2])).collect();
+        std::fs::write(corpus.join(format!("doc{i}.txt")), text).unwrap();
+    }
+    let args = |out: &std::path::Path| -> Vec<String> {
+        ["train", "--out", out.to_str().unwrap(), "--data", corpus.to_str().unwrap(), "--vocab", "300", "--layers", "1",
+         "--d-model", "32", "--heads", "2", "--ctx", "16", "--batch", "4", "--steps", "400", "--warmup", "10",
+         "--eval-every", "100", "--checkpoint-every", "5", "--threads", "1", "--mlp", "bilinear"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let whole = root.join("whole");
+    let (ok, _, err) = interp(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+
+    let killed = root.join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_interp")).args(args(&killed)).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let ckpt = killed.join("checkpoints/checkpoint.safetensors");
+    let t0 = std::time::Instant::now();
+    while !ckpt.exists() && t0.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!killed.join("model.safetensors").exists(), "the run finished before it was killed");
+    let (ok, _, err) = interp(&args(&killed).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(killed.join("train_report.json")).unwrap()).unwrap();
+    assert!(report["resumed_at_step"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(
+        std::fs::read(whole.join("model.safetensors")).unwrap(),
+        std::fs::read(killed.join("model.safetensors")).unwrap(),
+        "resumed weights differ from an uninterrupted run"
+    );
+    let e = interp(&["train", "--out", root.join("bad").to_str().unwrap(), "--data", corpus.join("doc0.txt").to_str().unwrap()]).2;
+    assert!(e.contains("malformed JSON") && e.trim_end().lines().count() == 1, "{e}");
+}

