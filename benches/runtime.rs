@@ -11,6 +11,9 @@
 use std::path::Path;
 use std::time::Instant;
 
+mod common;
+
+use common::min_secs;
 use interp::interp_core::{reuse_freed_memory, tch, CacheSpec, HookedTransformer};
 use tch::{Device, Kind, Tensor};
 
@@ -71,18 +74,6 @@ fn measure_load(dir: &Path) {
     println!("{} {} {}", (peak - before) * 1024.0, secs, model.n_params());
 }
 
-/// Fastest of `REPEATS` timed runs after a warm-up: the estimate least disturbed by a noisy host.
-fn min_secs(mut f: impl FnMut()) -> f64 {
-    f();
-    (0..REPEATS)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
-
 fn main() {
     tch::set_num_threads(2);
     let args: Vec<String> = std::env::args().collect();
@@ -140,18 +131,18 @@ fn main() {
         if round == ROUNDS {
             reuse_freed_memory();
         }
-        let peak = min_secs(|| {
+        let peak = min_secs(REPEATS, || {
             let _ = a.matmul_out(&out, &b);
         });
-        let skel = min_secs(skeleton);
-        let fwd = min_secs(|| {
+        let skel = min_secs(REPEATS, skeleton);
+        let fwd = min_secs(REPEATS, || {
             let _ = model.forward(&tokens).unwrap();
         });
-        let cached = min_secs(|| {
+        let cached = min_secs(REPEATS, || {
             let (_, cache) = model.run_with_cache(&tokens, CacheSpec::all()).unwrap();
             cache_info = (cache.len(), cache.total_bytes());
         });
-        let half = min_secs(|| {
+        let half = min_secs(REPEATS, || {
             let _ = model.run_with_cache(&tokens, CacheSpec::all().dtype(Kind::Half)).unwrap();
         });
         rows.push([2.0 * (m * D_MODEL * 4 * D_MODEL) as f64 / peak / 1e9, skel, fwd, cached, half]);

@@ -40,6 +40,7 @@ mod model;
 mod processing;
 mod save;
 mod spec;
+pub mod tasks;
 mod tokenizer;
 pub mod train;
 

@@ -1,0 +1,347 @@
+//! Built-in tasks with known answers, for training task models and for circuit analysis: each
+//! generates clean prompts, corrupted prompts (the same length, token for token), the answer and
+//! a metric, deterministically from a seed.
+//!
+//! All tasks share one word-level vocabulary ([`TaskVocab`], saved as an ordinary HF
+//! `tokenizer.json`); a prompt is words separated by spaces, one token each, BOS first.
+
+use std::collections::HashMap;
+
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
+use crate::train::{Batch, BatchSource};
+
+pub const NAMES: [&str; 16] = ["Mary", "John", "Alice", "Bob", "Carol", "Dave", "Eve", "Frank", "Grace", "Henry", "Iris", "Jack", "Kate", "Leo", "Mia", "Noah"];
+pub const PLACES: [&str; 8] = ["store", "park", "school", "garden", "station", "market", "library", "beach"];
+pub const OBJECTS: [&str; 8] = ["drink", "book", "ball", "letter", "ring", "pen", "cake", "key"];
+pub const NOUNS: [&str; 8] = ["war", "reign", "drought", "journey", "trial", "siege", "voyage", "strike"];
+const SYLLABLES: [&str; 12] = ["ka", "lo", "mi", "ru", "te", "zo", "pa", "ni", "vu", "se", "do", "fi"];
+/// (relation words, objects it maps to)
+const RELATIONS: [(&str, &str, [&str; 6]); 3] = [
+    ("lives", "in", ["Paris", "Rome", "Cairo", "Lima", "Oslo", "Kyoto"]),
+    ("works", "as", ["baker", "pilot", "nurse", "judge", "miner", "tailor"]),
+    ("plays", "the", ["harp", "drums", "flute", "violin", "lute", "horn"]),
+];
+const INDUCTION_TOKENS: usize = 48;
+
+/// Deterministic 64-bit random numbers (SplitMix64).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x5851f42d4c957f2d)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in 0..n.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    /// `k` distinct values from 0..n.
+    pub fn distinct(&mut self, n: usize, k: usize) -> Vec<usize> {
+        let mut out: Vec<usize> = Vec::with_capacity(k);
+        while out.len() < k {
+            let x = self.below(n);
+            if !out.contains(&x) {
+                out.push(x);
+            }
+        }
+        out
+    }
+}
+
+/// The word-level vocabulary of every task.
+pub struct TaskVocab {
+    words: Vec<String>,
+    ids: HashMap<String, i64>,
+    /// Modulus of the modular-addition task.
+    pub modulus: usize,
+}
+
+impl TaskVocab {
+    pub fn new(modulus: usize) -> Self {
+        let mut words: Vec<String> = vec!["<|endoftext|>".into()];
+        let fixed = ["Then", ",", "and", "went", "to", "the", ".", "gave", "a", "The", "lasted", "from", "year", "+", "="];
+        words.extend(fixed.iter().map(|s| s.to_string()));
+        words.extend(NAMES.iter().chain(&PLACES).chain(&OBJECTS).chain(&NOUNS).chain(&SYLLABLES).map(|s| s.to_string()));
+        for (a, b, objs) in RELATIONS {
+            words.extend([a, b].iter().chain(objs.iter()).map(|s| s.to_string()));
+        }
+        words.extend((0..100).map(|i| format!("{i:02}")));
+        words.extend((0..INDUCTION_TOKENS).map(|i| format!("t{i}")));
+        words.extend((0..modulus).map(|i| format!("m{i}")));
+        let mut seen = std::collections::HashSet::new();
+        words.retain(|w| seen.insert(w.clone()));
+        let ids = words.iter().enumerate().map(|(i, w)| (w.clone(), i as i64)).collect();
+        TaskVocab { words, ids, modulus }
+    }
+
+    pub fn len(&self) -> usize {
+        self.words.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.words.is_empty()
+    }
+
+    pub fn id(&self, word: &str) -> Result<i64> {
+        self.ids.get(word).copied().ok_or_else(|| Error::Input(format!("`{word}` is not in the task vocabulary")))
+    }
+
+    pub fn word(&self, id: i64) -> &str {
+        self.words.get(id as usize).map(String::as_str).unwrap_or("<?>")
+    }
+
+    /// BOS followed by the ids of space-separated `text`.
+    pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
+        std::iter::once(Ok(0)).chain(text.split_whitespace().map(|w| self.id(w))).collect()
+    }
+
+    /// The HF tokenizer (WordLevel model, whitespace split) for this vocabulary.
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        let vocab: serde_json::Map<String, serde_json::Value> = self.words.iter().enumerate().map(|(i, w)| (w.clone(), i.into())).collect();
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": [{"id": 0, "content": "<|endoftext|>", "single_word": false, "lstrip": false,
+                              "rstrip": false, "normalized": false, "special": true}],
+            "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<|endoftext|>"}
+        });
+        let inner: tokenizers::Tokenizer = json.to_string().parse().map_err(|e: tokenizers::Error| Error::Tokenizer(e.to_string()))?;
+        Ok(Tokenizer::new(inner, Some(0)))
+    }
+}
+
+/// Prompts of one task. Rows have equal length; `answer_pos` is the position whose next-token
+/// prediction is scored (the last prompt token), except for induction, which scores every position
+/// of the repeat.
+pub struct TaskBatch {
+    /// [n, pos] int64, BOS first.
+    pub clean: Tensor,
+    /// [n, pos] int64, the same length as `clean`.
+    pub corrupted: Tensor,
+    /// [n] the answer token (for greater-than: a sampled year above YY; for induction: unused).
+    pub answer: Tensor,
+    /// [n] the contrasting token of the metric (IOI: the subject; others: unused).
+    pub wrong: Tensor,
+    /// A label per prompt for grouped analysis (IOI template order, fact relation, ...).
+    pub labels: Vec<String>,
+}
+
+/// One of the built-in tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Task {
+    /// Random token sequences repeated once; corrupted: the repeat shuffled.
+    Induction { half: usize },
+    /// "Then , A and B went to the PLACE . B gave a OBJECT to" -> A; corrupted with three new names (ABC).
+    Ioi,
+    /// "The NOUN lasted from the year XX YY to the year XX" -> a YY' > YY; corrupted: YY = 01.
+    GreaterThan,
+    /// "S1 S2 S3 REL1 REL2" -> object, over a synthetic knowledge base (3-token subjects).
+    Facts,
+    /// "m_a + m_b =" -> m_((a + b) mod P).
+    ModularAddition,
+}
+
+pub const ALL_TASKS: [Task; 5] = [Task::Induction { half: 8 }, Task::Ioi, Task::GreaterThan, Task::Facts, Task::ModularAddition];
+
+/// The synthetic knowledge base: subject (3 syllable tokens) -> one object per relation.
+pub fn knowledge_base(n_subjects: usize) -> Vec<(String, [usize; 3])> {
+    let mut rng = Rng::new(7);
+    let mut subjects = Vec::new();
+    while subjects.len() < n_subjects {
+        let s: Vec<&str> = (0..3).map(|_| SYLLABLES[rng.below(SYLLABLES.len())]).collect();
+        let s = s.join(" ");
+        if !subjects.iter().any(|(t, _): &(String, [usize; 3])| *t == s) {
+            subjects.push((s, [rng.below(6), rng.below(6), rng.below(6)]));
+        }
+    }
+    subjects
+}
+
+pub const N_SUBJECTS: usize = 60;
+
+impl Task {
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Induction { .. } => "induction",
+            Task::Ioi => "ioi",
+            Task::GreaterThan => "greater_than",
+            Task::Facts => "facts",
+            Task::ModularAddition => "modular_addition",
+        }
+    }
+
+    /// `n` prompts from `seed`.
+    pub fn generate(self, vocab: &TaskVocab, n: usize, seed: u64) -> Result<TaskBatch> {
+        let mut rng = Rng::new(seed ^ (self.name().len() as u64) << 40);
+        let (mut clean, mut corrupted, mut answer, mut wrong, mut labels) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let kb = knowledge_base(N_SUBJECTS);
+        for _ in 0..n {
+            let (c, x, ans, wr, label): (String, String, String, String, String) = match self {
+                Task::Induction { half } => {
+                    let seq: Vec<String> = (0..half).map(|_| format!("t{}", rng.below(INDUCTION_TOKENS))).collect();
+                    let mut shuffled = seq.clone();
+                    for i in (1..shuffled.len()).rev() {
+                        shuffled.swap(i, rng.below(i + 1));
+                    }
+                    let first = seq.join(" ");
+                    (format!("{first} {first}"), format!("{first} {}", shuffled.join(" ")), seq[0].clone(), seq[0].clone(), "repeat".into())
+                }
+                Task::Ioi => {
+                    let names = rng.distinct(NAMES.len(), 5);
+                    let (io, s) = (NAMES[names[0]], NAMES[names[1]]);
+                    let (place, object) = (PLACES[rng.below(PLACES.len())], OBJECTS[rng.below(OBJECTS.len())]);
+                    let abba = rng.below(2) == 0;
+                    let (first, second) = if abba { (io, s) } else { (s, io) };
+                    let clean = format!("Then , {first} and {second} went to the {place} . {s} gave a {object} to");
+                    let (a, b, c) = (NAMES[names[2]], NAMES[names[3]], NAMES[names[4]]);
+                    let corrupted = format!("Then , {a} and {b} went to the {place} . {c} gave a {object} to");
+                    (clean, corrupted, io.into(), s.into(), if abba { "ABBA" } else { "BABA" }.into())
+                }
+                Task::GreaterThan => {
+                    let noun = NOUNS[rng.below(NOUNS.len())];
+                    let century = 11 + rng.below(7);
+                    let yy = 2 + rng.below(96);
+                    let later = yy + 1 + rng.below(99 - yy);
+                    let clean = format!("The {noun} lasted from the year {century:02} {yy:02} to the year {century:02}");
+                    let corrupted = format!("The {noun} lasted from the year {century:02} 01 to the year {century:02}");
+                    (clean, corrupted, format!("{later:02}"), format!("{yy:02}"), format!("yy={yy:02}"))
+                }
+                Task::Facts => {
+                    let (subject, objs) = &kb[rng.below(kb.len())];
+                    let other = &kb[rng.below(kb.len())].0;
+                    let r = rng.below(RELATIONS.len());
+                    let (w1, w2, objects) = RELATIONS[r];
+                    let clean = format!("{subject} {w1} {w2}");
+                    let corrupted = format!("{other} {w1} {w2}");
+                    (clean, corrupted, objects[objs[r]].into(), objects[(objs[r] + 1) % 6].into(), w1.into())
+                }
+                Task::ModularAddition => {
+                    let p = vocab.modulus;
+                    let (a, b) = (rng.below(p), rng.below(p));
+                    let b2 = (b + 1 + rng.below(p - 1)) % p;
+                    let clean = format!("m{a} + m{b} =");
+                    let corrupted = format!("m{a} + m{b2} =");
+                    (clean, corrupted, format!("m{}", (a + b) % p), format!("m{}", (a + b2) % p), "sum".into())
+                }
+            };
+            clean.push(vocab.encode(&c)?);
+            corrupted.push(vocab.encode(&x)?);
+            answer.push(vocab.id(&ans)?);
+            wrong.push(vocab.id(&wr)?);
+            labels.push(label);
+        }
+        let stack = |rows: Vec<Vec<i64>>| -> Result<Tensor> {
+            let len = rows.first().map_or(0, Vec::len) as i64;
+            let flat: Vec<i64> = rows.concat();
+            Ok(Tensor::f_from_slice(&flat)?.f_view([n as i64, len])?)
+        };
+        Ok(TaskBatch {
+            clean: stack(clean)?,
+            corrupted: stack(corrupted)?,
+            answer: Tensor::f_from_slice(&answer)?,
+            wrong: Tensor::f_from_slice(&wrong)?,
+            labels,
+        })
+    }
+
+    /// A training batch: the clean prompt followed by its answer (induction: the whole repeat is
+    /// scored), next-token targets, the loss masked to the answer positions.
+    pub fn training_batch(self, vocab: &TaskVocab, n: usize, seed: u64) -> Result<Batch> {
+        let b = self.generate(vocab, n, seed)?;
+        let full = Tensor::f_cat(&[&b.clean, &b.answer.f_unsqueeze(1)?], 1)?;
+        let len = b.clean.size()[1];
+        let (input, target) = match self {
+            Task::Induction { .. } => (b.clean.shallow_clone(), b.clean.f_narrow(1, 1, len - 1)?.f_pad([0, 1], "constant", Some(0.0))?),
+            _ => (full.f_narrow(1, 0, len)?, full.f_narrow(1, 1, len)?),
+        };
+        let mask = Tensor::f_zeros([n as i64, len], (Kind::Float, tch::Device::Cpu))?;
+        match self {
+            // Predicting the repeat: positions half+1 .. 2*half-1 of the prompt (next token known).
+            Task::Induction { half } => {
+                let _ = mask.f_narrow(1, half as i64 + 1, half as i64 - 1)?.f_fill_(1.0)?;
+            }
+            _ => {
+                let _ = mask.f_narrow(1, len - 1, 1)?.f_fill_(1.0)?;
+            }
+        }
+        Ok(Batch { input, target, mask: Some(mask) })
+    }
+
+    /// The task's score of `logits` [n, pos, vocab] on `batch` (clean prompts): accuracy for
+    /// induction (over the repeat), IOI (IO above S), facts and modular addition; for
+    /// greater-than, the mean of P(year > YY) - P(year <= YY) over two-digit year tokens.
+    pub fn score(self, vocab: &TaskVocab, batch: &TaskBatch, logits: &Tensor) -> Result<f64> {
+        let logits = logits.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?;
+        let last = logits.f_select(1, -1)?; // [n, vocab]
+        Ok(match self {
+            Task::Induction { half } => {
+                let h = half as i64;
+                // Positions h+1 .. 2h-1 hold the repeat and predict its next token by copying.
+                let pred = logits.f_narrow(1, h + 1, h - 1)?.f_argmax(-1, false)?;
+                let want = batch.clean.f_narrow(1, h + 2, h - 1)?;
+                pred.f_eq_tensor(&want)?.f_to_kind(Kind::Float)?.f_mean(Kind::Float)?.f_double_value(&[])?
+            }
+            Task::Ioi => {
+                let io = last.f_gather(1, &batch.answer.f_unsqueeze(1)?, false)?;
+                let s = last.f_gather(1, &batch.wrong.f_unsqueeze(1)?, false)?;
+                io.f_gt_tensor(&s)?.f_to_kind(Kind::Float)?.f_mean(Kind::Float)?.f_double_value(&[])?
+            }
+            Task::GreaterThan => {
+                let years: Vec<i64> = (0..100).map(|y| vocab.id(&format!("{y:02}"))).collect::<Result<_>>()?;
+                let probs = last.f_softmax(-1, Kind::Float)?.f_index_select(1, &Tensor::f_from_slice(&years)?)?; // [n, 100]
+                let yy: Vec<i64> = Vec::<i64>::try_from(&batch.wrong)?.iter().map(|&t| vocab.word(t).parse::<i64>().unwrap_or(0)).collect();
+                let above = Tensor::f_arange(100, (Kind::Int64, tch::Device::Cpu))?.f_unsqueeze(0)?.f_gt_tensor(&Tensor::f_from_slice(&yy)?.f_unsqueeze(1)?)?;
+                let p_above = probs.f_mul(&above.f_to_kind(Kind::Float)?)?.f_sum_dim_intlist(1, false, Kind::Float)?;
+                let p_below = probs.f_sum_dim_intlist(1, false, Kind::Float)?.f_sub(&p_above)?;
+                p_above.f_sub(&p_below)?.f_mean(Kind::Float)?.f_double_value(&[])?
+            }
+            Task::Facts | Task::ModularAddition => {
+                last.f_argmax(-1, false)?.f_eq_tensor(&batch.answer)?.f_to_kind(Kind::Float)?.f_mean(Kind::Float)?.f_double_value(&[])?
+            }
+        })
+    }
+}
+
+/// Training batches that mix tasks: each step draws `per_task` prompts of every task, right-padded
+/// to one length (padding is never attended to by real positions and is masked out of the loss).
+pub struct TaskMixture {
+    pub vocab: TaskVocab,
+    pub tasks: Vec<Task>,
+    pub per_task: usize,
+    pub seed: u64,
+}
+
+impl TaskMixture {
+    fn mixed(&self, seed: u64) -> Result<Batch> {
+        let batches: Vec<Batch> = self.tasks.iter().enumerate().map(|(i, t)| t.training_batch(&self.vocab, self.per_task, seed.wrapping_mul(31).wrapping_add(i as u64))).collect::<Result<_>>()?;
+        let len = batches.iter().map(|b| b.input.size()[1]).max().unwrap_or(0);
+        let pad = |t: &Tensor| t.f_pad([0, len - t.size()[1]], "constant", Some(0.0));
+        let cat = |f: &dyn Fn(&Batch) -> &Tensor| -> Result<Tensor> {
+            let parts: Vec<Tensor> = batches.iter().map(|b| pad(f(b))).collect::<Result<_, _>>()?;
+            Ok(Tensor::f_cat(&parts, 0)?)
+        };
+        Ok(Batch {
+            input: cat(&|b| &b.input)?,
+            target: cat(&|b| &b.target)?,
+            mask: Some(cat(&|b| b.mask.as_ref().unwrap_or(&b.input))?),
+        })
+    }
+}
+
+impl BatchSource for TaskMixture {
+    fn train_batch(&self, step: usize) -> Result<Batch> {
+        self.mixed(self.seed.wrapping_add(1 + step as u64))
+    }
+    fn eval_batches(&self) -> Result<Vec<Batch>> {
+        Ok(vec![self.mixed(u64::MAX / 3)?])
+    }
+}
