@@ -119,9 +119,7 @@ impl TaskVocab {
     }
 }
 
-/// Prompts of one task. Rows have equal length; `answer_pos` is the position whose next-token
-/// prediction is scored (the last prompt token), except for induction, which scores every position
-/// of the repeat.
+/// Prompts of one task. Rows have equal length.
 pub struct TaskBatch {
     /// [n, pos] int64, BOS first.
     pub clean: Tensor,
@@ -133,12 +131,17 @@ pub struct TaskBatch {
     pub wrong: Tensor,
     /// A label per prompt for grouped analysis (IOI template order, fact relation, ...).
     pub labels: Vec<String>,
+    /// [n, pos] f32: 1 where the next-token prediction is scored (the last position; for
+    /// induction, the repeat positions whose next token copying predicts).
+    pub scored: Tensor,
 }
 
 /// One of the built-in tasks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Task {
-    /// Random token sequences repeated once; corrupted: the repeat shuffled.
+    /// A random sequence repeated once after a random prefix: each row's period is drawn from
+    /// `half / 2 ..= half` (a fixed period could be solved by position alone); the prompt is
+    /// always `2 * half` tokens after BOS. Corrupted: the repeat shuffled.
     Induction { half: usize },
     /// "Then , A and B went to the PLACE . B gave a OBJECT to" -> A; corrupted with three new names (ABC).
     Ioi,
@@ -183,17 +186,27 @@ impl Task {
     pub fn generate(self, vocab: &TaskVocab, n: usize, seed: u64) -> Result<TaskBatch> {
         let mut rng = Rng::new(seed ^ (self.name().len() as u64) << 40);
         let (mut clean, mut corrupted, mut answer, mut wrong, mut labels) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut scored: Vec<Vec<f32>> = Vec::new();
         let kb = knowledge_base(N_SUBJECTS);
         for _ in 0..n {
             let (c, x, ans, wr, label): (String, String, String, String, String) = match self {
                 Task::Induction { half } => {
-                    let seq: Vec<String> = (0..half).map(|_| format!("t{}", rng.below(INDUCTION_TOKENS))).collect();
+                    let period = half / 2 + rng.below(half - half / 2 + 1);
+                    let token = |rng: &mut Rng| format!("t{}", rng.below(INDUCTION_TOKENS));
+                    let prefix: Vec<String> = (0..2 * (half - period)).map(|_| token(&mut rng)).collect();
+                    let seq: Vec<String> = (0..period).map(|_| token(&mut rng)).collect();
                     let mut shuffled = seq.clone();
                     for i in (1..shuffled.len()).rev() {
                         shuffled.swap(i, rng.below(i + 1));
                     }
-                    let first = seq.join(" ");
-                    (format!("{first} {first}"), format!("{first} {}", shuffled.join(" ")), seq[0].clone(), seq[0].clone(), "repeat".into())
+                    let (pre, first) = (prefix.join(" "), seq.join(" "));
+                    // Positions (after BOS at 0) of the repeat's tokens 1..period-1, which predict the next.
+                    let start = 1 + prefix.len() + period;
+                    let mut row = vec![0f32; 1 + 2 * half];
+                    row[start..start + period - 1].fill(1.0);
+                    scored.push(row);
+                    let join = |parts: [&str; 3]| parts.iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join(" ");
+                    (join([&pre, &first, &first]), join([&pre, &first, &shuffled.join(" ")]), seq[0].clone(), seq[0].clone(), format!("period={period}"))
                 }
                 Task::Ioi => {
                     let names = rng.distinct(NAMES.len(), 5);
@@ -233,7 +246,13 @@ impl Task {
                     (clean, corrupted, format!("m{}", (a + b) % p), format!("m{}", (a + b2) % p), "sum".into())
                 }
             };
-            clean.push(vocab.encode(&c)?);
+            let ids = vocab.encode(&c)?;
+            if scored.len() < clean.len() + 1 {
+                let mut row = vec![0f32; ids.len()];
+                row[ids.len() - 1] = 1.0;
+                scored.push(row);
+            }
+            clean.push(ids);
             corrupted.push(vocab.encode(&x)?);
             answer.push(vocab.id(&ans)?);
             wrong.push(vocab.id(&wr)?);
@@ -244,12 +263,14 @@ impl Task {
             let flat: Vec<i64> = rows.concat();
             Ok(Tensor::f_from_slice(&flat)?.f_view([n as i64, len])?)
         };
+        let len = clean.first().map_or(0, Vec::len) as i64;
         Ok(TaskBatch {
             clean: stack(clean)?,
             corrupted: stack(corrupted)?,
             answer: Tensor::f_from_slice(&answer)?,
             wrong: Tensor::f_from_slice(&wrong)?,
             labels,
+            scored: Tensor::f_from_slice(&scored.concat())?.f_view([n as i64, len])?,
         })
     }
 
@@ -263,17 +284,7 @@ impl Task {
             Task::Induction { .. } => (b.clean.shallow_clone(), b.clean.f_narrow(1, 1, len - 1)?.f_pad([0, 1], "constant", Some(0.0))?),
             _ => (full.f_narrow(1, 0, len)?, full.f_narrow(1, 1, len)?),
         };
-        let mask = Tensor::f_zeros([n as i64, len], (Kind::Float, tch::Device::Cpu))?;
-        match self {
-            // Predicting the repeat: positions half+1 .. 2*half-1 of the prompt (next token known).
-            Task::Induction { half } => {
-                let _ = mask.f_narrow(1, half as i64 + 1, half as i64 - 1)?.f_fill_(1.0)?;
-            }
-            _ => {
-                let _ = mask.f_narrow(1, len - 1, 1)?.f_fill_(1.0)?;
-            }
-        }
-        Ok(Batch { input, target, mask: Some(mask) })
+        Ok(Batch { input, target, mask: Some(b.scored) })
     }
 
     /// The task's score of `logits` [n, pos, vocab] on `batch` (clean prompts): accuracy for
@@ -283,12 +294,12 @@ impl Task {
         let logits = logits.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?;
         let last = logits.f_select(1, -1)?; // [n, vocab]
         Ok(match self {
-            Task::Induction { half } => {
-                let h = half as i64;
-                // Positions h+1 .. 2h-1 hold the repeat and predict its next token by copying.
-                let pred = logits.f_narrow(1, h + 1, h - 1)?.f_argmax(-1, false)?;
-                let want = batch.clean.f_narrow(1, h + 2, h - 1)?;
-                pred.f_eq_tensor(&want)?.f_to_kind(Kind::Float)?.f_mean(Kind::Float)?.f_double_value(&[])?
+            Task::Induction { .. } => {
+                let len = batch.clean.size()[1];
+                let pred = logits.f_narrow(1, 0, len - 1)?.f_argmax(-1, false)?;
+                let right = pred.f_eq_tensor(&batch.clean.f_narrow(1, 1, len - 1)?)?.f_to_kind(Kind::Float)?;
+                let mask = batch.scored.f_narrow(1, 0, len - 1)?;
+                right.f_mul(&mask)?.f_sum(Kind::Float)?.f_div(&mask.f_sum(Kind::Float)?)?.f_double_value(&[])?
             }
             Task::Ioi => {
                 let io = last.f_gather(1, &batch.answer.f_unsqueeze(1)?, false)?;
@@ -344,4 +355,35 @@ impl BatchSource for TaskMixture {
     fn eval_batches(&self) -> Result<Vec<Batch>> {
         Ok(vec![self.mixed(u64::MAX / 3)?])
     }
+}
+
+/// Attention-pattern scores of every head on repeated random sequences (`n` prompts of the
+/// induction task): previous-token score = mean attention from each position to the one before;
+/// induction score = mean attention from each position of the repeat to the token after its
+/// earlier occurrence. Returns ([layers, heads], [layers, heads]).
+pub fn induction_head_scores(model: &crate::HookedTransformer, vocab: &TaskVocab, half: usize, n: usize) -> Result<(Tensor, Tensor)> {
+    // Fixed period `half` here (BOS, then a random sequence twice), as TransformerLens' detectors use.
+    let mut rng = Rng::new(12345);
+    let mut rows: Vec<i64> = Vec::with_capacity(n * (1 + 2 * half));
+    for _ in 0..n {
+        let seq: Vec<i64> = (0..half).map(|_| vocab.id(&format!("t{}", rng.below(INDUCTION_TOKENS)))).collect::<Result<_>>()?;
+        rows.push(0);
+        rows.extend(&seq);
+        rows.extend(&seq);
+    }
+    let tokens = Tensor::f_from_slice(&rows)?.f_view([n as i64, 1 + 2 * half as i64])?;
+    let (_, cache) = model.run_with_cache(&tokens, crate::CacheSpec::names(["blocks.*.attn.hook_pattern"]))?;
+    let (mut prev, mut induction) = (Vec::new(), Vec::new());
+    let h = half as i64;
+    for l in 0..model.cfg.n_layers {
+        let p = cache.get(&format!("blocks.{l}.attn.hook_pattern"))?.f_to_kind(Kind::Float)?; // [n, heads, q, k]
+        let len = p.size()[2];
+        // Entry (q, q - 1) for q >= 1, and (q, q - h + 1) for the repeat q in h + 1 ..= 2h.
+        let sub_diag = p.f_diagonal(-1, 2, 3)?; // [n, heads, len - 1]
+        prev.push(sub_diag.f_mean_dim(&[0i64, 2][..], false, Kind::Float)?);
+        let off_diag = p.f_diagonal(-(h - 1), 2, 3)?; // (q, q - h + 1) for q >= h - 1
+        let repeat = off_diag.f_narrow(2, h + 1 - (h - 1), len - (h + 1))?;
+        induction.push(repeat.f_mean_dim(&[0i64, 2][..], false, Kind::Float)?);
+    }
+    Ok((Tensor::f_stack(&prev, 0)?, Tensor::f_stack(&induction, 0)?))
 }

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use interp::interp_core::data::{self, TokenDataset};
-use interp::interp_core::train::{Schedule, TrainConfig};
+use interp::interp_core::tasks::{induction_head_scores, Task, TaskMixture, TaskVocab, ALL_TASKS};
+use interp::interp_core::train::{Schedule, TrainConfig, TrainReport};
 use interp::interp_core::{tch, BlockStyle, CacheSpec, HookedTransformer, MlpKind, ModelSpec, NamesFilter, Tokenizer};
 use tch::{Device, Kind, Tensor};
 
@@ -87,8 +88,9 @@ struct TrainArgs {
     /// Output directory for the trained model.
     #[arg(long)]
     out: PathBuf,
-    /// `shakespeare`, a folder of .txt files (every eighth file held out for eval), or a .jsonl file
-    /// with a `text` field (every eighth line held out).
+    /// `shakespeare`, a folder of .txt files (every eighth file held out for eval), a .jsonl file
+    /// with a `text` field (every eighth line held out), `tasks` (the mixture of every built-in
+    /// task) or `induction` (repeated random sequences only).
     #[arg(long, default_value = "shakespeare")]
     data: String,
     /// An existing tokenizer.json; default: train a byte-level BPE tokenizer of --vocab entries.
@@ -137,6 +139,9 @@ struct TrainArgs {
     checkpoint_every: usize,
     #[arg(long, default_value_t = 0)]
     seed: i64,
+    /// Modulus of the modular-addition task (with --data tasks).
+    #[arg(long, default_value_t = 31)]
+    modulus: usize,
     /// Torch threads (runs are bitwise repeatable for a fixed count).
     #[arg(long, default_value_t = 2)]
     threads: i32,
@@ -145,6 +150,9 @@ struct TrainArgs {
 fn train(a: &TrainArgs) -> Result<()> {
     tch::set_num_threads(a.threads);
     let started = std::time::Instant::now();
+    if matches!(a.data.as_str(), "tasks" | "induction") {
+        return train_on_tasks(a, started);
+    }
     let (train_docs, eval_docs) = match a.data.as_str() {
         "shakespeare" => data::shakespeare(Path::new(SHAKESPEARE)).context("run scripts/setup.sh to fetch the corpus")?,
         path => {
@@ -173,30 +181,50 @@ fn train(a: &TrainArgs) -> Result<()> {
             tok
         }
     };
-    let style = match a.style.as_str() {
-        "gpt2" => BlockStyle::Gpt2,
-        "llama" => BlockStyle::Llama,
-        other => bail!("unknown --style `{other}` (gpt2 or llama)"),
-    };
-    let mlp = match a.mlp.as_str() {
-        "none" => None,
-        name => Some(MlpKind::parse(name)?),
-    };
-    let spec = ModelSpec {
-        style,
+    let spec = model_spec(a, tokenizer.vocab_size() as i64)?;
+    let dataset = TokenDataset::new(&tokenizer, &train_docs, &eval_docs, a.batch, a.ctx, a.seed as u64)?;
+    let model = HookedTransformer::init_random(&spec, a.seed, Kind::Float, Device::Cpu)?.with_tokenizer(tokenizer);
+    let cfg = train_config(a, checkpoints)?;
+    eprintln!("training {} parameters on {} training tokens ({} eval)", model.n_params(), dataset.train.numel(), dataset.eval.numel());
+    let report = model.train(&dataset, &cfg)?;
+    model.save_pretrained(&a.out)?;
+    let (unigram, bigram) = data::ngram_baselines(&dataset.train, &dataset.eval, model.cfg.d_vocab)?;
+    let eval_loss = report.eval_losses.last().map(|e| e.1).unwrap_or(f64::NAN);
+    let extra = serde_json::json!({ "unigram_baseline": unigram, "bigram_baseline": bigram });
+    write_report(a, &model, &report, started, extra)?;
+    println!(
+        "eval loss {eval_loss:.4} nats/token (unigram {unigram:.4}, bigram {bigram:.4}); {:.0} tokens/s; {:.1} s; saved to {}",
+        report.tokens_per_sec,
+        started.elapsed().as_secs_f64(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn model_spec(a: &TrainArgs, d_vocab: i64) -> Result<ModelSpec> {
+    Ok(ModelSpec {
+        style: match a.style.as_str() {
+            "gpt2" => BlockStyle::Gpt2,
+            "llama" => BlockStyle::Llama,
+            other => bail!("unknown --style `{other}` (gpt2 or llama)"),
+        },
         n_layers: a.layers,
         d_model: a.d_model,
         n_heads: a.heads,
         d_mlp: a.d_mlp.unwrap_or(4 * a.d_model),
-        d_vocab: tokenizer.vocab_size() as i64,
+        d_vocab,
         n_ctx: a.ctx,
-        mlp,
+        mlp: match a.mlp.as_str() {
+            "none" => None,
+            name => Some(MlpKind::parse(name)?),
+        },
         tie_embeddings: false,
-        bos_token_id: tokenizer.bos_token_id(),
-    };
-    let dataset = TokenDataset::new(&tokenizer, &train_docs, &eval_docs, a.batch, a.ctx, a.seed as u64)?;
-    let model = HookedTransformer::init_random(&spec, a.seed, Kind::Float, Device::Cpu)?.with_tokenizer(tokenizer);
-    let cfg = TrainConfig {
+        bos_token_id: Some(0),
+    })
+}
+
+fn train_config(a: &TrainArgs, checkpoints: PathBuf) -> Result<TrainConfig> {
+    Ok(TrainConfig {
         steps: a.steps,
         lr: a.lr,
         warmup_steps: a.warmup,
@@ -213,25 +241,55 @@ fn train(a: &TrainArgs) -> Result<()> {
         seed: a.seed,
         progress: true,
         ..Default::default()
-    };
-    eprintln!("training {} parameters on {} training tokens ({} eval)", model.n_params(), dataset.train.numel(), dataset.eval.numel());
-    let report = model.train(&dataset, &cfg)?;
-    model.save_pretrained(&a.out)?;
-    let (unigram, bigram) = data::ngram_baselines(&dataset.train, &dataset.eval, model.cfg.d_vocab)?;
-    let eval_loss = report.eval_losses.last().map(|e| e.1).unwrap_or(f64::NAN);
-    let summary = serde_json::json!({
-        "eval_loss": eval_loss, "unigram_baseline": unigram, "bigram_baseline": bigram,
-        "final_train_loss": report.final_train_loss, "eval_losses": report.eval_losses,
-        "tokens_per_sec": report.tokens_per_sec, "resumed_at_step": report.resumed_at, "steps": report.steps,
-        "seconds": started.elapsed().as_secs_f64(), "parameters": model.n_params(),
+    })
+}
+
+/// Writes OUT/train_report.json: the run's figures plus `extra`.
+fn write_report(a: &TrainArgs, model: &HookedTransformer, report: &TrainReport, started: std::time::Instant, extra: serde_json::Value) -> Result<()> {
+    let mut summary = serde_json::json!({
+        "eval_loss": report.eval_losses.last().map(|e| e.1), "final_train_loss": report.final_train_loss,
+        "eval_losses": report.eval_losses, "tokens_per_sec": report.tokens_per_sec, "resumed_at_step": report.resumed_at,
+        "steps": report.steps, "seconds": started.elapsed().as_secs_f64(), "parameters": model.n_params(),
     });
+    if let (Some(s), Some(e)) = (summary.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
     std::fs::write(a.out.join("train_report.json"), serde_json::to_string_pretty(&summary)?)?;
-    println!(
-        "eval loss {eval_loss:.4} nats/token (unigram {unigram:.4}, bigram {bigram:.4}); {:.0} tokens/s; {:.1} s; saved to {}",
-        report.tokens_per_sec,
-        started.elapsed().as_secs_f64(),
-        a.out.display()
-    );
+    Ok(())
+}
+
+/// Trains on the built-in tasks; reports each task's score on fresh prompts, and for induction the
+/// previous-token and induction scores of every head.
+fn train_on_tasks(a: &TrainArgs, started: std::time::Instant) -> Result<()> {
+    let vocab = TaskVocab::new(a.modulus);
+    let tasks: Vec<Task> = if a.data == "induction" { vec![Task::Induction { half: 8 }] } else { ALL_TASKS.to_vec() };
+    let spec = model_spec(a, vocab.len() as i64)?;
+    let model = HookedTransformer::init_random(&spec, a.seed, Kind::Float, Device::Cpu)?.with_tokenizer(vocab.tokenizer()?);
+    let per_task = (a.batch as usize / tasks.len()).max(1);
+    let mixture = TaskMixture { vocab, tasks, per_task, seed: a.seed as u64 };
+    let cfg = train_config(a, a.out.join("checkpoints"))?;
+    eprintln!("training {} parameters on {} tasks, {} prompts each per step", model.n_params(), mixture.tasks.len(), per_task);
+    let report = model.train(&mixture, &cfg)?;
+    model.save_pretrained(&a.out)?;
+    let vocab = &mixture.vocab;
+    let mut scores = serde_json::Map::new();
+    for task in &mixture.tasks {
+        let batch = task.generate(vocab, 512, 999_983)?;
+        let score = task.score(vocab, &batch, &model.forward(&batch.clean)?)?;
+        println!("{:<18} {score:.4}", task.name());
+        scores.insert(task.name().into(), score.into());
+    }
+    let mut extra = serde_json::json!({ "task_scores": scores });
+    if mixture.tasks.contains(&Task::Induction { half: 8 }) {
+        let (prev, induction) = induction_head_scores(&model, vocab, 8, 256)?;
+        let table = |t: &Tensor| -> Result<Vec<Vec<f64>>> { Ok(Vec::<Vec<f64>>::try_from(&t.to_kind(Kind::Double))?) };
+        println!("previous-token scores [layer][head]: {:.3?}", table(&prev)?);
+        println!("induction scores [layer][head]:      {:.3?}", table(&induction)?);
+        extra["previous_token_scores"] = serde_json::json!(table(&prev)?);
+        extra["induction_scores"] = serde_json::json!(table(&induction)?);
+    }
+    write_report(a, &model, &report, started, extra)?;
+    println!("{:.1} s; saved to {}", started.elapsed().as_secs_f64(), a.out.display());
     Ok(())
 }
 
