@@ -134,3 +134,23 @@ fn schedules_warm_up_and_decay() {
     assert!((lin.lr_at(60) - 0.55).abs() < 1e-12);
     assert!((lin.lr_at(35) - 0.775).abs() < 1e-12);
 }
+
+#[test]
+fn bad_training_setups_give_clear_errors() {
+    // A shape the runtime cannot run.
+    let e = ModelSpec { d_model: 30, ..spec(BlockStyle::Gpt2, Some(MlpKind::Gelu)) }.config().unwrap_err().to_string();
+    assert!(e.contains("divisible by n_heads"), "{e}");
+    let e = MlpKind::parse("tanhglu").unwrap_err().to_string();
+    assert!(e.contains("unknown MLP `tanhglu`"), "{e}");
+    // A checkpoint that cannot be written (here: its folder is a file; a full disk fails the same
+    // way) stops the run with the path, and no partial checkpoint is left behind.
+    let root = scratch("unwritable");
+    std::fs::create_dir_all(&root).unwrap();
+    let blocker = root.join("not-a-dir");
+    std::fs::write(&blocker, "x").unwrap();
+    let model = HookedTransformer::init_random(&spec(BlockStyle::Gpt2, Some(MlpKind::Gelu)), 1, Kind::Float, Device::Cpu).unwrap();
+    let e = model.train(&Permutation { fail_at: None }, &TrainConfig { checkpoint_dir: Some(blocker.join("ckpt")), ..quiet(5) }).unwrap_err().to_string();
+    assert!(e.contains("not-a-dir"), "{e}");
+    let e = model.train(&Permutation { fail_at: None }, &TrainConfig { steps: 0, ..quiet(5) }).unwrap_err().to_string();
+    assert!(e.contains("invalid training settings"), "{e}");
+}

@@ -140,7 +140,7 @@ pub struct TaskBatch {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Task {
     /// A random sequence repeated once after a random prefix: each row's period is drawn from
-    /// `half / 2 ..= half` (a fixed period could be solved by position alone); the prompt is
+    /// `max(half / 4, 2) ..= half` (a fixed or narrow period is solved by position alone); the prompt is
     /// always `2 * half` tokens after BOS. Corrupted: the repeat shuffled.
     Induction { half: usize },
     /// "Then , A and B went to the PLACE . B gave a OBJECT to" -> A; corrupted with three new names (ABC).
@@ -153,7 +153,7 @@ pub enum Task {
     ModularAddition,
 }
 
-pub const ALL_TASKS: [Task; 5] = [Task::Induction { half: 8 }, Task::Ioi, Task::GreaterThan, Task::Facts, Task::ModularAddition];
+pub const ALL_TASKS: [Task; 5] = [Task::Induction { half: 12 }, Task::Ioi, Task::GreaterThan, Task::Facts, Task::ModularAddition];
 
 /// The synthetic knowledge base: subject (3 syllable tokens) -> one object per relation.
 pub fn knowledge_base(n_subjects: usize) -> Vec<(String, [usize; 3])> {
@@ -191,7 +191,8 @@ impl Task {
         for _ in 0..n {
             let (c, x, ans, wr, label): (String, String, String, String, String) = match self {
                 Task::Induction { half } => {
-                    let period = half / 2 + rng.below(half - half / 2 + 1);
+                    let shortest = (half / 4).max(2);
+                    let period = shortest + rng.below(half - shortest + 1);
                     let token = |rng: &mut Rng| format!("t{}", rng.below(INDUCTION_TOKENS));
                     let prefix: Vec<String> = (0..2 * (half - period)).map(|_| token(&mut rng)).collect();
                     let seq: Vec<String> = (0..period).map(|_| token(&mut rng)).collect();

@@ -262,7 +262,7 @@ fn write_report(a: &TrainArgs, model: &HookedTransformer, report: &TrainReport, 
 /// previous-token and induction scores of every head.
 fn train_on_tasks(a: &TrainArgs, started: std::time::Instant) -> Result<()> {
     let vocab = TaskVocab::new(a.modulus);
-    let tasks: Vec<Task> = if a.data == "induction" { vec![Task::Induction { half: 8 }] } else { ALL_TASKS.to_vec() };
+    let tasks: Vec<Task> = if a.data == "induction" { vec![ALL_TASKS[0]] } else { ALL_TASKS.to_vec() };
     let spec = model_spec(a, vocab.len() as i64)?;
     let model = HookedTransformer::init_random(&spec, a.seed, Kind::Float, Device::Cpu)?.with_tokenizer(vocab.tokenizer()?);
     let per_task = (a.batch as usize / tasks.len()).max(1);
@@ -280,8 +280,8 @@ fn train_on_tasks(a: &TrainArgs, started: std::time::Instant) -> Result<()> {
         scores.insert(task.name().into(), score.into());
     }
     let mut extra = serde_json::json!({ "task_scores": scores });
-    if mixture.tasks.contains(&Task::Induction { half: 8 }) {
-        let (prev, induction) = induction_head_scores(&model, vocab, 8, 256)?;
+    if let Some(Task::Induction { half }) = mixture.tasks.first() {
+        let (prev, induction) = induction_head_scores(&model, vocab, *half, 256)?;
         let table = |t: &Tensor| -> Result<Vec<Vec<f64>>> { Ok(Vec::<Vec<f64>>::try_from(&t.to_kind(Kind::Double))?) };
         println!("previous-token scores [layer][head]: {:.3?}", table(&prev)?);
         println!("induction scores [layer][head]:      {:.3?}", table(&induction)?);
