@@ -11,3 +11,11 @@ time ./target/release/interp train --out models/shakespeare-gpt2 --data shakespe
   --steps 4000 --batch 16 --lr 2e-3 --warmup 200 --eval-every 500 --checkpoint-every 500 --seed 0 --threads 2
 rm -rf models/shakespeare-gpt2/checkpoints
 
+
+# Attention-only induction model. Rotary positions: with learned positions the model settled on a
+# partial positional solution instead of forming induction heads.
+rm -rf models/induction-attn-only
+time ./target/release/interp train --out models/induction-attn-only --data induction \
+  --style llama --mlp none --layers 2 --d-model 64 --heads 4 --ctx 32 \
+  --steps 3000 --batch 64 --lr 3e-3 --warmup 100 --eval-every 500 --checkpoint-every 500 --seed 0 --threads 2
+rm -rf models/induction-attn-only/checkpoints

@@ -358,33 +358,42 @@ impl BatchSource for TaskMixture {
     }
 }
 
-/// Attention-pattern scores of every head on repeated random sequences (`n` prompts of the
-/// induction task): previous-token score = mean attention from each position to the one before;
-/// induction score = mean attention from each position of the repeat to the token after its
-/// earlier occurrence. Returns ([layers, heads], [layers, heads]).
+/// Attention-pattern scores of every head on `n` prompts of the induction task, whose period
+/// varies by row (so a head attending at a fixed offset cannot score high): previous-token score =
+/// mean attention from each position to the one before; induction score = mean attention from each
+/// position of the repeat to the token after that token's earlier occurrence (offset period - 1).
+/// Returns ([layers, heads], [layers, heads]).
 pub fn induction_head_scores(model: &crate::HookedTransformer, vocab: &TaskVocab, half: usize, n: usize) -> Result<(Tensor, Tensor)> {
-    // Fixed period `half` here (BOS, then a random sequence twice), as TransformerLens' detectors use.
-    let mut rng = Rng::new(12345);
-    let mut rows: Vec<i64> = Vec::with_capacity(n * (1 + 2 * half));
-    for _ in 0..n {
-        let seq: Vec<i64> = (0..half).map(|_| vocab.id(&format!("t{}", rng.below(INDUCTION_TOKENS)))).collect::<Result<_>>()?;
-        rows.push(0);
-        rows.extend(&seq);
-        rows.extend(&seq);
+    let b = Task::Induction { half }.generate(vocab, n, 12345)?;
+    let len = b.clean.size()[1];
+    // (row, query, key) triples for each score.
+    let (mut prev_idx, mut ind_idx) = (Vec::new(), Vec::new());
+    for (r, label) in b.labels.iter().enumerate() {
+        let period: i64 = label.trim_start_matches("period=").parse().map_err(|_| Error::Input(format!("bad induction label {label}")))?;
+        for q in 1..len {
+            prev_idx.push([r as i64, q, q - 1]);
+        }
+        for q in len - period..len {
+            ind_idx.push([r as i64, q, q - period + 1]);
+        }
     }
-    let tokens = Tensor::f_from_slice(&rows)?.f_view([n as i64, 1 + 2 * half as i64])?;
-    let (_, cache) = model.run_with_cache(&tokens, crate::CacheSpec::names(["blocks.*.attn.hook_pattern"]))?;
+    let (_, cache) = model.run_with_cache(&b.clean, crate::CacheSpec::names(["blocks.*.attn.hook_pattern"]))?;
+    let pick = |p: &Tensor, idx: &[[i64; 3]]| -> Result<Tensor> {
+        let col = |j: usize| Tensor::f_from_slice(&idx.iter().map(|t| t[j]).collect::<Vec<i64>>());
+        let (rows, qs, ks) = (col(0)?, col(1)?, col(2)?);
+        // p [n, heads, q, k] -> [heads, n, q, k], then advanced indexing -> [heads, len(idx)]
+        let ph = p.f_permute([1, 0, 2, 3])?;
+        let heads = ph.size()[0];
+        let picked: Vec<Tensor> = (0..heads)
+            .map(|h| ph.f_get(h)?.f_index(&[Some(&rows), Some(&qs), Some(&ks)]))
+            .collect::<Result<_, _>>()?;
+        Ok(Tensor::f_stack(&picked, 0)?.f_mean_dim(1, false, Kind::Float)?)
+    };
     let (mut prev, mut induction) = (Vec::new(), Vec::new());
-    let h = half as i64;
     for l in 0..model.cfg.n_layers {
-        let p = cache.get(&format!("blocks.{l}.attn.hook_pattern"))?.f_to_kind(Kind::Float)?; // [n, heads, q, k]
-        let len = p.size()[2];
-        // Entry (q, q - 1) for q >= 1, and (q, q - h + 1) for the repeat q in h + 1 ..= 2h.
-        let sub_diag = p.f_diagonal(-1, 2, 3)?; // [n, heads, len - 1]
-        prev.push(sub_diag.f_mean_dim(&[0i64, 2][..], false, Kind::Float)?);
-        let off_diag = p.f_diagonal(-(h - 1), 2, 3)?; // (q, q - h + 1) for q >= h - 1
-        let repeat = off_diag.f_narrow(2, h + 1 - (h - 1), len - (h + 1))?;
-        induction.push(repeat.f_mean_dim(&[0i64, 2][..], false, Kind::Float)?);
+        let p = cache.get(&format!("blocks.{l}.attn.hook_pattern"))?.f_to_kind(Kind::Float)?;
+        prev.push(pick(&p, &prev_idx)?);
+        induction.push(pick(&p, &ind_idx)?);
     }
     Ok((Tensor::f_stack(&prev, 0)?, Tensor::f_stack(&induction, 0)?))
 }
