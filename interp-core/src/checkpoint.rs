@@ -107,11 +107,6 @@ impl Checkpoint {
         self.index.contains_key(name)
     }
 
-    /// Total bytes of tensor data on disk.
-    pub fn data_bytes(&self) -> usize {
-        self.shards.iter().map(|s| s.mmap.len() - 8 - s.header_len).sum()
-    }
-
     /// Reads `name`, checks its shape, converts it to `kind` on `device`.
     pub fn tensor(&self, name: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor> {
         let shard = self

@@ -437,6 +437,7 @@ fn need(k: &Keys, key: &str) -> Result<f64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tch::{Kind, Tensor};
 
-use crate::cache::ActivationCache;
 use crate::config::{NormKind, RopeScaling, Rotary};
 use crate::error::{Error, Result};
 use crate::hook_point::{BlockSite, HookPoint};
@@ -53,9 +52,6 @@ pub(crate) struct Run<'h> {
     grad_points: BTreeSet<HookPoint>,
     pub(crate) grad_inputs: Vec<(HookPoint, Tensor)>,
     pos_offset: i64,
-    n_layers: usize,
-    norm: NormKind,
-    attn_only: bool,
 }
 
 impl<'h> Run<'h> {
@@ -83,9 +79,6 @@ impl<'h> Run<'h> {
             grad_points: grad_points.unwrap_or_default(),
             grad_inputs: Vec::new(),
             pos_offset: 0,
-            n_layers: model.cfg.n_layers,
-            norm: model.cfg.norm,
-            attn_only: model.cfg.attn_only,
         })
     }
 
@@ -140,9 +133,10 @@ impl<'h> Run<'h> {
         Ok(t)
     }
 
-    pub(crate) fn take_cache(&mut self) -> Option<ActivationCache> {
+    /// What was cached, if the run was asked to cache.
+    pub(crate) fn take_cached(&mut self) -> Option<BTreeMap<HookPoint, Tensor>> {
         self.spec.as_ref()?;
-        Some(ActivationCache { map: std::mem::take(&mut self.cached), n_layers: self.n_layers, norm: self.norm, attn_only: self.attn_only })
+        Some(std::mem::take(&mut self.cached))
     }
 }
 

@@ -343,7 +343,7 @@ impl HookedTransformer {
     /// Logits and the activations selected by `spec`.
     pub fn run_with_cache(&self, tokens: &Tensor, spec: CacheSpec) -> Result<(Tensor, ActivationCache)> {
         let out = self.runner(tokens).cache(spec).run()?;
-        Ok((out.output, out.cache.unwrap_or_else(|| self.empty_cache())))
+        Ok((out.output, out.cache.unwrap_or_else(|| self.new_cache(Default::default()))))
     }
 
     /// Logits with `hooks` reading or rewriting activations.
@@ -351,8 +351,8 @@ impl HookedTransformer {
         Ok(self.runner(tokens).hooks(hooks).run()?.output)
     }
 
-    pub(crate) fn empty_cache(&self) -> ActivationCache {
-        ActivationCache { map: Default::default(), n_layers: self.cfg.n_layers, norm: self.cfg.norm, attn_only: self.cfg.attn_only }
+    pub(crate) fn new_cache(&self, map: std::collections::BTreeMap<HookPoint, Tensor>) -> ActivationCache {
+        ActivationCache { map, n_layers: self.cfg.n_layers, norm: self.cfg.norm, attn_only: self.cfg.attn_only }
     }
 
     /// The MLP nonlinearity, applied in the model dtype.
@@ -454,16 +454,14 @@ impl<'m, 'h> Runner<'m, 'h> {
                 }
                 let (points, acts): (Vec<HookPoint>, Vec<Tensor>) = std::mem::take(&mut run.grad_inputs).into_iter().unzip();
                 let grads = Tensor::f_run_backward(&[&value], &acts, false, false)?;
-                let mut cache = model.empty_cache();
-                cache.map = points.into_iter().zip(grads).collect();
                 return Ok(RunOutput {
                     output: output.f_detach()?,
-                    cache: run.take_cache(),
-                    grads: Some(cache),
+                    cache: run.take_cached().map(|m| model.new_cache(m)),
+                    grads: Some(model.new_cache(points.into_iter().zip(grads).collect())),
                     metric: Some(value.f_detach()?),
                 });
             }
         };
-        Ok(RunOutput { output, cache: run.take_cache(), grads: None, metric: None })
+        Ok(RunOutput { output, cache: run.take_cached().map(|m| model.new_cache(m)), grads: None, metric: None })
     }
 }
