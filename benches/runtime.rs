@@ -5,8 +5,9 @@
 //! - forward tokens/s and achieved GFLOP/s as a fraction of two torch matmul rooflines: a GEMM
 //!   skeleton of the forward (its own matrix products, same shapes) and the single-GEMM peak;
 //! - run_with_cache (every standard hook) time as a ratio of forward, and the cache's bytes;
-//! The host's speed drifts, so measurements interleave in rounds and ratios are paired per round.
 //! - peak RSS while loading the checkpoint as a multiple of the weights' size (in a child process).
+//!
+//! The host's speed drifts, so measurements interleave in rounds and ratios are paired per round.
 
 use std::path::Path;
 use std::time::Instant;

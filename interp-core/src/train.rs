@@ -190,7 +190,7 @@ impl HookedTransformer {
     /// Trains the model in place on `data`; see [`TrainConfig`]. A NaN or infinite loss stops
     /// the run with an error (the last checkpoint stays as it was).
     pub fn train(&self, data: &dyn BatchSource, cfg: &TrainConfig) -> Result<TrainReport> {
-        if cfg.steps == 0 || !(cfg.lr > 0.0) || cfg.checkpoint_every == 0 || cfg.eval_every == 0 {
+        if cfg.steps == 0 || cfg.lr.is_nan() || cfg.lr <= 0.0 || cfg.checkpoint_every == 0 || cfg.eval_every == 0 {
             return Err(Error::Input(format!("invalid training settings: {cfg:?}")));
         }
         tch::manual_seed(cfg.seed);
