@@ -19,3 +19,10 @@ time ./target/release/interp train --out models/induction-attn-only --data induc
   --style llama --mlp none --layers 2 --d-model 64 --heads 4 --ctx 32 \
   --steps 3000 --batch 64 --lr 3e-3 --warmup 100 --eval-every 500 --checkpoint-every 500 --seed 0 --threads 2
 rm -rf models/induction-attn-only/checkpoints
+
+# Bilinear task model on the mixture of all built-in tasks (Llama-style, hidden_act "linear").
+rm -rf models/tasks-bilinear
+time ./target/release/interp train --out models/tasks-bilinear --data tasks \
+  --style llama --mlp bilinear --layers 2 --d-model 128 --heads 4 --d-mlp 256 --ctx 32 \
+  --steps 8000 --batch 80 --lr 3e-3 --warmup 100 --eval-every 1000 --checkpoint-every 1000 --seed 0 --threads 2
+rm -rf models/tasks-bilinear/checkpoints
