@@ -24,5 +24,5 @@ rm -rf models/induction-attn-only/checkpoints
 rm -rf models/tasks-bilinear
 time ./target/release/interp train --out models/tasks-bilinear --data tasks \
   --style llama --mlp bilinear --layers 2 --d-model 128 --heads 4 --d-mlp 256 --ctx 32 \
-  --steps 8000 --batch 80 --lr 3e-3 --warmup 100 --eval-every 1000 --checkpoint-every 1000 --seed 0 --threads 2
+  --steps 5000 --batch 160 --lr 3e-3 --warmup 100 --eval-every 1000 --checkpoint-every 1000 --seed 0 --threads 2
 rm -rf models/tasks-bilinear/checkpoints
