@@ -34,11 +34,9 @@ impl Rng {
         Rng(seed ^ 0x5851f42d4c957f2d)
     }
     pub fn next_u64(&mut self) -> u64 {
+        let out = crate::data::splitmix(self.0);
         self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-        z ^ (z >> 31)
+        out
     }
     /// Uniform in 0..n.
     pub fn below(&mut self, n: usize) -> usize {
