@@ -5,7 +5,7 @@
 //! from a checkpoint continues with exactly the batches and optimizer state it would have had:
 //! on CPU, its final weights equal an uninterrupted run's bit for bit.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use tch::{Kind, Tensor};
@@ -123,67 +123,137 @@ pub fn next_token_loss(logits: &Tensor, batch: &Batch) -> Result<Tensor> {
     })
 }
 
-/// A stable hash (FNV-1a) of what a checkpoint must agree with.
+/// What a model's checkpoint must agree with: its configuration and parameter shapes.
 fn fingerprint(model: &HookedTransformer, params: &[Tensor]) -> i64 {
     let mut text = model.cfg.hf_json.to_string();
     for p in params {
         text.push_str(&format!("{:?}", p.size()));
     }
-    text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3)) as i64
+    fingerprint_of(&text)
 }
 
-struct AdamState {
+/// Adam moments for a list of parameters, with decoupled weight decay on matrices (not on
+/// vectors: norms, biases). Shared by model training and dictionary training.
+pub struct Adam {
+    pub betas: (f64, f64),
+    pub eps: f64,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
 }
 
-fn checkpoint_path(dir: &Path) -> PathBuf {
-    dir.join("checkpoint.safetensors")
+impl Adam {
+    pub fn new(params: &[Tensor], betas: (f64, f64), eps: f64) -> Result<Self> {
+        Ok(Adam {
+            betas,
+            eps,
+            m: params.iter().map(|p| p.f_zeros_like()).collect::<Result<_, _>>()?,
+            v: params.iter().map(|p| p.f_zeros_like()).collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// One update of `params` in place from `grads` at 0-based `step`; call under `no_grad`.
+    pub fn step(&self, params: &[Tensor], grads: &[Tensor], step: usize, lr: f64, weight_decay: f64) -> Result<()> {
+        let (b1, b2) = self.betas;
+        let t = (step + 1) as i32;
+        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        for (((p, g), m), v) in params.iter().zip(grads).zip(&self.m).zip(&self.v) {
+            // In place on shallow clones: the same storage as the caller's and the state's tensors.
+            let (mut m, mut v, mut p) = (m.shallow_clone(), v.shallow_clone(), p.shallow_clone());
+            let _ = m.f_mul_scalar_(b1)?.f_add_(&g.f_mul_scalar(1.0 - b1)?)?;
+            let _ = v.f_mul_scalar_(b2)?.f_addcmul_(g, &g.f_mul_scalar(1.0 - b2)?)?;
+            if p.dim() >= 2 && weight_decay > 0.0 {
+                let _ = p.f_mul_scalar_(1.0 - lr * weight_decay)?;
+            }
+            let update = m.f_div_scalar(c1)?.f_div(&v.f_div_scalar(c2)?.f_sqrt()?.f_add_scalar(self.eps)?)?;
+            let _ = p.f_sub_(&update.f_mul_scalar(lr)?)?;
+        }
+        Ok(())
+    }
+
+    /// The moments as named tensors (`{prefix}adam_m.{i}`, `{prefix}adam_v.{i}`), for checkpoints.
+    pub fn state(&self, prefix: &str) -> Vec<(String, Tensor)> {
+        let named = |kind: &str, ts: &[Tensor]| -> Vec<(String, Tensor)> {
+            ts.iter().enumerate().map(|(i, t)| (format!("{prefix}{kind}.{i}"), t.shallow_clone())).collect()
+        };
+        let mut out = named("adam_m", &self.m);
+        out.extend(named("adam_v", &self.v));
+        out
+    }
 }
 
-fn save_checkpoint(dir: &Path, step: usize, fp: i64, params: &[Tensor], st: &AdamState) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-    let mut named: Vec<(String, Tensor)> = vec![
-        ("step".into(), Tensor::f_from_slice(&[step as i64])?),
-        ("fingerprint".into(), Tensor::f_from_slice(&[fp])?),
-    ];
-    for (i, ((p, m), v)) in params.iter().zip(&st.m).zip(&st.v).enumerate() {
-        named.push((format!("param.{i}"), p.f_detach()?.f_to_device(tch::Device::Cpu)?));
-        named.push((format!("adam_m.{i}"), m.f_to_device(tch::Device::Cpu)?));
-        named.push((format!("adam_v.{i}"), v.f_to_device(tch::Device::Cpu)?));
-    }
-    // Write then rename: an interrupted or failed write (disk full) leaves the last good one.
-    let tmp = dir.join("checkpoint.safetensors.tmp");
-    Tensor::write_safetensors(&named, &tmp).map_err(|e| Error::Io {
-        path: tmp.clone(),
-        source: std::io::Error::other(e.to_string().lines().next().unwrap_or_default().to_string()),
-    })?;
-    std::fs::rename(&tmp, checkpoint_path(dir)).map_err(Error::io(checkpoint_path(dir)))
+/// The global L2 norm of `grads`, and the factor that scales it down to `max` (1 if below).
+pub fn clip_scale(grads: &[Tensor], max: Option<f64>) -> Result<f64> {
+    let Some(max) = max else { return Ok(1.0) };
+    let sq: f64 = grads.iter().map(|g| g.f_square().and_then(|s| s.f_sum(Kind::Double)).and_then(|s| s.f_double_value(&[]))).sum::<Result<f64, _>>()?;
+    let norm = sq.sqrt();
+    Ok(if norm > max { max / (norm + 1e-6) } else { 1.0 })
 }
 
-fn load_checkpoint(dir: &Path, fp: i64, params: &[Tensor], st: &AdamState) -> Result<Option<usize>> {
-    let path = checkpoint_path(dir);
-    if !path.exists() {
-        return Ok(None);
+/// Training state on disk: `dir/checkpoint.safetensors` holding a step, a fingerprint of the
+/// configuration it belongs to, and named tensors. Written to a temporary file and renamed, so an
+/// interrupted or failed write (disk full) leaves the last good checkpoint.
+pub struct TrainingCheckpoint {
+    pub dir: PathBuf,
+    pub fingerprint: i64,
+}
+
+impl TrainingCheckpoint {
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("checkpoint.safetensors")
     }
-    let bad = |message: String| Error::Checkpoint { path: path.clone(), message };
-    let map: std::collections::HashMap<String, Tensor> =
-        Tensor::read_safetensors(&path).map_err(|e| bad(format!("unreadable: {e}")))?.into_iter().collect();
-    let get = |name: &str| map.get(name).ok_or_else(|| bad(format!("no tensor `{name}`")));
-    if get("fingerprint")?.int64_value(&[0]) != fp {
-        return Err(bad("it belongs to another model configuration; remove it or use another checkpoint dir".into()));
+
+    pub fn save(&self, step: usize, state: &[(String, Tensor)]) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(Error::io(&self.dir))?;
+        let mut named: Vec<(String, Tensor)> = vec![
+            ("step".into(), Tensor::f_from_slice(&[step as i64])?),
+            ("fingerprint".into(), Tensor::f_from_slice(&[self.fingerprint])?),
+        ];
+        for (name, t) in state {
+            named.push((name.clone(), t.f_detach()?.f_to_device(tch::Device::Cpu)?));
+        }
+        let tmp = self.dir.join("checkpoint.safetensors.tmp");
+        Tensor::write_safetensors(&named, &tmp).map_err(|e| Error::Io {
+            path: tmp.clone(),
+            source: std::io::Error::other(e.to_string().lines().next().unwrap_or_default().to_string()),
+        })?;
+        std::fs::rename(&tmp, self.path()).map_err(Error::io(self.path()))
     }
-    let _guard = tch::no_grad_guard();
-    for (i, ((p, m), v)) in params.iter().zip(&st.m).zip(&st.v).enumerate() {
-        for (dst, name) in [(p, format!("param.{i}")), (m, format!("adam_m.{i}")), (v, format!("adam_v.{i}"))] {
-            let src = get(&name)?;
+
+    /// Copies the saved tensors into `state` and returns the saved step; `None` when there is no
+    /// checkpoint yet. A checkpoint of another configuration is an error, not a silent restart.
+    pub fn load(&self, state: &[(String, Tensor)]) -> Result<Option<usize>> {
+        let path = self.path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let bad = |message: String| Error::Checkpoint { path: path.clone(), message };
+        let map: std::collections::HashMap<String, Tensor> =
+            Tensor::read_safetensors(&path).map_err(|e| bad(format!("unreadable: {e}")))?.into_iter().collect();
+        let get = |name: &str| map.get(name).ok_or_else(|| bad(format!("no tensor `{name}`")));
+        if get("fingerprint")?.f_int64_value(&[0])? != self.fingerprint {
+            return Err(bad("it belongs to another configuration; remove it or use another checkpoint dir".into()));
+        }
+        let _guard = tch::no_grad_guard();
+        for (name, dst) in state {
+            let src = get(name)?;
             if src.size() != dst.size() {
                 return Err(bad(format!("`{name}` has shape {:?}, expected {:?}", src.size(), dst.size())));
             }
             dst.shallow_clone().f_copy_(src)?;
         }
+        Ok(Some(get("step")?.f_int64_value(&[0])? as usize))
     }
-    Ok(Some(get("step")?.int64_value(&[0]) as usize))
+}
+
+/// A stable hash (FNV-1a) of a configuration's text, for [`TrainingCheckpoint::fingerprint`].
+pub fn fingerprint_of(text: &str) -> i64 {
+    text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3)) as i64
+}
+
+fn model_state(params: &[Tensor], adam: &Adam) -> Vec<(String, Tensor)> {
+    let mut state: Vec<(String, Tensor)> = params.iter().enumerate().map(|(i, p)| (format!("param.{i}"), p.shallow_clone())).collect();
+    state.extend(adam.state(""));
+    state
 }
 
 impl HookedTransformer {
@@ -195,30 +265,26 @@ impl HookedTransformer {
         }
         tch::manual_seed(cfg.seed);
         let params: Vec<Tensor> = self.parameters().into_iter().map(|p| p.set_requires_grad(true)).collect();
-        let st = AdamState {
-            m: params.iter().map(|p| p.f_zeros_like()).collect::<Result<_, _>>()?,
-            v: params.iter().map(|p| p.f_zeros_like()).collect::<Result<_, _>>()?,
-        };
-        let fp = fingerprint(self, &params);
-        let start = match &cfg.checkpoint_dir {
-            Some(dir) => load_checkpoint(dir, fp, &params, &st)?.unwrap_or(0),
+        let adam = Adam::new(&params, cfg.betas, cfg.eps)?;
+        let checkpoint = cfg.checkpoint_dir.as_ref().map(|dir| TrainingCheckpoint { dir: dir.clone(), fingerprint: fingerprint(self, &params) });
+        let start = match &checkpoint {
+            Some(c) => c.load(&model_state(&params, &adam))?.unwrap_or(0),
             None => 0,
         };
-        let result = self.train_loop(data, cfg, &params, &st, fp, start);
+        let result = self.train_loop(data, cfg, &params, &adam, checkpoint.as_ref(), start);
         for p in &params {
             let _ = p.set_requires_grad(false);
         }
         result
     }
 
-    fn train_loop(&self, data: &dyn BatchSource, cfg: &TrainConfig, params: &[Tensor], st: &AdamState, fp: i64, start: usize) -> Result<TrainReport> {
+    fn train_loop(&self, data: &dyn BatchSource, cfg: &TrainConfig, params: &[Tensor], adam: &Adam, checkpoint: Option<&TrainingCheckpoint>, start: usize) -> Result<TrainReport> {
         let bar = if cfg.progress { indicatif::ProgressBar::new(cfg.steps as u64) } else { indicatif::ProgressBar::hidden() };
         bar.set_style(
             indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar.set_position(start as u64);
-        let (b1, b2) = cfg.betas;
         let (mut losses, mut eval_losses, mut tokens) = (Vec::new(), Vec::new(), 0usize);
         let clock = Instant::now();
         for step in start..cfg.steps {
@@ -234,36 +300,16 @@ impl HookedTransformer {
             }
             let grads = Tensor::f_run_backward(&[&loss], params, false, false)?;
             let _guard = tch::no_grad_guard();
-            let scale = match cfg.grad_clip {
-                Some(max) => {
-                    let sq: f64 = grads.iter().map(|g| g.f_square().and_then(|s| s.f_sum(Kind::Double)).map(|s| s.double_value(&[]))).sum::<Result<f64, _>>()?;
-                    let norm = sq.sqrt();
-                    if norm > max { max / (norm + 1e-6) } else { 1.0 }
-                }
-                None => 1.0,
-            };
-            let lr = cfg.lr_at(step);
-            let t = (step + 1) as i32;
-            let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
-            for (((p, g), m), v) in params.iter().zip(&grads).zip(&st.m).zip(&st.v) {
-                let g = g.f_mul_scalar(scale)?;
-                // In place on shallow clones: the same storage as the model's and the state's tensors.
-                let (mut m, mut v, mut p) = (m.shallow_clone(), v.shallow_clone(), p.shallow_clone());
-                let _ = m.f_mul_scalar_(b1)?.f_add_(&g.f_mul_scalar(1.0 - b1)?)?;
-                let _ = v.f_mul_scalar_(b2)?.f_addcmul_(&g, &g.f_mul_scalar(1.0 - b2)?)?;
-                if p.dim() >= 2 && cfg.weight_decay > 0.0 {
-                    let _ = p.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?;
-                }
-                let update = m.f_div_scalar(c1)?.f_div(&v.f_div_scalar(c2)?.f_sqrt()?.f_add_scalar(cfg.eps)?)?;
-                let _ = p.f_sub_(&update.f_mul_scalar(lr)?)?;
-            }
+            let scale = clip_scale(&grads, cfg.grad_clip)?;
+            let grads: Vec<Tensor> = grads.iter().map(|g| g.f_mul_scalar(scale)).collect::<Result<_, _>>()?;
+            adam.step(params, &grads, step, cfg.lr_at(step), cfg.weight_decay)?;
             losses.push(loss_value);
             tokens += batch.input.numel();
             let done = step + 1;
             if done % cfg.eval_every == 0 || done == cfg.steps {
                 eval_losses.push((done, self.eval_loss(data)?));
             }
-            if let Some(dir) = &cfg.checkpoint_dir {
+            if let Some(checkpoint) = checkpoint {
                 if done % cfg.checkpoint_every == 0 || done == cfg.steps {
                     // A divergent update can make weights non-finite a step before the loss shows it.
                     for p in params {
@@ -273,7 +319,7 @@ impl HookedTransformer {
                             )));
                         }
                     }
-                    save_checkpoint(dir, done, fp, params, st)?;
+                    checkpoint.save(done, &model_state(params, adam))?;
                 }
             }
             let rate = tokens as f64 / clock.elapsed().as_secs_f64().max(1e-9);

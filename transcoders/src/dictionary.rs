@@ -1,0 +1,286 @@
+//! The dictionaries themselves: architectures, configuration, encode and decode.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+/// How latents are activated.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Architecture {
+    /// `f = ReLU(pre)`, trained with an L1 penalty weighted by decoder norms (SAELens "standard").
+    ReluL1,
+    /// Keep the `k` largest pre-activations of each token (ReLU'd).
+    TopK { k: i64 },
+    /// Keep the `k * batch` largest pre-activations of a whole batch while training; at inference a
+    /// learned per-latent threshold (a JumpReLU), which is how it is saved.
+    BatchTopK { k: i64 },
+    /// `f = pre * H(pre - threshold)`, the threshold per latent and stored directly.
+    JumpRelu,
+    /// A gate path (`W_enc`, `b_gate`) decides which latents fire; a magnitude path
+    /// (`W_enc * exp(r_mag)`, `b_mag`) decides how much.
+    Gated,
+}
+
+/// What a dictionary reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DictionaryKind {
+    /// Reconstructs the activation it reads (same hook in and out).
+    Sae,
+    /// Reads one hook (an MLP's input) and predicts another (its output).
+    Transcoder,
+    /// A transcoder plus a dense linear skip path `x W_skip^T` (starts at zero).
+    SkipTranscoder,
+}
+
+/// The architecture names of SAELens's `cfg.json` that we read and write.
+pub const SAELENS_ARCHITECTURES: &[&str] =
+    &["standard", "topk", "jumprelu", "gated", "transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder"];
+
+/// A dictionary's shape and where its activations come from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DictionaryConfig {
+    pub architecture: Architecture,
+    pub kind: DictionaryKind,
+    pub d_in: i64,
+    pub d_sae: i64,
+    /// Equal to `d_in` for an SAE.
+    pub d_out: i64,
+    /// The hook read (`blocks.0.hook_resid_post`; a transcoder's `blocks.L.ln2.hook_normalized`).
+    pub hook_name: String,
+    /// The hook predicted (an SAE's own `hook_name`; a transcoder's `blocks.L.hook_mlp_out`).
+    pub hook_name_out: String,
+    pub model_name: String,
+    pub context_size: i64,
+    pub prepend_bos: bool,
+    /// Subtract `b_dec` from the input before encoding (SAEs usually do; transcoders cannot).
+    pub apply_b_dec_to_input: bool,
+}
+
+impl DictionaryConfig {
+    /// An SAE on `hook_name` with `d_sae` latents.
+    pub fn sae(architecture: Architecture, hook_name: &str, d_in: i64, d_sae: i64) -> Self {
+        DictionaryConfig {
+            architecture,
+            kind: DictionaryKind::Sae,
+            d_in,
+            d_sae,
+            d_out: d_in,
+            hook_name: hook_name.to_string(),
+            hook_name_out: hook_name.to_string(),
+            model_name: String::new(),
+            context_size: 128,
+            prepend_bos: false,
+            apply_b_dec_to_input: true,
+        }
+    }
+
+    /// A transcoder (or skip transcoder) from `hook_in` to `hook_out`.
+    pub fn transcoder(architecture: Architecture, skip: bool, hook_in: &str, hook_out: &str, d_in: i64, d_out: i64, d_sae: i64) -> Self {
+        DictionaryConfig {
+            kind: if skip { DictionaryKind::SkipTranscoder } else { DictionaryKind::Transcoder },
+            d_out,
+            hook_name_out: hook_out.to_string(),
+            apply_b_dec_to_input: false,
+            ..Self::sae(architecture, hook_in, d_in, d_sae)
+        }
+    }
+
+    /// The config, if its widths and settings are consistent.
+    pub(crate) fn validated(self) -> Result<Self> {
+        if self.d_in <= 0 || self.d_sae <= 0 || self.d_out <= 0 {
+            return Err(Error::Input(format!("dictionary widths must be positive: d_in {}, d_sae {}, d_out {}", self.d_in, self.d_sae, self.d_out)));
+        }
+        if self.kind == DictionaryKind::Sae && self.d_out != self.d_in {
+            return Err(Error::Input("an SAE reads and writes the same hook: d_out must equal d_in".into()));
+        }
+        if self.apply_b_dec_to_input && self.d_out != self.d_in {
+            return Err(Error::Input("apply_b_dec_to_input needs d_out == d_in".into()));
+        }
+        if let Architecture::TopK { k } | Architecture::BatchTopK { k } = self.architecture {
+            if k <= 0 || k > self.d_sae {
+                return Err(Error::Input(format!("k = {k} must be in 1..={}", self.d_sae)));
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// A sparse dictionary: SAE, transcoder or skip transcoder, of any [`Architecture`].
+///
+/// Weights follow SAELens: `w_enc` [d_in, d_sae], `b_enc` [d_sae] (the gate bias `b_gate` of a
+/// gated dictionary), `w_dec` [d_sae, d_out], `b_dec` [d_out]; `threshold` [d_sae] for JumpReLU
+/// and BatchTopK; `r_mag`, `b_mag` [d_sae] for gated; `w_skip` [d_out, d_in] for skip transcoders.
+pub struct SparseDictionary {
+    pub cfg: DictionaryConfig,
+    pub w_enc: Tensor,
+    pub b_enc: Tensor,
+    pub w_dec: Tensor,
+    pub b_dec: Tensor,
+    pub threshold: Option<Tensor>,
+    pub r_mag: Option<Tensor>,
+    pub b_mag: Option<Tensor>,
+    pub w_skip: Option<Tensor>,
+}
+
+impl SparseDictionary {
+    /// A fresh dictionary for training: decoder rows random with unit norm, `W_enc = W_dec^T`,
+    /// zero biases, thresholds at 0.001 (the JumpReLU paper's start), a zero skip path.
+    pub fn init(cfg: DictionaryConfig, seed: i64, device: Device) -> Result<Self> {
+        let cfg = cfg.validated()?;
+        tch::manual_seed(seed);
+        let opts = (Kind::Float, device);
+        let w_dec = Tensor::f_randn([cfg.d_sae, cfg.d_out], opts)?;
+        let w_dec = w_dec.f_div(&w_dec.f_norm_scalaropt_dim(2.0, [1], true)?)?;
+        // W_enc = W_dec^T only when the widths agree; a transcoder's encoder gets its own directions.
+        let w_enc = if cfg.d_in == cfg.d_out {
+            w_dec.f_tr()?.f_contiguous()?
+        } else {
+            let w = Tensor::f_randn([cfg.d_sae, cfg.d_in], opts)?;
+            w.f_div(&w.f_norm_scalaropt_dim(2.0, [1], true)?)?.f_tr()?.f_contiguous()?
+        };
+        let zeros = |n: i64| Tensor::f_zeros([n], opts);
+        let threshold = match cfg.architecture {
+            Architecture::JumpRelu => Some(zeros(cfg.d_sae)?.f_fill_(0.001)?),
+            Architecture::BatchTopK { .. } => Some(zeros(cfg.d_sae)?),
+            _ => None,
+        };
+        let gated = cfg.architecture == Architecture::Gated;
+        Ok(SparseDictionary {
+            w_enc,
+            b_enc: zeros(cfg.d_sae)?,
+            w_dec,
+            b_dec: zeros(cfg.d_out)?,
+            threshold,
+            r_mag: if gated { Some(zeros(cfg.d_sae)?) } else { None },
+            b_mag: if gated { Some(zeros(cfg.d_sae)?) } else { None },
+            w_skip: if cfg.kind == DictionaryKind::SkipTranscoder { Some(Tensor::f_zeros([cfg.d_out, cfg.d_in], opts)?) } else { None },
+            cfg,
+        })
+    }
+
+    /// Every trainable tensor, in a fixed order.
+    pub fn parameters(&self) -> Vec<&Tensor> {
+        let mut out = vec![&self.w_enc, &self.b_enc, &self.w_dec, &self.b_dec];
+        out.extend(self.threshold.iter().filter(|_| self.cfg.architecture == Architecture::JumpRelu));
+        out.extend(self.r_mag.iter().chain(&self.b_mag).chain(&self.w_skip));
+        out
+    }
+
+    pub fn device(&self) -> Device {
+        self.w_enc.device()
+    }
+
+    /// An error unless `x` ends in `d_in` (or `d_out` for a target), naming `what`.
+    pub fn check_width(&self, x: &Tensor, expected: i64, what: &str) -> Result<()> {
+        let found = x.size().last().copied().unwrap_or(0);
+        if found != expected {
+            return Err(Error::Width { what: what.to_string(), expected, found });
+        }
+        Ok(())
+    }
+
+    /// The encoder's input: `x - b_dec` for SAEs, `x` for transcoders. Shapes: [.., d_in].
+    pub(crate) fn sae_in(&self, x: &Tensor) -> Result<Tensor> {
+        self.check_width(x, self.cfg.d_in, &format!("activations of `{}`", self.cfg.hook_name))?;
+        let x = x.f_to_kind(Kind::Float)?;
+        Ok(if self.cfg.apply_b_dec_to_input { x.f_sub(&self.b_dec)? } else { x })
+    }
+
+    /// Pre-activations [.., d_sae] of `x` [.., d_in] (the gate path's for gated dictionaries).
+    pub fn pre_activations(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.sae_in(x)?.f_matmul(&self.w_enc)?.f_add(&self.b_enc)?)
+    }
+
+    /// Latent activations [.., d_sae] of `x` [.., d_in], as used at inference.
+    pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        let sae_in = self.sae_in(x)?;
+        let pre = sae_in.f_matmul(&self.w_enc)?.f_add(&self.b_enc)?;
+        Ok(match (&self.cfg.architecture, &self.threshold) {
+            (Architecture::ReluL1, _) => pre.f_relu()?,
+            (Architecture::TopK { k }, _) => {
+                let (values, indices) = pre.f_topk(*k, -1, true, false)?;
+                pre.f_zeros_like()?.f_scatter(-1, &indices, &values.f_relu()?)?
+            }
+            (Architecture::JumpRelu | Architecture::BatchTopK { .. }, Some(threshold)) => pre.f_relu()?.f_mul(&pre.f_gt_tensor(threshold)?)?,
+            (Architecture::Gated, _) => {
+                let (r_mag, b_mag) = self.gated_params()?;
+                let mag = sae_in.f_matmul(&self.w_enc.f_mul(&r_mag.f_exp()?)?)?.f_add(b_mag)?;
+                mag.f_relu()?.f_mul(&pre.f_gt(0.0)?)?
+            }
+            (_, None) => return Err(Error::Input("a JumpReLU dictionary needs a threshold".into())),
+        })
+    }
+
+    pub(crate) fn gated_params(&self) -> Result<(&Tensor, &Tensor)> {
+        match (&self.r_mag, &self.b_mag) {
+            (Some(r), Some(b)) => Ok((r, b)),
+            _ => Err(Error::Input("a gated dictionary needs r_mag and b_mag".into())),
+        }
+    }
+
+    /// Reconstruction [.., d_out] from latents `f` [.., d_sae] (and, for a skip transcoder, the
+    /// input `x` [.., d_in] of the skip path).
+    pub fn decode(&self, f: &Tensor, x: Option<&Tensor>) -> Result<Tensor> {
+        let out = f.f_matmul(&self.w_dec)?.f_add(&self.b_dec)?;
+        self.add_skip(out, x)
+    }
+
+    pub(crate) fn add_skip(&self, out: Tensor, x: Option<&Tensor>) -> Result<Tensor> {
+        match (&self.w_skip, x) {
+            (Some(w_skip), Some(x)) => Ok(out.f_add(&x.f_to_kind(Kind::Float)?.f_matmul(&w_skip.f_tr()?)?)?),
+            (Some(_), None) => Err(Error::Input("a skip transcoder's decode needs its input".into())),
+            (None, _) => Ok(out),
+        }
+    }
+
+    /// Reconstruction [n, d_out] from `k` active latents per row: `values` [n, k] at `indices`
+    /// [n, k]. Gathers `k` decoder rows instead of a dense [n, d_sae] x [d_sae, d_out] product;
+    /// differentiable in `values` and `w_dec`.
+    pub fn decode_sparse(&self, values: &Tensor, indices: &Tensor) -> Result<Tensor> {
+        let (n, k) = (values.size()[0], values.size()[1]);
+        let offsets = Tensor::f_arange_start_step(0, n * k, k, (Kind::Int64, values.device()))?;
+        let (sum, _, _, _) = Tensor::f_embedding_bag(&self.w_dec, &indices.f_flatten(0, -1)?, &offsets, false, 0, false, Some(values.f_flatten(0, -1)?), false)?;
+        Ok(sum.f_add(&self.b_dec)?)
+    }
+
+    /// `decode(encode(x))` [.., d_out] for `x` [.., d_in].
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.decode(&self.encode(x)?, Some(x))
+    }
+
+    /// Folds an input scale `s_in` and output scale `s_out` into the weights: a dictionary
+    /// trained on `s_in * x` predicting `s_out * y` becomes one that reads `x` and predicts `y`
+    /// with the same latent activations.
+    pub fn fold_scales(&mut self, s_in: f64, s_out: f64) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        self.w_enc = self.w_enc.f_mul_scalar(s_in)?;
+        self.w_dec = self.w_dec.f_div_scalar(s_out)?;
+        // An SAE subtracts b_dec from its input; that stays consistent because s_in == s_out.
+        self.b_dec = self.b_dec.f_div_scalar(s_out)?;
+        if let Some(w) = &self.w_skip {
+            self.w_skip = Some(w.f_mul_scalar(s_in / s_out)?);
+        }
+        Ok(())
+    }
+
+    /// A detached deep copy (so training can go on while this one is saved or evaluated).
+    pub fn copy(&self) -> Result<Self> {
+        let c = |t: &Tensor| -> Result<Tensor> {
+            let mut out = t.f_zeros_like()?;
+            out.f_copy_(t)?;
+            Ok(out)
+        };
+        let co = |t: &Option<Tensor>| t.as_ref().map(c).transpose();
+        Ok(SparseDictionary {
+            cfg: self.cfg.clone(),
+            w_enc: c(&self.w_enc)?,
+            b_enc: c(&self.b_enc)?,
+            w_dec: c(&self.w_dec)?,
+            b_dec: c(&self.b_dec)?,
+            threshold: co(&self.threshold)?,
+            r_mag: co(&self.r_mag)?,
+            b_mag: co(&self.b_mag)?,
+            w_skip: co(&self.w_skip)?,
+        })
+    }
+}

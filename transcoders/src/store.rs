@@ -1,0 +1,341 @@
+//! Activations for training: streamed from a model over a token corpus, or read from an on-disk
+//! cache written by one pass of the model.
+//!
+//! Every batch is a pure function of its step, so a resumed run sees exactly the batches it would
+//! have seen. The shuffle works per buffer: a buffer holds `buffer_contexts` contexts drawn at
+//! random positions of the corpus (seeded by the buffer's index), and its tokens are served in a
+//! seeded random order. Tokens of a batch therefore come from many contexts, as with SAELens's
+//! mixing buffer, without a buffer state that a resume would have to replay.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use interp_core::data::splitmix as mix;
+use interp_core::{CacheSpec, HookedTransformer};
+use serde_json::{json, Value};
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+/// Batches of activations: one [batch_tokens, width] tensor per hook of `hook_names`, the same
+/// for the same `step`.
+pub trait ActivationSource {
+    fn hook_names(&self) -> &[String];
+    fn batch(&mut self, step: usize) -> Result<Vec<Tensor>>;
+}
+
+/// Settings of an [`ActivationStore`].
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Tokens per context fed to the model.
+    pub context_size: i64,
+    /// Tokens per training batch.
+    pub batch_tokens: i64,
+    /// Contexts per shuffle buffer (one buffer serves `buffer_contexts * (context_size - 1) /
+    /// batch_tokens` batches).
+    pub buffer_contexts: i64,
+    /// Contexts per model forward while filling a buffer.
+    pub forward_batch: i64,
+    pub seed: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { context_size: 128, batch_tokens: 4096, buffer_contexts: 512, forward_batch: 32, seed: 0 }
+    }
+}
+
+/// Streams activations of several hooks from one model pass over a token stream.
+///
+/// Position 0 of each context and every BOS token are left out: their activations (attention
+/// sinks) are outliers that no dictionary should spend latents on.
+pub struct ActivationStore<'m> {
+    model: &'m HookedTransformer,
+    tokens: Tensor,
+    hooks: Vec<String>,
+    stop_at: Option<usize>,
+    pub cfg: StoreConfig,
+    buffer: Option<(usize, Vec<Tensor>)>,
+}
+
+impl<'m> ActivationStore<'m> {
+    /// A store over `tokens` [n] (documents joined by BOS) reading `hooks` from `model`.
+    pub fn new(model: &'m HookedTransformer, tokens: &Tensor, hooks: &[&str], cfg: StoreConfig) -> Result<Self> {
+        let n = tokens.size().first().copied().unwrap_or(0);
+        if tokens.dim() != 1 || n <= cfg.context_size {
+            return Err(Error::Input(format!("the token stream must be 1-D and longer than one context ({}), found shape {:?}", cfg.context_size, tokens.size())));
+        }
+        if cfg.context_size < 2 || cfg.batch_tokens < 1 || cfg.forward_batch < 1 {
+            return Err(Error::Input(format!("invalid store settings: {cfg:?}")));
+        }
+        if cfg.buffer_contexts * (cfg.context_size - 1) < cfg.batch_tokens {
+            return Err(Error::Input(format!(
+                "a buffer of {} contexts of {} tokens holds fewer tokens than one batch ({})",
+                cfg.buffer_contexts, cfg.context_size, cfg.batch_tokens
+            )));
+        }
+        let mut layers = Vec::new();
+        for h in hooks {
+            layers.push(model.hook_point(h)?.layer());
+        }
+        // Stop the forward after the last block a hook reads; hooks after the blocks need them all.
+        let stop_at = layers.iter().try_fold(0, |acc, l| l.map(|l| acc.max(l + 1))).filter(|&l| l < model.cfg.n_layers);
+        Ok(ActivationStore {
+            model,
+            tokens: tokens.f_to_kind(Kind::Int64)?,
+            hooks: hooks.iter().map(|h| h.to_string()).collect(),
+            stop_at,
+            cfg,
+            buffer: None,
+        })
+    }
+
+    /// Batches one buffer serves.
+    pub fn batches_per_buffer(&self) -> usize {
+        (self.cfg.buffer_contexts * (self.cfg.context_size - 1) / self.cfg.batch_tokens) as usize
+    }
+
+    /// The contexts [buffer_contexts, context_size] of buffer `index`.
+    pub fn contexts(&self, index: usize) -> Result<Tensor> {
+        let span = (self.tokens.size()[0] - self.cfg.context_size) as u64;
+        let rows: Vec<Tensor> = (0..self.cfg.buffer_contexts as u64)
+            .map(|i| {
+                let start = mix(self.cfg.seed ^ mix((index as u64) << 24 | i)) % span;
+                self.tokens.f_narrow(0, start as i64, self.cfg.context_size)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Tensor::f_stack(&rows, 0)?.f_to_device(self.model.device())?)
+    }
+
+    /// Activations of buffer `index`, one [batches_per_buffer * batch_tokens, width] f32 tensor
+    /// per hook, shuffled.
+    pub fn fill(&self, index: usize) -> Result<Vec<Tensor>> {
+        let contexts = self.contexts(index)?;
+        let bos = self.model.tokenizer().and_then(|t| t.bos_token_id());
+        let mut per_hook: Vec<Vec<Tensor>> = self.hooks.iter().map(|_| Vec::new()).collect();
+        for chunk in contexts.f_split(self.cfg.forward_batch, 0)? {
+            let mut runner = self.model.runner(&chunk).cache(CacheSpec::names(&self.hooks));
+            if let Some(l) = self.stop_at {
+                runner = runner.stop_at_layer(l);
+            }
+            let out = runner.run()?;
+            let cache = out.cache.ok_or_else(|| Error::Input("the run returned no cache".into()))?;
+            let body = chunk.f_narrow(1, 1, self.cfg.context_size - 1)?;
+            let keep = match bos {
+                Some(b) => body.f_ne(b)?.f_flatten(0, -1)?,
+                None => body.f_ones_like()?.f_to_kind(Kind::Bool)?.f_flatten(0, -1)?,
+            };
+            for (h, acts) in self.hooks.iter().zip(per_hook.iter_mut()) {
+                let a = cache.get(h)?;
+                let a = a.f_narrow(1, 1, self.cfg.context_size - 1)?.f_flatten(0, 1)?.f_to_kind(Kind::Float)?;
+                acts.push(a.f_index(&[Some(keep.shallow_clone())])?);
+            }
+        }
+        let acts: Vec<Tensor> = per_hook.iter().map(|a| Tensor::f_cat(a, 0)).collect::<Result<_, _>>()?;
+        let m = acts[0].size()[0] as u64;
+        let needed = self.batches_per_buffer() as u64 * self.cfg.batch_tokens as u64;
+        // A seeded permutation of the buffer's tokens; if BOS tokens left it short, it wraps.
+        let mut order: Vec<(u64, i64)> = (0..m).map(|i| (mix(self.cfg.seed.rotate_left(17) ^ mix((index as u64) << 32 | i)), i as i64)).collect();
+        order.sort_unstable();
+        let idx: Vec<i64> = (0..needed).map(|j| order[(j % m) as usize].1).collect();
+        let idx = Tensor::f_from_slice(&idx)?.f_to_device(acts[0].device())?;
+        acts.iter().map(|a| Ok(a.f_index_select(0, &idx)?)).collect()
+    }
+
+    /// Writes `n_buffers` buffers to `dir` as `shard_NNNNN.safetensors` plus `manifest.json`, so
+    /// that several dictionaries can train from one pass of the model, without the model.
+    pub fn write_cache(&self, dir: impl AsRef<Path>, n_buffers: usize, progress: bool) -> Result<CachedActivations> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        let bar = crate::progress_bar(n_buffers as u64, "buffers", progress);
+        let mut widths = Vec::new();
+        let mut shards = Vec::new();
+        for index in 0..n_buffers {
+            let acts = self.fill(index)?;
+            widths = acts.iter().map(|a| a.size()[1]).collect();
+            let name = format!("shard_{index:05}.safetensors");
+            let named: Vec<(&str, Tensor)> = self.hooks.iter().map(String::as_str).zip(acts).collect();
+            let path = dir.join(&name);
+            Tensor::write_safetensors(&named, &path).map_err(|e| Error::format(&path, format!("cannot write: {}", e.to_string().lines().next().unwrap_or_default())))?;
+            shards.push(name);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let manifest = json!({
+            "format": CACHE_FORMAT,
+            "model_name": self.model.cfg.model_type,
+            "hooks": self.hooks.iter().zip(&widths).map(|(h, w)| json!({"name": h, "width": w})).collect::<Vec<_>>(),
+            "context_size": self.cfg.context_size,
+            "batch_tokens": self.cfg.batch_tokens,
+            "batches_per_shard": self.batches_per_buffer(),
+            "seed": self.cfg.seed,
+            "dtype": "float32",
+            "shards": shards,
+        });
+        let path = dir.join("manifest.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap_or_default()).map_err(Error::io(&path))?;
+        CachedActivations::open(dir, self.model.device())
+    }
+}
+
+impl ActivationSource for ActivationStore<'_> {
+    fn hook_names(&self) -> &[String] {
+        &self.hooks
+    }
+
+    fn batch(&mut self, step: usize) -> Result<Vec<Tensor>> {
+        let per = self.batches_per_buffer();
+        let index = step / per;
+        if self.buffer.as_ref().is_none_or(|(i, _)| *i != index) {
+            self.buffer = Some((index, self.fill(index)?));
+        }
+        let (_, acts) = self.buffer.as_ref().ok_or_else(|| Error::Input("no buffer".into()))?;
+        let start = (step % per) as i64 * self.cfg.batch_tokens;
+        acts.iter().map(|a| Ok(a.f_narrow(0, start, self.cfg.batch_tokens)?)).collect()
+    }
+}
+
+const CACHE_FORMAT: &str = "interp-activation-cache-v1";
+
+/// Activations read back from a cache folder written by [`ActivationStore::write_cache`]. Steps
+/// past the end wrap around (another epoch over the same activations).
+pub struct CachedActivations {
+    dir: PathBuf,
+    hooks: Vec<String>,
+    widths: Vec<i64>,
+    shards: Vec<String>,
+    pub batch_tokens: i64,
+    pub batches_per_shard: usize,
+    device: Device,
+    loaded: Option<(usize, Vec<Tensor>)>,
+}
+
+/// The tensor names and shapes in a safetensors file's header, without reading its data.
+fn safetensors_header(path: &Path) -> Result<HashMap<String, Vec<i64>>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(Error::io(path))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|_| Error::format(path, "not a safetensors file (too short)"))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100_000_000 {
+        return Err(Error::format(path, "not a safetensors file (header length)"));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).map_err(|_| Error::format(path, "truncated safetensors header"))?;
+    let v: Value = serde_json::from_slice(&header).map_err(|e| Error::format(path, format!("malformed safetensors header: {e}")))?;
+    let obj = v.as_object().ok_or_else(|| Error::format(path, "malformed safetensors header"))?;
+    Ok(obj
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(k, t)| (k.clone(), t["shape"].as_array().map(|s| s.iter().filter_map(Value::as_i64).collect()).unwrap_or_default()))
+        .collect())
+}
+
+impl CachedActivations {
+    /// Opens a cache folder, checking that every shard holds what the manifest says.
+    pub fn open(dir: impl AsRef<Path>, device: Device) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let path = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+        let m: Value = serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("malformed JSON: {e}")))?;
+        let bad = |msg: &str| Error::format(&path, msg.to_string());
+        if m["format"].as_str() != Some(CACHE_FORMAT) {
+            return Err(bad(&format!("not an activation cache manifest (format should be `{CACHE_FORMAT}`)")));
+        }
+        let hooks_v = m["hooks"].as_array().ok_or_else(|| bad("no `hooks` list"))?;
+        let hooks: Vec<String> = hooks_v.iter().filter_map(|h| h["name"].as_str().map(str::to_string)).collect();
+        let widths: Vec<i64> = hooks_v.iter().filter_map(|h| h["width"].as_i64()).collect();
+        let shards: Vec<String> = m["shards"].as_array().ok_or_else(|| bad("no `shards` list"))?.iter().filter_map(|s| s.as_str().map(str::to_string)).collect();
+        let batch_tokens = m["batch_tokens"].as_i64().ok_or_else(|| bad("no `batch_tokens`"))?;
+        let batches_per_shard = m["batches_per_shard"].as_u64().ok_or_else(|| bad("no `batches_per_shard`"))? as usize;
+        if hooks.is_empty() || hooks.len() != widths.len() || shards.is_empty() || batches_per_shard == 0 {
+            return Err(bad("the manifest lists no hooks, no widths or no shards"));
+        }
+        let rows = batches_per_shard as i64 * batch_tokens;
+        for shard in &shards {
+            let shard_path = dir.join(shard);
+            let header = safetensors_header(&shard_path)?;
+            for (h, w) in hooks.iter().zip(&widths) {
+                match header.get(h) {
+                    Some(shape) if shape == &[rows, *w] => {}
+                    Some(shape) => {
+                        return Err(Error::format(&shard_path, format!("`{h}` has shape {shape:?} but the manifest says [{rows}, {w}]")));
+                    }
+                    None => return Err(Error::format(&shard_path, format!("no activations of `{h}`, which the manifest lists"))),
+                }
+            }
+        }
+        Ok(CachedActivations { dir, hooks, widths, shards, batch_tokens, batches_per_shard, device, loaded: None })
+    }
+
+    /// Widths of the cached hooks, in `hook_names` order.
+    pub fn widths(&self) -> &[i64] {
+        &self.widths
+    }
+
+    /// Batches before the cache wraps around.
+    pub fn n_batches(&self) -> usize {
+        self.shards.len() * self.batches_per_shard
+    }
+}
+
+impl ActivationSource for CachedActivations {
+    fn hook_names(&self) -> &[String] {
+        &self.hooks
+    }
+
+    fn batch(&mut self, step: usize) -> Result<Vec<Tensor>> {
+        let step = step % self.n_batches();
+        let shard = step / self.batches_per_shard;
+        if self.loaded.as_ref().is_none_or(|(s, _)| *s != shard) {
+            let path = self.dir.join(&self.shards[shard]);
+            let map: HashMap<String, Tensor> = Tensor::read_safetensors(&path)
+                .map_err(|e| Error::format(&path, format!("unreadable: {}", e.to_string().lines().next().unwrap_or_default())))?
+                .into_iter()
+                .collect();
+            let acts = self
+                .hooks
+                .iter()
+                .map(|h| map.get(h).ok_or_else(|| Error::format(&path, format!("no `{h}`"))).and_then(|t| Ok(t.f_to_device(self.device)?)))
+                .collect::<Result<_>>()?;
+            self.loaded = Some((shard, acts));
+        }
+        let (_, acts) = self.loaded.as_ref().ok_or_else(|| Error::Input("no shard".into()))?;
+        let start = (step % self.batches_per_shard) as i64 * self.batch_tokens;
+        acts.iter().map(|a| Ok(a.f_narrow(0, start, self.batch_tokens)?)).collect()
+    }
+}
+
+/// Activations already in memory: one [n, width] tensor per hook, served in consecutive
+/// batches of `batch_tokens` rows (wrapping around).
+pub struct InMemoryActivations {
+    hooks: Vec<String>,
+    tensors: Vec<Tensor>,
+    pub batch_tokens: i64,
+}
+
+impl InMemoryActivations {
+    pub fn new(named: Vec<(String, Tensor)>, batch_tokens: i64) -> Result<Self> {
+        let rows: Vec<i64> = named.iter().map(|(_, t)| t.size().first().copied().unwrap_or(0)).collect();
+        if named.is_empty() || rows.iter().any(|&r| r != rows[0]) || rows[0] < batch_tokens || batch_tokens < 1 {
+            return Err(Error::Input(format!("in-memory activations need equal row counts of at least one batch ({batch_tokens}); found {rows:?}")));
+        }
+        if let Some((name, t)) = named.iter().find(|(_, t)| t.dim() != 2) {
+            return Err(Error::Input(format!("activations of `{name}` must be [n, width], found {:?}", t.size())));
+        }
+        let (hooks, tensors) = named.into_iter().unzip();
+        Ok(InMemoryActivations { hooks, tensors, batch_tokens })
+    }
+}
+
+impl ActivationSource for InMemoryActivations {
+    fn hook_names(&self) -> &[String] {
+        &self.hooks
+    }
+
+    fn batch(&mut self, step: usize) -> Result<Vec<Tensor>> {
+        let per = self.tensors[0].size()[0] / self.batch_tokens;
+        let start = (step as i64 % per) * self.batch_tokens;
+        self.tensors.iter().map(|t| Ok(t.f_narrow(0, start, self.batch_tokens)?)).collect()
+    }
+}

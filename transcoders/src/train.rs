@@ -1,0 +1,397 @@
+//! Training dictionaries on an [`ActivationSource`]: Adam with warmup and a final linear decay,
+//! sparsity-coefficient warmup, gradient clipping, unit-norm decoder rows (the gradient parallel
+//! to each row removed), AuxK for dead latents, activation normalisation folded into the weights
+//! at the end, checkpoints with exact resume.
+//!
+//! Several dictionaries train side by side from the same batches (one model pass feeds them all).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use interp_core::train::{clip_scale, fingerprint_of, Adam, TrainingCheckpoint};
+use tch::{Kind, Tensor};
+
+use crate::dictionary::{Architecture, SparseDictionary};
+use crate::error::{Error, Result};
+use crate::store::ActivationSource;
+
+/// Trainer settings; `Default` follows the references' recipe (see the design notes).
+#[derive(Clone, Debug)]
+pub struct SaeTrainConfig {
+    pub steps: usize,
+    pub lr: f64,
+    pub warmup_steps: usize,
+    /// The learning rate decays linearly to 0 over this last fraction of the steps.
+    pub decay_fraction: f64,
+    /// L1 coefficient (ReLU+L1 and gated), on `sum_i f_i * ||W_dec,i||`.
+    pub l1_coefficient: f64,
+    /// L0 coefficient (JumpReLU), on `sum_i H(z_i - theta_i)`.
+    pub l0_coefficient: f64,
+    /// The sparsity coefficient rises linearly from 0 over these steps.
+    pub sparsity_warmup_steps: usize,
+    /// Width of the rectangle kernel of JumpReLU's straight-through threshold gradient.
+    pub jumprelu_bandwidth: f64,
+    /// Weight of the AuxK loss (TopK and BatchTopK); 0 turns it off.
+    pub aux_k_coefficient: f64,
+    /// A latent that has not fired for this many tokens is dead.
+    pub dead_tokens: usize,
+    /// Rate of the moving average that sets BatchTopK's inference threshold.
+    pub batchtopk_threshold_lr: f64,
+    pub grad_clip: Option<f64>,
+    /// Scale activations so that E||x|| = sqrt(d) while training (folded into the weights after).
+    pub normalize_activations: bool,
+    /// Decode TopK latents by gathering `k` decoder rows instead of a dense product.
+    pub sparse_decode: bool,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    pub log_every: usize,
+    pub checkpoint_every: usize,
+    /// Checkpoints go here (`checkpoint.safetensors`); an existing one is resumed.
+    pub checkpoint_dir: Option<PathBuf>,
+    pub progress: bool,
+}
+
+impl Default for SaeTrainConfig {
+    fn default() -> Self {
+        SaeTrainConfig {
+            steps: 2000,
+            lr: 4e-4,
+            warmup_steps: 100,
+            decay_fraction: 0.2,
+            l1_coefficient: 5.0,
+            l0_coefficient: 0.01,
+            sparsity_warmup_steps: 200,
+            jumprelu_bandwidth: 0.05,
+            aux_k_coefficient: 1.0 / 32.0,
+            dead_tokens: 1_000_000,
+            batchtopk_threshold_lr: 0.01,
+            grad_clip: Some(1.0),
+            normalize_activations: true,
+            sparse_decode: true,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            log_every: 50,
+            checkpoint_every: 500,
+            checkpoint_dir: None,
+            progress: true,
+        }
+    }
+}
+
+impl SaeTrainConfig {
+    /// The learning rate at `step`: linear warmup, constant, linear decay to 0 at the end.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        let warm = if self.warmup_steps > 0 { ((step + 1) as f64 / self.warmup_steps as f64).min(1.0) } else { 1.0 };
+        let decay_steps = (self.steps as f64 * self.decay_fraction).round();
+        let left = (self.steps - step.min(self.steps)) as f64;
+        let decay = if decay_steps > 0.0 { (left / decay_steps).min(1.0) } else { 1.0 };
+        self.lr * warm * decay
+    }
+
+    fn sparsity_scale(&self, step: usize) -> f64 {
+        if self.sparsity_warmup_steps == 0 { 1.0 } else { ((step + 1) as f64 / self.sparsity_warmup_steps as f64).min(1.0) }
+    }
+}
+
+/// One logged step of one dictionary.
+#[derive(Clone, Debug)]
+pub struct TrainLogEntry {
+    pub step: usize,
+    pub loss: f64,
+    /// Batch FVU (in the normalised space, which does not change it).
+    pub fvu: f64,
+    pub l0: f64,
+    pub dead_fraction: f64,
+}
+
+/// What training did, per dictionary.
+#[derive(Clone, Debug)]
+pub struct SaeTrainReport {
+    pub resumed_at: usize,
+    pub steps: usize,
+    pub log: Vec<TrainLogEntry>,
+    /// Input and output scales used while training (folded into the weights since).
+    pub scales: (f64, f64),
+    pub tokens_per_sec: f64,
+}
+
+/// Per-dictionary training state.
+struct Slot {
+    input: usize,
+    target: usize,
+    adam: Adam,
+    params: Vec<Tensor>,
+    /// Tokens since each latent last fired [d_sae].
+    since_fired: Tensor,
+    /// (s_in, s_out) [2].
+    scales: Tensor,
+    log: Vec<TrainLogEntry>,
+}
+
+/// The losses and statistics of one forward.
+struct StepOut {
+    loss: Tensor,
+    mse: Tensor,
+    total_variance: Tensor,
+    /// How often each latent fired in the batch [d_sae].
+    fired: Tensor,
+}
+
+/// The kernel K((z - theta) / eps) of the straight-through estimators, detached [.., d_sae].
+fn rectangle(pre: &Tensor, threshold: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(pre.f_detach()?.f_sub(&threshold.f_detach()?)?.f_div_scalar(eps)?.f_abs()?.f_lt(0.5)?.f_to_kind(Kind::Float)?)
+}
+
+impl SparseDictionary {
+    /// The training forward of a batch `x` [n, d_in] towards `y` [n, d_out] (both normalised).
+    fn training_step(&self, x: &Tensor, y: &Tensor, cfg: &SaeTrainConfig, step: usize, dead: &Tensor) -> Result<(StepOut, Option<f64>)> {
+        let n = x.size()[0] as f64;
+        let sae_in = self.sae_in(x)?;
+        let pre = sae_in.f_matmul(&self.w_enc)?.f_add(&self.b_enc)?;
+        let dec_norms = self.w_dec.f_norm_scalaropt_dim(2.0, [1], false)?;
+        let sparsity_scale = cfg.sparsity_scale(step);
+        let mut extra = Tensor::f_zeros([], (Kind::Float, x.device()))?;
+        let mut batch_threshold = None;
+        let (recon, fired, active_pre) = match self.cfg.architecture {
+            Architecture::ReluL1 => {
+                let f = pre.f_relu()?;
+                let l1 = f.f_mul(&dec_norms)?.f_sum(Kind::Float)?.f_div_scalar(n)?;
+                extra = extra.f_add(&l1.f_mul_scalar(cfg.l1_coefficient * sparsity_scale)?)?;
+                (self.decode(&f, Some(x))?, f.f_gt(0.0)?.f_sum_dim_intlist(0, false, Kind::Float)?, None)
+            }
+            Architecture::TopK { k } => {
+                let (vals, idx) = pre.f_topk(k, -1, true, false)?;
+                let vals = vals.f_relu()?;
+                let recon = if cfg.sparse_decode {
+                    self.add_skip(self.decode_sparse(&vals, &idx)?, Some(x))?
+                } else {
+                    self.decode(&pre.f_zeros_like()?.f_scatter(-1, &idx, &vals)?, Some(x))?
+                };
+                let on = idx.f_masked_select(&vals.f_gt(0.0)?)?;
+                (recon, on.f_bincount(None::<&Tensor>, self.cfg.d_sae)?.f_to_kind(Kind::Float)?, Some(pre.shallow_clone()))
+            }
+            Architecture::BatchTopK { k } => {
+                let flat = pre.f_relu()?.f_flatten(0, -1)?;
+                let (vals, idx) = flat.f_topk(k * x.size()[0], -1, true, false)?;
+                let f = flat.f_zeros_like()?.f_scatter(-1, &idx, &vals)?.f_view_as(&pre)?;
+                let kept = vals.f_detach()?.f_masked_select(&vals.f_gt(0.0)?)?;
+                if kept.numel() > 0 {
+                    batch_threshold = Some(kept.f_min()?.f_double_value(&[])?);
+                }
+                (self.decode(&f, Some(x))?, f.f_gt(0.0)?.f_sum_dim_intlist(0, false, Kind::Float)?, Some(pre.shallow_clone()))
+            }
+            Architecture::JumpRelu => {
+                let theta = self.threshold.as_ref().ok_or_else(|| Error::Input("JumpReLU without threshold".into()))?;
+                let kernel = rectangle(&pre, theta, cfg.jumprelu_bandwidth)?;
+                let on = pre.f_detach()?.f_gt_tensor(&theta.f_detach()?)?.f_to_kind(Kind::Float)?;
+                let dtheta = theta.f_sub(&theta.f_detach()?)?;
+                // Values equal the JumpReLU; gradients: H to pre, -(theta/eps) K to theta.
+                let f = pre.f_mul(&on)?.f_add(&dtheta.f_mul(&kernel.f_mul(&theta.f_detach()?)?.f_div_scalar(-cfg.jumprelu_bandwidth)?)?)?;
+                let l0 = on.f_add(&dtheta.f_mul(&kernel.f_div_scalar(-cfg.jumprelu_bandwidth)?)?)?.f_sum(Kind::Float)?.f_div_scalar(n)?;
+                extra = extra.f_add(&l0.f_mul_scalar(cfg.l0_coefficient * sparsity_scale)?)?;
+                (self.decode(&f, Some(x))?, on.f_sum_dim_intlist(0, false, Kind::Float)?, None)
+            }
+            Architecture::Gated => {
+                let (r_mag, b_mag) = self.gated_params()?;
+                let mag = sae_in.f_matmul(&self.w_enc.f_mul(&r_mag.f_exp()?)?)?.f_add(b_mag)?;
+                let gate_on = pre.f_detach()?.f_gt(0.0)?.f_to_kind(Kind::Float)?;
+                let f = mag.f_relu()?.f_mul(&gate_on)?;
+                let gate = pre.f_relu()?;
+                let l1 = gate.f_mul(&dec_norms)?.f_sum(Kind::Float)?.f_div_scalar(n)?;
+                // The gate path learns to reconstruct through a frozen decoder.
+                let frozen = gate.f_matmul(&self.w_dec.f_detach()?)?.f_add(&self.b_dec.f_detach()?)?;
+                let frozen = self.add_skip(frozen, Some(x))?;
+                let aux = frozen.f_sub(y)?.f_square()?.f_sum(Kind::Float)?.f_div_scalar(n)?;
+                extra = extra.f_add(&l1.f_mul_scalar(cfg.l1_coefficient * sparsity_scale)?)?.f_add(&aux)?;
+                (self.decode(&f, Some(x))?, f.f_gt(0.0)?.f_sum_dim_intlist(0, false, Kind::Float)?, None)
+            }
+        };
+        let err = y.f_sub(&recon)?;
+        let sq = err.f_square()?.f_sum(Kind::Float)?;
+        let total_variance = y.f_sub(&y.f_mean_dim(0, true, Kind::Float)?)?.f_square()?.f_sum(Kind::Float)?.f_detach()?;
+        let mse = sq.f_div_scalar(n)?;
+        let mut loss = mse.f_add(&extra)?;
+        if let (Some(pre), true) = (active_pre, cfg.aux_k_coefficient > 0.0) {
+            let n_dead = dead.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+            if n_dead > 0 {
+                // AuxK (Gao et al.): the top dead latents fit the live latents' residual.
+                let k_aux = (self.cfg.d_out / 2).max(1);
+                let scale = (n_dead as f64 / k_aux as f64).min(1.0);
+                let masked = pre.f_masked_fill(&dead.f_logical_not()?.f_unsqueeze(0)?, f64::NEG_INFINITY)?;
+                let (vals, idx) = masked.f_topk(k_aux.min(n_dead), -1, true, false)?;
+                let e_hat = self.decode_sparse(&vals.f_relu()?, &idx)?.f_sub(&self.b_dec)?;
+                let aux = e_hat.f_sub(&err.f_detach()?)?.f_square()?.f_sum(Kind::Float)?.f_div(&total_variance.f_clamp_min(1e-12)?)?;
+                loss = loss.f_add(&aux.f_mul_scalar(scale * cfg.aux_k_coefficient)?)?;
+            }
+        }
+        Ok((StepOut { loss, mse, total_variance, fired }, batch_threshold))
+    }
+}
+
+fn finite_check(t: &Tensor, step: usize, hook: &str) -> Result<()> {
+    if t.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
+        return Err(Error::Input(format!("activations of `{hook}` in batch {step} contain NaN or inf")));
+    }
+    Ok(())
+}
+
+/// `sqrt(d) / E||x||` over the rows of `x` [n, d].
+fn norm_scale(x: &Tensor) -> Result<f64> {
+    let d = x.size()[1] as f64;
+    let mean_norm = x.f_norm_scalaropt_dim(2.0, [1], false)?.f_mean(Kind::Double)?.f_double_value(&[])?;
+    Ok(if mean_norm > 0.0 { d.sqrt() / mean_norm } else { 1.0 })
+}
+
+/// Trains `dicts` in place on batches of `source` (each reads its `hook_name` and predicts its
+/// `hook_name_out`). On success the dictionaries read and predict raw activations (any
+/// normalisation folded in). With a checkpoint dir, an existing checkpoint is resumed; one of
+/// other dictionaries or settings is an error.
+pub fn train_dictionaries(dicts: &mut [SparseDictionary], source: &mut dyn ActivationSource, cfg: &SaeTrainConfig) -> Result<Vec<SaeTrainReport>> {
+    if cfg.steps == 0 || !(cfg.lr > 0.0) || cfg.log_every == 0 || cfg.checkpoint_every == 0 || dicts.is_empty() {
+        return Err(Error::Input(format!("invalid training settings (steps, lr, log_every, checkpoint_every must be positive; at least one dictionary): {cfg:?}")));
+    }
+    let names = source.hook_names().to_vec();
+    let find = |hook: &str| names.iter().position(|h| h == hook).ok_or_else(|| Error::Input(format!("the activation source has no `{hook}` (it has: {})", names.join(", "))));
+    let first = source.batch(0)?;
+    let device = dicts[0].device();
+    let mut slots = Vec::new();
+    for d in dicts.iter() {
+        let (input, target) = (find(&d.cfg.hook_name)?, find(&d.cfg.hook_name_out)?);
+        d.check_width(&first[input], d.cfg.d_in, &format!("activations of `{}`", d.cfg.hook_name))?;
+        d.check_width(&first[target], d.cfg.d_out, &format!("activations of `{}`", d.cfg.hook_name_out))?;
+        let params: Vec<Tensor> = d.parameters().into_iter().map(|p| p.set_requires_grad(true)).collect();
+        let (s_in, s_out) = if cfg.normalize_activations { (norm_scale(&first[input])?, norm_scale(&first[target])?) } else { (1.0, 1.0) };
+        let _guard = tch::no_grad_guard();
+        // b_dec starts at the mean target, so latents begin by explaining variance, not the mean.
+        d.b_dec.shallow_clone().f_copy_(&first[target].f_to_device(device)?.f_mean_dim(0, false, Kind::Float)?.f_mul_scalar(s_out)?)?;
+        slots.push(Slot {
+            input,
+            target,
+            adam: Adam::new(&params, cfg.betas, cfg.eps)?,
+            params,
+            since_fired: Tensor::f_zeros([d.cfg.d_sae], (Kind::Float, device))?,
+            scales: Tensor::f_from_slice(&[s_in as f32, s_out as f32])?.f_to_device(device)?,
+            log: Vec::new(),
+        });
+    }
+    let state = |slots: &[Slot], dicts: &[SparseDictionary]| -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (i, (s, d)) in slots.iter().zip(dicts).enumerate() {
+            out.extend(s.params.iter().enumerate().map(|(j, p)| (format!("{i}.param.{j}"), p.shallow_clone())));
+            out.extend(s.adam.state(&format!("{i}.")));
+            out.push((format!("{i}.since_fired"), s.since_fired.shallow_clone()));
+            out.push((format!("{i}.scales"), s.scales.shallow_clone()));
+            if let (Architecture::BatchTopK { .. }, Some(t)) = (d.cfg.architecture, &d.threshold) {
+                out.push((format!("{i}.threshold"), t.shallow_clone()));
+            }
+        }
+        out
+    };
+    let checkpoint = cfg.checkpoint_dir.as_ref().map(|dir| {
+        let mut text = format!("{:?}{:?}{:?}{:?}", cfg.lr, cfg.l1_coefficient, cfg.l0_coefficient, cfg.normalize_activations);
+        for d in dicts.iter() {
+            text.push_str(&format!("{:?}", d.cfg));
+        }
+        TrainingCheckpoint { dir: dir.clone(), fingerprint: fingerprint_of(&text) }
+    });
+    let start = match &checkpoint {
+        Some(c) => c.load(&state(&slots, dicts)).map_err(|e| Error::Input(e.to_string()))?.unwrap_or(0),
+        None => 0,
+    };
+    let result = train_loop(dicts, &mut slots, source, cfg, start, checkpoint.as_ref(), &state);
+    for s in &slots {
+        for p in &s.params {
+            let _ = p.set_requires_grad(false);
+        }
+    }
+    let tokens_per_sec = result?;
+    let mut reports = Vec::new();
+    for (d, s) in dicts.iter_mut().zip(slots) {
+        let (s_in, s_out) = (s.scales.f_double_value(&[0])?, s.scales.f_double_value(&[1])?);
+        d.fold_scales(s_in, s_out)?;
+        reports.push(SaeTrainReport { resumed_at: start, steps: cfg.steps, log: s.log, scales: (s_in, s_out), tokens_per_sec });
+    }
+    Ok(reports)
+}
+
+type StateFn<'a> = dyn Fn(&[Slot], &[SparseDictionary]) -> Vec<(String, Tensor)> + 'a;
+
+fn train_loop(
+    dicts: &[SparseDictionary],
+    slots: &mut [Slot],
+    source: &mut dyn ActivationSource,
+    cfg: &SaeTrainConfig,
+    start: usize,
+    checkpoint: Option<&TrainingCheckpoint>,
+    state: &StateFn<'_>,
+) -> Result<f64> {
+    let bar = crate::progress_bar(cfg.steps as u64, "steps", cfg.progress);
+    bar.set_position(start as u64);
+    let names = source.hook_names().to_vec();
+    let clock = Instant::now();
+    let mut tokens = 0usize;
+    for step in start..cfg.steps {
+        let batch = source.batch(step)?;
+        for (i, t) in batch.iter().enumerate() {
+            finite_check(t, step, &names[i])?;
+        }
+        let n = batch[0].size()[0];
+        let mut msg = String::new();
+        for (d, s) in dicts.iter().zip(slots.iter_mut()) {
+            let device = d.device();
+            let x = batch[s.input].f_to_device(device)?.f_mul_scalar(s.scales.f_double_value(&[0])?)?;
+            let y = batch[s.target].f_to_device(device)?.f_mul_scalar(s.scales.f_double_value(&[1])?)?;
+            let dead = s.since_fired.f_ge(cfg.dead_tokens as f64)?;
+            let (out, batch_threshold) = d.training_step(&x, &y, cfg, step, &dead)?;
+            let loss_value = out.loss.f_double_value(&[])?;
+            if !loss_value.is_finite() {
+                return Err(Error::Input(format!("the loss of `{}` is {loss_value} at step {step}; stopped (the last checkpoint is untouched)", d.cfg.hook_name)));
+            }
+            let mut grads = Tensor::f_run_backward(&[&out.loss], &s.params, false, false)?;
+            let _guard = tch::no_grad_guard();
+            // Index 2 is W_dec (see `parameters`): drop the part of its gradient along each row.
+            let w = &d.w_dec;
+            let parallel = grads[2].f_mul(w)?.f_sum_dim_intlist(1, true, Kind::Float)?;
+            grads[2] = grads[2].f_sub(&parallel.f_mul(w)?)?;
+            let scale = clip_scale(&grads, cfg.grad_clip)?;
+            let grads: Vec<Tensor> = grads.iter().map(|g| g.f_mul_scalar(scale)).collect::<Result<_, _>>()?;
+            s.adam.step(&s.params, &grads, step, cfg.lr_at(step), 0.0)?;
+            let _ = w.shallow_clone().f_div_(&w.f_norm_scalaropt_dim(2.0, [1], true)?.f_clamp_min(1e-8)?)?;
+            if let (Architecture::JumpRelu, Some(t)) = (d.cfg.architecture, &d.threshold) {
+                let _ = t.shallow_clone().f_clamp_min_(1e-6)?;
+            }
+            if let (Some(b), Some(t)) = (batch_threshold, &d.threshold) {
+                // The first batch sets the threshold; later ones move it by a moving average.
+                let r = if t.f_max()?.f_double_value(&[])? == 0.0 { 1.0 } else { cfg.batchtopk_threshold_lr };
+                let mut t = t.shallow_clone();
+                let _ = t.f_mul_scalar_(1.0 - r)?.f_add_scalar_(r * b)?;
+            }
+            let fired = out.fired.f_gt(0.0)?;
+            s.since_fired = s.since_fired.f_add_scalar(n as f64)?.f_masked_fill(&fired, 0.0)?;
+            if (step + 1) % cfg.log_every == 0 || step + 1 == cfg.steps {
+                let entry = TrainLogEntry {
+                    step: step + 1,
+                    loss: loss_value,
+                    fvu: out.mse.f_double_value(&[])? * n as f64 / out.total_variance.f_double_value(&[])?.max(1e-12),
+                    l0: out.fired.f_sum(Kind::Double)?.f_double_value(&[])? / n as f64,
+                    dead_fraction: s.since_fired.f_ge(cfg.dead_tokens as f64)?.f_to_kind(Kind::Double)?.f_mean(Kind::Double)?.f_double_value(&[])?,
+                };
+                msg.push_str(&format!("L0 {:.1} FVU {:.3} dead {:.1}% ", entry.l0, entry.fvu, 100.0 * entry.dead_fraction));
+                s.log.push(entry);
+            }
+        }
+        tokens += n as usize;
+        let done = step + 1;
+        if let Some(c) = checkpoint {
+            if done % cfg.checkpoint_every == 0 || done == cfg.steps {
+                c.save(done, &state(slots, dicts))?;
+            }
+        }
+        if !msg.is_empty() {
+            bar.set_message(msg);
+        }
+        bar.inc(1);
+    }
+    bar.finish();
+    Ok(tokens as f64 / clock.elapsed().as_secs_f64().max(1e-9))
+}
