@@ -4,8 +4,9 @@
 mod common;
 
 use interp::interp_core::tch;
+use interp::interp_core::{CacheSpec, HookedTransformer};
 use interp::transcoders::{
-    train_dictionaries, Architecture, DictionaryConfig, InMemoryActivations, SaeTrainConfig, SparseDictionary,
+    evaluate, load_circuit_tracer, train_dictionaries, Architecture, DictionaryConfig, InMemoryActivations, SaeTrainConfig, SparseDictionary,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -90,4 +91,124 @@ fn transcoders_recover_planted_input_output_pairs() {
         }
     }
     assert!(fvu[0] < 0.15 && fvu[1] <= fvu[0], "FVU plain {} skip {}", fvu[0], fvu[1]);
+}
+
+fn text_model() -> HookedTransformer {
+    HookedTransformer::from_pretrained_dir(common::repo("models/shakespeare-gpt2"), Device::Cpu, Kind::Float).unwrap()
+}
+
+/// 8 contexts of 64 tokens of real text.
+fn text_contexts(model: &HookedTransformer) -> Tensor {
+    let text = "Now is the winter of our discontent made glorious summer by this sun of York; and all the clouds that lour'd upon our house in the deep bosom of the ocean buried. ".repeat(20);
+    let ids = model.to_tokens(&text, false).unwrap();
+    ids.narrow(1, 0, 512).reshape([8, 64])
+}
+
+/// ReLU SAE with W_enc = [I, -I], W_dec = [I; -I]: reconstructs its input exactly.
+fn identity_sae(hook: &str, d: i64) -> SparseDictionary {
+    let mut dict = SparseDictionary::init(DictionaryConfig::sae(Architecture::ReluL1, hook, d, 2 * d), 0, Device::Cpu).unwrap();
+    let eye = Tensor::eye(d, (Kind::Float, Device::Cpu));
+    dict.w_enc = Tensor::cat(&[&eye, &(-&eye)], 1);
+    dict.w_dec = Tensor::cat(&[&eye, &(-&eye)], 0);
+    dict
+}
+
+#[test]
+fn metrics_match_closed_forms() {
+    let model = text_model();
+    let contexts = text_contexts(&model);
+    let hook = "blocks.0.hook_resid_post";
+    let d = model.cfg.d_model;
+    // Exact reconstruction: FVU 0, all CE recovered, no KL, L0 = d (no coordinate is exactly 0).
+    let m = evaluate(&identity_sae(hook, d), &model, &contexts, 3).unwrap();
+    assert_eq!(m.n_tokens, 8 * 63);
+    assert!(m.fvu < 1e-10, "{}", m.fvu);
+    assert!((m.ce_loss_recovered - 1.0).abs() < 1e-6 && m.delta_loss.abs() < 1e-6 && m.kl_spliced.abs() < 1e-6, "{m:?}");
+    assert_eq!(m.l0, d as f64);
+    assert!((m.shrinkage - 1.0).abs() < 1e-6);
+    assert_eq!(m.dead_fraction, 0.0);
+    // Predicting the dataset mean: FVU exactly 1 (the denominator is centred on the dataset mean).
+    let (_, cache) = model.run_with_cache(&contexts, CacheSpec::names([hook])).unwrap();
+    let mean = cache.get(hook).unwrap().narrow(1, 1, 63).reshape([-1, d]).mean_dim(0, false, Kind::Float);
+    let mut mean_dict = identity_sae(hook, d);
+    mean_dict.w_dec = mean_dict.w_dec.zeros_like();
+    mean_dict.b_dec = mean.shallow_clone();
+    let m = evaluate(&mean_dict, &model, &contexts, 8).unwrap();
+    assert!((m.fvu - 1.0).abs() < 1e-4, "{}", m.fvu);
+    // Zero output: the spliced run is the zero ablation, so nothing is recovered.
+    mean_dict.b_dec = mean.zeros_like();
+    let m = evaluate(&mean_dict, &model, &contexts, 8).unwrap();
+    assert!(m.ce_loss_recovered.abs() < 1e-9 && m.ce_zero_ablation > m.ce_clean, "{m:?}");
+    assert_eq!(m.dead_fraction, 0.0, "the encoder still fires");
+}
+
+#[test]
+fn saelens_files_round_trip_for_every_architecture() {
+    let dir = tempdir("roundtrip");
+    let x = Tensor::randn([50, 16], (Kind::Float, Device::Cpu));
+    let kinds = [
+        DictionaryConfig::sae(Architecture::ReluL1, "blocks.0.hook_resid_post", 16, 40),
+        DictionaryConfig::sae(Architecture::TopK { k: 5 }, "blocks.0.hook_resid_post", 16, 40),
+        DictionaryConfig::sae(Architecture::JumpRelu, "blocks.0.hook_resid_post", 16, 40),
+        DictionaryConfig::sae(Architecture::Gated, "blocks.0.hook_resid_post", 16, 40),
+        DictionaryConfig::transcoder(Architecture::ReluL1, false, "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", 16, 12, 40),
+        DictionaryConfig::transcoder(Architecture::JumpRelu, true, "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", 16, 12, 40),
+        DictionaryConfig::transcoder(Architecture::TopK { k: 3 }, true, "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", 16, 12, 40),
+    ];
+    for (i, cfg) in kinds.into_iter().enumerate() {
+        let mut dict = SparseDictionary::init(cfg, i as i64, Device::Cpu).unwrap();
+        // Random non-zero values everywhere, so a swapped or dropped tensor shows.
+        for t in [&mut dict.b_enc, &mut dict.b_dec] {
+            *t = Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.1;
+        }
+        for t in [&mut dict.r_mag, &mut dict.b_mag, &mut dict.w_skip].into_iter().flatten() {
+            *t = Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.1;
+        }
+        let path = dir.join(format!("d{i}"));
+        dict.save_saelens(&path, None).unwrap();
+        let back = SparseDictionary::load_saelens(&path, Device::Cpu).unwrap();
+        assert_eq!(back.cfg, dict.cfg);
+        assert_eq!(common::max_abs_diff(&back.forward(&x).unwrap(), &dict.forward(&x).unwrap()), 0.0, "{:?}", dict.cfg);
+    }
+}
+
+#[test]
+fn loads_sparsify_and_circuit_tracer_layouts() {
+    let dir = tempdir("layouts");
+    let x = Tensor::randn([30, 16], (Kind::Float, Device::Cpu));
+    // sparsify: encoder.weight [n, d_in], W_dec [n, d], skip path [d, d].
+    let mut tc = SparseDictionary::init(DictionaryConfig::transcoder(Architecture::TopK { k: 4 }, true, "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", 16, 16, 48), 1, Device::Cpu).unwrap();
+    tc.b_enc = Tensor::randn([48], (Kind::Float, Device::Cpu)) * 0.1;
+    tc.w_skip = Some(Tensor::randn([16, 16], (Kind::Float, Device::Cpu)) * 0.1);
+    let sp = dir.join("sparsify");
+    std::fs::create_dir_all(&sp).unwrap();
+    std::fs::write(sp.join("cfg.json"), r#"{"activation": "topk", "expansion_factor": 3, "normalize_decoder": true, "num_latents": 48, "k": 4, "multi_topk": false, "skip_connection": true, "transcode": true, "d_in": 16}"#).unwrap();
+    Tensor::write_safetensors(&[("encoder.weight", tc.w_enc.tr().contiguous()), ("encoder.bias", tc.b_enc.shallow_clone()), ("W_dec", tc.w_dec.shallow_clone()), ("b_dec", tc.b_dec.shallow_clone()), ("W_skip", tc.w_skip.as_ref().unwrap().shallow_clone())], sp.join("sae.safetensors")).unwrap();
+    let back = SparseDictionary::load_sparsify(&sp, "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", Device::Cpu).unwrap();
+    assert_eq!(common::max_abs_diff(&back.forward(&x).unwrap(), &tc.forward(&x).unwrap()), 0.0);
+    // circuit-tracer: one file per layer, W_enc [d_tc, d], JumpReLU threshold under its module name.
+    let ct = dir.join("circuit-tracer");
+    std::fs::create_dir_all(&ct).unwrap();
+    std::fs::write(ct.join("config.yaml"), "model_name: \"shakespeare\"\nfeature_input_hook: \"ln2.hook_normalized\"\nfeature_output_hook: \"hook_mlp_out\"\ntranscoders:\n  - \"layer_0.safetensors\"\n  - \"layer_1.safetensors\"\n").unwrap();
+    let mut layers = Vec::new();
+    for l in 0..2 {
+        let mut j = SparseDictionary::init(DictionaryConfig::transcoder(Architecture::JumpRelu, false, "a", "b", 16, 16, 48), 10 + l, Device::Cpu).unwrap();
+        j.threshold = Some(Tensor::rand([48], (Kind::Float, Device::Cpu)) * 0.5);
+        Tensor::write_safetensors(&[("W_enc", j.w_enc.tr().contiguous()), ("W_dec", j.w_dec.shallow_clone()), ("b_enc", j.b_enc.shallow_clone()), ("b_dec", j.b_dec.shallow_clone()), ("activation_function.threshold", j.threshold.as_ref().unwrap().shallow_clone())], ct.join(format!("layer_{l}.safetensors"))).unwrap();
+        layers.push(j);
+    }
+    let loaded = load_circuit_tracer(&ct, Device::Cpu).unwrap();
+    assert_eq!(loaded.len(), 2);
+    assert_eq!(loaded[1].cfg.hook_name, "blocks.1.ln2.hook_normalized");
+    assert_eq!(loaded[1].cfg.hook_name_out, "blocks.1.hook_mlp_out");
+    for (a, b) in loaded.iter().zip(&layers) {
+        assert_eq!(common::max_abs_diff(&a.forward(&x).unwrap(), &b.forward(&x).unwrap()), 0.0);
+    }
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("interp-dict-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }

@@ -28,3 +28,6 @@ pub(crate) fn progress_bar(len: u64, unit: &str, show: bool) -> indicatif::Progr
     bar.set_style(indicatif::ProgressStyle::with_template(&template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
     bar
 }
+
+mod metrics;
+pub use metrics::{evaluate, DictionaryMetrics, DENSE_THRESHOLD};
