@@ -65,16 +65,14 @@ fn architecture_name(cfg: &DictionaryConfig) -> String {
 }
 
 fn parse_architecture(name: &str, cfg: &Value, path: &Path) -> Result<(Architecture, DictionaryKind)> {
-    let (base, kind) = if let Some(b) = name.strip_suffix("_skip_transcoder") {
-        (b, DictionaryKind::SkipTranscoder)
-    } else if let Some(b) = name.strip_suffix("_transcoder") {
-        (b, DictionaryKind::Transcoder)
-    } else {
-        match name {
-            "transcoder" => ("standard", DictionaryKind::Transcoder),
-            "skip_transcoder" => ("standard", DictionaryKind::SkipTranscoder),
-            other => (other, DictionaryKind::Sae),
-        }
+    let (base, kind) = match name {
+        "transcoder" => ("standard", DictionaryKind::Transcoder),
+        "skip_transcoder" => ("standard", DictionaryKind::SkipTranscoder),
+        _ => match (name.strip_suffix("_skip_transcoder"), name.strip_suffix("_transcoder")) {
+            (Some(b), _) => (b, DictionaryKind::SkipTranscoder),
+            (None, Some(b)) => (b, DictionaryKind::Transcoder),
+            (None, None) => (name, DictionaryKind::Sae),
+        },
     };
     let k = || -> Result<i64> {
         cfg.get("k").and_then(|k| k.as_f64()).map(|k| k as i64).ok_or_else(|| Error::format(path, format!("architecture `{name}` needs a numeric `k`")))

@@ -1,0 +1,41 @@
+//! Writes dictionaries of every architecture in SAELens's folder format, each with an input and
+//! our encode/decode of it (`reference.safetensors`), for scripts/check_saelens.sh to load in
+//! SAELens. Usage: `cargo run --example export_dictionaries -- OUT_DIR`.
+
+use interp::interp_core::tch::{self, Device, Kind, Tensor};
+use interp::transcoders::{Architecture, DictionaryConfig, SparseDictionary};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out = std::path::PathBuf::from(std::env::args().nth(1).ok_or("usage: export_dictionaries OUT_DIR")?);
+    let (resid, mlp_in, mlp_out) = ("blocks.0.hook_resid_post", "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out");
+    let configs = [
+        ("standard", DictionaryConfig::sae(Architecture::ReluL1, resid, 16, 40)),
+        ("topk", DictionaryConfig::sae(Architecture::TopK { k: 6 }, resid, 16, 40)),
+        ("jumprelu", DictionaryConfig::sae(Architecture::JumpRelu, resid, 16, 40)),
+        ("batchtopk_as_jumprelu", DictionaryConfig::sae(Architecture::BatchTopK { k: 6 }, resid, 16, 40)),
+        ("gated", DictionaryConfig::sae(Architecture::Gated, resid, 16, 40)),
+        ("transcoder", DictionaryConfig::transcoder(Architecture::ReluL1, false, mlp_in, mlp_out, 16, 12, 40)),
+        ("skip_transcoder", DictionaryConfig::transcoder(Architecture::ReluL1, true, mlp_in, mlp_out, 16, 12, 40)),
+        ("jumprelu_transcoder", DictionaryConfig::transcoder(Architecture::JumpRelu, false, mlp_in, mlp_out, 16, 12, 40)),
+        ("jumprelu_skip_transcoder", DictionaryConfig::transcoder(Architecture::JumpRelu, true, mlp_in, mlp_out, 16, 12, 40)),
+    ];
+    for (i, (name, cfg)) in configs.into_iter().enumerate() {
+        let mut d = SparseDictionary::init(cfg, i as i64, Device::Cpu)?;
+        tch::manual_seed(100 + i as i64);
+        let noise = |t: &Tensor, s: f64| Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * s;
+        d.b_enc = noise(&d.b_enc, 0.1);
+        d.b_dec = noise(&d.b_dec, 0.1);
+        d.threshold = d.threshold.as_ref().map(|t| Tensor::rand(t.size(), (Kind::Float, Device::Cpu)) * 0.2);
+        d.r_mag = d.r_mag.as_ref().map(|t| noise(t, 0.1));
+        d.b_mag = d.b_mag.as_ref().map(|t| noise(t, 0.1));
+        d.w_skip = d.w_skip.as_ref().map(|t| noise(t, 0.1));
+        let dir = out.join(name);
+        d.save_saelens(&dir, None)?;
+        let x = Tensor::randn([20, 16], (Kind::Float, Device::Cpu));
+        let f = d.encode(&x)?;
+        let y = d.forward(&x)?;
+        Tensor::write_safetensors(&[("x", x), ("feature_acts", f), ("sae_out", y)], dir.join("reference.safetensors"))?;
+    }
+    println!("wrote {} dictionaries to {}", 9, out.display());
+    Ok(())
+}

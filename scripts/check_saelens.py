@@ -1,0 +1,76 @@
+"""SAELens interop, both directions (run by scripts/check_saelens.sh).
+
+  make-fixtures DIR   SAELens builds dictionaries of every architecture with random weights, saves
+                      them with `save_model`, and stores an input and its own encode/decode next to
+                      them (reference.safetensors). The Rust tests load these folders.
+  check DIR           SAELens loads the folders our exporter wrote and must encode/decode their
+                      inputs like we did (1e-5).
+"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+import sae_lens as sl
+
+D_IN, D_OUT, D_SAE = 16, 12, 40
+
+
+def build(arch: str):
+    meta = {"model_name": "interp-fixture", "hook_name": "blocks.0.hook_resid_post", "context_size": 64}
+    tmeta = {**meta, "hook_name": "blocks.0.ln2.hook_normalized", "hook_name_out": "blocks.0.hook_mlp_out"}
+    table = {
+        "standard": (sl.StandardSAE, sl.StandardSAEConfig, dict(d_in=D_IN, d_sae=D_SAE), meta),
+        "topk": (sl.TopKSAE, sl.TopKSAEConfig, dict(d_in=D_IN, d_sae=D_SAE, k=6), meta),
+        "jumprelu": (sl.JumpReLUSAE, sl.JumpReLUSAEConfig, dict(d_in=D_IN, d_sae=D_SAE), meta),
+        "gated": (sl.GatedSAE, sl.GatedSAEConfig, dict(d_in=D_IN, d_sae=D_SAE), meta),
+        "transcoder": (sl.Transcoder, sl.TranscoderConfig, dict(d_in=D_IN, d_sae=D_SAE, d_out=D_OUT, apply_b_dec_to_input=False), tmeta),
+        "skip_transcoder": (sl.SkipTranscoder, sl.SkipTranscoderConfig, dict(d_in=D_IN, d_sae=D_SAE, d_out=D_OUT, apply_b_dec_to_input=False), tmeta),
+        "jumprelu_transcoder": (sl.JumpReLUTranscoder, sl.JumpReLUTranscoderConfig, dict(d_in=D_IN, d_sae=D_SAE, d_out=D_OUT, apply_b_dec_to_input=False), tmeta),
+    }
+    cls, cfg_cls, kwargs, md = table[arch]
+    cfg = cfg_cls(**kwargs)
+    for k, v in md.items():
+        setattr(cfg.metadata, k, v)
+    sae = cls(cfg)
+    with torch.no_grad():
+        for name, p in sae.named_parameters():
+            p.copy_(torch.randn_like(p) * (0.3 if p.ndim == 2 else 0.1))
+            if name == "threshold":
+                p.copy_(torch.rand_like(p) * 0.2)
+    return sae
+
+
+def make_fixtures(out: Path):
+    torch.manual_seed(0)
+    for arch in ["standard", "topk", "jumprelu", "gated", "transcoder", "skip_transcoder", "jumprelu_transcoder"]:
+        sae = build(arch)
+        folder = out / arch
+        sae.save_model(folder)
+        x = torch.randn(20, D_IN)
+        with torch.no_grad():
+            feats = sae.encode(x)
+            recon = sae.forward(x) if "skip" in arch else sae.decode(feats)
+        save_file({"x": x, "feature_acts": feats.contiguous(), "sae_out": recon.contiguous()}, folder / "reference.safetensors")
+        print(f"{arch}: saved by sae-lens {sl.__version__}, L0 {(feats > 0).float().sum(-1).mean():.1f}")
+
+
+def check(root: Path):
+    worst = 0.0
+    for folder in sorted(p for p in root.iterdir() if (p / "cfg.json").exists()):
+        ref = load_file(str(folder / "reference.safetensors"))
+        sae = sl.SAE.load_from_disk(folder)
+        with torch.no_grad():
+            feats = sae.encode(ref["x"])
+            recon = sae.forward(ref["x"])
+        err = max((feats - ref["feature_acts"]).abs().max().item(), (recon - ref["sae_out"]).abs().max().item())
+        worst = max(worst, err)
+        arch = json.loads((folder / "cfg.json").read_text())["architecture"]
+        print(f"{folder.name}: SAELens loads it as {type(sae).__name__} ({arch}); max |ours - SAELens| = {err:.2e}")
+        assert err < 1e-5, folder
+    print(f"all {len(list(root.iterdir()))} dictionaries agree; worst difference {worst:.2e}")
+
+
+if __name__ == "__main__":
+    {"make-fixtures": make_fixtures, "check": check}[sys.argv[1]](Path(sys.argv[2]))
