@@ -6,7 +6,8 @@ mod common;
 use interp::interp_core::tch;
 use interp::interp_core::{CacheSpec, HookedTransformer};
 use interp::transcoders::{
-    evaluate, load_circuit_tracer, train_dictionaries, Architecture, DictionaryConfig, InMemoryActivations, SaeTrainConfig, SparseDictionary,
+    evaluate, load_circuit_tracer, train_dictionaries, ActivationSource, ActivationStore, Architecture, CachedActivations, DictionaryConfig, Error,
+    InMemoryActivations, SaeTrainConfig, SparseDictionary, StoreConfig,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -231,4 +232,112 @@ fn loads_what_saelens_saved_and_matches_its_outputs() {
         seen += 1;
     }
     assert_eq!(seen, 7);
+}
+
+/// Fails at one step, like an interrupted run.
+struct FailsAt<S>(S, usize);
+
+impl<S: ActivationSource> ActivationSource for FailsAt<S> {
+    fn hook_names(&self) -> &[String] {
+        self.0.hook_names()
+    }
+    fn batch(&mut self, step: usize) -> Result<Vec<Tensor>, Error> {
+        if step == self.1 {
+            return Err(Error::Input("interrupted".into()));
+        }
+        self.0.batch(step)
+    }
+}
+
+#[test]
+fn resume_is_exact_and_refuses_other_configs() {
+    let x = coefficients(8192, 7).matmul(&directions(N_FEATURES, D, 8));
+    let source = || InMemoryActivations::new(vec![("x".into(), x.shallow_clone())], 512).unwrap();
+    let fresh = || SparseDictionary::init(DictionaryConfig::sae(Architecture::TopK { k: 4 }, "x", D, 64), 0, Device::Cpu).unwrap();
+    let dir = tempdir("resume");
+    let cfg = SaeTrainConfig { checkpoint_every: 5, checkpoint_dir: Some(dir.clone()), dead_tokens: 2048, ..quiet(20) };
+    let mut whole = fresh();
+    train_dictionaries(std::slice::from_mut(&mut whole), &mut source(), &SaeTrainConfig { checkpoint_dir: None, ..cfg.clone() }).unwrap();
+    let mut first = fresh();
+    assert!(train_dictionaries(std::slice::from_mut(&mut first), &mut FailsAt(source(), 12), &cfg).is_err());
+    let mut resumed = fresh();
+    let report = train_dictionaries(std::slice::from_mut(&mut resumed), &mut source(), &cfg).unwrap();
+    assert_eq!(report[0].resumed_at, 10);
+    for (a, b) in [(&whole.w_enc, &resumed.w_enc), (&whole.w_dec, &resumed.w_dec), (&whole.b_dec, &resumed.b_dec)] {
+        assert_eq!(common::max_abs_diff(a, b), 0.0);
+    }
+    // Same folder, another dictionary: an error that says so, not a silent restart.
+    let mut other = SparseDictionary::init(DictionaryConfig::sae(Architecture::TopK { k: 8 }, "x", D, 64), 0, Device::Cpu).unwrap();
+    let err = train_dictionaries(std::slice::from_mut(&mut other), &mut source(), &cfg).err().unwrap().to_string();
+    assert!(err.contains("another configuration"), "{err}");
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let x = coefficients(4096, 9).matmul(&directions(N_FEATURES, D, 10));
+    // Width mismatch between the dictionary and the activations.
+    let mut wide = SparseDictionary::init(DictionaryConfig::sae(Architecture::ReluL1, "x", D + 1, 64), 0, Device::Cpu).unwrap();
+    let mut source = InMemoryActivations::new(vec![("x".into(), x.shallow_clone())], 512).unwrap();
+    let err = train_dictionaries(std::slice::from_mut(&mut wide), &mut source, &quiet(5)).err().unwrap().to_string();
+    assert!(err.contains("width 32, but the dictionary expects 33"), "{err}");
+    let model = text_model();
+    let mismatched = identity_sae("blocks.0.hook_resid_post", 64);
+    let err = evaluate(&mismatched, &model, &text_contexts(&model), 8).err().unwrap().to_string();
+    assert!(err.contains("width 128, but the dictionary expects 64"), "{err}");
+    // NaN in the activations: the batch is named.
+    let poisoned = x.copy();
+    let _ = poisoned.narrow(0, 1500, 1).fill_(f64::NAN);
+    let mut source = InMemoryActivations::new(vec![("x".into(), poisoned)], 512).unwrap();
+    let mut dict = SparseDictionary::init(DictionaryConfig::sae(Architecture::ReluL1, "x", D, 64), 0, Device::Cpu).unwrap();
+    let err = train_dictionaries(std::slice::from_mut(&mut dict), &mut source, &quiet(5)).err().unwrap().to_string();
+    assert!(err.contains("activations of `x` in batch 2 contain NaN"), "{err}");
+    // A hook the source does not have.
+    let mut source = InMemoryActivations::new(vec![("y".into(), x.shallow_clone())], 512).unwrap();
+    let err = train_dictionaries(std::slice::from_mut(&mut dict), &mut source, &quiet(5)).err().unwrap().to_string();
+    assert!(err.contains("no `x`"), "{err}");
+    // Unknown architecture in cfg.json.
+    let dir = tempdir("bad-arch");
+    dict.save_saelens(&dir, None).unwrap();
+    let cfg = std::fs::read_to_string(dir.join("cfg.json")).unwrap().replace("\"standard\"", "\"matryoshka_batchtopk\"");
+    std::fs::write(dir.join("cfg.json"), cfg).unwrap();
+    let err = SparseDictionary::load_saelens(&dir, Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("unknown dictionary architecture `matryoshka_batchtopk`; supported: standard"), "{err}");
+    // A missing tensor is named with its expected shape.
+    dict.save_saelens(&dir, None).unwrap();
+    Tensor::write_safetensors(&[("W_enc", dict.w_enc.shallow_clone())], dir.join("sae_weights.safetensors")).unwrap();
+    let err = SparseDictionary::load_saelens(&dir, Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("no tensor `b_enc` (expected shape [64])"), "{err}");
+}
+
+#[test]
+fn activation_store_streams_the_models_activations_and_caches_them() {
+    let model = text_model();
+    let (train, _) = interp::interp_core::data::shakespeare(&common::repo("data/shakespeare")).unwrap();
+    let text: String = train.iter().take(2).map(|d| d.text.as_str()).collect::<Vec<_>>().join("<|endoftext|>");
+    let tokens = model.to_tokens(&text, true).unwrap().squeeze_dim(0);
+    let hooks = ["blocks.0.hook_resid_post", "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"];
+    let cfg = StoreConfig { context_size: 32, batch_tokens: 256, buffer_contexts: 16, forward_batch: 8, seed: 3 };
+    let mut store = ActivationStore::new(&model, &tokens, &hooks, cfg).unwrap();
+    assert_eq!(store.batches_per_buffer(), 1);
+    let batch = store.batch(0).unwrap();
+    assert_eq!(batch.len(), 3);
+    assert_eq!(batch[0].size(), vec![256, model.cfg.d_model]);
+    // Every row is the activation of some (context, position >= 1) of buffer 0, unshuffled order aside.
+    let contexts = store.contexts(0).unwrap();
+    let (_, cache) = model.run_with_cache(&contexts, CacheSpec::names([hooks[0]])).unwrap();
+    let all = cache.get(hooks[0]).unwrap().narrow(1, 1, 31).reshape([-1, model.cfg.d_model]);
+    let nearest = Tensor::cdist(&batch[0], &all, 2.0, Some(2)).amin([1], false).max().double_value(&[]);
+    assert!(nearest < 1e-4, "{nearest}");
+    // Deterministic per step, so resumes see the same data.
+    let again = ActivationStore::new(&model, &tokens, &hooks, store.cfg.clone()).unwrap().batch(0).unwrap();
+    assert_eq!(common::max_abs_diff(&again[2], &batch[2]), 0.0);
+    // The disk cache serves the same batches; a manifest that disagrees with a shard is refused.
+    let dir = tempdir("cache");
+    let mut cached = store.write_cache(&dir, 2, false).unwrap();
+    assert_eq!(cached.n_batches(), 2);
+    assert_eq!(common::max_abs_diff(&cached.batch(1).unwrap()[1], &store.batch(1).unwrap()[1]), 0.0);
+    let manifest = std::fs::read_to_string(dir.join("manifest.json")).unwrap().replace("\"batch_tokens\": 256", "\"batch_tokens\": 128");
+    std::fs::write(dir.join("manifest.json"), manifest).unwrap();
+    let err = CachedActivations::open(&dir, Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("shard_00000.safetensors: `blocks.0.hook_resid_post` has shape [256, 128] but the manifest says [128, 128]"), "{err}");
 }
