@@ -124,3 +124,35 @@ fn train_killed_midway_resumes_to_the_same_weights() {
     let e = interp(&["train", "--out", root.join("bad").to_str().unwrap(), "--data", corpus.join("doc0.txt").to_str().unwrap()]).2;
     assert!(e.contains("malformed JSON") && e.trim_end().lines().count() == 1, "{e}");
 }
+
+#[test]
+fn sae_train_eval_and_dashboard_from_the_command_line() {
+    let model = common::repo("models/shakespeare-gpt2");
+    let model = model.to_str().unwrap();
+    let out = std::env::temp_dir().join(format!("interp-cli-sae-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let (o, cache) = (out.join("tc"), out.join("acts"));
+    let args = ["sae", "train", model, "--hook", "blocks.0.ln2.hook_normalized", "--hook-out", "blocks.0.hook_mlp_out", "--arch", "topk", "--k", "8"];
+    let small = ["--d-sae", "256", "--steps", "6", "--batch-tokens", "512", "--context", "32", "--eval-contexts", "8"];
+    let paths = ["--out", o.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap()];
+    let (ok, stdout, err) = interp(&[&args[..], &small, &paths].concat());
+    assert!(ok, "{err}");
+    assert!(stdout.contains("CE loss recovered"), "{stdout}");
+    for f in ["cfg.json", "sae_weights.safetensors", "sparsity.safetensors", "metrics.json"] {
+        assert!(o.join(f).exists(), "{f}");
+    }
+    assert!(cache.join("manifest.json").exists());
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(o.join("cfg.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architecture"], "topk_transcoder");
+    assert_eq!(cfg["metadata"]["hook_name_out"], "blocks.0.hook_mlp_out");
+    let (ok, stdout, err) = interp(&["sae", "eval", model, o.to_str().unwrap(), "--contexts", "4"]);
+    assert!(ok && stdout.contains("FVU"), "{err}");
+    let boards = out.join("boards");
+    let (ok, _, err) = interp(&["sae", "dashboard", model, o.to_str().unwrap(), "--out", boards.to_str().unwrap(), "--latents", "0,5", "--contexts", "8"]);
+    assert!(ok, "{err}");
+    let html = std::fs::read_to_string(boards.join("dashboards.html")).unwrap();
+    assert!(html.contains("Latent 5") && html.contains("promoted logits"), "{html}");
+    // A dictionary whose hooks the model lacks is one clear line, not a panic.
+    let (ok, _, err) = interp(&["sae", "eval", common::fixture("gpt2").to_str().unwrap(), o.to_str().unwrap()]);
+    assert!(!ok && err.lines().count() == 1 && (err.contains("width") || err.contains("does not fit")), "{err}");
+}

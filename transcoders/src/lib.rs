@@ -31,3 +31,6 @@ pub(crate) fn progress_bar(len: u64, unit: &str, show: bool) -> indicatif::Progr
 
 mod metrics;
 pub use metrics::{evaluate, DictionaryMetrics, DENSE_THRESHOLD};
+
+mod dashboard;
+pub use dashboard::{latent_dashboards, write_dashboards, ContextExample, LatentDashboard};

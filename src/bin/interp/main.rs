@@ -1,5 +1,7 @@
 //! The `interp` command line: inspect models, cache activations, print a logit-lens summary.
 
+mod sae;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -77,6 +79,9 @@ enum Command {
     /// model.safetensors, tokenizer.json and train_report.json (eval loss next to unigram and
     /// bigram baselines) to OUT.
     Train(TrainArgs),
+    /// Sparse dictionaries: train, evaluate and inspect SAEs and transcoders.
+    #[command(subcommand)]
+    Sae(sae::SaeCommand),
     /// The main job (for now): load a model, run a prompt with a cache, print a logit-lens summary.
     Summary {
         /// Checkpoint directory (default: the built-in GPT-2-style model).
@@ -150,13 +155,10 @@ struct TrainArgs {
     threads: i32,
 }
 
-fn train(a: &TrainArgs) -> Result<()> {
-    tch::set_num_threads(a.threads);
-    let started = std::time::Instant::now();
-    if matches!(a.data.as_str(), "tasks" | "induction") {
-        return train_on_tasks(a, started);
-    }
-    let (train_docs, eval_docs) = match a.data.as_str() {
+/// Training and eval documents of `--data`: `shakespeare`, a folder of .txt files or a .jsonl file
+/// (every eighth document held out).
+fn corpus(name: &str) -> Result<(Vec<data::Document>, Vec<data::Document>)> {
+    Ok(match name {
         "shakespeare" => data::shakespeare(Path::new(SHAKESPEARE)).context("run scripts/setup.sh to fetch the corpus")?,
         path => {
             let path = Path::new(path);
@@ -170,7 +172,16 @@ fn train(a: &TrainArgs) -> Result<()> {
             }
             (train, eval)
         }
-    };
+    })
+}
+
+fn train(a: &TrainArgs) -> Result<()> {
+    tch::set_num_threads(a.threads);
+    let started = std::time::Instant::now();
+    if matches!(a.data.as_str(), "tasks" | "induction") {
+        return train_on_tasks(a, started);
+    }
+    let (train_docs, eval_docs) = corpus(&a.data)?;
     // A resumed run must see the same tokens: the tokenizer lives next to the checkpoints.
     let checkpoints = a.out.join("checkpoints");
     let saved_tokenizer = checkpoints.join("tokenizer.json");
@@ -402,6 +413,7 @@ fn run(cli: Cli) -> Result<()> {
             cache(&load(&model)?, ids_file.as_deref(), text.as_deref(), &out, &hooks)?
         }
         Some(Command::Train(args)) => train(&args)?,
+        Some(Command::Sae(cmd)) => sae::run(cmd)?,
         Some(Command::Summary { model_dir, text }) => summary(model_dir.as_deref().unwrap_or(Path::new(DEFAULT_MODEL)), &text)?,
         None => summary(Path::new(DEFAULT_MODEL), DEFAULT_PROMPT)?,
     }

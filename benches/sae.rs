@@ -1,0 +1,99 @@
+//! Sparse-dictionary benchmark (`cargo bench --bench sae`). Prints, each against a baseline
+//! measured in the same run:
+//!   1. TopK SAE training (d_in 768, d_sae 16384, k 32, batches of 4096 tokens from a fixed
+//!      activation tensor), tokens/s, as a fraction of the GEMM roofline: the two
+//!      [4096, 768] x [768, 16384] products a step cannot avoid (encoder forward and its weight
+//!      gradient), timed alone;
+//!   2. the sparse top-k decode (gather k decoder rows) against the dense decode, forward and
+//!      backward, and training steps with each;
+//!   3. activation-store throughput on the default text model: tokens/s of the model forward into
+//!      a shuffled buffer, against a plain forward of the same contexts.
+//! The host is noisy (up to 30% between identical runs), so each figure is the fastest of several.
+
+mod common;
+
+use std::time::Instant;
+
+use common::{gemm_gflops, min_secs};
+use interp::interp_core::{tch, HookedTransformer};
+use interp::transcoders::{train_dictionaries, ActivationStore, Architecture, DictionaryConfig, InMemoryActivations, SaeTrainConfig, SparseDictionary, StoreConfig};
+use tch::{Device, Kind, Tensor};
+
+const D_IN: i64 = 768;
+const D_SAE: i64 = 16384;
+const K: i64 = 32;
+const BATCH: i64 = 4096;
+
+/// Seconds per training step (fastest of `repeats` runs of `steps` steps).
+fn step_secs(sparse_decode: bool, steps: usize, repeats: usize) -> f64 {
+    let x = Tensor::randn([2 * BATCH, D_IN], (Kind::Float, Device::Cpu));
+    let cfg = SaeTrainConfig { steps, sparse_decode, progress: false, checkpoint_dir: None, warmup_steps: 1, ..Default::default() };
+    (0..repeats)
+        .map(|_| {
+            let mut source = InMemoryActivations::new(vec![("x".into(), x.shallow_clone())], BATCH).expect("source");
+            let mut dict = SparseDictionary::init(DictionaryConfig::sae(Architecture::TopK { k: K }, "x", D_IN, D_SAE), 0, Device::Cpu).expect("init");
+            let start = Instant::now();
+            train_dictionaries(std::slice::from_mut(&mut dict), &mut source, &cfg).expect("train");
+            start.elapsed().as_secs_f64() / steps as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    interp::interp_core::reuse_freed_memory();
+    println!("threads: {}", tch::get_num_threads());
+
+    // 1. Training against the roofline.
+    let gflops = gemm_gflops(BATCH, D_IN, D_SAE, 3);
+    let roofline_step = 2.0 * 2.0 * (BATCH * D_IN * D_SAE) as f64 / (gflops * 1e9);
+    let sparse = step_secs(true, 4, 2);
+    let dense = step_secs(false, 4, 2);
+    println!("GEMM [{BATCH},{D_IN}]x[{D_IN},{D_SAE}]: {gflops:.0} GFLOP/s; roofline step (2 GEMMs) {:.3} s = {:.0} tokens/s", roofline_step, BATCH as f64 / roofline_step);
+    println!(
+        "TopK SAE training, sparse decode: {:.3} s/step = {:.0} tokens/s = {:.2} of the roofline",
+        sparse,
+        BATCH as f64 / sparse,
+        roofline_step / sparse
+    );
+    println!("TopK SAE training, dense decode:  {:.3} s/step = {:.0} tokens/s (sparse decode {:.2}x faster)", dense, BATCH as f64 / dense, dense / sparse);
+
+    // 2. The decode alone, forward + backward.
+    let dict = SparseDictionary::init(DictionaryConfig::sae(Architecture::TopK { k: K }, "x", D_IN, D_SAE), 0, Device::Cpu).expect("init");
+    let w_dec = dict.w_dec.set_requires_grad(true);
+    let pre = Tensor::randn([BATCH, D_SAE], (Kind::Float, Device::Cpu));
+    let (vals, idx) = pre.topk(K, -1, true, false);
+    let vals = vals.relu().set_requires_grad(true);
+    let dense_f = pre.zeros_like().scatter(-1, &idx, &vals.detach()).set_requires_grad(true);
+    let t_sparse = min_secs(5, || {
+        let out = dict.decode_sparse(&vals, &idx).expect("decode");
+        let _ = Tensor::run_backward(&[out.sum(Kind::Float)], &[&w_dec, &vals], false, false);
+    });
+    let t_dense = min_secs(5, || {
+        let out = dict.decode(&dense_f, None).expect("decode");
+        let _ = Tensor::run_backward(&[out.sum(Kind::Float)], &[&w_dec, &dense_f], false, false);
+    });
+    println!("decode of {BATCH} tokens (k {K}), forward+backward: sparse {:.1} ms, dense {:.1} ms ({:.1}x)", 1e3 * t_sparse, 1e3 * t_dense, t_dense / t_sparse);
+
+    // 3. Activation store on the default text model.
+    let model = HookedTransformer::from_pretrained_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/models/shakespeare-gpt2"), Device::Cpu, Kind::Float).expect("model");
+    let tokens = Tensor::randint(model.cfg.d_vocab, [400_000], (Kind::Int64, Device::Cpu));
+    let cfg = StoreConfig { context_size: 128, batch_tokens: 4096, buffer_contexts: 256, forward_batch: 32, seed: 0 };
+    let store = ActivationStore::new(&model, &tokens, &["blocks.1.hook_resid_pre"], cfg).expect("store");
+    let contexts = store.contexts(0).expect("contexts");
+    let t_fill = min_secs(3, || {
+        store.fill(0).expect("fill");
+    });
+    let t_forward = min_secs(3, || {
+        let _guard = tch::no_grad_guard();
+        for chunk in contexts.split(32, 0) {
+            model.forward(&chunk).expect("forward");
+        }
+    });
+    let n = (256 * 128) as f64;
+    println!(
+        "activation store (blocks.1.hook_resid_pre, 256 contexts x 128): {:.0} tokens/s; plain full forward {:.0} tokens/s ({:.2}x the forward's time; the store stops after block 0)",
+        n / t_fill,
+        n / t_forward,
+        t_fill / t_forward
+    );
+}
