@@ -247,7 +247,7 @@ fn norm_scale(x: &Tensor) -> Result<f64> {
 /// normalisation folded in). With a checkpoint dir, an existing checkpoint is resumed; one of
 /// other dictionaries or settings is an error.
 pub fn train_dictionaries(dicts: &mut [SparseDictionary], source: &mut dyn ActivationSource, cfg: &SaeTrainConfig) -> Result<Vec<SaeTrainReport>> {
-    if cfg.steps == 0 || !(cfg.lr > 0.0) || cfg.log_every == 0 || cfg.checkpoint_every == 0 || dicts.is_empty() {
+    if cfg.steps == 0 || cfg.lr.is_nan() || cfg.lr <= 0.0 || cfg.log_every == 0 || cfg.checkpoint_every == 0 || dicts.is_empty() {
         return Err(Error::Input(format!("invalid training settings (steps, lr, log_every, checkpoint_every must be positive; at least one dictionary): {cfg:?}")));
     }
     let names = source.hook_names().to_vec();
