@@ -86,7 +86,7 @@ fn main() {
     let t_forward = min_secs(3, || {
         let _guard = tch::no_grad_guard();
         for chunk in contexts.split(32, 0) {
-            model.forward(&chunk).expect("forward");
+            let _ = model.forward(&chunk).expect("forward");
         }
     });
     let n = (256 * 128) as f64;

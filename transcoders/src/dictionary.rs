@@ -179,22 +179,23 @@ impl SparseDictionary {
         Ok(())
     }
 
-    /// The encoder's input: `x - b_dec` for SAEs, `x` for transcoders. Shapes: [.., d_in].
-    pub(crate) fn sae_in(&self, x: &Tensor) -> Result<Tensor> {
+    /// `(x - b_dec) w` for SAEs that apply `b_dec` to their input, `x w` otherwise; `x` [.., d_in],
+    /// `w` [d_in, d_sae]. Computed as `x w - b_dec w`: the same value, but training then gets
+    /// `b_dec`'s gradient from a vector product instead of a second [n, d_sae] x [d_sae, d_in] GEMM.
+    pub(crate) fn project(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         self.check_width(x, self.cfg.d_in, &format!("activations of `{}`", self.cfg.hook_name))?;
-        let x = x.f_to_kind(Kind::Float)?;
-        Ok(if self.cfg.apply_b_dec_to_input { x.f_sub(&self.b_dec)? } else { x })
+        let xw = x.f_to_kind(Kind::Float)?.f_matmul(w)?;
+        Ok(if self.cfg.apply_b_dec_to_input { xw.f_sub(&self.b_dec.f_matmul(w)?)? } else { xw })
     }
 
     /// Pre-activations [.., d_sae] of `x` [.., d_in] (the gate path's for gated dictionaries).
     pub fn pre_activations(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.sae_in(x)?.f_matmul(&self.w_enc)?.f_add(&self.b_enc)?)
+        Ok(self.project(x, &self.w_enc)?.f_add(&self.b_enc)?)
     }
 
     /// Latent activations [.., d_sae] of `x` [.., d_in], as used at inference.
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
-        let sae_in = self.sae_in(x)?;
-        let pre = sae_in.f_matmul(&self.w_enc)?.f_add(&self.b_enc)?;
+        let pre = self.pre_activations(x)?;
         Ok(match (&self.cfg.architecture, &self.threshold) {
             (Architecture::ReluL1, _) => pre.f_relu()?,
             (Architecture::TopK { k }, _) => {
@@ -204,7 +205,7 @@ impl SparseDictionary {
             (Architecture::JumpRelu | Architecture::BatchTopK { .. }, Some(threshold)) => pre.f_relu()?.f_mul(&pre.f_gt_tensor(threshold)?)?,
             (Architecture::Gated, _) => {
                 let (r_mag, b_mag) = self.gated_params()?;
-                let mag = sae_in.f_matmul(&self.w_enc.f_mul(&r_mag.f_exp()?)?)?.f_add(b_mag)?;
+                let mag = self.project(x, &self.w_enc.f_mul(&r_mag.f_exp()?)?)?.f_add(b_mag)?;
                 mag.f_relu()?.f_mul(&pre.f_gt(0.0)?)?
             }
             (_, None) => return Err(Error::Input("a JumpReLU dictionary needs a threshold".into())),

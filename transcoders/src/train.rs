@@ -146,8 +146,7 @@ impl SparseDictionary {
     /// The training forward of a batch `x` [n, d_in] towards `y` [n, d_out] (both normalised).
     fn training_step(&self, x: &Tensor, y: &Tensor, cfg: &SaeTrainConfig, step: usize, dead: &Tensor) -> Result<(StepOut, Option<f64>)> {
         let n = x.size()[0] as f64;
-        let sae_in = self.sae_in(x)?;
-        let pre = sae_in.f_matmul(&self.w_enc)?.f_add(&self.b_enc)?;
+        let pre = self.pre_activations(x)?;
         let dec_norms = self.w_dec.f_norm_scalaropt_dim(2.0, [1], false)?;
         let sparsity_scale = cfg.sparsity_scale(step);
         let mut extra = Tensor::f_zeros([], (Kind::Float, x.device()))?;
@@ -193,7 +192,7 @@ impl SparseDictionary {
             }
             Architecture::Gated => {
                 let (r_mag, b_mag) = self.gated_params()?;
-                let mag = sae_in.f_matmul(&self.w_enc.f_mul(&r_mag.f_exp()?)?)?.f_add(b_mag)?;
+                let mag = self.project(x, &self.w_enc.f_mul(&r_mag.f_exp()?)?)?.f_add(b_mag)?;
                 let gate_on = pre.f_detach()?.f_gt(0.0)?.f_to_kind(Kind::Float)?;
                 let f = mag.f_relu()?.f_mul(&gate_on)?;
                 let gate = pre.f_relu()?;
