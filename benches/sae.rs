@@ -91,7 +91,7 @@ fn main() {
     });
     let n = (256 * 128) as f64;
     println!(
-        "activation store (blocks.1.hook_resid_pre, 256 contexts x 128): {:.0} tokens/s; plain full forward {:.0} tokens/s ({:.2}x the forward's time; the store stops after block 0)",
+        "activation store (blocks.1.hook_resid_pre, 256 contexts x 128): {:.0} tokens/s; plain full forward {:.0} tokens/s ({:.2}x the forward's time)",
         n / t_fill,
         n / t_forward,
         t_fill / t_forward

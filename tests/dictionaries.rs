@@ -269,7 +269,7 @@ fn resume_is_exact_and_refuses_other_configs() {
     // Same folder, another dictionary: an error that says so, not a silent restart.
     let mut other = SparseDictionary::init(DictionaryConfig::sae(Architecture::TopK { k: 8 }, "x", D, 64), 0, Device::Cpu).unwrap();
     let err = train_dictionaries(std::slice::from_mut(&mut other), &mut source(), &cfg).err().unwrap().to_string();
-    assert!(err.contains("another configuration"), "{err}");
+    assert!(err.contains("another dictionary configuration"), "{err}");
 }
 
 #[test]

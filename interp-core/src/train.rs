@@ -195,6 +195,8 @@ pub fn clip_scale(grads: &[Tensor], max: Option<f64>) -> Result<f64> {
 pub struct TrainingCheckpoint {
     pub dir: PathBuf,
     pub fingerprint: i64,
+    /// What the configuration is of ("model", "dictionary"), for the error on a mismatch.
+    pub what: &'static str,
 }
 
 impl TrainingCheckpoint {
@@ -231,7 +233,7 @@ impl TrainingCheckpoint {
             Tensor::read_safetensors(&path).map_err(|e| bad(format!("unreadable: {e}")))?.into_iter().collect();
         let get = |name: &str| map.get(name).ok_or_else(|| bad(format!("no tensor `{name}`")));
         if get("fingerprint")?.f_int64_value(&[0])? != self.fingerprint {
-            return Err(bad("it belongs to another configuration; remove it or use another checkpoint dir".into()));
+            return Err(bad(format!("it belongs to another {} configuration; remove it or use another checkpoint dir", self.what)));
         }
         let _guard = tch::no_grad_guard();
         for (name, dst) in state {
@@ -266,7 +268,7 @@ impl HookedTransformer {
         tch::manual_seed(cfg.seed);
         let params: Vec<Tensor> = self.parameters().into_iter().map(|p| p.set_requires_grad(true)).collect();
         let adam = Adam::new(&params, cfg.betas, cfg.eps)?;
-        let checkpoint = cfg.checkpoint_dir.as_ref().map(|dir| TrainingCheckpoint { dir: dir.clone(), fingerprint: fingerprint(self, &params) });
+        let checkpoint = cfg.checkpoint_dir.as_ref().map(|dir| TrainingCheckpoint { dir: dir.clone(), fingerprint: fingerprint(self, &params), what: "model" });
         let start = match &checkpoint {
             Some(c) => c.load(&model_state(&params, &adam))?.unwrap_or(0),
             None => 0,

@@ -291,7 +291,7 @@ pub fn train_dictionaries(dicts: &mut [SparseDictionary], source: &mut dyn Activ
         for d in dicts.iter() {
             text.push_str(&format!("{:?}", d.cfg));
         }
-        TrainingCheckpoint { dir: dir.clone(), fingerprint: fingerprint_of(&text) }
+        TrainingCheckpoint { dir: dir.clone(), fingerprint: fingerprint_of(&text), what: "dictionary" }
     });
     let start = match &checkpoint {
         Some(c) => c.load(&state(&slots, dicts)).map_err(|e| Error::Input(e.to_string()))?.unwrap_or(0),
@@ -375,7 +375,7 @@ fn train_loop(
                     l0: out.fired.f_sum(Kind::Double)?.f_double_value(&[])? / n as f64,
                     dead_fraction: s.since_fired.f_ge(cfg.dead_tokens as f64)?.f_to_kind(Kind::Double)?.f_mean(Kind::Double)?.f_double_value(&[])?,
                 };
-                msg.push_str(&format!("L0 {:.1} FVU {:.3} dead {:.1}% ", entry.l0, entry.fvu, 100.0 * entry.dead_fraction));
+                msg.push_str(&format!("loss {:.4} L0 {:.1} FVU {:.3} dead {:.1}% ", entry.loss, entry.l0, entry.fvu, 100.0 * entry.dead_fraction));
                 s.log.push(entry);
             }
         }
