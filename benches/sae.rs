@@ -8,6 +8,7 @@
 //!      backward, and training steps with each;
 //!   3. activation-store throughput on the default text model: tokens/s of the model forward into
 //!      a shuffled buffer, against a plain forward of the same contexts.
+//!
 //! The host is noisy (up to 30% between identical runs), so each figure is the fastest of several.
 
 mod common;

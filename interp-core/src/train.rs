@@ -247,6 +247,14 @@ impl TrainingCheckpoint {
     }
 }
 
+/// A progress bar counting `unit` with elapsed time, ETA and a message; hidden when `show` is false.
+pub fn progress_bar(len: u64, unit: &str, show: bool) -> indicatif::ProgressBar {
+    let bar = if show { indicatif::ProgressBar::new(len) } else { indicatif::ProgressBar::hidden() };
+    let template = format!("{{bar:30}} {{pos}}/{{len}} {unit} [{{elapsed_precise}}<{{eta_precise}}] {{msg}}");
+    bar.set_style(indicatif::ProgressStyle::with_template(&template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    bar
+}
+
 /// A stable hash (FNV-1a) of a configuration's text, for [`TrainingCheckpoint::fingerprint`].
 pub fn fingerprint_of(text: &str) -> i64 {
     text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3)) as i64
@@ -281,11 +289,7 @@ impl HookedTransformer {
     }
 
     fn train_loop(&self, data: &dyn BatchSource, cfg: &TrainConfig, params: &[Tensor], adam: &Adam, checkpoint: Option<&TrainingCheckpoint>, start: usize) -> Result<TrainReport> {
-        let bar = if cfg.progress { indicatif::ProgressBar::new(cfg.steps as u64) } else { indicatif::ProgressBar::hidden() };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
+        let bar = progress_bar(cfg.steps as u64, "steps", cfg.progress);
         bar.set_position(start as u64);
         let (mut losses, mut eval_losses, mut tokens) = (Vec::new(), Vec::new(), 0usize);
         let clock = Instant::now();

@@ -263,25 +263,4 @@ impl SparseDictionary {
         }
         Ok(())
     }
-
-    /// A detached deep copy (so training can go on while this one is saved or evaluated).
-    pub fn copy(&self) -> Result<Self> {
-        let c = |t: &Tensor| -> Result<Tensor> {
-            let mut out = t.f_zeros_like()?;
-            out.f_copy_(t)?;
-            Ok(out)
-        };
-        let co = |t: &Option<Tensor>| t.as_ref().map(c).transpose();
-        Ok(SparseDictionary {
-            cfg: self.cfg.clone(),
-            w_enc: c(&self.w_enc)?,
-            b_enc: c(&self.b_enc)?,
-            w_dec: c(&self.w_dec)?,
-            b_dec: c(&self.b_dec)?,
-            threshold: co(&self.threshold)?,
-            r_mag: co(&self.r_mag)?,
-            b_mag: co(&self.b_mag)?,
-            w_skip: co(&self.w_skip)?,
-        })
-    }
 }

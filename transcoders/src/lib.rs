@@ -46,14 +46,6 @@ mod train;
 pub use store::{ActivationSource, ActivationStore, CachedActivations, InMemoryActivations, StoreConfig};
 pub use train::{train_dictionaries, SaeTrainConfig, SaeTrainReport, TrainLogEntry};
 
-/// A progress bar counting `unit`, hidden when `show` is false.
-pub(crate) fn progress_bar(len: u64, unit: &str, show: bool) -> indicatif::ProgressBar {
-    let bar = if show { indicatif::ProgressBar::new(len) } else { indicatif::ProgressBar::hidden() };
-    let template = format!("{{bar:30}} {{pos}}/{{len}} {unit} [{{elapsed_precise}}<{{eta_precise}}] {{msg}}");
-    bar.set_style(indicatif::ProgressStyle::with_template(&template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
-    bar
-}
-
 mod metrics;
 pub use metrics::{evaluate, DictionaryMetrics, DENSE_THRESHOLD};
 

@@ -147,7 +147,7 @@ impl<'m> ActivationStore<'m> {
     pub fn write_cache(&self, dir: impl AsRef<Path>, n_buffers: usize, progress: bool) -> Result<CachedActivations> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-        let bar = crate::progress_bar(n_buffers as u64, "buffers", progress);
+        let bar = interp_core::train::progress_bar(n_buffers as u64, "buffers", progress);
         let mut widths = Vec::new();
         let mut shards = Vec::new();
         for index in 0..n_buffers {

@@ -324,7 +324,7 @@ fn train_loop(
     checkpoint: Option<&TrainingCheckpoint>,
     state: &StateFn<'_>,
 ) -> Result<f64> {
-    let bar = crate::progress_bar(cfg.steps as u64, "steps", cfg.progress);
+    let bar = interp_core::train::progress_bar(cfg.steps as u64, "steps", cfg.progress);
     bar.set_position(start as u64);
     let names = source.hook_names().to_vec();
     let clock = Instant::now();
