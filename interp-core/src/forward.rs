@@ -100,9 +100,9 @@ impl<'h> Run<'h> {
             }
         }
         if self.grad_points.contains(&p) {
-            if !x.requires_grad() {
-                x = x.f_detach()?.f_set_requires_grad(true)?;
-            }
+            // A fresh autograd node, so the gradient is that of this point's own downstream
+            // uses (`hook_mlp_in` shares its tensor with the residual stream).
+            x = if x.requires_grad() { x.f_view_as(&x)? } else { x.f_detach()?.f_set_requires_grad(true)? };
             self.grad_inputs.push((p, x.shallow_clone()));
         }
         if self.cache_points.contains(&p) {

@@ -32,3 +32,4 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 pub fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
 }
+pub mod planted;

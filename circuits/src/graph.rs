@@ -1,0 +1,414 @@
+//! The edge graph of ACDC and EAP, the activations an edge patch needs, and a forward pass that
+//! patches any set of edges, for many edge sets at once.
+//!
+//! Senders are the embedding, each head's output (`attn.hook_result`) and each MLP's output;
+//! receivers are each head's q, k and v input (`hook_q_input`, ...), each MLP's input
+//! (`hook_mlp_in`) and the final residual stream. Every sender feeds every later receiver: a
+//! receiver's input is the sum of its senders' outputs (plus constant biases), so patching edge
+//! `s -> r` adds `ablated_s - current_s` to `r`'s input alone.
+
+use std::cell::RefCell;
+use std::fmt;
+
+use interp_core::{CacheSpec, HookedTransformer, Hooks};
+use interp_core::config::Positional;
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+/// A component that writes into the residual stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Sender {
+    /// Token (and learned position) embeddings.
+    Embed,
+    Head { layer: usize, head: i64 },
+    Mlp { layer: usize },
+}
+
+/// Which input of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Qkv {
+    Q,
+    K,
+    V,
+}
+
+/// A component input that reads the residual stream. Under grouped-query attention the `K` and
+/// `V` receivers are the key/value heads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Receiver {
+    Head { layer: usize, head: i64, input: Qkv },
+    Mlp { layer: usize },
+    /// The residual stream after the last block, read by the unembedding.
+    Logits,
+}
+
+impl fmt::Display for Sender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Sender::Embed => f.write_str("embed"),
+            Sender::Head { layer, head } => write!(f, "L{layer}H{head}"),
+            Sender::Mlp { layer } => write!(f, "MLP{layer}"),
+        }
+    }
+}
+
+impl fmt::Display for Receiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Receiver::Head { layer, head, input } => {
+                let which = match input {
+                    Qkv::Q => "q",
+                    Qkv::K => "k",
+                    Qkv::V => "v",
+                };
+                write!(f, "L{layer}H{head}.{which}")
+            }
+            Receiver::Mlp { layer } => write!(f, "MLP{layer}"),
+            Receiver::Logits => f.write_str("logits"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Edge {
+    pub sender: Sender,
+    pub receiver: Receiver,
+}
+
+impl fmt::Display for Edge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} -> {}", self.sender, self.receiver)
+    }
+}
+
+/// Receivers that read one hook point: the q (or k, or v) inputs of one layer's heads, one MLP's
+/// input, or the final residual. Their edges are contiguous: receiver-major, then sender order.
+#[derive(Clone, Debug)]
+pub(crate) struct Group {
+    /// The hook point whose activation holds the receivers' inputs.
+    pub point: String,
+    /// The block the hook point is in.
+    pub layer: usize,
+    /// Number of receivers (heads) in the group; 1 for MLPs and logits (no head axis).
+    pub n_receivers: i64,
+    pub per_head: bool,
+    /// Every sender before this index feeds the group.
+    pub n_senders: usize,
+    pub first_edge: usize,
+    pub first_receiver: usize,
+}
+
+/// What replaces a removed edge's sender output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ablation {
+    /// The sender's output on the corrupted prompt of the same row (resample ablation).
+    Resample,
+    /// Zero.
+    Zero,
+    /// The sender's output averaged over the corrupted prompts, per position.
+    Mean,
+}
+
+impl std::str::FromStr for Ablation {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "resample" => Ok(Ablation::Resample),
+            "zero" => Ok(Ablation::Zero),
+            "mean" => Ok(Ablation::Mean),
+            _ => Err(Error::Input(format!("unknown ablation `{s}`; use resample, zero or mean"))),
+        }
+    }
+}
+
+/// Sender outputs on the clean prompts and their ablated values, and the clean residual stream
+/// entering each block (where a patched forward restarts).
+pub struct EdgeActivations {
+    /// Clean prompts [B, P].
+    pub tokens: Tensor,
+    /// [S, B, P, D] every sender's output on the clean prompts.
+    pub clean: Tensor,
+    /// [S, B, P, D] what replaces a removed edge's sender output.
+    pub ablated: Tensor,
+    /// [L, B, P, D] clean residual stream entering each block.
+    pub resid_pre: Tensor,
+}
+
+/// The edge graph of a model.
+pub struct EdgeGraph {
+    pub senders: Vec<Sender>,
+    pub receivers: Vec<Receiver>,
+    pub edges: Vec<Edge>,
+    pub(crate) groups: Vec<Group>,
+    pub n_layers: usize,
+    n_heads: i64,
+    n_kv_heads: i64,
+    has_mlp: bool,
+}
+
+impl EdgeGraph {
+    /// The graph of `model`. Errors for layouts where component outputs do not add into the
+    /// residual stream (Gemma-2's post-attention and post-MLP norms).
+    pub fn new(model: &HookedTransformer) -> Result<EdgeGraph> {
+        let c = &model.cfg;
+        if c.post_norms {
+            return Err(Error::UnsupportedLayout(format!(
+                "`{}` normalises each attention and MLP output before adding it to the residual stream, so head outputs are not additive senders",
+                c.model_type
+            )));
+        }
+        let (h, kv, has_mlp) = (c.n_heads, c.n_kv_heads, !c.attn_only);
+        let mut senders = vec![Sender::Embed];
+        for layer in 0..c.n_layers {
+            senders.extend((0..h).map(|head| Sender::Head { layer, head }));
+            if has_mlp {
+                senders.push(Sender::Mlp { layer });
+            }
+        }
+        let per_layer = h as usize + usize::from(has_mlp);
+        let (mut receivers, mut edges, mut groups) = (Vec::new(), Vec::new(), Vec::new());
+        let mut add_group = |point: String, layer: usize, recv: Vec<Receiver>, per_head: bool, n_senders: usize| {
+            groups.push(Group {
+                point,
+                layer,
+                n_receivers: recv.len() as i64,
+                per_head,
+                n_senders,
+                first_edge: edges.len(),
+                first_receiver: receivers.len(),
+            });
+            for r in recv {
+                edges.extend(senders[..n_senders].iter().map(|&s| Edge { sender: s, receiver: r }));
+                receivers.push(r);
+            }
+        };
+        for layer in 0..c.n_layers {
+            let before = 1 + layer * per_layer;
+            for (input, n, leaf) in [(Qkv::Q, h, "hook_q_input"), (Qkv::K, kv, "hook_k_input"), (Qkv::V, kv, "hook_v_input")] {
+                let recv = (0..n).map(|head| Receiver::Head { layer, head, input }).collect();
+                add_group(format!("blocks.{layer}.{leaf}"), layer, recv, true, before);
+            }
+            if has_mlp {
+                let n_senders = if c.parallel_attn_mlp { before } else { before + h as usize };
+                add_group(format!("blocks.{layer}.hook_mlp_in"), layer, vec![Receiver::Mlp { layer }], false, n_senders);
+            }
+        }
+        let last = c.n_layers.saturating_sub(1);
+        add_group(format!("blocks.{last}.hook_resid_post"), last, vec![Receiver::Logits], false, senders.len());
+        Ok(EdgeGraph { senders, receivers, edges, groups, n_layers: c.n_layers, n_heads: h, n_kv_heads: kv, has_mlp })
+    }
+
+    pub fn n_edges(&self) -> usize {
+        self.edges.len()
+    }
+
+    /// The edge index of `s -> r`, if the graph has that edge.
+    pub fn edge_index(&self, sender: Sender, receiver: Receiver) -> Option<usize> {
+        self.edges.iter().position(|e| e.sender == sender && e.receiver == receiver)
+    }
+
+    /// Parses an edge written as its `Display` form (`L0H1 -> L1H0.k`).
+    pub fn find_edge(&self, text: &str) -> Result<usize> {
+        let wanted = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        self.edges
+            .iter()
+            .position(|e| e.to_string() == wanted)
+            .ok_or_else(|| Error::Input(format!("no edge `{text}` in this model's graph (edges look like `L0H1 -> L1H0.k`)")))
+    }
+
+    pub(crate) fn sender_index(&self, s: Sender) -> usize {
+        let per_layer = self.n_heads as usize + usize::from(self.has_mlp);
+        match s {
+            Sender::Embed => 0,
+            Sender::Head { layer, head } => 1 + layer * per_layer + head as usize,
+            Sender::Mlp { layer } => 1 + layer * per_layer + self.n_heads as usize,
+        }
+    }
+
+    /// The senders a receiver's component feeds: the head itself (for each query head sharing a
+    /// key/value head), the MLP, or none for the logits.
+    pub(crate) fn receiver_nodes(&self, r: Receiver) -> Vec<usize> {
+        match r {
+            Receiver::Head { layer, head, input: Qkv::Q } => vec![self.sender_index(Sender::Head { layer, head })],
+            Receiver::Head { layer, head, .. } => {
+                let g = self.n_heads / self.n_kv_heads;
+                (head * g..(head + 1) * g).map(|h| self.sender_index(Sender::Head { layer, head: h })).collect()
+            }
+            Receiver::Mlp { layer } => vec![self.sender_index(Sender::Mlp { layer })],
+            Receiver::Logits => vec![],
+        }
+    }
+
+    /// Hook names whose cache holds every sender output and the residual entering each block.
+    fn sender_hooks(&self, model: &HookedTransformer) -> Vec<&'static str> {
+        let mut names = vec!["hook_embed", "blocks.*.attn.hook_result", "blocks.*.hook_resid_pre"];
+        if model.cfg.positional == Positional::Learned {
+            names.push("hook_pos_embed");
+        }
+        if self.has_mlp {
+            names.push("blocks.*.hook_mlp_out");
+        }
+        names
+    }
+
+    /// Sender outputs [S, B, P, D] and residuals entering each block [L, B, P, D] on `tokens`.
+    fn sender_outputs(&self, model: &HookedTransformer, tokens: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (_, cache) = model.run_with_cache(tokens, CacheSpec::names(self.sender_hooks(model)))?;
+        let mut embed = cache.get("hook_embed")?.shallow_clone();
+        if cache.contains("hook_pos_embed") {
+            embed = embed.f_add(cache.get("hook_pos_embed")?)?;
+        }
+        let mut outs = vec![embed.f_unsqueeze(0)?];
+        let mut resid = Vec::new();
+        for l in 0..self.n_layers {
+            outs.push(cache.get(&format!("blocks.{l}.attn.hook_result"))?.f_permute([2, 0, 1, 3])?);
+            if self.has_mlp {
+                outs.push(cache.get(&format!("blocks.{l}.hook_mlp_out"))?.f_unsqueeze(0)?);
+            }
+            resid.push(cache.get(&format!("blocks.{l}.hook_resid_pre"))?.shallow_clone());
+        }
+        Ok((Tensor::f_cat(&outs, 0)?, Tensor::f_stack(&resid, 0)?))
+    }
+
+    /// Everything a patched forward needs: clean sender outputs, their ablated values (from the
+    /// corrupted prompts for resample and mean ablation) and the clean residuals.
+    ///
+    /// Shapes: `clean`, `corrupted` [B, P] int64 of equal shape (`corrupted` unused for zero ablation).
+    pub fn activations(&self, model: &HookedTransformer, clean: &Tensor, corrupted: &Tensor, ablation: Ablation) -> Result<EdgeActivations> {
+        crate::metric::check_aligned(clean, corrupted)?;
+        let (clean_out, resid_pre) = self.sender_outputs(model, clean)?;
+        let ablated = match ablation {
+            Ablation::Zero => clean_out.f_zeros_like()?,
+            Ablation::Resample => self.sender_outputs(model, corrupted)?.0,
+            Ablation::Mean => {
+                let (corr, _) = self.sender_outputs(model, corrupted)?;
+                corr.f_mean_dim(1, true, corr.kind())?.f_expand_as(&corr)?.f_contiguous()?
+            }
+        };
+        Ok(EdgeActivations { tokens: clean.shallow_clone(), clean: clean_out, ablated, resid_pre })
+    }
+
+    /// Logits [V * B, P, d_vocab] of the clean prompts with, in variant `v`, every edge `e` with
+    /// `mask[v, e] == 0` patched to its ablated sender output (`mask` [V, E], 1 keeps the edge;
+    /// fractional values interpolate). Rows are variant-major.
+    ///
+    /// The pass starts at block `start_layer` from the clean residual: every edge into an
+    /// earlier block must be kept in every variant.
+    pub fn run_masked(&self, model: &HookedTransformer, acts: &EdgeActivations, mask: &Tensor, start_layer: usize) -> Result<Tensor> {
+        let e = self.edges.len() as i64;
+        if mask.dim() != 2 || mask.size()[1] != e {
+            return Err(Error::Input(format!("edge mask must be [variants, {e}], found {:?}", mask.size())));
+        }
+        if start_layer >= self.n_layers {
+            return Err(Error::Input(format!("start layer {start_layer} out of range for a {}-layer model", self.n_layers)));
+        }
+        let kind = acts.clean.kind();
+        let device = acts.clean.device();
+        let removed = mask.f_to_kind(kind)?.f_to_device(device)?.f_neg()?.f_add_scalar(1.0)?; // [V, E]
+        let size = acts.clean.size();
+        let (v, b, p, d) = (mask.size()[0], size[1], size[2], size[3]);
+        // Senders computed in this pass start here; earlier ones keep their clean outputs.
+        let first_live = self.sender_index(Sender::Head { layer: start_layer, head: 0 });
+        let mut active: Vec<(usize, Tensor)> = Vec::new(); // (group, weights [V, R, S_g])
+        let mut needed = vec![false; self.senders.len()];
+        for (gi, g) in self.groups.iter().enumerate() {
+            let w = removed.f_narrow(1, g.first_edge as i64, g.n_receivers * g.n_senders as i64)?.f_view([v, g.n_receivers, g.n_senders as i64])?;
+            let used: Vec<bool> = Vec::<f64>::try_from(&w.f_abs()?.f_sum_dim_intlist([0i64, 1].as_slice(), false, Kind::Double)?)?.iter().map(|x| *x != 0.0).collect();
+            if !used.iter().any(|u| *u) {
+                continue;
+            }
+            if g.layer < start_layer {
+                return Err(Error::Input(format!("edges into `{}` are patched, but the pass starts at block {start_layer}", g.point)));
+            }
+            for (s, u) in used.iter().enumerate() {
+                needed[s] |= *u && s >= first_live;
+            }
+            active.push((gi, w));
+        }
+        // Outputs of live senders in this pass, [V, B, P, D] each.
+        let live: RefCell<Vec<Option<Tensor>>> = RefCell::new((0..self.senders.len()).map(|_| None).collect());
+        let diff_pre = acts.ablated.f_sub(&acts.clean)?; // [S, B, P, D]
+        let mut hooks = Hooks::new();
+        for l in start_layer..self.n_layers {
+            let heads: Vec<usize> = (0..self.n_heads).map(|h| self.sender_index(Sender::Head { layer: l, head: h })).collect();
+            if heads.iter().any(|s| needed[*s]) {
+                let live = &live;
+                hooks = hooks.add(format!("blocks.{l}.attn.hook_result"), move |x, _| {
+                    let x = x.f_view([v, b, p, -1, d])?;
+                    let mut slots = live.borrow_mut();
+                    for (h, s) in heads.iter().enumerate() {
+                        slots[*s] = Some(x.f_select(3, h as i64)?);
+                    }
+                    Ok(None)
+                });
+            }
+            if self.has_mlp {
+                let s = self.sender_index(Sender::Mlp { layer: l });
+                if needed[s] {
+                    let live = &live;
+                    hooks = hooks.add(format!("blocks.{l}.hook_mlp_out"), move |x, _| {
+                        live.borrow_mut()[s] = Some(x.f_view([v, b, p, d])?);
+                        Ok(None)
+                    });
+                }
+            }
+        }
+        for (gi, w) in active {
+            let g = &self.groups[gi];
+            let (live, diff_pre, ablated) = (&live, &diff_pre, &acts.ablated);
+            let n_pre = first_live.min(g.n_senders) as i64;
+            let r = g.n_receivers;
+            let per_head = g.per_head;
+            hooks = hooks.add(g.point.clone(), move |x, _| {
+                // delta[v, b, p, r, d] = sum_s w[v, r, s] * (ablated_s - current_s)
+                let mut delta = Tensor::f_einsum("vrs,sbpd->vbprd", &[w.f_narrow(2, 0, n_pre)?, diff_pre.f_narrow(0, 0, n_pre)?], None::<&[i64]>)?;
+                let slots = live.borrow();
+                let idx: Vec<i64> = (n_pre..w.size()[2]).filter(|s| slots[*s as usize].is_some()).collect();
+                if !idx.is_empty() {
+                    let cur: Vec<&Tensor> = idx.iter().filter_map(|s| slots[*s as usize].as_ref()).collect();
+                    let cur = Tensor::f_stack(&cur, 0)?; // [n, V, B, P, D]
+                    let sel = Tensor::f_from_slice(&idx)?.f_to_device(x.device())?;
+                    let diff = ablated.f_index_select(0, &sel)?.f_unsqueeze(1)?.f_sub(&cur)?;
+                    let wl = w.f_index_select(2, &sel)?;
+                    delta = delta.f_add(&Tensor::f_einsum("vrs,svbpd->vbprd", &[wl, diff], None::<&[i64]>)?)?;
+                }
+                let delta = if per_head { delta.f_reshape([v * b, p, r, d])? } else { delta.f_reshape([v * b, p, d])? };
+                Ok(Some(x.f_add(&delta)?))
+            });
+        }
+        let resid = acts.resid_pre.f_select(0, start_layer as i64)?.f_unsqueeze(0)?.f_expand([v, b, p, d], false)?.f_reshape([v * b, p, d])?;
+        Ok(model.runner_from_layer(&resid, start_layer).hooks(hooks).run()?.output)
+    }
+
+    /// The metric of each edge set in `masks` [V, E], `max_rows` prompt rows per forward at most.
+    pub fn circuit_metrics(
+        &self,
+        model: &HookedTransformer,
+        acts: &EdgeActivations,
+        metric: &crate::Metric,
+        masks: &Tensor,
+        max_rows: i64,
+    ) -> Result<Vec<f64>> {
+        let b = acts.tokens.size()[0];
+        let per = (max_rows / b).max(1);
+        let mut out = Vec::new();
+        for chunk in masks.f_split(per, 0)? {
+            let logits = self.run_masked(model, acts, &chunk, 0)?;
+            out.extend(Vec::<f64>::try_from(&metric.per_variant(&logits)?.f_to_kind(Kind::Double)?)?);
+        }
+        Ok(out)
+    }
+
+    /// Per-receiver-group edge ranges, for the attribution and ACDC code.
+    pub(crate) fn group_edges(&self, gi: usize) -> std::ops::Range<usize> {
+        let g = &self.groups[gi];
+        g.first_edge..g.first_edge + g.n_receivers as usize * g.n_senders
+    }
+
+    /// The edge set as a mask row [E] (1 keeps).
+    pub fn mask_of(&self, kept: &[bool]) -> Result<Tensor> {
+        let v: Vec<f32> = kept.iter().map(|k| if *k { 1.0 } else { 0.0 }).collect();
+        Ok(Tensor::f_from_slice(&v)?)
+    }
+}

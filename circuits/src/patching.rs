@@ -1,0 +1,196 @@
+//! Activation patching sweeps: clean activations patched into the corrupted run one index at a
+//! time, with all indices of a layer stacked along the batch axis and each forward restarted at
+//! that layer from the corrupted residual.
+
+use interp_core::{CacheSpec, HookedTransformer, Hooks};
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::metric::{self, Metric};
+use crate::table::Table;
+
+/// What is patched, and over which indices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchSite {
+    /// Residual stream entering each block, by (layer, pos).
+    ResidPre,
+    /// Attention output by (layer, pos).
+    AttnOut,
+    /// MLP output by (layer, pos).
+    MlpOut,
+    /// Each head's output (`hook_z`) at every position, by (layer, head).
+    HeadOut,
+    /// Each head's output by (layer, pos, head).
+    HeadOutByPos,
+    /// Queries, keys, values and attention patterns per head at every position, by (layer, head)
+    /// (key/value heads under grouped-query attention).
+    Q,
+    K,
+    V,
+    Pattern,
+}
+
+impl PatchSite {
+    pub const ALL: [PatchSite; 9] =
+        [PatchSite::ResidPre, PatchSite::AttnOut, PatchSite::MlpOut, PatchSite::HeadOut, PatchSite::HeadOutByPos, PatchSite::Q, PatchSite::K, PatchSite::V, PatchSite::Pattern];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PatchSite::ResidPre => "resid_pre",
+            PatchSite::AttnOut => "attn_out",
+            PatchSite::MlpOut => "mlp_out",
+            PatchSite::HeadOut => "z",
+            PatchSite::HeadOutByPos => "z_by_pos",
+            PatchSite::Q => "q",
+            PatchSite::K => "k",
+            PatchSite::V => "v",
+            PatchSite::Pattern => "pattern",
+        }
+    }
+
+    fn hook(self, layer: usize) -> String {
+        let leaf = match self {
+            PatchSite::ResidPre => "hook_resid_pre",
+            PatchSite::AttnOut => "hook_attn_out",
+            PatchSite::MlpOut => "hook_mlp_out",
+            PatchSite::HeadOut | PatchSite::HeadOutByPos => "attn.hook_z",
+            PatchSite::Q => "attn.hook_q",
+            PatchSite::K => "attn.hook_k",
+            PatchSite::V => "attn.hook_v",
+            PatchSite::Pattern => "attn.hook_pattern",
+        };
+        format!("blocks.{layer}.{leaf}")
+    }
+
+    /// Axis names of the result after `layer`.
+    pub fn axes(self) -> &'static [&'static str] {
+        match self {
+            PatchSite::ResidPre | PatchSite::AttnOut | PatchSite::MlpOut => &["layer", "pos"],
+            PatchSite::HeadOutByPos => &["layer", "pos", "head"],
+            _ => &["layer", "head"],
+        }
+    }
+}
+
+impl std::str::FromStr for PatchSite {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        PatchSite::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = PatchSite::ALL.iter().map(|p| p.name()).collect();
+            Error::Input(format!("unknown patching site `{s}`; use one of {}", names.join(", ")))
+        })
+    }
+}
+
+/// A sweep's result.
+pub struct PatchingResult {
+    pub site: PatchSite,
+    /// Metric with each index patched: [n_layers, pos], [n_layers, heads] or [n_layers, pos, heads].
+    pub values: Tensor,
+    /// (value - corrupted) / (clean - corrupted): 1 = patching restores the clean behaviour.
+    pub normalized: Tensor,
+    pub clean: f64,
+    pub corrupted: f64,
+    pub forwards: usize,
+}
+
+impl PatchingResult {
+    /// Columns: site, layer, pos, head (-1 where the axis does not apply), metric, normalized.
+    pub fn to_table(&self) -> Result<Table> {
+        let mut table = Table::new(&["site", "layer", "pos", "head", "metric", "normalized"]);
+        let size = self.values.size();
+        let vals = Vec::<f64>::try_from(&self.values.f_reshape([-1])?.f_to_kind(Kind::Double)?)?;
+        let norm = Vec::<f64>::try_from(&self.normalized.f_reshape([-1])?.f_to_kind(Kind::Double)?)?;
+        let inner: i64 = size[1..].iter().product();
+        for (i, (v, n)) in vals.iter().zip(&norm).enumerate() {
+            let i = i as i64;
+            let (layer, rest) = (i / inner, i % inner);
+            let (pos, head) = match self.site.axes() {
+                ["layer", "pos"] => (rest, -1),
+                ["layer", "head"] => (-1, rest),
+                _ => (rest / size[2], rest % size[2]),
+            };
+            table.push(vec![self.site.name().into(), layer.into(), pos.into(), head.into(), (*v).into(), (*n).into()]);
+        }
+        Ok(table)
+    }
+}
+
+/// Patches each index of `site` from the clean run into the corrupted run and measures `metric`.
+/// `clean`, `corrupted`: [B, P] int64 of equal shape. At most `max_rows` prompt rows per forward.
+pub fn activation_patching(
+    model: &HookedTransformer,
+    clean: &Tensor,
+    corrupted: &Tensor,
+    metric: &Metric,
+    site: PatchSite,
+    max_rows: i64,
+) -> Result<PatchingResult> {
+    metric::check_aligned(clean, corrupted)?;
+    let c = &model.cfg;
+    if c.attn_only && site == PatchSite::MlpOut {
+        return Err(Error::Input("the model is attention-only: it has no MLP outputs to patch".into()));
+    }
+    let name = site.hook(0).replacen("blocks.0.", "blocks.*.", 1);
+    let (clean_logits, clean_cache) = model.run_with_cache(clean, CacheSpec::names([name.as_str()]))?;
+    let (corrupt_logits, corrupt_cache) = model.run_with_cache(corrupted, CacheSpec::names(["blocks.*.hook_resid_pre"]))?;
+    let (m_clean, m_corrupt) = metric::clean_and_corrupted(metric, &clean_logits, &corrupt_logits)?;
+    let (b, p) = (clean.size()[0], clean.size()[1]);
+    let heads = match site {
+        PatchSite::K | PatchSite::V => c.n_kv_heads,
+        _ => c.n_heads,
+    };
+    let mut layers = Vec::with_capacity(c.n_layers);
+    let mut forwards = 0;
+    for l in 0..c.n_layers {
+        let point = site.hook(l);
+        let clean_act = clean_cache.get(&point)?;
+        let act = clean_act.size();
+        // One mask per variant, the shape of an activation without its batch axis.
+        let masks: Vec<Tensor> = match site {
+            PatchSite::ResidPre | PatchSite::AttnOut | PatchSite::MlpOut => (0..p).map(|i| one_hot(&[p, 1], &[i])).collect::<Result<_>>()?,
+            PatchSite::HeadOutByPos => (0..p).flat_map(|i| (0..heads).map(move |h| one_hot(&[p, heads, 1], &[i, h]))).collect::<Result<_>>()?,
+            PatchSite::Pattern => (0..heads).map(|h| one_hot(&[heads, 1, 1], &[h])).collect::<Result<_>>()?,
+            _ => (0..heads).map(|h| one_hot(&[1, heads, 1], &[0, h])).collect::<Result<_>>()?,
+        };
+        let resid = corrupt_cache.get(&format!("blocks.{l}.hook_resid_pre"))?;
+        let per = (max_rows / b).max(1) as usize;
+        let mut values = Vec::with_capacity(masks.len());
+        for chunk in masks.chunks(per) {
+            let v = chunk.len() as i64;
+            let mask = Tensor::f_stack(chunk, 0)?.f_unsqueeze(1)?.f_to_device(model.device())?; // [V, 1, ...]
+            let start = resid.f_unsqueeze(0)?.f_expand([v, b, p, c.d_model], false)?.f_reshape([v * b, p, c.d_model])?;
+            let hooks = Hooks::new().add(point.clone(), |x, _| {
+                let mut shape = vec![v, b];
+                shape.extend_from_slice(&act[1..]);
+                let xv = x.f_view(shape.as_slice())?;
+                let patched = clean_act.f_unsqueeze(0)?.f_expand_as(&xv)?.f_where_self(&mask, &xv)?;
+                Ok(Some(patched.f_view(x.size().as_slice())?))
+            });
+            let logits = model.runner_from_layer(&start, l).hooks(hooks).run()?.output;
+            forwards += 1;
+            values.extend(Vec::<f64>::try_from(&metric.per_variant(&logits)?.f_to_kind(Kind::Double)?)?);
+        }
+        layers.push(Tensor::f_from_slice(&values)?);
+    }
+    let mut shape = vec![c.n_layers as i64];
+    shape.extend(match site.axes().len() {
+        2 if site.axes()[1] == "pos" => vec![p],
+        2 => vec![heads],
+        _ => vec![p, heads],
+    });
+    let values = Tensor::f_stack(&layers, 0)?.f_view(shape.as_slice())?;
+    let normalized = values.f_sub_scalar(m_corrupt)?.f_div_scalar(m_clean - m_corrupt)?;
+    Ok(PatchingResult { site, values, normalized, clean: m_clean, corrupted: m_corrupt, forwards })
+}
+
+/// A boolean tensor of `shape` with one true element at `index` (trailing axes broadcast).
+fn one_hot(shape: &[i64], index: &[i64]) -> Result<Tensor> {
+    let m = Tensor::f_zeros(shape, (Kind::Bool, tch::Device::Cpu))?;
+    let mut view = m.shallow_clone();
+    for i in index {
+        view = view.f_select(0, *i)?;
+    }
+    let _ = view.f_fill_(1)?;
+    Ok(m)
+}

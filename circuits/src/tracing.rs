@@ -1,0 +1,451 @@
+//! Causal tracing (ROME): corrupt the subject, then restore clean hidden states one (token, layer)
+//! at a time and measure how much of the answer's probability comes back.
+//!
+//! Every cell of a prompt's grid, for the residual stream, MLP and attention windows (and the
+//! severed-MLP variant), runs in a few batched forwards: the rows are cells x noise samples.
+
+use std::ops::Range;
+
+use interp_core::{CacheSpec, HookedTransformer, Hooks};
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::table::Table;
+
+/// How the subject is corrupted.
+#[derive(Debug)]
+pub enum Corruption {
+    /// Gaussian noise of standard deviation `scale * sigma` added to the subject's token
+    /// embeddings (ROME: scale 3, sigma from [`estimate_sigma`]), `samples` draws from `seed`.
+    Noise { sigma: f64, scale: f64, samples: usize, seed: u64 },
+    /// The subject tokens replaced by these (as many) tokens.
+    Replace { tokens: Vec<i64> },
+    /// This noise [samples, subject tokens, d_model] added to the subject's token embeddings.
+    Explicit { noise: Tensor },
+}
+
+/// A prompt to trace.
+#[derive(Clone, Debug)]
+pub struct TracePrompt {
+    pub tokens: Vec<i64>,
+    /// Positions of the subject tokens.
+    pub subject: Range<usize>,
+    /// The answer token predicted at the last position.
+    pub answer: i64,
+    /// Prompts are averaged within a label (e.g. known facts vs guesswork), never across.
+    pub label: String,
+}
+
+impl TracePrompt {
+    /// Finds `subject` (a token sequence) in `tokens`; an error if it does not occur.
+    pub fn new(tokens: Vec<i64>, subject: &[i64], answer: i64, label: impl Into<String>) -> Result<TracePrompt> {
+        if subject.is_empty() || tokens.len() < 2 {
+            return Err(Error::Input("a trace needs a non-empty subject and a prompt of at least two tokens".into()));
+        }
+        let start = tokens
+            .windows(subject.len())
+            .rposition(|w| w == subject)
+            .ok_or_else(|| Error::Input(format!("subject tokens {subject:?} not found in the prompt {tokens:?}")))?;
+        if start + subject.len() == tokens.len() {
+            return Err(Error::Input("the subject must come before the last token".into()));
+        }
+        Ok(TracePrompt { tokens, subject: start..start + subject.len(), answer, label: label.into() })
+    }
+}
+
+/// Causal-tracing settings.
+#[derive(Debug)]
+pub struct TraceConfig {
+    pub corruption: Corruption,
+    /// MLP and attention outputs are restored over `window` consecutive layers around each layer
+    /// (ROME: 10, layers l - 5 .. l + 4, clipped).
+    pub window: usize,
+    /// Also trace with the MLPs after each restored layer frozen at their corrupted outputs.
+    pub severed_mlp: bool,
+    /// Most rows (cells x samples) per forward.
+    pub max_rows: i64,
+}
+
+/// One prompt's trace. Grids are [pos, n_layers] probabilities of the answer.
+pub struct CausalTrace {
+    pub prompt: TracePrompt,
+    pub p_clean: f64,
+    pub p_corrupt: f64,
+    /// Residual stream (`hook_resid_post`) restored at (pos, layer).
+    pub resid: Tensor,
+    /// MLP outputs restored at pos over the window around layer.
+    pub mlp: Tensor,
+    /// Attention outputs restored at pos over the window around layer.
+    pub attn: Tensor,
+    /// Residual restored with the later MLPs at pos frozen to their corrupted outputs.
+    pub severed_mlp: Option<Tensor>,
+    pub forwards: usize,
+}
+
+impl CausalTrace {
+    /// p_clean - p_corrupt.
+    pub fn total_effect(&self) -> f64 {
+        self.p_clean - self.p_corrupt
+    }
+
+    /// Grid - p_corrupt.
+    pub fn indirect_effect(&self, grid: &Tensor) -> Result<Tensor> {
+        Ok(grid.f_sub_scalar(self.p_corrupt)?)
+    }
+
+    /// Columns: label, kind, pos, token role, layer, probability, indirect_effect.
+    pub fn to_table(&self) -> Result<Table> {
+        let mut table = Table::new(&["label", "kind", "pos", "role", "layer", "probability", "indirect_effect"]);
+        let mut grids = vec![("resid", &self.resid), ("mlp", &self.mlp), ("attn", &self.attn)];
+        if let Some(s) = &self.severed_mlp {
+            grids.push(("severed_mlp", s));
+        }
+        for (kind, grid) in grids {
+            let size = grid.size();
+            let vals = Vec::<f64>::try_from(&grid.f_reshape([-1])?.f_to_kind(Kind::Double)?)?;
+            for (i, v) in vals.iter().enumerate() {
+                let (pos, layer) = (i / size[1] as usize, i % size[1] as usize);
+                let role = TOKEN_ROLES[token_role(&self.prompt, pos)];
+                table.push(vec![self.prompt.label.clone().into(), kind.into(), pos.into(), role.into(), layer.into(), (*v).into(), (v - self.p_corrupt).into()]);
+            }
+        }
+        Ok(table)
+    }
+}
+
+/// Token roles that grids of different prompts are aligned by when averaged (as in ROME).
+pub const TOKEN_ROLES: [&str; 6] = ["first subject", "middle subject", "last subject", "first after", "further tokens", "last token"];
+
+pub(crate) fn token_role(p: &TracePrompt, pos: usize) -> usize {
+    let last = p.tokens.len() - 1;
+    match pos {
+        _ if pos == last => 5,
+        _ if pos + 1 == p.subject.end => 2,
+        _ if pos == p.subject.start => 0,
+        _ if p.subject.contains(&pos) => 1,
+        _ if pos == p.subject.end => 3,
+        _ => 4,
+    }
+}
+
+/// Standard deviation of the token embeddings (`hook_embed`) over `tokens` [n, pos]: ROME's
+/// noise level is 3 times this.
+pub fn estimate_sigma(model: &HookedTransformer, tokens: &Tensor) -> Result<f64> {
+    let (_, cache) = model.runner(tokens).stop_at_layer(0).cache(CacheSpec::names(["hook_embed"])).run().map(|o| ((), o.cache))?;
+    let cache = cache.ok_or_else(|| Error::Input("no embeddings cached".into()))?;
+    Ok(cache.get("hook_embed")?.f_to_kind(Kind::Double)?.f_std(true)?.f_double_value(&[])?)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Site {
+    Resid,
+    Mlp,
+    Attn,
+}
+
+/// One row group: clean values restored at (site, pos, layer), MLP outputs frozen to their
+/// corrupted values at (pos, layer).
+#[derive(Default, Clone)]
+struct Variant {
+    restore: Vec<(Site, usize, usize)>,
+    freeze: Vec<(usize, usize)>,
+}
+
+struct Tracer<'a> {
+    model: &'a HookedTransformer,
+    tokens: Tensor,
+    answer: i64,
+    /// [S, P, D] corrupted token embeddings.
+    corrupt_embed: Tensor,
+    /// Clean activations [L, P, D] per site.
+    clean: [Tensor; 3],
+    /// Corrupted MLP outputs [S, L, P, D] (for the severed variant).
+    corrupt_mlp: Option<Tensor>,
+    max_rows: i64,
+    forwards: usize,
+}
+
+impl<'a> Tracer<'a> {
+    fn new(model: &'a HookedTransformer, prompt: &TracePrompt, corruption: &Corruption, max_rows: i64) -> Result<Tracer<'a>> {
+        let c = &model.cfg;
+        let p = prompt.tokens.len() as i64;
+        if let Some(bad) = prompt.tokens.iter().chain([&prompt.answer]).find(|t| !(0..c.d_vocab).contains(*t)) {
+            return Err(Error::Input(format!("token {bad} is outside the vocabulary of {}", c.d_vocab)));
+        }
+        let tokens = Tensor::f_from_slice(&prompt.tokens)?.f_view([1, p])?.f_to_device(model.device())?;
+        let mut names = vec!["hook_embed", "blocks.*.hook_resid_post", "blocks.*.hook_attn_out"];
+        if !c.attn_only {
+            names.push("blocks.*.hook_mlp_out");
+        }
+        let (_, cache) = model.run_with_cache(&tokens, CacheSpec::names(names))?;
+        let embed = cache.get("hook_embed")?.f_select(0, 0)?; // [P, D]
+        let (s0, n_subj) = (prompt.subject.start as i64, prompt.subject.len() as i64);
+        let corrupt_embed = match corruption {
+            Corruption::Noise { sigma, scale, samples, seed } => {
+                if *samples == 0 || !(sigma.is_finite() && *sigma > 0.0) {
+                    return Err(Error::Input(format!("noise needs samples > 0 and a positive sigma, found {samples} and {sigma}")));
+                }
+                let noise = gaussian(*samples as i64 * n_subj * c.d_model, *seed)?.f_view([*samples as i64, n_subj, c.d_model])?;
+                add_noise(&embed, &noise.f_mul_scalar(scale * sigma)?, s0)?
+            }
+            Corruption::Explicit { noise } => {
+                let s = noise.size();
+                if s.len() != 3 || s[1] != n_subj || s[2] != c.d_model {
+                    return Err(Error::Input(format!("noise must be [samples, {n_subj}, {}], found {s:?}", c.d_model)));
+                }
+                add_noise(&embed, noise, s0)?
+            }
+            Corruption::Replace { tokens: repl } => {
+                if repl.len() as i64 != n_subj {
+                    return Err(Error::Input(format!("{} replacement tokens for a subject of {n_subj}", repl.len())));
+                }
+                let mut toks = prompt.tokens.clone();
+                toks.splice(prompt.subject.clone(), repl.iter().copied());
+                let t = Tensor::f_from_slice(&toks)?.f_view([1, p])?.f_to_device(model.device())?;
+                let (_, cc) = model.runner(&t).stop_at_layer(0).cache(CacheSpec::names(["hook_embed"])).run().map(|o| ((), o.cache))?;
+                cc.ok_or_else(|| Error::Input("no embeddings cached".into()))?.get("hook_embed")?.shallow_clone()
+            }
+        };
+        let stack = |leaf: &str| -> Result<Tensor> {
+            if c.attn_only && leaf == "hook_mlp_out" {
+                return Ok(Tensor::f_zeros([c.n_layers as i64, p, c.d_model], (model.kind(), model.device()))?);
+            }
+            let layers: Vec<Tensor> = (0..c.n_layers).map(|l| Ok(cache.get(&format!("blocks.{l}.{leaf}"))?.f_select(0, 0)?)).collect::<Result<_>>()?;
+            Ok(Tensor::f_stack(&layers, 0)?)
+        };
+        let clean = [stack("hook_resid_post")?, stack("hook_mlp_out")?, stack("hook_attn_out")?];
+        Ok(Tracer { model, tokens, answer: prompt.answer, corrupt_embed, clean, corrupt_mlp: None, max_rows, forwards: 0 })
+    }
+
+    fn samples(&self) -> i64 {
+        self.corrupt_embed.size()[0]
+    }
+
+    /// The corrupted run: the answer's probability, and the MLP outputs kept for severing.
+    fn corrupted(&mut self, keep_mlp: bool) -> Result<f64> {
+        let c = &self.model.cfg;
+        let s = self.samples();
+        let tokens = self.tokens.f_expand([s, self.tokens.size()[1]], false)?;
+        let embed = &self.corrupt_embed;
+        let mut runner = self.model.runner(&tokens).hooks(Hooks::new().add("hook_embed", |_, _| Ok(Some(embed.shallow_clone()))));
+        if keep_mlp && !c.attn_only {
+            runner = runner.cache(CacheSpec::names(["blocks.*.hook_mlp_out"]));
+        }
+        let out = runner.run()?;
+        self.forwards += 1;
+        if let Some(cache) = out.cache {
+            let layers: Vec<Tensor> = (0..c.n_layers).map(|l| Ok(cache.get(&format!("blocks.{l}.hook_mlp_out"))?.shallow_clone())).collect::<Result<_>>()?;
+            self.corrupt_mlp = Some(Tensor::f_stack(&layers, 1)?);
+        }
+        let p = self.answer_probability(&out.output)?;
+        Ok(p.f_mean(Kind::Double)?.f_double_value(&[])?)
+    }
+
+    fn answer_probability(&self, logits: &Tensor) -> Result<Tensor> {
+        Ok(logits.f_select(1, -1)?.f_to_kind(Kind::Double)?.f_softmax(-1, Kind::Double)?.f_select(1, self.answer)?)
+    }
+
+    /// Probability of the answer for each variant, averaged over noise samples.
+    fn run(&mut self, variants: &[Variant]) -> Result<Vec<f64>> {
+        let c = &self.model.cfg;
+        let (s, p, d) = (self.samples(), self.tokens.size()[1], c.d_model);
+        let per = (self.max_rows / s).max(1) as usize;
+        let mut out = Vec::with_capacity(variants.len());
+        for chunk in variants.chunks(per) {
+            let v = chunk.len() as i64;
+            let tokens = self.tokens.f_expand([v * s, p], false)?;
+            let embed = self.corrupt_embed.f_repeat([v, 1, 1])?;
+            let mut hooks = Hooks::new().add("hook_embed", move |_, _| Ok(Some(embed.shallow_clone())));
+            for l in 0..c.n_layers {
+                for (site, leaf) in [(Site::Resid, "hook_resid_post"), (Site::Mlp, "hook_mlp_out"), (Site::Attn, "hook_attn_out")] {
+                    if site == Site::Mlp && c.attn_only {
+                        continue;
+                    }
+                    let restore = row_mask(chunk, p, |var| var.restore.iter().filter(|r| r.0 == site && r.2 == l).map(|r| r.1).collect())?;
+                    let freeze = if site == Site::Mlp {
+                        row_mask(chunk, p, |var| var.freeze.iter().filter(|f| f.1 == l).map(|f| f.0).collect())?
+                    } else {
+                        None
+                    };
+                    if restore.is_none() && freeze.is_none() {
+                        continue;
+                    }
+                    let clean = self.clean[site as usize].f_select(0, l as i64)?; // [P, D]
+                    let frozen = match (&freeze, &self.corrupt_mlp) {
+                        (Some(_), Some(m)) => Some(m.f_select(1, l as i64)?.f_unsqueeze(0)?), // [1, S, P, D]
+                        (Some(_), None) => return Err(Error::Input("severed MLPs need the corrupted run's MLP outputs".into())),
+                        _ => None,
+                    };
+                    hooks = hooks.add(format!("blocks.{l}.{leaf}"), move |x, _| {
+                        let mut y = x.f_view([v, s, p, d])?;
+                        if let Some(m) = &restore {
+                            y = clean.f_expand_as(&y)?.f_where_self(m, &y)?;
+                        }
+                        if let (Some(m), Some(f)) = (&freeze, &frozen) {
+                            y = f.f_expand_as(&y)?.f_where_self(m, &y)?;
+                        }
+                        Ok(Some(y.f_reshape([v * s, p, d])?))
+                    });
+                }
+            }
+            let logits = self.model.runner(&tokens).hooks(hooks).run()?.output;
+            self.forwards += 1;
+            let prob = self.answer_probability(&logits)?.f_view([v, s])?.f_mean_dim(1, false, Kind::Double)?;
+            out.extend(Vec::<f64>::try_from(&prob)?);
+        }
+        Ok(out)
+    }
+}
+
+/// [V, 1, P, 1] true at the positions `pick` returns for each variant; `None` if none anywhere.
+fn row_mask(variants: &[Variant], p: i64, pick: impl Fn(&Variant) -> Vec<usize>) -> Result<Option<Tensor>> {
+    let mut m = vec![false; variants.len() * p as usize];
+    let mut any = false;
+    for (i, var) in variants.iter().enumerate() {
+        for pos in pick(var) {
+            m[i * p as usize + pos] = true;
+            any = true;
+        }
+    }
+    if !any {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::f_from_slice(&m)?.f_view([variants.len() as i64, 1, p, 1])?))
+}
+
+/// `embed` [P, D] with `noise` [S, n, D] added at positions `start..start + n`: [S, P, D].
+fn add_noise(embed: &Tensor, noise: &Tensor, start: i64) -> Result<Tensor> {
+    let s = noise.size()[0];
+    let out = embed.f_unsqueeze(0)?.f_repeat([s, 1, 1])?;
+    let mut window = out.f_narrow(1, start, noise.size()[1])?;
+    let _ = window.f_add_(&noise.f_to_kind(out.kind())?.f_to_device(out.device())?)?;
+    Ok(out)
+}
+
+/// `n` standard normal draws from `seed` (Box-Muller on SplitMix64): the same on every machine.
+fn gaussian(n: i64, seed: u64) -> Result<Tensor> {
+    let mut state = seed;
+    let mut uniform = || {
+        state = state.wrapping_add(0x9e3779b97f4a7c15);
+        ((interp_core::data::splitmix(state) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            let (u1, u2) = (uniform(), uniform());
+            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        })
+        .collect();
+    Ok(Tensor::f_from_slice(&v)?)
+}
+
+/// ROME's window of layers around `l`: `l - window / 2 .. l + ceil(window / 2)`, clipped.
+fn window(l: usize, window: usize, n_layers: usize) -> Range<usize> {
+    l.saturating_sub(window / 2)..(l + window.div_ceil(2)).min(n_layers).max(l + 1)
+}
+
+/// Traces one prompt: every (pos, layer) cell for the residual stream, MLP and attention
+/// windows, and optionally severed MLPs.
+pub fn causal_trace(model: &HookedTransformer, prompt: &TracePrompt, cfg: &TraceConfig) -> Result<CausalTrace> {
+    let (p, l) = (prompt.tokens.len(), model.cfg.n_layers);
+    let mut tracer = Tracer::new(model, prompt, &cfg.corruption, cfg.max_rows)?;
+    let p_clean = tracer.answer_probability(&model.forward(&tracer.tokens)?)?.f_double_value(&[0])?;
+    tracer.forwards += 1;
+    let p_corrupt = tracer.corrupted(cfg.severed_mlp)?;
+    let cells: Vec<(usize, usize)> = (0..p).flat_map(|t| (0..l).map(move |layer| (t, layer))).collect();
+    let mut variants = Vec::new();
+    for site in [Site::Resid, Site::Mlp, Site::Attn] {
+        for &(t, layer) in &cells {
+            let restore = match site {
+                Site::Resid => vec![(site, t, layer)],
+                _ => window(layer, cfg.window, l).map(|w| (site, t, w)).collect(),
+            };
+            variants.push(Variant { restore, freeze: vec![] });
+        }
+    }
+    if cfg.severed_mlp {
+        for &(t, layer) in &cells {
+            variants.push(Variant { restore: vec![(Site::Resid, t, layer)], freeze: (layer + 1..l).map(|w| (t, w)).collect() });
+        }
+    }
+    let probs = tracer.run(&variants)?;
+    let grid = |k: usize| -> Result<Tensor> { Ok(Tensor::f_from_slice(&probs[k * p * l..(k + 1) * p * l])?.f_view([p as i64, l as i64])?) };
+    Ok(CausalTrace {
+        prompt: prompt.clone(),
+        p_clean,
+        p_corrupt,
+        resid: grid(0)?,
+        mlp: grid(1)?,
+        attn: grid(2)?,
+        severed_mlp: if cfg.severed_mlp { Some(grid(3)?) } else { None },
+        forwards: tracer.forwards,
+    })
+}
+
+/// The answer's probability under `corruption` with the clean residual stream restored at every
+/// `(pos, layer)` in `cells` at once.
+pub fn restored_probability(model: &HookedTransformer, prompt: &TracePrompt, corruption: &Corruption, cells: &[(usize, usize)]) -> Result<f64> {
+    let (p, l) = (prompt.tokens.len(), model.cfg.n_layers);
+    if let Some(bad) = cells.iter().find(|(t, layer)| *t >= p || *layer >= l) {
+        return Err(Error::Input(format!("cell {bad:?} outside the prompt's {p} positions x {l} layers")));
+    }
+    let mut tracer = Tracer::new(model, prompt, corruption, 1 << 16)?;
+    let restore = cells.iter().map(|&(t, layer)| (Site::Resid, t, layer)).collect();
+    Ok(tracer.run(&[Variant { restore, freeze: vec![] }])?[0])
+}
+
+/// Traces averaged over the prompts of one label, grids aligned by [`TOKEN_ROLES`].
+pub struct TraceSummary {
+    pub label: String,
+    pub n_prompts: usize,
+    /// Mean total effect (p_clean - p_corrupt).
+    pub total_effect: f64,
+    /// Mean indirect effects [6 roles, n_layers] (AIE) for the residual, MLP and attention grids.
+    pub resid: Tensor,
+    pub mlp: Tensor,
+    pub attn: Tensor,
+}
+
+/// Average indirect effects per label (labels in order of first appearance).
+pub fn summarize(traces: &[CausalTrace]) -> Result<Vec<TraceSummary>> {
+    let mut labels: Vec<&str> = Vec::new();
+    for t in traces {
+        if !labels.contains(&t.prompt.label.as_str()) {
+            labels.push(&t.prompt.label);
+        }
+    }
+    labels
+        .into_iter()
+        .map(|label| {
+            let group: Vec<&CausalTrace> = traces.iter().filter(|t| t.prompt.label == label).collect();
+            let by_role = |pick: &dyn Fn(&CausalTrace) -> &Tensor| -> Result<Tensor> {
+                let l = pick(group[0]).size()[1];
+                let sum = Tensor::f_zeros([6, l], (Kind::Double, tch::Device::Cpu))?;
+                let count = Tensor::f_zeros([6, 1], (Kind::Double, tch::Device::Cpu))?;
+                for t in &group {
+                    let ie = t.indirect_effect(pick(t))?.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?;
+                    // Mean over each role's positions within the prompt, then over prompts.
+                    for role in 0..6 {
+                        let pos: Vec<i64> = (0..t.prompt.tokens.len()).filter(|&i| token_role(&t.prompt, i) == role).map(|i| i as i64).collect();
+                        if pos.is_empty() {
+                            continue;
+                        }
+                        let mean = ie.f_index_select(0, &Tensor::f_from_slice(&pos)?)?.f_mean_dim(0, false, Kind::Double)?;
+                        let mut row = sum.f_select(0, role as i64)?;
+                        let _ = row.f_add_(&mean)?;
+                        let mut c = count.f_select(0, role as i64)?;
+                        let _ = c.f_add_scalar_(1.0)?;
+                    }
+                }
+                Ok(sum.f_div(&count.f_clamp_min(1.0)?)?)
+            };
+            Ok(TraceSummary {
+                label: label.to_string(),
+                n_prompts: group.len(),
+                total_effect: group.iter().map(|t| t.total_effect()).sum::<f64>() / group.len() as f64,
+                resid: by_role(&|t| &t.resid)?,
+                mlp: by_role(&|t| &t.mlp)?,
+                attn: by_role(&|t| &t.attn)?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,248 @@
+//! Circuit discovery against planted ground truth, closed-form identities and the default models.
+
+mod common;
+
+use circuits::{acdc, edge_attribution, roc_auc, Ablation, AcdcConfig, AttributionMethod, EdgeGraph, Error, Metric};
+use common::planted;
+use interp::circuits;
+use interp::interp_core::{tch, HookedTransformer};
+use tch::{Device, Kind, Tensor};
+
+fn planted_model(kind: Kind) -> HookedTransformer {
+    let dir = std::env::temp_dir().join(format!("interp-planted-{}", std::process::id()));
+    planted::write_planted(&dir);
+    HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, kind).expect("planted model loads")
+}
+
+fn truth(graph: &EdgeGraph, edges: &[&str]) -> Vec<bool> {
+    let idx: Vec<usize> = edges.iter().map(|e| graph.find_edge(e).expect("edge exists")).collect();
+    (0..graph.n_edges()).map(|i| idx.contains(&i)).collect()
+}
+
+fn kept_names(graph: &EdgeGraph, kept: &[bool]) -> Vec<String> {
+    graph.edges.iter().zip(kept).filter(|(_, k)| **k).map(|(e, _)| e.to_string()).collect()
+}
+
+#[test]
+fn planted_model_solves_induction() {
+    let model = planted_model(Kind::Float);
+    let (clean, _, answer) = planted::prompts(32, 1);
+    let logits = model.forward(&clean).unwrap();
+    let pred = logits.select(1, -1).argmax(-1, false);
+    assert_eq!(pred, answer, "the hand-built induction circuit predicts every answer");
+}
+
+#[test]
+fn acdc_recovers_the_planted_circuit() {
+    let model = planted_model(Kind::Float);
+    let graph = EdgeGraph::new(&model).unwrap();
+    assert_eq!(graph.n_edges(), 110);
+    let (clean, corrupted, _) = planted::prompts(32, 2);
+    let metric = Metric::kl_to(&model.forward(&clean).unwrap()).unwrap();
+    for (ablation, circuit) in [(Ablation::Zero, &planted::ZERO_ABLATION_CIRCUIT[..]), (Ablation::Resample, &planted::RESAMPLE_CIRCUIT[..])] {
+        let acts = graph.activations(&model, &clean, &corrupted, ablation).unwrap();
+        let cfg = AcdcConfig { tau: 0.01, ..AcdcConfig::default() };
+        let found = acdc(&model, &graph, &acts, &metric, &cfg).unwrap();
+        let truth = truth(&graph, circuit);
+        assert_eq!(kept_names(&graph, &found.kept), kept_names(&graph, &truth), "{ablation:?}");
+        let auc = roc_auc(&found.effect, &truth).unwrap();
+        assert!(auc >= 0.98, "ACDC ROC AUC {auc} under {ablation:?}");
+        // The one-edge-per-forward loop makes the same decisions with more forwards.
+        let slow = acdc(&model, &graph, &acts, &metric, &AcdcConfig { max_variants: 1, restart: false, ..cfg }).unwrap();
+        assert_eq!(slow.kept, found.kept);
+        assert!(found.n_forwards < slow.n_forwards, "{} vs {}", found.n_forwards, slow.n_forwards);
+
+        let ig = edge_attribution(&model, &graph, &acts, &metric, AttributionMethod::EapIg { steps: 5 }).unwrap();
+        let scores: Vec<f64> = Vec::<f64>::try_from(&ig.abs().to_kind(Kind::Double)).unwrap();
+        let auc = roc_auc(&scores, &truth).unwrap();
+        assert!(auc >= 0.95, "EAP-IG ROC AUC {auc} under {ablation:?}");
+    }
+}
+
+#[test]
+fn edge_masks_interpolate_between_clean_and_corrupted() {
+    // All edges kept gives the clean run, all removed (resample) the corrupted run, exactly: on
+    // the planted model, a parallel-block model (GPT-NeoX) and grouped-query attention (Mistral).
+    for arch in ["planted", "gpt_neox", "mistral"] {
+        let model = if arch == "planted" { planted_model(Kind::Double) } else {
+            HookedTransformer::from_pretrained_dir(common::fixture(arch), Device::Cpu, Kind::Double).unwrap()
+        };
+        let graph = EdgeGraph::new(&model).unwrap();
+        let v = model.cfg.d_vocab.min(20);
+        let clean = Tensor::from_slice(&[1i64, 5, 7, 3, 9, 2, 4, 8, 1, 5, 7, 3]).view([2, 6]).remainder(v);
+        let corrupted = Tensor::from_slice(&[2i64, 6, 1, 9, 3, 8, 5, 2, 6, 1, 9, 4]).view([2, 6]).remainder(v);
+        let acts = graph.activations(&model, &clean, &corrupted, Ablation::Resample).unwrap();
+        let e = graph.n_edges() as i64;
+        let masks = Tensor::stack(&[Tensor::ones([e], (Kind::Float, Device::Cpu)), Tensor::zeros([e], (Kind::Float, Device::Cpu))], 0);
+        let out = graph.run_masked(&model, &acts, &masks, 0).unwrap().view([2, 2, 6, -1]);
+        let d_clean = common::max_abs_diff(&out.get(0), &model.forward(&clean).unwrap());
+        let d_corrupt = common::max_abs_diff(&out.get(1), &model.forward(&corrupted).unwrap());
+        assert!(d_clean < 1e-9 && d_corrupt < 1e-9, "{arch}: {d_clean} {d_corrupt}");
+    }
+}
+
+#[test]
+fn eap_is_the_gradient_of_the_edge_masks() {
+    // score(e) = dMetric/d(fraction of e removed): compare with a finite difference of the
+    // masked forward, in f64, for every edge; and EAP-IG with one step is EAP.
+    let model = planted_model(Kind::Double);
+    let graph = EdgeGraph::new(&model).unwrap();
+    let (clean, corrupted, answer) = planted::prompts(8, 3);
+    let acts = graph.activations(&model, &clean, &corrupted, Ablation::Resample).unwrap();
+    let metric = Metric::Probability { answer };
+    let eap = edge_attribution(&model, &graph, &acts, &metric, AttributionMethod::Eap).unwrap();
+    let ig1 = edge_attribution(&model, &graph, &acts, &metric, AttributionMethod::EapIg { steps: 1 }).unwrap();
+    assert!(common::max_abs_diff(&eap, &ig1) < 1e-12);
+    let e = graph.n_edges() as i64;
+    let eps = 1e-6;
+    let masks = Tensor::ones([e + 1, e], (Kind::Double, Device::Cpu)) - Tensor::eye_m(e + 1, e, (Kind::Double, Device::Cpu)).roll([1], [0]) * eps;
+    let m = graph.circuit_metrics(&model, &acts, &metric, &masks, 4096).unwrap();
+    let fd: Vec<f64> = (0..e as usize).map(|i| (m[i + 1] - m[0]) / eps).collect();
+    let diff = common::max_abs_diff(&Tensor::from_slice(&fd), &eap.to_kind(Kind::Double));
+    let scale = eap.abs().max().double_value(&[]);
+    assert!(scale > 1e-3 && diff < 1e-5 * scale.max(1.0), "finite difference off by {diff} (scale {scale})");
+}
+
+#[test]
+fn edge_graph_bad_input() {
+    let gemma2 = common::load("gemma2");
+    assert!(matches!(EdgeGraph::new(&gemma2), Err(Error::UnsupportedLayout(_))));
+    let model = planted_model(Kind::Float);
+    let graph = EdgeGraph::new(&model).unwrap();
+    let (clean, corrupted, _) = planted::prompts(4, 4);
+    let short = corrupted.narrow(1, 0, 19);
+    let err = graph.activations(&model, &clean, &short, Ablation::Resample).err().unwrap();
+    assert!(err.to_string().contains("same shape"), "{err}");
+    let acts = graph.activations(&model, &clean, &corrupted, Ablation::Resample).unwrap();
+    let metric = Metric::kl_to(&model.forward(&clean).unwrap()).unwrap();
+    let err = acdc(&model, &graph, &acts, &metric, &AcdcConfig { tau: -0.1, ..AcdcConfig::default() }).err().unwrap();
+    assert!(err.to_string().contains("tau"), "{err}");
+    assert!(graph.find_edge("L9H0 -> logits").is_err());
+}
+
+fn task_model() -> HookedTransformer {
+    HookedTransformer::from_pretrained_dir(common::repo("models/tasks-bilinear"), Device::Cpu, Kind::Float).unwrap()
+}
+
+use interp::interp_core::tasks::{Task, TaskVocab};
+
+#[test]
+fn causal_tracing_identities() {
+    use circuits::{causal_trace, restored_probability, summarize, Corruption, TraceConfig, TracePrompt};
+    let model = task_model();
+    let vocab = TaskVocab::new(31);
+    let batch = Task::Facts.generate(&vocab, 6, 11).unwrap();
+    let sigma = circuits::estimate_sigma(&model, &batch.clean).unwrap();
+    assert!(sigma > 0.0);
+    let noise = || Corruption::Noise { sigma, scale: 3.0, samples: 10, seed: 5 };
+    let rows: Vec<Vec<i64>> = (0..6).map(|i| Vec::<i64>::try_from(&batch.clean.get(i)).unwrap()).collect();
+    let answers = Vec::<i64>::try_from(&batch.answer).unwrap();
+    let mut traces = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let prompt = TracePrompt::new(row.clone(), &row[1..4], answers[i], batch.labels[i].clone()).unwrap();
+        let cfg = TraceConfig { corruption: noise(), window: 10, severed_mlp: true, max_rows: 64 };
+        let trace = causal_trace(&model, &prompt, &cfg).unwrap();
+        let (p, l) = (row.len(), model.cfg.n_layers);
+        let all: Vec<(usize, usize)> = (0..p).flat_map(|t| (0..l).map(move |x| (t, x))).collect();
+        let restored = restored_probability(&model, &prompt, &noise(), &all).unwrap();
+        assert!((restored - trace.p_clean).abs() < 1e-5, "restoring everything: {restored} vs clean {}", trace.p_clean);
+        let none = restored_probability(&model, &prompt, &noise(), &[]).unwrap();
+        assert!((none - trace.p_corrupt).abs() < 1e-6, "restoring nothing: {none} vs corrupted {}", trace.p_corrupt);
+        // The last layer's residual at the last position is all the unembedding reads.
+        let last = trace.resid.double_value(&[p as i64 - 1, l as i64 - 1]);
+        assert!((last - trace.p_clean).abs() < 1e-5);
+        // Positions before the subject see no noise: restoring them changes nothing.
+        assert!((trace.resid.double_value(&[0, 0]) - trace.p_corrupt).abs() < 1e-6);
+        assert!(trace.total_effect() > 0.1, "the noise hides the subject");
+        if i == 0 {
+            let again = causal_trace(&model, &prompt, &TraceConfig { corruption: noise(), window: 10, severed_mlp: true, max_rows: 7 }).unwrap();
+            assert!(common::max_abs_diff(&trace.mlp, &again.mlp) < 1e-6, "same seed, same trace (any batching)");
+        }
+        traces.push(trace);
+    }
+    let summary = summarize(&traces).unwrap();
+    assert_eq!(summary.iter().map(|s| s.n_prompts).sum::<usize>(), 6);
+    assert_eq!(summary[0].resid.size(), [6, 2]);
+    // Bad input: a subject the prompt lacks, replacement of the wrong length.
+    assert!(TracePrompt::new(rows[0].clone(), &[9999], 1, "x").unwrap_err().to_string().contains("not found"));
+    let prompt = TracePrompt::new(rows[0].clone(), &rows[0][1..4], answers[0], "x").unwrap();
+    let cfg = TraceConfig { corruption: Corruption::Replace { tokens: vec![1] }, window: 10, severed_mlp: false, max_rows: 64 };
+    assert!(causal_trace(&model, &prompt, &cfg).is_err());
+}
+
+#[test]
+fn activation_patching_matches_one_forward_per_index() {
+    use circuits::{activation_patching, PatchSite};
+    use interp::interp_core::{CacheSpec, Hooks, Intervention, Scope};
+    let model = task_model();
+    let vocab = TaskVocab::new(31);
+    let batch = Task::Ioi.generate(&vocab, 16, 3).unwrap();
+    let metric = Metric::for_task(Task::Ioi, &vocab, &batch).unwrap();
+    for site in [PatchSite::ResidPre, PatchSite::HeadOut, PatchSite::HeadOutByPos, PatchSite::K, PatchSite::Pattern, PatchSite::MlpOut] {
+        let fast = activation_patching(&model, &batch.clean, &batch.corrupted, &metric, site, 4096).unwrap();
+        let slow = activation_patching(&model, &batch.clean, &batch.corrupted, &metric, site, 16).unwrap();
+        assert!(common::max_abs_diff(&fast.values, &slow.values) < 1e-4, "{site:?}");
+        assert!(fast.forwards < slow.forwards);
+        assert_eq!(fast.to_table().unwrap().rows.len() as i64, fast.values.numel() as i64);
+    }
+    // Against the runtime's own patch intervention, one head at a time.
+    let (_, clean_cache) = model.run_with_cache(&batch.clean, CacheSpec::names(["blocks.1.attn.hook_z"])).unwrap();
+    let heads = activation_patching(&model, &batch.clean, &batch.corrupted, &metric, PatchSite::HeadOut, 4096).unwrap();
+    for h in 0..4 {
+        let hooks = Hooks::new().intervene("blocks.1.attn.hook_z", Intervention::Patch(&clean_cache, Scope::all().heads([h])));
+        let logits = model.run_with_hooks(&batch.corrupted, hooks).unwrap();
+        let expected = metric.value(&logits).unwrap();
+        assert!((heads.values.double_value(&[1, h]) - expected).abs() < 1e-4);
+    }
+    // Residual positions where clean and corrupted tokens agree change nothing at layer 0.
+    let resid = activation_patching(&model, &batch.clean, &batch.corrupted, &metric, PatchSite::ResidPre, 4096).unwrap();
+    let differs = batch.clean.ne_tensor(&batch.corrupted).any_dim(0, false); // the three name positions
+    for pos in 0..batch.clean.size()[1] {
+        let v = resid.normalized.double_value(&[0, pos]);
+        if differs.int64_value(&[pos]) == 0 {
+            assert!(v.abs() < 1e-5, "position {pos} is the same in both prompts but patching it moved the metric by {v}");
+        }
+    }
+    // Nothing to explain: the clean prompts against themselves.
+    assert!(matches!(activation_patching(&model, &batch.clean, &batch.clean, &metric, PatchSite::ResidPre, 4096), Err(Error::NothingToExplain { .. })));
+}
+
+#[test]
+fn task_model_circuits_are_faithful() {
+    let model = task_model();
+    let graph = EdgeGraph::new(&model).unwrap();
+    let vocab = TaskVocab::new(31);
+    // tau about 1.5% of the clean - corrupted gap of each metric (IOI logit difference 18.3,
+    // greater-than probability difference 0.70).
+    for (task, tau) in [(Task::Ioi, 0.3), (Task::GreaterThan, 0.01)] {
+        let batch = task.generate(&vocab, 32, 9).unwrap();
+        let metric = Metric::for_task(task, &vocab, &batch).unwrap();
+        let acts = graph.activations(&model, &batch.clean, &batch.corrupted, Ablation::Resample).unwrap();
+        let found = acdc(&model, &graph, &acts, &metric, &AcdcConfig { tau, ..AcdcConfig::default() }).unwrap();
+        let e = graph.n_edges() as i64;
+        let masks = Tensor::stack(&[graph.mask_of(&found.kept).unwrap(), Tensor::ones([e], (Kind::Float, Device::Cpu)), Tensor::zeros([e], (Kind::Float, Device::Cpu))], 0);
+        let m = graph.circuit_metrics(&model, &acts, &metric, &masks, 4096).unwrap();
+        let faithfulness = (m[0] - m[2]) / (m[1] - m[2]);
+        eprintln!("{}: {} of {} edges, faithfulness {faithfulness:.3}", task.name(), found.n_kept(), e);
+        assert!(faithfulness > 0.85 && found.n_kept() < graph.n_edges() / 2, "{}: {} edges, faithfulness {faithfulness}", task.name(), found.n_kept());
+    }
+}
+
+#[test]
+fn induction_heads_are_in_the_induction_circuit() {
+    let model = HookedTransformer::from_pretrained_dir(common::repo("models/induction-attn-only"), Device::Cpu, Kind::Float).unwrap();
+    let graph = EdgeGraph::new(&model).unwrap();
+    let vocab = TaskVocab::new(31);
+    let batch = Task::Induction { half: 12 }.generate(&vocab, 64, 4).unwrap();
+    // Cut the last token: the prompt ends inside the repeat, and that token is the answer.
+    let len = batch.clean.size()[1];
+    let (clean, corrupted) = (batch.clean.narrow(1, 0, len - 1), batch.corrupted.narrow(1, 0, len - 1));
+    let metric = Metric::kl_to(&model.forward(&clean).unwrap()).unwrap();
+    let acts = graph.activations(&model, &clean, &corrupted, Ablation::Resample).unwrap();
+    let found = acdc(&model, &graph, &acts, &metric, &AcdcConfig { tau: 0.01, ..AcdcConfig::default() }).unwrap();
+    let nodes = circuits::circuit_nodes(&graph, &found.kept);
+    eprintln!("induction circuit: {} edges, nodes {nodes:?}", found.n_kept());
+    for head in ["L1H0", "L1H2"] {
+        assert!(nodes.iter().any(|n| n == head), "{head} (found by pattern scores) is in the circuit: {nodes:?}");
+    }
+}
