@@ -400,6 +400,20 @@ impl EdgeGraph {
         Ok(out)
     }
 
+    /// Faithfulness of each edge set in `masks` [V, E]: (metric(circuit) - metric(no edges)) /
+    /// (metric(all edges) - metric(no edges)); 1 = the circuit alone does what the model does.
+    pub fn faithfulness(&self, model: &HookedTransformer, acts: &EdgeActivations, metric: &crate::Metric, masks: &Tensor) -> Result<Vec<f64>> {
+        let e = self.n_edges() as i64;
+        let ends = Tensor::f_stack(&[Tensor::f_ones([e], (Kind::Float, tch::Device::Cpu))?, Tensor::f_zeros([e], (Kind::Float, tch::Device::Cpu))?], 0)?;
+        let all = Tensor::f_cat(&[&ends, &masks.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?], 0)?;
+        let m = self.circuit_metrics(model, acts, metric, &all, 4096)?;
+        let (full, empty) = (m[0], m[1]);
+        if (full - empty).abs() <= 1e-6 * full.abs().max(empty.abs()).max(1e-3) {
+            return Err(Error::NothingToExplain { metric: metric.name().into(), value: full });
+        }
+        Ok(m[2..].iter().map(|x| (x - empty) / (full - empty)).collect())
+    }
+
     /// Per-receiver-group edge ranges, for the attribution and ACDC code.
     pub(crate) fn group_edges(&self, gi: usize) -> std::ops::Range<usize> {
         let g = &self.groups[gi];

@@ -50,7 +50,7 @@ impl Metric {
     /// The usual metric of a built-in task: IOI logit(IO) - logit(S); greater-than
     /// P(year > YY) - P(year <= YY); facts and modular addition P(answer) (the causal-tracing
     /// metric). Induction has no single answer at the last position: use [`Metric::kl_to`] or
-    /// cut the prompt (see `circuits::induction_prompts`).
+    /// [`TaskPrompts`], which cuts the prompt.
     pub fn for_task(task: Task, vocab: &TaskVocab, batch: &TaskBatch) -> Result<Metric> {
         Ok(match task {
             Task::Ioi => Metric::LogitDiff { answer: batch.answer.shallow_clone(), wrong: batch.wrong.shallow_clone() },
@@ -149,6 +149,41 @@ impl Metric {
         } else {
             -value
         }
+    }
+}
+
+/// Clean and corrupted prompts of a built-in task with its metric.
+pub struct TaskPrompts {
+    /// [n, pos] int64.
+    pub clean: Tensor,
+    /// [n, pos] int64, aligned with `clean`.
+    pub corrupted: Tensor,
+    pub metric: Metric,
+    /// The answer token per prompt [n].
+    pub answer: Tensor,
+    pub labels: Vec<String>,
+}
+
+impl TaskPrompts {
+    /// `n` prompts of `task` from `seed` with the task's metric ([`Metric::for_task`]). Induction
+    /// prompts are cut before their last token, which becomes the answer, and scored by
+    /// logit(answer) - logit(the corrupted prompt's next token).
+    pub fn new(task: Task, vocab: &TaskVocab, n: usize, seed: u64) -> Result<TaskPrompts> {
+        let batch = task.generate(vocab, n, seed)?;
+        if let Task::Induction { .. } = task {
+            let len = batch.clean.size()[1];
+            let answer = batch.clean.f_select(1, len - 1)?;
+            let wrong = batch.corrupted.f_select(1, len - 1)?;
+            return Ok(TaskPrompts {
+                clean: batch.clean.f_narrow(1, 0, len - 1)?,
+                corrupted: batch.corrupted.f_narrow(1, 0, len - 1)?,
+                metric: Metric::LogitDiff { answer: answer.shallow_clone(), wrong },
+                answer,
+                labels: batch.labels,
+            });
+        }
+        let metric = Metric::for_task(task, vocab, &batch)?;
+        Ok(TaskPrompts { clean: batch.clean, corrupted: batch.corrupted, metric, answer: batch.answer, labels: batch.labels })
     }
 }
 

@@ -1,5 +1,7 @@
-//! The `interp` command line: inspect models, cache activations, print a logit-lens summary.
+//! The `interp` command line: inspect models, cache activations, train models and dictionaries,
+//! find circuits, print a logit-lens summary.
 
+mod circuit;
 mod sae;
 
 use std::path::{Path, PathBuf};
@@ -82,6 +84,75 @@ enum Command {
     /// Sparse dictionaries: train, evaluate and inspect SAEs and transcoders.
     #[command(subcommand)]
     Sae(sae::SaeCommand),
+    /// Activation patching on a built-in task: each activation of the clean run patched into the
+    /// corrupted run, per (layer, position), per head, and per head and position, all indices of
+    /// a layer in one batched forward. Writes OUT/patching.csv (site, layer, pos, head, metric,
+    /// normalized; -1 where an axis does not apply) and one heatmap per site (SVG and PNG).
+    Patch {
+        #[command(flatten)]
+        task: circuit::TaskArgs,
+        /// Sites: resid_pre, attn_out, mlp_out, z (head output), z_by_pos, q, k, v, pattern, or all.
+        #[arg(long, num_args = 1.., default_value = "all")]
+        sites: Vec<String>,
+    },
+    /// Causal tracing (ROME) on the facts task: Gaussian noise on the subject's embeddings, then
+    /// the clean residual, MLP outputs and attention outputs restored at each (token, layer).
+    /// Writes OUT/traces.csv, OUT/aie.csv (average indirect effects by label, token role and
+    /// layer) and heatmaps per prompt and per label.
+    Trace {
+        #[command(flatten)]
+        task: circuit::TaskArgs,
+        /// Noise samples per prompt.
+        #[arg(long, default_value_t = 10)]
+        samples: usize,
+        /// Noise standard deviation in units of sigma.
+        #[arg(long, default_value_t = 3.0)]
+        scale: f64,
+        /// Sigma; default: the standard deviation of the prompts' token embeddings.
+        #[arg(long)]
+        sigma: Option<f64>,
+        /// Layers restored together for the MLP and attention grids.
+        #[arg(long, default_value_t = 10)]
+        window: usize,
+        /// Also trace with the later MLPs frozen at their corrupted outputs.
+        #[arg(long)]
+        severed: bool,
+        /// Heatmaps for this many prompts.
+        #[arg(long, default_value_t = 4)]
+        charts: usize,
+    },
+    /// ACDC circuit discovery on a built-in task, next to EAP and EAP-IG: writes
+    /// OUT/circuit.json (kept edges, nodes, faithfulness), OUT/acdc_edges.csv, edge scores
+    /// (OUT/eap_scores.csv, OUT/eap_ig_scores.csv) and faithfulness curves (CSV, SVG, PNG).
+    Acdc {
+        #[command(flatten)]
+        task: circuit::TaskArgs,
+        /// Keep an edge if removing it worsens the metric by tau or more (default: 1.5% of the
+        /// clean - corrupted gap). The curve also runs tau x 1/4, 1/2, 2 and 4.
+        #[arg(long)]
+        tau: Option<f64>,
+        /// Prune by KL divergence to the clean output instead of the task metric.
+        #[arg(long)]
+        kl: bool,
+        /// What replaces a removed edge: resample (corrupted prompts), zero or mean.
+        #[arg(long, default_value = "resample")]
+        ablation: String,
+        /// EAP-IG interpolation steps.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+    },
+    /// EAP and EAP-IG edge scores on a built-in task, with faithfulness curves of their top-k
+    /// circuits: OUT/eap_scores.csv, OUT/eap_ig_scores.csv, OUT/faithfulness.{csv,svg,png}.
+    Eap {
+        #[command(flatten)]
+        task: circuit::TaskArgs,
+        /// What an ablated edge carries: resample (corrupted prompts), zero or mean.
+        #[arg(long, default_value = "resample")]
+        ablation: String,
+        /// EAP-IG interpolation steps.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+    },
     /// The main job (for now): load a model, run a prompt with a cache, print a logit-lens summary.
     Summary {
         /// Checkpoint directory (default: the built-in GPT-2-style model).
@@ -414,6 +485,16 @@ fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Train(args)) => train(&args)?,
         Some(Command::Sae(cmd)) => sae::run(cmd)?,
+        Some(Command::Patch { task, sites }) => circuit::patch(&task, &sites)?,
+        Some(Command::Trace { task, samples, scale, sigma, window, severed, charts }) => {
+            circuit::trace(&task, &circuit::TraceArgs { samples, scale, sigma, window, severed, charts })?
+        }
+        Some(Command::Acdc { task, tau, kl, ablation, steps }) => {
+            circuit::run_acdc(&task, &circuit::AcdcArgs { tau, kl, ablation: ablation.parse()?, steps }, true)?
+        }
+        Some(Command::Eap { task, ablation, steps }) => {
+            circuit::run_acdc(&task, &circuit::AcdcArgs { tau: None, kl: false, ablation: ablation.parse()?, steps }, false)?
+        }
         Some(Command::Summary { model_dir, text }) => summary(model_dir.as_deref().unwrap_or(Path::new(DEFAULT_MODEL)), &text)?,
         None => summary(Path::new(DEFAULT_MODEL), DEFAULT_PROMPT)?,
     }

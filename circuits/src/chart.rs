@@ -1,0 +1,275 @@
+//! Charts for reports: heatmap panels (patching and tracing grids) and line charts (faithfulness
+//! curves), as SVG or PNG by the file extension. PNG text uses DejaVu Sans embedded in the
+//! binary, so it renders on machines without fonts.
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// One heatmap: `values[row][col]`.
+#[derive(Clone, Debug)]
+pub struct Heatmap {
+    pub title: String,
+    pub rows: Vec<String>,
+    pub cols: Vec<String>,
+    pub values: Vec<Vec<f64>>,
+    pub x_label: String,
+    pub y_label: String,
+}
+
+/// One line of a line chart.
+#[derive(Clone, Debug)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The font is valid TrueType; a failure would only leave PNG text blank.
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
+    });
+}
+
+fn chart_err(path: &Path) -> impl Fn(String) -> Error + '_ {
+    move |message| Error::Chart {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+/// Runs `$draw` (an expression using `$root`, a drawing area of either backend) for the
+/// backend the extension of `$path` names.
+macro_rules! render {
+    ($path:expr, $size:expr, |$root:ident| $draw:expr) => {{
+        register_font();
+        let path: &Path = $path;
+        let err = chart_err(path);
+        let result: std::result::Result<(), String> =
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("svg") => {
+                    let $root = SVGBackend::new(path, $size).into_drawing_area();
+                    $root
+                        .fill(&WHITE)
+                        .map_err(|e| e.to_string())
+                        .and_then(|_| $draw)
+                        .and_then(|_| $root.present().map_err(|e| e.to_string()))
+                }
+                Some("png") => {
+                    let $root = BitMapBackend::new(path, $size).into_drawing_area();
+                    $root
+                        .fill(&WHITE)
+                        .map_err(|e| e.to_string())
+                        .and_then(|_| $draw)
+                        .and_then(|_| $root.present().map_err(|e| e.to_string()))
+                }
+                _ => Err("charts are written as .svg or .png".into()),
+            };
+        result.map_err(err)
+    }};
+}
+
+/// Draws `panels` side by side into `path` (`.svg` or `.png`).
+pub fn heatmaps(path: &Path, panels: &[Heatmap]) -> Result<()> {
+    if panels.is_empty() {
+        return Err(Error::Input("no heatmap to draw".into()));
+    }
+    let rows = panels.iter().map(|p| p.rows.len()).max().unwrap_or(1);
+    let longest = panels
+        .iter()
+        .flat_map(|p| p.rows.iter())
+        .map(|r| r.chars().count())
+        .max()
+        .unwrap_or(4) as u32;
+    let panel_w =
+        120 + 7 * longest + 44 * panels.iter().map(|p| p.cols.len()).max().unwrap_or(1) as u32;
+    let size = (
+        (panel_w * panels.len() as u32).max(360),
+        (140 + 26 * rows as u32).max(260),
+    );
+    render!(path, size, |root| {
+        root.split_evenly((1, panels.len()))
+            .iter()
+            .zip(panels)
+            .try_for_each(|(area, panel)| draw_heatmap(area, panel, longest))
+    })
+}
+
+/// Draws `series` as lines with markers into `path` (`.svg` or `.png`).
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<()> {
+    let all: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.points.iter().copied())
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect();
+    if all.is_empty() {
+        return Err(Error::Input("no finite points to draw".into()));
+    }
+    let (x0, x1) = all
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (y0, y1) = all
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let pad = |a: f64, b: f64| if b > a { (b - a) * 0.05 } else { 0.5 };
+    let (xr, yr) = (
+        x0 - pad(x0, x1)..x1 + pad(x0, x1),
+        y0 - pad(y0, y1)..y1 + pad(y0, y1),
+    );
+    render!(path, (760, 480), |root| draw_lines(
+        &root,
+        title,
+        x_label,
+        y_label,
+        series,
+        xr.clone(),
+        yr.clone()
+    ))
+}
+
+fn draw_lines<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    xr: std::ops::Range<f64>,
+    yr: std::ops::Range<f64>,
+) -> std::result::Result<(), String> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(xr.clone(), yr.clone())
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (i, s) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                s.points.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| e.to_string())?
+            .label(s.name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(s.points.iter().map(|p| Circle::new(*p, 3, color.filled())))
+            .map_err(|e| e.to_string())?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// `n` categories (a range `0..m` holds `m + 1` segments).
+fn segments(n: usize) -> plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordusize> {
+    (0..n.saturating_sub(1).max(1)).into_segmented()
+}
+
+fn draw_heatmap<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &Heatmap,
+    longest: u32,
+) -> std::result::Result<(), String> {
+    let (nr, nc) = (panel.rows.len(), panel.cols.len());
+    let flat: Vec<f64> = panel
+        .values
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
+    let (lo, hi) = flat
+        .iter()
+        .fold((0f64, 0f64), |(a, b), v| (a.min(*v), b.max(*v)));
+    let signed = lo < 0.0;
+    let scale = if signed { lo.abs().max(hi) } else { hi }.max(1e-12);
+    let mut chart = ChartBuilder::on(area)
+        .caption(&panel.title, ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(40)
+        .y_label_area_size(16 + 7 * longest)
+        .build_cartesian_2d(segments(nc), segments(nr))
+        .map_err(|e| e.to_string())?;
+    let rows = panel.rows.clone();
+    let cols = panel.cols.clone();
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc(panel.x_label.as_str())
+        .y_desc(panel.y_label.as_str())
+        .x_labels(nc)
+        .y_labels(nr)
+        .label_style(("sans-serif", 12))
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => cols.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .y_label_formatter(&|v| match v {
+            // Row 0 at the top, as tokens are read.
+            SegmentValue::CenterOf(i) if *i < nr => rows[nr - 1 - *i].clone(),
+            _ => String::new(),
+        })
+        .draw()
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(panel.values.iter().enumerate().flat_map(|(r, row)| {
+            row.iter().enumerate().map(move |(c, v)| {
+                let y = nr - 1 - r;
+                let t = (v / scale).clamp(-1.0, 1.0);
+                let color = if signed {
+                    if t >= 0.0 {
+                        RGBColor(255, (255.0 * (1.0 - t)) as u8, (255.0 * (1.0 - t)) as u8)
+                    } else {
+                        RGBColor((255.0 * (1.0 + t)) as u8, (255.0 * (1.0 + t)) as u8, 255)
+                    }
+                } else {
+                    RGBColor(
+                        (255.0 - 150.0 * t) as u8,
+                        (255.0 - 210.0 * t) as u8,
+                        (255.0 - 90.0 * t) as u8,
+                    )
+                };
+                Rectangle::new(
+                    [
+                        (SegmentValue::Exact(c), SegmentValue::Exact(y)),
+                        (SegmentValue::Exact(c + 1), SegmentValue::Exact(y + 1)),
+                    ],
+                    color.filled(),
+                )
+            })
+        }))
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
