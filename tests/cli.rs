@@ -156,3 +156,40 @@ fn sae_train_eval_and_dashboard_from_the_command_line() {
     let (ok, _, err) = interp(&["sae", "eval", common::fixture("gpt2").to_str().unwrap(), o.to_str().unwrap()]);
     assert!(!ok && err.lines().count() == 1 && (err.contains("width") || err.contains("does not fit")), "{err}");
 }
+
+#[test]
+fn circuit_commands_write_tables_json_and_charts() {
+    let out = std::env::temp_dir().join(format!("interp-cli-circuits-{}", std::process::id()));
+    let o = |sub: &str| out.join(sub).to_str().unwrap().to_string();
+    let (ok, stdout, err) = interp(&["acdc", "--task", "greater-than", "--n", "16", "--out", &o("acdc")]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("edges kept"), "{stdout}");
+    let circuit: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("acdc/circuit.json")).unwrap()).unwrap();
+    let kept = circuit["n_edges"].as_u64().unwrap();
+    assert!(kept > 0 && kept < circuit["n_edges_total"].as_u64().unwrap());
+    assert_eq!(circuit["edges"].as_array().unwrap().len() as u64, kept);
+    assert!(circuit["faithfulness"].as_f64().unwrap() > 0.5);
+    for f in ["acdc_edges.csv", "eap_scores.csv", "eap_ig_scores.csv", "faithfulness.csv", "faithfulness.svg", "faithfulness.png"] {
+        assert!(out.join("acdc").join(f).metadata().unwrap().len() > 100, "{f}");
+    }
+    let (ok, _, err) = interp(&["trace", "--task", "facts", "--n", "3", "--samples", "4", "--charts", "1", "--out", &o("trace")]);
+    assert!(ok, "{err}");
+    for f in ["traces.csv", "aie.csv", "trace_0.png", "trace_0.svg"] {
+        assert!(out.join("trace").join(f).exists(), "{f}");
+    }
+    let (ok, _, err) = interp(&["patch", "--sites", "resid_pre", "z", "--n", "8", "--out", &o("patch")]);
+    assert!(ok, "{err}");
+    let csv = std::fs::read_to_string(out.join("patch/patching.csv")).unwrap();
+    assert!(csv.starts_with("site,layer,pos,head,metric,normalized\n"));
+    assert!(out.join("patch/patch_z.png").exists());
+    // Bad input: one line, non-zero exit.
+    for args in [
+        vec!["trace", "--task", "ioi", "--out", &o("bad")],
+        vec!["acdc", "--tau=-1", "--out", &o("bad")],
+        vec!["patch", "--sites", "nope", "--out", &o("bad")],
+        vec!["acdc", fixture("gemma2").to_str().unwrap().to_string().leak(), "--out", &o("bad")],
+    ] {
+        let (ok, _, err) = interp(&args);
+        assert!(!ok && err.trim().lines().count() == 1 && err.starts_with("error: "), "{args:?}: {err}");
+    }
+}

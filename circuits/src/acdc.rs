@@ -56,7 +56,7 @@ impl AcdcResult {
 
 /// Runs ACDC on `graph` with the ablated values in `acts`.
 pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations, metric: &Metric, cfg: &AcdcConfig) -> Result<AcdcResult> {
-    if !(cfg.tau >= 0.0) {
+    if cfg.tau.is_nan() || cfg.tau < 0.0 {
         return Err(Error::Input(format!("tau must be zero or positive, found {}", cfg.tau)));
     }
     if cfg.max_variants == 0 {

@@ -1,5 +1,18 @@
 //! Causal analysis on hooked models: metrics, activation patching, causal tracing, the edge
 //! graph with edge patching, attribution patching (EAP, EAP-IG) and ACDC.
+//!
+//! ```no_run
+//! use circuits::{acdc, edge_attribution, Ablation, AcdcConfig, AttributionMethod, EdgeGraph, TaskPrompts};
+//! use interp_core::{tasks::{Task, TaskVocab}, HookedTransformer};
+//! let model = HookedTransformer::from_pretrained_dir("models/tasks-bilinear", tch::Device::Cpu, tch::Kind::Float)?;
+//! let ioi = TaskPrompts::new(Task::Ioi, &TaskVocab::new(31), 32, 0)?; // clean, corrupted, metric
+//! let graph = EdgeGraph::new(&model)?;
+//! let acts = graph.activations(&model, &ioi.clean, &ioi.corrupted, Ablation::Resample)?;
+//! let scores = edge_attribution(&model, &graph, &acts, &ioi.metric, AttributionMethod::EapIg { steps: 5 })?; // [n_edges]
+//! let circuit = acdc(&model, &graph, &acts, &ioi.metric, &AcdcConfig { tau: 0.3, ..AcdcConfig::default() })?;
+//! println!("{} of {} edges kept", circuit.n_kept(), graph.n_edges());
+//! # Ok::<(), circuits::Error>(())
+//! ```
 pub mod acdc;
 pub mod attribution;
 pub mod error;

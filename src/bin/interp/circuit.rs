@@ -108,7 +108,6 @@ pub fn patch(args: &TaskArgs, sites: &[String]) -> Result<()> {
         sites.iter().map(|x| x.parse()).collect::<interp::circuits::Result<_>>()?
     };
     let mut table = Table::default();
-    let p = s.prompts.clean.size()[1];
     let tokens: Vec<String> = Vec::<i64>::try_from(&s.prompts.clean.get(0))?.iter().enumerate().map(|(i, t)| format!("{i} {}", s.vocab.word(*t))).collect();
     for site in sites {
         let r = activation_patching(&s.model, &s.prompts.clean, &s.prompts.corrupted, &s.prompts.metric, site, 4096)?;
@@ -133,7 +132,6 @@ pub fn patch(args: &TaskArgs, sites: &[String]) -> Result<()> {
                 })
                 .collect::<Result<_>>()?,
         };
-        debug_assert!(p > 0);
         both(&args.out.join(format!("patch_{}", site.name())), |path| heatmaps(path, &panels))?;
     }
     write_table(&table, &args.out.join("patching.csv"))
@@ -210,14 +208,14 @@ pub fn trace(args: &TaskArgs, t: &TraceArgs) -> Result<()> {
         let roles: Vec<String> = TOKEN_ROLES.iter().map(|r| r.to_string()).collect();
         let mut panels = Vec::new();
         for (kind, g) in [("resid", &sm.resid), ("mlp", &sm.mlp), ("attn", &sm.attn)] {
-            for role in 0..6 {
+            for (role, role_name) in TOKEN_ROLES.iter().enumerate() {
                 for layer in 0..s.model.cfg.n_layers {
                     summary_table.push(vec![
                         sm.label.clone().into(),
                         sm.n_prompts.into(),
                         sm.total_effect.into(),
                         kind.into(),
-                        TOKEN_ROLES[role].into(),
+                        (*role_name).into(),
                         layer.into(),
                         g.double_value(&[role as i64, layer as i64]).into(),
                     ]);
