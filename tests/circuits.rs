@@ -219,11 +219,8 @@ fn task_model_circuits_are_faithful() {
         let metric = Metric::for_task(task, &vocab, &batch).unwrap();
         let acts = graph.activations(&model, &batch.clean, &batch.corrupted, Ablation::Resample).unwrap();
         let found = acdc(&model, &graph, &acts, &metric, &AcdcConfig { tau, ..AcdcConfig::default() }).unwrap();
-        let e = graph.n_edges() as i64;
-        let masks = Tensor::stack(&[graph.mask_of(&found.kept).unwrap(), Tensor::ones([e], (Kind::Float, Device::Cpu)), Tensor::zeros([e], (Kind::Float, Device::Cpu))], 0);
-        let m = graph.circuit_metrics(&model, &acts, &metric, &masks, 4096).unwrap();
-        let faithfulness = (m[0] - m[2]) / (m[1] - m[2]);
-        eprintln!("{}: {} of {} edges, faithfulness {faithfulness:.3}", task.name(), found.n_kept(), e);
+        let faithfulness = graph.faithfulness(&model, &acts, &metric, &graph.mask_of(&found.kept).unwrap().unsqueeze(0)).unwrap()[0];
+        eprintln!("{}: {} of {} edges, faithfulness {faithfulness:.3}", task.name(), found.n_kept(), graph.n_edges());
         assert!(faithfulness > 0.85 && found.n_kept() < graph.n_edges() / 2, "{}: {} edges, faithfulness {faithfulness}", task.name(), found.n_kept());
     }
 }

@@ -203,11 +203,6 @@ impl EdgeGraph {
         self.edges.len()
     }
 
-    /// The edge index of `s -> r`, if the graph has that edge.
-    pub fn edge_index(&self, sender: Sender, receiver: Receiver) -> Option<usize> {
-        self.edges.iter().position(|e| e.sender == sender && e.receiver == receiver)
-    }
-
     /// Parses an edge written as its `Display` form (`L0H1 -> L1H0.k`).
     pub fn find_edge(&self, text: &str) -> Result<usize> {
         let wanted = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -408,9 +403,7 @@ impl EdgeGraph {
         let all = Tensor::f_cat(&[&ends, &masks.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?], 0)?;
         let m = self.circuit_metrics(model, acts, metric, &all, 4096)?;
         let (full, empty) = (m[0], m[1]);
-        if (full - empty).abs() <= 1e-6 * full.abs().max(empty.abs()).max(1e-3) {
-            return Err(Error::NothingToExplain { metric: metric.name().into(), value: full });
-        }
+        crate::metric::check_gap(metric, full, empty)?;
         Ok(m[2..].iter().map(|x| (x - empty) / (full - empty)).collect())
     }
 

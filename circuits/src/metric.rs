@@ -202,10 +202,16 @@ pub fn check_aligned(clean: &Tensor, corrupted: &Tensor) -> Result<()> {
 /// `(clean, corrupted)` metric values, or [`Error::NothingToExplain`] if they are equal.
 pub fn clean_and_corrupted(metric: &Metric, clean_logits: &Tensor, corrupted_logits: &Tensor) -> Result<(f64, f64)> {
     let (c, x) = (metric.value(clean_logits)?, metric.value(corrupted_logits)?);
-    if (c - x).abs() <= 1e-6 * c.abs().max(x.abs()).max(1e-3) {
-        return Err(Error::NothingToExplain { metric: metric.name().into(), value: c });
-    }
+    check_gap(metric, c, x)?;
     Ok((c, x))
+}
+
+/// [`Error::NothingToExplain`] if the metric's values on the full and the ablated model agree.
+pub(crate) fn check_gap(metric: &Metric, full: f64, ablated: f64) -> Result<()> {
+    if (full - ablated).abs() <= 1e-6 * full.abs().max(ablated.abs()).max(1e-3) {
+        return Err(Error::NothingToExplain { metric: metric.name().into(), value: full });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

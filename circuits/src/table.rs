@@ -56,20 +56,6 @@ impl Table {
         self.rows.push(row);
     }
 
-    /// The column `name` as numbers (text cells are skipped).
-    pub fn column(&self, name: &str) -> Result<Vec<f64>> {
-        let i = self.columns.iter().position(|c| c == name).ok_or_else(|| Error::Input(format!("no column `{name}`; columns: {}", self.columns.join(", "))))?;
-        Ok(self
-            .rows
-            .iter()
-            .filter_map(|r| match &r[i] {
-                Value::Int(v) => Some(*v as f64),
-                Value::Float(v) => Some(*v),
-                Value::Text(_) => None,
-            })
-            .collect())
-    }
-
     pub fn to_csv(&self) -> String {
         let mut out = self.columns.join(",");
         out.push('\n');

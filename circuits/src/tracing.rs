@@ -131,9 +131,14 @@ pub(crate) fn token_role(p: &TracePrompt, pos: usize) -> usize {
 /// Standard deviation of the token embeddings (`hook_embed`) over `tokens` [n, pos]: ROME's
 /// noise level is 3 times this.
 pub fn estimate_sigma(model: &HookedTransformer, tokens: &Tensor) -> Result<f64> {
-    let (_, cache) = model.runner(tokens).stop_at_layer(0).cache(CacheSpec::names(["hook_embed"])).run().map(|o| ((), o.cache))?;
-    let cache = cache.ok_or_else(|| Error::Input("no embeddings cached".into()))?;
-    Ok(cache.get("hook_embed")?.f_to_kind(Kind::Double)?.f_std(true)?.f_double_value(&[])?)
+    Ok(token_embeddings(model, tokens)?.f_to_kind(Kind::Double)?.f_std(true)?.f_double_value(&[])?)
+}
+
+/// `hook_embed` [n, pos, d_model] of `tokens` [n, pos], without running any block.
+fn token_embeddings(model: &HookedTransformer, tokens: &Tensor) -> Result<Tensor> {
+    let out = model.runner(tokens).stop_at_layer(0).cache(CacheSpec::names(["hook_embed"])).run()?;
+    let cache = out.cache.ok_or_else(|| Error::Input("no embeddings cached".into()))?;
+    Ok(cache.get("hook_embed")?.shallow_clone())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -202,8 +207,7 @@ impl<'a> Tracer<'a> {
                 let mut toks = prompt.tokens.clone();
                 toks.splice(prompt.subject.clone(), repl.iter().copied());
                 let t = Tensor::f_from_slice(&toks)?.f_view([1, p])?.f_to_device(model.device())?;
-                let (_, cc) = model.runner(&t).stop_at_layer(0).cache(CacheSpec::names(["hook_embed"])).run().map(|o| ((), o.cache))?;
-                cc.ok_or_else(|| Error::Input("no embeddings cached".into()))?.get("hook_embed")?.shallow_clone()
+                token_embeddings(model, &t)?
             }
         };
         let stack = |leaf: &str| -> Result<Tensor> {
@@ -322,13 +326,11 @@ fn add_noise(embed: &Tensor, noise: &Tensor, start: i64) -> Result<Tensor> {
     Ok(out)
 }
 
-/// `n` standard normal draws from `seed` (Box-Muller on SplitMix64): the same on every machine.
+/// `n` standard normal draws from `seed` (Box-Muller on the toolkit's SplitMix64 `Rng`): the
+/// same on every machine.
 fn gaussian(n: i64, seed: u64) -> Result<Tensor> {
-    let mut state = seed;
-    let mut uniform = || {
-        state = state.wrapping_add(0x9e3779b97f4a7c15);
-        ((interp_core::data::splitmix(state) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
+    let mut rng = interp_core::tasks::Rng::new(seed);
+    let mut uniform = || ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     let v: Vec<f32> = (0..n)
         .map(|_| {
             let (u1, u2) = (uniform(), uniform());

@@ -255,7 +255,8 @@ pub fn run_acdc(args: &TaskArgs, a: &AcdcArgs, with_acdc: bool) -> Result<()> {
     let acts = graph.activations(&s.model, &s.prompts.clean, &s.prompts.corrupted, a.ablation)?;
     let task_metric = &s.prompts.metric;
     let clean_logits = s.model.forward(&s.prompts.clean)?;
-    let (m_clean, m_corrupt) = interp::circuits::metric::clean_and_corrupted(task_metric, &clean_logits, &s.model.forward(&s.prompts.corrupted)?)?;
+    let corrupted_logits = s.model.forward(&s.prompts.corrupted)?;
+    let (m_clean, m_corrupt) = interp::circuits::metric::clean_and_corrupted(task_metric, &clean_logits, &corrupted_logits)?;
     let kl;
     let metric: &Metric = if a.kl {
         kl = Metric::kl_to(&clean_logits)?;
@@ -286,7 +287,7 @@ pub fn run_acdc(args: &TaskArgs, a: &AcdcArgs, with_acdc: bool) -> Result<()> {
     }
     if with_acdc {
         // Default tau: 1.5% of the gap the metric has to explain (KL: of the corrupted run's KL).
-        let gap = if a.kl { metric.value(&s.model.forward(&s.prompts.corrupted)?)? } else { (m_clean - m_corrupt).abs() };
+        let gap = if a.kl { metric.value(&corrupted_logits)? } else { (m_clean - m_corrupt).abs() };
         let tau = a.tau.unwrap_or(0.015 * gap);
         let mut points = Vec::new();
         let mut main = None;
