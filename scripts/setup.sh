@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 TORCH_VERSION=2.13.0
 TRANSFORMERS_VERSION=5.23.0
-DEBIAN_PACKAGES=(pkg-config)
+DEBIAN_PACKAGES=(pkg-config libopenblas-dev)
 
 missing=()
 for p in "${DEBIAN_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

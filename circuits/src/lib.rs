@@ -31,5 +31,7 @@ pub use patching::{activation_patching, PatchSite, PatchingResult};
 pub use table::{Table, Value};
 pub mod tracing;
 pub use tracing::{causal_trace, estimate_sigma, restored_probability, summarize, CausalTrace, Corruption, TraceConfig, TracePrompt, TraceSummary, TOKEN_ROLES};
+pub mod bilinear;
+pub use bilinear::{BilinearLayer, Spectrum};
 pub mod chart;
 pub use chart::{heatmaps, line_chart, Heatmap, Series};

@@ -53,7 +53,7 @@ pub use generate::Sampling;
 pub use hook_point::{BlockSite, HookPoint};
 pub use hooks::{CacheSpec, HookCtx, HookFn, Hooks, Intervention, NamesFilter, Scope};
 pub use memory::reuse_freed_memory;
-pub use model::{HookedTransformer, RunOutput, Runner};
+pub use model::{HookedTransformer, NormSite, RunOutput, Runner};
 pub use processing::WeightProcessing;
 pub use spec::{BlockStyle, MlpKind, ModelSpec};
 pub use tokenizer::{PaddingSide, Tokenizer};

@@ -41,6 +41,17 @@ pub(crate) struct Attention {
     pub(crate) o: Linear,
 }
 
+/// Which norm [`HookedTransformer::norm_weights`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormSite {
+    /// `blocks.L.ln1`, before attention.
+    Ln1(usize),
+    /// `blocks.L.ln2`, before the MLP.
+    Ln2(usize),
+    /// `ln_final`, before the unembedding.
+    LnFinal,
+}
+
 pub(crate) struct Mlp {
     /// [d_mlp, d_model]
     pub(crate) w_in: Linear,
@@ -242,6 +253,32 @@ impl HookedTransformer {
     /// W_out [d_mlp, d_model]
     pub fn w_out(&self, layer: usize) -> Result<Tensor> {
         Ok(self.mlp_weights(layer)?.w_out.w.tr())
+    }
+    /// b_in [d_mlp], when the MLP has biases.
+    pub fn b_in(&self, layer: usize) -> Result<Option<Tensor>> {
+        Ok(self.mlp_weights(layer)?.w_in.b.as_ref().map(Tensor::shallow_clone))
+    }
+    /// b_gate [d_mlp], gated MLPs with biases only.
+    pub fn b_gate(&self, layer: usize) -> Result<Option<Tensor>> {
+        Ok(self.mlp_weights(layer)?.w_gate.as_ref().and_then(|g| g.b.as_ref()).map(Tensor::shallow_clone))
+    }
+    /// b_out [d_model], when the MLP has biases.
+    pub fn b_out(&self, layer: usize) -> Result<Option<Tensor>> {
+        Ok(self.mlp_weights(layer)?.w_out.b.as_ref().map(Tensor::shallow_clone))
+    }
+    /// b_U [d_vocab], when the unembedding has a bias.
+    pub fn b_u(&self) -> Option<&Tensor> {
+        self.params.b_u.as_ref()
+    }
+    /// Gain and bias [d_model] of a norm (`blocks.L.ln1`, `blocks.L.ln2`, `ln_final`), each
+    /// `None` when absent or folded away; Gemma's stored `w` is returned as the gain `1 + w`.
+    pub fn norm_weights(&self, norm: NormSite) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = match norm {
+            NormSite::Ln1(l) => &self.block(l)?.ln1,
+            NormSite::Ln2(l) => &self.block(l)?.ln2,
+            NormSite::LnFinal => &self.params.ln_final,
+        };
+        Ok((n.w.as_ref().map(Tensor::shallow_clone), n.b.as_ref().map(Tensor::shallow_clone)))
     }
 
     // ---- hook points ----
