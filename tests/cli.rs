@@ -193,3 +193,35 @@ fn circuit_commands_write_tables_json_and_charts() {
         assert!(!ok && err.trim().lines().count() == 1 && err.starts_with("error: "), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn bilinear_and_graph_write_their_reports() {
+    let out = std::env::temp_dir().join(format!("interp-cli-features-{}", std::process::id()));
+    let o = |s: &str| out.join(s).to_str().unwrap().to_string();
+    let (ok, stdout, err) = interp(&["bilinear", "--tokens", "m3,m4-m5", "--out", &o("bilinear")]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("effective rank") && stdout.contains("k=0:"), "{stdout}");
+    let csv = std::fs::read_to_string(out.join("bilinear/eigenvectors.csv")).unwrap();
+    assert!(csv.starts_with("direction,rank,eigenvalue,favoured_tokens,disfavoured_tokens\n"));
+    assert_eq!(csv.lines().count(), 1 + 2 * 4, "4 eigenvectors for each of 2 directions");
+    let curve = std::fs::read_to_string(out.join("bilinear/truncation.csv")).unwrap();
+    let full: f64 = curve.lines().last().unwrap().split(',').nth(1).unwrap().parse().unwrap();
+    assert!(full > 0.9, "all eigenpairs: the model's own accuracy ({full})");
+    for f in ["spectra.svg", "spectra.png", "truncation.png"] {
+        assert!(out.join("bilinear").join(f).metadata().unwrap().len() > 1000, "{f}");
+    }
+    let (ok, stdout, err) = interp(&["graph", "--prompt", "To be, or not to be", "--out", &o("graph")]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("completeness error"), "{stdout}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("graph/graph.json")).unwrap()).unwrap();
+    assert!(!json["nodes"].as_array().unwrap().is_empty() && !json["links"].as_array().unwrap().is_empty());
+    assert!(out.join("graph/graph.html").exists() && out.join("graph/nodes.csv").exists());
+    for args in [
+        vec!["bilinear", "models/shakespeare-gpt2", "--out", &o("bad")],
+        vec!["bilinear", "--tokens", "not-a-token", "--out", &o("bad")],
+        vec!["graph", "--transcoders", "models/tasks-bilinear", "--out", &o("bad")],
+    ] {
+        let (ok, _, err) = interp(&args);
+        assert!(!ok && err.trim().lines().count() == 1 && err.starts_with("error: "), "{args:?}: {err}");
+    }
+}

@@ -1,5 +1,7 @@
-//! Causal analysis on hooked models: metrics, activation patching, causal tracing, the edge
-//! graph with edge patching, attribution patching (EAP, EAP-IG) and ACDC.
+//! Circuit analysis on hooked models: metrics, activation patching, causal tracing, the edge
+//! graph with edge patching, attribution patching (EAP, EAP-IG) and ACDC; and from the weights,
+//! bilinear-MLP eigendecomposition ([`bilinear`]) and transcoder attribution graphs
+//! ([`attribution_graph`]).
 //!
 //! ```no_run
 //! use circuits::{acdc, edge_attribution, Ablation, AcdcConfig, AttributionMethod, EdgeGraph, TaskPrompts};
@@ -31,6 +33,8 @@ pub use patching::{activation_patching, PatchSite, PatchingResult};
 pub use table::{Table, Value};
 pub mod tracing;
 pub use tracing::{causal_trace, estimate_sigma, restored_probability, summarize, CausalTrace, Corruption, TraceConfig, TracePrompt, TraceSummary, TOKEN_ROLES};
+pub mod attribution_graph;
+pub use attribution_graph::{attribution_graph, AttributionGraph, GraphConfig};
 pub mod bilinear;
 pub use bilinear::{BilinearLayer, Spectrum};
 pub mod chart;

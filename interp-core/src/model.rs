@@ -436,11 +436,12 @@ pub struct Runner<'m, 'h> {
     attention_mask: Option<&'m Tensor>,
     stop_at_layer: Option<usize>,
     grads: Option<(NamesFilter, Metric<'h>)>,
+    autograd: bool,
 }
 
 impl<'m, 'h> Runner<'m, 'h> {
     fn new(model: &'m HookedTransformer, input: Input<'m>) -> Self {
-        Runner { model, input, hooks: Hooks::new(), cache: None, attention_mask: None, stop_at_layer: None, grads: None }
+        Runner { model, input, hooks: Hooks::new(), cache: None, attention_mask: None, stop_at_layer: None, grads: None, autograd: false }
     }
 
     pub fn hooks(mut self, hooks: Hooks<'h>) -> Self {
@@ -473,6 +474,13 @@ impl<'m, 'h> Runner<'m, 'h> {
         self
     }
 
+    /// Record the autograd graph of the forward (runs without [`Runner::gradients`] are under
+    /// `no_grad` otherwise), for callers that differentiate through tensors their hooks supply.
+    pub fn autograd(mut self) -> Self {
+        self.autograd = true;
+        self
+    }
+
     pub fn run(self) -> Result<RunOutput> {
         let model = self.model;
         let cache_points = self.cache.as_ref().map(|s| model.resolve_filter(&s.filter)).transpose()?;
@@ -480,7 +488,7 @@ impl<'m, 'h> Runner<'m, 'h> {
         let mut run = Run::new(model, self.hooks, self.cache, cache_points, grad_points)?;
         let output = match self.grads {
             None => {
-                let _guard = tch::no_grad_guard();
+                let _guard = (!self.autograd).then(tch::no_grad_guard);
                 model.run_forward(&mut run, &self.input, self.attention_mask, self.stop_at_layer, None)?
             }
             Some((_, metric)) => {

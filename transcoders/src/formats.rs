@@ -303,6 +303,41 @@ pub fn load_circuit_tracer(dir: impl AsRef<Path>, device: Device) -> Result<Vec<
         .collect()
 }
 
+/// One transcoder per layer from `dir`, in layer order: a circuit-tracer set (`config.yaml`), or a
+/// folder of SAELens transcoder folders (any names), ordered by the layer of the hook each reads
+/// (`blocks.{L}.`). Errors name a folder that is not a transcoder and a layer missing or repeated.
+pub fn load_transcoder_set(dir: impl AsRef<Path>, device: Device) -> Result<Vec<SparseDictionary>> {
+    let dir = dir.as_ref();
+    if dir.join("config.yaml").exists() {
+        return load_circuit_tracer(dir, device);
+    }
+    let entries = std::fs::read_dir(dir).map_err(Error::io(dir))?;
+    let mut set = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(Error::io(dir))?.path();
+        if !path.join(SAELENS_CFG).exists() {
+            continue;
+        }
+        let tc = SparseDictionary::load_saelens(&path, device)?;
+        if tc.cfg.kind == DictionaryKind::Sae {
+            return Err(Error::format(&path, "an SAE, not a transcoder"));
+        }
+        let layer = tc.cfg.hook_name.strip_prefix("blocks.").and_then(|r| r.split('.').next()).and_then(|l| l.parse::<usize>().ok());
+        let layer = layer.ok_or_else(|| Error::format(&path, format!("hook `{}` names no layer", tc.cfg.hook_name)))?;
+        set.push((layer, tc));
+    }
+    if set.is_empty() {
+        return Err(Error::format(dir, "neither a circuit-tracer set (config.yaml) nor a folder of SAELens transcoder folders"));
+    }
+    set.sort_by_key(|(l, _)| *l);
+    for (i, (l, _)) in set.iter().enumerate() {
+        if *l != i {
+            return Err(Error::format(dir, format!("transcoders for layers {:?}: each layer from 0 needs exactly one", set.iter().map(|(l, _)| *l).collect::<Vec<_>>())));
+        }
+    }
+    Ok(set.into_iter().map(|(_, tc)| tc).collect())
+}
+
 /// The top-level `key: value` pairs and the `- item` entries under `transcoders:` of a flat YAML
 /// file (what circuit-tracer's configs hold), quotes removed.
 fn parse_flat_yaml(text: &str) -> (HashMap<String, String>, Vec<String>) {

@@ -37,7 +37,7 @@ mod formats;
 
 pub use dictionary::{Architecture, DictionaryConfig, DictionaryKind, SparseDictionary, SAELENS_ARCHITECTURES};
 pub use error::{Error, Result};
-pub use formats::load_circuit_tracer;
+pub use formats::{load_circuit_tracer, load_transcoder_set};
 pub use interp_core;
 
 mod store;

@@ -84,14 +84,14 @@ fn setup(args: &TaskArgs) -> Result<Setup> {
     Ok(Setup { model, vocab, prompts })
 }
 
-fn write_table(table: &Table, path: &Path) -> Result<()> {
+pub fn write_table(table: &Table, path: &Path) -> Result<()> {
     table.write_csv(path)?;
     println!("wrote {}", path.display());
     Ok(())
 }
 
 /// Writes the chart as .svg and .png next to each other.
-fn both(stem: &Path, draw: impl Fn(&Path) -> interp::circuits::Result<()>) -> Result<()> {
+pub fn both(stem: &Path, draw: impl Fn(&Path) -> interp::circuits::Result<()>) -> Result<()> {
     for ext in ["svg", "png"] {
         let path = stem.with_extension(ext);
         draw(&path)?;

@@ -2,6 +2,7 @@
 //! find circuits, print a logit-lens summary.
 
 mod circuit;
+mod features;
 mod sae;
 
 use std::path::{Path, PathBuf};
@@ -153,6 +154,16 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         steps: usize,
     },
+    /// Bilinear-MLP eigendecomposition: for output directions (unembeddings of --tokens), the
+    /// interaction matrix Q(u) over blocks.L.ln2.hook_normalized, its eigenvalues (OUT/spectra.{svg,png}),
+    /// the tokens its top eigenvectors favour and disfavour (OUT/eigenvectors.csv), and modular-addition
+    /// accuracy with each answer logit's MLP term truncated to k eigenpairs (OUT/truncation.{csv,svg,png}).
+    Bilinear(features::BilinearArgs),
+    /// Attribution graph of a prompt through transcoders that replace every MLP: direct effects
+    /// between active features, transcoder errors, token embeddings and top logits in a linearised
+    /// replacement model, pruned by influence. Writes OUT/graph.json (circuit-tracer's graph viewer
+    /// reads it), OUT/graph.html and OUT/nodes.csv.
+    Graph(features::GraphArgs),
     /// The main job (for now): load a model, run a prompt with a cache, print a logit-lens summary.
     Summary {
         /// Checkpoint directory (default: the built-in GPT-2-style model).
@@ -495,6 +506,8 @@ fn run(cli: Cli) -> Result<()> {
         Some(Command::Eap { task, ablation, steps }) => {
             circuit::run_acdc(&task, &circuit::AcdcArgs { tau: None, kl: false, ablation: ablation.parse()?, steps }, false)?
         }
+        Some(Command::Bilinear(args)) => features::run_bilinear(&args)?,
+        Some(Command::Graph(args)) => features::run_graph(&args)?,
         Some(Command::Summary { model_dir, text }) => summary(model_dir.as_deref().unwrap_or(Path::new(DEFAULT_MODEL)), &text)?,
         None => summary(Path::new(DEFAULT_MODEL), DEFAULT_PROMPT)?,
     }

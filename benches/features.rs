@@ -1,0 +1,108 @@
+//! Weight-based analysis benchmark (`cargo bench --bench features`): symmetric eigendecompositions
+//! per second at d 256 and 768 with ndarray-linalg (LAPACK, one matrix at a time) against torch
+//! (batched `linalg.eigh`), next to building the interaction matrices; and the attribution graph
+//! of a 64-token prompt on the text model with its transcoders: time against a plain forward,
+//! batched backward passes against one target per pass, and memory.
+
+mod common;
+
+use std::time::Instant;
+
+use common::min_secs;
+use interp::circuits::attribution_graph::{attribution_graph, GraphConfig};
+use interp::circuits::bilinear::{BilinearLayer, Spectrum};
+use interp::interp_core::{tch, HookedTransformer};
+use interp::transcoders::load_transcoder_set;
+use tch::{Device, Kind, Tensor};
+
+/// Resident set size and its peak so far, in MiB (Linux).
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN) / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn main() {
+    tch::set_num_threads(2);
+    let opts = (Kind::Double, Device::Cpu);
+    println!("eigendecompositions of symmetric matrices (f64), 2 threads:");
+    for (d, n) in [(256i64, 32i64), (768, 6)] {
+        tch::manual_seed(0);
+        let layer = BilinearLayer::new(&Tensor::randn([4 * d, d], opts), &Tensor::randn([4 * d, d], opts), &Tensor::randn([d, 4 * d], opts)).unwrap();
+        let us = Tensor::randn([n, d], opts);
+        let build = min_secs(2, || {
+            let _ = layer.interaction_matrices(&us).unwrap();
+        });
+        let qs = layer.interaction_matrices(&us).unwrap();
+        let lapack = min_secs(2, || {
+            for i in 0..n {
+                let _ = Spectrum::of(&qs.get(i)).unwrap();
+            }
+        });
+        let torch = min_secs(2, || {
+            let _ = Spectrum::of_batch(&qs).unwrap();
+        });
+        println!(
+            "  d {d:>3} (d_hidden {}): ndarray-linalg {:>7.1}/s, torch batched {:>7.1}/s (ratio torch/ndarray {:.2}); building Q(u) {:>7.1}/s",
+            4 * d,
+            n as f64 / lapack,
+            n as f64 / torch,
+            lapack / torch,
+            n as f64 / build
+        );
+    }
+
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/models/shakespeare-gpt2");
+    let model = HookedTransformer::from_pretrained_dir(dir, Device::Cpu, Kind::Float).expect("text model");
+    let tcs = load_transcoder_set(format!("{dir}/transcoders"), Device::Cpu).expect("transcoders");
+    let tok = model.tokenizer().expect("tokenizer");
+    let text = "ROMEO. But soft, what light through yonder window breaks? It is the east, and Juliet is the sun. Arise, fair sun, and kill the envious moon, Who is already sick and pale with grief, That thou her maid art far more fair than she.";
+    let mut tokens = tok.encode(text, true).unwrap();
+    tokens.truncate(64);
+    let input = Tensor::from_slice(&tokens).unsqueeze(0);
+    let forward = min_secs(5, || {
+        let _ = model.forward(&input).unwrap();
+    });
+    let (rss0, _) = rss_mib();
+    let cfg = GraphConfig { batch_size: 64, ..GraphConfig::default() };
+    let start = Instant::now();
+    let graph = attribution_graph(&model, &tcs, &tokens, &cfg).unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let (_, peak) = rss_mib();
+    let n = graph.nodes.len();
+    let targets = graph.n_features() + graph.n_logits();
+    let passes = (targets as f64 / cfg.batch_size as f64).ceil();
+    println!(
+        "attribution graph, text model, {} tokens, transcoders d_sae {} TopK: {} active features, {} nodes, {} targets",
+        tokens.len(),
+        tcs[0].cfg.d_sae,
+        graph.n_features(),
+        n,
+        targets
+    );
+    println!(
+        "  batch {}: {secs:.2} s = {:.0} plain forwards ({:.2} ms each) for {passes:.0} forward+backward passes; completeness error {:.1e}",
+        cfg.batch_size,
+        secs / forward,
+        forward * 1e3,
+        graph.completeness_error().unwrap()
+    );
+    println!(
+        "  memory: adjacency {:.1} MiB (dense f32 [{n}, {n}]); peak RSS grew {:.0} MiB over the {:.0} MiB before",
+        (n * n * 4) as f64 / (1 << 20) as f64,
+        peak - rss0,
+        rss0
+    );
+    // One target per backward pass, on the first 16 tokens (the loop the reference runs per target).
+    let short = &tokens[..16];
+    let time = |batch: i64| {
+        let t = Instant::now();
+        let g = attribution_graph(&model, &tcs, short, &GraphConfig { batch_size: batch, ..GraphConfig::default() }).unwrap();
+        (t.elapsed().as_secs_f64(), g.n_features() + g.n_logits())
+    };
+    let (one, targets) = time(1);
+    let (batched, _) = time(64);
+    println!("  16 tokens, {targets} targets: one target per pass {one:.2} s, 64 per pass {batched:.2} s: {:.1}x", one / batched);
+}

@@ -1,0 +1,220 @@
+//! `interp bilinear | graph`: weight-based analysis of bilinear MLPs and transcoder attribution
+//! graphs, writing CSV tables, charts (SVG + PNG), circuit-tracer JSON and an HTML view.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use interp::circuits::attribution_graph::{attribution_graph, GraphConfig, Node};
+use interp::circuits::bilinear::{token_readout, truncation_accuracy, unembedding_direction, BilinearLayer, Spectrum};
+use interp::circuits::{line_chart, Series, Table, Value};
+use interp::interp_core::tasks::{Task, TaskVocab};
+use interp::interp_core::{tch, HookedTransformer};
+use interp::transcoders::load_transcoder_set;
+use tch::{Kind, Tensor};
+
+#[derive(clap::Args)]
+pub struct BilinearArgs {
+    /// Checkpoint of a model with bilinear MLPs (default: models/tasks-bilinear).
+    pub model_dir: Option<PathBuf>,
+    /// MLP layer to decompose (default: the last).
+    #[arg(long)]
+    pub layer: Option<usize>,
+    /// Output tokens whose unembedding directions are decomposed, comma separated; `a-b` for the
+    /// difference of two tokens' directions.
+    #[arg(long, value_delimiter = ',', default_value = "m0,m1,m2,m7-m8")]
+    pub tokens: Vec<String>,
+    /// Eigenvectors per direction to read out as tokens.
+    #[arg(long, default_value_t = 4)]
+    pub top: i64,
+    /// Also run modular addition with the MLP's logit contributions truncated to k eigenpairs
+    /// (needs the task vocabulary); --no-task to skip.
+    #[arg(long)]
+    pub no_task: bool,
+    /// Output directory (created).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// cpu, cuda, or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+fn create(out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))
+}
+
+fn token_words(model: &HookedTransformer, ids: &[i64]) -> Result<Vec<String>> {
+    match model.tokenizer() {
+        Some(t) => Ok(t.to_str_tokens(ids)?),
+        None => Ok(ids.iter().map(|i| i.to_string()).collect()),
+    }
+}
+
+fn token_id(model: &HookedTransformer, word: &str) -> Result<i64> {
+    let tok = model.tokenizer().context("the model has no tokenizer.json to look tokens up in")?;
+    let ids = tok.encode(word, false)?;
+    match ids.as_slice() {
+        // An unknown word can encode to the unknown-token id: check the round trip.
+        [id] if tok.to_str_tokens(&[*id])?.first().map(|t| t.trim()) == Some(word.trim()) => Ok(*id),
+        [_] => bail!("`{word}` is not in the model's vocabulary"),
+        _ => bail!("`{word}` is {} tokens, not one", ids.len()),
+    }
+}
+
+/// `interp bilinear`: spectra, eigenvector token readouts and truncation curves.
+pub fn run_bilinear(args: &BilinearArgs) -> Result<()> {
+    let dir = args.model_dir.clone().unwrap_or_else(|| PathBuf::from(super::circuit::TASK_MODEL));
+    let model = HookedTransformer::from_pretrained_dir(&dir, super::device(&args.device)?, Kind::Float)?;
+    let layer = args.layer.unwrap_or(model.cfg.n_layers.saturating_sub(1));
+    let bl = BilinearLayer::from_model(&model, layer)?;
+    create(&args.out)?;
+    let mut dirs = Vec::new();
+    for spec in &args.tokens {
+        let u = match spec.split_once('-').filter(|(a, b)| !a.is_empty() && !b.is_empty()) {
+            Some((a, b)) => unembedding_direction(&model, token_id(&model, a)?)?.f_sub(&unembedding_direction(&model, token_id(&model, b)?)?)?,
+            None => unembedding_direction(&model, token_id(&model, spec)?)?,
+        };
+        dirs.push(u);
+    }
+    if dirs.is_empty() {
+        bail!("--tokens names no output direction");
+    }
+    let spectra = Spectrum::of_batch(&bl.interaction_matrices(&Tensor::f_stack(&dirs, 0)?)?)?;
+    let mut table = Table::new(&["direction", "rank", "eigenvalue", "favoured_tokens", "disfavoured_tokens"]);
+    let mut series = Vec::new();
+    println!("layer {layer} MLP ({} hidden units), input blocks.{layer}.ln2.hook_normalized; {} directions", bl.d_hidden(), dirs.len());
+    for (i, name) in args.tokens.iter().enumerate() {
+        let spec = spectra.get(i as i64)?;
+        let values = spec.eigenvalues()?;
+        series.push(Series { name: name.clone(), points: values.iter().take(32).enumerate().map(|(r, v)| (r as f64 + 1.0, *v)).collect() });
+        let total: f64 = values.iter().map(|v| v * v).sum();
+        let top2: f64 = values.iter().take(2).map(|v| v * v).sum();
+        println!(
+            "  {name:>8}: effective rank {:.1}, top eigenvalues {:+.3} {:+.3}, top 2 hold {:.0}% of ||Q||_F^2",
+            spec.effective_rank()?,
+            values[0],
+            values.get(1).copied().unwrap_or(0.0),
+            100.0 * top2 / total.max(1e-30)
+        );
+        for rank in 0..args.top.min(spec.len()) {
+            let v = spec.vectors.f_select(1, rank)?;
+            let scores = token_readout(&model, &v)?;
+            let (_, hi) = scores.f_topk(5, 0, true, true)?;
+            let (_, lo) = scores.f_topk(5, 0, false, true)?;
+            let hi = token_words(&model, &Vec::<i64>::try_from(&hi)?)?.join(" ");
+            let lo = token_words(&model, &Vec::<i64>::try_from(&lo)?)?.join(" ");
+            if rank < 2 {
+                println!("      v{rank} ({:+.3}): + {hi} | - {lo}", values[rank as usize]);
+            }
+            table.push(vec![Value::Text(name.clone()), Value::Int(rank), Value::Float(values[rank as usize]), Value::Text(hi), Value::Text(lo)]);
+        }
+    }
+    super::circuit::write_table(&table, &args.out.join("eigenvectors.csv"))?;
+    super::circuit::both(&args.out.join("spectra"), |p| line_chart(p, &format!("Eigenvalues of Q(u), layer {layer}"), "rank by |eigenvalue|", "eigenvalue", &series))?;
+    if !args.no_task {
+        let vocab = TaskVocab::new(31);
+        if model.cfg.d_vocab < vocab.len() as i64 {
+            bail!("the modular-addition curve needs a model trained on the built-in tasks (pass --no-task)");
+        }
+        let batch = Task::ModularAddition.generate(&vocab, 256, 0)?;
+        let candidates: Vec<i64> = (0..vocab.modulus).map(|i| vocab.id(&format!("m{i}"))).collect::<std::result::Result<_, _>>()?;
+        let ks: Vec<i64> = [0, 1, 2, 4, 8, 16, 32, 64, bl.d_in()].into_iter().filter(|k| *k <= bl.d_in()).collect();
+        let curve = truncation_accuracy(&model, layer, &batch.clean, &candidates, &batch.answer, &ks)?;
+        let mut t = Table::new(&["k", "accuracy"]);
+        for (k, acc) in &curve {
+            t.push(vec![Value::Int(*k), Value::Float(*acc)]);
+        }
+        super::circuit::write_table(&t, &args.out.join("truncation.csv"))?;
+        let points = curve.iter().map(|(k, a)| ((*k as f64 + 1.0).log2(), *a)).collect();
+        let series = [Series { name: "accuracy".into(), points }];
+        super::circuit::both(&args.out.join("truncation"), |p| line_chart(p, "Modular addition with the MLP's logit terms truncated", "log2(k + 1) eigenpairs per answer", "accuracy", &series))?;
+        let shown: Vec<String> = curve.iter().map(|(k, a)| format!("k={k}: {a:.3}")).collect();
+        println!("modular addition (256 prompts), accuracy with k eigenpairs per answer logit: {}", shown.join(", "));
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct GraphArgs {
+    /// Checkpoint directory (default: models/shakespeare-gpt2).
+    pub model_dir: Option<PathBuf>,
+    /// Transcoders, one per layer: a circuit-tracer folder (config.yaml) or a folder of SAELens
+    /// transcoder folders (default: MODEL/transcoders).
+    #[arg(long)]
+    pub transcoders: Option<PathBuf>,
+    /// Prompt (BOS prepended).
+    #[arg(long, default_value = "ROMEO. But soft, what light through yonder window breaks? It is the")]
+    pub prompt: String,
+    /// Keep the nodes carrying this fraction of the influence on the logits.
+    #[arg(long, default_value_t = 0.8)]
+    pub node_threshold: f64,
+    /// Then keep the edges carrying this fraction.
+    #[arg(long, default_value_t = 0.98)]
+    pub edge_threshold: f64,
+    /// Targets per backward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch: i64,
+    /// Output directory (created).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// cpu, cuda, or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// `interp graph`: the attribution graph of a prompt.
+pub fn run_graph(args: &GraphArgs) -> Result<()> {
+    let dir = args.model_dir.clone().unwrap_or_else(|| PathBuf::from(super::DEFAULT_MODEL));
+    let device = super::device(&args.device)?;
+    let model = HookedTransformer::from_pretrained_dir(&dir, device, Kind::Float)?;
+    let tc_dir = args.transcoders.clone().unwrap_or_else(|| dir.join("transcoders"));
+    let transcoders = load_transcoder_set(&tc_dir, device)?;
+    let tok = model.tokenizer().context("the model has no tokenizer.json to encode the prompt")?;
+    let tokens = tok.encode(&args.prompt, true)?;
+    create(&args.out)?;
+    let start = std::time::Instant::now();
+    let graph = attribution_graph(&model, &transcoders, &tokens, &GraphConfig { batch_size: args.batch, progress: true, ..GraphConfig::default() })?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let pruned = graph.prune(args.node_threshold, args.edge_threshold)?;
+    let text = |t: i64| tok.decode(&[t]).unwrap_or_default();
+    let slug = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "graph".into());
+    let json = graph.to_circuit_tracer_json(&pruned, &slug, &slug, &text, args.node_threshold)?;
+    let json_path = args.out.join("graph.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", json_path.display()))?;
+    graph.write_html(&pruned, &args.out.join("graph.html"), &format!("Attribution graph: {}", args.prompt), &text)?;
+    let mut table = Table::new(&["node", "kind", "layer", "pos", "feature", "activation", "influence", "kept"]);
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let (kind, layer, pos, feature, act) = match *node {
+            Node::Feature { layer, pos, feature, activation } => ("feature", layer as i64, pos, feature, activation),
+            Node::Error { layer, pos } => ("error", layer as i64, pos, -1, f64::NAN),
+            Node::Token { pos, token } => ("token", -1, pos, token, f64::NAN),
+            Node::Logit { token, probability } => ("logit", model.cfg.n_layers as i64, tokens.len() as i64 - 1, token, probability),
+        };
+        table.push(vec![
+            Value::Int(i as i64),
+            Value::Text(kind.into()),
+            Value::Int(layer),
+            Value::Int(pos),
+            Value::Int(feature),
+            Value::Float(act),
+            Value::Float(pruned.influence[i]),
+            Value::Int(pruned.node_mask[i] as i64),
+        ]);
+    }
+    super::circuit::write_table(&table, &args.out.join("nodes.csv"))?;
+    let logits: Vec<String> = graph
+        .nodes
+        .iter()
+        .filter_map(|n| if let Node::Logit { token, probability } = n { Some(format!("{:?} {probability:.3}", text(*token))) } else { None })
+        .collect();
+    println!(
+        "{} tokens, {} active features, {} nodes in all; graph in {elapsed:.2} s; completeness error {:.1e}",
+        tokens.len(),
+        graph.n_features(),
+        graph.nodes.len(),
+        graph.completeness_error()?
+    );
+    println!("logit targets: {}", logits.join(", "));
+    println!("pruned to {} nodes and {} edges (thresholds {} / {})", pruned.n_nodes(), pruned.n_edges()?, args.node_threshold, args.edge_threshold);
+    println!("wrote {} (circuit-tracer layout) and {}", json_path.display(), args.out.join("graph.html").display());
+    Ok(())
+}

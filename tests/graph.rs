@@ -1,0 +1,216 @@
+//! Transcoder attribution graphs: completeness (incoming edges + bias = value), agreement with
+//! the transcoder paper's closed-form connections, determinism, pruning, the circuit-tracer JSON
+//! layout, and bad input.
+
+use circuits::attribution_graph::{attribution_graph, check_transcoders, de_embedding, feature_connections, AttributionGraph, GraphConfig, Node};
+use interp::circuits;
+use interp::interp_core::{tch, CacheSpec, HookedTransformer};
+use interp::transcoders::{load_transcoder_set, Architecture, DictionaryConfig, SparseDictionary};
+use tch::{Device, Kind, Tensor};
+
+const TEXT_MODEL: &str = "models/shakespeare-gpt2";
+
+fn text_model() -> HookedTransformer {
+    HookedTransformer::from_pretrained_dir(TEXT_MODEL, Device::Cpu, Kind::Float).unwrap()
+}
+
+/// Random TopK transcoders with non-zero biases (and a skip path when `skip`), one per layer.
+fn random_transcoders(model: &HookedTransformer, skip: bool) -> Vec<SparseDictionary> {
+    let d = model.cfg.d_model;
+    (0..model.cfg.n_layers)
+        .map(|l| {
+            let cfg = DictionaryConfig::transcoder(Architecture::TopK { k: 4 }, skip, &format!("blocks.{l}.ln2.hook_normalized"), &format!("blocks.{l}.hook_mlp_out"), d, d, 64);
+            let mut tc = SparseDictionary::init(cfg, 7 + l as i64, Device::Cpu).unwrap();
+            tc.b_enc = Tensor::randn([64], (Kind::Float, Device::Cpu)) * 0.1;
+            tc.b_dec = Tensor::randn([d], (Kind::Float, Device::Cpu)) * 0.1;
+            if skip {
+                tc.w_skip = Some(Tensor::randn([d, d], (Kind::Float, Device::Cpu)) * 0.05);
+            }
+            tc
+        })
+        .collect()
+}
+
+fn prompt(model: &HookedTransformer) -> Vec<i64> {
+    model.tokenizer().unwrap().encode("ROMEO: But soft, what light through yonder window", true).unwrap()
+}
+
+fn max_abs(t: &Tensor) -> f64 {
+    t.abs().max().double_value(&[])
+}
+
+#[test]
+fn edges_plus_bias_equal_each_value() {
+    let model = text_model();
+    let tokens = prompt(&model);
+    for skip in [false, true] {
+        let tcs = random_transcoders(&model, skip);
+        let graph = attribution_graph(&model, &tcs, &tokens, &GraphConfig { batch_size: 16, ..GraphConfig::default() }).unwrap();
+        assert_eq!(graph.n_features(), 2 * 4 * tokens.len(), "TopK 4 per token per layer");
+        let err = graph.completeness_error().unwrap();
+        let scale = max_abs(&graph.values);
+        assert!(err < 1e-4 * scale.max(1.0), "skip {skip}: completeness error {err:e} (values up to {scale})");
+        // The values are the real model's: pre-activations of the clean transcoder inputs and
+        // logits minus their mean.
+        let names: Vec<String> = (0..2).map(|l| format!("blocks.{l}.ln2.hook_normalized")).collect();
+        let input = Tensor::from_slice(&tokens).unsqueeze(0);
+        let (logits, cache) = model.run_with_cache(&input, CacheSpec::names(&names)).unwrap();
+        let logits = logits.get(0).get(-1).to_kind(Kind::Double);
+        let mut worst = 0f64;
+        for (i, node) in graph.nodes.iter().enumerate() {
+            let expected = match *node {
+                Node::Feature { layer, pos, feature, .. } => {
+                    tcs[layer].pre_activations(&cache.get(&names[layer]).unwrap().get(0).get(pos)).unwrap().double_value(&[feature])
+                }
+                Node::Logit { token, .. } => logits.double_value(&[token]) - logits.mean(Kind::Double).double_value(&[]),
+                _ => continue,
+            };
+            worst = worst.max((graph.values.double_value(&[i as i64]) - expected).abs());
+        }
+        assert!(worst < 1e-4, "linearised values = real values ({worst:e})");
+        // Sources have no inputs; features only read from earlier layers.
+        for (i, node) in graph.nodes.iter().enumerate() {
+            if let Node::Feature { layer: 0, .. } | Node::Error { .. } | Node::Token { .. } = node {
+                let row = graph.adjacency.get(i as i64);
+                let feature_inputs = row.narrow(0, 0, graph.n_features() as i64);
+                assert_eq!(max_abs(&feature_inputs), 0.0, "node {node:?} has feature inputs");
+            }
+        }
+    }
+}
+
+#[test]
+fn adjacent_layer_edges_match_the_closed_form() {
+    let model = text_model();
+    let tokens = prompt(&model);
+    let tcs = random_transcoders(&model, false);
+    let graph = attribution_graph(&model, &tcs, &tokens, &GraphConfig::default()).unwrap();
+    let input = Tensor::from_slice(&tokens).unsqueeze(0);
+    let (_, cache) = model.run_with_cache(&input, CacheSpec::names(["blocks.1.ln1.hook_scale", "blocks.1.ln2.hook_scale", "blocks.1.attn.hook_pattern"])).unwrap();
+    let sigma1 = cache.get("blocks.1.ln1.hook_scale").unwrap().get(0).squeeze_dim(-1).to_kind(Kind::Double);
+    let sigma2 = cache.get("blocks.1.ln2.hook_scale").unwrap().get(0).squeeze_dim(-1).to_kind(Kind::Double);
+    let pattern = cache.get("blocks.1.attn.hook_pattern").unwrap().get(0).to_kind(Kind::Double); // [head, dst, src]
+    let (mut checked, mut worst, mut largest) = (0, 0f64, 0f64);
+    for (ti, t) in graph.nodes.iter().enumerate() {
+        let Node::Feature { layer: 1, pos: p, feature: ft, .. } = *t else { continue };
+        for (si, s) in graph.nodes.iter().enumerate() {
+            let Node::Feature { layer: 0, pos: q, feature: fs, activation } = *s else { continue };
+            let conn = feature_connections(&model, 0, &tcs[0], &[fs], 1, &tcs[1], &[ft]).unwrap();
+            let mut expected = 0.0;
+            if p == q {
+                expected += conn.residual.double_value(&[0, 0]);
+            }
+            for h in 0..model.cfg.n_heads {
+                expected += pattern.double_value(&[h, p, q]) / sigma1.double_value(&[q]) * conn.heads.double_value(&[0, h, 0, 0]);
+            }
+            expected *= activation / sigma2.double_value(&[p]);
+            let edge = graph.adjacency.double_value(&[ti as i64, si as i64]);
+            worst = worst.max((edge - expected).abs());
+            largest = largest.max(expected.abs());
+            checked += 1;
+        }
+    }
+    assert!(checked > 500, "{checked} feature pairs");
+    assert!(largest > 1e-3, "non-trivial edges ({largest})");
+    assert!(worst < 1e-4 * largest.max(1.0), "graph edges vs a_s (d_s.e_t + sum_h A_h d_s W_OV e_t) / sigma: {worst:e}");
+    let de = de_embedding(&model, &tcs[1], &[0, 5]).unwrap();
+    assert_eq!(de.size(), [2, model.cfg.d_vocab]);
+}
+
+#[test]
+fn graphs_are_deterministic_and_batch_independent() {
+    let model = text_model();
+    let tokens = prompt(&model);
+    let tcs = random_transcoders(&model, true);
+    let build = |batch| attribution_graph(&model, &tcs, &tokens, &GraphConfig { batch_size: batch, ..GraphConfig::default() }).unwrap();
+    let (a, b, c) = (build(8), build(8), build(64));
+    assert_eq!(a.nodes, b.nodes);
+    assert!(a.adjacency.equal(&b.adjacency), "same prompt, same graph, bit for bit");
+    assert!(max_abs(&(&a.adjacency - &c.adjacency)) < 1e-5, "batch size does not change edges");
+}
+
+fn trained_graph(model: &HookedTransformer) -> AttributionGraph {
+    let tcs = load_transcoder_set(format!("{TEXT_MODEL}/transcoders"), Device::Cpu).unwrap();
+    let tokens = model.tokenizer().unwrap().encode("First Citizen: Before we proceed any further, hear me speak.", true).unwrap();
+    attribution_graph(model, &tcs, &tokens, &GraphConfig::default()).unwrap()
+}
+
+#[test]
+fn pruning_and_circuit_tracer_json() {
+    let model = text_model();
+    let graph = trained_graph(&model);
+    let err = graph.completeness_error().unwrap();
+    assert!(err < 1e-4 * max_abs(&graph.values).max(1.0), "trained transcoders: {err:e}");
+    let pruned = graph.prune(0.8, 0.98).unwrap();
+    let n = graph.nodes.len();
+    let n_tokens = graph.tokens.len();
+    assert!(pruned.node_mask[n - graph.n_logits() - n_tokens..].iter().all(|k| *k), "tokens and logits stay");
+    assert!(pruned.n_nodes() < n, "pruning removes nodes ({} of {n})", pruned.n_nodes());
+    let total = pruned.n_edges().unwrap();
+    let nonzero = graph.adjacency.ne(0.0).sum(Kind::Int64).int64_value(&[]);
+    assert!(total > 0 && total < nonzero, "{total} of {nonzero} edges kept");
+    // A kept edge joins two kept nodes.
+    let keep = Tensor::from_slice(&pruned.node_mask);
+    let outside = pruned.edge_mask.logical_and(&keep.unsqueeze(1).logical_and(&keep.unsqueeze(0)).logical_not());
+    assert_eq!(outside.sum(Kind::Int64).int64_value(&[]), 0);
+    // Looser thresholds keep a superset.
+    let loose = graph.prune(1.0, 1.0).unwrap();
+    assert!(loose.n_edges().unwrap() > total);
+    assert_eq!(pruned.edge_mask.logical_and(&loose.edge_mask.logical_not()).sum(Kind::Int64).int64_value(&[]), 0);
+    // The influence on the logits of a logit's own strongest input is positive.
+    let last = n as i64 - graph.n_logits() as i64;
+    let strongest = graph.adjacency.get(last).abs().argmax(0, false).int64_value(&[]);
+    assert!(pruned.influence[strongest as usize] > 0.0);
+
+    let tok = model.tokenizer().unwrap();
+    let text = |t: i64| tok.decode(&[t]).unwrap_or_default();
+    let json = graph.to_circuit_tracer_json(&pruned, "test", "shakespeare-gpt2", &text, 0.8).unwrap();
+    let nodes = json["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), pruned.n_nodes());
+    let ids: std::collections::HashSet<&str> = nodes.iter().map(|n| n["node_id"].as_str().unwrap()).collect();
+    for key in ["node_id", "feature", "layer", "ctx_idx", "feature_type", "jsNodeId", "influence", "is_target_logit"] {
+        assert!(nodes.iter().all(|n| n.get(key).is_some()), "every node has `{key}`");
+    }
+    let links = json["links"].as_array().unwrap();
+    assert_eq!(links.len() as i64, total);
+    assert!(links.iter().all(|l| ids.contains(l["source"].as_str().unwrap()) && ids.contains(l["target"].as_str().unwrap())));
+    assert_eq!(json["metadata"]["prompt_tokens"].as_array().unwrap().len(), graph.tokens.len());
+    assert_eq!(nodes.iter().filter(|n| n["is_target_logit"] == true).count(), 1);
+    let dir = std::env::temp_dir().join(format!("interp-graph-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    graph.write_html(&pruned, &dir.join("graph.html"), "test", &text).unwrap();
+    let html = std::fs::read_to_string(dir.join("graph.html")).unwrap();
+    assert_eq!(html.matches("<circle").count(), pruned.n_nodes());
+}
+
+#[test]
+fn graph_bad_input() {
+    let model = text_model();
+    let tokens = prompt(&model);
+    let tcs = random_transcoders(&model, false);
+    let err = |r: circuits::Result<AttributionGraph>| r.err().expect("an error").to_string();
+    let cfg = GraphConfig::default();
+    assert!(err(attribution_graph(&model, &tcs[..1], &tokens, &cfg)).contains("1 transcoders for a model with 2 layers"));
+    let swapped: Vec<SparseDictionary> = random_transcoders(&model, false).into_iter().rev().collect();
+    let msg = err(attribution_graph(&model, &swapped, &tokens, &cfg));
+    assert!(msg.contains("does not replace the MLP of layer 0"), "{msg}");
+    let mut sae = random_transcoders(&model, false);
+    sae[1] = SparseDictionary::init(DictionaryConfig::sae(Architecture::TopK { k: 4 }, "blocks.1.hook_mlp_out", 128, 64), 0, Device::Cpu).unwrap();
+    assert!(check_transcoders(&model, &sae).unwrap_err().to_string().contains("SAE"));
+    assert!(err(attribution_graph(&model, &tcs, &[], &cfg)).contains("non-empty"));
+    assert!(err(attribution_graph(&model, &tcs, &[0, 99_999], &cfg)).contains("99999"));
+    let attn_only = HookedTransformer::from_pretrained_dir("models/induction-attn-only", Device::Cpu, Kind::Float).unwrap();
+    assert!(err(attribution_graph(&attn_only, &tcs, &[0, 1], &cfg)).contains("attention-only"));
+    let task = HookedTransformer::from_pretrained_dir("models/tasks-bilinear", Device::Cpu, Kind::Float).unwrap();
+    let wide: Vec<SparseDictionary> = (0..2)
+        .map(|l| SparseDictionary::init(DictionaryConfig::transcoder(Architecture::TopK { k: 4 }, false, &format!("blocks.{l}.ln2.hook_normalized"), &format!("blocks.{l}.hook_mlp_out"), 64, 64, 32), 0, Device::Cpu).unwrap())
+        .collect();
+    assert!(err(attribution_graph(&task, &wide, &[0, 1], &cfg)).contains("d_model 128"));
+    assert!(graph_prune_err(&model, &tcs, &tokens).contains("fractions"));
+    assert!(load_transcoder_set("models/tasks-bilinear", Device::Cpu).err().unwrap().to_string().contains("neither a circuit-tracer set"));
+}
+
+fn graph_prune_err(model: &HookedTransformer, tcs: &[SparseDictionary], tokens: &[i64]) -> String {
+    let g = attribution_graph(model, tcs, tokens, &GraphConfig::default()).unwrap();
+    g.prune(1.5, 0.9).err().unwrap().to_string()
+}
