@@ -1,6 +1,7 @@
-//! Weight-based analysis benchmark (`cargo bench --bench features`): symmetric eigendecompositions
-//! per second at d 256 and 768 with ndarray-linalg (LAPACK, one matrix at a time) against torch
-//! (batched `linalg.eigh`), next to building the interaction matrices; and the attribution graph
+//! Weight-based analysis benchmark (`cargo bench --bench features [--features lapack]`): symmetric
+//! eigendecompositions per second at d 256 and 768 with torch (one at a time and batched
+//! `linalg.eigh`) and, with the `lapack` feature, ndarray-linalg (OpenBLAS; that build also slows
+//! torch's forwards, see circuits/Cargo.toml), next to building the interaction matrices; and the attribution graph
 //! of a 64-token prompt on the text model with its transcoders: time against a plain forward,
 //! batched backward passes against one target per pass, and memory.
 
@@ -26,34 +27,6 @@ fn rss_mib() -> (f64, f64) {
 
 fn main() {
     tch::set_num_threads(2);
-    let opts = (Kind::Double, Device::Cpu);
-    println!("eigendecompositions of symmetric matrices (f64), 2 threads:");
-    for (d, n) in [(256i64, 32i64), (768, 6)] {
-        tch::manual_seed(0);
-        let layer = BilinearLayer::new(&Tensor::randn([4 * d, d], opts), &Tensor::randn([4 * d, d], opts), &Tensor::randn([d, 4 * d], opts)).unwrap();
-        let us = Tensor::randn([n, d], opts);
-        let build = min_secs(2, || {
-            let _ = layer.interaction_matrices(&us).unwrap();
-        });
-        let qs = layer.interaction_matrices(&us).unwrap();
-        let lapack = min_secs(2, || {
-            for i in 0..n {
-                let _ = Spectrum::of(&qs.get(i)).unwrap();
-            }
-        });
-        let torch = min_secs(2, || {
-            let _ = Spectrum::of_batch(&qs).unwrap();
-        });
-        println!(
-            "  d {d:>3} (d_hidden {}): ndarray-linalg {:>7.1}/s, torch batched {:>7.1}/s (ratio torch/ndarray {:.2}); building Q(u) {:>7.1}/s",
-            4 * d,
-            n as f64 / lapack,
-            n as f64 / torch,
-            lapack / torch,
-            n as f64 / build
-        );
-    }
-
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/models/shakespeare-gpt2");
     let model = HookedTransformer::from_pretrained_dir(dir, Device::Cpu, Kind::Float).expect("text model");
     let tcs = load_transcoder_set(format!("{dir}/transcoders"), Device::Cpu).expect("transcoders");
@@ -64,6 +37,10 @@ fn main() {
     let input = Tensor::from_slice(&tokens).unsqueeze(0);
     let forward = min_secs(5, || {
         let _ = model.forward(&input).unwrap();
+    });
+    let rows = Tensor::from_slice(&tokens).unsqueeze(0).repeat([64, 1]);
+    let forward_batch = min_secs(3, || {
+        let _ = model.forward(&rows).unwrap();
     });
     let (rss0, _) = rss_mib();
     let cfg = GraphConfig { batch_size: 64, ..GraphConfig::default() };
@@ -83,9 +60,11 @@ fn main() {
         targets
     );
     println!(
-        "  batch {}: {secs:.2} s = {:.0} plain forwards ({:.2} ms each) for {passes:.0} forward+backward passes; completeness error {:.1e}",
+        "  batch {}: {secs:.2} s for {passes:.0} forward+backward passes = {:.1} plain forwards of the same [64, {}] batch ({:.0} ms) per pass; one forward of the prompt {:.2} ms; completeness error {:.1e}",
         cfg.batch_size,
-        secs / forward,
+        secs / passes / forward_batch,
+        tokens.len(),
+        forward_batch * 1e3,
         forward * 1e3,
         graph.completeness_error().unwrap()
     );
@@ -105,4 +84,34 @@ fn main() {
     let (one, targets) = time(1);
     let (batched, _) = time(64);
     println!("  16 tokens, {targets} targets: one target per pass {one:.2} s, 64 per pass {batched:.2} s: {:.1}x", one / batched);
+    let opts = (Kind::Double, Device::Cpu);
+    println!("eigendecompositions of symmetric matrices (f64), 2 threads:");
+    for (d, n) in [(256i64, 32i64), (768, 6)] {
+        tch::manual_seed(0);
+        let layer = BilinearLayer::new(&Tensor::randn([4 * d, d], opts), &Tensor::randn([4 * d, d], opts), &Tensor::randn([d, 4 * d], opts)).unwrap();
+        let us = Tensor::randn([n, d], opts);
+        let build = min_secs(2, || {
+            let _ = layer.interaction_matrices(&us).unwrap();
+        });
+        let qs = layer.interaction_matrices(&us).unwrap();
+        let single = min_secs(2, || {
+            for i in 0..n {
+                let _ = Spectrum::of(&qs.get(i)).unwrap();
+            }
+        });
+        let batched = min_secs(2, || {
+            let _ = Spectrum::of_batch(&qs).unwrap();
+        });
+        print!("  d {d:>3} (d_hidden {}): building Q(u) {:>6.1}/s; torch one at a time {:>6.1}/s, batched {:>6.1}/s", 4 * d, n as f64 / build, n as f64 / single, n as f64 / batched);
+        #[cfg(feature = "lapack")]
+        {
+            let lapack = min_secs(2, || {
+                for i in 0..n {
+                    let _ = Spectrum::of_lapack(&qs.get(i)).unwrap();
+                }
+            });
+            print!("; ndarray-linalg {:>6.1}/s (torch batched / ndarray-linalg {:.2})", n as f64 / lapack, lapack / batched);
+        }
+        println!();
+    }
 }

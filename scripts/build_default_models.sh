@@ -26,3 +26,12 @@ time ./target/release/interp train --out models/tasks-bilinear --data tasks \
   --style llama --mlp bilinear --layers 2 --d-model 128 --heads 4 --d-mlp 256 --ctx 32 \
   --steps 5000 --batch 160 --lr 3e-3 --warmup 100 --eval-every 1000 --checkpoint-every 1000 --seed 0 --threads 2
 rm -rf models/tasks-bilinear/checkpoints
+
+# TopK transcoders replacing both MLPs of the Shakespeare model (for `interp graph`).
+for l in 0 1; do
+  out=models/shakespeare-gpt2/transcoders/layer_$l
+  rm -rf "$out"
+  time ./target/release/interp sae train models/shakespeare-gpt2 --hook blocks.$l.ln2.hook_normalized \
+    --hook-out blocks.$l.hook_mlp_out --arch topk --k 16 --d-sae 512 --steps 2000 --out "$out" --seed $l
+  rm -rf "$out"/checkpoints "$out"/sparsity.safetensors
+done

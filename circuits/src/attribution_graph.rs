@@ -233,7 +233,6 @@ impl<'a> Replacement<'a> {
         let tokens = self.tokens.f_expand([rows, -1], false)?;
         let n = self.transcoders.len();
         let inputs: RefCell<Vec<Option<Tensor>>> = RefCell::new((0..n).map(|_| None).collect());
-        let final_in: RefCell<Option<Tensor>> = RefCell::new(None);
         let core = |e: Error| interp_core::Error::Input(e.to_string());
         let mut hooks = Hooks::new().add("hook_embed", |_, _| Ok(Some(leaves.embed.shallow_clone())));
         let c = &self.clean;
@@ -254,17 +253,26 @@ impl<'a> Replacement<'a> {
                 Ok(Some(out.f_to_kind(err.kind())?.f_add(err)?))
             });
         }
-        hooks = hooks.add("ln_final.hook_scale", |_, _| Ok(Some(expand(&c.final_scale, rows)?)));
-        hooks = hooks.add("unembed.hook_in", |x, _| {
-            *final_in.borrow_mut() = Some(x.shallow_clone());
-            Ok(None)
-        });
-        self.model.runner(&tokens).hooks(hooks).autograd().run()?;
-        let inputs = inputs.into_inner().into_iter().collect::<Option<Vec<_>>>();
-        match (inputs, final_in.into_inner()) {
-            (Some(inputs), Some(x_final)) => Ok((inputs, x_final)),
-            _ => Err(Error::Input("a transcoder input hook did not fire".into())),
+        // Stop after the last block and apply the final norm with its scale frozen: the
+        // unembedding is never needed, targets read the normalised residual.
+        let resid = self.model.runner(&tokens).hooks(hooks).stop_at_layer(n).autograd().run()?.output;
+        let scale = expand(&c.final_scale, rows)?;
+        let x = resid.f_to_kind(scale.kind())?;
+        let centred = match self.model.cfg.norm {
+            NormKind::LayerNorm => x.f_sub(&x.f_mean_dim(-1, true, scale.kind())?)?,
+            NormKind::RmsNorm => x,
+        };
+        let mut x_final = centred.f_div(&scale)?;
+        let (gain, bias) = self.model.norm_weights(NormSite::LnFinal)?;
+        if let Some(g) = gain {
+            x_final = x_final.f_mul(&g)?;
         }
+        if let Some(b) = bias {
+            x_final = x_final.f_add(&b)?;
+        }
+        let inputs = inputs.into_inner().into_iter().collect::<Option<Vec<_>>>();
+        let inputs = inputs.ok_or_else(|| Error::Input("a transcoder input hook did not fire".into()))?;
+        Ok((inputs, x_final.f_to_kind(self.model.kind())?))
     }
 
     /// The readout of `targets` (feature or logit nodes), one per row.
