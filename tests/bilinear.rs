@@ -99,9 +99,11 @@ fn one_hidden_unit() {
     }
 }
 
+/// name, truth table f(00, 01, 10, 11), Q row-major, eigenvalues ascending.
+type Gate = (&'static str, [f64; 4], [f64; 4], [f64; 2]);
+
 /// The unique symmetric Q of a gate on {0,1}^2 (x_i^2 = x_i) and its eigenvalues.
-const GATES: [(&str, [f64; 4], [f64; 4], [f64; 2]); 3] = [
-    // name, truth table f(00, 01, 10, 11), Q row-major, eigenvalues ascending
+const GATES: [Gate; 3] = [
     ("AND", [0.0, 0.0, 0.0, 1.0], [0.0, 0.5, 0.5, 0.0], [-0.5, 0.5]),
     ("XOR", [0.0, 1.0, 1.0, 0.0], [1.0, -1.0, -1.0, 1.0], [0.0, 2.0]),
     ("OR", [0.0, 1.0, 1.0, 1.0], [1.0, -0.5, -0.5, 1.0], [0.5, 1.5]),

@@ -31,7 +31,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 
-use interp_core::config::NormKind;
 use interp_core::{CacheSpec, HookedTransformer, Hooks, NormSite};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
@@ -144,8 +143,9 @@ struct Leaves {
 }
 
 impl Leaves {
-    fn repeat(clean: &Clean, rows: i64, grad: bool) -> Result<Leaves> {
-        let rep = |t: &Tensor| -> Result<Tensor> { Ok(t.f_unsqueeze(0)?.f_repeat([rows, 1, 1])?.f_detach()?.f_set_requires_grad(grad)?) };
+    /// The clean sources repeated `rows` times, as leaves that collect gradients.
+    fn repeat(clean: &Clean, rows: i64) -> Result<Leaves> {
+        let rep = |t: &Tensor| -> Result<Tensor> { Ok(t.f_unsqueeze(0)?.f_repeat([rows, 1, 1])?.f_detach()?.f_set_requires_grad(true)?) };
         Ok(Leaves {
             embed: rep(&clean.embed)?,
             acts: clean.acts.iter().map(rep).collect::<Result<_>>()?,
@@ -185,7 +185,7 @@ struct Replacement<'a> {
 fn expand(t: &Tensor, rows: i64) -> std::result::Result<Tensor, tch::TchError> {
     let mut shape = t.size();
     shape.insert(0, rows);
-    Ok(t.f_unsqueeze(0)?.f_expand(shape.as_slice(), false)?)
+    t.f_unsqueeze(0)?.f_expand(shape.as_slice(), false)
 }
 
 impl<'a> Replacement<'a> {
@@ -257,12 +257,7 @@ impl<'a> Replacement<'a> {
         // unembedding is never needed, targets read the normalised residual.
         let resid = self.model.runner(&tokens).hooks(hooks).stop_at_layer(n).autograd().run()?.output;
         let scale = expand(&c.final_scale, rows)?;
-        let x = resid.f_to_kind(scale.kind())?;
-        let centred = match self.model.cfg.norm {
-            NormKind::LayerNorm => x.f_sub(&x.f_mean_dim(-1, true, scale.kind())?)?,
-            NormKind::RmsNorm => x,
-        };
-        let mut x_final = centred.f_div(&scale)?;
+        let mut x_final = self.model.cfg.norm.centre(&resid.f_to_kind(scale.kind())?, -1)?.f_div(&scale)?;
         let (gain, bias) = self.model.norm_weights(NormSite::LnFinal)?;
         if let Some(g) = gain {
             x_final = x_final.f_mul(&g)?;
@@ -281,7 +276,7 @@ impl<'a> Replacement<'a> {
         let rows = targets.len() as i64;
         let pos = self.tokens.size()[1];
         let dev = self.model.device();
-        let mut inject: Vec<Tensor> = (0..c.n_layers).map(|_| Tensor::f_zeros([rows, pos, c.d_model], (Kind::Float, dev))).collect::<std::result::Result<_, _>>()?;
+        let inject: Vec<Tensor> = (0..c.n_layers).map(|_| Tensor::f_zeros([rows, pos, c.d_model], (Kind::Float, dev))).collect::<std::result::Result<_, _>>()?;
         let inject_final = Tensor::f_zeros([rows, pos, c.d_model], (Kind::Float, dev))?;
         let mut constant = vec![0f64; targets.len()];
         let w_u = self.model.w_u().f_to_kind(Kind::Float)?;
@@ -293,7 +288,7 @@ impl<'a> Replacement<'a> {
                 Node::Feature { layer, pos, feature, .. } => {
                     let tc = &self.transcoders[layer];
                     let w = tc.w_enc.f_select(1, feature)?;
-                    let _ = inject[layer].f_get(row)?.f_get(pos)?.f_copy_(&w)?;
+                    inject[layer].f_get(row)?.f_get(pos)?.f_copy_(&w)?;
                     let mut k = tc.b_enc.f_double_value(&[feature])?;
                     if tc.cfg.apply_b_dec_to_input {
                         k -= tc.b_dec.f_dot(&w)?.f_double_value(&[])?;
@@ -302,7 +297,7 @@ impl<'a> Replacement<'a> {
                 }
                 Node::Logit { token, .. } => {
                     let u = w_u.f_select(1, token)?.f_sub(&mean_u)?;
-                    let _ = inject_final.f_get(row)?.f_get(pos - 1)?.f_copy_(&u)?;
+                    inject_final.f_get(row)?.f_get(pos - 1)?.f_copy_(&u)?;
                     if let (Some(b), Some(mean)) = (self.model.b_u(), b_u_mean) {
                         constant[row as usize] = b.f_double_value(&[token])? - mean;
                     }
@@ -310,10 +305,7 @@ impl<'a> Replacement<'a> {
                 _ => return Err(Error::Input("only features and logits are targets".into())),
             }
         }
-        for t in inject.iter_mut() {
-            *t = t.f_to_kind(self.model.kind())?;
-        }
-        Ok(Readout { inject, inject_final: inject_final.f_to_kind(self.model.kind())?, constant: Tensor::f_from_slice(&constant)? })
+        Ok(Readout { inject, inject_final, constant: Tensor::f_from_slice(&constant)? })
     }
 }
 
@@ -386,7 +378,7 @@ pub fn attribution_graph(model: &HookedTransformer, transcoders: &[SparseDiction
         let readout = rep.readout(&nodes, chunk)?;
         let zero_x: Vec<Tensor> = zero_run.0.iter().map(|x| Ok(expand(&x.f_squeeze_dim(0)?, chunk.len() as i64)?)).collect::<Result<_>>()?;
         let bias = read(&zero_x, &expand(&zero_run.1.f_squeeze_dim(0)?, chunk.len() as i64)?, &readout)?;
-        let leaves = Leaves::repeat(&rep.clean, chunk.len() as i64, true)?;
+        let leaves = Leaves::repeat(&rep.clean, chunk.len() as i64)?;
         let (x_in, x_final) = rep.forward(&leaves)?;
         let value = read(&x_in, &x_final, &readout)?;
         let all = leaves.all();
@@ -710,17 +702,10 @@ impl AttributionGraph {
 pub fn residual_encoder(model: &HookedTransformer, tc: &SparseDictionary) -> Result<Tensor> {
     let w = tc.w_enc.f_to_kind(Kind::Double)?;
     if tc.cfg.hook_name.ends_with("ln2.hook_normalized") {
-        centre_for(model, &w, 0)
+        Ok(model.cfg.norm.centre(&w, 0)?)
     } else {
         Ok(w)
     }
-}
-
-fn centre_for(model: &HookedTransformer, w: &Tensor, dim: i64) -> Result<Tensor> {
-    Ok(match model.cfg.norm {
-        NormKind::LayerNorm => w.f_sub(&w.f_mean_dim(dim, true, Kind::Double)?)?,
-        NormKind::RmsNorm => w.shallow_clone(),
-    })
 }
 
 /// Input-invariant connections from features `src_features` of transcoder `src` (layer
@@ -748,9 +733,10 @@ pub fn feature_connections(model: &HookedTransformer, src_layer: usize, src: &Sp
     let residual = d_src.f_matmul(&e_tgt)?;
     let c = &model.cfg;
     let group = c.n_heads / c.n_kv_heads;
+    let centred = c.norm.centre(&d_src, 1)?;
     let mut layers = Vec::new();
     for l in src_layer + 1..=tgt_layer {
-        let mut d = centre_for(model, &d_src, 1)?;
+        let mut d = centred.shallow_clone();
         if let Some(g) = model.norm_weights(NormSite::Ln1(l))?.0 {
             d = d.f_mul(&g.f_to_kind(Kind::Double)?)?;
         }

@@ -51,7 +51,7 @@ impl BilinearLayer {
     /// output bias becomes one extra hidden unit `1 * 1` written by `P[:, last] = b_out`.
     pub fn with_biases(w: &Tensor, v: &Tensor, p: &Tensor, b_w: Option<&Tensor>, b_v: Option<&Tensor>, b_out: Option<&Tensor>) -> Result<Self> {
         let plain = Self::new(w, v, p)?;
-        let (d_h, d_in, d_out) = (plain.d_hidden(), plain.w.size()[1], plain.p.size()[0]);
+        let (d_h, d_in, d_out) = (plain.d_hidden(), plain.d_in(), plain.d_out());
         let dev = plain.w.device();
         let bias = |b: Option<&Tensor>, n: i64, what: &str| -> Result<Tensor> {
             match b {
@@ -364,10 +364,7 @@ pub fn unembedding_direction(model: &HookedTransformer, token: i64) -> Result<Te
     if let (Some(g), _) = model.norm_weights(NormSite::LnFinal)? {
         u = u.f_mul(&g.f_to_kind(Kind::Double)?)?;
     }
-    if model.cfg.norm == interp_core::config::NormKind::LayerNorm {
-        u = u.f_sub(&u.f_mean(Kind::Double)?)?;
-    }
-    Ok(u)
+    Ok(model.cfg.norm.centre(&u, 0)?)
 }
 
 /// Token scores [d_vocab] of an input-space direction `v` [d_model(+1)]: `W_E v`, the direct path

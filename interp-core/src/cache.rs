@@ -149,12 +149,7 @@ impl ActivationCache {
     /// Shapes: stack [n, batch, pos, d_model] -> same.
     pub fn apply_ln_to_stack(&self, stack: &Tensor) -> Result<Tensor> {
         let scale = self.f32(HookPoint::LnFinalScale)?; // [b, p, 1]
-        let x = stack.f_to_kind(Kind::Float)?;
-        let x = match self.norm {
-            NormKind::LayerNorm => x.f_sub(&x.f_mean_dim(-1, true, Kind::Float)?)?,
-            NormKind::RmsNorm => x,
-        };
-        Ok(x.f_div(&scale)?)
+        Ok(self.norm.centre(&stack.f_to_kind(Kind::Float)?, -1)?.f_div(&scale)?)
     }
 }
 

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use serde_json::{Map, Value};
+use tch::Tensor;
 
 use crate::error::{Error, Result};
 
@@ -25,6 +26,17 @@ pub enum Architecture {
 pub enum NormKind {
     LayerNorm,
     RmsNorm,
+}
+
+impl NormKind {
+    /// The norm's linear step along `dim`: subtract the mean (LayerNorm) or nothing (RMSNorm).
+    /// Dividing the result by the norm's scale gives the normalised input.
+    pub fn centre(self, x: &Tensor, dim: i64) -> Result<Tensor> {
+        Ok(match self {
+            NormKind::LayerNorm => x.f_sub(&x.f_mean_dim(dim, true, x.kind())?)?,
+            NormKind::RmsNorm => x.shallow_clone(),
+        })
+    }
 }
 
 /// MLP nonlinearity. Gated MLPs compute `act(x W_gate) * (x W_in)`.

@@ -366,10 +366,7 @@ impl HookedTransformer {
                 }
             }
             (Some((scale_point, normalized_point)), kind) => {
-                let centred = match kind {
-                    NormKind::LayerNorm => x32.f_sub(&x32.f_mean_dim(-1, true, acc)?)?,
-                    NormKind::RmsNorm => x32,
-                };
+                let centred = kind.centre(&x32, -1)?;
                 let scale = centred.f_square()?.f_mean_dim(-1, true, acc)?.f_add_scalar(n.eps)?.f_sqrt()?;
                 let scale = run.fire(scale_point, scale)?;
                 let mut y = run.fire(normalized_point, centred.f_div(&scale)?)?;
