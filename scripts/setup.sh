@@ -22,7 +22,8 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
   echo "setup: installing torch==$TORCH_VERSION from PyPI (about 4.7 GB, a few minutes)"
-  .venv/bin/pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
+  # No pip cache: the wheels would take another 4.7 GB of disk.
+  .venv/bin/pip install -q --no-cache-dir --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
 site=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 ln -sfn "$site/torch" .libtorch

@@ -9,7 +9,7 @@ use interp::interp_core::{tch, HookedTransformer};
 use tch::{Device, Kind, Tensor};
 
 fn planted_model(kind: Kind) -> HookedTransformer {
-    let dir = std::env::temp_dir().join(format!("interp-planted-{}", std::process::id()));
+    let dir = common::Scratch::new("planted");
     planted::write_planted(&dir);
     HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, kind).expect("planted model loads")
 }

@@ -29,7 +29,7 @@ fn inspect_lists_sizes_and_every_hook_point() {
 #[test]
 fn cache_writes_requested_hooks_and_logits() {
     let dir = fixture("gpt_neox");
-    let tmp = std::env::temp_dir().join(format!("interp-cli-{}", std::process::id()));
+    let tmp = common::Scratch::new("cli");
     std::fs::create_dir_all(&tmp).unwrap();
     let ids_file = tmp.join("ids.safetensors");
     let ids = reference("gpt_neox")["input_ids"].shallow_clone();
@@ -82,7 +82,7 @@ fn main_job_prints_a_logit_lens_summary() {
 
 #[test]
 fn train_killed_midway_resumes_to_the_same_weights() {
-    let root = std::env::temp_dir().join(format!("interp-cli-train-{}", std::process::id()));
+    let root = common::Scratch::new("cli-train");
     let _ = std::fs::remove_dir_all(&root);
     let corpus = root.join("corpus");
     std::fs::create_dir_all(&corpus).unwrap();
@@ -129,7 +129,7 @@ fn train_killed_midway_resumes_to_the_same_weights() {
 fn sae_train_eval_and_dashboard_from_the_command_line() {
     let model = common::repo("models/shakespeare-gpt2");
     let model = model.to_str().unwrap();
-    let out = std::env::temp_dir().join(format!("interp-cli-sae-{}", std::process::id()));
+    let out = common::Scratch::new("cli-sae");
     let _ = std::fs::remove_dir_all(&out);
     let (o, cache) = (out.join("tc"), out.join("acts"));
     let args = ["sae", "train", model, "--hook", "blocks.0.ln2.hook_normalized", "--hook-out", "blocks.0.hook_mlp_out", "--arch", "topk", "--k", "8"];
@@ -159,7 +159,7 @@ fn sae_train_eval_and_dashboard_from_the_command_line() {
 
 #[test]
 fn circuit_commands_write_tables_json_and_charts() {
-    let out = std::env::temp_dir().join(format!("interp-cli-circuits-{}", std::process::id()));
+    let out = common::Scratch::new("cli-circuits");
     let o = |sub: &str| out.join(sub).to_str().unwrap().to_string();
     let (ok, stdout, err) = interp(&["acdc", "--task", "greater-than", "--n", "16", "--out", &o("acdc")]);
     assert!(ok, "{err}");
@@ -196,7 +196,7 @@ fn circuit_commands_write_tables_json_and_charts() {
 
 #[test]
 fn bilinear_and_graph_write_their_reports() {
-    let out = std::env::temp_dir().join(format!("interp-cli-features-{}", std::process::id()));
+    let out = common::Scratch::new("cli-features");
     let o = |s: &str| out.join(s).to_str().unwrap().to_string();
     let (ok, stdout, err) = interp(&["bilinear", "--tokens", "m3,m4-m5", "--out", &o("bilinear")]);
     assert!(ok, "{err}");
@@ -221,6 +221,84 @@ fn bilinear_and_graph_write_their_reports() {
         vec!["bilinear", "--tokens", "not-a-token", "--out", &o("bad")],
         vec!["graph", "--transcoders", "models/tasks-bilinear", "--out", &o("bad")],
     ] {
+        let (ok, _, err) = interp(&args);
+        assert!(!ok && err.trim().lines().count() == 1 && err.starts_with("error: "), "{args:?}: {err}");
+    }
+}
+
+/// The columns of a parquet table the report wrote, and its row count.
+fn parquet_columns(path: &std::path::Path) -> (Vec<String>, usize) {
+    use polars::prelude::{ParquetReader, SerReader};
+    let df = ParquetReader::new(std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).finish().unwrap();
+    (df.get_column_names().iter().map(|c| c.to_string()).collect(), df.height())
+}
+
+#[test]
+fn report_is_one_self_contained_page_with_every_part() {
+    let out = common::Scratch::new("cli-report");
+    let (ok, stdout, err) = interp(&["report", "--n", "8", "--out", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("report.html"), "{stdout}");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for section in [
+        "shakespeare-gpt2: model and logit lens",
+        "Sparse dictionaries: SAEs and transcoders",
+        "Transcoder attribution graph",
+        "tasks-bilinear: model and logit lens",
+        "Causal tracing: facts",
+        "Circuits: ioi",
+        "Circuits: greater_than",
+        "Bilinear MLP spectra: layer 1",
+    ] {
+        assert!(html.contains(&format!(">{section}</h2>")), "section {section:?} missing");
+    }
+    // Self-contained: every picture is embedded, nothing is fetched.
+    let images = html.matches("<img ").count();
+    assert!(images >= 12 && images == html.matches("src=\"data:image/png;base64,").count(), "{images} images");
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http"));
+    assert!(html.matches("<h3>Latent ").count() >= 6, "dashboards of 3 latents for each of at least two dictionaries");
+    // Stable table columns (README), readable by polars.
+    let text = out.join("shakespeare-gpt2");
+    let task = out.join("tasks-bilinear");
+    for (path, columns) in [
+        (text.join("model.parquet"), "property,value"),
+        (text.join("logit_lens.parquet"), "component,pos,token,next_token,top_token,p_top,p_next"),
+        (text.join("dictionaries.parquet"), "dictionary,hook_in,hook_out,architecture,d_sae,l0,fvu,ce_loss_recovered,dead_fraction"),
+        (text.join("nodes.parquet"), "node,kind,layer,pos,feature,activation,influence,kept"),
+        (task.join("task_scores.parquet"), "task,prompts,score"),
+        (task.join("aie.parquet"), "label,n_prompts,total_effect,kind,role,layer,aie"),
+        (task.join("traces.parquet"), "label,kind,pos,role,layer,probability,indirect_effect"),
+        (task.join("ioi/acdc_edges.parquet"), "edge,sender,receiver,kept,effect"),
+        (task.join("ioi/eap_ig_scores.parquet"), "edge,sender,receiver,score"),
+        (task.join("greater-than/faithfulness.parquet"), "method,n_edges,faithfulness"),
+        (task.join("eigenvectors.parquet"), "direction,rank,eigenvalue,favoured_tokens,disfavoured_tokens"),
+        (task.join("truncation.parquet"), "k,accuracy"),
+    ] {
+        let (names, rows) = parquet_columns(&path);
+        assert_eq!(names.join(","), columns, "{}", path.display());
+        assert!(rows > 0, "{}", path.display());
+        let csv = std::fs::read_to_string(path.with_extension("csv")).unwrap();
+        assert!(csv.starts_with(&format!("{columns}\n")) && csv.lines().count() == rows + 1, "{}", path.display());
+    }
+    // The task model solves every task; the logit lens's last row reproduces the model's prediction.
+    let scores = std::fs::read_to_string(task.join("task_scores.csv")).unwrap();
+    assert!(scores.lines().skip(1).all(|l| l.rsplit(',').next().unwrap().parse::<f64>().unwrap() > 0.9), "{scores}");
+    for sub in ["ioi", "greater-than"] {
+        for name in ["circuit.json", "eap_ig_circuit.json"] {
+            let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(task.join(sub).join(name)).unwrap()).unwrap();
+            let n = json["n_edges"].as_u64().unwrap();
+            assert!(n > 0 && n < json["n_edges_total"].as_u64().unwrap() && json["edges"].as_array().unwrap().len() as u64 == n, "{sub}/{name}");
+        }
+        assert!(task.join(sub).join("circuit_acdc.svg").exists() && task.join(sub).join("circuit_eap_ig.png").exists());
+    }
+    assert!(text.join("graph.json").exists());
+
+    // Any model directory: the parts that apply, and a note for the rest.
+    let (ok, _, err) = interp(&["report", fixture("gpt2").to_str().unwrap(), "--out", out.join("gpt2").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let html = std::fs::read_to_string(out.join("gpt2/report.html")).unwrap();
+    assert!(html.contains("gpt2: model and logit lens</h2>") && html.contains("Skipped: this model does not use the built-in tasks"));
+    for args in [vec!["report", "no/such/model", "--out", out.to_str().unwrap()], vec!["report", fixture("llama").to_str().unwrap(), "--out", out.to_str().unwrap()]] {
         let (ok, _, err) = interp(&args);
         assert!(!ok && err.trim().lines().count() == 1 && err.starts_with("error: "), "{args:?}: {err}");
     }

@@ -1,17 +1,15 @@
 //! Corpora, tokenizer training, token datasets and n-gram baselines.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::Scratch;
 
 use interp::interp_core::data::{self, Document, TokenDataset};
 use interp::interp_core::tch::Tensor;
 use interp::interp_core::train::BatchSource;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("interp-data-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn shakespeare_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/shakespeare")
@@ -19,7 +17,7 @@ fn shakespeare_dir() -> PathBuf {
 
 #[test]
 fn bad_corpora_give_clear_errors() {
-    let dir = scratch("empty");
+    let dir = Scratch::new("data-empty");
     assert!(data::read_text_dir(&dir).unwrap_err().to_string().contains("no .txt files"));
     std::fs::write(dir.join("a.txt"), "fine text").unwrap();
     std::fs::write(dir.join("b.txt"), b"caf\xe9").unwrap();

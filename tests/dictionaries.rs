@@ -207,11 +207,8 @@ fn loads_sparsify_and_circuit_tracer_layouts() {
     }
 }
 
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("interp-dict-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn tempdir(name: &str) -> common::Scratch {
+    common::Scratch::new(&format!("dict-{name}"))
 }
 
 #[test]
@@ -255,7 +252,7 @@ fn resume_is_exact_and_refuses_other_configs() {
     let source = || InMemoryActivations::new(vec![("x".into(), x.shallow_clone())], 512).unwrap();
     let fresh = || SparseDictionary::init(DictionaryConfig::sae(Architecture::TopK { k: 4 }, "x", D, 64), 0, Device::Cpu).unwrap();
     let dir = tempdir("resume");
-    let cfg = SaeTrainConfig { checkpoint_every: 5, checkpoint_dir: Some(dir.clone()), dead_tokens: 2048, ..quiet(20) };
+    let cfg = SaeTrainConfig { checkpoint_every: 5, checkpoint_dir: Some(dir.to_path_buf()), dead_tokens: 2048, ..quiet(20) };
     let mut whole = fresh();
     train_dictionaries(std::slice::from_mut(&mut whole), &mut source(), &SaeTrainConfig { checkpoint_dir: None, ..cfg.clone() }).unwrap();
     let mut first = fresh();

@@ -2,6 +2,8 @@
 //! the transcoder paper's closed-form connections, determinism, pruning, the circuit-tracer JSON
 //! layout, and bad input.
 
+mod common;
+
 use circuits::attribution_graph::{attribution_graph, check_transcoders, de_embedding, feature_connections, AttributionGraph, GraphConfig, Node};
 use interp::circuits;
 use interp::interp_core::{tch, CacheSpec, HookedTransformer};
@@ -176,8 +178,7 @@ fn pruning_and_circuit_tracer_json() {
     assert!(links.iter().all(|l| ids.contains(l["source"].as_str().unwrap()) && ids.contains(l["target"].as_str().unwrap())));
     assert_eq!(json["metadata"]["prompt_tokens"].as_array().unwrap().len(), graph.tokens.len());
     assert_eq!(nodes.iter().filter(|n| n["is_target_logit"] == true).count(), 1);
-    let dir = std::env::temp_dir().join(format!("interp-graph-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::Scratch::new("graph");
     graph.write_html(&pruned, &dir.join("graph.html"), "test", &text).unwrap();
     let html = std::fs::read_to_string(dir.join("graph.html")).unwrap();
     assert_eq!(html.matches("<circle").count(), pruned.n_nodes());

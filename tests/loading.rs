@@ -2,17 +2,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::{fixture, load, max_abs_diff, reference};
 use interp::interp_core::{tch, CacheSpec, HookedTransformer, PaddingSide};
 use tch::{Device, Kind, Tensor};
 
 /// A fresh copy of a fixture directory (without the reference file) to break in some way.
-fn scratch(arch: &str, name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("interp-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+fn scratch(arch: &str, name: &str) -> common::Scratch {
+    let dir = common::Scratch::new(&format!("test-{name}"));
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         let src = fixture(arch).join(f);
         if src.exists() {

@@ -11,10 +11,8 @@ fn spec(style: BlockStyle, mlp: Option<MlpKind>) -> ModelSpec {
     ModelSpec { style, n_layers: 2, d_model: 32, n_heads: 4, d_mlp: 64, d_vocab: 16, n_ctx: 32, mlp, tie_embeddings: false, bos_token_id: Some(0) }
 }
 
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("interp-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+fn scratch(name: &str) -> common::Scratch {
+    common::Scratch::new(&format!("train-{name}"))
 }
 
 /// Next token = a fixed permutation of the current one: learnable by one layer.
@@ -94,7 +92,7 @@ fn training_learns_and_resumes_exactly() {
     assert!(before > 2.0 && after < 0.3 * before, "eval loss {before} -> {after}");
     // Interrupted at step 12 (after the checkpoint of step 10), then resumed.
     let dir = scratch("resume");
-    let cfg = TrainConfig { checkpoint_dir: Some(dir.clone()), ..quiet(60) };
+    let cfg = TrainConfig { checkpoint_dir: Some(dir.to_path_buf()), ..quiet(60) };
     let b = init();
     let err = b.train(&Permutation { fail_at: Some(12) }, &cfg).unwrap_err();
     assert!(err.to_string().contains("interrupted"));
@@ -115,7 +113,7 @@ fn nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
     let dir = scratch("nan");
     let model = HookedTransformer::init_random(&spec(BlockStyle::Llama, Some(MlpKind::SwiGlu)), 4, Kind::Float, Device::Cpu).unwrap();
     // A learning rate this large diverges within a few steps.
-    let cfg = TrainConfig { lr: 1e30, warmup_steps: 1, grad_clip: None, checkpoint_every: 1, checkpoint_dir: Some(dir.clone()), ..quiet(50) };
+    let cfg = TrainConfig { lr: 1e30, warmup_steps: 1, grad_clip: None, checkpoint_every: 1, checkpoint_dir: Some(dir.to_path_buf()), ..quiet(50) };
     let e = model.train(&Permutation { fail_at: None }, &cfg).unwrap_err().to_string();
     assert!((e.contains("training loss is") || e.contains("diverged")) && e.contains("stopped"), "{e}");
     let ckpt: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(dir.join("checkpoint.safetensors")).unwrap().into_iter().collect();

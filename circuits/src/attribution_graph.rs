@@ -34,9 +34,12 @@ use std::path::Path;
 use interp_core::{CacheSpec, HookedTransformer, Hooks, NormSite};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
-use transcoders::{Architecture, DictionaryKind, SparseDictionary};
+use transcoders::{html_escape, Architecture, DictionaryKind, SparseDictionary};
 
 use crate::error::{Error, Result};
+
+/// Styles the fragment of [`AttributionGraph::html_view`] needs.
+pub const GRAPH_CSS: &str = ".axis{font-size:13px;fill:#444} .tok{font-size:13px;font-family:monospace}";
 
 /// How a graph is built and pruned.
 #[derive(Clone, Debug)]
@@ -604,10 +607,21 @@ impl AttributionGraph {
         }))
     }
 
-    /// A self-contained HTML page drawing the pruned graph: one column per position, one row per
-    /// layer (embeddings at the bottom, logits at the top), node area by influence, edges blue
-    /// (excitatory) or red (inhibitory) with opacity by |weight|; hover for details.
+    /// A self-contained HTML page of [`AttributionGraph::html_view`].
     pub fn write_html(&self, pruned: &Pruned, path: &Path, title: &str, token_text: &dyn Fn(i64) -> String) -> Result<()> {
+        let html = format!(
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title><style>body{{font-family:sans-serif;margin:20px}} {GRAPH_CSS}</style></head><body>\n<h2>{t}</h2>\n{}</body></html>\n",
+            self.html_view(pruned, token_text)?,
+            t = html_escape(title),
+        );
+        std::fs::write(path, html).map_err(Error::io(path))
+    }
+
+    /// The pruned graph as an HTML fragment (a caption and an inline SVG; styles in [`GRAPH_CSS`]):
+    /// one column per position, one row per layer (embeddings at the bottom, logits at the top),
+    /// node area by influence, edges blue (excitatory) or red (inhibitory) with opacity by
+    /// |weight|; hover for details.
+    pub fn html_view(&self, pruned: &Pruned, token_text: &dyn Fn(i64) -> String) -> Result<String> {
         let n_pos = self.tokens.len();
         let (col_w, row_h, left, top) = (110.0, 90.0, 60.0, 40.0);
         let rows = self.n_layers + 2; // E, layers, logits
@@ -644,7 +658,7 @@ impl AttributionGraph {
         let pairs = Vec::<i64>::try_from(&mask.f_flatten(0, -1)?)?;
         let weights = Vec::<f64>::try_from(&self.adjacency.f_index(&[Some(mask.f_select(1, 0)?), Some(mask.f_select(1, 1)?)])?.f_to_kind(Kind::Double)?)?;
         let max_w = weights.iter().fold(0f64, |m, w| m.max(w.abs())).max(1e-12);
-        let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+        let esc = html_escape;
         let mut svg = String::new();
         for r in 0..rows {
             let y = top + row_h * (rows - 1 - r) as f64 + row_h / 2.0;
@@ -683,15 +697,13 @@ impl AttributionGraph {
                 pruned.influence[i]
             );
         }
-        let html = format!(
-            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title><style>body{{font-family:sans-serif;margin:20px}} .axis{{font-size:13px;fill:#444}} .tok{{font-size:13px;font-family:monospace}}</style></head><body>\n<h2>{t}</h2>\n<p>{nodes} of {all} nodes and {edges} edges kept by influence on the logits. Node area: influence; blue edges excite, red inhibit; hover for values. Completeness error (max |sum of inputs + bias − value|): {err:.2e}.</p>\n<svg width=\"{width:.0}\" height=\"{height:.0}\" xmlns=\"http://www.w3.org/2000/svg\">\n{svg}</svg>\n</body></html>\n",
-            t = esc(title),
+        Ok(format!(
+            "<p>{nodes} of {all} nodes and {edges} edges kept by influence on the logits. Node area: influence; blue edges excite, red inhibit; hover for values. Completeness error (max |sum of inputs + bias − value|): {err:.2e}.</p>\n<svg width=\"{width:.0}\" height=\"{height:.0}\" xmlns=\"http://www.w3.org/2000/svg\">\n{svg}</svg>\n",
             nodes = pruned.n_nodes(),
             all = self.nodes.len(),
             edges = pruned.n_edges()?,
             err = self.completeness_error()?,
-        );
-        std::fs::write(path, html).map_err(Error::io(path))
+        ))
     }
 }
 

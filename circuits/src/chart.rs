@@ -1,5 +1,5 @@
-//! Charts for reports: heatmap panels (patching and tracing grids) and line charts (faithfulness
-//! curves), as SVG or PNG by the file extension. PNG text uses DejaVu Sans embedded in the
+//! Charts for reports: heatmap panels (patching and tracing grids), line charts (faithfulness
+//! curves) and circuit drawings, as SVG or PNG by the file extension. PNG text uses DejaVu Sans embedded in the
 //! binary, so it renders on machines without fonts.
 
 use std::path::Path;
@@ -9,6 +9,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::graph::{EdgeGraph, Qkv, Receiver, Sender};
 
 /// One heatmap: `values[row][col]`.
 #[derive(Clone, Debug)]
@@ -272,4 +273,85 @@ fn draw_heatmap<DB: DrawingBackend>(
         }))
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// Draws the kept edges of a circuit on the edge graph into `path` (`.svg` or `.png`): the
+/// embedding at the bottom, then each layer's heads and MLP, the logits at the top; edge width by
+/// `|weight|` (an ACDC effect or an attribution score), colour by the receiving input (q red, k
+/// green, v blue, MLP and logits grey); nodes without a kept edge are faint.
+pub fn circuit_graph(path: &Path, title: &str, graph: &EdgeGraph, kept: &[bool], weights: &[f64]) -> Result<()> {
+    if kept.len() != graph.n_edges() || weights.len() != graph.n_edges() {
+        return Err(Error::Input(format!("{} edges in the graph, {} kept flags and {} weights", graph.n_edges(), kept.len(), weights.len())));
+    }
+    // Rows bottom to top: embed, then per layer heads and MLP, then logits.
+    let n_heads = graph.senders.iter().filter_map(|s| if let Sender::Head { head, .. } = s { Some(*head + 1) } else { None }).max().unwrap_or(0) as usize;
+    let has_mlp = graph.senders.iter().any(|s| matches!(s, Sender::Mlp { .. }));
+    let per_layer = 1 + has_mlp as usize;
+    let n_rows = 2 + per_layer * graph.n_layers;
+    let width = (140 + 110 * n_heads.max(2)) as u32;
+    let height = (90 + 90 * n_rows) as u32;
+    let row_y = |row: usize| -> i32 { (height as usize - 50 - 90 * row) as i32 - 20 };
+    let centre = width as i32 / 2;
+    let head_x = |h: i64| -> i32 { 90 + ((width as i32 - 180) * (2 * h as i32 + 1)) / (2 * n_heads.max(1) as i32) };
+    let sender_xy = |s: &Sender| -> (i32, i32) {
+        match s {
+            Sender::Embed => (centre, row_y(0)),
+            Sender::Head { layer, head } => (head_x(*head), row_y(1 + per_layer * layer)),
+            Sender::Mlp { layer } => (centre, row_y(2 + per_layer * layer)),
+        }
+    };
+    let receiver_xy = |r: &Receiver| -> ((i32, i32), RGBColor) {
+        match r {
+            Receiver::Head { layer, head, input } => {
+                let (dx, colour) = match input {
+                    Qkv::Q => (-10, RGBColor(200, 40, 40)),
+                    Qkv::K => (0, RGBColor(30, 140, 50)),
+                    Qkv::V => (10, RGBColor(40, 80, 200)),
+                };
+                ((head_x(*head) + dx, row_y(1 + per_layer * layer)), colour)
+            }
+            Receiver::Mlp { layer } => ((centre, row_y(2 + per_layer * layer)), RGBColor(90, 90, 90)),
+            Receiver::Logits => ((centre, row_y(n_rows - 1)), RGBColor(90, 90, 90)),
+        }
+    };
+    let max_w = weights.iter().zip(kept).filter(|(_, k)| **k).fold(0f64, |m, (w, _)| m.max(w.abs())).max(1e-12);
+    let mut active = std::collections::HashSet::new();
+    for (e, _) in graph.edges.iter().zip(kept).filter(|(_, k)| **k) {
+        active.insert(e.sender.to_string());
+        active.insert(match e.receiver {
+            Receiver::Head { layer, head, .. } => Sender::Head { layer, head }.to_string(),
+            r => r.to_string(),
+        });
+    }
+    let mut nodes: Vec<(String, (i32, i32))> = graph.senders.iter().map(|s| (s.to_string(), sender_xy(s))).collect();
+    nodes.push(("logits".into(), receiver_xy(&Receiver::Logits).0));
+    render!(path, (width, height), |root| {
+        let draw = || -> std::result::Result<(), String> {
+            root.draw(&Text::new(title.to_string(), (16, 12), ("sans-serif", 18).into_font())).map_err(|e| e.to_string())?;
+            for (i, (e, w)) in graph.edges.iter().zip(weights).enumerate() {
+                if !kept[i] {
+                    continue;
+                }
+                let (from, (to, colour)) = (sender_xy(&e.sender), receiver_xy(&e.receiver));
+                let stroke = 1 + (5.0 * w.abs() / max_w).round() as u32;
+                root.draw(&PathElement::new(vec![(from.0, from.1 - 14), (to.0, to.1 + 14)], colour.mix(0.75).stroke_width(stroke)))
+                    .map_err(|e| e.to_string())?;
+            }
+            for (name, (x, y)) in &nodes {
+                let on = active.contains(name);
+                let (fill, ink) = if on { (RGBColor(255, 236, 200), BLACK) } else { (RGBColor(245, 245, 245), RGBColor(180, 180, 180)) };
+                let half = 7 * name.len() as i32 / 2 + 10;
+                root.draw(&Rectangle::new([(x - half, y - 14), (x + half, y + 14)], fill.filled())).map_err(|e| e.to_string())?;
+                root.draw(&Rectangle::new([(x - half, y - 14), (x + half, y + 14)], ink.stroke_width(1))).map_err(|e| e.to_string())?;
+                let style = ("sans-serif", 14).into_font().color(&ink).pos(plotters::style::text_anchor::Pos::new(
+                    plotters::style::text_anchor::HPos::Center,
+                    plotters::style::text_anchor::VPos::Center,
+                ));
+                root.draw(&Text::new(name.clone(), (*x, *y), style)).map_err(|e| e.to_string())?;
+            }
+            let legend = "edge width: |weight|; into q (red), k (green), v (blue), MLP and logits (grey)";
+            root.draw(&Text::new(legend, (16, height as i32 - 22), ("sans-serif", 13).into_font())).map_err(|e| e.to_string())
+        };
+        draw()
+    })
 }

@@ -19,6 +19,9 @@ pub enum Error {
     UnsupportedLayout(String),
     #[error("chart {path}: {message}")]
     Chart { path: PathBuf, message: String },
+    /// polars could not build or write a table.
+    #[error("table {path}: {message}")]
+    Table { path: PathBuf, message: String },
     /// libtorch's message, first line only (the rest is a C++ backtrace).
     #[error("torch: {}", .0.to_string().lines().next().unwrap_or_default())]
     Torch(#[from] tch::TchError),

@@ -38,4 +38,6 @@ pub use attribution_graph::{attribution_graph, AttributionGraph, GraphConfig};
 pub mod bilinear;
 pub use bilinear::{BilinearLayer, Spectrum};
 pub mod chart;
-pub use chart::{heatmaps, line_chart, Heatmap, Series};
+pub use chart::{circuit_graph, heatmaps, line_chart, Heatmap, Series};
+pub mod report;
+pub use report::Report;

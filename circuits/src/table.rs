@@ -1,7 +1,9 @@
-//! Tidy tables (one row per observation) written as CSV.
+//! Tidy tables (one row per observation), built row by row and handed to polars: a
+//! [`DataFrame`](polars::prelude::DataFrame) for analysis, parquet and CSV files for other tools.
 
-use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::{Column, CsvWriter, DataFrame, ParquetWriter, SerWriter};
 
 use crate::error::{Error, Result};
 
@@ -39,6 +41,16 @@ impl From<String> for Value {
     }
 }
 
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Int(x) => write!(f, "{x}"),
+            Value::Float(x) => write!(f, "{x}"),
+            Value::Text(s) => f.write_str(s),
+        }
+    }
+}
+
 /// A table with named columns.
 #[derive(Clone, Debug, Default)]
 pub struct Table {
@@ -56,25 +68,57 @@ impl Table {
         self.rows.push(row);
     }
 
-    pub fn to_csv(&self) -> String {
-        let mut out = self.columns.join(",");
-        out.push('\n');
-        for row in &self.rows {
-            let cells: Vec<String> = row
-                .iter()
-                .map(|v| match v {
-                    Value::Int(x) => x.to_string(),
-                    Value::Float(x) => format!("{x}"),
-                    Value::Text(s) if s.contains([',', '"', '\n']) => format!("\"{}\"", s.replace('"', "\"\"")),
-                    Value::Text(s) => s.clone(),
-                })
-                .collect();
-            let _ = writeln!(out, "{}", cells.join(","));
+    /// The rows of `other` appended; `self` takes `other`'s columns when it has none yet.
+    pub fn extend(&mut self, other: Table) -> Result<()> {
+        if self.columns.is_empty() {
+            self.columns = other.columns;
+        } else if self.columns != other.columns {
+            return Err(Error::Input(format!("cannot append a table with columns {:?} to one with {:?}", other.columns, self.columns)));
         }
-        out
+        self.rows.extend(other.rows);
+        Ok(())
     }
 
-    pub fn write_csv(&self, path: &Path) -> Result<()> {
-        std::fs::write(path, self.to_csv()).map_err(Error::io(path))
+    /// The table as a polars `DataFrame`: a column of integers is `i64`, of numbers `f64`
+    /// (integers among floats become floats), of anything else `str`.
+    pub fn to_dataframe(&self) -> Result<DataFrame> {
+        let columns = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(j, name)| {
+                let cells = self.rows.iter().map(|r| r.get(j).ok_or_else(|| Error::Input(format!("a row has no cell for column `{name}`"))));
+                let cells: Vec<&Value> = cells.collect::<Result<_>>()?;
+                let name = name.as_str().into();
+                Ok(if cells.iter().all(|v| matches!(v, Value::Int(_))) {
+                    Column::new(name, cells.iter().map(|v| if let Value::Int(x) = v { *x } else { 0 }).collect::<Vec<i64>>())
+                } else if cells.iter().all(|v| matches!(v, Value::Int(_) | Value::Float(_))) {
+                    let number = |v: &&Value| match v {
+                        Value::Int(x) => *x as f64,
+                        Value::Float(x) => *x,
+                        Value::Text(_) => f64::NAN,
+                    };
+                    Column::new(name, cells.iter().map(number).collect::<Vec<f64>>())
+                } else {
+                    Column::new(name, cells.iter().map(|v| v.to_string()).collect::<Vec<String>>())
+                })
+            })
+            .collect::<Result<Vec<Column>>>()?;
+        DataFrame::new_infer_height(columns).map_err(|e| Error::Table { path: PathBuf::new(), message: e.to_string() })
+    }
+
+    /// Writes `stem.parquet` and `stem.csv` (header row, comma separated, RFC 4180 quoting).
+    pub fn write(&self, stem: &Path) -> Result<()> {
+        let mut df = self.to_dataframe()?;
+        for ext in ["parquet", "csv"] {
+            let path = stem.with_extension(ext);
+            let file = std::fs::File::create(&path).map_err(Error::io(&path))?;
+            let written = match ext {
+                "parquet" => ParquetWriter::new(file).finish(&mut df).map(|_| ()),
+                _ => CsvWriter::new(file).include_header(true).finish(&mut df),
+            };
+            written.map_err(|e| Error::Table { path: path.clone(), message: e.to_string() })?;
+        }
+        Ok(())
     }
 }

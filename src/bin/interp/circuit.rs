@@ -1,18 +1,20 @@
-//! `interp patch | trace | acdc | eap`: circuit analysis on the built-in tasks, writing CSV tables,
-//! JSON and SVG + PNG charts.
+//! `interp patch | trace | acdc | eap`: circuit analysis on the built-in tasks, writing tables
+//! (parquet + CSV), JSON, charts (SVG + PNG) and a report.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use interp::circuits::{
-    acdc, activation_patching, causal_trace, circuit_nodes, edge_attribution, estimate_sigma, heatmaps, line_chart, summarize, top_k_masks,
-    Ablation, AcdcConfig, AttributionMethod, Corruption, EdgeGraph, Heatmap, Metric, PatchSite, Series, Table, TaskPrompts, TraceConfig,
-    TracePrompt, TOKEN_ROLES,
+    acdc, activation_patching, causal_trace, circuit_graph, circuit_nodes, edge_attribution, estimate_sigma, heatmaps, line_chart, summarize,
+    top_k_masks, Ablation, AcdcConfig, AttributionMethod, Corruption, EdgeGraph, Heatmap, Metric, PatchSite, Series, Table, TaskPrompts,
+    TraceConfig, TracePrompt, Value, TOKEN_ROLES,
 };
 use interp::interp_core::tasks::{Task, TaskVocab};
 use interp::interp_core::{tch, HookedTransformer};
 use tch::{Kind, Tensor};
+
+use super::output::Output;
 
 /// The model the circuit commands run on when none is given: the committed task model.
 pub const TASK_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tasks-bilinear");
@@ -80,28 +82,17 @@ fn setup(args: &TaskArgs) -> Result<Setup> {
         bail!("--n must be at least 1");
     }
     let prompts = TaskPrompts::new(args.task.task(), &vocab, args.n, args.seed)?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     Ok(Setup { model, vocab, prompts })
 }
 
-pub fn write_table(table: &Table, path: &Path) -> Result<()> {
-    table.write_csv(path)?;
-    println!("wrote {}", path.display());
-    Ok(())
-}
-
-/// Writes the chart as .svg and .png next to each other.
-pub fn both(stem: &Path, draw: impl Fn(&Path) -> interp::circuits::Result<()>) -> Result<()> {
-    for ext in ["svg", "png"] {
-        let path = stem.with_extension(ext);
-        draw(&path)?;
-        println!("wrote {}", path.display());
-    }
-    Ok(())
-}
-
-pub fn patch(args: &TaskArgs, sites: &[String]) -> Result<()> {
+pub fn patch(args: &TaskArgs, sites: &[String], out: &mut Output) -> Result<()> {
     let s = setup(args)?;
+    out.report.section(&format!("Activation patching: {}", Task::name(args.task.task())));
+    out.report.paragraph(&format!(
+        "Each activation of the clean run patched into the corrupted run ({} prompts, metric {}); 1 = the clean value restored, 0 = no change.",
+        args.n,
+        s.prompts.metric.name()
+    ));
     let sites: Vec<PatchSite> = if sites.is_empty() || sites.iter().any(|x| x == "all") {
         PatchSite::ALL.iter().copied().filter(|p| !(s.model.cfg.attn_only && *p == PatchSite::MlpOut)).collect()
     } else {
@@ -112,11 +103,7 @@ pub fn patch(args: &TaskArgs, sites: &[String]) -> Result<()> {
     for site in sites {
         let r = activation_patching(&s.model, &s.prompts.clean, &s.prompts.corrupted, &s.prompts.metric, site, 4096)?;
         println!("{:<10} clean {:.4} corrupted {:.4} ({} forwards)", site.name(), r.clean, r.corrupted, r.forwards);
-        let t = r.to_table()?;
-        if table.columns.is_empty() {
-            table.columns = t.columns.clone();
-        }
-        table.rows.extend(t.rows);
+        table.extend(r.to_table()?)?;
         let n = r.normalized.f_to_kind(Kind::Double)?;
         let layers: Vec<String> = (0..s.model.cfg.n_layers).map(|l| format!("L{l}")).collect();
         let panels: Vec<Heatmap> = match site.axes() {
@@ -132,9 +119,9 @@ pub fn patch(args: &TaskArgs, sites: &[String]) -> Result<()> {
                 })
                 .collect::<Result<_>>()?,
         };
-        both(&args.out.join(format!("patch_{}", site.name())), |path| heatmaps(path, &panels))?;
+        out.chart(&format!("patch_{}", site.name()), &format!("patching {}", site.name()), |path| heatmaps(path, &panels))?;
     }
-    write_table(&table, &args.out.join("patching.csv"))
+    out.table("patching", "patching results", &table)
 }
 
 fn grid(title: &str, values: &Tensor, rows: Vec<String>, cols: Vec<String>, x: &str, y: &str) -> Result<Heatmap> {
@@ -151,7 +138,7 @@ pub struct TraceArgs {
     pub charts: usize,
 }
 
-pub fn trace(args: &TaskArgs, t: &TraceArgs) -> Result<()> {
+pub fn trace(args: &TaskArgs, t: &TraceArgs, out: &mut Output) -> Result<()> {
     let s = setup(args)?;
     let task = args.task.task();
     if !matches!(task, Task::Facts | Task::ModularAddition) {
@@ -162,6 +149,16 @@ pub fn trace(args: &TaskArgs, t: &TraceArgs) -> Result<()> {
         None => estimate_sigma(&s.model, &s.prompts.clean)?,
     };
     println!("noise: {} x sigma {sigma:.4}, {} samples", t.scale, t.samples);
+    out.report.section(&format!("Causal tracing: {}", Task::name(task)));
+    out.report.paragraph(&format!(
+        "ROME's causal tracing on {} prompts: Gaussian noise ({} x sigma {sigma:.4}, {} samples) on the subject's embeddings, then the clean \
+         residual (and MLP / attention outputs over a window of {} layers) restored at each (token, layer). Heatmaps show the probability \
+         of the correct answer; average indirect effects (AIE) are grouped by prompt type (label) and ROME's token roles.",
+        rows_of(&s.prompts.clean),
+        t.scale,
+        t.samples,
+        t.window
+    ));
     let rows = s.prompts.clean.size()[0];
     let answers = Vec::<i64>::try_from(&s.prompts.answer)?;
     let bar = interp::interp_core::train::progress_bar(rows as u64, "prompts", true);
@@ -178,11 +175,7 @@ pub fn trace(args: &TaskArgs, t: &TraceArgs) -> Result<()> {
             max_rows: 4096,
         };
         let tr = causal_trace(&s.model, &prompt, &cfg)?;
-        let tt = tr.to_table()?;
-        if table.columns.is_empty() {
-            table.columns = tt.columns.clone();
-        }
-        table.rows.extend(tt.rows);
+        table.extend(tr.to_table()?)?;
         if (i as usize) < t.charts {
             let labels: Vec<String> = prompt.tokens.iter().map(|t| s.vocab.word(*t).to_string()).collect();
             let layers: Vec<String> = (0..s.model.cfg.n_layers).map(|l| format!("L{l}")).collect();
@@ -192,15 +185,15 @@ pub fn trace(args: &TaskArgs, t: &TraceArgs) -> Result<()> {
                 grid(&format!("attention window {}", t.window), &tr.attn, labels.clone(), layers.clone(), "layer", "token")?,
             ];
             if let Some(sev) = &tr.severed_mlp {
-                panels.push(grid("residual, later MLPs severed", sev, labels, layers, "layer", "token")?);
+                panels.push(grid("residual, later MLPs severed", sev, labels.clone(), layers, "layer", "token")?);
             }
-            both(&args.out.join(format!("trace_{i}")), |path| heatmaps(path, &panels))?;
+            let caption = format!("prompt {i} ({}): {}", prompt.label, labels.join(" "));
+            out.chart(&format!("trace_{i}"), &caption, |path| heatmaps(path, &panels))?;
         }
         traces.push(tr);
         bar.inc(1);
     }
     bar.finish_and_clear();
-    write_table(&table, &args.out.join("traces.csv"))?;
     let mut summary_table = Table::new(&["label", "n_prompts", "total_effect", "kind", "role", "layer", "aie"]);
     for sm in summarize(&traces)? {
         println!("{:<8} {} prompts, mean total effect {:.4}", sm.label, sm.n_prompts, sm.total_effect);
@@ -223,9 +216,15 @@ pub fn trace(args: &TaskArgs, t: &TraceArgs) -> Result<()> {
             }
             panels.push(grid(&format!("AIE {kind} ({}, n={})", sm.label, sm.n_prompts), g, roles.clone(), layers.clone(), "layer", "token role")?);
         }
-        both(&args.out.join(format!("aie_{}", sm.label)), |path| heatmaps(path, &panels))?;
+        let caption = format!("average indirect effects, {} prompts ({} of them), mean total effect {:.3}", sm.label, sm.n_prompts, sm.total_effect);
+        out.chart(&format!("aie_{}", sm.label), &caption, |path| heatmaps(path, &panels))?;
     }
-    write_table(&summary_table, &args.out.join("aie.csv"))
+    out.table("aie", "average indirect effects", &summary_table)?;
+    out.table("traces", "every traced cell", &table)
+}
+
+fn rows_of(t: &Tensor) -> i64 {
+    t.size()[0]
 }
 
 pub struct AcdcArgs {
@@ -249,8 +248,27 @@ fn edge_counts(n: usize) -> Vec<usize> {
     out
 }
 
-pub fn run_acdc(args: &TaskArgs, a: &AcdcArgs, with_acdc: bool) -> Result<()> {
+/// The kept edges of a circuit as JSON: nodes, edges with their weights, faithfulness.
+fn circuit_json(graph: &EdgeGraph, kept: &[bool], weights: &[f64], info: serde_json::Value) -> serde_json::Value {
+    let edges: Vec<serde_json::Value> = graph
+        .edges
+        .iter()
+        .zip(kept.iter().zip(weights))
+        .filter(|(_, (k, _))| **k)
+        .map(|(e, (_, w))| serde_json::json!({"sender": e.sender.to_string(), "receiver": e.receiver.to_string(), "weight": w}))
+        .collect();
+    let mut json = serde_json::json!({ "n_edges_total": graph.n_edges(), "n_edges": edges.len(), "nodes": circuit_nodes(graph, kept), "edges": edges });
+    if let (Some(j), Some(extra)) = (json.as_object_mut(), info.as_object()) {
+        j.extend(extra.clone());
+    }
+    json
+}
+
+/// EAP and EAP-IG edge scores with faithfulness curves of their top-k circuits, the EAP-IG
+/// circuit drawn; with `with_acdc` also ACDC at tau x 1/4 .. 4, its circuit drawn.
+pub fn run_acdc(args: &TaskArgs, a: &AcdcArgs, with_acdc: bool, out: &mut Output) -> Result<()> {
     let s = setup(args)?;
+    let task = Task::name(args.task.task());
     let graph = EdgeGraph::new(&s.model)?;
     let acts = graph.activations(&s.model, &s.prompts.clean, &s.prompts.corrupted, a.ablation)?;
     let task_metric = &s.prompts.metric;
@@ -264,10 +282,21 @@ pub fn run_acdc(args: &TaskArgs, a: &AcdcArgs, with_acdc: bool) -> Result<()> {
     } else {
         task_metric
     };
+    let ablation = format!("{:?}", a.ablation).to_lowercase();
     println!("{} edges; {} clean {m_clean:.4}, corrupted {m_corrupt:.4}", graph.n_edges(), task_metric.name());
+    out.report.section(&format!("Circuits: {task}"));
+    out.report.paragraph(&format!(
+        "{} prompts; {} edges between the embedding, every head and MLP, and the logits; {} ablation. Metric {}: clean {m_clean:.4}, \
+         corrupted {m_corrupt:.4}. Faithfulness = (circuit - corrupted) / (clean - corrupted) on the task metric.",
+        args.n,
+        graph.n_edges(),
+        ablation,
+        task_metric.name()
+    ));
     let mut curves: Vec<Series> = Vec::new();
     let mut curve_table = Table::new(&["method", "n_edges", "faithfulness"]);
     let counts = edge_counts(graph.n_edges());
+    let mut eap_ig = None;
     for method in [AttributionMethod::Eap, AttributionMethod::EapIg { steps: a.steps.max(1) }] {
         let t0 = std::time::Instant::now();
         let scores = edge_attribution(&s.model, &graph, &acts, task_metric, method)?;
@@ -278,13 +307,33 @@ pub fn run_acdc(args: &TaskArgs, a: &AcdcArgs, with_acdc: bool) -> Result<()> {
             curve_table.push(vec![method.name().into(), (*k).into(), (*v).into()]);
         }
         curves.push(Series { name: method.name(), points: counts.iter().map(|k| *k as f64).zip(f.iter().copied()).collect() });
+        let scores = Vec::<f64>::try_from(&scores.to_kind(Kind::Double))?;
         let mut table = Table::new(&["edge", "sender", "receiver", "score"]);
-        for (e, sc) in graph.edges.iter().zip(Vec::<f64>::try_from(&scores.to_kind(Kind::Double))?) {
-            table.push(vec![e.to_string().into(), e.sender.to_string().into(), e.receiver.to_string().into(), sc.into()]);
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|i, j| scores[*j].abs().total_cmp(&scores[*i].abs()));
+        for i in order {
+            let e = &graph.edges[i];
+            table.push(vec![e.to_string().into(), e.sender.to_string().into(), e.receiver.to_string().into(), scores[i].into()]);
         }
         let stem = if method == AttributionMethod::Eap { "eap_scores" } else { "eap_ig_scores" };
-        write_table(&table, &args.out.join(format!("{stem}.csv")))?;
+        out.table(stem, &format!("{} edge scores, largest |score| first", method.name()), &table)?;
+        if method != AttributionMethod::Eap {
+            eap_ig = Some((scores, f));
+        }
     }
+    let (scores, f) = eap_ig.context("EAP-IG scores")?;
+    // The EAP-IG circuit: the fewest top edges reaching faithfulness 0.9 (or all of them).
+    let at = f.iter().position(|v| *v >= 0.9).unwrap_or(counts.len() - 1);
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|i, j| scores[*j].abs().total_cmp(&scores[*i].abs()));
+    let mut kept = vec![false; scores.len()];
+    for i in &order[..counts[at]] {
+        kept[*i] = true;
+    }
+    let title = format!("{task}: EAP-IG top {} edges (faithfulness {:.2})", counts[at], f[at]);
+    out.chart("circuit_eap_ig", &title, |p| circuit_graph(p, &title, &graph, &kept, &scores))?;
+    let info = serde_json::json!({ "task": task, "method": "EAP-IG", "steps": a.steps.max(1), "metric": task_metric.name(), "ablation": ablation, "faithfulness": f[at] });
+    out.json("eap_ig_circuit.json", "EAP-IG circuit", &circuit_json(&graph, &kept, &scores, info))?;
     if with_acdc {
         // Default tau: 1.5% of the gap the metric has to explain (KL: of the corrupted run's KL).
         let gap = if a.kl { metric.value(&corrupted_logits)? } else { (m_clean - m_corrupt).abs() };
@@ -305,29 +354,18 @@ pub fn run_acdc(args: &TaskArgs, a: &AcdcArgs, with_acdc: bool) -> Result<()> {
         curves.push(Series { name: "ACDC (tau x 1/4 .. 4)".into(), points });
         let (found, f) = main.context("the main ACDC run")?;
         println!("ACDC tau {tau:.4}: {} of {} edges kept, faithfulness {f:.3} ({} forwards, {} edge sets)", found.n_kept(), graph.n_edges(), found.n_forwards, found.n_variants);
+        let title = format!("{task}: ACDC, tau {tau:.3} ({} edges, faithfulness {f:.2})", found.n_kept());
+        out.chart("circuit_acdc", &title, |p| circuit_graph(p, &title, &graph, &found.kept, &found.effect))?;
         let mut table = Table::new(&["edge", "sender", "receiver", "kept", "effect"]);
         for (i, e) in graph.edges.iter().enumerate() {
             table.push(vec![e.to_string().into(), e.sender.to_string().into(), e.receiver.to_string().into(), i64::from(found.kept[i]).into(), found.effect[i].into()]);
         }
-        write_table(&table, &args.out.join("acdc_edges.csv"))?;
-        let edges: Vec<serde_json::Value> = graph
-            .edges
-            .iter()
-            .zip(&found.kept)
-            .zip(&found.effect)
-            .filter(|((_, k), _)| **k)
-            .map(|((e, _), eff)| serde_json::json!({"sender": e.sender.to_string(), "receiver": e.receiver.to_string(), "effect": eff}))
-            .collect();
-        let json = serde_json::json!({
-            "task": Task::name(args.task.task()), "metric": metric.name(), "tau": tau, "ablation": format!("{:?}", a.ablation).to_lowercase(),
-            "n_edges_total": graph.n_edges(), "n_edges": found.n_kept(), "faithfulness": f,
-            "nodes": circuit_nodes(&graph, &found.kept), "edges": edges,
-        });
-        let path = args.out.join("circuit.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
+        table.rows.sort_by_key(|row| row[3] != Value::Int(1));
+        out.table("acdc_edges", "ACDC: every edge, kept ones first, with the loss increase when it was tested", &table)?;
+        let info = serde_json::json!({ "task": task, "method": "ACDC", "metric": metric.name(), "tau": tau, "ablation": ablation, "faithfulness": f });
+        out.json("circuit.json", "ACDC circuit", &circuit_json(&graph, &found.kept, &found.effect, info))?;
     }
-    write_table(&curve_table, &args.out.join("faithfulness.csv"))?;
-    let title = format!("faithfulness on {} ({} edges)", Task::name(args.task.task()), graph.n_edges());
-    both(&args.out.join("faithfulness"), |path| line_chart(path, &title, "edges kept", "faithfulness", &curves))
+    let title = format!("faithfulness on {task} ({} edges)", graph.n_edges());
+    out.chart("faithfulness", &title, |path| line_chart(path, &title, "edges kept", "faithfulness", &curves))?;
+    out.table("faithfulness", "faithfulness curves", &curve_table)
 }

@@ -1,7 +1,7 @@
 //! `interp bilinear | graph`: weight-based analysis of bilinear MLPs and transcoder attribution
 //! graphs, writing CSV tables, charts (SVG + PNG), circuit-tracer JSON and an HTML view.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use interp::circuits::attribution_graph::{attribution_graph, GraphConfig, Node};
@@ -11,6 +11,8 @@ use interp::interp_core::tasks::{Task, TaskVocab};
 use interp::interp_core::{tch, HookedTransformer};
 use interp::transcoders::load_transcoder_set;
 use tch::{Kind, Tensor};
+
+use super::output::Output;
 
 #[derive(clap::Args)]
 pub struct BilinearArgs {
@@ -38,10 +40,6 @@ pub struct BilinearArgs {
     pub device: String,
 }
 
-fn create(out: &Path) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))
-}
-
 fn token_words(model: &HookedTransformer, ids: &[i64]) -> Result<Vec<String>> {
     match model.tokenizer() {
         Some(t) => Ok(t.to_str_tokens(ids)?),
@@ -61,12 +59,11 @@ fn token_id(model: &HookedTransformer, word: &str) -> Result<i64> {
 }
 
 /// `interp bilinear`: spectra, eigenvector token readouts and truncation curves.
-pub fn run_bilinear(args: &BilinearArgs) -> Result<()> {
+pub fn run_bilinear(args: &BilinearArgs, out: &mut Output) -> Result<()> {
     let dir = args.model_dir.clone().unwrap_or_else(|| PathBuf::from(super::circuit::TASK_MODEL));
     let model = HookedTransformer::from_pretrained_dir(&dir, super::device(&args.device)?, Kind::Float)?;
     let layer = args.layer.unwrap_or(model.cfg.n_layers.saturating_sub(1));
     let bl = BilinearLayer::from_model(&model, layer)?;
-    create(&args.out)?;
     let mut dirs = Vec::new();
     for spec in &args.tokens {
         let u = match spec.split_once('-').filter(|(a, b)| !a.is_empty() && !b.is_empty()) {
@@ -81,7 +78,13 @@ pub fn run_bilinear(args: &BilinearArgs) -> Result<()> {
     let spectra = Spectrum::of_batch(&bl.interaction_matrices(&Tensor::f_stack(&dirs, 0)?)?)?;
     let mut table = Table::new(&["direction", "rank", "eigenvalue", "favoured_tokens", "disfavoured_tokens"]);
     let mut series = Vec::new();
-    println!("layer {layer} MLP ({} hidden units), input blocks.{layer}.ln2.hook_normalized; {} directions", bl.d_hidden(), dirs.len());
+    let intro = format!("layer {layer} MLP ({} hidden units), input blocks.{layer}.ln2.hook_normalized; {} directions", bl.d_hidden(), dirs.len());
+    println!("{intro}");
+    out.report.section(&format!("Bilinear MLP spectra: layer {layer}"));
+    out.report.paragraph(&format!(
+        "{intro}. For each output direction u (a token's unembedding, or a difference of two), the MLP's contribution u . y is the \
+         quadratic form x^T Q(u) x; its eigenvectors, ordered by |eigenvalue|, read out through the embedding as the tokens they favour and disfavour."
+    ));
     for (i, name) in args.tokens.iter().enumerate() {
         let spec = spectra.get(i as i64)?;
         let values = spec.eigenvalues()?;
@@ -108,8 +111,9 @@ pub fn run_bilinear(args: &BilinearArgs) -> Result<()> {
             table.push(vec![Value::Text(name.clone()), Value::Int(rank), Value::Float(values[rank as usize]), Value::Text(hi), Value::Text(lo)]);
         }
     }
-    super::circuit::write_table(&table, &args.out.join("eigenvectors.csv"))?;
-    super::circuit::both(&args.out.join("spectra"), |p| line_chart(p, &format!("Eigenvalues of Q(u), layer {layer}"), "rank by |eigenvalue|", "eigenvalue", &series))?;
+    let title = format!("Eigenvalues of Q(u), layer {layer}");
+    out.chart("spectra", "top 32 eigenvalues of each direction's interaction matrix", |p| line_chart(p, &title, "rank by |eigenvalue|", "eigenvalue", &series))?;
+    out.table("eigenvectors", "top eigenvectors as tokens (direct path through W_E)", &table)?;
     if !args.no_task {
         let vocab = TaskVocab::new(31);
         if model.cfg.d_vocab < vocab.len() as i64 {
@@ -123,10 +127,11 @@ pub fn run_bilinear(args: &BilinearArgs) -> Result<()> {
         for (k, acc) in &curve {
             t.push(vec![Value::Int(*k), Value::Float(*acc)]);
         }
-        super::circuit::write_table(&t, &args.out.join("truncation.csv"))?;
         let points = curve.iter().map(|(k, a)| ((*k as f64 + 1.0).log2(), *a)).collect();
         let series = [Series { name: "accuracy".into(), points }];
-        super::circuit::both(&args.out.join("truncation"), |p| line_chart(p, "Modular addition with the MLP's logit terms truncated", "log2(k + 1) eigenpairs per answer", "accuracy", &series))?;
+        let caption = "modular-addition accuracy (256 prompts) with each answer logit's MLP term truncated to its top k eigenpairs";
+        out.chart("truncation", caption, |p| line_chart(p, "Modular addition with the MLP's logit terms truncated", "log2(k + 1) eigenpairs per answer", "accuracy", &series))?;
+        out.table("truncation", "truncation curve", &t)?;
         let shown: Vec<String> = curve.iter().map(|(k, a)| format!("k={k}: {a:.3}")).collect();
         println!("modular addition (256 prompts), accuracy with k eigenpairs per answer logit: {}", shown.join(", "));
     }
@@ -162,7 +167,7 @@ pub struct GraphArgs {
 }
 
 /// `interp graph`: the attribution graph of a prompt.
-pub fn run_graph(args: &GraphArgs) -> Result<()> {
+pub fn run_graph(args: &GraphArgs, out: &mut Output) -> Result<()> {
     let dir = args.model_dir.clone().unwrap_or_else(|| PathBuf::from(super::DEFAULT_MODEL));
     let device = super::device(&args.device)?;
     let model = HookedTransformer::from_pretrained_dir(&dir, device, Kind::Float)?;
@@ -170,7 +175,6 @@ pub fn run_graph(args: &GraphArgs) -> Result<()> {
     let transcoders = load_transcoder_set(&tc_dir, device)?;
     let tok = model.tokenizer().context("the model has no tokenizer.json to encode the prompt")?;
     let tokens = tok.encode(&args.prompt, true)?;
-    create(&args.out)?;
     let start = std::time::Instant::now();
     let graph = attribution_graph(&model, &transcoders, &tokens, &GraphConfig { batch_size: args.batch, progress: true, ..GraphConfig::default() })?;
     let elapsed = start.elapsed().as_secs_f64();
@@ -178,9 +182,19 @@ pub fn run_graph(args: &GraphArgs) -> Result<()> {
     let text = |t: i64| tok.decode(&[t]).unwrap_or_default();
     let slug = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "graph".into());
     let json = graph.to_circuit_tracer_json(&pruned, &slug, &slug, &text, args.node_threshold)?;
-    let json_path = args.out.join("graph.json");
-    std::fs::write(&json_path, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", json_path.display()))?;
-    graph.write_html(&pruned, &args.out.join("graph.html"), &format!("Attribution graph: {}", args.prompt), &text)?;
+    out.report.section("Transcoder attribution graph");
+    out.report.paragraph(&format!(
+        "Prompt {:?} through the transcoders in {}: direct effects between active features, transcoder errors, token embeddings and the top \
+         logits in the replacement model with attention patterns and norm scales frozen; pruned to {} of the influence on the logits (nodes) and {} (edges).",
+        args.prompt,
+        tc_dir.display(),
+        args.node_threshold,
+        args.edge_threshold
+    ));
+    out.report.html(&graph.html_view(&pruned, &text)?);
+    out.json("graph.json", "the graph in circuit-tracer's layout", &json)?;
+    let html_path = out.dir.join("graph.html");
+    graph.write_html(&pruned, &html_path, &format!("Attribution graph: {}", args.prompt), &text)?;
     let mut table = Table::new(&["node", "kind", "layer", "pos", "feature", "activation", "influence", "kept"]);
     for (i, node) in graph.nodes.iter().enumerate() {
         let (kind, layer, pos, feature, act) = match *node {
@@ -200,7 +214,11 @@ pub fn run_graph(args: &GraphArgs) -> Result<()> {
             Value::Int(pruned.node_mask[i] as i64),
         ]);
     }
-    super::circuit::write_table(&table, &args.out.join("nodes.csv"))?;
+    table.rows.sort_by(|x, y| match (&x[6], &y[6]) {
+        (Value::Float(a), Value::Float(b)) => b.total_cmp(a),
+        _ => std::cmp::Ordering::Equal,
+    });
+    out.table("nodes", "nodes by influence on the logits", &table)?;
     let logits: Vec<String> = graph
         .nodes
         .iter()
@@ -215,6 +233,6 @@ pub fn run_graph(args: &GraphArgs) -> Result<()> {
     );
     println!("logit targets: {}", logits.join(", "));
     println!("pruned to {} nodes and {} edges (thresholds {} / {})", pruned.n_nodes(), pruned.n_edges()?, args.node_threshold, args.edge_threshold);
-    println!("wrote {} (circuit-tracer layout) and {}", json_path.display(), args.out.join("graph.html").display());
+    println!("wrote {}", html_path.display());
     Ok(())
 }

@@ -3,6 +3,8 @@
 
 mod circuit;
 mod features;
+mod output;
+mod report;
 mod sae;
 
 use std::path::{Path, PathBuf};
@@ -10,6 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use output::standalone;
 use interp::interp_core::data::{self, TokenDataset};
 use interp::interp_core::tasks::{induction_head_scores, Task, TaskMixture, TaskVocab, ALL_TASKS};
 use interp::interp_core::train::{Schedule, TrainConfig, TrainReport};
@@ -164,7 +167,13 @@ enum Command {
     /// replacement model, pruned by influence. Writes OUT/graph.json (circuit-tracer's graph viewer
     /// reads it), OUT/graph.html and OUT/nodes.csv.
     Graph(features::GraphArgs),
-    /// The main job (for now): load a model, run a prompt with a cache, print a logit-lens summary.
+    /// The main job (also `interp` alone): one HTML report of every analysis that applies to each
+    /// model (default: the built-in text and task models): model card and logit lens, SAE and
+    /// transcoder dashboards, a transcoder attribution graph, causal tracing on facts, ACDC and
+    /// EAP-IG circuits of IOI and greater-than, bilinear-MLP spectra. Writes OUT/report.html and,
+    /// per model, a folder of tables (parquet + CSV), charts (SVG + PNG) and graphs (JSON).
+    Report(report::ReportArgs),
+    /// Load a model, run a prompt with a cache, print a logit-lens summary.
     Summary {
         /// Checkpoint directory (default: the built-in GPT-2-style model).
         model_dir: Option<PathBuf>,
@@ -496,20 +505,24 @@ fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Train(args)) => train(&args)?,
         Some(Command::Sae(cmd)) => sae::run(cmd)?,
-        Some(Command::Patch { task, sites }) => circuit::patch(&task, &sites)?,
+        Some(Command::Patch { task, sites }) => standalone(&task.out, "Activation patching", |out| circuit::patch(&task, &sites, out))?,
         Some(Command::Trace { task, samples, scale, sigma, window, severed, charts }) => {
-            circuit::trace(&task, &circuit::TraceArgs { samples, scale, sigma, window, severed, charts })?
+            let trace = circuit::TraceArgs { samples, scale, sigma, window, severed, charts };
+            standalone(&task.out, "Causal tracing", |out| circuit::trace(&task, &trace, out))?
         }
         Some(Command::Acdc { task, tau, kl, ablation, steps }) => {
-            circuit::run_acdc(&task, &circuit::AcdcArgs { tau, kl, ablation: ablation.parse()?, steps }, true)?
+            let acdc = circuit::AcdcArgs { tau, kl, ablation: ablation.parse()?, steps };
+            standalone(&task.out, "ACDC and EAP-IG", |out| circuit::run_acdc(&task, &acdc, true, out))?
         }
         Some(Command::Eap { task, ablation, steps }) => {
-            circuit::run_acdc(&task, &circuit::AcdcArgs { tau: None, kl: false, ablation: ablation.parse()?, steps }, false)?
+            let eap = circuit::AcdcArgs { tau: None, kl: false, ablation: ablation.parse()?, steps };
+            standalone(&task.out, "EAP and EAP-IG", |out| circuit::run_acdc(&task, &eap, false, out))?
         }
-        Some(Command::Bilinear(args)) => features::run_bilinear(&args)?,
-        Some(Command::Graph(args)) => features::run_graph(&args)?,
+        Some(Command::Bilinear(args)) => standalone(&args.out, "Bilinear MLP", |out| features::run_bilinear(&args, out))?,
+        Some(Command::Graph(args)) => standalone(&args.out, "Attribution graph", |out| features::run_graph(&args, out))?,
+        Some(Command::Report(args)) => report::run(&args)?,
         Some(Command::Summary { model_dir, text }) => summary(model_dir.as_deref().unwrap_or(Path::new(DEFAULT_MODEL)), &text)?,
-        None => summary(Path::new(DEFAULT_MODEL), DEFAULT_PROMPT)?,
+        None => return run(Cli::parse_from(["interp", "report"])),
     }
     Ok(())
 }

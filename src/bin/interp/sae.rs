@@ -126,7 +126,7 @@ fn tokens(model: &HookedTransformer, docs: &[interp::interp_core::data::Document
 }
 
 /// The first `n` held-out contexts of `context` tokens of `data`.
-fn eval_contexts(model: &HookedTransformer, data: &str, n: i64, context: i64) -> Result<Tensor> {
+pub fn eval_contexts(model: &HookedTransformer, data: &str, n: i64, context: i64) -> Result<Tensor> {
     let stream = tokens(model, &corpus(data)?.1)?;
     let available = stream.size()[0] / context;
     if available < 1 {
@@ -202,7 +202,7 @@ fn train(a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn load_dictionary(model: &HookedTransformer, dir: &Path) -> Result<SparseDictionary> {
+pub fn load_dictionary(model: &HookedTransformer, dir: &Path) -> Result<SparseDictionary> {
     let dict = SparseDictionary::load_saelens(dir, model.device())?;
     for hook in [&dict.cfg.hook_name, &dict.cfg.hook_name_out] {
         model.hook_point(hook).with_context(|| format!("{}: the dictionary's hook does not fit this model", dir.display()))?;

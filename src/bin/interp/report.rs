@@ -1,0 +1,288 @@
+//! `interp report`: the main job. For each model, whatever applies to it: summary and logit lens;
+//! SAE and transcoder dashboards; a transcoder attribution graph; causal tracing on the facts task;
+//! ACDC / EAP-IG circuits of IOI and greater-than; bilinear-MLP spectra. One HTML page, with the
+//! tables (parquet + CSV), charts (SVG + PNG) and graphs (JSON) in one folder per model.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use interp::circuits::bilinear::BilinearLayer;
+use interp::circuits::{heatmaps, Heatmap, Report, Table, TaskPrompts, Value};
+use interp::interp_core::tasks::{Task, TaskVocab, ALL_TASKS};
+use interp::interp_core::{tch, CacheSpec, HookedTransformer};
+use interp::transcoders::{dashboards_html, evaluate, latent_dashboards, load_transcoder_set};
+use tch::{Device, Kind, Tensor};
+
+use super::circuit::{self, AcdcArgs, TaskArgs, TaskName, TraceArgs};
+use super::features::{self, BilinearArgs, GraphArgs};
+use super::output::Output;
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// Checkpoint directories (default: models/shakespeare-gpt2 and models/tasks-bilinear).
+    pub models: Vec<PathBuf>,
+    /// Output folder: report.html, and a subfolder of tables, charts and JSON per model.
+    #[arg(long, default_value = "report")]
+    pub out: PathBuf,
+    /// Prompt for the logit lens and the attribution graph of text models.
+    #[arg(long, default_value = super::DEFAULT_PROMPT)]
+    pub prompt: String,
+    /// Prompts per task for causal tracing and circuit discovery.
+    #[arg(long, default_value_t = 32)]
+    pub n: usize,
+    /// Latents per dictionary shown as dashboards (the most frequently active).
+    #[arg(long, default_value_t = 3)]
+    pub latents: usize,
+    /// cpu, cuda, or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn run(args: &ReportArgs) -> Result<()> {
+    let models = if args.models.is_empty() {
+        vec![PathBuf::from(super::DEFAULT_MODEL), PathBuf::from(circuit::TASK_MODEL)]
+    } else {
+        args.models.clone()
+    };
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let mut report = Report::new("interp report");
+    let started = std::time::Instant::now();
+    for dir in &models {
+        let slug = dir.canonicalize().unwrap_or_else(|_| dir.clone()).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+        println!("== {} -> {}/{slug}", dir.display(), args.out.display());
+        report.append(model_report(dir, &slug, args)?);
+    }
+    let path = args.out.join("report.html");
+    report.write(&path)?;
+    println!("wrote {} ({:.0} s)", path.display(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Everything that applies to one model; a part that does not apply says why.
+fn model_report(dir: &Path, slug: &str, args: &ReportArgs) -> Result<Report> {
+    let device = super::device(&args.device)?;
+    let model = HookedTransformer::from_pretrained_dir(dir, device, Kind::Float)?;
+    let mut out = Output::nested(&args.out, slug, slug)?;
+    let vocab = TaskVocab::new(31);
+    let task_model = speaks_task_vocabulary(&model, &vocab);
+    let tokens = if task_model {
+        TaskPrompts::new(Task::Ioi, &vocab, 1, 0)?.clean.get(0)
+    } else {
+        model.to_tokens(&args.prompt, true)?.get(0)
+    };
+    summary(&model, dir, slug, &tokens, &mut out)?;
+    if task_model {
+        task_scores(&model, &vocab, &mut out)?;
+    }
+    dictionaries(&model, dir, args.latents, &mut out)?;
+    let transcoders = dir.join("transcoders");
+    if !task_model && load_transcoder_set(&transcoders, device).is_ok() {
+        let graph = GraphArgs {
+            model_dir: Some(dir.to_path_buf()),
+            transcoders: Some(transcoders),
+            prompt: args.prompt.clone(),
+            node_threshold: 0.8,
+            edge_threshold: 0.98,
+            batch: 32,
+            out: out.dir.clone(),
+            device: args.device.clone(),
+        };
+        features::run_graph(&graph, &mut out)?;
+    }
+    if task_model {
+        let out_dir = out.dir.clone();
+        let task_args = |task| TaskArgs { model_dir: Some(dir.to_path_buf()), task, n: args.n, seed: 0, out: out_dir.clone(), device: args.device.clone() };
+        let trace = TraceArgs { samples: 10, scale: 3.0, sigma: None, window: 10, severed: false, charts: 2 };
+        circuit::trace(&task_args(TaskName::Facts), &trace, &mut out)?;
+        for task in [TaskName::Ioi, TaskName::GreaterThan] {
+            let mut part = Output::nested(&args.out, &format!("{slug}/{}", task_dir(task)), "")?;
+            let acdc = AcdcArgs { tau: None, kl: false, ablation: interp::circuits::Ablation::Resample, steps: 5 };
+            circuit::run_acdc(&task_args(task), &acdc, true, &mut part)?;
+            out.report.append(part.report);
+        }
+    } else {
+        out.report.section("Circuits on the built-in tasks");
+        out.report.paragraph("Skipped: this model does not use the built-in tasks' vocabulary (causal tracing on facts, IOI and greater-than circuits need a model trained on them, like models/tasks-bilinear).");
+    }
+    if model.cfg.n_layers > 0 && BilinearLayer::from_model(&model, model.cfg.n_layers - 1).is_ok() {
+        let bilinear = BilinearArgs {
+            model_dir: Some(dir.to_path_buf()),
+            layer: None,
+            tokens: if task_model { ["m0", "m1", "m2", "m7-m8"].map(String::from).to_vec() } else { top_tokens(&model, &tokens)? },
+            top: 4,
+            no_task: !task_model,
+            out: out.dir.clone(),
+            device: args.device.clone(),
+        };
+        features::run_bilinear(&bilinear, &mut out)?;
+    } else if let Err(why) = BilinearLayer::from_model(&model, model.cfg.n_layers.saturating_sub(1)) {
+        out.report.section("Bilinear MLP spectra");
+        out.report.paragraph(&format!("Skipped: {why}"));
+    }
+    Ok(out.report)
+}
+
+fn task_dir(task: TaskName) -> &'static str {
+    match task {
+        TaskName::Ioi => "ioi",
+        TaskName::GreaterThan => "greater-than",
+        TaskName::Facts => "facts",
+        TaskName::ModularAddition => "modular-addition",
+        TaskName::Induction => "induction",
+    }
+}
+
+/// Whether the model's tokenizer maps the task words to the task vocabulary's ids.
+fn speaks_task_vocabulary(model: &HookedTransformer, vocab: &TaskVocab) -> bool {
+    let Some(tok) = model.tokenizer() else { return false };
+    ["John", "m7", "the", "17"].iter().all(|w| matches!((tok.encode(w, false), vocab.id(w)), (Ok(ids), Ok(id)) if ids == [id]))
+}
+
+/// The final prediction's top two tokens, as the bilinear directions of a text model.
+fn top_tokens(model: &HookedTransformer, tokens: &Tensor) -> Result<Vec<String>> {
+    let logits = model.forward(&tokens.unsqueeze(0))?.select(1, -1).select(0, 0);
+    let (_, top) = logits.topk(2, 0, true, true);
+    let tok = model.tokenizer().context("the model has no tokenizer.json")?;
+    Ok(tok.to_str_tokens(&Vec::<i64>::try_from(&top)?)?.into_iter().map(|t| t.trim().to_string()).collect())
+}
+
+/// Model card and logit lens of `tokens` [pos]: a table of every residual component's top
+/// prediction at every position, and a heatmap of the probability it gives the next token.
+fn summary(model: &HookedTransformer, dir: &Path, slug: &str, tokens: &Tensor, out: &mut Output) -> Result<()> {
+    let c = &model.cfg;
+    out.report.section(&format!("{slug}: model and logit lens"));
+    let mut card = Table::new(&["property", "value"]);
+    for (k, v) in [
+        ("directory", dir.display().to_string()),
+        ("model_type", format!("{} ({:?})", c.model_type, c.architecture)),
+        ("layers", c.n_layers.to_string()),
+        ("d_model", c.d_model.to_string()),
+        ("heads", format!("{} (kv heads {}), d_head {}", c.n_heads, c.n_kv_heads, c.d_head)),
+        ("mlp", if c.attn_only { "none (attention-only)".into() } else { format!("d_mlp {} ({:?}{})", c.d_mlp, c.act, if c.gated_mlp { ", gated" } else { "" }) }),
+        ("vocabulary", c.d_vocab.to_string()),
+        ("context", c.n_ctx.to_string()),
+        ("norm", format!("{:?}", c.norm)),
+        ("positions", format!("{:?}", c.positional)),
+        ("parameters", model.n_params().to_string()),
+        ("hook points", model.hook_points(true).len().to_string()),
+    ] {
+        card.push(vec![k.into(), v.into()]);
+    }
+    out.table("model", "model card", &card)?;
+    let batch = tokens.unsqueeze(0);
+    let words = model.to_str_tokens(&batch)?;
+    out.report.paragraph(&format!("Logit lens on the prompt: {}", words.join("")));
+    // Parallel blocks (GPT-NeoX) have no resid_mid.
+    let incl_mid = model.hook_point("blocks.0.hook_resid_mid").is_ok();
+    let mut names = vec!["blocks.*.hook_resid_pre", "blocks.*.hook_resid_post"];
+    if incl_mid {
+        names.push("blocks.*.hook_resid_mid");
+    }
+    let (_, cache) = model.run_with_cache(&batch, CacheSpec::names(names))?;
+    let lens = cache.accumulated_resid(None, incl_mid, false)?;
+    let probs = model.logit_lens(&lens.components)?.select(1, 0).softmax(-1, Kind::Float).to_device(Device::Cpu); // [n, pos, vocab]
+    let ids = Vec::<i64>::try_from(&tokens.to_device(Device::Cpu))?;
+    let (n, pos) = (probs.size()[0], probs.size()[1]);
+    let mut table = Table::new(&["component", "pos", "token", "next_token", "top_token", "p_top", "p_next"]);
+    let mut grid = vec![vec![0.0; pos as usize - 1]; n as usize];
+    let (top_p, top_id) = probs.max_dim(-1, false);
+    for (i, label) in lens.labels.iter().enumerate() {
+        for p in 0..pos as usize {
+            let next = ids.get(p + 1).copied();
+            let p_next = next.map(|t| probs.double_value(&[i as i64, p as i64, t])).unwrap_or(f64::NAN);
+            if p + 1 < pos as usize {
+                grid[i][p] = p_next;
+            }
+            let top = top_id.int64_value(&[i as i64, p as i64]);
+            table.push(vec![
+                label.as_str().into(),
+                p.into(),
+                words[p].as_str().into(),
+                next.map(|t| model.to_string(&Tensor::from_slice(&[t]))).transpose()?.unwrap_or_default().into(),
+                model.to_string(&Tensor::from_slice(&[top]))?.into(),
+                top_p.double_value(&[i as i64, p as i64]).into(),
+                Value::Float(p_next),
+            ]);
+        }
+    }
+    let panel = Heatmap {
+        title: "logit lens: probability of the next token".into(),
+        rows: (0..pos as usize - 1).map(|p| format!("{:?} > {:?}", words[p], words[p + 1])).collect(),
+        cols: lens.labels.clone(),
+        values: transpose(&grid),
+        x_label: "residual stream after".into(),
+        y_label: "token > next".into(),
+    };
+    out.chart("logit_lens", "logit lens: the probability each residual stream (through the final norm and unembedding) gives the actual next token", |p| heatmaps(p, std::slice::from_ref(&panel)))?;
+    // Show the last position first in the report: that is the prediction the prompt asks for.
+    table.rows.sort_by_key(|r| std::cmp::Reverse(if let Value::Int(p) = r[1] { p } else { 0 }));
+    out.table("logit_lens", "logit lens, last position first", &table)
+}
+
+fn transpose(grid: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    let cols = grid.first().map_or(0, |r| r.len());
+    (0..cols).map(|j| grid.iter().map(|r| r[j]).collect()).collect()
+}
+
+/// Each built-in task's score on fresh prompts.
+fn task_scores(model: &HookedTransformer, vocab: &TaskVocab, out: &mut Output) -> Result<()> {
+    let mut table = Table::new(&["task", "prompts", "score"]);
+    for task in ALL_TASKS {
+        let batch = task.generate(vocab, 256, 999_983)?;
+        let score = task.score(vocab, &batch, &model.forward(&batch.clean.to_device(model.device()))?)?;
+        table.push(vec![task.name().into(), 256usize.into(), score.into()]);
+    }
+    out.report.paragraph("Scores on 256 fresh prompts per task (accuracy; greater-than: P(> YY) - P(<= YY)).");
+    out.table("task_scores", "task scores", &table)
+}
+
+/// Metrics and dashboards of every SAELens folder under MODEL/saes and MODEL/transcoders.
+fn dictionaries(model: &HookedTransformer, dir: &Path, n_latents: usize, out: &mut Output) -> Result<()> {
+    let mut folders: Vec<PathBuf> = ["saes", "transcoders"]
+        .iter()
+        .filter_map(|sub| std::fs::read_dir(dir.join(sub)).ok())
+        .flat_map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())))
+        .filter(|p| p.join("cfg.json").is_file())
+        .collect();
+    folders.sort();
+    out.report.section("Sparse dictionaries: SAEs and transcoders");
+    if folders.is_empty() {
+        out.report.paragraph(&format!("Skipped: no SAELens folders under {0}/saes or {0}/transcoders.", dir.display()));
+        return Ok(());
+    }
+    let contexts = match super::sae::eval_contexts(model, "shakespeare", 32, 128) {
+        Ok(c) => c,
+        Err(e) => {
+            out.report.paragraph(&format!("Skipped: no held-out text to evaluate on ({e:#}); run scripts/setup.sh."));
+            return Ok(());
+        }
+    };
+    let mut table = Table::new(&["dictionary", "hook_in", "hook_out", "architecture", "d_sae", "l0", "fvu", "ce_loss_recovered", "dead_fraction"]);
+    let mut boards = String::new();
+    for folder in &folders {
+        let dict = super::sae::load_dictionary(model, folder)?;
+        let metrics = evaluate(&dict, model, &contexts, 8)?;
+        let name = folder.strip_prefix(dir).unwrap_or(folder).display().to_string();
+        table.push(vec![
+            name.as_str().into(),
+            dict.cfg.hook_name.as_str().into(),
+            dict.cfg.hook_name_out.as_str().into(),
+            format!("{:?} {:?}", dict.cfg.kind, dict.cfg.architecture).into(),
+            (dict.cfg.d_sae as usize).into(),
+            metrics.l0.into(),
+            metrics.fvu.into(),
+            metrics.ce_loss_recovered.into(),
+            metrics.dead_fraction.into(),
+        ]);
+        let (_, order) = metrics.log10_density.topk(n_latents as i64, 0, true, true);
+        let latents = Vec::<i64>::try_from(order)?;
+        let dashboards = latent_dashboards(&dict, model, &contexts, &latents, 5)?;
+        boards.push_str(&format!("<h3>{} ({} -> {})</h3>", interp::transcoders::html_escape(&name), dict.cfg.hook_name, dict.cfg.hook_name_out));
+        boards.push_str(&dashboards_html(&dashboards));
+        println!("{name}: L0 {:.1}, FVU {:.3}, CE loss recovered {:.3}", metrics.l0, metrics.fvu, metrics.ce_loss_recovered);
+    }
+    out.report.paragraph(&format!("Evaluated on {} held-out Shakespeare contexts of 128 tokens; dashboards of the {n_latents} most frequently active latents of each.", contexts.size()[0]));
+    out.table("dictionaries", "dictionary metrics", &table)?;
+    out.report.html(&boards);
+    Ok(())
+}
