@@ -149,17 +149,17 @@ pub fn trace(args: &TaskArgs, t: &TraceArgs, out: &mut Output) -> Result<()> {
         None => estimate_sigma(&s.model, &s.prompts.clean)?,
     };
     println!("noise: {} x sigma {sigma:.4}, {} samples", t.scale, t.samples);
+    let rows = s.prompts.clean.size()[0];
     out.report.section(&format!("Causal tracing: {}", Task::name(task)));
     out.report.paragraph(&format!(
         "ROME's causal tracing on {} prompts: Gaussian noise ({} x sigma {sigma:.4}, {} samples) on the subject's embeddings, then the clean \
          residual (and MLP / attention outputs over a window of {} layers) restored at each (token, layer). Heatmaps show the probability \
          of the correct answer; average indirect effects (AIE) are grouped by prompt type (label) and ROME's token roles.",
-        rows_of(&s.prompts.clean),
+        rows,
         t.scale,
         t.samples,
         t.window
     ));
-    let rows = s.prompts.clean.size()[0];
     let answers = Vec::<i64>::try_from(&s.prompts.answer)?;
     let bar = interp::interp_core::train::progress_bar(rows as u64, "prompts", true);
     let (mut traces, mut table) = (Vec::new(), Table::default());
@@ -221,10 +221,6 @@ pub fn trace(args: &TaskArgs, t: &TraceArgs, out: &mut Output) -> Result<()> {
     }
     out.table("aie", "average indirect effects", &summary_table)?;
     out.table("traces", "every traced cell", &table)
-}
-
-fn rows_of(t: &Tensor) -> i64 {
-    t.size()[0]
 }
 
 pub struct AcdcArgs {
@@ -311,21 +307,19 @@ pub fn run_acdc(args: &TaskArgs, a: &AcdcArgs, with_acdc: bool, out: &mut Output
         let mut table = Table::new(&["edge", "sender", "receiver", "score"]);
         let mut order: Vec<usize> = (0..scores.len()).collect();
         order.sort_by(|i, j| scores[*j].abs().total_cmp(&scores[*i].abs()));
-        for i in order {
+        for &i in &order {
             let e = &graph.edges[i];
             table.push(vec![e.to_string().into(), e.sender.to_string().into(), e.receiver.to_string().into(), scores[i].into()]);
         }
         let stem = if method == AttributionMethod::Eap { "eap_scores" } else { "eap_ig_scores" };
         out.table(stem, &format!("{} edge scores, largest |score| first", method.name()), &table)?;
         if method != AttributionMethod::Eap {
-            eap_ig = Some((scores, f));
+            eap_ig = Some((scores, f, order));
         }
     }
-    let (scores, f) = eap_ig.context("EAP-IG scores")?;
+    let (scores, f, order) = eap_ig.context("EAP-IG scores")?;
     // The EAP-IG circuit: the fewest top edges reaching faithfulness 0.9 (or all of them).
     let at = f.iter().position(|v| *v >= 0.9).unwrap_or(counts.len() - 1);
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|i, j| scores[*j].abs().total_cmp(&scores[*i].abs()));
     let mut kept = vec![false; scores.len()];
     for i in &order[..counts[at]] {
         kept[*i] = true;

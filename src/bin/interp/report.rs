@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use clap::ValueEnum;
 use interp::circuits::bilinear::BilinearLayer;
 use interp::circuits::{heatmaps, Heatmap, Report, Table, TaskPrompts, Value};
 use interp::interp_core::tasks::{Task, TaskVocab, ALL_TASKS};
@@ -95,7 +96,9 @@ fn model_report(dir: &Path, slug: &str, args: &ReportArgs) -> Result<Report> {
         let trace = TraceArgs { samples: 10, scale: 3.0, sigma: None, window: 10, severed: false, charts: 2 };
         circuit::trace(&task_args(TaskName::Facts), &trace, &mut out)?;
         for task in [TaskName::Ioi, TaskName::GreaterThan] {
-            let mut part = Output::nested(&args.out, &format!("{slug}/{}", task_dir(task)), "")?;
+            // The folder is the task's --task name (ioi, greater-than).
+            let name = task.to_possible_value().map(|v| v.get_name().to_string()).context("task name")?;
+            let mut part = Output::nested(&args.out, &format!("{slug}/{name}"), "")?;
             let acdc = AcdcArgs { tau: None, kl: false, ablation: interp::circuits::Ablation::Resample, steps: 5 };
             circuit::run_acdc(&task_args(task), &acdc, true, &mut part)?;
             out.report.append(part.report);
@@ -104,7 +107,11 @@ fn model_report(dir: &Path, slug: &str, args: &ReportArgs) -> Result<Report> {
         out.report.section("Circuits on the built-in tasks");
         out.report.paragraph("Skipped: this model does not use the built-in tasks' vocabulary (causal tracing on facts, IOI and greater-than circuits need a model trained on them, like models/tasks-bilinear).");
     }
-    if model.cfg.n_layers > 0 && BilinearLayer::from_model(&model, model.cfg.n_layers - 1).is_ok() {
+    // A model without layers fails here too, and gets the note.
+    if let Err(why) = BilinearLayer::from_model(&model, model.cfg.n_layers.saturating_sub(1)) {
+        out.report.section("Bilinear MLP spectra");
+        out.report.paragraph(&format!("Skipped: {why}"));
+    } else {
         let bilinear = BilinearArgs {
             model_dir: Some(dir.to_path_buf()),
             layer: None,
@@ -115,21 +122,8 @@ fn model_report(dir: &Path, slug: &str, args: &ReportArgs) -> Result<Report> {
             device: args.device.clone(),
         };
         features::run_bilinear(&bilinear, &mut out)?;
-    } else if let Err(why) = BilinearLayer::from_model(&model, model.cfg.n_layers.saturating_sub(1)) {
-        out.report.section("Bilinear MLP spectra");
-        out.report.paragraph(&format!("Skipped: {why}"));
     }
     Ok(out.report)
-}
-
-fn task_dir(task: TaskName) -> &'static str {
-    match task {
-        TaskName::Ioi => "ioi",
-        TaskName::GreaterThan => "greater-than",
-        TaskName::Facts => "facts",
-        TaskName::ModularAddition => "modular-addition",
-        TaskName::Induction => "induction",
-    }
 }
 
 /// Whether the model's tokenizer maps the task words to the task vocabulary's ids.
