@@ -91,8 +91,10 @@ pub fn heatmaps(path: &Path, panels: &[Heatmap]) -> Result<()> {
         .map(|r| r.chars().count())
         .max()
         .unwrap_or(4) as u32;
-    let panel_w =
-        120 + 7 * longest + 44 * panels.iter().map(|p| p.cols.len()).max().unwrap_or(1) as u32;
+    let panel_w = 120
+        + COLOR_BAR_W
+        + 7 * longest
+        + 44 * panels.iter().map(|p| p.cols.len()).max().unwrap_or(1) as u32;
     let size = (
         (panel_w * panels.len() as u32).max(360),
         (140 + 26 * rows as u32).max(260),
@@ -198,25 +200,38 @@ fn segments(n: usize) -> plotters::coord::ranged1d::SegmentedCoord<plotters::coo
     (0..n.saturating_sub(1).max(1)).into_segmented()
 }
 
+/// Colour of a cell whose value is `t` of the colour scale (`t` in [-1, 1] when `signed`, else
+/// [0, 1]): blue through white to red for signed values, white to purple otherwise.
+fn heat_color(t: f64, signed: bool) -> RGBColor {
+    let t = t.clamp(-1.0, 1.0);
+    if !signed {
+        RGBColor((255.0 - 150.0 * t) as u8, (255.0 - 210.0 * t) as u8, (255.0 - 90.0 * t) as u8)
+    } else if t >= 0.0 {
+        RGBColor(255, (255.0 * (1.0 - t)) as u8, (255.0 * (1.0 - t)) as u8)
+    } else {
+        RGBColor((255.0 * (1.0 + t)) as u8, (255.0 * (1.0 + t)) as u8, 255)
+    }
+}
+
+/// Width in pixels of a heatmap's colour bar with its tick labels.
+const COLOR_BAR_W: u32 = 76;
+
 fn draw_heatmap<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     panel: &Heatmap,
     longest: u32,
 ) -> std::result::Result<(), String> {
     let (nr, nc) = (panel.rows.len(), panel.cols.len());
-    let flat: Vec<f64> = panel
+    let (lo, hi) = panel
         .values
         .iter()
         .flatten()
-        .copied()
         .filter(|v| v.is_finite())
-        .collect();
-    let (lo, hi) = flat
-        .iter()
         .fold((0f64, 0f64), |(a, b), v| (a.min(*v), b.max(*v)));
     let signed = lo < 0.0;
     let scale = if signed { lo.abs().max(hi) } else { hi }.max(1e-12);
-    let mut chart = ChartBuilder::on(area)
+    let (cells, bar) = area.split_horizontally(area.dim_in_pixel().0.saturating_sub(COLOR_BAR_W));
+    let mut chart = ChartBuilder::on(&cells)
         .caption(&panel.title, ("sans-serif", 16))
         .margin(8)
         .x_label_area_size(40)
@@ -248,30 +263,53 @@ fn draw_heatmap<DB: DrawingBackend>(
         .draw_series(panel.values.iter().enumerate().flat_map(|(r, row)| {
             row.iter().enumerate().map(move |(c, v)| {
                 let y = nr - 1 - r;
-                let t = (v / scale).clamp(-1.0, 1.0);
-                let color = if signed {
-                    if t >= 0.0 {
-                        RGBColor(255, (255.0 * (1.0 - t)) as u8, (255.0 * (1.0 - t)) as u8)
-                    } else {
-                        RGBColor((255.0 * (1.0 + t)) as u8, (255.0 * (1.0 + t)) as u8, 255)
-                    }
-                } else {
-                    RGBColor(
-                        (255.0 - 150.0 * t) as u8,
-                        (255.0 - 210.0 * t) as u8,
-                        (255.0 - 90.0 * t) as u8,
-                    )
-                };
                 Rectangle::new(
                     [
                         (SegmentValue::Exact(c), SegmentValue::Exact(y)),
                         (SegmentValue::Exact(c + 1), SegmentValue::Exact(y + 1)),
                     ],
-                    color.filled(),
+                    heat_color(v / scale, signed).filled(),
                 )
             })
         }))
         .map_err(|e| e.to_string())?;
+    draw_color_bar(&bar, if signed { -scale } else { 0.0 }, scale, signed)
+}
+
+/// The colour scale of a heatmap, from `lo` to `hi`, with tick labels.
+fn draw_color_bar<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    lo: f64,
+    hi: f64,
+    signed: bool,
+) -> std::result::Result<(), String> {
+    const STEPS: usize = 64;
+    let mut bar = ChartBuilder::on(area)
+        .margin_top(34)
+        .margin_bottom(48)
+        .margin_left(6)
+        .right_y_label_area_size(COLOR_BAR_W - 24)
+        .build_cartesian_2d(0f64..1f64, lo..hi)
+        .map_err(|e| e.to_string())?;
+    bar.configure_mesh()
+        .disable_mesh()
+        .disable_x_axis()
+        .y_labels(5)
+        .label_style(("sans-serif", 11))
+        .y_label_formatter(&|v| match v.abs() {
+            a if a >= 100.0 => format!("{v:.0}"),
+            a if a >= 1.0 => format!("{v:.2}"),
+            _ => format!("{v:.3}"),
+        })
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let step = (hi - lo) / STEPS as f64;
+    bar.draw_series((0..STEPS).map(|i| {
+        let v = lo + step * i as f64;
+        // `hi` is the colour scale's full extent, signed or not.
+        Rectangle::new([(0.0, v), (1.0, v + step)], heat_color((v + step / 2.0) / hi, signed).filled())
+    }))
+    .map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -354,4 +392,21 @@ pub fn circuit_graph(path: &Path, title: &str, graph: &EdgeGraph, kept: &[bool],
         };
         draw()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_scale_runs_blue_white_red_or_white_purple() {
+        let white = RGBColor(255, 255, 255);
+        assert_eq!(heat_color(0.0, true), white);
+        assert_eq!(heat_color(0.0, false), white);
+        assert_eq!(heat_color(1.0, true), RGBColor(255, 0, 0));
+        assert_eq!(heat_color(-1.0, true), RGBColor(0, 0, 255));
+        assert_eq!(heat_color(1.0, false), RGBColor(105, 45, 165));
+        // Out-of-scale values take the end colours.
+        assert_eq!(heat_color(3.0, true), heat_color(1.0, true));
+    }
 }
