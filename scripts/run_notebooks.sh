@@ -2,12 +2,12 @@
 # Executes every notebook in notebooks/ headless with the evcxr Jupyter kernel and fails on the first
 # cell error. Installs what it needs: evcxr_jupyter (cargo), nbconvert + jupyter_client (into .venv),
 # the `rust` kernel spec. Executed copies (with outputs) go to target/notebooks/.
-# The first run builds the toolkit again inside evcxr's own folder (target/evcxr): allow ~15 minutes.
+# The first run builds the toolkit again inside evcxr's own folder (target/evcxr): allow ~30 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 EVCXR_VERSION=0.22.0
-if ! command -v evcxr_jupyter >/dev/null || [[ "$(evcxr_jupyter --version 2>/dev/null)" != *"$EVCXR_VERSION"* ]]; then
+if ! cargo install --list | grep -qx "evcxr_jupyter v$EVCXR_VERSION:"; then
   echo "notebooks: installing evcxr_jupyter $EVCXR_VERSION (a few minutes)"
   cargo install --locked --quiet evcxr_jupyter --version "$EVCXR_VERSION"
 fi
@@ -18,11 +18,13 @@ evcxr_jupyter --install >/dev/null
 export LIBTORCH="$PWD/.libtorch" LD_LIBRARY_PATH="$PWD/.libtorch/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export EVCXR_TMPDIR="$PWD/target/evcxr"
 mkdir -p "$EVCXR_TMPDIR" target/notebooks
+# Start from the workspace's lock file so that the cells build against the versions the tests use.
+[ -f "$EVCXR_TMPDIR/Cargo.lock" ] || cp Cargo.lock "$EVCXR_TMPDIR/"
 for nb in notebooks/*.ipynb; do
   echo "notebooks: running $nb"
   start=$(date +%s)
   .venv/bin/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.kernel_name=rust \
-    --ExecutePreprocessor.timeout=1800 --output-dir target/notebooks "$nb"
+    --ExecutePreprocessor.timeout=3600 --output-dir target/notebooks "$nb"
   echo "notebooks: $nb ok ($(( $(date +%s) - start )) s)"
 done
 echo "notebooks: all $(ls notebooks/*.ipynb | wc -l) ran without error"

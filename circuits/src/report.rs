@@ -149,6 +149,8 @@ fn png_img(path: &Path, alt: &str) -> Result<String> {
 }
 
 /// Shows HTML as the output of an evcxr notebook cell (evcxr's rich-output protocol on stdout).
+/// evcxr keeps one output of each MIME type per cell, the last: show one chart, page or `Table`
+/// per cell.
 pub fn show_html(html: &str) {
     println!("EVCXR_BEGIN_CONTENT text/html\n{html}\nEVCXR_END_CONTENT");
 }
