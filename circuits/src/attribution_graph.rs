@@ -41,6 +41,15 @@ use crate::error::{Error, Result};
 /// Styles the fragment of [`AttributionGraph::html_view`] needs.
 pub const GRAPH_CSS: &str = ".axis{font-size:13px;fill:#444} .tok{font-size:13px;font-family:monospace}";
 
+/// Writes a self-contained HTML page around `view`, a fragment of [`AttributionGraph::html_view`].
+pub fn write_graph_page(path: &Path, title: &str, view: &str) -> Result<()> {
+    let html = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title><style>body{{font-family:sans-serif;margin:20px}} {GRAPH_CSS}</style></head><body>\n<h2>{t}</h2>\n{view}</body></html>\n",
+        t = html_escape(title),
+    );
+    std::fs::write(path, html).map_err(Error::io(path))
+}
+
 /// How a graph is built and pruned.
 #[derive(Clone, Debug)]
 pub struct GraphConfig {
@@ -609,12 +618,7 @@ impl AttributionGraph {
 
     /// A self-contained HTML page of [`AttributionGraph::html_view`].
     pub fn write_html(&self, pruned: &Pruned, path: &Path, title: &str, token_text: &dyn Fn(i64) -> String) -> Result<()> {
-        let html = format!(
-            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title><style>body{{font-family:sans-serif;margin:20px}} {GRAPH_CSS}</style></head><body>\n<h2>{t}</h2>\n{}</body></html>\n",
-            self.html_view(pruned, token_text)?,
-            t = html_escape(title),
-        );
-        std::fs::write(path, html).map_err(Error::io(path))
+        write_graph_page(path, title, &self.html_view(pruned, token_text)?)
     }
 
     /// The pruned graph as an HTML fragment (a caption and an inline SVG; styles in [`GRAPH_CSS`]):

@@ -1,15 +1,15 @@
 //! `interp bilinear | graph`: weight-based analysis of bilinear MLPs and transcoder attribution
 //! graphs, writing CSV tables, charts (SVG + PNG), circuit-tracer JSON and an HTML view.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use interp::circuits::attribution_graph::{attribution_graph, GraphConfig, Node};
+use interp::circuits::attribution_graph::{attribution_graph, write_graph_page, GraphConfig, Node};
 use interp::circuits::bilinear::{token_readout, truncation_accuracy, unembedding_direction, BilinearLayer, Spectrum};
 use interp::circuits::{line_chart, Series, Table, Value};
 use interp::interp_core::tasks::{Task, TaskVocab};
 use interp::interp_core::{tch, HookedTransformer};
-use interp::transcoders::load_transcoder_set;
+use interp::transcoders::{load_transcoder_set, SparseDictionary};
 use tch::{Kind, Tensor};
 
 use super::output::Output;
@@ -63,12 +63,17 @@ pub fn run_bilinear(args: &BilinearArgs, out: &mut Output) -> Result<()> {
     let dir = args.model_dir.clone().unwrap_or_else(|| PathBuf::from(super::circuit::TASK_MODEL));
     let model = HookedTransformer::from_pretrained_dir(&dir, super::device(&args.device)?, Kind::Float)?;
     let layer = args.layer.unwrap_or(model.cfg.n_layers.saturating_sub(1));
-    let bl = BilinearLayer::from_model(&model, layer)?;
+    analyse_bilinear(&model, layer, &BilinearLayer::from_model(&model, layer)?, args, out)
+}
+
+/// The analysis of `interp bilinear` on `bl`, the MLP of `model`'s block `layer` (`args` gives the
+/// directions, the readout size and whether to run the task).
+pub fn analyse_bilinear(model: &HookedTransformer, layer: usize, bl: &BilinearLayer, args: &BilinearArgs, out: &mut Output) -> Result<()> {
     let mut dirs = Vec::new();
     for spec in &args.tokens {
         let u = match spec.split_once('-').filter(|(a, b)| !a.is_empty() && !b.is_empty()) {
-            Some((a, b)) => unembedding_direction(&model, token_id(&model, a)?)?.f_sub(&unembedding_direction(&model, token_id(&model, b)?)?)?,
-            None => unembedding_direction(&model, token_id(&model, spec)?)?,
+            Some((a, b)) => unembedding_direction(model, token_id(model, a)?)?.f_sub(&unembedding_direction(model, token_id(model, b)?)?)?,
+            None => unembedding_direction(model, token_id(model, spec)?)?,
         };
         dirs.push(u);
     }
@@ -100,11 +105,11 @@ pub fn run_bilinear(args: &BilinearArgs, out: &mut Output) -> Result<()> {
         );
         for rank in 0..args.top.min(spec.len()) {
             let v = spec.vectors.f_select(1, rank)?;
-            let scores = token_readout(&model, &v)?;
+            let scores = token_readout(model, &v)?;
             let (_, hi) = scores.f_topk(5, 0, true, true)?;
             let (_, lo) = scores.f_topk(5, 0, false, true)?;
-            let hi = token_words(&model, &Vec::<i64>::try_from(&hi)?)?.join(" ");
-            let lo = token_words(&model, &Vec::<i64>::try_from(&lo)?)?.join(" ");
+            let hi = token_words(model, &Vec::<i64>::try_from(&hi)?)?.join(" ");
+            let lo = token_words(model, &Vec::<i64>::try_from(&lo)?)?.join(" ");
             if rank < 2 {
                 println!("      v{rank} ({:+.3}): + {hi} | - {lo}", values[rank as usize]);
             }
@@ -122,7 +127,7 @@ pub fn run_bilinear(args: &BilinearArgs, out: &mut Output) -> Result<()> {
         let batch = Task::ModularAddition.generate(&vocab, 256, 0)?;
         let candidates: Vec<i64> = (0..vocab.modulus).map(|i| vocab.id(&format!("m{i}"))).collect::<std::result::Result<_, _>>()?;
         let ks: Vec<i64> = [0, 1, 2, 4, 8, 16, 32, 64, bl.d_in()].into_iter().filter(|k| *k <= bl.d_in()).collect();
-        let curve = truncation_accuracy(&model, layer, &batch.clean, &candidates, &batch.answer, &ks)?;
+        let curve = truncation_accuracy(model, layer, &batch.clean, &candidates, &batch.answer, &ks)?;
         let mut t = Table::new(&["k", "accuracy"]);
         for (k, acc) in &curve {
             t.push(vec![Value::Int(*k), Value::Float(*acc)]);
@@ -172,11 +177,16 @@ pub fn run_graph(args: &GraphArgs, out: &mut Output) -> Result<()> {
     let device = super::device(&args.device)?;
     let model = HookedTransformer::from_pretrained_dir(&dir, device, Kind::Float)?;
     let tc_dir = args.transcoders.clone().unwrap_or_else(|| dir.join("transcoders"));
-    let transcoders = load_transcoder_set(&tc_dir, device)?;
+    analyse_graph(&model, &dir, &tc_dir, &load_transcoder_set(&tc_dir, device)?, args, out)
+}
+
+/// The analysis of `interp graph` for `model` (loaded from `dir`) with `transcoders` (loaded from
+/// `tc_dir`); `args` gives the prompt, thresholds and batch size.
+pub fn analyse_graph(model: &HookedTransformer, dir: &Path, tc_dir: &Path, transcoders: &[SparseDictionary], args: &GraphArgs, out: &mut Output) -> Result<()> {
     let tok = model.tokenizer().context("the model has no tokenizer.json to encode the prompt")?;
     let tokens = tok.encode(&args.prompt, true)?;
     let start = std::time::Instant::now();
-    let graph = attribution_graph(&model, &transcoders, &tokens, &GraphConfig { batch_size: args.batch, progress: true, ..GraphConfig::default() })?;
+    let graph = attribution_graph(model, transcoders, &tokens, &GraphConfig { batch_size: args.batch, progress: true, ..GraphConfig::default() })?;
     let elapsed = start.elapsed().as_secs_f64();
     let pruned = graph.prune(args.node_threshold, args.edge_threshold)?;
     let text = |t: i64| tok.decode(&[t]).unwrap_or_default();
@@ -191,10 +201,11 @@ pub fn run_graph(args: &GraphArgs, out: &mut Output) -> Result<()> {
         args.node_threshold,
         args.edge_threshold
     ));
-    out.report.html(&graph.html_view(&pruned, &text)?);
+    let view = graph.html_view(&pruned, &text)?;
+    out.report.html(&view);
     out.json("graph.json", "the graph in circuit-tracer's layout", &json)?;
     let html_path = out.dir.join("graph.html");
-    graph.write_html(&pruned, &html_path, &format!("Attribution graph: {}", args.prompt), &text)?;
+    write_graph_page(&html_path, &format!("Attribution graph: {}", args.prompt), &view)?;
     let mut table = Table::new(&["node", "kind", "layer", "pos", "feature", "activation", "influence", "kept"]);
     for (i, node) in graph.nodes.iter().enumerate() {
         let (kind, layer, pos, feature, act) = match *node {

@@ -76,19 +76,27 @@ fn model_report(dir: &Path, slug: &str, args: &ReportArgs) -> Result<Report> {
         task_scores(&model, &vocab, &mut out)?;
     }
     dictionaries(&model, dir, args.latents, &mut out)?;
-    let transcoders = dir.join("transcoders");
-    if !task_model && load_transcoder_set(&transcoders, device).is_ok() {
-        let graph = GraphArgs {
-            model_dir: Some(dir.to_path_buf()),
-            transcoders: Some(transcoders),
-            prompt: args.prompt.clone(),
-            node_threshold: 0.8,
-            edge_threshold: 0.98,
-            batch: 32,
-            out: out.dir.clone(),
-            device: args.device.clone(),
-        };
-        features::run_graph(&graph, &mut out)?;
+    let tc_dir = dir.join("transcoders");
+    if !task_model && tc_dir.is_dir() {
+        match load_transcoder_set(&tc_dir, device) {
+            Ok(transcoders) => {
+                let graph = GraphArgs {
+                    model_dir: Some(dir.to_path_buf()),
+                    transcoders: Some(tc_dir.clone()),
+                    prompt: args.prompt.clone(),
+                    node_threshold: 0.8,
+                    edge_threshold: 0.98,
+                    batch: 32,
+                    out: out.dir.clone(),
+                    device: args.device.clone(),
+                };
+                features::analyse_graph(&model, dir, &tc_dir, &transcoders, &graph, &mut out)?;
+            }
+            Err(why) => {
+                out.report.section("Transcoder attribution graph");
+                out.report.paragraph(&format!("Skipped: {why}"));
+            }
+        }
     }
     if task_model {
         let out_dir = out.dir.clone();
@@ -108,20 +116,24 @@ fn model_report(dir: &Path, slug: &str, args: &ReportArgs) -> Result<Report> {
         out.report.paragraph("Skipped: this model does not use the built-in tasks' vocabulary (causal tracing on facts, IOI and greater-than circuits need a model trained on them, like models/tasks-bilinear).");
     }
     // A model without layers fails here too, and gets the note.
-    if let Err(why) = BilinearLayer::from_model(&model, model.cfg.n_layers.saturating_sub(1)) {
-        out.report.section("Bilinear MLP spectra");
-        out.report.paragraph(&format!("Skipped: {why}"));
-    } else {
-        let bilinear = BilinearArgs {
-            model_dir: Some(dir.to_path_buf()),
-            layer: None,
-            tokens: if task_model { ["m0", "m1", "m2", "m7-m8"].map(String::from).to_vec() } else { top_tokens(&model, &tokens)? },
-            top: 4,
-            no_task: !task_model,
-            out: out.dir.clone(),
-            device: args.device.clone(),
-        };
-        features::run_bilinear(&bilinear, &mut out)?;
+    let layer = model.cfg.n_layers.saturating_sub(1);
+    match BilinearLayer::from_model(&model, layer) {
+        Err(why) => {
+            out.report.section("Bilinear MLP spectra");
+            out.report.paragraph(&format!("Skipped: {why}"));
+        }
+        Ok(bl) => {
+            let bilinear = BilinearArgs {
+                model_dir: Some(dir.to_path_buf()),
+                layer: None,
+                tokens: if task_model { ["m0", "m1", "m2", "m7-m8"].map(String::from).to_vec() } else { top_tokens(&model, &tokens)? },
+                top: 4,
+                no_task: !task_model,
+                out: out.dir.clone(),
+                device: args.device.clone(),
+            };
+            features::analyse_bilinear(&model, layer, &bl, &bilinear, &mut out)?;
+        }
     }
     Ok(out.report)
 }
