@@ -10,7 +10,6 @@ use interp::interp_core::data::{self, Document, TokenDataset};
 use interp::interp_core::tch::Tensor;
 use interp::interp_core::train::BatchSource;
 
-
 fn shakespeare_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/shakespeare")
 }

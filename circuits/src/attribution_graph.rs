@@ -662,7 +662,6 @@ impl AttributionGraph {
         let pairs = Vec::<i64>::try_from(&mask.f_flatten(0, -1)?)?;
         let weights = Vec::<f64>::try_from(&self.adjacency.f_index(&[Some(mask.f_select(1, 0)?), Some(mask.f_select(1, 1)?)])?.f_to_kind(Kind::Double)?)?;
         let max_w = weights.iter().fold(0f64, |m, w| m.max(w.abs())).max(1e-12);
-        let esc = html_escape;
         let mut svg = String::new();
         for r in 0..rows {
             let y = top + row_h * (rows - 1 - r) as f64 + row_h / 2.0;
@@ -675,7 +674,7 @@ impl AttributionGraph {
         }
         for (p, &t) in self.tokens.iter().enumerate() {
             let x = left + col_w * p as f64 + col_w / 2.0;
-            svg += &format!("<text x=\"{x:.1}\" y=\"{:.1}\" class=\"tok\" text-anchor=\"middle\">{}</text>\n", height - 25.0, esc(&token_text(t)));
+            svg += &format!("<text x=\"{x:.1}\" y=\"{:.1}\" class=\"tok\" text-anchor=\"middle\">{}</text>\n", height - 25.0, html_escape(&token_text(t)));
         }
         for (p, w) in pairs.chunks(2).zip(&weights) {
             let (Some(a), Some(b)) = (xy.get(&(p[1] as usize)), xy.get(&(p[0] as usize))) else { continue };
@@ -691,8 +690,8 @@ impl AttributionGraph {
             let (fill, detail) = match &self.nodes[i] {
                 Node::Feature { activation, .. } => ("#f4a582", format!("activation {activation:.3}")),
                 Node::Error { .. } => ("#bababa", "transcoder error".to_string()),
-                Node::Token { token, .. } => ("#92c5de", format!("token {}", esc(&token_text(*token)))),
-                Node::Logit { token, probability } => ("#a6d96a", format!("\"{}\" p={probability:.3}", esc(&token_text(*token)))),
+                Node::Token { token, .. } => ("#92c5de", format!("token {}", html_escape(&token_text(*token)))),
+                Node::Logit { token, probability } => ("#a6d96a", format!("\"{}\" p={probability:.3}", html_escape(&token_text(*token)))),
             };
             let r = 3.0 + 9.0 * pruned.influence[i].max(0.0).sqrt().min(1.0);
             svg += &format!(
