@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Executes every notebook in notebooks/ headless with the evcxr Jupyter kernel and fails on the first
-# cell error (see below). Installs what it needs: evcxr_jupyter (cargo), nbconvert + jupyter_client (into .venv),
-# the `rust` kernel spec. Executed copies (with outputs) go to target/notebooks/.
+# cell error (see below). Installs what it needs: evcxr_jupyter (cargo), nbconvert + jupyter_client
+# (into .venv), the `rust` kernel spec. Executed copies (with outputs) go to target/notebooks/.
 # The first run builds the toolkit again inside evcxr's own folder (target/evcxr): allow ~30 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
