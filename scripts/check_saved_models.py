@@ -1,7 +1,8 @@
 """Proves that models trained and saved by `interp train` load in HF transformers with the same
-logits. Trains tiny GPT-2- and Llama-style models (every MLP kind HF can express) for a few steps
-with the release `interp` binary, then for each compares HF's logits (float32, eager attention) with
-`interp cache ... --hooks unembed.hook_out` on the same random ids.
+logits. Trains tiny GPT-2- and Llama-style models (every MLP kind HF can express, and attention-only
+models, which are saved with MLPs whose output is exactly zero) for a few steps with the release
+`interp` binary, then for each, and for every model shipped in models/, compares HF's logits
+(float32, eager attention) with `interp cache ... --hooks unembed.hook_out` on the same random ids.
 
 Run: bash scripts/check_saved_models.sh
 """
@@ -15,23 +16,29 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-INTERP = os.path.join(ROOT, "target", "release", "interp")
+INTERP = os.environ.get("INTERP", os.path.join(ROOT, "target", "release", "interp"))
 VARIANTS = [("gpt2", "gelu"), ("gpt2", "relu"), ("llama", "swiglu"), ("llama", "geglu"), ("llama", "reglu"),
-            ("llama", "glu"), ("llama", "bilinear")]
+            ("llama", "glu"), ("llama", "bilinear"), ("gpt2", "none"), ("llama", "none")]
+SHIPPED = ["shakespeare-gpt2", "induction-attn-only", "tasks-bilinear"]
 TOL = 1e-4
 
 
 def main():
     worst = 0.0
     with tempfile.TemporaryDirectory() as tmp:
+        dirs = []
         for style, mlp in VARIANTS:
             out = os.path.join(tmp, f"{style}-{mlp}")
             subprocess.run([INTERP, "train", "--out", out, "--style", style, "--mlp", mlp, "--vocab", "300",
                             "--layers", "2", "--d-model", "64", "--heads", "4", "--ctx", "32", "--steps", "30",
                             "--warmup", "5", "--eval-every", "30", "--checkpoint-every", "30", "--batch", "8"],
                            check=True, capture_output=True)
+            dirs.append((f"{style} {mlp}", out))
+        dirs += [(f"models/{name}", os.path.join(ROOT, "models", name)) for name in SHIPPED]
+        for label, out in dirs:
             model = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").float().eval()
-            ids = torch.randint(0, model.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+            seq = min(32, model.config.max_position_embeddings)
+            ids = torch.randint(0, model.config.vocab_size, (2, seq), generator=torch.Generator().manual_seed(0))
             with torch.no_grad():
                 hf = model(ids).logits
             ids_file, acts = os.path.join(tmp, "ids.safetensors"), os.path.join(tmp, "acts.safetensors")
@@ -41,11 +48,11 @@ def main():
             ours = load_file(acts)["logits"]
             diff = (ours - hf).abs().max().item()
             worst = max(worst, diff)
-            print(f"{style:6} {mlp:9} {type(model).__name__:20} max |logits - HF| = {diff:.2e}  (|logits| max {hf.abs().max():.2f})")
+            print(f"{label:28} {type(model).__name__:20} max |logits - HF| = {diff:.2e}  (|logits| max {hf.abs().max():.2f})")
             if diff > TOL:
-                print(f"FAILED: {style} {mlp} differs by {diff}", file=sys.stderr)
+                print(f"FAILED: {label} differs by {diff}", file=sys.stderr)
                 sys.exit(1)
-    print(f"all {len(VARIANTS)} saved models match HF transformers {transformers.__version__} within {TOL} (worst {worst:.2e})")
+    print(f"all {len(VARIANTS)} saved and {len(SHIPPED)} shipped models match HF transformers {transformers.__version__} within {TOL} (worst {worst:.2e})")
 
 
 if __name__ == "__main__":

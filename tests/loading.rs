@@ -203,3 +203,59 @@ fn bad_inputs_to_a_run_give_clear_errors() {
     let e = m.runner_from_layer(&Tensor::zeros([2, 3, 7], (Kind::Float, Device::Cpu)), 1).run().err().unwrap().to_string();
     assert!(e.contains("residual must be [batch, pos, 64]"), "{e}");
 }
+
+/// Every family saves under exactly the tensor names HF wrote (one name table serves loading and
+/// saving), and the saved directory loads back as the same function.
+#[test]
+fn every_family_saves_in_its_own_hf_layout() {
+    for arch in common::ARCHS {
+        let m = load(arch);
+        let dir = common::Scratch::new(&format!("save-{arch}"));
+        m.save_pretrained(&dir).unwrap();
+        let mut theirs: Vec<String> = weights(&fixture(arch)).into_iter().map(|(n, _)| n).collect();
+        let mut ours: Vec<String> = weights(&dir).into_iter().map(|(n, _)| n).collect();
+        theirs.sort();
+        ours.sort();
+        assert_eq!(ours, theirs, "{arch}: tensor names");
+        let ids = &reference(arch)["input_ids"];
+        let back = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
+        let d = max_abs_diff(&back.forward(ids).unwrap(), &m.forward(ids).unwrap());
+        assert!(d < 1e-5, "{arch}: logits after a save differ by {d}");
+    }
+}
+
+#[test]
+fn an_untied_gpt2_without_an_unembedding_is_refused() {
+    // GPT-2 used to fall back silently to the embedding.
+    let dir = scratch("gpt2", "untied");
+    edit_config(&dir, |c| {
+        c.insert("tie_word_embeddings".into(), false.into());
+    });
+    let e = load_err(&dir);
+    assert!(e.contains("`lm_head.weight` is missing"), "{e}");
+}
+
+/// HF has no attention-only block: such a model is saved with MLPs whose output is exactly zero, so
+/// that HF computes the same function, and a checkpoint whose MLPs would write anything is refused.
+#[test]
+fn attention_only_models_save_zero_mlps_and_refuse_live_ones() {
+    use interp::interp_core::{BlockStyle, ModelSpec};
+    for style in [BlockStyle::Gpt2, BlockStyle::Llama] {
+        let spec = ModelSpec { style, n_layers: 2, d_model: 32, n_heads: 4, d_mlp: 64, d_vocab: 16, n_ctx: 32, mlp: None, tie_embeddings: false, bos_token_id: Some(0) };
+        let m = HookedTransformer::init_random(&spec, 1, Kind::Float, Device::Cpu).unwrap();
+        let dir = common::Scratch::new(&format!("attn-only-{style:?}"));
+        m.save_pretrained(&dir).unwrap();
+        let saved = weights(&dir);
+        let out_name = if style == BlockStyle::Gpt2 { "transformer.h.1.mlp.c_proj.weight" } else { "model.layers.1.mlp.down_proj.weight" };
+        let mlp_out = &saved.iter().find(|(n, _)| n == out_name).unwrap().1;
+        assert_eq!(mlp_out.abs().max().double_value(&[]), 0.0, "{style:?}");
+        let tokens = Tensor::from_slice(&[0i64, 3, 5, 7]).view([1, 4]);
+        let back = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
+        assert!(back.cfg.attn_only);
+        assert_eq!(max_abs_diff(&back.forward(&tokens).unwrap(), &m.forward(&tokens).unwrap()), 0.0);
+        let live: Vec<_> = saved.into_iter().map(|(n, t)| if n == out_name { (n, t.ones_like()) } else { (n, t) }).collect();
+        Tensor::write_safetensors(&live, dir.join("model.safetensors")).unwrap();
+        let e = load_err(&dir);
+        assert!(e.contains("`interp_attn_only` is set") && e.contains(out_name), "{e}");
+    }
+}

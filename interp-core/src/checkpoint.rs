@@ -107,6 +107,12 @@ impl Checkpoint {
         self.index.contains_key(name)
     }
 
+    /// The stored shape of `name`, if the checkpoint has it.
+    pub fn shape(&self, name: &str) -> Option<Vec<i64>> {
+        let shard = &self.shards[*self.index.get(name)?];
+        shard.metadata.info(name).map(|info| info.shape.iter().map(|d| *d as i64).collect())
+    }
+
     /// Reads `name`, checks its shape, converts it to `kind` on `device`.
     pub fn tensor(&self, name: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor> {
         let shard = self

@@ -403,13 +403,13 @@ impl HookedTransformer {
         };
         if self.cfg.parallel_attn_mlp {
             let mlp_in = run.fire(at(BlockSite::MlpIn), resid_pre.shallow_clone())?;
-            let mlp_out = self.mlp(l, blk, mlp, &mlp_in, run)?;
+            let mlp_out = self.mlp(l, mlp, &mlp_in, run)?;
             let resid_post = resid_pre.f_add(&attn_out)?.f_add(&mlp_out)?;
             return run.fire(at(BlockSite::ResidPost), resid_post);
         }
         let resid_mid = run.fire(at(BlockSite::ResidMid), resid_pre.f_add(&attn_out)?)?;
         let mlp_in = run.fire(at(BlockSite::MlpIn), resid_mid.shallow_clone())?;
-        let mlp_out = self.mlp(l, blk, mlp, &mlp_in, run)?;
+        let mlp_out = self.mlp(l, mlp, &mlp_in, run)?;
         run.fire(at(BlockSite::ResidPost), resid_mid.f_add(&mlp_out)?)
     }
 
@@ -519,9 +519,9 @@ impl HookedTransformer {
         run.fire(at(BlockSite::AttnOut), out)
     }
 
-    fn mlp(&self, l: usize, blk: &Block, m: &Mlp, mlp_in: &Tensor, run: &mut Run) -> Result<Tensor> {
+    fn mlp(&self, l: usize, m: &Mlp, mlp_in: &Tensor, run: &mut Run) -> Result<Tensor> {
         let at = |s| HookPoint::Block(l, s);
-        let x = self.norm(&blk.ln2, mlp_in, run, Some((at(BlockSite::Ln2Scale), at(BlockSite::Ln2Normalized))))?;
+        let x = self.norm(&m.ln2, mlp_in, run, Some((at(BlockSite::Ln2Scale), at(BlockSite::Ln2Normalized))))?;
         let post = match &m.w_gate {
             Some(gate) => {
                 let pre = run.fire(at(BlockSite::MlpPre), gate.forward(&x)?)?;
@@ -532,7 +532,7 @@ impl HookedTransformer {
         };
         let post = run.fire(at(BlockSite::MlpPost), post)?;
         let mut out = m.w_out.forward(&post)?;
-        if let Some(norm) = &blk.ln2_post {
+        if let Some(norm) = &m.ln2_post {
             out = self.norm(norm, &out, run, None)?;
         }
         run.fire(at(BlockSite::MlpOut), out)

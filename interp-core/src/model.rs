@@ -52,13 +52,18 @@ pub enum NormSite {
     LnFinal,
 }
 
+/// An MLP sublayer: its norm(s) and weights.
 pub(crate) struct Mlp {
+    /// `blocks.L.ln2`, before the MLP.
+    pub(crate) ln2: Norm,
     /// [d_mlp, d_model]
     pub(crate) w_in: Linear,
     /// [d_mlp, d_model], gated MLPs only.
     pub(crate) w_gate: Option<Linear>,
     /// [d_model, d_mlp]
     pub(crate) w_out: Linear,
+    /// Gemma-2's norm on the MLP output.
+    pub(crate) ln2_post: Option<Norm>,
 }
 
 pub(crate) struct Block {
@@ -66,11 +71,8 @@ pub(crate) struct Block {
     pub(crate) attn: Attention,
     /// Gemma-2's norm on the attention output.
     pub(crate) ln1_post: Option<Norm>,
-    pub(crate) ln2: Norm,
     /// `None` in attention-only models.
     pub(crate) mlp: Option<Mlp>,
-    /// Gemma-2's norm on the MLP output.
-    pub(crate) ln2_post: Option<Norm>,
 }
 
 pub(crate) struct Params {
@@ -123,7 +125,8 @@ impl HookedTransformer {
         }
         let cfg = ModelConfig::from_dir(dir)?;
         let ckpt = Checkpoint::open(dir)?;
-        let params = crate::loading::load_params(&cfg, &ckpt, kind, device)?;
+        crate::models::check_attn_only_mlps(&cfg, &ckpt)?;
+        let params = crate::models::load_params(&cfg, &ckpt, kind, device)?;
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = if tok_path.exists() { Some(Tokenizer::from_file(&tok_path, cfg.bos_token_id)?) } else { None };
         Self::from_params(cfg, params, tokenizer, kind, device)
@@ -175,15 +178,15 @@ impl HookedTransformer {
                 norm(n, &mut out);
             }
             if let Some(m) = &b.mlp {
-                norm(&b.ln2, &mut out);
+                norm(&m.ln2, &mut out);
                 lin(&m.w_in, &mut out);
                 if let Some(g) = &m.w_gate {
                     lin(g, &mut out);
                 }
                 lin(&m.w_out, &mut out);
-            }
-            if let Some(n) = &b.ln2_post {
-                norm(n, &mut out);
+                if let Some(n) = &m.ln2_post {
+                    norm(n, &mut out);
+                }
             }
         }
         norm(&p.ln_final, &mut out);
@@ -275,7 +278,7 @@ impl HookedTransformer {
     pub fn norm_weights(&self, norm: NormSite) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let n = match norm {
             NormSite::Ln1(l) => &self.block(l)?.ln1,
-            NormSite::Ln2(l) => &self.block(l)?.ln2,
+            NormSite::Ln2(l) => &self.mlp_weights(l)?.ln2,
             NormSite::LnFinal => &self.params.ln_final,
         };
         Ok((n.w.as_ref().map(Tensor::shallow_clone), n.b.as_ref().map(Tensor::shallow_clone)))

@@ -87,14 +87,12 @@ impl HookedTransformer {
                 fold_norm_into(&blk.ln1, &mut [&mut blk.attn.qkv])?;
                 if let Some(mlp) = &mut blk.mlp {
                     match &mut mlp.w_gate {
-                        Some(gate) => fold_norm_into(&blk.ln2, &mut [&mut mlp.w_in, gate])?,
-                        None => fold_norm_into(&blk.ln2, &mut [&mut mlp.w_in])?,
+                        Some(gate) => fold_norm_into(&mlp.ln2, &mut [&mut mlp.w_in, gate])?,
+                        None => fold_norm_into(&mlp.ln2, &mut [&mut mlp.w_in])?,
                     }
+                    (mlp.ln2.w, mlp.ln2.b) = (None, None);
                 }
-                for n in [&mut blk.ln1, &mut blk.ln2] {
-                    n.w = None;
-                    n.b = None;
-                }
+                (blk.ln1.w, blk.ln1.b) = (None, None);
             }
             let mut unembed = Linear { w: p.w_u.shallow_clone(), b: p.b_u.take() };
             fold_norm_into(&p.ln_final, &mut [&mut unembed])?;

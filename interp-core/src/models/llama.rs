@@ -1,0 +1,141 @@
+//! Llama, Mistral and Qwen2 (`model_type: llama | mistral | qwen2`): RMSNorm, rotary, gated MLPs,
+//! separate q/k/v projections (grouped-query attention), per-layer sliding windows.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{BlockNames, Dim, Layers, QkvNames, RopeParams, TensorNames};
+use crate::config::{Activation, Architecture, ModelConfig, NormKind, Positional, Rotary};
+use crate::error::{Error, Result};
+
+/// The keys HF's `LlamaConfig`, `MistralConfig` and `Qwen2Config` share (Gemma's config extends
+/// them), plus the extension key `interp_attn_only`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct LlamaConfig {
+    hidden_size: Dim,
+    num_attention_heads: Dim,
+    num_key_value_heads: Option<Dim>,
+    head_dim: Option<Dim>,
+    num_hidden_layers: Layers,
+    intermediate_size: Dim,
+    vocab_size: Dim,
+    max_position_embeddings: Dim,
+    rms_norm_eps: Option<f64>,
+    pub(crate) hidden_act: Option<String>,
+    rope_parameters: Option<RopeParams>,
+    rope_scaling: Option<RopeParams>,
+    #[serde(flatten)]
+    top_level_rope: RopeParams,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    sliding_window: Option<Dim>,
+    /// `sliding_attention` / `full_attention` per layer (transformers v5).
+    layer_types: Option<Vec<String>>,
+    /// Qwen2: sliding windows only from layer `max_window_layers` on, and only if this is set.
+    use_sliding_window: Option<bool>,
+    max_window_layers: Option<i64>,
+    tie_word_embeddings: Option<bool>,
+    bos_token_id: Option<i64>,
+    interp_attn_only: Option<bool>,
+}
+
+pub(crate) fn config(c: LlamaConfig, model_type: &str) -> Result<ModelConfig> {
+    let act = Activation::parse(c.hidden_act.as_deref().unwrap_or("silu"))?;
+    decoder(c, model_type, act)
+}
+
+/// The config of a Llama-layout decoder; Gemma adjusts what differs.
+pub(crate) fn decoder(c: LlamaConfig, model_type: &str, act: Activation) -> Result<ModelConfig> {
+    let (d_model, n_heads, n_layers) = (c.hidden_size.0, c.num_attention_heads.0, c.num_hidden_layers.0 as usize);
+    let d_head = c.head_dim.map_or(d_model / n_heads, |d| d.0);
+    let top_theta = c.top_level_rope.rope_theta;
+    let rope = RopeParams::pick(c.rope_parameters, c.rope_scaling, c.top_level_rope);
+    let base = rope.rope_theta.or(top_theta).unwrap_or(10000.0);
+    let window = c.sliding_window.map(|w| w.0);
+    let sliding_window = (0..n_layers)
+        .map(|l| -> Result<Option<i64>> {
+            let sliding = match (&c.layer_types, model_type) {
+                (Some(types), _) => match types.get(l).map(String::as_str) {
+                    Some("sliding_attention") => true,
+                    Some("full_attention") => false,
+                    other => return Err(Error::Config(format!("layer_types[{l}] is {other:?}"))),
+                },
+                (None, "gemma2") => l % 2 == 0,
+                (None, "mistral") => true,
+                (None, "qwen2") => c.use_sliding_window.unwrap_or(false) && l as i64 >= c.max_window_layers.unwrap_or(28),
+                _ => false,
+            };
+            Ok(if sliding { window } else { None })
+        })
+        .collect::<Result<_>>()?;
+    let attention_bias = c.attention_bias.unwrap_or(false);
+    Ok(ModelConfig {
+        model_type: model_type.into(),
+        architecture: Architecture::Llama,
+        n_layers,
+        d_model,
+        n_heads,
+        n_kv_heads: c.num_key_value_heads.map_or(n_heads, |d| d.0),
+        d_head,
+        d_mlp: c.intermediate_size.0,
+        d_vocab: c.vocab_size.0,
+        n_ctx: c.max_position_embeddings.0,
+        norm: NormKind::RmsNorm,
+        norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
+        act,
+        gated_mlp: true,
+        positional: Positional::Rotary(Rotary { dim: d_head, base, scaling: rope.scaling()? }),
+        parallel_attn_mlp: false,
+        attn_scale: (d_head as f64).powf(-0.5),
+        scale_attn_by_inverse_layer_idx: false,
+        attn_softcap: None,
+        final_softcap: None,
+        sliding_window,
+        post_norms: false,
+        scale_embed: false,
+        tie_embeddings: c.tie_word_embeddings.unwrap_or(false),
+        qkv_bias: attention_bias || model_type == "qwen2",
+        o_bias: attention_bias,
+        mlp_bias: c.mlp_bias.unwrap_or(false),
+        bos_token_id: c.bos_token_id,
+        attn_only: c.interp_attn_only.unwrap_or(false),
+        hf_json: Value::Null,
+    })
+}
+
+/// Llama-layout names; Gemma-2 moves `post_attention_layernorm` onto the attention output.
+pub(crate) fn names(cfg: &ModelConfig) -> TensorNames {
+    let blocks = (0..cfg.n_layers)
+        .map(|l| {
+            let b = format!("model.layers.{l}");
+            let (ln2, ln1_post, ln2_post) = match cfg.post_norms {
+                true => (
+                    format!("{b}.pre_feedforward_layernorm"),
+                    Some(format!("{b}.post_attention_layernorm")),
+                    Some(format!("{b}.post_feedforward_layernorm")),
+                ),
+                false => (format!("{b}.post_attention_layernorm"), None, None),
+            };
+            BlockNames {
+                ln1: format!("{b}.input_layernorm"),
+                qkv: QkvNames::Split(["q_proj", "k_proj", "v_proj"].map(|p| format!("{b}.self_attn.{p}"))),
+                o: format!("{b}.self_attn.o_proj"),
+                ln1_post,
+                ln2,
+                mlp_in: format!("{b}.mlp.up_proj"),
+                mlp_gate: Some(format!("{b}.mlp.gate_proj")),
+                mlp_out: format!("{b}.mlp.down_proj"),
+                ln2_post,
+            }
+        })
+        .collect();
+    TensorNames {
+        embed: "model.embed_tokens.weight".into(),
+        pos_embed: None,
+        blocks,
+        ln_final: "model.norm".into(),
+        unembed: "lm_head.weight".into(),
+        conv1d: false,
+        gain_offset: 0.0,
+    }
+}
