@@ -233,6 +233,20 @@ fn gradients_match_closed_forms_and_finite_differences() {
     let analytic = (g * &d).sum(Kind::Double).double_value(&[]);
     assert!((fd - analytic).abs() < 1e-6 * analytic.abs().max(1.0), "fd {fd} vs grad {analytic}");
     assert!((out.metric.unwrap().double_value(&[]) - f(&resid)).abs() < 1e-9);
+
+    // A point the metric cannot reach (block 1's input is overwritten) has gradient zero, not an
+    // undefined tensor; a metric that reaches no point at all gives zeros, not a crash.
+    let points = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"];
+    let cut = || Hooks::new().intervene("blocks.1.hook_resid_pre", Intervention::Zero(Scope::all()));
+    let grads = m.runner(&t).hooks(cut()).gradients(NamesFilter::names(points), metric).run().unwrap().grads.unwrap();
+    let (unreached, reached) = (grads.get(points[0]).unwrap(), grads.get(points[1]).unwrap());
+    assert!(unreached.defined());
+    assert_eq!(unreached.size(), [2, 20, 64]);
+    assert_eq!(unreached.abs().max().double_value(&[]), 0.0);
+    assert!(reached.abs().max().double_value(&[]) > 0.0);
+    let constant = |_: &Tensor| Ok(Tensor::from(1.0f64));
+    let grads = m.runner(&t).gradients(NamesFilter::names(points), constant).run().unwrap().grads.unwrap();
+    assert_eq!(grads.get(points[1]).unwrap().abs().max().double_value(&[]), 0.0);
 }
 
 #[test]

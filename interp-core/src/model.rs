@@ -501,7 +501,18 @@ impl<'m, 'h> Runner<'m, 'h> {
                     return Err(Error::Input(format!("the metric must be a scalar, found shape {:?}", value.size())));
                 }
                 let (points, acts): (Vec<HookPoint>, Vec<Tensor>) = std::mem::take(&mut run.grad_inputs).into_iter().unzip();
-                let grads = Tensor::f_run_backward(&[&value], &acts, false, false)?;
+                // A metric that depends on none of the points has no autograd graph (libtorch would
+                // crash walking it), and a point the metric does not reach gets an undefined
+                // gradient: either way the gradient is zero.
+                let grads = match value.requires_grad() {
+                    true => Tensor::f_run_backward(&[&value], &acts, false, false)?,
+                    false => acts.iter().map(|_| Tensor::new()).collect(),
+                };
+                let grads = grads
+                    .into_iter()
+                    .zip(&acts)
+                    .map(|(g, a)| if g.defined() { Ok(g) } else { a.f_zeros_like() })
+                    .collect::<Result<Vec<_>, _>>()?;
                 return Ok(RunOutput {
                     output: output.f_detach()?,
                     cache: run.take_cached().map(|m| model.new_cache(m)),
