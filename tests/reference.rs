@@ -5,7 +5,7 @@
 mod common;
 
 use common::{load, max_abs_diff, reference, ARCHS};
-use interp::interp_core::{tch, CacheSpec};
+use interp::interp_core::{tch, BlockSite, CacheSpec, HookPoint};
 use tch::Kind;
 
 const TOL: f64 = 1e-4;
@@ -23,9 +23,9 @@ fn every_architecture_matches_hf_hook_by_hook() {
         assert!(worst < TOL, "{arch}: logits differ by {worst:e}");
         let n = model.cfg.n_layers;
         for l in 0..n {
-            let d = max_abs_diff(cache.get(&format!("blocks.{l}.hook_resid_pre")).unwrap(), &r[&format!("hidden_states.{l}")]);
+            let d = max_abs_diff(cache.get(HookPoint::block(l, BlockSite::ResidPre)).unwrap(), &r[&format!("hidden_states.{l}")]);
             assert!(d < TOL, "{arch}: resid_pre {l} differs by {d:e}");
-            let a = max_abs_diff(cache.get(&format!("blocks.{l}.attn.hook_pattern")).unwrap(), &r[&format!("attentions.{l}")]);
+            let a = max_abs_diff(cache.get(HookPoint::block(l, BlockSite::Pattern)).unwrap(), &r[&format!("attentions.{l}")]);
             assert!(a < TOL, "{arch}: pattern {l} differs by {a:e}");
             worst = worst.max(d).max(a);
         }

@@ -6,7 +6,7 @@ use std::cell::Cell;
 
 use common::{fixture, load, max_abs_diff, reference, ARCHS};
 use interp::interp_core::{
-    tch, CacheSpec, HookedTransformer, Hooks, Intervention, NamesFilter, Sampling, Scope, WeightProcessing,
+    tch, BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks, Intervention, NamesFilter, Sampling, Scope, WeightProcessing,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -52,17 +52,20 @@ fn residual_stream_identities_hold() {
         let (logits, cache) = m.run_with_cache(&ids(arch), CacheSpec::all()).unwrap();
         assert!(max_abs_diff(&logits, cache.get("unembed.hook_out").unwrap()) == 0.0);
         for l in 0..m.cfg.n_layers {
-            let get = |s: &str| cache.get(&format!("blocks.{l}.{s}")).unwrap().shallow_clone();
-            let attn_mlp = get("hook_attn_out") + get("hook_mlp_out");
-            assert!(max_abs_diff(&(get("hook_resid_pre") + attn_mlp), &get("hook_resid_post")) < 1e-4, "{arch} {l}");
+            // TransformerLens's shorthand: cache["resid_pre", l] is blocks.{l}.hook_resid_pre.
+            let get = |short: &str| cache[(short, l)].shallow_clone();
+            let attn_mlp = get("attn_out") + get("mlp_out");
+            assert!(max_abs_diff(&(get("resid_pre") + attn_mlp), &get("resid_post")) < 1e-4, "{arch} {l}");
             if !m.cfg.parallel_attn_mlp {
-                assert!(max_abs_diff(&(get("hook_resid_pre") + get("hook_attn_out")), &get("hook_resid_mid")) < 1e-5);
+                assert!(max_abs_diff(&(get("resid_pre") + get("attn_out")), &get("resid_mid")) < 1e-5);
             }
             if l + 1 < m.cfg.n_layers {
-                let next = cache.get(&format!("blocks.{}.hook_resid_pre", l + 1)).unwrap();
-                assert_eq!(max_abs_diff(&get("hook_resid_post"), next), 0.0);
+                let next = cache.get(HookPoint::block(l + 1, BlockSite::ResidPre)).unwrap();
+                assert_eq!(max_abs_diff(&get("resid_post"), next), 0.0);
             }
-            let pattern_sums = get("attn.hook_pattern").sum_dim_intlist(-1, false, Kind::Float);
+            assert_eq!(max_abs_diff(&get("pattern"), cache.get(format!("blocks.{l}.attn.hook_pattern")).unwrap()), 0.0);
+            assert!(cache.layer("scale", l).unwrap_err().to_string().contains("unknown hook point"), "ln1 or ln2?");
+            let pattern_sums = get("attn").sum_dim_intlist(-1, false, Kind::Float);
             assert!(max_abs_diff(&pattern_sums, &pattern_sums.ones_like()) < 1e-5);
         }
     }

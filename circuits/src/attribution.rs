@@ -52,10 +52,9 @@ pub fn edge_attribution(model: &HookedTransformer, graph: &EdgeGraph, acts: &Edg
     let resid = abl0.f_unsqueeze(0)?.f_add(&alpha.f_mul(&clean0.f_sub(&abl0)?.f_unsqueeze(0)?)?)?;
     let size = clean0.size();
     let resid = resid.f_reshape([steps as i64 * b, size[1], size[2]])?;
-    let points: Vec<String> = graph.groups.iter().map(|g| g.point.clone()).collect();
     let out = model
         .runner_from_layer(&resid, 0)
-        .gradients(NamesFilter::names(&points), |logits| {
+        .gradients(NamesFilter::names(graph.groups.iter().map(|g| g.point)), |logits| {
             let per_step = metric.per_variant(logits).map_err(|e| interp_core::Error::Input(e.to_string()))?;
             Ok(per_step.f_sum(Kind::Float)?)
         })
@@ -64,7 +63,7 @@ pub fn edge_attribution(model: &HookedTransformer, graph: &EdgeGraph, acts: &Edg
     let diff = acts.ablated.f_sub(&acts.clean)?; // [S, B, P, D]
     let mut scores = Vec::with_capacity(graph.n_edges());
     for g in &graph.groups {
-        let grad = grads.get(&g.point)?; // [steps * B, P, (R,) D]
+        let grad = grads.get(g.point)?; // [steps * B, P, (R,) D]
         let grad = if g.per_head { grad.shallow_clone() } else { grad.f_unsqueeze(2)? };
         let gs = grad.size();
         let grad = grad.f_view([steps as i64, b, gs[1], gs[2], gs[3]])?.f_sum_dim_intlist(0, false, grad.kind())?; // [B, P, R, D]

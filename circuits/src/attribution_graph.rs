@@ -31,7 +31,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 
-use interp_core::{CacheSpec, HookedTransformer, Hooks, NormSite};
+use interp_core::{BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks, NormSite};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 use transcoders::{html_escape, Architecture, DictionaryKind, SparseDictionary};
@@ -98,8 +98,8 @@ pub struct AttributionGraph {
 }
 
 /// The transcoder input hooks an attribution graph can read, for layer `l`.
-fn input_hooks(l: usize) -> [String; 3] {
-    [format!("blocks.{l}.ln2.hook_normalized"), format!("blocks.{l}.hook_mlp_in"), format!("blocks.{l}.hook_resid_mid")]
+fn input_hooks(l: usize) -> [HookPoint; 3] {
+    [BlockSite::Ln2Normalized, BlockSite::MlpIn, BlockSite::ResidMid].map(|s| HookPoint::block(l, s))
 }
 
 /// Checks that `transcoders` replace the MLPs of `model`, one per layer, in order.
@@ -123,7 +123,9 @@ pub fn check_transcoders(model: &HookedTransformer, transcoders: &[SparseDiction
         if cfg.architecture == Architecture::Gated {
             return Err(Error::Input(format!("{what}: gated dictionaries are not supported in attribution graphs")));
         }
-        if cfg.hook_name_out != format!("blocks.{l}.hook_mlp_out") || !input_hooks(l).contains(&cfg.hook_name) {
+        let reads = cfg.hook_name.parse::<HookPoint>().ok();
+        let writes = cfg.hook_name_out.parse::<HookPoint>().ok();
+        if writes != Some(HookPoint::block(l, BlockSite::MlpOut)) || !reads.is_some_and(|p| input_hooks(l).contains(&p)) {
             return Err(Error::Input(format!(
                 "{what} does not replace the MLP of layer {l}: it must read blocks.{l}.ln2.hook_normalized (or hook_mlp_in / hook_resid_mid) and write blocks.{l}.hook_mlp_out"
             )));
@@ -205,13 +207,14 @@ impl<'a> Replacement<'a> {
         check_transcoders(model, transcoders)?;
         let n = model.cfg.n_layers;
         let tokens = Tensor::f_from_slice(tokens)?.f_unsqueeze(0)?.f_to_device(model.device())?;
-        let mut names = vec!["hook_embed".to_string(), "ln_final.hook_scale".to_string()];
+        let mut names = vec![HookPoint::Embed, HookPoint::LnFinalScale];
         for (l, tc) in transcoders.iter().enumerate() {
-            names.extend([format!("blocks.{l}.ln1.hook_scale"), format!("blocks.{l}.attn.hook_pattern"), format!("blocks.{l}.ln2.hook_scale")]);
-            names.extend([tc.cfg.hook_name.clone(), tc.cfg.hook_name_out.clone()]);
+            names.extend([BlockSite::Ln1Scale, BlockSite::Pattern, BlockSite::Ln2Scale].map(|s| HookPoint::block(l, s)));
+            names.extend([tc.cfg.hook_name.parse::<HookPoint>()?, tc.cfg.hook_name_out.parse()?]);
         }
         let (logits, cache) = tch::no_grad(|| model.run_with_cache(&tokens, CacheSpec::names(&names)))?;
         let get = |name: &str| -> Result<Tensor> { Ok(cache.get(name)?.f_squeeze_dim(0)?) };
+        let at = |point: HookPoint| -> Result<Tensor> { Ok(cache.get(point)?.f_squeeze_dim(0)?) };
         let (mut acts, mut errors) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for tc in transcoders {
             let x = get(&tc.cfg.hook_name)?;
@@ -224,13 +227,13 @@ impl<'a> Replacement<'a> {
             errors.push(out.f_sub(&recon)?.f_to_kind(model.kind())?);
             acts.push(a);
         }
-        let per_layer = |site: &str| -> Result<Vec<Tensor>> { (0..n).map(|l| get(&format!("blocks.{l}.{site}"))).collect() };
+        let per_layer = |site: BlockSite| -> Result<Vec<Tensor>> { (0..n).map(|l| at(HookPoint::block(l, site))).collect() };
         let clean = Clean {
-            ln1_scale: per_layer("ln1.hook_scale")?,
-            pattern: per_layer("attn.hook_pattern")?,
-            ln2_scale: per_layer("ln2.hook_scale")?,
-            final_scale: get("ln_final.hook_scale")?,
-            embed: get("hook_embed")?,
+            ln1_scale: per_layer(BlockSite::Ln1Scale)?,
+            pattern: per_layer(BlockSite::Pattern)?,
+            ln2_scale: per_layer(BlockSite::Ln2Scale)?,
+            final_scale: at(HookPoint::LnFinalScale)?,
+            embed: at(HookPoint::Embed)?,
             acts,
             errors,
             logits: logits.f_select(0, 0)?.f_select(0, -1)?.f_to_kind(Kind::Double)?,
@@ -246,12 +249,12 @@ impl<'a> Replacement<'a> {
         let n = self.transcoders.len();
         let inputs: RefCell<Vec<Option<Tensor>>> = RefCell::new((0..n).map(|_| None).collect());
         let core = |e: Error| interp_core::Error::Input(e.to_string());
-        let mut hooks = Hooks::new().add("hook_embed", |_, _| Ok(Some(leaves.embed.shallow_clone())));
+        let mut hooks = Hooks::new().add(HookPoint::Embed, |_, _| Ok(Some(leaves.embed.shallow_clone())));
         let c = &self.clean;
         for (l, tc) in self.transcoders.iter().enumerate() {
-            let frozen = [(format!("blocks.{l}.ln1.hook_scale"), &c.ln1_scale[l]), (format!("blocks.{l}.attn.hook_pattern"), &c.pattern[l]), (format!("blocks.{l}.ln2.hook_scale"), &c.ln2_scale[l])];
-            for (name, value) in frozen {
-                hooks = hooks.add(name, move |_, _| Ok(Some(expand(value, rows)?)));
+            let frozen = [(BlockSite::Ln1Scale, &c.ln1_scale[l]), (BlockSite::Pattern, &c.pattern[l]), (BlockSite::Ln2Scale, &c.ln2_scale[l])];
+            for (site, value) in frozen {
+                hooks = hooks.add(HookPoint::block(l, site), move |_, _| Ok(Some(expand(value, rows)?)));
             }
             let inputs = &inputs;
             hooks = hooks.add(tc.cfg.hook_name.clone(), move |x, _| {

@@ -15,7 +15,7 @@
 //! Everything is computed in f64.
 
 use interp_core::config::Activation;
-use interp_core::{CacheSpec, HookedTransformer, NormSite};
+use interp_core::{BlockSite, CacheSpec, HookPoint, HookedTransformer, NormSite};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -386,11 +386,11 @@ pub fn truncation_accuracy(model: &HookedTransformer, layer: usize, tokens: &Ten
     if model.cfg.final_softcap.is_some() {
         return Err(Error::Input("truncation through a final logit soft cap is not linear".into()));
     }
-    let normalized = format!("blocks.{layer}.ln2.hook_normalized");
-    let (logits, cache) = model.run_with_cache(tokens, CacheSpec::names([normalized.as_str(), "ln_final.hook_scale"]))?;
+    let normalized = HookPoint::block(layer, BlockSite::Ln2Normalized);
+    let (logits, cache) = model.run_with_cache(tokens, CacheSpec::names([normalized, HookPoint::LnFinalScale]))?;
     let last = |t: &Tensor| -> Result<Tensor> { Ok(t.f_select(1, -1)?.f_to_kind(Kind::Double)?) };
-    let x = bl.augment(&last(cache.get(&normalized)?)?)?; // [n, d]
-    let scale = last(cache.get("ln_final.hook_scale")?)?.f_to_device(x.device())?; // [n, 1]
+    let x = bl.augment(&last(cache.get(normalized)?)?)?; // [n, d]
+    let scale = last(cache.get(HookPoint::LnFinalScale)?)?.f_to_device(x.device())?; // [n, 1]
     let cand = Tensor::f_from_slice(candidates)?.f_to_device(logits.device())?;
     let logits = last(&logits)?.f_index_select(1, &cand)?.f_to_device(x.device())?; // [n, c]
     let us = Tensor::f_stack(&candidates.iter().map(|&t| unembedding_direction(model, t)).collect::<Result<Vec<_>>>()?, 0)?;

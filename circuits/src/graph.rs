@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::fmt;
 
-use interp_core::{CacheSpec, HookedTransformer, Hooks};
+use interp_core::{BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks};
 use interp_core::config::Positional;
 use tch::{Kind, Tensor};
 
@@ -87,7 +87,7 @@ impl fmt::Display for Edge {
 #[derive(Clone, Debug)]
 pub(crate) struct Group {
     /// The hook point whose activation holds the receivers' inputs.
-    pub point: String,
+    pub point: HookPoint,
     /// The block the hook point is in.
     pub layer: usize,
     /// Number of receivers (heads) in the group; 1 for MLPs and logits (no head axis).
@@ -168,7 +168,7 @@ impl EdgeGraph {
         }
         let per_layer = h as usize + usize::from(has_mlp);
         let (mut receivers, mut edges, mut groups) = (Vec::new(), Vec::new(), Vec::new());
-        let mut add_group = |point: String, layer: usize, recv: Vec<Receiver>, per_head: bool, n_senders: usize| {
+        let mut add_group = |point: HookPoint, layer: usize, recv: Vec<Receiver>, per_head: bool, n_senders: usize| {
             groups.push(Group {
                 point,
                 layer,
@@ -185,17 +185,17 @@ impl EdgeGraph {
         };
         for layer in 0..c.n_layers {
             let before = 1 + layer * per_layer;
-            for (input, n, leaf) in [(Qkv::Q, h, "hook_q_input"), (Qkv::K, kv, "hook_k_input"), (Qkv::V, kv, "hook_v_input")] {
+            for (input, n, site) in [(Qkv::Q, h, BlockSite::QInput), (Qkv::K, kv, BlockSite::KInput), (Qkv::V, kv, BlockSite::VInput)] {
                 let recv = (0..n).map(|head| Receiver::Head { layer, head, input }).collect();
-                add_group(format!("blocks.{layer}.{leaf}"), layer, recv, true, before);
+                add_group(HookPoint::block(layer, site), layer, recv, true, before);
             }
             if has_mlp {
                 let n_senders = if c.parallel_attn_mlp { before } else { before + h as usize };
-                add_group(format!("blocks.{layer}.hook_mlp_in"), layer, vec![Receiver::Mlp { layer }], false, n_senders);
+                add_group(HookPoint::block(layer, BlockSite::MlpIn), layer, vec![Receiver::Mlp { layer }], false, n_senders);
             }
         }
         let last = c.n_layers.saturating_sub(1);
-        add_group(format!("blocks.{last}.hook_resid_post"), last, vec![Receiver::Logits], false, senders.len());
+        add_group(HookPoint::block(last, BlockSite::ResidPost), last, vec![Receiver::Logits], false, senders.len());
         Ok(EdgeGraph { senders, receivers, edges, groups, n_layers: c.n_layers, n_heads: h, n_kv_heads: kv, has_mlp })
     }
 
@@ -257,11 +257,11 @@ impl EdgeGraph {
         let mut outs = vec![embed.f_unsqueeze(0)?];
         let mut resid = Vec::new();
         for l in 0..self.n_layers {
-            outs.push(cache.get(&format!("blocks.{l}.attn.hook_result"))?.f_permute([2, 0, 1, 3])?);
+            outs.push(cache.get(HookPoint::block(l, BlockSite::Result))?.f_permute([2, 0, 1, 3])?);
             if self.has_mlp {
-                outs.push(cache.get(&format!("blocks.{l}.hook_mlp_out"))?.f_unsqueeze(0)?);
+                outs.push(cache.get(HookPoint::block(l, BlockSite::MlpOut))?.f_unsqueeze(0)?);
             }
-            resid.push(cache.get(&format!("blocks.{l}.hook_resid_pre"))?.shallow_clone());
+            resid.push(cache.get(HookPoint::block(l, BlockSite::ResidPre))?.shallow_clone());
         }
         Ok((Tensor::f_cat(&outs, 0)?, Tensor::f_stack(&resid, 0)?))
     }
@@ -329,7 +329,7 @@ impl EdgeGraph {
             let heads: Vec<usize> = (0..self.n_heads).map(|h| self.sender_index(Sender::Head { layer: l, head: h })).collect();
             if heads.iter().any(|s| needed[*s]) {
                 let live = &live;
-                hooks = hooks.add(format!("blocks.{l}.attn.hook_result"), move |x, _| {
+                hooks = hooks.add(HookPoint::block(l, BlockSite::Result), move |x, _| {
                     let x = x.f_view([v, b, p, -1, d])?;
                     let mut slots = live.borrow_mut();
                     for (h, s) in heads.iter().enumerate() {
@@ -342,7 +342,7 @@ impl EdgeGraph {
                 let s = self.sender_index(Sender::Mlp { layer: l });
                 if needed[s] {
                     let live = &live;
-                    hooks = hooks.add(format!("blocks.{l}.hook_mlp_out"), move |x, _| {
+                    hooks = hooks.add(HookPoint::block(l, BlockSite::MlpOut), move |x, _| {
                         live.borrow_mut()[s] = Some(x.f_view([v, b, p, d])?);
                         Ok(None)
                     });
@@ -355,7 +355,7 @@ impl EdgeGraph {
             let n_pre = first_live.min(g.n_senders) as i64;
             let r = g.n_receivers;
             let per_head = g.per_head;
-            hooks = hooks.add(g.point.clone(), move |x, _| {
+            hooks = hooks.add(g.point, move |x, _| {
                 // delta[v, b, p, r, d] = sum_s w[v, r, s] * (ablated_s - current_s)
                 let mut delta = Tensor::f_einsum("vrs,sbpd->vbprd", &[w.f_narrow(2, 0, n_pre)?, diff_pre.f_narrow(0, 0, n_pre)?], None::<&[i64]>)?;
                 let slots = live.borrow();

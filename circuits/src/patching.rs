@@ -2,7 +2,7 @@
 //! time, with all indices of a layer stacked along the batch axis and each forward restarted at
 //! that layer from the corrupted residual.
 
-use interp_core::{CacheSpec, HookedTransformer, Hooks};
+use interp_core::{BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -48,18 +48,18 @@ impl PatchSite {
         }
     }
 
-    fn hook(self, layer: usize) -> String {
-        let leaf = match self {
-            PatchSite::ResidPre => "hook_resid_pre",
-            PatchSite::AttnOut => "hook_attn_out",
-            PatchSite::MlpOut => "hook_mlp_out",
-            PatchSite::HeadOut | PatchSite::HeadOutByPos => "attn.hook_z",
-            PatchSite::Q => "attn.hook_q",
-            PatchSite::K => "attn.hook_k",
-            PatchSite::V => "attn.hook_v",
-            PatchSite::Pattern => "attn.hook_pattern",
+    fn hook(self, layer: usize) -> HookPoint {
+        let site = match self {
+            PatchSite::ResidPre => BlockSite::ResidPre,
+            PatchSite::AttnOut => BlockSite::AttnOut,
+            PatchSite::MlpOut => BlockSite::MlpOut,
+            PatchSite::HeadOut | PatchSite::HeadOutByPos => BlockSite::Z,
+            PatchSite::Q => BlockSite::Q,
+            PatchSite::K => BlockSite::K,
+            PatchSite::V => BlockSite::V,
+            PatchSite::Pattern => BlockSite::Pattern,
         };
-        format!("blocks.{layer}.{leaf}")
+        HookPoint::block(layer, site)
     }
 
     /// Axis names of the result after `layer`.
@@ -131,8 +131,7 @@ pub fn activation_patching(
     if c.attn_only && site == PatchSite::MlpOut {
         return Err(Error::Input("the model is attention-only: it has no MLP outputs to patch".into()));
     }
-    let name = site.hook(0).replacen("blocks.0.", "blocks.*.", 1);
-    let (clean_logits, clean_cache) = model.run_with_cache(clean, CacheSpec::names([name.as_str()]))?;
+    let (clean_logits, clean_cache) = model.run_with_cache(clean, CacheSpec::names((0..c.n_layers).map(|l| site.hook(l))))?;
     let (corrupt_logits, corrupt_cache) = model.run_with_cache(corrupted, CacheSpec::names(["blocks.*.hook_resid_pre"]))?;
     let (m_clean, m_corrupt) = metric::clean_and_corrupted(metric, &clean_logits, &corrupt_logits)?;
     let (b, p) = (clean.size()[0], clean.size()[1]);
@@ -144,7 +143,7 @@ pub fn activation_patching(
     let mut forwards = 0;
     for l in 0..c.n_layers {
         let point = site.hook(l);
-        let clean_act = clean_cache.get(&point)?;
+        let clean_act = clean_cache.get(point)?;
         let act = clean_act.size();
         // One mask per variant, the shape of an activation without its batch axis.
         let masks: Vec<Tensor> = match site {
@@ -153,14 +152,14 @@ pub fn activation_patching(
             PatchSite::Pattern => (0..heads).map(|h| one_hot(&[heads, 1, 1], &[h])).collect::<Result<_>>()?,
             _ => (0..heads).map(|h| one_hot(&[1, heads, 1], &[0, h])).collect::<Result<_>>()?,
         };
-        let resid = corrupt_cache.get(&format!("blocks.{l}.hook_resid_pre"))?;
+        let resid = corrupt_cache.get(HookPoint::block(l, BlockSite::ResidPre))?;
         let per = (max_rows / b).max(1) as usize;
         let mut values = Vec::with_capacity(masks.len());
         for chunk in masks.chunks(per) {
             let v = chunk.len() as i64;
             let mask = Tensor::f_stack(chunk, 0)?.f_unsqueeze(1)?.f_to_device(model.device())?; // [V, 1, ...]
             let start = resid.f_unsqueeze(0)?.f_expand([v, b, p, c.d_model], false)?.f_reshape([v * b, p, c.d_model])?;
-            let hooks = Hooks::new().add(point.clone(), |x, _| {
+            let hooks = Hooks::new().add(point, |x, _| {
                 let mut shape = vec![v, b];
                 shape.extend_from_slice(&act[1..]);
                 let xv = x.f_view(shape.as_slice())?;

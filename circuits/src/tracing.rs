@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use interp_core::{CacheSpec, HookedTransformer, Hooks};
+use interp_core::{BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -210,14 +210,14 @@ impl<'a> Tracer<'a> {
                 token_embeddings(model, &t)?
             }
         };
-        let stack = |leaf: &str| -> Result<Tensor> {
-            if c.attn_only && leaf == "hook_mlp_out" {
+        let stack = |site: BlockSite| -> Result<Tensor> {
+            if c.attn_only && site == BlockSite::MlpOut {
                 return Ok(Tensor::f_zeros([c.n_layers as i64, p, c.d_model], (model.kind(), model.device()))?);
             }
-            let layers: Vec<Tensor> = (0..c.n_layers).map(|l| Ok(cache.get(&format!("blocks.{l}.{leaf}"))?.f_select(0, 0)?)).collect::<Result<_>>()?;
+            let layers: Vec<Tensor> = (0..c.n_layers).map(|l| Ok(cache.get(HookPoint::block(l, site))?.f_select(0, 0)?)).collect::<Result<_>>()?;
             Ok(Tensor::f_stack(&layers, 0)?)
         };
-        let clean = [stack("hook_resid_post")?, stack("hook_mlp_out")?, stack("hook_attn_out")?];
+        let clean = [stack(BlockSite::ResidPost)?, stack(BlockSite::MlpOut)?, stack(BlockSite::AttnOut)?];
         Ok(Tracer { model, tokens, answer: prompt.answer, corrupt_embed, clean, corrupt_mlp: None, max_rows, forwards: 0 })
     }
 
@@ -238,7 +238,7 @@ impl<'a> Tracer<'a> {
         let out = runner.run()?;
         self.forwards += 1;
         if let Some(cache) = out.cache {
-            let layers: Vec<Tensor> = (0..c.n_layers).map(|l| Ok(cache.get(&format!("blocks.{l}.hook_mlp_out"))?.shallow_clone())).collect::<Result<_>>()?;
+            let layers: Vec<Tensor> = (0..c.n_layers).map(|l| Ok(cache.get(HookPoint::block(l, BlockSite::MlpOut))?.shallow_clone())).collect::<Result<_>>()?;
             self.corrupt_mlp = Some(Tensor::f_stack(&layers, 1)?);
         }
         let p = self.answer_probability(&out.output)?;
@@ -261,7 +261,7 @@ impl<'a> Tracer<'a> {
             let embed = self.corrupt_embed.f_repeat([v, 1, 1])?;
             let mut hooks = Hooks::new().add("hook_embed", move |_, _| Ok(Some(embed.shallow_clone())));
             for l in 0..c.n_layers {
-                for (site, leaf) in [(Site::Resid, "hook_resid_post"), (Site::Mlp, "hook_mlp_out"), (Site::Attn, "hook_attn_out")] {
+                for (site, point) in [(Site::Resid, BlockSite::ResidPost), (Site::Mlp, BlockSite::MlpOut), (Site::Attn, BlockSite::AttnOut)] {
                     if site == Site::Mlp && c.attn_only {
                         continue;
                     }
@@ -280,7 +280,7 @@ impl<'a> Tracer<'a> {
                         (Some(_), None) => return Err(Error::Input("severed MLPs need the corrupted run's MLP outputs".into())),
                         _ => None,
                     };
-                    hooks = hooks.add(format!("blocks.{l}.{leaf}"), move |x, _| {
+                    hooks = hooks.add(HookPoint::block(l, point), move |x, _| {
                         let mut y = x.f_view([v, s, p, d])?;
                         if let Some(m) = &restore {
                             y = clean.f_expand_as(&y)?.f_where_self(m, &y)?;

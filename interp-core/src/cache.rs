@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 
 use crate::config::NormKind;
 use crate::error::{Error, Result};
-use crate::hook_point::{BlockSite, HookPoint};
+use crate::hook_point::{BlockSite, HookName, HookPoint};
 
 /// Stored activations, in forward order. Only what the run was asked to keep.
 pub struct ActivationCache {
@@ -15,6 +15,19 @@ pub struct ActivationCache {
     pub(crate) n_layers: usize,
     pub(crate) norm: NormKind,
     pub(crate) attn_only: bool,
+}
+
+impl std::ops::Index<(&str, usize)> for ActivationCache {
+    type Output = Tensor;
+
+    /// `cache["pattern", 0]`, as in TransformerLens. Panics if the activation is not cached; use
+    /// [`ActivationCache::layer`] for an error instead.
+    fn index(&self, (short_name, layer): (&str, usize)) -> &Tensor {
+        match self.layer(short_name, layer) {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
 
 /// A stack of residual-stream components with a label each (`embed`, `0_attn_out`, `L3H5`, ...).
@@ -25,18 +38,29 @@ pub struct ResidualStack {
 }
 
 impl ActivationCache {
-    /// The activation stored under a TransformerLens name.
-    pub fn get(&self, name: &str) -> Result<&Tensor> {
-        let point: HookPoint = name.parse()?;
+    /// The activation stored under a TransformerLens name or [`HookPoint`].
+    pub fn get(&self, name: impl HookName) -> Result<&Tensor> {
+        let point: HookPoint = name.hook_name().parse()?;
         self.get_point(point)
+    }
+
+    /// TransformerLens's shorthand: `cache.layer("pattern", 0)` is
+    /// `blocks.0.attn.hook_pattern` (see [`BlockSite::from_short_name`]); `cache["pattern", 0]`
+    /// does the same and panics where this returns an error.
+    pub fn layer(&self, short_name: &str, layer: usize) -> Result<&Tensor> {
+        let site = BlockSite::from_short_name(short_name).ok_or_else(|| Error::UnknownHook {
+            name: format!("{short_name} (layer {layer})"),
+            suggestion: None,
+        })?;
+        self.get_point(HookPoint::Block(layer, site))
     }
 
     pub fn get_point(&self, point: HookPoint) -> Result<&Tensor> {
         self.map.get(&point).ok_or_else(|| Error::NotCached { name: point.to_string(), cached: self.summary() })
     }
 
-    pub fn contains(&self, name: &str) -> bool {
-        name.parse::<HookPoint>().map(|p| self.map.contains_key(&p)).unwrap_or(false)
+    pub fn contains(&self, name: impl HookName) -> bool {
+        name.hook_name().parse::<HookPoint>().map(|p| self.map.contains_key(&p)).unwrap_or(false)
     }
 
     /// (name, activation) in forward order.

@@ -8,30 +8,55 @@ use crate::error::{Error, Result};
 /// A site inside block `L` (`blocks.L.<site>`), declared in execution order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BlockSite {
+    /// `blocks.L.hook_resid_pre` [batch, pos, d_model]: the residual stream entering the block.
     ResidPre,
+    /// `blocks.L.hook_q_input` [batch, pos, n_heads, d_model]: per-head copies of the query input (opt-in).
     QInput,
+    /// `blocks.L.hook_k_input` [batch, pos, n_kv_heads, d_model]: per-head key input (opt-in).
     KInput,
+    /// `blocks.L.hook_v_input` [batch, pos, n_kv_heads, d_model]: per-head value input (opt-in).
     VInput,
+    /// `blocks.L.ln1.hook_scale` [batch, pos, 1]: the norm's divisor before attention.
     Ln1Scale,
+    /// `blocks.L.ln1.hook_normalized` [batch, pos, d_model]: the normalised input, before the gain.
     Ln1Normalized,
+    /// `blocks.L.attn.hook_q` [batch, pos, n_heads, d_head]: queries (before rotary).
     Q,
+    /// `blocks.L.attn.hook_k` [batch, pos, n_kv_heads, d_head]: keys (before rotary).
     K,
+    /// `blocks.L.attn.hook_v` [batch, pos, n_kv_heads, d_head]: values.
     V,
+    /// `blocks.L.attn.hook_rot_q` [batch, pos, n_heads, d_head]: queries after rotary (rotary models only).
     RotQ,
+    /// `blocks.L.attn.hook_rot_k` [batch, pos, n_kv_heads, d_head]: keys after rotary (rotary models only).
     RotK,
+    /// `blocks.L.attn.hook_attn_scores` [batch, n_heads, query_pos, key_pos]: scaled, masked scores.
     AttnScores,
+    /// `blocks.L.attn.hook_pattern` [batch, n_heads, query_pos, key_pos]: attention probabilities.
     Pattern,
+    /// `blocks.L.attn.hook_z` [batch, pos, n_heads, d_head]: each head's mix of values.
     Z,
+    /// `blocks.L.attn.hook_result` [batch, pos, n_heads, d_model]: each head's output (opt-in).
     Result,
+    /// `blocks.L.hook_attn_out` [batch, pos, d_model]: the attention sublayer's output.
     AttnOut,
+    /// `blocks.L.hook_resid_mid` [batch, pos, d_model]: between attention and MLP (not in parallel blocks).
     ResidMid,
+    /// `blocks.L.hook_mlp_in` [batch, pos, d_model]: the MLP sublayer's input, before ln2.
     MlpIn,
+    /// `blocks.L.ln2.hook_scale` [batch, pos, 1]: the norm's divisor before the MLP.
     Ln2Scale,
+    /// `blocks.L.ln2.hook_normalized` [batch, pos, d_model]: the MLP's normalised input, before the gain.
     Ln2Normalized,
+    /// `blocks.L.mlp.hook_pre` [batch, pos, d_mlp]: pre-activation (the gate's, in gated MLPs).
     MlpPre,
+    /// `blocks.L.mlp.hook_pre_linear` [batch, pos, d_mlp]: the ungated branch of a gated MLP.
     MlpPreLinear,
+    /// `blocks.L.mlp.hook_post` [batch, pos, d_mlp]: hidden activations.
     MlpPost,
+    /// `blocks.L.hook_mlp_out` [batch, pos, d_model]: the MLP sublayer's output.
     MlpOut,
+    /// `blocks.L.hook_resid_post` [batch, pos, d_model]: the residual stream leaving the block.
     ResidPost,
 }
 
@@ -96,6 +121,32 @@ impl BlockSite {
         }
     }
 
+    /// The site a TransformerLens short name means (`utils.get_act_name`): the name without
+    /// `hook_` (`pattern`, `resid_pre`, `mlp_out`), TL's aliases `attn` (pattern), `pre`, `post`,
+    /// `pre_linear`, or the full suffix (`ln1.hook_scale`). `scale` and `normalized` name two sites
+    /// each: say `ln1.scale` or `ln2.scale`.
+    pub fn from_short_name(name: &str) -> Option<Self> {
+        let name = name.strip_prefix("hook_").unwrap_or(name);
+        let alias = match name {
+            "attn" => Some(BlockSite::Pattern),
+            "pre" => Some(BlockSite::MlpPre),
+            "pre_linear" => Some(BlockSite::MlpPreLinear),
+            "post" => Some(BlockSite::MlpPost),
+            _ => None,
+        };
+        alias.or_else(|| {
+            let mut found = BlockSite::ALL.into_iter().filter(|s| {
+                let suffix = s.suffix();
+                let short = suffix.rsplit('.').next().unwrap_or(suffix).trim_start_matches("hook_");
+                suffix == name || suffix.replace("hook_", "") == name || short == name
+            });
+            match (found.next(), found.next()) {
+                (Some(site), None) => Some(site),
+                _ => None,
+            }
+        })
+    }
+
     /// Costly points computed only when asked for by name: per-head results and per-head q/k/v inputs.
     pub fn is_opt_in(self) -> bool {
         matches!(self, BlockSite::Result | BlockSite::QInput | BlockSite::KInput | BlockSite::VInput)
@@ -115,6 +166,12 @@ pub enum HookPoint {
 }
 
 impl HookPoint {
+    /// The point `site` of block `layer` (`HookPoint::block(3, BlockSite::Z)` is
+    /// `blocks.3.attn.hook_z`).
+    pub fn block(layer: usize, site: BlockSite) -> Self {
+        HookPoint::Block(layer, site)
+    }
+
     /// The block index, for points inside a block.
     pub fn layer(self) -> Option<usize> {
         match self {
@@ -182,6 +239,31 @@ impl FromStr for HookPoint {
     }
 }
 
+/// Anything that names hook points: a TransformerLens name or glob pattern (`&str`, `String`), or
+/// a typed [`HookPoint`]. Every API that takes a hook takes this.
+pub trait HookName {
+    /// The TransformerLens name (or glob pattern).
+    fn hook_name(&self) -> String;
+}
+
+impl<T: AsRef<str> + ?Sized> HookName for T {
+    fn hook_name(&self) -> String {
+        self.as_ref().to_string()
+    }
+}
+
+impl HookName for HookPoint {
+    fn hook_name(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl HookName for &HookPoint {
+    fn hook_name(&self) -> String {
+        self.to_string()
+    }
+}
+
 /// Glob match where `*` stands for any run of characters (dots included).
 pub(crate) fn glob_match(pattern: &str, name: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
@@ -231,6 +313,21 @@ mod tests {
         assert_eq!("unembed.hook_in".parse::<HookPoint>().ok(), Some(HookPoint::UnembedIn));
         assert!("blocks.x.hook_resid_pre".parse::<HookPoint>().is_err());
         assert!("blocks.0.hook_resid_pree".parse::<HookPoint>().is_err());
+    }
+
+    #[test]
+    fn short_names_as_in_transformer_lens() {
+        let site = |n: &str| BlockSite::from_short_name(n);
+        assert_eq!(site("pattern"), Some(BlockSite::Pattern));
+        assert_eq!(site("attn"), Some(BlockSite::Pattern));
+        assert_eq!(site("resid_pre"), Some(BlockSite::ResidPre));
+        assert_eq!(site("hook_z"), Some(BlockSite::Z));
+        assert_eq!(site("post"), Some(BlockSite::MlpPost));
+        assert_eq!(site("ln2.scale"), Some(BlockSite::Ln2Scale));
+        assert_eq!(site("ln1.hook_normalized"), Some(BlockSite::Ln1Normalized));
+        assert_eq!(site("scale"), None, "ambiguous: ln1 or ln2");
+        assert_eq!(site("nothing"), None);
+        assert_eq!(HookPoint::block(3, BlockSite::Z).hook_name(), "blocks.3.attn.hook_z");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::cache::ActivationCache;
 use crate::error::{Error, Result};
-use crate::hook_point::{BlockSite, HookPoint};
+use crate::hook_point::{BlockSite, HookName, HookPoint};
 
 /// What a hook is told about the activation it sees.
 #[derive(Clone, Copy, Debug)]
@@ -31,14 +31,15 @@ impl<'a> Hooks<'a> {
         Self::default()
     }
 
-    /// Adds a hook on every point matching `name` (an exact name or a glob pattern).
-    pub fn add(mut self, name: impl Into<String>, hook: impl FnMut(&Tensor, &HookCtx) -> Result<Option<Tensor>> + 'a) -> Self {
-        self.entries.push((name.into(), Box::new(hook)));
+    /// Adds a hook on every point matching `name` (a [`HookPoint`], an exact name or a glob
+    /// pattern).
+    pub fn add(mut self, name: impl HookName, hook: impl FnMut(&Tensor, &HookCtx) -> Result<Option<Tensor>> + 'a) -> Self {
+        self.entries.push((name.hook_name(), Box::new(hook)));
         self
     }
 
     /// Adds a ready-made intervention (see [`Intervention`]).
-    pub fn intervene(self, name: impl Into<String>, intervention: Intervention<'a>) -> Self {
+    pub fn intervene(self, name: impl HookName, intervention: Intervention<'a>) -> Self {
         self.add(name, move |x, ctx| intervention.apply(x, ctx).map(Some))
     }
 
@@ -61,8 +62,9 @@ pub enum NamesFilter {
 }
 
 impl NamesFilter {
-    pub fn names<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Self {
-        NamesFilter::Names(names.into_iter().map(|s| s.as_ref().to_string()).collect())
+    /// [`HookPoint`]s, exact names or glob patterns.
+    pub fn names<S: HookName>(names: impl IntoIterator<Item = S>) -> Self {
+        NamesFilter::Names(names.into_iter().map(|s| s.hook_name()).collect())
     }
 
     pub fn predicate(f: impl Fn(&str) -> bool + 'static) -> Self {
@@ -88,7 +90,8 @@ impl CacheSpec {
     pub fn all() -> Self {
         Self::new(NamesFilter::All)
     }
-    pub fn names<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Self {
+    /// [`HookPoint`]s, exact names or glob patterns.
+    pub fn names<S: HookName>(names: impl IntoIterator<Item = S>) -> Self {
         Self::new(NamesFilter::names(names))
     }
     pub fn positions(mut self, range: std::ops::Range<i64>) -> Self {

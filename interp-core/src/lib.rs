@@ -50,7 +50,7 @@ pub use config::ModelConfig;
 pub use error::{Error, Result};
 pub use forward::KvCache;
 pub use generate::Sampling;
-pub use hook_point::{BlockSite, HookPoint};
+pub use hook_point::{BlockSite, HookName, HookPoint};
 pub use hooks::{CacheSpec, HookCtx, HookFn, Hooks, Intervention, NamesFilter, Scope};
 pub use memory::reuse_freed_memory;
 pub use model::{HookedTransformer, NormSite, RunOutput, Runner};
