@@ -166,7 +166,7 @@ fn pruning_and_circuit_tracer_json() {
 
     let tok = model.tokenizer().unwrap();
     let text = |t: i64| tok.decode(&[t]).unwrap_or_default();
-    let json = graph.to_circuit_tracer_json(&pruned, "test", "shakespeare-gpt2", &text, 0.8).unwrap();
+    let json = graph.to_circuit_tracer_json(&pruned, "test", "shakespeare-gpt2", &text).unwrap();
     let nodes = json["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), pruned.n_nodes());
     let ids: std::collections::HashSet<&str> = nodes.iter().map(|n| n["node_id"].as_str().unwrap()).collect();
@@ -177,6 +177,7 @@ fn pruning_and_circuit_tracer_json() {
     assert_eq!(links.len() as i64, total);
     assert!(links.iter().all(|l| ids.contains(l["source"].as_str().unwrap()) && ids.contains(l["target"].as_str().unwrap())));
     assert_eq!(json["metadata"]["prompt_tokens"].as_array().unwrap().len(), graph.tokens.len());
+    assert_eq!(json["metadata"]["node_threshold"], 0.8, "the threshold the graph was pruned with");
     assert_eq!(nodes.iter().filter(|n| n["is_target_logit"] == true).count(), 1);
     let dir = common::Scratch::new("graph");
     graph.write_html(&pruned, &dir.join("graph.html"), "test", &text).unwrap();

@@ -436,6 +436,10 @@ pub struct Pruned {
     /// [n_nodes]: the cumulative share of total influence at each node's rank (circuit-tracer's
     /// `influence` field).
     pub cumulative: Vec<f64>,
+    /// The share of influence the kept nodes carry (the JSON's `node_threshold`).
+    pub node_threshold: f64,
+    /// The share of influence the kept edges carry.
+    pub edge_threshold: f64,
 }
 
 impl Pruned {
@@ -547,7 +551,7 @@ impl AttributionGraph {
             acc += node_influence[i];
             cumulative[i] = if total > 0.0 { acc / total } else { 0.0 };
         }
-        Ok(Pruned { node_mask, edge_mask, influence: node_influence, cumulative })
+        Ok(Pruned { node_mask, edge_mask, influence: node_influence, cumulative, node_threshold, edge_threshold })
     }
 
     /// circuit-tracer's node id of node `i` (`{layer}_{feature}_{pos}`, `E_{token}_{pos}`, ...).
@@ -561,8 +565,13 @@ impl AttributionGraph {
     }
 
     /// The pruned graph as the JSON that circuit-tracer's graph viewer reads (`metadata`,
-    /// `qParams`, `nodes`, `links`); `token_text` [n_tokens of the vocabulary] renders ids.
-    pub fn to_circuit_tracer_json(&self, pruned: &Pruned, slug: &str, scan: &str, token_text: &dyn Fn(i64) -> String, node_threshold: f64) -> Result<serde_json::Value> {
+    /// `qParams`, `nodes`, `links`); `token_text` [n_tokens of the vocabulary] renders ids. The
+    /// `node_threshold` recorded is the one `pruned` was made with.
+    ///
+    /// Every feature node's `feature_type` is `"cross layer transcoder"`, per-layer transcoders
+    /// included: that string is circuit-tracer's node type for any transcoder feature (its
+    /// `Node.feature_node` writes nothing else), and its viewer draws features by it.
+    pub fn to_circuit_tracer_json(&self, pruned: &Pruned, slug: &str, scan: &str, token_text: &dyn Fn(i64) -> String) -> Result<serde_json::Value> {
         let last = self.tokens.len() - 1;
         let mut first_logit = true;
         let nodes: Vec<serde_json::Value> = (0..self.nodes.len())
@@ -611,7 +620,7 @@ impl AttributionGraph {
         Ok(json!({
             "metadata": {
                 "slug": slug, "scan": scan, "transcoder_list": [], "prompt_tokens": prompt_tokens,
-                "prompt": prompt_tokens.concat(), "node_threshold": node_threshold, "schema_version": 1,
+                "prompt": prompt_tokens.concat(), "node_threshold": pruned.node_threshold, "schema_version": 1,
             },
             "qParams": { "pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": "" },
             "nodes": nodes,

@@ -120,10 +120,7 @@ pub fn analyse_bilinear(model: &HookedTransformer, layer: usize, bl: &BilinearLa
     out.chart("spectra", "top 32 eigenvalues of each direction's interaction matrix", |p| line_chart(p, &title, "rank by |eigenvalue|", "eigenvalue", &series))?;
     out.table("eigenvectors", "top eigenvectors as tokens (direct path through W_E)", &table)?;
     if !args.no_task {
-        let vocab = TaskVocab::new(31);
-        if model.cfg.d_vocab < vocab.len() as i64 {
-            bail!("the modular-addition curve needs a model trained on the built-in tasks (pass --no-task)");
-        }
+        let vocab = TaskVocab::of_model(model).context("the modular-addition curve needs a model trained on the built-in tasks (pass --no-task)")?;
         let batch = Task::ModularAddition.generate(&vocab, 256, 0)?;
         let candidates: Vec<i64> = (0..vocab.modulus).map(|i| vocab.id(&format!("m{i}"))).collect::<std::result::Result<_, _>>()?;
         let ks: Vec<i64> = [0, 1, 2, 4, 8, 16, 32, 64, bl.d_in()].into_iter().filter(|k| *k <= bl.d_in()).collect();
@@ -191,7 +188,7 @@ pub fn analyse_graph(model: &HookedTransformer, dir: &Path, tc_dir: &Path, trans
     let pruned = graph.prune(args.node_threshold, args.edge_threshold)?;
     let text = |t: i64| tok.decode(&[t]).unwrap_or_default();
     let slug = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "graph".into());
-    let json = graph.to_circuit_tracer_json(&pruned, &slug, &slug, &text, args.node_threshold)?;
+    let json = graph.to_circuit_tracer_json(&pruned, &slug, &slug, &text)?;
     out.report.section("Transcoder attribution graph");
     out.report.paragraph(&format!(
         "Prompt {:?} through the transcoders in {}: direct effects between active features, transcoder errors, token embeddings and the top \
