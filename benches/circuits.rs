@@ -20,7 +20,7 @@ fn main() {
     tch::set_num_threads(2);
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tasks-bilinear");
     let model = HookedTransformer::from_pretrained_dir(dir, Device::Cpu, Kind::Float).expect("task model");
-    let vocab = TaskVocab::new(31);
+    let vocab = TaskVocab::of_model(&model).expect("the task model speaks the task vocabulary");
     let ioi = TaskPrompts::new(Task::Ioi, &vocab, 64, 1).unwrap();
     let graph = EdgeGraph::new(&model).unwrap();
     let acts = graph.activations(&model, &ioi.clean, &ioi.corrupted, Ablation::Resample).unwrap();

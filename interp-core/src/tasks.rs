@@ -81,6 +81,28 @@ impl TaskVocab {
         TaskVocab { words, ids, modulus }
     }
 
+    /// The vocabulary a model trained on the built-in tasks speaks, with the modulus it was
+    /// trained with (`interp train --modulus`), read from its tokenizer. An error says why a
+    /// model does not speak it.
+    pub fn of_model(model: &crate::HookedTransformer) -> Result<Self> {
+        let tok = model.tokenizer().ok_or_else(|| Error::Input("the model has no tokenizer.json, so it cannot speak the task vocabulary".into()))?;
+        let modulus = (0..).take_while(|i| tok.token_to_id(&format!("m{i}")).is_some()).count();
+        let vocab = TaskVocab::new(modulus);
+        if vocab.len() as i64 > model.cfg.d_vocab {
+            return Err(Error::Input(format!(
+                "the model's vocabulary ({} tokens) cannot hold the task vocabulary ({}); it was not trained on the built-in tasks",
+                model.cfg.d_vocab,
+                vocab.len()
+            )));
+        }
+        if let Some((id, word)) = vocab.words.iter().enumerate().find(|(id, w)| tok.token_to_id(w) != Some(*id as i64)) {
+            return Err(Error::Input(format!(
+                "the model's tokenizer is not the task vocabulary (`{word}` should be token {id}); it was not trained on the built-in tasks"
+            )));
+        }
+        Ok(vocab)
+    }
+
     pub fn len(&self) -> usize {
         self.words.len()
     }
@@ -389,7 +411,7 @@ pub fn induction_head_scores(model: &crate::HookedTransformer, vocab: &TaskVocab
     };
     let (mut prev, mut induction) = (Vec::new(), Vec::new());
     for l in 0..model.cfg.n_layers {
-        let p = cache.get(&format!("blocks.{l}.attn.hook_pattern"))?.f_to_kind(Kind::Float)?;
+        let p = cache.get(crate::HookPoint::block(l, crate::BlockSite::Pattern))?.f_to_kind(Kind::Float)?;
         prev.push(pick(&p, &prev_idx)?);
         induction.push(pick(&p, &ind_idx)?);
     }

@@ -34,6 +34,11 @@ impl Tokenizer {
         Tokenizer { inner, bos }
     }
 
+    /// The id of one vocabulary entry, if the tokenizer has it.
+    pub fn token_to_id(&self, token: &str) -> Option<i64> {
+        self.inner.token_to_id(token).map(i64::from)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

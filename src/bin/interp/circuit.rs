@@ -69,15 +69,7 @@ struct Setup {
 fn setup(args: &TaskArgs) -> Result<Setup> {
     let dir = args.model_dir.clone().unwrap_or_else(|| PathBuf::from(TASK_MODEL));
     let model = HookedTransformer::from_pretrained_dir(&dir, super::device(&args.device)?, Kind::Float)?;
-    let vocab = TaskVocab::new(31);
-    if model.cfg.d_vocab < vocab.len() as i64 {
-        bail!(
-            "{}: its vocabulary ({} tokens) cannot hold the task vocabulary ({}); these commands need a model trained on the built-in tasks",
-            dir.display(),
-            model.cfg.d_vocab,
-            vocab.len()
-        );
-    }
+    let vocab = TaskVocab::of_model(&model).with_context(|| format!("{}: these commands need a model trained on the built-in tasks", dir.display()))?;
     if args.n == 0 {
         bail!("--n must be at least 1");
     }

@@ -64,16 +64,15 @@ fn model_report(dir: &Path, slug: &str, args: &ReportArgs) -> Result<Report> {
     let device = super::device(&args.device)?;
     let model = HookedTransformer::from_pretrained_dir(dir, device, Kind::Float)?;
     let mut out = Output::nested(&args.out, slug, slug)?;
-    let vocab = TaskVocab::new(31);
-    let task_model = speaks_task_vocabulary(&model, &vocab);
-    let tokens = if task_model {
-        TaskPrompts::new(Task::Ioi, &vocab, 1, 0)?.clean.get(0)
-    } else {
-        model.to_tokens(&args.prompt, true)?.get(0)
+    let vocab = TaskVocab::of_model(&model).ok();
+    let task_model = vocab.is_some();
+    let tokens = match &vocab {
+        Some(vocab) => TaskPrompts::new(Task::Ioi, vocab, 1, 0)?.clean.get(0),
+        None => model.to_tokens(&args.prompt, true)?.get(0),
     };
     summary(&model, dir, slug, &tokens, &mut out)?;
-    if task_model {
-        task_scores(&model, &vocab, &mut out)?;
+    if let Some(vocab) = &vocab {
+        task_scores(&model, vocab, &mut out)?;
     }
     dictionaries(&model, dir, args.latents, &mut out)?;
     let tc_dir = dir.join("transcoders");
@@ -136,12 +135,6 @@ fn model_report(dir: &Path, slug: &str, args: &ReportArgs) -> Result<Report> {
         }
     }
     Ok(out.report)
-}
-
-/// Whether the model's tokenizer maps the task words to the task vocabulary's ids.
-fn speaks_task_vocabulary(model: &HookedTransformer, vocab: &TaskVocab) -> bool {
-    let Some(tok) = model.tokenizer() else { return false };
-    ["John", "m7", "the", "17"].iter().all(|w| matches!((tok.encode(w, false), vocab.id(w)), (Ok(ids), Ok(id)) if ids == [id]))
 }
 
 /// The final prediction's top two tokens, as the bilinear directions of a text model.
