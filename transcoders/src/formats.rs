@@ -43,6 +43,15 @@ impl Weights {
         Ok(t)
     }
 
+    /// The length of the vector `name`, which sizes the rest of the file.
+    fn vector_len(&self, name: &str) -> Result<i64> {
+        match self.map.get(name).map(Tensor::size).as_deref() {
+            Some([n]) => Ok(*n),
+            Some(shape) => Err(Error::format(&self.path, format!("tensor `{name}` must be a vector, found shape {shape:?}"))),
+            None => Err(Error::format(&self.path, format!("no tensor `{name}`"))),
+        }
+    }
+
     fn take_opt(&mut self, name: &str, shape: &[i64]) -> Result<Option<Tensor>> {
         if self.map.contains_key(name) { self.take(name, shape).map(Some) } else { Ok(None) }
     }
@@ -174,7 +183,9 @@ impl SparseDictionary {
             context_size: field("context_size").and_then(Value::as_i64).unwrap_or(128),
             prepend_bos: field("prepend_bos").and_then(Value::as_bool).unwrap_or(true),
             apply_b_dec_to_input: cfg.get("apply_b_dec_to_input").and_then(Value::as_bool).unwrap_or(kind == DictionaryKind::Sae),
-        };
+        }
+        .validated()
+        .map_err(|e| Error::format(&cfg_path, e.to_string()))?;
         let weights_path = dir.join(SAELENS_WEIGHTS);
         let mut w = Weights { map: read_tensors(&weights_path, device)?, path: weights_path };
         let gated = architecture == Architecture::Gated;
@@ -187,7 +198,7 @@ impl SparseDictionary {
             r_mag: if gated { Some(w.take("r_mag", &[d_sae])?) } else { None },
             b_mag: if gated { Some(w.take("b_mag", &[d_sae])?) } else { None },
             w_skip: if kind == DictionaryKind::SkipTranscoder { Some(w.take("W_skip", &[d_out, d_in])?) } else { None },
-            cfg: dcfg.validated()?,
+            cfg: dcfg,
         })
     }
 
@@ -206,7 +217,7 @@ impl SparseDictionary {
         let transcode = cfg.get("transcode").and_then(Value::as_bool).unwrap_or(false);
         let weights_path = dir.join("sae.safetensors");
         let mut w = Weights { map: read_tensors(&weights_path, device)?, path: weights_path };
-        let n = w.map.get("encoder.bias").map(|b| b.size()[0]).ok_or_else(|| Error::format(&w.path, "no tensor `encoder.bias`"))?;
+        let n = w.vector_len("encoder.bias")?;
         let w_dec = w.take("W_dec", &[n, d_in])?;
         let w_skip = w.take_opt("W_skip", &[d_in, d_in])?;
         let kind = match (transcode, w_skip.is_some()) {
@@ -262,10 +273,7 @@ pub fn load_circuit_tracer(dir: impl AsRef<Path>, device: Device) -> Result<Vec<
         .map(|(layer, file)| {
             let path = dir.join(file.strip_prefix("file://").unwrap_or(file));
             let mut w = Weights { map: read_tensors(&path, device)?, path: path.clone() };
-            let (d_tc, d) = match (w.map.get("b_enc"), w.map.get("b_dec")) {
-                (Some(e), Some(d)) => (e.size()[0], d.size()[0]),
-                _ => return Err(Error::format(&path, "needs `b_enc` and `b_dec`")),
-            };
+            let (d_tc, d) = (w.vector_len("b_enc")?, w.vector_len("b_dec")?);
             let threshold = w.take_opt("activation_function.threshold", &[d_tc])?;
             let k = w.map.remove("k").map(|k| k.f_int64_value(&[])).transpose()?;
             let architecture = match (&threshold, k) {

@@ -243,15 +243,25 @@ impl CachedActivations {
             return Err(bad(&format!("not an activation cache manifest (format should be `{CACHE_FORMAT}`)")));
         }
         let hooks_v = m["hooks"].as_array().ok_or_else(|| bad("no `hooks` list"))?;
-        let hooks: Vec<String> = hooks_v.iter().filter_map(|h| h["name"].as_str().map(str::to_string)).collect();
-        let widths: Vec<i64> = hooks_v.iter().filter_map(|h| h["width"].as_i64()).collect();
+        let (hooks, widths): (Vec<String>, Vec<i64>) = hooks_v
+            .iter()
+            .map(|h| match (h["name"].as_str(), h["width"].as_i64()) {
+                (Some(name), Some(width)) if width > 0 => Ok((name.to_string(), width)),
+                _ => Err(bad(&format!("each hook needs a `name` and a positive `width`, found {h}"))),
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
         let shards: Vec<String> = m["shards"].as_array().ok_or_else(|| bad("no `shards` list"))?.iter().filter_map(|s| s.as_str().map(str::to_string)).collect();
-        let batch_tokens = m["batch_tokens"].as_i64().ok_or_else(|| bad("no `batch_tokens`"))?;
-        let batches_per_shard = m["batches_per_shard"].as_u64().ok_or_else(|| bad("no `batches_per_shard`"))? as usize;
-        if hooks.is_empty() || hooks.len() != widths.len() || shards.is_empty() || batches_per_shard == 0 {
+        let batch_tokens = m["batch_tokens"].as_i64().filter(|b| *b > 0).ok_or_else(|| bad("no positive integer `batch_tokens`"))?;
+        let batches_per_shard = m["batches_per_shard"].as_i64().filter(|b| *b > 0).ok_or_else(|| bad("no positive integer `batches_per_shard`"))?;
+        if hooks.is_empty() || hooks.len() != widths.len() || shards.is_empty() {
             return Err(bad("the manifest lists no hooks, no widths or no shards"));
         }
-        let rows = batches_per_shard as i64 * batch_tokens;
+        let rows = batches_per_shard
+            .checked_mul(batch_tokens)
+            .ok_or_else(|| bad("`batch_tokens` times `batches_per_shard` overflows: not a cache this toolkit wrote"))?;
+        let batches_per_shard = batches_per_shard as usize;
         for shard in &shards {
             let shard_path = dir.join(shard);
             let header = safetensors_header(&shard_path)?;
