@@ -11,7 +11,7 @@ use interp_core::HookedTransformer;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::graph::{EdgeActivations, EdgeGraph};
+use crate::edge_graph::{EdgeActivations, EdgeGraph};
 use crate::metric::Metric;
 
 /// ACDC settings.

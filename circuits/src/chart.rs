@@ -9,7 +9,8 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::graph::{EdgeGraph, Qkv, Receiver, Sender};
+use crate::edge_graph::{EdgeGraph, Qkv, Receiver, Sender};
+use tch::{Kind, Tensor};
 
 /// One heatmap: `values[row][col]`.
 #[derive(Clone, Debug)]
@@ -20,6 +21,14 @@ pub struct Heatmap {
     pub values: Vec<Vec<f64>>,
     pub x_label: String,
     pub y_label: String,
+}
+
+impl Heatmap {
+    /// A panel of `values` [rows, cols] (any float kind) with axis labels.
+    pub fn from_tensor(title: &str, values: &Tensor, rows: Vec<String>, cols: Vec<String>, x_label: &str, y_label: &str) -> Result<Heatmap> {
+        let values = Vec::<Vec<f64>>::try_from(&values.f_to_kind(Kind::Double)?)?;
+        Ok(Heatmap { title: title.into(), rows, cols, values, x_label: x_label.into(), y_label: y_label.into() })
+    }
 }
 
 /// One line of a line chart.

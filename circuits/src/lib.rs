@@ -16,23 +16,23 @@
 //! # Ok::<(), circuits::Error>(())
 //! ```
 pub mod acdc;
-pub mod attribution;
+pub mod eap;
 pub mod error;
-pub mod graph;
+pub mod edge_graph;
 pub mod metric;
 
 pub use acdc::{acdc, circuit_nodes, roc_auc, AcdcConfig, AcdcResult};
-pub use attribution::{edge_attribution, top_k_masks, AttributionMethod};
+pub use eap::{edge_attribution, top_k_masks, AttributionMethod};
 pub use error::{Error, Result};
-pub use graph::{Ablation, Edge, EdgeActivations, EdgeGraph, Qkv, Receiver, Sender};
+pub use edge_graph::{Ablation, Edge, EdgeActivations, EdgeGraph, Qkv, Receiver, Sender};
 pub use metric::{Metric, TaskPrompts};
 pub use transcoders;
 pub mod patching;
 pub mod table;
 pub use patching::{activation_patching, PatchSite, PatchingResult};
 pub use table::{Table, Value};
-pub mod tracing;
-pub use tracing::{causal_trace, estimate_sigma, restored_probability, summarize, CausalTrace, Corruption, TraceConfig, TracePrompt, TraceSummary, TOKEN_ROLES};
+pub mod causal_tracing;
+pub use causal_tracing::{causal_trace, estimate_sigma, restored_probability, summarize, CausalTrace, Corruption, TraceConfig, TracePrompt, TraceSummary, TOKEN_ROLES};
 pub mod attribution_graph;
 pub use attribution_graph::{attribution_graph, AttributionGraph, GraphConfig};
 pub mod bilinear;
@@ -41,3 +41,6 @@ pub mod chart;
 pub use chart::{circuit_graph, heatmaps, line_chart, Heatmap, Series};
 pub mod report;
 pub use report::Report;
+pub mod output;
+pub use output::Output;
+pub mod analysis;

@@ -12,7 +12,7 @@ use interp::interp_core::{tch, HookedTransformer};
 use interp::transcoders::{load_transcoder_set, SparseDictionary};
 use tch::{Kind, Tensor};
 
-use super::output::Output;
+use interp::circuits::Output;
 
 #[derive(clap::Args)]
 pub struct BilinearArgs {

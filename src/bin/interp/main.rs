@@ -3,7 +3,6 @@
 
 mod circuit;
 mod features;
-mod output;
 mod report;
 mod sae;
 
@@ -12,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use output::standalone;
+use interp::circuits::Output;
 use interp::interp_core::data::{self, TokenDataset};
 use interp::interp_core::tasks::{induction_head_scores, Task, TaskMixture, TaskVocab, ALL_TASKS};
 use interp::interp_core::train::{Schedule, TrainConfig, TrainReport};
@@ -92,71 +91,19 @@ enum Command {
     /// corrupted run, per (layer, position), per head, and per head and position, all indices of
     /// a layer in one batched forward. Writes OUT/patching.csv (site, layer, pos, head, metric,
     /// normalized; -1 where an axis does not apply) and one heatmap per site (SVG and PNG).
-    Patch {
-        #[command(flatten)]
-        task: circuit::TaskArgs,
-        /// Sites: resid_pre, attn_out, mlp_out, z (head output), z_by_pos, q, k, v, pattern, or all.
-        #[arg(long, num_args = 1.., default_value = "all")]
-        sites: Vec<String>,
-    },
+    Patch(circuit::PatchArgs),
     /// Causal tracing (ROME) on the facts task: Gaussian noise on the subject's embeddings, then
     /// the clean residual, MLP outputs and attention outputs restored at each (token, layer).
     /// Writes OUT/traces.csv, OUT/aie.csv (average indirect effects by label, token role and
     /// layer) and heatmaps per prompt and per label.
-    Trace {
-        #[command(flatten)]
-        task: circuit::TaskArgs,
-        /// Noise samples per prompt.
-        #[arg(long, default_value_t = 10)]
-        samples: usize,
-        /// Noise standard deviation in units of sigma.
-        #[arg(long, default_value_t = 3.0)]
-        scale: f64,
-        /// Sigma; default: the standard deviation of the prompts' token embeddings.
-        #[arg(long)]
-        sigma: Option<f64>,
-        /// Layers restored together for the MLP and attention grids.
-        #[arg(long, default_value_t = 10)]
-        window: usize,
-        /// Also trace with the later MLPs frozen at their corrupted outputs.
-        #[arg(long)]
-        severed: bool,
-        /// Heatmaps for this many prompts.
-        #[arg(long, default_value_t = 4)]
-        charts: usize,
-    },
+    Trace(circuit::TraceArgs),
     /// ACDC circuit discovery on a built-in task, next to EAP and EAP-IG: writes
     /// OUT/circuit.json (kept edges, nodes, faithfulness), OUT/acdc_edges.csv, edge scores
     /// (OUT/eap_scores.csv, OUT/eap_ig_scores.csv) and faithfulness curves (CSV, SVG, PNG).
-    Acdc {
-        #[command(flatten)]
-        task: circuit::TaskArgs,
-        /// Keep an edge if removing it worsens the metric by tau or more (default: 1.5% of the
-        /// clean - corrupted gap). The curve also runs tau x 1/4, 1/2, 2 and 4.
-        #[arg(long)]
-        tau: Option<f64>,
-        /// Prune by KL divergence to the clean output instead of the task metric.
-        #[arg(long)]
-        kl: bool,
-        /// What replaces a removed edge: resample (corrupted prompts), zero or mean.
-        #[arg(long, default_value = "resample")]
-        ablation: String,
-        /// EAP-IG interpolation steps.
-        #[arg(long, default_value_t = 5)]
-        steps: usize,
-    },
+    Acdc(circuit::AcdcArgs),
     /// EAP and EAP-IG edge scores on a built-in task, with faithfulness curves of their top-k
     /// circuits: OUT/eap_scores.csv, OUT/eap_ig_scores.csv, OUT/faithfulness.{csv,svg,png}.
-    Eap {
-        #[command(flatten)]
-        task: circuit::TaskArgs,
-        /// What an ablated edge carries: resample (corrupted prompts), zero or mean.
-        #[arg(long, default_value = "resample")]
-        ablation: String,
-        /// EAP-IG interpolation steps.
-        #[arg(long, default_value_t = 5)]
-        steps: usize,
-    },
+    Eap(circuit::EapArgs),
     /// Bilinear-MLP eigendecomposition: for output directions (unembeddings of --tokens), the
     /// interaction matrix Q(u) over blocks.L.ln2.hook_normalized, its eigenvalues (OUT/spectra.{svg,png}),
     /// the tokens its top eigenvectors favour and disfavour (OUT/eigenvectors.csv), and modular-addition
@@ -398,6 +345,14 @@ fn train_on_tasks(a: &TrainArgs, started: std::time::Instant) -> Result<()> {
     Ok(())
 }
 
+/// Runs a command that fills an `Output` in `dir` and writes its report.
+fn standalone(dir: &Path, title: &str, run: impl FnOnce(&mut Output) -> Result<()>) -> Result<()> {
+    let mut out = Output::new(dir, title)?;
+    run(&mut out)?;
+    out.write_report()?;
+    Ok(())
+}
+
 fn device(name: &str) -> Result<Device> {
     Ok(match name {
         "cpu" => Device::Cpu,
@@ -505,19 +460,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Train(args)) => train(&args)?,
         Some(Command::Sae(cmd)) => sae::run(cmd)?,
-        Some(Command::Patch { task, sites }) => standalone(&task.out, "Activation patching", |out| circuit::patch(&task, &sites, out))?,
-        Some(Command::Trace { task, samples, scale, sigma, window, severed, charts }) => {
-            let trace = circuit::TraceArgs { samples, scale, sigma, window, severed, charts };
-            standalone(&task.out, "Causal tracing", |out| circuit::trace(&task, &trace, out))?
-        }
-        Some(Command::Acdc { task, tau, kl, ablation, steps }) => {
-            let acdc = circuit::AcdcArgs { tau, kl, ablation: ablation.parse()?, steps };
-            standalone(&task.out, "ACDC and EAP-IG", |out| circuit::run_acdc(&task, &acdc, true, out))?
-        }
-        Some(Command::Eap { task, ablation, steps }) => {
-            let eap = circuit::AcdcArgs { tau: None, kl: false, ablation: ablation.parse()?, steps };
-            standalone(&task.out, "EAP and EAP-IG", |out| circuit::run_acdc(&task, &eap, false, out))?
-        }
+        Some(Command::Patch(args)) => standalone(&args.task.out, "Activation patching", |out| circuit::patch(&args, out))?,
+        Some(Command::Trace(args)) => standalone(&args.task.out, "Causal tracing", |out| circuit::trace(&args.task, &args.config(), out))?,
+        Some(Command::Acdc(args)) => standalone(&args.eap.task.out, "ACDC and EAP-IG", |out| circuit::discover(&args.eap.task, &args.config(), out))?,
+        Some(Command::Eap(args)) => standalone(&args.task.out, "EAP and EAP-IG", |out| circuit::discover(&args.task, &args.config(), out))?,
         Some(Command::Bilinear(args)) => standalone(&args.out, "Bilinear MLP", |out| features::run_bilinear(&args, out))?,
         Some(Command::Graph(args)) => standalone(&args.out, "Attribution graph", |out| features::run_graph(&args, out))?,
         Some(Command::Report(args)) => report::run(&args)?,

@@ -8,15 +8,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use interp::circuits::bilinear::BilinearLayer;
-use interp::circuits::{heatmaps, Heatmap, Report, Table, TaskPrompts, Value};
+use interp::circuits::analysis::{CausalTracingConfig, CircuitDiscoveryConfig};
+use interp::circuits::{heatmaps, Heatmap, Output, Report, Table, TaskPrompts, Value};
 use interp::interp_core::tasks::{Task, TaskVocab, ALL_TASKS};
 use interp::interp_core::{tch, CacheSpec, HookedTransformer};
 use interp::transcoders::{dashboards_html, evaluate, latent_dashboards, load_transcoder_set};
 use tch::{Device, Kind, Tensor};
 
-use super::circuit::{self, AcdcArgs, TaskArgs, TaskName, TraceArgs};
+use super::circuit::{self, TaskArgs, TaskName};
 use super::features::{self, BilinearArgs, GraphArgs};
-use super::output::Output;
 
 #[derive(clap::Args)]
 pub struct ReportArgs {
@@ -100,14 +100,12 @@ fn model_report(dir: &Path, slug: &str, args: &ReportArgs) -> Result<Report> {
     if task_model {
         let out_dir = out.dir.clone();
         let task_args = |task| TaskArgs { model_dir: Some(dir.to_path_buf()), task, n: args.n, seed: 0, out: out_dir.clone(), device: args.device.clone() };
-        let trace = TraceArgs { samples: 10, scale: 3.0, sigma: None, window: 10, severed: false, charts: 2 };
-        circuit::trace(&task_args(TaskName::Facts), &trace, &mut out)?;
+        circuit::trace(&task_args(TaskName::Facts), &CausalTracingConfig { charts: 2, ..CausalTracingConfig::default() }, &mut out)?;
         for task in [TaskName::Ioi, TaskName::GreaterThan] {
             // The folder is the task's --task name (ioi, greater-than).
             let name = task.to_possible_value().map(|v| v.get_name().to_string()).context("task name")?;
             let mut part = Output::nested(&args.out, &format!("{slug}/{name}"), "")?;
-            let acdc = AcdcArgs { tau: None, kl: false, ablation: interp::circuits::Ablation::Resample, steps: 5 };
-            circuit::run_acdc(&task_args(task), &acdc, true, &mut part)?;
+            circuit::discover(&task_args(task), &CircuitDiscoveryConfig::default(), &mut part)?;
             out.report.append(part.report);
         }
     } else {
@@ -215,7 +213,7 @@ fn summary(model: &HookedTransformer, dir: &Path, slug: &str, tokens: &Tensor, o
     out.chart("logit_lens", "logit lens: the probability each residual stream (through the final norm and unembedding) gives the actual next token", |p| heatmaps(p, std::slice::from_ref(&panel)))?;
     // Show the last position first in the report: that is the prediction the prompt asks for.
     table.rows.sort_by_key(|r| std::cmp::Reverse(if let Value::Int(p) = r[1] { p } else { 0 }));
-    out.table("logit_lens", "logit lens, last position first", &table)
+    Ok(    out.table("logit_lens", "logit lens, last position first", &table)?)
 }
 
 fn transpose(grid: &[Vec<f64>]) -> Vec<Vec<f64>> {
@@ -232,7 +230,7 @@ fn task_scores(model: &HookedTransformer, vocab: &TaskVocab, out: &mut Output) -
         table.push(vec![task.name().into(), 256usize.into(), score.into()]);
     }
     out.report.paragraph("Scores on 256 fresh prompts per task (accuracy; greater-than: P(> YY) - P(<= YY)).");
-    out.table("task_scores", "task scores", &table)
+    Ok(    out.table("task_scores", "task scores", &table)?)
 }
 
 /// Metrics and dashboards of every SAELens folder under MODEL/saes and MODEL/transcoders.

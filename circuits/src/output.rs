@@ -3,16 +3,21 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use interp::circuits::{Report, Table};
+use crate::error::{Error, Result};
+use crate::report::Report;
+use crate::table::Table;
 
 /// Rows of a table shown in the report (the files hold all of them).
 const REPORT_ROWS: usize = 25;
 
+/// An analysis's output folder and the report section it fills. Every analysis result has a
+/// `write(&self, out: &mut Output)` that puts its tables, charts and JSON here.
 pub struct Output {
+    /// The folder files are written to.
     pub dir: PathBuf,
     /// `dir` relative to the report's folder, prefixed to file names in captions ("" at the top).
     rel: String,
+    /// The HTML report the files are shown in.
     pub report: Report,
 }
 
@@ -25,7 +30,7 @@ impl Output {
     /// An output in the subfolder `rel` of a report's folder `root`.
     pub fn nested(root: &Path, rel: &str, title: &str) -> Result<Output> {
         let dir = root.join(rel);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
         let rel = if rel.is_empty() { String::new() } else { format!("{rel}/") };
         Ok(Output { dir, rel, report: Report::new(title) })
     }
@@ -40,7 +45,7 @@ impl Output {
     }
 
     /// Writes DIR/stem.svg and DIR/stem.png and embeds the PNG in the report.
-    pub fn chart(&mut self, stem: &str, caption: &str, draw: impl Fn(&Path) -> interp::circuits::Result<()>) -> Result<()> {
+    pub fn chart(&mut self, stem: &str, caption: &str, draw: impl Fn(&Path) -> Result<()>) -> Result<()> {
         for ext in ["svg", "png"] {
             let path = self.dir.join(stem).with_extension(ext);
             draw(&path)?;
@@ -53,7 +58,8 @@ impl Output {
     /// Writes DIR/name (pretty JSON) and links it from the report.
     pub fn json(&mut self, name: &str, what: &str, value: &serde_json::Value) -> Result<()> {
         let path = self.dir.join(name);
-        std::fs::write(&path, serde_json::to_string_pretty(value)?).with_context(|| format!("writing {}", path.display()))?;
+        let text = serde_json::to_string_pretty(value).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+        std::fs::write(&path, text).map_err(Error::io(&path))?;
         println!("wrote {}", path.display());
         self.report.link(&format!("{}{name}", self.rel), &format!("{what}: {}{name}", self.rel));
         Ok(())
@@ -66,12 +72,4 @@ impl Output {
         println!("wrote {}", path.display());
         Ok(path)
     }
-}
-
-/// Runs a command that fills an `Output` in `dir` and writes its report.
-pub fn standalone(dir: &Path, title: &str, run: impl FnOnce(&mut Output) -> Result<()>) -> Result<()> {
-    let mut out = Output::new(dir, title)?;
-    run(&mut out)?;
-    out.write_report()?;
-    Ok(())
 }

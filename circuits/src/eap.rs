@@ -5,7 +5,7 @@ use interp_core::{HookedTransformer, NamesFilter};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::graph::{EdgeActivations, EdgeGraph};
+use crate::edge_graph::{EdgeActivations, EdgeGraph};
 use crate::metric::Metric;
 
 /// How edge scores are computed.

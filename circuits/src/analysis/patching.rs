@@ -1,0 +1,101 @@
+//! Activation patching of every site of a prompt set, as tables and heatmaps.
+
+use interp_core::HookedTransformer;
+use tch::Kind;
+
+use crate::chart::{heatmaps, Heatmap};
+use crate::error::Result;
+use crate::metric::TaskPrompts;
+use crate::output::Output;
+use crate::patching::{activation_patching, PatchSite, PatchingResult};
+use crate::table::Table;
+
+/// What [`patching_sweep`] patches.
+#[derive(Clone, Debug)]
+pub struct PatchingSweepConfig {
+    /// Sites to patch; empty: every site the model has.
+    pub sites: Vec<PatchSite>,
+    /// Most rows (variants x prompts) in one forward.
+    pub max_rows: i64,
+}
+
+impl Default for PatchingSweepConfig {
+    fn default() -> Self {
+        PatchingSweepConfig { sites: Vec::new(), max_rows: 4096 }
+    }
+}
+
+/// Each site's patching result on one prompt set.
+pub struct PatchingSweep {
+    /// What the prompts are (a task name, a file name).
+    pub name: String,
+    pub n_prompts: i64,
+    pub n_layers: usize,
+    /// `{pos} {token}` of the first clean prompt, for the position axis.
+    pub positions: Vec<String>,
+    pub metric: String,
+    pub results: Vec<PatchingResult>,
+}
+
+/// Patches each activation of the clean run into the corrupted run, per site (see
+/// [`activation_patching`]); `token_text` renders token ids for the charts.
+pub fn patching_sweep(model: &HookedTransformer, prompts: &TaskPrompts, name: &str, token_text: &dyn Fn(i64) -> String, cfg: &PatchingSweepConfig) -> Result<PatchingSweep> {
+    let sites: Vec<PatchSite> = match cfg.sites.is_empty() {
+        true => PatchSite::ALL.iter().copied().filter(|p| !(model.cfg.attn_only && *p == PatchSite::MlpOut)).collect(),
+        false => cfg.sites.clone(),
+    };
+    let results = sites
+        .into_iter()
+        .map(|site| activation_patching(model, &prompts.clean, &prompts.corrupted, &prompts.metric, site, cfg.max_rows))
+        .collect::<Result<_>>()?;
+    let first = Vec::<i64>::try_from(&prompts.clean.f_get(0)?)?;
+    Ok(PatchingSweep {
+        name: name.to_string(),
+        n_prompts: prompts.clean.size()[0],
+        n_layers: model.cfg.n_layers,
+        positions: first.iter().enumerate().map(|(i, t)| format!("{i} {}", token_text(*t))).collect(),
+        metric: prompts.metric.name().to_string(),
+        results,
+    })
+}
+
+impl PatchingSweep {
+    /// A report section, one heatmap per site (`patch_<site>.svg/png`) and `patching.parquet/csv`
+    /// (site, layer, pos, head, metric, normalized; -1 where an axis does not apply).
+    pub fn write(&self, out: &mut Output) -> Result<()> {
+        out.report.section(&format!("Activation patching: {}", self.name));
+        out.report.paragraph(&format!(
+            "Each activation of the clean run patched into the corrupted run ({} prompts, metric {}); 1 = the clean value restored, 0 = no change.",
+            self.n_prompts, self.metric
+        ));
+        let mut table = Table::default();
+        let layers: Vec<String> = (0..self.n_layers).map(|l| format!("L{l}")).collect();
+        for r in &self.results {
+            let site = r.site;
+            table.extend(r.to_table()?)?;
+            let n = r.normalized.f_to_kind(Kind::Double)?;
+            let heads = |n_heads: i64| (0..n_heads).map(|h| format!("H{h}")).collect::<Vec<_>>();
+            let panels: Vec<Heatmap> = match site.axes() {
+                ["layer", "pos"] => vec![Heatmap::from_tensor(
+                    &format!("{}: patched clean -> corrupted (normalised)", site.name()),
+                    &n.f_transpose(0, 1)?,
+                    self.positions.clone(),
+                    layers.clone(),
+                    "layer",
+                    "position",
+                )?],
+                ["layer", "head"] => {
+                    vec![Heatmap::from_tensor(&format!("{} per head (normalised)", site.name()), &n, layers.clone(), heads(n.size()[1]), "head", "layer")?]
+                }
+                _ => (0..n.size()[0])
+                    .map(|l| {
+                        let title = format!("{} L{l} by position (normalised)", site.name());
+                        Heatmap::from_tensor(&title, &n.f_select(0, l)?, self.positions.clone(), heads(n.size()[2]), "head", "position")
+                    })
+                    .collect::<Result<_>>()?,
+            };
+            out.chart(&format!("patch_{}", site.name()), &format!("patching {}", site.name()), |path| heatmaps(path, &panels))?;
+        }
+        out.table("patching", "patching results", &table)
+    }
+}

@@ -1,0 +1,192 @@
+//! Writing graphs: circuit-tracer's graph JSON and our HTML view.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::json;
+use tch::Kind;
+use transcoders::html_escape;
+
+use super::{AttributionGraph, Node, Pruned};
+use crate::error::{Error, Result};
+
+/// Styles the fragment of [`AttributionGraph::html_view`] needs.
+pub const GRAPH_CSS: &str = ".axis{font-size:13px;fill:#444} .tok{font-size:13px;font-family:monospace}";
+
+/// Writes a self-contained HTML page around `view`, a fragment of [`AttributionGraph::html_view`].
+pub fn write_graph_page(path: &Path, title: &str, view: &str) -> Result<()> {
+    let html = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title><style>body{{font-family:sans-serif;margin:20px}} {GRAPH_CSS}</style></head><body>\n<h2>{t}</h2>\n{view}</body></html>\n",
+        t = html_escape(title),
+    );
+    std::fs::write(path, html).map_err(Error::io(path))
+}
+
+impl AttributionGraph {
+    /// circuit-tracer's node id of node `i` (`{layer}_{feature}_{pos}`, `E_{token}_{pos}`, ...).
+    fn node_id(&self, i: usize) -> String {
+        match self.nodes[i] {
+            Node::Feature { layer, pos, feature, .. } => format!("{layer}_{feature}_{pos}"),
+            Node::Error { layer, pos } => format!("{layer}_-1_{pos}"),
+            Node::Token { pos, token } => format!("E_{token}_{pos}"),
+            Node::Logit { token, .. } => format!("{}_{token}_{}", self.n_layers + 1, self.tokens.len() - 1),
+        }
+    }
+
+    /// The pruned graph as the JSON that circuit-tracer's graph viewer reads (`metadata`,
+    /// `qParams`, `nodes`, `links`); `token_text` [n_tokens of the vocabulary] renders ids. The
+    /// `node_threshold` recorded is the one `pruned` was made with.
+    ///
+    /// Every feature node's `feature_type` is `"cross layer transcoder"`, per-layer transcoders
+    /// included: that string is circuit-tracer's node type for any transcoder feature (its
+    /// `Node.feature_node` writes nothing else), and its viewer draws features by it.
+    pub fn to_circuit_tracer_json(&self, pruned: &Pruned, slug: &str, scan: &str, token_text: &dyn Fn(i64) -> String) -> Result<serde_json::Value> {
+        let last = self.tokens.len() - 1;
+        let mut first_logit = true;
+        let nodes: Vec<serde_json::Value> = (0..self.nodes.len())
+            .filter(|&i| pruned.node_mask[i])
+            .map(|i| {
+                let id = self.node_id(i);
+                let influence = pruned.cumulative[i];
+                match &self.nodes[i] {
+                    Node::Feature { layer, pos, feature, activation } => json!({
+                        "node_id": id, "feature": (layer + *feature as usize) * (layer + *feature as usize + 1) / 2 + *feature as usize,
+                        "layer": layer.to_string(), "ctx_idx": pos, "feature_type": "cross layer transcoder",
+                        "token_prob": 0.0, "is_target_logit": false, "run_idx": 0, "reverse_ctx_idx": 0,
+                        "jsNodeId": format!("{layer}_{feature}-0"), "clerp": "", "influence": influence, "activation": activation,
+                    }),
+                    Node::Error { layer, pos } => json!({
+                        "node_id": id, "feature": -1, "layer": layer.to_string(), "ctx_idx": pos,
+                        "feature_type": "mlp reconstruction error", "token_prob": 0.0, "is_target_logit": false, "run_idx": 0,
+                        "reverse_ctx_idx": 0, "jsNodeId": format!("{layer}_-1-{pos}"), "clerp": "", "influence": influence, "activation": null,
+                    }),
+                    Node::Token { pos, token } => json!({
+                        "node_id": id, "feature": pos, "layer": "E", "ctx_idx": pos, "feature_type": "embedding",
+                        "token_prob": 0.0, "is_target_logit": false, "run_idx": 0, "reverse_ctx_idx": 0,
+                        "jsNodeId": format!("E_{token}-{pos}"), "clerp": "", "influence": influence, "activation": null,
+                    }),
+                    Node::Logit { token, probability } => {
+                        let target = std::mem::replace(&mut first_logit, false);
+                        json!({
+                            "node_id": id, "feature": token, "layer": (self.n_layers + 1).to_string(), "ctx_idx": last,
+                            "feature_type": "logit", "token_prob": probability, "is_target_logit": target, "run_idx": 0,
+                            "reverse_ctx_idx": 0, "jsNodeId": format!("L_{token}-{last}"),
+                            "clerp": format!("Output \"{}\" (p={probability:.3})", token_text(*token)), "influence": null, "activation": null,
+                        })
+                    }
+                }
+            })
+            .collect();
+        let mask = pruned.edge_mask.f_nonzero()?;
+        let pairs = Vec::<i64>::try_from(&mask.f_flatten(0, -1)?)?;
+        let weights = Vec::<f64>::try_from(&self.adjacency.f_index(&[Some(mask.f_select(1, 0)?), Some(mask.f_select(1, 1)?)])?.f_to_kind(Kind::Double)?)?;
+        let links: Vec<serde_json::Value> = pairs
+            .chunks(2)
+            .zip(weights)
+            .map(|(p, w)| json!({ "source": self.node_id(p[1] as usize), "target": self.node_id(p[0] as usize), "weight": w }))
+            .collect();
+        let prompt_tokens: Vec<String> = self.tokens.iter().map(|&t| token_text(t)).collect();
+        Ok(json!({
+            "metadata": {
+                "slug": slug, "scan": scan, "transcoder_list": [], "prompt_tokens": prompt_tokens,
+                "prompt": prompt_tokens.concat(), "node_threshold": pruned.node_threshold, "schema_version": 1,
+            },
+            "qParams": { "pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": "" },
+            "nodes": nodes,
+            "links": links,
+        }))
+    }
+
+    /// A self-contained HTML page of [`AttributionGraph::html_view`].
+    pub fn write_html(&self, pruned: &Pruned, path: &Path, title: &str, token_text: &dyn Fn(i64) -> String) -> Result<()> {
+        write_graph_page(path, title, &self.html_view(pruned, token_text)?)
+    }
+
+    /// The pruned graph as an HTML fragment (a caption and an inline SVG; styles in [`GRAPH_CSS`]):
+    /// one column per position, one row per layer (embeddings at the bottom, logits at the top),
+    /// node area by influence, edges blue (excitatory) or red (inhibitory) with opacity by
+    /// |weight|; hover for details.
+    pub fn html_view(&self, pruned: &Pruned, token_text: &dyn Fn(i64) -> String) -> Result<String> {
+        let n_pos = self.tokens.len();
+        let (col_w, row_h, left, top) = (110.0, 90.0, 60.0, 40.0);
+        let rows = self.n_layers + 2; // E, layers, logits
+        let (width, height) = (left + col_w * n_pos as f64 + 40.0, top + row_h * rows as f64 + 60.0);
+        let row_of = |node: &Node| -> usize {
+            match node {
+                Node::Token { .. } => 0,
+                Node::Feature { layer, .. } | Node::Error { layer, .. } => layer + 1,
+                Node::Logit { .. } => self.n_layers + 1,
+            }
+        };
+        let pos_of = |node: &Node| -> i64 {
+            match node {
+                Node::Token { pos, .. } | Node::Feature { pos, .. } | Node::Error { pos, .. } => *pos,
+                Node::Logit { .. } => n_pos as i64 - 1,
+            }
+        };
+        // Spread the kept nodes of each (row, position) cell horizontally.
+        let kept: Vec<usize> = (0..self.nodes.len()).filter(|&i| pruned.node_mask[i]).collect();
+        let mut cells: HashMap<(usize, i64), Vec<usize>> = HashMap::new();
+        for &i in &kept {
+            cells.entry((row_of(&self.nodes[i]), pos_of(&self.nodes[i]))).or_default().push(i);
+        }
+        let mut xy: HashMap<usize, (f64, f64)> = HashMap::new();
+        for ((row, pos), members) in &cells {
+            let step = (col_w - 20.0) / members.len() as f64;
+            for (k, &i) in members.iter().enumerate() {
+                let x = left + col_w * *pos as f64 + 10.0 + step * (k as f64 + 0.5);
+                let y = top + row_h * (rows - 1 - row) as f64 + row_h / 2.0;
+                xy.insert(i, (x, y));
+            }
+        }
+        let mask = pruned.edge_mask.f_nonzero()?;
+        let pairs = Vec::<i64>::try_from(&mask.f_flatten(0, -1)?)?;
+        let weights = Vec::<f64>::try_from(&self.adjacency.f_index(&[Some(mask.f_select(1, 0)?), Some(mask.f_select(1, 1)?)])?.f_to_kind(Kind::Double)?)?;
+        let max_w = weights.iter().fold(0f64, |m, w| m.max(w.abs())).max(1e-12);
+        let mut svg = String::new();
+        for r in 0..rows {
+            let y = top + row_h * (rows - 1 - r) as f64 + row_h / 2.0;
+            let label = match r {
+                0 => "Emb".to_string(),
+                r if r == rows - 1 => "Logit".to_string(),
+                r => format!("L{}", r - 1),
+            };
+            svg += &format!("<text x=\"8\" y=\"{y:.1}\" class=\"axis\">{label}</text>\n");
+        }
+        for (p, &t) in self.tokens.iter().enumerate() {
+            let x = left + col_w * p as f64 + col_w / 2.0;
+            svg += &format!("<text x=\"{x:.1}\" y=\"{:.1}\" class=\"tok\" text-anchor=\"middle\">{}</text>\n", height - 25.0, html_escape(&token_text(t)));
+        }
+        for (p, w) in pairs.chunks(2).zip(&weights) {
+            let (Some(a), Some(b)) = (xy.get(&(p[1] as usize)), xy.get(&(p[0] as usize))) else { continue };
+            let colour = if *w >= 0.0 { "#2166ac" } else { "#b2182b" };
+            let opacity = 0.1 + 0.9 * (w.abs() / max_w);
+            svg += &format!(
+                "<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"{colour}\" stroke-opacity=\"{opacity:.3}\" stroke-width=\"{:.2}\"><title>{} → {}: {w:.4}</title></line>\n",
+                a.0, a.1, b.0, b.1, 0.5 + 2.5 * w.abs() / max_w, self.node_id(p[1] as usize), self.node_id(p[0] as usize)
+            );
+        }
+        for &i in &kept {
+            let (x, y) = xy[&i];
+            let (fill, detail) = match &self.nodes[i] {
+                Node::Feature { activation, .. } => ("#f4a582", format!("activation {activation:.3}")),
+                Node::Error { .. } => ("#bababa", "transcoder error".to_string()),
+                Node::Token { token, .. } => ("#92c5de", format!("token {}", html_escape(&token_text(*token)))),
+                Node::Logit { token, probability } => ("#a6d96a", format!("\"{}\" p={probability:.3}", html_escape(&token_text(*token)))),
+            };
+            let r = 3.0 + 9.0 * pruned.influence[i].max(0.0).sqrt().min(1.0);
+            svg += &format!(
+                "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"{r:.1}\" fill=\"{fill}\" stroke=\"#333\"><title>{} — {detail}; influence {:.4}</title></circle>\n",
+                self.node_id(i),
+                pruned.influence[i]
+            );
+        }
+        Ok(format!(
+            "<p>{nodes} of {all} nodes and {edges} edges kept by influence on the logits. Node area: influence; blue edges excite, red inhibit; hover for values. Completeness error (max |sum of inputs + bias − value|): {err:.2e}.</p>\n<svg width=\"{width:.0}\" height=\"{height:.0}\" xmlns=\"http://www.w3.org/2000/svg\">\n{svg}</svg>\n",
+            nodes = pruned.n_nodes(),
+            all = self.nodes.len(),
+            edges = pruned.n_edges()?,
+            err = self.completeness_error()?,
+        ))
+    }
+}

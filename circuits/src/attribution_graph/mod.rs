@@ -1,0 +1,205 @@
+//! Transcoder feature circuits: attribution graphs of a prompt (circuit-tracer's method) and
+//! weight-based feature-to-feature connections (the transcoder paper's).
+//!
+//! **Replacement model.** Every MLP is replaced by its transcoder plus an error term (the
+//! difference to the true MLP output at this prompt), attention patterns and norm scales are
+//! frozen at their values on the prompt. What remains is linear in the *sources*: token
+//! embeddings, transcoder feature activations, error terms; everything else (biases, positional
+//! embeddings, decoder biases) is a constant. The direct effect of a source on a target (a feature's
+//! pre-activation, or a logit minus the mean logit) is the source's activation times the gradient
+//! of the target w.r.t. it, through attention and the residual stream but not through other
+//! features. So for every target, the sum of its incoming edge weights plus its bias (the target's
+//! value with every source at zero) is its value: [`AttributionGraph::completeness_error`].
+//!
+//! Gradients come from backward passes in batches: the prompt is repeated on the batch axis and
+//! each row reads out a different target, so one backward gives `batch_size` rows of the
+//! adjacency matrix.
+//!
+//! ```no_run
+//! use circuits::attribution_graph::{attribution_graph, GraphConfig};
+//! use interp_core::HookedTransformer;
+//! let model = HookedTransformer::from_pretrained_dir("models/shakespeare-gpt2", tch::Device::Cpu, tch::Kind::Float)?;
+//! let transcoders = transcoders::load_transcoder_set("models/shakespeare-gpt2/transcoders", tch::Device::Cpu)?;
+//! let tokens = model.tokenizer().expect("tokenizer").encode("To be, or not to be", true)?;
+//! let graph = attribution_graph(&model, &transcoders, &tokens, &GraphConfig::default())?;
+//! let pruned = graph.prune(0.8, 0.98)?;
+//! println!("{} nodes, {} kept; completeness error {:.1e}", graph.nodes.len(), pruned.n_nodes(), graph.completeness_error()?);
+//! # Ok::<(), circuits::Error>(())
+//! ```
+//!
+//! Files: `replacement.rs` (the linearised replacement model and the backward passes that read
+//! the adjacency), `prune.rs` (influence pruning), `export.rs` (circuit-tracer's JSON, our HTML
+//! view), `connections.rs` (weight-based feature connections).
+
+mod connections;
+mod export;
+mod prune;
+mod replacement;
+
+use interp_core::HookedTransformer;
+use tch::{Device, Kind, Tensor};
+use transcoders::SparseDictionary;
+
+use crate::error::{Error, Result};
+
+pub use connections::{de_embedding, feature_connections, residual_encoder, FeatureConnections};
+pub use export::{write_graph_page, GRAPH_CSS};
+pub use prune::Pruned;
+pub use replacement::check_transcoders;
+use replacement::{expand, read, Leaves, Replacement};
+
+/// How a graph is built and pruned.
+#[derive(Clone, Debug)]
+pub struct GraphConfig {
+    /// At most this many logit targets: the most likely next tokens ...
+    pub max_logits: usize,
+    /// ... until their probabilities add up to this.
+    pub logit_probability: f64,
+    /// Targets per backward pass.
+    pub batch_size: i64,
+    pub progress: bool,
+}
+
+impl Default for GraphConfig {
+    fn default() -> Self {
+        GraphConfig { max_logits: 10, logit_probability: 0.95, batch_size: 32, progress: false }
+    }
+}
+
+/// A node of an attribution graph.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Node {
+    /// An active transcoder feature at (layer, position).
+    Feature { layer: usize, pos: i64, feature: i64, activation: f64 },
+    /// The transcoder's error at (layer, position): true MLP output minus the reconstruction.
+    Error { layer: usize, pos: i64 },
+    /// The token embedding at a position.
+    Token { pos: i64, token: i64 },
+    /// A candidate next token at the last position (its logit minus the mean logit).
+    Logit { token: i64, probability: f64 },
+}
+
+/// The direct-effect graph of one prompt.
+pub struct AttributionGraph {
+    pub tokens: Vec<i64>,
+    pub n_layers: usize,
+    /// In circuit-tracer's order: features (by layer, position, feature), errors (by layer, then
+    /// position), tokens, logits.
+    pub nodes: Vec<Node>,
+    /// [n_nodes, n_nodes] (f32): `adjacency[target, source]` is the direct effect of the source
+    /// on the target. Rows of error and token nodes are zero.
+    pub adjacency: Tensor,
+    /// [n_nodes] (f64): each target's value (pre-activation, or demeaned logit); 0 for sources.
+    pub values: Tensor,
+    /// [n_nodes] (f64): each target's value with every source at zero.
+    pub biases: Tensor,
+}
+
+/// The attribution graph of `tokens` (one prompt, BOS included if the model expects it) for a
+/// model whose MLPs `transcoders` replace (one per layer, in order).
+pub fn attribution_graph(model: &HookedTransformer, transcoders: &[SparseDictionary], tokens: &[i64], cfg: &GraphConfig) -> Result<AttributionGraph> {
+    if tokens.is_empty() {
+        return Err(Error::Input("an attribution graph needs a non-empty prompt".into()));
+    }
+    if cfg.batch_size < 1 || cfg.max_logits < 1 || !(cfg.logit_probability > 0.0 && cfg.logit_probability <= 1.0) {
+        return Err(Error::Input(format!("bad graph configuration: {cfg:?}")));
+    }
+    let rep = Replacement::new(model, transcoders, tokens)?;
+    let n_layers = model.cfg.n_layers;
+    let n_pos = tokens.len() as i64;
+
+    // Nodes: active features, errors, tokens, top logits.
+    let mut nodes = Vec::new();
+    let mut active: Vec<(Tensor, Tensor)> = Vec::with_capacity(n_layers); // per layer: flat index [n_l], activation [n_l]
+    for (layer, a) in rep.clean.acts.iter().enumerate() {
+        let nz = a.f_nonzero()?.f_to_device(Device::Cpu)?; // [n_l, 2]: (pos, feature)
+        let idx = Vec::<i64>::try_from(&nz.f_flatten(0, -1)?)?;
+        let values = a.f_index(&[Some(nz.f_select(1, 0)?.f_to_device(a.device())?), Some(nz.f_select(1, 1)?.f_to_device(a.device())?)])?.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?;
+        let vals = Vec::<f64>::try_from(&values)?;
+        let d_sae = a.size()[1];
+        let flat: Vec<i64> = idx.chunks(2).map(|p| p[0] * d_sae + p[1]).collect();
+        for (p, v) in idx.chunks(2).zip(&vals) {
+            nodes.push(Node::Feature { layer, pos: p[0], feature: p[1], activation: *v });
+        }
+        active.push((Tensor::f_from_slice(&flat)?.f_to_device(a.device())?, values.f_to_kind(Kind::Float)?.f_to_device(a.device())?));
+    }
+    let n_features = nodes.len();
+    for layer in 0..n_layers {
+        nodes.extend((0..n_pos).map(|pos| Node::Error { layer, pos }));
+    }
+    nodes.extend(tokens.iter().enumerate().map(|(pos, &token)| Node::Token { pos: pos as i64, token }));
+    let probs = rep.clean.logits.f_softmax(-1, Kind::Double)?;
+    let (top_p, top_i) = probs.f_topk(cfg.max_logits.min(model.cfg.d_vocab as usize) as i64, -1, true, true)?;
+    let (top_p, top_i) = (Vec::<f64>::try_from(&top_p.f_to_device(Device::Cpu)?)?, Vec::<i64>::try_from(&top_i.f_to_device(Device::Cpu)?)?);
+    let mut covered = 0.0;
+    for (p, t) in top_p.into_iter().zip(top_i) {
+        nodes.push(Node::Logit { token: t, probability: p });
+        covered += p;
+        if covered >= cfg.logit_probability {
+            break;
+        }
+    }
+    let n = nodes.len();
+    let first_logit = n_features + (n_layers + 1) * n_pos as usize;
+    let targets: Vec<usize> = (0..n_features).chain(first_logit..n).collect();
+
+    // The bias of every target: its readout with every source at zero.
+    let zero_run = tch::no_grad(|| rep.forward(&Leaves::zeros(&rep.clean)?))?;
+    let mut biases = vec![0f64; n];
+    let mut values = vec![0f64; n];
+    let adjacency = Tensor::f_zeros([n as i64, n as i64], (Kind::Float, Device::Cpu))?;
+    let bar = interp_core::train::progress_bar(targets.len() as u64, "targets", cfg.progress);
+    let err_start = n_features as i64;
+    let tok_start = err_start + n_layers as i64 * n_pos;
+    for chunk in targets.chunks(cfg.batch_size as usize) {
+        let readout = rep.readout(&nodes, chunk)?;
+        let zero_x: Vec<Tensor> = zero_run.0.iter().map(|x| Ok(expand(&x.f_squeeze_dim(0)?, chunk.len() as i64)?)).collect::<Result<_>>()?;
+        let bias = read(&zero_x, &expand(&zero_run.1.f_squeeze_dim(0)?, chunk.len() as i64)?, &readout)?;
+        let leaves = Leaves::repeat(&rep.clean, chunk.len() as i64)?;
+        let (x_in, x_final) = rep.forward(&leaves)?;
+        let value = read(&x_in, &x_final, &readout)?;
+        let all = leaves.all();
+        let grads = Tensor::f_run_backward(&[value.f_sum(Kind::Double)?], &all, false, false)?;
+        let grad = |i: usize| -> Result<Tensor> {
+            let g = &grads[i];
+            Ok(if g.defined() { g.shallow_clone() } else { all[i].f_zeros_like()? })
+        };
+        let mut cols = Vec::with_capacity(2 * n_layers + 1);
+        for (l, (flat, act)) in active.iter().enumerate() {
+            let g = grad(1 + l)?;
+            cols.push(g.f_flatten(1, 2)?.f_index_select(1, flat)?.f_to_kind(Kind::Float)?.f_mul(act)?);
+        }
+        for l in 0..n_layers {
+            let g = grad(1 + n_layers + l)?;
+            cols.push(g.f_mul(&rep.clean.errors[l])?.f_sum_dim_intlist(-1, false, Kind::Float)?);
+        }
+        cols.push(grad(0)?.f_mul(&rep.clean.embed)?.f_sum_dim_intlist(-1, false, Kind::Float)?);
+        let block = Tensor::f_cat(&cols, 1)?.f_to_device(Device::Cpu)?; // [rows, n_sources]
+        let rows = Tensor::f_from_slice(&chunk.iter().map(|&t| t as i64).collect::<Vec<_>>())?;
+        let _ = adjacency.f_narrow(1, 0, tok_start + n_pos)?.f_index_copy_(0, &rows, &block)?;
+        for (i, &t) in chunk.iter().enumerate() {
+            biases[t] = bias.f_double_value(&[i as i64])?;
+            values[t] = value.f_double_value(&[i as i64])?;
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(AttributionGraph { tokens: tokens.to_vec(), n_layers, nodes, adjacency, values: Tensor::f_from_slice(&values)?, biases: Tensor::f_from_slice(&biases)? })
+}
+
+impl AttributionGraph {
+    pub fn n_features(&self) -> usize {
+        self.nodes.iter().filter(|n| matches!(n, Node::Feature { .. })).count()
+    }
+
+    pub fn n_logits(&self) -> usize {
+        self.nodes.iter().filter(|n| matches!(n, Node::Logit { .. })).count()
+    }
+
+    /// Largest |sum of incoming edges + bias - value| over all targets (0 up to rounding when the
+    /// linearisation is exact).
+    pub fn completeness_error(&self) -> Result<f64> {
+        let sums = self.adjacency.f_to_kind(Kind::Double)?.f_sum_dim_intlist(1, false, Kind::Double)?;
+        Ok(sums.f_add(&self.biases)?.f_sub(&self.values)?.f_abs()?.f_max()?.f_double_value(&[])?)
+    }
+}

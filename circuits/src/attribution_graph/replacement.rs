@@ -1,0 +1,249 @@
+//! The replacement model: transcoders for MLPs plus error terms, attention patterns and norm
+//! scales frozen at the prompt's values; linear in its leaves (embeddings, feature activations,
+//! errors).
+
+use std::cell::RefCell;
+
+use interp_core::{BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks, NormSite};
+use tch::{Device, Kind, Tensor};
+use transcoders::{Architecture, DictionaryKind, SparseDictionary};
+
+use super::Node;
+use crate::error::{Error, Result};
+
+/// The transcoder input hooks an attribution graph can read, for layer `l`.
+fn input_hooks(l: usize) -> [HookPoint; 3] {
+    [BlockSite::Ln2Normalized, BlockSite::MlpIn, BlockSite::ResidMid].map(|s| HookPoint::block(l, s))
+}
+
+/// Checks that `transcoders` replace the MLPs of `model`, one per layer, in order.
+pub fn check_transcoders(model: &HookedTransformer, transcoders: &[SparseDictionary]) -> Result<()> {
+    let c = &model.cfg;
+    if c.attn_only {
+        return Err(Error::Input("the model is attention-only: there are no MLPs for transcoders to replace".into()));
+    }
+    if c.post_norms {
+        return Err(Error::UnsupportedLayout("Gemma-2's norm after attention is not frozen by the replacement model".into()));
+    }
+    if transcoders.len() != c.n_layers {
+        return Err(Error::Input(format!("{} transcoders for a model with {} layers: one per layer is needed", transcoders.len(), c.n_layers)));
+    }
+    for (l, tc) in transcoders.iter().enumerate() {
+        let cfg = &tc.cfg;
+        let what = format!("transcoder {l} (`{}` -> `{}`)", cfg.hook_name, cfg.hook_name_out);
+        if cfg.kind == DictionaryKind::Sae {
+            return Err(Error::Input(format!("{what} is an SAE, not a transcoder")));
+        }
+        if cfg.architecture == Architecture::Gated {
+            return Err(Error::Input(format!("{what}: gated dictionaries are not supported in attribution graphs")));
+        }
+        let reads = cfg.hook_name.parse::<HookPoint>().ok();
+        let writes = cfg.hook_name_out.parse::<HookPoint>().ok();
+        if writes != Some(HookPoint::block(l, BlockSite::MlpOut)) || !reads.is_some_and(|p| input_hooks(l).contains(&p)) {
+            return Err(Error::Input(format!(
+                "{what} does not replace the MLP of layer {l}: it must read blocks.{l}.ln2.hook_normalized (or hook_mlp_in / hook_resid_mid) and write blocks.{l}.hook_mlp_out"
+            )));
+        }
+        if cfg.d_in != c.d_model || cfg.d_out != c.d_model {
+            return Err(Error::Input(format!("{what} maps {} -> {} dimensions, the model has d_model {}", cfg.d_in, cfg.d_out, c.d_model)));
+        }
+    }
+    Ok(())
+}
+
+/// What the replacement model freezes or replaces, from one clean forward. Tensors have no batch axis.
+pub(super) struct Clean {
+    ln1_scale: Vec<Tensor>,
+    pattern: Vec<Tensor>,
+    ln2_scale: Vec<Tensor>,
+    final_scale: Tensor,
+    pub(super) embed: Tensor,
+    pub(super) acts: Vec<Tensor>,
+    pub(super) errors: Vec<Tensor>,
+    pub(super) logits: Tensor,
+}
+
+/// Sources of one linearised forward, [rows, pos, ..] each.
+pub(super) struct Leaves {
+    pub(super) embed: Tensor,
+    pub(super) acts: Vec<Tensor>,
+    pub(super) errors: Vec<Tensor>,
+}
+
+impl Leaves {
+    /// The clean sources repeated `rows` times, as leaves that collect gradients.
+    pub(super) fn repeat(clean: &Clean, rows: i64) -> Result<Leaves> {
+        let rep = |t: &Tensor| -> Result<Tensor> { Ok(t.f_unsqueeze(0)?.f_repeat([rows, 1, 1])?.f_detach()?.f_set_requires_grad(true)?) };
+        Ok(Leaves {
+            embed: rep(&clean.embed)?,
+            acts: clean.acts.iter().map(rep).collect::<Result<_>>()?,
+            errors: clean.errors.iter().map(rep).collect::<Result<_>>()?,
+        })
+    }
+
+    pub(super) fn zeros(clean: &Clean) -> Result<Leaves> {
+        let zero = |t: &Tensor| -> Result<Tensor> { Ok(t.f_zeros_like()?.f_unsqueeze(0)?) };
+        Ok(Leaves {
+            embed: zero(&clean.embed)?,
+            acts: clean.acts.iter().map(zero).collect::<Result<_>>()?,
+            errors: clean.errors.iter().map(zero).collect::<Result<_>>()?,
+        })
+    }
+
+    pub(super) fn all(&self) -> Vec<&Tensor> {
+        std::iter::once(&self.embed).chain(&self.acts).chain(&self.errors).collect()
+    }
+}
+
+/// Readout vectors: row `b` of the batch reads `<x_in[layer][b], inject[layer][b]>` summed over
+/// layers plus `<x_final[b], inject_final[b]>`, plus a constant.
+pub(super) struct Readout {
+    inject: Vec<Tensor>,
+    inject_final: Tensor,
+    constant: Tensor,
+}
+
+pub(super) struct Replacement<'a> {
+    model: &'a HookedTransformer,
+    transcoders: &'a [SparseDictionary],
+    tokens: Tensor,
+    pub(super) clean: Clean,
+}
+
+pub(super) fn expand(t: &Tensor, rows: i64) -> std::result::Result<Tensor, tch::TchError> {
+    let mut shape = t.size();
+    shape.insert(0, rows);
+    t.f_unsqueeze(0)?.f_expand(shape.as_slice(), false)
+}
+
+impl<'a> Replacement<'a> {
+    pub(super) fn new(model: &'a HookedTransformer, transcoders: &'a [SparseDictionary], tokens: &[i64]) -> Result<Self> {
+        check_transcoders(model, transcoders)?;
+        let n = model.cfg.n_layers;
+        let tokens = Tensor::f_from_slice(tokens)?.f_unsqueeze(0)?.f_to_device(model.device())?;
+        let mut names = vec![HookPoint::Embed, HookPoint::LnFinalScale];
+        for (l, tc) in transcoders.iter().enumerate() {
+            names.extend([BlockSite::Ln1Scale, BlockSite::Pattern, BlockSite::Ln2Scale].map(|s| HookPoint::block(l, s)));
+            names.extend([tc.cfg.hook_name.parse::<HookPoint>()?, tc.cfg.hook_name_out.parse()?]);
+        }
+        let (logits, cache) = tch::no_grad(|| model.run_with_cache(&tokens, CacheSpec::names(&names)))?;
+        let get = |name: &str| -> Result<Tensor> { Ok(cache.get(name)?.f_squeeze_dim(0)?) };
+        let at = |point: HookPoint| -> Result<Tensor> { Ok(cache.get(point)?.f_squeeze_dim(0)?) };
+        let (mut acts, mut errors) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for tc in transcoders {
+            let x = get(&tc.cfg.hook_name)?;
+            let (a, recon) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
+                let a = tc.encode(&x)?;
+                let recon = tc.decode(&a, Some(&x))?;
+                Ok((a, recon))
+            })?;
+            let out = get(&tc.cfg.hook_name_out)?.f_to_kind(recon.kind())?;
+            errors.push(out.f_sub(&recon)?.f_to_kind(model.kind())?);
+            acts.push(a);
+        }
+        let per_layer = |site: BlockSite| -> Result<Vec<Tensor>> { (0..n).map(|l| at(HookPoint::block(l, site))).collect() };
+        let clean = Clean {
+            ln1_scale: per_layer(BlockSite::Ln1Scale)?,
+            pattern: per_layer(BlockSite::Pattern)?,
+            ln2_scale: per_layer(BlockSite::Ln2Scale)?,
+            final_scale: at(HookPoint::LnFinalScale)?,
+            embed: at(HookPoint::Embed)?,
+            acts,
+            errors,
+            logits: logits.f_select(0, 0)?.f_select(0, -1)?.f_to_kind(Kind::Double)?,
+        };
+        Ok(Replacement { model, transcoders, tokens, clean })
+    }
+
+    /// The linearised forward of `leaves`; returns the transcoder inputs [rows, pos, d_in] per
+    /// layer and the final normalised residual [rows, pos, d_model].
+    pub(super) fn forward(&self, leaves: &Leaves) -> Result<(Vec<Tensor>, Tensor)> {
+        let rows = leaves.embed.size()[0];
+        let tokens = self.tokens.f_expand([rows, -1], false)?;
+        let n = self.transcoders.len();
+        let inputs: RefCell<Vec<Option<Tensor>>> = RefCell::new((0..n).map(|_| None).collect());
+        let core = |e: Error| interp_core::Error::Input(e.to_string());
+        let mut hooks = Hooks::new().add(HookPoint::Embed, |_, _| Ok(Some(leaves.embed.shallow_clone())));
+        let c = &self.clean;
+        for (l, tc) in self.transcoders.iter().enumerate() {
+            let frozen = [(BlockSite::Ln1Scale, &c.ln1_scale[l]), (BlockSite::Pattern, &c.pattern[l]), (BlockSite::Ln2Scale, &c.ln2_scale[l])];
+            for (site, value) in frozen {
+                hooks = hooks.add(HookPoint::block(l, site), move |_, _| Ok(Some(expand(value, rows)?)));
+            }
+            let inputs = &inputs;
+            hooks = hooks.add(tc.cfg.hook_name.clone(), move |x, _| {
+                inputs.borrow_mut()[l] = Some(x.shallow_clone());
+                Ok(None)
+            });
+            let (acts, err) = (&leaves.acts[l], &leaves.errors[l]);
+            hooks = hooks.add(tc.cfg.hook_name_out.clone(), move |_, _| {
+                let x = inputs.borrow()[l].as_ref().map(Tensor::shallow_clone);
+                let out = tc.decode(acts, x.as_ref()).map_err(|e| core(e.into()))?;
+                Ok(Some(out.f_to_kind(err.kind())?.f_add(err)?))
+            });
+        }
+        // Stop after the last block and apply the final norm with its scale frozen: the
+        // unembedding is never needed, targets read the normalised residual.
+        let resid = self.model.runner(&tokens).hooks(hooks).stop_at_layer(n).autograd().run()?.output;
+        let scale = expand(&c.final_scale, rows)?;
+        let mut x_final = self.model.cfg.norm.centre(&resid.f_to_kind(scale.kind())?, -1)?.f_div(&scale)?;
+        let (gain, bias) = self.model.norm_weights(NormSite::LnFinal)?;
+        if let Some(g) = gain {
+            x_final = x_final.f_mul(&g)?;
+        }
+        if let Some(b) = bias {
+            x_final = x_final.f_add(&b)?;
+        }
+        let inputs = inputs.into_inner().into_iter().collect::<Option<Vec<_>>>();
+        let inputs = inputs.ok_or_else(|| Error::Input("a transcoder input hook did not fire".into()))?;
+        Ok((inputs, x_final.f_to_kind(self.model.kind())?))
+    }
+
+    /// The readout of `targets` (feature or logit nodes), one per row.
+    pub(super) fn readout(&self, nodes: &[Node], targets: &[usize]) -> Result<Readout> {
+        let c = &self.model.cfg;
+        let rows = targets.len() as i64;
+        let pos = self.tokens.size()[1];
+        let dev = self.model.device();
+        let inject: Vec<Tensor> = (0..c.n_layers).map(|_| Tensor::f_zeros([rows, pos, c.d_model], (Kind::Float, dev))).collect::<std::result::Result<_, _>>()?;
+        let inject_final = Tensor::f_zeros([rows, pos, c.d_model], (Kind::Float, dev))?;
+        let mut constant = vec![0f64; targets.len()];
+        let w_u = self.model.w_u().f_to_kind(Kind::Float)?;
+        let mean_u = w_u.f_mean_dim(1, false, Kind::Float)?;
+        let b_u_mean = self.model.b_u().map(|b| b.f_mean(Kind::Double)?.f_double_value(&[])).transpose()?;
+        for (row, &t) in targets.iter().enumerate() {
+            let row = row as i64;
+            match nodes[t] {
+                Node::Feature { layer, pos, feature, .. } => {
+                    let tc = &self.transcoders[layer];
+                    let w = tc.w_enc.f_select(1, feature)?;
+                    inject[layer].f_get(row)?.f_get(pos)?.f_copy_(&w)?;
+                    let mut k = tc.b_enc.f_double_value(&[feature])?;
+                    if tc.cfg.apply_b_dec_to_input {
+                        k -= tc.b_dec.f_dot(&w)?.f_double_value(&[])?;
+                    }
+                    constant[row as usize] = k;
+                }
+                Node::Logit { token, .. } => {
+                    let u = w_u.f_select(1, token)?.f_sub(&mean_u)?;
+                    inject_final.f_get(row)?.f_get(pos - 1)?.f_copy_(&u)?;
+                    if let (Some(b), Some(mean)) = (self.model.b_u(), b_u_mean) {
+                        constant[row as usize] = b.f_double_value(&[token])? - mean;
+                    }
+                }
+                _ => return Err(Error::Input("only features and logits are targets".into())),
+            }
+        }
+        Ok(Readout { inject, inject_final, constant: Tensor::f_from_slice(&constant)? })
+    }
+}
+
+pub(super) fn read(x_in: &[Tensor], x_final: &Tensor, r: &Readout) -> Result<Tensor> {
+    let dot = |x: &Tensor, g: &Tensor| -> Result<Tensor> { Ok(x.f_to_kind(Kind::Double)?.f_mul(&g.f_to_kind(Kind::Double)?)?.f_sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Double)?) };
+    let mut total = dot(x_final, &r.inject_final)?;
+    for (x, g) in x_in.iter().zip(&r.inject) {
+        total = total.f_add(&dot(x, g)?)?;
+    }
+    Ok(total.f_to_device(Device::Cpu)?.f_add(&r.constant)?)
+}
+
