@@ -101,6 +101,7 @@ pub(crate) struct Group {
 
 /// What replaces a removed edge's sender output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Ablation {
     /// The sender's output on the corrupted prompt of the same row (resample ablation).
     Resample,

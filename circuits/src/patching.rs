@@ -11,22 +11,32 @@ use crate::table::Table;
 
 /// What is patched, and over which indices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum PatchSite {
     /// Residual stream entering each block, by (layer, pos).
+    #[cfg_attr(feature = "clap", value(name = "resid_pre"))]
     ResidPre,
     /// Attention output by (layer, pos).
+    #[cfg_attr(feature = "clap", value(name = "attn_out"))]
     AttnOut,
     /// MLP output by (layer, pos).
+    #[cfg_attr(feature = "clap", value(name = "mlp_out"))]
     MlpOut,
     /// Each head's output (`hook_z`) at every position, by (layer, head).
+    #[cfg_attr(feature = "clap", value(name = "z"))]
     HeadOut,
     /// Each head's output by (layer, pos, head).
+    #[cfg_attr(feature = "clap", value(name = "z_by_pos"))]
     HeadOutByPos,
     /// Queries, keys, values and attention patterns per head at every position, by (layer, head)
     /// (key/value heads under grouped-query attention).
+    #[cfg_attr(feature = "clap", value(name = "q"))]
     Q,
+    #[cfg_attr(feature = "clap", value(name = "k"))]
     K,
+    #[cfg_attr(feature = "clap", value(name = "v"))]
     V,
+    #[cfg_attr(feature = "clap", value(name = "pattern"))]
     Pattern,
 }
 

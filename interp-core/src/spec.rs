@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 
 /// Block layout of a model built here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum BlockStyle {
     /// LayerNorm, learned positions, biases (HF `gpt2`).
     Gpt2,
@@ -43,6 +44,9 @@ impl MlpKind {
         }
     }
 
+    /// The names [`MlpKind::parse`] takes.
+    pub const NAMES: [&'static str; 7] = ["relu", "gelu", "glu", "bilinear", "reglu", "geglu", "swiglu"];
+
     pub fn parse(name: &str) -> Result<Self> {
         Ok(match name.to_ascii_lowercase().as_str() {
             "relu" => MlpKind::Relu,
@@ -53,7 +57,7 @@ impl MlpKind {
             "geglu" => MlpKind::GeGlu,
             "swiglu" => MlpKind::SwiGlu,
             other => {
-                return Err(Error::Config(format!("unknown MLP `{other}` (relu, gelu, glu, bilinear, reglu, geglu, swiglu)")))
+                return Err(Error::Config(format!("unknown MLP `{other}` ({})", Self::NAMES.join(", "))))
             }
         })
     }

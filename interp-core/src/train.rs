@@ -29,7 +29,9 @@ pub trait BatchSource {
     fn eval_batches(&self) -> Result<Vec<Batch>>;
 }
 
+/// Learning-rate decay after warmup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Schedule {
     /// Cosine from the peak to `min_lr_ratio * lr`.
     Cosine,

@@ -53,9 +53,8 @@ pub struct TaskArgs {
     /// Output directory (created).
     #[arg(long)]
     pub out: PathBuf,
-    /// cpu, cuda, or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
 }
 
 struct Setup {
@@ -66,7 +65,7 @@ struct Setup {
 
 fn setup(args: &TaskArgs) -> Result<Setup> {
     let dir = args.model_dir.clone().unwrap_or_else(|| PathBuf::from(TASK_MODEL));
-    let model = HookedTransformer::from_pretrained_dir(&dir, super::device(&args.device)?, Kind::Float)?;
+    let model = HookedTransformer::from_pretrained_dir(&dir, args.device.get(), Kind::Float)?;
     let vocab = TaskVocab::of_model(&model).with_context(|| format!("{}: these commands need a model trained on the built-in tasks", dir.display()))?;
     if args.n == 0 {
         bail!("--n must be at least 1");
@@ -79,18 +78,14 @@ fn setup(args: &TaskArgs) -> Result<Setup> {
 pub struct PatchArgs {
     #[command(flatten)]
     pub task: TaskArgs,
-    /// Sites: resid_pre, attn_out, mlp_out, z (head output), z_by_pos, q, k, v, pattern, or all.
-    #[arg(long, num_args = 1.., default_value = "all")]
-    pub sites: Vec<String>,
+    /// Sites to patch (z: each head's output); default: every site the model has.
+    #[arg(long, value_enum, num_args = 1..)]
+    pub sites: Vec<PatchSite>,
 }
 
 pub fn patch(args: &PatchArgs, out: &mut Output) -> Result<()> {
     let s = setup(&args.task)?;
-    let sites = match args.sites.iter().any(|x| x == "all") {
-        true => Vec::new(),
-        false => args.sites.iter().map(|x| x.parse()).collect::<interp::circuits::Result<Vec<PatchSite>>>()?,
-    };
-    let cfg = PatchingSweepConfig { sites, ..PatchingSweepConfig::default() };
+    let cfg = PatchingSweepConfig { sites: args.sites.clone(), ..PatchingSweepConfig::default() };
     let sweep = patching_sweep(&s.model, &s.prompts, Task::name(args.task.task.task()), &|t| s.vocab.word(t).to_string(), &cfg)?;
     for r in &sweep.results {
         println!("{:<10} clean {:.4} corrupted {:.4} ({} forwards)", r.site.name(), r.clean, r.corrupted, r.forwards);
@@ -146,8 +141,8 @@ pub fn trace(task: &TaskArgs, cfg: &CausalTracingConfig, out: &mut Output) -> Re
 pub struct EapArgs {
     #[command(flatten)]
     pub task: TaskArgs,
-    /// What an ablated edge carries: resample (corrupted prompts), zero or mean.
-    #[arg(long, default_value = "resample")]
+    /// What an ablated edge carries.
+    #[arg(long, value_enum, default_value_t = CircuitDiscoveryConfig::default().ablation)]
     pub ablation: Ablation,
     /// EAP-IG interpolation steps.
     #[arg(long, default_value_t = CircuitDiscoveryConfig::default().steps)]

@@ -35,9 +35,8 @@ pub struct BilinearArgs {
     /// Output directory (created).
     #[arg(long)]
     pub out: PathBuf,
-    /// cpu, cuda, or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
 }
 
 fn token_words(model: &HookedTransformer, ids: &[i64]) -> Result<Vec<String>> {
@@ -61,7 +60,7 @@ fn token_id(model: &HookedTransformer, word: &str) -> Result<i64> {
 /// `interp bilinear`: spectra, eigenvector token readouts and truncation curves.
 pub fn run_bilinear(args: &BilinearArgs, out: &mut Output) -> Result<()> {
     let dir = args.model_dir.clone().unwrap_or_else(|| PathBuf::from(super::circuit::TASK_MODEL));
-    let model = HookedTransformer::from_pretrained_dir(&dir, super::device(&args.device)?, Kind::Float)?;
+    let model = HookedTransformer::from_pretrained_dir(&dir, args.device.get(), Kind::Float)?;
     let layer = args.layer.unwrap_or(model.cfg.n_layers.saturating_sub(1));
     analyse_bilinear(&model, layer, &BilinearLayer::from_model(&model, layer)?, args, out)
 }
@@ -163,15 +162,14 @@ pub struct GraphArgs {
     /// Output directory (created).
     #[arg(long)]
     pub out: PathBuf,
-    /// cpu, cuda, or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
 }
 
 /// `interp graph`: the attribution graph of a prompt.
 pub fn run_graph(args: &GraphArgs, out: &mut Output) -> Result<()> {
     let dir = args.model_dir.clone().unwrap_or_else(|| PathBuf::from(super::DEFAULT_MODEL));
-    let device = super::device(&args.device)?;
+    let device = args.device.get();
     let model = HookedTransformer::from_pretrained_dir(&dir, device, Kind::Float)?;
     let tc_dir = args.transcoders.clone().unwrap_or_else(|| dir.join("transcoders"));
     analyse_graph(&model, &dir, &tc_dir, &load_transcoder_set(&tc_dir, device)?, args, out)

@@ -45,9 +45,8 @@ enum DType {
 struct ModelArgs {
     /// Checkpoint directory: config.json, model.safetensors (or sharded with an index), tokenizer.json.
     model_dir: PathBuf,
-    /// cpu, cuda, or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArg,
     /// Dtype the weights are converted to.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DType,
@@ -144,11 +143,11 @@ struct TrainArgs {
     tokenizer: Option<PathBuf>,
     #[arg(long, default_value_t = 4096)]
     vocab: usize,
-    /// Block style: gpt2 (LayerNorm, learned positions) or llama (RMSNorm, rotary, gated MLP).
-    #[arg(long, default_value = "gpt2")]
-    style: String,
-    /// relu, gelu, glu, bilinear, reglu, geglu, swiglu, or none (attention-only).
-    #[arg(long, default_value = "gelu")]
+    /// Block style.
+    #[arg(long, value_enum, default_value = "gpt2")]
+    style: BlockStyle,
+    /// MLP kind; none: attention-only.
+    #[arg(long, default_value = "gelu", value_parser = mlp_names())]
     mlp: String,
     #[arg(long, default_value_t = 2)]
     layers: usize,
@@ -171,9 +170,9 @@ struct TrainArgs {
     lr: f64,
     #[arg(long, default_value_t = 100)]
     warmup: usize,
-    /// cosine or linear decay after warmup.
-    #[arg(long, default_value = "cosine")]
-    schedule: String,
+    /// Decay after warmup.
+    #[arg(long, value_enum, default_value = "cosine")]
+    schedule: Schedule,
     #[arg(long, default_value_t = 0.01)]
     weight_decay: f64,
     /// Global gradient-norm clip (0 = off).
@@ -255,11 +254,7 @@ fn train(a: &TrainArgs) -> Result<()> {
 
 fn model_spec(a: &TrainArgs, d_vocab: i64) -> Result<ModelSpec> {
     Ok(ModelSpec {
-        style: match a.style.as_str() {
-            "gpt2" => BlockStyle::Gpt2,
-            "llama" => BlockStyle::Llama,
-            other => bail!("unknown --style `{other}` (gpt2 or llama)"),
-        },
+        style: a.style,
         n_layers: a.layers,
         d_model: a.d_model,
         n_heads: a.heads,
@@ -280,11 +275,7 @@ fn train_config(a: &TrainArgs, checkpoints: PathBuf) -> Result<TrainConfig> {
         steps: a.steps,
         lr: a.lr,
         warmup_steps: a.warmup,
-        schedule: match a.schedule.as_str() {
-            "cosine" => Schedule::Cosine,
-            "linear" => Schedule::Linear,
-            other => bail!("unknown --schedule `{other}` (cosine or linear)"),
-        },
+        schedule: a.schedule,
         weight_decay: a.weight_decay,
         grad_clip: (a.clip > 0.0).then_some(a.clip),
         eval_every: a.eval_every,
@@ -353,15 +344,40 @@ fn standalone(dir: &Path, title: &str, run: impl FnOnce(&mut Output) -> Result<(
     Ok(())
 }
 
-fn device(name: &str) -> Result<Device> {
-    Ok(match name {
+/// `--device`, shared by every command that runs a model.
+#[derive(clap::Args, Clone, Copy)]
+pub struct DeviceArg {
+    /// cpu, cuda, or cuda:N (a CUDA device that is present).
+    #[arg(long = "device", default_value = "cpu", value_parser = parse_device)]
+    device: Device,
+}
+
+impl DeviceArg {
+    pub fn get(&self) -> Device {
+        self.device
+    }
+}
+
+fn parse_device(name: &str) -> Result<Device> {
+    let device = match name {
         "cpu" => Device::Cpu,
         "cuda" => Device::Cuda(0),
         other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
             Some(n) => Device::Cuda(n),
             None => bail!("unknown device `{other}` (use cpu, cuda or cuda:N)"),
         },
-    })
+    };
+    if let Device::Cuda(n) = device {
+        if n >= tch::Cuda::device_count() as usize {
+            bail!("device {name} is not available ({} CUDA devices)", tch::Cuda::device_count());
+        }
+    }
+    Ok(device)
+}
+
+/// `--mlp`'s values: the MLP kinds, or none.
+fn mlp_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(MlpKind::NAMES.iter().copied().chain(["none"]))
 }
 
 fn load(args: &ModelArgs) -> Result<HookedTransformer> {
@@ -370,13 +386,7 @@ fn load(args: &ModelArgs) -> Result<HookedTransformer> {
         DType::F16 => Kind::Half,
         DType::Bf16 => Kind::BFloat16,
     };
-    let device = device(&args.device)?;
-    if let Device::Cuda(n) = device {
-        if n >= tch::Cuda::device_count() as usize {
-            bail!("device {} is not available ({} CUDA devices)", args.device, tch::Cuda::device_count());
-        }
-    }
-    Ok(HookedTransformer::from_pretrained_dir(&args.model_dir, device, kind)?)
+    Ok(HookedTransformer::from_pretrained_dir(&args.model_dir, args.device.get(), kind)?)
 }
 
 fn inspect(model: &HookedTransformer) {
@@ -475,7 +485,18 @@ fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     interp::interp_core::reuse_freed_memory();
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version print as clap prints them; a usage error is one line, like every other.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.render().to_string();
+            let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("For more information")).collect();
+            eprintln!("{}", lines.join(" "));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();

@@ -34,9 +34,8 @@ pub struct ReportArgs {
     /// Latents per dictionary shown as dashboards (the most frequently active).
     #[arg(long, default_value_t = 3)]
     pub latents: usize,
-    /// cpu, cuda, or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
 }
 
 pub fn run(args: &ReportArgs) -> Result<()> {
@@ -61,7 +60,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
 
 /// Everything that applies to one model; a part that does not apply says why.
 fn model_report(dir: &Path, slug: &str, args: &ReportArgs) -> Result<Report> {
-    let device = super::device(&args.device)?;
+    let device = args.device.get();
     let model = HookedTransformer::from_pretrained_dir(dir, device, Kind::Float)?;
     let mut out = Output::nested(&args.out, slug, slug)?;
     let vocab = TaskVocab::of_model(&model).ok();
@@ -87,7 +86,7 @@ fn model_report(dir: &Path, slug: &str, args: &ReportArgs) -> Result<Report> {
                     edge_threshold: 0.98,
                     batch: 32,
                     out: out.dir.clone(),
-                    device: args.device.clone(),
+                    device: args.device,
                 };
                 features::analyse_graph(&model, dir, &tc_dir, &transcoders, &graph, &mut out)?;
             }
@@ -99,7 +98,7 @@ fn model_report(dir: &Path, slug: &str, args: &ReportArgs) -> Result<Report> {
     }
     if task_model {
         let out_dir = out.dir.clone();
-        let task_args = |task| TaskArgs { model_dir: Some(dir.to_path_buf()), task, n: args.n, seed: 0, out: out_dir.clone(), device: args.device.clone() };
+        let task_args = |task| TaskArgs { model_dir: Some(dir.to_path_buf()), task, n: args.n, seed: 0, out: out_dir.clone(), device: args.device };
         circuit::trace(&task_args(TaskName::Facts), &CausalTracingConfig { charts: 2, ..CausalTracingConfig::default() }, &mut out)?;
         for task in [TaskName::Ioi, TaskName::GreaterThan] {
             // The folder is the task's --task name (ioi, greater-than).
@@ -127,7 +126,7 @@ fn model_report(dir: &Path, slug: &str, args: &ReportArgs) -> Result<Report> {
                 top: 4,
                 no_task: !task_model,
                 out: out.dir.clone(),
-                device: args.device.clone(),
+                device: args.device,
             };
             features::analyse_bilinear(&model, layer, &bl, &bilinear, &mut out)?;
         }
