@@ -17,10 +17,14 @@
 //! # Ok::<(), circuits::Error>(())
 //! ```
 
+mod bilinear;
 mod causal_tracing;
 mod circuit_discovery;
+mod graph;
 mod patching;
 
+pub use bilinear::{bilinear_spectra, single_token, BilinearSpectra, BilinearSpectraConfig, DirectionSpectrum, Readout};
+pub use graph::{graph_analysis, GraphAnalysis, GraphAnalysisConfig};
 pub use causal_tracing::{causal_tracing, task_trace_prompts, CausalTracing, CausalTracingConfig};
 pub use circuit_discovery::{circuit_discovery, AcdcRuns, CircuitDiscovery, CircuitDiscoveryConfig, EdgeScores};
 pub use patching::{patching_sweep, PatchingSweep, PatchingSweepConfig};

@@ -27,7 +27,7 @@ pub enum TaskName {
 }
 
 impl TaskName {
-    fn task(self) -> Task {
+    pub fn task(self) -> Task {
         match self {
             TaskName::Ioi => Task::Ioi,
             TaskName::GreaterThan => Task::GreaterThan,

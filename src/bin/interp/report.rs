@@ -8,15 +8,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use interp::circuits::bilinear::BilinearLayer;
-use interp::circuits::analysis::{CausalTracingConfig, CircuitDiscoveryConfig};
+use interp::circuits::analysis::{
+    bilinear_spectra, causal_tracing, circuit_discovery, graph_analysis, task_trace_prompts, BilinearSpectraConfig, CausalTracingConfig,
+    CircuitDiscoveryConfig, GraphAnalysisConfig,
+};
 use interp::circuits::{heatmaps, Heatmap, Output, Report, Table, TaskPrompts, Value};
 use interp::interp_core::tasks::{Task, TaskVocab, ALL_TASKS};
 use interp::interp_core::{tch, CacheSpec, HookedTransformer};
 use interp::transcoders::{dashboards_html, evaluate, latent_dashboards, load_transcoder_set};
 use tch::{Device, Kind, Tensor};
 
-use super::circuit::{self, TaskArgs, TaskName};
-use super::features::{self, BilinearArgs, GraphArgs};
+use super::circuit::{self, TaskName};
+use super::features;
 
 #[derive(clap::Args)]
 pub struct ReportArgs {
@@ -78,17 +81,7 @@ fn model_report(dir: &Path, slug: &str, args: &ReportArgs) -> Result<Report> {
     if !task_model && tc_dir.is_dir() {
         match load_transcoder_set(&tc_dir, device) {
             Ok(transcoders) => {
-                let graph = GraphArgs {
-                    model_dir: Some(dir.to_path_buf()),
-                    transcoders: Some(tc_dir.clone()),
-                    prompt: args.prompt.clone(),
-                    node_threshold: 0.8,
-                    edge_threshold: 0.98,
-                    batch: 32,
-                    out: out.dir.clone(),
-                    device: args.device,
-                };
-                features::analyse_graph(&model, dir, &tc_dir, &transcoders, &graph, &mut out)?;
+                graph_analysis(&model, &transcoders, &tc_dir, &args.prompt, &features::slug(dir), &GraphAnalysisConfig::default())?.write(&mut out)?;
             }
             Err(why) => {
                 out.report.section("Transcoder attribution graph");
@@ -96,15 +89,17 @@ fn model_report(dir: &Path, slug: &str, args: &ReportArgs) -> Result<Report> {
             }
         }
     }
-    if task_model {
-        let out_dir = out.dir.clone();
-        let task_args = |task| TaskArgs { model_dir: Some(dir.to_path_buf()), task, n: args.n, seed: 0, out: out_dir.clone(), device: args.device };
-        circuit::trace(&task_args(TaskName::Facts), &CausalTracingConfig { charts: 2, ..CausalTracingConfig::default() }, &mut out)?;
+    if let Some(vocab) = &vocab {
+        let word = |t: i64| vocab.word(t).to_string();
+        let facts = TaskPrompts::new(Task::Facts, vocab, args.n, 0)?;
+        let tracing = CausalTracingConfig { charts: 2, ..CausalTracingConfig::default() };
+        causal_tracing(&model, &task_trace_prompts(Task::Facts, &facts)?, Task::Facts.name(), &word, &tracing)?.write(&mut out)?;
         for task in [TaskName::Ioi, TaskName::GreaterThan] {
             // The folder is the task's --task name (ioi, greater-than).
             let name = task.to_possible_value().map(|v| v.get_name().to_string()).context("task name")?;
             let mut part = Output::nested(&args.out, &format!("{slug}/{name}"), "")?;
-            circuit::discover(&task_args(task), &CircuitDiscoveryConfig::default(), &mut part)?;
+            let prompts = TaskPrompts::new(task.task(), vocab, args.n, 0)?;
+            circuit_discovery(&model, &prompts, task.task().name(), &CircuitDiscoveryConfig::default())?.write(&mut part)?;
             out.report.append(part.report);
         }
     } else {
@@ -119,16 +114,13 @@ fn model_report(dir: &Path, slug: &str, args: &ReportArgs) -> Result<Report> {
             out.report.paragraph(&format!("Skipped: {why}"));
         }
         Ok(bl) => {
-            let bilinear = BilinearArgs {
-                model_dir: Some(dir.to_path_buf()),
-                layer: None,
-                tokens: if task_model { ["m0", "m1", "m2", "m7-m8"].map(String::from).to_vec() } else { top_tokens(&model, &tokens)? },
-                top: 4,
-                no_task: !task_model,
-                out: out.dir.clone(),
-                device: args.device,
-            };
-            features::analyse_bilinear(&model, layer, &bl, &bilinear, &mut out)?;
+            let mut cfg = BilinearSpectraConfig { truncation: task_model, ..BilinearSpectraConfig::default() };
+            if !task_model {
+                cfg.directions = top_tokens(&model, &tokens)?;
+            }
+            let spectra = bilinear_spectra(&model, layer, &bl, &cfg)?;
+            features::print_spectra(&spectra);
+            spectra.write(&mut out)?;
         }
     }
     Ok(out.report)
