@@ -96,6 +96,19 @@ pub fn shakespeare(texts_dir: &Path) -> Result<(Vec<Document>, Vec<Document>)> {
     Ok((train, eval))
 }
 
+/// Splits documents into training and eval sets: every eighth is held out (and the second, when
+/// there are fewer than eight, so that eval is never empty). Needs at least two documents.
+pub fn hold_out(docs: Vec<Document>) -> Result<(Vec<Document>, Vec<Document>)> {
+    if docs.len() < 2 {
+        return Err(Error::Input(format!("need at least two documents (one is held out for eval), found {}", docs.len())));
+    }
+    let (mut train, mut eval) = (Vec::new(), Vec::new());
+    for (i, d) in docs.into_iter().enumerate() {
+        if i % 8 == 7 || (i == 1 && eval.is_empty()) { eval.push(d) } else { train.push(d) }
+    }
+    Ok((train, eval))
+}
+
 /// A byte-level BPE tokenizer (GPT-2's scheme) with `vocab_size` entries, `<|endoftext|>` at id 0.
 pub fn train_bpe(docs: &[Document], vocab_size: usize) -> Result<Tokenizer> {
     let tok_err = |e: tokenizers::Error| Error::Tokenizer(e.to_string());

