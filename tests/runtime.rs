@@ -266,7 +266,7 @@ fn generate_with_kv_cache_equals_full_recompute() {
         }
         assert_eq!(max_abs_diff(&fast, &slow), 0.0, "{arch}");
         // Hooks stay active while generating: steering changes the continuation like a recompute.
-        let steer = Tensor::randn([m.cfg.d_model], (Kind::Float, Device::Cpu)) * 5.0;
+        let steer = interp::interp_core::Rng::new(0).normal_tensor(&[m.cfg.d_model]).unwrap() * 5.0;
         let steered = m.generate(&prompt, None, &s, Hooks::new().intervene("blocks.0.hook_resid_post", Intervention::Add(steer.shallow_clone(), Scope::all()))).unwrap();
         let mut slow = prompt.shallow_clone();
         for _ in 0..10 {

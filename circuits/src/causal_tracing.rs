@@ -326,18 +326,9 @@ fn add_noise(embed: &Tensor, noise: &Tensor, start: i64) -> Result<Tensor> {
     Ok(out)
 }
 
-/// `n` standard normal draws from `seed` (Box-Muller on the toolkit's SplitMix64 `Rng`): the
-/// same on every machine.
+/// `n` standard normal draws from `seed`: the same on every machine.
 fn gaussian(n: i64, seed: u64) -> Result<Tensor> {
-    let mut rng = interp_core::tasks::Rng::new(seed);
-    let mut uniform = || ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            let (u1, u2) = (uniform(), uniform());
-            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-        })
-        .collect();
-    Ok(Tensor::f_from_slice(&v)?)
+    Ok(interp_core::Rng::new(seed).normal_tensor(&[n])?)
 }
 
 /// ROME's window of layers around `l`: `l - window / 2 .. l + ceil(window / 2)`, clipped.

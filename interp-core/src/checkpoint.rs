@@ -2,6 +2,7 @@
 //! `model.safetensors.index.json`), memory-mapped; pages of a tensor are released once it is
 //! copied, so loading needs little more memory than the weights themselves.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use safetensors::SafeTensors;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::rng::Rng;
 
 struct Shard {
     path: PathBuf,
@@ -44,8 +46,10 @@ impl TensorSource for Checkpoint {
 
 /// GPT-2-style initialisation, decided by each HF tensor's name: norm gains 1, biases 0, matrices
 /// N(0, 0.02), and the matrices that write to the residual stream scaled by 1/sqrt(2 n_layers).
+/// Draws come from its own seeded [`Rng`], in the order the loader asks for tensors.
 pub(crate) struct RandomInit {
     pub(crate) n_layers: usize,
+    pub(crate) rng: RefCell<Rng>,
 }
 
 impl TensorSource for RandomInit {
@@ -61,7 +65,7 @@ impl TensorSource for RandomInit {
         } else {
             let writes_resid = ["attn.c_proj", "mlp.c_proj", "o_proj", "down_proj"].iter().any(|s| name.contains(s));
             let std = if writes_resid { 0.02 / (2.0 * self.n_layers as f64).sqrt() } else { 0.02 };
-            Tensor::f_randn(shape, opts)?.f_mul_scalar(std)?
+            self.rng.borrow_mut().normal_tensor(shape)?.f_to_device(device)?.f_mul_scalar(std)?
         };
         Ok(t.f_to_kind(kind)?)
     }

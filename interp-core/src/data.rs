@@ -129,7 +129,7 @@ pub fn train_bpe(docs: &[Document], vocab_size: usize) -> Result<Tokenizer> {
 }
 
 /// Deterministic 64-bit mixing (SplitMix64), so a batch depends only on (seed, step); also the
-/// step of `tasks::Rng`.
+/// step of [`Rng`](crate::Rng).
 pub fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e3779b97f4a7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::forward::{Input, KvCache, Run};
 use crate::hooks::Hooks;
 use crate::model::HookedTransformer;
+use crate::rng::Rng;
 use crate::tokenizer::{tensor_ids, Tokenizer};
 
 /// How `generate` picks the next token. `temperature == 0` is greedy.
@@ -17,7 +18,8 @@ pub struct Sampling {
     pub top_k: Option<i64>,
     /// Keep the smallest set of tokens whose probability reaches p (nucleus sampling).
     pub top_p: Option<f64>,
-    /// Seeds torch's generator, for reproducible sampling.
+    /// Draws from the toolkit's own generator seeded with this, for sampling that repeats on every
+    /// machine; `None` draws from libtorch's generator (never reseeded here).
     pub seed: Option<i64>,
     /// Stop a row once it produces this token (it is then padded with it).
     pub eos_token_id: Option<i64>,
@@ -58,9 +60,7 @@ impl HookedTransformer {
         if sampling.temperature.is_nan() || sampling.temperature < 0.0 || sampling.top_k.is_some_and(|k| k < 1) || sampling.top_p.is_some_and(bad_p) {
             return Err(Error::Input(format!("invalid sampling settings: {sampling:?}")));
         }
-        if let Some(seed) = sampling.seed {
-            tch::manual_seed(seed);
-        }
+        let mut rng = sampling.seed.map(|s| Rng::new(s as u64));
         let _guard = tch::no_grad_guard();
         let mut mask = match attention_mask {
             Some(m) => {
@@ -81,7 +81,7 @@ impl HookedTransformer {
         for _ in 0..sampling.max_new_tokens {
             let logits = self.run_forward(&mut run, &Input::Tokens(&next_input), mask.as_ref(), None, Some(&mut kv))?;
             let last = logits.f_select(1, -1)?.f_to_kind(Kind::Float)?; // [batch, vocab]
-            let mut next = self.sample(&last, sampling)?;
+            let mut next = self.sample(&last, sampling, rng.as_mut())?;
             if let Some(eos) = sampling.eos_token_id {
                 next = next.f_masked_fill(&done, eos)?;
                 done = done.f_logical_or(&next.f_eq(eos)?)?;
@@ -100,7 +100,7 @@ impl HookedTransformer {
     }
 
     /// Next tokens [batch] from last-position logits [batch, vocab] (f32).
-    fn sample(&self, logits: &Tensor, s: &Sampling) -> Result<Tensor> {
+    fn sample(&self, logits: &Tensor, s: &Sampling, rng: Option<&mut Rng>) -> Result<Tensor> {
         if s.temperature == 0.0 {
             return Ok(logits.f_argmax(-1, false)?);
         }
@@ -120,6 +120,14 @@ impl HookedTransformer {
             let drop = drop_sorted.f_scatter(-1, &order, &drop_sorted)?;
             logits = logits.f_masked_fill(&drop, f64::NEG_INFINITY)?;
         }
-        Ok(logits.f_softmax(-1, Kind::Float)?.f_multinomial(1, false)?.f_squeeze_dim(1)?)
+        let probs = logits.f_softmax(-1, Kind::Double)?;
+        let Some(rng) = rng else { return Ok(probs.f_multinomial(1, false)?.f_squeeze_dim(1)?) };
+        // Inverse CDF: the first token whose cumulative probability exceeds a uniform draw.
+        let cum = probs.f_cumsum(-1, Kind::Double)?;
+        let total = cum.f_narrow(1, -1, 1)?;
+        let u: Vec<f64> = (0..probs.size()[0]).map(|_| rng.uniform()).collect();
+        let u = Tensor::f_from_slice(&u)?.f_to_device(probs.device())?.f_unsqueeze(1)?.f_mul(&total)?;
+        let next = u.f_searchsorted(&cum, false, true, "right", None::<Tensor>)?.f_squeeze_dim(1)?;
+        Ok(next.f_clamp_max(probs.size()[1] - 1)?)
     }
 }

@@ -39,6 +39,7 @@ mod model;
 mod models;
 pub mod pretrain;
 mod processing;
+mod rng;
 mod save;
 mod spec;
 pub mod tasks;
@@ -56,6 +57,7 @@ pub use hooks::{CacheSpec, HookCtx, HookFn, Hooks, Intervention, NamesFilter, Sc
 pub use memory::reuse_freed_memory;
 pub use model::{HookedTransformer, NormSite, RunOutput, Runner};
 pub use processing::WeightProcessing;
+pub use rng::Rng;
 pub use spec::{BlockStyle, MlpKind, ModelSpec};
 pub use tokenizer::{PaddingSide, Tokenizer};
 pub use tch;

@@ -24,6 +24,7 @@ use crate::train::{TrainConfig, TrainReport};
 use crate::{BlockStyle, HookedTransformer, MlpKind, ModelSpec, Tokenizer};
 
 /// What a model is trained on.
+#[allow(clippy::large_enum_variant)] // one value per training run
 pub enum PretrainData {
     /// Training and eval documents (see [`data::hold_out`]). The tokenizer is the one given, or
     /// one saved by an interrupted run, or a byte-level BPE of `vocab` entries trained on `train`.
@@ -47,6 +48,8 @@ pub struct PretrainConfig {
     pub n_ctx: i64,
     /// Sequences per step (split evenly over the tasks of the task mixture).
     pub batch: i64,
+    /// Seeds the initialisation and the order of the data.
+    pub seed: i64,
     /// Optimiser and loop; `checkpoint_dir` `None` means `OUT/checkpoints`.
     pub train: TrainConfig,
 }
@@ -62,6 +65,7 @@ impl Default for PretrainConfig {
             d_mlp: None,
             n_ctx: 128,
             batch: 16,
+            seed: 0,
             train: TrainConfig { steps: 2000, warmup_steps: 100, eval_every: 200, checkpoint_every: 200, ..TrainConfig::default() },
         }
     }
@@ -111,8 +115,8 @@ pub fn pretrain(data: PretrainData, cfg: &PretrainConfig, out: &Path) -> Result<
                     tok
                 }
             };
-            let dataset = TokenDataset::new(&tokenizer, &train, &eval, cfg.batch, cfg.n_ctx, train_cfg.seed as u64)?;
-            let model = HookedTransformer::init_random(&cfg.spec(tokenizer.vocab_size() as i64), train_cfg.seed, Kind::Float, Device::Cpu)?.with_tokenizer(tokenizer);
+            let dataset = TokenDataset::new(&tokenizer, &train, &eval, cfg.batch, cfg.n_ctx, cfg.seed as u64)?;
+            let model = HookedTransformer::init_random(&cfg.spec(tokenizer.vocab_size() as i64), cfg.seed, Kind::Float, Device::Cpu)?.with_tokenizer(tokenizer);
             if train_cfg.progress {
                 eprintln!("training {} parameters on {} training tokens ({} eval)", model.n_params(), dataset.train.numel(), dataset.eval.numel());
             }
@@ -123,9 +127,9 @@ pub fn pretrain(data: PretrainData, cfg: &PretrainConfig, out: &Path) -> Result<
         PretrainData::Tasks { modulus, induction_only } => {
             let vocab = TaskVocab::new(modulus);
             let tasks: Vec<Task> = if induction_only { vec![ALL_TASKS[0]] } else { ALL_TASKS.to_vec() };
-            let model = HookedTransformer::init_random(&cfg.spec(vocab.len() as i64), train_cfg.seed, Kind::Float, Device::Cpu)?.with_tokenizer(vocab.tokenizer()?);
+            let model = HookedTransformer::init_random(&cfg.spec(vocab.len() as i64), cfg.seed, Kind::Float, Device::Cpu)?.with_tokenizer(vocab.tokenizer()?);
             let per_task = (cfg.batch as usize / tasks.len()).max(1);
-            let mixture = TaskMixture { vocab, tasks, per_task, seed: train_cfg.seed as u64 };
+            let mixture = TaskMixture { vocab, tasks, per_task, seed: cfg.seed as u64 };
             if train_cfg.progress {
                 eprintln!("training {} parameters on {} tasks, {} prompts each per step", model.n_params(), mixture.tasks.len(), per_task);
             }

@@ -1,5 +1,6 @@
 //! Building models from scratch and saving any model as an HF checkpoint (names from `models/`).
 
+use std::cell::RefCell;
 use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
@@ -7,16 +8,17 @@ use tch::{Device, Kind, Tensor};
 use crate::checkpoint::RandomInit;
 use crate::error::{Error, Result};
 use crate::model::HookedTransformer;
+use crate::rng::Rng;
 use crate::spec::ModelSpec;
 use crate::tokenizer::Tokenizer;
 
 impl HookedTransformer {
-    /// A freshly initialised model (GPT-2-style init, seeded) of the given shape.
+    /// A freshly initialised model (GPT-2-style init, from `seed` alone) of the given shape.
     pub fn init_random(spec: &ModelSpec, seed: i64, kind: Kind, device: Device) -> Result<Self> {
         let cfg = spec.config()?;
-        tch::manual_seed(seed);
         let _guard = tch::no_grad_guard();
-        let params = crate::models::load_params(&cfg, &RandomInit { n_layers: cfg.n_layers }, kind, device)?;
+        let init = RandomInit { n_layers: cfg.n_layers, rng: RefCell::new(Rng::new(seed as u64)) };
+        let params = crate::models::load_params(&cfg, &init, kind, device)?;
         Self::from_params(cfg, params, None, kind, device)
     }
 

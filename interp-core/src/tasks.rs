@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use crate::train::{Batch, BatchSource};
 
@@ -26,34 +27,6 @@ const RELATIONS: [(&str, &str, [&str; 6]); 3] = [
 ];
 const INDUCTION_TOKENS: usize = 48;
 
-/// Deterministic 64-bit random numbers (SplitMix64).
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x5851f42d4c957f2d)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        let out = crate::data::splitmix(self.0);
-        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
-        out
-    }
-    /// Uniform in 0..n.
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    /// `k` distinct values from 0..n.
-    pub fn distinct(&mut self, n: usize, k: usize) -> Vec<usize> {
-        let mut out: Vec<usize> = Vec::with_capacity(k);
-        while out.len() < k {
-            let x = self.below(n);
-            if !out.contains(&x) {
-                out.push(x);
-            }
-        }
-        out
-    }
-}
 
 /// The word-level vocabulary of every task.
 pub struct TaskVocab {

@@ -57,7 +57,6 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Checkpoints go here (`checkpoint.safetensors`); an existing one is resumed.
     pub checkpoint_dir: Option<PathBuf>,
-    pub seed: i64,
     pub progress: bool,
 }
 
@@ -76,7 +75,6 @@ impl Default for TrainConfig {
             eval_every: 100,
             checkpoint_every: 100,
             checkpoint_dir: None,
-            seed: 0,
             progress: true,
         }
     }
@@ -275,7 +273,6 @@ impl HookedTransformer {
         if cfg.steps == 0 || cfg.lr.is_nan() || cfg.lr <= 0.0 || cfg.checkpoint_every == 0 || cfg.eval_every == 0 {
             return Err(Error::Input(format!("invalid training settings: {cfg:?}")));
         }
-        tch::manual_seed(cfg.seed);
         let params: Vec<Tensor> = self.parameters().into_iter().map(|p| p.set_requires_grad(true)).collect();
         let adam = Adam::new(&params, cfg.betas, cfg.eps)?;
         let checkpoint = cfg.checkpoint_dir.as_ref().map(|dir| TrainingCheckpoint { dir: dir.clone(), fingerprint: fingerprint(self, &params), what: "model" });

@@ -127,15 +127,15 @@ impl SparseDictionary {
     /// zero biases, thresholds at 0.001 (the JumpReLU paper's start), a zero skip path.
     pub fn init(cfg: DictionaryConfig, seed: i64, device: Device) -> Result<Self> {
         let cfg = cfg.validated()?;
-        tch::manual_seed(seed);
+        let mut rng = interp_core::Rng::new(seed as u64);
         let opts = (Kind::Float, device);
-        let w_dec = Tensor::f_randn([cfg.d_sae, cfg.d_out], opts)?;
+        let w_dec = rng.normal_tensor(&[cfg.d_sae, cfg.d_out])?.f_to_device(device)?;
         let w_dec = w_dec.f_div(&w_dec.f_norm_scalaropt_dim(2.0, [1], true)?)?;
         // W_enc = W_dec^T only when the widths agree; a transcoder's encoder gets its own directions.
         let w_enc = if cfg.d_in == cfg.d_out {
             w_dec.f_tr()?.f_contiguous()?
         } else {
-            let w = Tensor::f_randn([cfg.d_sae, cfg.d_in], opts)?;
+            let w = rng.normal_tensor(&[cfg.d_sae, cfg.d_in])?.f_to_device(device)?;
             w.f_div(&w.f_norm_scalaropt_dim(2.0, [1], true)?)?.f_tr()?.f_contiguous()?
         };
         let zeros = |n: i64| Tensor::f_zeros([n], opts);

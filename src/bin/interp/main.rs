@@ -182,7 +182,7 @@ struct TrainArgs {
     eval_every: usize,
     #[arg(long, default_value_t = PretrainConfig::default().train.checkpoint_every)]
     checkpoint_every: usize,
-    #[arg(long, default_value_t = PretrainConfig::default().train.seed)]
+    #[arg(long, default_value_t = PretrainConfig::default().seed)]
     seed: i64,
     /// Modulus of the modular-addition task (with --data tasks).
     #[arg(long, default_value_t = 31)]
@@ -206,6 +206,7 @@ impl TrainArgs {
             d_mlp: self.d_mlp,
             n_ctx: self.ctx,
             batch: self.batch,
+            seed: self.seed,
             train: TrainConfig {
                 steps: self.steps,
                 lr: self.lr,
@@ -215,7 +216,6 @@ impl TrainArgs {
                 grad_clip: (self.clip > 0.0).then_some(self.clip),
                 eval_every: self.eval_every,
                 checkpoint_every: self.checkpoint_every,
-                seed: self.seed,
                 progress: true,
                 ..PretrainConfig::default().train
             },
