@@ -40,7 +40,7 @@ pub use bilinear::{BilinearLayer, Spectrum};
 pub mod chart;
 pub use chart::{circuit_graph, heatmaps, line_chart, Heatmap, Series};
 pub mod report;
-pub use report::Report;
+pub use report::{dashboards_html, write_dashboards, write_graph_page, Report};
 pub mod output;
 pub use output::Output;
 pub mod analysis;

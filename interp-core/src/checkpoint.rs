@@ -23,7 +23,7 @@ struct Shard {
 }
 
 /// An open checkpoint: tensor names to shards.
-pub struct Checkpoint {
+pub(crate) struct Checkpoint {
     shards: Vec<Shard>,
     index: HashMap<String, usize>,
 }
@@ -73,7 +73,7 @@ impl TensorSource for RandomInit {
 
 impl Checkpoint {
     /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
-    pub fn open(dir: &Path) -> Result<Self> {
+    pub(crate) fn open(dir: &Path) -> Result<Self> {
         let index_path = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index_path.exists() {
             let text = std::fs::read_to_string(&index_path).map_err(Error::io(&index_path))?;
@@ -107,18 +107,18 @@ impl Checkpoint {
         Ok(Checkpoint { shards, index })
     }
 
-    pub fn contains(&self, name: &str) -> bool {
+    pub(crate) fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }
 
     /// The stored shape of `name`, if the checkpoint has it.
-    pub fn shape(&self, name: &str) -> Option<Vec<i64>> {
+    pub(crate) fn shape(&self, name: &str) -> Option<Vec<i64>> {
         let shard = &self.shards[*self.index.get(name)?];
         shard.metadata.info(name).map(|info| info.shape.iter().map(|d| *d as i64).collect())
     }
 
     /// Reads `name`, checks its shape, converts it to `kind` on `device`.
-    pub fn tensor(&self, name: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor> {
+    pub(crate) fn tensor(&self, name: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor> {
         let shard = self
             .index
             .get(name)

@@ -47,7 +47,6 @@ mod tokenizer;
 pub mod train;
 
 pub use cache::{ActivationCache, ResidualStack};
-pub use checkpoint::Checkpoint;
 pub use config::ModelConfig;
 pub use error::{Error, Result};
 pub use forward::KvCache;

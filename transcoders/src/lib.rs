@@ -50,4 +50,4 @@ mod metrics;
 pub use metrics::{evaluate, DictionaryMetrics, DENSE_THRESHOLD};
 
 mod dashboard;
-pub use dashboard::{dashboards_html, html_escape, latent_dashboards, write_dashboards, ContextExample, LatentDashboard, DASHBOARD_CSS};
+pub use dashboard::{latent_dashboards, ContextExample, LatentDashboard};

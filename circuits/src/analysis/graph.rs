@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use interp_core::HookedTransformer;
 use transcoders::SparseDictionary;
 
-use crate::attribution_graph::{attribution_graph, write_graph_page, AttributionGraph, GraphConfig, Node, Pruned};
+use crate::attribution_graph::{attribution_graph, AttributionGraph, GraphConfig, Node, Pruned};
+use crate::report::write_graph_page;
 use crate::error::{Error, Result};
 use crate::output::Output;
 use crate::table::{Table, Value};

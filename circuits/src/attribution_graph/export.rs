@@ -5,22 +5,10 @@ use std::path::Path;
 
 use serde_json::json;
 use tch::Kind;
-use transcoders::html_escape;
+use crate::report::{html_escape, write_graph_page};
 
 use super::{AttributionGraph, Node, Pruned};
-use crate::error::{Error, Result};
-
-/// Styles the fragment of [`AttributionGraph::html_view`] needs.
-pub const GRAPH_CSS: &str = ".axis{font-size:13px;fill:#444} .tok{font-size:13px;font-family:monospace}";
-
-/// Writes a self-contained HTML page around `view`, a fragment of [`AttributionGraph::html_view`].
-pub fn write_graph_page(path: &Path, title: &str, view: &str) -> Result<()> {
-    let html = format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title><style>body{{font-family:sans-serif;margin:20px}} {GRAPH_CSS}</style></head><body>\n<h2>{t}</h2>\n{view}</body></html>\n",
-        t = html_escape(title),
-    );
-    std::fs::write(path, html).map_err(Error::io(path))
-}
+use crate::error::Result;
 
 impl AttributionGraph {
     /// circuit-tracer's node id of node `i` (`{layer}_{feature}_{pos}`, `E_{token}_{pos}`, ...).
@@ -102,7 +90,7 @@ impl AttributionGraph {
         write_graph_page(path, title, &self.html_view(pruned, token_text)?)
     }
 
-    /// The pruned graph as an HTML fragment (a caption and an inline SVG; styles in [`GRAPH_CSS`]):
+    /// The pruned graph as an HTML fragment (a caption and an inline SVG; a `Report` or [`write_graph_page`] brings its styles):
     /// one column per position, one row per layer (embeddings at the bottom, logits at the top),
     /// node area by influence, edges blue (excitatory) or red (inhibitory) with opacity by
     /// |weight|; hover for details.

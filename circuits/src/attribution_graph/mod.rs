@@ -43,7 +43,6 @@ use transcoders::SparseDictionary;
 use crate::error::{Error, Result};
 
 pub use connections::{de_embedding, feature_connections, residual_encoder, FeatureConnections};
-pub use export::{write_graph_page, GRAPH_CSS};
 pub use prune::Pruned;
 pub use replacement::check_transcoders;
 use replacement::{expand, read, Leaves, Replacement};

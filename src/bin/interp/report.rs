@@ -12,10 +12,10 @@ use interp::circuits::analysis::{
     bilinear_spectra, causal_tracing, circuit_discovery, graph_analysis, task_trace_prompts, BilinearSpectraConfig, CausalTracingConfig,
     CircuitDiscoveryConfig, GraphAnalysisConfig,
 };
-use interp::circuits::{heatmaps, Heatmap, Output, Report, Table, TaskPrompts, Value};
+use interp::circuits::{dashboards_html, heatmaps, Heatmap, Output, Report, Table, TaskPrompts, Value};
 use interp::interp_core::tasks::{Task, TaskVocab, ALL_TASKS};
 use interp::interp_core::{tch, CacheSpec, HookedTransformer};
-use interp::transcoders::{dashboards_html, evaluate, latent_dashboards, load_transcoder_set};
+use interp::transcoders::{evaluate, latent_dashboards, load_transcoder_set};
 use tch::{Device, Kind, Tensor};
 
 use super::circuit::{self, TaskName};
@@ -246,7 +246,7 @@ fn dictionaries(model: &HookedTransformer, dir: &Path, n_latents: usize, out: &m
         }
     };
     let mut table = Table::new(&["dictionary", "hook_in", "hook_out", "architecture", "d_sae", "l0", "fvu", "ce_loss_recovered", "dead_fraction"]);
-    let mut boards = String::new();
+    let mut boards = Vec::new();
     for folder in &folders {
         let dict = super::sae::load_dictionary(model, folder)?;
         let metrics = evaluate(&dict, model, &contexts, 8)?;
@@ -265,12 +265,14 @@ fn dictionaries(model: &HookedTransformer, dir: &Path, n_latents: usize, out: &m
         let (_, order) = metrics.log10_density.topk(n_latents as i64, 0, true, true);
         let latents = Vec::<i64>::try_from(order)?;
         let dashboards = latent_dashboards(&dict, model, &contexts, &latents, 5)?;
-        boards.push_str(&format!("<h3>{} ({} -> {})</h3>", interp::transcoders::html_escape(&name), dict.cfg.hook_name, dict.cfg.hook_name_out));
-        boards.push_str(&dashboards_html(&dashboards));
+        boards.push((format!("{name} ({} -> {})", dict.cfg.hook_name, dict.cfg.hook_name_out), dashboards_html(&dashboards)));
         println!("{name}: L0 {:.1}, FVU {:.3}, CE loss recovered {:.3}", metrics.l0, metrics.fvu, metrics.ce_loss_recovered);
     }
     out.report.paragraph(&format!("Evaluated on {} held-out Shakespeare contexts of 128 tokens; dashboards of the {n_latents} most frequently active latents of each.", contexts.size()[0]));
     out.table("dictionaries", "dictionary metrics", &table)?;
-    out.report.html(&boards);
+    for (title, html) in &boards {
+        out.report.subsection(title);
+        out.report.html(html);
+    }
     Ok(())
 }

@@ -6,9 +6,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
 use interp::interp_core::{tch, HookedTransformer};
 use interp::transcoders::{
-    evaluate, latent_dashboards, train_dictionaries, write_dashboards, ActivationSource, ActivationStore, Architecture, CachedActivations,
+    evaluate, latent_dashboards, train_dictionaries, ActivationSource, ActivationStore, Architecture, CachedActivations,
     DictionaryConfig, DictionaryMetrics, SaeTrainConfig, SparseDictionary, StoreConfig,
 };
+use interp::circuits::write_dashboards;
 use tch::Tensor;
 
 use super::{corpus, load, ModelArgs};

@@ -1,7 +1,8 @@
-//! Self-contained HTML reports: sections of text, tables, charts and HTML fragments (feature
-//! dashboards, attribution graphs) in one file. Charts are embedded as PNG, whose text was drawn
-//! with the embedded DejaVu font, so the page reads the same on every machine and needs no other
-//! file.
+//! Presentation: self-contained HTML reports (sections of text, tables, charts and HTML fragments
+//! in one file), feature dashboards as HTML (`dashboards.rs`), the pages that hold one graph or one
+//! set of dashboards, and the HTML escaping and styles they share. Charts are embedded as PNG,
+//! whose text was drawn with the embedded DejaVu font, so a page reads the same on every machine
+//! and needs no other file.
 //!
 //! ```no_run
 //! use circuits::{Report, Table};
@@ -18,11 +19,44 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use transcoders::{html_escape, DASHBOARD_CSS};
+mod dashboards;
 
-use crate::attribution_graph::GRAPH_CSS;
+pub use dashboards::{dashboards_html, write_dashboards};
+
 use crate::error::{Error, Result};
 use crate::table::{Table, Value};
+
+/// `s` with `&`, `<`, `>` and `"` escaped for HTML text and attribute values.
+pub(crate) fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Styles of the attribution graph's view.
+const GRAPH_CSS: &str = ".axis{font-size:13px;fill:#444} .tok{font-size:13px;font-family:monospace}";
+
+/// Styles of the dashboards fragment.
+const DASHBOARD_CSS: &str = ".ctx{font-family:monospace;white-space:pre-wrap;margin:.2em 0}.ctx span{border-radius:2px}\
+    .dash table{border-collapse:collapse;margin-right:2em}.dash td{padding:0 .5em;font-family:monospace}.row{display:flex}";
+
+/// A fragment of this module (dashboards, a graph view) with the styles it needs, e.g. for
+/// [`show_html`] in a notebook.
+pub fn with_styles(fragment: &str) -> String {
+    format!("<style>{GRAPH_CSS}{DASHBOARD_CSS}</style>{fragment}")
+}
+
+/// A self-contained page: `title` and `body`, an HTML fragment of this module's styles.
+pub(crate) fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title><style>body{{font-family:sans-serif;margin:20px}} {GRAPH_CSS}{DASHBOARD_CSS}</style></head><body>\n<h2>{t}</h2>\n{body}</body></html>\n",
+        t = html_escape(title)
+    )
+}
+
+/// Writes a self-contained HTML page around `view`, a fragment of
+/// [`AttributionGraph::html_view`](crate::AttributionGraph::html_view).
+pub fn write_graph_page(path: &Path, title: &str, view: &str) -> Result<()> {
+    std::fs::write(path, page(title, view)).map_err(Error::io(path))
+}
 
 /// An HTML report built section by section.
 #[derive(Clone, Debug, Default)]
@@ -83,7 +117,7 @@ impl Report {
         let _ = writeln!(self.body(), "<p><a href=\"{}\">{}</a></p>", html_escape(href), html_escape(text));
     }
 
-    /// Trusted HTML (a fragment such as [`transcoders::dashboards_html`] or
+    /// Trusted HTML (a fragment such as [`dashboards_html`] or
     /// [`AttributionGraph::html_view`](crate::AttributionGraph::html_view)).
     pub fn html(&mut self, fragment: &str) {
         self.body().push_str(fragment);
