@@ -369,3 +369,19 @@ fn cache_helpers_decompose_the_residual_stream() {
     assert!(max_abs_diff(&rest, &rest.narrow(1, 0, 1).expand([2, 20], false)) < 1e-4);
     assert!(attrs.abs().max().double_value(&[]) > 0.1);
 }
+
+/// Hook and metric closures fail with errors of any crate; ours pass through as they are.
+#[test]
+fn closures_may_fail_with_any_error() {
+    let m = load("gpt2");
+    let t = ids("gpt2");
+    let foreign = Hooks::new().add("blocks.0.hook_resid_post", |_, _| Err(std::io::Error::other("disk on fire").into()));
+    let e = m.run_with_hooks(&t, foreign).unwrap_err().to_string();
+    assert_eq!(e, "hook on `blocks.0.hook_resid_post`: disk on fire");
+    let ours = Hooks::new().add("blocks.0.hook_resid_post", |x, _| Ok(Some(x.f_view([7, -1])?)));
+    let e = m.run_with_hooks(&t, ours).unwrap_err().to_string();
+    assert!(e.starts_with("torch: "), "{e}");
+    let metric = |_: &Tensor| -> Result<Tensor, interp::interp_core::BoxError> { Err("no answer token".into()) };
+    let e = m.runner(&t).gradients(NamesFilter::names(["blocks.0.hook_resid_pre"]), metric).run().err().unwrap().to_string();
+    assert_eq!(e, "metric: no answer token");
+}

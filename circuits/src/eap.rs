@@ -55,7 +55,7 @@ pub fn edge_attribution(model: &HookedTransformer, graph: &EdgeGraph, acts: &Edg
     let out = model
         .runner_from_layer(&resid, 0)
         .gradients(NamesFilter::names(graph.groups.iter().map(|g| g.point)), |logits| {
-            let per_step = metric.per_variant(logits).map_err(|e| interp_core::Error::Input(e.to_string()))?;
+            let per_step = metric.per_variant(logits)?;
             Ok(per_step.f_sum(Kind::Float)?)
         })
         .run()?;

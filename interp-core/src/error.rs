@@ -27,6 +27,12 @@ pub enum Error {
     NotCached { name: String, cached: String },
     #[error("invalid input: {0}")]
     Input(String),
+    /// A hook closure failed (with an error of any crate).
+    #[error("hook on `{point}`: {source}")]
+    Hook { point: String, source: BoxError },
+    /// A gradient metric closure failed (with an error of any crate).
+    #[error("metric: {0}")]
+    Metric(BoxError),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     /// libtorch's message, first line only (the rest is a C++ backtrace).
@@ -36,7 +42,21 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Any error, as hook and metric closures return it: `?` converts every error type into it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Error {
+    /// The error a closure returned: ours (or libtorch's) as it was, any other wrapped by `wrap`.
+    pub(crate) fn from_closure(e: BoxError, wrap: impl FnOnce(BoxError) -> Error) -> Error {
+        match e.downcast::<Error>() {
+            Ok(ours) => *ours,
+            Err(e) => match e.downcast::<tch::TchError>() {
+                Ok(torch) => Error::Torch(*torch),
+                Err(other) => wrap(other),
+            },
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }

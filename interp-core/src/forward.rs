@@ -91,7 +91,8 @@ impl<'h> Run<'h> {
         if let Some(ids) = self.hooked.get(&p) {
             let ctx = HookCtx { point: p, pos_offset: self.pos_offset };
             for &i in ids {
-                if let Some(new) = (self.fns[i])(&x, &ctx)? {
+                let replaced = (self.fns[i])(&x, &ctx).map_err(|e| Error::from_closure(e, |source| Error::Hook { point: p.to_string(), source }))?;
+                if let Some(new) = replaced {
                     if new.size() != x.size() {
                         return Err(Error::HookShape { name: p.to_string(), expected: x.size(), found: new.size() });
                     }

@@ -4,7 +4,7 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::cache::ActivationCache;
-use crate::error::{Error, Result};
+use crate::error::{BoxError, Error, Result};
 use crate::hook_point::{BlockSite, HookName, HookPoint};
 
 /// What a hook is told about the activation it sees.
@@ -17,8 +17,8 @@ pub struct HookCtx {
 }
 
 /// A hook: reads the activation and returns `Ok(None)` to leave it, or `Ok(Some(t))` to replace it
-/// (same shape).
-pub type HookFn<'a> = Box<dyn FnMut(&Tensor, &HookCtx) -> Result<Option<Tensor>> + 'a>;
+/// (same shape). It may fail with an error of any type (`?` converts it).
+pub type HookFn<'a> = Box<dyn FnMut(&Tensor, &HookCtx) -> Result<Option<Tensor>, BoxError> + 'a>;
 
 /// Hooks to run in a forward pass, keyed by hook name or glob pattern (`blocks.*.attn.hook_z`).
 #[derive(Default)]
@@ -33,14 +33,14 @@ impl<'a> Hooks<'a> {
 
     /// Adds a hook on every point matching `name` (a [`HookPoint`], an exact name or a glob
     /// pattern).
-    pub fn add(mut self, name: impl HookName, hook: impl FnMut(&Tensor, &HookCtx) -> Result<Option<Tensor>> + 'a) -> Self {
+    pub fn add(mut self, name: impl HookName, hook: impl FnMut(&Tensor, &HookCtx) -> Result<Option<Tensor>, BoxError> + 'a) -> Self {
         self.entries.push((name.hook_name(), Box::new(hook)));
         self
     }
 
     /// Adds a ready-made intervention (see [`Intervention`]).
     pub fn intervene(self, name: impl HookName, intervention: Intervention<'a>) -> Self {
-        self.add(name, move |x, ctx| intervention.apply(x, ctx).map(Some))
+        self.add(name, move |x, ctx| Ok(Some(intervention.apply(x, ctx)?)))
     }
 
     pub fn is_empty(&self) -> bool {

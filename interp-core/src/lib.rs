@@ -48,7 +48,7 @@ pub mod train;
 
 pub use cache::{ActivationCache, ResidualStack};
 pub use config::ModelConfig;
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, Result};
 pub use forward::KvCache;
 pub use generate::Sampling;
 pub use hook_point::{BlockSite, HookName, HookPoint};

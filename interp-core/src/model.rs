@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 use crate::cache::ActivationCache;
 use crate::checkpoint::Checkpoint;
 use crate::config::{Activation, Architecture, ModelConfig, NormKind, Positional};
-use crate::error::{Error, Result};
+use crate::error::{BoxError, Error, Result};
 use crate::forward::{Input, Run};
 use crate::hook_point::{edit_distance, glob_match, BlockSite, HookPoint};
 use crate::hooks::{CacheSpec, Hooks, NamesFilter};
@@ -428,7 +428,7 @@ pub struct RunOutput {
     pub metric: Option<Tensor>,
 }
 
-type Metric<'h> = Box<dyn FnOnce(&Tensor) -> Result<Tensor> + 'h>;
+type Metric<'h> = Box<dyn FnOnce(&Tensor) -> Result<Tensor, BoxError> + 'h>;
 
 /// A configurable forward pass; see [`HookedTransformer::runner`].
 pub struct Runner<'m, 'h> {
@@ -472,7 +472,7 @@ impl<'m, 'h> Runner<'m, 'h> {
 
     /// Also compute d metric / d activation for the points `names` selects; `metric` maps the
     /// output (logits) to a scalar.
-    pub fn gradients(mut self, names: NamesFilter, metric: impl FnOnce(&Tensor) -> Result<Tensor> + 'h) -> Self {
+    pub fn gradients(mut self, names: NamesFilter, metric: impl FnOnce(&Tensor) -> Result<Tensor, BoxError> + 'h) -> Self {
         self.grads = Some((names, Box::new(metric)));
         self
     }
@@ -496,7 +496,7 @@ impl<'m, 'h> Runner<'m, 'h> {
             }
             Some((_, metric)) => {
                 let output = model.run_forward(&mut run, &self.input, self.attention_mask, self.stop_at_layer, None)?;
-                let value = metric(&output)?;
+                let value = metric(&output).map_err(|e| Error::from_closure(e, Error::Metric))?;
                 if value.numel() != 1 {
                     return Err(Error::Input(format!("the metric must be a scalar, found shape {:?}", value.size())));
                 }

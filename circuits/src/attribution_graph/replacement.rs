@@ -162,7 +162,6 @@ impl<'a> Replacement<'a> {
         let tokens = self.tokens.f_expand([rows, -1], false)?;
         let n = self.transcoders.len();
         let inputs: RefCell<Vec<Option<Tensor>>> = RefCell::new((0..n).map(|_| None).collect());
-        let core = |e: Error| interp_core::Error::Input(e.to_string());
         let mut hooks = Hooks::new().add(HookPoint::Embed, |_, _| Ok(Some(leaves.embed.shallow_clone())));
         let c = &self.clean;
         for (l, tc) in self.transcoders.iter().enumerate() {
@@ -178,7 +177,7 @@ impl<'a> Replacement<'a> {
             let (acts, err) = (&leaves.acts[l], &leaves.errors[l]);
             hooks = hooks.add(tc.cfg.hook_name_out.clone(), move |_, _| {
                 let x = inputs.borrow()[l].as_ref().map(Tensor::shallow_clone);
-                let out = tc.decode(acts, x.as_ref()).map_err(|e| core(e.into()))?;
+                let out = tc.decode(acts, x.as_ref())?;
                 Ok(Some(out.f_to_kind(err.kind())?.f_add(err)?))
             });
         }
