@@ -5,3 +5,8 @@
 pub use circuits;
 pub use interp_core;
 pub use transcoders;
+
+/// The README's Rust examples, compiled (and run where not marked `no_run`) as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;

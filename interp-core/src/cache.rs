@@ -20,7 +20,7 @@ pub struct ActivationCache {
 impl std::ops::Index<(&str, usize)> for ActivationCache {
     type Output = Tensor;
 
-    /// `cache["pattern", 0]`, as in TransformerLens. Panics if the activation is not cached; use
+    /// `cache[("pattern", 0)]`, TransformerLens's `cache["pattern", 0]`. Panics if the activation is not cached; use
     /// [`ActivationCache::layer`] for an error instead.
     fn index(&self, (short_name, layer): (&str, usize)) -> &Tensor {
         match self.layer(short_name, layer) {
@@ -45,7 +45,7 @@ impl ActivationCache {
     }
 
     /// TransformerLens's shorthand: `cache.layer("pattern", 0)` is
-    /// `blocks.0.attn.hook_pattern` (see [`BlockSite::from_short_name`]); `cache["pattern", 0]`
+    /// `blocks.0.attn.hook_pattern` (see [`BlockSite::from_short_name`]); `cache[("pattern", 0)]`
     /// does the same and panics where this returns an error.
     pub fn layer(&self, short_name: &str, layer: usize) -> Result<&Tensor> {
         let site = BlockSite::from_short_name(short_name).ok_or_else(|| Error::UnknownHook {

@@ -1,0 +1,128 @@
+//! The calls of docs/guide-transformerlens.md, compiled and run, so that the guide cannot name
+//! what does not exist. One test per section of the guide, in its order.
+
+mod common;
+
+use common::{fixture, repo};
+use interp::circuits::{
+    acdc, activation_patching, attribution_graph, causal_trace, edge_attribution, estimate_sigma, summarize, Ablation, AcdcConfig,
+    AttributionMethod, Corruption, EdgeGraph, GraphConfig, Metric, PatchSite, TaskPrompts, TraceConfig, TracePrompt,
+};
+use interp::interp_core::tasks::{Task, TaskVocab};
+use interp::interp_core::train::{next_token_loss, Batch};
+use interp::interp_core::{
+    tch, BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks, Intervention, NamesFilter, NormSite, Sampling, Scope, WeightProcessing,
+};
+use interp::transcoders::{evaluate, latent_dashboards, load_transcoder_set, Architecture, DictionaryConfig, SparseDictionary};
+use tch::{Device, Kind, Tensor};
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+#[test]
+fn loading_and_running() -> Result {
+    let mut model = HookedTransformer::from_pretrained_dir(fixture("gpt2"), Device::Cpu, Kind::Float)?;
+    let c = &model.cfg;
+    let _ = (c.n_layers, c.d_model, c.n_heads, c.d_head, c.d_mlp, c.d_vocab, c.n_ctx, c.n_kv_heads);
+    let tokens = model.to_tokens("Then, Mary and John went", true)?;
+    let (_, _) = (model.to_str_tokens(&tokens)?, model.to_string(&tokens)?);
+    let logits = model.forward(&tokens)?;
+    let p = tokens.size()[1] - 1;
+    let batch = Batch { input: tokens.narrow(1, 0, p), target: tokens.narrow(1, 1, p), mask: None };
+    let _loss = next_token_loss(&model.forward(&batch.input)?, &batch)?;
+    let mask = tokens.ones_like();
+    let _ = model.runner(&tokens).attention_mask(&mask).run()?.output;
+    let resid = model.runner(&tokens).stop_at_layer(1).run()?.output;
+    let _ = model.runner_from_layer(&resid, 1).run()?;
+    let sampling = Sampling { max_new_tokens: 3, temperature: 0.7, top_k: Some(50), seed: Some(0), ..Default::default() };
+    let _ = model.generate(&tokens, None, &sampling, Hooks::new())?;
+    let _ = (model.w_e(), model.w_pos(), model.w_u(), model.b_u());
+    let _ = (model.w_q(0)?, model.w_k(0)?, model.w_v(0)?, model.w_o(0)?);
+    let _ = (model.w_in(0)?, model.w_gate(0)?, model.w_out(0)?, model.b_in(0)?, model.b_gate(0)?, model.b_out(0)?);
+    let _ = (model.norm_weights(NormSite::Ln1(0))?, model.norm_weights(NormSite::Ln2(0))?, model.norm_weights(NormSite::LnFinal)?);
+    model.process_weights(WeightProcessing { fold_ln: true, center_writing_weights: true, center_unembed: true, fold_value_biases: true })?;
+    assert_eq!(logits.size()[2], model.cfg.d_vocab);
+    Ok(())
+}
+
+#[test]
+fn hooks_and_caches() -> Result {
+    let model = HookedTransformer::from_pretrained_dir(fixture("gpt2"), Device::Cpu, Kind::Float)?;
+    let tokens = model.to_tokens("Then, Mary and John went to the store.", true)?;
+    let (_, cache) = model.run_with_cache(&tokens, CacheSpec::all())?;
+    let _ = model.run_with_cache(&tokens, CacheSpec::names(["blocks.*.attn.hook_pattern"]))?;
+    let _ = model.run_with_cache(&tokens, CacheSpec::new(NamesFilter::predicate(|n| n.ends_with("hook_pattern"))))?;
+    let _ = model.run_with_cache(&tokens, CacheSpec::names([HookPoint::block(0, BlockSite::Z)]).positions(0..5).device(Device::Cpu).dtype(Kind::Half))?;
+    let a = cache.get("blocks.0.attn.hook_pattern")?;
+    assert_eq!(a.size(), cache[("pattern", 0)].size());
+    let _ = cache.layer("pattern", 0)?;
+    let _ = model.run_with_cache(&tokens, CacheSpec::names(["blocks.0.attn.hook_result", "blocks.0.hook_q_input"]))?;
+    let stack = cache.accumulated_resid(None, true, true)?;
+    let _ = cache.decompose_resid(None, true)?;
+    let (_, with_results) = model.run_with_cache(&tokens, CacheSpec::names(["*", "blocks.*.attn.hook_result"]))?;
+    let _ = with_results.stack_head_results(None, true)?;
+    let _ = cache.apply_ln_to_stack(&stack.components)?;
+    let _ = model.logit_attrs(&cache, &stack.components, &tokens.select(1, 1))?;
+    let _ = model.logit_lens(&stack.components)?;
+    let _ = model.run_with_hooks(&tokens, Hooks::new().add("blocks.0.hook_resid_post", |x, _ctx| Ok(Some(x * 0.5))))?;
+    let ablate = Hooks::new().intervene("blocks.0.attn.hook_z", Intervention::Zero(Scope::all().heads([3]).positions([5])));
+    let _ = model.run_with_hooks(&tokens, ablate)?;
+    let patch = Hooks::new().intervene("blocks.0.hook_resid_pre", Intervention::Patch(&cache, Scope::all().positions([2])));
+    let _ = model.run_with_hooks(&tokens, patch)?;
+    let metric = |logits: &Tensor| Ok(logits.select(1, -1).select(1, 42).sum(Kind::Float));
+    let grads = model.runner(&tokens).gradients(NamesFilter::names(["blocks.*.hook_resid_pre"]), metric).run()?.grads;
+    assert!(grads.is_some());
+    Ok(())
+}
+
+#[test]
+fn saelens() -> Result {
+    let model = HookedTransformer::from_pretrained_dir(repo("models/shakespeare-gpt2"), Device::Cpu, Kind::Float)?;
+    let dir = repo("tests/fixtures/saelens/topk");
+    let sae = SparseDictionary::load_saelens(&dir, Device::Cpu)?;
+    let x = Tensor::randn([4, sae.cfg.d_in], (Kind::Float, Device::Cpu));
+    let f = sae.encode(&x)?;
+    let _ = (sae.decode(&f, None)?, sae.forward(&x)?);
+    let _ = (&sae.cfg.hook_name, sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.architecture, &sae.cfg.hook_name_out, sae.cfg.kind);
+    let out = common::Scratch::new("guide-sae");
+    sae.save_saelens(out.join("sae"), None)?;
+    let tc = DictionaryConfig::transcoder(Architecture::TopK { k: 4 }, true, "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", 128, 128, 256);
+    let tc = SparseDictionary::init(tc, 0, Device::Cpu)?;
+    let contexts = model.to_tokens("To be, or not to be, that is the question", true)?;
+    let m = evaluate(&tc, &model, &contexts, 1)?;
+    let _ = (m.l0, m.fvu, m.explained_variance, m.ce_loss_recovered, m.delta_loss, m.kl_spliced, m.dead_fraction);
+    let boards = latent_dashboards(&tc, &model, &contexts, &[0, 1], 2)?;
+    interp::circuits::write_dashboards(&boards, "guide", out.join("dashboards"))?;
+    let _ = load_transcoder_set(repo("models/shakespeare-gpt2/transcoders"), Device::Cpu)?;
+    Ok(())
+}
+
+#[test]
+fn circuits() -> Result {
+    let model = HookedTransformer::from_pretrained_dir(repo("models/tasks-bilinear"), Device::Cpu, Kind::Float)?;
+    let vocab = TaskVocab::of_model(&model)?;
+    let ioi = TaskPrompts::new(Task::Ioi, &vocab, 4, 0)?;
+    for site in [PatchSite::ResidPre, PatchSite::HeadOut, PatchSite::HeadOutByPos] {
+        let _ = activation_patching(&model, &ioi.clean, &ioi.corrupted, &ioi.metric, site, 4096)?;
+    }
+    let facts = TaskPrompts::new(Task::Facts, &vocab, 1, 0)?;
+    let tokens = Vec::<i64>::try_from(&facts.clean.get(0))?;
+    let prompt = TracePrompt::new(tokens.clone(), &tokens[1..4], facts.answer.int64_value(&[0]), "fact")?;
+    let noise = Corruption::Noise { sigma: estimate_sigma(&model, &facts.clean)?, scale: 3.0, samples: 4, seed: 0 };
+    let trace = causal_trace(&model, &prompt, &TraceConfig { corruption: noise, window: 10, severed_mlp: false, max_rows: 4096 })?;
+    let _ = summarize(&[trace])?;
+    let graph = EdgeGraph::new(&model)?;
+    let acts = graph.activations(&model, &ioi.clean, &ioi.corrupted, Ablation::Resample)?;
+    let _ = edge_attribution(&model, &graph, &acts, &ioi.metric, AttributionMethod::EapIg { steps: 5 })?;
+    let _ = acdc(&model, &graph, &acts, &ioi.metric, &AcdcConfig { tau: 0.3, progress: false, ..AcdcConfig::default() })?;
+    let _ = Metric::kl_to(&model.forward(&ioi.clean)?)?;
+    let bl = interp::circuits::BilinearLayer::from_model(&model, 1)?;
+    let u = interp::circuits::bilinear::unembedding_direction(&model, vocab.id("m3")?)?;
+    let _ = interp::circuits::Spectrum::of(&bl.interaction_matrix(&u)?)?;
+    let text_model = HookedTransformer::from_pretrained_dir(repo("models/shakespeare-gpt2"), Device::Cpu, Kind::Float)?;
+    let transcoders = load_transcoder_set(repo("models/shakespeare-gpt2/transcoders"), Device::Cpu)?;
+    let tokens = text_model.to_tokens("To be, or not", true)?;
+    let g = attribution_graph(&text_model, &transcoders, &Vec::<i64>::try_from(&tokens.get(0))?, &GraphConfig::default())?;
+    let pruned = g.prune(0.8, 0.98)?;
+    let _ = g.to_circuit_tracer_json(&pruned, "guide", "shakespeare-gpt2", &|t| t.to_string())?;
+    Ok(())
+}
