@@ -288,8 +288,9 @@ fn bad_input_gets_clear_errors() {
     let _ = poisoned.narrow(0, 1500, 1).fill_(f64::NAN);
     let mut source = InMemoryActivations::new(vec![("x".into(), poisoned)], 512).unwrap();
     let mut dict = SparseDictionary::init(DictionaryConfig::sae(Architecture::ReluL1, "x", D, 64), 0, Device::Cpu).unwrap();
-    let err = train_dictionaries(std::slice::from_mut(&mut dict), &mut source, &quiet(5)).err().unwrap().to_string();
-    assert!(err.contains("activations of `x` in batch 2 contain NaN"), "{err}");
+    let err = train_dictionaries(std::slice::from_mut(&mut dict), &mut source, &quiet(5)).err().unwrap();
+    assert!(matches!(&err, interp::transcoders::Error::NotFinite { hook, batch: 2 } if hook == "x"), "{err}");
+    assert!(err.to_string().contains("activations of `x` in batch 2 contain NaN"), "{err}");
     // A hook the source does not have.
     let mut source = InMemoryActivations::new(vec![("y".into(), x.shallow_clone())], 512).unwrap();
     let err = train_dictionaries(std::slice::from_mut(&mut dict), &mut source, &quiet(5)).err().unwrap().to_string();

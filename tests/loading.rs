@@ -174,6 +174,14 @@ fn bad_inputs_to_a_run_give_clear_errors() {
     assert!(run_err(&Tensor::zeros([1, 65], (Kind::Int64, Device::Cpu))).contains("longer than the context (64)"));
     assert!(run_err(&Tensor::zeros([4], (Kind::Int64, Device::Cpu))).contains("[batch, pos]"));
     assert!(run_err(&Tensor::zeros([1, 4], (Kind::Float, Device::Cpu))).contains("int64"));
+    // Errors a caller can act on are typed, with their figures.
+    use interp::interp_core::Error;
+    let typed = |t: &Tensor| m.forward(t).unwrap_err();
+    assert!(matches!(typed(&Tensor::from_slice(&[1i64, 300]).view([1, 2])), Error::TokenOutOfVocabulary { id: 300, d_vocab: 300 }));
+    assert!(matches!(typed(&Tensor::zeros([1, 65], (Kind::Int64, Device::Cpu))), Error::TooLong { len: 65, n_ctx: 64 }));
+    assert!(matches!(typed(&Tensor::zeros([4], (Kind::Int64, Device::Cpu))), Error::Shape { found, .. } if found == [4]));
+    assert!(matches!(typed(&Tensor::zeros([1, 0], (Kind::Int64, Device::Cpu))), Error::EmptyInput));
+    assert!(matches!(m.w_q(7), Err(Error::LayerOutOfRange { layer: 7, n_layers: 2 })));
 
     let e = m.run_with_cache(ids, CacheSpec::names(["blocks.0.hook_resid_pree"])).err().unwrap().to_string();
     assert!(e.contains("unknown hook point") && e.contains("did you mean `blocks.0.hook_resid_pre`"), "{e}");

@@ -212,7 +212,7 @@ impl crate::model::HookedTransformer {
     pub fn logit_lens(&self, stack: &Tensor) -> Result<Tensor> {
         let s = stack.size();
         if s.len() != 4 {
-            return Err(Error::Input(format!("logit_lens needs a stack [n, batch, pos, d_model], found {s:?}")));
+            return Err(Error::Shape { what: "logit_lens's stack".into(), expected: "[n, batch, pos, d_model]".into(), found: s });
         }
         let flat = stack.f_reshape([s[0] * s[1], s[2], s[3]])?;
         let logits = self.runner_from_layer(&flat, self.cfg.n_layers).run()?.output;

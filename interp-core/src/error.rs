@@ -25,6 +25,63 @@ pub enum Error {
     HookShape { name: String, expected: Vec<i64>, found: Vec<i64> },
     #[error("activation `{name}` is not in the cache (cached: {cached})")]
     NotCached { name: String, cached: String },
+    /// A tensor of the wrong shape.
+    #[error("{what} must be {expected}, found {found:?}")]
+    Shape {
+        /// What was given (`tokens`, `attention mask`, ...).
+        what: String,
+        /// The shape it needs, in words (`[batch, pos]`, `[2, 20]`).
+        expected: String,
+        /// The shape it has.
+        found: Vec<i64>,
+    },
+    /// No tokens at all.
+    #[error("empty input: no tokens")]
+    EmptyInput,
+    /// A token id the model has no embedding for.
+    #[error("token id {id} is outside the vocabulary [0, {d_vocab})")]
+    TokenOutOfVocabulary {
+        /// The offending id.
+        id: i64,
+        /// The model's vocabulary size.
+        d_vocab: i64,
+    },
+    /// A sequence longer than the model's context.
+    #[error("sequence of {len} tokens is longer than the context ({n_ctx})")]
+    TooLong {
+        /// Positions asked for (including a KV cache's).
+        len: i64,
+        /// The model's context length.
+        n_ctx: i64,
+    },
+    /// A layer index past the last layer.
+    #[error("layer {layer} out of range (model has {n_layers})")]
+    LayerOutOfRange {
+        /// The index asked for.
+        layer: usize,
+        /// The model's layer count.
+        n_layers: usize,
+    },
+    /// MLP weights or hooks asked of an attention-only model.
+    #[error("the model is attention-only: it has no MLP weights")]
+    AttnOnly,
+    /// Training produced a non-finite loss or non-finite weights.
+    #[error("{what} at step {step}; stopped (the last checkpoint, if any, is untouched)")]
+    Diverged {
+        /// What went non-finite (`training loss is NaN`, `parameters are not finite`).
+        what: String,
+        /// The step it happened at.
+        step: usize,
+    },
+    /// A word that is not in a vocabulary.
+    #[error("`{word}` is not in the {vocabulary}")]
+    UnknownWord {
+        /// The word.
+        word: String,
+        /// Which vocabulary (`task vocabulary`).
+        vocabulary: String,
+    },
+    /// Anything else a caller gave that cannot be used, with the reason.
     #[error("invalid input: {0}")]
     Input(String),
     /// A hook closure failed (with an error of any crate).

@@ -206,22 +206,22 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 impl HookedTransformer {
     fn check_tokens(&self, tokens: &Tensor, offset: i64) -> Result<Tensor> {
         if tokens.dim() != 2 {
-            return Err(Error::Input(format!("tokens must be [batch, pos], found shape {:?}", tokens.size())));
+            return Err(Error::Shape { what: "tokens".into(), expected: "[batch, pos]".into(), found: tokens.size() });
         }
         if !matches!(tokens.kind(), Kind::Int64 | Kind::Int) {
             return Err(Error::Input(format!("tokens must be int64, found {:?}", tokens.kind())));
         }
         if tokens.numel() == 0 {
-            return Err(Error::Input("empty input: no tokens".into()));
+            return Err(Error::EmptyInput);
         }
         let (min, max) = (tokens.f_min()?.int64_value(&[]), tokens.f_max()?.int64_value(&[]));
         if min < 0 || max >= self.cfg.d_vocab {
             let bad = if min < 0 { min } else { max };
-            return Err(Error::Input(format!("token id {bad} is outside the vocabulary [0, {})", self.cfg.d_vocab)));
+            return Err(Error::TokenOutOfVocabulary { id: bad, d_vocab: self.cfg.d_vocab });
         }
         let len = offset + tokens.size()[1];
         if len > self.cfg.n_ctx {
-            return Err(Error::Input(format!("sequence of {len} tokens is longer than the context ({})", self.cfg.n_ctx)));
+            return Err(Error::TooLong { len, n_ctx: self.cfg.n_ctx });
         }
         Ok(tokens.f_to_kind(Kind::Int64)?.f_to_device(self.device)?)
     }
@@ -247,10 +247,10 @@ impl HookedTransformer {
             Input::Residual { resid, layer } => {
                 let s = resid.size();
                 if s.len() != 3 || s[2] != c.d_model || s[0] * s[1] == 0 {
-                    return Err(Error::Input(format!("residual must be [batch, pos, {}], found {s:?}", c.d_model)));
+                    return Err(Error::Shape { what: "the residual".into(), expected: format!("[batch, pos, {}]", c.d_model), found: s });
                 }
                 if s[1] + offset > c.n_ctx {
-                    return Err(Error::Input(format!("sequence of {} is longer than the context ({})", s[1] + offset, c.n_ctx)));
+                    return Err(Error::TooLong { len: s[1] + offset, n_ctx: c.n_ctx });
                 }
                 (*layer, s[0], s[1], None)
             }
@@ -262,7 +262,7 @@ impl HookedTransformer {
         let key_valid = match mask {
             Some(m) => {
                 if m.size() != [batch, keys] {
-                    return Err(Error::Input(format!("attention mask must be [{batch}, {keys}], found {:?}", m.size())));
+                    return Err(Error::Shape { what: "the attention mask".into(), expected: format!("[{batch}, {keys}]"), found: m.size() });
                 }
                 Some(m.f_to_device(self.device)?.f_ne(0)?)
             }

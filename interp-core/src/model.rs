@@ -217,7 +217,7 @@ impl HookedTransformer {
         self.params.w_u.tr()
     }
     fn block(&self, layer: usize) -> Result<&Block> {
-        self.params.blocks.get(layer).ok_or_else(|| Error::Input(format!("layer {layer} out of range (model has {})", self.cfg.n_layers)))
+        self.params.blocks.get(layer).ok_or(Error::LayerOutOfRange { layer, n_layers: self.cfg.n_layers })
     }
     fn qkv_part(&self, layer: usize, part: i64) -> Result<Tensor> {
         let (h, kv, dh, dm) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.d_head, self.cfg.d_model);
@@ -243,7 +243,7 @@ impl HookedTransformer {
         Ok(self.block(layer)?.attn.o.w.f_view([dm, h, dh])?.f_permute([1, 2, 0])?)
     }
     fn mlp_weights(&self, layer: usize) -> Result<&Mlp> {
-        self.block(layer)?.mlp.as_ref().ok_or_else(|| Error::Input("the model is attention-only: it has no MLP weights".into()))
+        self.block(layer)?.mlp.as_ref().ok_or(Error::AttnOnly)
     }
     /// W_in [d_model, d_mlp]
     pub fn w_in(&self, layer: usize) -> Result<Tensor> {
@@ -498,7 +498,7 @@ impl<'m, 'h> Runner<'m, 'h> {
                 let output = model.run_forward(&mut run, &self.input, self.attention_mask, self.stop_at_layer, None)?;
                 let value = metric(&output).map_err(|e| Error::from_closure(e, Error::Metric))?;
                 if value.numel() != 1 {
-                    return Err(Error::Input(format!("the metric must be a scalar, found shape {:?}", value.size())));
+                    return Err(Error::Shape { what: "the metric".into(), expected: "a scalar".into(), found: value.size() });
                 }
                 let (points, acts): (Vec<HookPoint>, Vec<Tensor>) = std::mem::take(&mut run.grad_inputs).into_iter().unzip();
                 // A metric that depends on none of the points has no autograd graph (libtorch would

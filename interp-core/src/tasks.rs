@@ -85,7 +85,7 @@ impl TaskVocab {
     }
 
     pub fn id(&self, word: &str) -> Result<i64> {
-        self.ids.get(word).copied().ok_or_else(|| Error::Input(format!("`{word}` is not in the task vocabulary")))
+        self.ids.get(word).copied().ok_or_else(|| Error::UnknownWord { word: word.to_string(), vocabulary: "task vocabulary".into() })
     }
 
     pub fn word(&self, id: i64) -> &str {

@@ -63,7 +63,7 @@ impl Tokenizer {
     pub fn to_tokens(&self, text: &str, prepend_bos: bool) -> Result<Tensor> {
         let ids = self.encode(text, prepend_bos)?;
         if ids.is_empty() {
-            return Err(Error::Input("empty input: the text has no tokens".into()));
+            return Err(Error::EmptyInput);
         }
         Ok(Tensor::f_from_slice(&ids)?.f_unsqueeze(0)?)
     }
@@ -73,7 +73,7 @@ impl Tokenizer {
         let rows = texts.iter().map(|t| self.encode(t, prepend_bos)).collect::<Result<Vec<_>>>()?;
         let len = rows.iter().map(Vec::len).max().unwrap_or(0);
         if len == 0 {
-            return Err(Error::Input("empty input: no tokens".into()));
+            return Err(Error::EmptyInput);
         }
         let (mut ids, mut mask) = (Vec::with_capacity(rows.len() * len), Vec::with_capacity(rows.len() * len));
         for row in &rows {

@@ -299,9 +299,7 @@ impl HookedTransformer {
             let loss = next_token_loss(&logits, &batch)?;
             let loss_value = loss.f_double_value(&[])?;
             if !loss_value.is_finite() {
-                return Err(Error::Input(format!(
-                    "training loss is {loss_value} at step {step}; stopped (the last checkpoint, if any, is untouched)"
-                )));
+                return Err(Error::Diverged { what: format!("training loss is {loss_value}"), step });
             }
             let grads = Tensor::f_run_backward(&[&loss], params, false, false)?;
             let _guard = tch::no_grad_guard();
@@ -319,9 +317,7 @@ impl HookedTransformer {
                     // A divergent update can make weights non-finite a step before the loss shows it.
                     for p in params {
                         if p.f_isfinite()?.f_all()?.int64_value(&[]) == 0 {
-                            return Err(Error::Input(format!(
-                                "training diverged: parameters are not finite after step {done}; stopped (the last checkpoint is untouched)"
-                            )));
+                            return Err(Error::Diverged { what: "training diverged: parameters are not finite".into(), step: done });
                         }
                     }
                     checkpoint.save(done, &model_state(params, adam))?;

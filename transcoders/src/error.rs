@@ -3,18 +3,60 @@ use std::path::PathBuf;
 /// Every failure of `transcoders`, carrying the offending path, name or shape.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The runtime's error (loading a model, running it).
     #[error(transparent)]
     Core(#[from] interp_core::Error),
+    /// A file that cannot be read or written.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A dictionary or activation-cache folder that does not hold what its format requires.
     #[error("{path}: {message}")]
-    Format { path: PathBuf, message: String },
+    Format {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// An architecture name no reader knows.
     #[error("unknown dictionary architecture `{found}`; supported: {}", crate::dictionary::SAELENS_ARCHITECTURES.join(", "))]
-    UnknownArchitecture { found: String },
+    UnknownArchitecture {
+        /// The name found.
+        found: String,
+    },
     /// Activations whose width is not the dictionary's.
     #[error("{what}: width {found}, but the dictionary expects {expected}")]
-    Width { what: String, expected: i64, found: i64 },
+    Width {
+        /// Which activations.
+        what: String,
+        /// The dictionary's width.
+        expected: i64,
+        /// The activations' width.
+        found: i64,
+    },
+    /// Activations with NaN or inf.
+    #[error("activations of `{hook}` in batch {batch} contain NaN or inf")]
+    NotFinite {
+        /// The hook they came from.
+        hook: String,
+        /// The batch (training step) they are in.
+        batch: usize,
+    },
+    /// A dictionary's loss went non-finite in training.
+    #[error("the loss of `{hook}` is {loss} at step {step}; stopped (the last checkpoint is untouched)")]
+    Diverged {
+        /// The hook the dictionary reads.
+        hook: String,
+        /// The loss.
+        loss: f64,
+        /// The step.
+        step: usize,
+    },
+    /// Anything else a caller gave that cannot be used, with the reason.
     #[error("invalid input: {0}")]
     Input(String),
     /// libtorch's message, first line only (the rest is a C++ backtrace).

@@ -229,7 +229,7 @@ impl SparseDictionary {
 
 fn finite_check(t: &Tensor, step: usize, hook: &str) -> Result<()> {
     if t.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
-        return Err(Error::Input(format!("activations of `{hook}` in batch {step} contain NaN or inf")));
+        return Err(Error::NotFinite { hook: hook.to_string(), batch: step });
     }
     Ok(())
 }
@@ -344,7 +344,7 @@ fn train_loop(
             let (out, batch_threshold) = d.training_step(&x, &y, cfg, step, &dead)?;
             let loss_value = out.loss.f_double_value(&[])?;
             if !loss_value.is_finite() {
-                return Err(Error::Input(format!("the loss of `{}` is {loss_value} at step {step}; stopped (the last checkpoint is untouched)", d.cfg.hook_name)));
+                return Err(Error::Diverged { hook: d.cfg.hook_name.clone(), loss: loss_value, step });
             }
             let mut grads = Tensor::f_run_backward(&[&out.loss], &s.params, false, false)?;
             let _guard = tch::no_grad_guard();
