@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! # interp
 //!
 //! The mechanistic-interpretability toolkit: re-exports the runtime (`interp_core`), sparse

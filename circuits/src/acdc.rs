@@ -23,6 +23,7 @@ pub struct AcdcConfig {
     pub max_variants: usize,
     /// Restart each forward at the receiver's block (false: every forward runs the whole model).
     pub restart: bool,
+    /// Show a progress bar (edges decided / total, ETA).
     pub progress: bool,
 }
 
@@ -42,13 +43,16 @@ pub struct AcdcResult {
     pub effect: Vec<f64>,
     /// Loss of the full model and of the circuit (KL: 0 for the full model).
     pub full_loss: f64,
+    /// Loss of the circuit: every removed edge ablated.
     pub circuit_loss: f64,
     /// Forward passes run and edge sets evaluated.
     pub n_forwards: usize,
+    /// Edge sets evaluated (each candidate removal is one).
     pub n_variants: usize,
 }
 
 impl AcdcResult {
+    /// Edges kept in the circuit.
     pub fn n_kept(&self) -> usize {
         self.kept.iter().filter(|k| **k).count()
     }

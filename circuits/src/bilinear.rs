@@ -123,6 +123,7 @@ impl BilinearLayer {
         Self::with_biases(&w, &v, &p, b_w.as_ref(), b_v.as_ref(), b_out.as_ref())
     }
 
+    /// Hidden units (rows of W and V).
     pub fn d_hidden(&self) -> i64 {
         self.w.size()[0]
     }
@@ -132,6 +133,7 @@ impl BilinearLayer {
         self.w.size()[1]
     }
 
+    /// Output width (rows of P).
     pub fn d_out(&self) -> i64 {
         self.p.size()[0]
     }
@@ -278,6 +280,7 @@ impl Spectrum {
         self.values.size().last().copied().unwrap_or(0)
     }
 
+    /// Whether there are no eigenpairs.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -17,16 +17,32 @@ use crate::table::Table;
 pub enum Corruption {
     /// Gaussian noise of standard deviation `scale * sigma` added to the subject's token
     /// embeddings (ROME: scale 3, sigma from [`estimate_sigma`]), `samples` draws from `seed`.
-    Noise { sigma: f64, scale: f64, samples: usize, seed: u64 },
+    Noise {
+        /// Standard deviation of the embeddings the noise is scaled to.
+        sigma: f64,
+        /// Noise standard deviation in units of `sigma`.
+        scale: f64,
+        /// Noise draws per prompt.
+        samples: usize,
+        /// Seed of the draws.
+        seed: u64,
+    },
     /// The subject tokens replaced by these (as many) tokens.
-    Replace { tokens: Vec<i64> },
+    Replace {
+        /// The replacement tokens.
+        tokens: Vec<i64>,
+    },
     /// This noise [samples, subject tokens, d_model] added to the subject's token embeddings.
-    Explicit { noise: Tensor },
+    Explicit {
+        /// [samples, subject tokens, d_model].
+        noise: Tensor,
+    },
 }
 
 /// A prompt to trace.
 #[derive(Clone, Debug)]
 pub struct TracePrompt {
+    /// Token ids, BOS first if the model expects it.
     pub tokens: Vec<i64>,
     /// Positions of the subject tokens.
     pub subject: Range<usize>,
@@ -56,6 +72,7 @@ impl TracePrompt {
 /// Causal-tracing settings.
 #[derive(Debug)]
 pub struct TraceConfig {
+    /// How the subject is corrupted.
     pub corruption: Corruption,
     /// MLP and attention outputs are restored over `window` consecutive layers around each layer
     /// (ROME: 10, layers l - 5 .. l + 4, clipped).
@@ -68,8 +85,11 @@ pub struct TraceConfig {
 
 /// One prompt's trace. Grids are [pos, n_layers] probabilities of the answer.
 pub struct CausalTrace {
+    /// The prompt traced.
     pub prompt: TracePrompt,
+    /// Probability of the answer on the clean prompt.
     pub p_clean: f64,
+    /// Probability of the answer with the subject corrupted (mean over samples).
     pub p_corrupt: f64,
     /// Residual stream (`hook_resid_post`) restored at (pos, layer).
     pub resid: Tensor,
@@ -79,6 +99,7 @@ pub struct CausalTrace {
     pub attn: Tensor,
     /// Residual restored with the later MLPs at pos frozen to their corrupted outputs.
     pub severed_mlp: Option<Tensor>,
+    /// Forward passes run.
     pub forwards: usize,
 }
 
@@ -388,13 +409,17 @@ pub fn restored_probability(model: &HookedTransformer, prompt: &TracePrompt, cor
 
 /// Traces averaged over the prompts of one label, grids aligned by [`TOKEN_ROLES`].
 pub struct TraceSummary {
+    /// The label.
     pub label: String,
+    /// Prompts with this label.
     pub n_prompts: usize,
     /// Mean total effect (p_clean - p_corrupt).
     pub total_effect: f64,
     /// Mean indirect effects [6 roles, n_layers] (AIE) for the residual, MLP and attention grids.
     pub resid: Tensor,
+    /// AIE with MLP outputs restored [6 roles, n_layers].
     pub mlp: Tensor,
+    /// AIE with attention outputs restored [6 roles, n_layers].
     pub attn: Tensor,
 }
 

@@ -15,11 +15,17 @@ use tch::{Kind, Tensor};
 /// One heatmap: `values[row][col]`.
 #[derive(Clone, Debug)]
 pub struct Heatmap {
+    /// Panel title.
     pub title: String,
+    /// Row labels (the y axis), top to bottom.
     pub rows: Vec<String>,
+    /// Column labels (the x axis).
     pub cols: Vec<String>,
+    /// [rows][cols].
     pub values: Vec<Vec<f64>>,
+    /// x-axis title.
     pub x_label: String,
+    /// y-axis title.
     pub y_label: String,
 }
 
@@ -34,7 +40,9 @@ impl Heatmap {
 /// One line of a line chart.
 #[derive(Clone, Debug)]
 pub struct Series {
+    /// Legend entry.
     pub name: String,
+    /// (x, y) in order.
     pub points: Vec<(f64, f64)>,
 }
 

@@ -16,10 +16,14 @@ pub enum AttributionMethod {
     /// EAP with integrated gradients over `steps` points between the ablated and the clean
     /// embeddings (alpha = k / steps, k = 1..=steps); `steps = 1` is EAP. All steps run as one
     /// batch.
-    EapIg { steps: usize },
+    EapIg {
+        /// Interpolation points.
+        steps: usize,
+    },
 }
 
 impl AttributionMethod {
+    /// `EAP` or `EAP-IG(steps)`.
     pub fn name(self) -> String {
         match self {
             AttributionMethod::Eap => "EAP".into(),

@@ -21,15 +21,28 @@ use crate::error::{Error, Result};
 pub enum Sender {
     /// Token (and learned position) embeddings.
     Embed,
-    Head { layer: usize, head: i64 },
-    Mlp { layer: usize },
+    /// Head `head` of block `layer` (its `hook_result`).
+    Head {
+        /// Block.
+        layer: usize,
+        /// Head index.
+        head: i64,
+    },
+    /// The MLP of block `layer` (its `hook_mlp_out`).
+    Mlp {
+        /// Block.
+        layer: usize,
+    },
 }
 
 /// Which input of a head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Qkv {
+    /// The query input.
     Q,
+    /// The key input.
     K,
+    /// The value input.
     V,
 }
 
@@ -37,8 +50,20 @@ pub enum Qkv {
 /// `V` receivers are the key/value heads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Receiver {
-    Head { layer: usize, head: i64, input: Qkv },
-    Mlp { layer: usize },
+    /// One input of a head (`hook_q_input`, `hook_k_input`, `hook_v_input`).
+    Head {
+        /// Block.
+        layer: usize,
+        /// Head index (key/value head for K and V).
+        head: i64,
+        /// Which input.
+        input: Qkv,
+    },
+    /// The MLP's input (`hook_mlp_in`).
+    Mlp {
+        /// Block.
+        layer: usize,
+    },
     /// The residual stream after the last block, read by the unembedding.
     Logits,
 }
@@ -70,9 +95,12 @@ impl fmt::Display for Receiver {
     }
 }
 
+/// A connection from a sender's output to a receiver's input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Edge {
+    /// Where it starts.
     pub sender: Sender,
+    /// Where it ends.
     pub receiver: Receiver,
 }
 
@@ -138,10 +166,14 @@ pub struct EdgeActivations {
 
 /// The edge graph of a model.
 pub struct EdgeGraph {
+    /// Every sender, in order.
     pub senders: Vec<Sender>,
+    /// Every receiver, in order.
     pub receivers: Vec<Receiver>,
+    /// Every edge: each sender before a receiver to that receiver.
     pub edges: Vec<Edge>,
     pub(crate) groups: Vec<Group>,
+    /// Layers of the model.
     pub n_layers: usize,
     n_heads: i64,
     n_kv_heads: i64,
@@ -200,6 +232,7 @@ impl EdgeGraph {
         Ok(EdgeGraph { senders, receivers, edges, groups, n_layers: c.n_layers, n_heads: h, n_kv_heads: kv, has_mlp })
     }
 
+    /// Number of edges.
     pub fn n_edges(&self) -> usize {
         self.edges.len()
     }

@@ -3,30 +3,56 @@ use std::path::PathBuf;
 /// Every failure of `circuits`, carrying the offending name, shape or value.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The runtime's error.
     #[error(transparent)]
     Core(#[from] interp_core::Error),
+    /// The dictionaries' error.
     #[error(transparent)]
     Dictionary(#[from] transcoders::Error),
+    /// A file that cannot be read or written.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Anything else a caller gave that cannot be used, with the reason.
     #[error("invalid input: {0}")]
     Input(String),
     /// The clean and corrupted runs score the same, so no component can explain a difference.
     #[error("nothing to explain: the metric ({metric}) is {value:.6} on both the clean and the corrupted prompts; choose prompts or a metric that tell them apart")]
-    NothingToExplain { metric: String, value: f64 },
+    NothingToExplain {
+        /// The metric's name.
+        metric: String,
+        /// Its value on both.
+        value: f64,
+    },
     /// A model whose components do not add into the residual stream the way an edge graph needs.
     #[error("no edge graph for this model: {0}")]
     UnsupportedLayout(String),
+    /// plotters could not draw or write a chart.
     #[error("chart {path}: {message}")]
-    Chart { path: PathBuf, message: String },
+    Chart {
+        /// The chart's file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
     /// polars could not build or write a table.
     #[error("table {path}: {message}")]
-    Table { path: PathBuf, message: String },
+    Table {
+        /// The table's file stem.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
     /// libtorch's message, first line only (the rest is a C++ backtrace).
     #[error("torch: {}", .0.to_string().lines().next().unwrap_or_default())]
     Torch(#[from] tch::TchError),
 }
 
+/// `Result` with this crate's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Circuit analysis on hooked models: metrics, activation patching, causal tracing, the edge
 //! graph with edge patching, attribution patching (EAP, EAP-IG) and ACDC; and from the weights,
 //! bilinear-MLP eigendecomposition ([`bilinear`]) and transcoder attribution graphs
@@ -17,6 +18,7 @@
 //! ```
 pub mod acdc;
 pub mod eap;
+/// The crate's error type.
 pub mod error;
 pub mod edge_graph;
 pub mod metric;

@@ -9,16 +9,33 @@ use crate::error::{Error, Result};
 /// What to measure at the last position of each of `n` prompts.
 pub enum Metric {
     /// logit(answer) - logit(wrong). `answer`, `wrong`: [n] int64.
-    LogitDiff { answer: Tensor, wrong: Tensor },
+    LogitDiff {
+        /// [n] int64.
+        answer: Tensor,
+        /// [n] int64.
+        wrong: Tensor,
+    },
     /// P(answer). `answer`: [n] int64.
-    Probability { answer: Tensor },
+    Probability {
+        /// [n] int64.
+        answer: Tensor,
+    },
     /// Probability mass on each prompt's positive tokens minus that on its negative tokens.
     /// `weights`: [n, d_vocab] f32 holding +1, -1 or 0.
-    ProbDiff { weights: Tensor },
+    ProbDiff {
+        /// [n, d_vocab] f32.
+        weights: Tensor,
+    },
     /// KL(clean || run) of the next-token distribution. `clean_logprobs`: [n, d_vocab] f32.
-    Kl { clean_logprobs: Tensor },
+    Kl {
+        /// [n, d_vocab] f32.
+        clean_logprobs: Tensor,
+    },
     /// Cross-entropy of the answer, -log P(answer). `answer`: [n] int64.
-    CrossEntropy { answer: Tensor },
+    CrossEntropy {
+        /// [n] int64.
+        answer: Tensor,
+    },
 }
 
 impl Metric {
@@ -72,6 +89,7 @@ impl Metric {
         })
     }
 
+    /// A short name for tables (`logit_diff`, `kl`, ...).
     pub fn name(&self) -> &'static str {
         match self {
             Metric::LogitDiff { .. } => "logit_diff",
@@ -158,9 +176,11 @@ pub struct TaskPrompts {
     pub clean: Tensor,
     /// [n, pos] int64, aligned with `clean`.
     pub corrupted: Tensor,
+    /// The task's metric.
     pub metric: Metric,
     /// The answer token per prompt [n].
     pub answer: Tensor,
+    /// Each prompt's label (its template or kind).
     pub labels: Vec<String>,
 }
 

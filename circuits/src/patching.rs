@@ -32,18 +32,23 @@ pub enum PatchSite {
     /// (key/value heads under grouped-query attention).
     #[cfg_attr(feature = "clap", value(name = "q"))]
     Q,
+    /// Keys per head.
     #[cfg_attr(feature = "clap", value(name = "k"))]
     K,
+    /// Values per head.
     #[cfg_attr(feature = "clap", value(name = "v"))]
     V,
+    /// Attention patterns per head.
     #[cfg_attr(feature = "clap", value(name = "pattern"))]
     Pattern,
 }
 
 impl PatchSite {
+    /// Every site, in the order sweeps run them.
     pub const ALL: [PatchSite; 9] =
         [PatchSite::ResidPre, PatchSite::AttnOut, PatchSite::MlpOut, PatchSite::HeadOut, PatchSite::HeadOutByPos, PatchSite::Q, PatchSite::K, PatchSite::V, PatchSite::Pattern];
 
+    /// The site's name in tables and on the command line.
     pub fn name(self) -> &'static str {
         match self {
             PatchSite::ResidPre => "resid_pre",
@@ -94,13 +99,17 @@ impl std::str::FromStr for PatchSite {
 
 /// A sweep's result.
 pub struct PatchingResult {
+    /// The site patched.
     pub site: PatchSite,
     /// Metric with each index patched: [n_layers, pos], [n_layers, heads] or [n_layers, pos, heads].
     pub values: Tensor,
     /// (value - corrupted) / (clean - corrupted): 1 = patching restores the clean behaviour.
     pub normalized: Tensor,
+    /// The metric on the clean prompts.
     pub clean: f64,
+    /// The metric on the corrupted prompts.
     pub corrupted: f64,
+    /// Forward passes run.
     pub forwards: usize,
 }
 

@@ -10,8 +10,11 @@ use crate::error::{Error, Result};
 /// One cell.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
+    /// An integer.
     Int(i64),
+    /// A float (NaN shows as empty in CSV).
     Float(f64),
+    /// Text.
     Text(String),
 }
 
@@ -54,15 +57,19 @@ impl std::fmt::Display for Value {
 /// A table with named columns.
 #[derive(Clone, Debug, Default)]
 pub struct Table {
+    /// Column names.
     pub columns: Vec<String>,
+    /// Rows, each as long as `columns`.
     pub rows: Vec<Vec<Value>>,
 }
 
 impl Table {
+    /// An empty table with these columns.
     pub fn new(columns: &[&str]) -> Self {
         Table { columns: columns.iter().map(|c| c.to_string()).collect(), rows: Vec::new() }
     }
 
+    /// Appends a row (as long as the columns).
     pub fn push(&mut self, row: Vec<Value>) {
         debug_assert_eq!(row.len(), self.columns.len());
         self.rows.push(row);

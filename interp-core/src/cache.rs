@@ -34,6 +34,7 @@ impl std::ops::Index<(&str, usize)> for ActivationCache {
 pub struct ResidualStack {
     /// [component, batch, pos, d_model]
     pub components: Tensor,
+    /// One label per component (`embed`, `0_attn_out`, `L3H5`, ...).
     pub labels: Vec<String>,
 }
 
@@ -55,10 +56,12 @@ impl ActivationCache {
         self.get_point(HookPoint::Block(layer, site))
     }
 
+    /// The activation stored at a typed point.
     pub fn get_point(&self, point: HookPoint) -> Result<&Tensor> {
         self.map.get(&point).ok_or_else(|| Error::NotCached { name: point.to_string(), cached: self.summary() })
     }
 
+    /// Whether the activation of `name` is stored.
     pub fn contains(&self, name: impl HookName) -> bool {
         name.hook_name().parse::<HookPoint>().map(|p| self.map.contains_key(&p)).unwrap_or(false)
     }
@@ -68,10 +71,12 @@ impl ActivationCache {
         self.map.iter().map(|(p, t)| (p.to_string(), t))
     }
 
+    /// Number of stored activations.
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
+    /// Whether nothing is stored.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

@@ -16,17 +16,24 @@ pub const MAX_LAYERS: usize = 4096;
 /// Architecture family; decides tensor names and block layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Architecture {
+    /// HF `gpt2`.
     Gpt2,
+    /// HF `gpt_neox` (Pythia).
     GptNeox,
     /// Llama, Mistral and Qwen2 share one layout.
     Llama,
+    /// HF `gemma`: the Llama layout, scaled embeddings, norm gains stored as gain - 1.
     Gemma,
+    /// HF `gemma2`: Gemma with post-norms, soft caps and alternating sliding windows.
     Gemma2,
 }
 
+/// The normalisation before each sublayer and the unembedding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NormKind {
+    /// Centre, divide by the standard deviation, then gain and bias.
     LayerNorm,
+    /// Divide by the root mean square, then gain.
     RmsNorm,
 }
 
@@ -48,8 +55,11 @@ pub enum Activation {
     Gelu,
     /// Tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
     GeluTanh,
+    /// max(0, x).
     Relu,
+    /// x * sigmoid(x) (swish).
     Silu,
+    /// sigmoid(x) (a GLU gate).
     Sigmoid,
     /// No nonlinearity: with a gate this is a bilinear MLP.
     Identity,
@@ -72,24 +82,43 @@ impl Activation {
 /// Rotary position embedding on the first `dim` dims of each head (rotate-half style).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rotary {
+    /// Dimensions rotated (`rotary_dim`; even).
     pub dim: i64,
+    /// Frequency base (`rope_theta`).
     pub base: f64,
+    /// Scaling of positions or frequencies for long contexts.
     pub scaling: RopeScaling,
 }
 
+/// RoPE scaling (HF `rope_type`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum RopeScaling {
+    /// Plain RoPE.
     None,
     /// Positions divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        /// The divisor.
+        factor: f64,
+    },
     /// Llama-3 frequency-dependent scaling.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position: f64 },
+    Llama3 {
+        /// Scaling of the low frequencies.
+        factor: f64,
+        /// Wavelengths longer than `original_max_position / low_freq_factor` are scaled.
+        low_freq_factor: f64,
+        /// Wavelengths shorter than `original_max_position / high_freq_factor` are kept.
+        high_freq_factor: f64,
+        /// The context the model was pretrained with.
+        original_max_position: f64,
+    },
 }
 
+/// How positions enter the model.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Positional {
     /// A learned `W_pos` [n_ctx, d_model] added to the embeddings.
     Learned,
+    /// Rotary embeddings on q and k.
     Rotary(Rotary),
 }
 
@@ -98,20 +127,33 @@ pub enum Positional {
 pub struct ModelConfig {
     /// The HF `model_type` it came from.
     pub model_type: String,
+    /// The block layout and tensor names (see `models/`).
     pub architecture: Architecture,
+    /// Blocks.
     pub n_layers: usize,
+    /// Width of the residual stream.
     pub d_model: i64,
+    /// Query heads per block.
     pub n_heads: i64,
     /// Key/value heads (< n_heads under grouped-query attention).
     pub n_kv_heads: i64,
+    /// Width of each head.
     pub d_head: i64,
+    /// Hidden units of each MLP.
     pub d_mlp: i64,
+    /// Vocabulary size.
     pub d_vocab: i64,
+    /// Context length (positions the model accepts).
     pub n_ctx: i64,
+    /// LayerNorm or RMSNorm.
     pub norm: NormKind,
+    /// The norms' epsilon.
     pub norm_eps: f64,
+    /// The MLP's nonlinearity (the gate's, in gated MLPs).
     pub act: Activation,
+    /// Whether the MLP is gated: `act(x W_gate) * (x W_in)`.
     pub gated_mlp: bool,
+    /// Learned or rotary positions.
     pub positional: Positional,
     /// Attention and MLP both read `resid_pre` (GPT-NeoX); there is no `resid_mid`.
     pub parallel_attn_mlp: bool,
@@ -119,7 +161,9 @@ pub struct ModelConfig {
     pub attn_scale: f64,
     /// GPT-2's `scale_attn_by_inverse_layer_idx`: layer `l` also divides scores by `l + 1`.
     pub scale_attn_by_inverse_layer_idx: bool,
+    /// Gemma-2: attention scores soft-capped at this, `c * tanh(s / c)`.
     pub attn_softcap: Option<f64>,
+    /// Gemma-2: logits soft-capped at this.
     pub final_softcap: Option<f64>,
     /// Per layer: the sliding-window length for local attention, `None` for global layers.
     pub sliding_window: Vec<Option<i64>>,
@@ -127,10 +171,15 @@ pub struct ModelConfig {
     pub post_norms: bool,
     /// Embeddings multiplied by sqrt(d_model) (Gemma).
     pub scale_embed: bool,
+    /// The unembedding is the embedding matrix.
     pub tie_embeddings: bool,
+    /// q, k and v projections have biases.
     pub qkv_bias: bool,
+    /// The attention output projection has a bias.
     pub o_bias: bool,
+    /// The MLP's projections have biases.
     pub mlp_bias: bool,
+    /// The token `to_tokens` prepends, if the model has one.
     pub bos_token_id: Option<i64>,
     /// No MLPs (config extension `interp_attn_only`).
     pub attn_only: bool,

@@ -19,7 +19,9 @@ pub const END_OF_TEXT: &str = "<|endoftext|>";
 /// One named text.
 #[derive(Clone, Debug)]
 pub struct Document {
+    /// Its name (file stem, or `line N` of a JSONL file).
     pub name: String,
+    /// Its text.
     pub text: String,
 }
 
@@ -143,14 +145,19 @@ pub struct TokenDataset {
     pub train: Tensor,
     /// [n_eval_tokens]
     pub eval: Tensor,
+    /// Sequences per training batch.
     pub batch_size: i64,
+    /// Tokens per training sequence (inputs; targets are shifted by one).
     pub seq_len: i64,
+    /// Seeds where each training window is cut.
     pub seed: u64,
     /// How many eval batches `eval_batches` serves (fewer if the eval text is short).
     pub max_eval_batches: i64,
 }
 
 impl TokenDataset {
+    /// Tokenizes the documents (each with BOS) into one training and one eval stream. An error if
+    /// either stream is shorter than one sequence.
     pub fn new(tokenizer: &Tokenizer, train: &[Document], eval: &[Document], batch_size: i64, seq_len: i64, seed: u64) -> Result<Self> {
         let encode = |docs: &[Document], what: &str| -> Result<Tensor> {
             let mut ids = Vec::new();

@@ -3,28 +3,91 @@ use std::path::PathBuf;
 /// Every failure of `interp-core`, carrying the offending path, name or shape.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A file that cannot be read or written.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A JSON file that does not parse.
     #[error("{path}: malformed JSON: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// Where and why.
+        source: serde_json::Error,
+    },
+    /// A `config.json` value that is missing, of the wrong type or out of bounds.
     #[error("config: {0}")]
     Config(String),
+    /// A `model_type` no family module handles.
     #[error("unknown model_type `{found}`; supported: {}", crate::config::SUPPORTED_MODEL_TYPES.join(", "))]
-    UnknownArchitecture { found: String },
+    UnknownArchitecture {
+        /// The `model_type` found.
+        found: String,
+    },
+    /// A weights file that cannot be used.
     #[error("{path}: {message}")]
-    Checkpoint { path: PathBuf, message: String },
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A tensor the model needs is not in the checkpoint.
     #[error("checkpoint tensor `{name}` is missing (expected shape {expected:?})")]
-    MissingTensor { name: String, expected: Vec<i64> },
+    MissingTensor {
+        /// Its HF name.
+        name: String,
+        /// The shape it should have.
+        expected: Vec<i64>,
+    },
+    /// A checkpoint tensor of the wrong shape.
     #[error("checkpoint tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    TensorShape { name: String, expected: Vec<i64>, found: Vec<i64> },
+    TensorShape {
+        /// Its HF name.
+        name: String,
+        /// The shape the config implies.
+        expected: Vec<i64>,
+        /// The shape stored.
+        found: Vec<i64>,
+    },
+    /// A hook name that no model has.
     #[error("unknown hook point `{name}`{}", suggestion.as_ref().map(|s| format!("; did you mean `{s}`?")).unwrap_or_default())]
-    UnknownHook { name: String, suggestion: Option<String> },
+    UnknownHook {
+        /// The name (or pattern) given.
+        name: String,
+        /// The closest existing name.
+        suggestion: Option<String>,
+    },
+    /// A hook point this model lacks (`hook_resid_mid` in parallel blocks, ...).
     #[error("hook point `{name}` does not exist in this model: {why}")]
-    HookUnavailable { name: String, why: String },
+    HookUnavailable {
+        /// The point.
+        name: String,
+        /// Why the model has no such point.
+        why: String,
+    },
+    /// A hook returned a tensor of another shape than it was given.
     #[error("hook on `{name}` returned shape {found:?}, expected {expected:?}")]
-    HookShape { name: String, expected: Vec<i64>, found: Vec<i64> },
+    HookShape {
+        /// The point.
+        name: String,
+        /// The activation's shape.
+        expected: Vec<i64>,
+        /// The returned shape.
+        found: Vec<i64>,
+    },
+    /// An activation that the run did not store.
     #[error("activation `{name}` is not in the cache (cached: {cached})")]
-    NotCached { name: String, cached: String },
+    NotCached {
+        /// The point asked for.
+        name: String,
+        /// What the cache holds.
+        cached: String,
+    },
     /// A tensor of the wrong shape.
     #[error("{what} must be {expected}, found {found:?}")]
     Shape {
@@ -86,10 +149,16 @@ pub enum Error {
     Input(String),
     /// A hook closure failed (with an error of any crate).
     #[error("hook on `{point}`: {source}")]
-    Hook { point: String, source: BoxError },
+    Hook {
+        /// The hook point.
+        point: String,
+        /// The closure's error.
+        source: BoxError,
+    },
     /// A gradient metric closure failed (with an error of any crate).
     #[error("metric: {0}")]
     Metric(BoxError),
+    /// A tokenizer that cannot be read, or text it cannot encode.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     /// libtorch's message, first line only (the rest is a C++ backtrace).
@@ -97,6 +166,7 @@ pub enum Error {
     Torch(#[from] tch::TchError),
 }
 
+/// `Result` with this crate's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Any error, as hook and metric closures return it: `?` converts every error type into it.

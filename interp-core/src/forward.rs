@@ -28,6 +28,7 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// An empty cache for a model of `n_layers` blocks.
     pub fn new(n_layers: usize) -> Self {
         KvCache { layers: (0..n_layers).map(|_| None).collect(), len: 0 }
     }
@@ -37,6 +38,7 @@ impl KvCache {
         self.len
     }
 
+    /// Whether no position is cached yet.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -12,7 +12,9 @@ use crate::tokenizer::{tensor_ids, Tokenizer};
 /// How `generate` picks the next token. `temperature == 0` is greedy.
 #[derive(Clone, Debug)]
 pub struct Sampling {
+    /// Tokens to add to every row.
     pub max_new_tokens: usize,
+    /// 0: greedy; otherwise logits are divided by it before sampling.
     pub temperature: f64,
     /// Keep only the k most likely tokens.
     pub top_k: Option<i64>,
@@ -46,6 +48,7 @@ impl HookedTransformer {
         self.require_tokenizer()?.to_str_tokens(&tensor_ids(tokens)?)
     }
 
+    /// The text of `tokens` [1, pos] (or [pos]).
     pub fn to_string(&self, tokens: &Tensor) -> Result<String> {
         self.require_tokenizer()?.decode(&tensor_ids(tokens)?)
     }

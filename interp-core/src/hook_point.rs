@@ -61,6 +61,7 @@ pub enum BlockSite {
 }
 
 impl BlockSite {
+    /// Every site, in execution order.
     pub const ALL: [BlockSite; 25] = [
         BlockSite::ResidPre,
         BlockSite::QInput,
@@ -156,12 +157,19 @@ impl BlockSite {
 /// A hook point. Orders as the forward pass visits them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HookPoint {
+    /// `hook_embed` [batch, pos, d_model]: token embeddings (scaled, for Gemma).
     Embed,
+    /// `hook_pos_embed` [batch, pos, d_model]: learned position embeddings.
     PosEmbed,
+    /// `blocks.L.<site>`: a site of block `L`.
     Block(usize, BlockSite),
+    /// `ln_final.hook_scale` [batch, pos, 1]: the final norm's divisor.
     LnFinalScale,
+    /// `ln_final.hook_normalized` [batch, pos, d_model]: the final residual normalised, before the gain.
     LnFinalNormalized,
+    /// `unembed.hook_in` [batch, pos, d_model]: what the unembedding reads.
     UnembedIn,
+    /// `unembed.hook_out` [batch, pos, d_vocab]: the logits.
     UnembedOut,
 }
 
@@ -180,6 +188,7 @@ impl HookPoint {
         }
     }
 
+    /// Whether it is computed only when asked for by name (see [`BlockSite::is_opt_in`]).
     pub fn is_opt_in(self) -> bool {
         matches!(self, HookPoint::Block(_, s) if s.is_opt_in())
     }

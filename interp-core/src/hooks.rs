@@ -10,6 +10,7 @@ use crate::hook_point::{BlockSite, HookName, HookPoint};
 /// What a hook is told about the activation it sees.
 #[derive(Clone, Copy, Debug)]
 pub struct HookCtx {
+    /// The point the activation belongs to.
     pub point: HookPoint,
     /// Absolute position of the first token in this activation (non-zero only while generating
     /// with a KV cache, when a forward sees only the new tokens).
@@ -27,6 +28,7 @@ pub struct Hooks<'a> {
 }
 
 impl<'a> Hooks<'a> {
+    /// No hooks.
     pub fn new() -> Self {
         Self::default()
     }
@@ -43,6 +45,7 @@ impl<'a> Hooks<'a> {
         self.add(name, move |x, ctx| Ok(Some(intervention.apply(x, ctx)?)))
     }
 
+    /// Whether no hook was added.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -58,6 +61,7 @@ pub enum NamesFilter {
     All,
     /// Exact names or glob patterns; each must match at least one point.
     Names(Vec<String>),
+    /// The points whose name the predicate accepts.
     Predicate(Box<dyn Fn(&str) -> bool>),
 }
 
@@ -67,6 +71,7 @@ impl NamesFilter {
         NamesFilter::Names(names.into_iter().map(|s| s.hook_name()).collect())
     }
 
+    /// Points whose name `f` accepts.
     pub fn predicate(f: impl Fn(&str) -> bool + 'static) -> Self {
         NamesFilter::Predicate(Box::new(f))
     }
@@ -74,6 +79,7 @@ impl NamesFilter {
 
 /// Which activations a run stores, and how.
 pub struct CacheSpec {
+    /// Which points.
     pub filter: NamesFilter,
     /// Keep only these positions (`start..end`, on the query axis for attention patterns/scores).
     pub positions: Option<std::ops::Range<i64>>,
@@ -84,9 +90,11 @@ pub struct CacheSpec {
 }
 
 impl CacheSpec {
+    /// Store the points of `filter`, as they are.
     pub fn new(filter: NamesFilter) -> Self {
         CacheSpec { filter, positions: None, dtype: None, device: None }
     }
+    /// Every standard point (no opt-in ones).
     pub fn all() -> Self {
         Self::new(NamesFilter::All)
     }
@@ -94,14 +102,17 @@ impl CacheSpec {
     pub fn names<S: HookName>(names: impl IntoIterator<Item = S>) -> Self {
         Self::new(NamesFilter::names(names))
     }
+    /// Keep only these positions.
     pub fn positions(mut self, range: std::ops::Range<i64>) -> Self {
         self.positions = Some(range);
         self
     }
+    /// Store in this dtype.
     pub fn dtype(mut self, kind: Kind) -> Self {
         self.dtype = Some(kind);
         self
     }
+    /// Store on this device.
     pub fn device(mut self, device: Device) -> Self {
         self.device = Some(device);
         self
@@ -111,18 +122,23 @@ impl CacheSpec {
 /// Where an intervention acts: some heads, some positions (absolute), or everything.
 #[derive(Clone, Debug, Default)]
 pub struct Scope {
+    /// Only these heads (`None`: all).
     pub heads: Option<Vec<i64>>,
+    /// Only these absolute positions (`None`: all).
     pub positions: Option<Vec<i64>>,
 }
 
 impl Scope {
+    /// Every head and position.
     pub fn all() -> Self {
         Self::default()
     }
+    /// Restrict to these heads.
     pub fn heads(mut self, heads: impl Into<Vec<i64>>) -> Self {
         self.heads = Some(heads.into());
         self
     }
+    /// Restrict to these absolute positions.
     pub fn positions(mut self, positions: impl Into<Vec<i64>>) -> Self {
         self.positions = Some(positions.into());
         self

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! # interp-core
 //!
 //! A hooked transformer runtime on libtorch: load HF checkpoints of GPT-2, GPT-NeoX/Pythia,

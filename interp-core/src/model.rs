@@ -99,6 +99,7 @@ pub(crate) struct Params {
 /// # Ok::<(), interp_core::Error>(())
 /// ```
 pub struct HookedTransformer {
+    /// The validated configuration (its `hf_json` is what `save_pretrained` writes).
     pub cfg: ModelConfig,
     pub(crate) params: Params,
     pub(crate) tokenizer: Option<Tokenizer>,
@@ -146,14 +147,17 @@ impl HookedTransformer {
         Ok(HookedTransformer { cfg, params, tokenizer, kind, device, inv_freq })
     }
 
+    /// Where the weights live.
     pub fn device(&self) -> Device {
         self.device
     }
 
+    /// The weights' dtype.
     pub fn kind(&self) -> Kind {
         self.kind
     }
 
+    /// The tokenizer loaded with the model, if it had one.
     pub fn tokenizer(&self) -> Option<&Tokenizer> {
         self.tokenizer.as_ref()
     }
@@ -412,6 +416,7 @@ impl HookedTransformer {
         if self.kind == Kind::Double { Kind::Double } else { Kind::Float }
     }
 
+    /// The model's family.
     pub fn architecture(&self) -> Architecture {
         self.cfg.architecture
     }
@@ -421,6 +426,7 @@ impl HookedTransformer {
 pub struct RunOutput {
     /// Logits [batch, pos, d_vocab], or with `stop_at_layer(l)` the residual stream entering layer `l`.
     pub output: Tensor,
+    /// The activations the run was asked to store.
     pub cache: Option<ActivationCache>,
     /// Gradients of the metric with respect to the activations named in `gradients`.
     pub grads: Option<ActivationCache>,
@@ -447,11 +453,13 @@ impl<'m, 'h> Runner<'m, 'h> {
         Runner { model, input, hooks: Hooks::new(), cache: None, attention_mask: None, stop_at_layer: None, grads: None, autograd: false }
     }
 
+    /// Run with these hooks (added to any given before).
     pub fn hooks(mut self, hooks: Hooks<'h>) -> Self {
         self.hooks.entries.extend(hooks.entries);
         self
     }
 
+    /// Store the activations `spec` chooses.
     pub fn cache(mut self, spec: CacheSpec) -> Self {
         self.cache = Some(spec);
         self
@@ -484,6 +492,7 @@ impl<'m, 'h> Runner<'m, 'h> {
         self
     }
 
+    /// Runs the forward (and the backward, with `gradients`).
     pub fn run(self) -> Result<RunOutput> {
         let model = self.model;
         let cache_points = self.cache.as_ref().map(|s| model.resolve_filter(&s.filter)).transpose()?;

@@ -28,19 +28,37 @@ use crate::{BlockStyle, HookedTransformer, MlpKind, ModelSpec, Tokenizer};
 pub enum PretrainData {
     /// Training and eval documents (see [`data::hold_out`]). The tokenizer is the one given, or
     /// one saved by an interrupted run, or a byte-level BPE of `vocab` entries trained on `train`.
-    Text { train: Vec<Document>, eval: Vec<Document>, tokenizer: Option<Tokenizer>, vocab: usize },
+    Text {
+        /// Training documents.
+        train: Vec<Document>,
+        /// Held-out documents.
+        eval: Vec<Document>,
+        /// The tokenizer to use.
+        tokenizer: Option<Tokenizer>,
+        /// Vocabulary of a tokenizer trained here.
+        vocab: usize,
+    },
     /// The built-in tasks (all of them, or induction only); modular addition modulo `modulus`.
-    Tasks { modulus: usize, induction_only: bool },
+    Tasks {
+        /// Modulus of the modular-addition task.
+        modulus: usize,
+        /// Train on induction alone.
+        induction_only: bool,
+    },
 }
 
 /// The model to build and how to train it.
 #[derive(Clone, Debug)]
 pub struct PretrainConfig {
+    /// GPT-2 or Llama-style blocks.
     pub style: BlockStyle,
     /// `None`: attention-only.
     pub mlp: Option<MlpKind>,
+    /// Blocks.
     pub n_layers: usize,
+    /// Width of the residual stream.
     pub d_model: i64,
+    /// Attention heads per block.
     pub n_heads: i64,
     /// Default 4 x d_model.
     pub d_mlp: Option<i64>,
@@ -91,7 +109,9 @@ impl PretrainConfig {
 /// What [`pretrain`] measured; `summary` is what `OUT/train_report.json` holds (eval losses, and
 /// n-gram baselines for text or per-task scores and head scores for tasks).
 pub struct PretrainReport {
+    /// What the training loop measured.
     pub train: TrainReport,
+    /// The contents of `train_report.json`.
     pub summary: Value,
 }
 

@@ -10,10 +10,12 @@ use crate::error::Result;
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         Rng(seed ^ 0x5851f42d4c957f2d)
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         let out = crate::data::splitmix(self.0);
         self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);

@@ -19,14 +19,19 @@ pub enum BlockStyle {
 /// MLP nonlinearity by its common name. The GLU family gates: `act(x W_gate) * (x W_in)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MlpKind {
+    /// max(0, x), ungated.
     Relu,
+    /// GELU (tanh approximation), ungated.
     Gelu,
     /// Sigmoid gate.
     Glu,
     /// No nonlinearity on the gate.
     Bilinear,
+    /// ReLU gate.
     ReGlu,
+    /// GELU gate.
     GeGlu,
+    /// SiLU gate (Llama's).
     SwiGlu,
 }
 
@@ -47,6 +52,7 @@ impl MlpKind {
     /// The names [`MlpKind::parse`] takes.
     pub const NAMES: [&'static str; 7] = ["relu", "gelu", "glu", "bilinear", "reglu", "geglu", "swiglu"];
 
+    /// The kind of one of [`MlpKind::NAMES`] (any case).
     pub fn parse(name: &str) -> Result<Self> {
         Ok(match name.to_ascii_lowercase().as_str() {
             "relu" => MlpKind::Relu,
@@ -66,15 +72,25 @@ impl MlpKind {
 /// A model to build. `mlp: None` makes it attention-only.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelSpec {
+    /// GPT-2 or Llama-style blocks.
     pub style: BlockStyle,
+    /// Blocks.
     pub n_layers: usize,
+    /// Width of the residual stream.
     pub d_model: i64,
+    /// Attention heads per block (d_head = d_model / n_heads).
     pub n_heads: i64,
+    /// Hidden units of each MLP.
     pub d_mlp: i64,
+    /// Vocabulary size.
     pub d_vocab: i64,
+    /// Context length.
     pub n_ctx: i64,
+    /// The MLP kind; `None` for attention-only blocks.
     pub mlp: Option<MlpKind>,
+    /// Share the embedding and unembedding matrices.
     pub tie_embeddings: bool,
+    /// The BOS token (also written as `eos_token_id`).
     pub bos_token_id: Option<i64>,
 }
 

@@ -14,9 +14,13 @@ use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use crate::train::{Batch, BatchSource};
 
+/// Names of the IOI task.
 pub const NAMES: [&str; 16] = ["Mary", "John", "Alice", "Bob", "Carol", "Dave", "Eve", "Frank", "Grace", "Henry", "Iris", "Jack", "Kate", "Leo", "Mia", "Noah"];
+/// Places of the IOI task.
 pub const PLACES: [&str; 8] = ["store", "park", "school", "garden", "station", "market", "library", "beach"];
+/// Objects of the IOI task.
 pub const OBJECTS: [&str; 8] = ["drink", "book", "ball", "letter", "ring", "pen", "cake", "key"];
+/// Event nouns of the greater-than task.
 pub const NOUNS: [&str; 8] = ["war", "reign", "drought", "journey", "trial", "siege", "voyage", "strike"];
 const SYLLABLES: [&str; 12] = ["ka", "lo", "mi", "ru", "te", "zo", "pa", "ni", "vu", "se", "do", "fi"];
 /// (relation words, objects it maps to)
@@ -37,6 +41,7 @@ pub struct TaskVocab {
 }
 
 impl TaskVocab {
+    /// Every task's words, with modular addition modulo `modulus`.
     pub fn new(modulus: usize) -> Self {
         let mut words: Vec<String> = vec!["<|endoftext|>".into()];
         let fixed = ["Then", ",", "and", "went", "to", "the", ".", "gave", "a", "The", "lasted", "from", "year", "+", "="];
@@ -76,18 +81,22 @@ impl TaskVocab {
         Ok(vocab)
     }
 
+    /// Number of words (the vocabulary size a task model needs).
     pub fn len(&self) -> usize {
         self.words.len()
     }
 
+    /// Whether there are no words.
     pub fn is_empty(&self) -> bool {
         self.words.is_empty()
     }
 
+    /// The id of `word`; an error if it is not in the vocabulary.
     pub fn id(&self, word: &str) -> Result<i64> {
         self.ids.get(word).copied().ok_or_else(|| Error::UnknownWord { word: word.to_string(), vocabulary: "task vocabulary".into() })
     }
 
+    /// The word of `id` (`<?>` for an unknown id).
     pub fn word(&self, id: i64) -> &str {
         self.words.get(id as usize).map(String::as_str).unwrap_or("<?>")
     }
@@ -135,7 +144,10 @@ pub enum Task {
     /// A random sequence repeated once after a random prefix: each row's period is drawn from
     /// `max(half / 4, 2) ..= half` (a fixed or narrow period is solved by position alone); the prompt is
     /// always `2 * half` tokens after BOS. Corrupted: the repeat shuffled.
-    Induction { half: usize },
+    Induction {
+        /// Tokens in each half of the prompt.
+        half: usize,
+    },
     /// "Then , A and B went to the PLACE . B gave a OBJECT to" -> A; corrupted with three new names (ABC).
     Ioi,
     /// "The NOUN lasted from the year XX YY to the year XX" -> a YY' > YY; corrupted: YY = 01.
@@ -146,6 +158,7 @@ pub enum Task {
     ModularAddition,
 }
 
+/// Every task, induction first.
 pub const ALL_TASKS: [Task; 5] = [Task::Induction { half: 12 }, Task::Ioi, Task::GreaterThan, Task::Facts, Task::ModularAddition];
 
 /// The synthetic knowledge base: subject (3 syllable tokens) -> one object per relation.
@@ -162,9 +175,11 @@ pub fn knowledge_base(n_subjects: usize) -> Vec<(String, [usize; 3])> {
     subjects
 }
 
+/// Subjects of the facts task's knowledge base.
 pub const N_SUBJECTS: usize = 60;
 
 impl Task {
+    /// The task's name (`ioi`, `greater_than`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Task::Induction { .. } => "induction",
@@ -319,9 +334,13 @@ impl Task {
 /// Training batches that mix tasks: each step draws `per_task` prompts of every task, right-padded
 /// to one length (padding is never attended to by real positions and is masked out of the loss).
 pub struct TaskMixture {
+    /// The tasks' vocabulary.
     pub vocab: TaskVocab,
+    /// The tasks mixed.
     pub tasks: Vec<Task>,
+    /// Prompts of each task per batch.
     pub per_task: usize,
+    /// Batch `step` is drawn from `seed` and `step` alone.
     pub seed: u64,
 }
 

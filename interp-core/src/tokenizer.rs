@@ -15,16 +15,20 @@ pub struct Tokenizer {
 /// Which side of a shorter row gets the padding in a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PaddingSide {
+    /// Padding before the text (what `generate` needs).
     Left,
+    /// Padding after the text.
     Right,
 }
 
 impl Tokenizer {
+    /// Reads an HF `tokenizer.json`; `bos` is the token `encode` prepends.
     pub fn from_file(path: &Path, bos: Option<i64>) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         Ok(Tokenizer { inner, bos })
     }
 
+    /// Writes it as an HF `tokenizer.json`.
     pub fn save(&self, path: &Path) -> Result<()> {
         self.inner.save(path, true).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))
     }
@@ -39,10 +43,12 @@ impl Tokenizer {
         self.inner.token_to_id(token).map(i64::from)
     }
 
+    /// Vocabulary size, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
 
+    /// The token prepended by `encode(.., true)`.
     pub fn bos_token_id(&self) -> Option<i64> {
         self.bos
     }
@@ -99,6 +105,7 @@ impl Tokenizer {
         ids.iter().map(|&i| self.decode(&[i])).collect()
     }
 
+    /// The text of `ids`.
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
         let ids = ids
             .iter()

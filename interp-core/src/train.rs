@@ -18,14 +18,19 @@ use crate::model::HookedTransformer;
 /// Inputs and next-token targets, [batch, pos] int64; `mask` [batch, pos] (1 = scored) limits the
 /// loss to some positions (task answers).
 pub struct Batch {
+    /// Input tokens [batch, pos].
     pub input: Tensor,
+    /// Next tokens [batch, pos].
     pub target: Tensor,
+    /// Positions that count in the loss [batch, pos] (`None`: all).
     pub mask: Option<Tensor>,
 }
 
 /// Where training data comes from. `train_batch` must depend only on `step`.
 pub trait BatchSource {
+    /// The batch of training step `step` (a pure function of it, for exact resume).
     fn train_batch(&self, step: usize) -> Result<Batch>;
+    /// The fixed eval batches.
     fn eval_batches(&self) -> Result<Vec<Batch>>;
 }
 
@@ -42,21 +47,31 @@ pub enum Schedule {
 /// Optimiser and loop settings; `Default` gives sensible values for small models.
 #[derive(Clone, Debug)]
 pub struct TrainConfig {
+    /// Optimiser steps.
     pub steps: usize,
+    /// Peak learning rate.
     pub lr: f64,
+    /// Steps of linear warmup from 0.
     pub warmup_steps: usize,
+    /// The decay after warmup.
     pub schedule: Schedule,
+    /// The learning rate decays to `min_lr_ratio * lr`.
     pub min_lr_ratio: f64,
     /// Decoupled weight decay, on matrices only (not norms, biases).
     pub weight_decay: f64,
+    /// Adam's beta1 and beta2.
     pub betas: (f64, f64),
+    /// Adam's epsilon.
     pub eps: f64,
     /// Clip the global gradient norm to this.
     pub grad_clip: Option<f64>,
+    /// Evaluate every this many steps (and at the end).
     pub eval_every: usize,
+    /// Checkpoint every this many steps (and at the end).
     pub checkpoint_every: usize,
     /// Checkpoints go here (`checkpoint.safetensors`); an existing one is resumed.
     pub checkpoint_dir: Option<PathBuf>,
+    /// Show a progress bar (loss, ETA).
     pub progress: bool,
 }
 
@@ -102,11 +117,13 @@ impl TrainConfig {
 pub struct TrainReport {
     /// The step training started at (non-zero after a resume).
     pub resumed_at: usize,
+    /// The step it ended at.
     pub steps: usize,
     /// Mean training loss over the last 10% of steps run.
     pub final_train_loss: f64,
     /// (step, mean eval loss)
     pub eval_losses: Vec<(usize, f64)>,
+    /// Training throughput.
     pub tokens_per_sec: f64,
 }
 
@@ -135,13 +152,16 @@ fn fingerprint(model: &HookedTransformer, params: &[Tensor]) -> i64 {
 /// Adam moments for a list of parameters, with decoupled weight decay on matrices (not on
 /// vectors: norms, biases). Shared by model training and dictionary training.
 pub struct Adam {
+    /// Adam's beta1 and beta2.
     pub betas: (f64, f64),
+    /// Adam's epsilon.
     pub eps: f64,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
 }
 
 impl Adam {
+    /// Zero moments for `params`.
     pub fn new(params: &[Tensor], betas: (f64, f64), eps: f64) -> Result<Self> {
         Ok(Adam {
             betas,
@@ -193,17 +213,21 @@ pub fn clip_scale(grads: &[Tensor], max: Option<f64>) -> Result<f64> {
 /// configuration it belongs to, and named tensors. Written to a temporary file and renamed, so an
 /// interrupted or failed write (disk full) leaves the last good checkpoint.
 pub struct TrainingCheckpoint {
+    /// The folder holding `checkpoint.safetensors`.
     pub dir: PathBuf,
+    /// Fingerprint of the configuration; a checkpoint of another is refused.
     pub fingerprint: i64,
     /// What the configuration is of ("model", "dictionary"), for the error on a mismatch.
     pub what: &'static str,
 }
 
 impl TrainingCheckpoint {
+    /// `dir/checkpoint.safetensors`.
     pub fn path(&self) -> PathBuf {
         self.dir.join("checkpoint.safetensors")
     }
 
+    /// Writes `state` at `step` (to a temporary file, then renamed).
     pub fn save(&self, step: usize, state: &[(String, Tensor)]) -> Result<()> {
         std::fs::create_dir_all(&self.dir).map_err(Error::io(&self.dir))?;
         let mut named: Vec<(String, Tensor)> = vec![

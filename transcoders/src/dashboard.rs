@@ -13,24 +13,31 @@ use crate::error::{Error, Result};
 /// One context and the latent's activation at each of its tokens.
 #[derive(Clone, Debug, Serialize)]
 pub struct ContextExample {
+    /// The context's tokens as text.
     pub tokens: Vec<String>,
+    /// The latent's activation at each token.
     pub activations: Vec<f64>,
+    /// The largest of them.
     pub max_activation: f64,
 }
 
 /// Everything shown for one latent.
 #[derive(Clone, Debug, Serialize)]
 pub struct LatentDashboard {
+    /// The latent's index.
     pub latent: i64,
     /// Fraction of tokens it fires on.
     pub density: f64,
+    /// Its largest activation on the contexts.
     pub max_activation: f64,
+    /// The contexts it fires on most, strongest first.
     pub top_contexts: Vec<ContextExample>,
     /// Histogram of its non-zero activations: (bin lower edge, count), 20 bins up to the max.
     pub histogram: Vec<(f64, i64)>,
     /// Tokens whose logits its decoder row raises most / lowers most (`W_dec[i] @ W_U`); empty
     /// when the dictionary does not write a d_model-wide activation.
     pub top_logits: Vec<(String, f64)>,
+    /// Tokens whose logits its decoder row lowers most.
     pub bottom_logits: Vec<(String, f64)>,
     /// Tokens whose embedding most excites it directly (`W_E @ W_enc[:, i]`); meaningful for
     /// hooks close to the embeddings, empty when the input is not d_model wide.

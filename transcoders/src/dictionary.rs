@@ -10,10 +10,16 @@ pub enum Architecture {
     /// `f = ReLU(pre)`, trained with an L1 penalty weighted by decoder norms (SAELens "standard").
     ReluL1,
     /// Keep the `k` largest pre-activations of each token (ReLU'd).
-    TopK { k: i64 },
+    TopK {
+        /// Active latents per token.
+        k: i64,
+    },
     /// Keep the `k * batch` largest pre-activations of a whole batch while training; at inference a
     /// learned per-latent threshold (a JumpReLU), which is how it is saved.
-    BatchTopK { k: i64 },
+    BatchTopK {
+        /// Active latents per token, on average over the batch.
+        k: i64,
+    },
     /// `f = pre * H(pre - threshold)`, the threshold per latent and stored directly.
     JumpRelu,
     /// A gate path (`W_enc`, `b_gate`) decides which latents fire; a magnitude path
@@ -39,9 +45,13 @@ pub const SAELENS_ARCHITECTURES: &[&str] =
 /// A dictionary's shape and where its activations come from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DictionaryConfig {
+    /// Its activation function.
     pub architecture: Architecture,
+    /// SAE, transcoder or skip transcoder.
     pub kind: DictionaryKind,
+    /// Width of the activations read.
     pub d_in: i64,
+    /// Number of latents.
     pub d_sae: i64,
     /// Equal to `d_in` for an SAE.
     pub d_out: i64,
@@ -49,8 +59,11 @@ pub struct DictionaryConfig {
     pub hook_name: String,
     /// The hook predicted (an SAE's own `hook_name`; a transcoder's `blocks.L.hook_mlp_out`).
     pub hook_name_out: String,
+    /// The model it was trained on (SAELens `model_name`).
     pub model_name: String,
+    /// Context length of the activations it was trained on.
     pub context_size: i64,
+    /// Whether those contexts started with BOS.
     pub prepend_bos: bool,
     /// Subtract `b_dec` from the input before encoding (SAEs usually do; transcoders cannot).
     pub apply_b_dec_to_input: bool,
@@ -111,14 +124,23 @@ impl DictionaryConfig {
 /// gated dictionary), `w_dec` [d_sae, d_out], `b_dec` [d_out]; `threshold` [d_sae] for JumpReLU
 /// and BatchTopK; `r_mag`, `b_mag` [d_sae] for gated; `w_skip` [d_out, d_in] for skip transcoders.
 pub struct SparseDictionary {
+    /// Shape, architecture and hooks.
     pub cfg: DictionaryConfig,
+    /// [d_in, d_sae].
     pub w_enc: Tensor,
+    /// [d_sae] (the gate bias of a gated dictionary).
     pub b_enc: Tensor,
+    /// [d_sae, d_out].
     pub w_dec: Tensor,
+    /// [d_out].
     pub b_dec: Tensor,
+    /// [d_sae], JumpReLU and BatchTopK.
     pub threshold: Option<Tensor>,
+    /// [d_sae], gated: the magnitude path's log scale.
     pub r_mag: Option<Tensor>,
+    /// [d_sae], gated: the magnitude path's bias.
     pub b_mag: Option<Tensor>,
+    /// [d_out, d_in], skip transcoders.
     pub w_skip: Option<Tensor>,
 }
 
@@ -166,6 +188,7 @@ impl SparseDictionary {
         out
     }
 
+    /// Where the weights live.
     pub fn device(&self) -> Device {
         self.w_enc.device()
     }

@@ -64,6 +64,7 @@ pub enum Error {
     Torch(#[from] tch::TchError),
 }
 
+/// `Result` with this crate's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! # transcoders
 //!
 //! Sparse dictionaries on activations of an `interp-core` model: SAEs, transcoders and skip

@@ -15,18 +15,22 @@ pub const DENSE_THRESHOLD: f64 = 0.1;
 /// Every metric of [`evaluate`], over all evaluated tokens (position 0 and BOS tokens excluded).
 #[derive(Debug, Serialize)]
 pub struct DictionaryMetrics {
+    /// Tokens evaluated.
     pub n_tokens: i64,
     /// Mean number of active latents per token.
     pub l0: f64,
     /// sum ||y - y_hat||^2 / sum ||y - mean(y)||^2 over the whole set (dataset mean).
     pub fvu: f64,
+    /// 1 - FVU.
     pub explained_variance: f64,
     /// Mean ||y_hat|| / ||y|| per token.
     pub shrinkage: f64,
     /// Next-token cross-entropy of the untouched model, spliced with the reconstruction, and
     /// with the hook zero-ablated.
     pub ce_clean: f64,
+    /// Cross-entropy with the reconstruction spliced in.
     pub ce_spliced: f64,
+    /// Cross-entropy with the hook zero-ablated.
     pub ce_zero_ablation: f64,
     /// (ce_zero_ablation - ce_spliced) / (ce_zero_ablation - ce_clean).
     pub ce_loss_recovered: f64,
@@ -34,7 +38,9 @@ pub struct DictionaryMetrics {
     pub delta_loss: f64,
     /// Mean KL(clean || spliced) of the next-token distributions.
     pub kl_spliced: f64,
+    /// Fraction of latents that never fired.
     pub dead_fraction: f64,
+    /// Fraction of latents firing on more than 10% of tokens.
     pub dense_fraction: f64,
     /// Counts of latents per log10-density bin: (bin lower edge, count); dead latents apart.
     pub log10_density_histogram: Vec<(f64, i64)>,

@@ -20,7 +20,9 @@ use crate::error::{Error, Result};
 /// Batches of activations: one [batch_tokens, width] tensor per hook of `hook_names`, the same
 /// for the same `step`.
 pub trait ActivationSource {
+    /// The hooks served, in the order `batch` returns them.
     fn hook_names(&self) -> &[String];
+    /// The activations of step `step`: one [batch_tokens, width] tensor per hook.
     fn batch(&mut self, step: usize) -> Result<Vec<Tensor>>;
 }
 
@@ -36,6 +38,7 @@ pub struct StoreConfig {
     pub buffer_contexts: i64,
     /// Contexts per model forward while filling a buffer.
     pub forward_batch: i64,
+    /// Seeds where contexts are cut and how buffers are shuffled.
     pub seed: u64,
 }
 
@@ -54,6 +57,7 @@ pub struct ActivationStore<'m> {
     tokens: Tensor,
     hooks: Vec<String>,
     stop_at: Option<usize>,
+    /// Its settings.
     pub cfg: StoreConfig,
     buffer: Option<(usize, Vec<Tensor>)>,
 }
@@ -204,7 +208,9 @@ pub struct CachedActivations {
     hooks: Vec<String>,
     widths: Vec<i64>,
     shards: Vec<String>,
+    /// Tokens per batch.
     pub batch_tokens: i64,
+    /// Batches per shard file.
     pub batches_per_shard: usize,
     device: Device,
     loaded: Option<(usize, Vec<Tensor>)>,
@@ -321,10 +327,13 @@ impl ActivationSource for CachedActivations {
 pub struct InMemoryActivations {
     hooks: Vec<String>,
     tensors: Vec<Tensor>,
+    /// Rows per batch.
     pub batch_tokens: i64,
 }
 
 impl InMemoryActivations {
+    /// Serves `named` (hook name, [n, width]) in batches of `batch_tokens` rows; every tensor
+    /// needs the same n >= batch_tokens.
     pub fn new(named: Vec<(String, Tensor)>, batch_tokens: i64) -> Result<Self> {
         let rows: Vec<i64> = named.iter().map(|(_, t)| t.size().first().copied().unwrap_or(0)).collect();
         if named.is_empty() || rows.iter().any(|&r| r != rows[0]) || rows[0] < batch_tokens || batch_tokens < 1 {

@@ -18,8 +18,11 @@ use crate::store::ActivationSource;
 /// Trainer settings; `Default` follows the references' recipe (see the design notes).
 #[derive(Clone, Debug)]
 pub struct SaeTrainConfig {
+    /// Optimiser steps.
     pub steps: usize,
+    /// Peak learning rate.
     pub lr: f64,
+    /// Steps of linear warmup.
     pub warmup_steps: usize,
     /// The learning rate decays linearly to 0 over this last fraction of the steps.
     pub decay_fraction: f64,
@@ -37,17 +40,23 @@ pub struct SaeTrainConfig {
     pub dead_tokens: usize,
     /// Rate of the moving average that sets BatchTopK's inference threshold.
     pub batchtopk_threshold_lr: f64,
+    /// Clip the global gradient norm to this.
     pub grad_clip: Option<f64>,
     /// Scale activations so that E||x|| = sqrt(d) while training (folded into the weights after).
     pub normalize_activations: bool,
     /// Decode TopK latents by gathering `k` decoder rows instead of a dense product.
     pub sparse_decode: bool,
+    /// Adam's beta1 and beta2.
     pub betas: (f64, f64),
+    /// Adam's epsilon.
     pub eps: f64,
+    /// Log (and update the progress bar) every this many steps.
     pub log_every: usize,
+    /// Checkpoint every this many steps (and at the end).
     pub checkpoint_every: usize,
     /// Checkpoints go here (`checkpoint.safetensors`); an existing one is resumed.
     pub checkpoint_dir: Option<PathBuf>,
+    /// Show a progress bar (loss, L0, FVU, dead %).
     pub progress: bool,
 }
 
@@ -96,22 +105,30 @@ impl SaeTrainConfig {
 /// One logged step of one dictionary.
 #[derive(Clone, Debug)]
 pub struct TrainLogEntry {
+    /// The step.
     pub step: usize,
+    /// Total loss of the batch.
     pub loss: f64,
     /// Batch FVU (in the normalised space, which does not change it).
     pub fvu: f64,
+    /// Mean active latents per token.
     pub l0: f64,
+    /// Fraction of latents dead.
     pub dead_fraction: f64,
 }
 
 /// What training did, per dictionary.
 #[derive(Clone, Debug)]
 pub struct SaeTrainReport {
+    /// The step training started at (non-zero after a resume).
     pub resumed_at: usize,
+    /// The step it ended at.
     pub steps: usize,
+    /// One entry per `log_every` steps.
     pub log: Vec<TrainLogEntry>,
     /// Input and output scales used while training (folded into the weights since).
     pub scales: (f64, f64),
+    /// Training throughput (tokens of activations per second).
     pub tokens_per_sec: f64,
 }
 

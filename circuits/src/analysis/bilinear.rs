@@ -31,26 +31,35 @@ impl Default for BilinearSpectraConfig {
 
 /// One eigenvector read out as tokens.
 pub struct Readout {
+    /// Rank by |eigenvalue|, from 0.
     pub rank: i64,
+    /// Its eigenvalue.
     pub eigenvalue: f64,
     /// The five tokens it favours and disfavours most (direct path through W_E).
     pub favoured: String,
+    /// The five tokens it disfavours most.
     pub disfavoured: String,
 }
 
 /// One direction's spectrum.
 pub struct DirectionSpectrum {
+    /// The direction as given (`m0`, `m7-m8`).
     pub name: String,
     /// By |eigenvalue|, largest first.
     pub eigenvalues: Vec<f64>,
+    /// Participation ratio of the eigenvalues: (sum |l|)^2 / sum l^2.
     pub effective_rank: f64,
+    /// The top eigenvectors read out as tokens.
     pub readouts: Vec<Readout>,
 }
 
 /// What [`bilinear_spectra`] found.
 pub struct BilinearSpectra {
+    /// The block whose MLP was decomposed.
     pub layer: usize,
+    /// Hidden units of that MLP.
     pub d_hidden: i64,
+    /// One spectrum per direction, in the config's order.
     pub directions: Vec<DirectionSpectrum>,
     /// (k, modular-addition accuracy on 256 prompts) with k eigenpairs per answer logit.
     pub truncation: Option<Vec<(i64, f64)>>,

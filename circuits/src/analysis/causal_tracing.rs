@@ -43,13 +43,17 @@ impl Default for CausalTracingConfig {
 pub struct CausalTracing {
     /// What the prompts are (a task name, a file name).
     pub name: String,
+    /// The config it ran with.
     pub config: CausalTracingConfig,
     /// The noise level used.
     pub sigma: f64,
+    /// Layers of the model traced.
     pub n_layers: usize,
+    /// One trace per prompt, in order.
     pub traces: Vec<CausalTrace>,
     /// Each traced prompt's tokens as text, for the charts.
     pub words: Vec<Vec<String>>,
+    /// Average indirect effects per label, labels in order of first appearance.
     pub summaries: Vec<TraceSummary>,
 }
 

@@ -39,6 +39,7 @@ impl Default for CircuitDiscoveryConfig {
 
 /// One attribution method's scores and faithfulness curve.
 pub struct EdgeScores {
+    /// EAP or EAP-IG.
     pub method: AttributionMethod,
     /// Per edge.
     pub scores: Vec<f64>,
@@ -46,13 +47,17 @@ pub struct EdgeScores {
     pub order: Vec<usize>,
     /// Faithfulness of the top-k circuit for each of [`CircuitDiscovery::counts`].
     pub faithfulness: Vec<f64>,
+    /// Time to score every edge.
     pub seconds: f64,
 }
 
 /// ACDC's circuit at the chosen tau, and the faithfulness of its runs at other taus.
 pub struct AcdcRuns {
+    /// The threshold of the main run.
     pub tau: f64,
+    /// The main run's circuit.
     pub result: AcdcResult,
+    /// Faithfulness of that circuit on the task metric.
     pub faithfulness: f64,
     /// (tau, edges kept, faithfulness) for tau x 1/4 .. 4.
     pub sweep: Vec<(f64, usize, f64)>,
@@ -62,17 +67,23 @@ pub struct AcdcRuns {
 pub struct CircuitDiscovery {
     /// What the prompts are (a task name, a file name).
     pub name: String,
+    /// The config it ran with.
     pub config: CircuitDiscoveryConfig,
+    /// Prompts (clean/corrupted pairs) scored.
     pub n_prompts: i64,
+    /// The model's edge graph, whose edge order every score follows.
     pub graph: EdgeGraph,
     /// The task metric's name, and its value on the clean and corrupted prompts.
     pub metric: String,
+    /// The metric on the clean prompts.
     pub clean: f64,
+    /// The metric on the corrupted prompts.
     pub corrupted: f64,
     /// Edge counts of the faithfulness curves: 1, 2, 3, 5, 8, ... up to every edge.
     pub counts: Vec<usize>,
     /// EAP, then EAP-IG.
     pub methods: Vec<EdgeScores>,
+    /// ACDC's runs, when the config asked for them.
     pub acdc: Option<AcdcRuns>,
 }
 

@@ -15,6 +15,7 @@ use crate::table::{Table, Value};
 /// How [`graph_analysis`] builds and prunes the graph.
 #[derive(Clone, Debug)]
 pub struct GraphAnalysisConfig {
+    /// How the graph is built (logit targets, batch size, progress).
     pub graph: GraphConfig,
     /// Keep the nodes carrying this fraction of the influence on the logits (circuit-tracer: 0.8).
     pub node_threshold: f64,
@@ -30,7 +31,9 @@ impl Default for GraphAnalysisConfig {
 
 /// A prompt's attribution graph and its pruning.
 pub struct GraphAnalysis {
+    /// The prompt as given.
     pub prompt: String,
+    /// Its token ids, BOS first.
     pub tokens: Vec<i64>,
     /// Token text of every id in the graph, by id.
     pub token_text: std::collections::HashMap<i64, String>,
@@ -38,9 +41,13 @@ pub struct GraphAnalysis {
     pub slug: String,
     /// Where the transcoders came from (shown in the report).
     pub transcoders: PathBuf,
+    /// The full graph.
     pub graph: AttributionGraph,
+    /// What survives pruning.
     pub pruned: Pruned,
+    /// Layers of the model.
     pub n_layers: usize,
+    /// Time to build the graph.
     pub seconds: f64,
 }
 

@@ -29,11 +29,15 @@ impl Default for PatchingSweepConfig {
 pub struct PatchingSweep {
     /// What the prompts are (a task name, a file name).
     pub name: String,
+    /// Prompts (clean/corrupted pairs) patched.
     pub n_prompts: i64,
+    /// Layers of the model.
     pub n_layers: usize,
     /// `{pos} {token}` of the first clean prompt, for the position axis.
     pub positions: Vec<String>,
+    /// The metric's name.
     pub metric: String,
+    /// One result per site, in the config's order.
     pub results: Vec<PatchingResult>,
 }
 

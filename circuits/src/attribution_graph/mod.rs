@@ -56,6 +56,7 @@ pub struct GraphConfig {
     pub logit_probability: f64,
     /// Targets per backward pass.
     pub batch_size: i64,
+    /// Show a progress bar over the backward passes.
     pub progress: bool,
 }
 
@@ -69,18 +70,44 @@ impl Default for GraphConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Node {
     /// An active transcoder feature at (layer, position).
-    Feature { layer: usize, pos: i64, feature: i64, activation: f64 },
+    Feature {
+        /// The transcoder's layer.
+        layer: usize,
+        /// Position in the prompt.
+        pos: i64,
+        /// Index of the feature in its transcoder.
+        feature: i64,
+        /// Its activation on the prompt.
+        activation: f64,
+    },
     /// The transcoder's error at (layer, position): true MLP output minus the reconstruction.
-    Error { layer: usize, pos: i64 },
+    Error {
+        /// The transcoder's layer.
+        layer: usize,
+        /// Position in the prompt.
+        pos: i64,
+    },
     /// The token embedding at a position.
-    Token { pos: i64, token: i64 },
+    Token {
+        /// Position in the prompt.
+        pos: i64,
+        /// Token id.
+        token: i64,
+    },
     /// A candidate next token at the last position (its logit minus the mean logit).
-    Logit { token: i64, probability: f64 },
+    Logit {
+        /// Token id.
+        token: i64,
+        /// Its probability as the next token.
+        probability: f64,
+    },
 }
 
 /// The direct-effect graph of one prompt.
 pub struct AttributionGraph {
+    /// The prompt's token ids.
     pub tokens: Vec<i64>,
+    /// Layers of the model.
     pub n_layers: usize,
     /// In circuit-tracer's order: features (by layer, position, feature), errors (by layer, then
     /// position), tokens, logits.
@@ -187,10 +214,12 @@ pub fn attribution_graph(model: &HookedTransformer, transcoders: &[SparseDiction
 }
 
 impl AttributionGraph {
+    /// Feature nodes.
     pub fn n_features(&self) -> usize {
         self.nodes.iter().filter(|n| matches!(n, Node::Feature { .. })).count()
     }
 
+    /// Logit nodes.
     pub fn n_logits(&self) -> usize {
         self.nodes.iter().filter(|n| matches!(n, Node::Logit { .. })).count()
     }

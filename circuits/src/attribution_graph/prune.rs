@@ -23,10 +23,12 @@ pub struct Pruned {
 }
 
 impl Pruned {
+    /// Nodes kept.
     pub fn n_nodes(&self) -> usize {
         self.node_mask.iter().filter(|k| **k).count()
     }
 
+    /// Edges kept.
     pub fn n_edges(&self) -> Result<i64> {
         Ok(self.edge_mask.f_sum(Kind::Int64)?.f_int64_value(&[])?)
     }

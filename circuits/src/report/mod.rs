@@ -61,12 +61,14 @@ pub fn write_graph_page(path: &Path, title: &str, view: &str) -> Result<()> {
 /// An HTML report built section by section.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
+    /// Heads the page.
     pub title: String,
     /// Section titles, each followed by its HTML.
     parts: Vec<(String, String)>,
 }
 
 impl Report {
+    /// An empty report titled `title`.
     pub fn new(title: &str) -> Self {
         Report { title: title.to_string(), parts: Vec::new() }
     }
@@ -90,6 +92,7 @@ impl Report {
         &mut self.parts[last].1
     }
 
+    /// A heading inside the current section.
     pub fn subsection(&mut self, title: &str) {
         let _ = writeln!(self.body(), "<h3>{}</h3>", html_escape(title));
     }
@@ -141,6 +144,7 @@ impl Report {
         )
     }
 
+    /// Writes the report as one self-contained HTML file.
     pub fn write(&self, path: &Path) -> Result<()> {
         std::fs::write(path, self.to_html()).map_err(Error::io(path))
     }
