@@ -13,9 +13,9 @@ pub use crate::models::{MAX_DIM, SUPPORTED_MODEL_TYPES};
 /// Most layers a `config.json` may declare.
 pub const MAX_LAYERS: usize = 4096;
 
-/// Architecture family; decides tensor names and block layout.
+/// The model family (one module of `models/` each); decides tensor names and block layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Architecture {
+pub enum Family {
     /// HF `gpt2`.
     Gpt2,
     /// HF `gpt_neox` (Pythia).
@@ -128,7 +128,7 @@ pub struct ModelConfig {
     /// The HF `model_type` it came from.
     pub model_type: String,
     /// The block layout and tensor names (see `models/`).
-    pub architecture: Architecture,
+    pub family: Family,
     /// Blocks.
     pub n_layers: usize,
     /// Width of the residual stream.
@@ -232,7 +232,7 @@ impl ModelConfig {
                 self.n_heads, self.n_kv_heads
             )));
         }
-        if matches!(self.architecture, Architecture::Gpt2 | Architecture::GptNeox) && self.d_model % self.n_heads != 0 {
+        if matches!(self.family, Family::Gpt2 | Family::GptNeox) && self.d_model % self.n_heads != 0 {
             return Err(Error::Config(format!("d_model ({}) must be divisible by n_heads ({})", self.d_model, self.n_heads)));
         }
         if let Positional::Rotary(r) = &self.positional {

@@ -24,7 +24,7 @@ pub enum Error {
     Config(String),
     /// A `model_type` no family module handles.
     #[error("unknown model_type `{found}`; supported: {}", crate::config::SUPPORTED_MODEL_TYPES.join(", "))]
-    UnknownArchitecture {
+    UnknownModelType {
         /// The `model_type` found.
         found: String,
     },

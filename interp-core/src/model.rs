@@ -7,7 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::cache::ActivationCache;
 use crate::checkpoint::Checkpoint;
-use crate::config::{Activation, Architecture, ModelConfig, NormKind, Positional};
+use crate::config::{Activation, Family, ModelConfig, NormKind, Positional};
 use crate::error::{BoxError, Error, Result};
 use crate::forward::{Input, Run};
 use crate::hook_point::{edit_distance, glob_match, BlockSite, HookPoint};
@@ -417,8 +417,8 @@ impl HookedTransformer {
     }
 
     /// The model's family.
-    pub fn architecture(&self) -> Architecture {
-        self.cfg.architecture
+    pub fn family(&self) -> Family {
+        self.cfg.family
     }
 }
 

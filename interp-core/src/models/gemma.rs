@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::llama::{self, LlamaConfig};
 use super::TensorNames;
-use crate::config::{Activation, Architecture, ModelConfig};
+use crate::config::{Activation, Family, ModelConfig};
 use crate::error::Result;
 
 /// HF `GemmaConfig` / `Gemma2Config`: the Llama keys and Gemma's own.
@@ -29,7 +29,7 @@ pub(crate) fn config(c: GemmaConfig, model_type: &str) -> Result<ModelConfig> {
         other => Activation::parse(other)?,
     };
     let mut cfg = llama::decoder(c.base, model_type, act)?;
-    cfg.architecture = if gemma2 { Architecture::Gemma2 } else { Architecture::Gemma };
+    cfg.family = if gemma2 { Family::Gemma2 } else { Family::Gemma };
     cfg.scale_embed = true;
     cfg.tie_embeddings = c.tie_word_embeddings.unwrap_or(true);
     if gemma2 {

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{BlockNames, Dim, Layers, QkvNames, TensorNames};
-use crate::config::{Activation, Architecture, ModelConfig, NormKind, Positional};
+use crate::config::{Activation, Family, ModelConfig, NormKind, Positional};
 
 /// HF `GPT2Config`, plus this toolkit's extension keys `interp_attn_only` and `interp_gated_mlp`
 /// (a GLU-family MLP `act(x W_gate) * (x W_in)`, its gate stored as `h.L.mlp.c_gate`).
@@ -33,7 +33,7 @@ pub(crate) fn config(c: Gpt2Config) -> crate::Result<ModelConfig> {
     let scale = if c.scale_attn_weights.unwrap_or(true) { (d_head as f64).powf(-0.5) } else { 1.0 };
     Ok(ModelConfig {
         model_type: "gpt2".into(),
-        architecture: Architecture::Gpt2,
+        family: Family::Gpt2,
         n_layers,
         d_model,
         n_heads,

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{BlockNames, Dim, Layers, QkvNames, RopeParams, TensorNames};
-use crate::config::{Activation, Architecture, ModelConfig, NormKind, Positional, Rotary};
+use crate::config::{Activation, Family, ModelConfig, NormKind, Positional, Rotary};
 
 /// HF `GPTNeoXConfig` (v4 keys `rotary_pct` / `rotary_emb_base`, v5 `rope_parameters`).
 #[derive(Debug, Deserialize)]
@@ -39,7 +39,7 @@ pub(crate) fn config(c: GptNeoxConfig) -> crate::Result<ModelConfig> {
     let bias = c.attention_bias.unwrap_or(true);
     Ok(ModelConfig {
         model_type: "gpt_neox".into(),
-        architecture: Architecture::GptNeox,
+        family: Family::GptNeox,
         n_layers,
         d_model,
         n_heads,

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{BlockNames, Dim, Layers, QkvNames, RopeParams, TensorNames};
-use crate::config::{Activation, Architecture, ModelConfig, NormKind, Positional, Rotary};
+use crate::config::{Activation, Family, ModelConfig, NormKind, Positional, Rotary};
 use crate::error::{Error, Result};
 
 /// The keys HF's `LlamaConfig`, `MistralConfig` and `Qwen2Config` share (Gemma's config extends
@@ -71,7 +71,7 @@ pub(crate) fn decoder(c: LlamaConfig, model_type: &str, act: Activation) -> Resu
     let attention_bias = c.attention_bias.unwrap_or(false);
     Ok(ModelConfig {
         model_type: model_type.into(),
-        architecture: Architecture::Llama,
+        family: Family::Llama,
         n_layers,
         d_model,
         n_heads,

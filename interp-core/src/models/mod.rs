@@ -16,7 +16,7 @@ use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{Checkpoint, TensorSource};
-use crate::config::{Architecture, ModelConfig, NormKind, RopeScaling};
+use crate::config::{Family, ModelConfig, NormKind, RopeScaling};
 use crate::error::{Error, Result};
 use crate::model::{Attention, Block, Linear, Mlp, Norm, Params};
 
@@ -36,7 +36,7 @@ pub(crate) fn config_from_hf(value: &Value) -> Result<ModelConfig> {
         "gpt_neox" => gpt_neox::config(parse(value)?)?,
         "llama" | "mistral" | "qwen2" => llama::config(parse(value)?, model_type)?,
         "gemma" | "gemma2" => gemma::config(parse(value)?, model_type)?,
-        other => return Err(Error::UnknownArchitecture { found: other.to_string() }),
+        other => return Err(Error::UnknownModelType { found: other.to_string() }),
     };
     cfg.hf_json = value.clone();
     cfg.validate()?;
@@ -157,11 +157,11 @@ pub(crate) struct TensorNames {
 
 impl TensorNames {
     fn new(cfg: &ModelConfig) -> Self {
-        match cfg.architecture {
-            Architecture::Gpt2 => gpt2::names(cfg),
-            Architecture::GptNeox => gpt_neox::names(cfg),
-            Architecture::Llama => llama::names(cfg),
-            Architecture::Gemma | Architecture::Gemma2 => gemma::names(cfg),
+        match cfg.family {
+            Family::Gpt2 => gpt2::names(cfg),
+            Family::GptNeox => gpt_neox::names(cfg),
+            Family::Llama => llama::names(cfg),
+            Family::Gemma | Family::Gemma2 => gemma::names(cfg),
         }
     }
 }
@@ -254,7 +254,7 @@ impl Loader<'_> {
 pub(crate) fn load_params(cfg: &ModelConfig, src: &dyn TensorSource, kind: Kind, device: Device) -> Result<Params> {
     let mut names = TensorNames::new(cfg);
     // GPT-2 checkpoints saved from `GPT2Model` (not `GPT2LMHeadModel`) lack the `transformer.` prefix.
-    if cfg.architecture == Architecture::Gpt2 && !src.contains(&names.embed) && src.contains("wte.weight") {
+    if cfg.family == Family::Gpt2 && !src.contains(&names.embed) && src.contains("wte.weight") {
         names = gpt2::unprefixed(names);
     }
     let l = Loader { src, cfg, names: &names, kind, device };

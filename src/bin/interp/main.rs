@@ -334,7 +334,7 @@ fn load(args: &ModelArgs) -> Result<HookedTransformer> {
 
 fn inspect(model: &HookedTransformer) {
     let c = &model.cfg;
-    println!("model_type     {} ({:?})", c.model_type, c.architecture);
+    println!("model_type     {} ({:?})", c.model_type, c.family);
     println!("layers         {}", c.n_layers);
     println!("d_model        {}", c.d_model);
     println!("heads          {} (kv heads {}), d_head {}", c.n_heads, c.n_kv_heads, c.d_head);

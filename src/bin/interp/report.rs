@@ -142,7 +142,7 @@ fn summary(model: &HookedTransformer, dir: &Path, slug: &str, tokens: &Tensor, o
     let mut card = Table::new(&["property", "value"]);
     for (k, v) in [
         ("directory", dir.display().to_string()),
-        ("model_type", format!("{} ({:?})", c.model_type, c.architecture)),
+        ("model_type", format!("{} ({:?})", c.model_type, c.family)),
         ("layers", c.n_layers.to_string()),
         ("d_model", c.d_model.to_string()),
         ("heads", format!("{} (kv heads {}), d_head {}", c.n_heads, c.n_kv_heads, c.d_head)),
