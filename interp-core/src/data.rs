@@ -98,6 +98,15 @@ pub fn shakespeare(texts_dir: &Path) -> Result<(Vec<Document>, Vec<Document>)> {
     Ok((train, eval))
 }
 
+/// The documents as one token stream [n_tokens], each starting with the tokenizer's BOS.
+pub fn token_stream(tokenizer: &Tokenizer, docs: &[Document]) -> Result<Tensor> {
+    let mut ids = Vec::new();
+    for d in docs {
+        ids.extend(tokenizer.encode(&d.text, true)?);
+    }
+    Ok(Tensor::f_from_slice(&ids)?)
+}
+
 /// Splits documents into training and eval sets: every eighth is held out (and the second, when
 /// there are fewer than eight, so that eval is never empty). Needs at least two documents.
 pub fn hold_out(docs: Vec<Document>) -> Result<(Vec<Document>, Vec<Document>)> {
@@ -160,18 +169,11 @@ impl TokenDataset {
     /// either stream is shorter than one sequence.
     pub fn new(tokenizer: &Tokenizer, train: &[Document], eval: &[Document], batch_size: i64, seq_len: i64, seed: u64) -> Result<Self> {
         let encode = |docs: &[Document], what: &str| -> Result<Tensor> {
-            let mut ids = Vec::new();
-            for d in docs {
-                ids.extend(tokenizer.encode(&d.text, true)?);
+            let ids = token_stream(tokenizer, docs)?;
+            if ids.size()[0] < seq_len + 1 {
+                return Err(Error::Input(format!("the {what} corpus has {} tokens, fewer than one context of {} (+1)", ids.size()[0], seq_len)));
             }
-            if (ids.len() as i64) < seq_len + 1 {
-                return Err(Error::Input(format!(
-                    "the {what} corpus has {} tokens, fewer than one context of {} (+1)",
-                    ids.len(),
-                    seq_len
-                )));
-            }
-            Ok(Tensor::f_from_slice(&ids)?)
+            Ok(ids)
         };
         Ok(TokenDataset { train: encode(train, "training")?, eval: encode(eval, "eval")?, batch_size, seq_len, seed, max_eval_batches: 8 })
     }

@@ -48,6 +48,7 @@ pub use store::{ActivationSource, ActivationStore, CachedActivations, InMemoryAc
 pub use train::{train_dictionaries, SaeTrainConfig, SaeTrainReport, TrainLogEntry};
 
 mod metrics;
+pub mod runner;
 pub use metrics::{evaluate, DictionaryMetrics, DENSE_THRESHOLD};
 
 mod dashboard;

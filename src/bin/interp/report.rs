@@ -238,7 +238,7 @@ fn dictionaries(model: &HookedTransformer, dir: &Path, n_latents: usize, out: &m
         out.report.paragraph(&format!("Skipped: no SAELens folders under {0}/saes or {0}/transcoders.", dir.display()));
         return Ok(());
     }
-    let contexts = match super::sae::eval_contexts(model, "shakespeare", 32, 128) {
+    let contexts = match super::sae::held_out_contexts(model, "shakespeare", 32, 128) {
         Ok(c) => c,
         Err(e) => {
             out.report.paragraph(&format!("Skipped: no held-out text to evaluate on ({e:#}); run scripts/setup.sh."));

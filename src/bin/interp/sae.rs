@@ -2,14 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
-use interp::interp_core::{tch, HookedTransformer};
-use interp::transcoders::{
-    evaluate, latent_dashboards, train_dictionaries, ActivationSource, ActivationStore, Architecture, CachedActivations,
-    DictionaryConfig, DictionaryMetrics, SaeTrainConfig, SparseDictionary, StoreConfig,
-};
 use interp::circuits::write_dashboards;
+use interp::interp_core::data::token_stream;
+use interp::interp_core::{tch, HookedTransformer};
+use interp::transcoders::runner::{eval_contexts, train_dictionary, RunnerConfig};
+use interp::transcoders::{evaluate, latent_dashboards, Architecture, DictionaryMetrics, SaeTrainConfig, SparseDictionary, StoreConfig};
 use tch::Tensor;
 
 use super::{corpus, load, ModelArgs};
@@ -87,19 +86,19 @@ pub struct TrainArgs {
     /// Number of latents; default: 8 x the input width.
     #[arg(long)]
     d_sae: Option<i64>,
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = RunnerConfig::default().train.steps)]
     steps: usize,
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = RunnerConfig::default().store.batch_tokens)]
     batch_tokens: i64,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = RunnerConfig::default().store.context_size)]
     context: i64,
-    #[arg(long, default_value_t = 4e-4)]
+    #[arg(long, default_value_t = RunnerConfig::default().train.lr)]
     lr: f64,
     /// L1 coefficient (relu, gated).
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = RunnerConfig::default().train.l1_coefficient)]
     l1: f64,
     /// L0 coefficient (jumprelu).
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = RunnerConfig::default().train.l0_coefficient)]
     l0: f64,
     #[arg(long, default_value = "shakespeare")]
     data: String,
@@ -110,30 +109,17 @@ pub struct TrainArgs {
     /// Output folder (SAELens layout).
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = RunnerConfig::default().store.seed)]
     seed: u64,
     /// Held-out contexts for the final evaluation.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = RunnerConfig::default().eval_contexts)]
     eval_contexts: i64,
 }
 
-/// The token stream of a document list, documents joined by BOS.
-fn tokens(model: &HookedTransformer, docs: &[interp::interp_core::data::Document]) -> Result<Tensor> {
-    let mut ids = Vec::new();
-    for d in docs {
-        ids.extend(model.tokenizer().context("the model has no tokenizer.json")?.encode(&d.text, true)?);
-    }
-    Ok(Tensor::from_slice(&ids))
-}
-
 /// The first `n` held-out contexts of `context` tokens of `data`.
-pub fn eval_contexts(model: &HookedTransformer, data: &str, n: i64, context: i64) -> Result<Tensor> {
-    let stream = tokens(model, &corpus(data)?.1)?;
-    let available = stream.size()[0] / context;
-    if available < 1 {
-        bail!("the held-out text has fewer than {context} tokens");
-    }
-    Ok(stream.narrow(0, 0, n.min(available) * context).reshape([-1, context]))
+pub fn held_out_contexts(model: &HookedTransformer, data: &str, n: i64, context: i64) -> Result<Tensor> {
+    let tok = model.tokenizer().context("the model has no tokenizer.json")?;
+    Ok(eval_contexts(&token_stream(tok, &corpus(data)?.1)?, n, context)?)
 }
 
 fn print_metrics(m: &DictionaryMetrics) {
@@ -146,60 +132,37 @@ fn print_metrics(m: &DictionaryMetrics) {
     println!("shrinkage         {:.4}", m.shrinkage);
 }
 
+impl TrainArgs {
+    fn config(&self) -> RunnerConfig {
+        let defaults = RunnerConfig::default();
+        RunnerConfig {
+            architecture: match self.arch {
+                Arch::Relu => Architecture::ReluL1,
+                Arch::Topk => Architecture::TopK { k: self.k },
+                Arch::Batchtopk => Architecture::BatchTopK { k: self.k },
+                Arch::Jumprelu => Architecture::JumpRelu,
+                Arch::Gated => Architecture::Gated,
+            },
+            skip: self.skip,
+            d_sae: self.d_sae,
+            store: StoreConfig { context_size: self.context, batch_tokens: self.batch_tokens, seed: self.seed, ..defaults.store },
+            train: SaeTrainConfig { steps: self.steps, lr: self.lr, l1_coefficient: self.l1, l0_coefficient: self.l0, ..defaults.train },
+            cache_dir: self.cache_dir.clone(),
+            eval_contexts: self.eval_contexts,
+            model_name: self.model.model_dir.display().to_string(),
+            ..defaults
+        }
+    }
+}
+
 fn train(a: &TrainArgs) -> Result<()> {
     let model = load(&a.model)?;
-    let hook_out = a.hook_out.clone().unwrap_or_else(|| a.hook.clone());
-    let width = |hook: &str| -> Result<i64> {
-        let probe = Tensor::zeros([1, 2], (tch::Kind::Int64, model.device()));
-        let (_, cache) = model.run_with_cache(&probe, interp::interp_core::CacheSpec::names([hook]))?;
-        Ok(*cache.get(hook)?.size().last().unwrap_or(&0))
-    };
-    let (d_in, d_out) = (width(&a.hook)?, width(&hook_out)?);
-    let d_sae = a.d_sae.unwrap_or(8 * d_in);
-    let architecture = match a.arch {
-        Arch::Relu => Architecture::ReluL1,
-        Arch::Topk => Architecture::TopK { k: a.k },
-        Arch::Batchtopk => Architecture::BatchTopK { k: a.k },
-        Arch::Jumprelu => Architecture::JumpRelu,
-        Arch::Gated => Architecture::Gated,
-    };
-    let mut cfg = if hook_out == a.hook && !a.skip {
-        DictionaryConfig::sae(architecture, &a.hook, d_in, d_sae)
-    } else {
-        DictionaryConfig::transcoder(architecture, a.skip, &a.hook, &hook_out, d_in, d_out, d_sae)
-    };
-    cfg.model_name = a.model.model_dir.display().to_string();
-    cfg.context_size = a.context;
-    let mut dict = SparseDictionary::init(cfg, a.seed as i64, model.device())?;
-    let stream = tokens(&model, &corpus(&a.data)?.0)?;
-    let hooks: Vec<&str> = if hook_out == a.hook { vec![&a.hook] } else { vec![&a.hook, &hook_out] };
-    let store_cfg = StoreConfig { context_size: a.context, batch_tokens: a.batch_tokens, seed: a.seed, ..Default::default() };
-    let store = ActivationStore::new(&model, &stream, &hooks, store_cfg)?;
-    let train_cfg = SaeTrainConfig {
-        steps: a.steps,
-        lr: a.lr,
-        l1_coefficient: a.l1,
-        l0_coefficient: a.l0,
-        checkpoint_dir: Some(a.out.join("checkpoints")),
-        ..Default::default()
-    };
-    eprintln!("training a {d_sae}-latent dictionary on `{}` -> `{hook_out}` from {} corpus tokens", a.hook, stream.numel());
-    let mut source: Box<dyn ActivationSource + '_> = match &a.cache_dir {
-        Some(dir) if dir.join("manifest.json").exists() => Box::new(CachedActivations::open(dir, model.device())?),
-        Some(dir) => {
-            let buffers = a.steps.div_ceil(store.batches_per_buffer());
-            eprintln!("caching {buffers} buffers of activations to {}", dir.display());
-            Box::new(store.write_cache(dir, buffers, true)?)
-        }
-        None => Box::new(store),
-    };
-    let report = train_dictionaries(std::slice::from_mut(&mut dict), source.as_mut(), &train_cfg)?;
-    let metrics = evaluate(&dict, &model, &eval_contexts(&model, &a.data, a.eval_contexts, a.context)?, 8)?;
-    dict.save_saelens(&a.out, Some(&metrics.log10_density))?;
-    let json = serde_json::json!({ "metrics": metrics, "tokens_per_sec": report[0].tokens_per_sec, "steps": a.steps, "normalisation_scales": report[0].scales });
-    std::fs::write(a.out.join("metrics.json"), serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", a.out.display()))?;
-    print_metrics(&metrics);
-    println!("{:.0} tokens/s; saved to {}", report[0].tokens_per_sec, a.out.display());
+    let tok = model.tokenizer().context("the model has no tokenizer.json")?;
+    let train_tokens = token_stream(tok, &corpus(&a.data)?.0)?;
+    let contexts = held_out_contexts(&model, &a.data, a.eval_contexts, a.context)?;
+    let run = train_dictionary(&model, &a.hook, a.hook_out.as_deref(), &train_tokens, &contexts, &a.config(), &a.out)?;
+    print_metrics(&run.metrics);
+    println!("{:.0} tokens/s; saved to {}", run.report.tokens_per_sec, a.out.display());
     Ok(())
 }
 
@@ -217,13 +180,13 @@ pub fn run(cmd: SaeCommand) -> Result<()> {
         SaeCommand::Eval { model, sae, data, contexts } => {
             let model = load(&model)?;
             let dict = load_dictionary(&model, &sae)?;
-            let ctx = eval_contexts(&model, &data, contexts, dict.cfg.context_size)?;
+            let ctx = held_out_contexts(&model, &data, contexts, dict.cfg.context_size)?;
             print_metrics(&evaluate(&dict, &model, &ctx, 8)?);
         }
         SaeCommand::Dashboard { model, sae, out, latents, top, data, contexts } => {
             let model = load(&model)?;
             let dict = load_dictionary(&model, &sae)?;
-            let ctx = eval_contexts(&model, &data, contexts, dict.cfg.context_size)?;
+            let ctx = held_out_contexts(&model, &data, contexts, dict.cfg.context_size)?;
             let latents = if latents.is_empty() {
                 let m = evaluate(&dict, &model, &ctx, 8)?;
                 let (_, order) = m.log10_density.topk(top as i64, 0, true, true);
