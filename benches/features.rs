@@ -54,7 +54,7 @@ fn main() {
     println!(
         "attribution graph, text model, {} tokens, transcoders d_sae {} TopK: {} active features, {} nodes, {} targets",
         tokens.len(),
-        tcs[0].cfg.d_sae,
+        tcs[0].cfg().d_sae,
         graph.n_features(),
         n,
         targets

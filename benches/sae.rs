@@ -60,7 +60,7 @@ fn main() {
 
     // 2. The decode alone, forward + backward.
     let dict = SparseDictionary::init(DictionaryConfig::sae(Architecture::TopK { k: K }, "x", D_IN, D_SAE), 0, Device::Cpu).expect("init");
-    let w_dec = dict.w_dec.set_requires_grad(true);
+    let w_dec = dict.w_dec().set_requires_grad(true);
     let pre = Tensor::randn([BATCH, D_SAE], (Kind::Float, Device::Cpu));
     let (vals, idx) = pre.topk(K, -1, true, false);
     let vals = vals.relu().set_requires_grad(true);

@@ -20,15 +20,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("jumprelu_skip_transcoder", DictionaryConfig::transcoder(Architecture::JumpRelu, true, mlp_in, mlp_out, 16, 12, 40)),
     ];
     for (i, (name, cfg)) in configs.into_iter().enumerate() {
-        let mut d = SparseDictionary::init(cfg, i as i64, Device::Cpu)?;
         tch::manual_seed(100 + i as i64);
         let noise = |t: &Tensor, s: f64| Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * s;
-        d.b_enc = noise(&d.b_enc, 0.1);
-        d.b_dec = noise(&d.b_dec, 0.1);
-        d.threshold = d.threshold.as_ref().map(|t| Tensor::rand(t.size(), (Kind::Float, Device::Cpu)) * 0.2);
-        d.r_mag = d.r_mag.as_ref().map(|t| noise(t, 0.1));
-        d.b_mag = d.b_mag.as_ref().map(|t| noise(t, 0.1));
-        d.w_skip = d.w_skip.as_ref().map(|t| noise(t, 0.1));
+        let d = SparseDictionary::init(cfg, i as i64, Device::Cpu)?.map_weights(|w| {
+            w.b_enc = noise(&w.b_enc, 0.1);
+            w.b_dec = noise(&w.b_dec, 0.1);
+            w.threshold = w.threshold.as_ref().map(|t| Tensor::rand(t.size(), (Kind::Float, Device::Cpu)) * 0.2);
+            w.r_mag = w.r_mag.as_ref().map(|t| noise(t, 0.1));
+            w.b_mag = w.b_mag.as_ref().map(|t| noise(t, 0.1));
+            w.w_skip = w.w_skip.as_ref().map(|t| noise(t, 0.1));
+        })?;
         let dir = out.join(name);
         d.save_saelens(&dir, None)?;
         let x = Tensor::randn([20, 16], (Kind::Float, Device::Cpu));

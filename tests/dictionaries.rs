@@ -46,7 +46,7 @@ fn train_planted(architecture: Architecture, cfg: &SaeTrainConfig) -> f64 {
     let mut source = InMemoryActivations::new(vec![("x".into(), x)], 1024).unwrap();
     let mut dict = SparseDictionary::init(DictionaryConfig::sae(architecture, "x", D, 2 * N_FEATURES), 0, Device::Cpu).unwrap();
     train_dictionaries(std::slice::from_mut(&mut dict), &mut source, cfg).unwrap();
-    recovery(&truth, &dict.w_dec)
+    recovery(&truth, dict.w_dec())
 }
 
 #[test]
@@ -82,13 +82,13 @@ fn transcoders_recover_planted_input_output_pairs() {
         let cfg = DictionaryConfig::transcoder(Architecture::TopK { k: 4 }, skip, "in", "out", D, 24, 2 * N_FEATURES);
         let mut dict = SparseDictionary::init(cfg, 0, Device::Cpu).unwrap();
         let report = train_dictionaries(std::slice::from_mut(&mut dict), &mut source, &quiet(1500)).unwrap();
-        let score = recovery(&v, &dict.w_dec);
+        let score = recovery(&v, dict.w_dec());
         fvu.push(report[0].log.last().unwrap().fvu);
         eprintln!("transcoder (skip {skip}): mean best cosine {score:.4}, FVU {:.4}", fvu.last().unwrap());
         if !skip {
             assert!(score >= 0.95, "{score}");
         } else {
-            assert!(dict.w_skip.as_ref().unwrap().abs().max().double_value(&[]) > 0.01, "the skip path stayed at zero");
+            assert!(dict.w_skip().unwrap().abs().max().double_value(&[]) > 0.01, "the skip path stayed at zero");
         }
     }
     assert!(fvu[0] < 0.15 && fvu[1] <= fvu[0], "FVU plain {} skip {}", fvu[0], fvu[1]);
@@ -107,11 +107,14 @@ fn text_contexts(model: &HookedTransformer) -> Tensor {
 
 /// ReLU SAE with W_enc = [I, -I], W_dec = [I; -I]: reconstructs its input exactly.
 fn identity_sae(hook: &str, d: i64) -> SparseDictionary {
-    let mut dict = SparseDictionary::init(DictionaryConfig::sae(Architecture::ReluL1, hook, d, 2 * d), 0, Device::Cpu).unwrap();
     let eye = Tensor::eye(d, (Kind::Float, Device::Cpu));
-    dict.w_enc = Tensor::cat(&[&eye, &(-&eye)], 1);
-    dict.w_dec = Tensor::cat(&[&eye, &(-&eye)], 0);
-    dict
+    SparseDictionary::init(DictionaryConfig::sae(Architecture::ReluL1, hook, d, 2 * d), 0, Device::Cpu)
+        .unwrap()
+        .map_weights(|w| {
+            w.w_enc = Tensor::cat(&[&eye, &(-&eye)], 1);
+            w.w_dec = Tensor::cat(&[&eye, &(-&eye)], 0);
+        })
+        .unwrap()
 }
 
 #[test]
@@ -131,13 +134,11 @@ fn metrics_match_closed_forms() {
     // Predicting the dataset mean: FVU exactly 1 (the denominator is centred on the dataset mean).
     let (_, cache) = model.run_with_cache(&contexts, CacheSpec::names([hook])).unwrap();
     let mean = cache.get(hook).unwrap().narrow(1, 1, 63).reshape([-1, d]).mean_dim(0, false, Kind::Float);
-    let mut mean_dict = identity_sae(hook, d);
-    mean_dict.w_dec = mean_dict.w_dec.zeros_like();
-    mean_dict.b_dec = mean.shallow_clone();
+    let mean_dict = identity_sae(hook, d).map_weights(|w| (w.w_dec, w.b_dec) = (w.w_dec.zeros_like(), mean.shallow_clone())).unwrap();
     let m = evaluate(&mean_dict, &model, &contexts, 8).unwrap();
     assert!((m.fvu - 1.0).abs() < 1e-4, "{}", m.fvu);
     // Zero output: the spliced run is the zero ablation, so nothing is recovered.
-    mean_dict.b_dec = mean.zeros_like();
+    let mean_dict = mean_dict.map_weights(|w| w.b_dec = mean.zeros_like()).unwrap();
     let m = evaluate(&mean_dict, &model, &contexts, 8).unwrap();
     assert!(m.ce_loss_recovered.abs() < 1e-9 && m.ce_zero_ablation > m.ce_clean, "{m:?}");
     assert_eq!(m.dead_fraction, 0.0, "the encoder still fires");
@@ -157,19 +158,20 @@ fn saelens_files_round_trip_for_every_architecture() {
         DictionaryConfig::transcoder(Architecture::TopK { k: 3 }, true, "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", 16, 12, 40),
     ];
     for (i, cfg) in kinds.into_iter().enumerate() {
-        let mut dict = SparseDictionary::init(cfg, i as i64, Device::Cpu).unwrap();
         // Random non-zero values everywhere, so a swapped or dropped tensor shows.
-        for t in [&mut dict.b_enc, &mut dict.b_dec] {
-            *t = Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.1;
-        }
-        for t in [&mut dict.r_mag, &mut dict.b_mag, &mut dict.w_skip].into_iter().flatten() {
-            *t = Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.1;
-        }
+        let dict = SparseDictionary::init(cfg, i as i64, Device::Cpu)
+            .unwrap()
+            .map_weights(|w| {
+                for t in [&mut w.b_enc, &mut w.b_dec].into_iter().chain([&mut w.r_mag, &mut w.b_mag, &mut w.w_skip].into_iter().flatten()) {
+                    *t = Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.1;
+                }
+            })
+            .unwrap();
         let path = dir.join(format!("d{i}"));
         dict.save_saelens(&path, None).unwrap();
         let back = SparseDictionary::load_saelens(&path, Device::Cpu).unwrap();
-        assert_eq!(back.cfg, dict.cfg);
-        assert_eq!(common::max_abs_diff(&back.forward(&x).unwrap(), &dict.forward(&x).unwrap()), 0.0, "{:?}", dict.cfg);
+        assert_eq!(back.cfg(), dict.cfg());
+        assert_eq!(common::max_abs_diff(&back.forward(&x).unwrap(), &dict.forward(&x).unwrap()), 0.0, "{:?}", dict.cfg());
     }
 }
 
@@ -178,13 +180,14 @@ fn loads_sparsify_and_circuit_tracer_layouts() {
     let dir = tempdir("layouts");
     let x = Tensor::randn([30, 16], (Kind::Float, Device::Cpu));
     // sparsify: encoder.weight [n, d_in], W_dec [n, d], skip path [d, d].
-    let mut tc = SparseDictionary::init(DictionaryConfig::transcoder(Architecture::TopK { k: 4 }, true, "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", 16, 16, 48), 1, Device::Cpu).unwrap();
-    tc.b_enc = Tensor::randn([48], (Kind::Float, Device::Cpu)) * 0.1;
-    tc.w_skip = Some(Tensor::randn([16, 16], (Kind::Float, Device::Cpu)) * 0.1);
+    let tc = SparseDictionary::init(DictionaryConfig::transcoder(Architecture::TopK { k: 4 }, true, "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", 16, 16, 48), 1, Device::Cpu)
+        .unwrap()
+        .map_weights(|w| (w.b_enc, w.w_skip) = (Tensor::randn([48], (Kind::Float, Device::Cpu)) * 0.1, Some(Tensor::randn([16, 16], (Kind::Float, Device::Cpu)) * 0.1)))
+        .unwrap();
     let sp = dir.join("sparsify");
     std::fs::create_dir_all(&sp).unwrap();
     std::fs::write(sp.join("cfg.json"), r#"{"activation": "topk", "expansion_factor": 3, "normalize_decoder": true, "num_latents": 48, "k": 4, "multi_topk": false, "skip_connection": true, "transcode": true, "d_in": 16}"#).unwrap();
-    Tensor::write_safetensors(&[("encoder.weight", tc.w_enc.tr().contiguous()), ("encoder.bias", tc.b_enc.shallow_clone()), ("W_dec", tc.w_dec.shallow_clone()), ("b_dec", tc.b_dec.shallow_clone()), ("W_skip", tc.w_skip.as_ref().unwrap().shallow_clone())], sp.join("sae.safetensors")).unwrap();
+    Tensor::write_safetensors(&[("encoder.weight", tc.w_enc().tr().contiguous()), ("encoder.bias", tc.b_enc().shallow_clone()), ("W_dec", tc.w_dec().shallow_clone()), ("b_dec", tc.b_dec().shallow_clone()), ("W_skip", tc.w_skip().unwrap().shallow_clone())], sp.join("sae.safetensors")).unwrap();
     let back = SparseDictionary::load_sparsify(&sp, "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", Device::Cpu).unwrap();
     assert_eq!(common::max_abs_diff(&back.forward(&x).unwrap(), &tc.forward(&x).unwrap()), 0.0);
     // circuit-tracer: one file per layer, W_enc [d_tc, d], JumpReLU threshold under its module name.
@@ -193,15 +196,17 @@ fn loads_sparsify_and_circuit_tracer_layouts() {
     std::fs::write(ct.join("config.yaml"), "model_name: \"shakespeare\"\nfeature_input_hook: \"ln2.hook_normalized\"\nfeature_output_hook: \"hook_mlp_out\"\ntranscoders:\n  - \"layer_0.safetensors\"\n  - \"layer_1.safetensors\"\n").unwrap();
     let mut layers = Vec::new();
     for l in 0..2 {
-        let mut j = SparseDictionary::init(DictionaryConfig::transcoder(Architecture::JumpRelu, false, "a", "b", 16, 16, 48), 10 + l, Device::Cpu).unwrap();
-        j.threshold = Some(Tensor::rand([48], (Kind::Float, Device::Cpu)) * 0.5);
-        Tensor::write_safetensors(&[("W_enc", j.w_enc.tr().contiguous()), ("W_dec", j.w_dec.shallow_clone()), ("b_enc", j.b_enc.shallow_clone()), ("b_dec", j.b_dec.shallow_clone()), ("activation_function.threshold", j.threshold.as_ref().unwrap().shallow_clone())], ct.join(format!("layer_{l}.safetensors"))).unwrap();
+        let j = SparseDictionary::init(DictionaryConfig::transcoder(Architecture::JumpRelu, false, "a", "b", 16, 16, 48), 10 + l, Device::Cpu)
+            .unwrap()
+            .map_weights(|w| w.threshold = Some(Tensor::rand([48], (Kind::Float, Device::Cpu)) * 0.5))
+            .unwrap();
+        Tensor::write_safetensors(&[("W_enc", j.w_enc().tr().contiguous()), ("W_dec", j.w_dec().shallow_clone()), ("b_enc", j.b_enc().shallow_clone()), ("b_dec", j.b_dec().shallow_clone()), ("activation_function.threshold", j.threshold().unwrap().shallow_clone())], ct.join(format!("layer_{l}.safetensors"))).unwrap();
         layers.push(j);
     }
     let loaded = load_circuit_tracer(&ct, Device::Cpu).unwrap();
     assert_eq!(loaded.len(), 2);
-    assert_eq!(loaded[1].cfg.hook_name, "blocks.1.ln2.hook_normalized");
-    assert_eq!(loaded[1].cfg.hook_name_out, "blocks.1.hook_mlp_out");
+    assert_eq!(loaded[1].cfg().hook_name, "blocks.1.ln2.hook_normalized");
+    assert_eq!(loaded[1].cfg().hook_name_out, "blocks.1.hook_mlp_out");
     for (a, b) in loaded.iter().zip(&layers) {
         assert_eq!(common::max_abs_diff(&a.forward(&x).unwrap(), &b.forward(&x).unwrap()), 0.0);
     }
@@ -262,7 +267,7 @@ fn resume_is_exact_and_refuses_other_configs() {
     let mut resumed = fresh();
     let report = train_dictionaries(std::slice::from_mut(&mut resumed), &mut source(), &cfg).unwrap();
     assert_eq!(report[0].resumed_at, 10);
-    for (a, b) in [(&whole.w_enc, &resumed.w_enc), (&whole.w_dec, &resumed.w_dec), (&whole.b_dec, &resumed.b_dec)] {
+    for (a, b) in [(&whole.w_enc(), &resumed.w_enc()), (&whole.w_dec(), &resumed.w_dec()), (&whole.b_dec(), &resumed.b_dec())] {
         assert_eq!(common::max_abs_diff(a, b), 0.0);
     }
     // Same folder, another dictionary: an error that says so, not a silent restart.
@@ -291,6 +296,11 @@ fn bad_input_gets_clear_errors() {
     let err = train_dictionaries(std::slice::from_mut(&mut dict), &mut source, &quiet(5)).err().unwrap();
     assert!(matches!(&err, interp::transcoders::Error::NotFinite { hook, batch: 2 } if hook == "x"), "{err}");
     assert!(err.to_string().contains("activations of `x` in batch 2 contain NaN"), "{err}");
+    // Weights are checked against the config when changed.
+    let e = SparseDictionary::init(DictionaryConfig::sae(Architecture::JumpRelu, "x", D, 64), 0, Device::Cpu).unwrap().map_weights(|w| w.b_enc = Tensor::zeros([63], (Kind::Float, Device::Cpu)));
+    assert!(e.err().unwrap().to_string().contains("`b_enc` has shape [63], expected [64]"));
+    let e = SparseDictionary::init(DictionaryConfig::sae(Architecture::JumpRelu, "x", D, 64), 0, Device::Cpu).unwrap().map_weights(|w| w.threshold = None);
+    assert!(e.err().unwrap().to_string().contains("needs `threshold`"));
     // A hook the source does not have.
     let mut source = InMemoryActivations::new(vec![("y".into(), x.shallow_clone())], 512).unwrap();
     let err = train_dictionaries(std::slice::from_mut(&mut dict), &mut source, &quiet(5)).err().unwrap().to_string();
@@ -304,7 +314,7 @@ fn bad_input_gets_clear_errors() {
     assert!(err.contains("unknown dictionary architecture `matryoshka_batchtopk`; supported: standard"), "{err}");
     // A missing tensor is named with its expected shape.
     dict.save_saelens(&dir, None).unwrap();
-    Tensor::write_safetensors(&[("W_enc", dict.w_enc.shallow_clone())], dir.join("sae_weights.safetensors")).unwrap();
+    Tensor::write_safetensors(&[("W_enc", dict.w_enc().shallow_clone())], dir.join("sae_weights.safetensors")).unwrap();
     let err = SparseDictionary::load_saelens(&dir, Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("no tensor `b_enc` (expected shape [64])"), "{err}");
 }

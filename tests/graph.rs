@@ -22,13 +22,18 @@ fn random_transcoders(model: &HookedTransformer, skip: bool) -> Vec<SparseDictio
     (0..model.cfg.n_layers)
         .map(|l| {
             let cfg = DictionaryConfig::transcoder(Architecture::TopK { k: 4 }, skip, &format!("blocks.{l}.ln2.hook_normalized"), &format!("blocks.{l}.hook_mlp_out"), d, d, 64);
-            let mut tc = SparseDictionary::init(cfg, 7 + l as i64, Device::Cpu).unwrap();
-            tc.b_enc = Tensor::randn([64], (Kind::Float, Device::Cpu)) * 0.1;
-            tc.b_dec = Tensor::randn([d], (Kind::Float, Device::Cpu)) * 0.1;
-            if skip {
-                tc.w_skip = Some(Tensor::randn([d, d], (Kind::Float, Device::Cpu)) * 0.05);
-            }
-            tc
+            let mut rng = interp::interp_core::Rng::new(7 + l as u64);
+            let mut draw = |shape: &[i64], scale: f64| rng.normal_tensor(shape).unwrap() * scale;
+            let (b_enc, b_dec, w_skip) = (draw(&[64], 0.1), draw(&[d], 0.1), draw(&[d, d], 0.05));
+            SparseDictionary::init(cfg, 7 + l as i64, Device::Cpu)
+                .unwrap()
+                .map_weights(|w| {
+                    (w.b_enc, w.b_dec) = (b_enc, b_dec);
+                    if skip {
+                        w.w_skip = Some(w_skip);
+                    }
+                })
+                .unwrap()
         })
         .collect()
 }

@@ -79,10 +79,16 @@ fn saelens() -> Result {
     let model = HookedTransformer::from_pretrained_dir(repo("models/shakespeare-gpt2"), Device::Cpu, Kind::Float)?;
     let dir = repo("tests/fixtures/saelens/topk");
     let sae = SparseDictionary::load_saelens(&dir, Device::Cpu)?;
-    let x = Tensor::randn([4, sae.cfg.d_in], (Kind::Float, Device::Cpu));
+    let x = Tensor::randn([4, sae.cfg().d_in], (Kind::Float, Device::Cpu));
     let f = sae.encode(&x)?;
     let _ = (sae.decode(&f, None)?, sae.forward(&x)?);
-    let _ = (&sae.cfg.hook_name, sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.architecture, &sae.cfg.hook_name_out, sae.cfg.kind);
+    let _ = (&sae.cfg().hook_name, sae.cfg().d_in, sae.cfg().d_sae, sae.cfg().architecture, &sae.cfg().hook_name_out, sae.cfg().kind);
+    let _ = (sae.w_enc(), sae.w_dec(), sae.b_enc(), sae.threshold());
+    let fits = SparseDictionary::init(DictionaryConfig::sae(Architecture::TopK { k: 4 }, "blocks.0.hook_resid_post", 128, 256), 0, Device::Cpu)?;
+    let b_dec = fits.b_dec().ones_like() * 0.1;
+    let fits = fits.map_weights(|w| w.b_dec = b_dec)?;
+    let hooked = Hooks::new().add(&fits.cfg().hook_name, |x, _| Ok(Some(fits.forward(x)?)));
+    let _ = model.run_with_hooks(&model.to_tokens("To be", true)?, hooked)?;
     let out = common::Scratch::new("guide-sae");
     sae.save_saelens(out.join("sae"), None)?;
     let tc = DictionaryConfig::transcoder(Architecture::TopK { k: 4 }, true, "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", 128, 128, 256);

@@ -124,8 +124,21 @@ impl DictionaryConfig {
 /// gated dictionary), `w_dec` [d_sae, d_out], `b_dec` [d_out]; `threshold` [d_sae] for JumpReLU
 /// and BatchTopK; `r_mag`, `b_mag` [d_sae] for gated; `w_skip` [d_out, d_in] for skip transcoders.
 pub struct SparseDictionary {
-    /// Shape, architecture and hooks.
-    pub cfg: DictionaryConfig,
+    pub(crate) cfg: DictionaryConfig,
+    pub(crate) w_enc: Tensor,
+    pub(crate) b_enc: Tensor,
+    pub(crate) w_dec: Tensor,
+    pub(crate) b_dec: Tensor,
+    pub(crate) threshold: Option<Tensor>,
+    pub(crate) r_mag: Option<Tensor>,
+    pub(crate) b_mag: Option<Tensor>,
+    pub(crate) w_skip: Option<Tensor>,
+}
+
+/// A dictionary's tensors in SAELens's layout (shapes as on [`SparseDictionary`]), to build one
+/// with [`SparseDictionary::from_weights`], which checks them against its config.
+#[derive(Debug)]
+pub struct DictionaryWeights {
     /// [d_in, d_sae].
     pub w_enc: Tensor,
     /// [d_sae] (the gate bias of a gated dictionary).
@@ -178,6 +191,84 @@ impl SparseDictionary {
             w_skip: if cfg.kind == DictionaryKind::SkipTranscoder { Some(Tensor::f_zeros([cfg.d_out, cfg.d_in], opts)?) } else { None },
             cfg,
         })
+    }
+
+    /// A dictionary of these weights: an error unless `cfg` is consistent and every tensor has
+    /// the shape it implies (and exists exactly when the architecture and kind need it).
+    pub fn from_weights(cfg: DictionaryConfig, w: DictionaryWeights) -> Result<Self> {
+        let cfg = cfg.validated()?;
+        let (d_in, d_sae, d_out) = (cfg.d_in, cfg.d_sae, cfg.d_out);
+        let needs_threshold = matches!(cfg.architecture, Architecture::JumpRelu | Architecture::BatchTopK { .. });
+        let gated = cfg.architecture == Architecture::Gated;
+        let skip = cfg.kind == DictionaryKind::SkipTranscoder;
+        let check = |name: &str, t: Option<&Tensor>, needed: bool, shape: &[i64]| -> Result<()> {
+            match (t, needed) {
+                (Some(t), true) if t.size() == shape => Ok(()),
+                (Some(t), true) => Err(Error::Input(format!("`{name}` has shape {:?}, expected {shape:?}", t.size()))),
+                (None, true) => Err(Error::Input(format!("this dictionary needs `{name}` {shape:?}"))),
+                (Some(_), false) => Err(Error::Input(format!("this dictionary has no `{name}`"))),
+                (None, false) => Ok(()),
+            }
+        };
+        check("w_enc", Some(&w.w_enc), true, &[d_in, d_sae])?;
+        check("b_enc", Some(&w.b_enc), true, &[d_sae])?;
+        check("w_dec", Some(&w.w_dec), true, &[d_sae, d_out])?;
+        check("b_dec", Some(&w.b_dec), true, &[d_out])?;
+        check("threshold", w.threshold.as_ref(), needs_threshold, &[d_sae])?;
+        check("r_mag", w.r_mag.as_ref(), gated, &[d_sae])?;
+        check("b_mag", w.b_mag.as_ref(), gated, &[d_sae])?;
+        check("w_skip", w.w_skip.as_ref(), skip, &[d_out, d_in])?;
+        let DictionaryWeights { w_enc, b_enc, w_dec, b_dec, threshold, r_mag, b_mag, w_skip } = w;
+        Ok(SparseDictionary { cfg, w_enc, b_enc, w_dec, b_dec, threshold, r_mag, b_mag, w_skip })
+    }
+
+    /// Its config and weights, to change and rebuild with [`SparseDictionary::from_weights`].
+    pub fn into_parts(self) -> (DictionaryConfig, DictionaryWeights) {
+        let SparseDictionary { cfg, w_enc, b_enc, w_dec, b_dec, threshold, r_mag, b_mag, w_skip } = self;
+        (cfg, DictionaryWeights { w_enc, b_enc, w_dec, b_dec, threshold, r_mag, b_mag, w_skip })
+    }
+
+    /// The same dictionary with its weights changed by `f`, checked as by
+    /// [`SparseDictionary::from_weights`].
+    pub fn map_weights(self, f: impl FnOnce(&mut DictionaryWeights)) -> Result<Self> {
+        let (cfg, mut w) = self.into_parts();
+        f(&mut w);
+        SparseDictionary::from_weights(cfg, w)
+    }
+
+    /// Shape, architecture and hooks.
+    pub fn cfg(&self) -> &DictionaryConfig {
+        &self.cfg
+    }
+
+    /// W_enc [d_in, d_sae].
+    pub fn w_enc(&self) -> &Tensor {
+        &self.w_enc
+    }
+
+    /// b_enc [d_sae] (the gate bias of a gated dictionary).
+    pub fn b_enc(&self) -> &Tensor {
+        &self.b_enc
+    }
+
+    /// W_dec [d_sae, d_out].
+    pub fn w_dec(&self) -> &Tensor {
+        &self.w_dec
+    }
+
+    /// b_dec [d_out].
+    pub fn b_dec(&self) -> &Tensor {
+        &self.b_dec
+    }
+
+    /// The JumpReLU threshold [d_sae] (also BatchTopK's inference threshold).
+    pub fn threshold(&self) -> Option<&Tensor> {
+        self.threshold.as_ref()
+    }
+
+    /// W_skip [d_out, d_in] of a skip transcoder.
+    pub fn w_skip(&self) -> Option<&Tensor> {
+        self.w_skip.as_ref()
     }
 
     /// Every trainable tensor, in a fixed order.

@@ -36,7 +36,7 @@ mod dictionary;
 mod error;
 mod formats;
 
-pub use dictionary::{Architecture, DictionaryConfig, DictionaryKind, SparseDictionary, SAELENS_ARCHITECTURES};
+pub use dictionary::{Architecture, DictionaryConfig, DictionaryKind, DictionaryWeights, SparseDictionary, SAELENS_ARCHITECTURES};
 pub use error::{Error, Result};
 pub use formats::{load_circuit_tracer, load_transcoder_set};
 pub use interp_core;

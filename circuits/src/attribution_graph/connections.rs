@@ -12,8 +12,8 @@ use crate::error::{Error, Result};
 /// by the norm's scale, which depends on the input and is left out; one on the residual itself
 /// sees it as is.
 pub fn residual_encoder(model: &HookedTransformer, tc: &SparseDictionary) -> Result<Tensor> {
-    let w = tc.w_enc.f_to_kind(Kind::Double)?;
-    if tc.cfg.hook_name.ends_with("ln2.hook_normalized") {
+    let w = tc.w_enc().f_to_kind(Kind::Double)?;
+    if tc.cfg().hook_name.ends_with("ln2.hook_normalized") {
         Ok(model.cfg.norm.centre(&w, 0)?)
     } else {
         Ok(w)
@@ -40,7 +40,7 @@ pub fn feature_connections(model: &HookedTransformer, src_layer: usize, src: &Sp
         return Err(Error::Input(format!("connections run from an earlier layer to a later one inside the model; got {src_layer} -> {tgt_layer}")));
     }
     let pick = |t: &Tensor, dim: i64, idx: &[i64]| -> Result<Tensor> { Ok(t.f_index_select(dim, &Tensor::f_from_slice(idx)?.f_to_device(t.device())?)?) };
-    let d_src = pick(&src.w_dec.f_to_kind(Kind::Double)?, 0, src_features)?; // [n_src, d_model]
+    let d_src = pick(&src.w_dec().f_to_kind(Kind::Double)?, 0, src_features)?; // [n_src, d_model]
     let e_tgt = pick(&residual_encoder(model, tgt)?, 1, tgt_features)?; // [d_model, n_tgt]
     let residual = d_src.f_matmul(&e_tgt)?;
     let c = &model.cfg;

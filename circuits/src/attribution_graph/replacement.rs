@@ -29,7 +29,7 @@ pub fn check_transcoders(model: &HookedTransformer, transcoders: &[SparseDiction
         return Err(Error::Input(format!("{} transcoders for a model with {} layers: one per layer is needed", transcoders.len(), c.n_layers)));
     }
     for (l, tc) in transcoders.iter().enumerate() {
-        let cfg = &tc.cfg;
+        let cfg = &tc.cfg();
         let what = format!("transcoder {l} (`{}` -> `{}`)", cfg.hook_name, cfg.hook_name_out);
         if cfg.kind == DictionaryKind::Sae {
             return Err(Error::Input(format!("{what} is an SAE, not a transcoder")));
@@ -124,20 +124,20 @@ impl<'a> Replacement<'a> {
         let mut names = vec![HookPoint::Embed, HookPoint::LnFinalScale];
         for (l, tc) in transcoders.iter().enumerate() {
             names.extend([BlockSite::Ln1Scale, BlockSite::Pattern, BlockSite::Ln2Scale].map(|s| HookPoint::block(l, s)));
-            names.extend([tc.cfg.hook_name.parse::<HookPoint>()?, tc.cfg.hook_name_out.parse()?]);
+            names.extend([tc.cfg().hook_name.parse::<HookPoint>()?, tc.cfg().hook_name_out.parse()?]);
         }
         let (logits, cache) = tch::no_grad(|| model.run_with_cache(&tokens, CacheSpec::names(&names)))?;
         let get = |name: &str| -> Result<Tensor> { Ok(cache.get(name)?.f_squeeze_dim(0)?) };
         let at = |point: HookPoint| -> Result<Tensor> { Ok(cache.get(point)?.f_squeeze_dim(0)?) };
         let (mut acts, mut errors) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for tc in transcoders {
-            let x = get(&tc.cfg.hook_name)?;
+            let x = get(&tc.cfg().hook_name)?;
             let (a, recon) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
                 let a = tc.encode(&x)?;
                 let recon = tc.decode(&a, Some(&x))?;
                 Ok((a, recon))
             })?;
-            let out = get(&tc.cfg.hook_name_out)?.f_to_kind(recon.kind())?;
+            let out = get(&tc.cfg().hook_name_out)?.f_to_kind(recon.kind())?;
             errors.push(out.f_sub(&recon)?.f_to_kind(model.kind())?);
             acts.push(a);
         }
@@ -170,12 +170,12 @@ impl<'a> Replacement<'a> {
                 hooks = hooks.add(HookPoint::block(l, site), move |_, _| Ok(Some(expand(value, rows)?)));
             }
             let inputs = &inputs;
-            hooks = hooks.add(tc.cfg.hook_name.clone(), move |x, _| {
+            hooks = hooks.add(tc.cfg().hook_name.clone(), move |x, _| {
                 inputs.borrow_mut()[l] = Some(x.shallow_clone());
                 Ok(None)
             });
             let (acts, err) = (&leaves.acts[l], &leaves.errors[l]);
-            hooks = hooks.add(tc.cfg.hook_name_out.clone(), move |_, _| {
+            hooks = hooks.add(tc.cfg().hook_name_out.clone(), move |_, _| {
                 let x = inputs.borrow()[l].as_ref().map(Tensor::shallow_clone);
                 let out = tc.decode(acts, x.as_ref())?;
                 Ok(Some(out.f_to_kind(err.kind())?.f_add(err)?))
@@ -215,11 +215,11 @@ impl<'a> Replacement<'a> {
             match nodes[t] {
                 Node::Feature { layer, pos, feature, .. } => {
                     let tc = &self.transcoders[layer];
-                    let w = tc.w_enc.f_select(1, feature)?;
+                    let w = tc.w_enc().f_select(1, feature)?;
                     inject[layer].f_get(row)?.f_get(pos)?.f_copy_(&w)?;
-                    let mut k = tc.b_enc.f_double_value(&[feature])?;
-                    if tc.cfg.apply_b_dec_to_input {
-                        k -= tc.b_dec.f_dot(&w)?.f_double_value(&[])?;
+                    let mut k = tc.b_enc().f_double_value(&[feature])?;
+                    if tc.cfg().apply_b_dec_to_input {
+                        k -= tc.b_dec().f_dot(&w)?.f_double_value(&[])?;
                     }
                     constant[row as usize] = k;
                 }

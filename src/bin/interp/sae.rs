@@ -168,7 +168,7 @@ fn train(a: &TrainArgs) -> Result<()> {
 
 pub fn load_dictionary(model: &HookedTransformer, dir: &Path) -> Result<SparseDictionary> {
     let dict = SparseDictionary::load_saelens(dir, model.device())?;
-    for hook in [&dict.cfg.hook_name, &dict.cfg.hook_name_out] {
+    for hook in [&dict.cfg().hook_name, &dict.cfg().hook_name_out] {
         model.hook_point(hook).with_context(|| format!("{}: the dictionary's hook does not fit this model", dir.display()))?;
     }
     Ok(dict)
@@ -180,13 +180,13 @@ pub fn run(cmd: SaeCommand) -> Result<()> {
         SaeCommand::Eval { model, sae, data, contexts } => {
             let model = load(&model)?;
             let dict = load_dictionary(&model, &sae)?;
-            let ctx = held_out_contexts(&model, &data, contexts, dict.cfg.context_size)?;
+            let ctx = held_out_contexts(&model, &data, contexts, dict.cfg().context_size)?;
             print_metrics(&evaluate(&dict, &model, &ctx, 8)?);
         }
         SaeCommand::Dashboard { model, sae, out, latents, top, data, contexts } => {
             let model = load(&model)?;
             let dict = load_dictionary(&model, &sae)?;
-            let ctx = held_out_contexts(&model, &data, contexts, dict.cfg.context_size)?;
+            let ctx = held_out_contexts(&model, &data, contexts, dict.cfg().context_size)?;
             let latents = if latents.is_empty() {
                 let m = evaluate(&dict, &model, &ctx, 8)?;
                 let (_, order) = m.log10_density.topk(top as i64, 0, true, true);
@@ -195,7 +195,7 @@ pub fn run(cmd: SaeCommand) -> Result<()> {
                 latents
             };
             let boards = latent_dashboards(&dict, &model, &ctx, &latents, 8)?;
-            write_dashboards(&boards, &format!("{} on {}", sae.display(), dict.cfg.hook_name), &out)?;
+            write_dashboards(&boards, &format!("{} on {}", sae.display(), dict.cfg().hook_name), &out)?;
             println!("wrote dashboards of {} latents to {}", boards.len(), out.join("dashboards.html").display());
         }
     }
