@@ -11,7 +11,8 @@ use interp::transcoders::runner::{eval_contexts, train_dictionary, RunnerConfig}
 use interp::transcoders::{evaluate, latent_dashboards, Architecture, DictionaryMetrics, SaeTrainConfig, SparseDictionary, StoreConfig};
 use tch::Tensor;
 
-use super::{corpus, load, ModelArgs};
+use super::train::corpus;
+use super::{load, ModelArgs};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Arch {

@@ -1,0 +1,167 @@
+//! `interp train`: flags mapped onto `interp_core::pretrain`, and the corpora `--data` names.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use interp::interp_core::data;
+use interp::interp_core::pretrain::{pretrain, PretrainConfig, PretrainData};
+use interp::interp_core::train::{Schedule, TrainConfig};
+use interp::interp_core::{tch, BlockStyle, MlpKind, Tokenizer};
+
+use super::SHAKESPEARE;
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Output directory for the trained model.
+    #[arg(long)]
+    out: PathBuf,
+    /// `shakespeare`, a folder of .txt files (every eighth file held out for eval), a .jsonl file
+    /// with a `text` field (every eighth line held out), `tasks` (the mixture of every built-in
+    /// task) or `induction` (repeated random sequences only).
+    #[arg(long, default_value = "shakespeare")]
+    data: String,
+    /// An existing tokenizer.json; default: train a byte-level BPE tokenizer of --vocab entries.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    #[arg(long, default_value_t = 4096)]
+    vocab: usize,
+    /// Block style.
+    #[arg(long, value_enum, default_value_t = PretrainConfig::default().style)]
+    style: BlockStyle,
+    /// MLP kind; none: attention-only.
+    #[arg(long, default_value = "gelu", value_parser = mlp_names())]
+    mlp: String,
+    #[arg(long, default_value_t = PretrainConfig::default().n_layers)]
+    layers: usize,
+    #[arg(long, default_value_t = PretrainConfig::default().d_model)]
+    d_model: i64,
+    #[arg(long, default_value_t = PretrainConfig::default().n_heads)]
+    heads: i64,
+    /// MLP width (default 4 x d_model).
+    #[arg(long)]
+    d_mlp: Option<i64>,
+    /// Context length trained on (and the model's n_ctx).
+    #[arg(long, default_value_t = PretrainConfig::default().n_ctx)]
+    ctx: i64,
+    #[arg(long, default_value_t = PretrainConfig::default().train.steps)]
+    steps: usize,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = PretrainConfig::default().batch)]
+    batch: i64,
+    #[arg(long, default_value_t = PretrainConfig::default().train.lr)]
+    lr: f64,
+    #[arg(long, default_value_t = PretrainConfig::default().train.warmup_steps)]
+    warmup: usize,
+    /// Decay after warmup.
+    #[arg(long, value_enum, default_value_t = PretrainConfig::default().train.schedule)]
+    schedule: Schedule,
+    #[arg(long, default_value_t = PretrainConfig::default().train.weight_decay)]
+    weight_decay: f64,
+    /// Global gradient-norm clip (0 = off).
+    #[arg(long, default_value_t = PretrainConfig::default().train.grad_clip.unwrap_or(0.0))]
+    clip: f64,
+    #[arg(long, default_value_t = PretrainConfig::default().train.eval_every)]
+    eval_every: usize,
+    #[arg(long, default_value_t = PretrainConfig::default().train.checkpoint_every)]
+    checkpoint_every: usize,
+    #[arg(long, default_value_t = PretrainConfig::default().seed)]
+    seed: i64,
+    /// Modulus of the modular-addition task (with --data tasks).
+    #[arg(long, default_value_t = 31)]
+    modulus: usize,
+    /// Torch threads (runs are bitwise repeatable for a fixed count).
+    #[arg(long, default_value_t = 2)]
+    threads: i32,
+}
+
+impl TrainArgs {
+    fn config(&self) -> Result<PretrainConfig> {
+        Ok(PretrainConfig {
+            style: self.style,
+            mlp: match self.mlp.as_str() {
+                "none" => None,
+                name => Some(MlpKind::parse(name)?),
+            },
+            n_layers: self.layers,
+            d_model: self.d_model,
+            n_heads: self.heads,
+            d_mlp: self.d_mlp,
+            n_ctx: self.ctx,
+            batch: self.batch,
+            seed: self.seed,
+            train: TrainConfig {
+                steps: self.steps,
+                lr: self.lr,
+                warmup_steps: self.warmup,
+                schedule: self.schedule,
+                weight_decay: self.weight_decay,
+                grad_clip: (self.clip > 0.0).then_some(self.clip),
+                eval_every: self.eval_every,
+                checkpoint_every: self.checkpoint_every,
+                progress: true,
+                ..PretrainConfig::default().train
+            },
+        })
+    }
+
+    fn data(&self) -> Result<PretrainData> {
+        Ok(match self.data.as_str() {
+            "tasks" | "induction" => PretrainData::Tasks { modulus: self.modulus, induction_only: self.data == "induction" },
+            name => {
+                let (train, eval) = corpus(name)?;
+                PretrainData::Text { train, eval, tokenizer: self.tokenizer()?, vocab: self.vocab }
+            }
+        })
+    }
+
+    fn tokenizer(&self) -> Result<Option<Tokenizer>> {
+        Ok(self.tokenizer.as_ref().map(|p| Tokenizer::from_file(p, Some(0))).transpose()?)
+    }
+}
+
+/// Training and eval documents of `--data`: `shakespeare`, a folder of .txt files or a .jsonl file
+/// (every eighth document held out).
+pub fn corpus(name: &str) -> Result<(Vec<data::Document>, Vec<data::Document>)> {
+    if name == "shakespeare" {
+        return data::shakespeare(Path::new(SHAKESPEARE)).context("run scripts/setup.sh to fetch the corpus");
+    }
+    let path = Path::new(name);
+    let docs = if path.is_dir() { data::read_text_dir(path)? } else { data::read_jsonl(path, "text")? };
+    data::hold_out(docs).with_context(|| path.display().to_string())
+}
+
+/// `interp train`: prints the eval loss next to its n-gram baselines, or each task's score.
+pub fn train(a: &TrainArgs) -> Result<()> {
+    tch::set_num_threads(a.threads);
+    let (_, report) = pretrain(a.data()?, &a.config()?, &a.out)?;
+    let s = &report.summary;
+    let num = |key: &str| s[key].as_f64().unwrap_or(f64::NAN);
+    if let Some(scores) = s["task_scores"].as_object() {
+        for (task, score) in scores {
+            println!("{task:<18} {:.4}", score.as_f64().unwrap_or(f64::NAN));
+        }
+        for (key, what) in [("previous_token_scores", "previous-token scores"), ("induction_scores", "induction scores     ")] {
+            if let Some(rows) = s[key].as_array() {
+                let rows: Vec<Vec<f64>> = rows.iter().map(|r| r.as_array().map(|r| r.iter().filter_map(|v| v.as_f64()).collect()).unwrap_or_default()).collect();
+                println!("{what} [layer][head]: {rows:.3?}");
+            }
+        }
+        println!("{:.1} s; saved to {}", num("seconds"), a.out.display());
+    } else {
+        println!(
+            "eval loss {:.4} nats/token (unigram {:.4}, bigram {:.4}); {:.0} tokens/s; {:.1} s; saved to {}",
+            num("eval_loss"),
+            num("unigram_baseline"),
+            num("bigram_baseline"),
+            num("tokens_per_sec"),
+            num("seconds"),
+            a.out.display()
+        );
+    }
+    Ok(())
+}
+
+/// `--mlp`'s values: the MLP kinds, or none.
+fn mlp_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(MlpKind::NAMES.iter().copied().chain(["none"]))
+}
