@@ -234,7 +234,10 @@ fn bilinear_bad_input() {
     assert!(err(BilinearLayer::from_model(&attn_only, 0)).contains("attention-only"));
     let model = task_model();
     assert!(err(BilinearLayer::from_model(&model, 2)).contains("out of range"));
+    use interp::interp_core::Error as CoreError;
+    assert!(matches!(BilinearLayer::from_model(&model, 2), Err(circuits::Error::Core(CoreError::LayerOutOfRange { layer: 2, n_layers: 2 }))));
     let layer = BilinearLayer::from_model(&model, 0).unwrap();
+    assert!(matches!(layer.interaction_matrix(&Tensor::zeros([2, 128], F64)), Err(circuits::Error::Shape { found, .. }) if found == [2, 128]));
     let msg = layer.interaction_matrix(&Tensor::zeros([127], F64)).err().unwrap().to_string();
     assert!(msg.contains("length 127") && msg.contains("128"), "{msg}");
     assert!(layer.augment(&Tensor::zeros([2, 5], F64)).is_err());

@@ -77,7 +77,7 @@ impl BilinearLayer {
     pub fn from_model(model: &HookedTransformer, layer: usize) -> Result<Self> {
         let c = &model.cfg;
         if layer >= c.n_layers {
-            return Err(Error::Input(format!("layer {layer} out of range (the model has {} layers)", c.n_layers)));
+            return Err(interp_core::Error::LayerOutOfRange { layer, n_layers: c.n_layers }.into());
         }
         let what = if c.attn_only {
             Some("no MLPs (it is attention-only)".to_string())
@@ -172,7 +172,7 @@ impl BilinearLayer {
     /// Q(u) [d_in, d_in] for an output direction `u` [d_out].
     pub fn interaction_matrix(&self, u: &Tensor) -> Result<Tensor> {
         if u.dim() != 1 {
-            return Err(Error::Input(format!("an output direction is a vector; got shape {:?}", u.size())));
+            return Err(Error::Shape { what: "an output direction".into(), expected: "a vector [d_out]".into(), found: u.size() });
         }
         Ok(self.interaction_matrices(&u.f_unsqueeze(0)?)?.f_squeeze_dim(0)?)
     }
@@ -182,7 +182,7 @@ impl BilinearLayer {
     pub fn interaction_matrices(&self, us: &Tensor) -> Result<Tensor> {
         let us = self.check_directions(us)?;
         if us.dim() != 2 {
-            return Err(Error::Input(format!("output directions are [n, d_out]; got shape {:?}", us.size())));
+            return Err(Error::Shape { what: "output directions".into(), expected: "[n, d_out]".into(), found: us.size() });
         }
         let coef = us.f_matmul(&self.p)?; // [n, d_hidden] = (P^T u)^T
         let (d_in, d_h) = (self.d_in(), self.d_hidden());
@@ -218,7 +218,7 @@ fn check_square(q: &Tensor, batched: bool) -> Result<()> {
     let dims = if batched { 3 } else { 2 };
     if s.len() != dims || s[dims - 1] != s[dims - 2] {
         let want = if batched { "[n, d, d]" } else { "[d, d]" };
-        return Err(Error::Input(format!("an interaction matrix is {want}; got shape {s:?}")));
+        return Err(Error::Shape { what: "an interaction matrix".into(), expected: want.into(), found: s });
     }
     Ok(())
 }
@@ -361,7 +361,7 @@ pub fn feature_interactions(q: &Tensor, dirs: &Tensor) -> Result<Tensor> {
 /// unembedding column times the final norm's gain, centred for a LayerNorm.
 pub fn unembedding_direction(model: &HookedTransformer, token: i64) -> Result<Tensor> {
     if token < 0 || token >= model.cfg.d_vocab {
-        return Err(Error::Input(format!("token {token} is outside the vocabulary (0..{})", model.cfg.d_vocab)));
+        return Err(interp_core::Error::TokenOutOfVocabulary { id: token, d_vocab: model.cfg.d_vocab }.into());
     }
     let mut u = model.w_u().f_select(1, token)?.f_to_kind(Kind::Double)?;
     if let (Some(g), _) = model.norm_weights(NormSite::LnFinal)? {

@@ -195,8 +195,8 @@ impl<'a> Tracer<'a> {
     fn new(model: &'a HookedTransformer, prompt: &TracePrompt, corruption: &Corruption, max_rows: i64) -> Result<Tracer<'a>> {
         let c = &model.cfg;
         let p = prompt.tokens.len() as i64;
-        if let Some(bad) = prompt.tokens.iter().chain([&prompt.answer]).find(|t| !(0..c.d_vocab).contains(*t)) {
-            return Err(Error::Input(format!("token {bad} is outside the vocabulary of {}", c.d_vocab)));
+        if let Some(&id) = prompt.tokens.iter().chain([&prompt.answer]).find(|t| !(0..c.d_vocab).contains(*t)) {
+            return Err(interp_core::Error::TokenOutOfVocabulary { id, d_vocab: c.d_vocab }.into());
         }
         let tokens = Tensor::f_from_slice(&prompt.tokens)?.f_view([1, p])?.f_to_device(model.device())?;
         let mut names = vec!["hook_embed", "blocks.*.hook_resid_post", "blocks.*.hook_attn_out"];
@@ -217,7 +217,7 @@ impl<'a> Tracer<'a> {
             Corruption::Explicit { noise } => {
                 let s = noise.size();
                 if s.len() != 3 || s[1] != n_subj || s[2] != c.d_model {
-                    return Err(Error::Input(format!("noise must be [samples, {n_subj}, {}], found {s:?}", c.d_model)));
+                    return Err(Error::Shape { what: "the noise".into(), expected: format!("[samples, {n_subj}, {}]", c.d_model), found: s });
                 }
                 add_noise(&embed, noise, s0)?
             }

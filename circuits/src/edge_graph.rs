@@ -327,10 +327,10 @@ impl EdgeGraph {
     pub fn run_masked(&self, model: &HookedTransformer, acts: &EdgeActivations, mask: &Tensor, start_layer: usize) -> Result<Tensor> {
         let e = self.edges.len() as i64;
         if mask.dim() != 2 || mask.size()[1] != e {
-            return Err(Error::Input(format!("edge mask must be [variants, {e}], found {:?}", mask.size())));
+            return Err(Error::Shape { what: "the edge mask".into(), expected: format!("[variants, {e}]"), found: mask.size() });
         }
         if start_layer >= self.n_layers {
-            return Err(Error::Input(format!("start layer {start_layer} out of range for a {}-layer model", self.n_layers)));
+            return Err(interp_core::Error::LayerOutOfRange { layer: start_layer, n_layers: self.n_layers }.into());
         }
         let kind = acts.clean.kind();
         let device = acts.clean.device();

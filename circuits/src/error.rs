@@ -17,6 +17,16 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// A tensor of the wrong shape.
+    #[error("{what} must be {expected}, found {found:?}")]
+    Shape {
+        /// What was given (`edge mask`, `noise`, ...).
+        what: String,
+        /// The shape it needs, in words.
+        expected: String,
+        /// The shape it has.
+        found: Vec<i64>,
+    },
     /// Anything else a caller gave that cannot be used, with the reason.
     #[error("invalid input: {0}")]
     Input(String),

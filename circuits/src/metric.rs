@@ -55,7 +55,7 @@ impl Metric {
             for (set, sign) in [(pos, 1f32), (neg, -1f32)] {
                 for &t in set {
                     if !(0..d_vocab).contains(&t) {
-                        return Err(Error::Input(format!("token {t} is outside the vocabulary of {d_vocab}")));
+                        return Err(interp_core::Error::TokenOutOfVocabulary { id: t, d_vocab }.into());
                     }
                     w[row * d_vocab as usize + t as usize] = sign;
                 }
@@ -120,7 +120,7 @@ impl Metric {
         let n = self.n_prompts();
         let size = logits.size();
         if size.len() != 3 || n == 0 || size[0] % n != 0 {
-            return Err(Error::Input(format!("logits {size:?} are not [k * {n}, pos, d_vocab] for the metric's {n} prompts")));
+            return Err(Error::Shape { what: format!("logits for the metric's {n} prompts"), expected: format!("[k * {n}, pos, d_vocab]"), found: size });
         }
         let variants = size[0] / n;
         // f64 models are scored in f64 (finite-difference checks), others in f32.
