@@ -311,7 +311,7 @@ pub fn train_dictionaries(dicts: &mut [SparseDictionary], source: &mut dyn Activ
         TrainingCheckpoint { dir: dir.clone(), fingerprint: fingerprint_of(&text), what: "dictionary" }
     });
     let start = match &checkpoint {
-        Some(c) => c.load(&state(&slots, dicts)).map_err(|e| Error::Input(e.to_string()))?.unwrap_or(0),
+        Some(c) => c.load(&state(&slots, dicts))?.unwrap_or(0),
         None => 0,
     };
     let result = train_loop(dicts, &mut slots, source, cfg, start, checkpoint.as_ref(), &state);
