@@ -267,3 +267,15 @@ fn attention_only_models_save_zero_mlps_and_refuse_live_ones() {
         assert!(e.contains("`interp_attn_only` is set") && e.contains(out_name), "{e}");
     }
 }
+
+/// GPT-2 checkpoints saved from `GPT2Model` name their tensors without `transformer.`.
+#[test]
+fn gpt2_checkpoints_without_the_transformer_prefix_load() {
+    let dir = scratch("gpt2", "unprefixed");
+    let renamed: Vec<_> = weights(&dir).into_iter().map(|(n, t)| (n.strip_prefix("transformer.").map(str::to_string).unwrap_or(n), t)).collect();
+    assert!(renamed.iter().all(|(n, _)| !n.starts_with("transformer.")));
+    Tensor::write_safetensors(&renamed, dir.join("model.safetensors")).unwrap();
+    let ids = &reference("gpt2")["input_ids"];
+    let back = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(max_abs_diff(&back.forward(ids).unwrap(), &load("gpt2").forward(ids).unwrap()), 0.0);
+}

@@ -65,10 +65,13 @@ pub(crate) fn config(c: Gpt2Config) -> crate::Result<ModelConfig> {
     })
 }
 
-pub(crate) fn names(cfg: &ModelConfig) -> TensorNames {
+/// The tensor names under `prefix`: `transformer.` as `GPT2LMHeadModel` saves them, or empty for
+/// checkpoints saved from `GPT2Model`.
+pub(crate) fn names(cfg: &ModelConfig, prefix: &str) -> TensorNames {
+    let p = prefix;
     let blocks = (0..cfg.n_layers)
         .map(|l| {
-            let b = format!("transformer.h.{l}");
+            let b = format!("{p}h.{l}");
             BlockNames {
                 ln1: format!("{b}.ln_1"),
                 qkv: QkvNames::Fused(format!("{b}.attn.c_attn")),
@@ -83,42 +86,12 @@ pub(crate) fn names(cfg: &ModelConfig) -> TensorNames {
         })
         .collect();
     TensorNames {
-        embed: "transformer.wte.weight".into(),
-        pos_embed: Some("transformer.wpe.weight".into()),
+        embed: format!("{p}wte.weight"),
+        pos_embed: Some(format!("{p}wpe.weight")),
         blocks,
-        ln_final: "transformer.ln_f".into(),
+        ln_final: format!("{p}ln_f"),
         unembed: "lm_head.weight".into(),
         conv1d: true,
         gain_offset: 0.0,
-    }
-}
-
-/// The same names without `transformer.` (checkpoints saved from `GPT2Model`).
-pub(crate) fn unprefixed(names: TensorNames) -> TensorNames {
-    let strip = |s: String| s.strip_prefix("transformer.").map(str::to_string).unwrap_or(s);
-    let qkv = |q: QkvNames| match q {
-        QkvNames::Fused(p) => QkvNames::Fused(strip(p)),
-        other => other,
-    };
-    TensorNames {
-        embed: strip(names.embed),
-        pos_embed: names.pos_embed.map(strip),
-        blocks: names
-            .blocks
-            .into_iter()
-            .map(|b| BlockNames {
-                ln1: strip(b.ln1),
-                qkv: qkv(b.qkv),
-                o: strip(b.o),
-                ln1_post: None,
-                ln2: strip(b.ln2),
-                mlp_in: strip(b.mlp_in),
-                mlp_gate: b.mlp_gate.map(strip),
-                mlp_out: strip(b.mlp_out),
-                ln2_post: None,
-            })
-            .collect(),
-        ln_final: strip(names.ln_final),
-        ..names
     }
 }

@@ -158,7 +158,7 @@ pub(crate) struct TensorNames {
 impl TensorNames {
     fn new(cfg: &ModelConfig) -> Self {
         match cfg.family {
-            Family::Gpt2 => gpt2::names(cfg),
+            Family::Gpt2 => gpt2::names(cfg, "transformer."),
             Family::GptNeox => gpt_neox::names(cfg),
             Family::Llama => llama::names(cfg),
             Family::Gemma | Family::Gemma2 => gemma::names(cfg),
@@ -255,7 +255,7 @@ pub(crate) fn load_params(cfg: &ModelConfig, src: &dyn TensorSource, kind: Kind,
     let mut names = TensorNames::new(cfg);
     // GPT-2 checkpoints saved from `GPT2Model` (not `GPT2LMHeadModel`) lack the `transformer.` prefix.
     if cfg.family == Family::Gpt2 && !src.contains(&names.embed) && src.contains("wte.weight") {
-        names = gpt2::unprefixed(names);
+        names = gpt2::names(cfg, "");
     }
     let l = Loader { src, cfg, names: &names, kind, device };
     let w_e = l.t(&names.embed, &[cfg.d_vocab, cfg.d_model])?;
