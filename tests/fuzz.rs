@@ -106,12 +106,6 @@ fn read_json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn copy_fixture(arch: &str, to: &Path) {
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture(arch).join(f), to.join(f)).unwrap();
-    }
-}
-
 fn loads(dir: &Path) -> bool {
     HookedTransformer::from_pretrained_dir(dir, Device::Cpu, Kind::Float).is_ok()
 }
@@ -122,8 +116,7 @@ fn config_json_of_every_family() {
         let base = read_json(&fixture(arch).join("config.json"));
         fuzz(&format!("{arch} config.json"), 1000, mutated(base.clone(), 3), |v| ModelConfig::from_hf_json(&v).is_ok());
         // With the weights: a config that passes must still agree with every tensor's shape.
-        let dir = Scratch::new(&format!("fuzz-config-{arch}"));
-        copy_fixture(arch, &dir);
+        let dir = common::fixture_copy(arch, &format!("fuzz-config-{arch}"));
         fuzz(&format!("{arch} config.json + weights"), 100, mutated(base, 2), |v| {
             std::fs::write(dir.join("config.json"), v.to_string()).unwrap();
             loads(&dir)
@@ -133,8 +126,7 @@ fn config_json_of_every_family() {
 
 #[test]
 fn safetensors_headers() {
-    let dir = Scratch::new("fuzz-safetensors");
-    copy_fixture("gpt2", &dir);
+    let dir = common::fixture_copy("gpt2", "fuzz-safetensors");
     let original = std::fs::read(fixture("gpt2").join("model.safetensors")).unwrap();
     let header_end = 8 + u64::from_le_bytes(original[..8].try_into().unwrap()) as usize;
     // Bytes overwritten inside the length prefix and the JSON header, or the file cut short.

@@ -8,16 +8,8 @@ use common::{fixture, load, max_abs_diff, reference};
 use interp::interp_core::{tch, CacheSpec, HookedTransformer, PaddingSide};
 use tch::{Device, Kind, Tensor};
 
-/// A fresh copy of a fixture directory (without the reference file) to break in some way.
 fn scratch(arch: &str, name: &str) -> common::Scratch {
-    let dir = common::Scratch::new(&format!("test-{name}"));
-    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-        let src = fixture(arch).join(f);
-        if src.exists() {
-            std::fs::copy(src, dir.join(f)).unwrap();
-        }
-    }
-    dir
+    common::fixture_copy(arch, &format!("test-{name}"))
 }
 
 fn weights(dir: &Path) -> Vec<(String, Tensor)> {

@@ -34,6 +34,19 @@ pub fn repo(path: &str) -> PathBuf {
 }
 pub mod planted;
 
+/// A fresh copy of fixture `arch` (config, weights, tokenizer; not the reference file) in a
+/// scratch folder named `name`, to break in some way.
+pub fn fixture_copy(arch: &str, name: &str) -> Scratch {
+    let dir = Scratch::new(name);
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        let src = fixture(arch).join(f);
+        if src.exists() {
+            std::fs::copy(src, dir.join(f)).expect("copying a fixture");
+        }
+    }
+    dir
+}
+
 /// A fresh folder `interp-<name>-<pid>` under the system temp dir, removed with its contents when
 /// dropped, so that test runs leave nothing behind.
 pub struct Scratch(PathBuf);

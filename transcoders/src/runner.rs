@@ -87,11 +87,12 @@ pub fn eval_contexts(stream: &Tensor, n: i64, context: i64) -> Result<Tensor> {
     Ok(stream.f_narrow(0, 0, n.min(available) * context)?.f_reshape([-1, context])?)
 }
 
-/// The width of `hook`'s activations in `model`.
-fn width(model: &HookedTransformer, hook: &str) -> Result<i64> {
+/// The widths of the activations at `hook` and `hook_out` in `model`, from one short forward.
+fn widths(model: &HookedTransformer, hook: &str, hook_out: &str) -> Result<(i64, i64)> {
     let probe = Tensor::f_zeros([1, 2], (Kind::Int64, model.device()))?;
-    let (_, cache) = model.run_with_cache(&probe, CacheSpec::names([hook]))?;
-    Ok(cache.get(hook)?.size().last().copied().unwrap_or(0))
+    let (_, cache) = model.run_with_cache(&probe, CacheSpec::names([hook, hook_out]))?;
+    let width = |h: &str| -> Result<i64> { Ok(cache.get(h)?.size().last().copied().unwrap_or(0)) };
+    Ok((width(hook)?, width(hook_out)?))
 }
 
 /// Trains a dictionary reading `hook` (an SAE, or with `hook_out` a transcoder predicting it) on
@@ -108,7 +109,7 @@ pub fn train_dictionary(
     out: &Path,
 ) -> Result<RunnerOutput> {
     let hook_out = hook_out.unwrap_or(hook);
-    let (d_in, d_out) = (width(model, hook)?, width(model, hook_out)?);
+    let (d_in, d_out) = widths(model, hook, hook_out)?;
     let d_sae = cfg.d_sae.unwrap_or(8 * d_in);
     let mut dcfg = match hook_out == hook && !cfg.skip {
         true => DictionaryConfig::sae(cfg.architecture, hook, d_in, d_sae),
