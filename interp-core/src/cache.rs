@@ -41,8 +41,7 @@ pub struct ResidualStack {
 impl ActivationCache {
     /// The activation stored under a TransformerLens name or [`HookPoint`].
     pub fn get(&self, name: impl HookName) -> Result<&Tensor> {
-        let point: HookPoint = name.hook_name().parse()?;
-        self.get_point(point)
+        self.get_point(name.hook_point()?)
     }
 
     /// TransformerLens's shorthand: `cache.layer("pattern", 0)` is
@@ -63,7 +62,7 @@ impl ActivationCache {
 
     /// Whether the activation of `name` is stored.
     pub fn contains(&self, name: impl HookName) -> bool {
-        name.hook_name().parse::<HookPoint>().map(|p| self.map.contains_key(&p)).unwrap_or(false)
+        name.hook_point().is_ok_and(|p| self.map.contains_key(&p))
     }
 
     /// (name, activation) in forward order.

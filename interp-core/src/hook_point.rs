@@ -253,6 +253,11 @@ impl FromStr for HookPoint {
 pub trait HookName {
     /// The TransformerLens name (or glob pattern).
     fn hook_name(&self) -> String;
+
+    /// The one point it names (an error for a glob or an unknown name).
+    fn hook_point(&self) -> Result<HookPoint> {
+        self.hook_name().parse()
+    }
 }
 
 impl<T: AsRef<str> + ?Sized> HookName for T {
@@ -265,11 +270,17 @@ impl HookName for HookPoint {
     fn hook_name(&self) -> String {
         self.to_string()
     }
+    fn hook_point(&self) -> Result<HookPoint> {
+        Ok(*self)
+    }
 }
 
 impl HookName for &HookPoint {
     fn hook_name(&self) -> String {
         self.to_string()
+    }
+    fn hook_point(&self) -> Result<HookPoint> {
+        Ok(**self)
     }
 }
 
