@@ -53,7 +53,7 @@ fn main() {
 
     let facts = TaskPrompts::new(Task::Facts, &vocab, 1, 2).unwrap();
     let tokens = Vec::<i64>::try_from(&facts.clean.get(0)).unwrap();
-    let answer = facts.answer.int64_value(&[0]);
+    let answer = facts.answers[0][0];
     let prompt = TracePrompt::new(tokens.clone(), &tokens[1..4], answer, "fact").unwrap();
     let sigma = estimate_sigma(&model, &facts.clean).unwrap();
     let trace_cfg = |max_rows| TraceConfig { corruption: Corruption::Noise { sigma, scale: 3.0, samples: 10, seed: 0 }, window: 10, severed_mlp: true, max_rows };

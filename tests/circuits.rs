@@ -2,7 +2,7 @@
 
 mod common;
 
-use circuits::{acdc, edge_attribution, roc_auc, Ablation, AcdcConfig, AttributionMethod, EdgeGraph, Error, Metric};
+use circuits::{acdc, edge_attribution, roc_auc, Ablation, AcdcConfig, AttributionMethod, EdgeGraph, Error, Metric, TaskPrompts};
 use common::planted;
 use interp::circuits;
 use interp::interp_core::{tch, HookedTransformer};
@@ -38,7 +38,7 @@ fn acdc_recovers_the_planted_circuit() {
     let graph = EdgeGraph::new(&model).unwrap();
     assert_eq!(graph.n_edges(), 110);
     let (clean, corrupted, _) = planted::prompts(32, 2);
-    let metric = Metric::kl_to(&model.forward(&clean).unwrap()).unwrap();
+    let metric = Metric::kl_to(&model.forward(&clean).unwrap(), None).unwrap();
     for (ablation, circuit) in [(Ablation::Zero, &planted::ZERO_ABLATION_CIRCUIT[..]), (Ablation::Resample, &planted::RESAMPLE_CIRCUIT[..])] {
         let acts = graph.activations(&model, &clean, &corrupted, ablation).unwrap();
         let cfg = AcdcConfig { tau: 0.01, ..AcdcConfig::default() };
@@ -89,7 +89,7 @@ fn eap_is_the_gradient_of_the_edge_masks() {
     let graph = EdgeGraph::new(&model).unwrap();
     let (clean, corrupted, answer) = planted::prompts(8, 3);
     let acts = graph.activations(&model, &clean, &corrupted, Ablation::Resample).unwrap();
-    let metric = Metric::Probability { answer };
+    let metric = Metric::probability(answer);
     let eap = edge_attribution(&model, &graph, &acts, &metric, AttributionMethod::Eap).unwrap();
     let ig1 = edge_attribution(&model, &graph, &acts, &metric, AttributionMethod::EapIg { steps: 1 }).unwrap();
     assert!(common::max_abs_diff(&eap, &ig1) < 1e-12);
@@ -114,7 +114,7 @@ fn edge_graph_bad_input() {
     let err = graph.activations(&model, &clean, &short, Ablation::Resample).err().unwrap();
     assert!(err.to_string().contains("same shape"), "{err}");
     let acts = graph.activations(&model, &clean, &corrupted, Ablation::Resample).unwrap();
-    let metric = Metric::kl_to(&model.forward(&clean).unwrap()).unwrap();
+    let metric = Metric::kl_to(&model.forward(&clean).unwrap(), None).unwrap();
     let err = acdc(&model, &graph, &acts, &metric, &AcdcConfig { tau: -0.1, ..AcdcConfig::default() }).err().unwrap();
     assert!(err.to_string().contains("tau"), "{err}");
     assert!(graph.find_edge("L9H0 -> logits").is_err());
@@ -176,18 +176,18 @@ fn activation_patching_matches_one_forward_per_index() {
     use interp::interp_core::{CacheSpec, Hooks, Intervention, Scope};
     let model = task_model();
     let vocab = TaskVocab::new(31);
-    let batch = Task::Ioi.generate(&vocab, 16, 3).unwrap();
-    let metric = Metric::for_task(Task::Ioi, &vocab, &batch).unwrap();
+    let batch = TaskPrompts::new(Task::Ioi, &vocab, 16, 3).unwrap();
+    let metric = &batch.metric;
     for site in [PatchSite::ResidPre, PatchSite::HeadOut, PatchSite::HeadOutByPos, PatchSite::K, PatchSite::Pattern, PatchSite::MlpOut] {
-        let fast = activation_patching(&model, &batch.clean, &batch.corrupted, &metric, site, 4096).unwrap();
-        let slow = activation_patching(&model, &batch.clean, &batch.corrupted, &metric, site, 16).unwrap();
+        let fast = activation_patching(&model, &batch.clean, &batch.corrupted, metric, site, 4096).unwrap();
+        let slow = activation_patching(&model, &batch.clean, &batch.corrupted, metric, site, 16).unwrap();
         assert!(common::max_abs_diff(&fast.values, &slow.values) < 1e-4, "{site:?}");
         assert!(fast.forwards < slow.forwards);
         assert_eq!(fast.to_table().unwrap().rows.len() as i64, fast.values.numel() as i64);
     }
     // Against the runtime's own patch intervention, one head at a time.
     let (_, clean_cache) = model.run_with_cache(&batch.clean, CacheSpec::names(["blocks.1.attn.hook_z"])).unwrap();
-    let heads = activation_patching(&model, &batch.clean, &batch.corrupted, &metric, PatchSite::HeadOut, 4096).unwrap();
+    let heads = activation_patching(&model, &batch.clean, &batch.corrupted, metric, PatchSite::HeadOut, 4096).unwrap();
     for h in 0..4 {
         let hooks = Hooks::new().intervene("blocks.1.attn.hook_z", Intervention::Patch(&clean_cache, Scope::all().heads([h])));
         let logits = model.run_with_hooks(&batch.corrupted, hooks).unwrap();
@@ -195,7 +195,7 @@ fn activation_patching_matches_one_forward_per_index() {
         assert!((heads.values.double_value(&[1, h]) - expected).abs() < 1e-4);
     }
     // Residual positions where clean and corrupted tokens agree change nothing at layer 0.
-    let resid = activation_patching(&model, &batch.clean, &batch.corrupted, &metric, PatchSite::ResidPre, 4096).unwrap();
+    let resid = activation_patching(&model, &batch.clean, &batch.corrupted, metric, PatchSite::ResidPre, 4096).unwrap();
     let differs = batch.clean.ne_tensor(&batch.corrupted).any_dim(0, false); // the three name positions
     for pos in 0..batch.clean.size()[1] {
         let v = resid.normalized.double_value(&[0, pos]);
@@ -204,7 +204,7 @@ fn activation_patching_matches_one_forward_per_index() {
         }
     }
     // Nothing to explain: the clean prompts against themselves.
-    assert!(matches!(activation_patching(&model, &batch.clean, &batch.clean, &metric, PatchSite::ResidPre, 4096), Err(Error::NothingToExplain { .. })));
+    assert!(matches!(activation_patching(&model, &batch.clean, &batch.clean, metric, PatchSite::ResidPre, 4096), Err(Error::NothingToExplain { .. })));
 }
 
 #[test]
@@ -215,11 +215,11 @@ fn task_model_circuits_are_faithful() {
     // tau about 1.5% of the clean - corrupted gap of each metric (IOI logit difference 18.3,
     // greater-than probability difference 0.70).
     for (task, tau) in [(Task::Ioi, 0.3), (Task::GreaterThan, 0.01)] {
-        let batch = task.generate(&vocab, 32, 9).unwrap();
-        let metric = Metric::for_task(task, &vocab, &batch).unwrap();
+        let batch = TaskPrompts::new(task, &vocab, 32, 9).unwrap();
+        let metric = &batch.metric;
         let acts = graph.activations(&model, &batch.clean, &batch.corrupted, Ablation::Resample).unwrap();
-        let found = acdc(&model, &graph, &acts, &metric, &AcdcConfig { tau, ..AcdcConfig::default() }).unwrap();
-        let faithfulness = graph.faithfulness(&model, &acts, &metric, &graph.mask_of(&found.kept).unwrap().unsqueeze(0)).unwrap()[0];
+        let found = acdc(&model, &graph, &acts, metric, &AcdcConfig { tau, ..AcdcConfig::default() }).unwrap();
+        let faithfulness = graph.faithfulness(&model, &acts, metric, &graph.mask_of(&found.kept).unwrap().unsqueeze(0)).unwrap()[0];
         eprintln!("{}: {} of {} edges, faithfulness {faithfulness:.3}", task.name(), found.n_kept(), graph.n_edges());
         assert!(faithfulness > 0.85 && found.n_kept() < graph.n_edges() / 2, "{}: {} edges, faithfulness {faithfulness}", task.name(), found.n_kept());
     }
@@ -234,7 +234,7 @@ fn induction_heads_are_in_the_induction_circuit() {
     // Cut the last token: the prompt ends inside the repeat, and that token is the answer.
     let len = batch.clean.size()[1];
     let (clean, corrupted) = (batch.clean.narrow(1, 0, len - 1), batch.corrupted.narrow(1, 0, len - 1));
-    let metric = Metric::kl_to(&model.forward(&clean).unwrap()).unwrap();
+    let metric = Metric::kl_to(&model.forward(&clean).unwrap(), None).unwrap();
     let acts = graph.activations(&model, &clean, &corrupted, Ablation::Resample).unwrap();
     let found = acdc(&model, &graph, &acts, &metric, &AcdcConfig { tau: 0.01, ..AcdcConfig::default() }).unwrap();
     let nodes = circuits::circuit_nodes(&graph, &found.kept);

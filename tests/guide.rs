@@ -112,7 +112,7 @@ fn circuits() -> Result {
     }
     let facts = TaskPrompts::new(Task::Facts, &vocab, 1, 0)?;
     let tokens = Vec::<i64>::try_from(&facts.clean.get(0))?;
-    let prompt = TracePrompt::new(tokens.clone(), &tokens[1..4], facts.answer.int64_value(&[0]), "fact")?;
+    let prompt = TracePrompt::new(tokens.clone(), &tokens[1..4], facts.answers[0][0], "fact")?;
     let noise = Corruption::Noise { sigma: estimate_sigma(&model, &facts.clean)?, scale: 3.0, samples: 4, seed: 0 };
     let trace = causal_trace(&model, &prompt, &TraceConfig { corruption: noise, window: 10, severed_mlp: false, max_rows: 4096 })?;
     let _ = summarize(&[trace])?;
@@ -120,7 +120,7 @@ fn circuits() -> Result {
     let acts = graph.activations(&model, &ioi.clean, &ioi.corrupted, Ablation::Resample)?;
     let _ = edge_attribution(&model, &graph, &acts, &ioi.metric, AttributionMethod::EapIg { steps: 5 })?;
     let _ = acdc(&model, &graph, &acts, &ioi.metric, &AcdcConfig { tau: 0.3, progress: false, ..AcdcConfig::default() })?;
-    let _ = Metric::kl_to(&model.forward(&ioi.clean)?)?;
+    let _ = Metric::kl_to(&model.forward(&ioi.clean)?, None)?;
     let bl = interp::circuits::BilinearLayer::from_model(&model, 1)?;
     let u = interp::circuits::bilinear::unembedding_direction(&model, vocab.id("m3")?)?;
     let _ = interp::circuits::Spectrum::of(&bl.interaction_matrix(&u)?)?;

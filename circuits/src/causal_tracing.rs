@@ -155,6 +155,16 @@ pub fn estimate_sigma(model: &HookedTransformer, tokens: &Tensor) -> Result<f64>
     Ok(token_embeddings(model, tokens)?.f_to_kind(Kind::Double)?.f_std(true)?.f_double_value(&[])?)
 }
 
+/// [`estimate_sigma`] over prompts of any lengths: the standard deviation of all their token
+/// embeddings together.
+pub fn estimate_sigma_of(model: &HookedTransformer, prompts: &[TracePrompt]) -> Result<f64> {
+    let embeds = prompts
+        .iter()
+        .map(|p| Ok(token_embeddings(model, &Tensor::f_from_slice(&p.tokens)?.f_view([1, -1])?.f_to_device(model.device())?)?.f_flatten(0, 1)?))
+        .collect::<Result<Vec<Tensor>>>()?;
+    Ok(Tensor::f_cat(&embeds, 0)?.f_to_kind(Kind::Double)?.f_std(true)?.f_double_value(&[])?)
+}
+
 /// `hook_embed` [n, pos, d_model] of `tokens` [n, pos], without running any block.
 fn token_embeddings(model: &HookedTransformer, tokens: &Tensor) -> Result<Tensor> {
     let out = model.runner(tokens).stop_at_layer(0).cache(CacheSpec::names(["hook_embed"])).run()?;

@@ -15,6 +15,7 @@ use interp_core::config::Positional;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::prompts::TaskPrompts;
 
 /// A component that writes into the residual stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -305,17 +306,42 @@ impl EdgeGraph {
     ///
     /// Shapes: `clean`, `corrupted` [B, P] int64 of equal shape (`corrupted` unused for zero ablation).
     pub fn activations(&self, model: &HookedTransformer, clean: &Tensor, corrupted: &Tensor, ablation: Ablation) -> Result<EdgeActivations> {
+        self.activations_of_lengths(model, clean, corrupted, ablation, None)
+    }
+
+    /// [`EdgeGraph::activations`] of a prompt set, whose pairs may differ in length: the mean
+    /// ablation averages each position over the prompts that reach it.
+    pub fn prompt_activations(&self, model: &HookedTransformer, prompts: &TaskPrompts, ablation: Ablation) -> Result<EdgeActivations> {
+        let lengths = prompts.is_padded().then_some(prompts.lengths.as_slice());
+        self.activations_of_lengths(model, &prompts.clean, &prompts.corrupted, ablation, lengths)
+    }
+
+    fn activations_of_lengths(&self, model: &HookedTransformer, clean: &Tensor, corrupted: &Tensor, ablation: Ablation, lengths: Option<&[i64]>) -> Result<EdgeActivations> {
         crate::metric::check_aligned(clean, corrupted)?;
-        let (clean_out, resid_pre) = self.sender_outputs(model, clean)?;
+        let (clean, corrupted) = (clean.f_to_device(model.device())?, corrupted.f_to_device(model.device())?);
+        let (clean_out, resid_pre) = self.sender_outputs(model, &clean)?;
         let ablated = match ablation {
             Ablation::Zero => clean_out.f_zeros_like()?,
-            Ablation::Resample => self.sender_outputs(model, corrupted)?.0,
+            Ablation::Resample => self.sender_outputs(model, &corrupted)?.0,
             Ablation::Mean => {
-                let (corr, _) = self.sender_outputs(model, corrupted)?;
-                corr.f_mean_dim(1, true, corr.kind())?.f_expand_as(&corr)?.f_contiguous()?
+                let (corr, _) = self.sender_outputs(model, &corrupted)?;
+                let mean = match lengths {
+                    None => corr.f_mean_dim(1, true, corr.kind())?,
+                    Some(lengths) => {
+                        // valid[b, p] = 1 where prompt b has a token at position p.
+                        let p = clean.size()[1];
+                        let positions = Tensor::f_arange(p, (Kind::Int64, corr.device()))?.f_view([1, p])?;
+                        let lens = Tensor::f_from_slice(lengths)?.f_to_device(corr.device())?.f_view([-1, 1])?;
+                        let valid = positions.f_lt_tensor(&lens)?.f_to_kind(corr.kind())?; // [B, P]
+                        let count = valid.f_sum_dim_intlist(0, true, corr.kind())?.f_clamp_min(1.0)?; // [1, P]
+                        let sum = corr.f_mul(&valid.f_unsqueeze(0)?.f_unsqueeze(-1)?)?.f_sum_dim_intlist(1, true, corr.kind())?;
+                        sum.f_div(&count.f_unsqueeze(0)?.f_unsqueeze(-1)?)?
+                    }
+                };
+                mean.f_expand_as(&corr)?.f_contiguous()?
             }
         };
-        Ok(EdgeActivations { tokens: clean.shallow_clone(), clean: clean_out, ablated, resid_pre })
+        Ok(EdgeActivations { tokens: clean, clean: clean_out, ablated, resid_pre })
     }
 
     /// Logits [V * B, P, d_vocab] of the clean prompts with, in variant `v`, every edge `e` with

@@ -1,13 +1,12 @@
-//! Metrics of a run's next-token prediction at the last position of each prompt. Each is built from
+//! Metrics of a run's next-token prediction at each prompt's answer position (its last token). Each is built from
 //! differentiable tensor operations, so it can drive gradients (EAP, EAP-IG) as well as patching.
 
-use interp_core::tasks::{Task, TaskBatch, TaskVocab};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 
-/// What to measure at the last position of each of `n` prompts.
-pub enum Metric {
+/// What a metric measures at each prompt's answer position.
+pub enum MetricKind {
     /// logit(answer) - logit(wrong). `answer`, `wrong`: [n] int64.
     LogitDiff {
         /// [n] int64.
@@ -38,11 +37,62 @@ pub enum Metric {
     },
 }
 
+/// A metric of `n` prompts' next-token predictions, read at each prompt's answer position: the
+/// last position, or `positions` [n] for right-padded batches of prompts of different lengths.
+pub struct Metric {
+    /// What is measured.
+    pub kind: MetricKind,
+    /// [n] int64 answer position per prompt; `None`: the last position.
+    pub positions: Option<Tensor>,
+}
+
+impl From<MetricKind> for Metric {
+    fn from(kind: MetricKind) -> Metric {
+        Metric { kind, positions: None }
+    }
+}
+
+/// The metrics a prompt file can be scored by (`--metric`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum MetricName {
+    /// logit(answer) - logit(wrong); needs one answer and one wrong token per prompt.
+    LogitDiff,
+    /// P(answer), summed over the answer tokens.
+    Prob,
+    /// P(answers) - P(wrongs).
+    ProbDiff,
+    /// KL divergence from the clean run's next-token distribution.
+    Kl,
+}
+
 impl Metric {
-    /// KL to the clean run's prediction, from its logits [n, pos, d_vocab].
-    pub fn kl_to(clean_logits: &Tensor) -> Result<Metric> {
-        let last = clean_logits.f_select(1, -1)?.f_to_kind(Kind::Float)?;
-        Ok(Metric::Kl { clean_logprobs: last.f_log_softmax(-1, Kind::Float)?.f_detach()? })
+    /// logit(answer) - logit(wrong), `answer` and `wrong` [n] int64.
+    pub fn logit_diff(answer: Tensor, wrong: Tensor) -> Metric {
+        MetricKind::LogitDiff { answer, wrong }.into()
+    }
+
+    /// P(answer), `answer` [n] int64.
+    pub fn probability(answer: Tensor) -> Metric {
+        MetricKind::Probability { answer }.into()
+    }
+
+    /// -log P(answer), `answer` [n] int64.
+    pub fn cross_entropy(answer: Tensor) -> Metric {
+        MetricKind::CrossEntropy { answer }.into()
+    }
+
+    /// The same metric read at `positions` [n] int64 (each prompt's answer position).
+    pub fn at(self, positions: Tensor) -> Metric {
+        Metric { positions: Some(positions), ..self }
+    }
+
+    /// KL to the clean run's prediction, from its logits [n, pos, d_vocab], read at `positions`
+    /// [n] (default: the last position).
+    pub fn kl_to(clean_logits: &Tensor, positions: Option<&Tensor>) -> Result<Metric> {
+        let at = answer_logits(clean_logits, positions)?.f_to_kind(Kind::Float)?;
+        let kind = MetricKind::Kl { clean_logprobs: at.f_log_softmax(-1, Kind::Float)?.f_detach()? };
+        Ok(Metric { kind, positions: positions.map(|p| p.shallow_clone()) })
     }
 
     /// `P(positive) - P(negative)` over per-prompt token sets.
@@ -61,56 +111,31 @@ impl Metric {
                 }
             }
         }
-        Ok(Metric::ProbDiff { weights: Tensor::f_from_slice(&w)?.f_view([positive.len() as i64, d_vocab])? })
-    }
-
-    /// The usual metric of a built-in task: IOI logit(IO) - logit(S); greater-than
-    /// P(year > YY) - P(year <= YY); facts and modular addition P(answer) (the causal-tracing
-    /// metric). Induction has no single answer at the last position: use [`Metric::kl_to`] or
-    /// [`TaskPrompts`], which cuts the prompt.
-    pub fn for_task(task: Task, vocab: &TaskVocab, batch: &TaskBatch) -> Result<Metric> {
-        Ok(match task {
-            Task::Ioi => Metric::LogitDiff { answer: batch.answer.shallow_clone(), wrong: batch.wrong.shallow_clone() },
-            Task::GreaterThan => {
-                let yy: Vec<i64> = Vec::<i64>::try_from(&batch.wrong)?;
-                let (mut above, mut below) = (Vec::new(), Vec::new());
-                for t in yy {
-                    let y: usize = vocab.word(t).parse().map_err(|_| Error::Input(format!("`{}` is not a year", vocab.word(t))))?;
-                    let ids = |r: std::ops::Range<usize>| r.map(|y| vocab.id(&format!("{y:02}"))).collect::<interp_core::Result<Vec<i64>>>();
-                    above.push(ids(y + 1..100)?);
-                    below.push(ids(0..y + 1)?);
-                }
-                Metric::prob_diff(&above, &below, vocab.len() as i64)?
-            }
-            Task::Facts | Task::ModularAddition => Metric::Probability { answer: batch.answer.shallow_clone() },
-            Task::Induction { .. } => {
-                return Err(Error::Input("induction prompts have no single answer at the last position; use Metric::kl_to".into()))
-            }
-        })
+        Ok(MetricKind::ProbDiff { weights: Tensor::f_from_slice(&w)?.f_view([positive.len() as i64, d_vocab])? }.into())
     }
 
     /// A short name for tables (`logit_diff`, `kl`, ...).
     pub fn name(&self) -> &'static str {
-        match self {
-            Metric::LogitDiff { .. } => "logit_diff",
-            Metric::Probability { .. } => "probability",
-            Metric::ProbDiff { .. } => "prob_diff",
-            Metric::Kl { .. } => "kl",
-            Metric::CrossEntropy { .. } => "cross_entropy",
+        match self.kind {
+            MetricKind::LogitDiff { .. } => "logit_diff",
+            MetricKind::Probability { .. } => "probability",
+            MetricKind::ProbDiff { .. } => "prob_diff",
+            MetricKind::Kl { .. } => "kl",
+            MetricKind::CrossEntropy { .. } => "cross_entropy",
         }
     }
 
     /// KL and cross-entropy measure damage; the others measure the behaviour itself.
     pub fn lower_is_better(&self) -> bool {
-        matches!(self, Metric::Kl { .. } | Metric::CrossEntropy { .. })
+        matches!(self.kind, MetricKind::Kl { .. } | MetricKind::CrossEntropy { .. })
     }
 
     /// The number of prompts the metric was built for.
     pub fn n_prompts(&self) -> i64 {
-        match self {
-            Metric::LogitDiff { answer, .. } | Metric::Probability { answer } | Metric::CrossEntropy { answer } => answer.size()[0],
-            Metric::ProbDiff { weights } => weights.size()[0],
-            Metric::Kl { clean_logprobs } => clean_logprobs.size()[0],
+        match &self.kind {
+            MetricKind::LogitDiff { answer, .. } | MetricKind::Probability { answer } | MetricKind::CrossEntropy { answer } => answer.size()[0],
+            MetricKind::ProbDiff { weights } => weights.size()[0],
+            MetricKind::Kl { clean_logprobs } => clean_logprobs.size()[0],
         }
     }
 
@@ -125,7 +150,11 @@ impl Metric {
         let variants = size[0] / n;
         // f64 models are scored in f64 (finite-difference checks), others in f32.
         let k = if logits.kind() == Kind::Double { Kind::Double } else { Kind::Float };
-        let last = logits.f_select(1, -1)?.f_to_kind(k)?; // [r, vocab]
+        let positions = match &self.positions {
+            Some(p) => Some(p.f_repeat([variants])?),
+            None => None,
+        };
+        let last = answer_logits(logits, positions.as_ref())?.f_to_kind(k)?; // [r, vocab]
         let device = last.device();
         let tile = |t: &Tensor| -> Result<Tensor> {
             let t = t.f_to_device(device)?;
@@ -135,16 +164,16 @@ impl Metric {
             Ok(t.f_repeat(reps.as_slice())?)
         };
         let pick = |t: &Tensor, idx: &Tensor| -> Result<Tensor> { Ok(t.f_gather(1, &tile(idx)?.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?) };
-        Ok(match self {
-            Metric::LogitDiff { answer, wrong } => pick(&last, answer)?.f_sub(&pick(&last, wrong)?)?,
-            Metric::Probability { answer } => pick(&last.f_softmax(-1, k)?, answer)?,
-            Metric::ProbDiff { weights } => last.f_softmax(-1, k)?.f_mul(&tile(weights)?)?.f_sum_dim_intlist(1, false, k)?,
-            Metric::Kl { clean_logprobs } => {
+        Ok(match &self.kind {
+            MetricKind::LogitDiff { answer, wrong } => pick(&last, answer)?.f_sub(&pick(&last, wrong)?)?,
+            MetricKind::Probability { answer } => pick(&last.f_softmax(-1, k)?, answer)?,
+            MetricKind::ProbDiff { weights } => last.f_softmax(-1, k)?.f_mul(&tile(weights)?)?.f_sum_dim_intlist(1, false, k)?,
+            MetricKind::Kl { clean_logprobs } => {
                 let clean = tile(clean_logprobs)?;
                 let logp = last.f_log_softmax(-1, k)?;
                 clean.f_exp()?.f_mul(&clean.f_sub(&logp)?)?.f_sum_dim_intlist(1, false, k)?
             }
-            Metric::CrossEntropy { answer } => pick(&last.f_log_softmax(-1, k)?, answer)?.f_neg()?,
+            MetricKind::CrossEntropy { answer } => pick(&last.f_log_softmax(-1, k)?, answer)?.f_neg()?,
         })
     }
 
@@ -170,41 +199,15 @@ impl Metric {
     }
 }
 
-/// Clean and corrupted prompts of a built-in task with its metric.
-pub struct TaskPrompts {
-    /// [n, pos] int64.
-    pub clean: Tensor,
-    /// [n, pos] int64, aligned with `clean`.
-    pub corrupted: Tensor,
-    /// The task's metric.
-    pub metric: Metric,
-    /// The answer token per prompt [n].
-    pub answer: Tensor,
-    /// Each prompt's label (its template or kind).
-    pub labels: Vec<String>,
-}
-
-impl TaskPrompts {
-    /// `n` prompts of `task` from `seed` with the task's metric ([`Metric::for_task`]). Induction
-    /// prompts are cut before their last token, which becomes the answer, and scored by
-    /// logit(answer) - logit(the corrupted prompt's next token).
-    pub fn new(task: Task, vocab: &TaskVocab, n: usize, seed: u64) -> Result<TaskPrompts> {
-        let batch = task.generate(vocab, n, seed)?;
-        if let Task::Induction { .. } = task {
-            let len = batch.clean.size()[1];
-            let answer = batch.clean.f_select(1, len - 1)?;
-            let wrong = batch.corrupted.f_select(1, len - 1)?;
-            return Ok(TaskPrompts {
-                clean: batch.clean.f_narrow(1, 0, len - 1)?,
-                corrupted: batch.corrupted.f_narrow(1, 0, len - 1)?,
-                metric: Metric::LogitDiff { answer: answer.shallow_clone(), wrong },
-                answer,
-                labels: batch.labels,
-            });
-        }
-        let metric = Metric::for_task(task, vocab, &batch)?;
-        Ok(TaskPrompts { clean: batch.clean, corrupted: batch.corrupted, metric, answer: batch.answer, labels: batch.labels })
+/// Logits [r, d_vocab] at each row's answer position: `positions` [r] int64, or the last.
+pub(crate) fn answer_logits(logits: &Tensor, positions: Option<&Tensor>) -> Result<Tensor> {
+    let Some(p) = positions else { return Ok(logits.f_select(1, -1)?) };
+    let size = logits.size();
+    if p.size() != [size[0]] {
+        return Err(Error::Shape { what: "answer positions".into(), expected: format!("[{}], one per row of the logits", size[0]), found: p.size() });
     }
+    let idx = p.f_to_device(logits.device())?.f_view([-1, 1, 1])?.f_expand([size[0], 1, size[2]], false)?;
+    Ok(logits.f_gather(1, &idx, false)?.f_squeeze_dim(1)?)
 }
 
 /// Clean and corrupted prompts must align token for token.
@@ -244,16 +247,16 @@ mod tests {
         let logits = Tensor::f_from_slice(&[0f32, 1.0, 2.0, 2.0, 0.0, 0.0])?.f_view([2, 1, 3])?;
         let answer = Tensor::f_from_slice(&[2i64, 0])?;
         let wrong = Tensor::f_from_slice(&[0i64, 1])?;
-        let ld = Metric::LogitDiff { answer: answer.shallow_clone(), wrong };
+        let ld = Metric::logit_diff(answer.shallow_clone(), wrong);
         assert!((ld.value(&logits)? - 2.0).abs() < 1e-6);
-        let p = Metric::Probability { answer: answer.shallow_clone() };
+        let p = Metric::probability(answer.shallow_clone());
         let e = std::f64::consts::E;
         let p0 = e * e / (1.0 + e + e * e);
         let p1 = e * e / (e * e + 2.0);
         assert!((p.value(&logits)? - (p0 + p1) / 2.0).abs() < 1e-6);
-        let ce = Metric::CrossEntropy { answer };
+        let ce = Metric::cross_entropy(answer);
         assert!((ce.value(&logits)? + (p0.ln() + p1.ln()) / 2.0).abs() < 1e-5);
-        let kl = Metric::kl_to(&logits)?;
+        let kl = Metric::kl_to(&logits, None)?;
         assert!(kl.value(&logits)?.abs() < 1e-6);
         let pd = Metric::prob_diff(&[vec![2], vec![0]], &[vec![0, 1], vec![1, 2]], 3)?;
         assert!((pd.value(&logits)? - ((2.0 * p0 - 1.0) + (2.0 * p1 - 1.0)) / 2.0).abs() < 1e-6);

@@ -5,10 +5,10 @@ use interp_core::tasks::Task;
 use interp_core::HookedTransformer;
 use tch::Tensor;
 
-use crate::causal_tracing::{causal_trace, estimate_sigma, summarize, CausalTrace, Corruption, TraceConfig, TracePrompt, TraceSummary, TOKEN_ROLES};
+use crate::causal_tracing::{causal_trace, estimate_sigma_of, summarize, CausalTrace, Corruption, TraceConfig, TracePrompt, TraceSummary, TOKEN_ROLES};
 use crate::chart::{heatmaps, Heatmap};
 use crate::error::{Error, Result};
-use crate::metric::TaskPrompts;
+use crate::prompts::TaskPrompts;
 use crate::output::Output;
 use crate::table::Table;
 
@@ -69,7 +69,7 @@ pub fn task_trace_prompts(task: Task, prompts: &TaskPrompts) -> Result<Vec<Trace
             ))
         }
     };
-    let answers = Vec::<i64>::try_from(&prompts.answer)?;
+    let answers = Vec::<i64>::try_from(&prompts.answer()?)?;
     (0..prompts.clean.size()[0])
         .map(|i| {
             let tokens = Vec::<i64>::try_from(&prompts.clean.f_get(i)?)?;
@@ -84,14 +84,7 @@ pub fn task_trace_prompts(task: Task, prompts: &TaskPrompts) -> Result<Vec<Trace
 pub fn causal_tracing(model: &HookedTransformer, prompts: &[TracePrompt], name: &str, token_text: &dyn Fn(i64) -> String, cfg: &CausalTracingConfig) -> Result<CausalTracing> {
     let sigma = match cfg.sigma {
         Some(s) => s,
-        None => {
-            let lens: Vec<usize> = prompts.iter().map(|p| p.tokens.len()).collect();
-            if lens.windows(2).any(|w| w[0] != w[1]) {
-                return Err(Error::Input("prompts of different lengths: give the noise sigma explicitly".into()));
-            }
-            let rows = prompts.iter().map(|p| Tensor::f_from_slice(&p.tokens)).collect::<std::result::Result<Vec<_>, _>>()?;
-            estimate_sigma(model, &Tensor::f_stack(&rows, 0)?.f_to_device(model.device())?)?
-        }
+        None => estimate_sigma_of(model, prompts)?,
     };
     let bar = interp_core::train::progress_bar(prompts.len() as u64, "prompts", true);
     let mut traces = Vec::with_capacity(prompts.len());

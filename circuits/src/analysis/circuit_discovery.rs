@@ -9,7 +9,8 @@ use crate::chart::{circuit_graph, line_chart, Series};
 use crate::eap::{edge_attribution, top_k_masks, AttributionMethod};
 use crate::edge_graph::{Ablation, EdgeGraph};
 use crate::error::{Error, Result};
-use crate::metric::{clean_and_corrupted, Metric, TaskPrompts};
+use crate::metric::{clean_and_corrupted, Metric};
+use crate::prompts::TaskPrompts;
 use crate::output::Output;
 use crate::table::{Table, Value};
 
@@ -105,7 +106,7 @@ fn edge_counts(n: usize) -> Vec<usize> {
 /// faithfulness of their top-k circuits, and (with `cfg.acdc`) runs ACDC.
 pub fn circuit_discovery(model: &HookedTransformer, prompts: &TaskPrompts, name: &str, cfg: &CircuitDiscoveryConfig) -> Result<CircuitDiscovery> {
     let graph = EdgeGraph::new(model)?;
-    let acts = graph.activations(model, &prompts.clean, &prompts.corrupted, cfg.ablation)?;
+    let acts = graph.prompt_activations(model, prompts, cfg.ablation)?;
     let task_metric = &prompts.metric;
     let clean_logits = model.forward(&prompts.clean)?;
     let corrupted_logits = model.forward(&prompts.corrupted)?;
@@ -125,7 +126,7 @@ pub fn circuit_discovery(model: &HookedTransformer, prompts: &TaskPrompts, name:
     let acdc_runs = if cfg.acdc {
         let kl;
         let metric: &Metric = if cfg.kl {
-            kl = Metric::kl_to(&clean_logits)?;
+            kl = Metric::kl_to(&clean_logits, prompts.metric.positions.as_ref())?;
             &kl
         } else {
             task_metric

@@ -5,7 +5,7 @@ use tch::Kind;
 
 use crate::chart::{heatmaps, Heatmap};
 use crate::error::Result;
-use crate::metric::TaskPrompts;
+use crate::prompts::TaskPrompts;
 use crate::output::Output;
 use crate::patching::{activation_patching, PatchSite, PatchingResult};
 use crate::table::Table;

@@ -1,4 +1,4 @@
-//! `interp patch | trace | acdc | eap`: circuit analysis on the built-in tasks. The analyses are
+//! `interp patch | trace | acdc | eap | prompts`: circuit analysis on the built-in tasks or a prompt file. The analyses are
 //! `circuits::analysis`; this file maps flags onto their configs (whose `Default`s are the flags'
 //! defaults) and prints a summary.
 
@@ -9,7 +9,9 @@ use clap::ValueEnum;
 use interp::circuits::analysis::{
     causal_tracing, circuit_discovery, patching_sweep, task_trace_prompts, CausalTracingConfig, CircuitDiscoveryConfig, PatchingSweepConfig,
 };
-use interp::circuits::{Ablation, Output, PatchSite, TaskPrompts};
+use interp::circuits::{trace_prompts_from_jsonl, Ablation, MetricName, PatchSite, TaskPrompts};
+
+use super::standalone;
 use interp::interp_core::tasks::{Task, TaskVocab};
 use interp::interp_core::{tch, HookedTransformer};
 use tch::Kind;
@@ -40,14 +42,25 @@ impl TaskName {
 
 #[derive(clap::Args)]
 pub struct TaskArgs {
-    /// Checkpoint directory of a model trained on the built-in tasks (default: models/tasks-bilinear).
+    /// Checkpoint directory (default: models/tasks-bilinear). With --task it must be a model
+    /// trained on the built-in tasks; with --prompts, any supported model.
     pub model_dir: Option<PathBuf>,
-    /// Built-in task whose clean and corrupted prompts are compared.
-    #[arg(long, value_enum, default_value = "ioi")]
-    pub task: TaskName,
-    /// Number of prompts.
+    /// Built-in task whose clean and corrupted prompts are compared (default: ioi).
+    #[arg(long, value_enum, conflicts_with = "prompts")]
+    pub task: Option<TaskName>,
+    /// JSONL prompt file, one pair per line: `clean`, `corrupted` (text) or `clean_ids`,
+    /// `corrupted_ids`; `answer`, optional `wrong` and `label` (`interp prompts` writes one; for
+    /// `trace`: `prompt`, `subject`, `answer`, `label`).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Metric (default: the task's; for a file, logit-diff when every line has one answer and one
+    /// wrong token, prob-diff when lines have wrong tokens, else prob).
+    #[arg(long, value_enum)]
+    pub metric: Option<MetricName>,
+    /// Number of prompts of a built-in task.
     #[arg(long, default_value_t = 32)]
     pub n: usize,
+    /// Seed of the built-in task's prompts.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Output directory (created).
@@ -57,21 +70,88 @@ pub struct TaskArgs {
     pub device: super::DeviceArg,
 }
 
-struct Setup {
-    model: HookedTransformer,
-    vocab: TaskVocab,
-    prompts: TaskPrompts,
+impl TaskArgs {
+    fn task(&self) -> Task {
+        self.task.unwrap_or(TaskName::Ioi).task()
+    }
+
+    /// What the prompts are called in reports: the task, or the file's stem.
+    fn name(&self) -> String {
+        match &self.prompts {
+            Some(path) => path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "prompts".into()),
+            None => self.task().name().to_string(),
+        }
+    }
 }
 
-fn setup(args: &TaskArgs) -> Result<Setup> {
-    let dir = args.model_dir.clone().unwrap_or_else(|| PathBuf::from(TASK_MODEL));
-    let model = HookedTransformer::from_pretrained_dir(&dir, args.device.get(), Kind::Float)?;
-    let vocab = TaskVocab::of_model(&model).with_context(|| format!("{}: these commands need a model trained on the built-in tasks", dir.display()))?;
+/// The model, how to show its tokens, and (for pair commands) the prompt pairs.
+struct Setup {
+    model: HookedTransformer,
+    vocab: Option<TaskVocab>,
+}
+
+impl Setup {
+    fn new(args: &TaskArgs) -> Result<Setup> {
+        let dir = args.model_dir.clone().unwrap_or_else(|| PathBuf::from(TASK_MODEL));
+        let model = HookedTransformer::from_pretrained_dir(&dir, args.device.get(), Kind::Float)?;
+        if args.prompts.is_some() {
+            return Ok(Setup { model, vocab: None });
+        }
+        let vocab = TaskVocab::of_model(&model)
+            .with_context(|| format!("{}: --task needs a model trained on the built-in tasks; give your own prompts with --prompts FILE", dir.display()))?;
+        if args.n == 0 {
+            bail!("--n must be at least 1");
+        }
+        Ok(Setup { model, vocab: Some(vocab) })
+    }
+
+    fn pairs(&self, args: &TaskArgs) -> Result<TaskPrompts> {
+        let prompts = match (&args.prompts, &self.vocab) {
+            (Some(path), _) => TaskPrompts::from_jsonl(path, &self.model)?,
+            (None, Some(vocab)) => TaskPrompts::new(args.task(), vocab, args.n, args.seed)?,
+            (None, None) => bail!("give --task or --prompts"),
+        };
+        Ok(match args.metric {
+            Some(name) => prompts.with_metric(name, &self.model)?,
+            None => prompts,
+        })
+    }
+
+    fn token_text(&self, t: i64) -> String {
+        match (&self.vocab, self.model.tokenizer()) {
+            (Some(vocab), _) => vocab.word(t).to_string(),
+            (None, Some(tok)) => tok.decode(&[t]).unwrap_or_else(|_| t.to_string()),
+            (None, None) => t.to_string(),
+        }
+    }
+}
+
+/// `interp prompts`: a built-in task's pairs as a JSONL prompt file.
+#[derive(clap::Args)]
+pub struct PromptsArgs {
+    /// Built-in task.
+    #[arg(long, value_enum)]
+    pub task: TaskName,
+    /// Number of pairs.
+    #[arg(long, default_value_t = 32)]
+    pub n: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The JSONL file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn export_prompts(args: &PromptsArgs) -> Result<()> {
     if args.n == 0 {
         bail!("--n must be at least 1");
     }
+    let model = HookedTransformer::from_pretrained_dir(TASK_MODEL, tch::Device::Cpu, Kind::Float)?;
+    let vocab = TaskVocab::of_model(&model)?;
     let prompts = TaskPrompts::new(args.task.task(), &vocab, args.n, args.seed)?;
-    Ok(Setup { model, vocab, prompts })
+    prompts.write_jsonl(&args.out)?;
+    println!("wrote {} {} pairs to {} (metric {})", prompts.len(), args.task.task().name(), args.out.display(), prompts.metric.name());
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -83,14 +163,15 @@ pub struct PatchArgs {
     pub sites: Vec<PatchSite>,
 }
 
-pub fn patch(args: &PatchArgs, out: &mut Output) -> Result<()> {
-    let s = setup(&args.task)?;
+pub fn patch(args: &PatchArgs) -> Result<()> {
+    let s = Setup::new(&args.task)?;
+    let prompts = s.pairs(&args.task)?;
     let cfg = PatchingSweepConfig { sites: args.sites.clone(), ..PatchingSweepConfig::default() };
-    let sweep = patching_sweep(&s.model, &s.prompts, Task::name(args.task.task.task()), &|t| s.vocab.word(t).to_string(), &cfg)?;
+    let sweep = patching_sweep(&s.model, &prompts, &args.task.name(), &|t| s.token_text(t), &cfg)?;
     for r in &sweep.results {
         println!("{:<10} clean {:.4} corrupted {:.4} ({} forwards)", r.site.name(), r.clean, r.corrupted, r.forwards);
     }
-    Ok(sweep.write(out)?)
+    standalone(&args.task.out, "Activation patching", |out| Ok(sweep.write(out)?))
 }
 
 #[derive(clap::Args)]
@@ -125,16 +206,18 @@ impl TraceArgs {
     }
 }
 
-pub fn trace(task: &TaskArgs, cfg: &CausalTracingConfig, out: &mut Output) -> Result<()> {
-    let s = setup(task)?;
-    let name = Task::name(task.task.task());
-    let prompts = task_trace_prompts(task.task.task(), &s.prompts)?;
-    let traced = causal_tracing(&s.model, &prompts, name, &|t| s.vocab.word(t).to_string(), cfg)?;
+pub fn trace(task: &TaskArgs, cfg: &CausalTracingConfig) -> Result<()> {
+    let s = Setup::new(task)?;
+    let prompts = match &task.prompts {
+        Some(path) => trace_prompts_from_jsonl(path, &s.model)?,
+        None => task_trace_prompts(task.task(), &s.pairs(task)?)?,
+    };
+    let traced = causal_tracing(&s.model, &prompts, &task.name(), &|t| s.token_text(t), cfg)?;
     println!("noise: {} x sigma {:.4}, {} samples", cfg.scale, traced.sigma, cfg.samples);
     for sm in &traced.summaries {
         println!("{:<8} {} prompts, mean total effect {:.4}", sm.label, sm.n_prompts, sm.total_effect);
     }
-    Ok(traced.write(out)?)
+    standalone(&task.out, "Causal tracing", |out| Ok(traced.write(out)?))
 }
 
 #[derive(clap::Args)]
@@ -176,9 +259,10 @@ impl AcdcArgs {
 
 /// EAP and EAP-IG edge scores with faithfulness curves of their top-k circuits, the EAP-IG
 /// circuit drawn; with `cfg.acdc` also ACDC at tau x 1/4 .. 4, its circuit drawn.
-pub fn discover(task: &TaskArgs, cfg: &CircuitDiscoveryConfig, out: &mut Output) -> Result<()> {
-    let s = setup(task)?;
-    let found = circuit_discovery(&s.model, &s.prompts, Task::name(task.task.task()), cfg)?;
+pub fn discover(task: &TaskArgs, cfg: &CircuitDiscoveryConfig, title: &str) -> Result<()> {
+    let s = Setup::new(task)?;
+    let prompts = s.pairs(task)?;
+    let found = circuit_discovery(&s.model, &prompts, &task.name(), cfg)?;
     println!("{} edges; {} clean {:.4}, corrupted {:.4}", found.graph.n_edges(), found.metric, found.clean, found.corrupted);
     let mid = found.counts.len() / 2;
     for m in &found.methods {
@@ -196,5 +280,5 @@ pub fn discover(task: &TaskArgs, cfg: &CircuitDiscoveryConfig, out: &mut Output)
             r.n_variants
         );
     }
-    Ok(found.write(out)?)
+    standalone(&task.out, title, |out| Ok(found.write(out)?))
 }

@@ -84,23 +84,27 @@ enum Command {
     /// Sparse dictionaries: train, evaluate and inspect SAEs and transcoders.
     #[command(subcommand)]
     Sae(sae::SaeCommand),
-    /// Activation patching on a built-in task: each activation of the clean run patched into the
+    /// Activation patching on a built-in task or a prompt file (--prompts): each activation of the clean run patched into the
     /// corrupted run, per (layer, position), per head, and per head and position, all indices of
     /// a layer in one batched forward. Writes OUT/patching.csv (site, layer, pos, head, metric,
     /// normalized; -1 where an axis does not apply) and one heatmap per site (SVG and PNG).
     Patch(circuit::PatchArgs),
-    /// Causal tracing (ROME) on the facts task: Gaussian noise on the subject's embeddings, then
+    /// Causal tracing (ROME) on the facts task or a prompt file (--prompts: prompt, subject,
+    /// answer, label per line): Gaussian noise on the subject's embeddings, then
     /// the clean residual, MLP outputs and attention outputs restored at each (token, layer).
     /// Writes OUT/traces.csv, OUT/aie.csv (average indirect effects by label, token role and
     /// layer) and heatmaps per prompt and per label.
     Trace(circuit::TraceArgs),
-    /// ACDC circuit discovery on a built-in task, next to EAP and EAP-IG: writes
+    /// ACDC circuit discovery on a built-in task or a prompt file (--prompts), next to EAP and EAP-IG: writes
     /// OUT/circuit.json (kept edges, nodes, faithfulness), OUT/acdc_edges.csv, edge scores
     /// (OUT/eap_scores.csv, OUT/eap_ig_scores.csv) and faithfulness curves (CSV, SVG, PNG).
     Acdc(circuit::AcdcArgs),
-    /// EAP and EAP-IG edge scores on a built-in task, with faithfulness curves of their top-k
+    /// EAP and EAP-IG edge scores on a built-in task or a prompt file (--prompts), with faithfulness curves of their top-k
     /// circuits: OUT/eap_scores.csv, OUT/eap_ig_scores.csv, OUT/faithfulness.{csv,svg,png}.
     Eap(circuit::EapArgs),
+    /// Writes a built-in task's clean/corrupted pairs as a JSONL prompt file (token ids, answer,
+    /// wrong, label): the format --prompts reads, giving the same numbers as --task.
+    Prompts(circuit::PromptsArgs),
     /// Bilinear-MLP eigendecomposition: for output directions (unembeddings of --tokens), the
     /// interaction matrix Q(u) over blocks.L.ln2.hook_normalized, its eigenvalues (OUT/spectra.{svg,png}),
     /// the tokens its top eigenvectors favour and disfavour (OUT/eigenvectors.csv), and modular-addition
@@ -255,10 +259,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Train(args)) => train::train(&args)?,
         Some(Command::Sae(cmd)) => sae::run(cmd)?,
-        Some(Command::Patch(args)) => standalone(&args.task.out, "Activation patching", |out| circuit::patch(&args, out))?,
-        Some(Command::Trace(args)) => standalone(&args.task.out, "Causal tracing", |out| circuit::trace(&args.task, &args.config(), out))?,
-        Some(Command::Acdc(args)) => standalone(&args.eap.task.out, "ACDC and EAP-IG", |out| circuit::discover(&args.eap.task, &args.config(), out))?,
-        Some(Command::Eap(args)) => standalone(&args.task.out, "EAP and EAP-IG", |out| circuit::discover(&args.task, &args.config(), out))?,
+        Some(Command::Patch(args)) => circuit::patch(&args)?,
+        Some(Command::Trace(args)) => circuit::trace(&args.task, &args.config())?,
+        Some(Command::Acdc(args)) => circuit::discover(&args.eap.task, &args.config(), "ACDC and EAP-IG")?,
+        Some(Command::Eap(args)) => circuit::discover(&args.task, &args.config(), "EAP and EAP-IG")?,
+        Some(Command::Prompts(args)) => circuit::export_prompts(&args)?,
         Some(Command::Bilinear(args)) => standalone(&args.out, "Bilinear MLP", |out| features::run_bilinear(&args, out))?,
         Some(Command::Graph(args)) => standalone(&args.out, "Attribution graph", |out| features::run_graph(&args, out))?,
         Some(Command::Report(args)) => report::run(&args)?,
