@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use common::min_secs;
@@ -13,11 +14,18 @@ use interp::circuits::{
     PatchSite, TaskPrompts, TraceConfig, TracePrompt,
 };
 use interp::interp_core::tasks::{Task, TaskVocab};
-use interp::interp_core::{tch, HookedTransformer};
+use interp::interp_core::{tch, BlockStyle, HookedTransformer, MlpKind, ModelSpec, Rng};
 use tch::{Device, Kind};
 
 fn main() {
     tch::set_num_threads(2);
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--write-gpt2-small") {
+        let dir = PathBuf::from(args.get(i + 1).expect("--write-gpt2-small DIR"));
+        std::fs::create_dir_all(&dir).unwrap();
+        println!("wrote {}", write_gpt2_small(&dir).display());
+        return;
+    }
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tasks-bilinear");
     let model = HookedTransformer::from_pretrained_dir(dir, Device::Cpu, Kind::Float).expect("task model");
     let vocab = TaskVocab::of_model(&model).expect("the task model speaks the task vocabulary");
@@ -88,4 +96,40 @@ fn main() {
         });
         println!("patching {:<9} stacked {:>7.1} ms, one forward per index {:>7.1} ms: {:.1}x", site.name(), fast * 1e3, slow * 1e3, slow / fast);
     }
+}
+
+/// A GPT-2-small-shaped checkpoint (random weights: cost, not behaviour) and a prompt file of 32
+/// IOI-style pairs of 14 to 18 tokens (three name positions differ), written to `dir`.
+fn write_gpt2_small(dir: &Path) -> PathBuf {
+    let spec = ModelSpec {
+        style: BlockStyle::Gpt2,
+        n_layers: 12,
+        d_model: 768,
+        n_heads: 12,
+        d_mlp: 3072,
+        d_vocab: 50257,
+        n_ctx: 1024,
+        mlp: Some(MlpKind::Gelu),
+        tie_embeddings: true,
+        bos_token_id: Some(50256),
+    };
+    if !dir.join("model.safetensors").exists() {
+        let model = HookedTransformer::init_random(&spec, 0, Kind::Float, Device::Cpu).unwrap();
+        model.save_pretrained(dir).unwrap();
+    }
+    let mut rng = Rng::new(7);
+    let mut lines = String::new();
+    for i in 0..32 {
+        let len = 14 + i % 5;
+        let clean: Vec<i64> = std::iter::once(50256).chain((1..len).map(|_| (rng.next_u64() % 50000) as i64)).collect();
+        let mut corrupted = clean.clone();
+        for p in [3, 5, len - 4] {
+            corrupted[p] = (rng.next_u64() % 50000) as i64;
+        }
+        let (answer, wrong) = (clean[3], clean[5]);
+        lines.push_str(&format!("{{\"clean_ids\": {clean:?}, \"corrupted_ids\": {corrupted:?}, \"answer\": {answer}, \"wrong\": {wrong}, \"label\": \"len{len}\"}}\n"));
+    }
+    let path = dir.join("ioi.jsonl");
+    std::fs::write(&path, lines).unwrap();
+    path
 }

@@ -64,7 +64,7 @@ fn padded_pairs_score_like_each_length_alone() {
     let err = common::max_abs_diff(&sm, &want);
     assert!(err < 1e-4 * want.abs().max().double_value(&[]).max(1.0), "EAP-IG of the padded batch off by {err}");
     // The same edge sets in masked forwards.
-    let masks = circuits::top_k_masks(&sm, &[5, 40]).unwrap();
+    let masks = circuits::top_k_masks(&sm, &[5, 40], true).unwrap();
     let fm = graph.circuit_metrics(&model, &acts_m, &mixed.metric, &masks, 4096).unwrap();
     let fs = graph.circuit_metrics(&model, &acts_s, &short.metric, &masks, 4096).unwrap();
     let fl = graph.circuit_metrics(&model, &acts_l, &long.metric, &masks, 4096).unwrap();

@@ -7,11 +7,14 @@
 //! first one that is kept, with exactly the decisions of the one-edge-per-forward loop. Each
 //! forward restarts at the receiver's block from the cached clean residual.
 
+use std::path::PathBuf;
+
 use interp_core::HookedTransformer;
-use tch::{Kind, Tensor};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::edge_graph::{EdgeActivations, EdgeGraph};
+use crate::edge_graph::{EdgeActivations, EdgeGraph, Receiver};
 use crate::metric::Metric;
 
 /// ACDC settings.
@@ -25,16 +28,35 @@ pub struct AcdcConfig {
     pub restart: bool,
     /// Show a progress bar (edges decided / total, ETA).
     pub progress: bool,
+    /// Save the decisions here after each receiver; an existing checkpoint of the same graph,
+    /// prompts, metric and tau is resumed.
+    pub checkpoint: Option<PathBuf>,
+    /// Stop after the receiver during which this much time has passed, with the decisions so
+    /// far (resume later from the checkpoint); `None`: run to the end.
+    pub time_limit: Option<std::time::Duration>,
 }
 
 impl Default for AcdcConfig {
     fn default() -> Self {
-        AcdcConfig { tau: 0.01, max_variants: 16, restart: true, progress: false }
+        AcdcConfig { tau: 0.01, max_variants: 1, restart: true, progress: false, checkpoint: None, time_limit: None }
+    }
+}
+
+impl AcdcConfig {
+    /// Candidate removals per forward on `device`, and why. On a CPU a forward is compute-bound:
+    /// stacking k candidates costs k forwards, and candidates past the first kept edge are
+    /// wasted, so one edge per forward is fastest. On a GPU a forward of a few prompts leaves the
+    /// device idle, so 16 speculative removals ride along almost free.
+    pub fn for_device(device: Device) -> (usize, &'static str) {
+        match device {
+            Device::Cpu => (1, "one edge per forward (CPU: a forward is compute-bound, so stacked candidates cost as much as separate forwards)"),
+            _ => (16, "up to 16 speculative removals per forward (GPU: batching is nearly free)"),
+        }
     }
 }
 
 /// What ACDC found.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AcdcResult {
     /// [E] whether each edge is in the circuit.
     pub kept: Vec<bool>,
@@ -49,6 +71,13 @@ pub struct AcdcResult {
     pub n_forwards: usize,
     /// Edge sets evaluated (each candidate removal is one).
     pub n_variants: usize,
+    /// Edges tested (the others were cut off from the output and removed untested).
+    pub n_tested: usize,
+    /// The cost of every forward run, in full forwards of the prompts (by FLOPs: a pass from
+    /// block l costs the blocks it runs; edges into the logits cost one unembedding per prompt).
+    pub forward_equivalents: f64,
+    /// Receivers decided (all of them when the run finished), for resuming.
+    pub receivers_done: usize,
 }
 
 impl AcdcResult {
@@ -56,9 +85,58 @@ impl AcdcResult {
     pub fn n_kept(&self) -> usize {
         self.kept.iter().filter(|k| **k).count()
     }
+
+    /// Whether every receiver of `graph` was decided (false after a time limit).
+    pub fn finished(&self, graph: &EdgeGraph) -> bool {
+        self.receivers_done == graph.receivers.len()
+    }
+}
+
+/// A checkpoint: the run's state and what it belongs to.
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    fingerprint: String,
+    state: AcdcResult,
+}
+
+/// What a checkpoint must match: the graph, the prompts' activations, the metric and tau.
+fn fingerprint(graph: &EdgeGraph, acts: &EdgeActivations, metric: &Metric, cfg: &AcdcConfig) -> Result<String> {
+    let sum = |t: &Tensor| -> Result<f64> { Ok(t.f_to_kind(Kind::Double)?.f_sum(Kind::Double)?.f_double_value(&[])?) };
+    Ok(format!(
+        "edges {} prompts {:?} tokens {} clean {:.6e} ablated {:.6e} metric {} tau {:e}",
+        graph.n_edges(),
+        acts.tokens.size(),
+        sum(&acts.tokens)?,
+        sum(&acts.clean)?,
+        sum(&acts.ablated)?,
+        metric.name(),
+        cfg.tau
+    ))
+}
+
+/// Cost of one prompt row through blocks `start..` (or, `None`, only the unembedding at the
+/// answer position), as a fraction of a full forward. Per token a block costs
+/// 2 (4 d^2 + 2 d d_mlp + 2 pos d) FLOPs and the unembedding 2 d d_vocab.
+fn cost_fraction(model: &HookedTransformer, start: Option<usize>, positions: i64) -> f64 {
+    let c = &model.cfg;
+    let (d, p) = (c.d_model as f64, positions as f64);
+    let mlp = if c.attn_only { 0.0 } else { 2.0 * d * c.d_mlp as f64 * if c.gated_mlp { 1.5 } else { 1.0 } };
+    let block = 2.0 * (4.0 * d * d + mlp + 2.0 * p * d);
+    let unembed = 2.0 * d * c.d_vocab as f64;
+    let full = c.n_layers as f64 * block + unembed;
+    match start {
+        Some(l) => ((c.n_layers - l) as f64 * block + unembed) / full,
+        None => unembed / (p * full),
+    }
 }
 
 /// Runs ACDC on `graph` with the ablated values in `acts`.
+///
+/// Exact shortcuts that keep the one-edge-per-forward decisions: edges into the logits are tested
+/// first, while every sender still gives its clean output, so they need only the final norm and
+/// the unembedding at each prompt's answer position; every other test restarts at its
+/// receiver's block from the clean residual; a component none of whose outputs is kept is cut off
+/// from the output, and its inputs are removed untested.
 pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations, metric: &Metric, cfg: &AcdcConfig) -> Result<AcdcResult> {
     if cfg.tau.is_nan() || cfg.tau < 0.0 {
         return Err(Error::Input(format!("tau must be zero or positive, found {}", cfg.tau)));
@@ -67,78 +145,198 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
         return Err(Error::Input("max_variants must be at least 1".into()));
     }
     let n = graph.n_edges();
-    let mut kept = vec![true; n];
-    // Kept outgoing edges of each sender: a component with none no longer reaches the output.
-    let mut out_kept = vec![0usize; graph.senders.len()];
-    for e in &graph.edges {
-        out_kept[graph.sender_index(e.sender)] += 1;
-    }
-    let remove = |e: usize, kept: &mut [bool], out_kept: &mut [usize]| {
-        kept[e] = false;
-        out_kept[graph.sender_index(graph.edges[e].sender)] -= 1;
+    let positions = acts.tokens.size()[1];
+    let fingerprint = fingerprint(graph, acts, metric, cfg)?;
+    let resumed = match &cfg.checkpoint {
+        Some(path) if path.exists() => {
+            let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+            let saved: Checkpoint = serde_json::from_str(&text).map_err(|e| Error::Input(format!("{}: not an ACDC checkpoint: {e}", path.display())))?;
+            if saved.fingerprint != fingerprint || saved.state.kept.len() != n {
+                return Err(Error::Input(format!(
+                    "{}: a checkpoint of another run ({}); this run is {fingerprint}. Remove it or choose another --checkpoint",
+                    path.display(),
+                    saved.fingerprint
+                )));
+            }
+            Some(saved.state)
+        }
+        _ => None,
     };
-    let mut effect = vec![0.0; n];
-    let (mut n_forwards, mut n_variants) = (0, 0);
-    let mut eval = |kept_sets: &[Vec<bool>], start: usize| -> Result<Vec<f64>> {
+    let save = |state: &AcdcResult| -> Result<()> {
+        let Some(path) = &cfg.checkpoint else { return Ok(()) };
+        let text = serde_json::to_string(&Checkpoint { fingerprint: fingerprint.clone(), state: state.clone() }).map_err(|e| Error::Input(e.to_string()))?;
+        let tmp = path.with_extension("part");
+        std::fs::write(&tmp, text).map_err(Error::io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(Error::io(path))
+    };
+    let mut cost = Cost::default();
+    // Loss of each edge set in `kept_sets`, the forward restarting at block `start`.
+    let eval = |kept_sets: &[Vec<bool>], start: usize, cost: &mut Cost| -> Result<Vec<f64>> {
         let rows: Vec<Tensor> = kept_sets.iter().map(|k| graph.mask_of(k)).collect::<Result<_>>()?;
         let logits = graph.run_masked(model, acts, &Tensor::f_stack(&rows, 0)?, start)?;
-        n_forwards += 1;
-        n_variants += kept_sets.len();
+        cost.add(kept_sets.len(), cost_fraction(model, Some(start), positions));
         let v = Vec::<f64>::try_from(&metric.per_variant(&logits)?.f_to_kind(Kind::Double)?)?;
         Ok(v.into_iter().map(|x| metric.as_loss(x)).collect())
     };
     let last = graph.n_layers - 1;
-    let full_loss = eval(&[kept.clone()], if cfg.restart { last } else { 0 })?[0];
-    let mut cur = full_loss;
+    let full_loss = match &resumed {
+        Some(state) => state.full_loss,
+        None => eval(&[vec![true; n]], if cfg.restart { last } else { 0 }, &mut cost)?[0],
+    };
+    let mut state = resumed.unwrap_or(AcdcResult {
+        kept: vec![true; n],
+        effect: vec![0.0; n],
+        full_loss,
+        circuit_loss: full_loss,
+        n_forwards: 0,
+        n_variants: 0,
+        n_tested: 0,
+        forward_equivalents: 0.0,
+        receivers_done: 0,
+    });
+    // Kept outgoing edges of each sender: a component with none no longer reaches the output.
+    let mut out_kept = vec![0usize; graph.senders.len()];
+    for (e, k) in graph.edges.iter().zip(&state.kept) {
+        out_kept[graph.sender_index(e.sender)] += usize::from(*k);
+    }
     let bar = interp_core::train::progress_bar(n as u64, "edges", cfg.progress);
+    let receivers: Vec<(usize, usize)> = (0..graph.groups.len()).rev().flat_map(|gi| (0..graph.groups[gi].n_receivers as usize).rev().map(move |r| (gi, r))).collect();
+    let mut decided: usize = receivers[..state.receivers_done.min(receivers.len())].iter().map(|(gi, _)| graph.groups[*gi].n_senders).sum();
+    bar.set_position(decided as u64);
+    let mut logits_test: Option<LogitsTest> = None;
     let mut width = cfg.max_variants;
-    for gi in (0..graph.groups.len()).rev() {
-        let group = graph.group_edges(gi);
+    let started = std::time::Instant::now();
+    for (ri, &(gi, r)) in receivers.iter().enumerate().skip(state.receivers_done) {
         let g = &graph.groups[gi];
-        let start = if cfg.restart { g.layer } else { 0 };
-        for r in (0..g.n_receivers as usize).rev() {
-            let first = group.start + r * g.n_senders;
-            let incoming: Vec<usize> = (first..first + g.n_senders).rev().collect();
-            let receiver = graph.receivers[g.first_receiver + r];
-            let nodes = graph.receiver_nodes(receiver);
-            if !nodes.is_empty() && nodes.iter().all(|&s| out_kept[s] == 0) {
-                for &e in &incoming {
-                    remove(e, &mut kept, &mut out_kept);
-                }
-                bar.inc(incoming.len() as u64);
-                continue;
+        let first = graph.group_edges(gi).start + r * g.n_senders;
+        let incoming: Vec<usize> = (first..first + g.n_senders).rev().collect();
+        let receiver = graph.receivers[g.first_receiver + r];
+        let nodes = graph.receiver_nodes(receiver);
+        if !nodes.is_empty() && nodes.iter().all(|&s| out_kept[s] == 0) {
+            for &e in &incoming {
+                state.kept[e] = false;
+                out_kept[graph.sender_index(graph.edges[e].sender)] -= 1;
             }
+        } else {
+            let logits_only = receiver == Receiver::Logits && cfg.restart;
+            if logits_only && logits_test.is_none() {
+                logits_test = Some(LogitsTest::new(model, graph, acts, metric)?);
+            }
+            let start = if cfg.restart { g.layer } else { 0 };
             let mut i = 0;
             while i < incoming.len() {
                 let k = width.min(incoming.len() - i);
                 let mut sets = Vec::with_capacity(k);
-                let mut trial = kept.clone();
+                let mut trial = state.kept.clone();
                 for &e in &incoming[i..i + k] {
                     trial[e] = false;
                     sets.push(trial.clone());
                 }
-                let losses = eval(&sets, start)?;
-                let mut decided = 0;
+                let losses = match &logits_test {
+                    Some(t) if logits_only => {
+                        cost.add(k, cost_fraction(model, None, positions));
+                        t.losses(model, graph, &sets)?
+                    }
+                    _ => eval(&sets, start, &mut cost)?,
+                };
+                let mut done = 0;
                 for (j, loss) in losses.iter().enumerate() {
                     let e = incoming[i + j];
-                    effect[e] = loss - cur;
-                    decided += 1;
-                    if loss - cur < cfg.tau {
-                        remove(e, &mut kept, &mut out_kept);
-                        cur = *loss;
+                    state.effect[e] = loss - state.circuit_loss;
+                    state.n_tested += 1;
+                    done += 1;
+                    if loss - state.circuit_loss < cfg.tau {
+                        state.kept[e] = false;
+                        out_kept[graph.sender_index(graph.edges[e].sender)] -= 1;
+                        state.circuit_loss = *loss;
                     } else {
                         break;
                     }
                 }
                 // Widen the speculation while removals run on; narrow it when an edge is kept early.
-                width = if decided == k { (2 * k).min(cfg.max_variants).max(width) } else { (decided + 1).min(cfg.max_variants) };
-                bar.inc(decided as u64);
-                i += decided;
+                width = if done == k { (2 * k).min(cfg.max_variants).max(width) } else { (done + 1).min(cfg.max_variants) };
+                bar.inc(done as u64);
+                i += done;
             }
+        }
+        decided += incoming.len();
+        bar.set_position(decided as u64);
+        state.receivers_done = ri + 1;
+        state.n_forwards += cost.forwards;
+        state.n_variants += cost.variants;
+        state.forward_equivalents += cost.equivalents;
+        cost = Cost::default();
+        save(&state)?;
+        if cfg.time_limit.is_some_and(|limit| started.elapsed() >= limit) {
+            break;
         }
     }
     bar.finish_and_clear();
-    Ok(AcdcResult { kept, effect, full_loss, circuit_loss: cur, n_forwards, n_variants })
+    Ok(state)
+}
+
+/// Forwards, edge sets and full-forward equivalents run since the last checkpoint.
+#[derive(Default)]
+struct Cost {
+    forwards: usize,
+    variants: usize,
+    equivalents: f64,
+}
+
+impl Cost {
+    fn add(&mut self, variants: usize, fraction: f64) {
+        self.forwards += 1;
+        self.variants += variants;
+        self.equivalents += variants as f64 * fraction;
+    }
+}
+
+/// Tests of edges into the logits while every sender gives its clean output: the final residual
+/// is the clean one plus the removed edges' (ablated - clean) outputs, read at each prompt's
+/// answer position and put through the final norm and the unembedding.
+struct LogitsTest {
+    /// [B, D] clean final residual at each answer position.
+    resid: Tensor,
+    /// [S, B, D] ablated - clean sender outputs at the answer positions.
+    diff: Tensor,
+    /// The metric read at the only position left.
+    metric: Metric,
+}
+
+impl LogitsTest {
+    fn new(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations, metric: &Metric) -> Result<LogitsTest> {
+        let last = graph.n_layers - 1;
+        let resid_in = acts.resid_pre.f_select(0, last as i64)?;
+        let resid_final = model.runner_from_layer(&resid_in, last).stop_at_layer(graph.n_layers).run()?.output;
+        let b = resid_final.size()[0];
+        let p = resid_final.size()[1];
+        let positions = match &metric.positions {
+            Some(pos) => pos.f_to_device(resid_final.device())?,
+            None => Tensor::f_full([b], p - 1, (Kind::Int64, resid_final.device()))?,
+        };
+        let at = |t: &Tensor| -> Result<Tensor> {
+            // t [..., B, P, D] -> [..., B, D] at each prompt's position
+            let size = t.size();
+            let idx = positions.f_view([b, 1, 1])?.f_expand([b, 1, size[size.len() - 1]], false)?;
+            let idx = if size.len() == 4 { idx.f_unsqueeze(0)?.f_expand([size[0], b, 1, size[3]], false)? } else { idx };
+            Ok(t.f_gather(size.len() as i64 - 2, &idx, false)?.f_squeeze_dim(size.len() as i64 - 2)?)
+        };
+        Ok(LogitsTest { resid: at(&resid_final)?, diff: at(&acts.ablated.f_sub(&acts.clean)?)?, metric: metric.at_last() })
+    }
+
+    /// The loss of each edge set (only edges into the logits removed).
+    fn losses(&self, model: &HookedTransformer, graph: &EdgeGraph, sets: &[Vec<bool>]) -> Result<Vec<f64>> {
+        let g = graph.groups.last().ok_or_else(|| Error::Input("an empty edge graph".into()))?;
+        let range = graph.group_edges(graph.groups.len() - 1);
+        let removed: Vec<f32> = sets.iter().flat_map(|k| k[range.clone()].iter().map(|x| if *x { 0.0 } else { 1.0 })).collect();
+        let removed = Tensor::f_from_slice(&removed)?.f_view([sets.len() as i64, g.n_senders as i64])?.f_to_kind(self.diff.kind())?.f_to_device(self.diff.device())?;
+        let size = self.diff.size(); // [S, B, D]
+        let delta = removed.f_matmul(&self.diff.f_reshape([size[0], -1])?)?.f_view([-1, size[1], size[2]])?; // [V, B, D]
+        let resid = self.resid.f_unsqueeze(0)?.f_add(&delta)?.f_reshape([-1, 1, size[2]])?;
+        let logits = model.runner_from_layer(&resid, graph.n_layers).run()?.output;
+        let v = Vec::<f64>::try_from(&self.metric.per_variant(&logits)?.f_to_kind(Kind::Double)?)?;
+        Ok(v.into_iter().map(|x| self.metric.as_loss(x)).collect())
+    }
 }
 
 /// The nodes (senders and receivers) an edge set touches, by name.

@@ -14,8 +14,8 @@ pub enum AttributionMethod {
     /// Edge attribution patching: 1 forward and 1 backward on the clean prompts.
     Eap,
     /// EAP with integrated gradients over `steps` points between the ablated and the clean
-    /// embeddings (alpha = k / steps, k = 1..=steps); `steps = 1` is EAP. All steps run as one
-    /// batch.
+    /// embeddings (alpha = k / steps, k = 1..=steps); `steps = 1` is EAP. One forward and
+    /// backward per step.
     EapIg {
         /// Interpolation points.
         steps: usize,
@@ -48,39 +48,38 @@ pub fn edge_attribution(model: &HookedTransformer, graph: &EdgeGraph, acts: &Edg
     if metric.n_prompts() != b {
         return Err(Error::Input(format!("the metric is for {} prompts but there are {b}", metric.n_prompts())));
     }
-    // Residual entering block 0 at each step: ablated + alpha (clean - ablated), step-major.
+    // One forward and backward per step (memory of one EAP run), from the residual entering
+    // block 0 at ablated + alpha (clean - ablated), alpha = k / steps.
     let clean0 = acts.clean.f_select(0, 0)?;
     let abl0 = acts.ablated.f_select(0, 0)?;
-    let alphas: Vec<f32> = (1..=steps).map(|k| k as f32 / steps as f32).collect();
-    let alpha = Tensor::f_from_slice(&alphas)?.f_to_kind(clean0.kind())?.f_to_device(clean0.device())?.f_view([steps as i64, 1, 1, 1])?;
-    let resid = abl0.f_unsqueeze(0)?.f_add(&alpha.f_mul(&clean0.f_sub(&abl0)?.f_unsqueeze(0)?)?)?;
-    let size = clean0.size();
-    let resid = resid.f_reshape([steps as i64 * b, size[1], size[2]])?;
-    let out = model
-        .runner_from_layer(&resid, 0)
-        .gradients(NamesFilter::names(graph.groups.iter().map(|g| g.point)), |logits| {
-            let per_step = metric.per_variant(logits)?;
-            Ok(per_step.f_sum(Kind::Float)?)
-        })
-        .run()?;
-    let grads = out.grads.ok_or_else(|| Error::Input("the run returned no gradients".into()))?;
     let diff = acts.ablated.f_sub(&acts.clean)?; // [S, B, P, D]
-    let mut scores = Vec::with_capacity(graph.n_edges());
-    for g in &graph.groups {
-        let grad = grads.get(g.point)?; // [steps * B, P, (R,) D]
-        let grad = if g.per_head { grad.shallow_clone() } else { grad.f_unsqueeze(2)? };
-        let gs = grad.size();
-        let grad = grad.f_view([steps as i64, b, gs[1], gs[2], gs[3]])?.f_sum_dim_intlist(0, false, grad.kind())?; // [B, P, R, D]
-        let s = Tensor::f_einsum("bprd,sbpd->rs", &[grad, diff.f_narrow(0, 0, g.n_senders as i64)?], None::<&[i64]>)?;
-        scores.push(s.f_reshape([-1])?.f_to_kind(Kind::Float)?.f_div_scalar(steps as f64)?);
+    let mut scores: Vec<Tensor> = Vec::with_capacity(graph.groups.len());
+    for k in 1..=steps {
+        let alpha = k as f64 / steps as f64;
+        let resid = abl0.f_add(&clean0.f_sub(&abl0)?.f_mul_scalar(alpha)?)?;
+        let out = model
+            .runner_from_layer(&resid, 0)
+            .gradients(NamesFilter::names(graph.groups.iter().map(|g| g.point)), |logits| Ok(metric.per_variant(logits)?.f_sum(Kind::Float)?))
+            .run()?;
+        let grads = out.grads.ok_or_else(|| Error::Input("the run returned no gradients".into()))?;
+        for (gi, g) in graph.groups.iter().enumerate() {
+            let grad = grads.get(g.point)?; // [B, P, (R,) D]
+            let grad = if g.per_head { grad.shallow_clone() } else { grad.f_unsqueeze(2)? };
+            let s = Tensor::f_einsum("bprd,sbpd->rs", &[grad, diff.f_narrow(0, 0, g.n_senders as i64)?], None::<&[i64]>)?.f_reshape([-1])?.f_to_kind(Kind::Float)?;
+            match scores.get_mut(gi) {
+                Some(acc) => *acc = acc.f_add(&s)?,
+                None => scores.push(s),
+            }
+        }
     }
-    Ok(Tensor::f_cat(&scores, 0)?)
+    Ok(Tensor::f_cat(&scores, 0)?.f_div_scalar(steps as f64)?)
 }
 
-/// Edge masks [counts.len(), E] keeping the `k` edges of largest |score| for each `k` in `counts`.
-pub fn top_k_masks(scores: &Tensor, counts: &[usize]) -> Result<Tensor> {
+/// Edge masks [counts.len(), E] keeping the `k` edges of largest score (of largest |score| when
+/// `absolute`) for each `k` in `counts`.
+pub fn top_k_masks(scores: &Tensor, counts: &[usize], absolute: bool) -> Result<Tensor> {
     let e = scores.size()[0];
-    let order = scores.f_abs()?.f_argsort(0, true)?;
+    let order = if absolute { scores.f_abs()? } else { scores.shallow_clone() }.f_argsort(0, true)?;
     let rank = Tensor::f_empty_like(&order)?.f_scatter(0, &order, &Tensor::f_arange(e, (Kind::Int64, order.device()))?)?;
     let rows: Vec<Tensor> = counts
         .iter()

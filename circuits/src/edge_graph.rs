@@ -7,7 +7,6 @@
 //! receiver's input is the sum of its senders' outputs (plus constant biases), so patching edge
 //! `s -> r` adds `ablated_s - current_s` to `r`'s input alone.
 
-use std::cell::RefCell;
 use std::fmt;
 
 use interp_core::{BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks};
@@ -306,39 +305,58 @@ impl EdgeGraph {
     ///
     /// Shapes: `clean`, `corrupted` [B, P] int64 of equal shape (`corrupted` unused for zero ablation).
     pub fn activations(&self, model: &HookedTransformer, clean: &Tensor, corrupted: &Tensor, ablation: Ablation) -> Result<EdgeActivations> {
-        self.activations_of_lengths(model, clean, corrupted, ablation, None)
+        self.activations_with(model, clean, corrupted, ablation, None)
     }
 
     /// [`EdgeGraph::activations`] of a prompt set, whose pairs may differ in length: the mean
     /// ablation averages each position over the prompts that reach it.
     pub fn prompt_activations(&self, model: &HookedTransformer, prompts: &TaskPrompts, ablation: Ablation) -> Result<EdgeActivations> {
-        let lengths = prompts.is_padded().then_some(prompts.lengths.as_slice());
-        self.activations_of_lengths(model, &prompts.clean, &prompts.corrupted, ablation, lengths)
+        let mean = match ablation {
+            Ablation::Mean => Some(self.mean_outputs(model, prompts, prompts.len())?),
+            _ => None,
+        };
+        self.activations_with(model, &prompts.clean, &prompts.corrupted, ablation, mean.as_ref())
     }
 
-    fn activations_of_lengths(&self, model: &HookedTransformer, clean: &Tensor, corrupted: &Tensor, ablation: Ablation, lengths: Option<&[i64]>) -> Result<EdgeActivations> {
+    /// Sender outputs [S, 1, P, D] averaged over the corrupted prompts that reach each position,
+    /// `chunk` prompts per forward.
+    pub fn mean_outputs(&self, model: &HookedTransformer, prompts: &TaskPrompts, chunk: usize) -> Result<Tensor> {
+        let p = prompts.clean.size()[1];
+        let (mut sum, mut count): (Option<Tensor>, Vec<f64>) = (None, vec![0.0; p as usize]);
+        for start in (0..prompts.len()).step_by(chunk.max(1)) {
+            let part = prompts.narrow(start, chunk.min(prompts.len() - start))?;
+            let (corr, _) = self.sender_outputs(model, &part.corrupted.f_to_device(model.device())?)?;
+            // valid[b, p] = 1 where prompt b has a token at position p.
+            let valid: Vec<f32> = part.lengths.iter().flat_map(|len| (0..p).map(move |i| if i < *len { 1.0 } else { 0.0 })).collect();
+            for (i, v) in valid.iter().enumerate() {
+                count[i % p as usize] += *v as f64;
+            }
+            let valid = Tensor::f_from_slice(&valid)?.f_view([1, -1, p, 1])?.f_to_kind(corr.kind())?.f_to_device(corr.device())?;
+            let s = corr.f_mul(&valid)?.f_sum_dim_intlist(1, true, corr.kind())?;
+            sum = Some(match sum {
+                Some(acc) => acc.f_add(&s)?,
+                None => s,
+            });
+        }
+        let sum = sum.ok_or_else(|| Error::Input("no prompts to average".into()))?;
+        let count: Vec<f32> = count.iter().map(|c| c.max(1.0) as f32).collect();
+        let count = Tensor::f_from_slice(&count)?.f_view([1, 1, p, 1])?.f_to_kind(sum.kind())?.f_to_device(sum.device())?;
+        Ok(sum.f_div(&count)?)
+    }
+
+    /// Activations with the ablated values of `ablation`; `mean` [S, 1, P, D] is required for
+    /// [`Ablation::Mean`] (see [`EdgeGraph::mean_outputs`]).
+    pub(crate) fn activations_with(&self, model: &HookedTransformer, clean: &Tensor, corrupted: &Tensor, ablation: Ablation, mean: Option<&Tensor>) -> Result<EdgeActivations> {
         crate::metric::check_aligned(clean, corrupted)?;
         let (clean, corrupted) = (clean.f_to_device(model.device())?, corrupted.f_to_device(model.device())?);
         let (clean_out, resid_pre) = self.sender_outputs(model, &clean)?;
-        let ablated = match ablation {
-            Ablation::Zero => clean_out.f_zeros_like()?,
-            Ablation::Resample => self.sender_outputs(model, &corrupted)?.0,
-            Ablation::Mean => {
+        let ablated = match (ablation, mean) {
+            (Ablation::Zero, _) => clean_out.f_zeros_like()?,
+            (Ablation::Resample, _) => self.sender_outputs(model, &corrupted)?.0,
+            (Ablation::Mean, Some(mean)) => mean.f_expand_as(&clean_out)?.f_contiguous()?,
+            (Ablation::Mean, None) => {
                 let (corr, _) = self.sender_outputs(model, &corrupted)?;
-                let mean = match lengths {
-                    None => corr.f_mean_dim(1, true, corr.kind())?,
-                    Some(lengths) => {
-                        // valid[b, p] = 1 where prompt b has a token at position p.
-                        let p = clean.size()[1];
-                        let positions = Tensor::f_arange(p, (Kind::Int64, corr.device()))?.f_view([1, p])?;
-                        let lens = Tensor::f_from_slice(lengths)?.f_to_device(corr.device())?.f_view([-1, 1])?;
-                        let valid = positions.f_lt_tensor(&lens)?.f_to_kind(corr.kind())?; // [B, P]
-                        let count = valid.f_sum_dim_intlist(0, true, corr.kind())?.f_clamp_min(1.0)?; // [1, P]
-                        let sum = corr.f_mul(&valid.f_unsqueeze(0)?.f_unsqueeze(-1)?)?.f_sum_dim_intlist(1, true, corr.kind())?;
-                        sum.f_div(&count.f_unsqueeze(0)?.f_unsqueeze(-1)?)?
-                    }
-                };
-                mean.f_expand_as(&corr)?.f_contiguous()?
+                corr.f_mean_dim(1, true, corr.kind())?.f_expand_as(&corr)?.f_contiguous()?
             }
         };
         Ok(EdgeActivations { tokens: clean, clean: clean_out, ablated, resid_pre })
@@ -381,29 +399,36 @@ impl EdgeGraph {
             }
             active.push((gi, w));
         }
-        // Outputs of live senders in this pass, [V, B, P, D] each.
-        let live: RefCell<Vec<Option<Tensor>>> = RefCell::new((0..self.senders.len()).map(|_| None).collect());
-        let diff_pre = acts.ablated.f_sub(&acts.clean)?; // [S, B, P, D]
+        // Senders computed in this pass whose output some patched edge reads get a slot, in sender
+        // order, of `live` [V, slots, B, P, D]; a group's live senders are then a prefix of the slots.
+        let slot_of: Vec<Option<i64>> = {
+            let mut next = 0;
+            needed.iter().map(|n| n.then(|| (next, next += 1).0)).collect()
+        };
+        let n_slots = slot_of.iter().flatten().count() as i64;
+        let live = Tensor::f_zeros([v, n_slots, b, p, d], (kind, device))?;
+        // What a removed edge adds per unit of weight: ablated - clean for senders before the pass
+        // (their output here is the clean one), ablated alone for live senders (minus `live`).
+        let clean_before = acts.clean.f_narrow(0, 0, first_live as i64)?;
+        let base = Tensor::f_cat(&[acts.ablated.f_narrow(0, 0, first_live as i64)?.f_sub(&clean_before)?, acts.ablated.f_narrow(0, first_live as i64, self.senders.len() as i64 - first_live as i64)?], 0)?;
         let mut hooks = Hooks::new();
         for l in start_layer..self.n_layers {
-            let heads: Vec<usize> = (0..self.n_heads).map(|h| self.sender_index(Sender::Head { layer: l, head: h })).collect();
-            if heads.iter().any(|s| needed[*s]) {
-                let live = &live;
+            let heads: Vec<(i64, i64)> = (0..self.n_heads).filter_map(|h| slot_of[self.sender_index(Sender::Head { layer: l, head: h })].map(|s| (h, s))).collect();
+            if let Some(&(_, first_slot)) = heads.first() {
+                let live = live.shallow_clone();
+                let idx = Tensor::f_from_slice(&heads.iter().map(|(h, _)| *h).collect::<Vec<_>>())?.f_to_device(device)?;
                 hooks = hooks.add(HookPoint::block(l, BlockSite::Result), move |x, _| {
-                    let x = x.f_view([v, b, p, -1, d])?;
-                    let mut slots = live.borrow_mut();
-                    for (h, s) in heads.iter().enumerate() {
-                        slots[*s] = Some(x.f_select(3, h as i64)?);
-                    }
+                    // x [V * B, P, H, D] -> the needed heads [V, k, B, P, D]
+                    let out = x.f_view([v, b, p, -1, d])?.f_index_select(3, &idx)?.f_permute([0, 3, 1, 2, 4])?;
+                    live.f_narrow(1, first_slot, idx.size()[0])?.f_copy_(&out)?;
                     Ok(None)
                 });
             }
             if self.has_mlp {
-                let s = self.sender_index(Sender::Mlp { layer: l });
-                if needed[s] {
-                    let live = &live;
+                if let Some(slot) = slot_of[self.sender_index(Sender::Mlp { layer: l })] {
+                    let live = live.shallow_clone();
                     hooks = hooks.add(HookPoint::block(l, BlockSite::MlpOut), move |x, _| {
-                        live.borrow_mut()[s] = Some(x.f_view([v, b, p, d])?);
+                        live.f_select(1, slot)?.f_copy_(&x.f_view([v, b, p, d])?)?;
                         Ok(None)
                     });
                 }
@@ -411,23 +436,23 @@ impl EdgeGraph {
         }
         for (gi, w) in active {
             let g = &self.groups[gi];
-            let (live, diff_pre, ablated) = (&live, &diff_pre, &acts.ablated);
-            let n_pre = first_live.min(g.n_senders) as i64;
-            let r = g.n_receivers;
-            let per_head = g.per_head;
+            let (live, base) = (&live, &base);
+            let (r, n_senders, per_head) = (g.n_receivers, g.n_senders as i64, g.per_head);
+            let live_senders: Vec<i64> = (first_live..g.n_senders).filter(|s| needed[*s]).map(|s| s as i64).collect();
+            let w_live = match live_senders.is_empty() {
+                true => None,
+                false => Some(w.f_index_select(2, &Tensor::f_from_slice(&live_senders)?.f_to_device(device)?)?),
+            };
             hooks = hooks.add(g.point, move |x, _| {
                 // delta[v, b, p, r, d] = sum_s w[v, r, s] * (ablated_s - current_s)
-                let mut delta = Tensor::f_einsum("vrs,sbpd->vbprd", &[w.f_narrow(2, 0, n_pre)?, diff_pre.f_narrow(0, 0, n_pre)?], None::<&[i64]>)?;
-                let slots = live.borrow();
-                let idx: Vec<i64> = (n_pre..w.size()[2]).filter(|s| slots[*s as usize].is_some()).collect();
-                if !idx.is_empty() {
-                    let cur: Vec<&Tensor> = idx.iter().filter_map(|s| slots[*s as usize].as_ref()).collect();
-                    let cur = Tensor::f_stack(&cur, 0)?; // [n, V, B, P, D]
-                    let sel = Tensor::f_from_slice(&idx)?.f_to_device(x.device())?;
-                    let diff = ablated.f_index_select(0, &sel)?.f_unsqueeze(1)?.f_sub(&cur)?;
-                    let wl = w.f_index_select(2, &sel)?;
-                    delta = delta.f_add(&Tensor::f_einsum("vrs,svbpd->vbprd", &[wl, diff], None::<&[i64]>)?)?;
+                let bpd = b * p * d;
+                let mut delta = w.f_reshape([v * r, n_senders])?.f_matmul(&base.f_narrow(0, 0, n_senders)?.f_reshape([n_senders, bpd])?)?.f_view([v, r, bpd])?;
+                if let Some(wl) = &w_live {
+                    let k = wl.size()[2];
+                    let current = live.f_narrow(1, 0, k)?.f_reshape([v, k, bpd])?;
+                    delta = delta.f_sub(&wl.f_bmm(&current)?)?;
                 }
+                let delta = delta.f_view([v, r, b, p, d])?.f_permute([0, 2, 3, 1, 4])?;
                 let delta = if per_head { delta.f_reshape([v * b, p, r, d])? } else { delta.f_reshape([v * b, p, d])? };
                 Ok(Some(x.f_add(&delta)?))
             });
@@ -453,18 +478,6 @@ impl EdgeGraph {
             out.extend(Vec::<f64>::try_from(&metric.per_variant(&logits)?.f_to_kind(Kind::Double)?)?);
         }
         Ok(out)
-    }
-
-    /// Faithfulness of each edge set in `masks` [V, E]: (metric(circuit) - metric(no edges)) /
-    /// (metric(all edges) - metric(no edges)); 1 = the circuit alone does what the model does.
-    pub fn faithfulness(&self, model: &HookedTransformer, acts: &EdgeActivations, metric: &crate::Metric, masks: &Tensor) -> Result<Vec<f64>> {
-        let e = self.n_edges() as i64;
-        let ends = Tensor::f_stack(&[Tensor::f_ones([e], (Kind::Float, tch::Device::Cpu))?, Tensor::f_zeros([e], (Kind::Float, tch::Device::Cpu))?], 0)?;
-        let all = Tensor::f_cat(&[&ends, &masks.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?], 0)?;
-        let m = self.circuit_metrics(model, acts, metric, &all, 4096)?;
-        let (full, empty) = (m[0], m[1]);
-        crate::metric::check_gap(metric, full, empty)?;
-        Ok(m[2..].iter().map(|x| (x - empty) / (full - empty)).collect())
     }
 
     /// Per-receiver-group edge ranges, for the attribution and ACDC code.

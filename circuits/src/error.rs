@@ -41,6 +41,16 @@ pub enum Error {
     /// A model whose components do not add into the residual stream the way an edge graph needs.
     #[error("no edge graph for this model: {0}")]
     UnsupportedLayout(String),
+    /// A memory budget that cannot hold the smallest unit of work (one prompt).
+    #[error("a memory budget of {:.2} GB is too small: {what} needs at least {:.2} GB", *.given as f64 / 1e9, *.needed as f64 / 1e9)]
+    MemoryBudget {
+        /// The budget, in bytes of peak memory.
+        given: u64,
+        /// The least that works, in bytes of peak memory.
+        needed: u64,
+        /// What did not fit.
+        what: String,
+    },
     /// plotters could not draw or write a chart.
     #[error("chart {path}: {message}")]
     Chart {

@@ -17,6 +17,8 @@
 //! # Ok::<(), circuits::Error>(())
 //! ```
 pub mod acdc;
+pub mod budget;
+pub use budget::MemoryBudget;
 pub mod eap;
 /// The crate's error type.
 pub mod error;
@@ -29,6 +31,10 @@ pub use error::{Error, Result};
 pub use edge_graph::{Ablation, Edge, EdgeActivations, EdgeGraph, Qkv, Receiver, Sender};
 pub use metric::{Metric, MetricKind, MetricName};
 pub mod prompts;
+pub mod mib;
+pub use mib::{cmd, cpr, mib_counts, write_mib_scores, MIB_FRACTIONS};
+pub mod edge_run;
+pub use edge_run::EdgeRun;
 pub use prompts::{trace_prompts_from_jsonl, PromptPair, TaskPrompts};
 pub use transcoders;
 pub mod patching;

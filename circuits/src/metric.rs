@@ -1,6 +1,7 @@
 //! Metrics of a run's next-token prediction at each prompt's answer position (its last token). Each is built from
 //! differentiable tensor operations, so it can drive gradients (EAP, EAP-IG) as well as patching.
 
+use interp_core::HookedTransformer;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -112,6 +113,47 @@ impl Metric {
             }
         }
         Ok(MetricKind::ProbDiff { weights: Tensor::f_from_slice(&w)?.f_view([positive.len() as i64, d_vocab])? }.into())
+    }
+
+    /// The same metric read at the last position: for logits already taken at each answer
+    /// position.
+    pub fn at_last(&self) -> Metric {
+        let kind = match &self.kind {
+            MetricKind::LogitDiff { answer, wrong } => MetricKind::LogitDiff { answer: answer.shallow_clone(), wrong: wrong.shallow_clone() },
+            MetricKind::Probability { answer } => MetricKind::Probability { answer: answer.shallow_clone() },
+            MetricKind::ProbDiff { weights } => MetricKind::ProbDiff { weights: weights.shallow_clone() },
+            MetricKind::Kl { clean_logprobs } => MetricKind::Kl { clean_logprobs: clean_logprobs.shallow_clone() },
+            MetricKind::CrossEntropy { answer } => MetricKind::CrossEntropy { answer: answer.shallow_clone() },
+        };
+        Metric { kind, positions: None }
+    }
+
+    /// The metric of prompts `start .. start + len` alone.
+    pub fn narrow(&self, start: i64, len: i64) -> Result<Metric> {
+        let rows = |t: &Tensor| t.f_narrow(0, start, len);
+        let kind = match &self.kind {
+            MetricKind::LogitDiff { answer, wrong } => MetricKind::LogitDiff { answer: rows(answer)?, wrong: rows(wrong)? },
+            MetricKind::Probability { answer } => MetricKind::Probability { answer: rows(answer)? },
+            MetricKind::ProbDiff { weights } => MetricKind::ProbDiff { weights: rows(weights)? },
+            MetricKind::Kl { clean_logprobs } => MetricKind::Kl { clean_logprobs: rows(clean_logprobs)? },
+            MetricKind::CrossEntropy { answer } => MetricKind::CrossEntropy { answer: rows(answer)? },
+        };
+        Ok(Metric { kind, positions: self.positions.as_ref().map(rows).transpose()? })
+    }
+
+    /// The mean over prompts of the metric of `model` on `tokens` [n, pos], `max_rows` prompts
+    /// per forward at most.
+    pub fn value_in_chunks(&self, model: &HookedTransformer, tokens: &Tensor, max_rows: i64) -> Result<f64> {
+        let n = self.n_prompts();
+        let mut sum = 0.0;
+        let mut start = 0;
+        while start < n {
+            let len = max_rows.max(1).min(n - start);
+            let logits = model.forward(&tokens.f_narrow(0, start, len)?.f_to_device(model.device())?)?;
+            sum += self.narrow(start, len)?.value(&logits)? * len as f64;
+            start += len;
+        }
+        Ok(sum / n as f64)
     }
 
     /// A short name for tables (`logit_diff`, `kl`, ...).

@@ -126,6 +126,24 @@ impl TaskPrompts {
         Ok(prompts)
     }
 
+    /// Pairs `start .. start + len` (their metric too).
+    pub fn narrow(&self, start: usize, len: usize) -> Result<TaskPrompts> {
+        let end = start + len;
+        if end > self.len() || len == 0 {
+            return Err(Error::Input(format!("pairs {start}..{end} of a set of {}", self.len())));
+        }
+        let (s, l) = (start as i64, len as i64);
+        Ok(TaskPrompts {
+            clean: self.clean.f_narrow(0, s, l)?,
+            corrupted: self.corrupted.f_narrow(0, s, l)?,
+            lengths: self.lengths[start..end].to_vec(),
+            answers: self.answers[start..end].to_vec(),
+            wrongs: self.wrongs[start..end].to_vec(),
+            labels: self.labels[start..end].to_vec(),
+            metric: self.metric.narrow(s, l)?,
+        })
+    }
+
     /// Number of pairs.
     pub fn len(&self) -> usize {
         self.lengths.len()

@@ -1,15 +1,20 @@
 //! Circuit discovery on a prompt set: EAP and EAP-IG edge scores with faithfulness curves of their
 //! top-k circuits, optionally ACDC over a range of thresholds; tables, circuit drawings, JSON.
 
+use std::path::{Path, PathBuf};
+
 use interp_core::HookedTransformer;
-use tch::Kind;
+use tch::{Kind, Tensor};
 
 use crate::acdc::{acdc, circuit_nodes, AcdcConfig, AcdcResult};
 use crate::chart::{circuit_graph, line_chart, Series};
-use crate::eap::{edge_attribution, top_k_masks, AttributionMethod};
+use crate::budget::MemoryBudget;
+use crate::eap::{top_k_masks, AttributionMethod};
+use crate::edge_run::EdgeRun;
+use crate::mib::{cmd, cpr, mib_counts, write_mib_scores, MIB_FRACTIONS};
 use crate::edge_graph::{Ablation, EdgeGraph};
 use crate::error::{Error, Result};
-use crate::metric::{clean_and_corrupted, Metric};
+use crate::metric::{check_gap, Metric, MetricName};
 use crate::prompts::TaskPrompts;
 use crate::output::Output;
 use crate::table::{Table, Value};
@@ -21,20 +26,46 @@ pub struct CircuitDiscoveryConfig {
     pub ablation: Ablation,
     /// EAP-IG interpolation steps.
     pub steps: usize,
-    /// Also run ACDC (at tau x 1/4, 1/2, 1, 2, 4).
+    /// Score edges with EAP and EAP-IG (with faithfulness curves and MIB's CPR and CMD).
+    pub attribution: bool,
+    /// Run ACDC.
     pub acdc: bool,
+    /// Also run ACDC at tau x 1/4, 1/2, 2 and 4 for the faithfulness chart.
+    pub tau_sweep: bool,
     /// ACDC keeps an edge if removing it worsens the metric by tau or more; `None`: 1.5% of the
     /// clean - corrupted gap (of the corrupted run's KL with `kl`).
     pub tau: Option<f64>,
     /// ACDC prunes by KL divergence to the clean output instead of the task metric.
     pub kl: bool,
+    /// ACDC's candidate removals per forward; `None`: by device (see [`AcdcConfig::for_device`]).
+    pub max_variants: Option<usize>,
+    /// ACDC's checkpoint file: decisions are saved there as they are made, and a run given an
+    /// existing checkpoint of the same graph, prompts and settings resumes from it.
+    pub checkpoint: Option<std::path::PathBuf>,
+    /// Stop ACDC after this long (resume from the checkpoint).
+    pub time_limit: Option<std::time::Duration>,
     /// EAP-IG's circuit: the fewest top edges reaching this faithfulness.
     pub target_faithfulness: f64,
+    /// Working memory beyond the weights: prompts and edge sets per forward are chunked to fit.
+    pub budget: MemoryBudget,
 }
 
 impl Default for CircuitDiscoveryConfig {
     fn default() -> Self {
-        CircuitDiscoveryConfig { ablation: Ablation::Resample, steps: 5, acdc: true, tau: None, kl: false, target_faithfulness: 0.9 }
+        CircuitDiscoveryConfig {
+            ablation: Ablation::Resample,
+            steps: 5,
+            attribution: true,
+            acdc: true,
+            tau_sweep: true,
+            tau: None,
+            kl: false,
+            max_variants: None,
+            checkpoint: None,
+            time_limit: None,
+            target_faithfulness: 0.9,
+            budget: MemoryBudget::DEFAULT,
+        }
     }
 }
 
@@ -48,8 +79,35 @@ pub struct EdgeScores {
     pub order: Vec<usize>,
     /// Faithfulness of the top-k circuit for each of [`CircuitDiscovery::counts`].
     pub faithfulness: Vec<f64>,
+    /// MIB's scores of the method: faithfulness at [`crate::MIB_FRACTIONS`] of the edges by
+    /// signed and by absolute score, CPR and CMD.
+    pub mib: MibScores,
     /// Time to score every edge.
     pub seconds: f64,
+}
+
+/// A method's faithfulness at MIB's edge budgets, and its CPR and CMD.
+#[derive(Clone, Debug)]
+pub struct MibScores {
+    /// Faithfulness of the top edges by signed score at each budget.
+    pub signed: Vec<f64>,
+    /// Faithfulness of the top edges by absolute score at each budget.
+    pub absolute: Vec<f64>,
+    /// Area under `signed` (higher is better).
+    pub cpr: f64,
+    /// Area between `absolute` and 1 (lower is better).
+    pub cmd: f64,
+}
+
+impl MibScores {
+    /// Measures the circuits of `scores` [E] at MIB's budgets.
+    pub fn measure(run: &EdgeRun, scores: &Tensor) -> Result<MibScores> {
+        let counts = mib_counts(scores.size()[0] as usize);
+        let both = Tensor::f_cat(&[top_k_masks(scores, &counts, false)?, top_k_masks(scores, &counts, true)?], 0)?;
+        let f = run.faithfulness(&both)?;
+        let (signed, absolute) = (f[..counts.len()].to_vec(), f[counts.len()..].to_vec());
+        Ok(MibScores { cpr: cpr(&signed)?, cmd: cmd(&absolute)?, signed, absolute })
+    }
 }
 
 /// ACDC's circuit at the chosen tau, and the faithfulness of its runs at other taus.
@@ -60,8 +118,15 @@ pub struct AcdcRuns {
     pub result: AcdcResult,
     /// Faithfulness of that circuit on the task metric.
     pub faithfulness: f64,
-    /// (tau, edges kept, faithfulness) for tau x 1/4 .. 4.
+    /// (tau, edges kept, faithfulness) for tau x 1/4 .. 4 (empty without the sweep).
     pub sweep: Vec<(f64, usize, f64)>,
+    /// MIB's scores of the circuits ACDC's ranking gives (kept edges first, each group by the
+    /// loss increase measured when it was tested).
+    pub mib: MibScores,
+    /// Candidate removals per forward and why: `one edge per forward (CPU)`, ...
+    pub strategy: String,
+    /// Wall time of the main run.
+    pub seconds: f64,
 }
 
 /// What [`circuit_discovery`] found.
@@ -88,67 +153,48 @@ pub struct CircuitDiscovery {
     pub acdc: Option<AcdcRuns>,
 }
 
-/// Edge counts for the faithfulness curves: 1, 2, 3, 5, 8, ... up to every edge.
+/// Edge counts for the faithfulness curves: 1, 2, 3, 5, 8, ... (x1.5; x2 beyond 2,000 edges)
+/// up to every edge.
 fn edge_counts(n: usize) -> Vec<usize> {
+    let step = if n > 2000 { 2.0 } else { 1.5 };
     let mut out = vec![];
     let mut k = 1.0f64;
     while (k as usize) < n {
         if out.last() != Some(&(k as usize)) {
             out.push(k as usize);
         }
-        k *= 1.5;
+        k *= step;
     }
     out.push(n);
     out
 }
 
 /// Scores every edge of `model`'s edge graph with EAP and EAP-IG on `prompts`, measures the
-/// faithfulness of their top-k circuits, and (with `cfg.acdc`) runs ACDC.
+/// faithfulness of their top-k circuits and MIB's CPR and CMD, and (with `cfg.acdc`) runs ACDC;
+/// all within `cfg.budget`.
 pub fn circuit_discovery(model: &HookedTransformer, prompts: &TaskPrompts, name: &str, cfg: &CircuitDiscoveryConfig) -> Result<CircuitDiscovery> {
     let graph = EdgeGraph::new(model)?;
-    let acts = graph.prompt_activations(model, prompts, cfg.ablation)?;
+    let run = EdgeRun::new(model, &graph, prompts, cfg.ablation, cfg.budget)?;
     let task_metric = &prompts.metric;
-    let clean_logits = model.forward(&prompts.clean)?;
-    let corrupted_logits = model.forward(&prompts.corrupted)?;
-    let (m_clean, m_corrupt) = clean_and_corrupted(task_metric, &clean_logits, &corrupted_logits)?;
+    let rows = run.chunk() as i64;
+    let m_clean = task_metric.value_in_chunks(model, &prompts.clean, rows)?;
+    let m_corrupt = task_metric.value_in_chunks(model, &prompts.corrupted, rows)?;
+    check_gap(task_metric, m_clean, m_corrupt)?;
     let counts = edge_counts(graph.n_edges());
     let mut methods = Vec::new();
-    for method in [AttributionMethod::Eap, AttributionMethod::EapIg { steps: cfg.steps.max(1) }] {
+    let methods_run = if cfg.attribution { vec![AttributionMethod::Eap, AttributionMethod::EapIg { steps: cfg.steps.max(1) }] } else { vec![] };
+    for method in methods_run {
         let t0 = std::time::Instant::now();
-        let scores = edge_attribution(model, &graph, &acts, task_metric, method)?;
+        let scores = run.attribution(method)?;
         let seconds = t0.elapsed().as_secs_f64();
-        let faithfulness = graph.faithfulness(model, &acts, task_metric, &top_k_masks(&scores, &counts)?)?;
+        let faithfulness = run.faithfulness(&top_k_masks(&scores, &counts, true)?)?;
+        let mib = MibScores::measure(&run, &scores)?;
         let scores = Vec::<f64>::try_from(&scores.f_to_kind(Kind::Double)?)?;
         let mut order: Vec<usize> = (0..scores.len()).collect();
         order.sort_by(|i, j| scores[*j].abs().total_cmp(&scores[*i].abs()));
-        methods.push(EdgeScores { method, scores, order, faithfulness, seconds });
+        methods.push(EdgeScores { method, scores, order, faithfulness, mib, seconds });
     }
-    let acdc_runs = if cfg.acdc {
-        let kl;
-        let metric: &Metric = if cfg.kl {
-            kl = Metric::kl_to(&clean_logits, prompts.metric.positions.as_ref())?;
-            &kl
-        } else {
-            task_metric
-        };
-        // Default tau: 1.5% of the gap the metric has to explain (KL: of the corrupted run's KL).
-        let gap = if cfg.kl { metric.value(&corrupted_logits)? } else { (m_clean - m_corrupt).abs() };
-        let tau = cfg.tau.unwrap_or(0.015 * gap);
-        let (mut sweep, mut main) = (Vec::new(), None);
-        for factor in [0.25, 0.5, 1.0, 2.0, 4.0] {
-            let acdc_cfg = AcdcConfig { tau: tau * factor, progress: factor == 1.0, ..AcdcConfig::default() };
-            let found = acdc(model, &graph, &acts, metric, &acdc_cfg)?;
-            let f = graph.faithfulness(model, &acts, task_metric, &graph.mask_of(&found.kept)?.f_unsqueeze(0)?)?[0];
-            sweep.push((acdc_cfg.tau, found.n_kept(), f));
-            if factor == 1.0 {
-                main = Some((found, f));
-            }
-        }
-        let (result, faithfulness) = main.ok_or_else(|| Error::Input("no ACDC run at tau x 1".into()))?;
-        Some(AcdcRuns { tau, result, faithfulness, sweep })
-    } else {
-        None
-    };
+    let acdc_runs = if cfg.acdc { Some(acdc_runs(model, &graph, &run, prompts, (m_clean, m_corrupt), cfg)?) } else { None };
     Ok(CircuitDiscovery {
         name: name.to_string(),
         config: cfg.clone(),
@@ -161,6 +207,61 @@ pub fn circuit_discovery(model: &HookedTransformer, prompts: &TaskPrompts, name:
         methods,
         acdc: acdc_runs,
     })
+}
+
+/// ACDC's edge ranking: kept edges above removed ones; within each, by the measured loss increase.
+fn acdc_ranking(result: &AcdcResult) -> Vec<f32> {
+    let top = result.effect.iter().fold(0f64, |m, e| m.max(e.abs())) + 1.0;
+    result.kept.iter().zip(&result.effect).map(|(k, e)| (if *k { e.abs() + top } else { e.abs() }) as f32).collect()
+}
+
+/// ACDC at `cfg.tau` (and with the sweep at tau x 1/4 .. 4), each circuit's faithfulness on the
+/// task metric, and MIB's scores of ACDC's ranking.
+fn acdc_runs(model: &HookedTransformer, graph: &EdgeGraph, run: &EdgeRun, prompts: &TaskPrompts, (m_clean, m_corrupt): (f64, f64), cfg: &CircuitDiscoveryConfig) -> Result<AcdcRuns> {
+    let acts = run.whole()?;
+    let kl;
+    let metric: &Metric = if cfg.kl {
+        kl = prompts.metric_of(MetricName::Kl, model.cfg.d_vocab, Some(model))?;
+        &kl
+    } else {
+        &prompts.metric
+    };
+    // Default tau: 1.5% of the gap the metric has to explain (KL: of the corrupted run's KL).
+    let gap = if cfg.kl { metric.value_in_chunks(model, &prompts.corrupted, run.chunk() as i64)? } else { (m_clean - m_corrupt).abs() };
+    let tau = cfg.tau.unwrap_or(0.015 * gap);
+    let (by_device, strategy) = AcdcConfig::for_device(model.device());
+    let max_variants = cfg.max_variants.unwrap_or(by_device).min(run.variants_per_forward()?).max(1);
+    let strategy = match cfg.max_variants {
+        Some(v) => format!("{} candidate removals per forward (as asked)", v.min(max_variants)),
+        None if max_variants < by_device => format!("{max_variants} candidate removals per forward (memory budget)"),
+        None => strategy.to_string(),
+    };
+    let factors: &[f64] = if cfg.tau_sweep { &[0.25, 0.5, 1.0, 2.0, 4.0] } else { &[1.0] };
+    let (mut sweep, mut main) = (Vec::new(), None);
+    for &factor in factors {
+        let main_run = factor == 1.0;
+        let acdc_cfg = AcdcConfig {
+            tau: tau * factor,
+            max_variants,
+            progress: main_run,
+            checkpoint: if main_run { cfg.checkpoint.clone() } else { None },
+            time_limit: if main_run { cfg.time_limit } else { None },
+            ..AcdcConfig::default()
+        };
+        let t0 = std::time::Instant::now();
+        let found = acdc(model, graph, acts, metric, &acdc_cfg)?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let f = run.faithfulness(&graph.mask_of(&found.kept)?.f_unsqueeze(0)?)?[0];
+        if cfg.tau_sweep {
+            sweep.push((acdc_cfg.tau, found.n_kept(), f));
+        }
+        if main_run {
+            main = Some((found, f, seconds));
+        }
+    }
+    let (result, faithfulness, seconds) = main.ok_or_else(|| Error::Input("no ACDC run at tau x 1".into()))?;
+    let mib = MibScores::measure(run, &Tensor::f_from_slice(&acdc_ranking(&result))?)?;
+    Ok(AcdcRuns { tau, result, faithfulness, sweep, mib, strategy, seconds })
 }
 
 impl CircuitDiscovery {
@@ -230,13 +331,15 @@ impl CircuitDiscovery {
             let stem = if m.method == AttributionMethod::Eap { "eap_scores" } else { "eap_ig_scores" };
             out.table(stem, &format!("{} edge scores, largest |score| first", m.method.name()), &table)?;
         }
-        let (kept, n_kept, f) = self.eap_ig_circuit()?;
-        let scores = &self.methods.last().ok_or_else(|| Error::Input("no EAP-IG scores".into()))?.scores;
-        let title = format!("{name}: EAP-IG top {n_kept} edges (faithfulness {f:.2})");
-        out.chart("circuit_eap_ig", &title, |p| circuit_graph(p, &title, graph, &kept, scores))?;
-        let steps = self.config.steps.max(1);
-        let info = serde_json::json!({ "task": name, "method": "EAP-IG", "steps": steps, "metric": self.metric, "ablation": ablation, "faithfulness": f });
-        out.json("eap_ig_circuit.json", "EAP-IG circuit", &self.circuit_json(&kept, scores, info))?;
+        if !self.methods.is_empty() {
+            let (kept, n_kept, f) = self.eap_ig_circuit()?;
+            let scores = &self.methods.last().ok_or_else(|| Error::Input("no EAP-IG scores".into()))?.scores;
+            let title = format!("{name}: EAP-IG top {n_kept} edges (faithfulness {f:.2})");
+            out.chart("circuit_eap_ig", &title, |p| circuit_graph(p, &title, graph, &kept, scores))?;
+            let steps = self.config.steps.max(1);
+            let info = serde_json::json!({ "task": name, "method": "EAP-IG", "steps": steps, "metric": self.metric, "ablation": ablation, "faithfulness": f });
+            out.json("eap_ig_circuit.json", "EAP-IG circuit", &self.circuit_json(&kept, scores, info))?;
+        }
         if let Some(a) = &self.acdc {
             for (tau, n, f) in &a.sweep {
                 curve_table.push(vec![format!("ACDC tau={tau:.4}").into(), (*n).into(), (*f).into()]);
@@ -245,6 +348,22 @@ impl CircuitDiscovery {
             points.sort_by(|x, y| x.0.total_cmp(&y.0));
             curves.push(Series { name: "ACDC (tau x 1/4 .. 4)".into(), points });
             let found = &a.result;
+            out.report.paragraph(&format!(
+                "ACDC at tau {:.4}: {} of {} edges kept, faithfulness {:.3}; {} of {} edges tested in {} forwards ({}), {:.0} full-forward \
+                 equivalents (one full forward per edge: {}, {:.1}x more), {:.1} s.",
+                a.tau,
+                found.n_kept(),
+                graph.n_edges(),
+                a.faithfulness,
+                found.n_tested,
+                graph.n_edges(),
+                found.n_forwards,
+                a.strategy,
+                found.forward_equivalents,
+                graph.n_edges() + 1,
+                (graph.n_edges() + 1) as f64 / found.forward_equivalents.max(1e-9),
+                a.seconds
+            ));
             let title = format!("{name}: ACDC, tau {:.3} ({} edges, faithfulness {:.2})", a.tau, found.n_kept(), a.faithfulness);
             out.chart("circuit_acdc", &title, |p| circuit_graph(p, &title, graph, &found.kept, &found.effect))?;
             let mut table = Table::new(&["edge", "sender", "receiver", "kept", "effect"]);
@@ -254,11 +373,64 @@ impl CircuitDiscovery {
             table.rows.sort_by_key(|row| row[3] != Value::Int(1));
             out.table("acdc_edges", "ACDC: every edge, kept ones first, with the loss increase when it was tested", &table)?;
             let metric = if self.config.kl { "kl".to_string() } else { self.metric.clone() };
-            let info = serde_json::json!({ "task": name, "method": "ACDC", "metric": metric, "tau": a.tau, "ablation": ablation, "faithfulness": a.faithfulness });
+            let info = serde_json::json!({
+                "task": name, "method": "ACDC", "metric": metric, "tau": a.tau, "ablation": ablation, "faithfulness": a.faithfulness,
+                "strategy": a.strategy, "seconds": a.seconds, "forwards": found.n_forwards, "edges_tested": found.n_tested,
+                "full_forward_equivalents": found.forward_equivalents,
+            });
             out.json("circuit.json", "ACDC circuit", &self.circuit_json(&found.kept, &found.effect, info))?;
         }
         let title = format!("faithfulness on {name} ({} edges)", graph.n_edges());
         out.chart("faithfulness", &title, |path| line_chart(path, &title, "edges kept", "faithfulness", &curves))?;
-        out.table("faithfulness", "faithfulness curves", &curve_table)
+        out.table("faithfulness", "faithfulness curves", &curve_table)?;
+        let mut mib = Table::new(&["method", "edge_fraction", "n_edges", "faithfulness_signed", "faithfulness_absolute"]);
+        let mut summary = Table::new(&["method", "CPR", "CMD"]);
+        let counts = mib_counts(graph.n_edges());
+        for (method, scores) in self.mib_scores() {
+            for (i, p) in MIB_FRACTIONS.iter().enumerate() {
+                mib.push(vec![method.clone().into(), (*p).into(), counts[i].into(), scores.signed[i].into(), scores.absolute[i].into()]);
+            }
+            summary.push(vec![method.into(), scores.cpr.into(), scores.cmd.into()]);
+        }
+        if !summary.rows.is_empty() {
+            out.report.paragraph(
+                "MIB's scores: faithfulness of each method's top edges at 0.1% .. 100% of the edges; CPR = area under the curve of \
+                 circuits chosen by signed score (higher is better, at most 0.999), CMD = area between 1 and the curve of circuits \
+                 chosen by absolute score (lower is better).",
+            );
+            out.table("mib_scores", "MIB CPR and CMD per method", &summary)?;
+            out.table("mib_faithfulness", "faithfulness at MIB's edge budgets", &mib)?;
+        }
+        Ok(())
+    }
+
+    /// (method name, MIB scores) of every method run.
+    pub fn mib_scores(&self) -> Vec<(String, &MibScores)> {
+        let mut out: Vec<(String, &MibScores)> = self.methods.iter().map(|m| (m.method.name(), &m.mib)).collect();
+        if let Some(a) = &self.acdc {
+            out.push(("ACDC".into(), &a.mib));
+        }
+        out
+    }
+
+    /// Writes each method's edge scores in MIB's submission layout:
+    /// `dir/<method>/<prompts>_<model>/importances.json` (MIB's `Graph.to_json`; ACDC's score is
+    /// its ranking: kept edges first, by measured effect).
+    pub fn export_mib(&self, dir: &Path, model: &HookedTransformer, model_name: &str) -> Result<Vec<PathBuf>> {
+        let mut written = Vec::new();
+        let folder = format!("{}_{model_name}", self.name);
+        let mut write = |method: &str, scores: &[f64]| -> Result<()> {
+            let path = dir.join(method).join(&folder).join("importances.json");
+            write_mib_scores(&self.graph, scores, &model.cfg, &path)?;
+            written.push(path);
+            Ok(())
+        };
+        for m in &self.methods {
+            write(&m.method.name().to_lowercase().replace(['(', ')'], ""), &m.scores)?;
+        }
+        if let Some(a) = &self.acdc {
+            write("acdc", &acdc_ranking(&a.result).iter().map(|x| *x as f64).collect::<Vec<_>>())?;
+        }
+        Ok(written)
     }
 }

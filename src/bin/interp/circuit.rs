@@ -9,7 +9,7 @@ use clap::ValueEnum;
 use interp::circuits::analysis::{
     causal_tracing, circuit_discovery, patching_sweep, task_trace_prompts, CausalTracingConfig, CircuitDiscoveryConfig, PatchingSweepConfig,
 };
-use interp::circuits::{trace_prompts_from_jsonl, Ablation, MetricName, PatchSite, TaskPrompts};
+use interp::circuits::{trace_prompts_from_jsonl, Ablation, MemoryBudget, MetricName, PatchSite, TaskPrompts};
 
 use super::standalone;
 use interp::interp_core::tasks::{Task, TaskVocab};
@@ -230,6 +230,17 @@ pub struct EapArgs {
     /// EAP-IG interpolation steps.
     #[arg(long, default_value_t = CircuitDiscoveryConfig::default().steps)]
     pub steps: usize,
+    /// Peak memory in GB (default: the weights plus 3 GB): prompts and edge sets per forward
+    /// are chunked to stay under it; too small for one prompt is an error naming the minimum.
+    #[arg(long)]
+    pub max_memory: Option<f64>,
+    /// Also write each method's edge scores in MIB's submission layout under this folder
+    /// (DIR/<method>/<prompts>_<model>/importances.json).
+    #[arg(long)]
+    pub export_mib: Option<PathBuf>,
+    /// Torch threads.
+    #[arg(long)]
+    pub threads: Option<i32>,
 }
 
 #[derive(clap::Args)]
@@ -237,12 +248,25 @@ pub struct AcdcArgs {
     #[command(flatten)]
     pub eap: EapArgs,
     /// Keep an edge if removing it worsens the metric by tau or more (default: 1.5% of the
-    /// clean - corrupted gap). The curve also runs tau x 1/4, 1/2, 2 and 4.
+    /// clean - corrupted gap).
     #[arg(long)]
     pub tau: Option<f64>,
     /// Prune by KL divergence to the clean output instead of the task metric.
     #[arg(long)]
     pub kl: bool,
+    /// ACDC alone at one tau: no EAP, EAP-IG or runs at tau x 1/4, 1/2, 2 and 4.
+    #[arg(long)]
+    pub only: bool,
+    /// Candidate removals per forward (default: 1 on a CPU, 16 on a GPU).
+    #[arg(long)]
+    pub variants: Option<usize>,
+    /// Save ACDC's decisions to this file as they are made; rerunning with the same file
+    /// resumes an interrupted run.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Stop ACDC after this many minutes (resume with --checkpoint).
+    #[arg(long)]
+    pub time_limit: Option<f64>,
 }
 
 impl EapArgs {
@@ -253,16 +277,43 @@ impl EapArgs {
 
 impl AcdcArgs {
     pub fn config(&self) -> CircuitDiscoveryConfig {
-        CircuitDiscoveryConfig { acdc: true, tau: self.tau, kl: self.kl, ..self.eap.config() }
+        CircuitDiscoveryConfig {
+            acdc: true,
+            attribution: !self.only,
+            tau_sweep: !self.only,
+            tau: self.tau,
+            kl: self.kl,
+            max_variants: self.variants,
+            checkpoint: self.checkpoint.clone(),
+            time_limit: self.time_limit.map(|m| std::time::Duration::from_secs_f64(m.max(0.0) * 60.0)),
+            ..self.eap.config()
+        }
     }
 }
 
 /// EAP and EAP-IG edge scores with faithfulness curves of their top-k circuits, the EAP-IG
 /// circuit drawn; with `cfg.acdc` also ACDC at tau x 1/4 .. 4, its circuit drawn.
-pub fn discover(task: &TaskArgs, cfg: &CircuitDiscoveryConfig, title: &str) -> Result<()> {
+pub fn discover(args: &EapArgs, mut cfg: CircuitDiscoveryConfig, title: &str) -> Result<()> {
+    let task = &args.task;
+    if let Some(n) = args.threads {
+        if n < 1 {
+            bail!("--threads must be at least 1");
+        }
+        tch::set_num_threads(n);
+    }
+    if let Some(dir) = &args.export_mib {
+        if dir.exists() && !dir.is_dir() {
+            bail!("--export-mib {}: not a folder", dir.display());
+        }
+    }
     let s = Setup::new(task)?;
+    cfg.budget = match args.max_memory {
+        Some(gb) if !(gb.is_finite() && gb > 0.0) => bail!("--max-memory must be a positive number of GB, found {gb}"),
+        Some(gb) => MemoryBudget::for_peak((gb * 1e9) as u64, &s.model)?,
+        None => MemoryBudget::DEFAULT,
+    };
     let prompts = s.pairs(task)?;
-    let found = circuit_discovery(&s.model, &prompts, &task.name(), cfg)?;
+    let found = circuit_discovery(&s.model, &prompts, &task.name(), &cfg)?;
     println!("{} edges; {} clean {:.4}, corrupted {:.4}", found.graph.n_edges(), found.metric, found.clean, found.corrupted);
     let mid = found.counts.len() / 2;
     for m in &found.methods {
@@ -270,15 +321,27 @@ pub fn discover(task: &TaskArgs, cfg: &CircuitDiscoveryConfig, title: &str) -> R
     }
     if let Some(a) = &found.acdc {
         let r = &a.result;
+        let done = if r.finished(&found.graph) { String::new() } else { format!(" (stopped at the time limit after {} receivers; rerun with the same --checkpoint to resume)", r.receivers_done) };
         println!(
-            "ACDC tau {:.4}: {} of {} edges kept, faithfulness {:.3} ({} forwards, {} edge sets)",
+            "ACDC tau {:.4}: {} of {} edges kept, faithfulness {:.3}; {} forwards, {:.0} full-forward equivalents, {:.1}s; {}{done}",
             a.tau,
             r.n_kept(),
             found.graph.n_edges(),
             a.faithfulness,
             r.n_forwards,
-            r.n_variants
+            r.forward_equivalents,
+            a.seconds,
+            a.strategy
         );
+    }
+    for (method, mib) in found.mib_scores() {
+        println!("{method:<10} MIB CPR {:.3}  CMD {:.3}", mib.cpr, mib.cmd);
+    }
+    if let Some(dir) = &args.export_mib {
+        let model_name = task.model_dir.as_ref().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "tasks-bilinear".into());
+        for path in found.export_mib(dir, &s.model, &model_name)? {
+            println!("wrote {}", path.display());
+        }
     }
     standalone(&task.out, title, |out| Ok(found.write(out)?))
 }

@@ -1,0 +1,83 @@
+//! Memory budgets for the edge-graph analyses: how many prompts and edge sets run per forward so
+//! that the process's peak memory stays under a stated size.
+//!
+//! The estimates count the tensors each pass holds per prompt row (f32 or the model's dtype):
+//! the stored sender outputs and residuals of [`crate::EdgeActivations`], the activations a
+//! gradient run keeps for its backward pass, and what a masked forward keeps live. They are
+//! upper bounds measured against peak RSS on a GPT-2-small-shaped model (see
+//! `cargo bench --bench circuits`).
+
+use interp_core::HookedTransformer;
+
+use crate::edge_graph::EdgeGraph;
+use crate::error::{Error, Result};
+
+/// What the process holds besides the weights and the analysis (libtorch, the allocator's slack).
+const RUNTIME_BYTES: u64 = 400 << 20;
+
+/// Working memory of the circuit analyses, in bytes, on top of the weights.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MemoryBudget {
+    /// Bytes the analysis may hold at once.
+    pub bytes: u64,
+    /// Bytes held outside the analysis (weights, runtime), for error messages in peak terms.
+    pub outside: u64,
+}
+
+/// Bytes per prompt row of each pass at one prompt length.
+#[derive(Clone, Copy, Debug)]
+pub struct RowCosts {
+    /// Stored sender outputs (clean and ablated) and residuals of one prompt.
+    pub activations: u64,
+    /// One prompt row of a forward and backward pass with gradients at every receiver.
+    pub gradient: u64,
+    /// One prompt row of one edge set in a masked forward.
+    pub masked: u64,
+}
+
+impl MemoryBudget {
+    /// The default budget: 3 GiB beyond the weights.
+    pub const DEFAULT: MemoryBudget = MemoryBudget { bytes: 3 << 30, outside: 0 };
+
+    /// The budget left for the analysis when the whole process may use `peak` bytes running
+    /// `model`: the weights and the runtime come off first.
+    pub fn for_peak(peak: u64, model: &HookedTransformer) -> Result<MemoryBudget> {
+        let fixed = weight_bytes(model) + RUNTIME_BYTES;
+        if peak <= fixed {
+            return Err(Error::MemoryBudget { given: peak, needed: fixed + (64 << 20), what: "the weights and the runtime".into() });
+        }
+        Ok(MemoryBudget { bytes: peak - fixed, outside: fixed })
+    }
+
+    /// The per-row costs of `graph`'s passes on prompts of `positions` tokens.
+    pub fn row_costs(model: &HookedTransformer, graph: &EdgeGraph, positions: i64) -> RowCosts {
+        let c = &model.cfg;
+        let elem = model.kind().elt_size_in_bytes() as u64;
+        let (p, d, h, l, v) = (positions as u64, c.d_model as u64, c.n_heads as u64, c.n_layers as u64, c.d_vocab as u64);
+        let d_mlp = if c.attn_only { 0 } else { c.d_mlp as u64 };
+        let s = graph.senders.len() as u64;
+        // Per token: each head's own q/k/v input (the split path) and q, k, v, scores and
+        // pattern, norms and residuals, the MLP's hidden units; logits with their softmax.
+        let layer = 6 * h * d + 4 * h * p + 10 * d + 4 * d_mlp;
+        RowCosts {
+            activations: (2 * s + l) * p * d * elem,
+            gradient: 2 * (l * layer + 3 * v) * p * elem,
+            masked: (s * d + 2 * h * d + 2 * h * p + 2 * d_mlp + 3 * v + 4 * d) * p * elem + (layer * p * elem),
+        }
+    }
+
+    /// How many rows fit when `fixed` bytes are held already and each row costs `per_row`;
+    /// an error (with the smallest budget that works) if not even one.
+    pub fn rows(&self, fixed: u64, per_row: u64, what: &str) -> Result<i64> {
+        let fits = self.bytes.saturating_sub(fixed) / per_row.max(1);
+        if fits == 0 {
+            return Err(Error::MemoryBudget { given: self.outside + self.bytes, needed: self.outside + fixed + per_row, what: what.into() });
+        }
+        Ok(fits.min(i64::MAX as u64) as i64)
+    }
+}
+
+/// Bytes of the model's parameters.
+pub fn weight_bytes(model: &HookedTransformer) -> u64 {
+    model.parameters().iter().map(|t| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64).sum()
+}

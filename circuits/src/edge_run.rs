@@ -1,0 +1,133 @@
+//! Edge-graph analyses of a whole prompt set within a memory budget: prompts split into chunks
+//! that fit, edge sets stacked as many per forward as fit, results averaged over prompts exactly
+//! as one big batch would give them.
+
+use interp_core::HookedTransformer;
+use tch::{Device, Kind, Tensor};
+
+use crate::budget::{MemoryBudget, RowCosts};
+use crate::eap::{edge_attribution, AttributionMethod};
+use crate::edge_graph::{Ablation, EdgeActivations, EdgeGraph};
+use crate::error::{Error, Result};
+use crate::metric::check_gap;
+use crate::prompts::TaskPrompts;
+
+/// A prompt set prepared for edge attribution and masked forwards under a memory budget.
+pub struct EdgeRun<'a> {
+    model: &'a HookedTransformer,
+    graph: &'a EdgeGraph,
+    prompts: &'a TaskPrompts,
+    ablation: Ablation,
+    budget: MemoryBudget,
+    costs: RowCosts,
+    /// Prompts per chunk.
+    chunk: usize,
+    /// Mean-ablation values over the whole set.
+    mean: Option<Tensor>,
+    /// The activations, kept when the set is one chunk.
+    whole: Option<EdgeActivations>,
+}
+
+impl<'a> EdgeRun<'a> {
+    /// Splits `prompts` into chunks whose activations and one gradient or masked pass fit
+    /// `budget`; an error names the least budget that holds one prompt.
+    pub fn new(model: &'a HookedTransformer, graph: &'a EdgeGraph, prompts: &'a TaskPrompts, ablation: Ablation, budget: MemoryBudget) -> Result<EdgeRun<'a>> {
+        let costs = MemoryBudget::row_costs(model, graph, prompts.clean.size()[1]);
+        let per_prompt = costs.activations + costs.gradient.max(costs.masked);
+        let chunk = (budget.rows(0, per_prompt, "one prompt's edge activations and gradient pass")? as usize).min(prompts.len());
+        let mean = match ablation {
+            Ablation::Mean => Some(graph.mean_outputs(model, prompts, chunk)?),
+            _ => None,
+        };
+        let mut run = EdgeRun { model, graph, prompts, ablation, budget, costs, chunk, mean, whole: None };
+        if chunk == prompts.len() {
+            run.whole = Some(run.activations(prompts)?);
+        }
+        Ok(run)
+    }
+
+    /// Prompts per chunk.
+    pub fn chunk(&self) -> usize {
+        self.chunk
+    }
+
+    fn activations(&self, part: &TaskPrompts) -> Result<EdgeActivations> {
+        self.graph.activations_with(self.model, &part.clean, &part.corrupted, self.ablation, self.mean.as_ref())
+    }
+
+    /// Calls `f` with each chunk's activations, its prompts and its share of the set.
+    fn each_chunk(&self, mut f: impl FnMut(&EdgeActivations, &TaskPrompts, f64) -> Result<()>) -> Result<()> {
+        let n = self.prompts.len();
+        if let Some(acts) = &self.whole {
+            return f(acts, self.prompts, 1.0);
+        }
+        for start in (0..n).step_by(self.chunk) {
+            let part = self.prompts.narrow(start, self.chunk.min(n - start))?;
+            let acts = self.activations(&part)?;
+            f(&acts, &part, part.len() as f64 / n as f64)?;
+        }
+        Ok(())
+    }
+
+    /// Every edge's score [E] (see [`edge_attribution`]) on the whole set.
+    pub fn attribution(&self, method: AttributionMethod) -> Result<Tensor> {
+        let mut total: Option<Tensor> = None;
+        self.each_chunk(|acts, part, share| {
+            let s = edge_attribution(self.model, self.graph, acts, &part.metric, method)?.f_mul_scalar(share)?;
+            total = Some(match total.take() {
+                Some(t) => t.f_add(&s)?,
+                None => s,
+            });
+            Ok(())
+        })?;
+        total.ok_or_else(|| Error::Input("no prompts".into()))
+    }
+
+    /// The metric (mean over prompts) of each edge set in `masks` [V, E], as many sets per
+    /// forward as the budget holds.
+    pub fn circuit_metrics(&self, masks: &Tensor) -> Result<Vec<f64>> {
+        let masks = masks.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?;
+        let mut total = vec![0.0; masks.size()[0] as usize];
+        self.each_chunk(|acts, part, share| {
+            let b = part.len() as u64;
+            let variants = self.budget.rows(b * self.costs.activations, b * self.costs.masked, "one edge set of a masked forward")?;
+            let values = self.graph.circuit_metrics(self.model, acts, &part.metric, &masks, variants * b as i64)?;
+            for (t, v) in total.iter_mut().zip(values) {
+                *t += share * v;
+            }
+            Ok(())
+        })?;
+        Ok(total)
+    }
+
+    /// Faithfulness of each edge set in `masks` [V, E]: (m(circuit) - m(no edges)) /
+    /// (m(all edges) - m(no edges)); 1 = the circuit alone does what the model does.
+    pub fn faithfulness(&self, masks: &Tensor) -> Result<Vec<f64>> {
+        let e = self.graph.n_edges() as i64;
+        let cpu = (Kind::Float, Device::Cpu);
+        let all = Tensor::f_cat(&[Tensor::f_ones([1, e], cpu)?, Tensor::f_zeros([1, e], cpu)?, masks.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?], 0)?;
+        let m = self.circuit_metrics(&all)?;
+        let (full, empty) = (m[0], m[1]);
+        check_gap(&self.prompts.metric, full, empty)?;
+        Ok(m[2..].iter().map(|x| (x - empty) / (full - empty)).collect())
+    }
+
+    /// The activations of the whole set, for ACDC, which tests every edge on every prompt: an
+    /// error when the set does not fit the budget at once.
+    pub fn whole(&self) -> Result<&EdgeActivations> {
+        self.whole.as_ref().ok_or_else(|| {
+            let n = self.prompts.len() as u64;
+            Error::MemoryBudget {
+                given: self.budget.outside + self.budget.bytes,
+                needed: self.budget.outside + n * (self.costs.activations + self.costs.gradient.max(self.costs.masked)),
+                what: format!("ACDC on all {n} prompts at once"),
+            }
+        })
+    }
+
+    /// Edge sets per forward that fit beside the whole set's activations.
+    pub fn variants_per_forward(&self) -> Result<usize> {
+        let b = self.prompts.len() as u64;
+        Ok(self.budget.rows(b * self.costs.activations, b * self.costs.masked, "one edge set of a masked forward")? as usize)
+    }
+}

@@ -1,0 +1,110 @@
+//! How the Mechanistic Interpretability Benchmark (MIB, circuit-localization track) scores a
+//! circuit-discovery method, as its `evaluate_area_under_curve` does: faithfulness
+//! f = (m(C) - m(empty)) / (m(full) - m(empty)) of the top `int(p * E)` edges at edge fractions
+//! p = 0.001 .. 1; CPR = the trapezoid area under f over p (circuits chosen by signed scores,
+//! higher is better); CMD = the area between f and 1 (absolute scores, lower is better). And its
+//! edge-score file: MIB's `Graph.to_json` layout.
+
+use std::path::Path;
+
+use interp_core::ModelConfig;
+use serde_json::{json, Map};
+
+use crate::edge_graph::{EdgeGraph, Qkv, Receiver, Sender};
+use crate::error::{Error, Result};
+
+/// MIB's edge budgets, as fractions of all edges.
+pub const MIB_FRACTIONS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0];
+
+/// Edges kept at each budget: `int(p * n_edges)`.
+pub fn mib_counts(n_edges: usize) -> Vec<usize> {
+    MIB_FRACTIONS.iter().map(|p| (p * n_edges as f64) as usize).collect()
+}
+
+fn trapezoid(values: &[f64]) -> Result<f64> {
+    if values.len() != MIB_FRACTIONS.len() {
+        return Err(Error::Input(format!("{} faithfulness values for MIB's {} edge budgets", values.len(), MIB_FRACTIONS.len())));
+    }
+    Ok(MIB_FRACTIONS.windows(2).zip(values.windows(2)).map(|(x, y)| (x[1] - x[0]) * (y[0] + y[1]) / 2.0).sum())
+}
+
+/// CPR: the area under the faithfulness curve at [`MIB_FRACTIONS`] (of circuits chosen by
+/// signed scores). A perfect method scores 0.999.
+pub fn cpr(faithfulness: &[f64]) -> Result<f64> {
+    trapezoid(faithfulness)
+}
+
+/// CMD: the area between the faithfulness curve at [`MIB_FRACTIONS`] and 1 (of circuits chosen
+/// by absolute scores). A perfect method scores 0.
+pub fn cmd(faithfulness: &[f64]) -> Result<f64> {
+    trapezoid(&faithfulness.iter().map(|f| (1.0 - f).abs()).collect::<Vec<_>>())
+}
+
+/// MIB's name of a sender node: `input`, `a{layer}.h{head}`, `m{layer}`.
+fn node_name(s: Sender) -> String {
+    match s {
+        Sender::Embed => "input".into(),
+        Sender::Head { layer, head } => format!("a{layer}.h{head}"),
+        Sender::Mlp { layer } => format!("m{layer}"),
+    }
+}
+
+/// MIB's name of an edge: `a0.h1->m2`, `input->a1.h0<k>`, `m11->logits`.
+pub fn mib_edge_name(sender: Sender, receiver: Receiver) -> String {
+    let from = node_name(sender);
+    match receiver {
+        Receiver::Head { layer, head, input } => {
+            let which = match input {
+                Qkv::Q => "q",
+                Qkv::K => "k",
+                Qkv::V => "v",
+            };
+            format!("{from}->a{layer}.h{head}<{which}>")
+        }
+        Receiver::Mlp { layer } => format!("{from}->m{layer}"),
+        Receiver::Logits => format!("{from}->logits"),
+    }
+}
+
+/// Writes `scores` (one per edge of `graph`) as MIB's edge-score JSON (`cfg`, `nodes`, `edges`
+/// with `score` and `in_graph`; every edge in the graph, as MIB's evaluation expects of a score
+/// submission) to `path`.
+pub fn write_mib_scores(graph: &EdgeGraph, scores: &[f64], model: &ModelConfig, path: &Path) -> Result<()> {
+    if scores.len() != graph.n_edges() {
+        return Err(Error::Input(format!("{} scores for {} edges", scores.len(), graph.n_edges())));
+    }
+    let mut nodes = Map::new();
+    for s in &graph.senders {
+        nodes.insert(node_name(*s), json!({ "in_graph": true }));
+    }
+    nodes.insert("logits".into(), json!({ "in_graph": true }));
+    let mut edges = Map::new();
+    for (e, score) in graph.edges.iter().zip(scores) {
+        edges.insert(mib_edge_name(e.sender, e.receiver), json!({ "score": score, "in_graph": true }));
+    }
+    let cfg = json!({ "n_layers": model.n_layers, "n_heads": model.n_heads, "parallel_attn_mlp": model.parallel_attn_mlp, "d_model": model.d_model });
+    let text = serde_json::to_string(&json!({ "cfg": cfg, "nodes": nodes, "edges": edges })).map_err(|e| Error::Input(e.to_string()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    }
+    std::fs::write(path, text).map_err(Error::io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closed_forms() -> Result<()> {
+        // f = 1 everywhere: CPR = 1 - 0.001, CMD = 0; f = 0: the reverse.
+        assert!((cpr(&[1.0; 10])? - 0.999).abs() < 1e-12 && cmd(&[1.0; 10])?.abs() < 1e-12);
+        assert!(cpr(&[0.0; 10])?.abs() < 1e-12 && (cmd(&[0.0; 10])? - 0.999).abs() < 1e-12);
+        // f = p: the area under the line is (1 - 0.001^2) / 2 (the trapezoid rule is exact).
+        assert!((cpr(&MIB_FRACTIONS)? - (1.0 - 1e-6) / 2.0).abs() < 1e-12);
+        // Overshooting counts against CMD as much as undershooting: |1 - 2| = |1 - 0|.
+        assert!((cmd(&[2.0; 10])? - cmd(&[0.0; 10])?).abs() < 1e-12);
+        assert_eq!(mib_counts(32491), vec![32, 64, 162, 324, 649, 1624, 3249, 6498, 16245, 32491]);
+        assert!(cpr(&[1.0; 3]).is_err());
+        Ok(())
+    }
+}
