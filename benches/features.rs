@@ -18,11 +18,7 @@ use tch::{Device, Kind, Tensor};
 
 /// Resident set size and its peak so far, in MiB (Linux).
 fn rss_mib() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN) / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    (common::status_kib("VmRSS:") / 1024.0, common::status_kib("VmHWM:") / 1024.0)
 }
 
 fn main() {

@@ -14,56 +14,15 @@ use std::time::Instant;
 
 mod common;
 
-use common::min_secs;
+use common::{min_secs, status_kib};
 use interp::interp_core::{reuse_freed_memory, tch, CacheSpec, HookedTransformer};
 use tch::{Device, Kind, Tensor};
 
-const LAYERS: i64 = 12;
-const D_MODEL: i64 = 768;
-const HEADS: i64 = 12;
-const VOCAB: i64 = 50257;
-const N_CTX: i64 = 1024;
+use common::{D_MODEL, HEADS, LAYERS, VOCAB};
 const BATCH: i64 = 8;
 const POS: i64 = 128;
 const REPEATS: usize = 4;
 const ROUNDS: usize = 5;
-
-fn write_checkpoint(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let config = serde_json::json!({
-        "model_type": "gpt2", "n_embd": D_MODEL, "n_layer": LAYERS, "n_head": HEADS,
-        "vocab_size": VOCAB, "n_positions": N_CTX, "activation_function": "gelu_new",
-        "layer_norm_epsilon": 1e-5, "bos_token_id": 50256
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let rand = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.02;
-    let dm = D_MODEL;
-    let mut t: Vec<(String, Tensor)> = vec![("wte.weight".into(), rand(&[VOCAB, dm])), ("wpe.weight".into(), rand(&[N_CTX, dm]))];
-    for l in 0..LAYERS {
-        let p = format!("h.{l}");
-        for ln in ["ln_1", "ln_2"] {
-            t.push((format!("{p}.{ln}.weight"), Tensor::ones([dm], (Kind::Float, Device::Cpu))));
-            t.push((format!("{p}.{ln}.bias"), Tensor::zeros([dm], (Kind::Float, Device::Cpu))));
-        }
-        for (name, din, dout) in [("attn.c_attn", dm, 3 * dm), ("attn.c_proj", dm, dm), ("mlp.c_fc", dm, 4 * dm), ("mlp.c_proj", 4 * dm, dm)] {
-            t.push((format!("{p}.{name}.weight"), rand(&[din, dout])));
-            t.push((format!("{p}.{name}.bias"), rand(&[dout])));
-        }
-    }
-    t.push(("ln_f.weight".into(), Tensor::ones([dm], (Kind::Float, Device::Cpu))));
-    t.push(("ln_f.bias".into(), Tensor::zeros([dm], (Kind::Float, Device::Cpu))));
-    Tensor::write_safetensors(&t, dir.join("model.safetensors")).unwrap();
-}
-
-fn status_kib(field: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN)
-}
 
 /// Child mode: load the checkpoint and print the RSS added while loading, in bytes.
 fn measure_load(dir: &Path) {
@@ -81,10 +40,7 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--measure-load") {
         return measure_load(Path::new(&args[i + 1]));
     }
-    let dir = std::env::temp_dir().join("interp-bench-gpt2-small");
-    if !dir.join("model.safetensors").exists() {
-        write_checkpoint(&dir);
-    }
+    let dir = common::gpt2_small();
     let weight_bytes = std::fs::metadata(dir.join("model.safetensors")).unwrap().len() as f64;
 
     let child = std::process::Command::new(std::env::current_exe().unwrap()).arg("--measure-load").arg(&dir).output().unwrap();

@@ -307,3 +307,45 @@ fn report_is_one_self_contained_page_with_every_part() {
         assert!(!ok && err.trim().lines().count() == 1 && err.starts_with("error: "), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn circuit_commands_take_prompt_files() {
+    let root = common::Scratch::new("cli-prompts");
+    let file = root.join("ioi.jsonl");
+    let f = file.to_str().unwrap();
+    let (ok, out, err) = interp(&["prompts", "--task", "ioi", "--n", "8", "--out", f]);
+    assert!(ok && out.contains("wrote 8 ioi pairs"), "{out}{err}");
+    // ACDC alone at one tau, on the exported file, with a checkpoint and MIB's layout.
+    let acdc_out = root.join("acdc");
+    let mib = root.join("mib");
+    let ckpt = root.join("acdc.json");
+    let args = ["acdc", "--prompts", f, "--out", acdc_out.to_str().unwrap(), "--only", "--tau", "0.3", "--checkpoint", ckpt.to_str().unwrap(), "--export-mib", mib.to_str().unwrap()];
+    let (ok, out, err) = interp(&args);
+    assert!(ok, "{err}");
+    assert!(out.contains("ACDC tau 0.3000") && out.contains("one edge per forward (CPU") && out.contains("MIB CPR"), "{out}");
+    assert!(!out.contains("EAP-IG"), "--only runs ACDC alone: {out}");
+    assert!(ckpt.exists() && mib.join("acdc/ioi_tasks-bilinear/importances.json").exists());
+    let importances: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(mib.join("acdc/ioi_tasks-bilinear/importances.json")).unwrap()).unwrap();
+    assert_eq!(importances["edges"].as_object().map(|e| e.len()), Some(110));
+    assert!(importances["edges"]["input->a0.h0<q>"]["score"].is_number());
+    // Mistakes: one line each, and nothing written to --out.
+    std::fs::write(root.join("bad.jsonl"), "{\"clean_ids\": [0, 1], \"corrupted_ids\": [0, 1, 2], \"answer\": 3}\n").unwrap();
+    let bad = root.join("bad.jsonl");
+    let never = root.join("never");
+    let n = never.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["eap", "--prompts", bad.to_str().unwrap(), "--out", n], "bad.jsonl: line 1: clean is 2 tokens and corrupted 3"),
+        (&["eap", "--prompts", "/no/such.jsonl", "--out", n], "/no/such.jsonl"),
+        (&["eap", "--prompts", f, "--out", n, "--max-memory", "0.3"], "is too small"),
+        (&["eap", "--prompts", f, "--out", n, "--metric", "accuracy"], "invalid value 'accuracy'"),
+        (&["eap", "--prompts", f, "--task", "ioi", "--out", n], "cannot be used with"),
+        (&["patch", "--prompts", f, "--out", n, "--metric", "logit-diff", "--max-memory", "1"], "unexpected argument"),
+    ];
+    for (args, want) in cases {
+        let (ok, _, err) = interp(args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(!never.exists(), "{args:?} wrote to --out");
+    }
+}

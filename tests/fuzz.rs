@@ -278,3 +278,24 @@ fn activation_cache_manifest_with_overflowing_sizes_is_an_error() {
     let e = CachedActivations::open(&*dir, Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("batch_tokens"), "{e}");
 }
+
+#[test]
+fn prompt_files() {
+    // Pair and tracing lines of the text model, mutated: each is read or refused with an error.
+    let model = HookedTransformer::from_pretrained_dir(common::repo("models/shakespeare-gpt2"), Device::Cpu, Kind::Float).unwrap();
+    let dir = Scratch::new("fuzz-prompts");
+    let file = dir.join("prompts.jsonl");
+    let pair = serde_json::json!({"clean": "ROMEO. But soft", "corrupted": "ROMEO. But hard", "answer": " t", "wrong": [" d", 7], "label": "a"});
+    let ids = serde_json::json!({"clean_ids": [0, 5, 9], "corrupted_ids": [0, 5, 8], "answer": 3, "wrong": 4});
+    for (what, base) in [("pair", pair), ("ids", ids)] {
+        fuzz(&format!("prompt file ({what} lines)"), 300, mutated(base, 2), |v| {
+            std::fs::write(&file, format!("{v}\n{v}\n")).unwrap();
+            interp::circuits::TaskPrompts::from_jsonl(&file, &model).is_ok()
+        });
+    }
+    let trace = serde_json::json!({"prompt": "ROMEO. But soft, what light", "subject": " soft", "answer": " t", "label": "x"});
+    fuzz("tracing file", 200, mutated(trace, 2), |v| {
+        std::fs::write(&file, format!("{v}\n")).unwrap();
+        interp::circuits::trace_prompts_from_jsonl(&file, &model).is_ok()
+    });
+}

@@ -6,7 +6,7 @@ mod common;
 use common::{fixture, repo};
 use interp::circuits::{
     acdc, activation_patching, attribution_graph, causal_trace, edge_attribution, estimate_sigma, summarize, Ablation, AcdcConfig,
-    AttributionMethod, Corruption, EdgeGraph, GraphConfig, Metric, PatchSite, TaskPrompts, TraceConfig, TracePrompt,
+    top_k_masks, AttributionMethod, Corruption, EdgeGraph, EdgeRun, GraphConfig, MemoryBudget, Metric, PatchSite, TaskPrompts, TraceConfig, TracePrompt,
 };
 use interp::interp_core::tasks::{Task, TaskVocab};
 use interp::interp_core::train::{next_token_loss, Batch};
@@ -121,6 +121,9 @@ fn circuits() -> Result {
     let _ = edge_attribution(&model, &graph, &acts, &ioi.metric, AttributionMethod::EapIg { steps: 5 })?;
     let _ = acdc(&model, &graph, &acts, &ioi.metric, &AcdcConfig { tau: 0.3, progress: false, ..AcdcConfig::default() })?;
     let _ = Metric::kl_to(&model.forward(&ioi.clean)?, None)?;
+    let run = EdgeRun::new(&model, &graph, &ioi, Ablation::Resample, MemoryBudget::DEFAULT)?;
+    let scores = run.attribution(AttributionMethod::Eap)?;
+    let _ = run.faithfulness(&top_k_masks(&scores, &[10], true)?)?;
     let bl = interp::circuits::BilinearLayer::from_model(&model, 1)?;
     let u = interp::circuits::bilinear::unembedding_direction(&model, vocab.id("m3")?)?;
     let _ = interp::circuits::Spectrum::of(&bl.interaction_matrix(&u)?)?;

@@ -114,9 +114,10 @@ fn fingerprint(graph: &EdgeGraph, acts: &EdgeActivations, metric: &Metric, cfg: 
     ))
 }
 
-/// Cost of one prompt row through blocks `start..` (or, `None`, only the unembedding at the
-/// answer position), as a fraction of a full forward. Per token a block costs
-/// 2 (4 d^2 + 2 d d_mlp + 2 pos d) FLOPs and the unembedding 2 d d_vocab.
+/// Cost of one prompt row through blocks `start..` and the unembedding at the answer position
+/// (or, `None`, only that unembedding), as a fraction of a full forward (every position
+/// unembedded). Per token a block costs 2 (4 d^2 + 2 d d_mlp + 2 pos d) FLOPs and the
+/// unembedding 2 d d_vocab.
 fn cost_fraction(model: &HookedTransformer, start: Option<usize>, positions: i64) -> f64 {
     let c = &model.cfg;
     let (d, p) = (c.d_model as f64, positions as f64);
@@ -125,7 +126,7 @@ fn cost_fraction(model: &HookedTransformer, start: Option<usize>, positions: i64
     let unembed = 2.0 * d * c.d_vocab as f64;
     let full = c.n_layers as f64 * block + unembed;
     match start {
-        Some(l) => ((c.n_layers - l) as f64 * block + unembed) / full,
+        Some(l) => ((c.n_layers - l) as f64 * block + unembed / p) / full,
         None => unembed / (p * full),
     }
 }
@@ -135,7 +136,7 @@ fn cost_fraction(model: &HookedTransformer, start: Option<usize>, positions: i64
 /// Exact shortcuts that keep the one-edge-per-forward decisions: edges into the logits are tested
 /// first, while every sender still gives its clean output, so they need only the final norm and
 /// the unembedding at each prompt's answer position; every other test restarts at its
-/// receiver's block from the clean residual; a component none of whose outputs is kept is cut off
+/// receiver's block from the clean residual and unembeds only the answer positions; a component none of whose outputs is kept is cut off
 /// from the output, and its inputs are removed untested.
 pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations, metric: &Metric, cfg: &AcdcConfig) -> Result<AcdcResult> {
     if cfg.tau.is_nan() || cfg.tau < 0.0 {
@@ -173,9 +174,9 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
     // Loss of each edge set in `kept_sets`, the forward restarting at block `start`.
     let eval = |kept_sets: &[Vec<bool>], start: usize, cost: &mut Cost| -> Result<Vec<f64>> {
         let rows: Vec<Tensor> = kept_sets.iter().map(|k| graph.mask_of(k)).collect::<Result<_>>()?;
-        let logits = graph.run_masked(model, acts, &Tensor::f_stack(&rows, 0)?, start)?;
+        let values = graph.masked_metric(model, acts, metric, &Tensor::f_stack(&rows, 0)?, start)?;
         cost.add(kept_sets.len(), cost_fraction(model, Some(start), positions));
-        let v = Vec::<f64>::try_from(&metric.per_variant(&logits)?.f_to_kind(Kind::Double)?)?;
+        let v = Vec::<f64>::try_from(&values.f_to_kind(Kind::Double)?)?;
         Ok(v.into_iter().map(|x| metric.as_loss(x)).collect())
     };
     let last = graph.n_layers - 1;

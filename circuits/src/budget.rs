@@ -36,8 +36,9 @@ pub struct RowCosts {
 }
 
 impl MemoryBudget {
-    /// The default budget: 3 GiB beyond the weights.
-    pub const DEFAULT: MemoryBudget = MemoryBudget { bytes: 3 << 30, outside: 0 };
+    /// The default budget: peak memory at most the weights plus 3 GB (the runtime's own share
+    /// comes off the 3 GB).
+    pub const DEFAULT: MemoryBudget = MemoryBudget { bytes: 3_000_000_000 - RUNTIME_BYTES, outside: 0 };
 
     /// The budget left for the analysis when the whole process may use `peak` bytes running
     /// `model`: the weights and the runtime come off first.
@@ -56,13 +57,17 @@ impl MemoryBudget {
         let (p, d, h, l, v) = (positions as u64, c.d_model as u64, c.n_heads as u64, c.n_layers as u64, c.d_vocab as u64);
         let d_mlp = if c.attn_only { 0 } else { c.d_mlp as u64 };
         let s = graph.senders.len() as u64;
-        // Per token: each head's own q/k/v input (the split path) and q, k, v, scores and
-        // pattern, norms and residuals, the MLP's hidden units; logits with their softmax.
-        let layer = 6 * h * d + 4 * h * p + 10 * d + 4 * d_mlp;
+        // Per token of one prompt row, calibrated against peak RSS on the GPT-2-small shape
+        // (`cargo bench --bench circuits`): activations hold the clean and ablated sender outputs,
+        // the residuals, and while a pass runs the outputs' differences, with allocator slack; a gradient run keeps each
+        // head's own q/k/v input and projections, scores and pattern, norms and residuals and
+        // the MLP's hidden units for its backward pass, plus the logits and their gradient; a
+        // masked forward keeps every live sender's output and one block's transients.
+        let block = 5 * h * d + 4 * h * p + 6 * d + 3 * d_mlp;
         RowCosts {
-            activations: (2 * s + l) * p * d * elem,
-            gradient: 2 * (l * layer + 3 * v) * p * elem,
-            masked: (s * d + 2 * h * d + 2 * h * p + 2 * d_mlp + 3 * v + 4 * d) * p * elem + (layer * p * elem),
+            activations: (4 * s + l) * p * d * elem * 6 / 5,
+            gradient: (l * block + 2 * v) * p * elem,
+            masked: (s * d + block + 3 * v) * p * elem,
         }
     }
 

@@ -65,7 +65,11 @@ pub fn edge_attribution(model: &HookedTransformer, graph: &EdgeGraph, acts: &Edg
         for (gi, g) in graph.groups.iter().enumerate() {
             let grad = grads.get(g.point)?; // [B, P, (R,) D]
             let grad = if g.per_head { grad.shallow_clone() } else { grad.f_unsqueeze(2)? };
-            let s = Tensor::f_einsum("bprd,sbpd->rs", &[grad, diff.f_narrow(0, 0, g.n_senders as i64)?], None::<&[i64]>)?.f_reshape([-1])?.f_to_kind(Kind::Float)?;
+            // scores[r, s] = sum over (b, p, d) of grad[b, p, r, d] diff[s, b, p, d], as one matmul
+            // of [R, BPD] by [BPD, S_g] (diff's sender prefix is already contiguous).
+            let size = grad.size();
+            let grad = grad.f_permute([2, 0, 1, 3])?.f_reshape([size[2], -1])?;
+            let s = grad.f_matmul(&diff.f_narrow(0, 0, g.n_senders as i64)?.f_reshape([g.n_senders as i64, -1])?.f_transpose(0, 1)?)?.f_reshape([-1])?.f_to_kind(Kind::Float)?;
             match scores.get_mut(gi) {
                 Some(acc) => *acc = acc.f_add(&s)?,
                 None => scores.push(s),

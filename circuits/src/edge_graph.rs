@@ -164,6 +164,18 @@ pub struct EdgeActivations {
     pub resid_pre: Tensor,
 }
 
+impl EdgeActivations {
+    /// The activations of prompts `start .. start + len` (views, no copy).
+    pub fn narrow(&self, start: i64, len: i64) -> Result<EdgeActivations> {
+        Ok(EdgeActivations {
+            tokens: self.tokens.f_narrow(0, start, len)?,
+            clean: self.clean.f_narrow(1, start, len)?,
+            ablated: self.ablated.f_narrow(1, start, len)?,
+            resid_pre: self.resid_pre.f_narrow(1, start, len)?,
+        })
+    }
+}
+
 /// The edge graph of a model.
 pub struct EdgeGraph {
     /// Every sender, in order.
@@ -369,6 +381,28 @@ impl EdgeGraph {
     /// The pass starts at block `start_layer` from the clean residual: every edge into an
     /// earlier block must be kept in every variant.
     pub fn run_masked(&self, model: &HookedTransformer, acts: &EdgeActivations, mask: &Tensor, start_layer: usize) -> Result<Tensor> {
+        let resid = self.masked_residual(model, acts, mask, start_layer)?;
+        Ok(model.runner_from_layer(&resid, self.n_layers).run()?.output)
+    }
+
+    /// `metric` of each edge set in `mask` [V, E] (see [`EdgeGraph::run_masked`]), per variant
+    /// [V]: the final norm and the unembedding run only at each prompt's answer position.
+    pub fn masked_metric(&self, model: &HookedTransformer, acts: &EdgeActivations, metric: &crate::Metric, mask: &Tensor, start_layer: usize) -> Result<Tensor> {
+        let resid = self.masked_residual(model, acts, mask, start_layer)?; // [V * B, P, D]
+        let size = resid.size();
+        let variants = mask.size()[0];
+        let positions = match &metric.positions {
+            Some(p) => p.f_to_device(resid.device())?.f_repeat([variants])?,
+            None => Tensor::f_full([size[0]], size[1] - 1, (Kind::Int64, resid.device()))?,
+        };
+        let idx = positions.f_view([-1, 1, 1])?.f_expand([size[0], 1, size[2]], false)?;
+        let at = resid.f_gather(1, &idx, false)?; // [V * B, 1, D]
+        let logits = model.runner_from_layer(&at, self.n_layers).run()?.output;
+        metric.at_last().per_variant(&logits)
+    }
+
+    /// The residual stream after the last block [V * B, P, D] of a masked forward.
+    fn masked_residual(&self, model: &HookedTransformer, acts: &EdgeActivations, mask: &Tensor, start_layer: usize) -> Result<Tensor> {
         let e = self.edges.len() as i64;
         if mask.dim() != 2 || mask.size()[1] != e {
             return Err(Error::Shape { what: "the edge mask".into(), expected: format!("[variants, {e}]"), found: mask.size() });
@@ -458,7 +492,7 @@ impl EdgeGraph {
             });
         }
         let resid = acts.resid_pre.f_select(0, start_layer as i64)?.f_unsqueeze(0)?.f_expand([v, b, p, d], false)?.f_reshape([v * b, p, d])?;
-        Ok(model.runner_from_layer(&resid, start_layer).hooks(hooks).run()?.output)
+        Ok(model.runner_from_layer(&resid, start_layer).hooks(hooks).stop_at_layer(self.n_layers).run()?.output)
     }
 
     /// The metric of each edge set in `masks` [V, E], `max_rows` prompt rows per forward at most.
@@ -474,8 +508,7 @@ impl EdgeGraph {
         let per = (max_rows / b).max(1);
         let mut out = Vec::new();
         for chunk in masks.f_split(per, 0)? {
-            let logits = self.run_masked(model, acts, &chunk, 0)?;
-            out.extend(Vec::<f64>::try_from(&metric.per_variant(&logits)?.f_to_kind(Kind::Double)?)?);
+            out.extend(Vec::<f64>::try_from(&self.masked_metric(model, acts, metric, &chunk, 0)?.f_to_kind(Kind::Double)?)?);
         }
         Ok(out)
     }

@@ -1,6 +1,7 @@
-//! Edge-graph analyses of a whole prompt set within a memory budget: prompts split into chunks
-//! that fit, edge sets stacked as many per forward as fit, results averaged over prompts exactly
-//! as one big batch would give them.
+//! Edge-graph analyses of a whole prompt set within a memory budget: the activations of as many
+//! prompts as fit are held at once (all of them, usually); gradient runs and masked forwards go
+//! through them in batches of prompts and edge sets that fit beside; results are averaged over
+//! prompts exactly as one big batch would give them.
 
 use interp_core::HookedTransformer;
 use tch::{Device, Kind, Tensor};
@@ -20,7 +21,7 @@ pub struct EdgeRun<'a> {
     ablation: Ablation,
     budget: MemoryBudget,
     costs: RowCosts,
-    /// Prompts per chunk.
+    /// Prompts whose activations are held at once.
     chunk: usize,
     /// Mean-ablation values over the whole set.
     mean: Option<Tensor>,
@@ -29,12 +30,12 @@ pub struct EdgeRun<'a> {
 }
 
 impl<'a> EdgeRun<'a> {
-    /// Splits `prompts` into chunks whose activations and one gradient or masked pass fit
-    /// `budget`; an error names the least budget that holds one prompt.
+    /// Holds the activations of as many prompts as fit `budget` beside one prompt's gradient or
+    /// masked pass; an error names the least budget that holds one prompt.
     pub fn new(model: &'a HookedTransformer, graph: &'a EdgeGraph, prompts: &'a TaskPrompts, ablation: Ablation, budget: MemoryBudget) -> Result<EdgeRun<'a>> {
         let costs = MemoryBudget::row_costs(model, graph, prompts.clean.size()[1]);
-        let per_prompt = costs.activations + costs.gradient.max(costs.masked);
-        let chunk = (budget.rows(0, per_prompt, "one prompt's edge activations and gradient pass")? as usize).min(prompts.len());
+        let pass = costs.gradient.max(costs.masked);
+        let chunk = (budget.rows(pass, costs.activations, "one prompt's edge activations and gradient pass")? as usize).min(prompts.len());
         let mean = match ablation {
             Ablation::Mean => Some(graph.mean_outputs(model, prompts, chunk)?),
             _ => None,
@@ -46,7 +47,7 @@ impl<'a> EdgeRun<'a> {
         Ok(run)
     }
 
-    /// Prompts per chunk.
+    /// Prompts whose activations are held at once.
     pub fn chunk(&self) -> usize {
         self.chunk
     }
@@ -69,31 +70,45 @@ impl<'a> EdgeRun<'a> {
         Ok(())
     }
 
+    /// Batches of at most `rows` prompts of a held chunk: (start, length) pairs.
+    fn batches(len: usize, rows: i64) -> Vec<(i64, i64)> {
+        let rows = rows.max(1);
+        (0..len as i64).step_by(rows as usize).map(|s| (s, rows.min(len as i64 - s))).collect()
+    }
+
     /// Every edge's score [E] (see [`edge_attribution`]) on the whole set.
     pub fn attribution(&self, method: AttributionMethod) -> Result<Tensor> {
         let mut total: Option<Tensor> = None;
         self.each_chunk(|acts, part, share| {
-            let s = edge_attribution(self.model, self.graph, acts, &part.metric, method)?.f_mul_scalar(share)?;
-            total = Some(match total.take() {
-                Some(t) => t.f_add(&s)?,
-                None => s,
-            });
+            let held = part.len() as u64 * self.costs.activations;
+            let rows = self.budget.rows(held, self.costs.gradient, "one prompt's gradient run")?;
+            for (start, len) in Self::batches(part.len(), rows) {
+                let s = edge_attribution(self.model, self.graph, &acts.narrow(start, len)?, &part.metric.narrow(start, len)?, method)?;
+                let s = s.f_mul_scalar(share * len as f64 / part.len() as f64)?;
+                total = Some(match total.take() {
+                    Some(t) => t.f_add(&s)?,
+                    None => s,
+                });
+            }
             Ok(())
         })?;
         total.ok_or_else(|| Error::Input("no prompts".into()))
     }
 
-    /// The metric (mean over prompts) of each edge set in `masks` [V, E], as many sets per
-    /// forward as the budget holds.
+    /// The metric (mean over prompts) of each edge set in `masks` [V, E], as many prompts and
+    /// sets per forward as the budget holds.
     pub fn circuit_metrics(&self, masks: &Tensor) -> Result<Vec<f64>> {
         let masks = masks.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?;
         let mut total = vec![0.0; masks.size()[0] as usize];
         self.each_chunk(|acts, part, share| {
-            let b = part.len() as u64;
-            let variants = self.budget.rows(b * self.costs.activations, b * self.costs.masked, "one edge set of a masked forward")?;
-            let values = self.graph.circuit_metrics(self.model, acts, &part.metric, &masks, variants * b as i64)?;
-            for (t, v) in total.iter_mut().zip(values) {
-                *t += share * v;
+            let held = part.len() as u64 * self.costs.activations;
+            let rows = self.budget.rows(held, self.costs.masked, "one prompt of a masked forward")?;
+            for (start, len) in Self::batches(part.len(), rows) {
+                // Edge sets per forward: as many copies of this batch as fit.
+                let values = self.graph.circuit_metrics(self.model, &acts.narrow(start, len)?, &part.metric.narrow(start, len)?, &masks, rows)?;
+                for (t, v) in total.iter_mut().zip(values) {
+                    *t += share * v * len as f64 / part.len() as f64;
+                }
             }
             Ok(())
         })?;
@@ -113,21 +128,23 @@ impl<'a> EdgeRun<'a> {
     }
 
     /// The activations of the whole set, for ACDC, which tests every edge on every prompt: an
-    /// error when the set does not fit the budget at once.
+    /// error when the set and one masked forward of it do not fit the budget at once.
     pub fn whole(&self) -> Result<&EdgeActivations> {
-        self.whole.as_ref().ok_or_else(|| {
-            let n = self.prompts.len() as u64;
-            Error::MemoryBudget {
+        let n = self.prompts.len() as u64;
+        let needed = n * (self.costs.activations + self.costs.masked);
+        match &self.whole {
+            Some(acts) if needed <= self.budget.bytes => Ok(acts),
+            _ => Err(Error::MemoryBudget {
                 given: self.budget.outside + self.budget.bytes,
-                needed: self.budget.outside + n * (self.costs.activations + self.costs.gradient.max(self.costs.masked)),
+                needed: self.budget.outside + needed,
                 what: format!("ACDC on all {n} prompts at once"),
-            }
-        })
+            }),
+        }
     }
 
-    /// Edge sets per forward that fit beside the whole set's activations.
-    pub fn variants_per_forward(&self) -> Result<usize> {
+    /// Edge sets per forward that fit beside the whole set's activations (at least 1).
+    pub fn variants_per_forward(&self) -> usize {
         let b = self.prompts.len() as u64;
-        Ok(self.budget.rows(b * self.costs.activations, b * self.costs.masked, "one edge set of a masked forward")? as usize)
+        (self.budget.bytes.saturating_sub(b * self.costs.activations) / (b * self.costs.masked).max(1)).max(1) as usize
     }
 }

@@ -230,7 +230,7 @@ fn acdc_runs(model: &HookedTransformer, graph: &EdgeGraph, run: &EdgeRun, prompt
     let gap = if cfg.kl { metric.value_in_chunks(model, &prompts.corrupted, run.chunk() as i64)? } else { (m_clean - m_corrupt).abs() };
     let tau = cfg.tau.unwrap_or(0.015 * gap);
     let (by_device, strategy) = AcdcConfig::for_device(model.device());
-    let max_variants = cfg.max_variants.unwrap_or(by_device).min(run.variants_per_forward()?).max(1);
+    let max_variants = cfg.max_variants.unwrap_or(by_device).min(run.variants_per_forward()).max(1);
     let strategy = match cfg.max_variants {
         Some(v) => format!("{} candidate removals per forward (as asked)", v.min(max_variants)),
         None if max_variants < by_device => format!("{max_variants} candidate removals per forward (memory budget)"),
@@ -346,7 +346,12 @@ impl CircuitDiscovery {
             }
             let mut points: Vec<(f64, f64)> = a.sweep.iter().map(|(_, n, f)| (*n as f64, *f)).collect();
             points.sort_by(|x, y| x.0.total_cmp(&y.0));
-            curves.push(Series { name: "ACDC (tau x 1/4 .. 4)".into(), points });
+            let series = if points.is_empty() { format!("ACDC (tau {:.4})", a.tau) } else { "ACDC (tau x 1/4 .. 4)".into() };
+            if points.is_empty() {
+                points.push((a.result.n_kept() as f64, a.faithfulness));
+                curve_table.push(vec![format!("ACDC tau={:.4}", a.tau).into(), a.result.n_kept().into(), a.faithfulness.into()]);
+            }
+            curves.push(Series { name: series, points });
             let found = &a.result;
             out.report.paragraph(&format!(
                 "ACDC at tau {:.4}: {} of {} edges kept, faithfulness {:.3}; {} of {} edges tested in {} forwards ({}), {:.0} full-forward \

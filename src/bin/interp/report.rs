@@ -34,6 +34,10 @@ pub struct ReportArgs {
     /// Prompts per task for causal tracing and circuit discovery.
     #[arg(long, default_value_t = 32)]
     pub n: usize,
+    /// A JSONL prompt file (see `interp eap --help`): every model it fits also gets EAP, EAP-IG,
+    /// MIB scores and ACDC on these pairs.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
     /// Latents per dictionary shown as dashboards (the most frequently active).
     #[arg(long, default_value_t = 3)]
     pub latents: usize,
@@ -102,9 +106,24 @@ fn model_report(dir: &Path, slug: &str, args: &ReportArgs) -> Result<Report> {
             circuit_discovery(&model, &prompts, task.task().name(), &CircuitDiscoveryConfig::default())?.write(&mut part)?;
             out.report.append(part.report);
         }
-    } else {
+    } else if args.prompts.is_none() {
         out.report.section("Circuits on the built-in tasks");
         out.report.paragraph("Skipped: this model does not use the built-in tasks' vocabulary (causal tracing on facts, IOI and greater-than circuits need a model trained on them, like models/tasks-bilinear).");
+    }
+    if let Some(path) = &args.prompts {
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "prompts".into());
+        match TaskPrompts::from_jsonl(path, &model) {
+            Ok(prompts) => {
+                let mut part = Output::nested(&args.out, &format!("{slug}/{name}"), "")?;
+                let cfg = CircuitDiscoveryConfig { tau_sweep: false, ..CircuitDiscoveryConfig::default() };
+                circuit_discovery(&model, &prompts, &name, &cfg)?.write(&mut part)?;
+                out.report.append(part.report);
+            }
+            Err(why) => {
+                out.report.section(&format!("Circuits: {name}"));
+                out.report.paragraph(&format!("Skipped: {why}"));
+            }
+        }
     }
     // A model without layers fails here too, and gets the note.
     let layer = model.cfg.n_layers.saturating_sub(1);
