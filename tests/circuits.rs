@@ -262,3 +262,34 @@ fn induction_heads_are_in_the_induction_circuit() {
         assert!(nodes.iter().any(|n| n == head), "{head} (found by pattern scores) is in the circuit: {nodes:?}");
     }
 }
+
+#[test]
+fn masked_forward_at_gpt2_small_shape() {
+    // 12 layers x 12 heads, d_model 768, vocab 50257: 32,491 edges. All edges kept gives the clean
+    // logits and none the corrupted ones (f32), in one masked forward of both edge sets.
+    use interp::interp_core::{BlockStyle, MlpKind, ModelSpec};
+    let spec = ModelSpec {
+        style: BlockStyle::Gpt2,
+        n_layers: 12,
+        d_model: 768,
+        n_heads: 12,
+        d_mlp: 3072,
+        d_vocab: 50257,
+        n_ctx: 1024,
+        mlp: Some(MlpKind::Gelu),
+        tie_embeddings: true,
+        bos_token_id: Some(50256),
+    };
+    let model = HookedTransformer::init_random(&spec, 0, Kind::Float, Device::Cpu).unwrap();
+    let graph = EdgeGraph::new(&model).unwrap();
+    assert_eq!(graph.n_edges(), 32491);
+    let clean = Tensor::from_slice(&[50256i64, 464, 3290, 290, 1757, 1816, 284, 262, 50256, 818, 257, 1110, 11, 4502, 290, 5335]).view([2, 8]);
+    let corrupted = Tensor::from_slice(&[50256i64, 464, 7900, 290, 1757, 1816, 284, 262, 50256, 818, 257, 1110, 11, 4502, 290, 1757]).view([2, 8]);
+    let acts = graph.activations(&model, &clean, &corrupted, Ablation::Resample).unwrap();
+    let e = graph.n_edges() as i64;
+    let masks = Tensor::stack(&[Tensor::ones([e], (Kind::Float, Device::Cpu)), Tensor::zeros([e], (Kind::Float, Device::Cpu))], 0);
+    let logits = graph.run_masked(&model, &acts, &masks, 0).unwrap();
+    let (want_clean, want_corrupted) = (model.forward(&clean).unwrap(), model.forward(&corrupted).unwrap());
+    let (c, x) = (common::max_abs_diff(&logits.narrow(0, 0, 2), &want_clean), common::max_abs_diff(&logits.narrow(0, 2, 2), &want_corrupted));
+    assert!(c < 1e-4 && x < 1e-4, "all edges {c:e} from the clean logits, none {x:e} from the corrupted ones");
+}

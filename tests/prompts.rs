@@ -5,7 +5,7 @@
 mod common;
 
 use common::Scratch;
-use interp::circuits::{self, edge_attribution, Ablation, AttributionMethod, EdgeGraph, MetricName, TaskPrompts};
+use interp::circuits::{self, edge_attribution, Ablation, AttributionMethod, EdgeGraph, EdgeRun, MemoryBudget, MetricName, TaskPrompts};
 use interp::interp_core::tasks::{Task, TaskVocab};
 use interp::interp_core::{tch, HookedTransformer};
 use tch::{Device, Kind, Tensor};
@@ -143,4 +143,34 @@ fn mistakes_in_prompt_files_name_the_line() {
     let traced = circuits::trace_prompts_from_jsonl(&path, &model).unwrap();
     let tok = model.tokenizer().unwrap();
     assert_eq!(tok.decode(&traced[0].tokens[traced[0].subject.clone()]).unwrap(), " soft");
+}
+
+#[test]
+fn a_small_memory_budget_gives_the_same_scores() {
+    // A budget that holds one prompt's activations at a time: every prompt is its own chunk, and
+    // EAP-IG scores and masked-forward metrics equal those of one batch; mean ablation still
+    // averages over every prompt.
+    let model = text_model();
+    let dir = Scratch::new("prompts-budget");
+    let all: Vec<&str> = SHORT.iter().chain(&LONG).copied().collect();
+    let prompts = TaskPrompts::from_jsonl(&write(&dir, "mixed.jsonl", &all), &model).unwrap();
+    let graph = EdgeGraph::new(&model).unwrap();
+    let costs = MemoryBudget::row_costs(&model, &graph, prompts.clean.size()[1]);
+    let small = MemoryBudget { bytes: costs.activations + costs.gradient.max(costs.masked), outside: 0 };
+    for ablation in [Ablation::Resample, Ablation::Mean] {
+        let big = EdgeRun::new(&model, &graph, &prompts, ablation, MemoryBudget::DEFAULT).unwrap();
+        let tight = EdgeRun::new(&model, &graph, &prompts, ablation, small).unwrap();
+        assert_eq!((big.chunk(), tight.chunk()), (4, 1));
+        let (a, b) = (big.attribution(AttributionMethod::EapIg { steps: 2 }).unwrap(), tight.attribution(AttributionMethod::EapIg { steps: 2 }).unwrap());
+        assert!(common::max_abs_diff(&a, &b) < 1e-5 * a.abs().max().double_value(&[]).max(1.0), "{ablation:?}");
+        let masks = circuits::top_k_masks(&a, &[3, 30, 100], true).unwrap();
+        let (fa, fb) = (big.faithfulness(&masks).unwrap(), tight.faithfulness(&masks).unwrap());
+        for (x, y) in fa.iter().zip(&fb) {
+            assert!((x - y).abs() < 1e-4, "{ablation:?}: {fa:?} vs {fb:?}");
+        }
+        assert!(tight.whole().is_err(), "ACDC needs every prompt at once");
+    }
+    // Too small for one prompt: the error states the minimum.
+    let err = EdgeRun::new(&model, &graph, &prompts, Ablation::Resample, MemoryBudget { bytes: small.bytes / 2, outside: 0 }).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("is too small") && err.contains("needs at least"), "{err}");
 }
