@@ -46,6 +46,17 @@ pub enum Qkv {
     V,
 }
 
+impl Qkv {
+    /// `q`, `k` or `v`.
+    pub fn letter(self) -> &'static str {
+        match self {
+            Qkv::Q => "q",
+            Qkv::K => "k",
+            Qkv::V => "v",
+        }
+    }
+}
+
 /// A component input that reads the residual stream. Under grouped-query attention the `K` and
 /// `V` receivers are the key/value heads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,14 +92,7 @@ impl fmt::Display for Sender {
 impl fmt::Display for Receiver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Receiver::Head { layer, head, input } => {
-                let which = match input {
-                    Qkv::Q => "q",
-                    Qkv::K => "k",
-                    Qkv::V => "v",
-                };
-                write!(f, "L{layer}H{head}.{which}")
-            }
+            Receiver::Head { layer, head, input } => write!(f, "L{layer}H{head}.{}", input.letter()),
             Receiver::Mlp { layer } => write!(f, "MLP{layer}"),
             Receiver::Logits => f.write_str("logits"),
         }

@@ -10,7 +10,7 @@ use std::path::Path;
 use interp_core::ModelConfig;
 use serde_json::{json, Map};
 
-use crate::edge_graph::{EdgeGraph, Qkv, Receiver, Sender};
+use crate::edge_graph::{EdgeGraph, Receiver, Sender};
 use crate::error::{Error, Result};
 
 /// MIB's edge budgets, as fractions of all edges.
@@ -53,14 +53,7 @@ fn node_name(s: Sender) -> String {
 pub fn mib_edge_name(sender: Sender, receiver: Receiver) -> String {
     let from = node_name(sender);
     match receiver {
-        Receiver::Head { layer, head, input } => {
-            let which = match input {
-                Qkv::Q => "q",
-                Qkv::K => "k",
-                Qkv::V => "v",
-            };
-            format!("{from}->a{layer}.h{head}<{which}>")
-        }
+        Receiver::Head { layer, head, input } => format!("{from}->a{layer}.h{head}<{}>", input.letter()),
         Receiver::Mlp { layer } => format!("{from}->m{layer}"),
         Receiver::Logits => format!("{from}->logits"),
     }

@@ -113,17 +113,20 @@ impl TaskPrompts {
             corrupted.extend(pad(&p.corrupted));
         }
         let n = pairs.len() as i64;
-        let mut prompts = TaskPrompts {
-            clean: Tensor::f_from_slice(&clean)?.f_view([n, width as i64])?,
+        let clean = Tensor::f_from_slice(&clean)?.f_view([n, width as i64])?;
+        let lengths: Vec<i64> = pairs.iter().map(|p| p.clean.len() as i64).collect();
+        let answers: Vec<Vec<i64>> = pairs.iter().map(|p| p.answers.clone()).collect();
+        let wrongs: Vec<Vec<i64>> = pairs.iter().map(|p| p.wrongs.clone()).collect();
+        let metric = build_metric(name, &answers, &wrongs, &lengths, &clean, d_vocab, None)?;
+        Ok(TaskPrompts {
+            clean,
             corrupted: Tensor::f_from_slice(&corrupted)?.f_view([n, width as i64])?,
-            lengths: pairs.iter().map(|p| p.clean.len() as i64).collect(),
-            answers: pairs.iter().map(|p| p.answers.clone()).collect(),
-            wrongs: pairs.iter().map(|p| p.wrongs.clone()).collect(),
+            lengths,
+            answers,
+            wrongs,
             labels: pairs.into_iter().map(|p| p.label).collect(),
-            metric: Metric::probability(Tensor::f_zeros([0], (tch::Kind::Int64, tch::Device::Cpu))?),
-        };
-        prompts.metric = prompts.metric_of(name, d_vocab, None)?;
-        Ok(prompts)
+            metric,
+        })
     }
 
     /// Pairs `start .. start + len` (their metric too).
@@ -162,10 +165,7 @@ impl TaskPrompts {
     /// Each prompt's answer position (its last token) [n] int64, or `None` when every prompt
     /// ends at the last position.
     pub fn positions(&self) -> Result<Option<Tensor>> {
-        if !self.is_padded() {
-            return Ok(None);
-        }
-        Ok(Some(Tensor::f_from_slice(&self.lengths.iter().map(|l| l - 1).collect::<Vec<_>>())?))
+        answer_positions(&self.lengths)
     }
 
     /// The first answer token of each prompt [n] int64.
@@ -175,36 +175,7 @@ impl TaskPrompts {
 
     /// `name`'s metric on these prompts; KL needs the model (it runs the clean prompts).
     pub fn metric_of(&self, name: MetricName, d_vocab: i64, model: Option<&HookedTransformer>) -> Result<Metric> {
-        let single = |sets: &[Vec<i64>], what: &str| -> Result<Tensor> {
-            let ids = sets
-                .iter()
-                .enumerate()
-                .map(|(i, s)| match s.as_slice() {
-                    [t] => Ok(*t),
-                    _ => Err(Error::Input(format!("pair {}: the logit difference needs exactly one {what} token, found {}", i + 1, s.len()))),
-                })
-                .collect::<Result<Vec<i64>>>()?;
-            Ok(Tensor::f_from_slice(&ids)?)
-        };
-        let metric = match name {
-            MetricName::LogitDiff => Metric::logit_diff(single(&self.answers, "answer")?, single(&self.wrongs, "wrong")?),
-            MetricName::Prob => Metric::prob_diff(&self.answers, &vec![vec![]; self.len()], d_vocab)?,
-            MetricName::ProbDiff => Metric::prob_diff(&self.answers, &self.wrongs, d_vocab)?,
-            MetricName::Kl => {
-                let model = model.ok_or_else(|| Error::Input("the KL metric needs the model's clean run".into()))?;
-                let logits = model.forward(&self.clean.f_to_device(model.device())?)?;
-                return Metric::kl_to(&logits, self.positions()?.as_ref());
-            }
-        };
-        // One answer token under `prob`: P(answer) itself (named `probability` in tables).
-        let metric = match (name, self.answers.iter().all(|a| a.len() == 1)) {
-            (MetricName::Prob, true) => Metric::probability(self.answer()?),
-            _ => metric,
-        };
-        Ok(match self.positions()? {
-            Some(p) => metric.at(p),
-            None => metric,
-        })
+        build_metric(name, &self.answers, &self.wrongs, &self.lengths, &self.clean, d_vocab, model)
     }
 
     /// The same prompts scored by `name` (see [`TaskPrompts::metric_of`]).
@@ -240,6 +211,57 @@ impl TaskPrompts {
         }
         write_new(path, &text)
     }
+}
+
+/// Each prompt's answer position (its last token) [n] int64, or `None` when every prompt ends at
+/// the last position.
+fn answer_positions(lengths: &[i64]) -> Result<Option<Tensor>> {
+    if lengths.windows(2).all(|w| w[0] == w[1]) {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::f_from_slice(&lengths.iter().map(|l| l - 1).collect::<Vec<_>>())?))
+}
+
+/// `name`'s metric of prompts with these answers, wrong tokens and lengths; KL runs `model` on
+/// the clean prompts [n, pos], 16 per forward.
+fn build_metric(name: MetricName, answers: &[Vec<i64>], wrongs: &[Vec<i64>], lengths: &[i64], clean: &Tensor, d_vocab: i64, model: Option<&HookedTransformer>) -> Result<Metric> {
+    let positions = answer_positions(lengths)?;
+    let single = |sets: &[Vec<i64>], what: &str| -> Result<Tensor> {
+        let ids = sets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match s.as_slice() {
+                [t] => Ok(*t),
+                _ => Err(Error::Input(format!("pair {}: the logit difference needs exactly one {what} token, found {}", i + 1, s.len()))),
+            })
+            .collect::<Result<Vec<i64>>>()?;
+        Ok(Tensor::f_from_slice(&ids)?)
+    };
+    let metric = match name {
+        MetricName::LogitDiff => Metric::logit_diff(single(answers, "answer")?, single(wrongs, "wrong")?),
+        // One answer token each: P(answer) itself (named `probability` in tables).
+        MetricName::Prob if answers.iter().all(|a| a.len() == 1) => Metric::probability(single(answers, "answer")?),
+        MetricName::Prob => Metric::prob_diff(answers, &vec![vec![]; answers.len()], d_vocab)?,
+        MetricName::ProbDiff => Metric::prob_diff(answers, wrongs, d_vocab)?,
+        MetricName::Kl => {
+            let model = model.ok_or_else(|| Error::Input("the KL metric needs the model's clean run".into()))?;
+            // The clean run's logits at each answer position, [n, 1, d_vocab], a chunk at a time.
+            let n = clean.size()[0];
+            let mut rows = Vec::new();
+            for start in (0..n).step_by(16) {
+                let len = 16.min(n - start);
+                let logits = model.forward(&clean.f_narrow(0, start, len)?.f_to_device(model.device())?)?;
+                let at = positions.as_ref().map(|p| p.f_narrow(0, start, len)).transpose()?;
+                rows.push(crate::metric::answer_logits(&logits, at.as_ref())?.f_unsqueeze(1)?);
+            }
+            let kl = Metric::kl_to(&Tensor::f_cat(&rows, 0)?, None)?;
+            return Ok(Metric { positions, ..kl });
+        }
+    };
+    Ok(match positions {
+        Some(p) => metric.at(p),
+        None => metric,
+    })
 }
 
 /// The pairs of a built-in task, as [`TaskPrompts::new`] batches them.
