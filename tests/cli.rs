@@ -322,7 +322,7 @@ fn circuit_commands_take_prompt_files() {
     let args = ["acdc", "--prompts", f, "--out", acdc_out.to_str().unwrap(), "--only", "--tau", "0.3", "--checkpoint", ckpt.to_str().unwrap(), "--export-mib", mib.to_str().unwrap()];
     let (ok, out, err) = interp(&args);
     assert!(ok, "{err}");
-    assert!(out.contains("ACDC tau 0.3000") && out.contains("one edge per forward (CPU") && out.contains("MIB CPR"), "{out}");
+    assert!(out.contains("ACDC tau 0.3000") && out.contains("one edge per forward, as on a CPU") && out.contains("MIB CPR"), "{out}");
     assert!(!out.contains("EAP-IG"), "--only runs ACDC alone: {out}");
     assert!(ckpt.exists() && mib.join("acdc/ioi_tasks-bilinear/importances.json").exists());
     let importances: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(mib.join("acdc/ioi_tasks-bilinear/importances.json")).unwrap()).unwrap();

@@ -49,8 +49,8 @@ impl AcdcConfig {
     /// device idle, so 16 speculative removals ride along almost free.
     pub fn for_device(device: Device) -> (usize, &'static str) {
         match device {
-            Device::Cpu => (1, "one edge per forward (CPU: a forward is compute-bound, so stacked candidates cost as much as separate forwards)"),
-            _ => (16, "up to 16 speculative removals per forward (GPU: batching is nearly free)"),
+            Device::Cpu => (1, "one edge per forward, as on a CPU"),
+            _ => (16, "up to 16 speculative removals per forward, as on a GPU"),
         }
     }
 }

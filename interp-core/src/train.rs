@@ -271,12 +271,65 @@ impl TrainingCheckpoint {
     }
 }
 
-/// A progress bar counting `unit` with elapsed time, ETA and a message; hidden when `show` is false.
+/// A progress bar counting `unit` with elapsed time, ETA and a message; hidden when `show` is
+/// false. When stderr is not a terminal (a log file, a pipe), the bar becomes a progress line
+/// every 30 seconds.
 pub fn progress_bar(len: u64, unit: &str, show: bool) -> indicatif::ProgressBar {
-    let bar = if show { indicatif::ProgressBar::new(len) } else { indicatif::ProgressBar::hidden() };
-    let template = format!("{{bar:30}} {{pos}}/{{len}} {unit} [{{elapsed_precise}}<{{eta_precise}}] {{msg}}");
+    use std::io::IsTerminal;
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let (bar, template) = if std::io::stderr().is_terminal() {
+        (indicatif::ProgressBar::new(len), format!("{{bar:30}} {{pos}}/{{len}} {unit} [{{elapsed_precise}}<{{eta_precise}}] {{msg}}"))
+    } else {
+        let log = LogLines { every: std::time::Duration::from_secs(30), last: std::sync::Mutex::new(Instant::now()) };
+        let target = indicatif::ProgressDrawTarget::term_like(Box::new(log));
+        (indicatif::ProgressBar::with_draw_target(Some(len), target), format!("{{pos}}/{{len}} {unit} ({{percent}}%), {{elapsed_precise}} elapsed, ETA {{eta_precise}} {{msg}}"))
+    };
     bar.set_style(indicatif::ProgressStyle::with_template(&template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
     bar
+}
+
+/// A progress bar's target in a log: one line, at most every `every`, no cursor movement.
+#[derive(Debug)]
+struct LogLines {
+    every: std::time::Duration,
+    last: std::sync::Mutex<Instant>,
+}
+
+impl indicatif::TermLike for LogLines {
+    fn width(&self) -> u16 {
+        120
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, line: &str) -> std::io::Result<()> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() >= self.every && !line.trim().is_empty() {
+            eprintln!("{}", line.trim_end());
+            *last = Instant::now();
+        }
+        Ok(())
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        self.write_line(s)
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A stable hash (FNV-1a) of a configuration's text, for [`TrainingCheckpoint::fingerprint`].
