@@ -203,7 +203,9 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
     let bar = interp_core::train::progress_bar(n as u64, "edges", cfg.progress);
     let receivers: Vec<(usize, usize)> = (0..graph.groups.len()).rev().flat_map(|gi| (0..graph.groups[gi].n_receivers as usize).rev().map(move |r| (gi, r))).collect();
     let mut decided: usize = receivers[..state.receivers_done.min(receivers.len())].iter().map(|(gi, _)| graph.groups[*gi].n_senders).sum();
+    // A resumed run starts where it stopped; its ETA counts only this run's rate.
     bar.set_position(decided as u64);
+    bar.reset_eta();
     let mut logits_test: Option<LogitsTest> = None;
     let mut width = cfg.max_variants;
     let started = std::time::Instant::now();
@@ -322,7 +324,7 @@ impl LogitsTest {
             let idx = if size.len() == 4 { idx.f_unsqueeze(0)?.f_expand([size[0], b, 1, size[3]], false)? } else { idx };
             Ok(t.f_gather(size.len() as i64 - 2, &idx, false)?.f_squeeze_dim(size.len() as i64 - 2)?)
         };
-        Ok(LogitsTest { resid: at(&resid_final)?, diff: at(&acts.ablated.f_sub(&acts.clean)?)?, metric: metric.at_last() })
+        Ok(LogitsTest { resid: at(&resid_final)?, diff: at(acts.diff()?)?, metric: metric.at_last() })
     }
 
     /// The loss of each edge set (only edges into the logits removed).

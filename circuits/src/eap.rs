@@ -52,7 +52,7 @@ pub fn edge_attribution(model: &HookedTransformer, graph: &EdgeGraph, acts: &Edg
     // block 0 at ablated + alpha (clean - ablated), alpha = k / steps.
     let clean0 = acts.clean.f_select(0, 0)?;
     let abl0 = acts.ablated.f_select(0, 0)?;
-    let diff = acts.ablated.f_sub(&acts.clean)?; // [S, B, P, D]
+    let diff = acts.diff()?; // [S, B, P, D]
     let mut scores: Vec<Tensor> = Vec::with_capacity(graph.groups.len());
     for k in 1..=steps {
         let alpha = k as f64 / steps as f64;

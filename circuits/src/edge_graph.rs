@@ -166,17 +166,34 @@ pub struct EdgeActivations {
     pub ablated: Tensor,
     /// [L, B, P, D] clean residual stream entering each block.
     pub resid_pre: Tensor,
+    /// [S, B, P, D] ablated - clean, computed once when first needed.
+    diff: std::cell::OnceCell<Tensor>,
 }
 
 impl EdgeActivations {
+    /// Activations from their parts: `tokens` [B, P], `clean` and `ablated` [S, B, P, D],
+    /// `resid_pre` [L, B, P, D].
+    pub fn new(tokens: Tensor, clean: Tensor, ablated: Tensor, resid_pre: Tensor) -> EdgeActivations {
+        EdgeActivations { tokens, clean, ablated, resid_pre, diff: std::cell::OnceCell::new() }
+    }
+
     /// The activations of prompts `start .. start + len` (views, no copy).
     pub fn narrow(&self, start: i64, len: i64) -> Result<EdgeActivations> {
-        Ok(EdgeActivations {
-            tokens: self.tokens.f_narrow(0, start, len)?,
-            clean: self.clean.f_narrow(1, start, len)?,
-            ablated: self.ablated.f_narrow(1, start, len)?,
-            resid_pre: self.resid_pre.f_narrow(1, start, len)?,
-        })
+        Ok(EdgeActivations::new(
+            self.tokens.f_narrow(0, start, len)?,
+            self.clean.f_narrow(1, start, len)?,
+            self.ablated.f_narrow(1, start, len)?,
+            self.resid_pre.f_narrow(1, start, len)?,
+        ))
+    }
+
+    /// [S, B, P, D] ablated - clean sender outputs: what removing an edge adds to its receiver.
+    pub fn diff(&self) -> Result<&Tensor> {
+        if let Some(d) = self.diff.get() {
+            return Ok(d);
+        }
+        let d = self.ablated.f_sub(&self.clean)?;
+        Ok(self.diff.get_or_init(|| d))
     }
 }
 
@@ -375,7 +392,7 @@ impl EdgeGraph {
                 corr.f_mean_dim(1, true, corr.kind())?.f_expand_as(&corr)?.f_contiguous()?
             }
         };
-        Ok(EdgeActivations { tokens: clean, clean: clean_out, ablated, resid_pre })
+        Ok(EdgeActivations::new(clean, clean_out, ablated, resid_pre))
     }
 
     /// Logits [V * B, P, d_vocab] of the clean prompts with, in variant `v`, every edge `e` with
@@ -421,34 +438,39 @@ impl EdgeGraph {
         let (v, b, p, d) = (mask.size()[0], size[1], size[2], size[3]);
         // Senders computed in this pass start here; earlier ones keep their clean outputs.
         let first_live = self.sender_index(Sender::Head { layer: start_layer, head: 0 });
-        let mut active: Vec<(usize, Tensor)> = Vec::new(); // (group, weights [V, R, S_g])
+        // Per patched group: the senders some variant removes, split into those before the pass
+        // (whose output here is the clean one) and those computed in it.
+        let mut active: Vec<(usize, Tensor, Vec<i64>, Vec<i64>)> = Vec::new(); // (group, weights [V, R, S_g], before, live)
         let mut needed = vec![false; self.senders.len()];
         for (gi, g) in self.groups.iter().enumerate() {
             let w = removed.f_narrow(1, g.first_edge as i64, g.n_receivers * g.n_senders as i64)?.f_view([v, g.n_receivers, g.n_senders as i64])?;
-            let used: Vec<bool> = Vec::<f64>::try_from(&w.f_abs()?.f_sum_dim_intlist([0i64, 1].as_slice(), false, Kind::Double)?)?.iter().map(|x| *x != 0.0).collect();
-            if !used.iter().any(|u| *u) {
+            let used: Vec<i64> = Vec::<f64>::try_from(&w.f_abs()?.f_sum_dim_intlist([0i64, 1].as_slice(), false, Kind::Double)?)?
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| **x != 0.0)
+                .map(|(s, _)| s as i64)
+                .collect();
+            if used.is_empty() {
                 continue;
             }
             if g.layer < start_layer {
                 return Err(Error::Input(format!("edges into `{}` are patched, but the pass starts at block {start_layer}", g.point)));
             }
-            for (s, u) in used.iter().enumerate() {
-                needed[s] |= *u && s >= first_live;
+            let (before, live): (Vec<i64>, Vec<i64>) = used.into_iter().partition(|s| (*s as usize) < first_live);
+            for s in &live {
+                needed[*s as usize] = true;
             }
-            active.push((gi, w));
+            active.push((gi, w, before, live));
         }
         // Senders computed in this pass whose output some patched edge reads get a slot, in sender
-        // order, of `live` [V, slots, B, P, D]; a group's live senders are then a prefix of the slots.
+        // order, of `live` [V, slots, B, P, D].
         let slot_of: Vec<Option<i64>> = {
             let mut next = 0;
             needed.iter().map(|n| n.then(|| (next, next += 1).0)).collect()
         };
         let n_slots = slot_of.iter().flatten().count() as i64;
         let live = Tensor::f_zeros([v, n_slots, b, p, d], (kind, device))?;
-        // What a removed edge adds per unit of weight: ablated - clean for senders before the pass
-        // (their output here is the clean one), ablated alone for live senders (minus `live`).
-        let clean_before = acts.clean.f_narrow(0, 0, first_live as i64)?;
-        let base = Tensor::f_cat(&[acts.ablated.f_narrow(0, 0, first_live as i64)?.f_sub(&clean_before)?, acts.ablated.f_narrow(0, first_live as i64, self.senders.len() as i64 - first_live as i64)?], 0)?;
+        let diff = acts.diff()?;
         let mut hooks = Hooks::new();
         for l in start_layer..self.n_layers {
             let heads: Vec<(i64, i64)> = (0..self.n_heads).filter_map(|h| slot_of[self.sender_index(Sender::Head { layer: l, head: h })].map(|s| (h, s))).collect();
@@ -456,7 +478,7 @@ impl EdgeGraph {
                 let live = live.shallow_clone();
                 let idx = Tensor::f_from_slice(&heads.iter().map(|(h, _)| *h).collect::<Vec<_>>())?.f_to_device(device)?;
                 hooks = hooks.add(HookPoint::block(l, BlockSite::Result), move |x, _| {
-                    // x [V * B, P, H, D] -> the needed heads [V, k, B, P, D]
+                    // x [V * B, P, H, D] -> the needed heads [V, k, B, P, D] (consecutive slots)
                     let out = x.f_view([v, b, p, -1, d])?.f_index_select(3, &idx)?.f_permute([0, 3, 1, 2, 4])?;
                     live.f_narrow(1, first_slot, idx.size()[0])?.f_copy_(&out)?;
                     Ok(None)
@@ -472,23 +494,55 @@ impl EdgeGraph {
                 }
             }
         }
-        for (gi, w) in active {
+        let bpd = b * p * d;
+        for (gi, w, before, live_senders) in active {
             let g = &self.groups[gi];
-            let (live, base) = (&live, &base);
-            let (r, n_senders, per_head) = (g.n_receivers, g.n_senders as i64, g.per_head);
-            let live_senders: Vec<i64> = (first_live..g.n_senders).filter(|s| needed[*s]).map(|s| s as i64).collect();
-            let w_live = match live_senders.is_empty() {
-                true => None,
-                false => Some(w.f_index_select(2, &Tensor::f_from_slice(&live_senders)?.f_to_device(device)?)?),
+            let (r, per_head) = (g.n_receivers, g.per_head);
+            let on = |ids: &[i64]| Tensor::f_from_slice(ids).and_then(|t| t.f_to_device(device));
+            // delta[v, b, p, r, d] = sum_s w[v, r, s] * (ablated_s - current_s): the senders before
+            // the pass (current = clean) and the live ones' ablated part are fixed now, the live
+            // outputs are read when the hook fires.
+            let mut fixed: Option<Tensor> = None;
+            let mut add = |weights: Tensor, values: Tensor| -> Result<()> {
+                let k = weights.size()[2];
+                let term = weights.f_reshape([v * r, k])?.f_matmul(&values.f_reshape([k, bpd])?)?;
+                fixed = Some(match fixed.take() {
+                    Some(f) => f.f_add(&term)?,
+                    None => term,
+                });
+                Ok(())
             };
+            // Few patched senders: gather them; many: a dense product over the whole sender range
+            // (unpatched senders have weight 0, and the outputs are views, not copies).
+            let pre = first_live.min(g.n_senders) as i64;
+            let mut add_range = |ids: &[i64], values: &Tensor, start: i64, len: i64| -> Result<()> {
+                if ids.len() as i64 * 4 <= len {
+                    let idx = on(ids)?;
+                    add(w.f_index_select(2, &idx)?, values.f_index_select(0, &idx.f_sub_scalar(start)?)?)
+                } else {
+                    add(w.f_narrow(2, start, len)?.f_contiguous()?, values.shallow_clone())
+                }
+            };
+            if !before.is_empty() {
+                add_range(&before, &diff.f_narrow(0, 0, pre)?, 0, pre)?;
+            }
+            let current = if live_senders.is_empty() {
+                None
+            } else {
+                let n_live = g.n_senders as i64 - pre;
+                add_range(&live_senders, &acts.ablated.f_narrow(0, pre, n_live)?, pre, n_live)?;
+                let wl = w.f_index_select(2, &on(&live_senders)?)?; // [V, R, k]
+                let slots: Vec<i64> = live_senders.iter().filter_map(|s| slot_of[*s as usize]).collect();
+                Some((wl, on(&slots)?))
+            };
+            let fixed = fixed.ok_or_else(|| Error::Input("a patched group without patched senders".into()))?.f_view([v, r, bpd])?;
+            let live = live.shallow_clone();
             hooks = hooks.add(g.point, move |x, _| {
-                // delta[v, b, p, r, d] = sum_s w[v, r, s] * (ablated_s - current_s)
-                let bpd = b * p * d;
-                let mut delta = w.f_reshape([v * r, n_senders])?.f_matmul(&base.f_narrow(0, 0, n_senders)?.f_reshape([n_senders, bpd])?)?.f_view([v, r, bpd])?;
-                if let Some(wl) = &w_live {
+                let mut delta = fixed.shallow_clone();
+                if let Some((wl, slots)) = &current {
                     let k = wl.size()[2];
-                    let current = live.f_narrow(1, 0, k)?.f_reshape([v, k, bpd])?;
-                    delta = delta.f_sub(&wl.f_bmm(&current)?)?;
+                    let outputs = live.f_index_select(1, slots)?.f_reshape([v, k, bpd])?;
+                    delta = delta.f_sub(&wl.f_bmm(&outputs)?)?;
                 }
                 let delta = delta.f_view([v, r, b, p, d])?.f_permute([0, 2, 3, 1, 4])?;
                 let delta = if per_head { delta.f_reshape([v * b, p, r, d])? } else { delta.f_reshape([v * b, p, d])? };
