@@ -139,7 +139,8 @@ pub enum Ablation {
     Resample,
     /// Zero.
     Zero,
-    /// The sender's output averaged over the corrupted prompts, per position.
+    /// The sender's output averaged over the corrupted prompts, per position (over the prompts
+    /// that reach it, when they differ in length).
     Mean,
 }
 
