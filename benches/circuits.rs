@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use common::{median, min_secs};
-use interp::circuits::{self, 
-    acdc, activation_patching, budget::weight_bytes, causal_trace, edge_attribution, estimate_sigma, Ablation, AcdcConfig, AttributionMethod, Corruption, EdgeGraph, EdgeRun, MemoryBudget,
-    PatchSite, TaskPrompts, TraceConfig, TracePrompt,
+use interp::circuits::{
+    acdc, activation_patching, budget::weight_bytes, causal_trace, edge_attribution, estimate_sigma, Ablation, AcdcConfig, AcdcResult, AttributionMethod, Corruption, EdgeGraph,
+    EdgeRun, MemoryBudget, PatchSite, TaskPrompts, TraceConfig, TracePrompt,
 };
 use interp::interp_core::tasks::{Task, TaskVocab};
 use interp::interp_core::{tch, HookedTransformer, NamesFilter, Rng};
@@ -51,7 +51,7 @@ fn main() {
         ("one edge per forward from its block (CPU default)", cfg.clone()),
         ("16 speculative removals per forward (GPU default)", AcdcConfig { max_variants: 16, ..cfg.clone() }),
     ];
-    let mut best: Vec<(f64, Option<circuits::AcdcResult>)> = vec![(f64::INFINITY, None); strategies.len()];
+    let mut best: Vec<(f64, Option<AcdcResult>)> = vec![(f64::INFINITY, None); strategies.len()];
     for _ in 0..3 {
         for (i, (_, c)) in strategies.iter().enumerate() {
             let t = Instant::now();
