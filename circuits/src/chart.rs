@@ -108,10 +108,9 @@ pub fn heatmaps(path: &Path, panels: &[Heatmap]) -> Result<()> {
         .map(|r| r.chars().count())
         .max()
         .unwrap_or(4) as u32;
-    let panel_w = 120
-        + COLOR_BAR_W
-        + 7 * longest
-        + 44 * panels.iter().map(|p| p.cols.len()).max().unwrap_or(1) as u32;
+    // Wide enough for the cells and for the title (16 px sans-serif: about 8 px a character).
+    let title = panels.iter().map(|p| p.title.chars().count()).max().unwrap_or(0) as u32;
+    let panel_w = (120 + COLOR_BAR_W + 7 * longest + 44 * panels.iter().map(|p| p.cols.len()).max().unwrap_or(1) as u32).max(8 * title + 40);
     let size = (
         (panel_w * panels.len() as u32).max(360),
         (140 + 26 * rows as u32).max(260),

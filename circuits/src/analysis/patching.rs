@@ -33,7 +33,7 @@ pub struct PatchingSweep {
     pub n_prompts: i64,
     /// Layers of the model.
     pub n_layers: usize,
-    /// `{pos} {token}` of the first clean prompt, for the position axis.
+    /// `{pos} {token}` of the first longest clean prompt, for the position axis.
     pub positions: Vec<String>,
     /// The metric's name.
     pub metric: String,
@@ -52,7 +52,9 @@ pub fn patching_sweep(model: &HookedTransformer, prompts: &TaskPrompts, name: &s
         .into_iter()
         .map(|site| activation_patching(model, &prompts.clean, &prompts.corrupted, &prompts.metric, site, cfg.max_rows))
         .collect::<Result<_>>()?;
-    let first = Vec::<i64>::try_from(&prompts.clean.f_get(0)?)?;
+    // Positions are labelled by the first of the longest prompts (the others end earlier).
+    let longest = prompts.lengths.iter().enumerate().max_by_key(|(i, l)| (**l, std::cmp::Reverse(*i))).map(|(i, _)| i).unwrap_or(0);
+    let first = Vec::<i64>::try_from(&prompts.clean.f_get(longest as i64)?)?;
     Ok(PatchingSweep {
         name: name.to_string(),
         n_prompts: prompts.clean.size()[0],
