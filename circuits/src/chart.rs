@@ -5,6 +5,8 @@
 use std::path::Path;
 use std::sync::Once;
 
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -150,33 +152,42 @@ pub fn line_chart(
         x0 - pad(x0, x1)..x1 + pad(x0, x1),
         y0 - pad(y0, y1)..y1 + pad(y0, y1),
     );
-    render!(path, (760, 480), |root| draw_lines(
-        &root,
-        title,
-        x_label,
-        y_label,
-        series,
-        xr.clone(),
-        yr.clone()
-    ))
+    // Edge counts from 1 to tens of thousands: a log axis when x spans two decades or more.
+    let log_x = x0 > 0.0 && x1 / x0 >= 100.0;
+    if log_x {
+        render!(path, (760, 480), |root| {
+            let chart = ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 20))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(56)
+                .build_cartesian_2d((x0 / 1.3..x1 * 1.3).log_scale(), yr.clone())
+                .map_err(|e| e.to_string())?;
+            draw_lines(chart, &format!("{x_label} (log scale)"), y_label, series)
+        })
+    } else {
+        render!(path, (760, 480), |root| {
+            let chart = ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 20))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(56)
+                .build_cartesian_2d(xr.clone(), yr.clone())
+                .map_err(|e| e.to_string())?;
+            draw_lines(chart, x_label, y_label, series)
+        })
+    }
 }
 
-fn draw_lines<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    title: &str,
+fn draw_lines<'a, DB: DrawingBackend + 'a, X>(
+    mut chart: ChartContext<'a, DB, Cartesian2d<X, RangedCoordf64>>,
     x_label: &str,
     y_label: &str,
     series: &[Series],
-    xr: std::ops::Range<f64>,
-    yr: std::ops::Range<f64>,
-) -> std::result::Result<(), String> {
-    let mut chart = ChartBuilder::on(root)
-        .caption(title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(56)
-        .build_cartesian_2d(xr.clone(), yr.clone())
-        .map_err(|e| e.to_string())?;
+) -> std::result::Result<(), String>
+where
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
     chart
         .configure_mesh()
         .x_desc(x_label)
@@ -413,6 +424,23 @@ pub fn circuit_graph(path: &Path, title: &str, graph: &EdgeGraph, kept: &[bool],
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn faithfulness_curves_of_large_graphs_get_a_log_axis() -> Result<()> {
+        // 1 .. 32,491 edges: both axes kinds draw, to SVG and PNG.
+        let points: Vec<(f64, f64)> = [1.0, 3.0, 10.0, 100.0, 1000.0, 32491.0].iter().map(|x: &f64| (*x, x.ln() / 32491f64.ln())).collect();
+        let series = [Series { name: "EAP-IG(5)".into(), points }];
+        let dir = std::env::temp_dir().join(format!("interp-chart-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+        for file in ["log.svg", "log.png"] {
+            line_chart(&dir.join(file), "faithfulness", "edges kept", "faithfulness", &series)?;
+            assert!(dir.join(file).metadata().map_err(Error::io(&dir))?.len() > 1000);
+        }
+        let svg = std::fs::read_to_string(dir.join("log.svg")).map_err(Error::io(&dir))?;
+        assert!(svg.contains("edges kept (log scale)"));
+        std::fs::remove_dir_all(&dir).map_err(Error::io(&dir))?;
+        Ok(())
+    }
 
     #[test]
     fn colour_scale_runs_blue_white_red_or_white_purple() {
