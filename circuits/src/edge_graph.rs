@@ -464,13 +464,13 @@ impl EdgeGraph {
             active.push((gi, w, before, live));
         }
         // Senders computed in this pass whose output some patched edge reads get a slot, in sender
-        // order, of `live` [V, slots, B, P, D].
+        // order, of `live` [V, slots, B, P, D]; a group's live senders lie in a prefix of the slots.
         let slot_of: Vec<Option<i64>> = {
             let mut next = 0;
             needed.iter().map(|n| n.then(|| (next, next += 1).0)).collect()
         };
-        let n_slots = slot_of.iter().flatten().count() as i64;
-        let live = Tensor::f_zeros([v, n_slots, b, p, d], (kind, device))?;
+        let slot_senders: Vec<i64> = (0..self.senders.len() as i64).filter(|s| needed[*s as usize]).collect();
+        let live = Tensor::f_zeros([v, slot_senders.len() as i64, b, p, d], (kind, device))?;
         let diff = acts.diff()?;
         let mut hooks = Hooks::new();
         for l in start_layer..self.n_layers {
@@ -500,49 +500,52 @@ impl EdgeGraph {
             let g = &self.groups[gi];
             let (r, per_head) = (g.n_receivers, g.per_head);
             let on = |ids: &[i64]| Tensor::f_from_slice(ids).and_then(|t| t.f_to_device(device));
-            // delta[v, b, p, r, d] = sum_s w[v, r, s] * (ablated_s - current_s): the senders before
-            // the pass (current = clean) and the live ones' ablated part are fixed now, the live
-            // outputs are read when the hook fires.
-            let mut fixed: Option<Tensor> = None;
-            let mut add = |weights: Tensor, values: Tensor| -> Result<()> {
-                let k = weights.size()[2];
-                let term = weights.f_reshape([v * r, k])?.f_matmul(&values.f_reshape([k, bpd])?)?;
-                fixed = Some(match fixed.take() {
-                    Some(f) => f.f_add(&term)?,
-                    None => term,
-                });
-                Ok(())
-            };
-            // Few patched senders: gather them; many: a dense product over the whole sender range
-            // (unpatched senders have weight 0, and the outputs are views, not copies).
+            // delta[v, b, p, r, d] = sum_s w[v, r, s] * (ablated_s - current_s), computed when the
+            // hook fires (one group's delta alive at a time): for the senders before the pass
+            // (current = clean) from `diff`, for the live ones `ablated` minus their outputs.
+            // Few patched senders are gathered; many take one dense product over the sender range
+            // (unpatched senders have weight 0; the values are views, not copies).
             let pre = first_live.min(g.n_senders) as i64;
-            let mut add_range = |ids: &[i64], values: &Tensor, start: i64, len: i64| -> Result<()> {
+            let term = |ids: &[i64], values: Tensor, start: i64, len: i64| -> Result<(Tensor, Tensor, Option<Tensor>)> {
                 if ids.len() as i64 * 4 <= len {
                     let idx = on(ids)?;
-                    add(w.f_index_select(2, &idx)?, values.f_index_select(0, &idx.f_sub_scalar(start)?)?)
+                    Ok((w.f_index_select(2, &idx)?, values, Some(idx.f_sub_scalar(start)?)))
                 } else {
-                    add(w.f_narrow(2, start, len)?.f_contiguous()?, values.shallow_clone())
+                    Ok((w.f_narrow(2, start, len)?.f_contiguous()?, values, None))
                 }
             };
+            let mut terms = Vec::new();
             if !before.is_empty() {
-                add_range(&before, &diff.f_narrow(0, 0, pre)?, 0, pre)?;
+                terms.push(term(&before, diff.f_narrow(0, 0, pre)?, 0, pre)?);
             }
             let current = if live_senders.is_empty() {
                 None
             } else {
                 let n_live = g.n_senders as i64 - pre;
-                add_range(&live_senders, &acts.ablated.f_narrow(0, pre, n_live)?, pre, n_live)?;
-                let wl = w.f_index_select(2, &on(&live_senders)?)?; // [V, R, k]
-                let slots: Vec<i64> = live_senders.iter().filter_map(|s| slot_of[*s as usize]).collect();
-                Some((wl, on(&slots)?))
+                terms.push(term(&live_senders, acts.ablated.f_narrow(0, pre, n_live)?, pre, n_live)?);
+                // Every slot's sender before this group's end (slots are in sender order, so
+                // they are a prefix of `live`, read as a view); weight 0 for those it does not use.
+                let prefix: Vec<i64> = slot_senders.iter().copied().take_while(|s| (*s as usize) < g.n_senders).collect();
+                Some((w.f_index_select(2, &on(&prefix)?)?, prefix.len() as i64))
             };
-            let fixed = fixed.ok_or_else(|| Error::Input("a patched group without patched senders".into()))?.f_view([v, r, bpd])?;
             let live = live.shallow_clone();
             hooks = hooks.add(g.point, move |x, _| {
-                let mut delta = fixed.shallow_clone();
-                if let Some((wl, slots)) = &current {
-                    let k = wl.size()[2];
-                    let outputs = live.f_index_select(1, slots)?.f_reshape([v, k, bpd])?;
+                let mut delta: Option<Tensor> = None;
+                for (weights, values, idx) in &terms {
+                    let values = match idx {
+                        Some(i) => values.f_index_select(0, i)?,
+                        None => values.shallow_clone(),
+                    };
+                    let k = weights.size()[2];
+                    let t = weights.f_reshape([v * r, k])?.f_matmul(&values.f_reshape([k, bpd])?)?.f_view([v, r, bpd])?;
+                    delta = Some(match delta {
+                        Some(d) => d.f_add(&t)?,
+                        None => t,
+                    });
+                }
+                let mut delta = delta.ok_or("a patched group without patched senders")?;
+                if let Some((wl, k)) = &current {
+                    let outputs = live.f_narrow(1, 0, *k)?.f_reshape([v, *k, bpd])?;
                     delta = delta.f_sub(&wl.f_bmm(&outputs)?)?;
                 }
                 let delta = delta.f_view([v, r, b, p, d])?.f_permute([0, 2, 3, 1, 4])?;
