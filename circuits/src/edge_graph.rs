@@ -410,17 +410,7 @@ impl EdgeGraph {
     /// `metric` of each edge set in `mask` [V, E] (see [`EdgeGraph::run_masked`]), per variant
     /// [V]: the final norm and the unembedding run only at each prompt's answer position.
     pub fn masked_metric(&self, model: &HookedTransformer, acts: &EdgeActivations, metric: &crate::Metric, mask: &Tensor, start_layer: usize) -> Result<Tensor> {
-        let resid = self.masked_residual(model, acts, mask, start_layer)?; // [V * B, P, D]
-        let size = resid.size();
-        let variants = mask.size()[0];
-        let positions = match &metric.positions {
-            Some(p) => p.f_to_device(resid.device())?.f_repeat([variants])?,
-            None => Tensor::f_full([size[0]], size[1] - 1, (Kind::Int64, resid.device()))?,
-        };
-        let idx = positions.f_view([-1, 1, 1])?.f_expand([size[0], 1, size[2]], false)?;
-        let at = resid.f_gather(1, &idx, false)?; // [V * B, 1, D]
-        let logits = model.runner_from_layer(&at, self.n_layers).run()?.output;
-        metric.at_last().per_variant(&logits)
+        metric.per_variant_of_residual(model, &self.masked_residual(model, acts, mask, start_layer)?)
     }
 
     /// The residual stream after the last block [V * B, P, D] of a masked forward.

@@ -128,6 +128,24 @@ impl Metric {
         Metric { kind, positions: None }
     }
 
+    /// The metric per variant [V] from the residual stream after the last block, `resid`
+    /// [V * n, pos, d_model] (variant-major): the final norm and the unembedding run only at each
+    /// prompt's answer position, not at every position.
+    pub fn per_variant_of_residual(&self, model: &HookedTransformer, resid: &Tensor) -> Result<Tensor> {
+        let size = resid.size();
+        let n = self.n_prompts();
+        if size.len() != 3 || n == 0 || size[0] % n != 0 {
+            return Err(Error::Shape { what: format!("the final residual for the metric's {n} prompts"), expected: format!("[k * {n}, pos, d_model]"), found: size });
+        }
+        let positions = match &self.positions {
+            Some(p) => p.f_to_device(resid.device())?.f_repeat([size[0] / n])?,
+            None => Tensor::f_full([size[0]], size[1] - 1, (Kind::Int64, resid.device()))?,
+        };
+        let idx = positions.f_view([-1, 1, 1])?.f_expand([size[0], 1, size[2]], false)?;
+        let logits = model.runner_from_layer(&resid.f_gather(1, &idx, false)?, model.cfg.n_layers).run()?.output;
+        self.at_last().per_variant(&logits)
+    }
+
     /// The metric of prompts `start .. start + len` alone.
     pub fn narrow(&self, start: i64, len: i64) -> Result<Metric> {
         let rows = |t: &Tensor| t.f_narrow(0, start, len);

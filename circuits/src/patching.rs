@@ -136,7 +136,9 @@ impl PatchingResult {
 }
 
 /// Patches each index of `site` from the clean run into the corrupted run and measures `metric`.
-/// `clean`, `corrupted`: [B, P] int64 of equal shape. At most `max_rows` prompt rows per forward.
+/// `clean`, `corrupted`: [B, P] int64 of equal shape. At most `max_rows` prompt rows per forward
+/// (at least one variant: `max_rows` below B runs one index per forward). Only the answer
+/// positions are unembedded.
 pub fn activation_patching(
     model: &HookedTransformer,
     clean: &Tensor,
@@ -185,9 +187,9 @@ pub fn activation_patching(
                 let patched = clean_act.f_unsqueeze(0)?.f_expand_as(&xv)?.f_where_self(&mask, &xv)?;
                 Ok(Some(patched.f_view(x.size().as_slice())?))
             });
-            let logits = model.runner_from_layer(&start, l).hooks(hooks).run()?.output;
+            let resid = model.runner_from_layer(&start, l).hooks(hooks).stop_at_layer(c.n_layers).run()?.output;
             forwards += 1;
-            values.extend(Vec::<f64>::try_from(&metric.per_variant(&logits)?.f_to_kind(Kind::Double)?)?);
+            values.extend(Vec::<f64>::try_from(&metric.per_variant_of_residual(model, &resid)?.f_to_kind(Kind::Double)?)?);
         }
         layers.push(Tensor::f_from_slice(&values)?);
     }
