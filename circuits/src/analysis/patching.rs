@@ -11,7 +11,7 @@ use crate::patching::{activation_patching, PatchSite, PatchingResult};
 use crate::table::Table;
 
 /// What [`patching_sweep`] patches.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PatchingSweepConfig {
     /// Sites to patch; empty: every site the model has.
     pub sites: Vec<PatchSite>,
@@ -21,11 +21,6 @@ pub struct PatchingSweepConfig {
     pub max_rows: Option<i64>,
 }
 
-impl Default for PatchingSweepConfig {
-    fn default() -> Self {
-        PatchingSweepConfig { sites: Vec::new(), max_rows: None }
-    }
-}
 
 /// Each site's patching result on one prompt set.
 pub struct PatchingSweep {
