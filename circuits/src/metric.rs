@@ -21,10 +21,12 @@ pub enum MetricKind {
         answer: Tensor,
     },
     /// Probability mass on each prompt's positive tokens minus that on its negative tokens.
-    /// `weights`: [n, d_vocab] f32 holding +1, -1 or 0.
+    /// `positive`, `negative`: [n, k] int64 token ids per prompt, padded with -1.
     ProbDiff {
-        /// [n, d_vocab] f32.
-        weights: Tensor,
+        /// [n, k] int64, -1 past each prompt's set.
+        positive: Tensor,
+        /// [n, k'] int64, -1 past each prompt's set.
+        negative: Tensor,
     },
     /// KL(clean || run) of the next-token distribution. `clean_logprobs`: [n, d_vocab] f32.
     Kl {
@@ -96,23 +98,26 @@ impl Metric {
         Ok(Metric { kind, positions: positions.map(|p| p.shallow_clone()) })
     }
 
-    /// `P(positive) - P(negative)` over per-prompt token sets.
+    /// `P(positive) - P(negative)` over per-prompt token sets (a token in both counts in both).
     pub fn prob_diff(positive: &[Vec<i64>], negative: &[Vec<i64>], d_vocab: i64) -> Result<Metric> {
         if positive.len() != negative.len() {
             return Err(Error::Input(format!("{} positive token sets but {} negative ones", positive.len(), negative.len())));
         }
-        let mut w = vec![0f32; positive.len() * d_vocab as usize];
-        for (row, (pos, neg)) in positive.iter().zip(negative).enumerate() {
-            for (set, sign) in [(pos, 1f32), (neg, -1f32)] {
-                for &t in set {
-                    if !(0..d_vocab).contains(&t) {
-                        return Err(interp_core::Error::TokenOutOfVocabulary { id: t, d_vocab }.into());
-                    }
-                    w[row * d_vocab as usize + t as usize] = sign;
+        // Sets as rows of ids padded with -1: memory grows with the sets, not with the vocabulary.
+        let padded = |sets: &[Vec<i64>]| -> Result<Tensor> {
+            let mut sets: Vec<Vec<i64>> = sets.to_vec();
+            for set in &mut sets {
+                if let Some(&t) = set.iter().find(|t| !(0..d_vocab).contains(*t)) {
+                    return Err(interp_core::Error::TokenOutOfVocabulary { id: t, d_vocab }.into());
                 }
+                set.sort_unstable();
+                set.dedup();
             }
-        }
-        Ok(MetricKind::ProbDiff { weights: Tensor::f_from_slice(&w)?.f_view([positive.len() as i64, d_vocab])? }.into())
+            let width = sets.iter().map(Vec::len).max().unwrap_or(0).max(1);
+            let flat: Vec<i64> = sets.iter().flat_map(|set| set.iter().copied().chain(std::iter::repeat(-1)).take(width)).collect();
+            Ok(Tensor::f_from_slice(&flat)?.f_view([sets.len() as i64, width as i64])?)
+        };
+        Ok(MetricKind::ProbDiff { positive: padded(positive)?, negative: padded(negative)? }.into())
     }
 
     /// The same metric read at the last position: for logits already taken at each answer
@@ -121,7 +126,7 @@ impl Metric {
         let kind = match &self.kind {
             MetricKind::LogitDiff { answer, wrong } => MetricKind::LogitDiff { answer: answer.shallow_clone(), wrong: wrong.shallow_clone() },
             MetricKind::Probability { answer } => MetricKind::Probability { answer: answer.shallow_clone() },
-            MetricKind::ProbDiff { weights } => MetricKind::ProbDiff { weights: weights.shallow_clone() },
+            MetricKind::ProbDiff { positive, negative } => MetricKind::ProbDiff { positive: positive.shallow_clone(), negative: negative.shallow_clone() },
             MetricKind::Kl { clean_logprobs } => MetricKind::Kl { clean_logprobs: clean_logprobs.shallow_clone() },
             MetricKind::CrossEntropy { answer } => MetricKind::CrossEntropy { answer: answer.shallow_clone() },
         };
@@ -152,7 +157,7 @@ impl Metric {
         let kind = match &self.kind {
             MetricKind::LogitDiff { answer, wrong } => MetricKind::LogitDiff { answer: rows(answer)?, wrong: rows(wrong)? },
             MetricKind::Probability { answer } => MetricKind::Probability { answer: rows(answer)? },
-            MetricKind::ProbDiff { weights } => MetricKind::ProbDiff { weights: rows(weights)? },
+            MetricKind::ProbDiff { positive, negative } => MetricKind::ProbDiff { positive: rows(positive)?, negative: rows(negative)? },
             MetricKind::Kl { clean_logprobs } => MetricKind::Kl { clean_logprobs: rows(clean_logprobs)? },
             MetricKind::CrossEntropy { answer } => MetricKind::CrossEntropy { answer: rows(answer)? },
         };
@@ -194,7 +199,7 @@ impl Metric {
     pub fn n_prompts(&self) -> i64 {
         match &self.kind {
             MetricKind::LogitDiff { answer, .. } | MetricKind::Probability { answer } | MetricKind::CrossEntropy { answer } => answer.size()[0],
-            MetricKind::ProbDiff { weights } => weights.size()[0],
+            MetricKind::ProbDiff { positive, .. } => positive.size()[0],
             MetricKind::Kl { clean_logprobs } => clean_logprobs.size()[0],
         }
     }
@@ -227,7 +232,16 @@ impl Metric {
         Ok(match &self.kind {
             MetricKind::LogitDiff { answer, wrong } => pick(&last, answer)?.f_sub(&pick(&last, wrong)?)?,
             MetricKind::Probability { answer } => pick(&last.f_softmax(-1, k)?, answer)?,
-            MetricKind::ProbDiff { weights } => last.f_softmax(-1, k)?.f_mul(&tile(weights)?)?.f_sum_dim_intlist(1, false, k)?,
+            MetricKind::ProbDiff { positive, negative } => {
+                let probs = last.f_softmax(-1, k)?;
+                // Probability mass on a padded set: gather its ids, zero the padding.
+                let mass = |ids: &Tensor| -> Result<Tensor> {
+                    let ids = tile(ids)?;
+                    let real = ids.f_ge(0)?.f_to_kind(k)?;
+                    Ok(probs.f_gather(1, &ids.f_clamp_min(0)?, false)?.f_mul(&real)?.f_sum_dim_intlist(1, false, k)?)
+                };
+                mass(positive)?.f_sub(&mass(negative)?)?
+            }
             MetricKind::Kl { clean_logprobs } => {
                 let clean = tile(clean_logprobs)?;
                 let logp = last.f_log_softmax(-1, k)?;
