@@ -322,9 +322,10 @@ pub fn discover(args: &EapArgs, mut cfg: CircuitDiscoveryConfig, title: &str) ->
     if let Some(a) = &found.acdc {
         let r = &a.result;
         let done = if r.finished(&found.graph) { String::new() } else { format!(" (stopped at the time limit after {} receivers; rerun with the same --checkpoint to resume)", r.receivers_done) };
+        // Small thresholds (a tiny metric gap) in scientific notation, not as 0.0000.
+        let tau = if a.tau >= 1e-3 { format!("{:.4}", a.tau) } else { format!("{:.3e}", a.tau) };
         println!(
-            "ACDC tau {:.4}: {} of {} edges kept, faithfulness {:.3}; {} forwards, {:.0} full-forward equivalents, {:.1}s; {}{done}",
-            a.tau,
+            "ACDC tau {tau}: {} of {} edges kept, faithfulness {:.3}; {} forwards, {:.0} full-forward equivalents, {:.1}s; {}{done}",
             r.n_kept(),
             found.graph.n_edges(),
             a.faithfulness,
