@@ -5,8 +5,7 @@
 use std::path::Path;
 use std::sync::Once;
 
-use plotters::coord::ranged1d::ValueFormatter;
-use plotters::coord::types::RangedCoordf64;
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -155,39 +154,33 @@ pub fn line_chart(
     // Edge counts from 1 to tens of thousands: a log axis when x spans two decades or more.
     let log_x = x0 > 0.0 && x1 / x0 >= 100.0;
     if log_x {
-        render!(path, (760, 480), |root| {
-            let chart = ChartBuilder::on(&root)
-                .caption(title, ("sans-serif", 20))
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(56)
-                .build_cartesian_2d((x0 / 1.3..x1 * 1.3).log_scale(), yr.clone())
-                .map_err(|e| e.to_string())?;
-            draw_lines(chart, &format!("{x_label} (log scale)"), y_label, series)
-        })
+        let x_label = format!("{x_label} (log scale)");
+        render!(path, (760, 480), |root| draw_lines(&root, title, (x0 / 1.3..x1 * 1.3).log_scale(), yr.clone(), &x_label, y_label, series))
     } else {
-        render!(path, (760, 480), |root| {
-            let chart = ChartBuilder::on(&root)
-                .caption(title, ("sans-serif", 20))
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(56)
-                .build_cartesian_2d(xr.clone(), yr.clone())
-                .map_err(|e| e.to_string())?;
-            draw_lines(chart, x_label, y_label, series)
-        })
+        render!(path, (760, 480), |root| draw_lines(&root, title, xr.clone(), yr.clone(), x_label, y_label, series))
     }
 }
 
-fn draw_lines<'a, DB: DrawingBackend + 'a, X>(
-    mut chart: ChartContext<'a, DB, Cartesian2d<X, RangedCoordf64>>,
+fn draw_lines<DB: DrawingBackend, X>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    x: X,
+    y: std::ops::Range<f64>,
     x_label: &str,
     y_label: &str,
     series: &[Series],
 ) -> std::result::Result<(), String>
 where
-    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    X: AsRangedCoord<Value = f64>,
+    X::CoordDescType: ValueFormatter<f64>,
 {
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(x, y)
+        .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
         .x_desc(x_label)
