@@ -28,6 +28,12 @@ def build(arch: str):
         "transcoder": (sl.Transcoder, sl.TranscoderConfig, dict(d_in=D_IN, d_sae=D_SAE, d_out=D_OUT, apply_b_dec_to_input=False), tmeta),
         "skip_transcoder": (sl.SkipTranscoder, sl.SkipTranscoderConfig, dict(d_in=D_IN, d_sae=D_SAE, d_out=D_OUT, apply_b_dec_to_input=False), tmeta),
         "jumprelu_transcoder": (sl.JumpReLUTranscoder, sl.JumpReLUTranscoderConfig, dict(d_in=D_IN, d_sae=D_SAE, d_out=D_OUT, apply_b_dec_to_input=False), tmeta),
+        # Decoder norms folded at run time (what SAELens's TopK training writes).
+        "topk_rescaled": (sl.TopKSAE, sl.TopKSAEConfig, dict(d_in=D_IN, d_sae=D_SAE, k=6, rescale_acts_by_decoder_norm=True), meta),
+        # Training checkpoints: training-only fields in cfg.json; BatchTopK's threshold is a scalar.
+        "topk_training": (sl.TopKTrainingSAE, sl.TopKTrainingSAEConfig, dict(d_in=D_IN, d_sae=D_SAE, k=6), meta),
+        "batchtopk_training": (sl.BatchTopKTrainingSAE, sl.BatchTopKTrainingSAEConfig, dict(d_in=D_IN, d_sae=D_SAE, k=6), meta),
+        "matryoshka_training": (sl.MatryoshkaBatchTopKTrainingSAE, sl.MatryoshkaBatchTopKTrainingSAEConfig, dict(d_in=D_IN, d_sae=D_SAE, k=6, matryoshka_widths=[8, 24, D_SAE]), meta),
     }
     cls, cfg_cls, kwargs, md = table[arch]
     cfg = cfg_cls(**kwargs)
@@ -39,16 +45,40 @@ def build(arch: str):
             p.copy_(torch.randn_like(p) * (0.3 if p.ndim == 2 else 0.1))
             if name == "threshold":
                 p.copy_(torch.rand_like(p) * 0.2)
+            if name == "W_dec" and arch in RESCALED:
+                # Decoder rows of norm 0.5-2: only a loader that folds the norms gets these right.
+                p.mul_((torch.rand(p.shape[0], 1) * 1.5 + 0.5) / p.norm(dim=-1, keepdim=True))
+        for name, b in sae.named_buffers():
+            if name == "topk_threshold":
+                b.fill_(0.3)
     return sae
+
+
+RESCALED = {"topk_rescaled", "topk_training", "batchtopk_training", "matryoshka_training"}
+ARCHS = ["standard", "topk", "jumprelu", "gated", "transcoder", "skip_transcoder", "jumprelu_transcoder", *sorted(RESCALED)]
+
+
+def inference_form(sae, folder: Path):
+    """The model SAELens uses at inference: training SAEs go through `save_inference_model`."""
+    if not isinstance(sae, sl.TrainingSAE):
+        return sae
+    out = folder.parent / (folder.name + "-inference")
+    sae.save_inference_model(out)
+    inference = sl.SAE.load_from_disk(out)
+    for f in out.iterdir():
+        f.unlink()
+    out.rmdir()
+    return inference
 
 
 def make_fixtures(out: Path):
     torch.manual_seed(0)
-    for arch in ["standard", "topk", "jumprelu", "gated", "transcoder", "skip_transcoder", "jumprelu_transcoder"]:
+    for arch in ARCHS:
         sae = build(arch)
         folder = out / arch
         sae.save_model(folder)
         x = torch.randn(20, D_IN)
+        sae = inference_form(sae, folder)
         with torch.no_grad():
             feats = sae.encode(x)
             recon = sae.forward(x) if "skip" in arch else sae.decode(feats)

@@ -219,9 +219,14 @@ fn tempdir(name: &str) -> common::Scratch {
 #[test]
 fn loads_what_saelens_saved_and_matches_its_outputs() {
     // Folders written by SAELens 6.54.12's `save_model` (scripts/check_saelens.sh), with its own
-    // encode/decode of an input.
+    // encode/decode of an input: inference folders of every architecture, a TopK SAE with
+    // `rescale_acts_by_decoder_norm` and decoder norms 0.5-2, and training checkpoints (TopK,
+    // BatchTopK, Matryoshka BatchTopK; their reference is SAELens's own inference form).
     let root = common::repo("tests/fixtures/saelens");
-    let archs = ["gated", "jumprelu", "jumprelu_transcoder", "skip_transcoder", "standard", "topk", "transcoder"];
+    let archs = [
+        "batchtopk_training", "gated", "jumprelu", "jumprelu_transcoder", "matryoshka_training", "skip_transcoder", "standard", "topk",
+        "topk_rescaled", "topk_training", "transcoder",
+    ];
     // Every folder the script wrote is checked, and nothing else.
     let mut folders: Vec<String> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     folders.sort();
@@ -236,6 +241,63 @@ fn loads_what_saelens_saved_and_matches_its_outputs() {
         eprintln!("{arch}: max |ours - SAELens| = {worst:.2e}");
         assert!(worst < 1e-5, "{arch}: {worst}");
     }
+    // Read without folding the decoder norms, the rescaled SAE is another function.
+    let dir = tempdir("unfolded");
+    for f in ["cfg.json", "sae_weights.safetensors"] {
+        std::fs::copy(root.join("topk_rescaled").join(f), dir.join(f)).unwrap();
+    }
+    let cfg = std::fs::read_to_string(dir.join("cfg.json")).unwrap().replace("\"rescale_acts_by_decoder_norm\": true", "\"rescale_acts_by_decoder_norm\": false");
+    std::fs::write(dir.join("cfg.json"), cfg).unwrap();
+    let reference: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(root.join("topk_rescaled/reference.safetensors")).unwrap().into_iter().collect();
+    let unfolded = SparseDictionary::load_saelens(&dir, Device::Cpu).unwrap();
+    assert!(common::max_abs_diff(&unfolded.encode(&reference["x"]).unwrap(), &reference["feature_acts"]) > 0.1);
+}
+
+#[test]
+fn saelens_fields_are_honoured_or_refused_by_name() {
+    let root = common::repo("tests/fixtures/saelens");
+    let dir = tempdir("fields");
+    let with_cfg = |from: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        for f in ["cfg.json", "sae_weights.safetensors"] {
+            std::fs::copy(root.join(from).join(f), dir.join(f)).unwrap();
+        }
+        let _ = std::fs::remove_file(dir.join("activation_scaler.json"));
+        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cfg.json")).unwrap()).unwrap();
+        edit(&mut cfg);
+        std::fs::write(dir.join("cfg.json"), cfg.to_string()).unwrap();
+        SparseDictionary::load_saelens(&*dir, Device::Cpu).map_err(|e| e.to_string())
+    };
+    for (from, edit, expected) in [
+        ("topk", Box::new(|c: &mut serde_json::Value| c["sparsity_schedule"] = 1.into()) as Box<dyn Fn(&mut serde_json::Value)>, "field `sparsity_schedule`: not a field this reader knows"),
+        ("standard", Box::new(|c| c["rescale_acts_by_decoder_norm"] = true.into()), "field `rescale_acts_by_decoder_norm`: SAELens defines it only for TopK"),
+        ("topk", Box::new(|c| c["normalize_activations"] = "layer_norm".into()), "field `normalize_activations`: `layer_norm` is not supported"),
+        ("topk", Box::new(|c| c["normalize_activations"] = "expected_average_only_in".into()), "does not hold (a SAELens training checkpoint keeps it in activation_scaler.json)"),
+        ("topk", Box::new(|c| c["reshape_activations"] = "hook_z".into()), "field `reshape_activations`"),
+        ("topk", Box::new(|c| c["metadata"]["hook_head_index"] = 3.into()), "field `hook_head_index`: 3"),
+        ("topk", Box::new(|c| c["k"] = 2.5.into()), "needs a whole number `k`"),
+        ("standard", Box::new(|c| c["architecture"] = "temporal".into()), "unknown dictionary architecture `temporal`"),
+    ] {
+        let err = with_cfg(from, &*edit).err().unwrap_or_default();
+        assert!(err.contains(expected) && err.contains("cfg.json") || expected.starts_with("unknown") && err.contains(expected), "{expected}: {err}");
+    }
+    // v5's TopK (architecture `standard`, activation_fn_str `topk`) is a TopK SAE, not a ReLU one.
+    let v5 = with_cfg("topk", &|c| {
+        c["architecture"] = "standard".into();
+        c["activation_fn_str"] = "topk".into();
+        c["activation_fn_kwargs"] = serde_json::json!({"k": 6});
+        c.as_object_mut().unwrap().remove("k");
+    });
+    assert_eq!(v5.unwrap().cfg().architecture, Architecture::TopK { k: 6 });
+    // A training checkpoint's activation scale is folded in: raw inputs give the scaled function.
+    let plain = with_cfg("topk", &|_| {}).unwrap();
+    std::fs::write(dir.join("activation_scaler.json"), r#"{"scaling_factor": 2.5, "has_whitening": false}"#).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cfg.json")).unwrap()).unwrap();
+    cfg["normalize_activations"] = "expected_average_only_in".into();
+    std::fs::write(dir.join("cfg.json"), cfg.to_string()).unwrap();
+    let scaled = SparseDictionary::load_saelens(&*dir, Device::Cpu).unwrap();
+    let x = Tensor::randn([10, 16], (Kind::Float, Device::Cpu));
+    assert!(common::max_abs_diff(&scaled.encode(&x).unwrap(), &plain.encode(&(&x * 2.5)).unwrap()) < 1e-5);
+    assert!(common::max_abs_diff(&scaled.forward(&x).unwrap(), &(plain.forward(&(&x * 2.5)).unwrap() / 2.5)) < 1e-5);
 }
 
 /// Fails at one step, like an interrupted run.
@@ -308,10 +370,10 @@ fn bad_input_gets_clear_errors() {
     // Unknown architecture in cfg.json.
     let dir = tempdir("bad-arch");
     dict.save_saelens(&dir, None).unwrap();
-    let cfg = std::fs::read_to_string(dir.join("cfg.json")).unwrap().replace("\"standard\"", "\"matryoshka_batchtopk\"");
+    let cfg = std::fs::read_to_string(dir.join("cfg.json")).unwrap().replace("\"standard\"", "\"matching_pursuit\"");
     std::fs::write(dir.join("cfg.json"), cfg).unwrap();
     let err = SparseDictionary::load_saelens(&dir, Device::Cpu).err().unwrap().to_string();
-    assert!(err.contains("unknown dictionary architecture `matryoshka_batchtopk`; supported: standard"), "{err}");
+    assert!(err.contains("unknown dictionary architecture `matching_pursuit`; supported: standard"), "{err}");
     // A missing tensor is named with its expected shape.
     dict.save_saelens(&dir, None).unwrap();
     Tensor::write_safetensors(&[("W_enc", dict.w_enc().shallow_clone())], dir.join("sae_weights.safetensors")).unwrap();
@@ -343,11 +405,35 @@ fn activation_store_streams_the_models_activations_and_caches_them() {
     assert_eq!(common::max_abs_diff(&again[2], &batch[2]), 0.0);
     // The disk cache serves the same batches; a manifest that disagrees with a shard is refused.
     let dir = tempdir("cache");
-    let mut cached = store.write_cache(&dir, 2, false).unwrap();
+    let mut cached = store.write_cache(&dir, 2, Kind::Float, false).unwrap();
     assert_eq!(cached.n_batches(), 2);
     assert_eq!(common::max_abs_diff(&cached.batch(1).unwrap()[1], &store.batch(1).unwrap()[1]), 0.0);
+    // One epoch unless more are allowed.
+    let err = cached.batch(2).err().unwrap().to_string();
+    assert!(err.contains("step 3 is past the activation cache") && err.contains("(2 batches, 1 epoch(s) allowed)"), "{err}");
+    cached.epochs = 2;
+    assert_eq!(common::max_abs_diff(&cached.batch(2).unwrap()[0], &store.batch(0).unwrap()[0]), 0.0);
+    // The manifest records what produced the cache; another seed, corpus or model differs.
+    let here = store.provenance(Kind::Float).unwrap();
+    assert!(cached.provenance.differences(&here).is_empty(), "{:?}", cached.provenance.differences(&here));
+    let reseeded = ActivationStore::new(&model, &tokens, &hooks, StoreConfig { seed: 4, ..store.cfg.clone() }).unwrap();
+    assert_eq!(cached.provenance.differences(&reseeded.provenance(Kind::Float).unwrap()), ["seed: 3 in the cache, 4 in this run"]);
+    let shorter = ActivationStore::new(&model, &tokens.narrow(0, 0, 500), &hooks, store.cfg.clone()).unwrap();
+    let d = cached.provenance.differences(&shorter.provenance(Kind::Float).unwrap());
+    assert!(d.len() == 1 && d[0].starts_with("corpus: "), "{d:?}");
+    let other_model = HookedTransformer::from_pretrained_dir(common::repo("models/induction-attn-only"), Device::Cpu, Kind::Float).unwrap();
+    let other = ActivationStore::new(&other_model, &tokens.remainder(other_model.cfg.d_vocab), &hooks[..1], StoreConfig { context_size: 32, ..store.cfg.clone() });
+    let d = cached.provenance.differences(&other.unwrap().provenance(Kind::Float).unwrap());
+    assert!(d.iter().any(|d| d.starts_with("model: ")) && d.iter().any(|d| d.starts_with("width of `blocks.0.hook_resid_post`")), "{d:?}");
+    // f16 storage: half the disk, the same batches to f16 precision.
+    let half_dir = tempdir("cache-f16");
+    let mut half = store.write_cache(&half_dir, 1, Kind::Half, false).unwrap();
+    let a = store.batch(0).unwrap()[0].shallow_clone();
+    let rel = common::max_abs_diff(&half.batch(0).unwrap()[0], &a) / a.abs().max().double_value(&[]);
+    assert!(rel < 1e-3, "{rel}");
+    assert_eq!(half.batch(0).unwrap()[0].kind(), Kind::Float);
     let manifest = std::fs::read_to_string(dir.join("manifest.json")).unwrap().replace("\"batch_tokens\": 256", "\"batch_tokens\": 128");
     std::fs::write(dir.join("manifest.json"), manifest).unwrap();
     let err = CachedActivations::open(&dir, Device::Cpu).err().unwrap().to_string();
-    assert!(err.contains("shard_00000.safetensors: `blocks.0.hook_resid_post` has shape [256, 128] but the manifest says [128, 128]"), "{err}");
+    assert!(err.contains("shard_00000.safetensors: `blocks.0.hook_resid_post` is F32 of shape [256, 128] but the manifest says F32 [128, 128]"), "{err}");
 }

@@ -237,9 +237,9 @@ fn activation_cache_manifest_json() {
     let dir = Scratch::new("fuzz-cache");
     Tensor::write_safetensors(&[("blocks.0.hook_resid_pre", Tensor::ones([8, 4], (Kind::Float, Device::Cpu)))], dir.join("shard_00000.safetensors")).unwrap();
     let base = json!({
-        "format": "interp-activation-cache-v1", "model_name": "gpt2",
-        "hooks": [{"name": "blocks.0.hook_resid_pre", "width": 4}],
-        "context_size": 4, "batch_tokens": 4, "batches_per_shard": 2, "seed": 0, "dtype": "float32",
+        "format": "interp-activation-cache-v2", "model": "m", "model_fingerprint": "00", "corpus": "c", "corpus_fingerprint": "01",
+        "corpus_tokens": 100, "hooks": [{"name": "blocks.0.hook_resid_pre", "width": 4}],
+        "context_size": 4, "batch_tokens": 4, "buffer_contexts": 2, "batches_per_shard": 2, "seed": 0, "dtype": "float32",
         "shards": ["shard_00000.safetensors"],
     });
     assert!(CachedActivations::open(&*dir, Device::Cpu).is_err(), "no manifest yet");
@@ -271,7 +271,8 @@ fn circuit_tracer_scalar_bias_is_an_error() {
 fn activation_cache_manifest_with_overflowing_sizes_is_an_error() {
     let dir = Scratch::new("fuzz-cache-overflow");
     let manifest = json!({
-        "format": "interp-activation-cache-v1", "hooks": [{"name": "h", "width": 4}],
+        "format": "interp-activation-cache-v2", "model": "m", "model_fingerprint": "00", "corpus": "c", "corpus_fingerprint": "01",
+        "corpus_tokens": 100, "context_size": 4, "buffer_contexts": 2, "seed": 0, "dtype": "float32", "hooks": [{"name": "h", "width": 4}],
         "batch_tokens": i64::MAX, "batches_per_shard": 4, "shards": ["s.safetensors"],
     });
     std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();

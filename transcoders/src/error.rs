@@ -56,6 +56,16 @@ pub enum Error {
         /// The step.
         step: usize,
     },
+    /// An activation cache that another model, corpus or setting produced.
+    #[error("{}: this activation cache was written by another run:\n  {}\n{}", path.display(), differences.join("\n  "), if *reuse_allowed { "delete it, point to another cache folder, or reuse it as it is (--reuse-cache)" } else { "it cannot serve this dictionary; delete it or point to another cache folder" })]
+    CacheMismatch {
+        /// The cache folder.
+        path: PathBuf,
+        /// One line per difference.
+        differences: Vec<String>,
+        /// Whether the cache could still serve (it has the hooks, at the right widths).
+        reuse_allowed: bool,
+    },
     /// Anything else a caller gave that cannot be used, with the reason.
     #[error("invalid input: {0}")]
     Input(String),

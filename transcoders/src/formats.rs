@@ -10,6 +10,29 @@ use tch::{Device, Kind, Tensor};
 use crate::dictionary::{Architecture, DictionaryConfig, DictionaryKind, SparseDictionary};
 use crate::error::{Error, Result};
 
+/// Top-level `cfg.json` fields [`SparseDictionary::load_saelens`] reads (v6, and v5's names).
+pub const SAELENS_READ_FIELDS: &[&str] = &[
+    "architecture", "d_in", "d_sae", "d_out", "k", "rescale_acts_by_decoder_norm", "apply_b_dec_to_input", "normalize_activations",
+    "reshape_activations", "metadata", "dtype", "model_name", "hook_name", "hook_point", "hook_name_out", "context_size", "prepend_bos",
+    "hook_head_index", "hook_point_head_index", "activation_fn_str", "activation_fn", "activation_fn_kwargs", "finetuning_scaling_factor",
+];
+
+/// Fields of SAELens training checkpoints that set how a dictionary was trained (initialisation,
+/// loss coefficients and schedules, the threshold's learning rate, Matryoshka prefixes of the
+/// loss), not what it computes: accepted and not used.
+pub const SAELENS_TRAINING_FIELDS: &[&str] = &[
+    "decoder_init_norm", "use_sparse_activations", "aux_loss_coefficient", "topk_threshold_lr", "matryoshka_widths", "use_matryoshka_aux_loss",
+    "l1_coefficient", "lp_norm", "l1_warm_up_steps", "l0_coefficient", "l0_warm_up_steps", "jumprelu_init_threshold", "jumprelu_bandwidth",
+    "jumprelu_sparsity_loss_mode", "jumprelu_tanh_scale", "jumprelu_ste_to_input", "pre_act_loss_coefficient", "target_l0",
+];
+
+/// Fields that say where a dictionary came from or where SAELens places it, not what it
+/// computes: accepted and not used (v6 keeps provenance in `metadata`, v5 at the top level).
+pub const SAELENS_PROVENANCE_FIELDS: &[&str] = &[
+    "device", "hook_layer", "dataset_path", "dataset_trust_remote_code", "sae_lens_training_version", "sae_lens_version", "neuronpedia_id",
+    "model_from_pretrained_kwargs", "seqpos_slice", "exclude_special_tokens",
+];
+
 /// File names of a SAELens folder.
 pub const SAELENS_CFG: &str = "cfg.json";
 pub const SAELENS_WEIGHTS: &str = "sae_weights.safetensors";
@@ -73,7 +96,7 @@ fn architecture_name(cfg: &DictionaryConfig) -> String {
     }
 }
 
-fn parse_architecture(name: &str, cfg: &Value, path: &Path) -> Result<(Architecture, DictionaryKind)> {
+fn parse_architecture(name: &str, k: impl Fn() -> Result<i64>) -> Result<(Architecture, DictionaryKind)> {
     let (base, kind) = match name {
         "transcoder" => ("standard", DictionaryKind::Transcoder),
         "skip_transcoder" => ("standard", DictionaryKind::SkipTranscoder),
@@ -82,9 +105,6 @@ fn parse_architecture(name: &str, cfg: &Value, path: &Path) -> Result<(Architect
             (None, Some(b)) => (b, DictionaryKind::Transcoder),
             (None, None) => (name, DictionaryKind::Sae),
         },
-    };
-    let k = || -> Result<i64> {
-        cfg.get("k").and_then(|k| k.as_f64()).map(|k| k as i64).ok_or_else(|| Error::format(path, format!("architecture `{name}` needs a numeric `k`")))
     };
     let arch = match base {
         "standard" => Architecture::ReluL1,
@@ -150,27 +170,90 @@ impl SparseDictionary {
         std::fs::write(&path, text).map_err(Error::io(&path))
     }
 
-    /// Reads a SAELens folder (v6, or v5 with the hook fields at the top level of `cfg.json`).
-    /// Weights in f16/bf16 are converted to f32.
+    /// Reads a SAELens folder (v6, or v5 with the hook fields at the top level of `cfg.json`),
+    /// inference folders and training checkpoints alike, as the function SAELens computes:
+    /// - `rescale_acts_by_decoder_norm` (TopK training) is folded in: `W_enc` and `b_enc` times
+    ///   each decoder row's norm, `W_dec` divided by it, as SAELens's `fold_W_dec_norm`;
+    /// - `normalize_activations: expected_average_only_in` folds the scaling factor that a
+    ///   training checkpoint keeps in `activation_scaler.json` (an error without it);
+    /// - `batchtopk` and `matryoshka_batchtopk` checkpoints load in their inference form, a
+    ///   JumpReLU at the trained threshold (`topk_threshold`), as `save_inference_model` writes;
+    /// - v5's `activation_fn_str: topk` with `activation_fn_kwargs.k` is a TopK SAE.
+    ///
+    /// Every other field is either read (widths, hooks, context, BOS), known not to change the
+    /// function (`device`, provenance in `metadata`, training-only coefficients: see
+    /// [`SAELENS_TRAINING_FIELDS`]), or refused with its name. Weights in f16/bf16 are converted
+    /// to f32 and computed in f32.
     pub fn load_saelens(dir: impl AsRef<Path>, device: Device) -> Result<Self> {
         let dir = dir.as_ref();
         let cfg_path = dir.join(SAELENS_CFG);
         let cfg = read_json(&cfg_path)?;
-        let field = |name: &str| cfg.get("metadata").and_then(|m| m.get(name)).filter(|v| !v.is_null()).or_else(|| cfg.get(name));
-        let int = |name: &str| -> Result<i64> { field(name).and_then(Value::as_i64).ok_or_else(|| Error::format(&cfg_path, format!("no integer `{name}`"))) };
-        let name = cfg.get("architecture").and_then(Value::as_str).unwrap_or("standard");
-        let (architecture, kind) = parse_architecture(name, &cfg, &cfg_path)?;
-        match cfg.get("normalize_activations").and_then(Value::as_str).unwrap_or("none") {
-            // SAELens applies no run-time normalisation for these two either.
-            "none" | "expected_average_only_in" => {}
-            other => return Err(Error::format(&cfg_path, format!("normalize_activations `{other}` is not supported (fold it into the weights first)"))),
+        let obj = cfg.as_object().ok_or_else(|| Error::format(&cfg_path, "not a JSON object"))?;
+        let refuse = |field: &str, why: String| Error::format(&cfg_path, format!("field `{field}`: {why}"));
+        for key in obj.keys() {
+            if !SAELENS_READ_FIELDS.contains(&key.as_str()) && !SAELENS_TRAINING_FIELDS.contains(&key.as_str()) && !SAELENS_PROVENANCE_FIELDS.contains(&key.as_str()) {
+                return Err(refuse(key, "not a field this reader knows, so it cannot tell whether it changes the dictionary's function".into()));
+            }
         }
+        let field = |name: &str| cfg.get("metadata").and_then(|m| m.get(name)).filter(|v| !v.is_null()).or_else(|| cfg.get(name).filter(|v| !v.is_null()));
+        let int = |name: &str| -> Result<i64> { field(name).and_then(Value::as_i64).ok_or_else(|| Error::format(&cfg_path, format!("no integer `{name}`"))) };
+        if let Some(head) = field("hook_head_index").or_else(|| field("hook_point_head_index")) {
+            return Err(refuse("hook_head_index", format!("{head}: SAEs of one attention head's output are not supported")));
+        }
+        if field("finetuning_scaling_factor").is_some_and(|v| v != &Value::Bool(false)) {
+            return Err(refuse("finetuning_scaling_factor", "a fine-tuned scaling factor (SAELens v5) is not supported".into()));
+        }
+        let v5_fn = field("activation_fn_str").or_else(|| field("activation_fn")).and_then(Value::as_str);
+        let mut name = cfg.get("architecture").and_then(Value::as_str).unwrap_or("standard").to_string();
+        let mut k_field = cfg.get("k").cloned();
+        match v5_fn {
+            None | Some("relu") => {}
+            Some("topk") if name == "standard" || name == "topk" => {
+                name = "topk".into();
+                k_field = k_field.or_else(|| field("activation_fn_kwargs").and_then(|kw| kw.get("k")).cloned());
+            }
+            Some(other) => return Err(refuse("activation_fn_str", format!("activation `{other}` is not supported"))),
+        }
+        let batch_topk_trained = matches!(name.as_str(), "batchtopk" | "matryoshka_batchtopk");
+        let k = || -> Result<i64> {
+            k_field.as_ref().and_then(Value::as_f64).filter(|k| k.fract() == 0.0 && k.abs() < 1e15).map(|k| k as i64).ok_or_else(|| Error::format(&cfg_path, format!("architecture `{name}` needs a whole number `k`")))
+        };
+        let (architecture, kind) = if batch_topk_trained {
+            (Architecture::JumpRelu, DictionaryKind::Sae)
+        } else {
+            parse_architecture(&name, k)?
+        };
+        let rescale = match cfg.get("rescale_acts_by_decoder_norm") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => return Err(refuse("rescale_acts_by_decoder_norm", format!("{other} is not true or false"))),
+        };
+        if rescale && !matches!(architecture, Architecture::TopK { .. }) && !batch_topk_trained {
+            return Err(refuse("rescale_acts_by_decoder_norm", format!("SAELens defines it only for TopK dictionaries, not `{name}`")));
+        }
+        let scaling_factor = match cfg.get("normalize_activations").and_then(Value::as_str).unwrap_or("none") {
+            "none" => None,
+            "expected_average_only_in" => {
+                let path = dir.join("activation_scaler.json");
+                let s = if path.exists() { read_json(&path)?.get("scaling_factor").and_then(Value::as_f64) } else { None };
+                match s {
+                    Some(s) if s.is_finite() && s > 0.0 => Some(s),
+                    _ => {
+                        return Err(refuse(
+                            "normalize_activations",
+                            "`expected_average_only_in`: the weights expect activations scaled by a factor this folder does not hold (a SAELens training checkpoint keeps it in activation_scaler.json)".into(),
+                        ))
+                    }
+                }
+            }
+            other => return Err(refuse("normalize_activations", format!("`{other}` is not supported (fold it into the weights first)"))),
+        };
         if cfg.get("reshape_activations").and_then(Value::as_str).is_some_and(|r| r != "none") {
-            return Err(Error::format(&cfg_path, "reshape_activations (hook_z SAEs) is not supported"));
+            return Err(refuse("reshape_activations", "reshaped activations (hook_z SAEs) are not supported".into()));
         }
         let (d_in, d_sae) = (int("d_in")?, int("d_sae")?);
         let d_out = if kind == DictionaryKind::Sae { d_in } else { int("d_out")? };
-        let hook_name = field("hook_name").and_then(Value::as_str).ok_or_else(|| Error::format(&cfg_path, "no `hook_name`"))?.to_string();
+        let hook_name = field("hook_name").or_else(|| field("hook_point")).and_then(Value::as_str).ok_or_else(|| Error::format(&cfg_path, "no `hook_name`"))?.to_string();
         let dcfg = DictionaryConfig {
             architecture,
             kind,
@@ -189,17 +272,35 @@ impl SparseDictionary {
         let weights_path = dir.join(SAELENS_WEIGHTS);
         let mut w = Weights { map: read_tensors(&weights_path, device)?, path: weights_path };
         let gated = architecture == Architecture::Gated;
-        Ok(SparseDictionary {
+        let threshold = match (architecture, batch_topk_trained) {
+            (Architecture::JumpRelu, false) => Some(w.take("threshold", &[d_sae])?),
+            (_, true) => Some(w.take("topk_threshold", &[])?.f_expand([d_sae], false)?.f_contiguous()?),
+            _ => None,
+        };
+        let mut dict = SparseDictionary {
             w_enc: w.take("W_enc", &[d_in, d_sae])?,
             b_enc: w.take(if gated { "b_gate" } else { "b_enc" }, &[d_sae])?,
             w_dec: w.take("W_dec", &[d_sae, d_out])?,
             b_dec: w.take("b_dec", &[d_out])?,
-            threshold: if architecture == Architecture::JumpRelu { Some(w.take("threshold", &[d_sae])?) } else { None },
+            threshold,
             r_mag: if gated { Some(w.take("r_mag", &[d_sae])?) } else { None },
             b_mag: if gated { Some(w.take("b_mag", &[d_sae])?) } else { None },
             w_skip: if kind == DictionaryKind::SkipTranscoder { Some(w.take("W_skip", &[d_out, d_in])?) } else { None },
             cfg: dcfg,
-        })
+        };
+        if rescale {
+            let norms = dict.w_dec.f_norm_scalaropt_dim(2.0, [1], false)?;
+            if norms.f_le(0.0)?.f_any()?.f_int64_value(&[])? != 0 {
+                return Err(refuse("rescale_acts_by_decoder_norm", "a decoder row of norm 0 cannot be folded".into()));
+            }
+            dict.w_enc = dict.w_enc.f_mul(&norms)?;
+            dict.b_enc = dict.b_enc.f_mul(&norms)?;
+            dict.w_dec = dict.w_dec.f_div(&norms.f_unsqueeze(1)?)?;
+        }
+        if let Some(s) = scaling_factor {
+            dict.fold_scales(s, s)?;
+        }
+        Ok(dict)
     }
 
     /// Reads an EleutherAI sparsify folder (`cfg.json`, `sae.safetensors`: `encoder.weight`

@@ -38,13 +38,13 @@ mod formats;
 
 pub use dictionary::{Architecture, DictionaryConfig, DictionaryKind, DictionaryWeights, SparseDictionary, SAELENS_ARCHITECTURES};
 pub use error::{Error, Result};
-pub use formats::{load_circuit_tracer, load_transcoder_set};
+pub use formats::{load_circuit_tracer, load_transcoder_set, SAELENS_PROVENANCE_FIELDS, SAELENS_READ_FIELDS, SAELENS_TRAINING_FIELDS};
 pub use interp_core;
 
 mod store;
 mod train;
 
-pub use store::{ActivationSource, ActivationStore, CachedActivations, InMemoryActivations, StoreConfig};
+pub use store::{ActivationSource, ActivationStore, CacheProvenance, CachedActivations, CachedHook, InMemoryActivations, StoreConfig};
 pub use train::{train_dictionaries, SaeTrainConfig, SaeTrainReport, TrainLogEntry};
 
 mod metrics;

@@ -42,8 +42,18 @@ pub struct RunnerConfig {
     /// The trainer's settings (4000 steps by default); `checkpoint_dir` `None` means
     /// `OUT/checkpoints`.
     pub train: SaeTrainConfig,
-    /// Write the activations here first and train from them; an existing cache is reused.
+    /// Write the activations here first and train from them; an existing cache is reused when
+    /// its provenance (model, corpus, store settings, hooks) equals this run's.
     pub cache_dir: Option<PathBuf>,
+    /// Storage dtype of a new cache (f32, f16 or bf16; read back as f32).
+    pub cache_dtype: Kind,
+    /// Train on an existing cache whose provenance differs from this run's: its context, batch
+    /// size and seed replace the configured ones (each override is printed).
+    pub reuse_cache: bool,
+    /// Passes allowed over an existing cache that holds fewer batches than the steps (1: none).
+    pub epochs: usize,
+    /// The corpus's name, recorded in a cache's manifest.
+    pub corpus_name: String,
     /// Held-out contexts for the final evaluation.
     pub eval_contexts: i64,
     /// Contexts per forward of the evaluation.
@@ -61,6 +71,10 @@ impl Default for RunnerConfig {
             store: StoreConfig::default(),
             train: SaeTrainConfig { steps: 4000, ..SaeTrainConfig::default() },
             cache_dir: None,
+            cache_dtype: Kind::Float,
+            reuse_cache: false,
+            epochs: 1,
+            corpus_name: String::new(),
             eval_contexts: 64,
             eval_batch: 8,
             model_name: String::new(),
@@ -76,6 +90,9 @@ pub struct RunnerOutput {
     pub metrics: DictionaryMetrics,
     /// What training measured.
     pub report: SaeTrainReport,
+    /// Passes over the cached activations (above 1 only when an existing cache is reused with
+    /// more epochs allowed); `None` when streamed from the model.
+    pub epochs: Option<f64>,
 }
 
 /// The first `n` contexts of `context` tokens of a token stream [n_tokens]: [n, context].
@@ -111,38 +128,79 @@ pub fn train_dictionary(
     let hook_out = hook_out.unwrap_or(hook);
     let (d_in, d_out) = widths(model, hook, hook_out)?;
     let d_sae = cfg.d_sae.unwrap_or(8 * d_in);
+    let hooks: Vec<&str> = if hook_out == hook { vec![hook] } else { vec![hook, hook_out] };
+    let mut store_cfg = cfg.store.clone();
+    let mut train = cfg.train.clone();
+    train.checkpoint_dir.get_or_insert_with(|| out.join("checkpoints"));
+    let say = |msg: String| {
+        if train.progress {
+            eprintln!("{msg}");
+        }
+    };
+    let cache = match &cfg.cache_dir {
+        Some(dir) if dir.join("manifest.json").exists() => {
+            let mut cache = CachedActivations::open(dir, model.device())?;
+            let store = ActivationStore::new(model, train_tokens, &hooks, store_cfg.clone())?.with_labels(&cfg.model_name, &cfg.corpus_name);
+            let differences = cache.provenance.differences(&store.provenance(cfg.cache_dtype)?);
+            let hooks_missing = differences.iter().any(|d| d.starts_with("hook") || d.starts_with("width"));
+            if !differences.is_empty() && (!cfg.reuse_cache || hooks_missing) {
+                return Err(Error::CacheMismatch { path: dir.clone(), differences, reuse_allowed: !hooks_missing });
+            }
+            for d in &differences {
+                say(format!("reusing the cache although its {d}"));
+            }
+            let p = &cache.provenance;
+            (store_cfg.context_size, store_cfg.batch_tokens, store_cfg.seed) = (p.context_size, p.batch_tokens, p.seed);
+            cache.epochs = cfg.epochs.max(1);
+            if train.steps > cache.n_batches() * cache.epochs {
+                return Err(Error::Input(format!(
+                    "{} steps need {} batches but the cache {} holds {} and {} epoch(s) are allowed: train for at most {} steps, allow {} epochs, or cache again",
+                    train.steps,
+                    train.steps,
+                    dir.display(),
+                    cache.n_batches(),
+                    cache.epochs,
+                    cache.n_batches() * cache.epochs,
+                    train.steps.div_ceil(cache.n_batches())
+                )));
+            }
+            Some(cache)
+        }
+        _ => None,
+    };
     let mut dcfg = match hook_out == hook && !cfg.skip {
         true => DictionaryConfig::sae(cfg.architecture, hook, d_in, d_sae),
         false => DictionaryConfig::transcoder(cfg.architecture, cfg.skip, hook, hook_out, d_in, d_out, d_sae),
     };
     dcfg.model_name = cfg.model_name.clone();
-    dcfg.context_size = cfg.store.context_size;
+    dcfg.context_size = store_cfg.context_size;
     let mut dict = SparseDictionary::init(dcfg, cfg.store.seed as i64, model.device())?;
-    let hooks: Vec<&str> = if hook_out == hook { vec![hook] } else { vec![hook, hook_out] };
-    let store = ActivationStore::new(model, train_tokens, &hooks, cfg.store.clone())?;
-    let mut train = cfg.train.clone();
-    train.checkpoint_dir.get_or_insert_with(|| out.join("checkpoints"));
-    if train.progress {
-        eprintln!("training a {d_sae}-latent dictionary on `{hook}` -> `{hook_out}` from {} corpus tokens", train_tokens.numel());
-    }
-    let mut source: Box<dyn ActivationSource + '_> = match &cfg.cache_dir {
-        Some(dir) if dir.join("manifest.json").exists() => Box::new(CachedActivations::open(dir, model.device())?),
-        Some(dir) => {
+    say(format!("training a {d_sae}-latent dictionary on `{hook}` -> `{hook_out}` from {} corpus tokens", train_tokens.numel()));
+    let cache = match (cache, &cfg.cache_dir) {
+        (Some(cache), _) => Some(cache),
+        (None, Some(dir)) => {
+            let store = ActivationStore::new(model, train_tokens, &hooks, store_cfg.clone())?.with_labels(&cfg.model_name, &cfg.corpus_name);
             let buffers = train.steps.div_ceil(store.batches_per_buffer());
-            if train.progress {
-                eprintln!("caching {buffers} buffers of activations to {}", dir.display());
-            }
-            Box::new(store.write_cache(dir, buffers, train.progress)?)
+            say(format!("caching {buffers} buffers of activations to {}", dir.display()));
+            Some(store.write_cache(dir, buffers, cfg.cache_dtype, train.progress)?)
         }
-        None => Box::new(store),
+        (None, None) => None,
+    };
+    let epochs = cache.as_ref().map(|c| train.steps as f64 / c.n_batches() as f64);
+    if let Some(e) = epochs.filter(|e| *e > 1.0) {
+        say(format!("{} steps are {e:.2} epochs over the cache", train.steps));
+    }
+    let mut source: Box<dyn ActivationSource + '_> = match cache {
+        Some(cache) => Box::new(cache),
+        None => Box::new(ActivationStore::new(model, train_tokens, &hooks, store_cfg.clone())?),
     };
     let mut report = train_dictionaries(std::slice::from_mut(&mut dict), source.as_mut(), &train)?;
     let metrics = evaluate(&dict, model, eval_contexts, cfg.eval_batch)?;
     dict.save_saelens(out, Some(&metrics.log10_density))?;
     let report = report.swap_remove(0);
-    let json = serde_json::json!({ "metrics": metrics, "tokens_per_sec": report.tokens_per_sec, "steps": train.steps, "normalisation_scales": report.scales });
+    let json = serde_json::json!({ "metrics": metrics, "tokens_per_sec": report.tokens_per_sec, "steps": train.steps, "epochs": epochs, "normalisation_scales": report.scales });
     let path = out.join("metrics.json");
     let text = serde_json::to_string_pretty(&json).map_err(|e| Error::format(&path, e.to_string()))?;
     std::fs::write(&path, text).map_err(Error::io(&path))?;
-    Ok(RunnerOutput { dictionary: dict, metrics, report })
+    Ok(RunnerOutput { dictionary: dict, metrics, report, epochs })
 }

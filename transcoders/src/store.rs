@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use interp_core::data::splitmix as mix;
+use interp_core::train::fingerprint_of;
 use interp_core::{CacheSpec, HookedTransformer};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
@@ -59,7 +61,108 @@ pub struct ActivationStore<'m> {
     stop_at: Option<usize>,
     /// Its settings.
     pub cfg: StoreConfig,
+    /// The model's folder or name and the corpus's name, recorded in a cache's manifest.
+    labels: (String, String),
     buffer: Option<(usize, Vec<Tensor>)>,
+}
+
+/// A hook in an activation cache and the width of its activations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedHook {
+    /// The hook's name.
+    pub name: String,
+    /// Activations per token.
+    pub width: i64,
+}
+
+/// What produced an activation cache, as its manifest records it: the model (a hash of its
+/// config and of 4,096 evenly spaced values of every parameter), the corpus (a hash of its token
+/// ids), the store's settings, the hooks and the storage dtype. A cache is reused only by a run
+/// that would write the same activations ([`CacheProvenance::differences`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CacheProvenance {
+    /// The model's folder or name (shown, not compared).
+    pub model: String,
+    /// Hash of the model's config and weights, hex.
+    pub model_fingerprint: String,
+    /// The corpus's name (shown, not compared).
+    pub corpus: String,
+    /// Hash of the token stream, hex.
+    pub corpus_fingerprint: String,
+    /// Tokens in the stream.
+    pub corpus_tokens: i64,
+    /// Tokens per context.
+    pub context_size: i64,
+    /// Tokens per batch.
+    pub batch_tokens: i64,
+    /// Contexts per shuffle buffer.
+    pub buffer_contexts: i64,
+    /// The store's seed.
+    pub seed: u64,
+    /// How activations are stored (`float32`, `float16`, `bfloat16`); read back as f32.
+    pub dtype: String,
+    /// The hooks cached, in shard order.
+    pub hooks: Vec<CachedHook>,
+}
+
+impl CacheProvenance {
+    /// How a run described by `wanted` differs from this cache, one `field: cache vs wanted` line
+    /// per difference; empty when the cache holds exactly the activations `wanted` would write
+    /// (its hooks may be a superset, and the storage dtype may differ).
+    pub fn differences(&self, wanted: &CacheProvenance) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut check = |what: &str, have: String, want: String| {
+            if have != want {
+                out.push(format!("{what}: {have} in the cache, {want} in this run"));
+            }
+        };
+        check("model", format!("{} ({})", self.model_fingerprint, self.model), format!("{} ({})", wanted.model_fingerprint, wanted.model));
+        check("corpus", format!("{} ({}, {} tokens)", self.corpus_fingerprint, self.corpus, self.corpus_tokens), format!("{} ({}, {} tokens)", wanted.corpus_fingerprint, wanted.corpus, wanted.corpus_tokens));
+        check("context_size", self.context_size.to_string(), wanted.context_size.to_string());
+        check("batch_tokens", self.batch_tokens.to_string(), wanted.batch_tokens.to_string());
+        check("buffer_contexts", self.buffer_contexts.to_string(), wanted.buffer_contexts.to_string());
+        check("seed", self.seed.to_string(), wanted.seed.to_string());
+        for h in &wanted.hooks {
+            match self.hooks.iter().find(|c| c.name == h.name) {
+                Some(c) => check(&format!("width of `{}`", h.name), c.width.to_string(), h.width.to_string()),
+                None => check(&format!("hook `{}`", h.name), "absent".into(), format!("needed (the cache has {})", self.hooks.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "))),
+            }
+        }
+        out
+    }
+}
+
+/// The name a manifest gives a storage dtype.
+fn dtype_name(kind: Kind) -> Result<&'static str> {
+    match kind {
+        Kind::Float => Ok("float32"),
+        Kind::Half => Ok("float16"),
+        Kind::BFloat16 => Ok("bfloat16"),
+        other => Err(Error::Input(format!("activations can be cached as float32, float16 or bfloat16, not {other:?}"))),
+    }
+}
+
+/// A hash of the model's config and of up to 4,096 evenly spaced values of each parameter
+/// (exact bits): another checkpoint, or the same architecture with other weights, differs.
+fn model_fingerprint(model: &HookedTransformer) -> Result<String> {
+    let mut text = model.cfg.hf_json.to_string();
+    for p in model.parameters() {
+        let flat = p.f_detach()?.f_flatten(0, -1)?;
+        let n = flat.numel() as i64;
+        let step = (n / 4096).max(1);
+        let sample = flat.f_slice(0, 0, n, step)?.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?;
+        let bits: Vec<f32> = Vec::try_from(&sample)?;
+        text.push_str(&format!("{:?}", p.size()));
+        text.extend(bits.iter().map(|b| format!("{:08x}", b.to_bits())));
+    }
+    Ok(format!("{:016x}", fingerprint_of(&text)))
+}
+
+/// A hash of a token stream's ids.
+fn tokens_fingerprint(tokens: &Tensor) -> Result<String> {
+    let ids: Vec<i64> = Vec::try_from(&tokens.f_to_device(Device::Cpu)?)?;
+    let h = ids.iter().flat_map(|t| t.to_le_bytes()).fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    Ok(format!("{h:016x}"))
 }
 
 impl<'m> ActivationStore<'m> {
@@ -90,7 +193,33 @@ impl<'m> ActivationStore<'m> {
             hooks: hooks.iter().map(|h| h.to_string()).collect(),
             stop_at,
             cfg,
+            labels: (model.cfg.model_type.clone(), String::new()),
             buffer: None,
+        })
+    }
+
+    /// Names the model (its folder) and the corpus in the manifests of caches this store writes.
+    pub fn with_labels(mut self, model: &str, corpus: &str) -> Self {
+        self.labels = (model.to_string(), corpus.to_string());
+        self
+    }
+
+    /// What a cache written by this store would record (`dtype` is the storage dtype). Hashes
+    /// the model's weights and the token stream: about 0.1 s at GPT-2-small size.
+    pub fn provenance(&self, dtype: Kind) -> Result<CacheProvenance> {
+        let probe = self.fill_contexts(&self.contexts(0)?.f_narrow(0, 0, 1)?)?;
+        Ok(CacheProvenance {
+            model: self.labels.0.clone(),
+            model_fingerprint: model_fingerprint(self.model)?,
+            corpus: self.labels.1.clone(),
+            corpus_fingerprint: tokens_fingerprint(&self.tokens)?,
+            corpus_tokens: self.tokens.numel() as i64,
+            context_size: self.cfg.context_size,
+            batch_tokens: self.cfg.batch_tokens,
+            buffer_contexts: self.cfg.buffer_contexts,
+            seed: self.cfg.seed,
+            dtype: dtype_name(dtype)?.to_string(),
+            hooks: self.hooks.iter().zip(&probe).map(|(h, a)| CachedHook { name: h.clone(), width: a.size()[1] }).collect(),
         })
     }
 
@@ -111,10 +240,9 @@ impl<'m> ActivationStore<'m> {
         Ok(Tensor::f_stack(&rows, 0)?.f_to_device(self.model.device())?)
     }
 
-    /// Activations of buffer `index`, one [batches_per_buffer * batch_tokens, width] f32 tensor
-    /// per hook, shuffled.
-    pub fn fill(&self, index: usize) -> Result<Vec<Tensor>> {
-        let contexts = self.contexts(index)?;
+    /// Activations of `contexts` [n, context_size] at positions 1.. without BOS tokens, one
+    /// [tokens, width] f32 tensor per hook, in context order.
+    fn fill_contexts(&self, contexts: &Tensor) -> Result<Vec<Tensor>> {
         let bos = self.model.tokenizer().and_then(|t| t.bos_token_id());
         let mut per_hook: Vec<Vec<Tensor>> = self.hooks.iter().map(|_| Vec::new()).collect();
         for chunk in contexts.f_split(self.cfg.forward_batch, 0)? {
@@ -135,7 +263,13 @@ impl<'m> ActivationStore<'m> {
                 acts.push(a.f_index(&[Some(keep.shallow_clone())])?);
             }
         }
-        let acts: Vec<Tensor> = per_hook.iter().map(|a| Tensor::f_cat(a, 0)).collect::<Result<_, _>>()?;
+        Ok(per_hook.iter().map(|a| Tensor::f_cat(a, 0)).collect::<Result<_, _>>()?)
+    }
+
+    /// Activations of buffer `index`, one [batches_per_buffer * batch_tokens, width] f32 tensor
+    /// per hook, shuffled.
+    pub fn fill(&self, index: usize) -> Result<Vec<Tensor>> {
+        let acts = self.fill_contexts(&self.contexts(index)?)?;
         let m = acts[0].size()[0] as u64;
         let needed = self.batches_per_buffer() as u64 * self.cfg.batch_tokens as u64;
         // A seeded permutation of the buffer's tokens; if BOS tokens left it short, it wraps.
@@ -146,17 +280,17 @@ impl<'m> ActivationStore<'m> {
         acts.iter().map(|a| Ok(a.f_index_select(0, &idx)?)).collect()
     }
 
-    /// Writes `n_buffers` buffers to `dir` as `shard_NNNNN.safetensors` plus `manifest.json`, so
+    /// Writes `n_buffers` buffers to `dir` as `shard_NNNNN.safetensors` (activations stored as
+    /// `dtype`: f32, f16 or bf16) plus `manifest.json` with the cache's [`CacheProvenance`], so
     /// that several dictionaries can train from one pass of the model, without the model.
-    pub fn write_cache(&self, dir: impl AsRef<Path>, n_buffers: usize, progress: bool) -> Result<CachedActivations> {
+    pub fn write_cache(&self, dir: impl AsRef<Path>, n_buffers: usize, dtype: Kind, progress: bool) -> Result<CachedActivations> {
         let dir = dir.as_ref();
+        let provenance = self.provenance(dtype)?;
         std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
         let bar = interp_core::train::progress_bar(n_buffers as u64, "buffers", progress);
-        let mut widths = Vec::new();
         let mut shards = Vec::new();
         for index in 0..n_buffers {
-            let acts = self.fill(index)?;
-            widths = acts.iter().map(|a| a.size()[1]).collect();
+            let acts = self.fill(index)?.iter().map(|a| a.f_to_kind(dtype)).collect::<Result<Vec<_>, _>>()?;
             let name = format!("shard_{index:05}.safetensors");
             let named: Vec<(&str, Tensor)> = self.hooks.iter().map(String::as_str).zip(acts).collect();
             let path = dir.join(&name);
@@ -165,17 +299,10 @@ impl<'m> ActivationStore<'m> {
             bar.inc(1);
         }
         bar.finish_and_clear();
-        let manifest = json!({
-            "format": CACHE_FORMAT,
-            "model_name": self.model.cfg.model_type,
-            "hooks": self.hooks.iter().zip(&widths).map(|(h, w)| json!({"name": h, "width": w})).collect::<Vec<_>>(),
-            "context_size": self.cfg.context_size,
-            "batch_tokens": self.cfg.batch_tokens,
-            "batches_per_shard": self.batches_per_buffer(),
-            "seed": self.cfg.seed,
-            "dtype": "float32",
-            "shards": shards,
-        });
+        let mut manifest = serde_json::to_value(&provenance).map_err(|e| Error::Input(e.to_string()))?;
+        manifest["format"] = json!(CACHE_FORMAT);
+        manifest["batches_per_shard"] = json!(self.batches_per_buffer());
+        manifest["shards"] = json!(shards);
         let path = dir.join("manifest.json");
         std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap_or_default()).map_err(Error::io(&path))?;
         CachedActivations::open(dir, self.model.device())
@@ -199,25 +326,27 @@ impl ActivationSource for ActivationStore<'_> {
     }
 }
 
-const CACHE_FORMAT: &str = "interp-activation-cache-v1";
+const CACHE_FORMAT: &str = "interp-activation-cache-v2";
 
-/// Activations read back from a cache folder written by [`ActivationStore::write_cache`]. Steps
-/// past the end wrap around (another epoch over the same activations).
+/// Activations read back from a cache folder written by [`ActivationStore::write_cache`], as f32.
+/// A step past the end starts another epoch over the same activations if `epochs` allows it, and
+/// is an error otherwise.
 pub struct CachedActivations {
     dir: PathBuf,
+    /// What produced the cache.
+    pub provenance: CacheProvenance,
     hooks: Vec<String>,
-    widths: Vec<i64>,
     shards: Vec<String>,
-    /// Tokens per batch.
-    pub batch_tokens: i64,
     /// Batches per shard file.
     pub batches_per_shard: usize,
+    /// Passes over the cache allowed (1 by default).
+    pub epochs: usize,
     device: Device,
     loaded: Option<(usize, Vec<Tensor>)>,
 }
 
-/// The tensor names and shapes in a safetensors file's header, without reading its data.
-fn safetensors_header(path: &Path) -> Result<HashMap<String, Vec<i64>>> {
+/// The tensor names, dtypes and shapes in a safetensors file's header, without reading its data.
+fn safetensors_header(path: &Path) -> Result<HashMap<String, (String, Vec<i64>)>> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(Error::io(path))?;
     let mut len = [0u8; 8];
@@ -233,7 +362,7 @@ fn safetensors_header(path: &Path) -> Result<HashMap<String, Vec<i64>>> {
     Ok(obj
         .iter()
         .filter(|(k, _)| *k != "__metadata__")
-        .map(|(k, t)| (k.clone(), t["shape"].as_array().map(|s| s.iter().filter_map(Value::as_i64).collect()).unwrap_or_default()))
+        .map(|(k, t)| (k.clone(), (t["dtype"].as_str().unwrap_or_default().to_string(), t["shape"].as_array().map(|s| s.iter().filter_map(Value::as_i64).collect()).unwrap_or_default())))
         .collect())
 }
 
@@ -245,51 +374,54 @@ impl CachedActivations {
         let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
         let m: Value = serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("malformed JSON: {e}")))?;
         let bad = |msg: &str| Error::format(&path, msg.to_string());
-        if m["format"].as_str() != Some(CACHE_FORMAT) {
-            return Err(bad(&format!("not an activation cache manifest (format should be `{CACHE_FORMAT}`)")));
+        match m["format"].as_str() {
+            Some(CACHE_FORMAT) => {}
+            Some("interp-activation-cache-v1") => {
+                return Err(bad("written by an older version that did not record which model, corpus and settings produced it; delete the folder and cache again"))
+            }
+            _ => return Err(bad(&format!("not an activation cache manifest (format should be `{CACHE_FORMAT}`)"))),
         }
-        let hooks_v = m["hooks"].as_array().ok_or_else(|| bad("no `hooks` list"))?;
-        let (hooks, widths): (Vec<String>, Vec<i64>) = hooks_v
-            .iter()
-            .map(|h| match (h["name"].as_str(), h["width"].as_i64()) {
-                (Some(name), Some(width)) if width > 0 => Ok((name.to_string(), width)),
-                _ => Err(bad(&format!("each hook needs a `name` and a positive `width`, found {h}"))),
-            })
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .unzip();
+        let provenance: CacheProvenance = serde_json::from_value(m.clone()).map_err(|e| bad(&format!("malformed manifest: {e}")))?;
         let shards: Vec<String> = m["shards"].as_array().ok_or_else(|| bad("no `shards` list"))?.iter().filter_map(|s| s.as_str().map(str::to_string)).collect();
-        let batch_tokens = m["batch_tokens"].as_i64().filter(|b| *b > 0).ok_or_else(|| bad("no positive integer `batch_tokens`"))?;
         let batches_per_shard = m["batches_per_shard"].as_i64().filter(|b| *b > 0).ok_or_else(|| bad("no positive integer `batches_per_shard`"))?;
-        if hooks.is_empty() || hooks.len() != widths.len() || shards.is_empty() {
-            return Err(bad("the manifest lists no hooks, no widths or no shards"));
+        if provenance.batch_tokens <= 0 || provenance.hooks.iter().any(|h| h.width <= 0) {
+            return Err(bad("`batch_tokens` and every hook's `width` must be positive"));
         }
+        if provenance.hooks.is_empty() || shards.is_empty() {
+            return Err(bad("the manifest lists no hooks or no shards"));
+        }
+        let dtype = match provenance.dtype.as_str() {
+            "float32" => "F32",
+            "float16" => "F16",
+            "bfloat16" => "BF16",
+            other => return Err(bad(&format!("unknown storage dtype `{other}` (float32, float16 or bfloat16)"))),
+        };
         let rows = batches_per_shard
-            .checked_mul(batch_tokens)
+            .checked_mul(provenance.batch_tokens)
             .ok_or_else(|| bad("`batch_tokens` times `batches_per_shard` overflows: not a cache this toolkit wrote"))?;
-        let batches_per_shard = batches_per_shard as usize;
         for shard in &shards {
             let shard_path = dir.join(shard);
             let header = safetensors_header(&shard_path)?;
-            for (h, w) in hooks.iter().zip(&widths) {
-                match header.get(h) {
-                    Some(shape) if shape == &[rows, *w] => {}
-                    Some(shape) => {
-                        return Err(Error::format(&shard_path, format!("`{h}` has shape {shape:?} but the manifest says [{rows}, {w}]")));
+            for h in &provenance.hooks {
+                match header.get(&h.name) {
+                    Some((d, shape)) if shape == &[rows, h.width] && d == dtype => {}
+                    Some((d, shape)) => {
+                        return Err(Error::format(&shard_path, format!("`{}` is {d} of shape {shape:?} but the manifest says {dtype} [{rows}, {}]", h.name, h.width)));
                     }
-                    None => return Err(Error::format(&shard_path, format!("no activations of `{h}`, which the manifest lists"))),
+                    None => return Err(Error::format(&shard_path, format!("no activations of `{}`, which the manifest lists", h.name))),
                 }
             }
         }
-        Ok(CachedActivations { dir, hooks, widths, shards, batch_tokens, batches_per_shard, device, loaded: None })
+        let hooks = provenance.hooks.iter().map(|h| h.name.clone()).collect();
+        Ok(CachedActivations { dir, provenance, hooks, shards, batches_per_shard: batches_per_shard as usize, epochs: 1, device, loaded: None })
     }
 
     /// Widths of the cached hooks, in `hook_names` order.
-    pub fn widths(&self) -> &[i64] {
-        &self.widths
+    pub fn widths(&self) -> Vec<i64> {
+        self.provenance.hooks.iter().map(|h| h.width).collect()
     }
 
-    /// Batches before the cache wraps around.
+    /// Batches in one epoch.
     pub fn n_batches(&self) -> usize {
         self.shards.len() * self.batches_per_shard
     }
@@ -301,6 +433,15 @@ impl ActivationSource for CachedActivations {
     }
 
     fn batch(&mut self, step: usize) -> Result<Vec<Tensor>> {
+        if step >= self.n_batches() * self.epochs {
+            return Err(Error::Input(format!(
+                "step {} is past the activation cache {} ({} batches, {} epoch(s) allowed); allow more epochs or cache more activations",
+                step + 1,
+                self.dir.display(),
+                self.n_batches(),
+                self.epochs
+            )));
+        }
         let step = step % self.n_batches();
         let shard = step / self.batches_per_shard;
         if self.loaded.as_ref().is_none_or(|(s, _)| *s != shard) {
@@ -312,13 +453,13 @@ impl ActivationSource for CachedActivations {
             let acts = self
                 .hooks
                 .iter()
-                .map(|h| map.get(h).ok_or_else(|| Error::format(&path, format!("no `{h}`"))).and_then(|t| Ok(t.f_to_device(self.device)?)))
+                .map(|h| map.get(h).ok_or_else(|| Error::format(&path, format!("no `{h}`"))).and_then(|t| Ok(t.f_to_kind(Kind::Float)?.f_to_device(self.device)?)))
                 .collect::<Result<_>>()?;
             self.loaded = Some((shard, acts));
         }
         let (_, acts) = self.loaded.as_ref().ok_or_else(|| Error::Input("no shard".into()))?;
-        let start = (step % self.batches_per_shard) as i64 * self.batch_tokens;
-        acts.iter().map(|a| Ok(a.f_narrow(0, start, self.batch_tokens)?)).collect()
+        let start = (step % self.batches_per_shard) as i64 * self.provenance.batch_tokens;
+        acts.iter().map(|a| Ok(a.f_narrow(0, start, self.provenance.batch_tokens)?)).collect()
     }
 }
 
