@@ -46,7 +46,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let names = ["TopK SAE (k 16), resid_pre 1", "ReLU+L1 SAE, resid_pre 1", "TopK transcoder (k 16), MLP 0", "ReLU+L1 transcoder, MLP 0"];
     for (name, dict) in names.iter().zip(&dicts) {
         let m = evaluate(dict, &model, &contexts, 16)?;
-        println!("| {name} | {:.1} | {:.3} | {:.3} | {:.3} | {:.1}% |", m.l0, m.fvu, m.ce_loss_recovered, m.delta_loss, 100.0 * m.dead_fraction);
+        let d = m.downstream.as_ref().ok_or("evaluate runs the model")?;
+        println!("| {name} | {:.1} | {:.3} | {:.3} | {:.3} | {:.1}% |", m.l0, m.fvu, d.ce_loss_recovered, d.delta_loss, 100.0 * m.dead_fraction);
         dict.save_saelens(out.join(name.split(',').next().unwrap_or(name).replace([' ', '(', ')', '+'], "_").to_lowercase()), Some(&m.log10_density))?;
     }
     println!("clean CE on {} held-out tokens; dictionaries saved under {}", n * 127, out.display());

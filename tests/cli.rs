@@ -159,6 +159,87 @@ fn sae_train_eval_and_dashboard_from_the_command_line() {
 }
 
 #[test]
+fn sae_runs_record_their_cache_curve_and_options() {
+    let model = common::repo("models/shakespeare-gpt2");
+    let model = model.to_str().unwrap();
+    let out = common::Scratch::new("cli-sae-options");
+    let _ = std::fs::remove_dir_all(&out);
+    let (o, cache) = (out.join("sae"), out.join("acts"));
+    let train = |extra: &[&str], to: &std::path::Path| {
+        let args = ["sae", "train", model, "--hook", "blocks.1.hook_resid_pre", "--k", "8", "--d-sae", "256", "--batch-tokens", "512", "--eval-contexts", "4"];
+        interp(&[&args[..], &["--out", to.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap()], extra].concat())
+    };
+    let (ok, _, err) = train(&["--context", "32", "--steps", "8", "--cache-dtype", "f16", "--keep-checkpoints", "1", "--checkpoint-every", "4"], &o);
+    assert!(ok, "{err}");
+    // The run's curve, chart and report; the newest snapshot kept.
+    for f in ["train_log.jsonl", "training_curve.svg", "training_curve.png", "report.html", "evaluation.json", "checkpoints/step_8/cfg.json"] {
+        assert!(o.join(f).exists(), "{f}");
+    }
+    assert!(!o.join("checkpoints/step_4").exists());
+    assert_eq!(std::fs::read_to_string(o.join("train_log.jsonl")).unwrap().lines().count(), 1);
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cache.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!((manifest["dtype"].as_str(), manifest["context_size"].as_i64(), manifest["corpus"].as_str()), (Some("float16"), Some(32), Some("shakespeare")));
+    // The same cache with other settings: the differences, one line each, and nothing trained.
+    let other = out.join("other");
+    let (ok, _, err) = train(&["--context", "64", "--seed", "5", "--steps", "8"], &other);
+    assert!(!ok && err.contains("context_size: 32 in the cache, 64 in this run") && err.contains("seed: 0 in the cache, 5 in this run") && err.contains("--reuse-cache"), "{err}");
+    // --reuse-cache trains on it and records the cache's context, not the flag's.
+    let (ok, _, err) = train(&["--context", "64", "--steps", "8", "--reuse-cache"], &other);
+    assert!(ok && err.contains("reusing the cache although its context_size"), "{err}");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(other.join("cfg.json")).unwrap()).unwrap();
+    assert_eq!(cfg["metadata"]["context_size"], 32);
+    // More steps than the cache holds: an error, unless more epochs are allowed (and reported).
+    let n = manifest["batches_per_shard"].as_u64().unwrap() * manifest["shards"].as_array().unwrap().len() as u64;
+    let steps = (n + 3).to_string();
+    let (ok, _, err) = train(&["--context", "32", "--steps", &steps], &other);
+    assert!(!ok && err.contains(&format!("holds {n} and 1 epoch(s) are allowed")), "{err}");
+    let (ok, stdout, err) = train(&["--context", "32", "--steps", &steps, "--epochs", "2", "--checkpoint-every", "1000"], &out.join("epochs"));
+    assert!(ok && stdout.contains("epochs over the cache"), "{err}");
+    // A budget below one batch, and a fine-tune start of other widths.
+    let (ok, _, err) = train(&["--tokens", "100"], &other);
+    assert!(!ok && err.contains("a budget of 100 tokens is less than one batch of 512") && err.lines().count() == 1, "{err}");
+    let foreign = common::repo("tests/fixtures/saelens/topk");
+    let (ok, _, err) = train(&["--context", "32", "--steps", "8", "--from", foreign.to_str().unwrap()], &out.join("tune"));
+    assert!(!ok && err.contains("cannot fine-tune a dictionary of widths 16 -> 40 latents -> 16") && err.lines().count() == 1, "{err}");
+    // Fine-tuning the trained SAE works.
+    let (ok, _, err) = train(&["--context", "32", "--steps", "4", "--from", o.to_str().unwrap(), "--lr", "1e-5"], &out.join("tune"));
+    assert!(ok && err.contains("fine-tuning"), "{err}");
+
+    // Evaluation without the model, on the cache: JSON with no downstream metrics.
+    let json = out.join("eval.json");
+    let (ok, stdout, err) = interp(&["sae", "eval", o.to_str().unwrap(), "--activations", cache.to_str().unwrap(), "--batches", "4", "--json", json.to_str().unwrap()]);
+    assert!(ok && stdout.contains("FVU") && !stdout.contains("CE loss"), "{err}");
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(m["fvu"].is_number() && m["n_tokens"] == 4 * 512 && m.get("ce_loss_recovered").is_none(), "{m}");
+    // With the model, the JSON has them.
+    let (ok, _, err) = interp(&["sae", "eval", model, o.to_str().unwrap(), "--contexts", "4"]);
+    assert!(ok, "{err}");
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(o.join("eval.json")).unwrap()).unwrap();
+    assert!(m["ce_loss_recovered"].is_number(), "{m}");
+
+    // Encode text, decode the features: the dictionary's reconstruction of the model's activations.
+    let (feats, recon) = (out.join("feats.safetensors"), out.join("recon.safetensors"));
+    let (ok, _, err) = interp(&["sae", "encode", model, o.to_str().unwrap(), "--text", "To be, or not to be", "--out", feats.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = interp(&["sae", "decode", o.to_str().unwrap(), "--features", feats.to_str().unwrap(), "--out", recon.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let read = |p: &std::path::Path| -> std::collections::HashMap<String, Tensor> { Tensor::read_safetensors(p).unwrap().into_iter().collect() };
+    let (f, r) = (read(&feats), read(&recon));
+    let dict = interp::transcoders::SparseDictionary::load_saelens(&o, tch::Device::Cpu).unwrap();
+    assert_eq!(f["feature_acts"].size()[2], 256);
+    assert!(max_abs_diff(&f["feature_acts"], &dict.encode(&f["sae_in"]).unwrap()) < 1e-5);
+    assert!(max_abs_diff(&r["sae_out"], &dict.forward(&f["sae_in"]).unwrap()) < 1e-4);
+    // Encode activations from `interp cache --no-logits`.
+    let acts = out.join("acts.safetensors");
+    let (ok, _, err) = interp(&["cache", model, "--text", "To be, or not to be", "--hooks", "blocks.1.hook_resid_pre", "--no-logits", "--out", acts.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(!read(&acts).contains_key("logits"));
+    let (ok, _, err) = interp(&["sae", "encode", o.to_str().unwrap(), "--activations", acts.to_str().unwrap(), "--out", feats.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(max_abs_diff(&read(&feats)["feature_acts"], &f["feature_acts"]) < 1e-5);
+}
+
+#[test]
 fn circuit_commands_write_tables_json_and_charts() {
     let out = common::Scratch::new("cli-circuits");
     let o = |sub: &str| out.join(sub).to_str().unwrap().to_string();

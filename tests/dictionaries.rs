@@ -6,7 +6,7 @@ mod common;
 use interp::interp_core::tch;
 use interp::interp_core::{CacheSpec, HookedTransformer};
 use interp::transcoders::{
-    evaluate, load_circuit_tracer, train_dictionaries, ActivationSource, ActivationStore, Architecture, CachedActivations, DictionaryConfig, Error,
+    evaluate, evaluate_activations, load_circuit_tracer, train_dictionaries, ActivationSource, ActivationStore, Architecture, CachedActivations, DictionaryConfig, Error,
     InMemoryActivations, SaeTrainConfig, SparseDictionary, StoreConfig,
 };
 use tch::{Device, Kind, Tensor};
@@ -70,6 +70,35 @@ fn every_architecture_recovers_planted_features() {
 }
 
 #[test]
+fn matryoshka_prefixes_learn_the_frequent_features_first() {
+    // 8 frequent features (p = 0.2) and 40 rare ones (p = 0.04). The inner prefix of 8 latents
+    // must reconstruct alone, so it holds the frequent features; all 48 are recovered overall.
+    let truth = directions(N_FEATURES, D, 11);
+    tch::manual_seed(12);
+    let p = Tensor::cat(&[Tensor::full([8], 0.2, (Kind::Float, Device::Cpu)), Tensor::full([N_FEATURES - 8], 0.04, (Kind::Float, Device::Cpu))], 0);
+    let on = Tensor::rand([65_536, N_FEATURES], (Kind::Float, Device::Cpu)).lt_tensor(&p).to_kind(Kind::Float);
+    let x = (on * (Tensor::rand([65_536, N_FEATURES], (Kind::Float, Device::Cpu)) + 0.5)).matmul(&truth);
+    let mut prefix_scores = Vec::new();
+    for widths in [vec![8, 2 * N_FEATURES], vec![]] {
+        let mut source = InMemoryActivations::new(vec![("x".into(), x.shallow_clone())], 1024).unwrap();
+        let cfg = match widths.is_empty() {
+            true => DictionaryConfig::sae(Architecture::BatchTopK { k: 4 }, "x", D, 2 * N_FEATURES),
+            false => DictionaryConfig::matryoshka(4, &widths, "x", D),
+        };
+        let mut dict = SparseDictionary::init(cfg, 0, Device::Cpu).unwrap();
+        train_dictionaries(std::slice::from_mut(&mut dict), &mut source, &quiet(800)).unwrap();
+        let (all, prefix) = (recovery(&truth, dict.w_dec()), recovery(&truth.narrow(0, 0, 8), &dict.w_dec().narrow(0, 0, 8)));
+        eprintln!("widths {widths:?}: all features {all:.4}, frequent features by the first 8 latents {prefix:.4}");
+        assert!(all >= 0.93, "{widths:?}: {all}");
+        prefix_scores.push(prefix);
+    }
+    assert!(prefix_scores[0] >= 0.95 && prefix_scores[1] < 0.8, "{prefix_scores:?}");
+    // Widths must nest up to d_sae.
+    let err = SparseDictionary::init(DictionaryConfig { d_sae: 90, ..DictionaryConfig::matryoshka(4, &[8, 96], "x", D) }, 0, Device::Cpu);
+    assert!(err.err().unwrap().to_string().contains("Matryoshka widths [8, 96] must increase from above 0 to d_sae = 90"));
+}
+
+#[test]
 fn transcoders_recover_planted_input_output_pairs() {
     // x = c U, y = c V: a transcoder's decoder must find V. A skip transcoder's linear path takes
     // the part of y that is linear in x, so its latents need not align with V; it must fit at
@@ -127,7 +156,8 @@ fn metrics_match_closed_forms() {
     let m = evaluate(&identity_sae(hook, d), &model, &contexts, 3).unwrap();
     assert_eq!(m.n_tokens, 8 * 63);
     assert!(m.fvu < 1e-10, "{}", m.fvu);
-    assert!((m.ce_loss_recovered - 1.0).abs() < 1e-6 && m.delta_loss.abs() < 1e-6 && m.kl_spliced.abs() < 1e-6, "{m:?}");
+    let down = m.downstream.as_ref().unwrap();
+    assert!((down.ce_loss_recovered - 1.0).abs() < 1e-6 && down.delta_loss.abs() < 1e-6 && down.kl_spliced.abs() < 1e-6, "{m:?}");
     assert_eq!(m.l0, d as f64);
     assert!((m.shrinkage - 1.0).abs() < 1e-6);
     assert_eq!(m.dead_fraction, 0.0);
@@ -137,10 +167,16 @@ fn metrics_match_closed_forms() {
     let mean_dict = identity_sae(hook, d).map_weights(|w| (w.w_dec, w.b_dec) = (w.w_dec.zeros_like(), mean.shallow_clone())).unwrap();
     let m = evaluate(&mean_dict, &model, &contexts, 8).unwrap();
     assert!((m.fvu - 1.0).abs() < 1e-4, "{}", m.fvu);
+    // Without the model, on the same activations: the same reconstruction metrics, no downstream.
+    let acts = cache.get(hook).unwrap().narrow(1, 1, 63).reshape([-1, d]);
+    let mut source = InMemoryActivations::new(vec![(hook.to_string(), acts)], 8 * 63 / 2).unwrap();
+    let alone = evaluate_activations(&mean_dict, &mut source, 2).unwrap();
+    assert!(alone.downstream.is_none() && alone.n_tokens == m.n_tokens && (alone.fvu - m.fvu).abs() < 1e-9 && alone.l0 == m.l0, "{alone:?}");
     // Zero output: the spliced run is the zero ablation, so nothing is recovered.
     let mean_dict = mean_dict.map_weights(|w| w.b_dec = mean.zeros_like()).unwrap();
     let m = evaluate(&mean_dict, &model, &contexts, 8).unwrap();
-    assert!(m.ce_loss_recovered.abs() < 1e-9 && m.ce_zero_ablation > m.ce_clean, "{m:?}");
+    let down = m.downstream.as_ref().unwrap();
+    assert!(down.ce_loss_recovered.abs() < 1e-9 && down.ce_zero_ablation > down.ce_clean, "{m:?}");
     assert_eq!(m.dead_fraction, 0.0, "the encoder still fires");
 }
 
@@ -336,6 +372,62 @@ fn resume_is_exact_and_refuses_other_configs() {
     let mut other = SparseDictionary::init(DictionaryConfig::sae(Architecture::TopK { k: 8 }, "x", D, 64), 0, Device::Cpu).unwrap();
     let err = train_dictionaries(std::slice::from_mut(&mut other), &mut source(), &cfg).err().unwrap().to_string();
     assert!(err.contains("another dictionary configuration"), "{err}");
+}
+
+#[test]
+fn trainer_options_behave_as_documented() {
+    use interp::interp_core::train::Schedule;
+    // Learning rate: warmup, then decay to 0 over `decay_steps`, linear or cosine.
+    let cfg = SaeTrainConfig { steps: 100, lr: 1.0, warmup_steps: 10, decay_steps: Some(40), ..Default::default() };
+    assert!((cfg.lr_at(4) - 0.5).abs() < 1e-12 && (cfg.lr_at(50) - 1.0).abs() < 1e-12);
+    assert!((cfg.lr_at(80) - 0.5).abs() < 1e-12 && cfg.lr_at(99) < 0.03);
+    let cosine = SaeTrainConfig { schedule: Schedule::Cosine, ..cfg.clone() };
+    assert!((cosine.lr_at(80) - 0.5).abs() < 1e-12 && (cosine.lr_at(70) - 0.5 * (1.0 - (std::f64::consts::PI * 0.75).cos())).abs() < 1e-12);
+    assert_eq!(SaeTrainConfig { decay_steps: Some(0), ..cfg.clone() }.lr_at(99), 1.0);
+    // A token budget in steps; less than one batch is an error.
+    assert_eq!(SaeTrainConfig::steps_for_tokens(10_000, 4096).unwrap(), 3);
+    let err = SaeTrainConfig::steps_for_tokens(1000, 4096).err().unwrap().to_string();
+    assert!(err.contains("a budget of 1000 tokens is less than one batch of 4096"), "{err}");
+
+    // The curve is written as it goes; a resumed run rewrites the steps after its checkpoint.
+    let x = coefficients(8192, 7).matmul(&directions(N_FEATURES, D, 8));
+    let source = || InMemoryActivations::new(vec![("x".into(), x.shallow_clone())], 512).unwrap();
+    let fresh = || SparseDictionary::init(DictionaryConfig::sae(Architecture::TopK { k: 4 }, "x", D, 64), 0, Device::Cpu).unwrap();
+    let dir = tempdir("options");
+    let log = dir.join("train_log.jsonl");
+    let ckpt = dir.join("checkpoints");
+    let cfg = SaeTrainConfig { log_every: 2, checkpoint_every: 5, checkpoint_dir: Some(ckpt.clone()), keep_checkpoints: 2, log_path: Some(log.clone()), ..quiet(20) };
+    assert!(train_dictionaries(std::slice::from_mut(&mut fresh()), &mut FailsAt(source(), 13), &cfg).is_err());
+    let steps = |text: &str| text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect::<Vec<_>>();
+    assert_eq!(steps(&std::fs::read_to_string(&log).unwrap()), [2, 4, 6, 8, 10, 12]);
+    train_dictionaries(std::slice::from_mut(&mut fresh()), &mut source(), &cfg).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(steps(&text), [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]);
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    for key in ["dictionary", "step", "tokens", "loss", "l0", "fvu", "dead_fraction", "lr"] {
+        assert!(last[key].is_number(), "{key}: {last}");
+    }
+    assert_eq!(last["tokens"], 20 * 512);
+    // The newest two snapshots are kept, as SAELens folders reading raw activations.
+    let mut kept: Vec<String> = std::fs::read_dir(&ckpt).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("step_")).collect();
+    kept.sort();
+    assert_eq!(kept, ["step_15", "step_20"]);
+    let mut trained = fresh();
+    train_dictionaries(std::slice::from_mut(&mut trained), &mut source(), &SaeTrainConfig { checkpoint_dir: None, ..quiet(20) }).unwrap();
+    let snapshot = SparseDictionary::load_saelens(ckpt.join("step_20"), Device::Cpu).unwrap();
+    assert!(common::max_abs_diff(&snapshot.forward(&x).unwrap(), &trained.forward(&x).unwrap()) < 1e-4);
+
+    // Fine-tuning starts from the trained function (normalisation and b_dec kept): one step at a
+    // tiny learning rate changes it little.
+    let before = trained.forward(&x).unwrap();
+    let tune = SaeTrainConfig { fine_tune: true, lr: 1e-7, warmup_steps: 1, ..quiet(1) };
+    train_dictionaries(std::slice::from_mut(&mut trained), &mut source(), &tune).unwrap();
+    let moved = common::max_abs_diff(&trained.forward(&x).unwrap(), &before) / before.abs().max().double_value(&[]);
+    assert!(moved < 1e-3, "{moved}");
+    // Without `fine_tune`, b_dec restarts at the mean: the function moves.
+    let mut restarted = SparseDictionary::load_saelens(ckpt.join("step_20"), Device::Cpu).unwrap();
+    train_dictionaries(std::slice::from_mut(&mut restarted), &mut source(), &SaeTrainConfig { fine_tune: false, ..tune }).unwrap();
+    assert!(common::max_abs_diff(&restarted.forward(&x).unwrap(), &before) / before.abs().max().double_value(&[]) > 1e-2);
 }
 
 #[test]

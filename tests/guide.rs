@@ -95,7 +95,8 @@ fn saelens() -> Result {
     let tc = SparseDictionary::init(tc, 0, Device::Cpu)?;
     let contexts = model.to_tokens("To be, or not to be, that is the question", true)?;
     let m = evaluate(&tc, &model, &contexts, 1)?;
-    let _ = (m.l0, m.fvu, m.explained_variance, m.ce_loss_recovered, m.delta_loss, m.kl_spliced, m.dead_fraction);
+    let d = m.downstream.as_ref().expect("evaluate runs the model");
+    let _ = (m.l0, m.fvu, m.explained_variance, d.ce_loss_recovered, d.delta_loss, d.kl_spliced, m.dead_fraction);
     let boards = latent_dashboards(&tc, &model, &contexts, &[0, 1], 2)?;
     interp::circuits::write_dashboards(&boards, "guide", out.join("dashboards"))?;
     let _ = load_transcoder_set(repo("models/shakespeare-gpt2/transcoders"), Device::Cpu)?;

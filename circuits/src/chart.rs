@@ -124,6 +124,19 @@ pub fn heatmaps(path: &Path, panels: &[Heatmap]) -> Result<()> {
     })
 }
 
+/// One chart of a row drawn by [`line_panels`].
+#[derive(Clone, Debug)]
+pub struct LinePanel {
+    /// Its title.
+    pub title: String,
+    /// x-axis title.
+    pub x_label: String,
+    /// y-axis title.
+    pub y_label: String,
+    /// Its lines.
+    pub series: Vec<Series>,
+}
+
 /// Draws `series` as lines with markers into `path` (`.svg` or `.png`).
 pub fn line_chart(
     path: &Path,
@@ -132,32 +145,44 @@ pub fn line_chart(
     y_label: &str,
     series: &[Series],
 ) -> Result<()> {
-    let all: Vec<(f64, f64)> = series
+    let panel = LinePanel { title: title.into(), x_label: x_label.into(), y_label: y_label.into(), series: series.to_vec() };
+    line_panels(path, std::slice::from_ref(&panel))
+}
+
+/// Draws `panels` side by side into `path` (`.svg` or `.png`), each with its own axes: 760 x 480
+/// for one panel, 420 px wide each for several.
+pub fn line_panels(path: &Path, panels: &[LinePanel]) -> Result<()> {
+    let ranges = panels.iter().map(panel_ranges).collect::<Result<Vec<_>>>()?;
+    let size = if panels.len() == 1 { (760, 480) } else { (420 * panels.len() as u32, 360) };
+    render!(path, size, |root| root
+        .split_evenly((1, panels.len()))
         .iter()
-        .flat_map(|s| s.points.iter().copied())
-        .filter(|(x, y)| x.is_finite() && y.is_finite())
-        .collect();
+        .zip(panels.iter().zip(&ranges))
+        .try_for_each(|(area, (p, r))| draw_panel(area, p, r)))
+}
+
+/// The x and y extents of a panel's finite points; an error when it has none.
+fn panel_ranges(panel: &LinePanel) -> Result<((f64, f64), (f64, f64))> {
+    let all: Vec<(f64, f64)> = panel.series.iter().flat_map(|s| s.points.iter().copied()).filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
     if all.is_empty() {
-        return Err(Error::Input("no finite points to draw".into()));
+        return Err(Error::Input(format!("no finite points to draw in `{}`", panel.title)));
     }
-    let (x0, x1) = all
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let (y0, y1) = all
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let x = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let y = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    Ok((x, y))
+}
+
+fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &LinePanel, ((x0, x1), (y0, y1)): &((f64, f64), (f64, f64))) -> std::result::Result<(), String> {
+    let (x0, x1, y0, y1) = (*x0, *x1, *y0, *y1);
     let pad = |a: f64, b: f64| if b > a { (b - a) * 0.05 } else { 0.5 };
-    let (xr, yr) = (
-        x0 - pad(x0, x1)..x1 + pad(x0, x1),
-        y0 - pad(y0, y1)..y1 + pad(y0, y1),
-    );
+    // A quantity that cannot be negative keeps its axis at or above 0.
+    let y_low = if y0 >= 0.0 { (y0 - pad(y0, y1)).max(0.0) } else { y0 - pad(y0, y1) };
+    let (xr, yr) = (x0 - pad(x0, x1)..x1 + pad(x0, x1), y_low..y1 + pad(y0, y1));
     // Edge counts from 1 to tens of thousands: a log axis when x spans two decades or more.
-    let log_x = x0 > 0.0 && x1 / x0 >= 100.0;
-    if log_x {
-        let x_label = format!("{x_label} (log scale)");
-        render!(path, (760, 480), |root| draw_lines(&root, title, (x0 / 1.3..x1 * 1.3).log_scale(), yr.clone(), &x_label, y_label, series))
+    if x0 > 0.0 && x1 / x0 >= 100.0 {
+        draw_lines(area, &p.title, (x0 / 1.3..x1 * 1.3).log_scale(), yr, &format!("{} (log scale)", p.x_label), &p.y_label, &p.series)
     } else {
-        render!(path, (760, 480), |root| draw_lines(&root, title, xr.clone(), yr.clone(), x_label, y_label, series))
+        draw_lines(area, &p.title, xr, yr, &p.x_label, &p.y_label, &p.series)
     }
 }
 
@@ -183,6 +208,7 @@ where
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
+        .x_labels(6)
         .x_desc(x_label)
         .y_desc(y_label)
         .label_style(("sans-serif", 13))
@@ -204,14 +230,17 @@ where
             .draw_series(s.points.iter().map(|p| Circle::new(*p, 3, color.filled())))
             .map_err(|e| e.to_string())?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 13))
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(|e| e.to_string())?;
+    // A lone unnamed line needs no legend.
+    if series.iter().any(|s| !s.name.is_empty()) {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 

@@ -48,7 +48,7 @@ pub use attribution_graph::{attribution_graph, AttributionGraph, GraphConfig};
 pub mod bilinear;
 pub use bilinear::{BilinearLayer, Spectrum};
 pub mod chart;
-pub use chart::{circuit_graph, heatmaps, line_chart, Heatmap, Series};
+pub use chart::{circuit_graph, heatmaps, line_chart, line_panels, Heatmap, LinePanel, Series};
 pub mod report;
 pub use report::{dashboards_html, write_dashboards, write_graph_page, Report};
 pub mod output;

@@ -67,6 +67,10 @@ pub struct DictionaryConfig {
     pub prepend_bos: bool,
     /// Subtract `b_dec` from the input before encoding (SAEs usually do; transcoders cannot).
     pub apply_b_dec_to_input: bool,
+    /// Matryoshka BatchTopK (Bussmann et al. 2025): nested prefixes of the latents, each trained
+    /// to reconstruct on its own, given by their increasing widths ending at `d_sae`; empty for a
+    /// plain dictionary. Only training differs: the saved inference form is BatchTopK's JumpReLU.
+    pub matryoshka_widths: Vec<i64>,
 }
 
 impl DictionaryConfig {
@@ -84,7 +88,15 @@ impl DictionaryConfig {
             context_size: 128,
             prepend_bos: false,
             apply_b_dec_to_input: true,
+            matryoshka_widths: Vec::new(),
         }
+    }
+
+    /// A Matryoshka BatchTopK SAE: latent prefixes of `widths` (increasing, the last `d_sae`)
+    /// each reconstruct `hook_name` on their own.
+    pub fn matryoshka(k: i64, widths: &[i64], hook_name: &str, d_in: i64) -> Self {
+        let d_sae = widths.last().copied().unwrap_or(0);
+        DictionaryConfig { matryoshka_widths: widths.to_vec(), ..Self::sae(Architecture::BatchTopK { k }, hook_name, d_in, d_sae) }
     }
 
     /// A transcoder (or skip transcoder) from `hook_in` to `hook_out`.
@@ -98,6 +110,30 @@ impl DictionaryConfig {
         }
     }
 
+    /// A name people read: "TopK SAE (k 16)", "JumpReLU skip transcoder", "Matryoshka BatchTopK
+    /// SAE (k 32, prefixes 128/512/2048)".
+    pub fn describe(&self) -> String {
+        let (arch, k) = match self.architecture {
+            Architecture::ReluL1 => ("ReLU", None),
+            Architecture::TopK { k } => ("TopK", Some(k)),
+            Architecture::BatchTopK { k } => ("BatchTopK", Some(k)),
+            Architecture::JumpRelu => ("JumpReLU", None),
+            Architecture::Gated => ("Gated", None),
+        };
+        let kind = match self.kind {
+            DictionaryKind::Sae => "SAE",
+            DictionaryKind::Transcoder => "transcoder",
+            DictionaryKind::SkipTranscoder => "skip transcoder",
+        };
+        let prefix = if self.matryoshka_widths.is_empty() { "" } else { "Matryoshka " };
+        let mut details: Vec<String> = k.map(|k| format!("k {k}")).into_iter().collect();
+        if !self.matryoshka_widths.is_empty() {
+            details.push(format!("prefixes {}", self.matryoshka_widths.iter().map(i64::to_string).collect::<Vec<_>>().join("/")));
+        }
+        let details = if details.is_empty() { String::new() } else { format!(" ({})", details.join(", ")) };
+        format!("{prefix}{arch} {kind}{details}")
+    }
+
     /// The config, if its widths and settings are consistent.
     pub(crate) fn validated(self) -> Result<Self> {
         if self.d_in <= 0 || self.d_sae <= 0 || self.d_out <= 0 {
@@ -108,6 +144,15 @@ impl DictionaryConfig {
         }
         if self.apply_b_dec_to_input && self.d_out != self.d_in {
             return Err(Error::Input("apply_b_dec_to_input needs d_out == d_in".into()));
+        }
+        if !self.matryoshka_widths.is_empty() {
+            let w = &self.matryoshka_widths;
+            if !matches!(self.architecture, Architecture::BatchTopK { .. }) {
+                return Err(Error::Input("Matryoshka prefixes need the BatchTopK architecture".into()));
+            }
+            if w[0] <= 0 || w.windows(2).any(|p| p[0] >= p[1]) || w.last() != Some(&self.d_sae) {
+                return Err(Error::Input(format!("Matryoshka widths {w:?} must increase from above 0 to d_sae = {}", self.d_sae)));
+            }
         }
         if let Architecture::TopK { k } | Architecture::BatchTopK { k } = self.architecture {
             if k <= 0 || k > self.d_sae {
@@ -220,6 +265,23 @@ impl SparseDictionary {
         check("w_skip", w.w_skip.as_ref(), skip, &[d_out, d_in])?;
         let DictionaryWeights { w_enc, b_enc, w_dec, b_dec, threshold, r_mag, b_mag, w_skip } = w;
         Ok(SparseDictionary { cfg, w_enc, b_enc, w_dec, b_dec, threshold, r_mag, b_mag, w_skip })
+    }
+
+    /// A copy sharing the weights' storage: in-place changes reach both, replaced tensors (as
+    /// [`SparseDictionary::fold_scales`] makes) only one.
+    pub(crate) fn shallow_clone(&self) -> Self {
+        let opt = |t: &Option<Tensor>| t.as_ref().map(Tensor::shallow_clone);
+        SparseDictionary {
+            cfg: self.cfg.clone(),
+            w_enc: self.w_enc.shallow_clone(),
+            b_enc: self.b_enc.shallow_clone(),
+            w_dec: self.w_dec.shallow_clone(),
+            b_dec: self.b_dec.shallow_clone(),
+            threshold: opt(&self.threshold),
+            r_mag: opt(&self.r_mag),
+            b_mag: opt(&self.b_mag),
+            w_skip: opt(&self.w_skip),
+        }
     }
 
     /// Its config and weights, to change and rebuild with [`SparseDictionary::from_weights`].

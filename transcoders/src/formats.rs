@@ -146,6 +146,11 @@ impl SparseDictionary {
         if c.kind != DictionaryKind::Sae {
             cfg["d_out"] = json!(c.d_out);
         }
+        if !c.matryoshka_widths.is_empty() {
+            // SAELens saves Matryoshka SAEs in their inference form too, a JumpReLU.
+            cfg["metadata"]["training_architecture"] = json!("matryoshka_batchtopk");
+            cfg["metadata"]["training_architecture_details"] = json!({ "matryoshka_widths": c.matryoshka_widths });
+        }
         if let Architecture::TopK { k } = c.architecture {
             cfg["k"] = json!(k);
             cfg["rescale_acts_by_decoder_norm"] = json!(false);
@@ -266,6 +271,7 @@ impl SparseDictionary {
             context_size: field("context_size").and_then(Value::as_i64).unwrap_or(128),
             prepend_bos: field("prepend_bos").and_then(Value::as_bool).unwrap_or(true),
             apply_b_dec_to_input: cfg.get("apply_b_dec_to_input").and_then(Value::as_bool).unwrap_or(kind == DictionaryKind::Sae),
+            matryoshka_widths: Vec::new(),
         }
         .validated()
         .map_err(|e| Error::format(&cfg_path, e.to_string()))?;
@@ -338,6 +344,7 @@ impl SparseDictionary {
             context_size: 128,
             prepend_bos: false,
             apply_b_dec_to_input: !transcode,
+            matryoshka_widths: Vec::new(),
         };
         Ok(SparseDictionary {
             w_enc: w.take("encoder.weight", &[n, d_in])?.f_tr()?.f_contiguous()?,
@@ -396,6 +403,7 @@ pub fn load_circuit_tracer(dir: impl AsRef<Path>, device: Device) -> Result<Vec<
                 context_size: 128,
                 prepend_bos: true,
                 apply_b_dec_to_input: false,
+                matryoshka_widths: Vec::new(),
             };
             Ok(SparseDictionary {
                 w_enc: w.take("W_enc", &[d_tc, d])?.f_tr()?.f_contiguous()?,

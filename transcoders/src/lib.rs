@@ -49,7 +49,7 @@ pub use train::{train_dictionaries, SaeTrainConfig, SaeTrainReport, TrainLogEntr
 
 mod metrics;
 pub mod runner;
-pub use metrics::{evaluate, DictionaryMetrics, DENSE_THRESHOLD};
+pub use metrics::{evaluate, evaluate_activations, DictionaryMetrics, DownstreamMetrics, DENSE_THRESHOLD};
 
 mod dashboard;
 pub use dashboard::{latent_dashboards, ContextExample, LatentDashboard};

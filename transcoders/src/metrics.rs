@@ -1,6 +1,7 @@
 //! Evaluation of a dictionary on a model: reconstruction (L0, FVU, shrinkage), downstream loss
 //! when its output is spliced into the model (CE loss recovered, delta loss, KL), and latent
-//! density (dead and dense fractions, log10 density histogram).
+//! density (dead and dense fractions, log10 density histogram); or on activations alone (cached
+//! or in memory), everything but the downstream loss.
 
 use interp_core::{CacheSpec, HookedTransformer, Hooks};
 use serde::Serialize;
@@ -8,11 +9,13 @@ use tch::{Kind, Tensor};
 
 use crate::dictionary::SparseDictionary;
 use crate::error::{Error, Result};
+use crate::store::ActivationSource;
 
 /// A latent firing on more than this fraction of tokens counts as dense.
 pub const DENSE_THRESHOLD: f64 = 0.1;
 
-/// Every metric of [`evaluate`], over all evaluated tokens (position 0 and BOS tokens excluded).
+/// Every metric of [`evaluate`] (or, without a model, of [`evaluate_activations`]) over all
+/// evaluated tokens (position 0 and BOS tokens excluded).
 #[derive(Debug, Serialize)]
 pub struct DictionaryMetrics {
     /// Tokens evaluated.
@@ -25,8 +28,26 @@ pub struct DictionaryMetrics {
     pub explained_variance: f64,
     /// Mean ||y_hat|| / ||y|| per token.
     pub shrinkage: f64,
-    /// Next-token cross-entropy of the untouched model, spliced with the reconstruction, and
-    /// with the hook zero-ablated.
+    /// The model's loss with the reconstruction spliced in; `None` when evaluated on
+    /// activations alone.
+    #[serde(flatten)]
+    pub downstream: Option<DownstreamMetrics>,
+    /// Fraction of latents that never fired.
+    pub dead_fraction: f64,
+    /// Fraction of latents firing on more than 10% of tokens.
+    pub dense_fraction: f64,
+    /// Counts of latents per log10-density bin: (bin lower edge, count); dead latents apart.
+    pub log10_density_histogram: Vec<(f64, i64)>,
+    /// log10 of each latent's firing frequency [d_sae] (-10 for dead latents), as SAELens's
+    /// `sparsity.safetensors` stores it.
+    #[serde(skip)]
+    pub log10_density: Tensor,
+}
+
+/// The model's next-token loss with a dictionary's reconstruction spliced in at its output hook.
+#[derive(Debug, Serialize)]
+pub struct DownstreamMetrics {
+    /// Next-token cross-entropy of the untouched model.
     pub ce_clean: f64,
     /// Cross-entropy with the reconstruction spliced in.
     pub ce_spliced: f64,
@@ -38,16 +59,90 @@ pub struct DictionaryMetrics {
     pub delta_loss: f64,
     /// Mean KL(clean || spliced) of the next-token distributions.
     pub kl_spliced: f64,
-    /// Fraction of latents that never fired.
-    pub dead_fraction: f64,
-    /// Fraction of latents firing on more than 10% of tokens.
-    pub dense_fraction: f64,
-    /// Counts of latents per log10-density bin: (bin lower edge, count); dead latents apart.
-    pub log10_density_histogram: Vec<(f64, i64)>,
-    /// log10 of each latent's firing frequency [d_sae] (-10 for dead latents), as SAELens's
-    /// `sparsity.safetensors` stores it.
-    #[serde(skip)]
-    pub log10_density: Tensor,
+}
+
+/// Sums over evaluated tokens from which the reconstruction and density metrics follow.
+struct Reconstruction {
+    sq_err: f64,
+    y_sum: Tensor,
+    y_sq: f64,
+    l0_sum: f64,
+    shrink_sum: f64,
+    n_tokens: i64,
+    fired: Tensor,
+}
+
+impl Reconstruction {
+    fn new(dict: &SparseDictionary, device: tch::Device) -> Result<Self> {
+        let acc = |n| Tensor::f_zeros([n], (Kind::Double, device));
+        Ok(Reconstruction { sq_err: 0.0, y_sum: acc(dict.cfg.d_out)?, y_sq: 0.0, l0_sum: 0.0, shrink_sum: 0.0, n_tokens: 0, fired: acc(dict.cfg.d_sae)? })
+    }
+
+    /// Adds tokens: their targets `y` [n, d_out], reconstructions `recon` [n, d_out] and latents
+    /// `f` [n, d_sae].
+    fn add(&mut self, y: &Tensor, recon: &Tensor, f: &Tensor) -> Result<()> {
+        self.n_tokens += y.size()[0];
+        self.sq_err += y.f_sub(recon)?.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])?;
+        self.y_sum = self.y_sum.f_add(&y.f_sum_dim_intlist(0, false, Kind::Double)?)?;
+        self.y_sq += y.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])?;
+        let active = f.f_gt(0.0)?;
+        self.l0_sum += active.f_sum(Kind::Double)?.f_double_value(&[])?;
+        self.fired = self.fired.f_add(&active.f_sum_dim_intlist(0, false, Kind::Double)?)?;
+        let ratio = recon.f_norm_scalaropt_dim(2.0, [1], false)?.f_div(&y.f_norm_scalaropt_dim(2.0, [1], false)?.f_clamp_min(1e-12)?)?;
+        self.shrink_sum += ratio.f_sum(Kind::Double)?.f_double_value(&[])?;
+        Ok(())
+    }
+
+    fn finish(self, downstream: Option<DownstreamMetrics>) -> Result<DictionaryMetrics> {
+        if self.n_tokens == 0 {
+            return Err(Error::Input("no tokens to evaluate (every position was position 0 or BOS)".into()));
+        }
+        let n = self.n_tokens as f64;
+        let mean_sq = self.y_sum.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])? / n;
+        let total_variance = (self.y_sq - mean_sq).max(1e-30);
+        let fvu = self.sq_err / total_variance;
+        let density = self.fired.f_div_scalar(n)?;
+        let log10_density = density.f_clamp_min(1e-10)?.f_log10()?.f_to_kind(Kind::Float)?;
+        let dead_fraction = density.f_eq(0.0)?.f_to_kind(Kind::Double)?.f_mean(Kind::Double)?.f_double_value(&[])?;
+        let dense_fraction = density.f_gt(DENSE_THRESHOLD)?.f_to_kind(Kind::Double)?.f_mean(Kind::Double)?.f_double_value(&[])?;
+        let densities: Vec<f64> = Vec::<f64>::try_from(density.f_to_device(tch::Device::Cpu)?)?;
+        let mut log10_density_histogram: Vec<(f64, i64)> = (0..12).map(|i| (-6.0 + 0.5 * i as f64, 0)).collect();
+        for d in densities.iter().filter(|&&d| d > 0.0) {
+            let bin = (((d.log10() + 6.0) / 0.5).floor().max(0.0) as usize).min(11);
+            log10_density_histogram[bin].1 += 1;
+        }
+        Ok(DictionaryMetrics {
+            n_tokens: self.n_tokens,
+            l0: self.l0_sum / n,
+            fvu,
+            explained_variance: 1.0 - fvu,
+            shrinkage: self.shrink_sum / n,
+            downstream,
+            dead_fraction,
+            dense_fraction,
+            log10_density_histogram,
+            log10_density,
+        })
+    }
+}
+
+/// Evaluates `dict` on `n_batches` batches of `source` (cached or in-memory activations of its
+/// hooks, no model needed): L0, FVU, shrinkage, dead and dense fractions; no downstream loss.
+pub fn evaluate_activations(dict: &SparseDictionary, source: &mut dyn ActivationSource, n_batches: usize) -> Result<DictionaryMetrics> {
+    let _guard = tch::no_grad_guard();
+    let names = source.hook_names().to_vec();
+    let find = |hook: &str| names.iter().position(|h| h == hook).ok_or_else(|| Error::Input(format!("the activations have no `{hook}` (they have: {})", names.join(", "))));
+    let (input, target) = (find(&dict.cfg.hook_name)?, find(&dict.cfg.hook_name_out)?);
+    let mut acc = Reconstruction::new(dict, dict.device())?;
+    for step in 0..n_batches.max(1) {
+        let batch = source.batch(step)?;
+        let (x, y) = (batch[input].f_to_device(dict.device())?, batch[target].f_to_device(dict.device())?);
+        dict.check_width(&x, dict.cfg.d_in, &format!("activations of `{}`", dict.cfg.hook_name))?;
+        dict.check_width(&y, dict.cfg.d_out, &format!("activations of `{}`", dict.cfg.hook_name_out))?;
+        let f = dict.encode(&x)?;
+        acc.add(&y, &dict.decode(&f, Some(&x))?, &f)?;
+    }
+    acc.finish(None)
 }
 
 /// Mean next-token NLL and log-probs of `logits` [b, p, v] on `tokens` [b, p].
@@ -71,10 +166,7 @@ pub fn evaluate(dict: &SparseDictionary, model: &HookedTransformer, contexts: &T
     }
     let bos = model.tokenizer().and_then(|t| t.bos_token_id());
     let device = model.device();
-    let acc = |n| Tensor::f_zeros([n], (Kind::Double, device));
-    let (mut sq_err, mut y_sum, mut y_sq) = (0.0, acc(c.d_out)?, 0.0);
-    let (mut l0_sum, mut shrink_sum, mut n_tokens) = (0.0, 0.0, 0i64);
-    let mut fired = acc(c.d_sae)?;
+    let mut acc = Reconstruction::new(dict, device)?;
     let (mut ce_clean, mut ce_spliced, mut ce_zero, mut kl, mut n_batches) = (0.0, 0.0, 0.0, 0.0, 0.0);
     for tokens in contexts.f_split(batch.max(1), 0)? {
         let tokens = tokens.f_to_device(device)?;
@@ -89,17 +181,8 @@ pub fn evaluate(dict: &SparseDictionary, model: &HookedTransformer, contexts: &T
         let f = dict.encode(&x)?;
         let recon = dict.decode(&f, Some(&x))?;
         let keep_f = keep.f_unsqueeze(-1)?;
-        let (yk, rk, fk) = (y.f_index(&[Some(keep.shallow_clone())])?, recon.f_index(&[Some(keep.shallow_clone())])?, f.f_index(&[Some(keep.shallow_clone())])?);
-        let n = yk.size()[0];
-        n_tokens += n;
-        sq_err += yk.f_sub(&rk)?.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])?;
-        y_sum = y_sum.f_add(&yk.f_sum_dim_intlist(0, false, Kind::Double)?)?;
-        y_sq += yk.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])?;
-        let active = fk.f_gt(0.0)?;
-        l0_sum += active.f_sum(Kind::Double)?.f_double_value(&[])?;
-        fired = fired.f_add(&active.f_sum_dim_intlist(0, false, Kind::Double)?)?;
-        let ratio = rk.f_norm_scalaropt_dim(2.0, [1], false)?.f_div(&yk.f_norm_scalaropt_dim(2.0, [1], false)?.f_clamp_min(1e-12)?)?;
-        shrink_sum += ratio.f_sum(Kind::Double)?.f_double_value(&[])?;
+        let kept = |t: &Tensor| t.f_index(&[Some(keep.shallow_clone())]);
+        acc.add(&kept(&y)?, &kept(&recon)?, &kept(&f)?)?;
 
         let splice = |replacement: Tensor| -> Result<Tensor> {
             let keep_f = keep_f.shallow_clone();
@@ -118,39 +201,13 @@ pub fn evaluate(dict: &SparseDictionary, model: &HookedTransformer, contexts: &T
         kl += rows * clean_logp.f_exp()?.f_mul(&clean_logp.f_sub(&spliced_logp)?)?.f_sum_dim_intlist(-1, false, Kind::Double)?.f_mean(Kind::Double)?.f_double_value(&[])?;
         n_batches += rows;
     }
-    if n_tokens == 0 {
-        return Err(Error::Input("no tokens to evaluate (every position was position 0 or BOS)".into()));
-    }
-    let n = n_tokens as f64;
-    let mean_sq = y_sum.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])? / n;
-    let total_variance = (y_sq - mean_sq).max(1e-30);
-    let fvu = sq_err / total_variance;
     let (ce_clean, ce_spliced, ce_zero) = (ce_clean / n_batches, ce_spliced / n_batches, ce_zero / n_batches);
-    let density = fired.f_div_scalar(n)?;
-    let log10_density = density.f_clamp_min(1e-10)?.f_log10()?.f_to_kind(Kind::Float)?;
-    let dead_fraction = density.f_eq(0.0)?.f_to_kind(Kind::Double)?.f_mean(Kind::Double)?.f_double_value(&[])?;
-    let dense_fraction = density.f_gt(DENSE_THRESHOLD)?.f_to_kind(Kind::Double)?.f_mean(Kind::Double)?.f_double_value(&[])?;
-    let densities: Vec<f64> = Vec::<f64>::try_from(density.f_to_device(tch::Device::Cpu)?)?;
-    let mut log10_density_histogram: Vec<(f64, i64)> = (0..12).map(|i| (-6.0 + 0.5 * i as f64, 0)).collect();
-    for d in densities.iter().filter(|&&d| d > 0.0) {
-        let bin = (((d.log10() + 6.0) / 0.5).floor().max(0.0) as usize).min(11);
-        log10_density_histogram[bin].1 += 1;
-    }
-    Ok(DictionaryMetrics {
-        n_tokens,
-        l0: l0_sum / n,
-        fvu,
-        explained_variance: 1.0 - fvu,
-        shrinkage: shrink_sum / n,
+    acc.finish(Some(DownstreamMetrics {
         ce_clean,
         ce_spliced,
         ce_zero_ablation: ce_zero,
         ce_loss_recovered: (ce_zero - ce_spliced) / (ce_zero - ce_clean),
         delta_loss: ce_spliced - ce_clean,
         kl_spliced: kl / n_batches,
-        dead_fraction,
-        dense_fraction,
-        log10_density_histogram,
-        log10_density,
-    })
+    }))
 }

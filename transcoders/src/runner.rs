@@ -28,6 +28,9 @@ use crate::metrics::{evaluate, DictionaryMetrics};
 use crate::store::{ActivationSource, ActivationStore, CachedActivations, StoreConfig};
 use crate::train::{train_dictionaries, SaeTrainConfig, SaeTrainReport};
 
+/// The training curve's file in a run's folder: one JSON line per logged step.
+pub const TRAIN_LOG: &str = "train_log.jsonl";
+
 /// What [`train_dictionary`] trains and how; `Default` holds `interp sae train`'s defaults.
 #[derive(Clone, Debug)]
 pub struct RunnerConfig {
@@ -37,6 +40,12 @@ pub struct RunnerConfig {
     pub skip: bool,
     /// Number of latents; `None`: 8 x the input width.
     pub d_sae: Option<i64>,
+    /// Matryoshka prefixes (increasing widths ending at the number of latents) for BatchTopK;
+    /// empty for a plain dictionary.
+    pub matryoshka_widths: Vec<i64>,
+    /// Fine-tune this SAELens folder instead of starting fresh: its architecture and widths are
+    /// used, and they must fit the hooks.
+    pub init_from: Option<PathBuf>,
     /// Contexts, batch size and seed of the activation stream.
     pub store: StoreConfig,
     /// The trainer's settings (4000 steps by default); `checkpoint_dir` `None` means
@@ -68,6 +77,8 @@ impl Default for RunnerConfig {
             architecture: Architecture::TopK { k: 32 },
             skip: false,
             d_sae: None,
+            matryoshka_widths: Vec::new(),
+            init_from: None,
             store: StoreConfig::default(),
             train: SaeTrainConfig { steps: 4000, ..SaeTrainConfig::default() },
             cache_dir: None,
@@ -132,6 +143,8 @@ pub fn train_dictionary(
     let mut store_cfg = cfg.store.clone();
     let mut train = cfg.train.clone();
     train.checkpoint_dir.get_or_insert_with(|| out.join("checkpoints"));
+    train.log_path.get_or_insert_with(|| out.join(TRAIN_LOG));
+    std::fs::create_dir_all(out).map_err(Error::io(out))?;
     let say = |msg: String| {
         if train.progress {
             eprintln!("{msg}");
@@ -168,13 +181,36 @@ pub fn train_dictionary(
         }
         _ => None,
     };
-    let mut dcfg = match hook_out == hook && !cfg.skip {
-        true => DictionaryConfig::sae(cfg.architecture, hook, d_in, d_sae),
-        false => DictionaryConfig::transcoder(cfg.architecture, cfg.skip, hook, hook_out, d_in, d_out, d_sae),
+    let mut dict = match &cfg.init_from {
+        Some(from) => {
+            let dict = SparseDictionary::load_saelens(from, model.device())?;
+            let c = dict.cfg();
+            if (c.d_in, c.d_out) != (d_in, d_out) || cfg.d_sae.is_some_and(|n| n != c.d_sae) {
+                return Err(Error::Input(format!(
+                    "{}: cannot fine-tune a dictionary of widths {} -> {} latents -> {} on `{hook}` -> `{hook_out}` ({d_in} -> {} -> {d_out})",
+                    from.display(),
+                    c.d_in,
+                    c.d_sae,
+                    c.d_out,
+                    cfg.d_sae.map_or("any".to_string(), |n| n.to_string())
+                )));
+            }
+            say(format!("fine-tuning {} ({:?}, {} latents)", from.display(), c.architecture, c.d_sae));
+            train.fine_tune = true;
+            dict
+        }
+        None => {
+            let mut dcfg = match hook_out == hook && !cfg.skip {
+                true => DictionaryConfig::sae(cfg.architecture, hook, d_in, d_sae),
+                false => DictionaryConfig::transcoder(cfg.architecture, cfg.skip, hook, hook_out, d_in, d_out, d_sae),
+            };
+            dcfg.matryoshka_widths = cfg.matryoshka_widths.clone();
+            dcfg.model_name = cfg.model_name.clone();
+            dcfg.context_size = store_cfg.context_size;
+            SparseDictionary::init(dcfg, cfg.store.seed as i64, model.device())?
+        }
     };
-    dcfg.model_name = cfg.model_name.clone();
-    dcfg.context_size = store_cfg.context_size;
-    let mut dict = SparseDictionary::init(dcfg, cfg.store.seed as i64, model.device())?;
+    let d_sae = dict.cfg().d_sae;
     say(format!("training a {d_sae}-latent dictionary on `{hook}` -> `{hook_out}` from {} corpus tokens", train_tokens.numel()));
     let cache = match (cache, &cfg.cache_dir) {
         (Some(cache), _) => Some(cache),

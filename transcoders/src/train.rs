@@ -5,10 +5,11 @@
 //!
 //! Several dictionaries train side by side from the same batches (one model pass feeds them all).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use interp_core::train::{clip_scale, fingerprint_of, Adam, TrainingCheckpoint};
+use interp_core::train::{clip_scale, fingerprint_of, Adam, Schedule, TrainingCheckpoint};
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::dictionary::{Architecture, SparseDictionary};
@@ -24,8 +25,10 @@ pub struct SaeTrainConfig {
     pub lr: f64,
     /// Steps of linear warmup.
     pub warmup_steps: usize,
-    /// The learning rate decays linearly to 0 over this last fraction of the steps.
-    pub decay_fraction: f64,
+    /// The learning rate decays to 0 over these last steps; `None`: the last 20% (0: constant).
+    pub decay_steps: Option<usize>,
+    /// The shape of the decay (linear or cosine).
+    pub schedule: Schedule,
     /// L1 coefficient (ReLU+L1 and gated), on `sum_i f_i * ||W_dec,i||`.
     pub l1_coefficient: f64,
     /// L0 coefficient (JumpReLU), on `sum_i H(z_i - theta_i)`.
@@ -44,6 +47,11 @@ pub struct SaeTrainConfig {
     pub grad_clip: Option<f64>,
     /// Scale activations so that E||x|| = sqrt(d) while training (folded into the weights after).
     pub normalize_activations: bool,
+    /// Batches that estimate the normalisation's E||x|| (the first ones of the source).
+    pub norm_batches: usize,
+    /// The dictionaries are trained already (fine-tuning): keep their `b_dec` instead of starting
+    /// it at the mean target.
+    pub fine_tune: bool,
     /// Decode TopK latents by gathering `k` decoder rows instead of a dense product.
     pub sparse_decode: bool,
     /// Adam's beta1 and beta2.
@@ -56,7 +64,14 @@ pub struct SaeTrainConfig {
     pub checkpoint_every: usize,
     /// Checkpoints go here (`checkpoint.safetensors`); an existing one is resumed.
     pub checkpoint_dir: Option<PathBuf>,
-    /// Show a progress bar (loss, L0, FVU, dead %).
+    /// Also keep the dictionaries of the last this many checkpoints as SAELens folders
+    /// (`checkpoint_dir/step_{N}/{i}`, normalisation folded in); 0 keeps none.
+    pub keep_checkpoints: usize,
+    /// Append every logged step to this JSONL file as it goes (the training curve); entries past
+    /// a resumed step are dropped first.
+    pub log_path: Option<PathBuf>,
+    /// Show a progress bar (loss, L0, FVU, dead %); periodic log lines when stderr is not a
+    /// terminal.
     pub progress: bool,
 }
 
@@ -66,7 +81,8 @@ impl Default for SaeTrainConfig {
             steps: 2000,
             lr: 4e-4,
             warmup_steps: 100,
-            decay_fraction: 0.2,
+            decay_steps: None,
+            schedule: Schedule::Linear,
             l1_coefficient: 5.0,
             l0_coefficient: 0.01,
             sparsity_warmup_steps: 200,
@@ -76,25 +92,43 @@ impl Default for SaeTrainConfig {
             batchtopk_threshold_lr: 0.01,
             grad_clip: Some(1.0),
             normalize_activations: true,
+            norm_batches: 1,
+            fine_tune: false,
             sparse_decode: true,
             betas: (0.9, 0.999),
             eps: 1e-8,
             log_every: 50,
             checkpoint_every: 500,
             checkpoint_dir: None,
+            keep_checkpoints: 0,
+            log_path: None,
             progress: true,
         }
     }
 }
 
 impl SaeTrainConfig {
-    /// The learning rate at `step`: linear warmup, constant, linear decay to 0 at the end.
+    /// The learning rate at `step`: linear warmup, constant, then a linear or cosine decay to 0
+    /// over the last `decay_steps`.
     pub fn lr_at(&self, step: usize) -> f64 {
         let warm = if self.warmup_steps > 0 { ((step + 1) as f64 / self.warmup_steps as f64).min(1.0) } else { 1.0 };
-        let decay_steps = (self.steps as f64 * self.decay_fraction).round();
+        let decay_steps = self.decay_steps.map_or((self.steps as f64 * 0.2).round(), |d| d as f64);
         let left = (self.steps - step.min(self.steps)) as f64;
-        let decay = if decay_steps > 0.0 { (left / decay_steps).min(1.0) } else { 1.0 };
+        let t = if decay_steps > 0.0 { (left / decay_steps).min(1.0) } else { 1.0 };
+        let decay = match self.schedule {
+            Schedule::Linear => t,
+            Schedule::Cosine => 0.5 * (1.0 - (std::f64::consts::PI * t).cos()),
+        };
         self.lr * warm * decay
+    }
+
+    /// Steps that consume a budget of `tokens` in batches of `batch_tokens` (the last batch may
+    /// go past it); a budget below one batch is an error.
+    pub fn steps_for_tokens(tokens: u64, batch_tokens: i64) -> Result<usize> {
+        if batch_tokens < 1 || tokens < batch_tokens as u64 {
+            return Err(Error::Input(format!("a budget of {tokens} tokens is less than one batch of {batch_tokens}")));
+        }
+        Ok(tokens.div_ceil(batch_tokens as u64) as usize)
     }
 
     fn sparsity_scale(&self, step: usize) -> f64 {
@@ -102,11 +136,17 @@ impl SaeTrainConfig {
     }
 }
 
-/// One logged step of one dictionary.
-#[derive(Clone, Debug)]
+/// One logged step of one dictionary (a line of the training curve's JSONL).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainLogEntry {
+    /// Which dictionary (its index in the list trained together).
+    pub dictionary: usize,
     /// The step.
     pub step: usize,
+    /// Activation tokens trained on so far.
+    pub tokens: u64,
+    /// The learning rate of the step.
+    pub lr: f64,
     /// Total loss of the batch.
     pub loss: f64,
     /// Batch FVU (in the normalised space, which does not change it).
@@ -194,6 +234,15 @@ impl SparseDictionary {
                 if kept.numel() > 0 {
                     batch_threshold = Some(kept.f_min()?.f_double_value(&[])?);
                 }
+                // Matryoshka: every inner prefix of the latents reconstructs on its own.
+                let mut decoded = self.add_skip(self.b_dec.f_expand_as(y)?, Some(x))?;
+                let mut prev = 0;
+                for &width in self.cfg.matryoshka_widths.iter().rev().skip(1).rev() {
+                    decoded = decoded.f_add(&f.f_narrow(1, prev, width - prev)?.f_matmul(&self.w_dec.f_narrow(0, prev, width - prev)?)?)?;
+                    let inner = decoded.f_sub(y)?.f_square()?.f_sum(Kind::Float)?.f_div_scalar(n)?;
+                    extra = extra.f_add(&inner)?;
+                    prev = width;
+                }
                 (self.decode(&f, Some(x))?, f.f_gt(0.0)?.f_sum_dim_intlist(0, false, Kind::Float)?, Some(pre.shallow_clone()))
             }
             Architecture::JumpRelu => {
@@ -251,11 +300,9 @@ fn finite_check(t: &Tensor, step: usize, hook: &str) -> Result<()> {
     Ok(())
 }
 
-/// `sqrt(d) / E||x||` over the rows of `x` [n, d].
-fn norm_scale(x: &Tensor) -> Result<f64> {
-    let d = x.size()[1] as f64;
-    let mean_norm = x.f_norm_scalaropt_dim(2.0, [1], false)?.f_mean(Kind::Double)?.f_double_value(&[])?;
-    Ok(if mean_norm > 0.0 { d.sqrt() / mean_norm } else { 1.0 })
+/// E||x|| over the rows of `x` [n, d].
+fn mean_norm(x: &Tensor) -> Result<f64> {
+    Ok(x.f_norm_scalaropt_dim(2.0, [1], false)?.f_mean(Kind::Double)?.f_double_value(&[])?)
 }
 
 /// Trains `dicts` in place on batches of `source` (each reads its `hook_name` and predicts its
@@ -269,17 +316,34 @@ pub fn train_dictionaries(dicts: &mut [SparseDictionary], source: &mut dyn Activ
     let names = source.hook_names().to_vec();
     let find = |hook: &str| names.iter().position(|h| h == hook).ok_or_else(|| Error::Input(format!("the activation source has no `{hook}` (it has: {})", names.join(", "))));
     let first = source.batch(0)?;
+    // The first `norm_batches` batches estimate E||x|| of every hook.
+    let mut mean_norms = vec![0.0; names.len()];
+    let n_norm = if cfg.normalize_activations { cfg.norm_batches.max(1) } else { 0 };
+    for b in 0..n_norm {
+        let batch = if b == 0 { first.iter().map(Tensor::shallow_clone).collect() } else { source.batch(b)? };
+        for (i, t) in batch.iter().enumerate() {
+            finite_check(t, b, &names[i])?;
+            mean_norms[i] += mean_norm(t)? / n_norm as f64;
+        }
+    }
     let device = dicts[0].device();
     let mut slots = Vec::new();
-    for d in dicts.iter() {
+    for d in dicts.iter_mut() {
         let (input, target) = (find(&d.cfg.hook_name)?, find(&d.cfg.hook_name_out)?);
         d.check_width(&first[input], d.cfg.d_in, &format!("activations of `{}`", d.cfg.hook_name))?;
         d.check_width(&first[target], d.cfg.d_out, &format!("activations of `{}`", d.cfg.hook_name_out))?;
+        let scale = |i: usize, width: i64| if cfg.normalize_activations && mean_norms[i] > 0.0 { (width as f64).sqrt() / mean_norms[i] } else { 1.0 };
+        let (s_in, s_out) = (scale(input, d.cfg.d_in), scale(target, d.cfg.d_out));
+        if cfg.fine_tune {
+            // A trained dictionary reads raw activations: express it in the normalised space.
+            d.fold_scales(1.0 / s_in, 1.0 / s_out)?;
+        }
         let params: Vec<Tensor> = d.parameters().into_iter().map(|p| p.set_requires_grad(true)).collect();
-        let (s_in, s_out) = if cfg.normalize_activations { (norm_scale(&first[input])?, norm_scale(&first[target])?) } else { (1.0, 1.0) };
         let _guard = tch::no_grad_guard();
-        // b_dec starts at the mean target, so latents begin by explaining variance, not the mean.
-        d.b_dec.shallow_clone().f_copy_(&first[target].f_to_device(device)?.f_mean_dim(0, false, Kind::Float)?.f_mul_scalar(s_out)?)?;
+        if !cfg.fine_tune {
+            // b_dec starts at the mean target, so latents begin by explaining variance, not the mean.
+            d.b_dec.shallow_clone().f_copy_(&first[target].f_to_device(device)?.f_mean_dim(0, false, Kind::Float)?.f_mul_scalar(s_out)?)?;
+        }
         slots.push(Slot {
             input,
             target,
@@ -304,7 +368,7 @@ pub fn train_dictionaries(dicts: &mut [SparseDictionary], source: &mut dyn Activ
         out
     };
     let checkpoint = cfg.checkpoint_dir.as_ref().map(|dir| {
-        let mut text = format!("{:?}{:?}{:?}{:?}", cfg.lr, cfg.l1_coefficient, cfg.l0_coefficient, cfg.normalize_activations);
+        let mut text = format!("{:?}{:?}{:?}{:?}{:?}", cfg.lr, cfg.l1_coefficient, cfg.l0_coefficient, cfg.normalize_activations, cfg.norm_batches);
         for d in dicts.iter() {
             text.push_str(&format!("{:?}", d.cfg));
         }
@@ -330,6 +394,59 @@ pub fn train_dictionaries(dicts: &mut [SparseDictionary], source: &mut dyn Activ
     Ok(reports)
 }
 
+/// Writes the dictionaries at step `done` as SAELens folders (`dir/step_{done}`, one subfolder
+/// per dictionary when there are several; normalisation folded in) and removes all but the
+/// newest `keep` such snapshots.
+fn keep_snapshot(dir: &Path, done: usize, keep: usize, dicts: &[SparseDictionary], slots: &[Slot]) -> Result<()> {
+    let _guard = tch::no_grad_guard();
+    let snapshot = dir.join(format!("step_{done}"));
+    for (i, (d, s)) in dicts.iter().zip(slots).enumerate() {
+        let mut copy = d.shallow_clone();
+        copy.fold_scales(s.scales.f_double_value(&[0])?, s.scales.f_double_value(&[1])?)?;
+        copy.save_saelens(if dicts.len() == 1 { snapshot.clone() } else { snapshot.join(i.to_string()) }, None)?;
+    }
+    let mut steps: Vec<usize> = std::fs::read_dir(dir)
+        .map_err(Error::io(dir))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("step_")?.parse().ok())
+        .collect();
+    steps.sort_unstable();
+    for old in steps.iter().rev().skip(keep) {
+        let path = dir.join(format!("step_{old}"));
+        std::fs::remove_dir_all(&path).map_err(Error::io(&path))?;
+    }
+    Ok(())
+}
+
+/// The training curve as JSONL, one [`TrainLogEntry`] per line, appended as training goes.
+struct TrainingCurve {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl TrainingCurve {
+    /// Opens `path` for appending after dropping entries past `start` (a resumed run logs them
+    /// again).
+    fn open(path: &Path, start: usize) -> Result<Self> {
+        let kept: String = match std::fs::read_to_string(path) {
+            Ok(text) => text
+                .lines()
+                .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= start))
+                .map(|l| format!("{l}\n"))
+                .collect(),
+            Err(_) => String::new(),
+        };
+        std::fs::write(path, kept).map_err(Error::io(path))?;
+        let file = std::fs::OpenOptions::new().append(true).open(path).map_err(Error::io(path))?;
+        Ok(TrainingCurve { path: path.to_path_buf(), file })
+    }
+
+    fn append(&mut self, entry: &TrainLogEntry) -> Result<()> {
+        use std::io::Write;
+        let line = serde_json::to_string(entry).map_err(|e| Error::Input(e.to_string()))?;
+        writeln!(self.file, "{line}").map_err(Error::io(&self.path))
+    }
+}
+
 type StateFn<'a> = dyn Fn(&[Slot], &[SparseDictionary]) -> Vec<(String, Tensor)> + 'a;
 
 fn train_loop(
@@ -346,6 +463,10 @@ fn train_loop(
     let names = source.hook_names().to_vec();
     let clock = Instant::now();
     let mut tokens = 0usize;
+    let mut curve = match &cfg.log_path {
+        Some(path) => Some(TrainingCurve::open(path, start)?),
+        None => None,
+    };
     for step in start..cfg.steps {
         let batch = source.batch(step)?;
         for (i, t) in batch.iter().enumerate() {
@@ -353,7 +474,7 @@ fn train_loop(
         }
         let n = batch[0].size()[0];
         let mut msg = String::new();
-        for (d, s) in dicts.iter().zip(slots.iter_mut()) {
+        for (i, (d, s)) in dicts.iter().zip(slots.iter_mut()).enumerate() {
             let device = d.device();
             let x = batch[s.input].f_to_device(device)?.f_mul_scalar(s.scales.f_double_value(&[0])?)?;
             let y = batch[s.target].f_to_device(device)?.f_mul_scalar(s.scales.f_double_value(&[1])?)?;
@@ -386,13 +507,19 @@ fn train_loop(
             s.since_fired = s.since_fired.f_add_scalar(n as f64)?.f_masked_fill(&fired, 0.0)?;
             if (step + 1) % cfg.log_every == 0 || step + 1 == cfg.steps {
                 let entry = TrainLogEntry {
+                    dictionary: i,
                     step: step + 1,
+                    tokens: (step as u64 + 1) * n as u64,
+                    lr: cfg.lr_at(step),
                     loss: loss_value,
                     fvu: out.mse.f_double_value(&[])? * n as f64 / out.total_variance.f_double_value(&[])?.max(1e-12),
                     l0: out.fired.f_sum(Kind::Double)?.f_double_value(&[])? / n as f64,
                     dead_fraction: s.since_fired.f_ge(cfg.dead_tokens as f64)?.f_to_kind(Kind::Double)?.f_mean(Kind::Double)?.f_double_value(&[])?,
                 };
                 msg.push_str(&format!("loss {:.4} L0 {:.1} FVU {:.3} dead {:.1}% ", entry.loss, entry.l0, entry.fvu, 100.0 * entry.dead_fraction));
+                if let Some(c) = curve.as_mut() {
+                    c.append(&entry)?;
+                }
                 s.log.push(entry);
             }
         }
@@ -401,6 +528,9 @@ fn train_loop(
         if let Some(c) = checkpoint {
             if done % cfg.checkpoint_every == 0 || done == cfg.steps {
                 c.save(done, &state(slots, dicts))?;
+                if cfg.keep_checkpoints > 0 {
+                    keep_snapshot(&c.dir, done, cfg.keep_checkpoints, dicts, slots)?;
+                }
             }
         }
         if !msg.is_empty() {

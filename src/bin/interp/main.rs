@@ -57,7 +57,8 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
-    /// Run a model and write hook activations (f32) and `logits` to a safetensors file.
+    /// Run a model and write hook activations (f32) and `logits` (unless --no-logits) to a
+    /// safetensors file.
     Cache {
         #[command(flatten)]
         model: ModelArgs,
@@ -74,6 +75,10 @@ enum Command {
         /// standard hook point. Opt-in points (attn.hook_result, hook_q_input, ...) only by name.
         #[arg(long, num_args = 1..)]
         hooks: Vec<String>,
+        /// Leave out the logits ([batch, pos, d_vocab] f32: 200 KB per token at GPT-2's
+        /// vocabulary).
+        #[arg(long)]
+        no_logits: bool,
     },
     /// Train a language model from scratch on text and save it as an HF checkpoint directory.
     ///
@@ -198,7 +203,7 @@ fn inspect(model: &HookedTransformer) {
     }
 }
 
-fn cache(model: &HookedTransformer, ids_file: Option<&Path>, text: Option<&str>, out: &Path, hooks: &[String]) -> Result<()> {
+fn cache(model: &HookedTransformer, ids_file: Option<&Path>, text: Option<&str>, out: &Path, hooks: &[String], logits: bool) -> Result<()> {
     let ids = match (ids_file, text) {
         (Some(path), _) => {
             let tensors = Tensor::read_safetensors(path).with_context(|| format!("reading {}", path.display()))?;
@@ -213,9 +218,11 @@ fn cache(model: &HookedTransformer, ids_file: Option<&Path>, text: Option<&str>,
     };
     let filter = if hooks.is_empty() { NamesFilter::All } else { NamesFilter::names(hooks) };
     let spec = CacheSpec::new(filter).dtype(Kind::Float).device(Device::Cpu);
-    let (logits, cache) = model.run_with_cache(&ids.to_device(model.device()), spec)?;
+    let (output, cache) = model.run_with_cache(&ids.to_device(model.device()), spec)?;
     let mut named: Vec<(String, Tensor)> = cache.iter().map(|(n, t)| (n, t.contiguous())).collect();
-    named.push(("logits".into(), logits.to_kind(Kind::Float).to_device(Device::Cpu).contiguous()));
+    if logits {
+        named.push(("logits".into(), output.to_kind(Kind::Float).to_device(Device::Cpu).contiguous()));
+    }
     Tensor::write_safetensors(&named, out).with_context(|| format!("writing {}", out.display()))?;
     println!("wrote {} tensors ({} bytes of activations) to {}", named.len(), cache.total_bytes(), out.display());
     Ok(())
@@ -254,8 +261,8 @@ fn summary(dir: &Path, text: &str) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::Inspect { model }) => inspect(&load(&model)?),
-        Some(Command::Cache { model, ids_file, text, out, hooks }) => {
-            cache(&load(&model)?, ids_file.as_deref(), text.as_deref(), &out, &hooks)?
+        Some(Command::Cache { model, ids_file, text, out, hooks, no_logits }) => {
+            cache(&load(&model)?, ids_file.as_deref(), text.as_deref(), &out, &hooks, !no_logits)?
         }
         Some(Command::Train(args)) => train::train(&args)?,
         Some(Command::Sae(cmd)) => sae::run(cmd)?,

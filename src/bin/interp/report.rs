@@ -269,23 +269,24 @@ fn dictionaries(model: &HookedTransformer, dir: &Path, n_latents: usize, out: &m
     for folder in &folders {
         let dict = super::sae::load_dictionary(model, folder)?;
         let metrics = evaluate(&dict, model, &contexts, 8)?;
+        let ce_loss_recovered = metrics.downstream.as_ref().map_or(f64::NAN, |d| d.ce_loss_recovered);
         let name = folder.strip_prefix(dir).unwrap_or(folder).display().to_string();
         table.push(vec![
             name.as_str().into(),
             dict.cfg().hook_name.as_str().into(),
             dict.cfg().hook_name_out.as_str().into(),
-            format!("{:?} {:?}", dict.cfg().kind, dict.cfg().architecture).into(),
+            dict.cfg().describe().into(),
             (dict.cfg().d_sae as usize).into(),
             metrics.l0.into(),
             metrics.fvu.into(),
-            metrics.ce_loss_recovered.into(),
+            ce_loss_recovered.into(),
             metrics.dead_fraction.into(),
         ]);
         let (_, order) = metrics.log10_density.topk(n_latents as i64, 0, true, true);
         let latents = Vec::<i64>::try_from(order)?;
         let dashboards = latent_dashboards(&dict, model, &contexts, &latents, 5)?;
         boards.push((format!("{name} ({} -> {})", dict.cfg().hook_name, dict.cfg().hook_name_out), dashboards_html(&dashboards)));
-        println!("{name}: L0 {:.1}, FVU {:.3}, CE loss recovered {:.3}", metrics.l0, metrics.fvu, metrics.ce_loss_recovered);
+        println!("{name}: L0 {:.1}, FVU {:.3}, CE loss recovered {:.3}", metrics.l0, metrics.fvu, ce_loss_recovered);
     }
     out.report.paragraph(&format!("Evaluated on {} held-out Shakespeare contexts of 128 tokens; dashboards of the {n_latents} most frequently active latents of each.", contexts.size()[0]));
     out.table("dictionaries", "dictionary metrics", &table)?;

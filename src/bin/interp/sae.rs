@@ -1,18 +1,24 @@
 //! `interp sae ...`: train, evaluate and inspect sparse dictionaries.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
-use interp::circuits::write_dashboards;
+use interp::circuits::analysis::{read_training_curve, training_curve_chart, write_metrics};
+use interp::circuits::{write_dashboards, Output};
 use interp::interp_core::data::token_stream;
-use interp::interp_core::{tch, HookedTransformer};
-use interp::transcoders::runner::{eval_contexts, train_dictionary, RunnerConfig};
-use interp::transcoders::{evaluate, latent_dashboards, Architecture, DictionaryMetrics, SaeTrainConfig, SparseDictionary, StoreConfig};
-use tch::Tensor;
+use interp::interp_core::train::Schedule;
+use interp::interp_core::{tch, CacheSpec, HookedTransformer};
+use interp::transcoders::runner::{eval_contexts, train_dictionary, RunnerConfig, TRAIN_LOG};
+use interp::transcoders::{
+    evaluate, evaluate_activations, latent_dashboards, ActivationSource, Architecture, CachedActivations, DictionaryMetrics, InMemoryActivations, SaeTrainConfig,
+    SparseDictionary, StoreConfig,
+};
+use tch::{Kind, Tensor};
 
 use super::train::corpus;
-use super::{load, ModelArgs};
+use super::{load, DeviceArg, ModelArgs};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Arch {
@@ -24,26 +30,43 @@ enum Arch {
     Gated,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum CacheDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
 #[derive(Subcommand)]
 pub enum SaeCommand {
     /// Train an SAE (one hook) or a transcoder (--hook-out) on activations streamed from a model
     /// over a corpus, evaluate it, and save it as a SAELens folder (cfg.json,
-    /// sae_weights.safetensors, sparsity.safetensors) plus metrics.json. Resumes from
-    /// OUT/checkpoints if a run was interrupted.
-    Train(TrainArgs),
-    /// Evaluate a saved dictionary (SAELens folder) on held-out text: L0, FVU, CE loss recovered,
-    /// delta loss, KL, dead and dense fractions, shrinkage.
-    Eval {
-        #[command(flatten)]
-        model: ModelArgs,
+    /// sae_weights.safetensors, sparsity.safetensors) plus metrics.json, the training curve
+    /// (train_log.jsonl, training_curve.svg/png) and report.html. Resumes from OUT/checkpoints if
+    /// a run was interrupted.
+    Train(Box<TrainArgs>),
+    /// Evaluate a saved dictionary (SAELens folder): with a model, on its held-out text (L0, FVU,
+    /// CE loss recovered, delta loss, KL, dead and dense fractions, shrinkage); with
+    /// --activations alone (no model), on cached activations (L0, FVU, shrinkage, dead and
+    /// dense). Prints the table and writes the metrics as JSON (--json).
+    Eval(EvalArgs),
+    /// Feature activations of a dictionary, to a safetensors file: for --text run through the
+    /// model (writes `input_ids`, `sae_in` [batch, pos, d_in] and `feature_acts` [batch, pos,
+    /// d_sae]), or for the activations in a safetensors file (--activations, the tensor named
+    /// after the dictionary's hook or --tensor; writes `sae_in` and `feature_acts`).
+    Encode(EncodeArgs),
+    /// Reconstructions from feature activations: reads `feature_acts` [.., d_sae] (and `sae_in`,
+    /// which a skip transcoder needs) from a file `interp sae encode` wrote, writes `sae_out`
+    /// [.., d_out].
+    Decode {
         /// SAELens folder of the dictionary.
         sae: PathBuf,
-        /// shakespeare, a folder of .txt files or a .jsonl file; its held-out part is used.
-        #[arg(long, default_value = "shakespeare")]
-        data: String,
-        /// Number of held-out contexts.
-        #[arg(long, default_value_t = 64)]
-        contexts: i64,
+        /// safetensors file with `feature_acts` (and `sae_in` for skip transcoders).
+        #[arg(long)]
+        features: PathBuf,
+        /// Output safetensors file.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Write feature dashboards (JSON and HTML): top-activating contexts, activation histogram,
     /// promoted/suppressed logits, direct token inputs.
@@ -67,6 +90,53 @@ pub enum SaeCommand {
 }
 
 #[derive(clap::Args)]
+pub struct EvalArgs {
+    /// MODEL_DIR SAE, or SAE alone with --activations.
+    #[arg(num_args = 1..=2, value_names = ["MODEL_DIR", "SAE"], required = true)]
+    paths: Vec<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArg,
+    /// Evaluate on these activations instead of running a model: an activation cache folder
+    /// (manifest.json, as `sae train --cache-dir` writes) or a safetensors file of `interp cache`
+    /// ([batch, pos, d] per hook; position 0 left out, as in training).
+    #[arg(long)]
+    activations: Option<PathBuf>,
+    /// Batches of a cache folder to evaluate on (default: all of one epoch).
+    #[arg(long)]
+    batches: Option<usize>,
+    /// shakespeare, a folder of .txt files or a .jsonl file; its held-out part is used.
+    #[arg(long, default_value = "shakespeare")]
+    data: String,
+    /// Number of held-out contexts.
+    #[arg(long, default_value_t = 64)]
+    contexts: i64,
+    /// Where the metrics go as JSON; default SAE/eval.json.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct EncodeArgs {
+    /// MODEL_DIR SAE (with --text), or SAE alone with --activations.
+    #[arg(num_args = 1..=2, value_names = ["MODEL_DIR", "SAE"], required = true)]
+    paths: Vec<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArg,
+    /// Text to run through the model (tokenized with BOS).
+    #[arg(long, conflicts_with = "activations", required_unless_present = "activations")]
+    text: Option<String>,
+    /// safetensors file with the activations to encode [.., d_in].
+    #[arg(long)]
+    activations: Option<PathBuf>,
+    /// Name of the tensor in --activations; default: the dictionary's hook.
+    #[arg(long, requires = "activations")]
+    tensor: Option<String>,
+    /// Output safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
 pub struct TrainArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -84,29 +154,82 @@ pub struct TrainArgs {
     /// Active latents per token (TopK, BatchTopK).
     #[arg(long, default_value_t = 32)]
     k: i64,
-    /// Number of latents; default: 8 x the input width.
+    /// Number of latents; default: 8 x the input width (the last --matryoshka width if given).
     #[arg(long)]
     d_sae: Option<i64>,
-    #[arg(long, default_value_t = RunnerConfig::default().train.steps)]
-    steps: usize,
+    /// Matryoshka BatchTopK: nested prefix widths, comma separated, the last the number of
+    /// latents (e.g. 128,512,2048); each prefix reconstructs on its own. Needs --arch batchtopk.
+    #[arg(long, value_delimiter = ',')]
+    matryoshka: Vec<i64>,
+    /// Fine-tune this SAELens folder instead of starting fresh (its architecture and widths are
+    /// used; they must fit the hooks).
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// Optimiser steps [default: 4000].
+    #[arg(long, conflicts_with = "tokens")]
+    steps: Option<usize>,
+    /// Train on this many activation tokens instead of a number of steps (at least one batch).
+    #[arg(long)]
+    tokens: Option<u64>,
     #[arg(long, default_value_t = RunnerConfig::default().store.batch_tokens)]
     batch_tokens: i64,
     #[arg(long, default_value_t = RunnerConfig::default().store.context_size)]
     context: i64,
+    /// Peak learning rate.
     #[arg(long, default_value_t = RunnerConfig::default().train.lr)]
     lr: f64,
+    /// Steps of linear learning-rate warmup.
+    #[arg(long, default_value_t = RunnerConfig::default().train.warmup_steps)]
+    warmup_steps: usize,
+    /// The learning rate decays to 0 over these last steps [default: 20% of the steps; 0: none].
+    #[arg(long)]
+    decay_steps: Option<usize>,
+    /// Shape of the decay.
+    #[arg(long, value_enum, default_value = "linear")]
+    schedule: Schedule,
     /// L1 coefficient (relu, gated).
     #[arg(long, default_value_t = RunnerConfig::default().train.l1_coefficient)]
     l1: f64,
     /// L0 coefficient (jumprelu).
     #[arg(long, default_value_t = RunnerConfig::default().train.l0_coefficient)]
     l0: f64,
+    /// Weight of the AuxK loss that revives dead latents (TopK, BatchTopK); 0 turns it off.
+    #[arg(long, default_value_t = RunnerConfig::default().train.aux_k_coefficient)]
+    aux_k: f64,
+    /// A latent that has not fired for this many tokens is dead (AuxK's window and the dead %).
+    #[arg(long, default_value_t = RunnerConfig::default().train.dead_tokens)]
+    dead_tokens: usize,
+    /// Train on raw activations (by default they are scaled so E||x|| = sqrt(d), and the scale
+    /// is folded into the saved weights).
+    #[arg(long)]
+    no_normalize: bool,
+    /// Batches that estimate the normalisation's E||x||.
+    #[arg(long, default_value_t = RunnerConfig::default().train.norm_batches)]
+    norm_batches: usize,
+    /// Keep the dictionaries of the last N checkpoints as SAELens folders (OUT/checkpoints/step_S).
+    #[arg(long, default_value_t = 0)]
+    keep_checkpoints: usize,
+    /// Checkpoint every this many steps.
+    #[arg(long, default_value_t = RunnerConfig::default().train.checkpoint_every)]
+    checkpoint_every: usize,
     #[arg(long, default_value = "shakespeare")]
     data: String,
-    /// Write the activations to this folder first (sharded safetensors and a manifest) and train
-    /// from it; an existing cache there is reused, so several dictionaries train from one pass.
+    /// Write the activations to this folder first (sharded safetensors and a manifest that
+    /// records the model, corpus and settings) and train from it. An existing cache there is
+    /// reused when it was written by the same model, corpus and settings; otherwise an error
+    /// lists the differences.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// How a new cache stores activations (read back as f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    cache_dtype: CacheDtype,
+    /// Train on an existing cache although its provenance differs (its context, batch size and
+    /// seed replace the flags; each difference is printed).
+    #[arg(long, requires = "cache_dir")]
+    reuse_cache: bool,
+    /// Passes allowed over an existing cache that holds fewer batches than the steps.
+    #[arg(long, default_value_t = 1, requires = "cache_dir")]
+    epochs: usize,
     /// Output folder (SAELens layout).
     #[arg(long)]
     out: PathBuf,
@@ -115,6 +238,9 @@ pub struct TrainArgs {
     /// Held-out contexts for the final evaluation.
     #[arg(long, default_value_t = RunnerConfig::default().eval_contexts)]
     eval_contexts: i64,
+    /// Torch threads.
+    #[arg(long, default_value_t = 2)]
+    threads: i32,
 }
 
 /// The first `n` held-out contexts of `context` tokens of `data`.
@@ -127,16 +253,26 @@ fn print_metrics(m: &DictionaryMetrics) {
     println!("tokens            {}", m.n_tokens);
     println!("L0                {:.2}", m.l0);
     println!("FVU               {:.4} (explained variance {:.4})", m.fvu, m.explained_variance);
-    println!("CE loss recovered {:.4} (clean {:.4}, spliced {:.4}, zero-ablated {:.4})", m.ce_loss_recovered, m.ce_clean, m.ce_spliced, m.ce_zero_ablation);
-    println!("delta loss        {:.4} nats; KL {:.4}", m.delta_loss, m.kl_spliced);
+    if let Some(d) = &m.downstream {
+        println!("CE loss recovered {:.4} (clean {:.4}, spliced {:.4}, zero-ablated {:.4})", d.ce_loss_recovered, d.ce_clean, d.ce_spliced, d.ce_zero_ablation);
+        println!("delta loss        {:.4} nats; KL {:.4}", d.delta_loss, d.kl_spliced);
+    }
     println!("dead / dense      {:.2}% / {:.2}%", 100.0 * m.dead_fraction, 100.0 * m.dense_fraction);
     println!("shrinkage         {:.4}", m.shrinkage);
 }
 
 impl TrainArgs {
-    fn config(&self) -> RunnerConfig {
+    fn config(&self) -> Result<RunnerConfig> {
         let defaults = RunnerConfig::default();
-        RunnerConfig {
+        let steps = match (self.steps, self.tokens) {
+            (_, Some(tokens)) => SaeTrainConfig::steps_for_tokens(tokens, self.batch_tokens)?,
+            (Some(steps), None) => steps,
+            (None, None) => defaults.train.steps,
+        };
+        if !self.matryoshka.is_empty() && !matches!(self.arch, Arch::Batchtopk) {
+            bail!("--matryoshka needs --arch batchtopk");
+        }
+        Ok(RunnerConfig {
             architecture: match self.arch {
                 Arch::Relu => Architecture::ReluL1,
                 Arch::Topk => Architecture::TopK { k: self.k },
@@ -145,25 +281,162 @@ impl TrainArgs {
                 Arch::Gated => Architecture::Gated,
             },
             skip: self.skip,
-            d_sae: self.d_sae,
+            d_sae: self.d_sae.or(self.matryoshka.last().copied()),
+            matryoshka_widths: self.matryoshka.clone(),
+            init_from: self.from.clone(),
             store: StoreConfig { context_size: self.context, batch_tokens: self.batch_tokens, seed: self.seed, ..defaults.store },
-            train: SaeTrainConfig { steps: self.steps, lr: self.lr, l1_coefficient: self.l1, l0_coefficient: self.l0, ..defaults.train },
+            train: SaeTrainConfig {
+                steps,
+                lr: self.lr,
+                warmup_steps: self.warmup_steps,
+                decay_steps: self.decay_steps,
+                schedule: self.schedule,
+                l1_coefficient: self.l1,
+                l0_coefficient: self.l0,
+                aux_k_coefficient: self.aux_k,
+                dead_tokens: self.dead_tokens,
+                normalize_activations: !self.no_normalize,
+                norm_batches: self.norm_batches,
+                keep_checkpoints: self.keep_checkpoints,
+                checkpoint_every: self.checkpoint_every,
+                ..defaults.train
+            },
             cache_dir: self.cache_dir.clone(),
+            cache_dtype: match self.cache_dtype {
+                CacheDtype::F32 => Kind::Float,
+                CacheDtype::F16 => Kind::Half,
+                CacheDtype::Bf16 => Kind::BFloat16,
+            },
+            reuse_cache: self.reuse_cache,
+            epochs: self.epochs,
+            corpus_name: self.data.clone(),
             eval_contexts: self.eval_contexts,
             model_name: self.model.model_dir.display().to_string(),
             ..defaults
-        }
+        })
     }
 }
 
 fn train(a: &TrainArgs) -> Result<()> {
+    tch::set_num_threads(a.threads);
+    let cfg = a.config()?;
     let model = load(&a.model)?;
     let tok = model.tokenizer().context("the model has no tokenizer.json")?;
     let train_tokens = token_stream(tok, &corpus(&a.data)?.0)?;
     let contexts = held_out_contexts(&model, &a.data, a.eval_contexts, a.context)?;
-    let run = train_dictionary(&model, &a.hook, a.hook_out.as_deref(), &train_tokens, &contexts, &a.config(), &a.out)?;
+    let run = train_dictionary(&model, &a.hook, a.hook_out.as_deref(), &train_tokens, &contexts, &cfg, &a.out)?;
     print_metrics(&run.metrics);
-    println!("{:.0} tokens/s; saved to {}", run.report.tokens_per_sec, a.out.display());
+    let epochs = run.epochs.map(|e| format!(", {e:.2} epochs over the cache")).unwrap_or_default();
+    println!("{:.0} tokens/s{epochs}; saved to {}", run.report.tokens_per_sec, a.out.display());
+    let c = run.dictionary.cfg();
+    let hooks = if c.hook_name == c.hook_name_out { c.hook_name.clone() } else { format!("{} -> {}", c.hook_name, c.hook_name_out) };
+    let mut out = Output::new(&a.out, &format!("{} on {hooks}", c.describe()))?;
+    out.report.paragraph(&format!("{} latents, trained {} steps on {} from {}; evaluated on {} held-out tokens.", c.d_sae, cfg.train.steps, a.data, a.model.model_dir.display(), run.metrics.n_tokens));
+    write_metrics(&mut out, "evaluation", &a.out.display().to_string(), &run.metrics)?;
+    training_curve_chart(&mut out, "training_curve", &read_training_curve(&a.out.join(TRAIN_LOG))?)?;
+    out.write_report()?;
+    Ok(())
+}
+
+/// Activations of `hooks` from a cache folder or an `interp cache` safetensors file (3-D tensors
+/// lose position 0, as training does), as a source of batches and their number.
+fn activation_source(path: &Path, hooks: &[&str], batches: Option<usize>) -> Result<(Box<dyn ActivationSource>, usize)> {
+    if path.is_dir() {
+        let cache = CachedActivations::open(path, tch::Device::Cpu)?;
+        let n = batches.unwrap_or(cache.n_batches()).min(cache.n_batches());
+        return Ok((Box::new(cache), n));
+    }
+    let mut tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path).with_context(|| format!("reading {}", path.display()))?.into_iter().collect();
+    let mut named = Vec::new();
+    for hook in hooks {
+        let t = tensors.remove(*hook).with_context(|| format!("{} has no tensor `{hook}` (it has: {})", path.display(), tensors.keys().cloned().collect::<Vec<_>>().join(", ")))?;
+        let t = match t.dim() {
+            3 => t.narrow(1, 1, t.size()[1] - 1).flatten(0, 1),
+            2 => t,
+            _ => bail!("{}: `{hook}` must be [n, d] or [batch, pos, d], found {:?}", path.display(), t.size()),
+        };
+        named.push((hook.to_string(), t.to_kind(Kind::Float)));
+    }
+    let rows = named[0].1.size()[0];
+    Ok((Box::new(InMemoryActivations::new(named, rows)?), 1))
+}
+
+fn eval(a: &EvalArgs) -> Result<()> {
+    let (model_dir, sae) = match a.paths.as_slice() {
+        [model, sae] => (Some(model), sae),
+        [sae] => (None, sae),
+        _ => bail!("give MODEL_DIR SAE, or SAE with --activations"),
+    };
+    let metrics = match (model_dir, &a.activations) {
+        (_, Some(path)) => {
+            let dict = SparseDictionary::load_saelens(sae, a.device.get())?;
+            let (hook_in, hook_out) = (dict.cfg().hook_name.clone(), dict.cfg().hook_name_out.clone());
+            let hooks: Vec<&str> = if hook_in == hook_out { vec![&hook_in] } else { vec![&hook_in, &hook_out] };
+            let (mut source, n) = activation_source(path, &hooks, a.batches)?;
+            evaluate_activations(&dict, source.as_mut(), n)?
+        }
+        (Some(model_dir), None) => {
+            let model = HookedTransformer::from_pretrained_dir(model_dir, a.device.get(), Kind::Float)?;
+            let dict = load_dictionary(&model, sae)?;
+            let ctx = held_out_contexts(&model, &a.data, a.contexts, dict.cfg().context_size)?;
+            evaluate(&dict, &model, &ctx, 8)?
+        }
+        (None, None) => bail!("without a model, give --activations (a cache folder or an `interp cache` file)"),
+    };
+    print_metrics(&metrics);
+    let json = a.json.clone().unwrap_or_else(|| sae.join("eval.json"));
+    std::fs::write(&json, serde_json::to_string_pretty(&metrics)?).with_context(|| format!("writing {}", json.display()))?;
+    println!("wrote {}", json.display());
+    Ok(())
+}
+
+fn encode(a: &EncodeArgs) -> Result<()> {
+    let (model_dir, sae) = match a.paths.as_slice() {
+        [model, sae] => (Some(model), sae),
+        [sae] => (None, sae),
+        _ => bail!("give MODEL_DIR SAE with --text, or SAE with --activations"),
+    };
+    let mut named: Vec<(String, Tensor)> = Vec::new();
+    let (dict, x) = match (model_dir, &a.text, &a.activations) {
+        (Some(model_dir), Some(text), _) => {
+            let model = HookedTransformer::from_pretrained_dir(model_dir, a.device.get(), Kind::Float)?;
+            let dict = load_dictionary(&model, sae)?;
+            let ids = model.to_tokens(text, true)?;
+            let (_, cache) = model.run_with_cache(&ids, CacheSpec::names([dict.cfg().hook_name.as_str()]))?;
+            let x = cache.get(&dict.cfg().hook_name)?.to_kind(Kind::Float);
+            named.push(("input_ids".into(), ids.to_device(tch::Device::Cpu)));
+            (dict, x)
+        }
+        (None, Some(_), _) => bail!("--text needs MODEL_DIR before SAE"),
+        (_, None, Some(path)) => {
+            let dict = SparseDictionary::load_saelens(sae, a.device.get())?;
+            let name = a.tensor.clone().unwrap_or_else(|| dict.cfg().hook_name.clone());
+            let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path).with_context(|| format!("reading {}", path.display()))?.into_iter().collect();
+            let x = tensors.get(&name).with_context(|| format!("{} has no tensor `{name}` (name it with --tensor)", path.display()))?;
+            (dict, x.to_kind(Kind::Float).to_device(a.device.get()))
+        }
+        (_, None, None) => bail!("give --text or --activations"),
+    };
+    let f = dict.encode(&x)?;
+    let active = f.gt(0.0).sum(Kind::Float).double_value(&[]) / (f.numel() as f64 / dict.cfg().d_sae as f64);
+    named.push(("sae_in".into(), x.to_device(tch::Device::Cpu).contiguous()));
+    named.push(("feature_acts".into(), f.to_device(tch::Device::Cpu).contiguous()));
+    Tensor::write_safetensors(&named, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
+    println!("encoded {:?} activations: feature_acts {:?}, {active:.1} active latents per token; wrote {}", x.size(), f.size(), a.out.display());
+    Ok(())
+}
+
+fn decode(sae: &Path, features: &Path, out: &Path) -> Result<()> {
+    let dict = SparseDictionary::load_saelens(sae, tch::Device::Cpu)?;
+    let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(features).with_context(|| format!("reading {}", features.display()))?.into_iter().collect();
+    let f = tensors.get("feature_acts").with_context(|| format!("{} has no tensor `feature_acts`", features.display()))?.to_kind(Kind::Float);
+    if f.size().last() != Some(&dict.cfg().d_sae) {
+        bail!("{}: feature_acts has shape {:?}, but the dictionary has {} latents", features.display(), f.size(), dict.cfg().d_sae);
+    }
+    let x = tensors.get("sae_in").map(|t| t.to_kind(Kind::Float));
+    let y = dict.decode(&f, x.as_ref())?;
+    Tensor::write_safetensors(&[("sae_out", y.contiguous())], out).with_context(|| format!("writing {}", out.display()))?;
+    println!("decoded feature_acts {:?} to sae_out {:?}; wrote {}", f.size(), y.size(), out.display());
     Ok(())
 }
 
@@ -178,12 +451,9 @@ pub fn load_dictionary(model: &HookedTransformer, dir: &Path) -> Result<SparseDi
 pub fn run(cmd: SaeCommand) -> Result<()> {
     match cmd {
         SaeCommand::Train(a) => train(&a)?,
-        SaeCommand::Eval { model, sae, data, contexts } => {
-            let model = load(&model)?;
-            let dict = load_dictionary(&model, &sae)?;
-            let ctx = held_out_contexts(&model, &data, contexts, dict.cfg().context_size)?;
-            print_metrics(&evaluate(&dict, &model, &ctx, 8)?);
-        }
+        SaeCommand::Eval(a) => eval(&a)?,
+        SaeCommand::Encode(a) => encode(&a)?,
+        SaeCommand::Decode { sae, features, out } => decode(&sae, &features, &out)?,
         SaeCommand::Dashboard { model, sae, out, latents, top, data, contexts } => {
             let model = load(&model)?;
             let dict = load_dictionary(&model, &sae)?;
