@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("topk", DictionaryConfig::sae(Architecture::TopK { k: 6 }, resid, 16, 40)),
         ("jumprelu", DictionaryConfig::sae(Architecture::JumpRelu, resid, 16, 40)),
         ("batchtopk_as_jumprelu", DictionaryConfig::sae(Architecture::BatchTopK { k: 6 }, resid, 16, 40)),
+        ("matryoshka_as_jumprelu", DictionaryConfig::matryoshka(6, &[8, 24, 40], resid, 16)),
         ("gated", DictionaryConfig::sae(Architecture::Gated, resid, 16, 40)),
         ("transcoder", DictionaryConfig::transcoder(Architecture::ReluL1, false, mlp_in, mlp_out, 16, 12, 40)),
         ("skip_transcoder", DictionaryConfig::transcoder(Architecture::ReluL1, true, mlp_in, mlp_out, 16, 12, 40)),
@@ -37,6 +38,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let y = d.forward(&x)?;
         Tensor::write_safetensors(&[("x", x), ("feature_acts", f), ("sae_out", y)], dir.join("reference.safetensors"))?;
     }
-    println!("wrote {} dictionaries to {}", 9, out.display());
+    println!("wrote {} dictionaries to {}", 10, out.display());
     Ok(())
 }

@@ -171,7 +171,7 @@ fn tokenizer_json() {
 #[test]
 fn saelens_cfg_json() {
     let root = common::repo("tests/fixtures/saelens");
-    for arch in ["standard", "topk", "jumprelu", "gated", "transcoder", "skip_transcoder", "jumprelu_transcoder"] {
+    for arch in ["standard", "topk", "jumprelu", "gated", "transcoder", "skip_transcoder", "jumprelu_transcoder", "topk_rescaled", "batchtopk_training"] {
         let dir = Scratch::new(&format!("fuzz-saelens-{arch}"));
         std::fs::copy(root.join(arch).join("sae_weights.safetensors"), dir.join("sae_weights.safetensors")).unwrap();
         let base = read_json(&root.join(arch).join("cfg.json"));
