@@ -7,7 +7,11 @@
 //!   2. the sparse top-k decode (gather k decoder rows) against the dense decode, forward and
 //!      backward, and training steps with each;
 //!   3. activation-store throughput on the default text model: tokens/s of the model forward into
-//!      a shuffled buffer, against a plain forward of the same contexts.
+//!      a shuffled buffer, against a plain forward of the same contexts;
+//!   4. GPT-2 small's shape (random weights): the store streaming `blocks.6.hook_resid_pre` (the
+//!      forward stops after block 5) and three hooks of block 6 from one pass, against a plain
+//!      full forward; a 16k-latent TopK SAE trained from the stream (tokens/s end to end, peak
+//!      RSS); the disk a cache takes per token in f32 and f16, and so for 10M tokens.
 //!
 //! The host is noisy (up to 30% between identical runs), so each figure is the fastest of several.
 
@@ -15,9 +19,9 @@ mod common;
 
 use std::time::Instant;
 
-use common::{gemm_gflops, min_secs};
+use common::{gemm_gflops, gpt2_small, min_secs, reset_peak_rss, status_kib};
 use interp::interp_core::{tch, HookedTransformer};
-use interp::transcoders::{train_dictionaries, ActivationStore, Architecture, DictionaryConfig, InMemoryActivations, SaeTrainConfig, SparseDictionary, StoreConfig};
+use interp::transcoders::{train_dictionaries, ActivationSource, ActivationStore, Architecture, DictionaryConfig, InMemoryActivations, SaeTrainConfig, SparseDictionary, StoreConfig};
 use tch::{Device, Kind, Tensor};
 
 const D_IN: i64 = 768;
@@ -51,12 +55,13 @@ fn main() {
     let dense = step_secs(false, 4, 2);
     println!("GEMM [{BATCH},{D_IN}]x[{D_IN},{D_SAE}]: {gflops:.0} GFLOP/s; roofline step (2 GEMMs) {:.3} s = {:.0} tokens/s", roofline_step, BATCH as f64 / roofline_step);
     println!(
-        "TopK SAE training, sparse decode: {:.3} s/step = {:.0} tokens/s = {:.2} of the roofline",
+        "TopK SAE training, sparse decode and encoder gradient: {:.3} s/step = {:.0} tokens/s = {:.2} of the roofline (a step takes {:.2}x the one [4096,768]x[768,16384] GEMM it cannot avoid)",
         sparse,
         BATCH as f64 / sparse,
-        roofline_step / sparse
+        roofline_step / sparse,
+        sparse / (roofline_step / 2.0)
     );
-    println!("TopK SAE training, dense decode:  {:.3} s/step = {:.0} tokens/s (sparse decode {:.2}x faster)", dense, BATCH as f64 / dense, dense / sparse);
+    println!("TopK SAE training, dense decode and gradient: {:.3} s/step = {:.0} tokens/s (sparse {:.2}x faster)", dense, BATCH as f64 / dense, dense / sparse);
 
     // 2. The decode alone, forward + backward.
     let dict = SparseDictionary::init(DictionaryConfig::sae(Architecture::TopK { k: K }, "x", D_IN, D_SAE), 0, Device::Cpu).expect("init");
@@ -97,4 +102,66 @@ fn main() {
         n / t_forward,
         t_fill / t_forward
     );
+
+    gpt2_small_shape();
+}
+
+/// Section 4: the store, training and a cache at GPT-2 small's shape.
+fn gpt2_small_shape() {
+    let model = HookedTransformer::from_pretrained_dir(gpt2_small(), Device::Cpu, Kind::Float).expect("GPT-2-small-shaped model");
+    let tokens = Tensor::randint(model.cfg.d_vocab, [2_000_000], (Kind::Int64, Device::Cpu));
+    // 33 contexts of 128 hold one batch of 4096 tokens (positions 1..).
+    let cfg = StoreConfig { context_size: 128, batch_tokens: BATCH, buffer_contexts: 33, forward_batch: 11, seed: 0 };
+    let hook = "blocks.6.hook_resid_pre";
+    let one = ActivationStore::new(&model, &tokens, &[hook], cfg.clone()).expect("store");
+    let three = ActivationStore::new(&model, &tokens, &[hook, "blocks.6.ln2.hook_normalized", "blocks.6.hook_mlp_out"], cfg.clone()).expect("store");
+    let contexts = one.contexts(0).expect("contexts");
+    let (mut t_one, mut t_three, mut t_forward) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        // Interleaved rounds: the host's load drifts.
+        let time = |f: &mut dyn FnMut()| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        };
+        t_one.push(time(&mut || drop(one.fill(0).expect("fill"))));
+        t_three.push(time(&mut || drop(three.fill(0).expect("fill"))));
+        t_forward.push(time(&mut || {
+            let _guard = tch::no_grad_guard();
+            for chunk in contexts.split(11, 0) {
+                let _ = model.forward(&chunk).expect("forward");
+            }
+        }));
+    }
+    let (one_s, three_s, fwd_s) = (common::median(t_one.clone()), common::median(t_three.clone()), common::median(t_forward.clone()));
+    let n = (33 * 127) as f64;
+    println!("GPT-2 small, store of {hook}: {:.0} tokens/s (min {:.0}), plain full forward {:.0} tokens/s: {:.2}x the forward's time (median of 3)", n / one_s, n / t_one.iter().cloned().fold(f64::INFINITY, f64::min), n / fwd_s, one_s / fwd_s);
+    println!("GPT-2 small, three hooks of block 6 from one pass (SAE + transcoder input and output): {:.2}x one hook's time", three_s / one_s);
+
+    // A 16k-latent TopK SAE trained from the stream, end to end.
+    reset_peak_rss();
+    let steps = 4;
+    let mut store = ActivationStore::new(&model, &tokens, &[hook], cfg.clone()).expect("store");
+    let mut dict = SparseDictionary::init(DictionaryConfig::sae(Architecture::TopK { k: K }, hook, D_IN, D_SAE), 0, Device::Cpu).expect("init");
+    let train_cfg = SaeTrainConfig { steps, progress: false, warmup_steps: 1, ..Default::default() };
+    let start = Instant::now();
+    train_dictionaries(std::slice::from_mut(&mut dict), &mut store as &mut dyn ActivationSource, &train_cfg).expect("train");
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "GPT-2 small, 16k TopK SAE on {hook} streamed from the model: {:.0} tokens/s end to end ({steps} steps of {BATCH}); peak RSS {:.2} GB (weights {:.2} GB)",
+        (steps as i64 * BATCH) as f64 / secs,
+        status_kib("VmHWM:") * 1024.0 / 1e9,
+        model.n_params() as f64 * 4.0 / 1e9
+    );
+
+    // Disk per cached token, f32 and f16.
+    for (kind, name) in [(Kind::Float, "f32"), (Kind::Half, "f16")] {
+        let dir = std::env::temp_dir().join(format!("interp-bench-cache-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cache = one.write_cache(&dir, 2, kind, false).expect("cache");
+        let bytes: u64 = std::fs::read_dir(&dir).expect("dir").filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
+        let tokens_cached = (cache.n_batches() as i64 * BATCH) as f64;
+        println!("cache of {hook} in {name}: {:.0} bytes per token, so {:.1} GB for 10M tokens", bytes as f64 / tokens_cached, bytes as f64 / tokens_cached * 1e7 / 1e9);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

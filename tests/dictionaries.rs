@@ -70,6 +70,29 @@ fn every_architecture_recovers_planted_features() {
 }
 
 #[test]
+fn sparse_topk_gradients_equal_dense_ones() {
+    // The sparse path builds the encoder's gradient from the k chosen pre-activations (and the
+    // AuxK ones); it must train exactly as autograd through the dense product does.
+    let x = coefficients(4096, 21).matmul(&directions(N_FEATURES, D, 22)) + 0.3;
+    let y = x.matmul(&directions(D, 24, 23));
+    for cfg in [DictionaryConfig::sae(Architecture::TopK { k: 4 }, "x", D, 96), DictionaryConfig::transcoder(Architecture::TopK { k: 4 }, true, "x", "y", D, 24, 96)] {
+        let train = |sparse_decode: bool| {
+            let mut source = InMemoryActivations::new(vec![("x".into(), x.shallow_clone()), ("y".into(), y.shallow_clone())], 512).unwrap();
+            let mut dict = SparseDictionary::init(cfg.clone(), 0, Device::Cpu).unwrap();
+            // A short dead window, so that AuxK runs on most steps.
+            let c = SaeTrainConfig { sparse_decode, dead_tokens: 1024, ..quiet(40) };
+            train_dictionaries(std::slice::from_mut(&mut dict), &mut source, &c).unwrap();
+            dict
+        };
+        let (sparse, dense) = (train(true), train(false));
+        for (a, b) in [(sparse.w_enc(), dense.w_enc()), (sparse.b_enc(), dense.b_enc()), (sparse.w_dec(), dense.w_dec()), (sparse.b_dec(), dense.b_dec())] {
+            let rel = common::max_abs_diff(a, b) / b.abs().max().double_value(&[]);
+            assert!(rel < 1e-4, "{:?}: {rel}", cfg.kind);
+        }
+    }
+}
+
+#[test]
 fn matryoshka_prefixes_learn_the_frequent_features_first() {
     // 8 frequent features (p = 0.2) and 40 rare ones (p = 0.04). The inner prefix of 8 latents
     // must reconstruct alone, so it holds the frequent features; all 48 are recovered overall.

@@ -355,18 +355,27 @@ impl SparseDictionary {
         Ok(())
     }
 
-    /// `(x - b_dec) w` for SAEs that apply `b_dec` to their input, `x w` otherwise; `x` [.., d_in],
-    /// `w` [d_in, d_sae]. Computed as `x w - b_dec w`: the same value, but training then gets
-    /// `b_dec`'s gradient from a vector product instead of a second [n, d_sae] x [d_sae, d_in] GEMM.
-    pub(crate) fn project(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    /// `(x - b_dec) w + bias` for SAEs that apply `b_dec` to their input, `x w + bias` otherwise;
+    /// `x` [.., d_in], `w` [d_in, d_sae], `bias` [d_sae]. Computed as `x w + (bias - b_dec w)`:
+    /// the same value, but training then gets `b_dec`'s gradient from a vector product instead of
+    /// a second [n, d_sae] x [d_sae, d_in] GEMM.
+    pub(crate) fn project(&self, x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
         self.check_width(x, self.cfg.d_in, &format!("activations of `{}`", self.cfg.hook_name))?;
-        let xw = x.f_to_kind(Kind::Float)?.f_matmul(w)?;
-        Ok(if self.cfg.apply_b_dec_to_input { xw.f_sub(&self.b_dec.f_matmul(w)?)? } else { xw })
+        let bias = if self.cfg.apply_b_dec_to_input { bias.f_sub(&self.b_dec.f_matmul(w)?)? } else { bias.shallow_clone() };
+        let x = x.f_to_kind(Kind::Float)?;
+        let mut shape = x.size();
+        let rows = x.f_reshape([-1, self.cfg.d_in])?;
+        // One fused GEMM with the bias as its addend: no second pass over [n, d_sae].
+        let out = bias.f_addmm(&rows, w)?;
+        if let Some(last) = shape.last_mut() {
+            *last = w.size()[1];
+        }
+        Ok(out.f_reshape(shape)?)
     }
 
     /// Pre-activations [.., d_sae] of `x` [.., d_in] (the gate path's for gated dictionaries).
     pub fn pre_activations(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.project(x, &self.w_enc)?.f_add(&self.b_enc)?)
+        self.project(x, &self.w_enc, &self.b_enc)
     }
 
     /// Latent activations [.., d_sae] of `x` [.., d_in], as used at inference.
@@ -381,7 +390,7 @@ impl SparseDictionary {
             (Architecture::JumpRelu | Architecture::BatchTopK { .. }, Some(threshold)) => pre.f_relu()?.f_mul(&pre.f_gt_tensor(threshold)?)?,
             (Architecture::Gated, _) => {
                 let (r_mag, b_mag) = self.gated_params()?;
-                let mag = self.project(x, &self.w_enc.f_mul(&r_mag.f_exp()?)?)?.f_add(b_mag)?;
+                let mag = self.project(x, &self.w_enc.f_mul(&r_mag.f_exp()?)?, b_mag)?;
                 mag.f_relu()?.f_mul(&pre.f_gt(0.0)?)?
             }
             (_, None) => return Err(Error::Input("a JumpReLU dictionary needs a threshold".into())),

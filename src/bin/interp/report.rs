@@ -10,11 +10,12 @@ use clap::ValueEnum;
 use interp::circuits::bilinear::BilinearLayer;
 use interp::circuits::analysis::{
     bilinear_spectra, causal_tracing, circuit_discovery, graph_analysis, task_trace_prompts, BilinearSpectraConfig, CausalTracingConfig,
-    CircuitDiscoveryConfig, GraphAnalysisConfig,
+    CircuitDiscoveryConfig, GraphAnalysisConfig, read_training_curve, training_curve_chart,
 };
 use interp::circuits::{dashboards_html, heatmaps, Heatmap, Output, Report, Table, TaskPrompts, Value};
 use interp::interp_core::tasks::{Task, TaskVocab, ALL_TASKS};
 use interp::interp_core::{tch, CacheSpec, HookedTransformer};
+use interp::transcoders::runner::TRAIN_LOG;
 use interp::transcoders::{evaluate, latent_dashboards, load_transcoder_set};
 use tch::{Device, Kind, Tensor};
 
@@ -266,6 +267,7 @@ fn dictionaries(model: &HookedTransformer, dir: &Path, n_latents: usize, out: &m
     };
     let mut table = Table::new(&["dictionary", "hook_in", "hook_out", "architecture", "d_sae", "l0", "fvu", "ce_loss_recovered", "dead_fraction"]);
     let mut boards = Vec::new();
+    let mut curves = Vec::new();
     for folder in &folders {
         let dict = super::sae::load_dictionary(model, folder)?;
         let metrics = evaluate(&dict, model, &contexts, 8)?;
@@ -282,6 +284,9 @@ fn dictionaries(model: &HookedTransformer, dir: &Path, n_latents: usize, out: &m
             ce_loss_recovered.into(),
             metrics.dead_fraction.into(),
         ]);
+        if folder.join(TRAIN_LOG).exists() {
+            curves.push((name.clone(), read_training_curve(&folder.join(TRAIN_LOG))?));
+        }
         let (_, order) = metrics.log10_density.topk(n_latents as i64, 0, true, true);
         let latents = Vec::<i64>::try_from(order)?;
         let dashboards = latent_dashboards(&dict, model, &contexts, &latents, 5)?;
@@ -290,6 +295,10 @@ fn dictionaries(model: &HookedTransformer, dir: &Path, n_latents: usize, out: &m
     }
     out.report.paragraph(&format!("Evaluated on {} held-out Shakespeare contexts of 128 tokens; dashboards of the {n_latents} most frequently active latents of each.", contexts.size()[0]));
     out.table("dictionaries", "dictionary metrics", &table)?;
+    for (i, (name, curve)) in curves.iter().enumerate() {
+        out.report.subsection(&format!("Training curve of {name}"));
+        training_curve_chart(out, &format!("training_curve_{i}"), curve)?;
+    }
     for (title, html) in &boards {
         out.report.subsection(title);
         out.report.html(html);
