@@ -33,11 +33,12 @@ for l in 0 1; do
   rm -rf "$out"
   time ./target/release/interp sae train models/shakespeare-gpt2 --hook blocks.$l.ln2.hook_normalized \
     --hook-out blocks.$l.hook_mlp_out --arch topk --k 16 --d-sae 512 --steps 2000 --out "$out" --seed $l
-  rm -rf "$out"/checkpoints "$out"/sparsity.safetensors
+  rm -rf "$out"/checkpoints "$out"/sparsity.safetensors "$out"/train_log.jsonl "$out"/evaluation.* "$out"/training_curve.* "$out"/report.html
 done
 # A TopK SAE on the residual stream between the two blocks, for the report's SAE dashboards.
 out=models/shakespeare-gpt2/saes/blocks.1.hook_resid_pre
 rm -rf "$out"
 time ./target/release/interp sae train models/shakespeare-gpt2 --hook blocks.1.hook_resid_pre \
   --arch topk --k 16 --d-sae 512 --steps 2000 --out "$out" --seed 2
-rm -rf "$out"/checkpoints "$out"/sparsity.safetensors
+# Kept: the SAELens folder, metrics.json and the training curve (train_log.jsonl, which the report draws).
+rm -rf "$out"/checkpoints "$out"/sparsity.safetensors "$out"/evaluation.* "$out"/training_curve.* "$out"/report.html

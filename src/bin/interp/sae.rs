@@ -92,7 +92,7 @@ pub enum SaeCommand {
 #[derive(clap::Args)]
 pub struct EvalArgs {
     /// MODEL_DIR SAE, or SAE alone with --activations.
-    #[arg(num_args = 1..=2, value_names = ["MODEL_DIR", "SAE"], required = true)]
+    #[arg(num_args = 1..=2, value_name = "[MODEL_DIR] SAE", required = true)]
     paths: Vec<PathBuf>,
     #[command(flatten)]
     device: DeviceArg,
@@ -118,7 +118,7 @@ pub struct EvalArgs {
 #[derive(clap::Args)]
 pub struct EncodeArgs {
     /// MODEL_DIR SAE (with --text), or SAE alone with --activations.
-    #[arg(num_args = 1..=2, value_names = ["MODEL_DIR", "SAE"], required = true)]
+    #[arg(num_args = 1..=2, value_name = "[MODEL_DIR] SAE", required = true)]
     paths: Vec<PathBuf>,
     #[command(flatten)]
     device: DeviceArg,
