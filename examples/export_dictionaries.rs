@@ -1,9 +1,10 @@
-//! Writes dictionaries of every architecture in SAELens's folder format, each with an input and
-//! our encode/decode of it (`reference.safetensors`), for scripts/check_saelens.sh to load in
-//! SAELens. Usage: `cargo run --example export_dictionaries -- OUT_DIR`.
+//! Writes dictionaries of every architecture in SAELens's folder format, and ReLU and JumpReLU
+//! transcoder sets in circuit-tracer's, each with an input and our encode/decode of it
+//! (`reference.safetensors`), for scripts/check_saelens.sh to load in SAELens and circuit-tracer.
+//! Usage: `cargo run --example export_dictionaries -- OUT_DIR`.
 
 use interp::interp_core::tch::{self, Device, Kind, Tensor};
-use interp::transcoders::{Architecture, DictionaryConfig, SparseDictionary};
+use interp::transcoders::{save_circuit_tracer, Architecture, DictionaryConfig, SparseDictionary};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::args().nth(1).ok_or("usage: export_dictionaries OUT_DIR")?);
@@ -38,6 +39,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let y = d.forward(&x)?;
         Tensor::write_safetensors(&[("x", x), ("feature_acts", f), ("sae_out", y)], dir.join("reference.safetensors"))?;
     }
-    println!("wrote {} dictionaries to {}", 10, out.display());
+    // circuit-tracer sets: two layers each, ReLU with a skip path and JumpReLU.
+    for (name, arch, skip) in [("circuit-tracer-relu-skip", Architecture::ReluL1, true), ("circuit-tracer-jumprelu", Architecture::JumpRelu, false)] {
+        tch::manual_seed(200);
+        let x = Tensor::randn([20, 16], (Kind::Float, Device::Cpu));
+        let mut set = Vec::new();
+        let mut reference = vec![("x".to_string(), x.shallow_clone())];
+        for l in 0..2i64 {
+            let cfg = DictionaryConfig::transcoder(arch, skip, &format!("blocks.{l}.ln2.hook_normalized"), &format!("blocks.{l}.hook_mlp_out"), 16, 16, 40);
+            let noise = |t: &Tensor, s: f64| Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * s;
+            let d = SparseDictionary::init(cfg, 50 + l, Device::Cpu)?.map_weights(|w| {
+                w.b_enc = noise(&w.b_enc, 0.1);
+                w.b_dec = noise(&w.b_dec, 0.1);
+                w.threshold = w.threshold.as_ref().map(|t| Tensor::rand(t.size(), (Kind::Float, Device::Cpu)) * 0.2);
+                w.w_skip = w.w_skip.as_ref().map(|t| noise(t, 0.1));
+            })?;
+            reference.push((format!("feature_acts_{l}"), d.encode(&x)?));
+            reference.push((format!("out_{l}"), d.forward(&x)?));
+            set.push(d);
+        }
+        let dir = out.join(name);
+        save_circuit_tracer(&set, name, &dir)?;
+        Tensor::write_safetensors(&reference, dir.join("reference.safetensors"))?;
+    }
+    println!("wrote 10 dictionaries and 2 circuit-tracer sets to {}", out.display());
     Ok(())
 }

@@ -3,8 +3,8 @@
   make-fixtures DIR   SAELens builds dictionaries of every architecture with random weights, saves
                       them with `save_model`, and stores an input and its own encode/decode next to
                       them (reference.safetensors). The Rust tests load these folders.
-  check DIR           SAELens loads the folders our exporter wrote and must encode/decode their
-                      inputs like we did (1e-5).
+  check DIR           SAELens loads the folders our exporter wrote, circuit-tracer 0.5.0 the
+                      transcoder sets, and both must encode/decode their inputs like we did (1e-5).
 """
 import json
 import sys
@@ -86,8 +86,35 @@ def make_fixtures(out: Path):
         print(f"{arch}: saved by sae-lens {sl.__version__}, L0 {(feats > 0).float().sum(-1).mean():.1f}")
 
 
+def check_circuit_tracer(folder: Path) -> float:
+    """circuit-tracer 0.5.0 loads a set we wrote and encodes/decodes like we did."""
+    import os
+    import yaml
+    from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
+
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    paths = {i: os.path.join(folder, p) for i, p in enumerate(config["transcoders"])}
+    tset = load_transcoder_set(paths, scan=config["scan"], feature_input_hook=config["feature_input_hook"],
+                               feature_output_hook=config["feature_output_hook"], device=torch.device("cpu"),
+                               lazy_encoder=False, lazy_decoder=False)
+    ref = load_file(str(folder / "reference.safetensors"))
+    worst = 0.0
+    for layer in range(len(paths)):
+        tc = tset.transcoders[layer]
+        with torch.no_grad():
+            feats = tc.encode(ref["x"])
+            out = tc.decode(feats, ref["x"])
+        worst = max(worst, (feats - ref[f"feature_acts_{layer}"]).abs().max().item(), (out - ref[f"out_{layer}"]).abs().max().item())
+    print(f"{folder.name}: circuit-tracer loads {len(paths)} layers ({type(tc.activation_function).__name__}); max |ours - circuit-tracer| = {worst:.2e}")
+    return worst
+
+
 def check(root: Path):
     worst = 0.0
+    for folder in sorted(p for p in root.iterdir() if (p / "config.yaml").exists()):
+        err = check_circuit_tracer(folder)
+        assert err < 1e-5, folder
+        worst = max(worst, err)
     for folder in sorted(p for p in root.iterdir() if (p / "cfg.json").exists()):
         ref = load_file(str(folder / "reference.safetensors"))
         sae = sl.SAE.load_from_disk(folder)
@@ -99,7 +126,7 @@ def check(root: Path):
         arch = json.loads((folder / "cfg.json").read_text())["architecture"]
         print(f"{folder.name}: SAELens loads it as {type(sae).__name__} ({arch}); max |ours - SAELens| = {err:.2e}")
         assert err < 1e-5, folder
-    print(f"all {len(list(root.iterdir()))} dictionaries agree; worst difference {worst:.2e}")
+    print(f"all {len(list(root.iterdir()))} dictionaries and sets agree; worst difference {worst:.2e}")
 
 
 if __name__ == "__main__":

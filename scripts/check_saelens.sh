@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # SAELens interop check (not part of CI: it installs sae-lens and its dependencies, ~5 GB).
-#   1. installs torch 2.13.0 + sae-lens 6.54.12 into the git-ignored .venv-saelens;
+#   1. installs torch 2.13.0 + sae-lens 6.54.12 + circuit-tracer 0.5.0 into the git-ignored .venv-saelens;
 #   2. rewrites the committed fixtures tests/fixtures/saelens/* (dictionaries SAELens saved, with
 #      its own encode/decode of an input), which `cargo test --test dictionaries` loads;
-#   3. exports dictionaries of every architecture from Rust (examples/export_dictionaries.rs) and
-#      checks that SAELens loads them and encodes/decodes like we do (1e-5).
+#   3. exports dictionaries of every architecture and two transcoder sets from Rust
+#      (examples/export_dictionaries.rs) and checks that SAELens and circuit-tracer load them and
+#      encode/decode like we do (1e-5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv-saelens/bin/python ] || python3 -m venv .venv-saelens
-.venv-saelens/bin/pip install -q --disable-pip-version-check "torch==2.13.0" "sae-lens==6.54.12"
+.venv-saelens/bin/pip install -q --disable-pip-version-check "torch==2.13.0" "sae-lens==6.54.12" "circuit-tracer==0.5.0"
 rm -rf tests/fixtures/saelens
 .venv-saelens/bin/python scripts/check_saelens.py make-fixtures tests/fixtures/saelens
 out=$(mktemp -d)

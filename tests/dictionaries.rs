@@ -6,7 +6,7 @@ mod common;
 use interp::interp_core::tch;
 use interp::interp_core::{CacheSpec, HookedTransformer};
 use interp::transcoders::{
-    evaluate, evaluate_activations, load_circuit_tracer, train_dictionaries, ActivationSource, ActivationStore, Architecture, CachedActivations, DictionaryConfig, Error,
+    evaluate, evaluate_activations, load_circuit_tracer, save_circuit_tracer, train_dictionaries, ActivationSource, ActivationStore, Architecture, CachedActivations, DictionaryConfig, Error,
     InMemoryActivations, SaeTrainConfig, SparseDictionary, StoreConfig,
 };
 use tch::{Device, Kind, Tensor};
@@ -269,6 +269,34 @@ fn loads_sparsify_and_circuit_tracer_layouts() {
     for (a, b) in loaded.iter().zip(&layers) {
         assert_eq!(common::max_abs_diff(&a.forward(&x).unwrap(), &b.forward(&x).unwrap()), 0.0);
     }
+    // We write sets circuit-tracer reads (scripts/check_saelens.sh checks it loads them as the
+    // same functions) and read them back.
+    let make = |l: i64, arch: Architecture| {
+        let cfg = DictionaryConfig::transcoder(arch, true, &format!("blocks.{l}.ln2.hook_normalized"), &format!("blocks.{l}.hook_mlp_out"), 16, 16, 48);
+        SparseDictionary::init(cfg, 20 + l, Device::Cpu).unwrap()
+    };
+    let relu = vec![make(0, Architecture::ReluL1), make(1, Architecture::ReluL1)];
+    let written = dir.join("written");
+    save_circuit_tracer(&relu, "test-scan", &written).unwrap();
+    for (a, b) in load_circuit_tracer(&written, Device::Cpu).unwrap().iter().zip(&relu) {
+        assert_eq!(a.cfg().architecture, Architecture::ReluL1);
+        assert_eq!(common::max_abs_diff(&a.forward(&x).unwrap(), &b.forward(&x).unwrap()), 0.0);
+    }
+    save_circuit_tracer(&[make(0, Architecture::JumpRelu), make(1, Architecture::JumpRelu)], "test-scan", &written).unwrap();
+    assert_eq!(load_circuit_tracer(&written, Device::Cpu).unwrap()[0].cfg().architecture, Architecture::JumpRelu);
+    // Without a threshold, the activation must be named: never a silent ReLU for a TopK set.
+    save_circuit_tracer(&relu, "test-scan", &written).unwrap();
+    let undeclared = std::fs::read_to_string(written.join("config.yaml")).unwrap().replace("activation_function: relu\n", "");
+    std::fs::write(written.join("config.yaml"), &undeclared).unwrap();
+    let err = load_circuit_tracer(&written, Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("layer_0.safetensors: no `activation_function.threshold` and config.yaml names no activation") && err.contains("`activation_function: topk` and `k: K`"), "{err}");
+    std::fs::write(written.join("config.yaml"), undeclared.replace("transcoders:", "activation_function: topk\nk: 4\ntranscoders:")).unwrap();
+    assert_eq!(load_circuit_tracer(&written, Device::Cpu).unwrap()[1].cfg().architecture, Architecture::TopK { k: 4 });
+    // What circuit-tracer cannot hold is refused with the reason.
+    let err = save_circuit_tracer(&[make(0, Architecture::TopK { k: 4 })], "s", dir.join("topk")).err().unwrap().to_string();
+    assert!(err.contains("circuit-tracer 0.5.0 has no TopK transcoders"), "{err}");
+    let err = save_circuit_tracer(&[make(1, Architecture::ReluL1), make(0, Architecture::ReluL1)], "s", dir.join("shuffled")).err().unwrap().to_string();
+    assert!(err.contains("layer 0's hooks `blocks.1.ln2.hook_normalized`"), "{err}");
 }
 
 fn tempdir(name: &str) -> common::Scratch {

@@ -188,7 +188,7 @@ fn write_circuit_tracer_layer(path: &Path, shapes: &[(&str, Vec<i64>)]) {
     Tensor::write_safetensors(&tensors, path).unwrap();
 }
 
-const CT_YAML: &str = "model_name: \"m\"\nfeature_input_hook: \"ln2.hook_normalized\"\nfeature_output_hook: \"hook_mlp_out\"\ntranscoders:\n  - \"layer_0.safetensors\"\n  - \"layer_1.safetensors\"\n";
+const CT_YAML: &str = "model_kind: transcoder_set\nmodel_name: \"m\"\nfeature_input_hook: \"ln2.hook_normalized\"\nfeature_output_hook: \"hook_mlp_out\"\nactivation_function: relu\ntranscoders:\n  - \"layer_0.safetensors\"\n  - \"layer_1.safetensors\"\n";
 
 #[test]
 fn circuit_tracer_config_yaml_and_layer_files() {

@@ -1,5 +1,5 @@
 //! Dictionary files other tools write and read: SAELens v6 folders (read and write), sparsify
-//! folders and circuit-tracer transcoder sets (read).
+//! folders (read) and circuit-tracer transcoder sets (read and write).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -361,10 +361,17 @@ impl SparseDictionary {
 }
 
 /// Reads a circuit-tracer transcoder set: a folder with `config.yaml` (keys `model_name`,
-/// `feature_input_hook`, `feature_output_hook` and a `transcoders:` list of per-layer files) and
-/// `layer_{i}.safetensors` files (`W_enc` [d_tc, d], `W_dec` [d_tc, d], `b_enc`, `b_dec`, optional
-/// `activation_function.threshold`, `k`, `W_skip`). Returns one transcoder per layer, in order,
-/// with hooks `blocks.{i}.{feature_input_hook}` and `blocks.{i}.{feature_output_hook}`.
+/// `feature_input_hook`, `feature_output_hook`, optional `model_kind: transcoder_set`, and a
+/// `transcoders:` list of per-layer files) and `layer_{i}.safetensors` files (`W_enc` [d_tc, d],
+/// `W_dec` [d_tc, d], `b_enc`, `b_dec`, optional `activation_function.threshold`, `W_skip`).
+/// Returns one transcoder per layer, in order, with hooks `blocks.{i}.{feature_input_hook}` and
+/// `blocks.{i}.{feature_output_hook}`.
+///
+/// The activation is JumpReLU where a layer has a threshold. Without one, circuit-tracer
+/// assumes ReLU, but a TopK set saved without its `k` looks the same (and gives several times
+/// the active features), so the set must say: `activation_function: relu`, or
+/// `activation_function: topk` with `k: K`, in `config.yaml` ([`save_circuit_tracer`] writes it;
+/// a legacy `k` tensor in the layer files counts too). Otherwise it is an error that says so.
 pub fn load_circuit_tracer(dir: impl AsRef<Path>, device: Device) -> Result<Vec<SparseDictionary>> {
     let dir = dir.as_ref();
     let cfg_path = dir.join("config.yaml");
@@ -372,6 +379,19 @@ pub fn load_circuit_tracer(dir: impl AsRef<Path>, device: Device) -> Result<Vec<
     let (keys, files) = parse_flat_yaml(&text);
     let key = |name: &str| keys.get(name).cloned().ok_or_else(|| Error::format(&cfg_path, format!("no `{name}`")));
     let (hook_in, hook_out) = (key("feature_input_hook")?, key("feature_output_hook")?);
+    if let Some(kind) = keys.get("model_kind").filter(|k| *k != "transcoder_set") {
+        return Err(Error::format(&cfg_path, format!("model_kind `{kind}`: only per-layer transcoder sets (`transcoder_set`) are supported")));
+    }
+    let declared = match keys.get("activation_function").map(String::as_str) {
+        None => None,
+        Some("relu") => Some(Architecture::ReluL1),
+        Some("jumprelu") => Some(Architecture::JumpRelu),
+        Some("topk") => {
+            let k = keys.get("k").and_then(|k| k.parse::<i64>().ok()).ok_or_else(|| Error::format(&cfg_path, "`activation_function: topk` needs an integer `k`"))?;
+            Some(Architecture::TopK { k })
+        }
+        Some(other) => return Err(Error::format(&cfg_path, format!("activation_function `{other}`: expected relu, jumprelu or topk"))),
+    };
     if files.is_empty() {
         return Err(Error::format(&cfg_path, "no `transcoders:` list of layer files"));
     }
@@ -384,10 +404,23 @@ pub fn load_circuit_tracer(dir: impl AsRef<Path>, device: Device) -> Result<Vec<
             let (d_tc, d) = (w.vector_len("b_enc")?, w.vector_len("b_dec")?);
             let threshold = w.take_opt("activation_function.threshold", &[d_tc])?;
             let k = w.map.remove("k").map(|k| k.f_int64_value(&[])).transpose()?;
-            let architecture = match (&threshold, k) {
-                (Some(_), _) => Architecture::JumpRelu,
-                (None, Some(k)) => Architecture::TopK { k },
-                (None, None) => Architecture::ReluL1,
+            let architecture = match (&threshold, k, declared) {
+                (Some(_), None, None | Some(Architecture::JumpRelu)) => Architecture::JumpRelu,
+                (None, Some(k), None) => Architecture::TopK { k },
+                (None, None, Some(a @ (Architecture::ReluL1 | Architecture::TopK { .. }))) => a,
+                (None, None, None) => {
+                    return Err(Error::format(
+                        &path,
+                        "no `activation_function.threshold` and config.yaml names no activation: circuit-tracer would read ReLU, but a TopK set \
+                         saved without `k` looks the same. Add `activation_function: relu` (or `activation_function: topk` and `k: K`) to config.yaml",
+                    ))
+                }
+                (t, k, d) => {
+                    return Err(Error::format(
+                        &path,
+                        format!("the activation is ambiguous: threshold {}, k tensor {k:?}, config.yaml's activation {d:?}", if t.is_some() { "present" } else { "absent" }),
+                    ))
+                }
             };
             let w_skip = w.take_opt("W_skip", &[d, d])?;
             let block = |hook: &str| if hook.starts_with("blocks.") { hook.to_string() } else { format!("blocks.{layer}.{hook}") };
@@ -418,6 +451,71 @@ pub fn load_circuit_tracer(dir: impl AsRef<Path>, device: Device) -> Result<Vec<
             })
         })
         .collect()
+}
+
+/// Writes `transcoders` (one per layer, in order) as a circuit-tracer transcoder set that
+/// circuit-tracer 0.5.0's `load_transcoder_set` reads as the same functions: `config.yaml`
+/// (`model_kind: transcoder_set`, the hooks without their `blocks.{i}.` prefix, `scan`, the
+/// `transcoders:` list of layer files relative to `dir`, and `activation_function` so that
+/// [`load_circuit_tracer`] knows it) and `layer_{i}.safetensors`. circuit-tracer knows ReLU and
+/// JumpReLU transcoders only (BatchTopK saves as its JumpReLU form); TopK and gated transcoders,
+/// SAEs, dictionaries that subtract `b_dec` from their input, and sets whose layers read other
+/// hooks are refused with the reason.
+pub fn save_circuit_tracer(transcoders: &[SparseDictionary], scan: &str, dir: impl AsRef<Path>) -> Result<()> {
+    let dir = dir.as_ref();
+    let first = transcoders.first().ok_or_else(|| Error::Input("no transcoders to save".into()))?;
+    let suffix = |hook: &str, layer: usize| hook.strip_prefix(&format!("blocks.{layer}.")).map(str::to_string);
+    let hooks = |t: &SparseDictionary, l: usize| (suffix(&t.cfg.hook_name, l), suffix(&t.cfg.hook_name_out, l));
+    let (hook_in, hook_out) = match hooks(first, 0) {
+        (Some(i), Some(o)) => (i, o),
+        _ => return Err(Error::Input(format!("layer 0's hooks `{}` -> `{}` are not `blocks.0.*` hooks", first.cfg.hook_name, first.cfg.hook_name_out))),
+    };
+    let activation = match first.cfg.architecture {
+        Architecture::ReluL1 => "relu",
+        Architecture::JumpRelu | Architecture::BatchTopK { .. } => "jumprelu",
+        Architecture::TopK { .. } => return Err(Error::Input("circuit-tracer 0.5.0 has no TopK transcoders (it would read them as ReLU); save them as SAELens folders".into())),
+        Architecture::Gated => return Err(Error::Input("circuit-tracer has no gated transcoders; save them as SAELens folders".into())),
+    };
+    for (l, t) in transcoders.iter().enumerate() {
+        let c = &t.cfg;
+        let why = if c.kind == DictionaryKind::Sae {
+            Some("an SAE, not a transcoder".to_string())
+        } else if c.apply_b_dec_to_input {
+            Some("subtracts b_dec from its input, which circuit-tracer's encoder does not".into())
+        } else if c.d_in != c.d_out {
+            Some(format!("reads width {} and writes {}; circuit-tracer's transcoders read and write d_model", c.d_in, c.d_out))
+        } else if hooks(t, l) != (Some(hook_in.clone()), Some(hook_out.clone())) {
+            Some(format!("reads `{}` -> `{}`, not blocks.{l}.{hook_in} -> blocks.{l}.{hook_out}", c.hook_name, c.hook_name_out))
+        } else if std::mem::discriminant(&c.architecture) != std::mem::discriminant(&first.cfg.architecture) {
+            Some(format!("is {:?} while layer 0 is {:?}", c.architecture, first.cfg.architecture))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(Error::Input(format!("cannot save as a circuit-tracer set: layer {l} {why}")));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    let mut yaml = format!(
+        "# A per-layer transcoder set (interp); circuit-tracer 0.5.0 loads it with load_transcoder_set.\nmodel_kind: transcoder_set\nmodel_name: \"{}\"\nscan: \"{scan}\"\nfeature_input_hook: \"{hook_in}\"\nfeature_output_hook: \"{hook_out}\"\nactivation_function: {activation}\ntranscoders:\n",
+        first.cfg.model_name
+    );
+    let cpu = |t: &Tensor| t.f_detach().and_then(|t| t.f_to_device(Device::Cpu)).and_then(|t| t.f_contiguous());
+    for (l, t) in transcoders.iter().enumerate() {
+        let file = format!("layer_{l}.safetensors");
+        yaml.push_str(&format!("  - \"{file}\"\n"));
+        let mut named = vec![("W_enc", cpu(&t.w_enc.f_tr()?)?), ("W_dec", cpu(&t.w_dec)?), ("b_enc", cpu(&t.b_enc)?), ("b_dec", cpu(&t.b_dec)?)];
+        if let Some(th) = &t.threshold {
+            named.push(("activation_function.threshold", cpu(th)?));
+        }
+        if let Some(skip) = &t.w_skip {
+            named.push(("W_skip", cpu(skip)?));
+        }
+        let path = dir.join(&file);
+        Tensor::write_safetensors(&named, &path).map_err(|e| Error::format(&path, format!("cannot write: {}", e.to_string().lines().next().unwrap_or_default())))?;
+    }
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, yaml).map_err(Error::io(&path))
 }
 
 /// One transcoder per layer from `dir`, in layer order: a circuit-tracer set (`config.yaml`), or a

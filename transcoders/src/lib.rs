@@ -38,7 +38,7 @@ mod formats;
 
 pub use dictionary::{Architecture, DictionaryConfig, DictionaryKind, DictionaryWeights, SparseDictionary, SAELENS_ARCHITECTURES};
 pub use error::{Error, Result};
-pub use formats::{load_circuit_tracer, load_transcoder_set, SAELENS_PROVENANCE_FIELDS, SAELENS_READ_FIELDS, SAELENS_TRAINING_FIELDS};
+pub use formats::{load_circuit_tracer, load_transcoder_set, save_circuit_tracer, SAELENS_PROVENANCE_FIELDS, SAELENS_READ_FIELDS, SAELENS_TRAINING_FIELDS};
 pub use interp_core;
 
 mod store;
