@@ -5,6 +5,8 @@
                       them (reference.safetensors). The Rust tests load these folders.
   check DIR           SAELens loads the folders our exporter wrote, circuit-tracer 0.5.0 the
                       transcoder sets, and both must encode/decode their inputs like we did (1e-5).
+  viewer DIR          circuit-tracer's viewer models (pydantic) accept the graph, metadata and
+                      feature files `interp graph --out DIR` wrote.
 """
 import json
 import sys
@@ -129,5 +131,22 @@ def check(root: Path):
     print(f"all {len(list(root.iterdir()))} dictionaries and sets agree; worst difference {worst:.2e}")
 
 
+def viewer(root: Path):
+    """circuit-tracer's viewer models accept the files `interp graph --out ROOT` wrote."""
+    from circuit_tracer.frontend.feature_models import Model as Feature
+    from circuit_tracer.frontend.graph_models import Metadata, Model as Graph
+
+    listed = json.loads((root / "graph-metadata.json").read_text())["graphs"]
+    for meta in listed:
+        Metadata.model_validate(meta)
+        graph = Graph.model_validate_json((root / f"{meta['slug']}.json").read_text())
+        ids = {n.node_id for n in graph.nodes}
+        assert all(link["source"] in ids and link["target"] in ids for link in graph.links)
+        features = [n.feature for n in graph.nodes if n.feature_type == "cross layer transcoder"]
+        for f in features:
+            Feature.model_validate_json((root / "features" / f"{f}.json").read_text())
+        print(f"{meta['slug']}: {len(graph.nodes)} nodes, {len(graph.links)} links, {len(features)} feature files: circuit-tracer's models accept them")
+
+
 if __name__ == "__main__":
-    {"make-fixtures": make_fixtures, "check": check}[sys.argv[1]](Path(sys.argv[2]))
+    {"make-fixtures": make_fixtures, "check": check, "viewer": viewer}[sys.argv[1]](Path(sys.argv[2]))

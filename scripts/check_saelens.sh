@@ -15,4 +15,7 @@ rm -rf tests/fixtures/saelens
 out=$(mktemp -d)
 cargo run -q --release --example export_dictionaries -- "$out"
 .venv-saelens/bin/python scripts/check_saelens.py check "$out"
+# The files circuit-tracer's viewer reads, as `interp graph` writes them.
+cargo run -q --release --bin interp -- graph --out "$out/graph" > /dev/null
+.venv-saelens/bin/python scripts/check_saelens.py viewer "$out/graph"
 rm -rf "$out"

@@ -295,9 +295,21 @@ fn bilinear_and_graph_write_their_reports() {
     let (ok, stdout, err) = interp(&["graph", "--prompt", "To be, or not to be", "--out", &o("graph")]);
     assert!(ok, "{err}");
     assert!(stdout.contains("completeness error"), "{stdout}");
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("graph/graph.json")).unwrap()).unwrap();
+    let read = |p: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(out.join(p)).unwrap()).unwrap() };
+    let json = read("graph/shakespeare-gpt2-to-be-or-not-to-be.json");
     assert!(!json["nodes"].as_array().unwrap().is_empty() && !json["links"].as_array().unwrap().is_empty());
     assert!(out.join("graph/graph.html").exists() && out.join("graph/nodes.csv").exists());
+    // What circuit-tracer's viewer fetches: the metadata list and a feature file per feature node.
+    assert_eq!(json["metadata"]["scan"], "./graph_data/features");
+    for node in json["nodes"].as_array().unwrap().iter().filter(|n| n["feature_type"] == "cross layer transcoder") {
+        let feature = read(&format!("graph/features/{}.json", node["feature"]));
+        assert!(feature["examples_quantiles"][0]["examples"].as_array().is_some_and(|e| !e.is_empty()) && feature["top_logits"].is_array(), "{node}");
+    }
+    // A second graph in the same folder joins the metadata list.
+    let (ok, _, err) = interp(&["graph", "--prompt", "O Romeo, Romeo", "--slug", "second", "--out", &o("graph")]);
+    assert!(ok, "{err}");
+    let slugs: Vec<String> = read("graph/graph-metadata.json")["graphs"].as_array().unwrap().iter().map(|g| g["slug"].as_str().unwrap().to_string()).collect();
+    assert_eq!(slugs, ["shakespeare-gpt2-to-be-or-not-to-be", "second"]);
     for args in [
         vec!["bilinear", "models/shakespeare-gpt2", "--out", &o("bad")],
         vec!["bilinear", "--tokens", "not-a-token", "--out", &o("bad")],
@@ -375,7 +387,7 @@ fn report_is_one_self_contained_page_with_every_part() {
         }
         assert!(task.join(sub).join("circuit_acdc.svg").exists() && task.join(sub).join("circuit_eap_ig.png").exists());
     }
-    assert!(text.join("graph.json").exists());
+    assert!(text.join("graph-metadata.json").exists() && text.join("features").is_dir());
 
     // Any model directory: the parts that apply, and a note for the rest.
     let gpt2 = fixture("gpt2");

@@ -52,7 +52,7 @@ fn edges_plus_bias_equal_each_value() {
     let tokens = prompt(&model);
     for skip in [false, true] {
         let tcs = random_transcoders(&model, skip);
-        let graph = attribution_graph(&model, &tcs, &tokens, &GraphConfig { batch_size: 16, ..GraphConfig::default() }).unwrap();
+        let graph = attribution_graph(&model, &tcs, &tokens, &GraphConfig { batch_size: 16, keep_position_0: true, ..GraphConfig::default() }).unwrap();
         assert_eq!(graph.n_features(), 2 * 4 * tokens.len(), "TopK 4 per token per layer");
         let err = graph.completeness_error().unwrap();
         let scale = max_abs(&graph.values);
@@ -83,6 +83,39 @@ fn edges_plus_bias_equal_each_value() {
                 assert_eq!(max_abs(&feature_inputs), 0.0, "node {node:?} has feature inputs");
             }
         }
+    }
+}
+
+#[test]
+fn position_0_is_left_out_as_circuit_tracer_does() {
+    // By default features and errors at position 0 are no sources: no features there, zero
+    // edges from its errors, and its MLP output is a constant in every target's bias, so the
+    // values (the real model's) and completeness are unchanged.
+    let model = text_model();
+    let tokens = prompt(&model);
+    for skip in [false, true] {
+        let tcs = random_transcoders(&model, skip);
+        let kept = attribution_graph(&model, &tcs, &tokens, &GraphConfig { keep_position_0: true, ..GraphConfig::default() }).unwrap();
+        let graph = attribution_graph(&model, &tcs, &tokens, &GraphConfig::default()).unwrap();
+        assert_eq!(graph.n_features(), 2 * 4 * (tokens.len() - 1));
+        assert!(graph.nodes.iter().all(|n| !matches!(n, Node::Feature { pos: 0, .. })));
+        let err = graph.completeness_error().unwrap();
+        assert!(err < 1e-4 * max_abs(&graph.values).max(1.0), "skip {skip}: completeness error {err:e}");
+        for (i, node) in graph.nodes.iter().enumerate() {
+            if let Node::Error { pos: 0, .. } = node {
+                assert_eq!(max_abs(&graph.adjacency.select(1, i as i64)), 0.0, "edges out of {node:?}");
+            }
+        }
+        // The same targets have the same values either way (the logits and pre-activations).
+        let value = |g: &AttributionGraph, node: &Node| g.nodes.iter().position(|n| n == node).map(|i| g.values.double_value(&[i as i64]));
+        let mut compared = 0;
+        for node in graph.nodes.iter().filter(|n| matches!(n, Node::Feature { .. } | Node::Logit { .. })) {
+            if let (Some(a), Some(b)) = (value(&graph, node), value(&kept, node)) {
+                assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "{node:?}: {a} vs {b}");
+                compared += 1;
+            }
+        }
+        assert!(compared > 20, "{compared}");
     }
 }
 
@@ -173,8 +206,12 @@ fn pruning_and_circuit_tracer_json() {
     let text = |t: i64| tok.decode(&[t]).unwrap_or_default();
     let json = graph.to_circuit_tracer_json(&pruned, "test", "shakespeare-gpt2", &text).unwrap();
     let nodes = json["nodes"].as_array().unwrap();
-    assert_eq!(nodes.len(), pruned.n_nodes());
     let ids: std::collections::HashSet<&str> = nodes.iter().map(|n| n["node_id"].as_str().unwrap()).collect();
+    // As circuit-tracer writes them: kept nodes on a kept edge, and every token and logit.
+    let linked: std::collections::HashSet<&str> = json["links"].as_array().unwrap().iter().flat_map(|l| [l["source"].as_str().unwrap(), l["target"].as_str().unwrap()]).collect();
+    assert!(nodes.len() <= pruned.n_nodes() && nodes.iter().all(|n| linked.contains(n["node_id"].as_str().unwrap()) || n["feature_type"] == "embedding" || n["feature_type"] == "logit"));
+    assert_eq!(nodes.iter().filter(|n| n["feature_type"] == "embedding").count(), graph.tokens.len());
+    assert!(nodes.iter().filter(|n| n["feature_type"] == "mlp reconstruction error").all(|n| n["node_id"].as_str().unwrap().starts_with("0_")), "error ids are 0_{{layer}}_{{pos}}");
     for key in ["node_id", "feature", "layer", "ctx_idx", "feature_type", "jsNodeId", "influence", "is_target_logit"] {
         assert!(nodes.iter().all(|n| n.get(key).is_some()), "every node has `{key}`");
     }

@@ -1,10 +1,13 @@
-//! The attribution graph of one prompt, pruned, as circuit-tracer's JSON, an HTML view and a
+//! The attribution graph of one prompt, pruned, as the files circuit-tracer's viewer reads
+//! (`<slug>.json`, `graph-metadata.json`, one feature file per feature node), an HTML view and a
 //! node table.
 
 use std::path::{Path, PathBuf};
 
 use interp_core::HookedTransformer;
-use transcoders::SparseDictionary;
+use serde_json::json;
+use tch::Tensor;
+use transcoders::{latent_dashboards, LatentDashboard, SparseDictionary};
 
 use crate::attribution_graph::{attribution_graph, AttributionGraph, GraphConfig, Node, Pruned};
 use crate::report::write_graph_page;
@@ -21,12 +24,56 @@ pub struct GraphAnalysisConfig {
     pub node_threshold: f64,
     /// Then keep the edges carrying this fraction (circuit-tracer: 0.98).
     pub edge_threshold: f64,
+    /// Top contexts in each feature file (when contexts are given).
+    pub feature_examples: usize,
 }
 
 impl Default for GraphAnalysisConfig {
     fn default() -> Self {
-        GraphAnalysisConfig { graph: GraphConfig { progress: true, ..GraphConfig::default() }, node_threshold: 0.8, edge_threshold: 0.98 }
+        GraphAnalysisConfig { graph: GraphConfig { progress: true, ..GraphConfig::default() }, node_threshold: 0.8, edge_threshold: 0.98, feature_examples: 8 }
     }
+}
+
+/// Where circuit-tracer's viewer finds the feature files this analysis writes (`features/` next
+/// to the graph files, which its local server serves under `./graph_data/`).
+pub const VIEWER_SCAN: &str = "./graph_data/features";
+
+/// circuit-tracer's feature index of (layer, feature): the Cantor pairing.
+fn cantor(layer: usize, feature: i64) -> i64 {
+    let (x, y) = (layer as i64, feature);
+    (x + y) * (x + y + 1) / 2 + y
+}
+
+/// A feature dashboard in circuit-tracer's feature-file format (`frontend/feature_models.py`):
+/// top contexts cut to `window` tokens around their peak.
+fn feature_file(layer: usize, d: &LatentDashboard, window: usize) -> serde_json::Value {
+    let examples: Vec<serde_json::Value> = d
+        .top_contexts
+        .iter()
+        .map(|c| {
+            let peak = c.activations.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+            let start = peak.saturating_sub(window * 3 / 4).min(c.tokens.len().saturating_sub(window));
+            let end = (start + window).min(c.tokens.len());
+            json!({
+                "tokens_acts_list": c.activations[start..end],
+                "train_token_ind": peak - start,
+                "is_repeated_datapoint": false,
+                "tokens": c.tokens[start..end],
+            })
+        })
+        .collect();
+    json!({
+        "transcoder_id": format!("layer_{layer}"),
+        "index": cantor(layer, d.latent),
+        "examples_quantiles": [{ "quantile_name": "Top activations", "examples": examples }],
+        "top_logits": d.top_logits.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>(),
+        "bottom_logits": d.bottom_logits.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>(),
+        "act_min": 0.0,
+        "act_max": d.max_activation,
+        "quantile_values": [],
+        "histogram": d.histogram.iter().map(|(_, n)| *n as f64).collect::<Vec<_>>(),
+        "activation_frequency": d.density,
+    })
 }
 
 /// A prompt's attribution graph and its pruning.
@@ -49,16 +96,20 @@ pub struct GraphAnalysis {
     pub n_layers: usize,
     /// Time to build the graph.
     pub seconds: f64,
+    /// Dashboards of the features the pruned graph keeps, by layer (empty without contexts).
+    pub features: Vec<(usize, LatentDashboard)>,
 }
 
 /// Builds and prunes the attribution graph of `prompt` (tokenized with the model's tokenizer, BOS
-/// prepended) through `transcoders` (loaded from `transcoders_dir`); `slug` names it.
+/// prepended) through `transcoders` (loaded from `transcoders_dir`); `slug` names it. With
+/// `contexts` [n, ctx] (token ids), the features the pruned graph keeps get dashboards over them.
 pub fn graph_analysis(
     model: &HookedTransformer,
     transcoders: &[SparseDictionary],
     transcoders_dir: &Path,
     prompt: &str,
     slug: &str,
+    contexts: Option<&Tensor>,
     cfg: &GraphAnalysisConfig,
 ) -> Result<GraphAnalysis> {
     let tok = model.tokenizer().ok_or_else(|| Error::Input("the model has no tokenizer.json to encode the prompt".into()))?;
@@ -70,6 +121,23 @@ pub fn graph_analysis(
     let mut ids: Vec<i64> = tokens.clone();
     ids.extend(graph.nodes.iter().filter_map(|n| if let Node::Logit { token, .. } = n { Some(*token) } else { None }));
     let token_text = ids.into_iter().map(|t| (t, tok.decode(&[t]).unwrap_or_default())).collect();
+    let mut features = Vec::new();
+    if let Some(contexts) = contexts {
+        for (layer, tc) in transcoders.iter().enumerate() {
+            let mut latents: Vec<i64> = graph
+                .nodes
+                .iter()
+                .zip(&pruned.node_mask)
+                .filter_map(|(n, &kept)| match n {
+                    Node::Feature { layer: l, feature, .. } if kept && *l == layer => Some(*feature),
+                    _ => None,
+                })
+                .collect();
+            latents.sort_unstable();
+            latents.dedup();
+            features.extend(latent_dashboards(tc, model, contexts, &latents, cfg.feature_examples)?.into_iter().map(|d| (layer, d)));
+        }
+    }
     Ok(GraphAnalysis {
         prompt: prompt.to_string(),
         tokens,
@@ -80,6 +148,7 @@ pub fn graph_analysis(
         pruned,
         n_layers: model.cfg.n_layers,
         seconds,
+        features,
     })
 }
 
@@ -88,12 +157,15 @@ impl GraphAnalysis {
         self.token_text.get(&t).cloned().unwrap_or_default()
     }
 
-    /// A report section with the graph's view; `graph.json` (circuit-tracer's layout),
+    /// A report section with the graph's view; the files circuit-tracer's viewer reads
+    /// (`<slug>.json`; `graph-metadata.json`, created or updated so that one folder collects
+    /// many graphs; `features/<index>.json` for every kept feature when there are dashboards),
     /// `graph.html` (a page of its own) and `nodes` (every node by influence).
     pub fn write(&self, out: &mut Output) -> Result<()> {
         let (graph, pruned) = (&self.graph, &self.pruned);
         let text = |t: i64| self.text(t);
-        let json = graph.to_circuit_tracer_json(pruned, &self.slug, &self.slug, &text)?;
+        let scan = if self.features.is_empty() { self.slug.as_str() } else { VIEWER_SCAN };
+        let json = graph.to_circuit_tracer_json(pruned, &self.slug, scan, &text)?;
         out.report.section("Transcoder attribution graph");
         out.report.paragraph(&format!(
             "Prompt {:?} through the transcoders in {}: direct effects between active features, transcoder errors, token embeddings and the top \
@@ -105,7 +177,22 @@ impl GraphAnalysis {
         ));
         let view = graph.html_view(pruned, &text)?;
         out.report.html(&view);
-        out.json("graph.json", "the graph in circuit-tracer's layout", &json)?;
+        out.json(&format!("{}.json", self.slug), "the graph for circuit-tracer's viewer", &json)?;
+        self.add_to_viewer_metadata(&out.dir, &json["metadata"])?;
+        if !self.features.is_empty() {
+            let dir = out.dir.join("features");
+            std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+            for (layer, d) in &self.features {
+                let path = dir.join(format!("{}.json", cantor(*layer, d.latent)));
+                let text = serde_json::to_string(&feature_file(*layer, d, 32)).map_err(|e| Error::Input(e.to_string()))?;
+                std::fs::write(&path, text).map_err(Error::io(&path))?;
+            }
+            out.report.paragraph(&format!(
+                "circuit-tracer's viewer: `circuit-tracer start-server --graph_file_dir {}`, then http://localhost:8032 ({} feature files in features/).",
+                out.dir.display(),
+                self.features.len()
+            ));
+        }
         write_graph_page(&out.dir.join("graph.html"), &format!("Attribution graph: {}", self.prompt), &view)?;
         let mut table = Table::new(&["node", "kind", "layer", "pos", "feature", "activation", "influence", "kept"]);
         for (i, node) in graph.nodes.iter().enumerate() {
@@ -131,6 +218,21 @@ impl GraphAnalysis {
             _ => std::cmp::Ordering::Equal,
         });
         out.table("nodes", "nodes by influence on the logits", &table)
+    }
+
+    /// Adds this graph's metadata to `dir/graph-metadata.json` (created if absent; an entry of
+    /// the same slug is replaced), as circuit-tracer's `add_graph_metadata` does.
+    fn add_to_viewer_metadata(&self, dir: &Path, metadata: &serde_json::Value) -> Result<()> {
+        let path = dir.join("graph-metadata.json");
+        let mut all = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str::<serde_json::Value>(&text).map_err(|e| Error::Input(format!("{}: malformed JSON: {e}", path.display())))?,
+            Err(_) => json!({ "graphs": [] }),
+        };
+        let graphs = all.get_mut("graphs").and_then(|g| g.as_array_mut()).ok_or_else(|| Error::Input(format!("{}: no `graphs` list", path.display())))?;
+        graphs.retain(|g| g["slug"] != metadata["slug"]);
+        graphs.push(metadata.clone());
+        let text = serde_json::to_string_pretty(&all).map_err(|e| Error::Input(e.to_string()))?;
+        std::fs::write(&path, text).map_err(Error::io(&path))
     }
 
     /// The logit targets as `"token" probability`.

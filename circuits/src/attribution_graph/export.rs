@@ -15,24 +15,37 @@ impl AttributionGraph {
     fn node_id(&self, i: usize) -> String {
         match self.nodes[i] {
             Node::Feature { layer, pos, feature, .. } => format!("{layer}_{feature}_{pos}"),
-            Node::Error { layer, pos } => format!("{layer}_-1_{pos}"),
+            Node::Error { layer, pos } => format!("0_{layer}_{pos}"),
             Node::Token { pos, token } => format!("E_{token}_{pos}"),
             Node::Logit { token, .. } => format!("{}_{token}_{}", self.n_layers + 1, self.tokens.len() - 1),
         }
     }
 
     /// The pruned graph as the JSON that circuit-tracer's graph viewer reads (`metadata`,
-    /// `qParams`, `nodes`, `links`); `token_text` [n_tokens of the vocabulary] renders ids. The
-    /// `node_threshold` recorded is the one `pruned` was made with.
+    /// `qParams`, `nodes`, `links`), node ids and the choice of nodes as circuit-tracer 0.5.0's
+    /// `create_graph_files` writes them (kept nodes on a kept edge, plus every token and logit);
+    /// `token_text` renders ids. The `node_threshold` recorded is the one `pruned` was made with;
+    /// `scan` is where the viewer looks for feature files (`./graph_data/features` for the ones
+    /// `write_viewer_files` writes).
     ///
     /// Every feature node's `feature_type` is `"cross layer transcoder"`, per-layer transcoders
     /// included: that string is circuit-tracer's node type for any transcoder feature (its
     /// `Node.feature_node` writes nothing else), and its viewer draws features by it.
     pub fn to_circuit_tracer_json(&self, pruned: &Pruned, slug: &str, scan: &str, token_text: &dyn Fn(i64) -> String) -> Result<serde_json::Value> {
         let last = self.tokens.len() - 1;
+        let mask = pruned.edge_mask.f_nonzero()?;
+        let pairs = Vec::<i64>::try_from(&mask.f_flatten(0, -1)?)?;
+        let weights = Vec::<f64>::try_from(&self.adjacency.f_index(&[Some(mask.f_select(1, 0)?), Some(mask.f_select(1, 1)?)])?.f_to_kind(Kind::Double)?)?;
+        // As circuit-tracer writes them: kept nodes that a kept edge touches, and every token
+        // and logit.
+        let mut linked = vec![false; self.nodes.len()];
+        for p in pairs.chunks(2) {
+            linked[p[0] as usize] = true;
+            linked[p[1] as usize] = true;
+        }
         let mut first_logit = true;
         let nodes: Vec<serde_json::Value> = (0..self.nodes.len())
-            .filter(|&i| pruned.node_mask[i])
+            .filter(|&i| pruned.node_mask[i] && (linked[i] || matches!(self.nodes[i], Node::Token { .. } | Node::Logit { .. })))
             .map(|i| {
                 let id = self.node_id(i);
                 let influence = pruned.cumulative[i];
@@ -46,7 +59,7 @@ impl AttributionGraph {
                     Node::Error { layer, pos } => json!({
                         "node_id": id, "feature": -1, "layer": layer.to_string(), "ctx_idx": pos,
                         "feature_type": "mlp reconstruction error", "token_prob": 0.0, "is_target_logit": false, "run_idx": 0,
-                        "reverse_ctx_idx": 0, "jsNodeId": format!("{layer}_-1-{pos}"), "clerp": "", "influence": influence, "activation": null,
+                        "reverse_ctx_idx": 0, "jsNodeId": format!("{layer}_{pos}-0"), "clerp": "", "influence": influence, "activation": null,
                     }),
                     Node::Token { pos, token } => json!({
                         "node_id": id, "feature": pos, "layer": "E", "ctx_idx": pos, "feature_type": "embedding",
@@ -65,9 +78,6 @@ impl AttributionGraph {
                 }
             })
             .collect();
-        let mask = pruned.edge_mask.f_nonzero()?;
-        let pairs = Vec::<i64>::try_from(&mask.f_flatten(0, -1)?)?;
-        let weights = Vec::<f64>::try_from(&self.adjacency.f_index(&[Some(mask.f_select(1, 0)?), Some(mask.f_select(1, 1)?)])?.f_to_kind(Kind::Double)?)?;
         let links: Vec<serde_json::Value> = pairs
             .chunks(2)
             .zip(weights)

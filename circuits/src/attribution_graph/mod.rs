@@ -58,11 +58,15 @@ pub struct GraphConfig {
     pub batch_size: i64,
     /// Show a progress bar over the backward passes.
     pub progress: bool,
+    /// Keep features and errors at position 0 as nodes. By default, as circuit-tracer does, they
+    /// are left out: position 0 (BOS, an attention sink) has outsized activations that explain
+    /// nothing about the prompt, and its MLP output becomes part of every target's bias.
+    pub keep_position_0: bool,
 }
 
 impl Default for GraphConfig {
     fn default() -> Self {
-        GraphConfig { max_logits: 10, logit_probability: 0.95, batch_size: 32, progress: false }
+        GraphConfig { max_logits: 10, logit_probability: 0.95, batch_size: 32, progress: false, keep_position_0: false }
     }
 }
 
@@ -130,7 +134,7 @@ pub fn attribution_graph(model: &HookedTransformer, transcoders: &[SparseDiction
     if cfg.batch_size < 1 || cfg.max_logits < 1 || !(cfg.logit_probability > 0.0 && cfg.logit_probability <= 1.0) {
         return Err(Error::Input(format!("bad graph configuration: {cfg:?}")));
     }
-    let rep = Replacement::new(model, transcoders, tokens)?;
+    let rep = Replacement::new(model, transcoders, tokens, !cfg.keep_position_0)?;
     let n_layers = model.cfg.n_layers;
     let n_pos = tokens.len() as i64;
 

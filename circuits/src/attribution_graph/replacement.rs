@@ -60,6 +60,10 @@ pub(super) struct Clean {
     pub(super) embed: Tensor,
     pub(super) acts: Vec<Tensor>,
     pub(super) errors: Vec<Tensor>,
+    /// Per layer, [pos, d_model]: the MLP output at positions whose features and error are not
+    /// sources (position 0 unless kept), beyond what the transcoder's biases and skip path give;
+    /// zero elsewhere. A constant of the linearised model, so it lands in the targets' biases.
+    fixed: Vec<Tensor>,
     pub(super) logits: Tensor,
 }
 
@@ -117,7 +121,9 @@ pub(super) fn expand(t: &Tensor, rows: i64) -> std::result::Result<Tensor, tch::
 }
 
 impl<'a> Replacement<'a> {
-    pub(super) fn new(model: &'a HookedTransformer, transcoders: &'a [SparseDictionary], tokens: &[i64]) -> Result<Self> {
+    /// `zero_position_0`: features and errors at position 0 are no sources (circuit-tracer's
+    /// default); the MLP output there stays what it is, as a constant.
+    pub(super) fn new(model: &'a HookedTransformer, transcoders: &'a [SparseDictionary], tokens: &[i64], zero_position_0: bool) -> Result<Self> {
         check_transcoders(model, transcoders)?;
         let n = model.cfg.n_layers;
         let tokens = Tensor::f_from_slice(tokens)?.f_unsqueeze(0)?.f_to_device(model.device())?;
@@ -129,16 +135,23 @@ impl<'a> Replacement<'a> {
         let (logits, cache) = tch::no_grad(|| model.run_with_cache(&tokens, CacheSpec::names(&names)))?;
         let get = |name: &str| -> Result<Tensor> { Ok(cache.get(name)?.f_squeeze_dim(0)?) };
         let at = |point: HookPoint| -> Result<Tensor> { Ok(cache.get(point)?.f_squeeze_dim(0)?) };
-        let (mut acts, mut errors) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut acts, mut errors, mut fixed) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let n_zeroed = if zero_position_0 { 1 } else { 0 };
         for tc in transcoders {
             let x = get(&tc.cfg().hook_name)?;
             let (a, recon) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
                 let a = tc.encode(&x)?;
+                let _ = a.f_narrow(0, 0, n_zeroed)?.f_zero_()?;
                 let recon = tc.decode(&a, Some(&x))?;
                 Ok((a, recon))
             })?;
             let out = get(&tc.cfg().hook_name_out)?.f_to_kind(recon.kind())?;
-            errors.push(out.f_sub(&recon)?.f_to_kind(model.kind())?);
+            let residual = out.f_sub(&recon)?.f_to_kind(model.kind())?;
+            let (error, constant) = (residual.copy(), residual.f_zeros_like()?);
+            constant.f_narrow(0, 0, n_zeroed)?.f_copy_(&residual.f_narrow(0, 0, n_zeroed)?)?;
+            let _ = error.f_narrow(0, 0, n_zeroed)?.f_zero_()?;
+            errors.push(error);
+            fixed.push(constant);
             acts.push(a);
         }
         let per_layer = |site: BlockSite| -> Result<Vec<Tensor>> { (0..n).map(|l| at(HookPoint::block(l, site))).collect() };
@@ -150,6 +163,7 @@ impl<'a> Replacement<'a> {
             embed: at(HookPoint::Embed)?,
             acts,
             errors,
+            fixed,
             logits: logits.f_select(0, 0)?.f_select(0, -1)?.f_to_kind(Kind::Double)?,
         };
         Ok(Replacement { model, transcoders, tokens, clean })
@@ -174,11 +188,11 @@ impl<'a> Replacement<'a> {
                 inputs.borrow_mut()[l] = Some(x.shallow_clone());
                 Ok(None)
             });
-            let (acts, err) = (&leaves.acts[l], &leaves.errors[l]);
+            let (acts, err, fixed) = (&leaves.acts[l], &leaves.errors[l], &c.fixed[l]);
             hooks = hooks.add(tc.cfg().hook_name_out.clone(), move |_, _| {
                 let x = inputs.borrow()[l].as_ref().map(Tensor::shallow_clone);
                 let out = tc.decode(acts, x.as_ref())?;
-                Ok(Some(out.f_to_kind(err.kind())?.f_add(err)?))
+                Ok(Some(out.f_to_kind(err.kind())?.f_add(err)?.f_add(fixed)?))
             });
         }
         // Stop after the last block and apply the final norm with its scale frozen: the

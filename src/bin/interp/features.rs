@@ -92,6 +92,21 @@ pub struct GraphArgs {
     /// Targets per backward pass.
     #[arg(long, default_value_t = GraphAnalysisConfig::default().graph.batch_size)]
     pub batch: i64,
+    /// Name of the graph in circuit-tracer's viewer (its file is OUT/SLUG.json); default: the
+    /// model folder's name and the prompt's first words.
+    #[arg(long)]
+    pub slug: Option<String>,
+    /// Text whose held-out part gives each kept feature's top contexts (shakespeare, a folder of
+    /// .txt files or a .jsonl file); the feature files are skipped when it cannot be read.
+    #[arg(long, default_value = "shakespeare")]
+    pub data: String,
+    /// Held-out contexts of 128 tokens searched for each feature's top activations.
+    #[arg(long, default_value_t = 64)]
+    pub contexts: i64,
+    /// Keep the features and errors at position 0 (BOS) as nodes; by default they are left out
+    /// and their MLP output counts as a constant, as circuit-tracer does.
+    #[arg(long)]
+    pub keep_position_0: bool,
     /// Output directory (created).
     #[arg(long)]
     pub out: PathBuf,
@@ -108,7 +123,16 @@ pub fn run_graph(args: &GraphArgs, out: &mut Output) -> Result<()> {
     let transcoders = load_transcoder_set(&tc_dir, device)?;
     let mut cfg = GraphAnalysisConfig { node_threshold: args.node_threshold, edge_threshold: args.edge_threshold, ..GraphAnalysisConfig::default() };
     cfg.graph.batch_size = args.batch;
-    let found = graph_analysis(&model, &transcoders, &tc_dir, &args.prompt, &slug(&dir), &cfg)?;
+    cfg.graph.keep_position_0 = args.keep_position_0;
+    let contexts = match super::sae::held_out_contexts(&model, &args.data, args.contexts, 128) {
+        Ok(c) => Some(c),
+        Err(why) => {
+            eprintln!("no feature files: {why:#}");
+            None
+        }
+    };
+    let name = args.slug.clone().unwrap_or_else(|| graph_slug(&dir, &args.prompt));
+    let found = graph_analysis(&model, &transcoders, &tc_dir, &args.prompt, &name, contexts.as_ref(), &cfg)?;
     let (g, p) = (&found.graph, &found.pruned);
     println!(
         "{} tokens, {} active features, {} nodes in all; graph in {:.2} s; completeness error {:.1e}",
@@ -121,11 +145,18 @@ pub fn run_graph(args: &GraphArgs, out: &mut Output) -> Result<()> {
     println!("logit targets: {}", found.logit_targets().join(", "));
     println!("pruned to {} nodes and {} edges (thresholds {} / {})", p.n_nodes(), p.n_edges()?, p.node_threshold, p.edge_threshold);
     found.write(out)?;
-    println!("wrote {}", out.dir.join("graph.html").display());
+    println!("wrote {} and {}", out.dir.join(format!("{name}.json")).display(), out.dir.join("graph.html").display());
     Ok(())
 }
 
-/// A model folder's name, as circuit-tracer's slug.
+/// A model folder's name, as a report's folder name.
 pub fn slug(dir: &Path) -> String {
     dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "graph".into())
+}
+
+/// A graph's slug for circuit-tracer's viewer: the model folder's name and the prompt's first
+/// words, lower case, joined by dashes ("shakespeare-gpt2-to-be-or-not-to-be").
+pub fn graph_slug(dir: &Path, prompt: &str) -> String {
+    let words: Vec<String> = prompt.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).take(6).map(str::to_lowercase).collect();
+    std::iter::once(slug(dir)).chain(words).collect::<Vec<_>>().join("-")
 }

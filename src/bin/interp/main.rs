@@ -117,8 +117,10 @@ enum Command {
     Bilinear(features::BilinearArgs),
     /// Attribution graph of a prompt through transcoders that replace every MLP: direct effects
     /// between active features, transcoder errors, token embeddings and top logits in a linearised
-    /// replacement model, pruned by influence. Writes OUT/graph.json (circuit-tracer's graph viewer
-    /// reads it), OUT/graph.html and OUT/nodes.csv.
+    /// replacement model, pruned by influence; features and errors at position 0 are left out, as
+    /// circuit-tracer does (--keep-position-0 keeps them). Writes what circuit-tracer's viewer
+    /// reads (OUT/SLUG.json, OUT/graph-metadata.json, which collects every graph written to OUT,
+    /// and OUT/features/*.json for the kept features), OUT/graph.html and OUT/nodes.csv.
     Graph(features::GraphArgs),
     /// The main job (also `interp` alone): one HTML report of every analysis that applies to each
     /// model (default: the built-in text and task models): model card and logit lens, SAE and

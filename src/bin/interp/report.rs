@@ -86,7 +86,9 @@ fn model_report(dir: &Path, slug: &str, args: &ReportArgs) -> Result<Report> {
     if !task_model && tc_dir.is_dir() {
         match load_transcoder_set(&tc_dir, device) {
             Ok(transcoders) => {
-                graph_analysis(&model, &transcoders, &tc_dir, &args.prompt, &features::slug(dir), &GraphAnalysisConfig::default())?.write(&mut out)?;
+                let contexts = super::sae::held_out_contexts(&model, "shakespeare", 32, 128).ok();
+                let name = features::graph_slug(dir, &args.prompt);
+                graph_analysis(&model, &transcoders, &tc_dir, &args.prompt, &name, contexts.as_ref(), &GraphAnalysisConfig::default())?.write(&mut out)?;
             }
             Err(why) => {
                 out.report.section("Transcoder attribution graph");
