@@ -242,6 +242,7 @@ fn graph_bad_input() {
     sae[1] = SparseDictionary::init(DictionaryConfig::sae(Architecture::TopK { k: 4 }, "blocks.1.hook_mlp_out", 128, 64), 0, Device::Cpu).unwrap();
     assert!(check_transcoders(&model, &sae).unwrap_err().to_string().contains("SAE"));
     assert!(err(attribution_graph(&model, &tcs, &[], &cfg)).contains("non-empty"));
+    assert!(err(attribution_graph(&model, &tcs, &vec![5; 129], &cfg)).contains("the prompt has 129 tokens, longer than the model's context of 128"));
     assert!(err(attribution_graph(&model, &tcs, &[0, 99_999], &cfg)).contains("99999"));
     let attn_only = HookedTransformer::from_pretrained_dir("models/induction-attn-only", Device::Cpu, Kind::Float).unwrap();
     assert!(err(attribution_graph(&attn_only, &tcs, &[0, 1], &cfg)).contains("attention-only"));

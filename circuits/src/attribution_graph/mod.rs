@@ -131,6 +131,9 @@ pub fn attribution_graph(model: &HookedTransformer, transcoders: &[SparseDiction
     if tokens.is_empty() {
         return Err(Error::Input("an attribution graph needs a non-empty prompt".into()));
     }
+    if tokens.len() as i64 > model.cfg.n_ctx {
+        return Err(Error::Input(format!("the prompt has {} tokens, longer than the model's context of {}", tokens.len(), model.cfg.n_ctx)));
+    }
     if cfg.batch_size < 1 || cfg.max_logits < 1 || !(cfg.logit_probability > 0.0 && cfg.logit_probability <= 1.0) {
         return Err(Error::Input(format!("bad graph configuration: {cfg:?}")));
     }
