@@ -21,6 +21,38 @@ pub struct ContextExample {
     pub max_activation: f64,
 }
 
+impl ContextExample {
+    /// The range of `width` tokens around the peak activation (the peak three quarters in, as
+    /// far as the context allows) and the peak's index in it.
+    pub fn window(&self, width: usize) -> (std::ops::Range<usize>, usize) {
+        let peak = self.activations.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+        let start = peak.saturating_sub(width * 3 / 4).min(self.tokens.len().saturating_sub(width));
+        let end = (start + width).min(self.tokens.len());
+        (start..end, peak - start)
+    }
+}
+
+/// A token as people can see it: newlines, tabs and carriage returns as ⏎ → ↵ (as
+/// circuit-tracer's viewer shows them), and a token of spaces alone as middle dots.
+pub fn visible_token(token: &str) -> String {
+    let shown = token.replace('\n', "⏎").replace('\t', "→").replace('\r', "↵");
+    if !shown.is_empty() && shown.chars().all(|c| c == ' ') {
+        "·".repeat(shown.len())
+    } else {
+        shown
+    }
+}
+
+/// Up to `n` latents a person can read, from their log10 densities [d_sae]: firing neither too
+/// rarely to have examples nor so often that they mean little, the ones closest to 0.3% of tokens
+/// first (dead latents never).
+pub fn readable_latents(log10_density: &Tensor, n: usize) -> Result<Vec<i64>> {
+    let d = Vec::<f64>::try_from(log10_density.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?)?;
+    let mut alive: Vec<(f64, i64)> = d.iter().enumerate().filter(|(_, &v)| v > -9.0).map(|(i, &v)| ((v + 2.5).abs(), i as i64)).collect();
+    alive.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(alive.into_iter().take(n).map(|(_, i)| i).collect())
+}
+
 /// Everything shown for one latent.
 #[derive(Clone, Debug, Serialize)]
 pub struct LatentDashboard {
@@ -51,21 +83,29 @@ fn top_tokens(model: &HookedTransformer, scores: &Tensor, n: i64, largest: bool)
     Ok(names.into_iter().zip(vals).collect())
 }
 
-/// Dashboards of `latents` over `contexts` [n, ctx] (token ids), `n_examples` contexts each.
+/// Dashboards of `latents` over `contexts` [n, ctx] (token ids), `n_examples` contexts each;
+/// activations at position 0 and at BOS tokens are left out.
 pub fn latent_dashboards(dict: &SparseDictionary, model: &HookedTransformer, contexts: &Tensor, latents: &[i64], n_examples: usize) -> Result<Vec<LatentDashboard>> {
     let _guard = tch::no_grad_guard();
     if let Some(&bad) = latents.iter().find(|&&l| l < 0 || l >= dict.cfg.d_sae) {
         return Err(Error::Input(format!("latent {bad} is out of range (the dictionary has {})", dict.cfg.d_sae)));
     }
     let device = model.device();
+    let bos = model.tokenizer().and_then(|t| t.bos_token_id());
     let index = Tensor::f_from_slice(latents)?.f_to_device(device)?;
     // Activations of the chosen latents only: [n, ctx, latents].
     let mut acts = Vec::new();
     for chunk in contexts.f_split(16, 0)? {
         let chunk = chunk.f_to_device(device)?;
         let (_, cache) = model.run_with_cache(&chunk, CacheSpec::names([&dict.cfg.hook_name]))?;
-        let f = dict.encode(cache.get(&dict.cfg.hook_name)?)?;
-        acts.push(f.f_index_select(-1, &index)?);
+        let f = dict.encode(cache.get(&dict.cfg.hook_name)?)?.f_index_select(-1, &index)?;
+        // Position 0 and BOS tokens (attention sinks) are left out, as in training and evaluation.
+        let mut skip = chunk.f_zeros_like()?.f_to_kind(Kind::Bool)?;
+        let _ = skip.f_narrow(1, 0, 1)?.f_fill_(1)?;
+        if let Some(b) = bos {
+            skip = skip.f_logical_or(&chunk.f_eq(b)?)?;
+        }
+        acts.push(f.f_masked_fill(&skip.f_unsqueeze(-1)?, 0.0)?);
     }
     let acts = Tensor::f_cat(&acts, 0)?.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?;
     let n_tokens = (acts.size()[0] * acts.size()[1]) as f64;

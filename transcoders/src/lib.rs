@@ -52,4 +52,4 @@ pub mod runner;
 pub use metrics::{evaluate, evaluate_activations, DictionaryMetrics, DownstreamMetrics, DENSE_THRESHOLD};
 
 mod dashboard;
-pub use dashboard::{latent_dashboards, ContextExample, LatentDashboard};
+pub use dashboard::{latent_dashboards, readable_latents, visible_token, ContextExample, LatentDashboard};

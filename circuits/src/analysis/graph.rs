@@ -51,14 +51,12 @@ fn feature_file(layer: usize, d: &LatentDashboard, window: usize) -> serde_json:
         .top_contexts
         .iter()
         .map(|c| {
-            let peak = c.activations.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
-            let start = peak.saturating_sub(window * 3 / 4).min(c.tokens.len().saturating_sub(window));
-            let end = (start + window).min(c.tokens.len());
+            let (range, peak) = c.window(window);
             json!({
-                "tokens_acts_list": c.activations[start..end],
-                "train_token_ind": peak - start,
+                "tokens_acts_list": c.activations[range.clone()],
+                "train_token_ind": peak,
                 "is_repeated_datapoint": false,
-                "tokens": c.tokens[start..end],
+                "tokens": c.tokens[range],
             })
         })
         .collect();

@@ -4,10 +4,13 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use transcoders::LatentDashboard;
+use transcoders::{visible_token, LatentDashboard};
 
 use super::{html_escape, page};
 use crate::error::{Error, Result};
+
+/// Tokens of a top context shown around its peak activation.
+const CONTEXT_WINDOW: usize = 24;
 
 /// The dashboards as an HTML fragment (one `h3` per latent), for a page or a report.
 pub fn dashboards_html(dashboards: &[LatentDashboard]) -> String {
@@ -27,16 +30,18 @@ pub fn dashboards_html(dashboards: &[LatentDashboard]) -> String {
             }
             let _ = write!(h, "<table><tr><th colspan=2>{name}</th></tr>");
             for (tok, v) in rows {
-                let _ = write!(h, "<tr><td>{}</td><td>{v:+.3}</td></tr>", html_escape(tok));
+                let _ = write!(h, "<tr><td>{}</td><td>{v:+.3}</td></tr>", html_escape(&visible_token(tok)));
             }
             h.push_str("</table>");
         }
-        h.push_str("</div><h4>Top contexts</h4>");
+        let _ = write!(h, "</div><h4>Top contexts ({CONTEXT_WINDOW} tokens around the peak, which is outlined)</h4>");
         for c in &d.top_contexts {
             h.push_str("<div class=ctx>");
-            for (tok, a) in c.tokens.iter().zip(&c.activations) {
+            let (range, peak) = c.window(CONTEXT_WINDOW);
+            for (i, (tok, a)) in c.tokens[range.clone()].iter().zip(&c.activations[range]).enumerate() {
                 let alpha = if d.max_activation > 0.0 { (a / d.max_activation).clamp(0.0, 1.0) } else { 0.0 };
-                let _ = write!(h, "<span style=\"background:rgba(230,126,34,{alpha:.2})\" title=\"{a:.3}\">{}</span>", html_escape(tok));
+                let outline = if i == peak { ";outline:1px solid #a04000" } else { "" };
+                let _ = write!(h, "<span style=\"background:rgba(230,126,34,{alpha:.2}){outline}\" title=\"{a:.3}\">{}</span>", html_escape(&visible_token(tok)));
             }
             h.push_str("</div>");
         }

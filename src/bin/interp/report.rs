@@ -16,7 +16,7 @@ use interp::circuits::{dashboards_html, heatmaps, Heatmap, Output, Report, Table
 use interp::interp_core::tasks::{Task, TaskVocab, ALL_TASKS};
 use interp::interp_core::{tch, CacheSpec, HookedTransformer};
 use interp::transcoders::runner::TRAIN_LOG;
-use interp::transcoders::{evaluate, latent_dashboards, load_transcoder_set};
+use interp::transcoders::{evaluate, latent_dashboards, load_transcoder_set, readable_latents};
 use tch::{Device, Kind, Tensor};
 
 use super::circuit::{self, TaskName};
@@ -39,7 +39,7 @@ pub struct ReportArgs {
     /// MIB scores and ACDC on these pairs.
     #[arg(long)]
     pub prompts: Option<PathBuf>,
-    /// Latents per dictionary shown as dashboards (the most frequently active).
+    /// Latents per dictionary shown as dashboards (readable ones: firing on about 0.3% of tokens).
     #[arg(long, default_value_t = 3)]
     pub latents: usize,
     #[command(flatten)]
@@ -289,13 +289,12 @@ fn dictionaries(model: &HookedTransformer, dir: &Path, n_latents: usize, out: &m
         if folder.join(TRAIN_LOG).exists() {
             curves.push((name.clone(), read_training_curve(&folder.join(TRAIN_LOG))?));
         }
-        let (_, order) = metrics.log10_density.topk(n_latents as i64, 0, true, true);
-        let latents = Vec::<i64>::try_from(order)?;
+        let latents = readable_latents(&metrics.log10_density, n_latents)?;
         let dashboards = latent_dashboards(&dict, model, &contexts, &latents, 5)?;
         boards.push((format!("{name} ({} -> {})", dict.cfg().hook_name, dict.cfg().hook_name_out), dashboards_html(&dashboards)));
         println!("{name}: L0 {:.1}, FVU {:.3}, CE loss recovered {:.3}", metrics.l0, metrics.fvu, ce_loss_recovered);
     }
-    out.report.paragraph(&format!("Evaluated on {} held-out Shakespeare contexts of 128 tokens; dashboards of the {n_latents} most frequently active latents of each.", contexts.size()[0]));
+    out.report.paragraph(&format!("Evaluated on {} held-out Shakespeare contexts of 128 tokens; dashboards of {n_latents} latents of each that fire on about 0.3% of tokens (sparse enough to mean something, frequent enough to have examples).", contexts.size()[0]));
     out.table("dictionaries", "dictionary metrics", &table)?;
     for (i, (name, curve)) in curves.iter().enumerate() {
         out.report.subsection(&format!("Training curve of {name}"));

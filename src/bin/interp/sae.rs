@@ -12,7 +12,7 @@ use interp::interp_core::train::Schedule;
 use interp::interp_core::{tch, CacheSpec, HookedTransformer};
 use interp::transcoders::runner::{eval_contexts, train_dictionary, RunnerConfig, TRAIN_LOG};
 use interp::transcoders::{
-    evaluate, evaluate_activations, latent_dashboards, ActivationSource, Architecture, CachedActivations, DictionaryMetrics, InMemoryActivations, SaeTrainConfig,
+    evaluate, evaluate_activations, latent_dashboards, readable_latents, ActivationSource, Architecture, CachedActivations, DictionaryMetrics, InMemoryActivations, SaeTrainConfig,
     SparseDictionary, StoreConfig,
 };
 use tch::{Kind, Tensor};
@@ -77,7 +77,8 @@ pub enum SaeCommand {
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
-        /// Latents to show, comma separated; default: the --top most frequently active ones.
+        /// Latents to show, comma separated; default: --top readable ones (firing on about 0.3%
+        /// of tokens: sparse enough to mean something, frequent enough to have examples).
         #[arg(long, value_delimiter = ',')]
         latents: Vec<i64>,
         #[arg(long, default_value_t = 12)]
@@ -459,9 +460,7 @@ pub fn run(cmd: SaeCommand) -> Result<()> {
             let dict = load_dictionary(&model, &sae)?;
             let ctx = held_out_contexts(&model, &data, contexts, dict.cfg().context_size)?;
             let latents = if latents.is_empty() {
-                let m = evaluate(&dict, &model, &ctx, 8)?;
-                let (_, order) = m.log10_density.topk(top as i64, 0, true, true);
-                Vec::<i64>::try_from(order)?
+                readable_latents(&evaluate(&dict, &model, &ctx, 8)?.log10_density, top)?
             } else {
                 latents
             };
