@@ -173,7 +173,9 @@ impl GraphAnalysis {
             pruned.node_threshold,
             pruned.edge_threshold
         ));
-        let view = graph.html_view(pruned, &text)?;
+        let labels: std::collections::HashMap<(usize, i64), String> =
+            self.features.iter().filter_map(|(layer, d)| d.top_logits.first().map(|(t, _)| ((*layer, d.latent), t.clone()))).collect();
+        let view = graph.html_view(pruned, &text, &labels)?;
         out.report.html(&view);
         out.json(&format!("{}.json", self.slug), "the graph for circuit-tracer's viewer", &json)?;
         self.add_to_viewer_metadata(&out.dir, &json["metadata"])?;

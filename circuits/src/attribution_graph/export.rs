@@ -6,6 +6,19 @@ use std::path::Path;
 use serde_json::json;
 use tch::Kind;
 use crate::report::{html_escape, write_graph_page};
+use transcoders::visible_token;
+
+/// Wheel zoom, drag pan and double-click reset for every `svg.graph` of the page (a viewBox
+/// edit; no library, works offline). Set up once per page.
+const ZOOM_JS: &str = "if(!window.graphZoom){window.graphZoom=1;document.querySelectorAll('svg.graph').forEach(function(s){\
+var v0=s.getAttribute('viewBox').split(' ').map(Number),v=v0.slice(),drag=null;\
+function set(){s.setAttribute('viewBox',v.join(' '))}\
+function pt(e){var r=s.getBoundingClientRect();return[v[0]+(e.clientX-r.left)/r.width*v[2],v[1]+(e.clientY-r.top)/r.height*v[3]]}\
+s.addEventListener('wheel',function(e){e.preventDefault();var p=pt(e),k=e.deltaY>0?1.2:1/1.2;v=[p[0]-(p[0]-v[0])*k,p[1]-(p[1]-v[1])*k,v[2]*k,v[3]*k];set()},{passive:false});\
+s.addEventListener('mousedown',function(e){drag=pt(e);s.style.cursor='grabbing'});\
+window.addEventListener('mouseup',function(){drag=null;s.style.cursor='grab'});\
+s.addEventListener('mousemove',function(e){if(!drag)return;var p=pt(e);v[0]-=p[0]-drag[0];v[1]-=p[1]-drag[1];set()});\
+s.addEventListener('dblclick',function(){v=v0.slice();set()})})}";
 
 use super::{AttributionGraph, Node, Pruned};
 use crate::error::Result;
@@ -96,19 +109,21 @@ impl AttributionGraph {
     }
 
     /// A self-contained HTML page of [`AttributionGraph::html_view`].
-    pub fn write_html(&self, pruned: &Pruned, path: &Path, title: &str, token_text: &dyn Fn(i64) -> String) -> Result<()> {
-        write_graph_page(path, title, &self.html_view(pruned, token_text)?)
+    pub fn write_html(&self, pruned: &Pruned, path: &Path, title: &str, token_text: &dyn Fn(i64) -> String, feature_labels: &HashMap<(usize, i64), String>) -> Result<()> {
+        write_graph_page(path, title, &self.html_view(pruned, token_text, feature_labels)?)
     }
 
-    /// The pruned graph as an HTML fragment (a caption and an inline SVG; a `Report` or [`write_graph_page`] brings its styles):
-    /// one column per position, one row per layer (embeddings at the bottom, logits at the top),
-    /// node area by influence, edges blue (excitatory) or red (inhibitory) with opacity by
-    /// |weight|; hover for details.
-    pub fn html_view(&self, pruned: &Pruned, token_text: &dyn Fn(i64) -> String) -> Result<String> {
+    /// The pruned graph as an HTML fragment (a caption and an inline SVG with a little script;
+    /// a `Report` or [`write_graph_page`] brings its styles): one column per position, as wide as
+    /// its most crowded layer needs, one row per layer (embeddings at the bottom, logits at the
+    /// top). Every node is labelled (`L{layer}/{feature}` and `feature_labels`' text for
+    /// features, token text for embeddings and logits); node area by influence; edges blue
+    /// (excitatory) or red (inhibitory) with opacity by |weight|. The drawing fits the window's
+    /// width; the wheel zooms, dragging pans, a double click resets; hover for values.
+    pub fn html_view(&self, pruned: &Pruned, token_text: &dyn Fn(i64) -> String, feature_labels: &HashMap<(usize, i64), String>) -> Result<String> {
         let n_pos = self.tokens.len();
-        let (col_w, row_h, left, top) = (110.0, 90.0, 60.0, 40.0);
+        let (node_w, min_col_w, row_h, left, top) = (44.0, 34.0, 96.0, 44.0, 30.0);
         let rows = self.n_layers + 2; // E, layers, logits
-        let (width, height) = (left + col_w * n_pos as f64 + 40.0, top + row_h * rows as f64 + 60.0);
         let row_of = |node: &Node| -> usize {
             match node {
                 Node::Token { .. } => 0,
@@ -122,19 +137,27 @@ impl AttributionGraph {
                 Node::Logit { .. } => n_pos as i64 - 1,
             }
         };
-        // Spread the kept nodes of each (row, position) cell horizontally.
+        // Each (row, position) cell lays its kept nodes side by side; a column is as wide as its
+        // fullest cell, so crowded positions spread and empty ones stay narrow.
         let kept: Vec<usize> = (0..self.nodes.len()).filter(|&i| pruned.node_mask[i]).collect();
         let mut cells: HashMap<(usize, i64), Vec<usize>> = HashMap::new();
         for &i in &kept {
             cells.entry((row_of(&self.nodes[i]), pos_of(&self.nodes[i]))).or_default().push(i);
         }
+        // At least as wide as the position's token, in the 13 px monospace of the token axis.
+        let mut col_w: Vec<f64> = self.tokens.iter().map(|&t| f64::max(min_col_w, (8.0 * visible_token(&token_text(t)).chars().count() as f64 + 8.0).min(120.0))).collect();
+        for ((_, pos), members) in &cells {
+            col_w[*pos as usize] = f64::max(col_w[*pos as usize], node_w * members.len() as f64);
+        }
+        let col_x: Vec<f64> = col_w.iter().scan(left, |x, w| Some(std::mem::replace(x, *x + w))).collect();
+        let (width, height) = (left + col_w.iter().sum::<f64>() + 20.0, top + row_h * rows as f64 + 40.0);
         let mut xy: HashMap<usize, (f64, f64)> = HashMap::new();
         for ((row, pos), members) in &cells {
-            let step = (col_w - 20.0) / members.len() as f64;
+            let p = *pos as usize;
+            let x0 = col_x[p] + (col_w[p] - node_w * members.len() as f64) / 2.0;
             for (k, &i) in members.iter().enumerate() {
-                let x = left + col_w * *pos as f64 + 10.0 + step * (k as f64 + 0.5);
                 let y = top + row_h * (rows - 1 - row) as f64 + row_h / 2.0;
-                xy.insert(i, (x, y));
+                xy.insert(i, (x0 + node_w * (k as f64 + 0.5), y));
             }
         }
         let mask = pruned.edge_mask.f_nonzero()?;
@@ -149,11 +172,15 @@ impl AttributionGraph {
                 r if r == rows - 1 => "Logit".to_string(),
                 r => format!("L{}", r - 1),
             };
-            svg += &format!("<text x=\"8\" y=\"{y:.1}\" class=\"axis\">{label}</text>\n");
+            svg += &format!("<text x=\"6\" y=\"{y:.1}\" class=\"axis\">{label}</text>\n");
         }
         for (p, &t) in self.tokens.iter().enumerate() {
-            let x = left + col_w * p as f64 + col_w / 2.0;
-            svg += &format!("<text x=\"{x:.1}\" y=\"{:.1}\" class=\"tok\" text-anchor=\"middle\">{}</text>\n", height - 25.0, html_escape(&token_text(t)));
+            let x = col_x[p] + col_w[p] / 2.0;
+            svg += &format!(
+                "<text x=\"{x:.1}\" y=\"{:.1}\" class=\"tok\" text-anchor=\"middle\">{}</text>\n",
+                height - 14.0,
+                html_escape(&visible_token(&token_text(t)))
+            );
         }
         for (p, w) in pairs.chunks(2).zip(&weights) {
             let (Some(a), Some(b)) = (xy.get(&(p[1] as usize)), xy.get(&(p[0] as usize))) else { continue };
@@ -166,11 +193,16 @@ impl AttributionGraph {
         }
         for &i in &kept {
             let (x, y) = xy[&i];
-            let (fill, detail) = match &self.nodes[i] {
-                Node::Feature { activation, .. } => ("#f4a582", format!("activation {activation:.3}")),
-                Node::Error { .. } => ("#bababa", "transcoder error".to_string()),
-                Node::Token { token, .. } => ("#92c5de", format!("token {}", html_escape(&token_text(*token)))),
-                Node::Logit { token, probability } => ("#a6d96a", format!("\"{}\" p={probability:.3}", html_escape(&token_text(*token)))),
+            let (fill, detail, label) = match &self.nodes[i] {
+                Node::Feature { layer, feature, activation, .. } => {
+                    let text = feature_labels.get(&(*layer, *feature)).map(|l| visible_token(l)).unwrap_or_default();
+                    ("#f4a582", format!("activation {activation:.3}"), (format!("L{layer}/{feature}"), text))
+                }
+                Node::Error { layer, .. } => ("#bababa", "transcoder error".to_string(), (format!("err L{layer}"), String::new())),
+                Node::Token { token, .. } => ("#92c5de", format!("token {}", html_escape(&token_text(*token))), (visible_token(&token_text(*token)), String::new())),
+                Node::Logit { token, probability } => {
+                    ("#a6d96a", format!("\"{}\" p={probability:.3}", html_escape(&token_text(*token))), (visible_token(&token_text(*token)), format!("p={probability:.2}")))
+                }
             };
             let r = 3.0 + 9.0 * pruned.influence[i].max(0.0).sqrt().min(1.0);
             svg += &format!(
@@ -178,9 +210,17 @@ impl AttributionGraph {
                 self.node_id(i),
                 pruned.influence[i]
             );
+            let short = |t: &str| html_escape(&t.chars().take(8).collect::<String>());
+            svg += &format!("<text x=\"{x:.1}\" y=\"{:.1}\" class=\"lbl\" text-anchor=\"middle\">{}</text>\n", y + r + 10.0, short(&label.0));
+            if !label.1.is_empty() {
+                svg += &format!("<text x=\"{x:.1}\" y=\"{:.1}\" class=\"lbl2\" text-anchor=\"middle\">{}</text>\n", y + r + 20.0, short(&label.1));
+            }
         }
         Ok(format!(
-            "<p>{nodes} of {all} nodes and {edges} edges kept by influence on the logits. Node area: influence; blue edges excite, red inhibit; hover for values. Completeness error (max |sum of inputs + bias − value|): {err:.2e}.</p>\n<svg width=\"{width:.0}\" height=\"{height:.0}\" xmlns=\"http://www.w3.org/2000/svg\">\n{svg}</svg>\n",
+            "<p>{nodes} of {all} nodes and {edges} edges kept by influence on the logits. Node area: influence; blue edges excite, red inhibit; \
+             features are labelled layer/index and the token they promote most. Wheel to zoom, drag to pan, double-click to reset; hover for values. \
+             Completeness error (max |sum of inputs + bias − value|): {err:.2e}.</p>\n\
+             <svg class=\"graph\" viewBox=\"0 0 {width:.0} {height:.0}\" width=\"100%\" style=\"max-width:{width:.0}px;cursor:grab\" xmlns=\"http://www.w3.org/2000/svg\">\n{svg}</svg>\n<script>{ZOOM_JS}</script>\n",
             nodes = pruned.n_nodes(),
             all = self.nodes.len(),
             edges = pruned.n_edges()?,

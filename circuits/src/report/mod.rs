@@ -32,7 +32,7 @@ pub(crate) fn html_escape(s: &str) -> String {
 }
 
 /// Styles of the attribution graph's view.
-const GRAPH_CSS: &str = ".axis{font-size:13px;fill:#444} .tok{font-size:13px;font-family:monospace}";
+const GRAPH_CSS: &str = ".axis{font-size:13px;fill:#444} .tok{font-size:13px;font-family:monospace} .lbl{font-size:9px;fill:#333} .lbl2{font-size:9px;fill:#8a4b08}";
 
 /// Styles of the dashboards fragment.
 const DASHBOARD_CSS: &str = ".ctx{font-family:monospace;white-space:pre-wrap;margin:.2em 0}.ctx span{border-radius:2px}\
