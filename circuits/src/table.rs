@@ -100,12 +100,14 @@ impl Table {
                 Ok(if cells.iter().all(|v| matches!(v, Value::Int(_))) {
                     Column::new(name, cells.iter().map(|v| if let Value::Int(x) = v { *x } else { 0 }).collect::<Vec<i64>>())
                 } else if cells.iter().all(|v| matches!(v, Value::Int(_) | Value::Float(_))) {
+                    // NaN marks a missing value: null in parquet, an empty CSV cell.
                     let number = |v: &&Value| match v {
-                        Value::Int(x) => *x as f64,
-                        Value::Float(x) => *x,
-                        Value::Text(_) => f64::NAN,
+                        Value::Int(x) => Some(*x as f64),
+                        Value::Float(x) if x.is_nan() => None,
+                        Value::Float(x) => Some(*x),
+                        Value::Text(_) => None,
                     };
-                    Column::new(name, cells.iter().map(number).collect::<Vec<f64>>())
+                    Column::new(name, cells.iter().map(number).collect::<Vec<Option<f64>>>())
                 } else {
                     Column::new(name, cells.iter().map(|v| v.to_string()).collect::<Vec<String>>())
                 })

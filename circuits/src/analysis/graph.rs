@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use interp_core::HookedTransformer;
 use serde_json::json;
 use tch::Tensor;
-use transcoders::{latent_dashboards, LatentDashboard, SparseDictionary};
+use transcoders::{latent_dashboards, visible_token, LatentDashboard, SparseDictionary};
 
 use crate::attribution_graph::{attribution_graph, AttributionGraph, GraphConfig, Node, Pruned};
 use crate::report::write_graph_page;
@@ -37,6 +37,17 @@ impl Default for GraphAnalysisConfig {
 /// Where circuit-tracer's viewer finds the feature files this analysis writes (`features/` next
 /// to the graph files, which its local server serves under `./graph_data/`).
 pub const VIEWER_SCAN: &str = "./graph_data/features";
+
+/// `path` as a report shows it: relative to the working directory when it lies below it, else
+/// its last two components (no machine's absolute paths in a report).
+fn shown_path(path: &Path) -> String {
+    let cwd = std::env::current_dir().ok();
+    match cwd.as_deref().and_then(|c| path.strip_prefix(c).ok()) {
+        Some(rel) => rel.display().to_string(),
+        None if path.is_absolute() => path.iter().rev().take(2).collect::<Vec<_>>().into_iter().rev().collect::<PathBuf>().display().to_string(),
+        None => path.display().to_string(),
+    }
+}
 
 /// circuit-tracer's feature index of (layer, feature): the Cantor pairing.
 fn cantor(layer: usize, feature: i64) -> i64 {
@@ -169,7 +180,7 @@ impl GraphAnalysis {
             "Prompt {:?} through the transcoders in {}: direct effects between active features, transcoder errors, token embeddings and the top \
              logits in the replacement model with attention patterns and norm scales frozen; pruned to {} of the influence on the logits (nodes) and {} (edges).",
             self.prompt,
-            self.transcoders.display(),
+            shown_path(&self.transcoders),
             pruned.node_threshold,
             pruned.edge_threshold
         ));
@@ -194,13 +205,16 @@ impl GraphAnalysis {
             ));
         }
         write_graph_page(&out.dir.join("graph.html"), &format!("Attribution graph: {}", self.prompt), &view)?;
-        let mut table = Table::new(&["node", "kind", "layer", "pos", "feature", "activation", "influence", "kept"]);
+        // Token text next to every id; activations for features, probabilities for logits (empty
+        // where they do not apply).
+        let mut table = Table::new(&["node", "kind", "layer", "pos", "feature", "token", "activation", "probability", "influence", "kept"]);
         for (i, node) in graph.nodes.iter().enumerate() {
-            let (kind, layer, pos, feature, act) = match *node {
-                Node::Feature { layer, pos, feature, activation } => ("feature", layer as i64, pos, feature, activation),
-                Node::Error { layer, pos } => ("error", layer as i64, pos, -1, f64::NAN),
-                Node::Token { pos, token } => ("token", -1, pos, token, f64::NAN),
-                Node::Logit { token, probability } => ("logit", self.n_layers as i64, self.tokens.len() as i64 - 1, token, probability),
+            let at = |pos: i64| visible_token(&self.text(self.tokens[pos as usize]));
+            let (kind, layer, pos, feature, token, act, prob) = match *node {
+                Node::Feature { layer, pos, feature, activation } => ("feature", layer as i64, pos, feature, at(pos), activation, f64::NAN),
+                Node::Error { layer, pos } => ("error", layer as i64, pos, -1, at(pos), f64::NAN, f64::NAN),
+                Node::Token { pos, token } => ("token", -1, pos, token, at(pos), f64::NAN, f64::NAN),
+                Node::Logit { token, probability } => ("logit", self.n_layers as i64, self.tokens.len() as i64 - 1, token, visible_token(&self.text(token)), f64::NAN, probability),
             };
             table.push(vec![
                 Value::Int(i as i64),
@@ -208,12 +222,14 @@ impl GraphAnalysis {
                 Value::Int(layer),
                 Value::Int(pos),
                 Value::Int(feature),
+                Value::Text(token),
                 Value::Float(act),
+                Value::Float(prob),
                 Value::Float(pruned.influence[i]),
                 Value::Int(pruned.node_mask[i] as i64),
             ]);
         }
-        table.rows.sort_by(|x, y| match (&x[6], &y[6]) {
+        table.rows.sort_by(|x, y| match (&x[8], &y[8]) {
             (Value::Float(a), Value::Float(b)) => b.total_cmp(a),
             _ => std::cmp::Ordering::Equal,
         });

@@ -166,6 +166,8 @@ pub fn html_table(caption: &str, table: &Table, max_rows: usize) -> String {
             let cell = match v {
                 Value::Float(x) if x.is_finite() && *x != 0.0 && (x.abs() >= 1e4 || x.abs() < 1e-3) => format!("{x:.3e}"),
                 Value::Float(x) if x.is_finite() => format!("{x:.4}"),
+                // A missing value (NaN) is an empty cell, as in the CSV.
+                Value::Float(x) if x.is_nan() => String::new(),
                 other => other.to_string(),
             };
             let class = if matches!(v, Value::Text(_)) { "" } else { " class=n" };
