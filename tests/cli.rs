@@ -305,6 +305,10 @@ fn bilinear_and_graph_write_their_reports() {
         let feature = read(&format!("graph/features/{}.json", node["feature"]));
         assert!(feature["examples_quantiles"][0]["examples"].as_array().is_some_and(|e| !e.is_empty()) && feature["top_logits"].is_array(), "{node}");
     }
+    // Our view: a pruning slider, and a dashboard for every feature file, shown when its node is clicked.
+    let html = std::fs::read_to_string(out.join("graph/graph.html")).unwrap();
+    let features = std::fs::read_dir(out.join("graph/features")).unwrap().count();
+    assert!(html.contains("type=\"range\"") && html.matches("<div id=\"dash-").count() == features, "{features} feature files");
     // A second graph in the same folder joins the metadata list.
     let (ok, _, err) = interp(&["graph", "--prompt", "O Romeo, Romeo", "--slug", "second", "--out", &o("graph")]);
     assert!(ok, "{err}");
@@ -357,7 +361,7 @@ fn report_is_one_self_contained_page_with_every_part() {
         (text.join("model.parquet"), "property,value"),
         (text.join("logit_lens.parquet"), "component,pos,token,next_token,top_token,p_top,p_next"),
         (text.join("dictionaries.parquet"), "dictionary,hook_in,hook_out,architecture,d_sae,l0,fvu,ce_loss_recovered,dead_fraction"),
-        (text.join("nodes.parquet"), "node,kind,layer,pos,feature,activation,influence,kept"),
+        (text.join("nodes.parquet"), "node,kind,layer,pos,feature,token,activation,probability,influence,kept"),
         (task.join("task_scores.parquet"), "task,prompts,score"),
         (task.join("aie.parquet"), "label,n_prompts,total_effect,kind,role,layer,aie"),
         (task.join("traces.parquet"), "label,kind,pos,role,layer,probability,indirect_effect"),

@@ -10,7 +10,7 @@ use tch::Tensor;
 use transcoders::{latent_dashboards, visible_token, LatentDashboard, SparseDictionary};
 
 use crate::attribution_graph::{attribution_graph, AttributionGraph, GraphConfig, Node, Pruned};
-use crate::report::write_graph_page;
+use crate::report::{dashboards_html, write_graph_page};
 use crate::error::{Error, Result};
 use crate::output::Output;
 use crate::table::{Table, Value};
@@ -186,7 +186,11 @@ impl GraphAnalysis {
         ));
         let labels: std::collections::HashMap<(usize, i64), String> =
             self.features.iter().filter_map(|(layer, d)| d.top_logits.first().map(|(t, _)| ((*layer, d.latent), t.clone()))).collect();
-        let view = graph.html_view(pruned, &text, &labels)?;
+        let mut view = graph.html_view(pruned, &text, &labels)?;
+        // Each kept feature's dashboard, hidden until its node is clicked.
+        for (layer, d) in &self.features {
+            view.push_str(&format!("<div id=\"dash-{layer}-{}\" hidden>{}</div>\n", d.latent, dashboards_html(std::slice::from_ref(d))));
+        }
         out.report.html(&view);
         out.json(&format!("{}.json", self.slug), "the graph for circuit-tracer's viewer", &json)?;
         self.add_to_viewer_metadata(&out.dir, &json["metadata"])?;

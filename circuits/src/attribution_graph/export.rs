@@ -8,6 +8,23 @@ use tch::Kind;
 use crate::report::{html_escape, write_graph_page};
 use transcoders::visible_token;
 
+/// For every `div.gv` of the page: the slider hides feature and error nodes (and their edges)
+/// past a lower cumulative-influence threshold; a click on a node lists its strongest inputs and
+/// outputs and shows the feature's dashboard when the page holds one (`#dash-{layer}-{feature}`).
+const INSPECT_JS: &str = "if(!window.graphInspect){window.graphInspect=1;document.querySelectorAll('div.gv').forEach(function(g){\
+var s=g.querySelector('svg'),r=g.querySelector('input'),o=g.querySelector('output'),p=g.querySelector('.nodeinfo'),hidden={};\
+function prune(){var t=+r.value;o.textContent=t.toFixed(2);hidden={};\
+s.querySelectorAll('circle').forEach(function(c){var k=c.dataset.k;if((k=='f'||k=='e')&&+c.dataset.c>t)hidden[c.dataset.i]=1});\
+s.querySelectorAll('[data-i]').forEach(function(e){e.style.display=hidden[e.dataset.i]?'none':''});\
+s.querySelectorAll('line').forEach(function(l){l.style.display=(hidden[l.dataset.s]||hidden[l.dataset.t])?'none':''})}\
+r.addEventListener('input',prune);\
+function nm(i){var c=s.querySelector('circle[data-i=\"'+i+'\"]');return c?c.dataset.n:i}\
+function list(title,ls,end){ls.sort(function(a,b){return Math.abs(b.dataset.w)-Math.abs(a.dataset.w)});\
+return '<b>'+title+'</b><ul>'+ls.slice(0,8).map(function(l){return '<li>'+nm(l.dataset[end])+': '+(+l.dataset.w).toFixed(3)+'</li>'}).join('')+'</ul>'}\
+s.addEventListener('click',function(e){var c=e.target.closest('circle');if(!c)return;var i=c.dataset.i,ls=[].slice.call(s.querySelectorAll('line')).filter(function(l){return l.style.display!='none'});\
+var h='<h4>'+c.dataset.n+'</h4><div class=row><div>'+list('strongest inputs',ls.filter(function(l){return l.dataset.t==i}),'s')+'</div><div>'+list('strongest outputs',ls.filter(function(l){return l.dataset.s==i}),'t')+'</div></div>';\
+var d=c.dataset.d&&document.getElementById(c.dataset.d);p.innerHTML=h+(d?d.innerHTML:'')})})}";
+
 /// Wheel zoom, drag pan and double-click reset for every `svg.graph` of the page (a viewBox
 /// edit; no library, works offline). Set up once per page.
 const ZOOM_JS: &str = "if(!window.graphZoom){window.graphZoom=1;document.querySelectorAll('svg.graph').forEach(function(s){\
@@ -187,12 +204,18 @@ impl AttributionGraph {
             let colour = if *w >= 0.0 { "#2166ac" } else { "#b2182b" };
             let opacity = 0.1 + 0.9 * (w.abs() / max_w);
             svg += &format!(
-                "<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"{colour}\" stroke-opacity=\"{opacity:.3}\" stroke-width=\"{:.2}\"><title>{} → {}: {w:.4}</title></line>\n",
-                a.0, a.1, b.0, b.1, 0.5 + 2.5 * w.abs() / max_w, self.node_id(p[1] as usize), self.node_id(p[0] as usize)
+                "<line data-s=\"{}\" data-t=\"{}\" data-w=\"{w:.5}\" x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"{colour}\" stroke-opacity=\"{opacity:.3}\" stroke-width=\"{:.2}\"><title>{} → {}: {w:.4}</title></line>\n",
+                p[1], p[0], a.0, a.1, b.0, b.1, 0.5 + 2.5 * w.abs() / max_w, self.node_id(p[1] as usize), self.node_id(p[0] as usize)
             );
         }
         for &i in &kept {
             let (x, y) = xy[&i];
+            let (kind, dash) = match &self.nodes[i] {
+                Node::Feature { layer, feature, .. } => ("f", format!("dash-{layer}-{feature}")),
+                Node::Error { .. } => ("e", String::new()),
+                Node::Token { .. } => ("t", String::new()),
+                Node::Logit { .. } => ("l", String::new()),
+            };
             let (fill, detail, label) = match &self.nodes[i] {
                 Node::Feature { layer, feature, activation, .. } => {
                     let text = feature_labels.get(&(*layer, *feature)).map(|l| visible_token(l)).unwrap_or_default();
@@ -205,22 +228,28 @@ impl AttributionGraph {
                 }
             };
             let r = 3.0 + 9.0 * pruned.influence[i].max(0.0).sqrt().min(1.0);
+            let name = html_escape(format!("{} {}", label.0, label.1).trim());
             svg += &format!(
-                "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"{r:.1}\" fill=\"{fill}\" stroke=\"#333\"><title>{} — {detail}; influence {:.4}</title></circle>\n",
+                "<circle data-i=\"{i}\" data-k=\"{kind}\" data-c=\"{:.4}\" data-n=\"{name}\" data-d=\"{dash}\" cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"{r:.1}\" fill=\"{fill}\" stroke=\"#333\"><title>{} — {detail}; influence {:.4}</title></circle>\n",
+                pruned.cumulative[i],
                 self.node_id(i),
                 pruned.influence[i]
             );
             let short = |t: &str| html_escape(&t.chars().take(8).collect::<String>());
-            svg += &format!("<text x=\"{x:.1}\" y=\"{:.1}\" class=\"lbl\" text-anchor=\"middle\">{}</text>\n", y + r + 10.0, short(&label.0));
+            svg += &format!("<text data-i=\"{i}\" x=\"{x:.1}\" y=\"{:.1}\" class=\"lbl\" text-anchor=\"middle\">{}</text>\n", y + r + 10.0, short(&label.0));
             if !label.1.is_empty() {
-                svg += &format!("<text x=\"{x:.1}\" y=\"{:.1}\" class=\"lbl2\" text-anchor=\"middle\">{}</text>\n", y + r + 20.0, short(&label.1));
+                svg += &format!("<text data-i=\"{i}\" x=\"{x:.1}\" y=\"{:.1}\" class=\"lbl2\" text-anchor=\"middle\">{}</text>\n", y + r + 20.0, short(&label.1));
             }
         }
         Ok(format!(
             "<p>{nodes} of {all} nodes and {edges} edges kept by influence on the logits. Node area: influence; blue edges excite, red inhibit; \
-             features are labelled layer/index and the token they promote most. Wheel to zoom, drag to pan, double-click to reset; hover for values. \
+             features are labelled layer/index and the token they promote most. Wheel to zoom, drag to pan, double-click to reset; click a node for its \
+             strongest input and output edges (and a feature's dashboard); the slider prunes further. \
              Completeness error (max |sum of inputs + bias − value|): {err:.2e}.</p>\n\
-             <svg class=\"graph\" viewBox=\"0 0 {width:.0} {height:.0}\" width=\"100%\" style=\"max-width:{width:.0}px;cursor:grab\" xmlns=\"http://www.w3.org/2000/svg\">\n{svg}</svg>\n<script>{ZOOM_JS}</script>\n",
+             <div class=\"gv\"><label>node threshold <input type=\"range\" min=\"0.1\" max=\"{thr}\" step=\"0.01\" value=\"{thr}\"> <output>{thr}</output></label>\n\
+             <svg class=\"graph\" viewBox=\"0 0 {width:.0} {height:.0}\" width=\"100%\" style=\"max-width:{width:.0}px;cursor:grab\" xmlns=\"http://www.w3.org/2000/svg\">\n{svg}</svg>\n\
+             <div class=\"nodeinfo\"></div></div>\n<script>{ZOOM_JS}{INSPECT_JS}</script>\n",
+            thr = pruned.node_threshold,
             nodes = pruned.n_nodes(),
             all = self.nodes.len(),
             edges = pruned.n_edges()?,
