@@ -318,6 +318,7 @@ fn bilinear_and_graph_write_their_reports() {
         vec!["bilinear", "models/shakespeare-gpt2", "--out", &o("bad")],
         vec!["bilinear", "--tokens", "not-a-token", "--out", &o("bad")],
         vec!["graph", "--transcoders", "models/tasks-bilinear", "--out", &o("bad")],
+        vec!["graph", "--max-memory", "0.01", "--out", &o("bad")],
     ] {
         let (ok, _, err) = interp(&args);
         assert!(!ok && err.trim().lines().count() == 1 && err.starts_with("error: "), "{args:?}: {err}");

@@ -242,6 +242,16 @@ fn graph_bad_input() {
     sae[1] = SparseDictionary::init(DictionaryConfig::sae(Architecture::TopK { k: 4 }, "blocks.1.hook_mlp_out", 128, 64), 0, Device::Cpu).unwrap();
     assert!(check_transcoders(&model, &sae).unwrap_err().to_string().contains("SAE"));
     assert!(err(attribution_graph(&model, &tcs, &[], &cfg)).contains("non-empty"));
+    // A budget too small for the adjacency is an error stating what it needs; a small one that
+    // fits only cuts the rows per backward pass, not the graph.
+    let tiny = GraphConfig { budget: circuits::MemoryBudget { bytes: 100_000, outside: 0 }, ..GraphConfig::default() };
+    let msg = err(attribution_graph(&model, &tcs, &tokens, &tiny));
+    assert!(msg.contains("too small: an attribution graph of") && msg.contains("needs at least"), "{msg}");
+    let full = attribution_graph(&model, &tcs, &tokens, &cfg).unwrap();
+    let n = full.nodes.len() as u64;
+    let tight = GraphConfig { budget: circuits::MemoryBudget { bytes: n * n * 4 + 4_000_000, outside: 0 }, ..GraphConfig::default() };
+    let small = attribution_graph(&model, &tcs, &tokens, &tight).unwrap();
+    assert!(max_abs(&(&small.adjacency - &full.adjacency)) < 1e-5);
     assert!(err(attribution_graph(&model, &tcs, &vec![5; 129], &cfg)).contains("the prompt has 129 tokens, longer than the model's context of 128"));
     assert!(err(attribution_graph(&model, &tcs, &[0, 99_999], &cfg)).contains("99999"));
     let attn_only = HookedTransformer::from_pretrained_dir("models/induction-attn-only", Device::Cpu, Kind::Float).unwrap();

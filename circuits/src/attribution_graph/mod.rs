@@ -40,6 +40,7 @@ use interp_core::HookedTransformer;
 use tch::{Device, Kind, Tensor};
 use transcoders::SparseDictionary;
 
+use crate::budget::MemoryBudget;
 use crate::error::{Error, Result};
 
 pub use connections::{de_embedding, feature_connections, residual_encoder, FeatureConnections};
@@ -58,6 +59,10 @@ pub struct GraphConfig {
     pub batch_size: i64,
     /// Show a progress bar over the backward passes.
     pub progress: bool,
+    /// Memory the graph may hold on top of the model's weights: the transcoders, the dense
+    /// adjacency [n_nodes, n_nodes] and the backward passes (rows per pass are cut to fit); a
+    /// prompt whose graph cannot fit is an error stating the budget it needs.
+    pub budget: MemoryBudget,
     /// Keep features and errors at position 0 as nodes. By default, as circuit-tracer does, they
     /// are left out: position 0 (BOS, an attention sink) has outsized activations that explain
     /// nothing about the prompt, and its MLP output becomes part of every target's bias.
@@ -66,7 +71,7 @@ pub struct GraphConfig {
 
 impl Default for GraphConfig {
     fn default() -> Self {
-        GraphConfig { max_logits: 10, logit_probability: 0.95, batch_size: 32, progress: false, keep_position_0: false }
+        GraphConfig { max_logits: 10, logit_probability: 0.95, batch_size: 32, progress: false, budget: MemoryBudget::DEFAULT, keep_position_0: false }
     }
 }
 
@@ -173,6 +178,15 @@ pub fn attribution_graph(model: &HookedTransformer, transcoders: &[SparseDiction
         }
     }
     let n = nodes.len();
+    // Memory: the transcoders and the dense adjacency stay; each row of a backward pass holds
+    // the leaves (features of every layer, errors, embeddings), their gradients and the
+    // forward's activations for the backward.
+    let d_model = model.cfg.d_model as u64;
+    let transcoder_bytes: u64 = transcoders.iter().flat_map(|t| t.parameters()).map(|p| p.numel() as u64 * 4).sum();
+    let leaves_per_row: u64 = transcoders.iter().map(|t| t.cfg().d_sae as u64).sum::<u64>() + (n_layers as u64 + 1) * d_model;
+    let per_row = n_pos as u64 * (3 * leaves_per_row + 12 * n_layers as u64 * d_model) * 4;
+    let rows = cfg.budget.rows(transcoder_bytes + (n as u64) * (n as u64) * 4, per_row, &format!("an attribution graph of {n} nodes ({n_pos} tokens)"))?;
+    let batch_size = cfg.batch_size.min(rows) as usize;
     let first_logit = n_features + (n_layers + 1) * n_pos as usize;
     let targets: Vec<usize> = (0..n_features).chain(first_logit..n).collect();
 
@@ -184,7 +198,7 @@ pub fn attribution_graph(model: &HookedTransformer, transcoders: &[SparseDiction
     let bar = interp_core::train::progress_bar(targets.len() as u64, "targets", cfg.progress);
     let err_start = n_features as i64;
     let tok_start = err_start + n_layers as i64 * n_pos;
-    for chunk in targets.chunks(cfg.batch_size as usize) {
+    for chunk in targets.chunks(batch_size) {
         let readout = rep.readout(&nodes, chunk)?;
         let zero_x: Vec<Tensor> = zero_run.0.iter().map(|x| Ok(expand(&x.f_squeeze_dim(0)?, chunk.len() as i64)?)).collect::<Result<_>>()?;
         let bias = read(&zero_x, &expand(&zero_run.1.f_squeeze_dim(0)?, chunk.len() as i64)?, &readout)?;

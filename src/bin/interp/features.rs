@@ -9,6 +9,7 @@ use interp::circuits::analysis::{bilinear_spectra, graph_analysis, BilinearSpect
 use interp::circuits::bilinear::BilinearLayer;
 use interp::circuits::Output;
 use interp::interp_core::{tch, HookedTransformer};
+use interp::circuits::MemoryBudget;
 use interp::transcoders::load_transcoder_set;
 use tch::Kind;
 
@@ -103,6 +104,10 @@ pub struct GraphArgs {
     /// Held-out contexts of 128 tokens searched for each feature's top activations.
     #[arg(long, default_value_t = 64)]
     pub contexts: i64,
+    /// Peak memory allowed, in GB (the model's weights, the transcoders, the adjacency and the
+    /// backward passes); default: the weights plus 3 GB. A graph that cannot fit is an error.
+    #[arg(long)]
+    pub max_memory: Option<f64>,
     /// Keep the features and errors at position 0 (BOS) as nodes; by default they are left out
     /// and their MLP output counts as a constant, as circuit-tracer does.
     #[arg(long)]
@@ -124,6 +129,9 @@ pub fn run_graph(args: &GraphArgs, out: &mut Output) -> Result<()> {
     let mut cfg = GraphAnalysisConfig { node_threshold: args.node_threshold, edge_threshold: args.edge_threshold, ..GraphAnalysisConfig::default() };
     cfg.graph.batch_size = args.batch;
     cfg.graph.keep_position_0 = args.keep_position_0;
+    if let Some(gb) = args.max_memory {
+        cfg.graph.budget = MemoryBudget::for_peak((gb * 1e9) as u64, &model)?;
+    }
     let contexts = match super::sae::held_out_contexts(&model, &args.data, args.contexts, 128) {
         Ok(c) => Some(c),
         Err(why) => {
