@@ -334,7 +334,12 @@ impl indicatif::TermLike for LogLines {
 
 /// A stable hash (FNV-1a) of a configuration's text, for [`TrainingCheckpoint::fingerprint`].
 pub fn fingerprint_of(text: &str) -> i64 {
-    text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3)) as i64
+    fingerprint_bytes(text.bytes()) as i64
+}
+
+/// A stable hash (FNV-1a, 64 bits) of a byte sequence.
+pub fn fingerprint_bytes(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
 }
 
 fn model_state(params: &[Tensor], adam: &Adam) -> Vec<(String, Tensor)> {

@@ -140,7 +140,9 @@ pub fn train_dictionary(
     let (d_in, d_out) = widths(model, hook, hook_out)?;
     let d_sae = cfg.d_sae.unwrap_or(8 * d_in);
     let hooks: Vec<&str> = if hook_out == hook { vec![hook] } else { vec![hook, hook_out] };
-    let mut store_cfg = cfg.store.clone();
+    let store = ActivationStore::new(model, train_tokens, &hooks, cfg.store.clone())?.with_labels(&cfg.model_name, &cfg.corpus_name);
+    // The context the dictionary's activations have: an existing cache's, else the store's.
+    let mut context_size = cfg.store.context_size;
     let mut train = cfg.train.clone();
     train.checkpoint_dir.get_or_insert_with(|| out.join("checkpoints"));
     train.log_path.get_or_insert_with(|| out.join(TRAIN_LOG));
@@ -153,7 +155,6 @@ pub fn train_dictionary(
     let cache = match &cfg.cache_dir {
         Some(dir) if dir.join("manifest.json").exists() => {
             let mut cache = CachedActivations::open(dir, model.device())?;
-            let store = ActivationStore::new(model, train_tokens, &hooks, store_cfg.clone())?.with_labels(&cfg.model_name, &cfg.corpus_name);
             let differences = cache.provenance.differences(&store.provenance(cfg.cache_dtype)?);
             let hooks_missing = differences.iter().any(|d| d.starts_with("hook") || d.starts_with("width"));
             if !differences.is_empty() && (!cfg.reuse_cache || hooks_missing) {
@@ -162,8 +163,7 @@ pub fn train_dictionary(
             for d in &differences {
                 say(format!("reusing the cache although its {d}"));
             }
-            let p = &cache.provenance;
-            (store_cfg.context_size, store_cfg.batch_tokens, store_cfg.seed) = (p.context_size, p.batch_tokens, p.seed);
+            context_size = cache.provenance.context_size;
             cache.epochs = cfg.epochs.max(1);
             if train.steps > cache.n_batches() * cache.epochs {
                 return Err(Error::Input(format!(
@@ -206,7 +206,7 @@ pub fn train_dictionary(
             };
             dcfg.matryoshka_widths = cfg.matryoshka_widths.clone();
             dcfg.model_name = cfg.model_name.clone();
-            dcfg.context_size = store_cfg.context_size;
+            dcfg.context_size = context_size;
             SparseDictionary::init(dcfg, cfg.store.seed as i64, model.device())?
         }
     };
@@ -215,7 +215,6 @@ pub fn train_dictionary(
     let cache = match (cache, &cfg.cache_dir) {
         (Some(cache), _) => Some(cache),
         (None, Some(dir)) => {
-            let store = ActivationStore::new(model, train_tokens, &hooks, store_cfg.clone())?.with_labels(&cfg.model_name, &cfg.corpus_name);
             let buffers = train.steps.div_ceil(store.batches_per_buffer());
             say(format!("caching {buffers} buffers of activations to {}", dir.display()));
             Some(store.write_cache(dir, buffers, cfg.cache_dtype, train.progress)?)
@@ -228,7 +227,7 @@ pub fn train_dictionary(
     }
     let mut source: Box<dyn ActivationSource + '_> = match cache {
         Some(cache) => Box::new(cache),
-        None => Box::new(ActivationStore::new(model, train_tokens, &hooks, store_cfg.clone())?),
+        None => Box::new(store),
     };
     let mut report = train_dictionaries(std::slice::from_mut(&mut dict), source.as_mut(), &train)?;
     let metrics = evaluate(&dict, model, eval_contexts, cfg.eval_batch)?;

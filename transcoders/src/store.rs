@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use interp_core::data::splitmix as mix;
-use interp_core::train::fingerprint_of;
+use interp_core::train::{fingerprint_bytes, fingerprint_of};
 use interp_core::{CacheSpec, HookedTransformer};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -161,8 +161,7 @@ fn model_fingerprint(model: &HookedTransformer) -> Result<String> {
 /// A hash of a token stream's ids.
 fn tokens_fingerprint(tokens: &Tensor) -> Result<String> {
     let ids: Vec<i64> = Vec::try_from(&tokens.f_to_device(Device::Cpu)?)?;
-    let h = ids.iter().flat_map(|t| t.to_le_bytes()).fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
-    Ok(format!("{h:016x}"))
+    Ok(format!("{:016x}", fingerprint_bytes(ids.iter().flat_map(|t| t.to_le_bytes()))))
 }
 
 impl<'m> ActivationStore<'m> {

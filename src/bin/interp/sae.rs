@@ -362,12 +362,17 @@ fn activation_source(path: &Path, hooks: &[&str], batches: Option<usize>) -> Res
     Ok((Box::new(InMemoryActivations::new(named, rows)?), 1))
 }
 
+/// `[MODEL_DIR] SAE` positional arguments: the model folder, if given, and the dictionary's.
+fn model_and_sae(paths: &[PathBuf]) -> Result<(Option<&PathBuf>, &PathBuf)> {
+    match paths {
+        [model, sae] => Ok((Some(model), sae)),
+        [sae] => Ok((None, sae)),
+        _ => bail!("give MODEL_DIR SAE, or SAE alone with --activations"),
+    }
+}
+
 fn eval(a: &EvalArgs) -> Result<()> {
-    let (model_dir, sae) = match a.paths.as_slice() {
-        [model, sae] => (Some(model), sae),
-        [sae] => (None, sae),
-        _ => bail!("give MODEL_DIR SAE, or SAE with --activations"),
-    };
+    let (model_dir, sae) = model_and_sae(&a.paths)?;
     let metrics = match (model_dir, &a.activations) {
         (_, Some(path)) => {
             let dict = SparseDictionary::load_saelens(sae, a.device.get())?;
@@ -392,11 +397,7 @@ fn eval(a: &EvalArgs) -> Result<()> {
 }
 
 fn encode(a: &EncodeArgs) -> Result<()> {
-    let (model_dir, sae) = match a.paths.as_slice() {
-        [model, sae] => (Some(model), sae),
-        [sae] => (None, sae),
-        _ => bail!("give MODEL_DIR SAE with --text, or SAE with --activations"),
-    };
+    let (model_dir, sae) = model_and_sae(&a.paths)?;
     let mut named: Vec<(String, Tensor)> = Vec::new();
     let (dict, x) = match (model_dir, &a.text, &a.activations) {
         (Some(model_dir), Some(text), _) => {
