@@ -24,9 +24,13 @@ use super::{load, DeviceArg, ModelArgs};
 enum Arch {
     /// ReLU with an L1 penalty (SAELens "standard").
     Relu,
+    /// The k largest pre-activations of each token.
     Topk,
+    /// The k x batch largest of a batch while training; a JumpReLU at the learned threshold after.
     Batchtopk,
+    /// A learned threshold per latent, trained with an L0 penalty.
     Jumprelu,
+    /// A gate path chooses the latents, a magnitude path sets them.
     Gated,
 }
 
@@ -172,8 +176,10 @@ pub struct TrainArgs {
     /// Train on this many activation tokens instead of a number of steps (at least one batch).
     #[arg(long)]
     tokens: Option<u64>,
+    /// Activation tokens per training batch (from many contexts, shuffled).
     #[arg(long, default_value_t = RunnerConfig::default().store.batch_tokens)]
     batch_tokens: i64,
+    /// Tokens per context fed to the model (position 0 and BOS tokens are not trained on).
     #[arg(long, default_value_t = RunnerConfig::default().store.context_size)]
     context: i64,
     /// Peak learning rate.
@@ -234,6 +240,7 @@ pub struct TrainArgs {
     /// Output folder (SAELens layout).
     #[arg(long)]
     out: PathBuf,
+    /// Seeds where contexts are cut, how batches are shuffled and the dictionary's initialisation.
     #[arg(long, default_value_t = RunnerConfig::default().store.seed)]
     seed: u64,
     /// Held-out contexts for the final evaluation.
