@@ -3,7 +3,10 @@
 //! `linalg.eigh`) and, with the `lapack` feature, ndarray-linalg (OpenBLAS; that build also slows
 //! torch's forwards, see circuits/Cargo.toml), next to building the interaction matrices; and the attribution graph
 //! of a 64-token prompt on the text model with its transcoders: time against a plain forward,
-//! batched backward passes against one target per pass, and memory.
+//! batched backward passes against one target per pass, and memory; and at GPT-2 small's shape
+//! (random weights, 12 TopK transcoders of 24,576 latents, k 8) the graph of a 16-token prompt:
+//! time against a forward + backward of the same rows, peak RSS, and what the default memory
+//! budget says of a 256-token prompt.
 
 mod common;
 
@@ -11,6 +14,8 @@ use std::time::Instant;
 
 use common::min_secs;
 use interp::circuits::attribution_graph::{attribution_graph, GraphConfig};
+use interp::circuits::MemoryBudget;
+use interp::transcoders::{Architecture, DictionaryConfig, SparseDictionary};
 use interp::circuits::bilinear::{BilinearLayer, Spectrum};
 use interp::interp_core::{tch, HookedTransformer};
 use interp::transcoders::load_transcoder_set;
@@ -109,5 +114,50 @@ fn main() {
             print!("; ndarray-linalg {:>6.1}/s (torch batched / ndarray-linalg {:.2})", n as f64 / lapack, lapack / batched);
         }
         println!();
+    }
+    gpt2_small_graph();
+}
+
+/// Section 3: an attribution graph at GPT-2 small's shape.
+fn gpt2_small_graph() {
+    let model = HookedTransformer::from_pretrained_dir(common::gpt2_small(), Device::Cpu, Kind::Float).expect("GPT-2-small-shaped model");
+    let d = model.cfg.d_model;
+    let tcs: Vec<SparseDictionary> = (0..model.cfg.n_layers)
+        .map(|l| {
+            let cfg = DictionaryConfig::transcoder(Architecture::TopK { k: 8 }, false, &format!("blocks.{l}.ln2.hook_normalized"), &format!("blocks.{l}.hook_mlp_out"), d, d, 24_576);
+            SparseDictionary::init(cfg, l as i64, Device::Cpu).expect("transcoder")
+        })
+        .collect();
+    tch::manual_seed(0);
+    let tokens: Vec<i64> = Vec::try_from(Tensor::randint(model.cfg.d_vocab, [16], (Kind::Int64, Device::Cpu))).unwrap();
+    let cfg = GraphConfig { batch_size: 32, budget: MemoryBudget { bytes: 8_000_000_000, outside: 0 }, ..GraphConfig::default() };
+    let rows = Tensor::from_slice(&tokens).unsqueeze(0).repeat([32, 1]);
+    let fwd_bwd = min_secs(2, || {
+        let resid = model.runner(&rows).stop_at_layer(model.cfg.n_layers).autograd().run().unwrap().output.set_requires_grad(true);
+        resid.sum(Kind::Float).backward();
+    });
+    let (_, before) = rss_mib();
+    let start = Instant::now();
+    let graph = attribution_graph(&model, &tcs, &tokens, &cfg).unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let (_, peak) = rss_mib();
+    let targets = graph.n_features() + graph.n_logits();
+    let passes = (targets as f64 / 32.0).ceil();
+    println!(
+        "attribution graph, GPT-2 small shape, 12 TopK transcoders (24,576 latents, k 8), {} tokens: {} features, {} nodes; {secs:.1} s for {passes:.0} passes = {:.2} forward+backward passes of the same [32, {}] rows ({:.2} s) per pass; peak RSS {:.2} GB (was {:.2} GB before the graph); completeness error {:.1e}",
+        tokens.len(),
+        graph.n_features(),
+        graph.nodes.len(),
+        secs / passes / fwd_bwd,
+        tokens.len(),
+        fwd_bwd,
+        peak / 1024.0,
+        before / 1024.0,
+        graph.completeness_error().unwrap()
+    );
+    let long: Vec<i64> = Vec::try_from(Tensor::randint(model.cfg.d_vocab, [256], (Kind::Int64, Device::Cpu))).unwrap();
+    match attribution_graph(&model, &tcs, &long, &GraphConfig::default()) {
+        Ok(g) => println!("  256 tokens under the default budget: {} nodes", g.nodes.len()),
+        Err(e) => println!("  256 tokens under the default budget: {e}"),
     }
 }

@@ -148,18 +148,13 @@ pub fn attribution_graph(model: &HookedTransformer, transcoders: &[SparseDiction
 
     // Nodes: active features, errors, tokens, top logits.
     let mut nodes = Vec::new();
-    let mut active: Vec<(Tensor, Tensor)> = Vec::with_capacity(n_layers); // per layer: flat index [n_l], activation [n_l]
-    for (layer, a) in rep.clean.acts.iter().enumerate() {
-        let nz = a.f_nonzero()?.f_to_device(Device::Cpu)?; // [n_l, 2]: (pos, feature)
-        let idx = Vec::<i64>::try_from(&nz.f_flatten(0, -1)?)?;
-        let values = a.f_index(&[Some(nz.f_select(1, 0)?.f_to_device(a.device())?), Some(nz.f_select(1, 1)?.f_to_device(a.device())?)])?.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?;
-        let vals = Vec::<f64>::try_from(&values)?;
-        let d_sae = a.size()[1];
-        let flat: Vec<i64> = idx.chunks(2).map(|p| p[0] * d_sae + p[1]).collect();
-        for (p, v) in idx.chunks(2).zip(&vals) {
-            nodes.push(Node::Feature { layer, pos: p[0], feature: p[1], activation: *v });
+    for (layer, a) in rep.clean.active.iter().enumerate() {
+        let cpu = |t: &Tensor| t.f_to_device(Device::Cpu);
+        let (pos, feature) = (Vec::<i64>::try_from(&cpu(&a.pos)?)?, Vec::<i64>::try_from(&cpu(&a.feature)?)?);
+        let values = Vec::<f64>::try_from(&cpu(&a.values)?.f_to_kind(Kind::Double)?)?;
+        for ((pos, feature), activation) in pos.into_iter().zip(feature).zip(values) {
+            nodes.push(Node::Feature { layer, pos, feature, activation });
         }
-        active.push((Tensor::f_from_slice(&flat)?.f_to_device(a.device())?, values.f_to_kind(Kind::Float)?.f_to_device(a.device())?));
     }
     let n_features = nodes.len();
     for layer in 0..n_layers {
@@ -183,8 +178,9 @@ pub fn attribution_graph(model: &HookedTransformer, transcoders: &[SparseDiction
     // forward's activations for the backward.
     let d_model = model.cfg.d_model as u64;
     let transcoder_bytes: u64 = transcoders.iter().flat_map(|t| t.parameters()).map(|p| p.numel() as u64 * 4).sum();
-    let leaves_per_row: u64 = transcoders.iter().map(|t| t.cfg().d_sae as u64).sum::<u64>() + (n_layers as u64 + 1) * d_model;
-    let per_row = n_pos as u64 * (3 * leaves_per_row + 12 * n_layers as u64 * d_model) * 4;
+    // Per row: the leaves (features, errors, embeddings) and their gradients, each layer's
+    // decoded features [n_l, d_model] and the forward's activations for the backward.
+    let per_row = (3 * n_features as u64 * d_model + n_pos as u64 * (3 * (n_layers as u64 + 1) * d_model + 12 * n_layers as u64 * d_model)) * 4;
     let rows = cfg.budget.rows(transcoder_bytes + (n as u64) * (n as u64) * 4, per_row, &format!("an attribution graph of {n} nodes ({n_pos} tokens)"))?;
     let batch_size = cfg.batch_size.min(rows) as usize;
     let first_logit = n_features + (n_layers + 1) * n_pos as usize;
@@ -212,9 +208,9 @@ pub fn attribution_graph(model: &HookedTransformer, transcoders: &[SparseDiction
             Ok(if g.defined() { g.shallow_clone() } else { all[i].f_zeros_like()? })
         };
         let mut cols = Vec::with_capacity(2 * n_layers + 1);
-        for (l, (flat, act)) in active.iter().enumerate() {
-            let g = grad(1 + l)?;
-            cols.push(g.f_flatten(1, 2)?.f_index_select(1, flat)?.f_to_kind(Kind::Float)?.f_mul(act)?);
+        for (l, a) in rep.clean.active.iter().enumerate() {
+            // Edge = the source's activation times the gradient of the target w.r.t. it.
+            cols.push(grad(1 + l)?.f_to_kind(Kind::Float)?.f_mul(&a.values.f_to_kind(Kind::Float)?)?);
         }
         for l in 0..n_layers {
             let g = grad(1 + n_layers + l)?;

@@ -58,7 +58,9 @@ pub(super) struct Clean {
     ln2_scale: Vec<Tensor>,
     final_scale: Tensor,
     pub(super) embed: Tensor,
-    pub(super) acts: Vec<Tensor>,
+    /// Per layer, the active features (position 0 excluded unless kept), in (position, feature)
+    /// order: their positions [n_l], indices [n_l] and activations [n_l].
+    pub(super) active: Vec<Active>,
     pub(super) errors: Vec<Tensor>,
     /// Per layer, [pos, d_model]: the MLP output at positions whose features and error are not
     /// sources (position 0 unless kept), beyond what the transcoder's biases and skip path give;
@@ -67,7 +69,18 @@ pub(super) struct Clean {
     pub(super) logits: Tensor,
 }
 
-/// Sources of one linearised forward, [rows, pos, ..] each.
+/// A layer's active features: positions, feature indices and activations [n_l] each, and their
+/// decoder rows [n_l, d_model].
+pub(super) struct Active {
+    pub(super) pos: Tensor,
+    pub(super) feature: Tensor,
+    pub(super) values: Tensor,
+    decoders: Tensor,
+}
+
+/// Sources of one linearised forward: embeddings and errors [rows, pos, d_model], and the
+/// activations of the active features only, [rows, n_l] per layer (a feature that is not active
+/// is no source, so the decode is a sum of n_l decoder rows instead of a [d_sae, d_model] product).
 pub(super) struct Leaves {
     pub(super) embed: Tensor,
     pub(super) acts: Vec<Tensor>,
@@ -77,10 +90,14 @@ pub(super) struct Leaves {
 impl Leaves {
     /// The clean sources repeated `rows` times, as leaves that collect gradients.
     pub(super) fn repeat(clean: &Clean, rows: i64) -> Result<Leaves> {
-        let rep = |t: &Tensor| -> Result<Tensor> { Ok(t.f_unsqueeze(0)?.f_repeat([rows, 1, 1])?.f_detach()?.f_set_requires_grad(true)?) };
+        let rep = |t: &Tensor| -> Result<Tensor> {
+            let mut times = vec![1; t.dim() + 1];
+            times[0] = rows;
+            Ok(t.f_unsqueeze(0)?.f_repeat(times.as_slice())?.f_detach()?.f_set_requires_grad(true)?)
+        };
         Ok(Leaves {
             embed: rep(&clean.embed)?,
-            acts: clean.acts.iter().map(rep).collect::<Result<_>>()?,
+            acts: clean.active.iter().map(|a| rep(&a.values)).collect::<Result<_>>()?,
             errors: clean.errors.iter().map(rep).collect::<Result<_>>()?,
         })
     }
@@ -89,7 +106,7 @@ impl Leaves {
         let zero = |t: &Tensor| -> Result<Tensor> { Ok(t.f_zeros_like()?.f_unsqueeze(0)?) };
         Ok(Leaves {
             embed: zero(&clean.embed)?,
-            acts: clean.acts.iter().map(zero).collect::<Result<_>>()?,
+            acts: clean.active.iter().map(|a| zero(&a.values)).collect::<Result<_>>()?,
             errors: clean.errors.iter().map(zero).collect::<Result<_>>()?,
         })
     }
@@ -135,7 +152,7 @@ impl<'a> Replacement<'a> {
         let (logits, cache) = tch::no_grad(|| model.run_with_cache(&tokens, CacheSpec::names(&names)))?;
         let get = |name: &str| -> Result<Tensor> { Ok(cache.get(name)?.f_squeeze_dim(0)?) };
         let at = |point: HookPoint| -> Result<Tensor> { Ok(cache.get(point)?.f_squeeze_dim(0)?) };
-        let (mut acts, mut errors, mut fixed) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut active, mut errors, mut fixed) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
         let n_zeroed = if zero_position_0 { 1 } else { 0 };
         for tc in transcoders {
             let x = get(&tc.cfg().hook_name)?;
@@ -152,7 +169,11 @@ impl<'a> Replacement<'a> {
             let _ = error.f_narrow(0, 0, n_zeroed)?.f_zero_()?;
             errors.push(error);
             fixed.push(constant);
-            acts.push(a);
+            let nz = a.f_nonzero()?; // [n_l, 2]: (pos, feature), row-major
+            let (pos, feature) = (nz.f_select(1, 0)?, nz.f_select(1, 1)?);
+            let values = a.f_index(&[Some(pos.shallow_clone()), Some(feature.shallow_clone())])?;
+            let decoders = tc.w_dec().f_index_select(0, &feature)?.f_detach()?;
+            active.push(Active { pos, feature, values, decoders });
         }
         let per_layer = |site: BlockSite| -> Result<Vec<Tensor>> { (0..n).map(|l| at(HookPoint::block(l, site))).collect() };
         let clean = Clean {
@@ -161,7 +182,7 @@ impl<'a> Replacement<'a> {
             ln2_scale: per_layer(BlockSite::Ln2Scale)?,
             final_scale: at(HookPoint::LnFinalScale)?,
             embed: at(HookPoint::Embed)?,
-            acts,
+            active,
             errors,
             fixed,
             logits: logits.f_select(0, 0)?.f_select(0, -1)?.f_to_kind(Kind::Double)?,
@@ -188,11 +209,17 @@ impl<'a> Replacement<'a> {
                 inputs.borrow_mut()[l] = Some(x.shallow_clone());
                 Ok(None)
             });
-            let (acts, err, fixed) = (&leaves.acts[l], &leaves.errors[l], &c.fixed[l]);
-            hooks = hooks.add(tc.cfg().hook_name_out.clone(), move |_, _| {
-                let x = inputs.borrow()[l].as_ref().map(Tensor::shallow_clone);
-                let out = tc.decode(acts, x.as_ref())?;
-                Ok(Some(out.f_to_kind(err.kind())?.f_add(err)?.f_add(fixed)?))
+            let (acts, err, fixed, active) = (&leaves.acts[l], &leaves.errors[l], &c.fixed[l], &c.active[l]);
+            hooks = hooks.add(tc.cfg().hook_name_out.clone(), move |out, _| {
+                // b_dec, the skip path, the active features' decoder rows at their positions,
+                // the error and the constant.
+                let mut total = tc.b_dec().f_expand_as(out)?.f_to_kind(err.kind())?;
+                if let (Some(w_skip), Some(x)) = (tc.w_skip(), inputs.borrow()[l].as_ref()) {
+                    total = total.f_add(&x.f_to_kind(w_skip.kind())?.f_matmul(&w_skip.f_tr()?)?.f_to_kind(err.kind())?)?;
+                }
+                let rows = acts.f_unsqueeze(-1)?.f_mul(&active.decoders)?.f_to_kind(err.kind())?; // [rows, n_l, d]
+                let total = total.f_index_add(1, &active.pos, &rows)?;
+                Ok(Some(total.f_add(err)?.f_add(fixed)?))
             });
         }
         // Stop after the last block and apply the final norm with its scale frozen: the
