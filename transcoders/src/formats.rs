@@ -52,6 +52,14 @@ fn read_tensors(path: &Path, device: Device) -> Result<HashMap<String, Tensor>> 
     tensors.into_iter().map(|(name, t)| Ok((name, t.f_to_kind(Kind::Float)?.f_to_device(device)?))).collect()
 }
 
+/// Writes `named` tensors (any device, any layout) to the safetensors file `path`, as CPU
+/// contiguous copies.
+pub(crate) fn write_safetensors(named: &[(&str, &Tensor)], path: &Path) -> Result<()> {
+    let cpu: Vec<(&str, Tensor)> =
+        named.iter().map(|(n, t)| Ok((*n, t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?))).collect::<Result<_>>()?;
+    Tensor::write_safetensors(&cpu, path).map_err(|e| Error::format(path, format!("cannot write: {}", e.to_string().lines().next().unwrap_or_default())))
+}
+
 struct Weights {
     path: PathBuf,
     map: HashMap<String, Tensor>,
@@ -155,20 +163,16 @@ impl SparseDictionary {
             cfg["k"] = json!(k);
             cfg["rescale_acts_by_decoder_norm"] = json!(false);
         }
-        let cpu = |t: &Tensor| t.f_detach().and_then(|t| t.f_to_device(Device::Cpu)).and_then(|t| t.f_contiguous());
         let bias_name = if c.architecture == Architecture::Gated { "b_gate" } else { "b_enc" };
-        let mut named = vec![("W_enc", cpu(&self.w_enc)?), (bias_name, cpu(&self.b_enc)?), ("W_dec", cpu(&self.w_dec)?), ("b_dec", cpu(&self.b_dec)?)];
+        let mut named = vec![("W_enc", &self.w_enc), (bias_name, &self.b_enc), ("W_dec", &self.w_dec), ("b_dec", &self.b_dec)];
         for (name, t) in [("threshold", &self.threshold), ("r_mag", &self.r_mag), ("b_mag", &self.b_mag), ("W_skip", &self.w_skip)] {
             if let Some(t) = t {
-                named.push((name, cpu(t)?));
+                named.push((name, t));
             }
         }
-        let write = |named: &[(&str, Tensor)], path: PathBuf| -> Result<()> {
-            Tensor::write_safetensors(named, &path).map_err(|e| Error::format(&path, format!("cannot write: {}", e.to_string().lines().next().unwrap_or_default())))
-        };
-        write(&named, dir.join(SAELENS_WEIGHTS))?;
+        write_safetensors(&named, &dir.join(SAELENS_WEIGHTS))?;
         if let Some(d) = log10_density {
-            write(&[("sparsity", cpu(d)?)], dir.join(SAELENS_SPARSITY))?;
+            write_safetensors(&[("sparsity", d)], &dir.join(SAELENS_SPARSITY))?;
         }
         let path = dir.join(SAELENS_CFG);
         let text = serde_json::to_string_pretty(&cfg).map_err(|e| Error::format(&path, e.to_string()))?;
@@ -500,19 +504,18 @@ pub fn save_circuit_tracer(transcoders: &[SparseDictionary], scan: &str, dir: im
         "# A per-layer transcoder set (interp); circuit-tracer 0.5.0 loads it with load_transcoder_set.\nmodel_kind: transcoder_set\nmodel_name: \"{}\"\nscan: \"{scan}\"\nfeature_input_hook: \"{hook_in}\"\nfeature_output_hook: \"{hook_out}\"\nactivation_function: {activation}\ntranscoders:\n",
         first.cfg.model_name
     );
-    let cpu = |t: &Tensor| t.f_detach().and_then(|t| t.f_to_device(Device::Cpu)).and_then(|t| t.f_contiguous());
     for (l, t) in transcoders.iter().enumerate() {
         let file = format!("layer_{l}.safetensors");
         yaml.push_str(&format!("  - \"{file}\"\n"));
-        let mut named = vec![("W_enc", cpu(&t.w_enc.f_tr()?)?), ("W_dec", cpu(&t.w_dec)?), ("b_enc", cpu(&t.b_enc)?), ("b_dec", cpu(&t.b_dec)?)];
+        let w_enc = t.w_enc.f_tr()?;
+        let mut named = vec![("W_enc", &w_enc), ("W_dec", &t.w_dec), ("b_enc", &t.b_enc), ("b_dec", &t.b_dec)];
         if let Some(th) = &t.threshold {
-            named.push(("activation_function.threshold", cpu(th)?));
+            named.push(("activation_function.threshold", th));
         }
         if let Some(skip) = &t.w_skip {
-            named.push(("W_skip", cpu(skip)?));
+            named.push(("W_skip", skip));
         }
-        let path = dir.join(&file);
-        Tensor::write_safetensors(&named, &path).map_err(|e| Error::format(&path, format!("cannot write: {}", e.to_string().lines().next().unwrap_or_default())))?;
+        write_safetensors(&named, &dir.join(&file))?;
     }
     let path = dir.join("config.yaml");
     std::fs::write(&path, yaml).map_err(Error::io(&path))

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::formats::write_safetensors;
 
 /// Batches of activations: one [batch_tokens, width] tensor per hook of `hook_names`, the same
 /// for the same `step`.
@@ -291,9 +292,8 @@ impl<'m> ActivationStore<'m> {
         for index in 0..n_buffers {
             let acts = self.fill(index)?.iter().map(|a| a.f_to_kind(dtype)).collect::<Result<Vec<_>, _>>()?;
             let name = format!("shard_{index:05}.safetensors");
-            let named: Vec<(&str, Tensor)> = self.hooks.iter().map(String::as_str).zip(acts).collect();
-            let path = dir.join(&name);
-            Tensor::write_safetensors(&named, &path).map_err(|e| Error::format(&path, format!("cannot write: {}", e.to_string().lines().next().unwrap_or_default())))?;
+            let named: Vec<(&str, &Tensor)> = self.hooks.iter().map(String::as_str).zip(&acts).collect();
+            write_safetensors(&named, &dir.join(&name))?;
             shards.push(name);
             bar.inc(1);
         }

@@ -9,7 +9,7 @@ use serde_json::json;
 use tch::Tensor;
 use transcoders::{latent_dashboards, visible_token, LatentDashboard, SparseDictionary};
 
-use crate::attribution_graph::{attribution_graph, AttributionGraph, GraphConfig, Node, Pruned};
+use crate::attribution_graph::{attribution_graph, cantor, AttributionGraph, GraphConfig, Node, Pruned};
 use crate::report::{dashboards_html, write_graph_page};
 use crate::error::{Error, Result};
 use crate::output::Output;
@@ -49,11 +49,6 @@ fn shown_path(path: &Path) -> String {
     }
 }
 
-/// circuit-tracer's feature index of (layer, feature): the Cantor pairing.
-fn cantor(layer: usize, feature: i64) -> i64 {
-    let (x, y) = (layer as i64, feature);
-    (x + y) * (x + y + 1) / 2 + y
-}
 
 /// A feature dashboard in circuit-tracer's feature-file format (`frontend/feature_models.py`):
 /// top contexts cut to `window` tokens around their peak.

@@ -40,7 +40,22 @@ s.addEventListener('dblclick',function(){v=v0.slice();set()})})}";
 use super::{AttributionGraph, Node, Pruned};
 use crate::error::Result;
 
+/// circuit-tracer's feature index of (layer, feature): the Cantor pairing, which its viewer
+/// unpairs to find a feature's file.
+pub(crate) fn cantor(layer: usize, feature: i64) -> i64 {
+    let (x, y) = (layer as i64, feature);
+    (x + y) * (x + y + 1) / 2 + y
+}
+
 impl AttributionGraph {
+    /// The edges `pruned` keeps: (target, source) index pairs, flattened, and their weights.
+    fn kept_edges(&self, pruned: &Pruned) -> Result<(Vec<i64>, Vec<f64>)> {
+        let mask = pruned.edge_mask.f_nonzero()?;
+        let pairs = Vec::<i64>::try_from(&mask.f_flatten(0, -1)?)?;
+        let weights = Vec::<f64>::try_from(&self.adjacency.f_index(&[Some(mask.f_select(1, 0)?), Some(mask.f_select(1, 1)?)])?.f_to_kind(Kind::Double)?)?;
+        Ok((pairs, weights))
+    }
+
     /// circuit-tracer's node id of node `i` (`{layer}_{feature}_{pos}`, `E_{token}_{pos}`, ...).
     fn node_id(&self, i: usize) -> String {
         match self.nodes[i] {
@@ -63,9 +78,7 @@ impl AttributionGraph {
     /// `Node.feature_node` writes nothing else), and its viewer draws features by it.
     pub fn to_circuit_tracer_json(&self, pruned: &Pruned, slug: &str, scan: &str, token_text: &dyn Fn(i64) -> String) -> Result<serde_json::Value> {
         let last = self.tokens.len() - 1;
-        let mask = pruned.edge_mask.f_nonzero()?;
-        let pairs = Vec::<i64>::try_from(&mask.f_flatten(0, -1)?)?;
-        let weights = Vec::<f64>::try_from(&self.adjacency.f_index(&[Some(mask.f_select(1, 0)?), Some(mask.f_select(1, 1)?)])?.f_to_kind(Kind::Double)?)?;
+        let (pairs, weights) = self.kept_edges(pruned)?;
         // As circuit-tracer writes them: kept nodes that a kept edge touches, and every token
         // and logit.
         let mut linked = vec![false; self.nodes.len()];
@@ -81,7 +94,7 @@ impl AttributionGraph {
                 let influence = pruned.cumulative[i];
                 match &self.nodes[i] {
                     Node::Feature { layer, pos, feature, activation } => json!({
-                        "node_id": id, "feature": (layer + *feature as usize) * (layer + *feature as usize + 1) / 2 + *feature as usize,
+                        "node_id": id, "feature": cantor(*layer, *feature),
                         "layer": layer.to_string(), "ctx_idx": pos, "feature_type": "cross layer transcoder",
                         "token_prob": 0.0, "is_target_logit": false, "run_idx": 0, "reverse_ctx_idx": 0,
                         "jsNodeId": format!("{layer}_{feature}-0"), "clerp": "", "influence": influence, "activation": activation,
@@ -177,9 +190,7 @@ impl AttributionGraph {
                 xy.insert(i, (x0 + node_w * (k as f64 + 0.5), y));
             }
         }
-        let mask = pruned.edge_mask.f_nonzero()?;
-        let pairs = Vec::<i64>::try_from(&mask.f_flatten(0, -1)?)?;
-        let weights = Vec::<f64>::try_from(&self.adjacency.f_index(&[Some(mask.f_select(1, 0)?), Some(mask.f_select(1, 1)?)])?.f_to_kind(Kind::Double)?)?;
+        let (pairs, weights) = self.kept_edges(pruned)?;
         let max_w = weights.iter().fold(0f64, |m, w| m.max(w.abs())).max(1e-12);
         let mut svg = String::new();
         for r in 0..rows {

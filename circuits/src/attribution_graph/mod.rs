@@ -43,6 +43,7 @@ use transcoders::SparseDictionary;
 use crate::budget::MemoryBudget;
 use crate::error::{Error, Result};
 
+pub(crate) use export::cantor;
 pub use connections::{de_embedding, feature_connections, residual_encoder, FeatureConnections};
 pub use prune::Pruned;
 pub use replacement::check_transcoders;
