@@ -15,7 +15,7 @@ use std::time::Instant;
 use common::min_secs;
 use interp::circuits::attribution_graph::{attribution_graph, GraphConfig};
 use interp::circuits::MemoryBudget;
-use interp::transcoders::{Architecture, DictionaryConfig, SparseDictionary};
+use interp::transcoders::{Architecture, DictionaryConfig, SparseDictionary, TranscoderSet};
 use interp::circuits::bilinear::{BilinearLayer, Spectrum};
 use interp::interp_core::{tch, HookedTransformer};
 use interp::transcoders::load_transcoder_set;
@@ -53,9 +53,10 @@ fn main() {
     let targets = graph.n_features() + graph.n_logits();
     let passes = (targets as f64 / cfg.batch_size as f64).ceil();
     println!(
-        "attribution graph, text model, {} tokens, transcoders d_sae {} TopK: {} active features, {} nodes, {} targets",
+        "attribution graph, text model, {} tokens, {} ({} latents per layer): {} active features, {} nodes, {} targets",
         tokens.len(),
-        tcs[0].cfg().d_sae,
+        tcs.describe(),
+        tcs.d_sae(0),
         graph.n_features(),
         n,
         targets
@@ -122,12 +123,13 @@ fn main() {
 fn gpt2_small_graph() {
     let model = HookedTransformer::from_pretrained_dir(common::gpt2_small(), Device::Cpu, Kind::Float).expect("GPT-2-small-shaped model");
     let d = model.cfg.d_model;
-    let tcs: Vec<SparseDictionary> = (0..model.cfg.n_layers)
+    let tcs: TranscoderSet = (0..model.cfg.n_layers)
         .map(|l| {
             let cfg = DictionaryConfig::transcoder(Architecture::TopK { k: 8 }, false, &format!("blocks.{l}.ln2.hook_normalized"), &format!("blocks.{l}.hook_mlp_out"), d, d, 24_576);
             SparseDictionary::init(cfg, l as i64, Device::Cpu).expect("transcoder")
         })
-        .collect();
+        .collect::<Vec<_>>()
+        .into();
     tch::manual_seed(0);
     let tokens: Vec<i64> = Vec::try_from(Tensor::randint(model.cfg.d_vocab, [16], (Kind::Int64, Device::Cpu))).unwrap();
     let cfg = GraphConfig { batch_size: 32, budget: MemoryBudget { bytes: 8_000_000_000, outside: 0 }, ..GraphConfig::default() };

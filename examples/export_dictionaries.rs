@@ -1,10 +1,10 @@
 //! Writes dictionaries of every architecture in SAELens's folder format, and ReLU and JumpReLU
-//! transcoder sets in circuit-tracer's, each with an input and our encode/decode of it
+//! transcoder sets and cross-layer transcoders in circuit-tracer's, each with an input and our encode/decode of it
 //! (`reference.safetensors`), for scripts/check_saelens.sh to load in SAELens and circuit-tracer.
 //! Usage: `cargo run --example export_dictionaries -- OUT_DIR`.
 
 use interp::interp_core::tch::{self, Device, Kind, Tensor};
-use interp::transcoders::{save_circuit_tracer, Architecture, DictionaryConfig, SparseDictionary};
+use interp::transcoders::{save_circuit_tracer, Architecture, CltConfig, CrossLayerTranscoder, DictionaryConfig, SparseDictionary};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::args().nth(1).ok_or("usage: export_dictionaries OUT_DIR")?);
@@ -62,6 +62,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         save_circuit_tracer(&set, name, &dir)?;
         Tensor::write_safetensors(&reference, dir.join("reference.safetensors"))?;
     }
-    println!("wrote 10 dictionaries and 2 circuit-tracer sets to {}", out.display());
+    // Cross-layer transcoders of three layers: ReLU and JumpReLU (circuit-tracer's load_clt).
+    for (name, arch) in [("clt-relu", Architecture::ReluL1), ("clt-jumprelu", Architecture::JumpRelu)] {
+        tch::manual_seed(300);
+        let clt = CrossLayerTranscoder::init(CltConfig::new(arch, 3, 16, 40), 9, Device::Cpu)?;
+        let noise = |t: &Tensor, s: f64| t.shallow_clone().f_add_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * s));
+        tch::no_grad(|| -> Result<(), tch::TchError> {
+            let _ = noise(clt.b_enc(), 0.1)?;
+            let _ = noise(clt.b_dec(), 0.1)?;
+            if let Some(t) = clt.threshold() {
+                t.shallow_clone().f_copy_(&(Tensor::rand(t.size(), (Kind::Float, Device::Cpu)) * 0.2))?;
+            }
+            Ok(())
+        })?;
+        let x: Vec<Tensor> = (0..3).map(|_| Tensor::randn([20, 16], (Kind::Float, Device::Cpu))).collect();
+        let out_l = clt.forward(&x)?;
+        let mut reference = Vec::new();
+        for l in 0..3 {
+            reference.push((format!("x_{l}"), x[l].shallow_clone()));
+            reference.push((format!("feature_acts_{l}"), clt.encode(l, &x[l])?));
+            reference.push((format!("out_{l}"), out_l[l].shallow_clone()));
+        }
+        let dir = out.join(name);
+        clt.save(&dir, name)?;
+        Tensor::write_safetensors(&reference, dir.join("reference.safetensors"))?;
+    }
+    println!("wrote 10 dictionaries, 2 circuit-tracer sets and 2 CLTs to {}", out.display());
     Ok(())
 }

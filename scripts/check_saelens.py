@@ -111,10 +111,30 @@ def check_circuit_tracer(folder: Path) -> float:
     return worst
 
 
+def check_clt(folder: Path) -> float:
+    """circuit-tracer 0.5.0's load_clt reads a CLT we wrote and encodes/decodes like we did."""
+    import yaml
+    from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
+
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    clt = load_clt(str(folder), feature_input_hook=config["feature_input_hook"], feature_output_hook=config["feature_output_hook"],
+                   scan=config["scan"], device=torch.device("cpu"), dtype=torch.float32, lazy_decoder=False)
+    ref = load_file(str(folder / "reference.safetensors"))
+    x = torch.stack([ref[f"x_{l}"] for l in range(clt.n_layers)])
+    with torch.no_grad():
+        feats = clt.encode(x)
+        out = clt.decode(feats)
+    worst = 0.0
+    for layer in range(clt.n_layers):
+        worst = max(worst, (feats[layer] - ref[f"feature_acts_{layer}"]).abs().max().item(), (out[layer] - ref[f"out_{layer}"]).abs().max().item())
+    print(f"{folder.name}: circuit-tracer's load_clt reads {clt.n_layers} layers ({type(clt.activation_function).__name__}); max |ours - circuit-tracer| = {worst:.2e}")
+    return worst
+
+
 def check(root: Path):
     worst = 0.0
     for folder in sorted(p for p in root.iterdir() if (p / "config.yaml").exists()):
-        err = check_circuit_tracer(folder)
+        err = check_clt(folder) if (folder / "W_enc_0.safetensors").exists() else check_circuit_tracer(folder)
         assert err < 1e-5, folder
         worst = max(worst, err)
     for folder in sorted(p for p in root.iterdir() if (p / "cfg.json").exists()):

@@ -4,7 +4,7 @@
 #   2. rewrites the committed fixtures tests/fixtures/saelens/* (dictionaries SAELens saved, with
 #      its own encode/decode of an input), which `cargo test --test dictionaries` loads;
 #   3. exports dictionaries of every architecture and two transcoder sets from Rust
-#      (examples/export_dictionaries.rs) and checks that SAELens and circuit-tracer load them and
+#      and two cross-layer transcoders (examples/export_dictionaries.rs) and checks that SAELens and circuit-tracer load them and
 #      encode/decode like we do (1e-5).
 set -euo pipefail
 cd "$(dirname "$0")/.."

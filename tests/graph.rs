@@ -7,7 +7,7 @@ mod common;
 use circuits::attribution_graph::{attribution_graph, check_transcoders, de_embedding, feature_connections, AttributionGraph, GraphConfig, Node};
 use interp::circuits;
 use interp::interp_core::{tch, CacheSpec, HookedTransformer};
-use interp::transcoders::{load_transcoder_set, Architecture, DictionaryConfig, SparseDictionary};
+use interp::transcoders::{load_transcoder_set, Architecture, DictionaryConfig, SparseDictionary, TranscoderSet};
 use tch::{Device, Kind, Tensor};
 
 const TEXT_MODEL: &str = "models/shakespeare-gpt2";
@@ -17,7 +17,19 @@ fn text_model() -> HookedTransformer {
 }
 
 /// Random TopK transcoders with non-zero biases (and a skip path when `skip`), one per layer.
-fn random_transcoders(model: &HookedTransformer, skip: bool) -> Vec<SparseDictionary> {
+fn random_transcoders(model: &HookedTransformer, skip: bool) -> TranscoderSet {
+    random_layers(model, skip).into()
+}
+
+/// The layers of a per-layer set.
+fn layers(set: &TranscoderSet) -> &[SparseDictionary] {
+    match set {
+        TranscoderSet::PerLayer(v) => v,
+        TranscoderSet::CrossLayer(_) => panic!("a per-layer set"),
+    }
+}
+
+fn random_layers(model: &HookedTransformer, skip: bool) -> Vec<SparseDictionary> {
     let d = model.cfg.d_model;
     (0..model.cfg.n_layers)
         .map(|l| {
@@ -67,7 +79,7 @@ fn edges_plus_bias_equal_each_value() {
         for (i, node) in graph.nodes.iter().enumerate() {
             let expected = match *node {
                 Node::Feature { layer, pos, feature, .. } => {
-                    tcs[layer].pre_activations(&cache.get(&names[layer]).unwrap().get(0).get(pos)).unwrap().double_value(&[feature])
+                    layers(&tcs)[layer].pre_activations(&cache.get(&names[layer]).unwrap().get(0).get(pos)).unwrap().double_value(&[feature])
                 }
                 Node::Logit { token, .. } => logits.double_value(&[token]) - logits.mean(Kind::Double).double_value(&[]),
                 _ => continue,
@@ -135,7 +147,7 @@ fn adjacent_layer_edges_match_the_closed_form() {
         let Node::Feature { layer: 1, pos: p, feature: ft, .. } = *t else { continue };
         for (si, s) in graph.nodes.iter().enumerate() {
             let Node::Feature { layer: 0, pos: q, feature: fs, activation } = *s else { continue };
-            let conn = feature_connections(&model, 0, &tcs[0], &[fs], 1, &tcs[1], &[ft]).unwrap();
+            let conn = feature_connections(&model, 0, &layers(&tcs)[0], &[fs], 1, &layers(&tcs)[1], &[ft]).unwrap();
             let mut expected = 0.0;
             if p == q {
                 expected += conn.residual.double_value(&[0, 0]);
@@ -153,7 +165,7 @@ fn adjacent_layer_edges_match_the_closed_form() {
     assert!(checked > 500, "{checked} feature pairs");
     assert!(largest > 1e-3, "non-trivial edges ({largest})");
     assert!(worst < 1e-4 * largest.max(1.0), "graph edges vs a_s (d_s.e_t + sum_h A_h d_s W_OV e_t) / sigma: {worst:e}");
-    let de = de_embedding(&model, &tcs[1], &[0, 5]).unwrap();
+    let de = de_embedding(&model, &layers(&tcs)[1], &[0, 5]).unwrap();
     assert_eq!(de.size(), [2, model.cfg.d_vocab]);
 }
 
@@ -234,13 +246,14 @@ fn graph_bad_input() {
     let tcs = random_transcoders(&model, false);
     let err = |r: circuits::Result<AttributionGraph>| r.err().expect("an error").to_string();
     let cfg = GraphConfig::default();
-    assert!(err(attribution_graph(&model, &tcs[..1], &tokens, &cfg)).contains("1 transcoders for a model with 2 layers"));
-    let swapped: Vec<SparseDictionary> = random_transcoders(&model, false).into_iter().rev().collect();
+    let one: TranscoderSet = random_layers(&model, false).into_iter().take(1).collect::<Vec<_>>().into();
+    assert!(err(attribution_graph(&model, &one, &tokens, &cfg)).contains("1 transcoders for a model with 2 layers"));
+    let swapped: TranscoderSet = random_layers(&model, false).into_iter().rev().collect::<Vec<_>>().into();
     let msg = err(attribution_graph(&model, &swapped, &tokens, &cfg));
     assert!(msg.contains("does not replace the MLP of layer 0"), "{msg}");
-    let mut sae = random_transcoders(&model, false);
+    let mut sae = random_layers(&model, false);
     sae[1] = SparseDictionary::init(DictionaryConfig::sae(Architecture::TopK { k: 4 }, "blocks.1.hook_mlp_out", 128, 64), 0, Device::Cpu).unwrap();
-    assert!(check_transcoders(&model, &sae).unwrap_err().to_string().contains("SAE"));
+    assert!(check_transcoders(&model, &sae.into()).unwrap_err().to_string().contains("SAE"));
     assert!(err(attribution_graph(&model, &tcs, &[], &cfg)).contains("non-empty"));
     // A budget too small for the adjacency is an error stating what it needs; a small one that
     // fits only cuts the rows per backward pass, not the graph.
@@ -257,15 +270,16 @@ fn graph_bad_input() {
     let attn_only = HookedTransformer::from_pretrained_dir("models/induction-attn-only", Device::Cpu, Kind::Float).unwrap();
     assert!(err(attribution_graph(&attn_only, &tcs, &[0, 1], &cfg)).contains("attention-only"));
     let task = HookedTransformer::from_pretrained_dir("models/tasks-bilinear", Device::Cpu, Kind::Float).unwrap();
-    let wide: Vec<SparseDictionary> = (0..2)
+    let wide: TranscoderSet = (0..2)
         .map(|l| SparseDictionary::init(DictionaryConfig::transcoder(Architecture::TopK { k: 4 }, false, &format!("blocks.{l}.ln2.hook_normalized"), &format!("blocks.{l}.hook_mlp_out"), 64, 64, 32), 0, Device::Cpu).unwrap())
-        .collect();
+        .collect::<Vec<_>>()
+        .into();
     assert!(err(attribution_graph(&task, &wide, &[0, 1], &cfg)).contains("d_model 128"));
     assert!(graph_prune_err(&model, &tcs, &tokens).contains("fractions"));
     assert!(load_transcoder_set("models/tasks-bilinear", Device::Cpu).err().unwrap().to_string().contains("neither a circuit-tracer set"));
 }
 
-fn graph_prune_err(model: &HookedTransformer, tcs: &[SparseDictionary], tokens: &[i64]) -> String {
+fn graph_prune_err(model: &HookedTransformer, tcs: &TranscoderSet, tokens: &[i64]) -> String {
     let g = attribution_graph(model, tcs, tokens, &GraphConfig::default()).unwrap();
     g.prune(1.5, 0.9).err().unwrap().to_string()
 }

@@ -7,6 +7,7 @@ use interp_core::{CacheSpec, HookedTransformer};
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
+use crate::clt::TranscoderSet;
 use crate::dictionary::SparseDictionary;
 use crate::error::{Error, Result};
 
@@ -83,12 +84,55 @@ fn top_tokens(model: &HookedTransformer, scores: &Tensor, n: i64, largest: bool)
     Ok(names.into_iter().zip(vals).collect())
 }
 
+/// Where a dashboard's latents come from: the hook read, how it is encoded, and each latent's
+/// encoder direction and total decoder direction when they are d_model wide.
+struct Latents<'a> {
+    hook: String,
+    d_sae: i64,
+    encode: Box<dyn Fn(&Tensor) -> Result<Tensor> + 'a>,
+    encoder: Option<Direction<'a>>,
+    decoder: Option<Direction<'a>>,
+}
+
+/// A latent's direction [d_model] by index.
+type Direction<'a> = Box<dyn Fn(i64) -> Result<Tensor> + 'a>;
+
 /// Dashboards of `latents` over `contexts` [n, ctx] (token ids), `n_examples` contexts each;
 /// activations at position 0 and at BOS tokens are left out.
 pub fn latent_dashboards(dict: &SparseDictionary, model: &HookedTransformer, contexts: &Tensor, latents: &[i64], n_examples: usize) -> Result<Vec<LatentDashboard>> {
+    let d = model.cfg.d_model;
+    let source = Latents {
+        hook: dict.cfg.hook_name.clone(),
+        d_sae: dict.cfg.d_sae,
+        encode: Box::new(|x| dict.encode(x)),
+        encoder: (dict.cfg.d_in == d).then(|| Box::new(|i| Ok(dict.w_enc.f_select(1, i)?)) as Direction),
+        decoder: (dict.cfg.d_out == d).then(|| Box::new(|i| Ok(dict.w_dec.f_select(0, i)?)) as Direction),
+    };
+    dashboards(&source, model, contexts, latents, n_examples)
+}
+
+/// Dashboards of layer `layer`'s `latents` of a transcoder set (see [`latent_dashboards`]); a
+/// CLT latent's logit effects are those of its decoders summed over the layers it writes to.
+pub fn set_dashboards(set: &TranscoderSet, layer: usize, model: &HookedTransformer, contexts: &Tensor, latents: &[i64], n_examples: usize) -> Result<Vec<LatentDashboard>> {
+    match set {
+        TranscoderSet::PerLayer(dicts) => latent_dashboards(&dicts[layer], model, contexts, latents, n_examples),
+        TranscoderSet::CrossLayer(clt) => {
+            let source = Latents {
+                hook: clt.cfg.hook_in(layer),
+                d_sae: clt.cfg.d_sae,
+                encode: Box::new(move |x| clt.encode(layer, x)),
+                encoder: Some(Box::new(move |i| Ok(clt.w_enc.f_get(layer as i64)?.f_select(1, i)?))),
+                decoder: Some(Box::new(move |i| Ok(clt.w_dec[layer].f_get(i)?.f_sum_dim_intlist(0, false, Kind::Float)?))),
+            };
+            dashboards(&source, model, contexts, latents, n_examples)
+        }
+    }
+}
+
+fn dashboards(source: &Latents<'_>, model: &HookedTransformer, contexts: &Tensor, latents: &[i64], n_examples: usize) -> Result<Vec<LatentDashboard>> {
     let _guard = tch::no_grad_guard();
-    if let Some(&bad) = latents.iter().find(|&&l| l < 0 || l >= dict.cfg.d_sae) {
-        return Err(Error::Input(format!("latent {bad} is out of range (the dictionary has {})", dict.cfg.d_sae)));
+    if let Some(&bad) = latents.iter().find(|&&l| l < 0 || l >= source.d_sae) {
+        return Err(Error::Input(format!("latent {bad} is out of range (the dictionary has {})", source.d_sae)));
     }
     let device = model.device();
     let bos = model.tokenizer().and_then(|t| t.bos_token_id());
@@ -97,8 +141,8 @@ pub fn latent_dashboards(dict: &SparseDictionary, model: &HookedTransformer, con
     let mut acts = Vec::new();
     for chunk in contexts.f_split(16, 0)? {
         let chunk = chunk.f_to_device(device)?;
-        let (_, cache) = model.run_with_cache(&chunk, CacheSpec::names([&dict.cfg.hook_name]))?;
-        let f = dict.encode(cache.get(&dict.cfg.hook_name)?)?.f_index_select(-1, &index)?;
+        let (_, cache) = model.run_with_cache(&chunk, CacheSpec::names([&source.hook]))?;
+        let f = (source.encode)(cache.get(&source.hook)?)?.f_index_select(-1, &index)?;
         // Position 0 and BOS tokens (attention sinks) are left out, as in training and evaluation.
         let mut skip = chunk.f_zeros_like()?.f_to_kind(Kind::Bool)?;
         let _ = skip.f_narrow(1, 0, 1)?.f_fill_(1)?;
@@ -109,8 +153,7 @@ pub fn latent_dashboards(dict: &SparseDictionary, model: &HookedTransformer, con
     }
     let acts = Tensor::f_cat(&acts, 0)?.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?;
     let n_tokens = (acts.size()[0] * acts.size()[1]) as f64;
-    let w_u = (dict.cfg.d_out == model.cfg.d_model).then(|| model.w_u());
-    let w_e = (dict.cfg.d_in == model.cfg.d_model).then(|| model.w_e().shallow_clone());
+    let (w_u, w_e) = (model.w_u(), model.w_e());
     let mut out = Vec::new();
     for (j, &latent) in latents.iter().enumerate() {
         let a = acts.f_select(2, j as i64)?; // [n, ctx]
@@ -133,13 +176,13 @@ pub fn latent_dashboards(dict: &SparseDictionary, model: &HookedTransformer, con
             }
         }
         let (mut top_logits, mut bottom_logits, mut direct_tokens) = (Vec::new(), Vec::new(), Vec::new());
-        if let Some(w_u) = &w_u {
-            let effect = dict.w_dec.f_select(0, latent)?.f_to_kind(w_u.kind())?.f_matmul(w_u)?;
+        if let Some(decoder) = &source.decoder {
+            let effect = decoder(latent)?.f_to_kind(w_u.kind())?.f_matmul(&w_u)?;
             top_logits = top_tokens(model, &effect, 10, true)?;
             bottom_logits = top_tokens(model, &effect, 10, false)?;
         }
-        if let Some(w_e) = &w_e {
-            let drive = w_e.f_matmul(&dict.w_enc.f_select(1, latent)?.f_to_kind(w_e.kind())?)?;
+        if let Some(encoder) = &source.encoder {
+            let drive = w_e.f_matmul(&encoder(latent)?.f_to_kind(w_e.kind())?)?;
             direct_tokens = top_tokens(model, &drive, 10, true)?;
         }
         out.push(LatentDashboard { latent, density: nonzero.size()[0] as f64 / n_tokens, max_activation, top_contexts, histogram, top_logits, bottom_logits, direct_tokens });

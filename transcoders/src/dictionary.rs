@@ -423,10 +423,7 @@ impl SparseDictionary {
     /// [n, k]. Gathers `k` decoder rows instead of a dense [n, d_sae] x [d_sae, d_out] product;
     /// differentiable in `values` and `w_dec`.
     pub fn decode_sparse(&self, values: &Tensor, indices: &Tensor) -> Result<Tensor> {
-        let (n, k) = (values.size()[0], values.size()[1]);
-        let offsets = Tensor::f_arange_start_step(0, n * k, k, (Kind::Int64, values.device()))?;
-        let (sum, _, _, _) = Tensor::f_embedding_bag(&self.w_dec, &indices.f_flatten(0, -1)?, &offsets, false, 0, false, Some(values.f_flatten(0, -1)?), false)?;
-        Ok(sum.f_add(&self.b_dec)?)
+        Ok(gather_rows(&self.w_dec, values, indices)?.f_add(&self.b_dec)?)
     }
 
     /// `decode(encode(x))` [.., d_out] for `x` [.., d_in].
@@ -448,4 +445,13 @@ impl SparseDictionary {
         }
         Ok(())
     }
+}
+
+/// `sum_j values[i, j] * w[indices[i, j]]` [n, m] for `w` [rows, m], `values` and `indices` [n, k]:
+/// `k` rows gathered per output row instead of a dense product; differentiable in `values` and `w`.
+pub(crate) fn gather_rows(w: &Tensor, values: &Tensor, indices: &Tensor) -> Result<Tensor> {
+    let (n, k) = (values.size()[0], values.size()[1]);
+    let offsets = Tensor::f_arange_start_step(0, n * k, k, (Kind::Int64, values.device()))?;
+    let (sum, _, _, _) = Tensor::f_embedding_bag(w, &indices.f_flatten(0, -1)?, &offsets, false, 0, false, Some(values.f_flatten(0, -1)?), false)?;
+    Ok(sum)
 }

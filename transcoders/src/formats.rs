@@ -44,7 +44,7 @@ fn read_json(path: &Path) -> Result<Value> {
 }
 
 /// Every tensor of a safetensors file, as f32 on `device`.
-fn read_tensors(path: &Path, device: Device) -> Result<HashMap<String, Tensor>> {
+pub(crate) fn read_tensors(path: &Path, device: Device) -> Result<HashMap<String, Tensor>> {
     if !path.exists() {
         return Err(Error::Io { path: path.to_path_buf(), source: std::io::Error::from(std::io::ErrorKind::NotFound) });
     }
@@ -60,13 +60,14 @@ pub(crate) fn write_safetensors(named: &[(&str, &Tensor)], path: &Path) -> Resul
     Tensor::write_safetensors(&cpu, path).map_err(|e| Error::format(path, format!("cannot write: {}", e.to_string().lines().next().unwrap_or_default())))
 }
 
-struct Weights {
-    path: PathBuf,
-    map: HashMap<String, Tensor>,
+/// The tensors of one file, taken out by name with their expected shapes.
+pub(crate) struct Weights {
+    pub(crate) path: PathBuf,
+    pub(crate) map: HashMap<String, Tensor>,
 }
 
 impl Weights {
-    fn take(&mut self, name: &str, shape: &[i64]) -> Result<Tensor> {
+    pub(crate) fn take(&mut self, name: &str, shape: &[i64]) -> Result<Tensor> {
         let t = self.map.remove(name).ok_or_else(|| Error::format(&self.path, format!("no tensor `{name}` (expected shape {shape:?})")))?;
         if t.size() != shape {
             return Err(Error::format(&self.path, format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.size())));
@@ -75,7 +76,7 @@ impl Weights {
     }
 
     /// The length of the vector `name`, which sizes the rest of the file.
-    fn vector_len(&self, name: &str) -> Result<i64> {
+    pub(crate) fn vector_len(&self, name: &str) -> Result<i64> {
         match self.map.get(name).map(Tensor::size).as_deref() {
             Some([n]) => Ok(*n),
             Some(shape) => Err(Error::format(&self.path, format!("tensor `{name}` must be a vector, found shape {shape:?}"))),
@@ -83,7 +84,7 @@ impl Weights {
         }
     }
 
-    fn take_opt(&mut self, name: &str, shape: &[i64]) -> Result<Option<Tensor>> {
+    pub(crate) fn take_opt(&mut self, name: &str, shape: &[i64]) -> Result<Option<Tensor>> {
         if self.map.contains_key(name) { self.take(name, shape).map(Some) } else { Ok(None) }
     }
 }
@@ -521,10 +522,8 @@ pub fn save_circuit_tracer(transcoders: &[SparseDictionary], scan: &str, dir: im
     std::fs::write(&path, yaml).map_err(Error::io(&path))
 }
 
-/// One transcoder per layer from `dir`, in layer order: a circuit-tracer set (`config.yaml`), or a
-/// folder of SAELens transcoder folders (any names), ordered by the layer of the hook each reads
-/// (`blocks.{L}.`). Errors name a folder that is not a transcoder and a layer missing or repeated.
-pub fn load_transcoder_set(dir: impl AsRef<Path>, device: Device) -> Result<Vec<SparseDictionary>> {
+/// One transcoder per layer from `dir`, in layer order (see [`crate::load_transcoder_set`]).
+pub(crate) fn load_per_layer_set(dir: impl AsRef<Path>, device: Device) -> Result<Vec<SparseDictionary>> {
     let dir = dir.as_ref();
     if dir.join("config.yaml").exists() {
         return load_circuit_tracer(dir, device);
@@ -558,7 +557,7 @@ pub fn load_transcoder_set(dir: impl AsRef<Path>, device: Device) -> Result<Vec<
 
 /// The top-level `key: value` pairs and the `- item` entries under `transcoders:` of a flat YAML
 /// file (what circuit-tracer's configs hold), quotes removed.
-fn parse_flat_yaml(text: &str) -> (HashMap<String, String>, Vec<String>) {
+pub(crate) fn parse_flat_yaml(text: &str) -> (HashMap<String, String>, Vec<String>) {
     let unquote = |s: &str| s.trim().trim_matches(|c| c == '"' || c == '\'').to_string();
     let (mut keys, mut items, mut in_list) = (HashMap::new(), Vec::new(), false);
     for line in text.lines().map(|l| l.split(" #").next().unwrap_or_default()) {

@@ -32,24 +32,28 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod clt;
 mod dictionary;
 mod error;
 mod formats;
 
+pub use clt::{load_transcoder_set, CltConfig, CrossLayerTranscoder, TranscoderSet};
 pub use dictionary::{Architecture, DictionaryConfig, DictionaryKind, DictionaryWeights, SparseDictionary, SAELENS_ARCHITECTURES};
 pub use error::{Error, Result};
-pub use formats::{load_circuit_tracer, load_transcoder_set, save_circuit_tracer, SAELENS_PROVENANCE_FIELDS, SAELENS_READ_FIELDS, SAELENS_TRAINING_FIELDS};
+pub use formats::{load_circuit_tracer, save_circuit_tracer, SAELENS_PROVENANCE_FIELDS, SAELENS_READ_FIELDS, SAELENS_TRAINING_FIELDS};
 pub use interp_core;
 
 mod store;
 mod train;
+mod clt_train;
 
 pub use store::{ActivationSource, ActivationStore, CacheProvenance, CachedActivations, CachedHook, InMemoryActivations, StoreConfig};
+pub use clt_train::train_clt;
 pub use train::{train_dictionaries, SaeTrainConfig, SaeTrainReport, TrainLogEntry};
 
 mod metrics;
 pub mod runner;
-pub use metrics::{evaluate, evaluate_activations, DictionaryMetrics, DownstreamMetrics, DENSE_THRESHOLD};
+pub use metrics::{evaluate, evaluate_activations, evaluate_set, DictionaryMetrics, SetMetrics, DownstreamMetrics, DENSE_THRESHOLD};
 
 mod dashboard;
-pub use dashboard::{latent_dashboards, readable_latents, visible_token, ContextExample, LatentDashboard};
+pub use dashboard::{latent_dashboards, readable_latents, set_dashboards, visible_token, ContextExample, LatentDashboard};

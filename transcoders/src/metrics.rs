@@ -7,6 +7,7 @@ use interp_core::{CacheSpec, HookedTransformer, Hooks};
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
+use crate::clt::TranscoderSet;
 use crate::dictionary::SparseDictionary;
 use crate::error::{Error, Result};
 use crate::store::ActivationSource;
@@ -73,9 +74,10 @@ struct Reconstruction {
 }
 
 impl Reconstruction {
-    fn new(dict: &SparseDictionary, device: tch::Device) -> Result<Self> {
+    /// Empty sums for targets of width `d_out` and `d_sae` latents.
+    fn new(d_out: i64, d_sae: i64, device: tch::Device) -> Result<Self> {
         let acc = |n| Tensor::f_zeros([n], (Kind::Double, device));
-        Ok(Reconstruction { sq_err: 0.0, y_sum: acc(dict.cfg.d_out)?, y_sq: 0.0, l0_sum: 0.0, shrink_sum: 0.0, n_tokens: 0, fired: acc(dict.cfg.d_sae)? })
+        Ok(Reconstruction { sq_err: 0.0, y_sum: acc(d_out)?, y_sq: 0.0, l0_sum: 0.0, shrink_sum: 0.0, n_tokens: 0, fired: acc(d_sae)? })
     }
 
     /// Adds tokens: their targets `y` [n, d_out], reconstructions `recon` [n, d_out] and latents
@@ -93,14 +95,18 @@ impl Reconstruction {
         Ok(())
     }
 
+    /// sum ||y - mean(y)||^2 over the tokens added.
+    fn total_variance(&self) -> Result<f64> {
+        let mean_sq = self.y_sum.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])? / self.n_tokens.max(1) as f64;
+        Ok((self.y_sq - mean_sq).max(1e-30))
+    }
+
     fn finish(self, downstream: Option<DownstreamMetrics>) -> Result<DictionaryMetrics> {
         if self.n_tokens == 0 {
             return Err(Error::Input("no tokens to evaluate (every position was position 0 or BOS)".into()));
         }
         let n = self.n_tokens as f64;
-        let mean_sq = self.y_sum.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])? / n;
-        let total_variance = (self.y_sq - mean_sq).max(1e-30);
-        let fvu = self.sq_err / total_variance;
+        let fvu = self.sq_err / self.total_variance()?;
         let density = self.fired.f_div_scalar(n)?;
         let log10_density = density.f_clamp_min(1e-10)?.f_log10()?.f_to_kind(Kind::Float)?;
         let dead_fraction = density.f_eq(0.0)?.f_to_kind(Kind::Double)?.f_mean(Kind::Double)?.f_double_value(&[])?;
@@ -133,7 +139,7 @@ pub fn evaluate_activations(dict: &SparseDictionary, source: &mut dyn Activation
     let names = source.hook_names().to_vec();
     let find = |hook: &str| names.iter().position(|h| h == hook).ok_or_else(|| Error::Input(format!("the activations have no `{hook}` (they have: {})", names.join(", "))));
     let (input, target) = (find(&dict.cfg.hook_name)?, find(&dict.cfg.hook_name_out)?);
-    let mut acc = Reconstruction::new(dict, dict.device())?;
+    let mut acc = Reconstruction::new(dict.cfg.d_out, dict.cfg.d_sae, dict.device())?;
     for step in 0..n_batches.max(1) {
         let batch = source.batch(step)?;
         let (x, y) = (batch[input].f_to_device(dict.device())?, batch[target].f_to_device(dict.device())?);
@@ -154,6 +160,77 @@ fn next_token_nll(logits: &Tensor, tokens: &Tensor) -> Result<(f64, Tensor)> {
     Ok((nll, logp))
 }
 
+/// Sums over batches from which the downstream metrics follow.
+#[derive(Default)]
+struct Downstream {
+    ce_clean: f64,
+    ce_spliced: f64,
+    ce_zero: f64,
+    kl: f64,
+    rows: f64,
+}
+
+impl Downstream {
+    /// Adds a batch of `tokens` [b, p]: the clean, spliced and zero-ablated logits [b, p, v].
+    fn add(&mut self, tokens: &Tensor, clean: &Tensor, spliced: &Tensor, zero: &Tensor) -> Result<()> {
+        let (clean_nll, clean_logp) = next_token_nll(clean, tokens)?;
+        let (spliced_nll, spliced_logp) = next_token_nll(spliced, tokens)?;
+        let (zero_nll, _) = next_token_nll(zero, tokens)?;
+        // Weighted by rows, so a short last chunk counts for what it holds.
+        let rows = tokens.size()[0] as f64;
+        self.ce_clean += clean_nll * rows;
+        self.ce_spliced += spliced_nll * rows;
+        self.ce_zero += zero_nll * rows;
+        self.kl += rows * clean_logp.f_exp()?.f_mul(&clean_logp.f_sub(&spliced_logp)?)?.f_sum_dim_intlist(-1, false, Kind::Double)?.f_mean(Kind::Double)?.f_double_value(&[])?;
+        self.rows += rows;
+        Ok(())
+    }
+
+    fn finish(self) -> DownstreamMetrics {
+        let (ce_clean, ce_spliced, ce_zero) = (self.ce_clean / self.rows, self.ce_spliced / self.rows, self.ce_zero / self.rows);
+        DownstreamMetrics {
+            ce_clean,
+            ce_spliced,
+            ce_zero_ablation: ce_zero,
+            ce_loss_recovered: (ce_zero - ce_spliced) / (ce_zero - ce_clean),
+            delta_loss: ce_spliced - ce_clean,
+            kl_spliced: self.kl / self.rows,
+        }
+    }
+}
+
+/// The evaluation contexts checked, and per batch of `batch` contexts: the tokens on the model's
+/// device and the mask [b, p] of positions evaluated (not position 0, not BOS).
+fn evaluated_batches(model: &HookedTransformer, contexts: &Tensor, batch: i64) -> Result<Vec<(Tensor, Tensor)>> {
+    if contexts.dim() != 2 || contexts.size()[1] < 2 {
+        return Err(Error::Input(format!("evaluation contexts must be [n, ctx >= 2], found {:?}", contexts.size())));
+    }
+    let bos = model.tokenizer().and_then(|t| t.bos_token_id());
+    contexts
+        .f_split(batch.max(1), 0)?
+        .into_iter()
+        .map(|tokens| {
+            let tokens = tokens.f_to_device(model.device())?;
+            let mut keep = tokens.f_ones_like()?.f_to_kind(Kind::Bool)?;
+            let _ = keep.f_narrow(1, 0, 1)?.f_fill_(0)?;
+            if let Some(b) = bos {
+                keep = keep.f_logical_and(&tokens.f_ne(b)?)?;
+            }
+            Ok((tokens, keep))
+        })
+        .collect()
+}
+
+/// The model's logits on `tokens` with each `(hook, replacement)` spliced in where `keep`.
+fn spliced(model: &HookedTransformer, tokens: &Tensor, keep: &Tensor, replacements: Vec<(String, Tensor)>) -> Result<Tensor> {
+    let mut hooks = Hooks::new();
+    for (hook, replacement) in replacements {
+        let keep = keep.f_unsqueeze(-1)?;
+        hooks = hooks.add(hook, move |act, _| Ok(Some(replacement.f_to_kind(act.kind())?.f_where_self(&keep, act)?)));
+    }
+    Ok(model.run_with_hooks(tokens, hooks)?)
+}
+
 /// Evaluates `dict` on `model` over `contexts` [n, ctx] token ids, `batch` contexts per forward.
 pub fn evaluate(dict: &SparseDictionary, model: &HookedTransformer, contexts: &Tensor, batch: i64) -> Result<DictionaryMetrics> {
     let _guard = tch::no_grad_guard();
@@ -161,53 +238,76 @@ pub fn evaluate(dict: &SparseDictionary, model: &HookedTransformer, contexts: &T
     for hook in [&c.hook_name, &c.hook_name_out] {
         model.hook_point(hook)?;
     }
-    if contexts.dim() != 2 || contexts.size()[1] < 2 {
-        return Err(Error::Input(format!("evaluation contexts must be [n, ctx >= 2], found {:?}", contexts.size())));
-    }
-    let bos = model.tokenizer().and_then(|t| t.bos_token_id());
-    let device = model.device();
-    let mut acc = Reconstruction::new(dict, device)?;
-    let (mut ce_clean, mut ce_spliced, mut ce_zero, mut kl, mut n_batches) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for tokens in contexts.f_split(batch.max(1), 0)? {
-        let tokens = tokens.f_to_device(device)?;
+    let mut acc = Reconstruction::new(dict.cfg.d_out, dict.cfg.d_sae, model.device())?;
+    let mut downstream = Downstream::default();
+    for (tokens, keep) in evaluated_batches(model, contexts, batch)? {
         let out = model.runner(&tokens).cache(CacheSpec::names([&c.hook_name, &c.hook_name_out])).run()?;
         let cache = out.cache.ok_or_else(|| Error::Input("no cache".into()))?;
         let (x, y) = (cache.get(&c.hook_name)?.f_to_kind(Kind::Float)?, cache.get(&c.hook_name_out)?.f_to_kind(Kind::Float)?);
-        let mut keep = tokens.f_ones_like()?.f_to_kind(Kind::Bool)?;
-        let _ = keep.f_narrow(1, 0, 1)?.f_fill_(0)?;
-        if let Some(b) = bos {
-            keep = keep.f_logical_and(&tokens.f_ne(b)?)?;
-        }
         let f = dict.encode(&x)?;
         let recon = dict.decode(&f, Some(&x))?;
-        let keep_f = keep.f_unsqueeze(-1)?;
         let kept = |t: &Tensor| t.f_index(&[Some(keep.shallow_clone())]);
         acc.add(&kept(&y)?, &kept(&recon)?, &kept(&f)?)?;
-
-        let splice = |replacement: Tensor| -> Result<Tensor> {
-            let keep_f = keep_f.shallow_clone();
-            let hooks = Hooks::new().add(c.hook_name_out.clone(), move |act, _| Ok(Some(replacement.f_to_kind(act.kind())?.f_where_self(&keep_f, act)?)));
-            Ok(model.run_with_hooks(&tokens, hooks)?)
-        };
-        let (clean_nll, clean_logp) = next_token_nll(&out.output, &tokens)?;
-        let spliced_logits = splice(recon.shallow_clone())?;
-        let (spliced_nll, spliced_logp) = next_token_nll(&spliced_logits, &tokens)?;
-        let (zero_nll, _) = next_token_nll(&splice(recon.f_zeros_like()?)?, &tokens)?;
-        // Weighted by rows, so a short last chunk counts for what it holds.
-        let rows = tokens.size()[0] as f64;
-        ce_clean += clean_nll * rows;
-        ce_spliced += spliced_nll * rows;
-        ce_zero += zero_nll * rows;
-        kl += rows * clean_logp.f_exp()?.f_mul(&clean_logp.f_sub(&spliced_logp)?)?.f_sum_dim_intlist(-1, false, Kind::Double)?.f_mean(Kind::Double)?.f_double_value(&[])?;
-        n_batches += rows;
+        let zero = spliced(model, &tokens, &keep, vec![(c.hook_name_out.clone(), recon.f_zeros_like()?)])?;
+        let with_recon = spliced(model, &tokens, &keep, vec![(c.hook_name_out.clone(), recon)])?;
+        downstream.add(&tokens, &out.output, &with_recon, &zero)?;
     }
-    let (ce_clean, ce_spliced, ce_zero) = (ce_clean / n_batches, ce_spliced / n_batches, ce_zero / n_batches);
-    acc.finish(Some(DownstreamMetrics {
-        ce_clean,
-        ce_spliced,
-        ce_zero_ablation: ce_zero,
-        ce_loss_recovered: (ce_zero - ce_spliced) / (ce_zero - ce_clean),
-        delta_loss: ce_spliced - ce_clean,
-        kl_spliced: kl / n_batches,
-    }))
+    acc.finish(Some(downstream.finish()))
+}
+
+/// Every metric of [`evaluate_set`]: per layer, and for the whole set spliced in at once.
+#[derive(Debug, Serialize)]
+pub struct SetMetrics {
+    /// What was evaluated ([`TranscoderSet::describe`]).
+    pub set: String,
+    /// Tokens evaluated.
+    pub n_tokens: i64,
+    /// Active latents per token, summed over layers.
+    pub l0: f64,
+    /// Pooled FVU: every layer's squared error over every layer's variance.
+    pub fvu: f64,
+    /// The model's loss with every layer's reconstruction spliced in at once; the zero-ablation
+    /// baseline zeroes every layer's output.
+    pub downstream: DownstreamMetrics,
+    /// Fraction of all latents that never fired.
+    pub dead_fraction: f64,
+    /// Per layer: L0, FVU, shrinkage, dead and dense fractions (no downstream loss).
+    pub layers: Vec<DictionaryMetrics>,
+}
+
+/// Evaluates a whole transcoder set (per-layer transcoders or a CLT) on `model` over `contexts`
+/// [n, ctx], `batch` contexts per forward: each layer's reconstruction, and the next-token loss
+/// with every layer replaced at once (CE loss recovered against zero-ablating every layer).
+pub fn evaluate_set(set: &TranscoderSet, model: &HookedTransformer, contexts: &Tensor, batch: i64) -> Result<SetMetrics> {
+    let _guard = tch::no_grad_guard();
+    let n = set.n_layers();
+    let hooks: Vec<(String, String)> = (0..n).map(|l| set.hooks(l)).collect();
+    let names: Vec<&String> = hooks.iter().flat_map(|(i, o)| [i, o]).collect();
+    for hook in &names {
+        model.hook_point(hook)?;
+    }
+    let mut layers = (0..n).map(|l| Reconstruction::new(model.cfg.d_model, set.d_sae(l), model.device())).collect::<Result<Vec<_>>>()?;
+    let mut downstream = Downstream::default();
+    for (tokens, keep) in evaluated_batches(model, contexts, batch)? {
+        let out = model.runner(&tokens).cache(CacheSpec::names(&names)).run()?;
+        let cache = out.cache.ok_or_else(|| Error::Input("no cache".into()))?;
+        let x: Vec<Tensor> = hooks.iter().map(|(i, _)| Ok(cache.get(i)?.f_to_kind(Kind::Float)?)).collect::<Result<_>>()?;
+        let f: Vec<Tensor> = x.iter().enumerate().map(|(l, x)| set.encode(l, x)).collect::<Result<_>>()?;
+        let recon = set.decode(&x, &f)?;
+        let kept = |t: &Tensor| t.f_index(&[Some(keep.shallow_clone())]);
+        for (l, (_, o)) in hooks.iter().enumerate() {
+            let y = cache.get(o)?.f_to_kind(Kind::Float)?;
+            layers[l].add(&kept(&y)?, &kept(&recon[l])?, &kept(&f[l])?)?;
+        }
+        let zero = spliced(model, &tokens, &keep, hooks.iter().zip(&recon).map(|((_, o), r)| Ok((o.clone(), r.f_zeros_like()?))).collect::<Result<_>>()?)?;
+        let with_recon = spliced(model, &tokens, &keep, hooks.iter().zip(recon).map(|((_, o), r)| (o.clone(), r)).collect())?;
+        downstream.add(&tokens, &out.output, &with_recon, &zero)?;
+    }
+    let sq_err: f64 = layers.iter().map(|r| r.sq_err).sum();
+    let variance: f64 = layers.iter().map(Reconstruction::total_variance).collect::<Result<Vec<_>>>()?.iter().sum();
+    let n_tokens = layers.first().map_or(0, |r| r.n_tokens);
+    let l0 = layers.iter().map(|r| r.l0_sum).sum::<f64>() / n_tokens.max(1) as f64;
+    let layers = layers.into_iter().map(|r| r.finish(None)).collect::<Result<Vec<_>>>()?;
+    let dead_fraction = layers.iter().map(|m| m.dead_fraction).sum::<f64>() / n.max(1) as f64;
+    Ok(SetMetrics { set: set.describe(), n_tokens, l0, fvu: sq_err / variance.max(1e-30), downstream: downstream.finish(), dead_fraction, layers })
 }

@@ -133,7 +133,7 @@ impl SaeTrainConfig {
         Ok(tokens.div_ceil(batch_tokens as u64) as usize)
     }
 
-    fn sparsity_scale(&self, step: usize) -> f64 {
+    pub(crate) fn sparsity_scale(&self, step: usize) -> f64 {
         if self.sparsity_warmup_steps == 0 { 1.0 } else { ((step + 1) as f64 / self.sparsity_warmup_steps as f64).min(1.0) }
     }
 }
@@ -200,9 +200,17 @@ struct StepOut {
     encoder_leaves: Vec<(Tensor, Tensor)>,
 }
 
-/// The kernel K((z - theta) / eps) of the straight-through estimators, detached [.., d_sae].
-fn rectangle(pre: &Tensor, threshold: &Tensor, eps: f64) -> Result<Tensor> {
-    Ok(pre.f_detach()?.f_sub(&threshold.f_detach()?)?.f_div_scalar(eps)?.f_abs()?.f_lt(0.5)?.f_to_kind(Kind::Float)?)
+/// JumpReLU with the straight-through estimators of Rajamanoharan et al.: the latents
+/// `f = pre * H(pre - theta)` (gradient H to `pre`, `-(theta/eps) K` to `theta`), which fired
+/// (`on`, detached), and the batch's L0 summed over rows (gradient `-K/eps` to `theta`), for
+/// `pre` [n, d_sae] and `theta` [d_sae], with K the rectangle kernel of width `eps`.
+pub(crate) fn jumprelu_ste(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    let kernel = pre.f_detach()?.f_sub(&theta.f_detach()?)?.f_div_scalar(eps)?.f_abs()?.f_lt(0.5)?.f_to_kind(Kind::Float)?;
+    let on = pre.f_detach()?.f_gt_tensor(&theta.f_detach()?)?.f_to_kind(Kind::Float)?;
+    let dtheta = theta.f_sub(&theta.f_detach()?)?;
+    let f = pre.f_mul(&on)?.f_add(&dtheta.f_mul(&kernel.f_mul(&theta.f_detach()?)?.f_div_scalar(-eps)?)?)?;
+    let l0 = on.f_add(&dtheta.f_mul(&kernel.f_div_scalar(-eps)?)?)?.f_sum(Kind::Float)?;
+    Ok((f, on, l0))
 }
 
 impl SparseDictionary {
@@ -261,13 +269,8 @@ impl SparseDictionary {
             }
             Architecture::JumpRelu => {
                 let theta = self.threshold.as_ref().ok_or_else(|| Error::Input("JumpReLU without threshold".into()))?;
-                let kernel = rectangle(&pre, theta, cfg.jumprelu_bandwidth)?;
-                let on = pre.f_detach()?.f_gt_tensor(&theta.f_detach()?)?.f_to_kind(Kind::Float)?;
-                let dtheta = theta.f_sub(&theta.f_detach()?)?;
-                // Values equal the JumpReLU; gradients: H to pre, -(theta/eps) K to theta.
-                let f = pre.f_mul(&on)?.f_add(&dtheta.f_mul(&kernel.f_mul(&theta.f_detach()?)?.f_div_scalar(-cfg.jumprelu_bandwidth)?)?)?;
-                let l0 = on.f_add(&dtheta.f_mul(&kernel.f_div_scalar(-cfg.jumprelu_bandwidth)?)?)?.f_sum(Kind::Float)?.f_div_scalar(n)?;
-                extra = extra.f_add(&l0.f_mul_scalar(cfg.l0_coefficient * sparsity_scale)?)?;
+                let (f, on, l0) = jumprelu_ste(&pre, theta, cfg.jumprelu_bandwidth)?;
+                extra = extra.f_add(&l0.f_div_scalar(n)?.f_mul_scalar(cfg.l0_coefficient * sparsity_scale)?)?;
                 (self.decode(&f, Some(x))?, on.f_sum_dim_intlist(0, false, Kind::Float)?, None)
             }
             Architecture::Gated => {
@@ -337,16 +340,29 @@ impl SparseDictionary {
     }
 }
 
-fn finite_check(t: &Tensor, step: usize, hook: &str) -> Result<()> {
+pub(crate) fn finite_check(t: &Tensor, step: usize, hook: &str) -> Result<()> {
     if t.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
         return Err(Error::NotFinite { hook: hook.to_string(), batch: step });
     }
     Ok(())
 }
 
-/// E||x|| over the rows of `x` [n, d].
-fn mean_norm(x: &Tensor) -> Result<f64> {
-    Ok(x.f_norm_scalaropt_dim(2.0, [1], false)?.f_mean(Kind::Double)?.f_double_value(&[])?)
+/// The normalisation: a function of (hook index, width) giving the scale that makes E||x|| =
+/// sqrt(width), E||x|| estimated on the first `norm_batches` batches of `source` (`first` is
+/// batch 0); 1 everywhere when not normalising. Every batch read is checked finite.
+pub(crate) fn normalisation(source: &mut dyn ActivationSource, first: &[Tensor], cfg: &SaeTrainConfig) -> Result<impl Fn(usize, i64) -> f64> {
+    let names = source.hook_names().to_vec();
+    let mut mean_norms = vec![0.0; names.len()];
+    let n_norm = if cfg.normalize_activations { cfg.norm_batches.max(1) } else { 0 };
+    for b in 0..n_norm {
+        let batch = if b == 0 { first.iter().map(Tensor::shallow_clone).collect() } else { source.batch(b)? };
+        for (i, t) in batch.iter().enumerate() {
+            finite_check(t, b, &names[i])?;
+            mean_norms[i] += t.f_norm_scalaropt_dim(2.0, [1], false)?.f_mean(Kind::Double)?.f_double_value(&[])? / n_norm as f64;
+        }
+    }
+    let normalize = cfg.normalize_activations;
+    Ok(move |i: usize, width: i64| if normalize && mean_norms[i] > 0.0 { (width as f64).sqrt() / mean_norms[i] } else { 1.0 })
 }
 
 /// Trains `dicts` in place on batches of `source` (each reads its `hook_name` and predicts its
@@ -360,23 +376,13 @@ pub fn train_dictionaries(dicts: &mut [SparseDictionary], source: &mut dyn Activ
     let names = source.hook_names().to_vec();
     let find = |hook: &str| names.iter().position(|h| h == hook).ok_or_else(|| Error::Input(format!("the activation source has no `{hook}` (it has: {})", names.join(", "))));
     let first = source.batch(0)?;
-    // The first `norm_batches` batches estimate E||x|| of every hook.
-    let mut mean_norms = vec![0.0; names.len()];
-    let n_norm = if cfg.normalize_activations { cfg.norm_batches.max(1) } else { 0 };
-    for b in 0..n_norm {
-        let batch = if b == 0 { first.iter().map(Tensor::shallow_clone).collect() } else { source.batch(b)? };
-        for (i, t) in batch.iter().enumerate() {
-            finite_check(t, b, &names[i])?;
-            mean_norms[i] += mean_norm(t)? / n_norm as f64;
-        }
-    }
+    let scale = normalisation(source, &first, cfg)?;
     let device = dicts[0].device();
     let mut slots = Vec::new();
     for d in dicts.iter_mut() {
         let (input, target) = (find(&d.cfg.hook_name)?, find(&d.cfg.hook_name_out)?);
         d.check_width(&first[input], d.cfg.d_in, &format!("activations of `{}`", d.cfg.hook_name))?;
         d.check_width(&first[target], d.cfg.d_out, &format!("activations of `{}`", d.cfg.hook_name_out))?;
-        let scale = |i: usize, width: i64| if cfg.normalize_activations && mean_norms[i] > 0.0 { (width as f64).sqrt() / mean_norms[i] } else { 1.0 };
         let (s_in, s_out) = (scale(input, d.cfg.d_in), scale(target, d.cfg.d_out));
         if cfg.fine_tune {
             // A trained dictionary reads raw activations: express it in the normalised space.
@@ -449,6 +455,11 @@ fn keep_snapshot(dir: &Path, done: usize, keep: usize, dicts: &[SparseDictionary
         copy.fold_scales(s.scales.f_double_value(&[0])?, s.scales.f_double_value(&[1])?)?;
         copy.save_saelens(if dicts.len() == 1 { snapshot.clone() } else { snapshot.join(i.to_string()) }, None)?;
     }
+    prune_snapshots(dir, keep)
+}
+
+/// Removes all but the newest `keep` snapshots `dir/step_{N}`.
+pub(crate) fn prune_snapshots(dir: &Path, keep: usize) -> Result<()> {
     let mut steps: Vec<usize> = std::fs::read_dir(dir)
         .map_err(Error::io(dir))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("step_")?.parse().ok())
@@ -462,7 +473,7 @@ fn keep_snapshot(dir: &Path, done: usize, keep: usize, dicts: &[SparseDictionary
 }
 
 /// The training curve as JSONL, one [`TrainLogEntry`] per line, appended as training goes.
-struct TrainingCurve {
+pub(crate) struct TrainingCurve {
     path: PathBuf,
     file: std::fs::File,
 }
@@ -470,7 +481,7 @@ struct TrainingCurve {
 impl TrainingCurve {
     /// Opens `path` for appending after dropping entries past `start` (a resumed run logs them
     /// again).
-    fn open(path: &Path, start: usize) -> Result<Self> {
+    pub(crate) fn open(path: &Path, start: usize) -> Result<Self> {
         let kept: String = match std::fs::read_to_string(path) {
             Ok(text) => text
                 .lines()
@@ -484,7 +495,7 @@ impl TrainingCurve {
         Ok(TrainingCurve { path: path.to_path_buf(), file })
     }
 
-    fn append(&mut self, entry: &TrainLogEntry) -> Result<()> {
+    pub(crate) fn append(&mut self, entry: &TrainLogEntry) -> Result<()> {
         use std::io::Write;
         let line = serde_json::to_string(entry).map_err(|e| Error::Input(e.to_string()))?;
         writeln!(self.file, "{line}").map_err(Error::io(&self.path))

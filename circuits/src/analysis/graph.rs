@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use interp_core::HookedTransformer;
 use serde_json::json;
 use tch::Tensor;
-use transcoders::{latent_dashboards, visible_token, LatentDashboard, SparseDictionary};
+use transcoders::{set_dashboards, visible_token, LatentDashboard, TranscoderSet};
 
 use crate::attribution_graph::{attribution_graph, cantor, AttributionGraph, GraphConfig, Node, Pruned};
 use crate::report::{dashboards_html, write_graph_page};
@@ -109,7 +109,7 @@ pub struct GraphAnalysis {
 /// `contexts` [n, ctx] (token ids), the features the pruned graph keeps get dashboards over them.
 pub fn graph_analysis(
     model: &HookedTransformer,
-    transcoders: &[SparseDictionary],
+    transcoders: &TranscoderSet,
     transcoders_dir: &Path,
     prompt: &str,
     slug: &str,
@@ -127,7 +127,7 @@ pub fn graph_analysis(
     let token_text = ids.into_iter().map(|t| (t, tok.decode(&[t]).unwrap_or_default())).collect();
     let mut features = Vec::new();
     if let Some(contexts) = contexts {
-        for (layer, tc) in transcoders.iter().enumerate() {
+        for layer in 0..transcoders.n_layers() {
             let mut latents: Vec<i64> = graph
                 .nodes
                 .iter()
@@ -139,7 +139,7 @@ pub fn graph_analysis(
                 .collect();
             latents.sort_unstable();
             latents.dedup();
-            features.extend(latent_dashboards(tc, model, contexts, &latents, cfg.feature_examples)?.into_iter().map(|d| (layer, d)));
+            features.extend(set_dashboards(transcoders, layer, model, contexts, &latents, cfg.feature_examples)?.into_iter().map(|d| (layer, d)));
         }
     }
     Ok(GraphAnalysis {

@@ -19,6 +19,7 @@
 //! use circuits::attribution_graph::{attribution_graph, GraphConfig};
 //! use interp_core::HookedTransformer;
 //! let model = HookedTransformer::from_pretrained_dir("models/shakespeare-gpt2", tch::Device::Cpu, tch::Kind::Float)?;
+//! // One transcoder per layer, or a cross-layer transcoder.
 //! let transcoders = transcoders::load_transcoder_set("models/shakespeare-gpt2/transcoders", tch::Device::Cpu)?;
 //! let tokens = model.tokenizer().expect("tokenizer").encode("To be, or not to be", true)?;
 //! let graph = attribution_graph(&model, &transcoders, &tokens, &GraphConfig::default())?;
@@ -38,7 +39,7 @@ mod replacement;
 
 use interp_core::HookedTransformer;
 use tch::{Device, Kind, Tensor};
-use transcoders::SparseDictionary;
+use transcoders::TranscoderSet;
 
 use crate::budget::MemoryBudget;
 use crate::error::{Error, Result};
@@ -132,8 +133,9 @@ pub struct AttributionGraph {
 }
 
 /// The attribution graph of `tokens` (one prompt, BOS included if the model expects it) for a
-/// model whose MLPs `transcoders` replace (one per layer, in order).
-pub fn attribution_graph(model: &HookedTransformer, transcoders: &[SparseDictionary], tokens: &[i64], cfg: &GraphConfig) -> Result<AttributionGraph> {
+/// model whose MLPs `transcoders` replace (one per layer, in order, or a cross-layer transcoder:
+/// then each active latent is one node, its edges out reaching every layer it writes to).
+pub fn attribution_graph(model: &HookedTransformer, transcoders: &TranscoderSet, tokens: &[i64], cfg: &GraphConfig) -> Result<AttributionGraph> {
     if tokens.is_empty() {
         return Err(Error::Input("an attribution graph needs a non-empty prompt".into()));
     }
@@ -178,10 +180,11 @@ pub fn attribution_graph(model: &HookedTransformer, transcoders: &[SparseDiction
     // the leaves (features of every layer, errors, embeddings), their gradients and the
     // forward's activations for the backward.
     let d_model = model.cfg.d_model as u64;
-    let transcoder_bytes: u64 = transcoders.iter().flat_map(|t| t.parameters()).map(|p| p.numel() as u64 * 4).sum();
-    // Per row: the leaves (features, errors, embeddings) and their gradients, each layer's
-    // decoded features [n_l, d_model] and the forward's activations for the backward.
-    let per_row = (3 * n_features as u64 * d_model + n_pos as u64 * (3 * (n_layers as u64 + 1) * d_model + 12 * n_layers as u64 * d_model)) * 4;
+    let transcoder_bytes = transcoders.n_bytes();
+    // Per row: the leaves (features, errors, embeddings) and their gradients, the decoded
+    // features [n_l, layers written, d_model] and the forward's activations for the backward.
+    let decoded: u64 = rep.clean.active.iter().map(|a| a.decoders.numel() as u64).sum();
+    let per_row = (2 * n_features as u64 + 3 * decoded + n_pos as u64 * (3 * (n_layers as u64 + 1) * d_model + 12 * n_layers as u64 * d_model)) * 4;
     let rows = cfg.budget.rows(transcoder_bytes + (n as u64) * (n as u64) * 4, per_row, &format!("an attribution graph of {n} nodes ({n_pos} tokens)"))?;
     let batch_size = cfg.batch_size.min(rows) as usize;
     let first_logit = n_features + (n_layers + 1) * n_pos as usize;

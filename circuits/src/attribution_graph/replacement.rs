@@ -6,7 +6,7 @@ use std::cell::RefCell;
 
 use interp_core::{BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks, NormSite};
 use tch::{Device, Kind, Tensor};
-use transcoders::{Architecture, DictionaryKind, SparseDictionary};
+use transcoders::{Architecture, DictionaryKind, TranscoderSet};
 
 use super::Node;
 use crate::error::{Error, Result};
@@ -16,8 +16,9 @@ fn input_hooks(l: usize) -> [HookPoint; 3] {
     [BlockSite::Ln2Normalized, BlockSite::MlpIn, BlockSite::ResidMid].map(|s| HookPoint::block(l, s))
 }
 
-/// Checks that `transcoders` replace the MLPs of `model`, one per layer, in order.
-pub fn check_transcoders(model: &HookedTransformer, transcoders: &[SparseDictionary]) -> Result<()> {
+/// Checks that `transcoders` replace the MLPs of `model`: one transcoder per layer, in order, or
+/// a CLT of the model's layer count, reading each layer's MLP input and writing its output.
+pub fn check_transcoders(model: &HookedTransformer, transcoders: &TranscoderSet) -> Result<()> {
     let c = &model.cfg;
     if c.attn_only {
         return Err(Error::Input("the model is attention-only: there are no MLPs for transcoders to replace".into()));
@@ -25,27 +26,41 @@ pub fn check_transcoders(model: &HookedTransformer, transcoders: &[SparseDiction
     if c.post_norms {
         return Err(Error::UnsupportedLayout("Gemma-2's norm after attention is not frozen by the replacement model".into()));
     }
-    if transcoders.len() != c.n_layers {
-        return Err(Error::Input(format!("{} transcoders for a model with {} layers: one per layer is needed", transcoders.len(), c.n_layers)));
+    let n = transcoders.n_layers();
+    match transcoders {
+        TranscoderSet::PerLayer(_) if n != c.n_layers => {
+            return Err(Error::Input(format!("{n} transcoders for a model with {} layers: one per layer is needed", c.n_layers)));
+        }
+        TranscoderSet::CrossLayer(_) if n != c.n_layers => {
+            return Err(Error::Input(format!("a cross-layer transcoder of {n} layers for a model with {} layers: its layer count must be the model's", c.n_layers)));
+        }
+        _ => {}
     }
-    for (l, tc) in transcoders.iter().enumerate() {
-        let cfg = &tc.cfg();
-        let what = format!("transcoder {l} (`{}` -> `{}`)", cfg.hook_name, cfg.hook_name_out);
-        if cfg.kind == DictionaryKind::Sae {
-            return Err(Error::Input(format!("{what} is an SAE, not a transcoder")));
+    let widths = |l: usize| match transcoders {
+        TranscoderSet::PerLayer(set) => (set[l].cfg().d_in, set[l].cfg().d_out),
+        TranscoderSet::CrossLayer(clt) => (clt.cfg().d_model, clt.cfg().d_model),
+    };
+    for l in 0..n {
+        let (hook_in, hook_out) = transcoders.hooks(l);
+        let what = format!("transcoder {l} (`{hook_in}` -> `{hook_out}`)");
+        if let TranscoderSet::PerLayer(set) = transcoders {
+            if set[l].cfg().kind == DictionaryKind::Sae {
+                return Err(Error::Input(format!("{what} is an SAE, not a transcoder")));
+            }
+            if set[l].cfg().architecture == Architecture::Gated {
+                return Err(Error::Input(format!("{what}: gated dictionaries are not supported in attribution graphs")));
+            }
         }
-        if cfg.architecture == Architecture::Gated {
-            return Err(Error::Input(format!("{what}: gated dictionaries are not supported in attribution graphs")));
-        }
-        let reads = cfg.hook_name.parse::<HookPoint>().ok();
-        let writes = cfg.hook_name_out.parse::<HookPoint>().ok();
+        let reads = hook_in.parse::<HookPoint>().ok();
+        let writes = hook_out.parse::<HookPoint>().ok();
         if writes != Some(HookPoint::block(l, BlockSite::MlpOut)) || !reads.is_some_and(|p| input_hooks(l).contains(&p)) {
             return Err(Error::Input(format!(
                 "{what} does not replace the MLP of layer {l}: it must read blocks.{l}.ln2.hook_normalized (or hook_mlp_in / hook_resid_mid) and write blocks.{l}.hook_mlp_out"
             )));
         }
-        if cfg.d_in != c.d_model || cfg.d_out != c.d_model {
-            return Err(Error::Input(format!("{what} maps {} -> {} dimensions, the model has d_model {}", cfg.d_in, cfg.d_out, c.d_model)));
+        let (d_in, d_out) = widths(l);
+        if d_in != c.d_model || d_out != c.d_model {
+            return Err(Error::Input(format!("{what} maps {d_in} -> {d_out} dimensions, the model has d_model {}", c.d_model)));
         }
     }
     Ok(())
@@ -70,12 +85,13 @@ pub(super) struct Clean {
 }
 
 /// A layer's active features: positions, feature indices and activations [n_l] each, and their
-/// decoder rows [n_l, d_model].
+/// decoder rows [n_l, layers written, d_model] (entry `j` writes to this layer + `j`: one layer
+/// for a per-layer transcoder, every later layer for a CLT).
 pub(super) struct Active {
     pub(super) pos: Tensor,
     pub(super) feature: Tensor,
     pub(super) values: Tensor,
-    decoders: Tensor,
+    pub(super) decoders: Tensor,
 }
 
 /// Sources of one linearised forward: embeddings and errors [rows, pos, d_model], and the
@@ -126,7 +142,7 @@ pub(super) struct Readout {
 
 pub(super) struct Replacement<'a> {
     model: &'a HookedTransformer,
-    transcoders: &'a [SparseDictionary],
+    transcoders: &'a TranscoderSet,
     tokens: Tensor,
     pub(super) clean: Clean,
 }
@@ -140,30 +156,34 @@ pub(super) fn expand(t: &Tensor, rows: i64) -> std::result::Result<Tensor, tch::
 impl<'a> Replacement<'a> {
     /// `zero_position_0`: features and errors at position 0 are no sources (circuit-tracer's
     /// default); the MLP output there stays what it is, as a constant.
-    pub(super) fn new(model: &'a HookedTransformer, transcoders: &'a [SparseDictionary], tokens: &[i64], zero_position_0: bool) -> Result<Self> {
+    pub(super) fn new(model: &'a HookedTransformer, transcoders: &'a TranscoderSet, tokens: &[i64], zero_position_0: bool) -> Result<Self> {
         check_transcoders(model, transcoders)?;
         let n = model.cfg.n_layers;
         let tokens = Tensor::f_from_slice(tokens)?.f_unsqueeze(0)?.f_to_device(model.device())?;
         let mut names = vec![HookPoint::Embed, HookPoint::LnFinalScale];
-        for (l, tc) in transcoders.iter().enumerate() {
+        let hooks: Vec<(String, String)> = (0..n).map(|l| transcoders.hooks(l)).collect();
+        for (l, (hook_in, hook_out)) in hooks.iter().enumerate() {
             names.extend([BlockSite::Ln1Scale, BlockSite::Pattern, BlockSite::Ln2Scale].map(|s| HookPoint::block(l, s)));
-            names.extend([tc.cfg().hook_name.parse::<HookPoint>()?, tc.cfg().hook_name_out.parse()?]);
+            names.extend([hook_in.parse::<HookPoint>()?, hook_out.parse()?]);
         }
         let (logits, cache) = tch::no_grad(|| model.run_with_cache(&tokens, CacheSpec::names(&names)))?;
         let get = |name: &str| -> Result<Tensor> { Ok(cache.get(name)?.f_squeeze_dim(0)?) };
         let at = |point: HookPoint| -> Result<Tensor> { Ok(cache.get(point)?.f_squeeze_dim(0)?) };
-        let (mut active, mut errors, mut fixed) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
         let n_zeroed = if zero_position_0 { 1 } else { 0 };
-        for tc in transcoders {
-            let x = get(&tc.cfg().hook_name)?;
-            let (a, recon) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
-                let a = tc.encode(&x)?;
+        let x: Vec<Tensor> = hooks.iter().map(|(i, _)| get(i)).collect::<Result<_>>()?;
+        let (latents, recon) = tch::no_grad(|| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+            let latents = x.iter().enumerate().map(|(l, x)| -> Result<Tensor> {
+                let a = transcoders.encode(l, x)?;
                 let _ = a.f_narrow(0, 0, n_zeroed)?.f_zero_()?;
-                let recon = tc.decode(&a, Some(&x))?;
-                Ok((a, recon))
-            })?;
-            let out = get(&tc.cfg().hook_name_out)?.f_to_kind(recon.kind())?;
-            let residual = out.f_sub(&recon)?.f_to_kind(model.kind())?;
+                Ok(a)
+            }).collect::<Result<Vec<_>>>()?;
+            let recon = transcoders.decode(&x, &latents)?;
+            Ok((latents, recon))
+        })?;
+        let (mut active, mut errors, mut fixed) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        for (l, (a, recon)) in latents.iter().zip(&recon).enumerate() {
+            let out = get(&hooks[l].1)?.f_to_kind(recon.kind())?;
+            let residual = out.f_sub(recon)?.f_to_kind(model.kind())?;
             let (error, constant) = (residual.copy(), residual.f_zeros_like()?);
             constant.f_narrow(0, 0, n_zeroed)?.f_copy_(&residual.f_narrow(0, 0, n_zeroed)?)?;
             let _ = error.f_narrow(0, 0, n_zeroed)?.f_zero_()?;
@@ -172,7 +192,7 @@ impl<'a> Replacement<'a> {
             let nz = a.f_nonzero()?; // [n_l, 2]: (pos, feature), row-major
             let (pos, feature) = (nz.f_select(1, 0)?, nz.f_select(1, 1)?);
             let values = a.f_index(&[Some(pos.shallow_clone()), Some(feature.shallow_clone())])?;
-            let decoders = tc.w_dec().f_index_select(0, &feature)?.f_detach()?;
+            let decoders = transcoders.decoders(l, &feature)?.f_detach()?;
             active.push(Active { pos, feature, values, decoders });
         }
         let per_layer = |site: BlockSite| -> Result<Vec<Tensor>> { (0..n).map(|l| at(HookPoint::block(l, site))).collect() };
@@ -195,30 +215,36 @@ impl<'a> Replacement<'a> {
     pub(super) fn forward(&self, leaves: &Leaves) -> Result<(Vec<Tensor>, Tensor)> {
         let rows = leaves.embed.size()[0];
         let tokens = self.tokens.f_expand([rows, -1], false)?;
-        let n = self.transcoders.len();
+        let n = self.transcoders.n_layers();
         let inputs: RefCell<Vec<Option<Tensor>>> = RefCell::new((0..n).map(|_| None).collect());
         let mut hooks = Hooks::new().add(HookPoint::Embed, |_, _| Ok(Some(leaves.embed.shallow_clone())));
         let c = &self.clean;
-        for (l, tc) in self.transcoders.iter().enumerate() {
+        let set = self.transcoders;
+        for l in 0..n {
+            let (hook_in, hook_out) = set.hooks(l);
             let frozen = [(BlockSite::Ln1Scale, &c.ln1_scale[l]), (BlockSite::Pattern, &c.pattern[l]), (BlockSite::Ln2Scale, &c.ln2_scale[l])];
             for (site, value) in frozen {
                 hooks = hooks.add(HookPoint::block(l, site), move |_, _| Ok(Some(expand(value, rows)?)));
             }
             let inputs = &inputs;
-            hooks = hooks.add(tc.cfg().hook_name.clone(), move |x, _| {
+            hooks = hooks.add(hook_in, move |x, _| {
                 inputs.borrow_mut()[l] = Some(x.shallow_clone());
                 Ok(None)
             });
-            let (acts, err, fixed, active) = (&leaves.acts[l], &leaves.errors[l], &c.fixed[l], &c.active[l]);
-            hooks = hooks.add(tc.cfg().hook_name_out.clone(), move |out, _| {
-                // b_dec, the skip path, the active features' decoder rows at their positions,
-                // the error and the constant.
-                let mut total = tc.b_dec().f_expand_as(out)?.f_to_kind(err.kind())?;
-                if let (Some(w_skip), Some(x)) = (tc.w_skip(), inputs.borrow()[l].as_ref()) {
-                    total = total.f_add(&x.f_to_kind(w_skip.kind())?.f_matmul(&w_skip.f_tr()?)?.f_to_kind(err.kind())?)?;
+            let (err, fixed) = (&leaves.errors[l], &c.fixed[l]);
+            hooks = hooks.add(hook_out, move |_, _| {
+                // b_dec and the skip path, the decoder rows of the active features of every
+                // layer that writes here at their positions, the error and the constant.
+                let x = inputs.borrow()[l].as_ref().map(Tensor::shallow_clone).ok_or_else(|| interp_core::Error::Input(format!("layer {l}'s transcoder input hook did not fire")))?;
+                let mut total = set.decoder_bias(l, &x.f_to_kind(Kind::Float)?).map_err(|e| interp_core::Error::Input(e.to_string()))?.f_to_kind(err.kind())?;
+                for (src, (acts, active)) in leaves.acts.iter().zip(&c.active).enumerate().take(l + 1) {
+                    let j = (l - src) as i64;
+                    if j >= active.decoders.size()[1] {
+                        continue;
+                    }
+                    let rows = acts.f_unsqueeze(-1)?.f_mul(&active.decoders.f_select(1, j)?)?.f_to_kind(err.kind())?; // [rows, n_src, d]
+                    total = total.f_index_add(1, &active.pos, &rows)?;
                 }
-                let rows = acts.f_unsqueeze(-1)?.f_mul(&active.decoders)?.f_to_kind(err.kind())?; // [rows, n_l, d]
-                let total = total.f_index_add(1, &active.pos, &rows)?;
                 Ok(Some(total.f_add(err)?.f_add(fixed)?))
             });
         }
@@ -255,13 +281,8 @@ impl<'a> Replacement<'a> {
             let row = row as i64;
             match nodes[t] {
                 Node::Feature { layer, pos, feature, .. } => {
-                    let tc = &self.transcoders[layer];
-                    let w = tc.w_enc().f_select(1, feature)?;
+                    let (w, k) = self.transcoders.encoder(layer, feature)?;
                     inject[layer].f_get(row)?.f_get(pos)?.f_copy_(&w)?;
-                    let mut k = tc.b_enc().f_double_value(&[feature])?;
-                    if tc.cfg().apply_b_dec_to_input {
-                        k -= tc.b_dec().f_dot(&w)?.f_double_value(&[])?;
-                    }
                     constant[row as usize] = k;
                 }
                 Node::Logit { token, .. } => {
