@@ -283,3 +283,33 @@ fn graph_prune_err(model: &HookedTransformer, tcs: &TranscoderSet, tokens: &[i64
     let g = attribution_graph(model, tcs, tokens, &GraphConfig::default()).unwrap();
     g.prune(1.5, 0.9).err().unwrap().to_string()
 }
+
+#[test]
+fn a_feature_limit_keeps_the_most_influential_features_and_their_exact_edges() {
+    let model = text_model();
+    let full = trained_graph(&model);
+    let tcs = load_transcoder_set(format!("{TEXT_MODEL}/transcoders"), Device::Cpu).unwrap();
+    let tokens = full.tokens.clone();
+    let n_features = full.n_features();
+    let limit = n_features / 4;
+    let cfg = GraphConfig { max_feature_nodes: Some(limit), batch_size: 16, ..GraphConfig::default() };
+    let small = attribution_graph(&model, &tcs, &tokens, &cfg).unwrap();
+    assert_eq!(small.n_features(), limit);
+    assert_eq!(small.nodes.len(), full.nodes.len() - (n_features - limit));
+    // Every edge among the nodes kept is the full graph's edge.
+    let index: Vec<i64> = small.nodes.iter().map(|n| full.nodes.iter().position(|m| m == n).unwrap() as i64).collect();
+    let index = Tensor::from_slice(&index);
+    let sub = full.adjacency.index_select(0, &index).index_select(1, &index);
+    assert!(max_abs(&(&sub - &small.adjacency)) < 1e-5 * max_abs(&full.adjacency), "kept edges equal the full graph's");
+    // The features chosen are mostly the full graph's most influential ones.
+    let pruned = full.prune(0.8, 0.98).unwrap();
+    let mut ranked: Vec<usize> = (0..n_features).collect();
+    ranked.sort_by(|&a, &b| pruned.influence[b].total_cmp(&pruned.influence[a]));
+    let top: Vec<&Node> = ranked[..limit].iter().map(|&i| &full.nodes[i]).collect();
+    let overlap = small.nodes.iter().filter(|n| top.contains(n)).count() as f64 / limit as f64;
+    assert!(overlap > 0.9, "{overlap:.2} of the chosen features are among the full graph's top {limit} by influence");
+    // A limit at or above the number of features is the full graph.
+    let all = attribution_graph(&model, &tcs, &tokens, &GraphConfig { max_feature_nodes: Some(n_features + 5), ..GraphConfig::default() }).unwrap();
+    assert_eq!(all.nodes, full.nodes);
+    assert!(max_abs(&(&all.adjacency - &full.adjacency)) < 1e-5);
+}

@@ -385,10 +385,10 @@ impl TranscoderSet {
         }
     }
 
-    /// "12 per-layer TopK transcoders (k 32)" or the CLT's description.
+    /// "12 per-layer transcoders: TopK transcoder (k 32)" or the CLT's description.
     pub fn describe(&self) -> String {
         match self {
-            TranscoderSet::PerLayer(set) => format!("{} per-layer {}s", set.len(), set.first().map_or("transcoder".into(), |t| t.cfg.describe())),
+            TranscoderSet::PerLayer(set) => format!("{} per-layer transcoders: {}", set.len(), set.first().map_or(String::new(), |t| t.cfg.describe())),
             TranscoderSet::CrossLayer(clt) => clt.cfg.describe(),
         }
     }

@@ -89,10 +89,13 @@ fn top_tokens(model: &HookedTransformer, scores: &Tensor, n: i64, largest: bool)
 struct Latents<'a> {
     hook: String,
     d_sae: i64,
-    encode: Box<dyn Fn(&Tensor) -> Result<Tensor> + 'a>,
+    encode: Encoder<'a>,
     encoder: Option<Direction<'a>>,
     decoder: Option<Direction<'a>>,
 }
+
+/// Latents [.., d_sae] of the hook's activations [.., d].
+type Encoder<'a> = Box<dyn Fn(&Tensor) -> Result<Tensor> + 'a>;
 
 /// A latent's direction [d_model] by index.
 type Direction<'a> = Box<dyn Fn(i64) -> Result<Tensor> + 'a>;

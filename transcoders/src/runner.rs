@@ -24,7 +24,9 @@ use tch::{Kind, Tensor};
 
 use crate::dictionary::{Architecture, DictionaryConfig, SparseDictionary};
 use crate::error::{Error, Result};
-use crate::metrics::{evaluate, DictionaryMetrics};
+use crate::clt::{CltConfig, CrossLayerTranscoder, TranscoderSet};
+use crate::clt_train::train_clt;
+use crate::metrics::{evaluate, evaluate_set, DictionaryMetrics, SetMetrics};
 use crate::store::{ActivationSource, ActivationStore, CachedActivations, StoreConfig};
 use crate::train::{train_dictionaries, SaeTrainConfig, SaeTrainReport};
 
@@ -141,8 +143,6 @@ pub fn train_dictionary(
     let d_sae = cfg.d_sae.unwrap_or(8 * d_in);
     let hooks: Vec<&str> = if hook_out == hook { vec![hook] } else { vec![hook, hook_out] };
     let store = ActivationStore::new(model, train_tokens, &hooks, cfg.store.clone())?.with_labels(&cfg.model_name, &cfg.corpus_name);
-    // The context the dictionary's activations have: an existing cache's, else the store's.
-    let mut context_size = cfg.store.context_size;
     let mut train = cfg.train.clone();
     train.checkpoint_dir.get_or_insert_with(|| out.join("checkpoints"));
     train.log_path.get_or_insert_with(|| out.join(TRAIN_LOG));
@@ -151,35 +151,6 @@ pub fn train_dictionary(
         if train.progress {
             eprintln!("{msg}");
         }
-    };
-    let cache = match &cfg.cache_dir {
-        Some(dir) if dir.join("manifest.json").exists() => {
-            let mut cache = CachedActivations::open(dir, model.device())?;
-            let differences = cache.provenance.differences(&store.provenance(cfg.cache_dtype)?);
-            let hooks_missing = differences.iter().any(|d| d.starts_with("hook") || d.starts_with("width"));
-            if !differences.is_empty() && (!cfg.reuse_cache || hooks_missing) {
-                return Err(Error::CacheMismatch { path: dir.clone(), differences, reuse_allowed: !hooks_missing });
-            }
-            for d in &differences {
-                say(format!("reusing the cache although its {d}"));
-            }
-            context_size = cache.provenance.context_size;
-            cache.epochs = cfg.epochs.max(1);
-            if train.steps > cache.n_batches() * cache.epochs {
-                return Err(Error::Input(format!(
-                    "{} steps need {} batches but the cache {} holds {} and {} epoch(s) are allowed: train for at most {} steps, allow {} epochs, or cache again",
-                    train.steps,
-                    train.steps,
-                    dir.display(),
-                    cache.n_batches(),
-                    cache.epochs,
-                    cache.n_batches() * cache.epochs,
-                    train.steps.div_ceil(cache.n_batches())
-                )));
-            }
-            Some(cache)
-        }
-        _ => None,
     };
     let mut dict = match &cfg.init_from {
         Some(from) => {
@@ -206,12 +177,111 @@ pub fn train_dictionary(
             };
             dcfg.matryoshka_widths = cfg.matryoshka_widths.clone();
             dcfg.model_name = cfg.model_name.clone();
-            dcfg.context_size = context_size;
             SparseDictionary::init(dcfg, cfg.store.seed as i64, model.device())?
         }
     };
     let d_sae = dict.cfg().d_sae;
     say(format!("training a {d_sae}-latent dictionary on `{hook}` -> `{hook_out}` from {} corpus tokens", train_tokens.numel()));
+    let (mut source, context_size, epochs) = training_source(store, cfg, &train, &say)?;
+    dict.cfg.context_size = context_size;
+    let mut report = train_dictionaries(std::slice::from_mut(&mut dict), source.as_mut(), &train)?;
+    let metrics = evaluate(&dict, model, eval_contexts, cfg.eval_batch)?;
+    dict.save_saelens(out, Some(&metrics.log10_density))?;
+    let report = report.swap_remove(0);
+    let json = serde_json::json!({ "metrics": metrics, "tokens_per_sec": report.tokens_per_sec, "steps": train.steps, "epochs": epochs, "normalisation_scales": report.scales });
+    write_metrics_json(out, &json)?;
+    Ok(RunnerOutput { dictionary: dict, metrics, report, epochs })
+}
+
+fn write_metrics_json(out: &Path, json: &serde_json::Value) -> Result<()> {
+    let path = out.join("metrics.json");
+    let text = serde_json::to_string_pretty(json).map_err(|e| Error::format(&path, e.to_string()))?;
+    std::fs::write(&path, text).map_err(Error::io(&path))
+}
+
+/// A trained cross-layer transcoder, its metrics on the held-out contexts and the trainer's report.
+pub struct CltRunOutput {
+    /// The CLT, as saved.
+    pub clt: CrossLayerTranscoder,
+    /// Its metrics on the held-out contexts (every layer spliced at once).
+    pub metrics: SetMetrics,
+    /// What training measured.
+    pub report: SaeTrainReport,
+}
+
+/// Trains a cross-layer transcoder over every layer of `model` (encoders reading
+/// `blocks.{l}.ln2.hook_normalized`, decoders predicting every later `blocks.{l'}.hook_mlp_out`)
+/// on `train_tokens` [n_tokens], as [`train_dictionary`] does a dictionary (`cfg.architecture`:
+/// ReLU, TopK or JumpReLU; `cfg.d_sae` latents per layer, default 8 x d_model), evaluates it with
+/// [`evaluate_set`] and saves it to `out` in circuit-tracer's CLT layout plus `metrics.json`.
+/// Resumes from `out/checkpoints`.
+pub fn train_cross_layer(model: &HookedTransformer, train_tokens: &Tensor, eval_contexts: &Tensor, cfg: &RunnerConfig, out: &Path) -> Result<CltRunOutput> {
+    if cfg.skip || !cfg.matryoshka_widths.is_empty() || cfg.init_from.is_some() {
+        return Err(Error::Input("cross-layer transcoders have no skip path, Matryoshka prefixes or fine-tuning here".into()));
+    }
+    let n_layers = model.cfg.n_layers;
+    let d = model.cfg.d_model;
+    let mut clt_cfg = CltConfig::new(cfg.architecture, n_layers, d, cfg.d_sae.unwrap_or(8 * d));
+    clt_cfg.model_name = cfg.model_name.clone();
+    let mut clt = CrossLayerTranscoder::init(clt_cfg, cfg.store.seed as i64, model.device())?;
+    let hooks: Vec<String> = (0..n_layers).map(|l| clt.cfg().hook_in(l)).chain((0..n_layers).map(|l| clt.cfg().hook_out(l))).collect();
+    let hooks: Vec<&str> = hooks.iter().map(String::as_str).collect();
+    let store = ActivationStore::new(model, train_tokens, &hooks, cfg.store.clone())?.with_labels(&cfg.model_name, &cfg.corpus_name);
+    let mut train = cfg.train.clone();
+    train.checkpoint_dir.get_or_insert_with(|| out.join("checkpoints"));
+    train.log_path.get_or_insert_with(|| out.join(TRAIN_LOG));
+    std::fs::create_dir_all(out).map_err(Error::io(out))?;
+    let say = |msg: String| {
+        if train.progress {
+            eprintln!("{msg}");
+        }
+    };
+    say(format!("training a {} on {n_layers} layers from {} corpus tokens", clt.cfg().describe(), train_tokens.numel()));
+    let (mut source, _, epochs) = training_source(store, cfg, &train, &say)?;
+    let report = train_clt(&mut clt, source.as_mut(), &train)?;
+    let set = TranscoderSet::CrossLayer(clt);
+    let metrics = evaluate_set(&set, model, eval_contexts, cfg.eval_batch)?;
+    let TranscoderSet::CrossLayer(clt) = set else { unreachable!("built as a CLT") };
+    clt.save(out, &cfg.model_name)?;
+    write_metrics_json(out, &serde_json::json!({ "metrics": metrics, "tokens_per_sec": report.tokens_per_sec, "steps": train.steps, "epochs": epochs }))?;
+    Ok(CltRunOutput { clt, metrics, report })
+}
+
+/// What a run trains on: the activations cached in `cfg.cache_dir` when they exist (their
+/// provenance must equal the store's, unless `cfg.reuse_cache`), else a new cache written there
+/// from `store`, else `store` streaming from the model. Returns the source, the context its
+/// activations have, and the epochs the steps make over a cache.
+fn training_source<'a>(store: ActivationStore<'a>, cfg: &RunnerConfig, train: &SaeTrainConfig, say: &dyn Fn(String)) -> Result<(Box<dyn ActivationSource + 'a>, i64, Option<f64>)> {
+    let mut context_size = cfg.store.context_size;
+    let cache = match &cfg.cache_dir {
+        Some(dir) if dir.join("manifest.json").exists() => {
+            let mut cache = CachedActivations::open(dir, store.model.device())?;
+            let differences = cache.provenance.differences(&store.provenance(cfg.cache_dtype)?);
+            let hooks_missing = differences.iter().any(|d| d.starts_with("hook") || d.starts_with("width"));
+            if !differences.is_empty() && (!cfg.reuse_cache || hooks_missing) {
+                return Err(Error::CacheMismatch { path: dir.clone(), differences, reuse_allowed: !hooks_missing });
+            }
+            for d in &differences {
+                say(format!("reusing the cache although its {d}"));
+            }
+            context_size = cache.provenance.context_size;
+            cache.epochs = cfg.epochs.max(1);
+            if train.steps > cache.n_batches() * cache.epochs {
+                return Err(Error::Input(format!(
+                    "{} steps need {} batches but the cache {} holds {} and {} epoch(s) are allowed: train for at most {} steps, allow {} epochs, or cache again",
+                    train.steps,
+                    train.steps,
+                    dir.display(),
+                    cache.n_batches(),
+                    cache.epochs,
+                    cache.n_batches() * cache.epochs,
+                    train.steps.div_ceil(cache.n_batches())
+                )));
+            }
+            Some(cache)
+        }
+        _ => None,
+    };
     let cache = match (cache, &cfg.cache_dir) {
         (Some(cache), _) => Some(cache),
         (None, Some(dir)) => {
@@ -225,17 +295,9 @@ pub fn train_dictionary(
     if let Some(e) = epochs.filter(|e| *e > 1.0) {
         say(format!("{} steps are {e:.2} epochs over the cache", train.steps));
     }
-    let mut source: Box<dyn ActivationSource + '_> = match cache {
+    let source: Box<dyn ActivationSource + 'a> = match cache {
         Some(cache) => Box::new(cache),
         None => Box::new(store),
     };
-    let mut report = train_dictionaries(std::slice::from_mut(&mut dict), source.as_mut(), &train)?;
-    let metrics = evaluate(&dict, model, eval_contexts, cfg.eval_batch)?;
-    dict.save_saelens(out, Some(&metrics.log10_density))?;
-    let report = report.swap_remove(0);
-    let json = serde_json::json!({ "metrics": metrics, "tokens_per_sec": report.tokens_per_sec, "steps": train.steps, "epochs": epochs, "normalisation_scales": report.scales });
-    let path = out.join("metrics.json");
-    let text = serde_json::to_string_pretty(&json).map_err(|e| Error::format(&path, e.to_string()))?;
-    std::fs::write(&path, text).map_err(Error::io(&path))?;
-    Ok(RunnerOutput { dictionary: dict, metrics, report, epochs })
+    Ok((source, context_size, epochs))
 }

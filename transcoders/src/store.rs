@@ -56,7 +56,7 @@ impl Default for StoreConfig {
 /// Position 0 of each context and every BOS token are left out: their activations (attention
 /// sinks) are outliers that no dictionary should spend latents on.
 pub struct ActivationStore<'m> {
-    model: &'m HookedTransformer,
+    pub(crate) model: &'m HookedTransformer,
     tokens: Tensor,
     hooks: Vec<String>,
     stop_at: Option<usize>,

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use transcoders::{DictionaryMetrics, TrainLogEntry};
+use transcoders::{DictionaryMetrics, SetMetrics, TrainLogEntry};
 
 use crate::chart::{line_panels, LinePanel, Series};
 use crate::error::{Error, Result};
@@ -34,6 +34,21 @@ pub fn write_metrics(out: &mut Output, stem: &str, name: &str, metrics: &Diction
     }
     let mut table = Table::new(&columns);
     table.push(row);
+    out.table(stem, "evaluation", &table)
+}
+
+/// Writes a transcoder set's metrics as `stem.json` and a table: one row per layer (L0, FVU,
+/// dead and dense fractions) and one for every layer spliced in at once (L0 summed over layers,
+/// pooled FVU, CE loss recovered, delta loss, KL).
+pub fn write_set_metrics(out: &mut Output, stem: &str, metrics: &SetMetrics) -> Result<()> {
+    let value = serde_json::to_value(metrics).map_err(|e| Error::Input(e.to_string()))?;
+    out.json(&format!("{stem}.json"), "metrics", &value)?;
+    let mut table = Table::new(&["layers", "l0", "fvu", "dead_fraction", "ce_loss_recovered", "delta_loss", "kl_spliced"]);
+    for (l, m) in metrics.layers.iter().enumerate() {
+        table.push(vec![l.to_string().into(), m.l0.into(), m.fvu.into(), m.dead_fraction.into(), f64::NAN.into(), f64::NAN.into(), f64::NAN.into()]);
+    }
+    let d = &metrics.downstream;
+    table.push(vec!["all".into(), metrics.l0.into(), metrics.fvu.into(), metrics.dead_fraction.into(), d.ce_loss_recovered.into(), d.delta_loss.into(), d.kl_spliced.into()]);
     out.table(stem, "evaluation", &table)
 }
 

@@ -25,7 +25,7 @@ mod graph;
 mod patching;
 
 pub use bilinear::{bilinear_spectra, single_token, BilinearSpectra, BilinearSpectraConfig, DirectionSpectrum, Readout};
-pub use dictionary::{read_training_curve, training_curve_chart, write_metrics};
+pub use dictionary::{read_training_curve, training_curve_chart, write_metrics, write_set_metrics};
 pub use graph::{graph_analysis, GraphAnalysis, GraphAnalysisConfig, VIEWER_SCAN};
 pub use causal_tracing::{causal_tracing, task_trace_prompts, CausalTracing, CausalTracingConfig};
 pub use circuit_discovery::{circuit_discovery, AcdcRuns, CircuitDiscovery, CircuitDiscoveryConfig, EdgeScores};

@@ -69,11 +69,17 @@ pub struct GraphConfig {
     /// are left out: position 0 (BOS, an attention sink) has outsized activations that explain
     /// nothing about the prompt, and its MLP output becomes part of every target's bias.
     pub keep_position_0: bool,
+    /// At most this many feature nodes (circuit-tracer's `max_feature_nodes`): after the logits'
+    /// rows, the features of highest influence on the logits through the rows computed so far
+    /// are attributed next, until this many are; the others are no nodes and their edges are
+    /// dropped (so completeness holds only up to them). Bounds the time and the rows held,
+    /// [max + logits, all nodes], for long prompts. `None`: every active feature.
+    pub max_feature_nodes: Option<usize>,
 }
 
 impl Default for GraphConfig {
     fn default() -> Self {
-        GraphConfig { max_logits: 10, logit_probability: 0.95, batch_size: 32, progress: false, budget: MemoryBudget::DEFAULT, keep_position_0: false }
+        GraphConfig { max_logits: 10, logit_probability: 0.95, batch_size: 32, progress: false, budget: MemoryBudget::DEFAULT, keep_position_0: false, max_feature_nodes: None }
     }
 }
 
@@ -176,32 +182,85 @@ pub fn attribution_graph(model: &HookedTransformer, transcoders: &TranscoderSet,
         }
     }
     let n = nodes.len();
-    // Memory: the transcoders and the dense adjacency stay; each row of a backward pass holds
-    // the leaves (features of every layer, errors, embeddings), their gradients and the
-    // forward's activations for the backward.
+    let first_logit = n_features + (n_layers + 1) * n_pos as usize;
+    let n_logits = n - first_logit;
+    let n_kept = cfg.max_feature_nodes.map_or(n_features, |m| m.min(n_features));
+    // Memory: the transcoders stay, and the rows computed: the dense adjacency [n, n] when every
+    // feature is a target, else the rows of the chosen features and the logits over every
+    // source, [n_kept + n_logits, n]. Each row of a backward pass holds the leaves (features of
+    // every layer, errors, embeddings), their gradients, the decoded features [n_l, layers
+    // written, d_model] and the forward's activations for the backward.
     let d_model = model.cfg.d_model as u64;
-    let transcoder_bytes = transcoders.n_bytes();
-    // Per row: the leaves (features, errors, embeddings) and their gradients, the decoded
-    // features [n_l, layers written, d_model] and the forward's activations for the backward.
     let decoded: u64 = rep.clean.active.iter().map(|a| a.decoders.numel() as u64).sum();
     let per_row = (2 * n_features as u64 + 3 * decoded + n_pos as u64 * (3 * (n_layers as u64 + 1) * d_model + 12 * n_layers as u64 * d_model)) * 4;
-    let rows = cfg.budget.rows(transcoder_bytes + (n as u64) * (n as u64) * 4, per_row, &format!("an attribution graph of {n} nodes ({n_pos} tokens)"))?;
+    let rows_held = if n_kept == n_features { n } else { n_kept + n_logits } as u64;
+    let what = format!("an attribution graph of {n} nodes ({n_pos} tokens{})", if n_kept < n_features { format!(", {n_kept} of {n_features} features") } else { String::new() });
+    let rows = cfg.budget.rows(transcoders.n_bytes() + rows_held * n as u64 * 4, per_row, &what)?;
     let batch_size = cfg.batch_size.min(rows) as usize;
-    let first_logit = n_features + (n_layers + 1) * n_pos as usize;
-    let targets: Vec<usize> = (0..n_features).chain(first_logit..n).collect();
+    let mut rows = Rows::new(&rep, &nodes, rows_held as i64, n as i64, first_logit)?;
+    let bar = interp_core::train::progress_bar((n_kept + n_logits) as u64, "targets", cfg.progress);
+    let logits: Vec<usize> = (first_logit..n).collect();
+    for chunk in logits.chunks(batch_size) {
+        rows.compute(chunk)?;
+        bar.inc(chunk.len() as u64);
+    }
+    let mut visited = vec![false; n_features];
+    let mut n_visited = 0;
+    while n_visited < n_kept {
+        // All features, in order; or (circuit-tracer's feature limit) the unvisited ones of
+        // highest influence on the logits through the rows computed so far, four passes' worth.
+        let pending: Vec<usize> = if n_kept == n_features {
+            (0..n_features).collect()
+        } else {
+            let influence = rows.partial_influence(n_logits)?;
+            let mut order: Vec<usize> = (0..n_features).filter(|&f| !visited[f]).collect();
+            order.sort_by(|&a, &b| influence[b].total_cmp(&influence[a]));
+            order.truncate((4 * batch_size).min(n_kept - n_visited));
+            order
+        };
+        for chunk in pending.chunks(batch_size) {
+            rows.compute(chunk)?;
+            for &f in chunk {
+                visited[f] = true;
+            }
+            n_visited += chunk.len();
+            bar.inc(chunk.len() as u64);
+        }
+    }
+    bar.finish_and_clear();
+    rows.into_graph(tokens, n_layers, &visited)
+}
 
-    // The bias of every target: its readout with every source at zero.
-    let zero_run = tch::no_grad(|| rep.forward(&Leaves::zeros(&rep.clean)?))?;
-    let mut biases = vec![0f64; n];
-    let mut values = vec![0f64; n];
-    let adjacency = Tensor::f_zeros([n as i64, n as i64], (Kind::Float, Device::Cpu))?;
-    let bar = interp_core::train::progress_bar(targets.len() as u64, "targets", cfg.progress);
-    let err_start = n_features as i64;
-    let tok_start = err_start + n_layers as i64 * n_pos;
-    for chunk in targets.chunks(batch_size) {
-        let readout = rep.readout(&nodes, chunk)?;
-        let zero_x: Vec<Tensor> = zero_run.0.iter().map(|x| Ok(expand(&x.f_squeeze_dim(0)?, chunk.len() as i64)?)).collect::<Result<_>>()?;
-        let bias = read(&zero_x, &expand(&zero_run.1.f_squeeze_dim(0)?, chunk.len() as i64)?, &readout)?;
+/// The rows of the adjacency computed so far: one per target (feature or logit), over every
+/// source of the full graph, with their values and biases.
+struct Rows<'r, 'a> {
+    rep: &'r Replacement<'a>,
+    nodes: &'r [Node],
+    /// [capacity, n_nodes] (f32): row `i` is target `targets[i]`'s incoming edges.
+    edges: Tensor,
+    targets: Vec<usize>,
+    values: Vec<f64>,
+    biases: Vec<f64>,
+    /// The readout of every target with every source at zero (their biases' forward).
+    zero_run: (Vec<Tensor>, Tensor),
+    first_logit: usize,
+    /// `edges` is the square adjacency, row `t` target `t` (every feature is a target).
+    by_node: bool,
+}
+
+impl<'r, 'a> Rows<'r, 'a> {
+    fn new(rep: &'r Replacement<'a>, nodes: &'r [Node], capacity: i64, n: i64, first_logit: usize) -> Result<Self> {
+        let zero_run = tch::no_grad(|| rep.forward(&Leaves::zeros(&rep.clean)?))?;
+        let edges = Tensor::f_zeros([capacity, n], (Kind::Float, Device::Cpu))?;
+        Ok(Rows { rep, nodes, edges, targets: Vec::new(), values: Vec::new(), biases: Vec::new(), zero_run, first_logit, by_node: capacity == n })
+    }
+
+    /// Computes the rows of `chunk` (node indices of features or logits) in one backward pass.
+    fn compute(&mut self, chunk: &[usize]) -> Result<()> {
+        let (rep, n_layers) = (self.rep, self.rep.clean.active.len());
+        let readout = rep.readout(self.nodes, chunk)?;
+        let zero_x: Vec<Tensor> = self.zero_run.0.iter().map(|x| Ok(expand(&x.f_squeeze_dim(0)?, chunk.len() as i64)?)).collect::<Result<_>>()?;
+        let bias = read(&zero_x, &expand(&self.zero_run.1.f_squeeze_dim(0)?, chunk.len() as i64)?, &readout)?;
         let leaves = Leaves::repeat(&rep.clean, chunk.len() as i64)?;
         let (x_in, x_final) = rep.forward(&leaves)?;
         let value = read(&x_in, &x_final, &readout)?;
@@ -222,16 +281,66 @@ pub fn attribution_graph(model: &HookedTransformer, transcoders: &TranscoderSet,
         }
         cols.push(grad(0)?.f_mul(&rep.clean.embed)?.f_sum_dim_intlist(-1, false, Kind::Float)?);
         let block = Tensor::f_cat(&cols, 1)?.f_to_device(Device::Cpu)?; // [rows, n_sources]
-        let rows = Tensor::f_from_slice(&chunk.iter().map(|&t| t as i64).collect::<Vec<_>>())?;
-        let _ = adjacency.f_narrow(1, 0, tok_start + n_pos)?.f_index_copy_(0, &rows, &block)?;
+        // Rows by node index when the rows are the whole adjacency, else in the order computed.
+        let at: Vec<i64> = if self.by_node { chunk.iter().map(|&t| t as i64).collect() } else { (0..chunk.len() as i64).map(|i| i + self.targets.len() as i64).collect() };
+        let _ = self.edges.f_narrow(1, 0, self.first_logit as i64)?.f_index_copy_(0, &Tensor::f_from_slice(&at)?, &block)?;
         for (i, &t) in chunk.iter().enumerate() {
-            biases[t] = bias.f_double_value(&[i as i64])?;
-            values[t] = value.f_double_value(&[i as i64])?;
+            self.targets.push(t);
+            self.biases.push(bias.f_double_value(&[i as i64])?);
+            self.values.push(value.f_double_value(&[i as i64])?);
         }
-        bar.inc(chunk.len() as u64);
+        Ok(())
     }
-    bar.finish_and_clear();
-    Ok(AttributionGraph { tokens: tokens.to_vec(), n_layers, nodes, adjacency, values: Tensor::f_from_slice(&values)?, biases: Tensor::f_from_slice(&biases)? })
+
+    /// Every node's influence on the logits (weighted by their probabilities) through the rows
+    /// computed so far (circuit-tracer's `compute_partial_influences`).
+    fn partial_influence(&self, n_logits: usize) -> Result<Vec<f64>> {
+        let k = self.targets.len() as i64;
+        let a = self.edges.f_narrow(0, 0, k)?.f_abs()?.f_to_kind(Kind::Double)?;
+        let a = a.f_div(&a.f_sum_dim_intlist(1, true, Kind::Double)?.f_clamp_min(1e-8)?)?;
+        let index = Tensor::f_from_slice(&self.targets.iter().map(|&t| t as i64).collect::<Vec<_>>())?;
+        let n = self.nodes.len();
+        let mut weights = vec![0f64; n];
+        for (i, node) in self.nodes.iter().enumerate().skip(n - n_logits) {
+            if let Node::Logit { probability, .. } = node {
+                weights[i] = *probability;
+            }
+        }
+        let mut prod = Tensor::f_from_slice(&weights)?;
+        let mut total = prod.f_zeros_like()?;
+        for _ in 0..=self.nodes.len() {
+            prod = prod.f_index_select(0, &index)?.f_unsqueeze(0)?.f_matmul(&a)?.f_squeeze_dim(0)?;
+            if prod.f_count_nonzero(None::<i64>)?.f_int64_value(&[])? == 0 {
+                return Ok(Vec::<f64>::try_from(&total)?);
+            }
+            total = total.f_add(&prod)?;
+        }
+        Err(Error::Input("influence did not converge: the adjacency has a cycle".into()))
+    }
+
+    /// The graph of the features visited (all, or those the feature limit chose), errors,
+    /// tokens and logits, with the rows computed.
+    fn into_graph(self, tokens: &[i64], n_layers: usize, visited: &[bool]) -> Result<AttributionGraph> {
+        let nodes = self.nodes;
+        // Columns kept: the visited features, then every error, token and logit node.
+        let keep: Vec<i64> = (0..nodes.len()).filter(|&i| i >= visited.len() || visited[i]).map(|i| i as i64).collect();
+        let position: std::collections::HashMap<usize, i64> = keep.iter().enumerate().map(|(j, &i)| (i as usize, j as i64)).collect();
+        let n = keep.len() as i64;
+        let (mut values, mut biases) = (vec![0f64; n as usize], vec![0f64; n as usize]);
+        let rows: Vec<i64> = self.targets.iter().map(|t| position[t]).collect();
+        for (i, &r) in rows.iter().enumerate() {
+            values[r as usize] = self.values[i];
+            biases[r as usize] = self.biases[i];
+        }
+        let adjacency = if self.by_node {
+            self.edges
+        } else {
+            let selected = self.edges.f_narrow(0, 0, rows.len() as i64)?.f_index_select(1, &Tensor::f_from_slice(&keep)?)?;
+            Tensor::f_zeros([n, n], (Kind::Float, Device::Cpu))?.f_index_copy(0, &Tensor::f_from_slice(&rows)?, &selected)?
+        };
+        let nodes: Vec<Node> = keep.iter().map(|&i| nodes[i as usize].clone()).collect();
+        Ok(AttributionGraph { tokens: tokens.to_vec(), n_layers, nodes, adjacency, values: Tensor::f_from_slice(&values)?, biases: Tensor::f_from_slice(&biases)? })
+    }
 }
 
 impl AttributionGraph {

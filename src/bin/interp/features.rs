@@ -77,8 +77,10 @@ pub fn print_spectra(s: &BilinearSpectra) {
 pub struct GraphArgs {
     /// Checkpoint directory (default: models/shakespeare-gpt2).
     pub model_dir: Option<PathBuf>,
-    /// Transcoders, one per layer: a circuit-tracer folder (config.yaml) or a folder of SAELens
-    /// transcoder folders (default: MODEL/transcoders).
+    /// Transcoders replacing every MLP: a circuit-tracer set (config.yaml + layer_i.safetensors),
+    /// a folder of SAELens transcoder folders, or a cross-layer transcoder in circuit-tracer's CLT
+    /// layout (W_enc_i / W_dec_i.safetensors, as `interp sae train --clt` writes) (default:
+    /// MODEL/transcoders).
     #[arg(long)]
     pub transcoders: Option<PathBuf>,
     /// Prompt (BOS prepended).
@@ -108,6 +110,11 @@ pub struct GraphArgs {
     /// backward passes); default: the weights plus 3 GB. A graph that cannot fit is an error.
     #[arg(long)]
     pub max_memory: Option<f64>,
+    /// At most this many feature nodes (circuit-tracer's max_feature_nodes): after the logits,
+    /// the features of highest influence on them are attributed until this many are; the rest
+    /// are left out. Bounds time and memory on long prompts; default: every active feature.
+    #[arg(long)]
+    pub max_features: Option<usize>,
     /// Keep the features and errors at position 0 (BOS) as nodes; by default they are left out
     /// and their MLP output counts as a constant, as circuit-tracer does.
     #[arg(long)]
@@ -129,6 +136,7 @@ pub fn run_graph(args: &GraphArgs, out: &mut Output) -> Result<()> {
     let mut cfg = GraphAnalysisConfig { node_threshold: args.node_threshold, edge_threshold: args.edge_threshold, ..GraphAnalysisConfig::default() };
     cfg.graph.batch_size = args.batch;
     cfg.graph.keep_position_0 = args.keep_position_0;
+    cfg.graph.max_feature_nodes = args.max_features;
     if let Some(gb) = args.max_memory {
         cfg.graph.budget = MemoryBudget::for_peak((gb * 1e9) as u64, &model)?;
     }

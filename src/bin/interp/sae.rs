@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
-use interp::circuits::analysis::{read_training_curve, training_curve_chart, write_metrics};
+use interp::circuits::analysis::{read_training_curve, training_curve_chart, write_metrics, write_set_metrics};
 use interp::circuits::{write_dashboards, Output};
 use interp::interp_core::data::token_stream;
 use interp::interp_core::train::Schedule;
 use interp::interp_core::{tch, CacheSpec, HookedTransformer};
-use interp::transcoders::runner::{eval_contexts, train_dictionary, RunnerConfig, TRAIN_LOG};
+use interp::transcoders::runner::{eval_contexts, train_cross_layer, train_dictionary, RunnerConfig, TRAIN_LOG};
 use interp::transcoders::{
-    evaluate, evaluate_activations, latent_dashboards, readable_latents, ActivationSource, Architecture, CachedActivations, DictionaryMetrics, InMemoryActivations, SaeTrainConfig,
-    SparseDictionary, StoreConfig,
+    evaluate, evaluate_activations, evaluate_set, latent_dashboards, load_transcoder_set, readable_latents, ActivationSource, Architecture, CachedActivations, DictionaryMetrics, InMemoryActivations, SaeTrainConfig,
+    SetMetrics, SparseDictionary, StoreConfig,
 };
 use tch::{Kind, Tensor};
 
@@ -146,8 +146,13 @@ pub struct TrainArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Hook the dictionary reads, e.g. blocks.1.hook_resid_pre or blocks.0.ln2.hook_normalized.
-    #[arg(long)]
-    hook: String,
+    #[arg(long, required_unless_present = "clt")]
+    hook: Option<String>,
+    /// Train a cross-layer transcoder over every layer instead (encoders read each layer's
+    /// ln2.hook_normalized, decoders write every later layer's hook_mlp_out; --d-sae latents per
+    /// layer; relu, topk or jumprelu). Saved in circuit-tracer's CLT layout.
+    #[arg(long, conflicts_with_all = ["hook", "hook_out", "skip", "matryoshka", "from"])]
+    clt: bool,
     /// Hook it predicts (a transcoder: blocks.L.hook_mlp_out); default: --hook (an SAE).
     #[arg(long)]
     hook_out: Option<String>,
@@ -269,6 +274,17 @@ fn print_metrics(m: &DictionaryMetrics) {
     println!("shrinkage         {:.4}", m.shrinkage);
 }
 
+fn print_set_metrics(m: &SetMetrics) {
+    println!("{}", m.set);
+    println!("layer  L0       FVU");
+    for (l, layer) in m.layers.iter().enumerate() {
+        println!("{l:<6} {:<8.2} {:.4}", layer.l0, layer.fvu);
+    }
+    let d = &m.downstream;
+    println!("all layers: L0 {:.2} per token, FVU {:.4}, dead {:.2}%", m.l0, m.fvu, 100.0 * m.dead_fraction);
+    println!("every MLP spliced: CE loss recovered {:.4} (clean {:.4}, spliced {:.4}, all zero-ablated {:.4}); KL {:.4}", d.ce_loss_recovered, d.ce_clean, d.ce_spliced, d.ce_zero_ablation, d.kl_spliced);
+}
+
 impl TrainArgs {
     fn config(&self) -> Result<RunnerConfig> {
         let defaults = RunnerConfig::default();
@@ -332,7 +348,18 @@ fn train(a: &TrainArgs) -> Result<()> {
     let tok = model.tokenizer().context("the model has no tokenizer.json")?;
     let train_tokens = token_stream(tok, &corpus(&a.data)?.0)?;
     let contexts = held_out_contexts(&model, &a.data, a.eval_contexts, a.context)?;
-    let run = train_dictionary(&model, &a.hook, a.hook_out.as_deref(), &train_tokens, &contexts, &cfg, &a.out)?;
+    let Some(hook) = &a.hook else {
+        let run = train_cross_layer(&model, &train_tokens, &contexts, &cfg, &a.out)?;
+        print_set_metrics(&run.metrics);
+        println!("{:.0} tokens/s; saved to {}", run.report.tokens_per_sec, a.out.display());
+        let mut out = Output::new(&a.out, &run.clt.cfg().describe())?;
+        out.report.paragraph(&format!("Trained {} steps on {} from {}; evaluated on {} held-out tokens.", cfg.train.steps, a.data, a.model.model_dir.display(), run.metrics.n_tokens));
+        write_set_metrics(&mut out, "evaluation", &run.metrics)?;
+        training_curve_chart(&mut out, "training_curve", &read_training_curve(&a.out.join(TRAIN_LOG))?)?;
+        out.write_report()?;
+        return Ok(());
+    };
+    let run = train_dictionary(&model, hook, a.hook_out.as_deref(), &train_tokens, &contexts, &cfg, &a.out)?;
     print_metrics(&run.metrics);
     let epochs = run.epochs.map(|e| format!(", {e:.2} epochs over the cache")).unwrap_or_default();
     println!("{:.0} tokens/s{epochs}; saved to {}", run.report.tokens_per_sec, a.out.display());
@@ -387,6 +414,18 @@ fn eval(a: &EvalArgs) -> Result<()> {
             let hooks: Vec<&str> = if hook_in == hook_out { vec![&hook_in] } else { vec![&hook_in, &hook_out] };
             let (mut source, n) = activation_source(path, &hooks, a.batches)?;
             evaluate_activations(&dict, source.as_mut(), n)?
+        }
+        (Some(model_dir), None) if !sae.join("cfg.json").exists() => {
+            // A transcoder set (per-layer or a CLT): every layer spliced in at once.
+            let model = HookedTransformer::from_pretrained_dir(model_dir, a.device.get(), Kind::Float)?;
+            let set = load_transcoder_set(sae, model.device())?;
+            let ctx = held_out_contexts(&model, &a.data, a.contexts, 128)?;
+            let metrics = evaluate_set(&set, &model, &ctx, 8)?;
+            print_set_metrics(&metrics);
+            let json = a.json.clone().unwrap_or_else(|| sae.join("eval.json"));
+            std::fs::write(&json, serde_json::to_string_pretty(&metrics)?).with_context(|| format!("writing {}", json.display()))?;
+            println!("wrote {}", json.display());
+            return Ok(());
         }
         (Some(model_dir), None) => {
             let model = HookedTransformer::from_pretrained_dir(model_dir, a.device.get(), Kind::Float)?;
