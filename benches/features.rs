@@ -4,9 +4,10 @@
 //! torch's forwards, see circuits/Cargo.toml), next to building the interaction matrices; and the attribution graph
 //! of a 64-token prompt on the text model with its transcoders: time against a plain forward,
 //! batched backward passes against one target per pass, and memory; and at GPT-2 small's shape
-//! (random weights, 12 TopK transcoders of 24,576 latents, k 8) the graph of a 16-token prompt:
-//! time against a forward + backward of the same rows, peak RSS, and what the default memory
-//! budget says of a 256-token prompt.
+//! (random weights, 12 TopK transcoders of 24,576 latents, k 8) graphs of 16- and 64-token
+//! prompts, of a 256-token prompt with circuit-tracer's feature limit (1,024 features), and of a
+//! 64-token prompt through a cross-layer transcoder (12 x 4,096 latents): time against a forward +
+//! backward of the same rows, and peak RSS (`-- text` and `-- gpt2` run one part alone).
 
 mod common;
 
@@ -15,7 +16,7 @@ use std::time::Instant;
 use common::min_secs;
 use interp::circuits::attribution_graph::{attribution_graph, GraphConfig};
 use interp::circuits::MemoryBudget;
-use interp::transcoders::{Architecture, DictionaryConfig, SparseDictionary, TranscoderSet};
+use interp::transcoders::{Architecture, CltConfig, CrossLayerTranscoder, DictionaryConfig, SparseDictionary, TranscoderSet};
 use interp::circuits::bilinear::{BilinearLayer, Spectrum};
 use interp::interp_core::{tch, HookedTransformer};
 use interp::transcoders::load_transcoder_set;
@@ -28,6 +29,11 @@ fn rss_mib() -> (f64, f64) {
 
 fn main() {
     tch::set_num_threads(2);
+    // `cargo bench --bench features -- text|gpt2`: one section alone.
+    let only = |section: &str| std::env::args().any(|a| a == section);
+    if only("gpt2") {
+        return gpt2_small_graph();
+    }
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/models/shakespeare-gpt2");
     let model = HookedTransformer::from_pretrained_dir(dir, Device::Cpu, Kind::Float).expect("text model");
     let tcs = load_transcoder_set(format!("{dir}/transcoders"), Device::Cpu).expect("transcoders");
@@ -86,6 +92,9 @@ fn main() {
     let (one, targets) = time(1);
     let (batched, _) = time(64);
     println!("  16 tokens, {targets} targets: one target per pass {one:.2} s, 64 per pass {batched:.2} s: {:.1}x", one / batched);
+    if only("text") {
+        return;
+    }
     let opts = (Kind::Double, Device::Cpu);
     println!("eigendecompositions of symmetric matrices (f64), 2 threads:");
     for (d, n) in [(256i64, 32i64), (768, 6)] {
@@ -119,47 +128,59 @@ fn main() {
     gpt2_small_graph();
 }
 
-/// Section 3: an attribution graph at GPT-2 small's shape.
+/// Section 3: attribution graphs at GPT-2 small's shape: prompts of 16 and 64 tokens in full,
+/// 256 tokens with circuit-tracer's feature limit, and a cross-layer transcoder at 64 tokens.
 fn gpt2_small_graph() {
     let model = HookedTransformer::from_pretrained_dir(common::gpt2_small(), Device::Cpu, Kind::Float).expect("GPT-2-small-shaped model");
     let d = model.cfg.d_model;
-    let tcs: TranscoderSet = (0..model.cfg.n_layers)
+    let per_layer: TranscoderSet = (0..model.cfg.n_layers)
         .map(|l| {
             let cfg = DictionaryConfig::transcoder(Architecture::TopK { k: 8 }, false, &format!("blocks.{l}.ln2.hook_normalized"), &format!("blocks.{l}.hook_mlp_out"), d, d, 24_576);
             SparseDictionary::init(cfg, l as i64, Device::Cpu).expect("transcoder")
         })
         .collect::<Vec<_>>()
         .into();
-    tch::manual_seed(0);
-    let tokens: Vec<i64> = Vec::try_from(Tensor::randint(model.cfg.d_vocab, [16], (Kind::Int64, Device::Cpu))).unwrap();
-    let cfg = GraphConfig { batch_size: 32, budget: MemoryBudget { bytes: 8_000_000_000, outside: 0 }, ..GraphConfig::default() };
-    let rows = Tensor::from_slice(&tokens).unsqueeze(0).repeat([32, 1]);
-    let fwd_bwd = min_secs(2, || {
-        let resid = model.runner(&rows).stop_at_layer(model.cfg.n_layers).autograd().run().unwrap().output.set_requires_grad(true);
-        resid.sum(Kind::Float).backward();
-    });
-    let (_, before) = rss_mib();
-    let start = Instant::now();
-    let graph = attribution_graph(&model, &tcs, &tokens, &cfg).unwrap();
-    let secs = start.elapsed().as_secs_f64();
-    let (_, peak) = rss_mib();
-    let targets = graph.n_features() + graph.n_logits();
-    let passes = (targets as f64 / 32.0).ceil();
-    println!(
-        "attribution graph, GPT-2 small shape, 12 TopK transcoders (24,576 latents, k 8), {} tokens: {} features, {} nodes; {secs:.1} s for {passes:.0} passes = {:.2} forward+backward passes of the same [32, {}] rows ({:.2} s) per pass; peak RSS {:.2} GB (was {:.2} GB before the graph); completeness error {:.1e}",
-        tokens.len(),
-        graph.n_features(),
-        graph.nodes.len(),
-        secs / passes / fwd_bwd,
-        tokens.len(),
-        fwd_bwd,
-        peak / 1024.0,
-        before / 1024.0,
-        graph.completeness_error().unwrap()
-    );
-    let long: Vec<i64> = Vec::try_from(Tensor::randint(model.cfg.d_vocab, [256], (Kind::Int64, Device::Cpu))).unwrap();
-    match attribution_graph(&model, &tcs, &long, &GraphConfig::default()) {
-        Ok(g) => println!("  256 tokens under the default budget: {} nodes", g.nodes.len()),
-        Err(e) => println!("  256 tokens under the default budget: {e}"),
+    println!("attribution graphs, GPT-2 small shape, random weights, 2 threads, a budget of 8 GB; one pass = 32 targets (fewer when the budget cuts them); ratio = seconds per pass / a forward+backward of the same [32, tokens] rows:");
+    let run = |tcs: &TranscoderSet, n_tokens: i64, max_feature_nodes: Option<usize>| {
+        tch::manual_seed(n_tokens);
+        let tokens: Vec<i64> = Vec::try_from(Tensor::randint(model.cfg.d_vocab, [n_tokens], (Kind::Int64, Device::Cpu))).unwrap();
+        let rows = Tensor::from_slice(&tokens).unsqueeze(0).repeat([32, 1]);
+        let fwd_bwd = min_secs(2, || {
+            let resid = model.runner(&rows).stop_at_layer(model.cfg.n_layers).autograd().run().unwrap().output.set_requires_grad(true);
+            resid.sum(Kind::Float).backward();
+        });
+        common::reset_peak_rss();
+        let (before, _) = rss_mib();
+        let cfg = GraphConfig { batch_size: 32, max_feature_nodes, budget: MemoryBudget { bytes: 8_000_000_000, outside: 0 }, ..GraphConfig::default() };
+        let start = Instant::now();
+        let graph = match attribution_graph(&model, tcs, &tokens, &cfg) {
+            Ok(g) => g,
+            Err(e) => return println!("  {n_tokens} tokens: {e}"),
+        };
+        let secs = start.elapsed().as_secs_f64();
+        let (_, peak) = rss_mib();
+        let passes = ((graph.n_features() + graph.n_logits()) as f64 / 32.0).ceil();
+        let limit = max_feature_nodes.map(|m| format!(", at most {m} features")).unwrap_or_default();
+        let completeness = if max_feature_nodes.is_none() { format!("; completeness error {:.1e}", graph.completeness_error().unwrap()) } else { String::new() };
+        println!(
+            "  {}, {n_tokens} tokens{limit}: {} features, {} nodes; {secs:.0} s for {passes:.0} passes = {:.2} forward+backward ({:.2} s) per pass; peak RSS {:.2} GB ({:.2} GB before){completeness}",
+            tcs.describe(),
+            graph.n_features(),
+            graph.nodes.len(),
+            secs / passes / fwd_bwd,
+            fwd_bwd,
+            peak / 1024.0,
+            before / 1024.0,
+        );
+    };
+    run(&per_layer, 16, None);
+    run(&per_layer, 64, None);
+    run(&per_layer, 256, Some(1024));
+    match attribution_graph(&model, &per_layer, &Vec::try_from(Tensor::randint(model.cfg.d_vocab, [256], (Kind::Int64, Device::Cpu))).unwrap(), &GraphConfig::default()) {
+        Ok(g) => println!("  256 tokens, every feature, default budget: {} nodes", g.nodes.len()),
+        Err(e) => println!("  256 tokens, every feature, default budget: {e}"),
     }
+    drop(per_layer);
+    let clt = CrossLayerTranscoder::init(CltConfig::new(Architecture::TopK { k: 8 }, model.cfg.n_layers, d, 4096), 0, Device::Cpu).expect("CLT");
+    run(&clt.into(), 64, None);
 }

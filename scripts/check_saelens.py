@@ -168,5 +168,54 @@ def viewer(root: Path):
         print(f"{meta['slug']}: {len(graph.nodes)} nodes, {len(graph.links)} links, {len(features)} feature files: circuit-tracer's models accept them")
 
 
+def graph(root: Path):
+    """circuit-tracer's `attribute` on the text model through the random JumpReLU transcoder set
+    and CLT that `examples/graph_reference.rs` wrote to ROOT gives the graphs we computed there:
+    the same nodes and the same edges."""
+    for name in ["set", "clt"]:
+        graph_of(root / name, load_file(str(root / f"{name}.safetensors")))
+
+
+def graph_of(tc_dir: Path, ours: dict):
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformer_lens import HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
+    from circuit_tracer import attribute
+    from circuit_tracer.replacement_model.replacement_model_transformerlens import TransformerLensReplacementModel
+    from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
+    from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
+    import yaml
+
+    model_dir = Path("models/shakespeare-gpt2")
+    hf = GPT2LMHeadModel.from_pretrained(model_dir)
+    c = hf.config
+    cfg = HookedTransformerConfig(n_layers=c.n_layer, d_model=c.n_embd, n_heads=c.n_head, d_head=c.n_embd // c.n_head, d_mlp=c.n_inner or 4 * c.n_embd,
+                                  d_vocab=c.vocab_size, n_ctx=c.n_positions, act_fn="gelu_new", normalization_type="LN", eps=c.layer_norm_epsilon,
+                                  model_name="shakespeare-gpt2", device="cpu", default_prepend_bos=False)
+    model = TransformerLensReplacementModel(cfg)
+    model.load_state_dict(convert_gpt2_weights(hf, cfg), strict=False)
+    model.set_tokenizer(PreTrainedTokenizerFast(tokenizer_file=str(model_dir / "tokenizer.json")), default_padding_side="right")
+    config = yaml.safe_load((tc_dir / "config.yaml").read_text())
+    hooks = dict(feature_input_hook=config["feature_input_hook"], feature_output_hook=config["feature_output_hook"], scan=config["scan"])
+    if (tc_dir / "W_enc_0.safetensors").exists():
+        tcs = load_clt(str(tc_dir), device=torch.device("cpu"), dtype=torch.float32, lazy_decoder=False, **hooks)
+    else:
+        paths = {i: str(tc_dir / p) for i, p in enumerate(config["transcoders"])}
+        tcs = load_transcoder_set(paths, device=torch.device("cpu"), dtype=torch.float32, lazy_encoder=False, lazy_decoder=False, **hooks)
+    model._configure_replacement_model(tcs)
+    tokens = ours["tokens"]
+    g = attribute(tokens, model, max_n_logits=10, desired_logit_prob=0.95, batch_size=64)
+    feats = g.active_features[g.selected_features]
+    assert torch.equal(feats, ours["features"]), "the same feature nodes in the same order"
+    assert torch.equal(g.logit_targets if isinstance(g.logit_targets, torch.Tensor) else torch.tensor([t.vocab_idx for t in g.logit_targets]), ours["logits"]), "the same logit targets"
+    a, b = g.adjacency_matrix.double(), ours["adjacency"].double()
+    assert a.shape == b.shape, (a.shape, b.shape)
+    diff = (a - b).abs().max().item()
+    mask = (a != 0) | (b != 0)
+    pearson = torch.corrcoef(torch.stack([a[mask], b[mask]]))[0, 1].item()
+    print(f"{tc_dir.name}: {len(feats)} features, {a.shape[0]} nodes; circuit-tracer's adjacency vs ours: max difference {diff:.1e} (largest edge {a.abs().max().item():.2f}), Pearson {pearson:.7f}")
+    assert diff < 1e-4 * max(1.0, a.abs().max().item()), diff
+
+
 if __name__ == "__main__":
-    {"make-fixtures": make_fixtures, "check": check, "viewer": viewer}[sys.argv[1]](Path(sys.argv[2]))
+    {"make-fixtures": make_fixtures, "check": check, "viewer": viewer, "graph": graph}[sys.argv[1]](Path(sys.argv[2]))

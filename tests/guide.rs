@@ -13,7 +13,10 @@ use interp::interp_core::train::{next_token_loss, Batch};
 use interp::interp_core::{
     tch, BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks, Intervention, NamesFilter, NormSite, Sampling, Scope, WeightProcessing,
 };
-use interp::transcoders::{evaluate, latent_dashboards, load_transcoder_set, Architecture, DictionaryConfig, SparseDictionary};
+use interp::transcoders::{
+    evaluate, evaluate_set, latent_dashboards, load_transcoder_set, train_clt, Architecture, CltConfig, CrossLayerTranscoder, DictionaryConfig, InMemoryActivations, SaeTrainConfig,
+    SparseDictionary, TranscoderSet,
+};
 use tch::{Device, Kind, Tensor};
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -100,6 +103,16 @@ fn saelens() -> Result {
     let boards = latent_dashboards(&tc, &model, &contexts, &[0, 1], 2)?;
     interp::circuits::write_dashboards(&boards, "guide", out.join("dashboards"))?;
     let _ = load_transcoder_set(repo("models/shakespeare-gpt2/transcoders"), Device::Cpu)?;
+    let mut clt = CrossLayerTranscoder::init(CltConfig::new(Architecture::TopK { k: 4 }, 2, 128, 64), 0, Device::Cpu)?;
+    let names: Vec<String> = (0..2).map(|l| clt.cfg().hook_in(l)).chain((0..2).map(|l| clt.cfg().hook_out(l))).collect();
+    let (_, cache) = model.run_with_cache(&contexts, CacheSpec::names(&names))?;
+    let named = names.iter().map(|n| Ok((n.clone(), cache.get(n)?.flatten(0, 1)))).collect::<Result<Vec<_>>>()?;
+    let mut store = InMemoryActivations::new(named, 4)?;
+    train_clt(&mut clt, &mut store, &SaeTrainConfig { steps: 2, progress: false, ..SaeTrainConfig::default() })?;
+    clt.save(out.join("clt"), "guide")?;
+    let set = load_transcoder_set(out.join("clt"), Device::Cpu)?;
+    assert!(matches!(set, TranscoderSet::CrossLayer(_)));
+    let _ = evaluate_set(&set, &model, &contexts, 1)?;
     Ok(())
 }
 
@@ -131,7 +144,7 @@ fn circuits() -> Result {
     let text_model = HookedTransformer::from_pretrained_dir(repo("models/shakespeare-gpt2"), Device::Cpu, Kind::Float)?;
     let transcoders = load_transcoder_set(repo("models/shakespeare-gpt2/transcoders"), Device::Cpu)?;
     let tokens = text_model.to_tokens("To be, or not", true)?;
-    let g = attribution_graph(&text_model, &transcoders, &Vec::<i64>::try_from(&tokens.get(0))?, &GraphConfig::default())?;
+    let g = attribution_graph(&text_model, &transcoders, &Vec::<i64>::try_from(&tokens.get(0))?, &GraphConfig { max_feature_nodes: Some(100), ..GraphConfig::default() })?;
     let pruned = g.prune(0.8, 0.98)?;
     let _ = g.to_circuit_tracer_json(&pruned, "guide", "shakespeare-gpt2", &|t| t.to_string())?;
     Ok(())

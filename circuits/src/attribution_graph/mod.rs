@@ -188,11 +188,11 @@ pub fn attribution_graph(model: &HookedTransformer, transcoders: &TranscoderSet,
     // Memory: the transcoders stay, and the rows computed: the dense adjacency [n, n] when every
     // feature is a target, else the rows of the chosen features and the logits over every
     // source, [n_kept + n_logits, n]. Each row of a backward pass holds the leaves (features of
-    // every layer, errors, embeddings), their gradients, the decoded features [n_l, layers
-    // written, d_model] and the forward's activations for the backward.
+    // every layer, errors, embeddings), their gradients, what the features decode to at each
+    // position of each layer they write, and the forward's activations for the backward.
     let d_model = model.cfg.d_model as u64;
-    let decoded: u64 = rep.clean.active.iter().map(|a| a.decoders.numel() as u64).sum();
-    let per_row = (2 * n_features as u64 + 3 * decoded + n_pos as u64 * (3 * (n_layers as u64 + 1) * d_model + 12 * n_layers as u64 * d_model)) * 4;
+    let written: u64 = rep.clean.active.iter().map(|a| a.decoders.len() as u64).sum();
+    let per_row = (4 * n_features as u64 + n_pos as u64 * d_model * (2 * written + 3 * (n_layers as u64 + 1) + 12 * n_layers as u64)) * 4;
     let rows_held = if n_kept == n_features { n } else { n_kept + n_logits } as u64;
     let what = format!("an attribution graph of {n} nodes ({n_pos} tokens{})", if n_kept < n_features { format!(", {n_kept} of {n_features} features") } else { String::new() });
     let rows = cfg.budget.rows(transcoders.n_bytes() + rows_held * n as u64 * 4, per_row, &what)?;

@@ -84,14 +84,32 @@ pub(super) struct Clean {
     pub(super) logits: Tensor,
 }
 
-/// A layer's active features: positions, feature indices and activations [n_l] each, and their
-/// decoder rows [n_l, layers written, d_model] (entry `j` writes to this layer + `j`: one layer
-/// for a per-layer transcoder, every later layer for a CLT).
+/// A layer's active features, in (position, feature) order: positions, feature indices and
+/// activations [n_l] each; where each position's features start [n_pos]; and their decoder rows,
+/// [n_l, d_model] for each layer written (entry `j` writes to this layer + `j`: one layer for a
+/// per-layer transcoder, every later layer for a CLT).
 pub(super) struct Active {
     pub(super) pos: Tensor,
     pub(super) feature: Tensor,
     pub(super) values: Tensor,
-    pub(super) decoders: Tensor,
+    starts: Tensor,
+    pub(super) decoders: Vec<Tensor>,
+}
+
+impl Active {
+    /// What these features write to layer + `j` at each position, [rows, n_pos, d_model], for
+    /// their activations `acts` [rows, n_l]: a weighted sum of decoder rows per position
+    /// (embedding_bag), never a [rows, n_l, d_model] product.
+    fn decode(&self, j: usize, acts: &Tensor) -> std::result::Result<Tensor, tch::TchError> {
+        let (rows, n_l) = (acts.size()[0], acts.size()[1]);
+        let n_pos = self.starts.size()[0];
+        let d = self.decoders[j].size()[1];
+        let indices = Tensor::f_arange(n_l, (Kind::Int64, acts.device()))?.f_repeat([rows])?;
+        let offsets = Tensor::f_arange(rows, (Kind::Int64, acts.device()))?.f_mul_scalar(n_l)?.f_unsqueeze(1)?.f_add(&self.starts.f_unsqueeze(0)?)?.f_flatten(0, -1)?;
+        let weights = acts.f_to_kind(self.decoders[j].kind())?.f_flatten(0, -1)?;
+        let (sum, _, _, _) = Tensor::f_embedding_bag(&self.decoders[j], &indices, &offsets, false, 0, false, Some(weights), false)?;
+        sum.f_reshape([rows, n_pos, d])
+    }
 }
 
 /// Sources of one linearised forward: embeddings and errors [rows, pos, d_model], and the
@@ -192,8 +210,11 @@ impl<'a> Replacement<'a> {
             let nz = a.f_nonzero()?; // [n_l, 2]: (pos, feature), row-major
             let (pos, feature) = (nz.f_select(1, 0)?, nz.f_select(1, 1)?);
             let values = a.f_index(&[Some(pos.shallow_clone()), Some(feature.shallow_clone())])?;
-            let decoders = transcoders.decoders(l, &feature)?.f_detach()?;
-            active.push(Active { pos, feature, values, decoders });
+            let rows = transcoders.decoders(l, &feature)?.f_detach()?; // [n_l, layers written, d]
+            let decoders = (0..rows.size()[1]).map(|j| rows.f_select(1, j)?.f_contiguous()).collect::<std::result::Result<_, _>>()?;
+            let counts = pos.f_bincount(None::<&Tensor>, a.size()[0])?;
+            let starts = counts.f_cumsum(0, Kind::Int64)?.f_sub(&counts)?;
+            active.push(Active { pos, feature, values, starts, decoders });
         }
         let per_layer = |site: BlockSite| -> Result<Vec<Tensor>> { (0..n).map(|l| at(HookPoint::block(l, site))).collect() };
         let clean = Clean {
@@ -238,12 +259,10 @@ impl<'a> Replacement<'a> {
                 let x = inputs.borrow()[l].as_ref().map(Tensor::shallow_clone).ok_or_else(|| interp_core::Error::Input(format!("layer {l}'s transcoder input hook did not fire")))?;
                 let mut total = set.decoder_bias(l, &x.f_to_kind(Kind::Float)?).map_err(|e| interp_core::Error::Input(e.to_string()))?.f_to_kind(err.kind())?;
                 for (src, (acts, active)) in leaves.acts.iter().zip(&c.active).enumerate().take(l + 1) {
-                    let j = (l - src) as i64;
-                    if j >= active.decoders.size()[1] {
-                        continue;
+                    let j = l - src;
+                    if j < active.decoders.len() && active.pos.size()[0] > 0 {
+                        total = total.f_add(&active.decode(j, acts)?.f_to_kind(err.kind())?)?;
                     }
-                    let rows = acts.f_unsqueeze(-1)?.f_mul(&active.decoders.f_select(1, j)?)?.f_to_kind(err.kind())?; // [rows, n_src, d]
-                    total = total.f_index_add(1, &active.pos, &rows)?;
                 }
                 Ok(Some(total.f_add(err)?.f_add(fixed)?))
             });
