@@ -159,6 +159,30 @@ fn sae_train_eval_and_dashboard_from_the_command_line() {
 }
 
 #[test]
+fn clt_train_eval_and_graph_from_the_command_line() {
+    let model = common::repo("models/shakespeare-gpt2");
+    let model = model.to_str().unwrap();
+    let out = common::Scratch::new("cli-clt");
+    let _ = std::fs::remove_dir_all(&out);
+    let o = out.join("clt");
+    let args = ["sae", "train", model, "--clt", "--arch", "topk", "--k", "8", "--d-sae", "128", "--steps", "6", "--batch-tokens", "512", "--context", "32", "--eval-contexts", "8"];
+    let (ok, stdout, err) = interp(&[&args[..], &["--out", o.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    assert!(stdout.contains("every MLP spliced: CE loss recovered"), "{stdout}");
+    for f in ["config.yaml", "W_enc_0.safetensors", "W_dec_1.safetensors", "metrics.json", "report.html"] {
+        assert!(o.join(f).exists(), "{f}");
+    }
+    let (ok, stdout, err) = interp(&["sae", "eval", model, o.to_str().unwrap(), "--contexts", "4"]);
+    assert!(ok && stdout.contains("TopK cross-layer transcoder"), "{err}");
+    let graph = out.join("graph");
+    let (ok, stdout, err) = interp(&["graph", model, "--transcoders", o.to_str().unwrap(), "--max-features", "40", "--contexts", "4", "--out", graph.to_str().unwrap()]);
+    assert!(ok && stdout.contains("40 of ") && stdout.contains("active features (--max-features)"), "{stdout}{err}");
+    // A skip path or a hook does not go with --clt: clap says so in one line.
+    let (ok, _, err) = interp(&["sae", "train", model, "--clt", "--skip", "--out", o.to_str().unwrap()]);
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+}
+
+#[test]
 fn sae_runs_record_their_cache_curve_and_options() {
     let model = common::repo("models/shakespeare-gpt2");
     let model = model.to_str().unwrap();

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use common::{fixture, Scratch};
 use interp::interp_core::{tch, HookedTransformer, ModelConfig, Tokenizer};
-use interp::transcoders::{load_circuit_tracer, ActivationSource, CachedActivations, SparseDictionary};
+use interp::transcoders::{load_circuit_tracer, ActivationSource, CachedActivations, CrossLayerTranscoder, SparseDictionary};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use serde_json::{json, Value};
@@ -229,6 +229,52 @@ fn circuit_tracer_config_yaml_and_layer_files() {
         }
         write_circuit_tracer_layer(&dir.join("layer_1.safetensors"), &shapes);
         load_circuit_tracer(&dir, Device::Cpu).is_ok()
+    });
+}
+
+const CLT_YAML: &str = "model_kind: cross_layer_transcoder\nmodel_name: \"m\"\nfeature_input_hook: \"ln2.hook_normalized\"\nfeature_output_hook: \"hook_mlp_out\"\nactivation_function: relu\n";
+
+#[test]
+fn clt_config_yaml_and_layer_files() {
+    let dir = Scratch::new("fuzz-clt");
+    let write = |l: usize, enc: &[(String, Vec<i64>)], dec: Vec<i64>| {
+        let refs: Vec<(&str, Vec<i64>)> = enc.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
+        write_circuit_tracer_layer(&dir.join(format!("W_enc_{l}.safetensors")), &refs);
+        write_circuit_tracer_layer(&dir.join(format!("W_dec_{l}.safetensors")), &[(&format!("W_dec_{l}"), dec)]);
+    };
+    let good = |l: usize| vec![(format!("W_enc_{l}"), vec![6, 4]), (format!("b_enc_{l}"), vec![6]), (format!("b_dec_{l}"), vec![4])];
+    for l in 0..2 {
+        write(l, &good(l), vec![6, 2 - l as i64, 4]);
+    }
+    std::fs::write(dir.join("config.yaml"), CLT_YAML).unwrap();
+    assert!(CrossLayerTranscoder::load(&*dir, Device::Cpu).is_ok(), "the unmutated CLT loads");
+    // Lines of the YAML dropped or given other values.
+    let lines: Vec<String> = CLT_YAML.lines().map(str::to_string).collect();
+    let n = lines.len();
+    let edit = prop_oneof![(0..n).prop_map(|i| (i, None)), (0..n, "[ -~]{0,24}").prop_map(|(i, s)| (i, Some(s)))];
+    fuzz("CLT config.yaml", 300, prop::collection::vec(edit, 1..4), |edits| {
+        let mut text = lines.clone();
+        for (i, replacement) in edits {
+            text[i] = replacement.unwrap_or_default();
+        }
+        std::fs::write(dir.join("config.yaml"), text.join("\n")).unwrap();
+        CrossLayerTranscoder::load(&*dir, Device::Cpu).is_ok()
+    });
+    // Layer 1's tensors of other ranks and sizes, missing, or with thresholds.
+    std::fs::write(dir.join("config.yaml"), CLT_YAML).unwrap();
+    let dims = prop::sample::select(vec![0i64, 1, 2, 4, 6]);
+    let shape = prop::collection::vec(dims, 0..4);
+    let names = ["W_enc_1", "b_enc_1", "b_dec_1", "threshold_1"];
+    let tensors = prop::collection::vec((prop::sample::select(names.to_vec()), shape.clone()), 0..3);
+    let dec = prop_oneof![Just(vec![6i64, 1, 4]), shape];
+    fuzz("CLT layer files", 300, (tensors, dec), |(tensors, dec)| {
+        let mut enc = good(1);
+        for (name, s) in tensors {
+            enc.retain(|(n, _)| n != name);
+            enc.push((name.to_string(), s));
+        }
+        write(1, &enc, dec);
+        CrossLayerTranscoder::load(&*dir, Device::Cpu).is_ok()
     });
 }
 

@@ -294,7 +294,7 @@ fn a_feature_limit_keeps_the_most_influential_features_and_their_exact_edges() {
     let limit = n_features / 4;
     let cfg = GraphConfig { max_feature_nodes: Some(limit), batch_size: 16, ..GraphConfig::default() };
     let small = attribution_graph(&model, &tcs, &tokens, &cfg).unwrap();
-    assert_eq!(small.n_features(), limit);
+    assert_eq!((small.n_features(), small.features_left_out, full.features_left_out), (limit, n_features - limit, 0));
     assert_eq!(small.nodes.len(), full.nodes.len() - (n_features - limit));
     // Every edge among the nodes kept is the full graph's edge.
     let index: Vec<i64> = small.nodes.iter().map(|n| full.nodes.iter().position(|m| m == n).unwrap() as i64).collect();

@@ -256,7 +256,7 @@ impl AttributionGraph {
             "<p>{nodes} of {all} nodes and {edges} edges kept by influence on the logits. Node area: influence; blue edges excite, red inhibit; \
              features are labelled layer/index and the token they promote most. Wheel to zoom, drag to pan, double-click to reset; click a node for its \
              strongest input and output edges (and a feature's dashboard); the slider prunes further. \
-             Completeness error (max |sum of inputs + bias − value|): {err:.2e}.</p>\n\
+             Completeness error (max |sum of inputs + bias − value|): {err:.2e}{left_out}.</p>\n\
              <div class=\"gv\"><label>node threshold <input type=\"range\" min=\"0.1\" max=\"{thr}\" step=\"0.01\" value=\"{thr}\"> <output>{thr}</output></label>\n\
              <svg class=\"graph\" viewBox=\"0 0 {width:.0} {height:.0}\" width=\"100%\" style=\"max-width:{width:.0}px;cursor:grab\" xmlns=\"http://www.w3.org/2000/svg\">\n{svg}</svg>\n\
              <div class=\"nodeinfo\"></div></div>\n<script>{ZOOM_JS}{INSPECT_JS}</script>\n",
@@ -265,6 +265,10 @@ impl AttributionGraph {
             all = self.nodes.len(),
             edges = pruned.n_edges()?,
             err = self.completeness_error()?,
+            left_out = match self.features_left_out {
+                0 => String::new(),
+                n => format!(", from the {n} active features left out by the feature limit"),
+            },
         ))
     }
 }

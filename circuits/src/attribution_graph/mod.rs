@@ -136,6 +136,9 @@ pub struct AttributionGraph {
     pub values: Tensor,
     /// [n_nodes] (f64): each target's value with every source at zero.
     pub biases: Tensor,
+    /// Active features that are no nodes because of [`GraphConfig::max_feature_nodes`]; their
+    /// edges are dropped, so a target's edges plus bias fall short of its value by theirs.
+    pub features_left_out: usize,
 }
 
 /// The attribution graph of `tokens` (one prompt, BOS included if the model expects it) for a
@@ -339,7 +342,8 @@ impl<'r, 'a> Rows<'r, 'a> {
             Tensor::f_zeros([n, n], (Kind::Float, Device::Cpu))?.f_index_copy(0, &Tensor::f_from_slice(&rows)?, &selected)?
         };
         let nodes: Vec<Node> = keep.iter().map(|&i| nodes[i as usize].clone()).collect();
-        Ok(AttributionGraph { tokens: tokens.to_vec(), n_layers, nodes, adjacency, values: Tensor::f_from_slice(&values)?, biases: Tensor::f_from_slice(&biases)? })
+        let features_left_out = visited.iter().filter(|v| !**v).count();
+        Ok(AttributionGraph { tokens: tokens.to_vec(), n_layers, nodes, adjacency, values: Tensor::f_from_slice(&values)?, biases: Tensor::f_from_slice(&biases)?, features_left_out })
     }
 }
 

@@ -150,14 +150,15 @@ pub fn run_graph(args: &GraphArgs, out: &mut Output) -> Result<()> {
     let name = args.slug.clone().unwrap_or_else(|| graph_slug(&dir, &args.prompt));
     let found = graph_analysis(&model, &transcoders, &tc_dir, &args.prompt, &name, contexts.as_ref(), &cfg)?;
     let (g, p) = (&found.graph, &found.pruned);
-    println!(
-        "{} tokens, {} active features, {} nodes in all; graph in {:.2} s; completeness error {:.1e}",
-        found.tokens.len(),
-        g.n_features(),
-        g.nodes.len(),
-        found.seconds,
-        g.completeness_error()?
-    );
+    let features = match g.features_left_out {
+        0 => format!("{} active features", g.n_features()),
+        n => format!("{} of {} active features (--max-features)", g.n_features(), g.n_features() + n),
+    };
+    let completeness = match g.features_left_out {
+        0 => format!("completeness error {:.1e}", g.completeness_error()?),
+        _ => format!("edges + bias fall short of the values by up to {:.1e} (the features left out)", g.completeness_error()?),
+    };
+    println!("{} tokens, {features}, {} nodes in all; graph in {:.2} s; {completeness}", found.tokens.len(), g.nodes.len(), found.seconds);
     println!("logit targets: {}", found.logit_targets().join(", "));
     println!("pruned to {} nodes and {} edges (thresholds {} / {})", p.n_nodes(), p.n_edges()?, p.node_threshold, p.edge_threshold);
     found.write(out)?;
