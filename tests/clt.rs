@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::FailsAt;
+
 use circuits::attribution_graph::{attribution_graph, AttributionGraph, GraphConfig, Node};
 use interp::circuits;
 use interp::interp_core::{tch, CacheSpec, HookedTransformer};
@@ -101,21 +103,6 @@ fn a_clt_fits_cross_layer_structure_that_per_layer_transcoders_cannot() {
         let mut clt = CrossLayerTranscoder::init(clt_config(arch), 0, Device::Cpu).unwrap();
         let log = train_clt(&mut clt, &mut Planted::new(8192), &SaeTrainConfig { log_every: 20, ..cfg }).unwrap().log;
         assert!(log.last().unwrap().fvu < 0.5 * log[0].fvu, "{arch:?}: FVU {} -> {}", log[0].fvu, log.last().unwrap().fvu);
-    }
-}
-
-/// Fails at batch `1` of the inner source.
-struct FailsAt(Planted, usize);
-
-impl ActivationSource for FailsAt {
-    fn hook_names(&self) -> &[String] {
-        self.0.hook_names()
-    }
-    fn batch(&mut self, step: usize) -> Result<Vec<Tensor>, Error> {
-        if step == self.1 {
-            return Err(Error::Input("interrupted".into()));
-        }
-        self.0.batch(step)
     }
 }
 

@@ -3,10 +3,12 @@
 
 mod common;
 
+use common::FailsAt;
+
 use interp::interp_core::tch;
 use interp::interp_core::{CacheSpec, HookedTransformer};
 use interp::transcoders::{
-    evaluate, evaluate_activations, load_circuit_tracer, save_circuit_tracer, train_dictionaries, ActivationSource, ActivationStore, Architecture, CachedActivations, DictionaryConfig, Error,
+    evaluate, evaluate_activations, load_circuit_tracer, save_circuit_tracer, train_dictionaries, ActivationSource, ActivationStore, Architecture, CachedActivations, DictionaryConfig,
     InMemoryActivations, SaeTrainConfig, SparseDictionary, StoreConfig,
 };
 use tch::{Device, Kind, Tensor};
@@ -385,21 +387,6 @@ fn saelens_fields_are_honoured_or_refused_by_name() {
     let x = Tensor::randn([10, 16], (Kind::Float, Device::Cpu));
     assert!(common::max_abs_diff(&scaled.encode(&x).unwrap(), &plain.encode(&(&x * 2.5)).unwrap()) < 1e-5);
     assert!(common::max_abs_diff(&scaled.forward(&x).unwrap(), &(plain.forward(&(&x * 2.5)).unwrap() / 2.5)) < 1e-5);
-}
-
-/// Fails at one step, like an interrupted run.
-struct FailsAt<S>(S, usize);
-
-impl<S: ActivationSource> ActivationSource for FailsAt<S> {
-    fn hook_names(&self) -> &[String] {
-        self.0.hook_names()
-    }
-    fn batch(&mut self, step: usize) -> Result<Vec<Tensor>, Error> {
-        if step == self.1 {
-            return Err(Error::Input("interrupted".into()));
-        }
-        self.0.batch(step)
-    }
 }
 
 #[test]

@@ -78,3 +78,18 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// An activation source that fails at one step, like an interrupted run.
+pub struct FailsAt<S>(pub S, pub usize);
+
+impl<S: interp::transcoders::ActivationSource> interp::transcoders::ActivationSource for FailsAt<S> {
+    fn hook_names(&self) -> &[String] {
+        self.0.hook_names()
+    }
+    fn batch(&mut self, step: usize) -> Result<Vec<Tensor>, interp::transcoders::Error> {
+        if step == self.1 {
+            return Err(interp::transcoders::Error::Input("interrupted".into()));
+        }
+        self.0.batch(step)
+    }
+}

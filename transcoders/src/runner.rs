@@ -143,10 +143,7 @@ pub fn train_dictionary(
     let d_sae = cfg.d_sae.unwrap_or(8 * d_in);
     let hooks: Vec<&str> = if hook_out == hook { vec![hook] } else { vec![hook, hook_out] };
     let store = ActivationStore::new(model, train_tokens, &hooks, cfg.store.clone())?.with_labels(&cfg.model_name, &cfg.corpus_name);
-    let mut train = cfg.train.clone();
-    train.checkpoint_dir.get_or_insert_with(|| out.join("checkpoints"));
-    train.log_path.get_or_insert_with(|| out.join(TRAIN_LOG));
-    std::fs::create_dir_all(out).map_err(Error::io(out))?;
+    let mut train = run_settings(cfg, out)?;
     let say = |msg: String| {
         if train.progress {
             eprintln!("{msg}");
@@ -193,6 +190,16 @@ pub fn train_dictionary(
     Ok(RunnerOutput { dictionary: dict, metrics, report, epochs })
 }
 
+/// The trainer's settings of a run into `out` (created): checkpoints in `out/checkpoints` and the
+/// training curve in `out/train_log.jsonl` unless configured elsewhere.
+fn run_settings(cfg: &RunnerConfig, out: &Path) -> Result<SaeTrainConfig> {
+    let mut train = cfg.train.clone();
+    train.checkpoint_dir.get_or_insert_with(|| out.join("checkpoints"));
+    train.log_path.get_or_insert_with(|| out.join(TRAIN_LOG));
+    std::fs::create_dir_all(out).map_err(Error::io(out))?;
+    Ok(train)
+}
+
 fn write_metrics_json(out: &Path, json: &serde_json::Value) -> Result<()> {
     let path = out.join("metrics.json");
     let text = serde_json::to_string_pretty(json).map_err(|e| Error::format(&path, e.to_string()))?;
@@ -227,10 +234,7 @@ pub fn train_cross_layer(model: &HookedTransformer, train_tokens: &Tensor, eval_
     let hooks: Vec<String> = (0..n_layers).map(|l| clt.cfg().hook_in(l)).chain((0..n_layers).map(|l| clt.cfg().hook_out(l))).collect();
     let hooks: Vec<&str> = hooks.iter().map(String::as_str).collect();
     let store = ActivationStore::new(model, train_tokens, &hooks, cfg.store.clone())?.with_labels(&cfg.model_name, &cfg.corpus_name);
-    let mut train = cfg.train.clone();
-    train.checkpoint_dir.get_or_insert_with(|| out.join("checkpoints"));
-    train.log_path.get_or_insert_with(|| out.join(TRAIN_LOG));
-    std::fs::create_dir_all(out).map_err(Error::io(out))?;
+    let train = run_settings(cfg, out)?;
     let say = |msg: String| {
         if train.progress {
             eprintln!("{msg}");
