@@ -124,5 +124,51 @@ def main():
     print(f"transformers {transformers.__version__}, torch {torch.__version__}", file=sys.stderr)
 
 
+class Evil:
+    """Runs a shell command when unpickled by Python: what a malicious checkpoint carries."""
+
+    def __reduce__(self):
+        return (os.system, ("echo this checkpoint ran a command",))
+
+
+def torch_files():
+    """The gpt2 fixture as PyTorch files (tests/fixtures/torch): f32, f16, bf16 and sharded
+    `pytorch_model.bin` (torch.save of the state dict, as HF writes it; lm_head shares wte's
+    storage) and a checkpoint whose pickle calls os.system."""
+    from safetensors.torch import load_file
+
+    src = os.path.join(OUT, "gpt2")
+    state = load_file(os.path.join(src, "model.safetensors"))
+    state["lm_head.weight"] = state["transformer.wte.weight"]  # tied, one storage in the archive
+    root = os.path.join(OUT, "torch")
+    shutil.rmtree(root, ignore_errors=True)
+
+    def folder(name):
+        d = os.path.join(root, name)
+        os.makedirs(d)
+        shutil.copy(os.path.join(src, "config.json"), d)
+        return d
+
+    for name, dtype in [("gpt2-f32", torch.float32), ("gpt2-f16", torch.float16), ("gpt2-bf16", torch.bfloat16)]:
+        torch.save({k: v.to(dtype) for k, v in state.items()}, os.path.join(folder(name), "pytorch_model.bin"))
+    d = folder("gpt2-sharded")
+    names = sorted(state)
+    halves = [names[: len(names) // 2], names[len(names) // 2 :]]
+    weight_map = {}
+    for i, part in enumerate(halves):
+        file = f"pytorch_model-0000{i + 1}-of-00002.bin"
+        # A transposed view, so that strides other than contiguous ones are read too.
+        torch.save({k: state[k].t().contiguous().t() if state[k].dim() == 2 else state[k] for k in part}, os.path.join(d, file))
+        weight_map.update({k: file for k in part})
+    with open(os.path.join(d, "pytorch_model.bin.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=1)
+    torch.save({"transformer.wte.weight": state["transformer.wte.weight"], "payload": Evil()}, os.path.join(folder("evil"), "pytorch_model.bin"))
+    print(f"torch files: {sorted(os.listdir(root))}")
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["torch"]:
+        torch_files()
+    else:
+        main()
+        torch_files()

@@ -188,6 +188,29 @@ fn write_circuit_tracer_layer(path: &Path, shapes: &[(&str, Vec<i64>)]) {
     Tensor::write_safetensors(&tensors, path).unwrap();
 }
 
+#[test]
+fn pytorch_checkpoint_files() {
+    // The gpt2 fixture as torch.save wrote it: zip headers, then data.pkl, then the storages.
+    let src = common::repo("tests/fixtures/torch/gpt2-f32");
+    let dir = Scratch::new("fuzz-torch");
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let original = std::fs::read(src.join("pytorch_model.bin")).unwrap();
+    let pickle = original.windows(8).position(|w| w == b"data.pkl").expect("data.pkl entry");
+    let end = (pickle + 4096).min(original.len()); // past the pickle of this small state dict
+    // Bytes overwritten in the local header and the pickle, or the file cut short.
+    let edits = prop::collection::vec((pickle.saturating_sub(64)..end, any::<u8>()), 1..6);
+    let strategy = (edits, prop::option::weighted(0.2, 0..original.len()));
+    fuzz("gpt2 pytorch_model.bin (bytes)", 600, strategy, |(edits, cut)| {
+        let mut bytes = original.clone();
+        for (at, b) in edits {
+            bytes[at] = b;
+        }
+        bytes.truncate(cut.unwrap_or(bytes.len()));
+        std::fs::write(dir.join("pytorch_model.bin"), &bytes).unwrap();
+        loads(&dir)
+    });
+}
+
 const CT_YAML: &str = "model_kind: transcoder_set\nmodel_name: \"m\"\nfeature_input_hook: \"ln2.hook_normalized\"\nfeature_output_hook: \"hook_mlp_out\"\nactivation_function: relu\ntranscoders:\n  - \"layer_0.safetensors\"\n  - \"layer_1.safetensors\"\n";
 
 #[test]

@@ -271,3 +271,39 @@ fn gpt2_checkpoints_without_the_transformer_prefix_load() {
     let back = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
     assert_eq!(max_abs_diff(&back.forward(ids).unwrap(), &load("gpt2").forward(ids).unwrap()), 0.0);
 }
+
+#[test]
+fn pytorch_checkpoints_load_as_their_safetensors_twins() {
+    // tests/fixtures/torch (scripts/make_fixtures.py): the gpt2 fixture saved by torch.save.
+    let ids = &reference("gpt2")["input_ids"];
+    let want = load("gpt2").forward(ids).unwrap();
+    let torch_dir = |name: &str| common::repo(&format!("tests/fixtures/torch/{name}"));
+    for name in ["gpt2-f32", "gpt2-sharded"] {
+        let m = HookedTransformer::from_pretrained_dir(torch_dir(name), Device::Cpu, Kind::Float).unwrap();
+        assert_eq!(max_abs_diff(&m.forward(ids).unwrap(), &want), 0.0, "{name}");
+    }
+    for name in ["gpt2-f16", "gpt2-bf16"] {
+        let m = HookedTransformer::from_pretrained_dir(torch_dir(name), Device::Cpu, Kind::Float).unwrap();
+        let d = max_abs_diff(&m.forward(ids).unwrap(), &want);
+        assert!(d > 0.0 && d < 0.1, "{name}: {d}");
+    }
+    // A pickle that would run a command when Python loads it is refused by name; nothing runs.
+    let e = load_err(&torch_dir("evil"));
+    assert!(e.contains("refused global `posix.system`") && e.contains("nothing in the file is run"), "{e}");
+    // A truncated archive, a legacy (non-zip) file, a missing storage, another pickle: one line each.
+    let dir = common::Scratch::new("torch-bad");
+    std::fs::copy(torch_dir("gpt2-f32").join("config.json"), dir.join("config.json")).unwrap();
+    let bytes = std::fs::read(torch_dir("gpt2-f32").join("pytorch_model.bin")).unwrap();
+    for (what, data, expected) in [
+        ("truncated", bytes[..bytes.len() / 2].to_vec(), "unreadable zip archive"),
+        ("legacy", b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.".to_vec(), "legacy (pre-1.6, non-zip)"),
+        ("empty", Vec::new(), "not a PyTorch zip archive"),
+    ] {
+        std::fs::write(dir.join("pytorch_model.bin"), data).unwrap();
+        let e = load_err(&dir);
+        assert!(e.contains(expected) && e.lines().count() == 1, "{what}: {e}");
+    }
+    std::fs::remove_file(dir.join("pytorch_model.bin")).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("no weights") && e.contains("pytorch_model.bin"), "{e}");
+}

@@ -1,6 +1,8 @@
 //! Reads tensors from safetensors checkpoints (one file or sharded with
 //! `model.safetensors.index.json`), memory-mapped; pages of a tensor are released once it is
-//! copied, so loading needs little more memory than the weights themselves.
+//! copied, so loading needs little more memory than the weights themselves. Folders that ship
+//! only PyTorch files (`pytorch_model.bin`, or shards with `pytorch_model.bin.index.json`) are
+//! read through [`crate::torch_file`], without Python and without running anything in them.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -14,12 +16,11 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::rng::Rng;
+use crate::torch_file::TorchFile;
 
-struct Shard {
-    path: PathBuf,
-    mmap: Mmap,
-    header_len: usize,
-    metadata: Metadata,
+enum Shard {
+    Safetensors { path: PathBuf, mmap: Mmap, header_len: usize, metadata: Metadata },
+    Torch(TorchFile),
 }
 
 /// An open checkpoint: tensor names to shards.
@@ -72,37 +73,48 @@ impl TensorSource for RandomInit {
 }
 
 impl Checkpoint {
-    /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
+    /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`; in a
+    /// folder without safetensors, `pytorch_model.bin` or the shards listed in
+    /// `pytorch_model.bin.index.json`.
     pub(crate) fn open(dir: &Path) -> Result<Self> {
-        let index_path = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(Error::io(&index_path))?;
-            let json: serde_json::Value =
-                serde_json::from_str(&text).map_err(|source| Error::Json { path: index_path.clone(), source })?;
-            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Checkpoint {
-                path: index_path.clone(),
-                message: "no `weight_map` object".into(),
-            })?;
+        let candidates = ["model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin"];
+        let found = candidates.iter().map(|c| dir.join(c)).find(|p| p.exists()).ok_or_else(|| Error::Checkpoint {
+            path: dir.to_path_buf(),
+            message: format!("no weights: none of {} is here", candidates.join(", ")),
+        })?;
+        let files: Vec<PathBuf> = if found.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&found).map_err(Error::io(&found))?;
+            let json: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json { path: found.clone(), source })?;
+            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Checkpoint { path: found.clone(), message: "no `weight_map` object".into() })?;
             let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
             files.sort();
             files.dedup();
             files
         } else {
-            vec![dir.join("model.safetensors")]
+            vec![found]
         };
         let mut shards = Vec::new();
         let mut index = HashMap::new();
         for path in files {
-            let file = File::open(&path).map_err(Error::io(&path))?;
-            // SAFETY: the mapping is read-only and private; a file truncated underneath us is the
-            // same hazard every safetensors reader accepts.
-            let mmap = unsafe { Mmap::map(&file) }.map_err(Error::io(&path))?;
-            let (header_len, metadata) = SafeTensors::read_metadata(&mmap[..])
-                .map_err(|e| Error::Checkpoint { path: path.clone(), message: format!("not a safetensors file: {e}") })?;
-            for name in metadata.tensors().keys() {
-                index.insert(name.clone(), shards.len());
+            let shard = if path.extension().is_some_and(|e| e == "safetensors") {
+                let file = File::open(&path).map_err(Error::io(&path))?;
+                // SAFETY: the mapping is read-only and private; a file truncated underneath us is the
+                // same hazard every safetensors reader accepts.
+                let mmap = unsafe { Mmap::map(&file) }.map_err(Error::io(&path))?;
+                let (header_len, metadata) = SafeTensors::read_metadata(&mmap[..])
+                    .map_err(|e| Error::Checkpoint { path: path.clone(), message: format!("not a safetensors file: {e}") })?;
+                Shard::Safetensors { path, mmap, header_len, metadata }
+            } else {
+                Shard::Torch(TorchFile::open(&path)?)
+            };
+            let names: Vec<String> = match &shard {
+                Shard::Safetensors { metadata, .. } => metadata.tensors().keys().cloned().collect(),
+                Shard::Torch(t) => t.tensors.keys().cloned().collect(),
+            };
+            for name in names {
+                index.insert(name, shards.len());
             }
-            shards.push(Shard { path, mmap, header_len, metadata });
+            shards.push(shard);
         }
         Ok(Checkpoint { shards, index })
     }
@@ -113,41 +125,38 @@ impl Checkpoint {
 
     /// The stored shape of `name`, if the checkpoint has it.
     pub(crate) fn shape(&self, name: &str) -> Option<Vec<i64>> {
-        let shard = &self.shards[*self.index.get(name)?];
-        shard.metadata.info(name).map(|info| info.shape.iter().map(|d| *d as i64).collect())
+        match &self.shards[*self.index.get(name)?] {
+            Shard::Safetensors { metadata, .. } => metadata.info(name).map(|info| info.shape.iter().map(|d| *d as i64).collect()),
+            Shard::Torch(t) => t.tensors.get(name).map(|t| t.shape.clone()),
+        }
     }
 
     /// Reads `name`, checks its shape, converts it to `kind` on `device`.
     pub(crate) fn tensor(&self, name: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor> {
-        let shard = self
-            .index
-            .get(name)
-            .map(|i| &self.shards[*i])
-            .ok_or_else(|| Error::MissingTensor { name: name.to_string(), expected: shape.to_vec() })?;
-        let info = shard.metadata.info(name).ok_or_else(|| Error::MissingTensor { name: name.into(), expected: shape.to_vec() })?;
-        let found: Vec<i64> = info.shape.iter().map(|d| *d as i64).collect();
+        let missing = || Error::MissingTensor { name: name.to_string(), expected: shape.to_vec() };
+        let found = self.shape(name).ok_or_else(missing)?;
         if found != shape {
             return Err(Error::TensorShape { name: name.to_string(), expected: shape.to_vec(), found });
         }
+        let (path, mmap, header_len, metadata) = match &self.shards[self.index[name]] {
+            Shard::Torch(t) => return Ok(t.tensor(name)?.f_to_kind(kind)?.f_to_device(device)?),
+            Shard::Safetensors { path, mmap, header_len, metadata } => (path, mmap, header_len, metadata),
+        };
+        let info = metadata.info(name).ok_or_else(missing)?;
         let stored = match info.dtype {
             Dtype::F32 => Kind::Float,
             Dtype::F16 => Kind::Half,
             Dtype::BF16 => Kind::BFloat16,
             Dtype::F64 => Kind::Double,
-            other => {
-                return Err(Error::Checkpoint { path: shard.path.clone(), message: format!("tensor `{name}` has dtype {other:?}") })
-            }
+            other => return Err(Error::Checkpoint { path: path.clone(), message: format!("tensor `{name}` has dtype {other:?}") }),
         };
-        let start = 8 + shard.header_len + info.data_offsets.0;
+        let start = 8 + header_len + info.data_offsets.0;
         let len = info.data_offsets.1 - info.data_offsets.0;
-        let bytes = shard.mmap.get(start..start + len).ok_or_else(|| Error::Checkpoint {
-            path: shard.path.clone(),
-            message: format!("tensor `{name}` lies past the end of the file"),
-        })?;
+        let bytes = mmap.get(start..start + len).ok_or_else(|| Error::Checkpoint { path: path.clone(), message: format!("tensor `{name}` lies past the end of the file") })?;
         let t = Tensor::f_from_data_size(bytes, shape, stored)?;
         // SAFETY: `bytes` is not used after this point; dropping the pages only makes a later read
         // of the same range fault them in again from the file.
-        unsafe { shard.mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, start, len) }.ok();
+        unsafe { mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, start, len) }.ok();
         Ok(t.f_to_kind(kind)?.f_to_device(device)?)
     }
 }

@@ -45,6 +45,7 @@ mod save;
 mod spec;
 pub mod tasks;
 mod tokenizer;
+mod torch_file;
 pub mod train;
 
 pub use cache::{ActivationCache, ResidualStack};
