@@ -11,7 +11,9 @@
 //!   4. GPT-2 small's shape (random weights): the store streaming `blocks.6.hook_resid_pre` (the
 //!      forward stops after block 5) and three hooks of block 6 from one pass, against a plain
 //!      full forward; a 16k-latent TopK SAE trained from the stream (tokens/s end to end, peak
-//!      RSS); the disk a cache takes per token in f32 and f16, and so for 10M tokens.
+//!      RSS); the disk a cache takes per token in f32 and f16, and so for 10M tokens;
+//!   5. a TopK cross-layer transcoder at GPT-2 small's shape: seconds per step against its
+//!      encoder's GEMM roofline, and peak RSS (`-- clt` runs this part alone).
 //!
 //! The host is noisy (up to 30% between identical runs), so each figure is the fastest of several.
 
@@ -21,7 +23,10 @@ use std::time::Instant;
 
 use common::{gemm_gflops, gpt2_small, min_secs, reset_peak_rss, status_kib};
 use interp::interp_core::{tch, HookedTransformer};
-use interp::transcoders::{train_dictionaries, ActivationSource, ActivationStore, Architecture, DictionaryConfig, InMemoryActivations, SaeTrainConfig, SparseDictionary, StoreConfig};
+use interp::transcoders::{
+    train_clt, train_dictionaries, ActivationSource, ActivationStore, Architecture, CltConfig, CrossLayerTranscoder, DictionaryConfig, InMemoryActivations, SaeTrainConfig, SparseDictionary,
+    StoreConfig,
+};
 use tch::{Device, Kind, Tensor};
 
 const D_IN: i64 = 768;
@@ -47,6 +52,9 @@ fn step_secs(sparse_decode: bool, steps: usize, repeats: usize) -> f64 {
 fn main() {
     interp::interp_core::reuse_freed_memory();
     println!("threads: {}", tch::get_num_threads());
+    if std::env::args().any(|a| a == "clt") {
+        return gpt2_small_clt();
+    }
 
     // 1. Training against the roofline.
     let gflops = gemm_gflops(BATCH, D_IN, D_SAE, 3);
@@ -104,6 +112,42 @@ fn main() {
     );
 
     gpt2_small_shape();
+    gpt2_small_clt();
+}
+
+/// Section 5: a TopK cross-layer transcoder at GPT-2 small's shape (12 layers, d 768, 6,144
+/// latents per layer, k 32 per layer) trained on fixed random activations of its 24 hooks:
+/// seconds per step (the difference of a 4-step and a 1-step run, so set-up is left out), as a
+/// fraction of its encoder's roofline (per layer the two [4096,768]x[768,6144] products, as for
+/// the SAE above), and peak RSS.
+fn gpt2_small_clt() {
+    const LATENTS: i64 = 6144;
+    let n_layers = 12;
+    let named: Vec<(String, Tensor)> = (0..n_layers)
+        .map(|l| format!("blocks.{l}.ln2.hook_normalized"))
+        .chain((0..n_layers).map(|l| format!("blocks.{l}.hook_mlp_out")))
+        .map(|name| (name, Tensor::randn([2 * BATCH, D_IN], (Kind::Float, Device::Cpu))))
+        .collect();
+    let run = |steps: usize| {
+        let mut source = InMemoryActivations::new(named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(), BATCH).expect("source");
+        let mut clt = CrossLayerTranscoder::init(CltConfig::new(Architecture::TopK { k: K }, n_layers, D_IN, LATENTS), 0, Device::Cpu).expect("CLT");
+        let cfg = SaeTrainConfig { steps, progress: false, checkpoint_dir: None, warmup_steps: 1, ..Default::default() };
+        let start = Instant::now();
+        train_clt(&mut clt, &mut source, &cfg).expect("train");
+        start.elapsed().as_secs_f64()
+    };
+    reset_peak_rss();
+    let before = status_kib("VmRSS:") / (1 << 20) as f64;
+    let (one, four) = (run(1), run(4));
+    let step = (four - one) / 3.0;
+    let gflops = gemm_gflops(BATCH, D_IN, LATENTS, 3);
+    let roofline = n_layers as f64 * 2.0 * 2.0 * (BATCH * D_IN * LATENTS) as f64 / (gflops * 1e9);
+    println!(
+        "TopK CLT training, GPT-2 small shape (12 x {LATENTS} latents, k {K} per layer, {BATCH}-token batches): {step:.2} s/step = {:.0} tokens/s = {:.2} of its encoder roofline ({roofline:.2} s at {gflops:.0} GFLOP/s); peak RSS {:.2} GB ({before:.2} GB before)",
+        BATCH as f64 / step,
+        roofline / step,
+        status_kib("VmHWM:") / (1 << 20) as f64
+    );
 }
 
 /// Section 4: the store, training and a cache at GPT-2 small's shape.
