@@ -155,6 +155,15 @@ enum Value {
 }
 
 impl Value {
+    /// Values it holds, itself included.
+    fn size(&self) -> usize {
+        match self {
+            Value::Tuple(v) | Value::List(v) => 1 + v.iter().map(Value::size).sum::<usize>(),
+            Value::Dict(v) => 1 + v.iter().map(|(k, v)| k.size() + v.size()).sum::<usize>(),
+            _ => 1,
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Value::None => "None",
@@ -193,16 +202,23 @@ const GLOBALS: &[(&str, Option<Kind>)] = &[
 /// state dict of any model stays far below; a hostile pickle cannot make us allocate more.
 const LIMIT: usize = 1 << 24;
 
+/// At most this many values copied out of the memo in all: a state dict fetches storage types,
+/// device strings and the like, a few per tensor.
+const COPY_LIMIT: usize = 1 << 20;
+
 struct Unpickler<'a> {
     data: &'a [u8],
     pos: usize,
     stack: Vec<Value>,
     memo: HashMap<u32, Value>,
+    /// Values copied out of the memo so far: Python shares them, we copy, so a pickle that
+    /// fetches a container into itself again and again would otherwise double memory each time.
+    copied: usize,
 }
 
 impl<'a> Unpickler<'a> {
     fn new(data: &'a [u8]) -> Self {
-        Unpickler { data, pos: 0, stack: Vec::new(), memo: HashMap::new() }
+        Unpickler { data, pos: 0, stack: Vec::new(), memo: HashMap::new(), copied: 0 }
     }
 
     fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
@@ -342,7 +358,12 @@ impl<'a> Unpickler<'a> {
                 }
                 b'h' | b'j' => {
                     let k = if op == b'h' { self.take(1)?[0] as u32 } else { self.u32()? };
-                    let v = self.memo.get(&k).cloned().ok_or_else(|| format!("memo entry {k} unset at byte {at}"))?;
+                    let v = self.memo.get(&k).ok_or_else(|| format!("memo entry {k} unset at byte {at}"))?;
+                    self.copied += v.size();
+                    if self.copied > COPY_LIMIT {
+                        return Err(format!("the pickle fetches more values from its memo than any state dict (at byte {at})"));
+                    }
+                    let v = v.clone();
                     self.push(v)?
                 }
                 b'c' => {
@@ -498,6 +519,15 @@ mod tests {
         for cut in [b"\x80".as_slice(), b"\x80\x02X\xff\xff\xff\xff", b"\x80\x02t", b"\x80\x02s", b"\x80\x02h\x05", b"\x80\x02R"] {
             assert!(Unpickler::new(cut).run().is_err());
         }
+        // A list fetched from the memo and appended into itself, again and again, doubles in
+        // size each time: refused once the copies pass the limit, not an out-of-memory kill.
+        let mut bomb = b"\x80\x02]q\x00".to_vec();
+        for _ in 0..64 {
+            bomb.extend_from_slice(b"h\x00aq\x00");
+        }
+        bomb.push(b'.');
+        let e = Unpickler::new(&bomb).run().unwrap_err();
+        assert!(e.contains("more values from its memo"), "{e}");
         // A dict of an int (what a plain dict pickles to) is read.
         assert_eq!(Unpickler::new(b"\x80\x02}q\x00X\x01\x00\x00\x00aK\x07s.").run().unwrap(), Value::Dict(vec![(Value::Str("a".into()), Value::Int(7))]));
     }
