@@ -155,6 +155,16 @@ enum Value {
 }
 
 impl Value {
+    /// Levels of containers in it (0 for a leaf). Recursion is safe: every container is
+    /// checked against [`MAX_DEPTH`] as it is built.
+    fn depth(&self) -> usize {
+        match self {
+            Value::Tuple(v) | Value::List(v) => 1 + v.iter().map(Value::depth).max().unwrap_or(0),
+            Value::Dict(v) => 1 + v.iter().map(|(k, v)| k.depth().max(v.depth())).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
     /// Values it holds, itself included.
     fn size(&self) -> usize {
         match self {
@@ -202,6 +212,10 @@ const GLOBALS: &[(&str, Option<Kind>)] = &[
 /// state dict of any model stays far below; a hostile pickle cannot make us allocate more.
 const LIMIT: usize = 1 << 24;
 
+/// Containers nest at most this deep (a state dict nests three or four levels): deeper ones are
+/// refused, so that no recursion over a value (or its drop) can exhaust the stack.
+const MAX_DEPTH: usize = 64;
+
 /// At most this many values copied out of the memo in all: a state dict fetches storage types,
 /// device strings and the like, a few per tensor.
 const COPY_LIMIT: usize = 1 << 20;
@@ -247,6 +261,9 @@ impl<'a> Unpickler<'a> {
     fn push(&mut self, v: Value) -> std::result::Result<(), String> {
         if self.stack.len() >= LIMIT {
             return Err("the pickle's stack grows past any state dict".into());
+        }
+        if let Value::Tuple(items) | Value::List(items) = &v {
+            Self::check_depth(items.iter(), self.pos)?;
         }
         self.stack.push(v);
         Ok(())
@@ -446,7 +463,16 @@ impl<'a> Unpickler<'a> {
         }
     }
 
+    /// An error if a container holding `items` would nest deeper than [`MAX_DEPTH`].
+    fn check_depth<'v>(items: impl Iterator<Item = &'v Value>, at: usize) -> std::result::Result<(), String> {
+        if items.map(Value::depth).max().unwrap_or(0) + 1 > MAX_DEPTH {
+            return Err(format!("containers nested deeper than {MAX_DEPTH} levels at byte {at}"));
+        }
+        Ok(())
+    }
+
     fn extend_list(&mut self, items: Vec<Value>, at: usize) -> std::result::Result<(), String> {
+        Self::check_depth(items.iter(), at)?;
         match self.stack.last_mut() {
             Some(Value::List(l)) if l.len() + items.len() <= LIMIT => {
                 l.extend(items);
@@ -457,6 +483,7 @@ impl<'a> Unpickler<'a> {
     }
 
     fn extend_dict(&mut self, items: Vec<Value>, at: usize) -> std::result::Result<(), String> {
+        Self::check_depth(items.iter(), at)?;
         if items.len() % 2 != 0 {
             return Err(format!("an odd number of dict items at byte {at}"));
         }
@@ -528,6 +555,12 @@ mod tests {
         bomb.push(b'.');
         let e = Unpickler::new(&bomb).run().unwrap_err();
         assert!(e.contains("more values from its memo"), "{e}");
+        // Tuples nested a million deep (which would overflow the stack when dropped) are refused.
+        let mut deep = b"\x80\x02N".to_vec();
+        deep.extend(std::iter::repeat_n(0x85u8, 1_000_000));
+        deep.push(b'.');
+        let e = Unpickler::new(&deep).run().unwrap_err();
+        assert!(e.contains("nested deeper than 64"), "{e}");
         // A dict of an int (what a plain dict pickles to) is read.
         assert_eq!(Unpickler::new(b"\x80\x02}q\x00X\x01\x00\x00\x00aK\x07s.").run().unwrap(), Value::Dict(vec![(Value::Str("a".into()), Value::Int(7))]));
     }
