@@ -215,7 +215,7 @@ pub fn attribution_graph(model: &HookedTransformer, transcoders: &TranscoderSet,
         let pending: Vec<usize> = if n_kept == n_features {
             (0..n_features).collect()
         } else {
-            let influence = rows.partial_influence(n_logits)?;
+            let influence = rows.partial_influence()?;
             let mut order: Vec<usize> = (0..n_features).filter(|&f| !visited[f]).collect();
             order.sort_by(|&a, &b| influence[b].total_cmp(&influence[a]));
             order.truncate((4 * batch_size).min(n_kept - n_visited));
@@ -297,28 +297,10 @@ impl<'r, 'a> Rows<'r, 'a> {
 
     /// Every node's influence on the logits (weighted by their probabilities) through the rows
     /// computed so far (circuit-tracer's `compute_partial_influences`).
-    fn partial_influence(&self, n_logits: usize) -> Result<Vec<f64>> {
-        let k = self.targets.len() as i64;
-        let a = self.edges.f_narrow(0, 0, k)?.f_abs()?.f_to_kind(Kind::Double)?;
-        let a = a.f_div(&a.f_sum_dim_intlist(1, true, Kind::Double)?.f_clamp_min(1e-8)?)?;
-        let index = Tensor::f_from_slice(&self.targets.iter().map(|&t| t as i64).collect::<Vec<_>>())?;
-        let n = self.nodes.len();
-        let mut weights = vec![0f64; n];
-        for (i, node) in self.nodes.iter().enumerate().skip(n - n_logits) {
-            if let Node::Logit { probability, .. } = node {
-                weights[i] = *probability;
-            }
-        }
-        let mut prod = Tensor::f_from_slice(&weights)?;
-        let mut total = prod.f_zeros_like()?;
-        for _ in 0..=self.nodes.len() {
-            prod = prod.f_index_select(0, &index)?.f_unsqueeze(0)?.f_matmul(&a)?.f_squeeze_dim(0)?;
-            if prod.f_count_nonzero(None::<i64>)?.f_int64_value(&[])? == 0 {
-                return Ok(Vec::<f64>::try_from(&total)?);
-            }
-            total = total.f_add(&prod)?;
-        }
-        Err(Error::Input("influence did not converge: the adjacency has a cycle".into()))
+    fn partial_influence(&self) -> Result<Vec<f64>> {
+        let a = prune::normalize_rows(&self.edges.f_narrow(0, 0, self.targets.len() as i64)?)?;
+        let rows = Tensor::f_from_slice(&self.targets.iter().map(|&t| t as i64).collect::<Vec<_>>())?;
+        Ok(Vec::<f64>::try_from(&prune::influence(&a, &rows, &prune::logit_weights(self.nodes)?)?)?)
     }
 
     /// The graph of the features visited (all, or those the feature limit chose), errors,

@@ -35,20 +35,27 @@ impl Pruned {
 }
 
 /// |A| with rows scaled to sum to one.
-fn normalize_rows(a: &Tensor) -> Result<Tensor> {
+pub(super) fn normalize_rows(a: &Tensor) -> Result<Tensor> {
     let a = a.f_abs()?.f_to_kind(Kind::Double)?;
     Ok(a.f_div(&a.f_sum_dim_intlist(1, true, Kind::Double)?.f_clamp_min(1e-10)?)?)
 }
 
-/// `w A + w A^2 + ...` for a nilpotent (acyclic) `a`.
-fn influence(a: &Tensor, weights: &Tensor) -> Result<Tensor> {
-    let mut current = weights.f_unsqueeze(0)?.f_matmul(a)?;
-    let mut total = current.shallow_clone();
-    for _ in 0..a.size()[0] {
+/// Each node's probability as a logit target, 0 for other nodes [n_nodes] (f64).
+pub(super) fn logit_weights(nodes: &[Node]) -> Result<Tensor> {
+    let weights: Vec<f64> = nodes.iter().map(|node| if let Node::Logit { probability, .. } = node { *probability } else { 0.0 }).collect();
+    Ok(Tensor::f_from_slice(&weights)?)
+}
+
+/// `w A + w A^2 + ...` [n] for an acyclic graph whose known rows are `a` [k, n] (row `i` the
+/// inputs of node `rows[i]` [k]; nodes without a row have no inputs), `w` [n].
+pub(super) fn influence(a: &Tensor, rows: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let mut current = weights.shallow_clone();
+    let mut total = weights.f_zeros_like()?;
+    for _ in 0..=a.size()[1] {
+        current = current.f_index_select(0, rows)?.f_unsqueeze(0)?.f_matmul(a)?.f_squeeze_dim(0)?;
         if current.f_count_nonzero(None::<i64>)?.f_int64_value(&[])? == 0 {
-            return Ok(total.f_squeeze_dim(0)?);
+            return Ok(total);
         }
-        current = current.f_matmul(a)?;
         total = total.f_add(&current)?;
     }
     Err(Error::Input("influence did not converge: the adjacency matrix has a cycle".into()))
@@ -82,9 +89,9 @@ impl AttributionGraph {
         }
         let n = self.nodes.len();
         let (n_logits, n_tokens, n_features) = (self.n_logits(), self.tokens.len(), self.n_features());
-        let weights: Vec<f64> = self.nodes.iter().map(|node| if let Node::Logit { probability, .. } = node { *probability } else { 0.0 }).collect();
-        let weights = Tensor::f_from_slice(&weights)?;
-        let node_influence = Vec::<f64>::try_from(&influence(&normalize_rows(&self.adjacency)?, &weights)?)?;
+        let weights = logit_weights(&self.nodes)?;
+        let all = Tensor::f_arange(n as i64, (Kind::Int64, tch::Device::Cpu))?;
+        let node_influence = Vec::<f64>::try_from(&influence(&normalize_rows(&self.adjacency)?, &all, &weights)?)?;
         let cut = threshold(&node_influence, node_threshold);
         let always = n - n_logits - n_tokens;
         let mut node_mask: Vec<bool> = node_influence.iter().enumerate().map(|(i, s)| *s >= cut || i >= always).collect();
@@ -92,7 +99,7 @@ impl AttributionGraph {
         let keep = Tensor::f_from_slice(&node_mask)?;
         let pruned = self.adjacency.f_mul(&keep.f_unsqueeze(1)?)?.f_mul(&keep.f_unsqueeze(0)?)?;
         let normalized = normalize_rows(&pruned)?;
-        let edge_influence = influence(&normalized, &weights)?.f_add(&weights)?;
+        let edge_influence = influence(&normalized, &all, &weights)?.f_add(&weights)?;
         let scores = normalized.f_mul(&edge_influence.f_unsqueeze(1)?)?;
         let cut = threshold(&Vec::<f64>::try_from(&scores.f_flatten(0, -1)?)?, edge_threshold);
         let mut edge_mask = scores.f_ge(cut)?.f_logical_and(&scores.f_gt(0.0)?)?;
