@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::dictionary::{gather_rows, Architecture, SparseDictionary};
 use crate::error::{Error, Result};
-use crate::formats::{parse_flat_yaml, read_tensors, write_safetensors, Weights};
+use crate::formats::{declared_activation, parse_flat_yaml, read_tensors, write_safetensors, Weights};
 
 /// A CLT's shape, activation and hooks.
 #[derive(Clone, Debug, PartialEq)]
@@ -307,10 +307,9 @@ impl CrossLayerTranscoder {
         if has_threshold != 0 && has_threshold != n_layers {
             return Err(Error::format(dir, format!("{has_threshold} of {n_layers} layers have JumpReLU thresholds: all or none must")));
         }
-        let architecture = match (has_threshold > 0, keys.get("activation_function").map(String::as_str)) {
-            (true, None | Some("jumprelu" | "jump_relu")) => Architecture::JumpRelu,
-            (false, Some("relu")) => Architecture::ReluL1,
-            (false, Some("topk")) => Architecture::TopK { k: keys.get("k").and_then(|k| k.parse().ok()).ok_or_else(|| Error::format(&cfg_path, "`activation_function: topk` needs an integer `k`"))? },
+        let architecture = match (has_threshold > 0, declared_activation(&keys, &cfg_path)?) {
+            (true, None | Some(Architecture::JumpRelu)) => Architecture::JumpRelu,
+            (false, Some(a @ (Architecture::ReluL1 | Architecture::TopK { .. }))) => a,
             (false, None) => {
                 return Err(Error::format(
                     &cfg_path,

@@ -387,16 +387,7 @@ pub fn load_circuit_tracer(dir: impl AsRef<Path>, device: Device) -> Result<Vec<
     if let Some(kind) = keys.get("model_kind").filter(|k| *k != "transcoder_set") {
         return Err(Error::format(&cfg_path, format!("model_kind `{kind}`: only per-layer transcoder sets (`transcoder_set`) are supported")));
     }
-    let declared = match keys.get("activation_function").map(String::as_str) {
-        None => None,
-        Some("relu") => Some(Architecture::ReluL1),
-        Some("jumprelu") => Some(Architecture::JumpRelu),
-        Some("topk") => {
-            let k = keys.get("k").and_then(|k| k.parse::<i64>().ok()).ok_or_else(|| Error::format(&cfg_path, "`activation_function: topk` needs an integer `k`"))?;
-            Some(Architecture::TopK { k })
-        }
-        Some(other) => return Err(Error::format(&cfg_path, format!("activation_function `{other}`: expected relu, jumprelu or topk"))),
-    };
+    let declared = declared_activation(&keys, &cfg_path)?;
     if files.is_empty() {
         return Err(Error::format(&cfg_path, "no `transcoders:` list of layer files"));
     }
@@ -456,6 +447,21 @@ pub fn load_circuit_tracer(dir: impl AsRef<Path>, device: Device) -> Result<Vec<
             })
         })
         .collect()
+}
+
+/// The activation a circuit-tracer `config.yaml` (at `cfg_path`, keys `keys`) declares:
+/// `activation_function: relu`, `jumprelu`, or `topk` with an integer `k`; `None` without one.
+pub(crate) fn declared_activation(keys: &HashMap<String, String>, cfg_path: &Path) -> Result<Option<Architecture>> {
+    Ok(match keys.get("activation_function").map(String::as_str) {
+        None => None,
+        Some("relu") => Some(Architecture::ReluL1),
+        Some("jumprelu") => Some(Architecture::JumpRelu),
+        Some("topk") => {
+            let k = keys.get("k").and_then(|k| k.parse::<i64>().ok()).ok_or_else(|| Error::format(cfg_path, "`activation_function: topk` needs an integer `k`"))?;
+            Some(Architecture::TopK { k })
+        }
+        Some(other) => return Err(Error::format(cfg_path, format!("activation_function `{other}`: expected relu, jumprelu or topk"))),
+    })
 }
 
 /// Writes `transcoders` (one per layer, in order) as a circuit-tracer transcoder set that
