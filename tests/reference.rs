@@ -54,3 +54,35 @@ fn half_precision_stays_close_to_f32() {
         }
     }
 }
+
+/// TransformerLens-native models (scripts/make_tl_fixtures.py): every activation TransformerLens's
+/// `run_with_cache` returns, under the same name and shape, within 1e-4.
+#[test]
+fn transformer_lens_models_match_transformer_lens_hook_by_hook() {
+    let cases = ["ln-relu", "lnpre-solu_ln-shortformer", "rms-gated-rotary-gqa", "none-gelu_new", "attn_only-rmspre-tied"];
+    let mut report = Vec::new();
+    for case in cases {
+        let dir = common::fixture("transformer_lens").join(case);
+        let model = interp::interp_core::HookedTransformer::from_pretrained_dir(&dir, tch::Device::Cpu, Kind::Float).expect(case);
+        let r: std::collections::HashMap<String, tch::Tensor> =
+            tch::Tensor::read_safetensors(dir.join("reference.safetensors")).unwrap().into_iter().collect();
+        let mut hooks: Vec<&String> = r.keys().filter(|k| *k != "input_ids" && *k != "logits").collect();
+        // In forward order, so that a failure names the first activation that differs.
+        hooks.sort_by_key(|name| model.hook_point(name.as_str()).unwrap_or_else(|e| panic!("{case}: TransformerLens hook {name}: {e}")));
+        let (logits, cache) = model.run_with_cache(&r["input_ids"], CacheSpec::names(hooks.iter().map(|h| h.as_str()))).unwrap();
+        let mut worst = 0.0f64;
+        for name in &hooks {
+            let (ours, theirs) = (cache.get(name.as_str()).unwrap(), &r[*name]);
+            // Masked attention scores are -inf in both.
+            let masked = ours.isinf().logical_and(&ours.eq_tensor(theirs));
+            let d = max_abs_diff(&ours.masked_fill(&masked, 0.0), &theirs.masked_fill(&masked, 0.0));
+            assert!(d < TOL, "{case}: {name} differs by {d:e}");
+            worst = worst.max(d);
+        }
+        let d = max_abs_diff(&logits, &r["logits"]);
+        assert!(d < TOL, "{case}: logits differ by {d:e}");
+        worst = worst.max(d);
+        report.push(format!("{case}: {} hooks, {worst:.1e}", hooks.len()));
+    }
+    println!("max abs difference to TransformerLens: {}", report.join("; "));
+}

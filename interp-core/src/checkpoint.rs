@@ -32,6 +32,10 @@ pub(crate) struct Checkpoint {
 /// Where the loader gets HF-named tensors: a checkpoint on disk, or fresh random weights.
 pub(crate) trait TensorSource {
     fn contains(&self, name: &str) -> bool;
+    /// Every tensor name, where the source has a fixed set (a checkpoint).
+    fn names(&self) -> Option<Vec<String>> {
+        None
+    }
     /// The tensor `name`, checked against `shape`, as `kind` on `device`.
     fn tensor(&self, name: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor>;
 }
@@ -39,6 +43,9 @@ pub(crate) trait TensorSource {
 impl TensorSource for Checkpoint {
     fn contains(&self, name: &str) -> bool {
         Checkpoint::contains(self, name)
+    }
+    fn names(&self) -> Option<Vec<String>> {
+        Some(self.index.keys().cloned().collect())
     }
     fn tensor(&self, name: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor> {
         Checkpoint::tensor(self, name, shape, kind, device)
@@ -75,13 +82,14 @@ impl TensorSource for RandomInit {
 impl Checkpoint {
     /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`; in a
     /// folder without safetensors, `pytorch_model.bin` or the shards listed in
-    /// `pytorch_model.bin.index.json`.
+    /// `pytorch_model.bin.index.json`; failing those, the folder's one `*.pth` or `*.pt` file
+    /// (how TransformerLens-native models ship).
     pub(crate) fn open(dir: &Path) -> Result<Self> {
         let candidates = ["model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin"];
-        let found = candidates.iter().map(|c| dir.join(c)).find(|p| p.exists()).ok_or_else(|| Error::Checkpoint {
-            path: dir.to_path_buf(),
-            message: format!("no weights: none of {} is here", candidates.join(", ")),
-        })?;
+        let found = match candidates.iter().map(|c| dir.join(c)).find(|p| p.exists()) {
+            Some(found) => found,
+            None => Self::single_torch_file(dir, &candidates)?,
+        };
         let files: Vec<PathBuf> = if found.extension().is_some_and(|e| e == "json") {
             let text = std::fs::read_to_string(&found).map_err(Error::io(&found))?;
             let json: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json { path: found.clone(), source })?;
@@ -117,6 +125,22 @@ impl Checkpoint {
             shards.push(shard);
         }
         Ok(Checkpoint { shards, index })
+    }
+
+    /// The one `*.pth` / `*.pt` file in `dir`.
+    fn single_torch_file(dir: &Path, candidates: &[&str]) -> Result<PathBuf> {
+        let entries = std::fs::read_dir(dir).map_err(Error::io(dir))?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "pth" || e == "pt"))
+            .collect();
+        files.sort();
+        let message = match files.len() {
+            1 => return Ok(files.remove(0)),
+            0 => format!("no weights: none of {}, nor a *.pth or *.pt file, is here", candidates.join(", ")),
+            n => format!("{n} PyTorch files ({}): which holds the weights is ambiguous", files.iter().filter_map(|f| f.file_name()).map(|f| f.to_string_lossy()).collect::<Vec<_>>().join(", ")),
+        };
+        Err(Error::Checkpoint { path: dir.to_path_buf(), message })
     }
 
     pub(crate) fn contains(&self, name: &str) -> bool {

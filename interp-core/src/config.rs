@@ -26,6 +26,9 @@ pub enum Family {
     Gemma,
     /// HF `gemma2`: Gemma with post-norms, soft caps and alternating sliding windows.
     Gemma2,
+    /// A TransformerLens-native model: a `HookedTransformerConfig` and TransformerLens's state dict
+    /// (`embed.W_E`, `blocks.L.attn.W_Q` [n_heads, d_model, d_head], ...).
+    TransformerLens,
 }
 
 /// The normalisation before each sublayer and the unembedding.
@@ -35,6 +38,8 @@ pub enum NormKind {
     LayerNorm,
     /// Divide by the root mean square, then gain.
     RmsNorm,
+    /// No normalisation (TransformerLens's `normalization_type: None`): the norm hooks do not exist.
+    Identity,
 }
 
 impl NormKind {
@@ -43,7 +48,7 @@ impl NormKind {
     pub fn centre(self, x: &Tensor, dim: i64) -> Result<Tensor> {
         Ok(match self {
             NormKind::LayerNorm => x.f_sub(&x.f_mean_dim(dim, true, x.kind())?)?,
-            NormKind::RmsNorm => x.shallow_clone(),
+            NormKind::RmsNorm | NormKind::Identity => x.shallow_clone(),
         })
     }
 }
@@ -63,6 +68,11 @@ pub enum Activation {
     Sigmoid,
     /// No nonlinearity: with a gate this is a bilinear MLP.
     Identity,
+    /// SoLU, `x * softmax(x)` over the hidden units.
+    Solu,
+    /// SoLU followed by a LayerNorm over the hidden units (TransformerLens's `solu_ln`, the SoLU
+    /// paper's MLP): `mlp.hook_mid` is the SoLU output, `mlp.hook_post` the normed one.
+    SoluLn,
 }
 
 impl Activation {
@@ -74,6 +84,8 @@ impl Activation {
             "silu" | "swish" => Activation::Silu,
             "sigmoid" => Activation::Sigmoid,
             "identity" | "linear" => Activation::Identity,
+            "solu" => Activation::Solu,
+            "solu_ln" => Activation::SoluLn,
             other => return Err(Error::Config(format!("unsupported activation `{other}`"))),
         })
     }
@@ -120,6 +132,9 @@ pub enum Positional {
     Learned,
     /// Rotary embeddings on q and k.
     Rotary(Rotary),
+    /// A learned `W_pos` added to the inputs of q and k only, after ln1, never to the residual
+    /// stream (TransformerLens's `shortformer`).
+    Shortformer,
 }
 
 /// Validated model description. Shapes use TransformerLens names.
@@ -141,8 +156,11 @@ pub struct ModelConfig {
     pub d_head: i64,
     /// Hidden units of each MLP.
     pub d_mlp: i64,
-    /// Vocabulary size.
+    /// Vocabulary size (input tokens).
     pub d_vocab: i64,
+    /// Width of the logits: `d_vocab`, except in algorithmic models (TransformerLens's
+    /// `d_vocab_out`, e.g. tracr's output vocabulary).
+    pub d_vocab_out: i64,
     /// Context length (positions the model accepts).
     pub n_ctx: i64,
     /// LayerNorm or RMSNorm.
@@ -216,6 +234,7 @@ impl ModelConfig {
             ("d_head", self.d_head),
             ("d_mlp", self.d_mlp),
             ("vocab size", self.d_vocab),
+            ("output vocab size", self.d_vocab_out),
             ("context length", self.n_ctx),
         ];
         for (what, v) in positive {
@@ -234,6 +253,12 @@ impl ModelConfig {
         }
         if matches!(self.family, Family::Gpt2 | Family::GptNeox) && self.d_model % self.n_heads != 0 {
             return Err(Error::Config(format!("d_model ({}) must be divisible by n_heads ({})", self.d_model, self.n_heads)));
+        }
+        if self.tie_embeddings && self.d_vocab_out != self.d_vocab {
+            return Err(Error::Config(format!(
+                "a tied unembedding needs d_vocab_out = d_vocab, found {} and {}",
+                self.d_vocab_out, self.d_vocab
+            )));
         }
         if let Positional::Rotary(r) = &self.positional {
             let factors = match r.scaling {

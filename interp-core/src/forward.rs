@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tch::{Kind, Tensor};
 
-use crate::config::{NormKind, RopeScaling, Rotary};
+use crate::config::{NormKind, Positional, RopeScaling, Rotary};
 use crate::error::{Error, Result};
 use crate::hook_point::{BlockSite, HookPoint};
 use crate::hooks::{axes, CacheSpec, HookCtx, HookFn, Hooks};
@@ -151,6 +151,8 @@ struct Ctx {
     rotary: Option<(Tensor, Tensor)>,
     /// Allowed (query, key) pairs [batch or 1, 1, pos, keys], one per distinct sliding window.
     masks: Vec<(Option<i64>, Tensor)>,
+    /// Shortformer models: the position embeddings [batch, pos, d_model] that q and k read.
+    shortformer: Option<Tensor>,
 }
 
 impl Ctx {
@@ -293,8 +295,7 @@ impl HookedTransformer {
             .into_iter()
             .map(|w| Ok((w, self.allowed_mask(offset, pos, w, key_valid.as_ref())?)))
             .collect::<Result<Vec<_>>>()?;
-        let ctx = Ctx { batch, pos, rotary, masks };
-
+        let mut shortformer = None;
         let mut resid = match (input, tokens) {
             (_, Some(tokens)) => {
                 let mut embed = Tensor::f_embedding(&self.params.w_e, &tokens, -1, false, false)?;
@@ -307,7 +308,13 @@ impl HookedTransformer {
                 match &self.params.w_pos {
                     Some(w_pos) => {
                         let pos_embed = run.fire(HookPoint::PosEmbed, Tensor::f_embedding(w_pos, &positions, -1, false, false)?)?;
-                        embed.f_add(&pos_embed)?
+                        match c.positional {
+                            Positional::Shortformer => {
+                                shortformer = Some(pos_embed);
+                                embed
+                            }
+                            _ => embed.f_add(&pos_embed)?,
+                        }
                     }
                     None => embed,
                 }
@@ -315,6 +322,12 @@ impl HookedTransformer {
             (Input::Residual { resid, .. }, None) => resid.f_to_kind(self.kind)?.f_to_device(self.device)?,
             (Input::Tokens(_), None) => unreachable!("tokens are checked above"),
         };
+        // A shortformer run that starts from a residual still needs the position embeddings.
+        if let (Positional::Shortformer, None, Some(w_pos)) = (&c.positional, &shortformer, &self.params.w_pos) {
+            shortformer = Some(Tensor::f_embedding(w_pos, &positions, -1, false, false)?);
+        }
+        let ctx = Ctx { batch, pos, rotary, masks, shortformer };
+
         for l in start..stop {
             let layer_kv = kv.as_deref_mut().map(|k| &mut k.layers[l]);
             resid = self.block_forward(l, &self.params.blocks[l], resid, run, &ctx, layer_kv)?;
@@ -353,6 +366,9 @@ impl HookedTransformer {
 
     /// Applies a norm in f32 (or f64 for f64 models); fires `hook_scale` and `hook_normalized` when someone listens.
     fn norm(&self, n: &Norm, x: &Tensor, run: &mut Run, points: Option<(HookPoint, HookPoint)>) -> Result<Tensor> {
+        if n.kind == NormKind::Identity {
+            return Ok(x.shallow_clone());
+        }
         let acc = self.accumulate_kind();
         let x32 = x.f_to_kind(acc)?;
         let hooked = points.filter(|(s, nz)| run.active(*s) || run.active(*nz));
@@ -368,6 +384,7 @@ impl HookedTransformer {
                     None => y,
                 }
             }
+            (None, NormKind::Identity) => unreachable!("returned above"),
             (Some((scale_point, normalized_point)), kind) => {
                 let centred = kind.centre(&x32, -1)?;
                 let scale = centred.f_square()?.f_mean_dim(-1, true, acc)?.f_add_scalar(n.eps)?.f_sqrt()?;
@@ -418,7 +435,7 @@ impl HookedTransformer {
 
     /// q, k, v [batch, pos, heads, d_head] from per-head copies of the block input (opt-in path:
     /// each head may read a different residual stream).
-    fn split_qkv(&self, l: usize, blk: &Block, resid_pre: &Tensor, run: &mut Run) -> Result<(Tensor, Tensor, Tensor)> {
+    fn split_qkv(&self, l: usize, blk: &Block, resid_pre: &Tensor, run: &mut Run, ctx: &Ctx) -> Result<(Tensor, Tensor, Tensor)> {
         let c = &self.cfg;
         if run.active(HookPoint::Block(l, BlockSite::Ln1Scale)) || run.active(HookPoint::Block(l, BlockSite::Ln1Normalized)) {
             return Err(Error::HookUnavailable {
@@ -433,7 +450,10 @@ impl HookedTransformer {
         for (site, first, heads) in parts {
             let x = resid_pre.f_unsqueeze(2)?.f_expand([b, p, heads, c.d_model], false)?;
             let x = run.fire(HookPoint::Block(l, site), x)?;
-            let x = self.norm(&blk.ln1, &x, run, None)?;
+            let mut x = self.norm(&blk.ln1, &x, run, None)?;
+            if let (Some(pos_embed), false) = (&ctx.shortformer, site == BlockSite::VInput) {
+                x = x.f_add(&pos_embed.f_unsqueeze(2)?)?;
+            }
             let w = w.f_narrow(0, first * c.d_head, heads * c.d_head)?.f_view([heads, c.d_head, c.d_model])?;
             let mut y = Tensor::f_einsum("bphm,hdm->bphd", &[&x, &w], None::<&[i64]>)?;
             if let Some(bias) = &blk.attn.qkv.b {
@@ -461,10 +481,22 @@ impl HookedTransformer {
         let (b, p, h, nkv, dh, dm) = (ctx.batch, ctx.pos, c.n_heads, c.n_kv_heads, c.d_head, c.d_model);
         let split = [BlockSite::QInput, BlockSite::KInput, BlockSite::VInput].into_iter().any(|s| run.active(at(s)));
         let (q, k, v) = if split {
-            self.split_qkv(l, blk, resid_pre, run)?
+            self.split_qkv(l, blk, resid_pre, run, ctx)?
         } else {
             let x = self.norm(&blk.ln1, resid_pre, run, Some((at(BlockSite::Ln1Scale), at(BlockSite::Ln1Normalized))))?;
-            let qkv = blk.attn.qkv.forward(&x)?;
+            let qkv = match &ctx.shortformer {
+                // q and k read the normed input plus the position embeddings, v the normed input.
+                Some(pos_embed) => {
+                    let lin = &blk.attn.qkv;
+                    let part = |x: &Tensor, start: i64, len: i64| -> Result<Tensor> {
+                        let b = lin.b.as_ref().map(|b| b.f_narrow(0, start, len)).transpose()?;
+                        Ok(x.f_linear(&lin.w.f_narrow(0, start, len)?, b.as_ref())?)
+                    };
+                    let qk = part(&x.f_add(pos_embed)?, 0, (h + nkv) * dh)?;
+                    Tensor::f_cat(&[qk, part(&x, (h + nkv) * dh, nkv * dh)?], 2)?
+                }
+                None => blk.attn.qkv.forward(&x)?,
+            };
             (
                 qkv.f_narrow(2, 0, h * dh)?.f_reshape([b, p, h, dh])?,
                 qkv.f_narrow(2, h * dh, nkv * dh)?.f_reshape([b, p, nkv, dh])?,
@@ -532,6 +564,13 @@ impl HookedTransformer {
                 self.act(&pre)?.f_mul(&pre_linear)?
             }
             None => self.act(&run.fire(at(BlockSite::MlpPre), m.w_in.forward(&x)?)?)?,
+        };
+        let post = match &m.ln {
+            Some(ln) => {
+                let mid = run.fire(at(BlockSite::MlpMid), post)?;
+                self.norm(ln, &mid, run, Some((at(BlockSite::MlpLnScale), at(BlockSite::MlpLnNormalized))))?
+            }
+            None => post,
         };
         let post = run.fire(at(BlockSite::MlpPost), post)?;
         let mut out = m.w_out.forward(&post)?;

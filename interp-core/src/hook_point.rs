@@ -52,6 +52,13 @@ pub enum BlockSite {
     MlpPre,
     /// `blocks.L.mlp.hook_pre_linear` [batch, pos, d_mlp]: the ungated branch of a gated MLP.
     MlpPreLinear,
+    /// `blocks.L.mlp.hook_mid` [batch, pos, d_mlp]: the SoLU output before the MLP's own
+    /// LayerNorm (`solu_ln` models only).
+    MlpMid,
+    /// `blocks.L.mlp.ln.hook_scale` [batch, pos, 1]: that LayerNorm's divisor (`solu_ln` only).
+    MlpLnScale,
+    /// `blocks.L.mlp.ln.hook_normalized` [batch, pos, d_mlp]: its output before the gain (`solu_ln` only).
+    MlpLnNormalized,
     /// `blocks.L.mlp.hook_post` [batch, pos, d_mlp]: hidden activations.
     MlpPost,
     /// `blocks.L.hook_mlp_out` [batch, pos, d_model]: the MLP sublayer's output.
@@ -62,7 +69,7 @@ pub enum BlockSite {
 
 impl BlockSite {
     /// Every site, in execution order.
-    pub const ALL: [BlockSite; 25] = [
+    pub const ALL: [BlockSite; 28] = [
         BlockSite::ResidPre,
         BlockSite::QInput,
         BlockSite::KInput,
@@ -85,6 +92,9 @@ impl BlockSite {
         BlockSite::Ln2Normalized,
         BlockSite::MlpPre,
         BlockSite::MlpPreLinear,
+        BlockSite::MlpMid,
+        BlockSite::MlpLnScale,
+        BlockSite::MlpLnNormalized,
         BlockSite::MlpPost,
         BlockSite::MlpOut,
         BlockSite::ResidPost,
@@ -116,6 +126,9 @@ impl BlockSite {
             Ln2Normalized => "ln2.hook_normalized",
             MlpPre => "mlp.hook_pre",
             MlpPreLinear => "mlp.hook_pre_linear",
+            MlpMid => "mlp.hook_mid",
+            MlpLnScale => "mlp.ln.hook_scale",
+            MlpLnNormalized => "mlp.ln.hook_normalized",
             MlpPost => "mlp.hook_post",
             MlpOut => "hook_mlp_out",
             ResidPost => "hook_resid_post",
@@ -169,7 +182,7 @@ pub enum HookPoint {
     LnFinalNormalized,
     /// `unembed.hook_in` [batch, pos, d_model]: what the unembedding reads.
     UnembedIn,
-    /// `unembed.hook_out` [batch, pos, d_vocab]: the logits.
+    /// `unembed.hook_out` [batch, pos, d_vocab_out]: the logits.
     UnembedOut,
 }
 

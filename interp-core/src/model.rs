@@ -60,6 +60,8 @@ pub(crate) struct Mlp {
     pub(crate) w_in: Linear,
     /// [d_mlp, d_model], gated MLPs only.
     pub(crate) w_gate: Option<Linear>,
+    /// The LayerNorm over the hidden units after SoLU (`solu_ln` models: TransformerLens's `mlp.ln`).
+    pub(crate) ln: Option<Norm>,
     /// [d_model, d_mlp]
     pub(crate) w_out: Linear,
     /// Gemma-2's norm on the MLP output.
@@ -82,9 +84,9 @@ pub(crate) struct Params {
     pub(crate) w_pos: Option<Tensor>,
     pub(crate) blocks: Vec<Block>,
     pub(crate) ln_final: Norm,
-    /// [d_vocab, d_model] (HF layout; `w_u()` gives TransformerLens' [d_model, d_vocab]).
+    /// [d_vocab_out, d_model] (HF layout; `w_u()` gives TransformerLens' [d_model, d_vocab_out]).
     pub(crate) w_u: Tensor,
-    /// [d_vocab]
+    /// [d_vocab_out]
     pub(crate) b_u: Option<Tensor>,
 }
 
@@ -142,7 +144,7 @@ impl HookedTransformer {
     ) -> Result<Self> {
         let inv_freq = match &cfg.positional {
             Positional::Rotary(r) => Some(crate::forward::rotary_inv_freq(r)?.f_to_device(device)?),
-            Positional::Learned => None,
+            Positional::Learned | Positional::Shortformer => None,
         };
         Ok(HookedTransformer { cfg, params, tokenizer, kind, device, inv_freq })
     }
@@ -294,10 +296,18 @@ impl HookedTransformer {
     fn availability(&self, point: HookPoint) -> std::result::Result<(), String> {
         let c = &self.cfg;
         match point {
-            HookPoint::PosEmbed if c.positional != Positional::Learned => Err("the model uses rotary positions".into()),
+            HookPoint::PosEmbed if matches!(c.positional, Positional::Rotary(_)) => Err("the model uses rotary positions".into()),
             HookPoint::Block(l, _) if l >= c.n_layers => Err(format!("the model has {} layers", c.n_layers)),
-            HookPoint::Block(_, BlockSite::RotQ | BlockSite::RotK) if c.positional == Positional::Learned => {
+            HookPoint::Block(_, BlockSite::RotQ | BlockSite::RotK) if !matches!(c.positional, Positional::Rotary(_)) => {
                 Err("the model has no rotary embeddings".into())
+            }
+            HookPoint::LnFinalScale | HookPoint::LnFinalNormalized | HookPoint::Block(_, BlockSite::Ln1Scale | BlockSite::Ln1Normalized | BlockSite::Ln2Scale | BlockSite::Ln2Normalized)
+                if c.norm == NormKind::Identity =>
+            {
+                Err("the model has no normalization".into())
+            }
+            HookPoint::Block(_, BlockSite::MlpMid | BlockSite::MlpLnScale | BlockSite::MlpLnNormalized) if c.act != Activation::SoluLn => {
+                Err("only solu_ln MLPs have a LayerNorm on their hidden units".into())
             }
             HookPoint::Block(_, BlockSite::ResidMid) if c.parallel_attn_mlp => {
                 Err("attention and MLP run in parallel, so there is no resid_mid".into())
@@ -408,6 +418,7 @@ impl HookedTransformer {
             Activation::Silu => x.f_silu()?,
             Activation::Sigmoid => x.f_sigmoid()?,
             Activation::Identity => x.shallow_clone(),
+            Activation::Solu | Activation::SoluLn => x.f_mul(&x.f_softmax(-1, x.kind())?)?,
         })
     }
 

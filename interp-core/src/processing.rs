@@ -3,7 +3,7 @@
 
 use tch::{Kind, Tensor};
 
-use crate::config::NormKind;
+use crate::config::{NormKind, Positional};
 use crate::error::{Error, Result};
 use crate::model::{HookedTransformer, Linear, Norm};
 
@@ -63,6 +63,9 @@ impl HookedTransformer {
         if opts.center_writing_weights && (cfg.norm != NormKind::LayerNorm || cfg.post_norms) {
             return Err(Error::Input("center_writing_weights needs LayerNorm before every read of the residual stream".into()));
         }
+        if opts.fold_ln && cfg.positional == Positional::Shortformer {
+            return Err(Error::Input("fold_ln would change a shortformer model: its position embeddings join q and k after ln1's gain".into()));
+        }
         if opts.center_unembed && cfg.final_softcap.is_some() {
             return Err(Error::Input("center_unembed would change log-probs under a final logit soft cap".into()));
         }
@@ -91,6 +94,11 @@ impl HookedTransformer {
                         None => fold_norm_into(&mlp.ln2, &mut [&mut mlp.w_in])?,
                     }
                     (mlp.ln2.w, mlp.ln2.b) = (None, None);
+                    // solu_ln's LayerNorm over the hidden units folds into W_out.
+                    if let Some(ln) = &mut mlp.ln {
+                        fold_norm_into(ln, &mut [&mut mlp.w_out])?;
+                        (ln.w, ln.b) = (None, None);
+                    }
                 }
                 (blk.ln1.w, blk.ln1.b) = (None, None);
             }
@@ -102,7 +110,8 @@ impl HookedTransformer {
         }
         if opts.center_writing_weights {
             p.w_e = center(&p.w_e, 1)?;
-            if let Some(w_pos) = &p.w_pos {
+            // Shortformer position embeddings never enter the residual stream.
+            if let (Some(w_pos), false) = (&p.w_pos, cfg.positional == Positional::Shortformer) {
                 p.w_pos = Some(center(w_pos, 1)?);
             }
             for blk in &mut p.blocks {

@@ -41,6 +41,7 @@ pub(crate) fn config(c: Gpt2Config) -> crate::Result<ModelConfig> {
         d_head,
         d_mlp: c.n_inner.map_or(4 * d_model, |d| d.0),
         d_vocab: c.vocab_size.0,
+        d_vocab_out: c.vocab_size.0,
         n_ctx: c.n_positions.0,
         norm: NormKind::LayerNorm,
         norm_eps: c.layer_norm_epsilon.unwrap_or(1e-5),

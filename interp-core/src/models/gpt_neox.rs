@@ -47,6 +47,7 @@ pub(crate) fn config(c: GptNeoxConfig) -> crate::Result<ModelConfig> {
         d_head,
         d_mlp: c.intermediate_size.0,
         d_vocab: c.vocab_size.0,
+        d_vocab_out: c.vocab_size.0,
         n_ctx: c.max_position_embeddings.0,
         norm: NormKind::LayerNorm,
         norm_eps: c.layer_norm_eps.unwrap_or(1e-5),

@@ -79,6 +79,7 @@ pub(crate) fn decoder(c: LlamaConfig, model_type: &str, act: Activation) -> Resu
         d_head,
         d_mlp: c.intermediate_size.0,
         d_vocab: c.vocab_size.0,
+        d_vocab_out: c.vocab_size.0,
         n_ctx: c.max_position_embeddings.0,
         norm: NormKind::RmsNorm,
         norm_eps: c.rms_norm_eps.unwrap_or(1e-6),

@@ -9,6 +9,7 @@ mod gemma;
 mod gpt2;
 mod gpt_neox;
 mod llama;
+mod transformer_lens;
 
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
@@ -29,7 +30,14 @@ pub(crate) fn config_from_hf(value: &Value) -> Result<ModelConfig> {
     let model_type = match map.get("model_type") {
         Some(Value::String(s)) => s.as_str(),
         Some(other) => return Err(Error::Config(format!("`model_type` must be a string, found {other}"))),
-        None => return Err(Error::Config("missing key `model_type`".into())),
+        // A TransformerLens `HookedTransformerConfig` has no `model_type`.
+        None if transformer_lens::is_config(map) => {
+            let mut cfg = transformer_lens::config(parse(value)?)?;
+            cfg.hf_json = value.clone();
+            cfg.validate()?;
+            return Ok(cfg);
+        }
+        None => return Err(Error::Config("missing key `model_type` (nor is it a TransformerLens config: no `d_model`, `n_layers`, `d_head`)".into())),
     };
     let mut cfg = match model_type {
         "gpt2" => gpt2::config(parse(value)?)?,
@@ -162,6 +170,7 @@ impl TensorNames {
             Family::GptNeox => gpt_neox::names(cfg),
             Family::Llama => llama::names(cfg),
             Family::Gemma | Family::Gemma2 => gemma::names(cfg),
+            Family::TransformerLens => unreachable!("TransformerLens models are read by transformer_lens::load_params"),
         }
     }
 }
@@ -202,7 +211,7 @@ impl Loader<'_> {
         }
         let b = match self.cfg.norm {
             NormKind::LayerNorm => Some(read(format!("{prefix}.bias"))?),
-            NormKind::RmsNorm => None,
+            NormKind::RmsNorm | NormKind::Identity => None,
         };
         Ok(Norm { kind: self.cfg.norm, w: Some(w), b, eps: self.cfg.norm_eps })
     }
@@ -237,6 +246,7 @@ impl Loader<'_> {
                 ln2: self.norm(&n.ln2)?,
                 w_in: self.linear(&n.mlp_in, dm, c.d_mlp, c.mlp_bias)?,
                 w_gate: n.mlp_gate.as_ref().map(|g| self.linear(g, dm, c.d_mlp, c.mlp_bias)).transpose()?,
+                ln: None,
                 w_out: self.linear(&n.mlp_out, c.d_mlp, dm, c.mlp_bias)?,
                 ln2_post: n.ln2_post.as_ref().map(|p| self.norm(p)).transpose()?,
             })
@@ -252,6 +262,9 @@ impl Loader<'_> {
 
 /// Our parameters from HF-named tensors (a checkpoint, or a random init keyed by the same names).
 pub(crate) fn load_params(cfg: &ModelConfig, src: &dyn TensorSource, kind: Kind, device: Device) -> Result<Params> {
+    if cfg.family == Family::TransformerLens {
+        return transformer_lens::load_params(cfg, src, kind, device);
+    }
     let mut names = TensorNames::new(cfg);
     // GPT-2 checkpoints saved from `GPT2Model` (not `GPT2LMHeadModel`) lack the `transformer.` prefix.
     if cfg.family == Family::Gpt2 && !src.contains(&names.embed) && src.contains("wte.weight") {
@@ -272,7 +285,7 @@ pub(crate) fn load_params(cfg: &ModelConfig, src: &dyn TensorSource, kind: Kind,
 /// attention-only block) computes the same function. A checkpoint whose MLPs would write anything
 /// is refused: HF would run them and we would not.
 pub(crate) fn check_attn_only_mlps(cfg: &ModelConfig, ckpt: &Checkpoint) -> Result<()> {
-    if !cfg.attn_only {
+    if !cfg.attn_only || cfg.family == Family::TransformerLens {
         return Ok(());
     }
     for (l, n) in TensorNames::new(cfg).blocks.iter().enumerate() {
@@ -292,6 +305,11 @@ pub(crate) fn check_attn_only_mlps(cfg: &ModelConfig, ckpt: &Checkpoint) -> Resu
 /// Parameters under their HF names in HF layout (copies where the layout differs). An
 /// attention-only block gets an MLP whose output is exactly zero (see [`check_attn_only_mlps`]).
 pub(crate) fn hf_tensors(cfg: &ModelConfig, p: &Params, device: Device) -> Result<Vec<(String, Tensor)>> {
+    if cfg.family == Family::TransformerLens {
+        return Err(Error::Config(
+            "a TransformerLens-native model has no HF transformers layout to be saved in (HF would not load it as the same function)".into(),
+        ));
+    }
     let names = TensorNames::new(cfg);
     let (h, kv, dh, dm) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model);
     let mut out: Vec<(String, Tensor)> = Vec::new();
