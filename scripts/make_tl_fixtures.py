@@ -29,15 +29,16 @@ CASES = {
     "ln-relu": dict(normalization_type="LN", act_fn="relu", d_vocab_out=13),
     # Gain-free LayerNorm, SoLU with its LayerNorm, shortformer positions; model.safetensors.
     "lnpre-solu_ln-shortformer": dict(normalization_type="LNPre", act_fn="solu_ln", positional_embedding_type="shortformer"),
-    # RMSNorm, a gated GELU MLP, partial rotary, grouped-query attention, no attention scaling.
+    # RMSNorm, a gated GELU MLP, partial rotary, grouped-query attention, no attention scaling;
+    # model.safetensors.
     "rms-gated-rotary-gqa": dict(normalization_type="RMS", act_fn="gelu", gated_mlp=True, positional_embedding_type="rotary",
                                  rotary_dim=4, rotary_base=500, n_key_value_heads=2, use_attn_scale=False),
-    # No normalization at all, gelu_new.
+    # No normalization at all, gelu_new; model.pth.
     "none-gelu_new": dict(normalization_type=None, act_fn="gelu_new"),
     # Attention only, gain-free RMSNorm, an unembedding tied to the embedding (no W_U in the file).
     "attn_only-rmspre-tied": dict(normalization_type="RMSPre", attn_only=True, d_mlp=None, act_fn=None, tie_word_embeddings=True),
 }
-SAFETENSORS = {"lnpre-solu_ln-shortformer", "attn_only-rmspre-tied"}
+SAFETENSORS = {"lnpre-solu_ln-shortformer", "rms-gated-rotary-gqa", "attn_only-rmspre-tied"}
 
 
 def json_safe(v):

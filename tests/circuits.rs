@@ -293,3 +293,28 @@ fn masked_forward_at_gpt2_small_shape() {
     let (c, x) = (common::max_abs_diff(&logits.narrow(0, 0, 2), &want_clean), common::max_abs_diff(&logits.narrow(0, 2, 2), &want_corrupted));
     assert!(c < 1e-4 && x < 1e-4, "all edges {c:e} from the clean logits, none {x:e} from the corrupted ones");
 }
+
+/// The edge graph on TransformerLens-native models (no norm, LNPre with shortformer positions,
+/// rotary with grouped-query attention, attention-only): all edges kept gives the clean logits,
+/// none the corrupted ones, and the masked metric equals the metric of those logits.
+#[test]
+fn masked_forward_on_transformer_lens_models() {
+    for case in ["ln-relu", "lnpre-solu_ln-shortformer", "rms-gated-rotary-gqa", "none-gelu_new", "attn_only-rmspre-tied"] {
+        let model = HookedTransformer::from_pretrained_dir(common::fixture("transformer_lens").join(case), Device::Cpu, Kind::Float).unwrap();
+        let graph = EdgeGraph::new(&model).unwrap();
+        let clean = Tensor::from_slice(&[3i64, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]).view([2, 6]);
+        let corrupted = Tensor::from_slice(&[3i64, 1, 7, 1, 5, 9, 2, 6, 0, 3, 5, 8]).view([2, 6]);
+        let acts = graph.activations(&model, &clean, &corrupted, Ablation::Resample).unwrap();
+        let e = graph.n_edges() as i64;
+        let masks = Tensor::stack(&[Tensor::ones([e], (Kind::Float, Device::Cpu)), Tensor::zeros([e], (Kind::Float, Device::Cpu))], 0);
+        let logits = graph.run_masked(&model, &acts, &masks, 0).unwrap();
+        let (want_clean, want_corrupted) = (model.forward(&clean).unwrap(), model.forward(&corrupted).unwrap());
+        let (c, x) = (common::max_abs_diff(&logits.narrow(0, 0, 2), &want_clean), common::max_abs_diff(&logits.narrow(0, 2, 2), &want_corrupted));
+        assert!(c < 1e-4 && x < 1e-4, "{case}: all edges {c:e} from the clean logits, none {x:e} from the corrupted ones");
+        let metric = Metric::logit_diff(Tensor::from_slice(&[2i64, 7]), Tensor::from_slice(&[0i64, 1]));
+        let per_variant = graph.masked_metric(&model, &acts, &metric, &masks, 0).unwrap();
+        let want = [metric.value(&want_clean).unwrap(), metric.value(&want_corrupted).unwrap()];
+        let got: Vec<f64> = Vec::try_from(per_variant.to_kind(Kind::Double)).unwrap();
+        assert!((got[0] - want[0]).abs() < 1e-4 && (got[1] - want[1]).abs() < 1e-4, "{case}: masked metric {got:?}, want {want:?}");
+    }
+}

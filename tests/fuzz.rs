@@ -1,5 +1,5 @@
 //! A bounded, fixed-seed fuzzing pass over every loader of user files: each family's
-//! `config.json`, safetensors headers, `tokenizer.json`, SAELens `cfg.json`, circuit-tracer
+//! `config.json` (and TransformerLens's), safetensors headers, `tokenizer.json`, SAELens `cfg.json`, circuit-tracer
 //! `config.yaml` and layer files, and activation-cache `manifest.json`. Inputs are valid files
 //! mutated by proptest (hostile sizes, wrong types, deleted keys, flipped header bytes,
 //! truncation); a loader may refuse an input with an error, never panic or abort. Each pass prints
@@ -118,6 +118,25 @@ fn config_json_of_every_family() {
         // With the weights: a config that passes must still agree with every tensor's shape.
         let dir = common::fixture_copy(arch, &format!("fuzz-config-{arch}"));
         fuzz(&format!("{arch} config.json + weights"), 100, mutated(base, 2), |v| {
+            std::fs::write(dir.join("config.json"), v.to_string()).unwrap();
+            loads(&dir)
+        });
+    }
+}
+
+#[test]
+fn transformer_lens_config_json() {
+    for case in ["ln-relu", "lnpre-solu_ln-shortformer", "rms-gated-rotary-gqa"] {
+        let src = common::repo(&format!("tests/fixtures/transformer_lens/{case}"));
+        let base = read_json(&src.join("config.json"));
+        fuzz(&format!("TransformerLens {case} config.json"), 400, mutated(base.clone(), 3), |v| ModelConfig::from_hf_json(&v).is_ok());
+        let dir = Scratch::new(&format!("fuzz-tl-{case}"));
+        for f in ["model.pth", "model.safetensors"] {
+            if src.join(f).exists() {
+                std::fs::copy(src.join(f), dir.join(f)).unwrap();
+            }
+        }
+        fuzz(&format!("TransformerLens {case} config.json + weights"), 60, mutated(base, 2), |v| {
             std::fs::write(dir.join("config.json"), v.to_string()).unwrap();
             loads(&dir)
         });

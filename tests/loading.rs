@@ -307,3 +307,83 @@ fn pytorch_checkpoints_load_as_their_safetensors_twins() {
     let e = load_err(&dir);
     assert!(e.contains("no weights") && e.contains("pytorch_model.bin"), "{e}");
 }
+
+/// TransformerLens-native folders: settings that would change the function, a config that
+/// contradicts the weights, an ambiguous or missing weights file: one clear line each.
+#[test]
+fn bad_transformer_lens_models_give_clear_errors() {
+    let tl = |case: &str| common::repo(&format!("tests/fixtures/transformer_lens/{case}"));
+    let copy = |case: &str, name: &str| {
+        let dir = common::Scratch::new(&format!("tl-{name}"));
+        for f in std::fs::read_dir(tl(case)).unwrap() {
+            let f = f.unwrap().path();
+            if f.file_name().unwrap() != "reference.safetensors" {
+                std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+        dir
+    };
+    let one_line = |e: String, expected: &[&str]| {
+        assert!(expected.iter().all(|x| e.contains(x)) && e.lines().count() == 1, "{e}");
+    };
+    // Settings the runtime does not implement are refused by name, not run as something else.
+    for (key, value, expected) in [
+        ("use_local_attn", serde_json::json!(true), "`use_local_attn: true` is not supported"),
+        ("attn_scores_soft_cap", serde_json::json!(50.0), "`attn_scores_soft_cap: 50` is not supported"),
+        ("positional_embedding_type", serde_json::json!("alibi"), "`positional_embedding_type: alibi` is not supported"),
+        ("normalization_type", serde_json::json!("BatchNorm"), "unknown `normalization_type` \"BatchNorm\""),
+        ("act_fn", serde_json::json!("tanh"), "unsupported activation `tanh`"),
+    ] {
+        let dir = copy("ln-relu", "setting");
+        edit_config(&dir, |c| {
+            c.insert(key.into(), value);
+        });
+        one_line(load_err(&dir), &[expected]);
+    }
+    // The config contradicts the weights: LNPre has no gains, yet the file has them.
+    let dir = copy("ln-relu", "lnpre");
+    edit_config(&dir, |c| {
+        c.insert("normalization_type".into(), "LNPre".into());
+    });
+    one_line(load_err(&dir), &["the config contradicts the weights", "`blocks.0.ln1.b`"]);
+    // ... or a head count the weights do not have.
+    let dir = copy("ln-relu", "heads");
+    edit_config(&dir, |c| {
+        c.insert("n_heads".into(), 2.into());
+    });
+    one_line(load_err(&dir), &["blocks.0.attn.W_Q", "[2, 32, 8]", "[4, 32, 8]"]);
+    // An output vocabulary the unembedding does not have.
+    let dir = copy("ln-relu", "vocab-out");
+    edit_config(&dir, |c| {
+        c.insert("d_vocab_out".into(), 23.into());
+    });
+    one_line(load_err(&dir), &["unembed.W_U", "[32, 23]"]);
+    // A tied unembedding needs one vocabulary.
+    let dir = copy("ln-relu", "tied");
+    edit_config(&dir, |c| {
+        c.insert("tie_word_embeddings".into(), true.into());
+    });
+    one_line(load_err(&dir), &["tied unembedding needs d_vocab_out = d_vocab, found 13 and 23"]);
+    // A gated MLP whose b_in TransformerLens would add after the product.
+    let dir = copy("rms-gated-rotary-gqa", "gated-bias");
+    let mut state = weights(&dir);
+    for (name, t) in &mut state {
+        if name == "blocks.1.mlp.b_in" {
+            *t = t.ones_like();
+        }
+    }
+    Tensor::write_safetensors(&state, dir.join("model.safetensors")).unwrap();
+    one_line(load_err(&dir), &["`blocks.1.mlp.b_in` is not zero", "after the gate product"]);
+    // Two PyTorch files: which holds the weights is ambiguous; none at all is "no weights".
+    let dir = copy("ln-relu", "two");
+    std::fs::copy(dir.join("model.pth"), dir.join("other.pt")).unwrap();
+    one_line(load_err(&dir), &["2 PyTorch files (model.pth, other.pt)", "ambiguous"]);
+    std::fs::remove_file(dir.join("model.pth")).unwrap();
+    std::fs::remove_file(dir.join("other.pt")).unwrap();
+    one_line(load_err(&dir), &["no weights", "*.pth"]);
+    // A TransformerLens model has no HF layout to be saved in.
+    let model = HookedTransformer::from_pretrained_dir(tl("ln-relu"), Device::Cpu, Kind::Float).unwrap();
+    let out = common::Scratch::new("tl-save");
+    let e = model.save_pretrained(&out).unwrap_err().to_string();
+    assert!(e.contains("no HF transformers layout"), "{e}");
+}

@@ -41,7 +41,7 @@ fn padded_pairs_score_like_each_length_alone() {
     assert_eq!(mixed.metric.name(), "logit_diff");
     let mean = |a: f64, b: f64| (a + b) / 2.0;
     for name in [MetricName::LogitDiff, MetricName::Prob, MetricName::ProbDiff, MetricName::Kl] {
-        let d_vocab = model.cfg.d_vocab;
+        let d_vocab = model.cfg.d_vocab_out;
         let (m, s, l) = (
             mixed.metric_of(name, d_vocab, Some(&model)).unwrap(),
             short.metric_of(name, d_vocab, Some(&model)).unwrap(),

@@ -117,13 +117,13 @@ fn fingerprint(graph: &EdgeGraph, acts: &EdgeActivations, metric: &Metric, cfg: 
 /// Cost of one prompt row through blocks `start..` and the unembedding at the answer position
 /// (or, `None`, only that unembedding), as a fraction of a full forward (every position
 /// unembedded). Per token a block costs 2 (4 d^2 + 2 d d_mlp + 2 pos d) FLOPs and the
-/// unembedding 2 d d_vocab.
+/// unembedding 2 d d_vocab_out.
 fn cost_fraction(model: &HookedTransformer, start: Option<usize>, positions: i64) -> f64 {
     let c = &model.cfg;
     let (d, p) = (c.d_model as f64, positions as f64);
     let mlp = if c.attn_only { 0.0 } else { 2.0 * d * c.d_mlp as f64 * if c.gated_mlp { 1.5 } else { 1.0 } };
     let block = 2.0 * (4.0 * d * d + mlp + 2.0 * p * d);
-    let unembed = 2.0 * d * c.d_vocab as f64;
+    let unembed = 2.0 * d * c.d_vocab_out as f64;
     let full = c.n_layers as f64 * block + unembed;
     match start {
         Some(l) => ((c.n_layers - l) as f64 * block + unembed / p) / full,

@@ -54,7 +54,7 @@ impl MemoryBudget {
     pub fn row_costs(model: &HookedTransformer, graph: &EdgeGraph, positions: i64) -> RowCosts {
         let c = &model.cfg;
         let elem = model.kind().elt_size_in_bytes() as u64;
-        let (p, d, h, l, v) = (positions as u64, c.d_model as u64, c.n_heads as u64, c.n_layers as u64, c.d_vocab as u64);
+        let (p, d, h, l, v) = (positions as u64, c.d_model as u64, c.n_heads as u64, c.n_layers as u64, c.d_vocab_out as u64);
         let d_mlp = if c.attn_only { 0 } else { c.d_mlp as u64 };
         let s = graph.senders.len() as u64;
         // Per token of one prompt row, calibrated against peak RSS on the GPT-2-small shape

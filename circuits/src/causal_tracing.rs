@@ -205,8 +205,11 @@ impl<'a> Tracer<'a> {
     fn new(model: &'a HookedTransformer, prompt: &TracePrompt, corruption: &Corruption, max_rows: i64) -> Result<Tracer<'a>> {
         let c = &model.cfg;
         let p = prompt.tokens.len() as i64;
-        if let Some(&id) = prompt.tokens.iter().chain([&prompt.answer]).find(|t| !(0..c.d_vocab).contains(*t)) {
+        if let Some(&id) = prompt.tokens.iter().find(|t| !(0..c.d_vocab).contains(*t)) {
             return Err(interp_core::Error::TokenOutOfVocabulary { id, d_vocab: c.d_vocab }.into());
+        }
+        if !(0..c.d_vocab_out).contains(&prompt.answer) {
+            return Err(interp_core::Error::TokenOutOfVocabulary { id: prompt.answer, d_vocab: c.d_vocab_out }.into());
         }
         let tokens = Tensor::f_from_slice(&prompt.tokens)?.f_view([1, p])?.f_to_device(model.device())?;
         let mut names = vec!["hook_embed", "blocks.*.hook_resid_post", "blocks.*.hook_attn_out"];

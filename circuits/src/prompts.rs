@@ -68,13 +68,15 @@ impl TaskPrompts {
     /// prompts are cut before their last token, which becomes the answer, scored by
     /// logit(answer) - logit(the corrupted prompt's next token).
     pub fn new(task: Task, vocab: &TaskVocab, n: usize, seed: u64) -> Result<TaskPrompts> {
-        TaskPrompts::from_pairs(task_pairs(task, vocab, n, seed)?, vocab.len() as i64)
+        let d_vocab = vocab.len() as i64;
+        TaskPrompts::from_pairs(task_pairs(task, vocab, n, seed)?, d_vocab, d_vocab)
     }
 
     /// Batches `pairs` with their default metric: the logit difference when every pair has one
     /// answer and one wrong token, the probability difference when there are wrong tokens, else
-    /// the probability of the answer.
-    pub fn from_pairs(pairs: Vec<PromptPair>, d_vocab: i64) -> Result<TaskPrompts> {
+    /// the probability of the answer. Prompt tokens must be below `d_vocab`, answer and wrong
+    /// tokens below `d_vocab_out` (the logits' width; equal except in algorithmic models).
+    pub fn from_pairs(pairs: Vec<PromptPair>, d_vocab: i64, d_vocab_out: i64) -> Result<TaskPrompts> {
         let name = if pairs.iter().all(|p| p.answers.len() == 1 && p.wrongs.len() == 1) {
             MetricName::LogitDiff
         } else if pairs.iter().any(|p| !p.wrongs.is_empty()) {
@@ -82,10 +84,10 @@ impl TaskPrompts {
         } else {
             MetricName::Prob
         };
-        TaskPrompts::batch(pairs, d_vocab, name)
+        TaskPrompts::batch(pairs, d_vocab, d_vocab_out, name)
     }
 
-    fn batch(pairs: Vec<PromptPair>, d_vocab: i64, name: MetricName) -> Result<TaskPrompts> {
+    fn batch(pairs: Vec<PromptPair>, d_vocab: i64, d_vocab_out: i64, name: MetricName) -> Result<TaskPrompts> {
         if pairs.is_empty() {
             return Err(Error::Input("no prompt pairs".into()));
         }
@@ -106,8 +108,11 @@ impl TaskPrompts {
                     p.corrupted.len()
                 )));
             }
-            if let Some(&t) = p.clean.iter().chain(&p.corrupted).chain(&p.answers).chain(&p.wrongs).find(|t| !(0..d_vocab).contains(*t)) {
+            if let Some(&t) = p.clean.iter().chain(&p.corrupted).find(|t| !(0..d_vocab).contains(*t)) {
                 return Err(interp_core::Error::TokenOutOfVocabulary { id: t, d_vocab }.into());
+            }
+            if let Some(&t) = p.answers.iter().chain(&p.wrongs).find(|t| !(0..d_vocab_out).contains(*t)) {
+                return Err(interp_core::Error::TokenOutOfVocabulary { id: t, d_vocab: d_vocab_out }.into());
             }
             clean.extend(pad(&p.clean));
             corrupted.extend(pad(&p.corrupted));
@@ -117,7 +122,7 @@ impl TaskPrompts {
         let lengths: Vec<i64> = pairs.iter().map(|p| p.clean.len() as i64).collect();
         let answers: Vec<Vec<i64>> = pairs.iter().map(|p| p.answers.clone()).collect();
         let wrongs: Vec<Vec<i64>> = pairs.iter().map(|p| p.wrongs.clone()).collect();
-        let metric = build_metric(name, &answers, &wrongs, &lengths, &clean, d_vocab, None)?;
+        let metric = build_metric(name, &answers, &wrongs, &lengths, &clean, d_vocab_out, None)?;
         Ok(TaskPrompts {
             clean,
             corrupted: Tensor::f_from_slice(&corrupted)?.f_view([n, width as i64])?,
@@ -173,14 +178,15 @@ impl TaskPrompts {
         Ok(Tensor::f_from_slice(&self.answers.iter().map(|a| a[0]).collect::<Vec<_>>())?)
     }
 
-    /// `name`'s metric on these prompts; KL needs the model (it runs the clean prompts).
-    pub fn metric_of(&self, name: MetricName, d_vocab: i64, model: Option<&HookedTransformer>) -> Result<Metric> {
-        build_metric(name, &self.answers, &self.wrongs, &self.lengths, &self.clean, d_vocab, model)
+    /// `name`'s metric on these prompts over logits of width `d_vocab_out`; KL needs the model
+    /// (it runs the clean prompts).
+    pub fn metric_of(&self, name: MetricName, d_vocab_out: i64, model: Option<&HookedTransformer>) -> Result<Metric> {
+        build_metric(name, &self.answers, &self.wrongs, &self.lengths, &self.clean, d_vocab_out, model)
     }
 
     /// The same prompts scored by `name` (see [`TaskPrompts::metric_of`]).
     pub fn with_metric(mut self, name: MetricName, model: &HookedTransformer) -> Result<TaskPrompts> {
-        self.metric = self.metric_of(name, model.cfg.d_vocab, Some(model))?;
+        self.metric = self.metric_of(name, model.cfg.d_vocab_out, Some(model))?;
         Ok(self)
     }
 
@@ -188,7 +194,7 @@ impl TaskPrompts {
     /// ids must be in its vocabulary, prompts must fit its context. Errors name the line.
     pub fn from_jsonl(path: &Path, model: &HookedTransformer) -> Result<TaskPrompts> {
         let pairs = read_lines(path, |line, obj| parse_pair(line, obj, model))?;
-        TaskPrompts::from_pairs(pairs, model.cfg.d_vocab)
+        TaskPrompts::from_pairs(pairs, model.cfg.d_vocab, model.cfg.d_vocab_out)
     }
 
     /// Writes the pairs as a JSONL pair file of token ids, which reads back as the same prompts
@@ -439,7 +445,11 @@ fn token_set(line: usize, obj: &Map<String, Value>, field: &str, model: &HookedT
         match x {
             Value::Number(n) => {
                 let id = n.as_i64().ok_or_else(|| Error::Input(format!("line {line}: `{field}` {n} is not a token id")))?;
-                Ok(check_ids(line, vec![id], model)?[0])
+                let d_vocab_out = model.cfg.d_vocab_out;
+                match (0..d_vocab_out).contains(&id) {
+                    true => Ok(id),
+                    false => Err(Error::Input(format!("line {line}: `{field}` {id} is outside the model's output vocabulary (0..{d_vocab_out})"))),
+                }
             }
             Value::String(s) => {
                 let tok = tokenizer(model, line)?;

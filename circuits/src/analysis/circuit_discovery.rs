@@ -221,7 +221,7 @@ fn acdc_runs(model: &HookedTransformer, graph: &EdgeGraph, run: &EdgeRun, prompt
     let acts = run.whole()?;
     let kl;
     let metric: &Metric = if cfg.kl {
-        kl = prompts.metric_of(MetricName::Kl, model.cfg.d_vocab, Some(model))?;
+        kl = prompts.metric_of(MetricName::Kl, model.cfg.d_vocab_out, Some(model))?;
         &kl
     } else {
         &prompts.metric

@@ -174,7 +174,7 @@ pub fn attribution_graph(model: &HookedTransformer, transcoders: &TranscoderSet,
     }
     nodes.extend(tokens.iter().enumerate().map(|(pos, &token)| Node::Token { pos: pos as i64, token }));
     let probs = rep.clean.logits.f_softmax(-1, Kind::Double)?;
-    let (top_p, top_i) = probs.f_topk(cfg.max_logits.min(model.cfg.d_vocab as usize) as i64, -1, true, true)?;
+    let (top_p, top_i) = probs.f_topk(cfg.max_logits.min(model.cfg.d_vocab_out as usize) as i64, -1, true, true)?;
     let (top_p, top_i) = (Vec::<f64>::try_from(&top_p.f_to_device(Device::Cpu)?)?, Vec::<i64>::try_from(&top_i.f_to_device(Device::Cpu)?)?);
     let mut covered = 0.0;
     for (p, t) in top_p.into_iter().zip(top_i) {
