@@ -211,9 +211,15 @@ pub struct ModelConfig {
 pub const EXTENSION_KEYS: &[&str] = &["interp_attn_only", "interp_gated_mlp"];
 
 impl ModelConfig {
-    /// Reads and validates `<dir>/config.json`.
+    /// Reads and validates `<dir>/config.json` (or, in an InterpBench case folder without one,
+    /// the pickled TransformerLens config `ll_model_cfg.pkl`).
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
+        // An InterpBench case folder: the TransformerLens config pickled.
+        let pickled = dir.join("ll_model_cfg.pkl");
+        if !path.exists() && pickled.exists() {
+            return Self::from_hf_json(&crate::torch_file::read_pickle(&pickled)?);
+        }
         let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
         let value: Value = serde_json::from_str(&text).map_err(|source| Error::Json { path: path.clone(), source })?;
         Self::from_hf_json(&value)

@@ -46,6 +46,7 @@ mod spec;
 pub mod tasks;
 mod tokenizer;
 mod torch_file;
+pub use torch_file::read_pickle;
 pub mod train;
 
 pub use cache::{ActivationCache, ResidualStack};

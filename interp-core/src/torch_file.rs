@@ -5,6 +5,10 @@
 //! such as `os.system` or `builtins.eval`, is refused by name. Nothing in the file is ever
 //! executed: the machine builds values, it calls nothing.
 //!
+//! The same machine reads plain pickles of data ([`read_pickle`]): the `HookedTransformerConfig`
+//! and edge lists InterpBench ships (`ll_model_cfg.pkl`, `edges.pkl`), whose configs also hold
+//! torch dtypes, numpy scalars or the config object itself (built as a dict of its fields).
+//!
 //! Tensors are described by their storage (an archive entry `data/{key}`, stored uncompressed, as
 //! `torch.save` writes them), dtype, shape, strides and offset, and read from the memory-mapped
 //! file when asked for.
@@ -148,6 +152,8 @@ enum Value {
     Dict(Vec<(Value, Value)>),
     /// An allowed global (module.name), not yet called.
     Global(&'static str),
+    /// A numpy dtype by its type code (`f8`, `i8`, ...).
+    Dtype(String),
     /// A storage: key, element kind, number of elements.
     Storage(String, Kind, i64),
     Tensor(TorchTensor),
@@ -186,6 +192,7 @@ impl Value {
             Value::List(_) => "a list",
             Value::Dict(_) => "a dict",
             Value::Global(_) => "a class or function",
+            Value::Dtype(_) => "a numpy dtype",
             Value::Storage(..) => "a storage",
             Value::Tensor(_) => "a tensor",
             Value::Mark => "a mark",
@@ -206,7 +213,21 @@ const GLOBALS: &[(&str, Option<Kind>)] = &[
     ("torch.IntStorage", Some(Kind::Int)),
     ("torch.BoolStorage", Some(Kind::Bool)),
     ("torch.ByteStorage", Some(Kind::Uint8)),
+    // Data in configs: dtypes, numpy scalars, TransformerLens's config object (its fields).
+    ("torch.float32", None),
+    ("torch.float16", None),
+    ("torch.bfloat16", None),
+    ("torch.float64", None),
+    ("numpy.dtype", None),
+    ("numpy.core.multiarray.scalar", None),
+    ("numpy._core.multiarray.scalar", None),
+    ("transformer_lens.HookedTransformerConfig.HookedTransformerConfig", None),
+    ("transformer_lens.config.HookedTransformerConfig.HookedTransformerConfig", None),
 ];
+
+/// TransformerLens's config classes: a pickled instance is read as the dict of its fields.
+const CONFIG_CLASSES: [&str; 2] =
+    ["transformer_lens.HookedTransformerConfig.HookedTransformerConfig", "transformer_lens.config.HookedTransformerConfig.HookedTransformerConfig"];
 
 /// At most this many values on the stack and in the memo, and elements per container: a
 /// state dict of any model stays far below; a hostile pickle cannot make us allocate more.
@@ -455,8 +476,24 @@ impl<'a> Unpickler<'a> {
                     self.push(v)?
                 }
                 b'b' => {
-                    // BUILD: state for the object below (an OrderedDict's `_metadata`); ignored.
-                    self.pop()?;
+                    // BUILD: state for the object below. A dict of fields (a config object's) joins
+                    // the dict it stands for; other state (an OrderedDict's `_metadata`, a numpy
+                    // dtype's flags) is ignored.
+                    match self.pop()? {
+                        Value::Dict(fields) if matches!(self.stack.last(), Some(Value::Dict(_))) => {
+                            let items: Vec<Value> = fields.into_iter().flat_map(|(k, v)| [k, v]).collect();
+                            self.extend_dict(items, at)?
+                        }
+                        _ => {}
+                    }
+                }
+                0x81 => {
+                    // NEWOBJ: cls.__new__(cls, *args), for TransformerLens's config class only.
+                    let (args, cls) = (self.pop()?, self.pop()?);
+                    match (cls, args) {
+                        (Value::Global(g), Value::Tuple(a)) if CONFIG_CLASSES.contains(&g) && a.is_empty() => self.push(Value::Dict(Vec::new()))?,
+                        (cls, _) => return Err(format!("NEWOBJ of {} at byte {at}: only TransformerLens's config class is built", cls.kind())),
+                    }
                 }
                 other => return Err(format!("opcode 0x{other:02x} at byte {at} is not one a state dict uses; refused")),
             }
@@ -521,10 +558,79 @@ impl<'a> Unpickler<'a> {
                 Ok(Value::Tensor(TorchTensor { key: key.clone(), kind: *kind, storage_numel: *numel, offset: *offset, shape, stride }))
             }
             (Value::Global("torch._utils._rebuild_parameter"), [Value::Tensor(t), ..]) => Ok(Value::Tensor(t.clone())),
+            (Value::Global("numpy.dtype"), [Value::Str(code), ..]) => Ok(Value::Dtype(code.clone())),
+            (Value::Global("numpy.core.multiarray.scalar" | "numpy._core.multiarray.scalar"), [Value::Dtype(code), Value::Bytes(b)]) => {
+                let sized = |n: usize| -> std::result::Result<&[u8], String> {
+                    if b.len() == n { Ok(b.as_slice()) } else { Err(format!("a numpy {code} scalar of {} bytes", b.len())) }
+                };
+                let array = |n: usize| -> std::result::Result<[u8; 8], String> {
+                    let mut out = [0u8; 8];
+                    out[..n].copy_from_slice(sized(n)?);
+                    Ok(out)
+                };
+                match code.as_str() {
+                    "f8" => Ok(Value::Float(f64::from_le_bytes(array(8)?))),
+                    "f4" => {
+                        let w = array(4)?;
+                        Ok(Value::Float(f32::from_le_bytes([w[0], w[1], w[2], w[3]]) as f64))
+                    }
+                    "i8" => Ok(Value::Int(i64::from_le_bytes(array(8)?))),
+                    "i4" => {
+                        let w = array(4)?;
+                        Ok(Value::Int(i64::from(i32::from_le_bytes([w[0], w[1], w[2], w[3]]))))
+                    }
+                    "b1" => Ok(Value::Bool(sized(1)?[0] != 0)),
+                    other => Err(format!("a numpy scalar of dtype `{other}`")),
+                }
+            }
             (Value::Global(g), args) => Err(format!("`{g}` called with {} arguments it does not take", args.len())),
             (f, _) => Err(format!("calling {}", f.kind())),
         }
     }
+}
+
+/// Most bytes a plain pickle (a config, an edge list) may have.
+const MAX_PICKLE_BYTES: u64 = 256 << 20;
+
+/// A plain pickle of data (dicts, lists, tuples, strings, numbers, `None`; torch dtypes and numpy
+/// scalars; TransformerLens's config object as the dict of its fields) as JSON, read by the same
+/// machine as checkpoints: nothing in it is run, anything else is refused by name.
+pub fn read_pickle(path: &Path) -> Result<serde_json::Value> {
+    let bad = |message: String| Error::Checkpoint { path: path.to_path_buf(), message };
+    let len = std::fs::metadata(path).map_err(Error::io(path))?.len();
+    if len > MAX_PICKLE_BYTES {
+        return Err(bad(format!("{len} bytes: larger than any config or edge list ({MAX_PICKLE_BYTES} at most)")));
+    }
+    let data = std::fs::read(path).map_err(Error::io(path))?;
+    let value = Unpickler::new(&data).run().map_err(bad)?;
+    to_json(value).map_err(bad)
+}
+
+fn to_json(v: Value) -> std::result::Result<serde_json::Value, String> {
+    use serde_json::Value as J;
+    Ok(match v {
+        Value::None => J::Null,
+        Value::Bool(b) => J::Bool(b),
+        Value::Int(i) => J::from(i),
+        Value::Float(f) => serde_json::Number::from_f64(f).map(J::Number).ok_or_else(|| format!("a float {f} that JSON cannot hold"))?,
+        Value::Str(s) => J::String(s),
+        Value::Global(g) if g.starts_with("torch.float") || g.starts_with("torch.bfloat") => J::String(g.to_string()),
+        Value::Dtype(code) => J::String(code),
+        Value::Tuple(items) | Value::List(items) => J::Array(items.into_iter().map(to_json).collect::<std::result::Result<_, _>>()?),
+        Value::Dict(items) => {
+            let mut map = serde_json::Map::new();
+            for (k, v) in items {
+                let key = match k {
+                    Value::Str(s) => s,
+                    Value::Int(i) => i.to_string(),
+                    other => return Err(format!("a dict key that is {}", other.kind())),
+                };
+                map.insert(key, to_json(v)?);
+            }
+            J::Object(map)
+        }
+        other => return Err(format!("holds {}, which is not plain data", other.kind())),
+    })
 }
 
 #[cfg(test)]

@@ -192,7 +192,10 @@ fn inspect(model: &HookedTransformer) {
     println!("d_model        {}", c.d_model);
     println!("heads          {} (kv heads {}), d_head {}", c.n_heads, c.n_kv_heads, c.d_head);
     println!("d_mlp          {} ({:?}{})", c.d_mlp, c.act, if c.gated_mlp { ", gated" } else { "" });
-    println!("vocab          {}", c.d_vocab);
+    match c.d_vocab_out == c.d_vocab {
+        true => println!("vocab          {}", c.d_vocab),
+        false => println!("vocab          {} in, {} out", c.d_vocab, c.d_vocab_out),
+    }
     println!("context        {}", c.n_ctx);
     println!("norm           {:?} (eps {})", c.norm, c.norm_eps);
     println!("positions      {:?}", c.positional);
