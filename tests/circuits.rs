@@ -318,3 +318,72 @@ fn masked_forward_on_transformer_lens_models() {
         assert!((got[0] - want[0]).abs() < 1e-4 && (got[1] - want[1]).abs() < 1e-4, "{case}: masked metric {got:?}, want {want:?}");
     }
 }
+
+/// A pickle (protocol 2) of a list of (from, to) string pairs, as InterpBench's edges.pkl.
+fn edges_pickle(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = b"\x80\x02](".to_vec();
+    for (a, b) in pairs {
+        for s in [a, b] {
+            out.push(b'X');
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        out.push(0x86); // TUPLE2
+    }
+    out.extend_from_slice(b"e.");
+    out
+}
+
+/// An InterpBench case folder (tests/fixtures/interpbench, scripts/make_interpbench_fixtures.sh:
+/// the planted induction model converted by TransformerLens, its config pickled as a dict, the
+/// circuit at ACDC granularity) loads as the same function, its edges map onto the graph with q/k/v
+/// promoted to whole heads, and EAP-IG and ACDC find it.
+#[test]
+fn interpbench_case_loads_and_its_circuit_is_found() {
+    use circuits::analysis::{benchmark_case, CircuitDiscoveryConfig};
+    use circuits::CaseTruth;
+    let dir = common::fixture("interpbench").join("planted-induction");
+    let model = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
+    let (clean, _, _) = planted::prompts(8, 3);
+    let d = common::max_abs_diff(&model.forward(&clean).unwrap(), &planted_model(Kind::Float).forward(&clean).unwrap());
+    assert!(d < 1e-4, "the TransformerLens conversion differs from the planted model by {d}");
+    let graph = EdgeGraph::new(&model).unwrap();
+    let truth = CaseTruth::read(&dir, &model, &graph).unwrap();
+    // embed -> L0H0, embed -> L1H0 and L0H0 -> L1H0 each into q, k and v; L1H0 -> logits.
+    let mut want = vec!["L1H0 -> logits".to_string()];
+    for (s, r) in [("embed", "L0H0"), ("embed", "L1H0"), ("L0H0", "L1H0")] {
+        want.extend("qkv".chars().map(|x| format!("{s} -> {r}.{x}")));
+    }
+    want.sort();
+    let mut got = kept_names(&graph, &truth.edges);
+    got.sort();
+    assert_eq!(got, want);
+    assert_eq!(circuits::component_truth(&graph, &truth.edges).iter().filter(|t| **t).count(), 4);
+    assert_eq!(truth.nodes.iter().filter(|t| **t).count(), 2, "L0H0 and L1H0");
+    let prompts = TaskPrompts::from_jsonl(&dir.join("prompts.jsonl"), &model).unwrap();
+    let cfg = CircuitDiscoveryConfig { ablation: Ablation::Zero, tau_sweep: false, ..CircuitDiscoveryConfig::default() };
+    let result = benchmark_case(&dir, "planted-induction", &model, &prompts, &cfg).unwrap();
+    for s in &result.scores {
+        eprintln!("{}: edge AUROC {:.3}, node AUROC {:.3}, CPR {:.3}, CMD {:.3}", s.method, s.edge_auroc, s.node_auroc, s.cpr, s.cmd);
+        assert!(s.cpr.is_finite() && s.cmd.is_finite());
+        if s.method != "EAP" {
+            assert!(s.edge_auroc >= 0.98 && s.node_auroc >= 0.98, "{}: edge AUROC {}, node AUROC {}", s.method, s.edge_auroc, s.node_auroc);
+        }
+    }
+    // Edge lists naming what the model lacks, or edges the graph cannot have: one line each.
+    let bad = common::Scratch::new("interpbench-bad");
+    for (pairs, expected) in [
+        (vec![("hook_embed", "blocks.5.hook_mlp_in")], "`blocks.5.hook_mlp_in` is not a node this model has (2 layers, 4 heads)"),
+        (vec![("hook_embed", "blocks.0.hook_q_input[4]")], "`blocks.0.hook_q_input[4]` is not a node"),
+        (vec![("blocks.0.attn.hook_z[0]", "blocks.1.hook_mlp_in")], "`blocks.0.attn.hook_z[0]` is not a node"),
+        (vec![("blocks.1.hook_mlp_out", "blocks.0.hook_q_input[1]")], "MLP1 -> L0H1.q is not an edge of the model's graph"),
+        (vec![("hook_embed", "blocks.0.hook_q_input[x")], "malformed index"),
+    ] {
+        std::fs::write(bad.join("edges.pkl"), edges_pickle(&pairs)).unwrap();
+        let e = CaseTruth::read(&bad, &model, &graph).unwrap_err().to_string();
+        assert!(e.contains(expected) && e.contains("edges.pkl") && e.lines().count() == 1, "{e}");
+    }
+    std::fs::write(bad.join("edges.pkl"), b"\x80\x02X\x03\x00\x00\x00abc.").unwrap();
+    let e = CaseTruth::read(&bad, &model, &graph).unwrap_err().to_string();
+    assert!(e.contains("not a list of (from, to) pairs"), "{e}");
+}

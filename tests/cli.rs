@@ -471,3 +471,31 @@ fn circuit_commands_take_prompt_files() {
         assert!(!never.exists(), "{args:?} wrote to --out");
     }
 }
+
+/// `interp benchmark` on InterpBench case folders: a table of every case and method, a report;
+/// a case without prompts and a folder without cases are one-line errors.
+#[test]
+fn benchmark_scores_methods_against_known_circuits() {
+    let cases = common::repo("tests/fixtures/interpbench");
+    let o = common::Scratch::new("cli-benchmark");
+    let (ok, stdout, err) = interp(&["benchmark", cases.to_str().unwrap(), "--ablation", "zero", "--out", o.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("case planted-induction: 16 prompts") && stdout.contains("ACDC       edge AUROC 1.000"), "{stdout}");
+    let table = CsvReadOptions::default().try_into_reader_with_file_path(Some(o.join("benchmark.csv"))).unwrap().finish().unwrap();
+    assert_eq!(table.height(), 3, "EAP, EAP-IG and ACDC");
+    assert!(o.join("report.html").exists() && o.join("planted-induction/faithfulness.png").exists());
+    // Without prompts.jsonl (InterpBench publishes none) the prompts must come from --prompts.
+    let bare = common::Scratch::new("cli-benchmark-bare");
+    let case = bare.join("case");
+    std::fs::create_dir_all(&case).unwrap();
+    for f in ["ll_model.pth", "ll_model_cfg.pkl", "edges.pkl", "meta.json"] {
+        std::fs::copy(cases.join("planted-induction").join(f), case.join(f)).unwrap();
+    }
+    let (ok, _, err) = interp(&["benchmark", bare.to_str().unwrap(), "--out", o.join("bare").to_str().unwrap()]);
+    assert!(!ok && err.contains("no prompts.jsonl in the case folder; give a prompt file with --prompts"), "{err}");
+    let prompts = cases.join("planted-induction/prompts.jsonl");
+    let (ok, _, err) = interp(&["benchmark", case.to_str().unwrap(), "--prompts", prompts.to_str().unwrap(), "--out", o.join("bare").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = interp(&["benchmark", o.to_str().unwrap(), "--out", o.join("none").to_str().unwrap()]);
+    assert!(!ok && err.contains("no InterpBench case here"), "{err}");
+}

@@ -1,5 +1,5 @@
 //! A bounded, fixed-seed fuzzing pass over every loader of user files: each family's
-//! `config.json` (and TransformerLens's), safetensors headers, `tokenizer.json`, SAELens `cfg.json`, circuit-tracer
+//! `config.json` (and TransformerLens's, and InterpBench's pickles), safetensors headers, `tokenizer.json`, SAELens `cfg.json`, circuit-tracer
 //! `config.yaml` and layer files, and activation-cache `manifest.json`. Inputs are valid files
 //! mutated by proptest (hostile sizes, wrong types, deleted keys, flipped header bytes,
 //! truncation); a loader may refuse an input with an error, never panic or abort. Each pass prints
@@ -227,6 +227,40 @@ fn pytorch_checkpoint_files() {
         bytes.truncate(cut.unwrap_or(bytes.len()));
         std::fs::write(dir.join("pytorch_model.bin"), &bytes).unwrap();
         loads(&dir)
+    });
+}
+
+/// InterpBench's pickles: the pickled TransformerLens config and the edge list, bytes overwritten
+/// or cut short.
+#[test]
+fn interpbench_pickles() {
+    let src = common::repo("tests/fixtures/interpbench/planted-induction");
+    let dir = Scratch::new("fuzz-interpbench");
+    for f in ["ll_model.pth", "ll_model_cfg.pkl", "edges.pkl"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let byte_edits = |len: usize| (prop::collection::vec((0..len, any::<u8>()), 1..5), prop::option::weighted(0.2, 0..len));
+    let edited = |original: &[u8], (edits, cut): (Vec<(usize, u8)>, Option<usize>)| {
+        let mut bytes = original.to_vec();
+        for (at, b) in edits {
+            bytes[at] = b;
+        }
+        bytes.truncate(cut.unwrap_or(bytes.len()));
+        bytes
+    };
+    let cfg = std::fs::read(src.join("ll_model_cfg.pkl")).unwrap();
+    fuzz("InterpBench ll_model_cfg.pkl (bytes)", 300, byte_edits(cfg.len()), |edit| {
+        std::fs::write(dir.join("ll_model_cfg.pkl"), edited(&cfg, edit)).unwrap();
+        loads(&dir)
+    });
+    std::fs::write(dir.join("ll_model_cfg.pkl"), &cfg).unwrap();
+    let model = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
+    let graph = interp::circuits::EdgeGraph::new(&model).unwrap();
+    let edges = std::fs::read(src.join("edges.pkl")).unwrap();
+    assert!(interp::circuits::CaseTruth::read(&dir, &model, &graph).is_ok(), "the unmutated edge list reads");
+    fuzz("InterpBench edges.pkl (bytes)", 300, byte_edits(edges.len()), |edit| {
+        std::fs::write(dir.join("edges.pkl"), edited(&edges, edit)).unwrap();
+        interp::circuits::CaseTruth::read(&dir, &model, &graph).is_ok()
     });
 }
 

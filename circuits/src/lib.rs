@@ -53,4 +53,6 @@ pub mod report;
 pub use report::{dashboards_html, write_dashboards, write_graph_page, Report};
 pub mod output;
 pub use output::Output;
+pub mod interpbench;
+pub use interpbench::{component_edges, component_scores, component_truth, node_scores, node_truth, CaseTruth};
 pub mod analysis;

@@ -210,7 +210,7 @@ pub fn circuit_discovery(model: &HookedTransformer, prompts: &TaskPrompts, name:
 }
 
 /// ACDC's edge ranking: kept edges above removed ones; within each, by the measured loss increase.
-fn acdc_ranking(result: &AcdcResult) -> Vec<f32> {
+pub(crate) fn acdc_ranking(result: &AcdcResult) -> Vec<f32> {
     let top = result.effect.iter().fold(0f64, |m, e| m.max(e.abs())) + 1.0;
     result.kept.iter().zip(&result.effect).map(|(k, e)| (if *k { e.abs() + top } else { e.abs() }) as f32).collect()
 }

@@ -17,6 +17,7 @@
 //! # Ok::<(), circuits::Error>(())
 //! ```
 
+mod benchmark;
 mod bilinear;
 mod causal_tracing;
 mod circuit_discovery;
@@ -24,6 +25,7 @@ mod dictionary;
 mod graph;
 mod patching;
 
+pub use benchmark::{benchmark_case, summary_table, CaseResult, MethodScore};
 pub use bilinear::{bilinear_spectra, single_token, BilinearSpectra, BilinearSpectraConfig, DirectionSpectrum, Readout};
 pub use dictionary::{read_training_curve, training_curve_chart, write_metrics, write_set_metrics};
 pub use graph::{graph_analysis, GraphAnalysis, GraphAnalysisConfig, VIEWER_SCAN};

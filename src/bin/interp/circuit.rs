@@ -1,13 +1,14 @@
-//! `interp patch | trace | acdc | eap | prompts`: circuit analysis on the built-in tasks or a prompt file. The analyses are
+//! `interp patch | trace | acdc | eap | prompts | benchmark`: circuit analysis on the built-in tasks or a prompt file. The analyses are
 //! `circuits::analysis`; this file maps flags onto their configs (whose `Default`s are the flags'
 //! defaults) and prints a summary.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use interp::circuits::analysis::{
-    causal_tracing, circuit_discovery, patching_sweep, task_trace_prompts, CausalTracingConfig, CircuitDiscoveryConfig, PatchingSweepConfig,
+    benchmark_case, causal_tracing, circuit_discovery, patching_sweep, summary_table, task_trace_prompts, CausalTracingConfig, CircuitDiscoveryConfig,
+    PatchingSweepConfig,
 };
 use interp::circuits::{trace_prompts_from_jsonl, Ablation, MemoryBudget, MetricName, PatchSite, TaskPrompts};
 
@@ -307,11 +308,7 @@ pub fn discover(args: &EapArgs, mut cfg: CircuitDiscoveryConfig, title: &str) ->
         }
     }
     let s = Setup::new(task)?;
-    cfg.budget = match args.max_memory {
-        Some(gb) if !(gb.is_finite() && gb > 0.0) => bail!("--max-memory must be a positive number of GB, found {gb}"),
-        Some(gb) => MemoryBudget::for_peak((gb * 1e9) as u64, &s.model)?,
-        None => MemoryBudget::DEFAULT,
-    };
+    cfg.budget = budget(args.max_memory, &s.model)?;
     let prompts = s.pairs(task)?;
     let found = circuit_discovery(&s.model, &prompts, &task.name(), &cfg)?;
     println!("{} edges; {} clean {:.4}, corrupted {:.4}", found.graph.n_edges(), found.metric, found.clean, found.corrupted);
@@ -345,4 +342,119 @@ pub fn discover(args: &EapArgs, mut cfg: CircuitDiscoveryConfig, title: &str) ->
         }
     }
     standalone(&task.out, title, |out| Ok(found.write(out)?))
+}
+
+/// `--max-memory` (GB of peak memory) as a budget for `model`; the default without it.
+fn budget(max_memory: Option<f64>, model: &HookedTransformer) -> Result<MemoryBudget> {
+    Ok(match max_memory {
+        Some(gb) if !(gb.is_finite() && gb > 0.0) => bail!("--max-memory must be a positive number of GB, found {gb}"),
+        Some(gb) => MemoryBudget::for_peak((gb * 1e9) as u64, model)?,
+        None => MemoryBudget::DEFAULT,
+    })
+}
+
+/// `interp benchmark`: circuit discovery scored against known circuits.
+#[derive(clap::Args)]
+pub struct BenchmarkArgs {
+    /// InterpBench case folders (ll_model.pth, ll_model_cfg.pkl, edges.pkl, meta.json, and the
+    /// prompts as prompts.jsonl unless --prompts gives them), or folders of such folders.
+    #[arg(required = true)]
+    pub cases: Vec<PathBuf>,
+    /// JSONL prompt file for cases without their own prompts.jsonl (InterpBench publishes none).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// What an ablated edge carries.
+    #[arg(long, value_enum, default_value_t = CircuitDiscoveryConfig::default().ablation)]
+    pub ablation: Ablation,
+    /// EAP-IG interpolation steps.
+    #[arg(long, default_value_t = CircuitDiscoveryConfig::default().steps)]
+    pub steps: usize,
+    /// ACDC's threshold (default: 1.5% of each case's clean - corrupted gap).
+    #[arg(long)]
+    pub tau: Option<f64>,
+    /// Peak memory in GB (default: the weights plus 3 GB).
+    #[arg(long)]
+    pub max_memory: Option<f64>,
+    /// Output directory (created): OUT/benchmark.{parquet,csv}, OUT/report.html and a folder per case.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
+}
+
+/// Case folders under `paths`: each path that has `edges.pkl`, else its subfolders that do.
+fn case_folders(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut cases = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            bail!("{}: not a folder", path.display());
+        }
+        if path.join("edges.pkl").exists() {
+            cases.push(path.clone());
+            continue;
+        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("edges.pkl").exists())
+            .collect();
+        if found.is_empty() {
+            bail!("{}: no InterpBench case here (a folder with edges.pkl, ll_model.pth and ll_model_cfg.pkl, or folders of them)", path.display());
+        }
+        found.sort();
+        cases.extend(found);
+    }
+    Ok(cases)
+}
+
+/// Runs EAP, EAP-IG and ACDC on every case and tabulates edge and node AUROC, CPR and CMD.
+pub fn benchmark(args: &BenchmarkArgs) -> Result<()> {
+    let cases = case_folders(&args.cases)?;
+    let mut results = Vec::new();
+    let mut out = interp::circuits::Output::new(&args.out, "Circuit discovery against known circuits")?;
+    for dir in &cases {
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "case".into());
+        let model = HookedTransformer::from_pretrained_dir(dir, args.device.get(), Kind::Float).with_context(|| format!("case {}", dir.display()))?;
+        let prompts = case_prompts(dir, args.prompts.as_deref(), &model)?;
+        let cfg = CircuitDiscoveryConfig {
+            ablation: args.ablation,
+            steps: args.steps,
+            tau: args.tau,
+            tau_sweep: false,
+            budget: budget(args.max_memory, &model)?,
+            ..CircuitDiscoveryConfig::default()
+        };
+        println!("case {name}: {} prompts", prompts.clean.size()[0]);
+        let result = benchmark_case(dir, &name, &model, &prompts, &cfg).with_context(|| format!("case {}", dir.display()))?;
+        for s in &result.scores {
+            println!("  {:<10} edge AUROC {:.3}  node AUROC {:.3}  CPR {:.3}  CMD {:.3}", s.method, s.edge_auroc, s.node_auroc, s.cpr, s.cmd);
+        }
+        let mut part = interp::circuits::Output::nested(&args.out, &name, "")?;
+        result.write(&mut part)?;
+        results.push((result, part.report));
+    }
+    out.report.paragraph(
+        "Each method's edge scores against the case's true circuit, at InterpBench's granularity: edge AUROC over head-level edges \
+         (a sender's edges into a head's q, k and v inputs merged, with the largest |score|; the truth promoted to whole heads alike; \
+         ACDC ranked by its decisions, kept edges first), node AUROC over heads and MLPs (a node's score is the largest |score| of the \
+         edges touching it), and MIB's CPR (higher is better) and CMD (lower is better) over every edge.",
+    );
+    let table = summary_table(results.iter().map(|(r, _)| r));
+    out.table("benchmark", "every case and method", &table)?;
+    for (_, report) in results {
+        out.report.append(report);
+    }
+    out.write_report()?;
+    Ok(())
+}
+
+/// A case's prompts: its own prompts.jsonl, else `fallback`.
+fn case_prompts(dir: &Path, fallback: Option<&Path>, model: &HookedTransformer) -> Result<TaskPrompts> {
+    let own = dir.join("prompts.jsonl");
+    let path = match (own.exists(), fallback) {
+        (true, _) => own.as_path(),
+        (false, Some(path)) => path,
+        (false, None) => bail!("{}: no prompts.jsonl in the case folder; give a prompt file with --prompts", dir.display()),
+    };
+    Ok(TaskPrompts::from_jsonl(path, model)?)
 }

@@ -107,6 +107,12 @@ enum Command {
     /// EAP and EAP-IG edge scores on a built-in task or a prompt file (--prompts), with faithfulness curves of their top-k
     /// circuits: OUT/eap_scores.csv, OUT/eap_ig_scores.csv, OUT/faithfulness.{csv,svg,png}.
     Eap(circuit::EapArgs),
+    /// Circuit discovery against known circuits: EAP, EAP-IG and ACDC on each InterpBench case
+    /// folder (ll_model.pth, ll_model_cfg.pkl, edges.pkl; prompts.jsonl or --prompts), scored by
+    /// edge and node AUROC against the true circuit and MIB's CPR and CMD. Writes
+    /// OUT/benchmark.{parquet,csv}, OUT/report.html and per case its scores, circuits and
+    /// faithfulness curves.
+    Benchmark(circuit::BenchmarkArgs),
     /// Writes a built-in task's clean/corrupted pairs as a JSONL prompt file (token ids, answer,
     /// wrong, label): the format --prompts reads, giving the same numbers as --task.
     Prompts(circuit::PromptsArgs),
@@ -275,6 +281,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Command::Trace(args)) => circuit::trace(&args.task, &args.config())?,
         Some(Command::Acdc(args)) => circuit::discover(&args.eap, args.config(), "ACDC and EAP-IG")?,
         Some(Command::Eap(args)) => circuit::discover(&args, args.config(), "EAP and EAP-IG")?,
+        Some(Command::Benchmark(args)) => circuit::benchmark(&args)?,
         Some(Command::Prompts(args)) => circuit::export_prompts(&args)?,
         Some(Command::Bilinear(args)) => standalone(&args.out, "Bilinear MLP", |out| features::run_bilinear(&args, out))?,
         Some(Command::Graph(args)) => standalone(&args.out, "Attribution graph", |out| features::run_graph(&args, out))?,
