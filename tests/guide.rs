@@ -44,6 +44,11 @@ fn loading_and_running() -> Result {
     let _ = (model.norm_weights(NormSite::Ln1(0))?, model.norm_weights(NormSite::Ln2(0))?, model.norm_weights(NormSite::LnFinal)?);
     model.process_weights(WeightProcessing { fold_ln: true, center_writing_weights: true, center_unembed: true, fold_value_biases: true })?;
     assert_eq!(logits.size()[2], model.cfg.d_vocab);
+    // A TransformerLens-native folder (config.json from cfg.to_dict(), the state dict) and an
+    // InterpBench case folder load the same way.
+    let tl = HookedTransformer::from_pretrained_dir(repo("tests/fixtures/transformer_lens/ln-relu"), Device::Cpu, Kind::Float)?;
+    assert_eq!((tl.cfg.d_vocab, tl.cfg.d_vocab_out), (23, 13));
+    let _ = HookedTransformer::from_pretrained_dir(repo("tests/fixtures/interpbench/planted-induction"), Device::Cpu, Kind::Float)?;
     Ok(())
 }
 

@@ -86,3 +86,27 @@ fn transformer_lens_models_match_transformer_lens_hook_by_hook() {
     }
     println!("max abs difference to TransformerLens: {}", report.join("; "));
 }
+
+/// TransformerLens's weight views of a TransformerLens-native model are its own state dict's
+/// tensors: W_Q, W_K, W_V [h, d_model, d_head], W_O [h, d_head, d_model], W_in, W_out, W_U, b_U.
+#[test]
+fn transformer_lens_weight_views_are_its_state_dict() {
+    let dir = common::fixture("transformer_lens").join("lnpre-solu_ln-shortformer");
+    let model = interp::interp_core::HookedTransformer::from_pretrained_dir(&dir, tch::Device::Cpu, Kind::Float).unwrap();
+    let state: std::collections::HashMap<String, tch::Tensor> = tch::Tensor::read_safetensors(dir.join("model.safetensors")).unwrap().into_iter().collect();
+    for l in 0..model.cfg.n_layers {
+        let views = [
+            ("attn.W_Q", model.w_q(l).unwrap()),
+            ("attn.W_K", model.w_k(l).unwrap()),
+            ("attn.W_V", model.w_v(l).unwrap()),
+            ("attn.W_O", model.w_o(l).unwrap()),
+            ("mlp.W_in", model.w_in(l).unwrap()),
+            ("mlp.W_out", model.w_out(l).unwrap()),
+        ];
+        for (name, view) in views {
+            assert_eq!(max_abs_diff(&view, &state[&format!("blocks.{l}.{name}")]), 0.0, "blocks.{l}.{name}");
+        }
+    }
+    assert_eq!(max_abs_diff(&model.w_u(), &state["unembed.W_U"]), 0.0);
+    assert_eq!(max_abs_diff(model.b_u().unwrap(), &state["unembed.b_U"]), 0.0);
+}
