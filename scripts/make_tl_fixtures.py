@@ -37,6 +37,8 @@ CASES = {
     "none-gelu_new": dict(normalization_type=None, act_fn="gelu_new"),
     # Attention only, gain-free RMSNorm, an unembedding tied to the embedding (no W_U in the file).
     "attn_only-rmspre-tied": dict(normalization_type="RMSPre", attn_only=True, d_mlp=None, act_fn=None, tie_word_embeddings=True),
+    # Bidirectional attention (as tracr compiles most programs), LayerNorm, GELU; model.pth.
+    "ln-gelu-bidirectional": dict(normalization_type="LN", act_fn="gelu", attention_dir="bidirectional"),
 }
 SAFETENSORS = {"lnpre-solu_ln-shortformer", "rms-gated-rotary-gqa", "attn_only-rmspre-tied"}
 

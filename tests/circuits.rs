@@ -299,7 +299,7 @@ fn masked_forward_at_gpt2_small_shape() {
 /// none the corrupted ones, and the masked metric equals the metric of those logits.
 #[test]
 fn masked_forward_on_transformer_lens_models() {
-    for case in ["ln-relu", "lnpre-solu_ln-shortformer", "rms-gated-rotary-gqa", "none-gelu_new", "attn_only-rmspre-tied"] {
+    for case in ["ln-relu", "lnpre-solu_ln-shortformer", "rms-gated-rotary-gqa", "none-gelu_new", "attn_only-rmspre-tied", "ln-gelu-bidirectional"] {
         let model = HookedTransformer::from_pretrained_dir(common::fixture("transformer_lens").join(case), Device::Cpu, Kind::Float).unwrap();
         let graph = EdgeGraph::new(&model).unwrap();
         let clean = Tensor::from_slice(&[3i64, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]).view([2, 6]);

@@ -59,7 +59,7 @@ fn half_precision_stays_close_to_f32() {
 /// `run_with_cache` returns, under the same name and shape, within 1e-4.
 #[test]
 fn transformer_lens_models_match_transformer_lens_hook_by_hook() {
-    let cases = ["ln-relu", "lnpre-solu_ln-shortformer", "rms-gated-rotary-gqa", "none-gelu_new", "attn_only-rmspre-tied"];
+    let cases = ["ln-relu", "lnpre-solu_ln-shortformer", "rms-gated-rotary-gqa", "none-gelu_new", "attn_only-rmspre-tied", "ln-gelu-bidirectional"];
     let mut report = Vec::new();
     for case in cases {
         let dir = common::fixture("transformer_lens").join(case);

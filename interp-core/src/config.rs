@@ -201,6 +201,9 @@ pub struct ModelConfig {
     pub bos_token_id: Option<i64>,
     /// No MLPs (config extension `interp_attn_only`).
     pub attn_only: bool,
+    /// Each position attends to earlier ones only (every HF family); `false`: to every position
+    /// (TransformerLens's `attention_dir: bidirectional`, as tracr compiles most programs).
+    pub causal: bool,
     /// The `config.json` this came from, written back by `save_pretrained`.
     pub hf_json: Value,
 }

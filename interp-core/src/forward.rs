@@ -347,13 +347,17 @@ impl HookedTransformer {
         run.fire(HookPoint::UnembedOut, logits)
     }
 
-    /// Which keys each query may attend to: causal, within the sliding window, not padding (a
-    /// padding query attends to itself, so that no row is empty). [batch or 1, 1, pos, keys].
+    /// Which keys each query may attend to: earlier ones (causal models), within the sliding
+    /// window, not padding (a padding query attends to itself, so that no row is empty).
+    /// [batch or 1, 1, pos, keys].
     fn allowed_mask(&self, offset: i64, pos: i64, window: Option<i64>, key_valid: Option<&Tensor>) -> Result<Tensor> {
         let keys = offset + pos;
         let q = Tensor::f_arange_start(offset, keys, (Kind::Int64, self.device))?.f_view([pos, 1])?;
         let k = Tensor::f_arange(keys, (Kind::Int64, self.device))?.f_view([1, keys])?;
-        let mut allowed = k.f_le_tensor(&q)?;
+        let mut allowed = match self.cfg.causal {
+            true => k.f_le_tensor(&q)?,
+            false => k.f_ge(0)?.f_expand([pos, keys], false)?,
+        };
         if let Some(w) = window {
             allowed = allowed.f_logical_and(&q.f_sub(&k)?.f_lt(w)?)?;
         }

@@ -63,6 +63,9 @@ impl HookedTransformer {
         if sampling.temperature.is_nan() || sampling.temperature < 0.0 || sampling.top_k.is_some_and(|k| k < 1) || sampling.top_p.is_some_and(bad_p) {
             return Err(Error::Input(format!("invalid sampling settings: {sampling:?}")));
         }
+        if !self.cfg.causal {
+            return Err(Error::Input("generate needs a causal model: with bidirectional attention earlier positions change as tokens are added".into()));
+        }
         let mut rng = sampling.seed.map(|s| Rng::new(s as u64));
         let _guard = tch::no_grad_guard();
         let mut mask = match attention_mask {

@@ -62,6 +62,7 @@ pub(crate) fn config(c: Gpt2Config) -> crate::Result<ModelConfig> {
         mlp_bias: true,
         bos_token_id: c.bos_token_id,
         attn_only: c.interp_attn_only.unwrap_or(false),
+        causal: true,
         hf_json: Value::Null,
     })
 }

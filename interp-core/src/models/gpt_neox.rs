@@ -68,6 +68,7 @@ pub(crate) fn config(c: GptNeoxConfig) -> crate::Result<ModelConfig> {
         mlp_bias: true,
         bos_token_id: c.bos_token_id,
         attn_only: false,
+        causal: true,
         hf_json: Value::Null,
     })
 }

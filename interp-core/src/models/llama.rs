@@ -100,6 +100,7 @@ pub(crate) fn decoder(c: LlamaConfig, model_type: &str, act: Activation) -> Resu
         mlp_bias: c.mlp_bias.unwrap_or(false),
         bos_token_id: c.bos_token_id,
         attn_only: c.interp_attn_only.unwrap_or(false),
+        causal: true,
         hf_json: Value::Null,
     })
 }

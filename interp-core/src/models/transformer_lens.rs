@@ -4,7 +4,8 @@
 //! models, tracr-compiled models and InterpBench ship. Read into our [out, in] layout with q, k and
 //! v fused; the settings toy models use are supported (`normalization_type` None / LN / LNPre /
 //! RMS / RMSPre, `attn_only`, standard / shortformer / rotary positions, `act_fn` relu / gelu /
-//! gelu_new / silu / solu / solu_ln, gated MLPs, grouped-query attention, `d_vocab_out`), and every
+//! gelu_new / silu / solu / solu_ln, gated MLPs, grouped-query attention, `d_vocab_out`, causal or
+//! bidirectional attention), and every
 //! other setting that changes the function is refused by name.
 
 use serde::{Deserialize, Deserializer};
@@ -53,6 +54,7 @@ pub(crate) struct TlConfig {
     parallel_attn_mlp: Option<bool>,
     final_rms: Option<bool>,
     tie_word_embeddings: Option<bool>,
+    attention_dir: Option<String>,
     /// Every other key, checked against [`UNSUPPORTED`].
     #[serde(flatten)]
     rest: Map<String, Value>,
@@ -69,7 +71,6 @@ fn nullable<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Strin
 /// Settings that change the function and are not supported, with the value that is: a config
 /// that sets one otherwise is refused rather than run as something else.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    ("attention_dir", "\"causal\""),
     ("use_local_attn", "false"),
     ("use_qk_norm", "false"),
     ("post_embedding_ln", "false"),
@@ -98,6 +99,11 @@ pub(crate) fn config(c: TlConfig) -> Result<ModelConfig> {
     if let Some(arch @ ("Olmo2ForCausalLM" | "Olmo3ForCausalLM")) = c.rest.get("original_architecture").and_then(Value::as_str) {
         return Err(Error::Config(format!("TransformerLens config: `original_architecture: {arch}` (norms after the sublayers) is not supported")));
     }
+    let causal = match c.attention_dir.as_deref().unwrap_or("causal") {
+        "causal" => true,
+        "bidirectional" => false,
+        other => return Err(Error::Config(format!("TransformerLens config: unknown `attention_dir` {other:?} (causal or bidirectional)"))),
+    };
     let (d_model, d_head, n_heads, n_layers) = (c.d_model.0, c.d_head.0, c.n_heads.0, c.n_layers.0 as usize);
     let d_vocab = c.d_vocab.0;
     let d_vocab_out = match c.d_vocab_out {
@@ -161,6 +167,7 @@ pub(crate) fn config(c: TlConfig) -> Result<ModelConfig> {
         mlp_bias: true,
         bos_token_id: None,
         attn_only: c.attn_only.unwrap_or(false),
+        causal,
         hf_json: Value::Null,
     })
 }
