@@ -372,6 +372,9 @@ pub struct BenchmarkArgs {
     /// ACDC's threshold (default: 1.5% of each case's clean - corrupted gap).
     #[arg(long)]
     pub tau: Option<f64>,
+    /// ACDC prunes by KL divergence to the clean output instead of the task metric.
+    #[arg(long)]
+    pub kl: bool,
     /// Peak memory in GB (default: the weights plus 3 GB).
     #[arg(long)]
     pub max_memory: Option<f64>,
@@ -420,6 +423,7 @@ pub fn benchmark(args: &BenchmarkArgs) -> Result<()> {
             ablation: args.ablation,
             steps: args.steps,
             tau: args.tau,
+            kl: args.kl,
             tau_sweep: false,
             budget: budget(args.max_memory, &model)?,
             ..CircuitDiscoveryConfig::default()
