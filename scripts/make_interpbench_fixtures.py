@@ -10,7 +10,7 @@ with torch.save, and edges.pkl lists the circuit at InterpBench's (ACDC's) granu
 resid writers into `blocks.L.hook_{q,k,v}_input[h]`, the edges inside each head
 (`hook_q_input -> attn.hook_q -> attn.hook_result`) and `blocks.L.hook_resid_post` at the end.
 
-Run: bash scripts/make_interpbench_fixtures.sh
+Run: bash scripts/make_tl_fixtures.sh   (which also rebuilds tests/fixtures/transformer_lens)
 """
 import json
 import os

@@ -285,13 +285,21 @@ fn masked_forward_at_gpt2_small_shape() {
     assert_eq!(graph.n_edges(), 32491);
     let clean = Tensor::from_slice(&[50256i64, 464, 3290, 290, 1757, 1816, 284, 262, 50256, 818, 257, 1110, 11, 4502, 290, 5335]).view([2, 8]);
     let corrupted = Tensor::from_slice(&[50256i64, 464, 7900, 290, 1757, 1816, 284, 262, 50256, 818, 257, 1110, 11, 4502, 290, 1757]).view([2, 8]);
-    let acts = graph.activations(&model, &clean, &corrupted, Ablation::Resample).unwrap();
+    let (c, x, _, _) = all_or_no_edges(&model, &graph, &clean, &corrupted);
+    assert!(c < 1e-4 && x < 1e-4, "all edges {c:e} from the clean logits, none {x:e} from the corrupted ones");
+}
+
+/// Masked forwards (resample ablation) keeping every edge and none: their max differences from
+/// the clean and from the corrupted logits, with the activations and the two masks.
+fn all_or_no_edges(model: &HookedTransformer, graph: &EdgeGraph, clean: &Tensor, corrupted: &Tensor) -> (f64, f64, circuits::EdgeActivations, Tensor) {
+    let acts = graph.activations(model, clean, corrupted, Ablation::Resample).unwrap();
     let e = graph.n_edges() as i64;
     let masks = Tensor::stack(&[Tensor::ones([e], (Kind::Float, Device::Cpu)), Tensor::zeros([e], (Kind::Float, Device::Cpu))], 0);
-    let logits = graph.run_masked(&model, &acts, &masks, 0).unwrap();
-    let (want_clean, want_corrupted) = (model.forward(&clean).unwrap(), model.forward(&corrupted).unwrap());
-    let (c, x) = (common::max_abs_diff(&logits.narrow(0, 0, 2), &want_clean), common::max_abs_diff(&logits.narrow(0, 2, 2), &want_corrupted));
-    assert!(c < 1e-4 && x < 1e-4, "all edges {c:e} from the clean logits, none {x:e} from the corrupted ones");
+    let logits = graph.run_masked(model, &acts, &masks, 0).unwrap();
+    let b = clean.size()[0];
+    let c = common::max_abs_diff(&logits.narrow(0, 0, b), &model.forward(clean).unwrap());
+    let x = common::max_abs_diff(&logits.narrow(0, b, b), &model.forward(corrupted).unwrap());
+    (c, x, acts, masks)
 }
 
 /// The edge graph on TransformerLens-native models (no norm, LNPre with shortformer positions,
@@ -304,16 +312,11 @@ fn masked_forward_on_transformer_lens_models() {
         let graph = EdgeGraph::new(&model).unwrap();
         let clean = Tensor::from_slice(&[3i64, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]).view([2, 6]);
         let corrupted = Tensor::from_slice(&[3i64, 1, 7, 1, 5, 9, 2, 6, 0, 3, 5, 8]).view([2, 6]);
-        let acts = graph.activations(&model, &clean, &corrupted, Ablation::Resample).unwrap();
-        let e = graph.n_edges() as i64;
-        let masks = Tensor::stack(&[Tensor::ones([e], (Kind::Float, Device::Cpu)), Tensor::zeros([e], (Kind::Float, Device::Cpu))], 0);
-        let logits = graph.run_masked(&model, &acts, &masks, 0).unwrap();
-        let (want_clean, want_corrupted) = (model.forward(&clean).unwrap(), model.forward(&corrupted).unwrap());
-        let (c, x) = (common::max_abs_diff(&logits.narrow(0, 0, 2), &want_clean), common::max_abs_diff(&logits.narrow(0, 2, 2), &want_corrupted));
+        let (c, x, acts, masks) = all_or_no_edges(&model, &graph, &clean, &corrupted);
         assert!(c < 1e-4 && x < 1e-4, "{case}: all edges {c:e} from the clean logits, none {x:e} from the corrupted ones");
         let metric = Metric::logit_diff(Tensor::from_slice(&[2i64, 7]), Tensor::from_slice(&[0i64, 1]));
         let per_variant = graph.masked_metric(&model, &acts, &metric, &masks, 0).unwrap();
-        let want = [metric.value(&want_clean).unwrap(), metric.value(&want_corrupted).unwrap()];
+        let want = [metric.value(&model.forward(&clean).unwrap()).unwrap(), metric.value(&model.forward(&corrupted).unwrap()).unwrap()];
         let got: Vec<f64> = Vec::try_from(per_variant.to_kind(Kind::Double)).unwrap();
         assert!((got[0] - want[0]).abs() < 1e-4 && (got[1] - want[1]).abs() < 1e-4, "{case}: masked metric {got:?}, want {want:?}");
     }
@@ -334,7 +337,7 @@ fn edges_pickle(pairs: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
-/// An InterpBench case folder (tests/fixtures/interpbench, scripts/make_interpbench_fixtures.sh:
+/// An InterpBench case folder (tests/fixtures/interpbench, scripts/make_tl_fixtures.sh:
 /// the planted induction model converted by TransformerLens, its config pickled as a dict, the
 /// circuit at ACDC granularity) loads as the same function, its edges map onto the graph with q/k/v
 /// promoted to whole heads, and EAP-IG and ACDC find it.
