@@ -63,6 +63,20 @@ ARCHS = {
         head_dim=16, intermediate_size=96, max_position_embeddings=64, initializer_range=0.2,
         query_pre_attn_scalar=20, sliding_window=6, attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
     ),
+    # Per-head q/k RMSNorms, an explicit head_dim, q/k/v biases on, sliding windows from layer 1.
+    "qwen3": transformers.Qwen3Config(
+        vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=24, intermediate_size=96, max_position_embeddings=64, initializer_range=0.2, attention_bias=True,
+        use_sliding_window=True, sliding_window=7, max_window_layers=1, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    ),
+    # Fused qkv_proj and gate_up_proj, a partial rotary and a sliding window shorter than the sequence.
+    "phi3": transformers.Phi3Config(
+        vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=96, max_position_embeddings=64, original_max_position_embeddings=64, initializer_range=0.2,
+        sliding_window=9, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+    ),
 }
 
 

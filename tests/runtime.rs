@@ -29,7 +29,11 @@ fn every_hook_point_has_the_documented_shape() {
         assert!(m.hook_points(false).iter().all(|p| !p.is_opt_in()));
         for (name, t) in cache.iter().chain(opt.iter()) {
             let leaf = name.rsplit('.').next().unwrap();
-            let want: Vec<i64> = match leaf {
+            let qk_norm = [".q_norm.", ".k_norm."].into_iter().find(|n| name.contains(n));
+            let want: Vec<i64> = match (qk_norm, leaf) {
+                (Some(n), "hook_scale") => vec![b, p, if n == ".q_norm." { h } else { kv }, 1],
+                (Some(n), _) => vec![b, p, if n == ".q_norm." { h } else { kv }, dh],
+                (None, leaf) => match leaf {
                 "hook_q" | "hook_rot_q" | "hook_z" => vec![b, p, h, dh],
                 "hook_k" | "hook_v" | "hook_rot_k" => vec![b, p, kv, dh],
                 "hook_attn_scores" | "hook_pattern" => vec![b, h, p, p],
@@ -39,6 +43,7 @@ fn every_hook_point_has_the_documented_shape() {
                 "hook_pre" | "hook_pre_linear" | "hook_post" => vec![b, p, dmlp],
                 "hook_out" => vec![b, p, v],
                 _ => vec![b, p, dm],
+                },
             };
             assert_eq!(t.size(), want, "{arch}: {name}");
         }

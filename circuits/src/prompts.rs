@@ -448,7 +448,7 @@ fn token_set(line: usize, obj: &Map<String, Value>, field: &str, model: &HookedT
                 let d_vocab_out = model.cfg.d_vocab_out;
                 match (0..d_vocab_out).contains(&id) {
                     true => Ok(id),
-                    false => Err(Error::Input(format!("line {line}: `{field}` {id} is outside the model's output vocabulary (0..{d_vocab_out})"))),
+                    false => Err(Error::Input(format!("line {line}: token id {id} in `{field}` is outside the output vocabulary (0..{d_vocab_out})"))),
                 }
             }
             Value::String(s) => {

@@ -193,6 +193,8 @@ pub struct ModelConfig {
     pub tie_embeddings: bool,
     /// q, k and v projections have biases.
     pub qkv_bias: bool,
+    /// An RMSNorm over each head's q and over each key head's k, before rotary (Qwen3).
+    pub qk_norm: bool,
     /// The attention output projection has a bias.
     pub o_bias: bool,
     /// The MLP's projections have biases.

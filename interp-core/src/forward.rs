@@ -510,6 +510,12 @@ impl HookedTransformer {
         let mut q = run.fire(at(BlockSite::Q), q)?;
         let mut k = run.fire(at(BlockSite::K), k)?;
         let v = run.fire(at(BlockSite::V), v)?;
+        if let Some(n) = &blk.attn.q_norm {
+            q = self.norm(n, &q, run, Some((at(BlockSite::QNormScale), at(BlockSite::QNormNormalized))))?;
+        }
+        if let Some(n) = &blk.attn.k_norm {
+            k = self.norm(n, &k, run, Some((at(BlockSite::KNormScale), at(BlockSite::KNormNormalized))))?;
+        }
         if let Some((cos, sin)) = &ctx.rotary {
             q = run.fire(at(BlockSite::RotQ), apply_rotary(&q, cos, sin)?)?;
             k = run.fire(at(BlockSite::RotK), apply_rotary(&k, cos, sin)?)?;

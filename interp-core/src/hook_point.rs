@@ -26,6 +26,14 @@ pub enum BlockSite {
     K,
     /// `blocks.L.attn.hook_v` [batch, pos, n_kv_heads, d_head]: values.
     V,
+    /// `blocks.L.attn.q_norm.hook_scale` [batch, pos, n_heads, 1]: the per-head q norm's divisor (Qwen3).
+    QNormScale,
+    /// `blocks.L.attn.q_norm.hook_normalized` [batch, pos, n_heads, d_head]: q normalised, before the gain (Qwen3).
+    QNormNormalized,
+    /// `blocks.L.attn.k_norm.hook_scale` [batch, pos, n_kv_heads, 1]: the per-head k norm's divisor (Qwen3).
+    KNormScale,
+    /// `blocks.L.attn.k_norm.hook_normalized` [batch, pos, n_kv_heads, d_head]: k normalised, before the gain (Qwen3).
+    KNormNormalized,
     /// `blocks.L.attn.hook_rot_q` [batch, pos, n_heads, d_head]: queries after rotary (rotary models only).
     RotQ,
     /// `blocks.L.attn.hook_rot_k` [batch, pos, n_kv_heads, d_head]: keys after rotary (rotary models only).
@@ -69,7 +77,7 @@ pub enum BlockSite {
 
 impl BlockSite {
     /// Every site, in execution order.
-    pub const ALL: [BlockSite; 28] = [
+    pub const ALL: [BlockSite; 32] = [
         BlockSite::ResidPre,
         BlockSite::QInput,
         BlockSite::KInput,
@@ -79,6 +87,10 @@ impl BlockSite {
         BlockSite::Q,
         BlockSite::K,
         BlockSite::V,
+        BlockSite::QNormScale,
+        BlockSite::QNormNormalized,
+        BlockSite::KNormScale,
+        BlockSite::KNormNormalized,
         BlockSite::RotQ,
         BlockSite::RotK,
         BlockSite::AttnScores,
@@ -113,6 +125,10 @@ impl BlockSite {
             Q => "attn.hook_q",
             K => "attn.hook_k",
             V => "attn.hook_v",
+            QNormScale => "attn.q_norm.hook_scale",
+            QNormNormalized => "attn.q_norm.hook_normalized",
+            KNormScale => "attn.k_norm.hook_scale",
+            KNormNormalized => "attn.k_norm.hook_normalized",
             RotQ => "attn.hook_rot_q",
             RotK => "attn.hook_rot_k",
             AttnScores => "attn.hook_attn_scores",

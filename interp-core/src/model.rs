@@ -39,6 +39,10 @@ pub(crate) struct Attention {
     pub(crate) qkv: Linear,
     /// [d_model, n_heads d_head]
     pub(crate) o: Linear,
+    /// Qwen3's RMSNorm over each head's q (gain [d_head]).
+    pub(crate) q_norm: Option<Norm>,
+    /// Qwen3's RMSNorm over each key head's k (gain [d_head]).
+    pub(crate) k_norm: Option<Norm>,
 }
 
 /// Which norm [`HookedTransformer::norm_weights`] reads.
@@ -305,6 +309,9 @@ impl HookedTransformer {
                 if c.norm == NormKind::Identity =>
             {
                 Err("the model has no normalization".into())
+            }
+            HookPoint::Block(_, BlockSite::QNormScale | BlockSite::QNormNormalized | BlockSite::KNormScale | BlockSite::KNormNormalized) if !c.qk_norm => {
+                Err("the model has no q/k norms".into())
             }
             HookPoint::Block(_, BlockSite::MlpMid | BlockSite::MlpLnScale | BlockSite::MlpLnNormalized) if c.act != Activation::SoluLn => {
                 Err("only solu_ln MLPs have a LayerNorm on their hidden units".into())

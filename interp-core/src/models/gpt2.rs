@@ -62,6 +62,7 @@ pub(crate) fn config(c: Gpt2Config) -> crate::Result<ModelConfig> {
         mlp_bias: true,
         bos_token_id: c.bos_token_id,
         attn_only: c.interp_attn_only.unwrap_or(false),
+        qk_norm: false,
         causal: true,
         hf_json: Value::Null,
     })
@@ -77,6 +78,8 @@ pub(crate) fn names(cfg: &ModelConfig, prefix: &str) -> TensorNames {
             BlockNames {
                 ln1: format!("{b}.ln_1"),
                 qkv: QkvNames::Fused(format!("{b}.attn.c_attn")),
+                q_norm: None,
+                k_norm: None,
                 o: format!("{b}.attn.c_proj"),
                 ln1_post: None,
                 ln2: format!("{b}.ln_2"),
@@ -93,6 +96,7 @@ pub(crate) fn names(cfg: &ModelConfig, prefix: &str) -> TensorNames {
         blocks,
         ln_final: format!("{p}ln_f"),
         unembed: "lm_head.weight".into(),
+        fused_gate_up: false,
         conv1d: true,
         gain_offset: 0.0,
     }

@@ -68,6 +68,7 @@ pub(crate) fn config(c: GptNeoxConfig) -> crate::Result<ModelConfig> {
         mlp_bias: true,
         bos_token_id: c.bos_token_id,
         attn_only: false,
+        qk_norm: false,
         causal: true,
         hf_json: Value::Null,
     })
@@ -80,6 +81,8 @@ pub(crate) fn names(cfg: &ModelConfig) -> TensorNames {
             BlockNames {
                 ln1: format!("{b}.input_layernorm"),
                 qkv: QkvNames::Interleaved(format!("{b}.attention.query_key_value")),
+                q_norm: None,
+                k_norm: None,
                 o: format!("{b}.attention.dense"),
                 ln1_post: None,
                 ln2: format!("{b}.post_attention_layernorm"),
@@ -96,6 +99,7 @@ pub(crate) fn names(cfg: &ModelConfig) -> TensorNames {
         blocks,
         ln_final: "gpt_neox.final_layer_norm".into(),
         unembed: "embed_out.weight".into(),
+        fused_gate_up: false,
         conv1d: false,
         gain_offset: 0.0,
     }

@@ -1,5 +1,7 @@
-//! Llama, Mistral and Qwen2 (`model_type: llama | mistral | qwen2`): RMSNorm, rotary, gated MLPs,
-//! separate q/k/v projections (grouped-query attention), per-layer sliding windows.
+//! Llama, Mistral, Qwen2, Qwen3 and Phi-3 (`model_type: llama | mistral | qwen2 | qwen3 | phi3`):
+//! RMSNorm, rotary, gated MLPs, q/k/v projections (grouped-query attention), per-layer sliding
+//! windows. Qwen3 adds an RMSNorm over each head's q and k; Phi-3 fuses q, k and v into
+//! `qkv_proj` and gate and up into `gate_up_proj`, and may rotate part of each head.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -61,8 +63,8 @@ pub(crate) fn decoder(c: LlamaConfig, model_type: &str, act: Activation) -> Resu
                     other => return Err(Error::Config(format!("layer_types[{l}] is {other:?}"))),
                 },
                 (None, "gemma2") => l % 2 == 0,
-                (None, "mistral") => true,
-                (None, "qwen2") => c.use_sliding_window.unwrap_or(false) && l as i64 >= c.max_window_layers.unwrap_or(28),
+                (None, "mistral" | "phi3") => true,
+                (None, "qwen2" | "qwen3") => c.use_sliding_window.unwrap_or(false) && l as i64 >= c.max_window_layers.unwrap_or(28),
                 _ => false,
             };
             Ok(if sliding { window } else { None })
@@ -85,7 +87,7 @@ pub(crate) fn decoder(c: LlamaConfig, model_type: &str, act: Activation) -> Resu
         norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
         act,
         gated_mlp: true,
-        positional: Positional::Rotary(Rotary { dim: d_head, base, scaling: rope.scaling()? }),
+        positional: Positional::Rotary(Rotary { dim: (d_head as f64 * rope.partial_rotary_factor.unwrap_or(1.0)) as i64, base, scaling: rope.scaling()? }),
         parallel_attn_mlp: false,
         attn_scale: (d_head as f64).powf(-0.5),
         scale_attn_by_inverse_layer_idx: false,
@@ -100,6 +102,7 @@ pub(crate) fn decoder(c: LlamaConfig, model_type: &str, act: Activation) -> Resu
         mlp_bias: c.mlp_bias.unwrap_or(false),
         bos_token_id: c.bos_token_id,
         attn_only: c.interp_attn_only.unwrap_or(false),
+        qk_norm: model_type == "qwen3",
         causal: true,
         hf_json: Value::Null,
     })
@@ -118,14 +121,20 @@ pub(crate) fn names(cfg: &ModelConfig) -> TensorNames {
                 ),
                 false => (format!("{b}.post_attention_layernorm"), None, None),
             };
+            let phi3 = cfg.model_type == "phi3";
             BlockNames {
                 ln1: format!("{b}.input_layernorm"),
-                qkv: QkvNames::Split(["q_proj", "k_proj", "v_proj"].map(|p| format!("{b}.self_attn.{p}"))),
+                qkv: match phi3 {
+                    true => QkvNames::Fused(format!("{b}.self_attn.qkv_proj")),
+                    false => QkvNames::Split(["q_proj", "k_proj", "v_proj"].map(|p| format!("{b}.self_attn.{p}"))),
+                },
+                q_norm: cfg.qk_norm.then(|| format!("{b}.self_attn.q_norm")),
+                k_norm: cfg.qk_norm.then(|| format!("{b}.self_attn.k_norm")),
                 o: format!("{b}.self_attn.o_proj"),
                 ln1_post,
                 ln2,
-                mlp_in: format!("{b}.mlp.up_proj"),
-                mlp_gate: Some(format!("{b}.mlp.gate_proj")),
+                mlp_in: format!("{b}.mlp.{}", if phi3 { "gate_up_proj" } else { "up_proj" }),
+                mlp_gate: Some(format!("{b}.mlp.{}", if phi3 { "gate_up_proj" } else { "gate_proj" })),
                 mlp_out: format!("{b}.mlp.down_proj"),
                 ln2_post,
             }
@@ -137,6 +146,7 @@ pub(crate) fn names(cfg: &ModelConfig) -> TensorNames {
         blocks,
         ln_final: "model.norm".into(),
         unembed: "lm_head.weight".into(),
+        fused_gate_up: cfg.model_type == "phi3",
         conv1d: false,
         gain_offset: 0.0,
     }

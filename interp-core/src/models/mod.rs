@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::model::{Attention, Block, Linear, Mlp, Norm, Params};
 
 /// The HF `model_type`s this runtime loads.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "gemma", "gemma2"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2"];
 
 /// Converts an HF `config.json` value into a validated config (`hf_json` keeps the value).
 pub(crate) fn config_from_hf(value: &Value) -> Result<ModelConfig> {
@@ -42,7 +42,7 @@ pub(crate) fn config_from_hf(value: &Value) -> Result<ModelConfig> {
     let mut cfg = match model_type {
         "gpt2" => gpt2::config(parse(value)?)?,
         "gpt_neox" => gpt_neox::config(parse(value)?)?,
-        "llama" | "mistral" | "qwen2" => llama::config(parse(value)?, model_type)?,
+        "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" => llama::config(parse(value)?, model_type)?,
         "gemma" | "gemma2" => gemma::config(parse(value)?, model_type)?,
         other => return Err(Error::UnknownModelType { found: other.to_string() }),
     };
@@ -138,6 +138,9 @@ pub(crate) enum QkvNames {
 pub(crate) struct BlockNames {
     pub(crate) ln1: String,
     pub(crate) qkv: QkvNames,
+    /// Qwen3's per-head q and k norms.
+    pub(crate) q_norm: Option<String>,
+    pub(crate) k_norm: Option<String>,
     pub(crate) o: String,
     /// Gemma-2's norm on the attention output.
     pub(crate) ln1_post: Option<String>,
@@ -159,6 +162,9 @@ pub(crate) struct TensorNames {
     pub(crate) unembed: String,
     /// GPT-2's Conv1D stores linear weights [in, out]; everyone else [out, in].
     pub(crate) conv1d: bool,
+    /// Phi-3 stores gate and up projections as one matrix [gate; up], named by `mlp_in` (and
+    /// `mlp_gate`).
+    pub(crate) fused_gate_up: bool,
     /// Gemma stores a norm's gain as `gain - 1`.
     pub(crate) gain_offset: f64,
 }
@@ -202,7 +208,11 @@ impl Loader<'_> {
 
     /// Norm gains and biases are kept in f32 (f64 for an f64 model): norms compute in it.
     fn norm(&self, prefix: &str) -> Result<Norm> {
-        let dm = self.cfg.d_model;
+        self.norm_over(prefix, self.cfg.d_model)
+    }
+
+    /// A norm over `dm` units (d_model, or d_head for Qwen3's q/k norms).
+    fn norm_over(&self, prefix: &str, dm: i64) -> Result<Norm> {
         let acc = if self.kind == Kind::Double { Kind::Double } else { Kind::Float };
         let read = |name: String| self.src.tensor(&name, &[dm], acc, self.device);
         let mut w = read(format!("{prefix}.weight"))?;
@@ -242,10 +252,24 @@ impl Loader<'_> {
         let mlp = if c.attn_only {
             None
         } else {
+            let (w_in, w_gate) = match self.names.fused_gate_up {
+                // [gate; up] in one matrix.
+                true => {
+                    let both = self.linear(&n.mlp_in, dm, 2 * c.d_mlp, c.mlp_bias)?;
+                    let half = |start: i64| -> Result<Linear> {
+                        Ok(Linear { w: both.w.f_narrow(0, start, c.d_mlp)?.f_contiguous()?, b: both.b.as_ref().map(|b| b.f_narrow(0, start, c.d_mlp)).transpose()? })
+                    };
+                    (half(c.d_mlp)?, Some(half(0)?))
+                }
+                false => (
+                    self.linear(&n.mlp_in, dm, c.d_mlp, c.mlp_bias)?,
+                    n.mlp_gate.as_ref().map(|g| self.linear(g, dm, c.d_mlp, c.mlp_bias)).transpose()?,
+                ),
+            };
             Some(Mlp {
                 ln2: self.norm(&n.ln2)?,
-                w_in: self.linear(&n.mlp_in, dm, c.d_mlp, c.mlp_bias)?,
-                w_gate: n.mlp_gate.as_ref().map(|g| self.linear(g, dm, c.d_mlp, c.mlp_bias)).transpose()?,
+                w_in,
+                w_gate,
                 ln: None,
                 w_out: self.linear(&n.mlp_out, c.d_mlp, dm, c.mlp_bias)?,
                 ln2_post: n.ln2_post.as_ref().map(|p| self.norm(p)).transpose()?,
@@ -253,7 +277,12 @@ impl Loader<'_> {
         };
         Ok(Block {
             ln1: self.norm(&n.ln1)?,
-            attn: Attention { qkv, o: self.linear(&n.o, h * dh, dm, c.o_bias)? },
+            attn: Attention {
+                qkv,
+                o: self.linear(&n.o, h * dh, dm, c.o_bias)?,
+                q_norm: n.q_norm.as_ref().map(|p| self.norm_over(p, dh)).transpose()?,
+                k_norm: n.k_norm.as_ref().map(|p| self.norm_over(p, dh)).transpose()?,
+            },
             ln1_post: n.ln1_post.as_ref().map(|p| self.norm(p)).transpose()?,
             mlp,
         })
@@ -315,7 +344,7 @@ pub(crate) fn hf_tensors(cfg: &ModelConfig, p: &Params, device: Device) -> Resul
     let mut out: Vec<(String, Tensor)> = Vec::new();
     let f32 = (Kind::Float, device);
     // Norms folded away by `fold_ln` are written back as gain 1, bias 0.
-    let norm = |out: &mut Vec<(String, Tensor)>, prefix: &str, n: Option<&Norm>| -> Result<()> {
+    let norm_over = |out: &mut Vec<(String, Tensor)>, prefix: &str, n: Option<&Norm>, dm: i64| -> Result<()> {
         let gain = match n.and_then(|n| n.w.as_ref()) {
             Some(w) => w.shallow_clone(),
             None => Tensor::f_ones([dm], f32)?,
@@ -330,6 +359,7 @@ pub(crate) fn hf_tensors(cfg: &ModelConfig, p: &Params, device: Device) -> Resul
         }
         Ok(())
     };
+    let norm = |out: &mut Vec<(String, Tensor)>, prefix: &str, n: Option<&Norm>| norm_over(out, prefix, n, dm);
     let linear = |out: &mut Vec<(String, Tensor)>, prefix: &str, w: Tensor, b: Option<Tensor>| {
         // Conv1D stores [in, out]: a transposed view (made contiguous when written).
         out.push((format!("{prefix}.weight"), if names.conv1d { w.tr() } else { w }));
@@ -361,6 +391,11 @@ pub(crate) fn hf_tensors(cfg: &ModelConfig, p: &Params, device: Device) -> Resul
                 }
             }
         }
+        for (prefix, qk) in [(&n.q_norm, &blk.attn.q_norm), (&n.k_norm, &blk.attn.k_norm)] {
+            if let Some(prefix) = prefix {
+                norm_over(&mut out, prefix, qk.as_ref(), dh)?;
+            }
+        }
         let (w, b) = copy(&blk.attn.o);
         linear(&mut out, &n.o, w, b);
         if let Some(prefix) = &n.ln1_post {
@@ -376,8 +411,22 @@ pub(crate) fn hf_tensors(cfg: &ModelConfig, p: &Params, device: Device) -> Resul
             Some(m) => copy(&m.w_in),
             None => zero(cfg.d_mlp, dm)?,
         };
-        linear(&mut out, &n.mlp_in, w, b);
-        if let Some(prefix) = &n.mlp_gate {
+        if names.fused_gate_up {
+            // [gate; up] under one name.
+            let gate = match mlp.map(|m| m.w_gate.as_ref()) {
+                Some(Some(g)) => copy(g),
+                Some(None) => return Err(Error::Config(format!("{} MLPs are gated; this one has no gate", cfg.model_type))),
+                None => zero(cfg.d_mlp, dm)?,
+            };
+            let both_b = match (gate.1, b) {
+                (Some(gb), Some(ub)) => Some(Tensor::f_cat(&[gb, ub], 0)?),
+                _ => None,
+            };
+            linear(&mut out, &n.mlp_in, Tensor::f_cat(&[gate.0, w], 0)?, both_b);
+        } else {
+            linear(&mut out, &n.mlp_in, w, b);
+        }
+        if let (Some(prefix), false) = (&n.mlp_gate, names.fused_gate_up) {
             let (w, b) = match mlp.map(|m| m.w_gate.as_ref()) {
                 Some(Some(g)) => copy(g),
                 Some(None) => return Err(Error::Config(format!("{} MLPs are gated; this one has no gate", cfg.model_type))),

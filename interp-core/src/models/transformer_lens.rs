@@ -167,6 +167,7 @@ pub(crate) fn config(c: TlConfig) -> Result<ModelConfig> {
         mlp_bias: true,
         bos_token_id: None,
         attn_only: c.attn_only.unwrap_or(false),
+        qk_norm: false,
         causal,
         hf_json: Value::Null,
     })
@@ -261,7 +262,7 @@ impl Reader<'_> {
                 ln2_post: None,
             })
         };
-        Ok(Block { ln1: self.norm(&format!("{p}.ln1"), dm)?, attn: Attention { qkv, o }, ln1_post: None, mlp })
+        Ok(Block { ln1: self.norm(&format!("{p}.ln1"), dm)?, attn: Attention { qkv, o, q_norm: None, k_norm: None }, ln1_post: None, mlp })
     }
 }
 
