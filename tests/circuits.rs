@@ -123,8 +123,13 @@ fn eap_is_the_gradient_of_the_edge_masks() {
 
 #[test]
 fn edge_graph_bad_input() {
-    let gemma2 = common::load("gemma2");
-    assert!(matches!(EdgeGraph::new(&gemma2), Err(Error::UnsupportedLayout(_))));
+    // Norms on each sublayer's output (Gemma-2, OLMo 2): head outputs are not additive senders.
+    for arch in ["gemma2", "olmo2"] {
+        match EdgeGraph::new(&common::load(arch)) {
+            Err(e @ Error::UnsupportedLayout(_)) => assert!(e.to_string().contains(&format!("`{arch}` normalises each attention and MLP output"))),
+            other => panic!("{arch}: {:?}", other.map(|g| g.n_edges())),
+        }
+    }
     let model = planted_model(Kind::Float);
     let graph = EdgeGraph::new(&model).unwrap();
     let (clean, corrupted, _) = planted::prompts(4, 4);

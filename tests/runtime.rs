@@ -30,9 +30,13 @@ fn every_hook_point_has_the_documented_shape() {
         for (name, t) in cache.iter().chain(opt.iter()) {
             let leaf = name.rsplit('.').next().unwrap();
             let qk_norm = [".q_norm.", ".k_norm."].into_iter().find(|n| name.contains(n));
+            let heads = |n: &str| if n == ".q_norm." { h } else { kv };
+            let whole = c.qk_norm == interp::interp_core::config::QkNorm::WholeProjection;
             let want: Vec<i64> = match (qk_norm, leaf) {
-                (Some(n), "hook_scale") => vec![b, p, if n == ".q_norm." { h } else { kv }, 1],
-                (Some(n), _) => vec![b, p, if n == ".q_norm." { h } else { kv }, dh],
+                (Some(_), "hook_scale") if whole => vec![b, p, 1],
+                (Some(n), _) if whole => vec![b, p, heads(n) * dh],
+                (Some(n), "hook_scale") => vec![b, p, heads(n), 1],
+                (Some(n), _) => vec![b, p, heads(n), dh],
                 (None, leaf) => match leaf {
                 "hook_q" | "hook_rot_q" | "hook_z" => vec![b, p, h, dh],
                 "hook_k" | "hook_v" | "hook_rot_k" => vec![b, p, kv, dh],

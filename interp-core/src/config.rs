@@ -125,6 +125,17 @@ pub enum RopeScaling {
     },
 }
 
+/// Where q and k are normalised (before rotary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QkNorm {
+    /// No q/k norms.
+    None,
+    /// An RMSNorm over each head's d_head (Qwen3): hooks [batch, pos, heads, 1 or d_head].
+    PerHead,
+    /// An RMSNorm over all heads' q (and k) together (OLMo 2): hooks [batch, pos, 1 or heads d_head].
+    WholeProjection,
+}
+
 /// How positions enter the model.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Positional {
@@ -193,8 +204,10 @@ pub struct ModelConfig {
     pub tie_embeddings: bool,
     /// q, k and v projections have biases.
     pub qkv_bias: bool,
-    /// An RMSNorm over each head's q and over each key head's k, before rotary (Qwen3).
-    pub qk_norm: bool,
+    /// RMSNorms on q and k before rotary: per head (Qwen3) or over the whole projection (OLMo 2).
+    pub qk_norm: QkNorm,
+    /// Norms before attention and MLP (`ln1`, `ln2`); OLMo 2 has none, only norms after them.
+    pub pre_norms: bool,
     /// The attention output projection has a bias.
     pub o_bias: bool,
     /// The MLP's projections have biases.

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tch::{Kind, Tensor};
 
-use crate::config::{NormKind, Positional, RopeScaling, Rotary};
+use crate::config::{NormKind, Positional, QkNorm, RopeScaling, Rotary};
 use crate::error::{Error, Result};
 use crate::hook_point::{BlockSite, HookPoint};
 use crate::hooks::{axes, CacheSpec, HookCtx, HookFn, Hooks};
@@ -510,11 +510,19 @@ impl HookedTransformer {
         let mut q = run.fire(at(BlockSite::Q), q)?;
         let mut k = run.fire(at(BlockSite::K), k)?;
         let v = run.fire(at(BlockSite::V), v)?;
+        // Per head over d_head (Qwen3), or over all heads together (OLMo 2).
+        let whole = c.qk_norm == QkNorm::WholeProjection;
+        let qk_norm = |n: &Norm, x: &Tensor, points, run: &mut Run| -> Result<Tensor> {
+            match whole {
+                true => Ok(self.norm(n, &x.f_flatten(2, 3)?, run, Some(points))?.f_view_as(x)?),
+                false => self.norm(n, x, run, Some(points)),
+            }
+        };
         if let Some(n) = &blk.attn.q_norm {
-            q = self.norm(n, &q, run, Some((at(BlockSite::QNormScale), at(BlockSite::QNormNormalized))))?;
+            q = qk_norm(n, &q, (at(BlockSite::QNormScale), at(BlockSite::QNormNormalized)), run)?;
         }
         if let Some(n) = &blk.attn.k_norm {
-            k = self.norm(n, &k, run, Some((at(BlockSite::KNormScale), at(BlockSite::KNormNormalized))))?;
+            k = qk_norm(n, &k, (at(BlockSite::KNormScale), at(BlockSite::KNormNormalized)), run)?;
         }
         if let Some((cos, sin)) = &ctx.rotary {
             q = run.fire(at(BlockSite::RotQ), apply_rotary(&q, cos, sin)?)?;

@@ -7,7 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::cache::ActivationCache;
 use crate::checkpoint::Checkpoint;
-use crate::config::{Activation, Family, ModelConfig, NormKind, Positional};
+use crate::config::{Activation, Family, ModelConfig, NormKind, Positional, QkNorm};
 use crate::error::{BoxError, Error, Result};
 use crate::forward::{Input, Run};
 use crate::hook_point::{edit_distance, glob_match, BlockSite, HookPoint};
@@ -310,7 +310,10 @@ impl HookedTransformer {
             {
                 Err("the model has no normalization".into())
             }
-            HookPoint::Block(_, BlockSite::QNormScale | BlockSite::QNormNormalized | BlockSite::KNormScale | BlockSite::KNormNormalized) if !c.qk_norm => {
+            HookPoint::Block(_, BlockSite::Ln1Scale | BlockSite::Ln1Normalized | BlockSite::Ln2Scale | BlockSite::Ln2Normalized) if !c.pre_norms => {
+                Err("the model has no norms before attention and MLP (only after them)".into())
+            }
+            HookPoint::Block(_, BlockSite::QNormScale | BlockSite::QNormNormalized | BlockSite::KNormScale | BlockSite::KNormNormalized) if c.qk_norm == QkNorm::None => {
                 Err("the model has no q/k norms".into())
             }
             HookPoint::Block(_, BlockSite::MlpMid | BlockSite::MlpLnScale | BlockSite::MlpLnNormalized) if c.act != Activation::SoluLn => {

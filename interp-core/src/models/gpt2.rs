@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{BlockNames, Dim, Layers, QkvNames, TensorNames};
-use crate::config::{Activation, Family, ModelConfig, NormKind, Positional};
+use crate::config::{QkNorm, Activation, Family, ModelConfig, NormKind, Positional};
 
 /// HF `GPT2Config`, plus this toolkit's extension keys `interp_attn_only` and `interp_gated_mlp`
 /// (a GLU-family MLP `act(x W_gate) * (x W_in)`, its gate stored as `h.L.mlp.c_gate`).
@@ -62,7 +62,8 @@ pub(crate) fn config(c: Gpt2Config) -> crate::Result<ModelConfig> {
         mlp_bias: true,
         bos_token_id: c.bos_token_id,
         attn_only: c.interp_attn_only.unwrap_or(false),
-        qk_norm: false,
+        qk_norm: QkNorm::None,
+        pre_norms: true,
         causal: true,
         hf_json: Value::Null,
     })

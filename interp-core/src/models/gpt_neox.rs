@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{BlockNames, Dim, Layers, QkvNames, RopeParams, TensorNames};
-use crate::config::{Activation, Family, ModelConfig, NormKind, Positional, Rotary};
+use crate::config::{QkNorm, Activation, Family, ModelConfig, NormKind, Positional, Rotary};
 
 /// HF `GPTNeoXConfig` (v4 keys `rotary_pct` / `rotary_emb_base`, v5 `rope_parameters`).
 #[derive(Debug, Deserialize)]
@@ -68,7 +68,8 @@ pub(crate) fn config(c: GptNeoxConfig) -> crate::Result<ModelConfig> {
         mlp_bias: true,
         bos_token_id: c.bos_token_id,
         attn_only: false,
-        qk_norm: false,
+        qk_norm: QkNorm::None,
+        pre_norms: true,
         causal: true,
         hf_json: Value::Null,
     })

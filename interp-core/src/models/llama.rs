@@ -1,13 +1,14 @@
-//! Llama, Mistral, Qwen2, Qwen3 and Phi-3 (`model_type: llama | mistral | qwen2 | qwen3 | phi3`):
+//! Llama, Mistral, Qwen2, Qwen3, Phi-3 and OLMo 2 (`model_type: llama | mistral | qwen2 | qwen3 | phi3 | olmo2`):
 //! RMSNorm, rotary, gated MLPs, q/k/v projections (grouped-query attention), per-layer sliding
 //! windows. Qwen3 adds an RMSNorm over each head's q and k; Phi-3 fuses q, k and v into
-//! `qkv_proj` and gate and up into `gate_up_proj`, and may rotate part of each head.
+//! `qkv_proj` and gate and up into `gate_up_proj`, and may rotate part of each head; OLMo 2
+//! (`olmo2`) normalises each sublayer's output instead of its input and q and k over all heads.
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{BlockNames, Dim, Layers, QkvNames, RopeParams, TensorNames};
-use crate::config::{Activation, Family, ModelConfig, NormKind, Positional, Rotary};
+use crate::config::{QkNorm, Activation, Family, ModelConfig, NormKind, Positional, Rotary};
 use crate::error::{Error, Result};
 
 /// The keys HF's `LlamaConfig`, `MistralConfig` and `Qwen2Config` share (Gemma's config extends
@@ -94,7 +95,7 @@ pub(crate) fn decoder(c: LlamaConfig, model_type: &str, act: Activation) -> Resu
         attn_softcap: None,
         final_softcap: None,
         sliding_window,
-        post_norms: false,
+        post_norms: model_type == "olmo2",
         scale_embed: false,
         tie_embeddings: c.tie_word_embeddings.unwrap_or(false),
         qkv_bias: attention_bias || model_type == "qwen2",
@@ -102,7 +103,12 @@ pub(crate) fn decoder(c: LlamaConfig, model_type: &str, act: Activation) -> Resu
         mlp_bias: c.mlp_bias.unwrap_or(false),
         bos_token_id: c.bos_token_id,
         attn_only: c.interp_attn_only.unwrap_or(false),
-        qk_norm: model_type == "qwen3",
+        qk_norm: match model_type {
+            "qwen3" => QkNorm::PerHead,
+            "olmo2" => QkNorm::WholeProjection,
+            _ => QkNorm::None,
+        },
+        pre_norms: model_type != "olmo2",
         causal: true,
         hf_json: Value::Null,
     })
@@ -128,8 +134,8 @@ pub(crate) fn names(cfg: &ModelConfig) -> TensorNames {
                     true => QkvNames::Fused(format!("{b}.self_attn.qkv_proj")),
                     false => QkvNames::Split(["q_proj", "k_proj", "v_proj"].map(|p| format!("{b}.self_attn.{p}"))),
                 },
-                q_norm: cfg.qk_norm.then(|| format!("{b}.self_attn.q_norm")),
-                k_norm: cfg.qk_norm.then(|| format!("{b}.self_attn.k_norm")),
+                q_norm: (cfg.qk_norm != QkNorm::None).then(|| format!("{b}.self_attn.q_norm")),
+                k_norm: (cfg.qk_norm != QkNorm::None).then(|| format!("{b}.self_attn.k_norm")),
                 o: format!("{b}.self_attn.o_proj"),
                 ln1_post,
                 ln2,

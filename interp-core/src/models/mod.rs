@@ -17,12 +17,12 @@ use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{Checkpoint, TensorSource};
-use crate::config::{Family, ModelConfig, NormKind, RopeScaling};
+use crate::config::{Family, ModelConfig, NormKind, QkNorm, RopeScaling};
 use crate::error::{Error, Result};
 use crate::model::{Attention, Block, Linear, Mlp, Norm, Params};
 
 /// The HF `model_type`s this runtime loads.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2"];
 
 /// Converts an HF `config.json` value into a validated config (`hf_json` keeps the value).
 pub(crate) fn config_from_hf(value: &Value) -> Result<ModelConfig> {
@@ -42,7 +42,7 @@ pub(crate) fn config_from_hf(value: &Value) -> Result<ModelConfig> {
     let mut cfg = match model_type {
         "gpt2" => gpt2::config(parse(value)?)?,
         "gpt_neox" => gpt_neox::config(parse(value)?)?,
-        "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" => llama::config(parse(value)?, model_type)?,
+        "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "olmo2" => llama::config(parse(value)?, model_type)?,
         "gemma" | "gemma2" => gemma::config(parse(value)?, model_type)?,
         other => return Err(Error::UnknownModelType { found: other.to_string() }),
     };
@@ -211,6 +211,14 @@ impl Loader<'_> {
         self.norm_over(prefix, self.cfg.d_model)
     }
 
+    /// `ln1` or `ln2`: the identity in a model without norms before its sublayers (OLMo 2).
+    fn pre_norm(&self, prefix: &str) -> Result<Norm> {
+        match self.cfg.pre_norms {
+            true => self.norm(prefix),
+            false => Ok(Norm { kind: NormKind::Identity, w: None, b: None, eps: self.cfg.norm_eps }),
+        }
+    }
+
     /// A norm over `dm` units (d_model, or d_head for Qwen3's q/k norms).
     fn norm_over(&self, prefix: &str, dm: i64) -> Result<Norm> {
         let acc = if self.kind == Kind::Double { Kind::Double } else { Kind::Float };
@@ -267,7 +275,7 @@ impl Loader<'_> {
                 ),
             };
             Some(Mlp {
-                ln2: self.norm(&n.ln2)?,
+                ln2: self.pre_norm(&n.ln2)?,
                 w_in,
                 w_gate,
                 ln: None,
@@ -276,16 +284,24 @@ impl Loader<'_> {
             })
         };
         Ok(Block {
-            ln1: self.norm(&n.ln1)?,
+            ln1: self.pre_norm(&n.ln1)?,
             attn: Attention {
                 qkv,
                 o: self.linear(&n.o, h * dh, dm, c.o_bias)?,
-                q_norm: n.q_norm.as_ref().map(|p| self.norm_over(p, dh)).transpose()?,
-                k_norm: n.k_norm.as_ref().map(|p| self.norm_over(p, dh)).transpose()?,
+                q_norm: n.q_norm.as_ref().map(|p| self.norm_over(p, qk_norm_width(c, h))).transpose()?,
+                k_norm: n.k_norm.as_ref().map(|p| self.norm_over(p, qk_norm_width(c, kv))).transpose()?,
             },
             ln1_post: n.ln1_post.as_ref().map(|p| self.norm(p)).transpose()?,
             mlp,
         })
+    }
+}
+
+/// Units a q (`heads` = n_heads) or k (n_kv_heads) norm's gain spans: d_head, or all heads.
+fn qk_norm_width(c: &ModelConfig, heads: i64) -> i64 {
+    match c.qk_norm {
+        QkNorm::WholeProjection => heads * c.d_head,
+        QkNorm::PerHead | QkNorm::None => c.d_head,
     }
 }
 
@@ -371,7 +387,9 @@ pub(crate) fn hf_tensors(cfg: &ModelConfig, p: &Params, device: Device) -> Resul
         out.push((name.clone(), w_pos.shallow_clone()));
     }
     for (n, blk) in names.blocks.iter().zip(&p.blocks) {
-        norm(&mut out, &n.ln1, Some(&blk.ln1))?;
+        if cfg.pre_norms {
+            norm(&mut out, &n.ln1, Some(&blk.ln1))?;
+        }
         let qkv = &blk.attn.qkv;
         match &n.qkv {
             QkvNames::Fused(prefix) => {
@@ -391,9 +409,9 @@ pub(crate) fn hf_tensors(cfg: &ModelConfig, p: &Params, device: Device) -> Resul
                 }
             }
         }
-        for (prefix, qk) in [(&n.q_norm, &blk.attn.q_norm), (&n.k_norm, &blk.attn.k_norm)] {
+        for (prefix, qk, heads) in [(&n.q_norm, &blk.attn.q_norm, h), (&n.k_norm, &blk.attn.k_norm, kv)] {
             if let Some(prefix) = prefix {
-                norm_over(&mut out, prefix, qk.as_ref(), dh)?;
+                norm_over(&mut out, prefix, qk.as_ref(), qk_norm_width(cfg, heads))?;
             }
         }
         let (w, b) = copy(&blk.attn.o);
@@ -402,7 +420,9 @@ pub(crate) fn hf_tensors(cfg: &ModelConfig, p: &Params, device: Device) -> Resul
             norm(&mut out, prefix, blk.ln1_post.as_ref())?;
         }
         let mlp = blk.mlp.as_ref();
-        norm(&mut out, &n.ln2, mlp.map(|m| &m.ln2))?;
+        if cfg.pre_norms {
+            norm(&mut out, &n.ln2, mlp.map(|m| &m.ln2))?;
+        }
         let zero = |d_out: i64, d_in: i64| -> Result<(Tensor, Option<Tensor>)> {
             let b = if cfg.mlp_bias { Some(Tensor::f_zeros([d_out], f32)?) } else { None };
             Ok((Tensor::f_zeros([d_out, d_in], f32)?, b))

@@ -14,7 +14,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::{Dim, Layers};
 use crate::checkpoint::TensorSource;
-use crate::config::{Activation, Family, ModelConfig, NormKind, Positional, Rotary, RopeScaling};
+use crate::config::{QkNorm, Activation, Family, ModelConfig, NormKind, Positional, Rotary, RopeScaling};
 use crate::error::{Error, Result};
 use crate::model::{Attention, Block, Linear, Mlp, Norm, Params};
 
@@ -167,7 +167,8 @@ pub(crate) fn config(c: TlConfig) -> Result<ModelConfig> {
         mlp_bias: true,
         bos_token_id: None,
         attn_only: c.attn_only.unwrap_or(false),
-        qk_norm: false,
+        qk_norm: QkNorm::None,
+        pre_norms: true,
         causal,
         hf_json: Value::Null,
     })
