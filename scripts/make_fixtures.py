@@ -83,6 +83,15 @@ ARCHS = {
         intermediate_size=96, max_position_embeddings=64, initializer_range=0.2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
     ),
+    # Local and global layers (a window shorter than the sequence) with their own rotary bases,
+    # per-head q/k norms stored as gain - 1, four norms per block, query_pre_attn_scalar.
+    "gemma3_text": transformers.Gemma3TextConfig(
+        vocab_size=211, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, intermediate_size=96, max_position_embeddings=64, initializer_range=0.2,
+        query_pre_attn_scalar=20, sliding_window=6, layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 100000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0}},
+    ),
 }
 
 

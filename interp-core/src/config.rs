@@ -26,6 +26,8 @@ pub enum Family {
     Gemma,
     /// HF `gemma2`: Gemma with post-norms, soft caps and alternating sliding windows.
     Gemma2,
+    /// HF `gemma3_text`: Gemma 2's layout with per-head q/k norms and local layers' own rotary base.
+    Gemma3,
     /// A TransformerLens-native model: a `HookedTransformerConfig` and TransformerLens's state dict
     /// (`embed.W_E`, `blocks.L.attn.W_Q` [n_heads, d_model, d_head], ...).
     TransformerLens,
@@ -184,6 +186,8 @@ pub struct ModelConfig {
     pub gated_mlp: bool,
     /// Learned or rotary positions.
     pub positional: Positional,
+    /// The rotary of sliding-window (local) layers where it differs from `positional`'s (Gemma 3).
+    pub local_rotary: Option<Rotary>,
     /// Attention and MLP both read `resid_pre` (GPT-NeoX); there is no `resid_mid`.
     pub parallel_attn_mlp: bool,
     /// Multiplies the attention scores (usually `d_head^-0.5`).
@@ -284,7 +288,14 @@ impl ModelConfig {
                 self.d_vocab_out, self.d_vocab
             )));
         }
-        if let Positional::Rotary(r) = &self.positional {
+        let global = match &self.positional {
+            Positional::Rotary(r) => Some(r),
+            _ => None,
+        };
+        if self.local_rotary.is_some() && global.is_none() {
+            return Err(Error::Config("a local rotary needs rotary positions".into()));
+        }
+        for r in global.into_iter().chain(&self.local_rotary) {
             let factors = match r.scaling {
                 RopeScaling::None => vec![],
                 RopeScaling::Linear { factor } => vec![factor],

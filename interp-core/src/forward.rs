@@ -149,6 +149,8 @@ struct Ctx {
     pos: i64,
     /// cos, sin [batch, pos, 1, rotary_dim] in the model dtype.
     rotary: Option<(Tensor, Tensor)>,
+    /// The same for local (sliding-window) layers with their own rotary (Gemma 3).
+    rotary_local: Option<(Tensor, Tensor)>,
     /// Allowed (query, key) pairs [batch or 1, 1, pos, keys], one per distinct sliding window.
     masks: Vec<(Option<i64>, Tensor)>,
     /// Shortformer models: the position embeddings [batch, pos, d_model] that q and k read.
@@ -280,14 +282,13 @@ impl HookedTransformer {
                 .f_narrow(1, offset, pos)?,
             None => Tensor::f_arange_start(offset, keys, (Kind::Int64, self.device))?.f_unsqueeze(0)?.f_expand([batch, pos], false)?,
         };
-        let rotary = match &self.inv_freq {
-            Some(inv_freq) => {
-                let freqs = positions.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?.f_mul(inv_freq)?;
-                let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?.f_unsqueeze(2)?;
-                Some((emb.f_cos()?.f_to_kind(self.kind)?, emb.f_sin()?.f_to_kind(self.kind)?))
-            }
-            None => None,
+        let tables = |inv_freq: &Option<Tensor>| -> Result<Option<(Tensor, Tensor)>> {
+            let Some(inv_freq) = inv_freq else { return Ok(None) };
+            let freqs = positions.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?.f_mul(inv_freq)?;
+            let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?.f_unsqueeze(2)?;
+            Ok(Some((emb.f_cos()?.f_to_kind(self.kind)?, emb.f_sin()?.f_to_kind(self.kind)?)))
         };
+        let (rotary, rotary_local) = (tables(&self.inv_freq)?, tables(&self.inv_freq_local)?);
         let mut windows: Vec<Option<i64>> = c.sliding_window[start..stop].to_vec();
         windows.sort();
         windows.dedup();
@@ -326,7 +327,7 @@ impl HookedTransformer {
         if let (Positional::Shortformer, None, Some(w_pos)) = (&c.positional, &shortformer, &self.params.w_pos) {
             shortformer = Some(Tensor::f_embedding(w_pos, &positions, -1, false, false)?);
         }
-        let ctx = Ctx { batch, pos, rotary, masks, shortformer };
+        let ctx = Ctx { batch, pos, rotary, rotary_local, masks, shortformer };
 
         for l in start..stop {
             let layer_kv = kv.as_deref_mut().map(|k| &mut k.layers[l]);
@@ -524,7 +525,11 @@ impl HookedTransformer {
         if let Some(n) = &blk.attn.k_norm {
             k = qk_norm(n, &k, (at(BlockSite::KNormScale), at(BlockSite::KNormNormalized)), run)?;
         }
-        if let Some((cos, sin)) = &ctx.rotary {
+        let rotary = match (c.sliding_window[l], &ctx.rotary_local) {
+            (Some(_), Some(local)) => Some(local),
+            _ => ctx.rotary.as_ref(),
+        };
+        if let Some((cos, sin)) = rotary {
             q = run.fire(at(BlockSite::RotQ), apply_rotary(&q, cos, sin)?)?;
             k = run.fire(at(BlockSite::RotK), apply_rotary(&k, cos, sin)?)?;
         }

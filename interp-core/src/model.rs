@@ -113,6 +113,8 @@ pub struct HookedTransformer {
     pub(crate) device: Device,
     /// Rotary inverse frequencies [rotary_dim / 2], f32.
     pub(crate) inv_freq: Option<Tensor>,
+    /// Those of local (sliding-window) layers, where they differ (Gemma 3).
+    pub(crate) inv_freq_local: Option<Tensor>,
 }
 
 impl HookedTransformer {
@@ -150,7 +152,8 @@ impl HookedTransformer {
             Positional::Rotary(r) => Some(crate::forward::rotary_inv_freq(r)?.f_to_device(device)?),
             Positional::Learned | Positional::Shortformer => None,
         };
-        Ok(HookedTransformer { cfg, params, tokenizer, kind, device, inv_freq })
+        let inv_freq_local = cfg.local_rotary.as_ref().map(|r| crate::forward::rotary_inv_freq(r)?.f_to_device(device).map_err(Error::from)).transpose()?;
+        Ok(HookedTransformer { cfg, params, tokenizer, kind, device, inv_freq, inv_freq_local })
     }
 
     /// Where the weights live.

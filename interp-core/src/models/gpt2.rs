@@ -48,6 +48,7 @@ pub(crate) fn config(c: Gpt2Config) -> crate::Result<ModelConfig> {
         act: Activation::parse(c.activation_function.as_deref().unwrap_or("gelu_new"))?,
         gated_mlp: c.interp_gated_mlp.unwrap_or(false),
         positional: Positional::Learned,
+        local_rotary: None,
         parallel_attn_mlp: false,
         attn_scale: scale,
         scale_attn_by_inverse_layer_idx: c.scale_attn_by_inverse_layer_idx.unwrap_or(false),

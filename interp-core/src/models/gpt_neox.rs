@@ -54,6 +54,7 @@ pub(crate) fn config(c: GptNeoxConfig) -> crate::Result<ModelConfig> {
         act: Activation::parse(c.hidden_act.as_deref().unwrap_or("gelu"))?,
         gated_mlp: false,
         positional: Positional::Rotary(Rotary { dim: (d_head as f64 * pct) as i64, base, scaling: rope.scaling()? }),
+        local_rotary: None,
         parallel_attn_mlp: c.use_parallel_residual.unwrap_or(true),
         attn_scale: (d_head as f64).powf(-0.5),
         scale_attn_by_inverse_layer_idx: false,

@@ -25,7 +25,7 @@ pub(crate) struct LlamaConfig {
     max_position_embeddings: Dim,
     rms_norm_eps: Option<f64>,
     pub(crate) hidden_act: Option<String>,
-    rope_parameters: Option<RopeParams>,
+    pub(crate) rope_parameters: Option<RopeParams>,
     rope_scaling: Option<RopeParams>,
     #[serde(flatten)]
     top_level_rope: RopeParams,
@@ -64,6 +64,8 @@ pub(crate) fn decoder(c: LlamaConfig, model_type: &str, act: Activation) -> Resu
                     other => return Err(Error::Config(format!("layer_types[{l}] is {other:?}"))),
                 },
                 (None, "gemma2") => l % 2 == 0,
+                // Gemma 3: five local layers, then a global one.
+                (None, "gemma3_text") => (l + 1) % 6 != 0,
                 (None, "mistral" | "phi3") => true,
                 (None, "qwen2" | "qwen3") => c.use_sliding_window.unwrap_or(false) && l as i64 >= c.max_window_layers.unwrap_or(28),
                 _ => false,
@@ -89,6 +91,7 @@ pub(crate) fn decoder(c: LlamaConfig, model_type: &str, act: Activation) -> Resu
         act,
         gated_mlp: true,
         positional: Positional::Rotary(Rotary { dim: (d_head as f64 * rope.partial_rotary_factor.unwrap_or(1.0)) as i64, base, scaling: rope.scaling()? }),
+        local_rotary: None,
         parallel_attn_mlp: false,
         attn_scale: (d_head as f64).powf(-0.5),
         scale_attn_by_inverse_layer_idx: false,
@@ -104,7 +107,7 @@ pub(crate) fn decoder(c: LlamaConfig, model_type: &str, act: Activation) -> Resu
         bos_token_id: c.bos_token_id,
         attn_only: c.interp_attn_only.unwrap_or(false),
         qk_norm: match model_type {
-            "qwen3" => QkNorm::PerHead,
+            "qwen3" | "gemma3_text" => QkNorm::PerHead,
             "olmo2" => QkNorm::WholeProjection,
             _ => QkNorm::None,
         },

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::model::{Attention, Block, Linear, Mlp, Norm, Params};
 
 /// The HF `model_type`s this runtime loads.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3_text"];
 
 /// Converts an HF `config.json` value into a validated config (`hf_json` keeps the value).
 pub(crate) fn config_from_hf(value: &Value) -> Result<ModelConfig> {
@@ -43,7 +43,7 @@ pub(crate) fn config_from_hf(value: &Value) -> Result<ModelConfig> {
         "gpt2" => gpt2::config(parse(value)?)?,
         "gpt_neox" => gpt_neox::config(parse(value)?)?,
         "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "olmo2" => llama::config(parse(value)?, model_type)?,
-        "gemma" | "gemma2" => gemma::config(parse(value)?, model_type)?,
+        "gemma" | "gemma2" | "gemma3_text" => gemma::config(parse(value)?, model_type)?,
         other => return Err(Error::UnknownModelType { found: other.to_string() }),
     };
     cfg.hf_json = value.clone();
@@ -175,7 +175,7 @@ impl TensorNames {
             Family::Gpt2 => gpt2::names(cfg, "transformer."),
             Family::GptNeox => gpt_neox::names(cfg),
             Family::Llama => llama::names(cfg),
-            Family::Gemma | Family::Gemma2 => gemma::names(cfg),
+            Family::Gemma | Family::Gemma2 | Family::Gemma3 => gemma::names(cfg),
             Family::TransformerLens => unreachable!("TransformerLens models are read by transformer_lens::load_params"),
         }
     }

@@ -153,6 +153,7 @@ pub(crate) fn config(c: TlConfig) -> Result<ModelConfig> {
         act: Activation::parse(c.act_fn.as_deref().unwrap_or("relu"))?,
         gated_mlp: c.gated_mlp.unwrap_or(false),
         positional,
+        local_rotary: None,
         parallel_attn_mlp: c.parallel_attn_mlp.unwrap_or(false),
         attn_scale,
         scale_attn_by_inverse_layer_idx: c.scale_attn_by_inverse_layer_idx.unwrap_or(false),
