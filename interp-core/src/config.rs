@@ -233,6 +233,49 @@ pub struct ModelConfig {
 pub const EXTENSION_KEYS: &[&str] = &["interp_attn_only", "interp_gated_mlp"];
 
 impl ModelConfig {
+    /// A plain causal decoder of `n_layers` blocks: pre-norms, no soft caps, sliding windows,
+    /// post-norms, q/k norms or other extras. Each family sets its sizes and what differs (the
+    /// sizes here are 0, which validation refuses, so none can be left unset).
+    pub(crate) fn plain(n_layers: usize) -> ModelConfig {
+        ModelConfig {
+            model_type: String::new(),
+            family: Family::Gpt2,
+            n_layers,
+            d_model: 0,
+            n_heads: 0,
+            n_kv_heads: 0,
+            d_head: 0,
+            d_mlp: 0,
+            d_vocab: 0,
+            d_vocab_out: 0,
+            n_ctx: 0,
+            norm: NormKind::LayerNorm,
+            norm_eps: 1e-5,
+            act: Activation::Gelu,
+            gated_mlp: false,
+            positional: Positional::Learned,
+            local_rotary: None,
+            parallel_attn_mlp: false,
+            attn_scale: 1.0,
+            scale_attn_by_inverse_layer_idx: false,
+            attn_softcap: None,
+            final_softcap: None,
+            sliding_window: vec![None; n_layers],
+            post_norms: false,
+            scale_embed: false,
+            tie_embeddings: false,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            bos_token_id: None,
+            attn_only: false,
+            qk_norm: QkNorm::None,
+            pre_norms: true,
+            causal: true,
+            hf_json: Value::Null,
+        }
+    }
+
     /// Reads and validates `<dir>/config.json` (or, in an InterpBench case folder without one,
     /// the pickled TransformerLens config `ll_model_cfg.pkl`).
     pub fn from_dir(dir: &Path) -> Result<Self> {

@@ -2,10 +2,9 @@
 //! fused `c_attn` for q, k and v.
 
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::{BlockNames, Dim, Layers, QkvNames, TensorNames};
-use crate::config::{QkNorm, Activation, Family, ModelConfig, NormKind, Positional};
+use crate::config::{Activation, Family, ModelConfig, NormKind, Positional};
 
 /// HF `GPT2Config`, plus this toolkit's extension keys `interp_attn_only` and `interp_gated_mlp`
 /// (a GLU-family MLP `act(x W_gate) * (x W_in)`, its gate stored as `h.L.mlp.c_gate`).
@@ -48,25 +47,15 @@ pub(crate) fn config(c: Gpt2Config) -> crate::Result<ModelConfig> {
         act: Activation::parse(c.activation_function.as_deref().unwrap_or("gelu_new"))?,
         gated_mlp: c.interp_gated_mlp.unwrap_or(false),
         positional: Positional::Learned,
-        local_rotary: None,
-        parallel_attn_mlp: false,
         attn_scale: scale,
         scale_attn_by_inverse_layer_idx: c.scale_attn_by_inverse_layer_idx.unwrap_or(false),
-        attn_softcap: None,
-        final_softcap: None,
-        sliding_window: vec![None; n_layers],
-        post_norms: false,
-        scale_embed: false,
         tie_embeddings: c.tie_word_embeddings.unwrap_or(true),
         qkv_bias: true,
         o_bias: true,
         mlp_bias: true,
         bos_token_id: c.bos_token_id,
         attn_only: c.interp_attn_only.unwrap_or(false),
-        qk_norm: QkNorm::None,
-        pre_norms: true,
-        causal: true,
-        hf_json: Value::Null,
+        ..ModelConfig::plain(n_layers)
     })
 }
 

@@ -2,10 +2,9 @@
 //! parallel by default, q/k/v interleaved per head in one `query_key_value` matrix.
 
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::{BlockNames, Dim, Layers, QkvNames, RopeParams, TensorNames};
-use crate::config::{QkNorm, Activation, Family, ModelConfig, NormKind, Positional, Rotary};
+use crate::config::{Activation, Family, ModelConfig, NormKind, Positional, Rotary};
 
 /// HF `GPTNeoXConfig` (v4 keys `rotary_pct` / `rotary_emb_base`, v5 `rope_parameters`).
 #[derive(Debug, Deserialize)]
@@ -52,27 +51,16 @@ pub(crate) fn config(c: GptNeoxConfig) -> crate::Result<ModelConfig> {
         norm: NormKind::LayerNorm,
         norm_eps: c.layer_norm_eps.unwrap_or(1e-5),
         act: Activation::parse(c.hidden_act.as_deref().unwrap_or("gelu"))?,
-        gated_mlp: false,
         positional: Positional::Rotary(Rotary { dim: (d_head as f64 * pct) as i64, base, scaling: rope.scaling()? }),
-        local_rotary: None,
         parallel_attn_mlp: c.use_parallel_residual.unwrap_or(true),
         attn_scale: (d_head as f64).powf(-0.5),
-        scale_attn_by_inverse_layer_idx: false,
-        attn_softcap: None,
-        final_softcap: None,
-        sliding_window: vec![None; n_layers],
-        post_norms: false,
-        scale_embed: false,
         tie_embeddings: c.tie_word_embeddings.unwrap_or(false),
         qkv_bias: bias,
         o_bias: bias,
         mlp_bias: true,
         bos_token_id: c.bos_token_id,
         attn_only: false,
-        qk_norm: QkNorm::None,
-        pre_norms: true,
-        causal: true,
-        hf_json: Value::Null,
+        ..ModelConfig::plain(n_layers)
     })
 }
 

@@ -5,10 +5,9 @@
 //! (`olmo2`) normalises each sublayer's output instead of its input and q and k over all heads.
 
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::{BlockNames, Dim, Layers, QkvNames, RopeParams, TensorNames};
-use crate::config::{QkNorm, Activation, Family, ModelConfig, NormKind, Positional, Rotary};
+use crate::config::{Activation, Family, ModelConfig, NormKind, Positional, QkNorm, Rotary};
 use crate::error::{Error, Result};
 
 /// The keys HF's `LlamaConfig`, `MistralConfig` and `Qwen2Config` share (Gemma's config extends
@@ -91,15 +90,9 @@ pub(crate) fn decoder(c: LlamaConfig, model_type: &str, act: Activation) -> Resu
         act,
         gated_mlp: true,
         positional: Positional::Rotary(Rotary { dim: (d_head as f64 * rope.partial_rotary_factor.unwrap_or(1.0)) as i64, base, scaling: rope.scaling()? }),
-        local_rotary: None,
-        parallel_attn_mlp: false,
         attn_scale: (d_head as f64).powf(-0.5),
-        scale_attn_by_inverse_layer_idx: false,
-        attn_softcap: None,
-        final_softcap: None,
         sliding_window,
         post_norms: model_type == "olmo2",
-        scale_embed: false,
         tie_embeddings: c.tie_word_embeddings.unwrap_or(false),
         qkv_bias: attention_bias || model_type == "qwen2",
         o_bias: attention_bias,
@@ -112,8 +105,7 @@ pub(crate) fn decoder(c: LlamaConfig, model_type: &str, act: Activation) -> Resu
             _ => QkNorm::None,
         },
         pre_norms: model_type != "olmo2",
-        causal: true,
-        hf_json: Value::Null,
+        ..ModelConfig::plain(n_layers)
     })
 }
 

@@ -14,7 +14,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::{Dim, Layers};
 use crate::checkpoint::TensorSource;
-use crate::config::{QkNorm, Activation, Family, ModelConfig, NormKind, Positional, Rotary, RopeScaling};
+use crate::config::{Activation, Family, ModelConfig, NormKind, Positional, Rotary, RopeScaling};
 use crate::error::{Error, Result};
 use crate::model::{Attention, Block, Linear, Mlp, Norm, Params};
 
@@ -153,25 +153,17 @@ pub(crate) fn config(c: TlConfig) -> Result<ModelConfig> {
         act: Activation::parse(c.act_fn.as_deref().unwrap_or("relu"))?,
         gated_mlp: c.gated_mlp.unwrap_or(false),
         positional,
-        local_rotary: None,
         parallel_attn_mlp: c.parallel_attn_mlp.unwrap_or(false),
         attn_scale,
         scale_attn_by_inverse_layer_idx: c.scale_attn_by_inverse_layer_idx.unwrap_or(false),
-        attn_softcap: None,
-        final_softcap: None,
-        sliding_window: vec![None; n_layers],
-        post_norms: false,
-        scale_embed: false,
         tie_embeddings: c.tie_word_embeddings.unwrap_or(false),
         qkv_bias: true,
         o_bias: true,
         mlp_bias: true,
         bos_token_id: None,
         attn_only: c.attn_only.unwrap_or(false),
-        qk_norm: QkNorm::None,
-        pre_norms: true,
         causal,
-        hf_json: Value::Null,
+        ..ModelConfig::plain(n_layers)
     })
 }
 
