@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -104,7 +104,12 @@ impl TorchFile {
         let (start, _) = self.storages[&t.key];
         let bytes = &self.mmap[start..start + t.storage_numel as usize * t.kind.elt_size_in_bytes()];
         let storage = Tensor::f_from_data_size(bytes, &[t.storage_numel], t.kind)?;
-        Ok(storage.f_as_strided(t.shape.as_slice(), t.stride.as_slice(), t.offset)?.f_contiguous()?.f_to_device(Device::Cpu)?)
+        let out = storage.f_as_strided(t.shape.as_slice(), t.stride.as_slice(), t.offset)?.f_contiguous()?.f_to_device(Device::Cpu)?;
+        // SAFETY: `bytes` is not used after this point (it was copied); dropping the pages only
+        // makes a later read of the same storage fault them in again from the file. Loading then
+        // needs little more memory than the weights, as for safetensors.
+        unsafe { self.mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, start, bytes.len()) }.ok();
+        Ok(out)
     }
 }
 
