@@ -1,6 +1,7 @@
 """Writes tests/fixtures/interpbench/planted-induction: a case folder exactly as InterpBench
 publishes them (ll_model.pth, ll_model_cfg.pkl, edges.pkl, meta.json), plus prompts.jsonl
-(InterpBench ships none; `interp benchmark` reads this one).
+(InterpBench ships none; `interp benchmark` reads this one), and next to it the same config
+pickled as the HookedTransformerConfig object (ll_model_cfg_object.pkl), as some cases ship it.
 
 The model is the planted induction model of tests/common/planted.rs (written as an HF GPT-2
 checkpoint by `cargo run --example planted_case`), whose circuit is known exactly, converted
@@ -64,6 +65,9 @@ def main():
     torch.save(model.state_dict(), os.path.join(OUT, "ll_model.pth"))
     with open(os.path.join(OUT, "ll_model_cfg.pkl"), "wb") as f:
         pickle.dump(cfg.to_dict(), f)
+    # Some InterpBench cases pickle the HookedTransformerConfig object itself instead of its dict.
+    with open(os.path.join(OUT, "..", "ll_model_cfg_object.pkl"), "wb") as f:
+        pickle.dump(cfg, f)
     edges = []
     for sender, receiver in json.load(open(os.path.join(SRC, "circuit.json"))):
         if receiver == "logits":

@@ -387,3 +387,18 @@ fn bad_transformer_lens_models_give_clear_errors() {
     let e = model.save_pretrained(&out).unwrap_err().to_string();
     assert!(e.contains("no HF transformers layout"), "{e}");
 }
+
+/// InterpBench ships some configs as the pickled `HookedTransformerConfig` object rather than its
+/// dict: read as the dict of its fields (nothing in it is run), the same model.
+#[test]
+fn interpbench_config_pickled_as_the_object_loads_as_the_dict() {
+    let case = common::repo("tests/fixtures/interpbench/planted-induction");
+    let dir = common::Scratch::new("interpbench-object-cfg");
+    std::fs::copy(case.join("ll_model.pth"), dir.join("ll_model.pth")).unwrap();
+    std::fs::copy(common::repo("tests/fixtures/interpbench/ll_model_cfg_object.pkl"), dir.join("ll_model_cfg.pkl")).unwrap();
+    let object = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
+    let dict = HookedTransformer::from_pretrained_dir(&case, Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(object.cfg.hf_json, dict.cfg.hf_json);
+    let ids = Tensor::from_slice(&[0i64, 3, 5, 7, 3, 5]).unsqueeze(0);
+    assert_eq!(max_abs_diff(&object.forward(&ids).unwrap(), &dict.forward(&ids).unwrap()), 0.0);
+}
