@@ -431,8 +431,7 @@ fn tracr_programs_have_their_known_circuits_found() {
                 aucs.push((m.method.name(), roc_auc(&abs, &truth).unwrap(), m.mib.cpr, m.mib.cmd));
             }
             let a = found.acdc.as_ref().unwrap();
-            let top = a.result.effect.iter().fold(0f64, |m, e| m.max(e.abs())) + 1.0;
-            let ranking: Vec<f64> = a.result.kept.iter().zip(&a.result.effect).map(|(k, e)| if *k { e.abs() + top } else { e.abs() }).collect();
+            let ranking: Vec<f64> = a.result.ranking().iter().map(|x| f64::from(*x)).collect();
             let acdc_auc = roc_auc(&ranking, &truth).unwrap();
             aucs.push(("ACDC".into(), acdc_auc, a.mib.cpr, a.mib.cmd));
             if ablation == Ablation::Zero {

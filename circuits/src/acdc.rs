@@ -81,6 +81,13 @@ pub struct AcdcResult {
 }
 
 impl AcdcResult {
+    /// ACDC's edge ranking [E]: kept edges above removed ones; within each, by the measured loss
+    /// increase (what MIB's scores and ROC AUC of an ACDC run rank by).
+    pub fn ranking(&self) -> Vec<f32> {
+        let top = self.effect.iter().fold(0f64, |m, e| m.max(e.abs())) + 1.0;
+        self.kept.iter().zip(&self.effect).map(|(k, e)| (if *k { e.abs() + top } else { e.abs() }) as f32).collect()
+    }
+
     /// Edges kept in the circuit.
     pub fn n_kept(&self) -> usize {
         self.kept.iter().filter(|k| **k).count()

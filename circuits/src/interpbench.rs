@@ -200,9 +200,7 @@ fn node(name: &str, model: &HookedTransformer) -> std::result::Result<Node, Stri
     };
     let mlp = || if c.attn_only { Err(unknown()) } else { Ok(()) };
     Ok(match site {
-        "hook_q_input" => Node::HeadIn { layer, head: head()? },
-        "hook_k_input" => Node::HeadIn { layer, head: head()? },
-        "hook_v_input" => Node::HeadIn { layer, head: head()? },
+        "hook_q_input" | "hook_k_input" | "hook_v_input" => Node::HeadIn { layer, head: head()? },
         "attn.hook_q" | "attn.hook_k" | "attn.hook_v" => {
             head()?;
             Node::Inner

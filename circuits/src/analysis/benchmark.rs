@@ -6,7 +6,7 @@ use std::path::Path;
 
 use interp_core::HookedTransformer;
 
-use super::circuit_discovery::{acdc_ranking, circuit_discovery, CircuitDiscovery, CircuitDiscoveryConfig};
+use super::circuit_discovery::{circuit_discovery, CircuitDiscovery, CircuitDiscoveryConfig};
 use crate::acdc::roc_auc;
 use crate::error::{Error, Result};
 use crate::interpbench::{component_scores, component_truth, node_scores, CaseTruth};
@@ -64,7 +64,7 @@ pub fn benchmark_case(dir: &Path, name: &str, model: &HookedTransformer, prompts
         scores.push(MethodScore { method: m.method.name(), edge_auroc, node_auroc, cpr: m.mib.cpr, cmd: m.mib.cmd });
     }
     if let Some(a) = &discovery.acdc {
-        let ranking: Vec<f64> = acdc_ranking(&a.result).iter().map(|x| *x as f64).collect();
+        let ranking: Vec<f64> = a.result.ranking().iter().map(|x| f64::from(*x)).collect();
         let (edge_auroc, node_auroc) = auroc(&ranking)?;
         scores.push(MethodScore { method: "ACDC".into(), edge_auroc, node_auroc, cpr: a.mib.cpr, cmd: a.mib.cmd });
     }

@@ -209,12 +209,6 @@ pub fn circuit_discovery(model: &HookedTransformer, prompts: &TaskPrompts, name:
     })
 }
 
-/// ACDC's edge ranking: kept edges above removed ones; within each, by the measured loss increase.
-pub(crate) fn acdc_ranking(result: &AcdcResult) -> Vec<f32> {
-    let top = result.effect.iter().fold(0f64, |m, e| m.max(e.abs())) + 1.0;
-    result.kept.iter().zip(&result.effect).map(|(k, e)| (if *k { e.abs() + top } else { e.abs() }) as f32).collect()
-}
-
 /// ACDC at `cfg.tau` (and with the sweep at tau x 1/4 .. 4), each circuit's faithfulness on the
 /// task metric, and MIB's scores of ACDC's ranking.
 fn acdc_runs(model: &HookedTransformer, graph: &EdgeGraph, run: &EdgeRun, prompts: &TaskPrompts, (m_clean, m_corrupt): (f64, f64), cfg: &CircuitDiscoveryConfig) -> Result<AcdcRuns> {
@@ -260,7 +254,7 @@ fn acdc_runs(model: &HookedTransformer, graph: &EdgeGraph, run: &EdgeRun, prompt
         }
     }
     let (result, faithfulness, seconds) = main.ok_or_else(|| Error::Input("no ACDC run at tau x 1".into()))?;
-    let mib = MibScores::measure(run, &Tensor::f_from_slice(&acdc_ranking(&result))?)?;
+    let mib = MibScores::measure(run, &Tensor::f_from_slice(&result.ranking())?)?;
     Ok(AcdcRuns { tau, result, faithfulness, sweep, mib, strategy, seconds })
 }
 
@@ -434,7 +428,7 @@ impl CircuitDiscovery {
             write(&m.method.name().to_lowercase().replace(['(', ')'], ""), &m.scores)?;
         }
         if let Some(a) = &self.acdc {
-            write("acdc", &acdc_ranking(&a.result).iter().map(|x| *x as f64).collect::<Vec<_>>())?;
+            write("acdc", &a.result.ranking().iter().map(|x| *x as f64).collect::<Vec<_>>())?;
         }
         Ok(written)
     }
