@@ -92,6 +92,34 @@ ARCHS = {
         rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 100000.0},
                          "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0}},
     ),
+    # Mixtures of experts: 4 experts, top 2, a router scaled up (below) so that the choices are
+    # clear-cut and vary from token to token.
+    "mixtral": transformers.MixtralConfig(
+        vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=48, max_position_embeddings=64, initializer_range=0.2, sliding_window=9,
+        num_local_experts=4, num_experts_per_tok=2, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    ),
+    # A shared expert scaled by a sigmoid gate, top-k weights not renormalised, layer 1 dense.
+    "qwen2_moe": transformers.Qwen2MoeConfig(
+        vocab_size=211, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=80, moe_intermediate_size=32, shared_expert_intermediate_size=40, num_experts=5,
+        num_experts_per_tok=2, norm_topk_prob=False, mlp_only_layers=[1], max_position_embeddings=64,
+        initializer_range=0.2, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    ),
+    # OLMo 2's q/k norms over the whole projection, but norms before the sublayers; 8 experts, top 3.
+    "olmoe": transformers.OlmoeConfig(
+        vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+        intermediate_size=32, num_experts=8, num_experts_per_tok=3, max_position_embeddings=64,
+        initializer_range=0.2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    ),
+    # Qwen3's per-head q/k norms, top-k weights renormalised.
+    "qwen3_moe": transformers.Qwen3MoeConfig(
+        vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, intermediate_size=96, moe_intermediate_size=24, num_experts=6, num_experts_per_tok=2,
+        norm_topk_prob=True, max_position_embeddings=64, initializer_range=0.2,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    ),
 }
 
 
@@ -130,13 +158,27 @@ def main():
         cfg._attn_implementation = "eager"
         model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
         perturb_norms(model, gen)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(("mlp.gate.weight", "block_sparse_moe.gate.weight")):
+                    p.mul_(4.0)
         out_dir = os.path.join(OUT, arch)
         shutil.rmtree(out_dir, ignore_errors=True)
         model.save_pretrained(out_dir, safe_serialization=True)
         ids = torch.randint(0, cfg.vocab_size, (BATCH, SEQ), generator=gen)
+        # Each router's (logits, top-k weights, top-k experts), by layer.
+        routing = {}
+        for l, layer in enumerate(getattr(getattr(model, "model", None), "layers", [])):
+            gate = getattr(getattr(layer, "mlp", None), "gate", None) or getattr(getattr(layer, "block_sparse_moe", None), "gate", None)
+            if gate is not None and hasattr(gate, "top_k"):
+                gate.register_forward_hook(lambda m, i, o, l=l: routing.__setitem__(l, o))
         with torch.no_grad():
             out = model(ids, output_hidden_states=True, output_attentions=True)
         tensors = {"input_ids": ids.contiguous(), "logits": out.logits.contiguous()}
+        for l, (logits, weights, experts) in routing.items():
+            tensors[f"router_logits.{l}"] = logits.reshape(BATCH, SEQ, -1).contiguous()
+            tensors[f"expert_weights.{l}"] = weights.reshape(BATCH, SEQ, -1).float().contiguous()
+            tensors[f"expert_indices.{l}"] = experts.reshape(BATCH, SEQ, -1).contiguous()
         for i, h in enumerate(out.hidden_states):
             tensors[f"hidden_states.{i}"] = h.contiguous()
         for i, a in enumerate(out.attentions):

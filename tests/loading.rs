@@ -402,3 +402,30 @@ fn interpbench_config_pickled_as_the_object_loads_as_the_dict() {
     let ids = Tensor::from_slice(&[0i64, 3, 5, 7, 3, 5]).unsqueeze(0);
     assert_eq!(max_abs_diff(&object.forward(&ids).unwrap(), &dict.forward(&ids).unwrap()), 0.0);
 }
+
+/// Mixture-of-experts settings the runtime cannot honour, or that the weights contradict: one
+/// clear line each.
+#[test]
+fn bad_expert_settings_are_refused() {
+    let cases: [(&str, &str, serde_json::Value, &str); 7] = [
+        ("mixtral", "num_experts_per_tok", 5.into(), "top-k (num_experts_per_tok) must be between 1 and the number of experts (4), found 5"),
+        ("qwen3_moe", "num_experts_per_tok", serde_json::Value::Null, "missing key `num_experts_per_tok`"),
+        ("mixtral", "num_local_experts", 3.into(), "has `model.layers.0.block_sparse_moe.experts.3.w1.weight`, but the config says 3 experts per layer"),
+        ("olmoe", "num_experts", 9.into(), "model.layers.0.mlp.experts.8.gate_proj.weight"),
+        ("qwen2_moe", "scoring_func", "sigmoid".into(), "unsupported expert routing setting `scoring_func: \"sigmoid\"`"),
+        ("olmoe", "clip_qkv", 8.0.into(), "unsupported `clip_qkv: 8`"),
+        ("qwen2_moe", "mlp_only_layers", serde_json::json!([7]), "`mlp_only_layers` names layer 7, but the model has 3"),
+    ];
+    for (arch, key, value, want) in cases {
+        let dir = scratch(arch, &format!("moe-{key}"));
+        edit_config(&dir, |c| {
+            match value.is_null() {
+                true => c.remove(key),
+                false => c.insert(key.into(), value.clone()),
+            };
+        });
+        let e = load_err(&dir);
+        assert!(e.contains(want), "{arch} {key}={value}: {e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+}

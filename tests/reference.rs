@@ -37,6 +37,47 @@ fn every_architecture_matches_hf_hook_by_hook() {
     println!("max abs difference to HF: {}", report.join(", "));
 }
 
+/// Mixtures of experts route exactly as HF does: the same router logits, the same experts chosen
+/// for every token (in the same order), the same weights; and the per-expert outputs sum to the
+/// MLP's output.
+#[test]
+fn mixtures_of_experts_route_as_hf() {
+    let mut report = Vec::new();
+    for arch in ["mixtral", "qwen2_moe", "olmoe", "qwen3_moe"] {
+        let model = load(arch);
+        let r = reference(arch);
+        let moe = model.cfg.moe.clone().expect("a mixture of experts");
+        let layers: Vec<usize> = (0..model.cfg.n_layers).filter(|l| model.cfg.is_moe_layer(*l)).collect();
+        assert_eq!(layers.len(), r.keys().filter(|k| k.starts_with("router_logits.")).count(), "{arch}: MoE layers");
+        let spec = CacheSpec::names(["blocks.*.mlp.hook_router_logits", "blocks.*.mlp.hook_expert_indices", "blocks.*.mlp.hook_expert_weights", "blocks.*.mlp.hook_expert_out", "blocks.*.hook_mlp_out"]);
+        let (_, cache) = model.run_with_cache(&r["input_ids"], spec).expect("forward");
+        let (mut worst, mut distinct) = (0.0f64, std::collections::BTreeSet::new());
+        for l in layers {
+            let at = |s| HookPoint::block(l, s);
+            let d = max_abs_diff(cache.get(at(BlockSite::RouterLogits)).unwrap(), &r[&format!("router_logits.{l}")]);
+            let chosen = cache.get(at(BlockSite::ExpertIndices)).unwrap();
+            assert!(chosen.equal(&r[&format!("expert_indices.{l}")]), "{arch}: layer {l} chose other experts than HF");
+            let w = max_abs_diff(cache.get(at(BlockSite::ExpertWeights)).unwrap(), &r[&format!("expert_weights.{l}")]);
+            assert!(d < TOL && w < TOL, "{arch}: layer {l}: router logits differ by {d:e}, weights by {w:e}");
+            let each = cache.get(at(BlockSite::ExpertOut)).unwrap();
+            assert_eq!(each.size()[2], moe.n_experts);
+            let total = each.sum_dim_intlist(2, false, Kind::Float);
+            let shared = model.cfg.moe.as_ref().unwrap().d_shared_expert.is_some();
+            let s = max_abs_diff(&total, cache.get(at(BlockSite::MlpOut)).unwrap());
+            // Qwen2-MoE's shared expert adds to the experts' sum.
+            assert_eq!(s < 1e-5, !shared, "{arch}: layer {l}: experts' outputs vs mlp_out {s:e}");
+            worst = worst.max(d).max(w);
+            for combo in Vec::<Vec<i64>>::try_from(chosen.reshape([-1, moe.top_k])).unwrap() {
+                distinct.insert((l, combo));
+            }
+        }
+        // The fixture's routing is not degenerate: many different expert choices.
+        assert!(distinct.len() >= 8, "{arch}: only {} distinct routings", distinct.len());
+        report.push(format!("{arch}: {worst:.1e} ({} distinct routings)", distinct.len()));
+    }
+    println!("routing vs HF: {}", report.join(", "));
+}
+
 #[test]
 fn half_precision_stays_close_to_f32() {
     for arch in ["gpt2", "llama", "gemma2"] {

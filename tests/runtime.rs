@@ -25,6 +25,14 @@ fn every_hook_point_has_the_documented_shape() {
         let (_, opt) = m
             .run_with_cache(&ids(arch), CacheSpec::names(["blocks.*.attn.hook_result", "blocks.*.hook_q_input", "blocks.*.hook_k_input"]))
             .unwrap();
+        let (n_experts, top_k) = c.moe.as_ref().map_or((0, 0), |m| (m.n_experts, m.top_k));
+        if n_experts > 0 {
+            let (_, experts) = m.run_with_cache(&ids(arch), CacheSpec::names(["blocks.*.mlp.hook_expert_out"])).unwrap();
+            assert_eq!(experts.len(), (0..c.n_layers).filter(|l| c.is_moe_layer(*l)).count());
+            for (name, t) in experts.iter() {
+                assert_eq!(t.size(), [b, p, n_experts, dm], "{arch}: {name}");
+            }
+        }
         assert_eq!(cache.len(), m.hook_points(false).len(), "{arch}: All caches every standard point");
         assert!(m.hook_points(false).iter().all(|p| !p.is_opt_in()));
         for (name, t) in cache.iter().chain(opt.iter()) {
@@ -46,6 +54,8 @@ fn every_hook_point_has_the_documented_shape() {
                 "hook_scale" => vec![b, p, 1],
                 "hook_pre" | "hook_pre_linear" | "hook_post" => vec![b, p, dmlp],
                 "hook_out" => vec![b, p, v],
+                "hook_router_logits" => vec![b, p, n_experts],
+                "hook_expert_indices" | "hook_expert_weights" => vec![b, p, top_k],
                 _ => vec![b, p, dm],
                 },
             };
@@ -314,7 +324,8 @@ fn generate_left_padded_batches_and_sampling() {
 
 #[test]
 fn weight_processing_keeps_log_probs() {
-    for arch in ["gpt2", "gpt_neox", "llama", "gemma2"] {
+    // Qwen2-MoE: ln2 also folds into the router and the shared expert.
+    for arch in ["gpt2", "gpt_neox", "llama", "gemma2", "qwen2_moe"] {
         let t = ids(arch);
         let reference = load(arch).forward(&t).unwrap().log_softmax(-1, Kind::Float);
         let layer_norm = load(arch).cfg.norm == interp::interp_core::config::NormKind::LayerNorm;
@@ -393,4 +404,56 @@ fn closures_may_fail_with_any_error() {
     let metric = |_: &Tensor| -> Result<Tensor, interp::interp_core::BoxError> { Err("no answer token".into()) };
     let e = m.runner(&t).gradients(NamesFilter::names(["blocks.0.hook_resid_pre"]), metric).run().err().unwrap().to_string();
     assert_eq!(e, "metric: no answer token");
+}
+
+/// Per-expert interventions with the ordinary ones: zeroing an expert's slice of
+/// `mlp.hook_expert_out` equals removing that expert's weighted output by hand; forcing a routing
+/// through `hook_expert_indices` reads the weights at the forced experts; a huge router logit
+/// forces the same routing; a malformed routing is an error, not a crash.
+#[test]
+fn experts_can_be_ablated_and_routing_forced() {
+    let m = load("mixtral");
+    let t = ids("mixtral");
+    let (l, e) = (1, 2i64);
+    let at = |s| HookPoint::block(l, s);
+    let (_, clean) = m.run_with_cache(&t, CacheSpec::names([at(BlockSite::ExpertOut), at(BlockSite::ResidMid), at(BlockSite::ExpertIndices)])).unwrap();
+    // Zero expert e in layer 1 (the last layer: its output goes straight to the final norm).
+    let ablated = m.run_with_hooks(&t, Hooks::new().intervene(at(BlockSite::ExpertOut), Intervention::Zero(Scope::all().heads([e])))).unwrap();
+    let each = clean.get(at(BlockSite::ExpertOut)).unwrap();
+    let kept = each.sum_dim_intlist(2, false, Kind::Float) - each.select(2, e);
+    let resid = clean.get(at(BlockSite::ResidMid)).unwrap() + kept;
+    let by_hand = m.runner_from_layer(&resid, l + 1).run().unwrap().output;
+    assert!(max_abs_diff(&ablated, &by_hand) < 1e-4, "zeroing expert {e}");
+    let routed_to_e = clean.get(at(BlockSite::ExpertIndices)).unwrap().eq(e).any().int64_value(&[]) == 1;
+    assert!(routed_to_e && max_abs_diff(&ablated, &m.forward(&t).unwrap()) > 1e-3, "expert {e} was used, so ablating it matters");
+
+    // Force every token to experts (e, 0): weights are the router's probabilities there, renormalised.
+    let (b, p, k) = (t.size()[0], t.size()[1], 2);
+    let forced = Tensor::from_slice(&[e, 0]).view([1, 1, k]).expand([b, p, k], false).contiguous();
+    let f = forced.shallow_clone();
+    let hooks = Hooks::new().add(at(BlockSite::ExpertIndices), move |_, _| Ok(Some(f.shallow_clone())));
+    let out = m.runner(&t).cache(CacheSpec::names([at(BlockSite::ExpertWeights), at(BlockSite::RouterLogits)])).hooks(hooks).run().unwrap();
+    let (by_indices, c) = (out.output, out.cache.unwrap());
+    let probs = c.get(at(BlockSite::RouterLogits)).unwrap().softmax(-1, Kind::Float).gather(-1, &forced, false);
+    let want = &probs / probs.sum_dim_intlist(-1, true, Kind::Float);
+    assert!(max_abs_diff(c.get(at(BlockSite::ExpertWeights)).unwrap(), &want) < 1e-6);
+    // The same routing by pushing the router's logits for e (then 0) far above the rest.
+    // (Not so far that the other probabilities underflow to a tie at 0.)
+    let boost = Tensor::from_slice(&[80f32, 0.0, 0.0, 0.0]).roll([e], [0]) + Tensor::from_slice(&[40f32, 0.0, 0.0, 0.0]);
+    let pushed = Hooks::new().intervene(at(BlockSite::RouterLogits), Intervention::Add(boost, Scope::all()));
+    let c2 = m.runner(&t).cache(CacheSpec::names([at(BlockSite::ExpertIndices)])).hooks(pushed).run().unwrap().cache.unwrap();
+    assert!(c2.get(at(BlockSite::ExpertIndices)).unwrap().equal(&forced));
+    assert!(by_indices.isfinite().all().int64_value(&[]) == 1);
+
+    // Out-of-range experts, or a float tensor, are refused with the hook's name.
+    for bad in [forced.shallow_clone() + 4, forced.to_kind(Kind::Float)] {
+        let hooks = Hooks::new().add(at(BlockSite::ExpertIndices), move |_, _| Ok(Some(bad.shallow_clone())));
+        let err = m.run_with_hooks(&t, hooks).unwrap_err().to_string();
+        assert!(err.contains("blocks.1.mlp.hook_expert_indices must stay int64"), "{err}");
+    }
+    // Dense hooks do not exist in a MoE layer, expert hooks not in a dense one.
+    let e = m.hook_point("blocks.0.mlp.hook_post").unwrap_err().to_string();
+    assert!(e.contains("mixture of experts"), "{e}");
+    let e = load("qwen2_moe").hook_point("blocks.1.mlp.hook_router_logits").unwrap_err().to_string();
+    assert!(e.contains("not a mixture of experts"), "{e}");
 }

@@ -138,6 +138,52 @@ pub enum QkNorm {
     WholeProjection,
 }
 
+/// Mixture-of-experts MLPs (Mixtral, Qwen2-MoE, OLMoE, Qwen3-MoE): a router picks `top_k` of
+/// `n_experts` gated MLPs per token and sums their outputs weighted by the router's softmax
+/// probabilities at the chosen experts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MoeConfig {
+    /// Experts per MoE layer.
+    pub n_experts: i64,
+    /// Experts each token is routed to.
+    pub top_k: i64,
+    /// Hidden units of each expert.
+    pub d_expert: i64,
+    /// The top-k weights are renormalised to sum to 1 (Mixtral, Qwen3-MoE's checkpoints); otherwise
+    /// they are the softmax probabilities as they are (Qwen2-MoE, OLMoE).
+    pub norm_topk_prob: bool,
+    /// Qwen2-MoE: a shared expert of this many hidden units on every token, its output scaled by
+    /// `sigmoid(x W_shared_gate)`.
+    pub d_shared_expert: Option<i64>,
+    /// Per layer: a mixture of experts (`true`) or a dense MLP of `d_mlp` units (Qwen-MoE's
+    /// `mlp_only_layers`, `decoder_sparse_step`).
+    pub layers: Vec<bool>,
+}
+
+impl MoeConfig {
+    fn validate(&self, n_layers: usize) -> Result<()> {
+        if !(1..=MAX_DIM).contains(&self.n_experts) || !(1..=MAX_DIM).contains(&self.d_expert) {
+            return Err(Error::Config(format!(
+                "the number of experts and their width must be between 1 and {MAX_DIM}, found {} and {}",
+                self.n_experts, self.d_expert
+            )));
+        }
+        if !(1..=self.n_experts).contains(&self.top_k) {
+            return Err(Error::Config(format!(
+                "the router's top-k (num_experts_per_tok) must be between 1 and the number of experts ({}), found {}",
+                self.n_experts, self.top_k
+            )));
+        }
+        if let Some(d) = self.d_shared_expert.filter(|d| !(1..=MAX_DIM).contains(d)) {
+            return Err(Error::Config(format!("shared_expert_intermediate_size must be between 1 and {MAX_DIM}, found {d}")));
+        }
+        if self.layers.len() != n_layers {
+            return Err(Error::Config(format!("{} MoE layer flags for {n_layers} layers", self.layers.len())));
+        }
+        Ok(())
+    }
+}
+
 /// How positions enter the model.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Positional {
@@ -220,6 +266,8 @@ pub struct ModelConfig {
     pub bos_token_id: Option<i64>,
     /// No MLPs (config extension `interp_attn_only`).
     pub attn_only: bool,
+    /// Mixture-of-experts MLPs, where the model has them.
+    pub moe: Option<MoeConfig>,
     /// Each position attends to earlier ones only (every HF family); `false`: to every position
     /// (TransformerLens's `attention_dir: bidirectional`, as tracr compiles most programs).
     pub causal: bool,
@@ -271,9 +319,15 @@ impl ModelConfig {
             attn_only: false,
             qk_norm: QkNorm::None,
             pre_norms: true,
+            moe: None,
             causal: true,
             hf_json: Value::Null,
         }
+    }
+
+    /// Whether layer `l`'s MLP is a mixture of experts.
+    pub fn is_moe_layer(&self, l: usize) -> bool {
+        self.moe.as_ref().is_some_and(|m| m.layers.get(l).copied().unwrap_or(false))
     }
 
     /// Reads and validates `<dir>/config.json` (or, in an InterpBench case folder without one,
@@ -356,6 +410,12 @@ impl ModelConfig {
         }
         if !self.norm_eps.is_finite() || self.norm_eps <= 0.0 {
             return Err(Error::Config(format!("norm eps must be positive, found {}", self.norm_eps)));
+        }
+        if let Some(moe) = &self.moe {
+            moe.validate(self.n_layers)?;
+            if self.mlp_bias || !self.gated_mlp || self.attn_only {
+                return Err(Error::Config("mixture-of-experts MLPs are gated, without biases".into()));
+            }
         }
         let scales = [("attention scale", Some(self.attn_scale)), ("attn_logit_softcapping", self.attn_softcap), ("final_logit_softcapping", self.final_softcap)];
         if let Some((what, v)) = scales.into_iter().find_map(|(w, v)| v.filter(|v| !v.is_finite() || *v <= 0.0).map(|v| (w, v))) {

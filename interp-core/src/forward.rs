@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tch::{Kind, Tensor};
 
-use crate::config::{NormKind, Positional, QkNorm, RopeScaling, Rotary};
+use crate::config::{MoeConfig, NormKind, Positional, QkNorm, RopeScaling, Rotary};
 use crate::error::{Error, Result};
 use crate::hook_point::{BlockSite, HookPoint};
 use crate::hooks::{axes, CacheSpec, HookCtx, HookFn, Hooks};
-use crate::model::{Block, HookedTransformer, Mlp, Norm};
+use crate::model::{Block, HookedTransformer, Linear, Mlp, Moe, Norm};
 
 pub(crate) enum Input<'a> {
     /// Token ids [batch, pos].
@@ -580,6 +580,20 @@ impl HookedTransformer {
     fn mlp(&self, l: usize, m: &Mlp, mlp_in: &Tensor, run: &mut Run) -> Result<Tensor> {
         let at = |s| HookPoint::Block(l, s);
         let x = self.norm(&m.ln2, mlp_in, run, Some((at(BlockSite::Ln2Scale), at(BlockSite::Ln2Normalized))))?;
+        let mut out = match (&m.moe, &self.cfg.moe) {
+            (Some(moe), Some(sizes)) => self.moe(l, m, moe, sizes, &x, run)?,
+            _ => self.dense_mlp(l, m, &x, run)?,
+        };
+        if let Some(norm) = &m.ln2_post {
+            out = self.norm(norm, &out, run, None)?;
+        }
+        run.fire(at(BlockSite::MlpOut), out)
+    }
+
+    /// A dense MLP's output from its normed input `x`.
+    fn dense_mlp(&self, l: usize, m: &Mlp, x: &Tensor, run: &mut Run) -> Result<Tensor> {
+        let at = |s| HookPoint::Block(l, s);
+        let x = x.shallow_clone();
         let post = match &m.w_gate {
             Some(gate) => {
                 let pre = run.fire(at(BlockSite::MlpPre), gate.forward(&x)?)?;
@@ -596,10 +610,79 @@ impl HookedTransformer {
             None => post,
         };
         let post = run.fire(at(BlockSite::MlpPost), post)?;
-        let mut out = m.w_out.forward(&post)?;
-        if let Some(norm) = &m.ln2_post {
-            out = self.norm(norm, &out, run, None)?;
+        m.w_out.forward(&post)
+    }
+
+    /// A mixture of experts' output from its normed input `x` [batch, pos, d_model]: the router's
+    /// softmax, its top-k (ties broken as `torch.topk`), the weights at the chosen experts
+    /// (renormalised where the model does), each expert on its tokens, the weighted sum, and any
+    /// shared expert.
+    fn moe(&self, l: usize, m: &Mlp, moe: &Moe, sizes: &MoeConfig, x: &Tensor, run: &mut Run) -> Result<Tensor> {
+        let at = |s| HookPoint::Block(l, s);
+        let (b, p, dm) = (x.size()[0], x.size()[1], self.cfg.d_model);
+        let (n_experts, k, de) = (sizes.n_experts, sizes.top_k, sizes.d_expert);
+        let logits = run.fire(at(BlockSite::RouterLogits), moe.router.forward(x)?)?;
+        let probs = logits.f_softmax(-1, self.accumulate_kind())?;
+        let (_, chosen) = probs.f_topk(k, -1, true, true)?;
+        let chosen = run.fire(at(BlockSite::ExpertIndices), chosen)?;
+        let in_range = chosen.kind() == Kind::Int64
+            && chosen.size() == [b, p, k]
+            && (chosen.numel() == 0 || (chosen.f_min()?.int64_value(&[]) >= 0 && chosen.f_max()?.int64_value(&[]) < n_experts));
+        if !in_range {
+            return Err(Error::Input(format!(
+                "blocks.{l}.mlp.hook_expert_indices must stay int64 [{b}, {p}, {k}] with experts in 0..{n_experts}, found {:?} {:?}",
+                chosen.kind(),
+                chosen.size()
+            )));
         }
-        run.fire(at(BlockSite::MlpOut), out)
+        let mut weights = probs.f_gather(-1, &chosen, false)?;
+        if sizes.norm_topk_prob {
+            weights = weights.f_div(&weights.f_sum_dim_intlist(-1, true, weights.kind())?)?;
+        }
+        let weights = run.fire(at(BlockSite::ExpertWeights), weights.f_to_kind(self.kind)?)?;
+        let (flat_x, flat_chosen, flat_w) = (x.f_reshape([-1, dm])?, chosen.f_reshape([-1, k])?, weights.f_reshape([-1, k])?);
+        let Some(w_gate) = &m.w_gate else { return Err(Error::Config("mixture-of-experts MLPs are gated; this one has no gate".into())) };
+        let per_expert = run.active(at(BlockSite::ExpertOut));
+        let zeros = flat_x.f_zeros_like()?;
+        let (mut sum, mut each) = (zeros.shallow_clone(), Vec::new());
+        for e in 0..n_experts {
+            // (token, slot) pairs routed to expert e.
+            let hits = flat_chosen.f_eq(e)?.f_nonzero()?;
+            let y = if hits.size()[0] == 0 {
+                None
+            } else {
+                let (token, slot) = (hits.f_select(1, 0)?, hits.f_select(1, 1)?);
+                let xe = flat_x.f_index_select(0, &token)?;
+                // Expert e's rows of the stacked gate and up projections (and of their biases,
+                // which fold_ln may add), its columns of the down one.
+                let narrow = |w: &Tensor, dim| w.f_narrow(dim, e * de, de);
+                let rows = |lin: &Linear| -> Result<Tensor> {
+                    let b = lin.b.as_ref().map(|b| narrow(b, 0)).transpose()?;
+                    Ok(xe.f_linear(&narrow(&lin.w, 0)?, b.as_ref())?)
+                };
+                let h = self.act(&rows(w_gate)?)?.f_mul(&rows(&m.w_in)?)?;
+                let scale = flat_w.f_index(&[Some(&token), Some(&slot)])?.f_unsqueeze(-1)?;
+                Some((token, h.f_linear(&narrow(&m.w_out.w, 1)?, None::<&Tensor>)?.f_mul(&scale)?))
+            };
+            match (per_expert, y) {
+                (false, Some((token, y))) => sum = sum.f_index_add(0, &token, &y)?,
+                (false, None) => {}
+                (true, Some((token, y))) => each.push(zeros.f_index_add(0, &token, &y)?),
+                (true, None) => each.push(zeros.shallow_clone()),
+            }
+        }
+        let mut out = match per_expert {
+            true => {
+                let each = run.fire(at(BlockSite::ExpertOut), Tensor::f_stack(&each, 1)?.f_reshape([b, p, n_experts, dm])?)?;
+                each.f_sum_dim_intlist(2, false, self.kind)?
+            }
+            false => sum.f_reshape([b, p, dm])?,
+        };
+        if let Some(s) = &moe.shared {
+            let h = self.act(&s.w_gate.forward(x)?)?.f_mul(&s.w_in.forward(x)?)?;
+            let y = s.w_out.forward(&h)?.f_mul(&s.gate.forward(x)?.f_sigmoid()?)?;
+            out = out.f_add(&run.fire(at(BlockSite::SharedExpertOut), y)?)?;
+        }
+        Ok(out)
     }
 }

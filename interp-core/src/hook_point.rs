@@ -56,6 +56,17 @@ pub enum BlockSite {
     Ln2Scale,
     /// `blocks.L.ln2.hook_normalized` [batch, pos, d_model]: the MLP's normalised input, before the gain.
     Ln2Normalized,
+    /// `blocks.L.mlp.hook_router_logits` [batch, pos, n_experts]: a mixture of experts' router
+    /// logits (its softmax gives the routing probabilities).
+    RouterLogits,
+    /// `blocks.L.mlp.hook_expert_indices` [batch, pos, top_k] (int64): the experts each token is
+    /// routed to, most probable first. Setting it forces a routing; the weights are then read
+    /// from the router's probabilities at the new experts.
+    ExpertIndices,
+    /// `blocks.L.mlp.hook_expert_weights` [batch, pos, top_k]: the weight of each chosen expert's
+    /// output (renormalised where the model does). TransformerLens's MoE fires this name with the
+    /// probabilities of all experts instead.
+    ExpertWeights,
     /// `blocks.L.mlp.hook_pre` [batch, pos, d_mlp]: pre-activation (the gate's, in gated MLPs).
     MlpPre,
     /// `blocks.L.mlp.hook_pre_linear` [batch, pos, d_mlp]: the ungated branch of a gated MLP.
@@ -69,6 +80,13 @@ pub enum BlockSite {
     MlpLnNormalized,
     /// `blocks.L.mlp.hook_post` [batch, pos, d_mlp]: hidden activations.
     MlpPost,
+    /// `blocks.L.mlp.hook_expert_out` [batch, pos, n_experts, d_model]: each expert's weighted
+    /// output, zero where a token was not routed to it (opt-in). Their sum (plus any shared
+    /// expert) is the MLP's output: zeroing one expert here ablates it.
+    ExpertOut,
+    /// `blocks.L.mlp.hook_shared_expert_out` [batch, pos, d_model]: Qwen2-MoE's shared expert's
+    /// output, after its sigmoid gate.
+    SharedExpertOut,
     /// `blocks.L.hook_mlp_out` [batch, pos, d_model]: the MLP sublayer's output.
     MlpOut,
     /// `blocks.L.hook_resid_post` [batch, pos, d_model]: the residual stream leaving the block.
@@ -77,7 +95,7 @@ pub enum BlockSite {
 
 impl BlockSite {
     /// Every site, in execution order.
-    pub const ALL: [BlockSite; 32] = [
+    pub const ALL: [BlockSite; 37] = [
         BlockSite::ResidPre,
         BlockSite::QInput,
         BlockSite::KInput,
@@ -102,12 +120,17 @@ impl BlockSite {
         BlockSite::MlpIn,
         BlockSite::Ln2Scale,
         BlockSite::Ln2Normalized,
+        BlockSite::RouterLogits,
+        BlockSite::ExpertIndices,
+        BlockSite::ExpertWeights,
         BlockSite::MlpPre,
         BlockSite::MlpPreLinear,
         BlockSite::MlpMid,
         BlockSite::MlpLnScale,
         BlockSite::MlpLnNormalized,
         BlockSite::MlpPost,
+        BlockSite::ExpertOut,
+        BlockSite::SharedExpertOut,
         BlockSite::MlpOut,
         BlockSite::ResidPost,
     ];
@@ -140,12 +163,17 @@ impl BlockSite {
             MlpIn => "hook_mlp_in",
             Ln2Scale => "ln2.hook_scale",
             Ln2Normalized => "ln2.hook_normalized",
+            RouterLogits => "mlp.hook_router_logits",
+            ExpertIndices => "mlp.hook_expert_indices",
+            ExpertWeights => "mlp.hook_expert_weights",
             MlpPre => "mlp.hook_pre",
             MlpPreLinear => "mlp.hook_pre_linear",
             MlpMid => "mlp.hook_mid",
             MlpLnScale => "mlp.ln.hook_scale",
             MlpLnNormalized => "mlp.ln.hook_normalized",
             MlpPost => "mlp.hook_post",
+            ExpertOut => "mlp.hook_expert_out",
+            SharedExpertOut => "mlp.hook_shared_expert_out",
             MlpOut => "hook_mlp_out",
             ResidPost => "hook_resid_post",
         }
@@ -177,9 +205,10 @@ impl BlockSite {
         })
     }
 
-    /// Costly points computed only when asked for by name: per-head results and per-head q/k/v inputs.
+    /// Costly points computed only when asked for by name: per-head results, per-head q/k/v
+    /// inputs and per-expert outputs.
     pub fn is_opt_in(self) -> bool {
-        matches!(self, BlockSite::Result | BlockSite::QInput | BlockSite::KInput | BlockSite::VInput)
+        matches!(self, BlockSite::Result | BlockSite::QInput | BlockSite::KInput | BlockSite::VInput | BlockSite::ExpertOut)
     }
 }
 

@@ -122,7 +122,8 @@ impl CacheSpec {
 /// Where an intervention acts: some heads, some positions (absolute), or everything.
 #[derive(Clone, Debug, Default)]
 pub struct Scope {
-    /// Only these heads (`None`: all).
+    /// Only these heads (`None`: all); on `mlp.hook_router_logits` and `mlp.hook_expert_out`,
+    /// these experts.
     pub heads: Option<Vec<i64>>,
     /// Only these absolute positions (`None`: all).
     pub positions: Option<Vec<i64>>,
@@ -186,7 +187,8 @@ pub(crate) fn axes(point: HookPoint) -> (Option<usize>, Option<usize>) {
     use BlockSite::*;
     match point {
         HookPoint::Block(_, AttnScores | Pattern) => (Some(1), Some(2)),
-        HookPoint::Block(_, Q | K | V | RotQ | RotK | Z | Result | QInput | KInput | VInput) => (Some(2), Some(1)),
+        // Experts scope like heads.
+        HookPoint::Block(_, Q | K | V | RotQ | RotK | Z | Result | QInput | KInput | VInput | RouterLogits | ExpertOut) => (Some(2), Some(1)),
         _ => (None, Some(1)),
     }
 }

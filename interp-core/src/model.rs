@@ -60,16 +60,40 @@ pub enum NormSite {
 pub(crate) struct Mlp {
     /// `blocks.L.ln2`, before the MLP.
     pub(crate) ln2: Norm,
-    /// [d_mlp, d_model]
+    /// [d_mlp, d_model]; a mixture of experts: [n_experts d_expert, d_model], the experts' up
+    /// projections stacked (expert e's units are rows e d_expert .. (e + 1) d_expert).
     pub(crate) w_in: Linear,
-    /// [d_mlp, d_model], gated MLPs only.
+    /// [d_mlp, d_model], gated MLPs only (stacked like `w_in` in a mixture of experts).
     pub(crate) w_gate: Option<Linear>,
     /// The LayerNorm over the hidden units after SoLU (`solu_ln` models: TransformerLens's `mlp.ln`).
     pub(crate) ln: Option<Norm>,
-    /// [d_model, d_mlp]
+    /// [d_model, d_mlp] ([d_model, n_experts d_expert] in a mixture of experts).
     pub(crate) w_out: Linear,
     /// Gemma-2's norm on the MLP output.
     pub(crate) ln2_post: Option<Norm>,
+    /// The router (and shared expert) of a mixture-of-experts layer, whose experts are `w_in`,
+    /// `w_gate` and `w_out`.
+    pub(crate) moe: Option<Moe>,
+}
+
+/// A mixture-of-experts layer's router and shared expert (sizes in [`crate::config::MoeConfig`]).
+pub(crate) struct Moe {
+    /// [n_experts, d_model]
+    pub(crate) router: Linear,
+    /// Qwen2-MoE's shared expert.
+    pub(crate) shared: Option<SharedExpert>,
+}
+
+/// An expert that every token uses, its output scaled by `sigmoid(x W_shared_gate)` (Qwen2-MoE).
+pub(crate) struct SharedExpert {
+    /// [d_shared_expert, d_model]
+    pub(crate) w_in: Linear,
+    /// [d_shared_expert, d_model]
+    pub(crate) w_gate: Linear,
+    /// [d_model, d_shared_expert]
+    pub(crate) w_out: Linear,
+    /// [1, d_model]
+    pub(crate) gate: Linear,
 }
 
 pub(crate) struct Block {
@@ -200,6 +224,14 @@ impl HookedTransformer {
                 if let Some(n) = &m.ln2_post {
                     norm(n, &mut out);
                 }
+                if let Some(moe) = &m.moe {
+                    lin(&moe.router, &mut out);
+                    if let Some(s) = &moe.shared {
+                        for l in [&s.w_in, &s.w_gate, &s.w_out, &s.gate] {
+                            lin(l, &mut out);
+                        }
+                    }
+                }
             }
         }
         norm(&p.ln_final, &mut out);
@@ -329,6 +361,15 @@ impl HookedTransformer {
                 Err("the model is attention-only".into())
             }
             HookPoint::Block(_, BlockSite::MlpPreLinear) if !c.gated_mlp => Err("the MLP is not gated".into()),
+            HookPoint::Block(l, BlockSite::MlpPre | BlockSite::MlpPreLinear | BlockSite::MlpPost) if c.is_moe_layer(l) => {
+                Err(format!("layer {l} is a mixture of experts: its hidden units belong to the experts (hook mlp.hook_expert_out, or hook_mlp_in and hook_mlp_out)"))
+            }
+            HookPoint::Block(l, BlockSite::RouterLogits | BlockSite::ExpertIndices | BlockSite::ExpertWeights | BlockSite::ExpertOut) if !c.is_moe_layer(l) => {
+                Err(format!("layer {l}'s MLP is not a mixture of experts"))
+            }
+            HookPoint::Block(l, BlockSite::SharedExpertOut) if !c.is_moe_layer(l) || c.moe.as_ref().is_some_and(|m| m.d_shared_expert.is_none()) => {
+                Err(format!("layer {l}'s MLP has no shared expert"))
+            }
             _ => Ok(()),
         }
     }

@@ -89,10 +89,17 @@ impl HookedTransformer {
             for blk in &mut p.blocks {
                 fold_norm_into(&blk.ln1, &mut [&mut blk.attn.qkv])?;
                 if let Some(mlp) = &mut blk.mlp {
-                    match &mut mlp.w_gate {
-                        Some(gate) => fold_norm_into(&mlp.ln2, &mut [&mut mlp.w_in, gate])?,
-                        None => fold_norm_into(&mlp.ln2, &mut [&mut mlp.w_in])?,
+                    // Everything that reads ln2's output: the (stacked) expert projections, and a
+                    // mixture of experts' router and shared expert.
+                    let mut readers: Vec<&mut Linear> = vec![&mut mlp.w_in];
+                    readers.extend(mlp.w_gate.as_mut());
+                    if let Some(moe) = &mut mlp.moe {
+                        readers.push(&mut moe.router);
+                        if let Some(s) = &mut moe.shared {
+                            readers.extend([&mut s.w_in, &mut s.w_gate, &mut s.gate]);
+                        }
                     }
+                    fold_norm_into(&mlp.ln2, &mut readers)?;
                     (mlp.ln2.w, mlp.ln2.b) = (None, None);
                     // solu_ln's LayerNorm over the hidden units folds into W_out.
                     if let Some(ln) = &mut mlp.ln {
@@ -115,7 +122,11 @@ impl HookedTransformer {
                 p.w_pos = Some(center(w_pos, 1)?);
             }
             for blk in &mut p.blocks {
-                for lin in std::iter::once(&mut blk.attn.o).chain(blk.mlp.as_mut().map(|m| &mut m.w_out)) {
+                let mlp_writers = blk.mlp.as_mut().into_iter().flat_map(|m| {
+                    let shared = m.moe.as_mut().and_then(|moe| moe.shared.as_mut()).map(|s| &mut s.w_out);
+                    std::iter::once(&mut m.w_out).chain(shared)
+                });
+                for lin in std::iter::once(&mut blk.attn.o).chain(mlp_writers) {
                     lin.w = center(&lin.w, 0)?;
                     if let Some(b) = &lin.b {
                         lin.b = Some(center(b, 0)?);

@@ -78,6 +78,7 @@ pub(crate) fn names(cfg: &ModelConfig, prefix: &str) -> TensorNames {
                 mlp_gate: cfg.gated_mlp.then(|| format!("{b}.mlp.c_gate")),
                 mlp_out: format!("{b}.mlp.c_proj"),
                 ln2_post: None,
+                moe: None,
             }
         })
         .collect();

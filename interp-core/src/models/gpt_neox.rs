@@ -80,6 +80,7 @@ pub(crate) fn names(cfg: &ModelConfig) -> TensorNames {
                 mlp_gate: None,
                 mlp_out: format!("{b}.mlp.dense_4h_to_h"),
                 ln2_post: None,
+                moe: None,
             }
         })
         .collect();

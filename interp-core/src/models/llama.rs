@@ -1,13 +1,17 @@
-//! Llama, Mistral, Qwen2, Qwen3, Phi-3 and OLMo 2 (`model_type: llama | mistral | qwen2 | qwen3 | phi3 | olmo2`):
+//! Llama, Mistral, Qwen2, Qwen3, Phi-3 and OLMo 2 (`model_type: llama | mistral | qwen2 | qwen3 | phi3 | olmo2`),
+//! and the mixtures of experts built on them (`mixtral | qwen2_moe | olmoe | qwen3_moe`):
 //! RMSNorm, rotary, gated MLPs, q/k/v projections (grouped-query attention), per-layer sliding
 //! windows. Qwen3 adds an RMSNorm over each head's q and k; Phi-3 fuses q, k and v into
 //! `qkv_proj` and gate and up into `gate_up_proj`, and may rotate part of each head; OLMo 2
 //! (`olmo2`) normalises each sublayer's output instead of its input and q and k over all heads.
+//! The MoE families replace MLPs by a router over gated experts (Qwen2-MoE adds a shared expert;
+//! OLMoE normalises q and k as OLMo 2 does, Qwen3-MoE as Qwen3).
 
 use serde::Deserialize;
+use serde_json::Value;
 
-use super::{BlockNames, Dim, Layers, QkvNames, RopeParams, TensorNames};
-use crate::config::{Activation, Family, ModelConfig, NormKind, Positional, QkNorm, Rotary};
+use super::{BlockNames, Dim, Layers, MoeNames, QkvNames, RopeParams, TensorNames};
+use crate::config::{Activation, Family, MoeConfig, ModelConfig, NormKind, Positional, QkNorm, Rotary};
 use crate::error::{Error, Result};
 
 /// The keys HF's `LlamaConfig`, `MistralConfig` and `Qwen2Config` share (Gemma's config extends
@@ -30,7 +34,8 @@ pub(crate) struct LlamaConfig {
     top_level_rope: RopeParams,
     attention_bias: Option<bool>,
     mlp_bias: Option<bool>,
-    sliding_window: Option<Dim>,
+    /// 0 means none (Qwen2-MoE saves 0 when `use_sliding_window` is false).
+    sliding_window: Option<i64>,
     /// `sliding_attention` / `full_attention` per layer (transformers v5).
     layer_types: Option<Vec<String>>,
     /// Qwen2: sliding windows only from layer `max_window_layers` on, and only if this is set.
@@ -39,6 +44,81 @@ pub(crate) struct LlamaConfig {
     tie_word_embeddings: Option<bool>,
     bos_token_id: Option<i64>,
     interp_attn_only: Option<bool>,
+    /// Qwen2 and Qwen2-MoE (transformers v5): biases on q, k and v.
+    qkv_bias: Option<bool>,
+    #[serde(flatten)]
+    moe: MoeKeys,
+}
+
+/// The mixture-of-experts keys of `mixtral`, `qwen2_moe`, `olmoe` and `qwen3_moe`.
+#[derive(Debug, Deserialize)]
+struct MoeKeys {
+    /// Mixtral's (and Qwen3-MoE's saved) name for `num_experts`.
+    num_local_experts: Option<Dim>,
+    num_experts: Option<Dim>,
+    num_experts_per_tok: Option<Dim>,
+    /// Each expert's width where it differs from `intermediate_size` (Qwen-MoE).
+    moe_intermediate_size: Option<Dim>,
+    shared_expert_intermediate_size: Option<Dim>,
+    norm_topk_prob: Option<bool>,
+    /// Layers with a dense MLP of `intermediate_size` units (Qwen-MoE).
+    mlp_only_layers: Option<Vec<usize>>,
+    /// Every `decoder_sparse_step`-th layer is a mixture of experts (Qwen-MoE).
+    decoder_sparse_step: Option<Dim>,
+    /// OLMoE: q, k and v clamped to this; not supported.
+    clip_qkv: Option<f64>,
+    /// Routing settings of other MoE families (DeepSeek, GLM-4.5) that change which experts a
+    /// token gets or how they are weighted: refused, never ignored.
+    scoring_func: Option<Value>,
+    topk_method: Option<Value>,
+    n_group: Option<Value>,
+    topk_group: Option<Value>,
+    routed_scaling_factor: Option<Value>,
+    n_shared_experts: Option<Value>,
+}
+
+impl MoeKeys {
+    fn config(&self, model_type: &str, n_layers: usize, d_mlp: i64) -> Result<Option<MoeConfig>> {
+        let unsupported = [
+            ("scoring_func", &self.scoring_func),
+            ("topk_method", &self.topk_method),
+            ("n_group", &self.n_group),
+            ("topk_group", &self.topk_group),
+            ("routed_scaling_factor", &self.routed_scaling_factor),
+            ("n_shared_experts", &self.n_shared_experts),
+        ];
+        if let Some((key, Some(v))) = unsupported.into_iter().find(|(_, v)| v.as_ref().is_some_and(|v| !v.is_null())) {
+            return Err(Error::Config(format!(
+                "unsupported expert routing setting `{key}: {v}` ({model_type} routes by a softmax over the router logits and its top-k)"
+            )));
+        }
+        if let Some(c) = self.clip_qkv {
+            return Err(Error::Config(format!("unsupported `clip_qkv: {c}` (q, k and v clamped)")));
+        }
+        if !matches!(model_type, "mixtral" | "qwen2_moe" | "olmoe" | "qwen3_moe") {
+            return Ok(None);
+        }
+        let need = |v: Option<Dim>, key: &str| v.map(|d| d.0).ok_or_else(|| Error::Config(format!("missing key `{key}`")));
+        // Mixtral's key, also what Qwen3-MoE's config saves `num_experts` as.
+        let n_experts = need(self.num_local_experts.or(self.num_experts), "num_experts")?;
+        let step = self.decoder_sparse_step.map_or(1, |d| d.0) as usize;
+        let dense = self.mlp_only_layers.clone().unwrap_or_default();
+        if let Some(l) = dense.iter().find(|l| **l >= n_layers) {
+            return Err(Error::Config(format!("`mlp_only_layers` names layer {l}, but the model has {n_layers}")));
+        }
+        Ok(Some(MoeConfig {
+            n_experts,
+            top_k: need(self.num_experts_per_tok, "num_experts_per_tok")?,
+            d_expert: self.moe_intermediate_size.map_or(d_mlp, |d| d.0),
+            // Mixtral always renormalises; the others read the key (HF's default: false).
+            norm_topk_prob: model_type == "mixtral" || self.norm_topk_prob.unwrap_or(false),
+            d_shared_expert: match model_type {
+                "qwen2_moe" => Some(need(self.shared_expert_intermediate_size, "shared_expert_intermediate_size")?),
+                _ => None,
+            },
+            layers: (0..n_layers).map(|l| !dense.contains(&l) && (l + 1) % step == 0).collect(),
+        }))
+    }
 }
 
 pub(crate) fn config(c: LlamaConfig, model_type: &str) -> Result<ModelConfig> {
@@ -53,7 +133,12 @@ pub(crate) fn decoder(c: LlamaConfig, model_type: &str, act: Activation) -> Resu
     let top_theta = c.top_level_rope.rope_theta;
     let rope = RopeParams::pick(c.rope_parameters, c.rope_scaling, c.top_level_rope);
     let base = rope.rope_theta.or(top_theta).unwrap_or(10000.0);
-    let window = c.sliding_window.map(|w| w.0);
+    let window = match c.sliding_window {
+        Some(w) if !(0..=super::MAX_DIM).contains(&w) => {
+            return Err(Error::Config(format!("`sliding_window` must be between 0 (none) and {}, found {w}", super::MAX_DIM)))
+        }
+        w => w.filter(|w| *w > 0),
+    };
     let sliding_window = (0..n_layers)
         .map(|l| -> Result<Option<i64>> {
             let sliding = match (&c.layer_types, model_type) {
@@ -65,8 +150,8 @@ pub(crate) fn decoder(c: LlamaConfig, model_type: &str, act: Activation) -> Resu
                 (None, "gemma2") => l % 2 == 0,
                 // Gemma 3: five local layers, then a global one.
                 (None, "gemma3_text") => (l + 1) % 6 != 0,
-                (None, "mistral" | "phi3") => true,
-                (None, "qwen2" | "qwen3") => c.use_sliding_window.unwrap_or(false) && l as i64 >= c.max_window_layers.unwrap_or(28),
+                (None, "mistral" | "mixtral" | "phi3") => true,
+                (None, "qwen2" | "qwen3" | "qwen2_moe" | "qwen3_moe") => c.use_sliding_window.unwrap_or(false) && l as i64 >= c.max_window_layers.unwrap_or(28),
                 _ => false,
             };
             Ok(if sliding { window } else { None })
@@ -94,17 +179,18 @@ pub(crate) fn decoder(c: LlamaConfig, model_type: &str, act: Activation) -> Resu
         sliding_window,
         post_norms: model_type == "olmo2",
         tie_embeddings: c.tie_word_embeddings.unwrap_or(false),
-        qkv_bias: attention_bias || model_type == "qwen2",
+        qkv_bias: c.qkv_bias.unwrap_or(attention_bias || matches!(model_type, "qwen2" | "qwen2_moe")),
         o_bias: attention_bias,
         mlp_bias: c.mlp_bias.unwrap_or(false),
         bos_token_id: c.bos_token_id,
         attn_only: c.interp_attn_only.unwrap_or(false),
         qk_norm: match model_type {
-            "qwen3" | "gemma3_text" => QkNorm::PerHead,
-            "olmo2" => QkNorm::WholeProjection,
+            "qwen3" | "qwen3_moe" | "gemma3_text" => QkNorm::PerHead,
+            "olmo2" | "olmoe" => QkNorm::WholeProjection,
             _ => QkNorm::None,
         },
         pre_norms: model_type != "olmo2",
+        moe: c.moe.config(model_type, n_layers, c.intermediate_size.0)?,
         ..ModelConfig::plain(n_layers)
     })
 }
@@ -138,6 +224,7 @@ pub(crate) fn names(cfg: &ModelConfig) -> TensorNames {
                 mlp_gate: Some(format!("{b}.mlp.{}", if phi3 { "gate_up_proj" } else { "gate_proj" })),
                 mlp_out: format!("{b}.mlp.down_proj"),
                 ln2_post,
+                moe: cfg.moe.as_ref().filter(|_| cfg.is_moe_layer(l)).map(|m| moe_names(&b, &cfg.model_type, m)),
             }
         })
         .collect();
@@ -150,5 +237,23 @@ pub(crate) fn names(cfg: &ModelConfig) -> TensorNames {
         fused_gate_up: cfg.model_type == "phi3",
         conv1d: false,
         gain_offset: 0.0,
+    }
+}
+
+/// Mixtral: `block_sparse_moe.gate` and `experts.E.w1` (gate) / `w3` (up) / `w2` (down); the Qwen
+/// MoEs and OLMoE: `mlp.gate` and `mlp.experts.E.gate_proj` / `up_proj` / `down_proj`, and Qwen2-MoE's
+/// `mlp.shared_expert.*` and `mlp.shared_expert_gate`.
+fn moe_names(block: &str, model_type: &str, moe: &MoeConfig) -> MoeNames {
+    let (module, [gate, up, down]) = match model_type {
+        "mixtral" => ("block_sparse_moe", ["w1", "w3", "w2"]),
+        _ => ("mlp", ["gate_proj", "up_proj", "down_proj"]),
+    };
+    let m = format!("{block}.{module}");
+    MoeNames {
+        router: format!("{m}.gate"),
+        experts: (0..moe.n_experts).map(|e| [gate, up, down].map(|p| format!("{m}.experts.{e}.{p}"))).collect(),
+        shared: moe
+            .d_shared_expert
+            .map(|_| (["gate_proj", "up_proj", "down_proj"].map(|p| format!("{m}.shared_expert.{p}")), format!("{m}.shared_expert_gate"))),
     }
 }

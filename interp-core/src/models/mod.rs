@@ -17,12 +17,13 @@ use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{Checkpoint, TensorSource};
-use crate::config::{Family, ModelConfig, NormKind, QkNorm, RopeScaling};
+use crate::config::{Family, ModelConfig, MoeConfig, NormKind, QkNorm, RopeScaling};
 use crate::error::{Error, Result};
-use crate::model::{Attention, Block, Linear, Mlp, Norm, Params};
+use crate::model::{Attention, Block, Linear, Mlp, Moe, Norm, Params, SharedExpert};
 
 /// The HF `model_type`s this runtime loads.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3_text"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] =
+    &["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3_text", "mixtral", "qwen2_moe", "olmoe", "qwen3_moe"];
 
 /// Converts an HF `config.json` value into a validated config (`hf_json` keeps the value).
 pub(crate) fn config_from_hf(value: &Value) -> Result<ModelConfig> {
@@ -42,7 +43,9 @@ pub(crate) fn config_from_hf(value: &Value) -> Result<ModelConfig> {
     let mut cfg = match model_type {
         "gpt2" => gpt2::config(parse(value)?)?,
         "gpt_neox" => gpt_neox::config(parse(value)?)?,
-        "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "olmo2" => llama::config(parse(value)?, model_type)?,
+        "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "olmo2" | "mixtral" | "qwen2_moe" | "olmoe" | "qwen3_moe" => {
+            llama::config(parse(value)?, model_type)?
+        }
         "gemma" | "gemma2" | "gemma3_text" => gemma::config(parse(value)?, model_type)?,
         other => return Err(Error::UnknownModelType { found: other.to_string() }),
     };
@@ -151,6 +154,18 @@ pub(crate) struct BlockNames {
     pub(crate) mlp_out: String,
     /// Gemma-2's norm on the MLP output.
     pub(crate) ln2_post: Option<String>,
+    /// A mixture-of-experts layer's tensors (then `mlp_in`, `mlp_gate` and `mlp_out` are unused).
+    pub(crate) moe: Option<MoeNames>,
+}
+
+/// HF names of a mixture-of-experts MLP's tensors.
+pub(crate) struct MoeNames {
+    /// The router, [n_experts, d_model].
+    pub(crate) router: String,
+    /// Each expert's (gate, up, down) projections.
+    pub(crate) experts: Vec<[String; 3]>,
+    /// Qwen2-MoE's shared expert (gate, up, down) and its sigmoid gate [1, d_model].
+    pub(crate) shared: Option<([String; 3], String)>,
 }
 
 /// Every HF tensor name of a model, and how the family stores them.
@@ -259,6 +274,8 @@ impl Loader<'_> {
         };
         let mlp = if c.attn_only {
             None
+        } else if let (Some(names), Some(moe)) = (&n.moe, &c.moe) {
+            Some(self.moe(n, names, moe)?)
         } else {
             let (w_in, w_gate) = match self.names.fused_gate_up {
                 // [gate; up] in one matrix.
@@ -281,6 +298,7 @@ impl Loader<'_> {
                 ln: None,
                 w_out: self.linear(&n.mlp_out, c.d_mlp, dm, c.mlp_bias)?,
                 ln2_post: n.ln2_post.as_ref().map(|p| self.norm(p)).transpose()?,
+                moe: None,
             })
         };
         Ok(Block {
@@ -293,6 +311,46 @@ impl Loader<'_> {
             },
             ln1_post: n.ln1_post.as_ref().map(|p| self.norm(p)).transpose()?,
             mlp,
+        })
+    }
+}
+
+impl Loader<'_> {
+    /// A mixture-of-experts MLP: the experts' projections stacked into one gated MLP's, the router
+    /// and any shared expert. A checkpoint with more experts than the config is refused.
+    fn moe(&self, n: &BlockNames, names: &MoeNames, moe: &MoeConfig) -> Result<Mlp> {
+        let (dm, de) = (self.cfg.d_model, moe.d_expert);
+        let extra = names.experts.first().map(|[gate, ..]| gate.replace(".experts.0.", &format!(".experts.{}.", moe.n_experts)));
+        if let Some(extra) = extra.filter(|name| self.src.contains(&format!("{name}.weight"))) {
+            return Err(Error::Config(format!(
+                "the checkpoint has `{extra}.weight`, but the config says {} experts per layer",
+                moe.n_experts
+            )));
+        }
+        let mut parts: [Vec<Tensor>; 3] = Default::default();
+        for [gate, up, down] in &names.experts {
+            parts[0].push(self.linear(gate, dm, de, false)?.w);
+            parts[1].push(self.linear(up, dm, de, false)?.w);
+            parts[2].push(self.linear(down, de, dm, false)?.w);
+        }
+        let [gates, ups, downs] = parts;
+        let shared = match (&names.shared, moe.d_shared_expert) {
+            (Some(([gate, up, down], shared_gate)), Some(ds)) => Some(SharedExpert {
+                w_gate: self.linear(gate, dm, ds, false)?,
+                w_in: self.linear(up, dm, ds, false)?,
+                w_out: self.linear(down, ds, dm, false)?,
+                gate: self.linear(shared_gate, dm, 1, false)?,
+            }),
+            _ => None,
+        };
+        Ok(Mlp {
+            ln2: self.pre_norm(&n.ln2)?,
+            w_in: Linear { w: Tensor::f_cat(&ups, 0)?, b: None },
+            w_gate: Some(Linear { w: Tensor::f_cat(&gates, 0)?, b: None }),
+            ln: None,
+            w_out: Linear { w: Tensor::f_cat(&downs, 1)?, b: None },
+            ln2_post: n.ln2_post.as_ref().map(|p| self.norm(p)).transpose()?,
+            moe: Some(Moe { router: self.linear(&names.router, dm, moe.n_experts, false)?, shared }),
         })
     }
 }
@@ -423,6 +481,28 @@ pub(crate) fn hf_tensors(cfg: &ModelConfig, p: &Params, device: Device) -> Resul
         if cfg.pre_norms {
             norm(&mut out, &n.ln2, mlp.map(|m| &m.ln2))?;
         }
+        if let Some(prefix) = &n.ln2_post {
+            norm(&mut out, prefix, mlp.and_then(|m| m.ln2_post.as_ref()))?;
+        }
+        if let (Some(names), Some(m), Some(moe)) = (&n.moe, mlp, &cfg.moe) {
+            let Some(gate) = &m.w_gate else { return Err(Error::Config("mixture-of-experts MLPs are gated; this one has no gate".into())) };
+            let de = moe.d_expert;
+            for (e, [g, u, d]) in names.experts.iter().enumerate() {
+                let start = e as i64 * de;
+                linear(&mut out, g, gate.w.f_narrow(0, start, de)?, None);
+                linear(&mut out, u, m.w_in.w.f_narrow(0, start, de)?, None);
+                linear(&mut out, d, m.w_out.w.f_narrow(1, start, de)?, None);
+            }
+            if let Some(r) = &m.moe {
+                linear(&mut out, &names.router, r.router.w.shallow_clone(), None);
+                if let (Some(([g, u, d], shared_gate)), Some(s)) = (&names.shared, &r.shared) {
+                    for (prefix, l) in [(g, &s.w_gate), (u, &s.w_in), (d, &s.w_out), (shared_gate, &s.gate)] {
+                        linear(&mut out, prefix, l.w.shallow_clone(), None);
+                    }
+                }
+            }
+            continue;
+        }
         let zero = |d_out: i64, d_in: i64| -> Result<(Tensor, Option<Tensor>)> {
             let b = if cfg.mlp_bias { Some(Tensor::f_zeros([d_out], f32)?) } else { None };
             Ok((Tensor::f_zeros([d_out, d_in], f32)?, b))
@@ -459,9 +539,6 @@ pub(crate) fn hf_tensors(cfg: &ModelConfig, p: &Params, device: Device) -> Resul
             None => zero(dm, cfg.d_mlp)?,
         };
         linear(&mut out, &n.mlp_out, w, b);
-        if let Some(prefix) = &n.ln2_post {
-            norm(&mut out, prefix, mlp.and_then(|m| m.ln2_post.as_ref()))?;
-        }
     }
     norm(&mut out, &names.ln_final, Some(&p.ln_final))?;
     if !cfg.tie_embeddings {

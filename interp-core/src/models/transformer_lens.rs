@@ -254,6 +254,7 @@ impl Reader<'_> {
                 ln: (c.act == Activation::SoluLn).then(|| self.norm(&format!("{p}.mlp.ln"), c.d_mlp)).transpose()?,
                 w_out: linear("W_out", "b_out", c.d_mlp, dm)?,
                 ln2_post: None,
+                moe: None,
             })
         };
         Ok(Block { ln1: self.norm(&format!("{p}.ln1"), dm)?, attn: Attention { qkv, o, q_norm: None, k_norm: None }, ln1_post: None, mlp })
