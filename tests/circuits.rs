@@ -80,8 +80,9 @@ fn acdc_recovers_the_planted_circuit() {
 #[test]
 fn edge_masks_interpolate_between_clean_and_corrupted() {
     // All edges kept gives the clean run, all removed (resample) the corrupted run, exactly: on
-    // the planted model, a parallel-block model (GPT-NeoX) and grouped-query attention (Mistral).
-    for arch in ["planted", "gpt_neox", "mistral"] {
+    // the planted model, a parallel-block model (GPT-NeoX), grouped-query attention (Mistral) and
+    // mixtures of experts (an MLP node's router reads the same mixed input as its experts).
+    for arch in ["planted", "gpt_neox", "mistral", "mixtral", "qwen2_moe"] {
         let model = if arch == "planted" { planted_model(Kind::Double) } else {
             HookedTransformer::from_pretrained_dir(common::fixture(arch), Device::Cpu, Kind::Double).unwrap()
         };
@@ -228,6 +229,39 @@ fn activation_patching_matches_one_forward_per_index() {
     }
     // Nothing to explain: the clean prompts against themselves.
     assert!(matches!(activation_patching(&model, &batch.clean, &batch.clean, metric, PatchSite::ResidPre, 4096), Err(Error::NothingToExplain { .. })));
+}
+
+/// Patching each expert's output over (layer, expert) equals the runtime's own patch intervention
+/// on that expert's slice of `mlp.hook_expert_out`; a dense layer's row is NaN and left out of
+/// the table; a dense model has no expert site.
+#[test]
+fn activation_patching_sweeps_over_experts() {
+    use circuits::{activation_patching, PatchSite};
+    use interp::interp_core::{BlockSite, CacheSpec, HookPoint, Hooks, Intervention, Scope};
+    let model = common::load("qwen2_moe");
+    let clean = Tensor::from_slice(&[3i64, 17, 40, 99, 5, 61, 7, 8, 120, 33, 2, 44]).view([2, 6]);
+    let corrupted = Tensor::from_slice(&[3i64, 17, 41, 98, 5, 61, 7, 9, 121, 33, 2, 44]).view([2, 6]);
+    let metric = Metric::probability(Tensor::from_slice(&[11i64, 12])).at(Tensor::from_slice(&[5i64, 5]));
+    let sweep = activation_patching(&model, &clean, &corrupted, &metric, PatchSite::Expert, 4096).unwrap();
+    let one_by_one = activation_patching(&model, &clean, &corrupted, &metric, PatchSite::Expert, 1).unwrap();
+    let n_experts = model.cfg.moe.as_ref().unwrap().n_experts;
+    assert_eq!(sweep.values.size(), [3, n_experts]);
+    // Layer 1 is dense.
+    assert!(sweep.values.get(1).isnan().all().int64_value(&[]) == 1);
+    assert_eq!(sweep.to_table().unwrap().rows.len() as i64, 2 * n_experts);
+    let (_, clean_cache) = model.run_with_cache(&clean, CacheSpec::names(["blocks.2.mlp.hook_expert_out"])).unwrap();
+    let mut moved = 0.0f64;
+    for e in 0..n_experts {
+        let hooks = Hooks::new().intervene(HookPoint::block(2, BlockSite::ExpertOut), Intervention::Patch(&clean_cache, Scope::all().heads([e])));
+        let expected = metric.value(&model.run_with_hooks(&corrupted, hooks).unwrap()).unwrap();
+        for r in [&sweep, &one_by_one] {
+            assert!((r.values.double_value(&[2, e]) - expected).abs() < 1e-5, "expert {e}: {} vs {expected}", r.values.double_value(&[2, e]));
+        }
+        moved = moved.max((expected - sweep.corrupted).abs());
+    }
+    assert!(moved > 1e-4, "patching some expert changes the metric");
+    let e = activation_patching(&common::load("llama"), &clean, &corrupted, &metric, PatchSite::Expert, 4096).err().unwrap();
+    assert!(e.to_string().contains("no mixture-of-experts layers"), "{e}");
 }
 
 #[test]

@@ -251,9 +251,12 @@ fn segments(n: usize) -> plotters::coord::ranged1d::SegmentedCoord<plotters::coo
 
 /// Colour of a cell whose value is `t` of the colour scale (`t` in [-1, 1] when `signed`, else
 /// [0, 1]): blue through white to red for signed values, white to purple otherwise.
+/// A heatmap cell's colour; grey where there is no value (NaN: e.g. a dense layer's experts).
 fn heat_color(t: f64, signed: bool) -> RGBColor {
     let t = t.clamp(-1.0, 1.0);
-    if !signed {
+    if t.is_nan() {
+        RGBColor(200, 200, 200)
+    } else if !signed {
         RGBColor((255.0 - 150.0 * t) as u8, (255.0 - 210.0 * t) as u8, (255.0 - 90.0 * t) as u8)
     } else if t >= 0.0 {
         RGBColor(255, (255.0 * (1.0 - t)) as u8, (255.0 * (1.0 - t)) as u8)

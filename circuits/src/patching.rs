@@ -41,12 +41,35 @@ pub enum PatchSite {
     /// Attention patterns per head.
     #[cfg_attr(feature = "clap", value(name = "pattern"))]
     Pattern,
+    /// Each expert's weighted output (`mlp.hook_expert_out`) at every position, by (layer,
+    /// expert): mixtures of experts only (NaN for a dense layer's row).
+    #[cfg_attr(feature = "clap", value(name = "expert"))]
+    Expert,
 }
 
 impl PatchSite {
     /// Every site, in the order sweeps run them.
-    pub const ALL: [PatchSite; 9] =
-        [PatchSite::ResidPre, PatchSite::AttnOut, PatchSite::MlpOut, PatchSite::HeadOut, PatchSite::HeadOutByPos, PatchSite::Q, PatchSite::K, PatchSite::V, PatchSite::Pattern];
+    pub const ALL: [PatchSite; 10] = [
+        PatchSite::ResidPre,
+        PatchSite::AttnOut,
+        PatchSite::MlpOut,
+        PatchSite::HeadOut,
+        PatchSite::HeadOutByPos,
+        PatchSite::Q,
+        PatchSite::K,
+        PatchSite::V,
+        PatchSite::Pattern,
+        PatchSite::Expert,
+    ];
+
+    /// Whether `model` has this site: MLP outputs need MLPs, experts a mixture of experts.
+    pub fn applies_to(self, model: &HookedTransformer) -> bool {
+        match self {
+            PatchSite::MlpOut => !model.cfg.attn_only,
+            PatchSite::Expert => model.cfg.moe.is_some(),
+            _ => true,
+        }
+    }
 
     /// The site's name in tables and on the command line.
     pub fn name(self) -> &'static str {
@@ -60,6 +83,7 @@ impl PatchSite {
             PatchSite::K => "k",
             PatchSite::V => "v",
             PatchSite::Pattern => "pattern",
+            PatchSite::Expert => "expert",
         }
     }
 
@@ -73,6 +97,7 @@ impl PatchSite {
             PatchSite::K => BlockSite::K,
             PatchSite::V => BlockSite::V,
             PatchSite::Pattern => BlockSite::Pattern,
+            PatchSite::Expert => BlockSite::ExpertOut,
         };
         HookPoint::block(layer, site)
     }
@@ -82,6 +107,7 @@ impl PatchSite {
         match self {
             PatchSite::ResidPre | PatchSite::AttnOut | PatchSite::MlpOut => &["layer", "pos"],
             PatchSite::HeadOutByPos => &["layer", "pos", "head"],
+            PatchSite::Expert => &["layer", "expert"],
             _ => &["layer", "head"],
         }
     }
@@ -114,9 +140,10 @@ pub struct PatchingResult {
 }
 
 impl PatchingResult {
-    /// Columns: site, layer, pos, head (-1 where the axis does not apply), metric, normalized.
+    /// Columns: site, layer, pos, head, expert (-1 where the axis does not apply), metric,
+    /// normalized. A dense layer's rows of an expert sweep are left out.
     pub fn to_table(&self) -> Result<Table> {
-        let mut table = Table::new(&["site", "layer", "pos", "head", "metric", "normalized"]);
+        let mut table = Table::new(&["site", "layer", "pos", "head", "expert", "metric", "normalized"]);
         let size = self.values.size();
         let vals = Vec::<f64>::try_from(&self.values.f_reshape([-1])?.f_to_kind(Kind::Double)?)?;
         let norm = Vec::<f64>::try_from(&self.normalized.f_reshape([-1])?.f_to_kind(Kind::Double)?)?;
@@ -124,12 +151,14 @@ impl PatchingResult {
         for (i, (v, n)) in vals.iter().zip(&norm).enumerate() {
             let i = i as i64;
             let (layer, rest) = (i / inner, i % inner);
-            let (pos, head) = match self.site.axes() {
-                ["layer", "pos"] => (rest, -1),
-                ["layer", "head"] => (-1, rest),
-                _ => (rest / size[2], rest % size[2]),
+            let (pos, head, expert) = match self.site.axes() {
+                ["layer", "pos"] => (rest, -1, -1),
+                ["layer", "head"] => (-1, rest, -1),
+                ["layer", "expert"] if v.is_nan() => continue,
+                ["layer", "expert"] => (-1, -1, rest),
+                _ => (rest / size[2], rest % size[2], -1),
             };
-            table.push(vec![self.site.name().into(), layer.into(), pos.into(), head.into(), (*v).into(), (*n).into()]);
+            table.push(vec![self.site.name().into(), layer.into(), pos.into(), head.into(), expert.into(), (*v).into(), (*n).into()]);
         }
         Ok(table)
     }
@@ -149,20 +178,31 @@ pub fn activation_patching(
 ) -> Result<PatchingResult> {
     metric::check_aligned(clean, corrupted)?;
     let c = &model.cfg;
-    if c.attn_only && site == PatchSite::MlpOut {
-        return Err(Error::Input("the model is attention-only: it has no MLP outputs to patch".into()));
+    if !site.applies_to(model) {
+        return Err(Error::Input(match site {
+            PatchSite::Expert => "the model has no mixture-of-experts layers: no experts to patch".into(),
+            _ => "the model is attention-only: it has no MLP outputs to patch".into(),
+        }));
     }
-    let (clean_logits, clean_cache) = model.run_with_cache(clean, CacheSpec::names((0..c.n_layers).map(|l| site.hook(l))))?;
+    // An expert sweep skips dense layers.
+    let patched = |l: usize| site != PatchSite::Expert || c.is_moe_layer(l);
+    let points = (0..c.n_layers).filter(|l| patched(*l)).map(|l| site.hook(l));
+    let (clean_logits, clean_cache) = model.run_with_cache(clean, CacheSpec::names(points))?;
     let (corrupt_logits, corrupt_cache) = model.run_with_cache(corrupted, CacheSpec::names(["blocks.*.hook_resid_pre"]))?;
     let (m_clean, m_corrupt) = metric::clean_and_corrupted(metric, &clean_logits, &corrupt_logits)?;
     let (b, p) = (clean.size()[0], clean.size()[1]);
     let heads = match site {
         PatchSite::K | PatchSite::V => c.n_kv_heads,
+        PatchSite::Expert => c.moe.as_ref().map_or(0, |m| m.n_experts),
         _ => c.n_heads,
     };
     let mut layers = Vec::with_capacity(c.n_layers);
     let mut forwards = 0;
     for l in 0..c.n_layers {
+        if !patched(l) {
+            layers.push(Tensor::f_full([heads], f64::NAN, (Kind::Double, tch::Device::Cpu))?);
+            continue;
+        }
         let point = site.hook(l);
         let clean_act = clean_cache.get(point)?;
         let act = clean_act.size();

@@ -43,7 +43,7 @@ pub struct PatchingSweep {
 pub fn patching_sweep(model: &HookedTransformer, prompts: &TaskPrompts, name: &str, token_text: &dyn Fn(i64) -> String, cfg: &PatchingSweepConfig) -> Result<PatchingSweep> {
     let max_rows = cfg.max_rows.unwrap_or(if model.device() == tch::Device::Cpu { 0 } else { 4096 });
     let sites: Vec<PatchSite> = match cfg.sites.is_empty() {
-        true => PatchSite::ALL.iter().copied().filter(|p| !(model.cfg.attn_only && *p == PatchSite::MlpOut)).collect(),
+        true => PatchSite::ALL.iter().copied().filter(|p| p.applies_to(model)).collect(),
         false => cfg.sites.clone(),
     };
     let results = sites
@@ -65,7 +65,7 @@ pub fn patching_sweep(model: &HookedTransformer, prompts: &TaskPrompts, name: &s
 
 impl PatchingSweep {
     /// A report section, one heatmap per site (`patch_<site>.svg/png`) and `patching.parquet/csv`
-    /// (site, layer, pos, head, metric, normalized; -1 where an axis does not apply).
+    /// (site, layer, pos, head, expert, metric, normalized; -1 where an axis does not apply).
     pub fn write(&self, out: &mut Output) -> Result<()> {
         out.report.section(&format!("Activation patching: {}", self.name));
         out.report.paragraph(&format!(
@@ -90,6 +90,11 @@ impl PatchingSweep {
                 )?],
                 ["layer", "head"] => {
                     vec![Heatmap::from_tensor(&format!("{} per head (normalised)", site.name()), &n, layers.clone(), heads(n.size()[1]), "head", "layer")?]
+                }
+                ["layer", "expert"] => {
+                    let experts = (0..n.size()[1]).map(|e| format!("E{e}")).collect();
+                    let title = format!("{} per expert (normalised; grey: dense layer)", site.name());
+                    vec![Heatmap::from_tensor(&title, &n, layers.clone(), experts, "expert", "layer")?]
                 }
                 _ => (0..n.size()[0])
                     .map(|l| {
