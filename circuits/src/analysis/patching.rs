@@ -93,7 +93,7 @@ impl PatchingSweep {
                 }
                 ["layer", "expert"] => {
                     let experts = (0..n.size()[1]).map(|e| format!("E{e}")).collect();
-                    let title = format!("{} per expert (normalised; grey: dense layer)", site.name());
+                    let title = "each expert's output (normalised; grey: a dense layer)".to_string();
                     vec![Heatmap::from_tensor(&title, &n, layers.clone(), experts, "expert", "layer")?]
                 }
                 _ => (0..n.size()[0])

@@ -159,7 +159,8 @@ pub fn export_prompts(args: &PromptsArgs) -> Result<()> {
 pub struct PatchArgs {
     #[command(flatten)]
     pub task: TaskArgs,
-    /// Sites to patch (z: each head's output); default: every site the model has.
+    /// Sites to patch (z: each head's output; expert: each expert's output, mixtures of experts
+    /// only); default: every site the model has.
     #[arg(long, value_enum, num_args = 1..)]
     pub sites: Vec<PatchSite>,
 }

@@ -90,9 +90,10 @@ enum Command {
     #[command(subcommand)]
     Sae(sae::SaeCommand),
     /// Activation patching on a built-in task or a prompt file (--prompts): each activation of the clean run patched into the
-    /// corrupted run, per (layer, position), per head, and per head and position, all indices of
-    /// a layer in one batched forward. Writes OUT/patching.csv (site, layer, pos, head, metric,
-    /// normalized; -1 where an axis does not apply) and one heatmap per site (SVG and PNG).
+    /// corrupted run, per (layer, position), per head, per head and position, and per expert
+    /// (mixtures of experts), all indices of a layer in one batched forward. Writes
+    /// OUT/patching.csv (site, layer, pos, head, expert, metric, normalized; -1 where an axis does
+    /// not apply) and one heatmap per site (SVG and PNG).
     Patch(circuit::PatchArgs),
     /// Causal tracing (ROME) on the facts task or a prompt file (--prompts: prompt, subject,
     /// answer, label per line): Gaussian noise on the subject's embeddings, then
