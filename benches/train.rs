@@ -47,6 +47,7 @@ fn main() {
         mlp: Some(MlpKind::Gelu),
         tie_embeddings: false,
         bos_token_id: Some(0),
+        experts: None,
     };
     let model = HookedTransformer::init_random(&spec, 0, Kind::Float, Device::Cpu).unwrap();
     let cfg = TrainConfig { steps: STEPS, eval_every: 10_000, checkpoint_every: 10_000, progress: false, ..Default::default() };

@@ -318,6 +318,7 @@ fn masked_forward_at_gpt2_small_shape() {
         mlp: Some(MlpKind::Gelu),
         tie_embeddings: true,
         bos_token_id: Some(50256),
+        experts: None,
     };
     let model = HookedTransformer::init_random(&spec, 0, Kind::Float, Device::Cpu).unwrap();
     let graph = EdgeGraph::new(&model).unwrap();

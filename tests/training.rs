@@ -8,7 +8,7 @@ use interp::interp_core::{tch, BlockStyle, HookedTransformer, MlpKind, ModelSpec
 use tch::{Device, Kind, Tensor};
 
 fn spec(style: BlockStyle, mlp: Option<MlpKind>) -> ModelSpec {
-    ModelSpec { style, n_layers: 2, d_model: 32, n_heads: 4, d_mlp: 64, d_vocab: 16, n_ctx: 32, mlp, tie_embeddings: false, bos_token_id: Some(0) }
+    ModelSpec { style, n_layers: 2, d_model: 32, n_heads: 4, d_mlp: 64, d_vocab: 16, n_ctx: 32, mlp, tie_embeddings: false, bos_token_id: Some(0), experts: None }
 }
 
 fn scratch(name: &str) -> common::Scratch {
@@ -151,4 +151,41 @@ fn bad_training_setups_give_clear_errors() {
     assert!(e.contains("not-a-dir"), "{e}");
     let e = model.train(&Permutation { fail_at: None }, &TrainConfig { steps: 0, ..quiet(5) }).unwrap_err().to_string();
     assert!(e.contains("invalid training settings"), "{e}");
+}
+
+/// The load-balancing loss against its closed forms (top_k for a uniform router, n_experts for one
+/// that sends everything to one expert), and a mixture of experts trained with it: the loss falls,
+/// the routers learn, routing stays spread over the experts, and the model saves as HF `mixtral`
+/// and loads back exactly.
+#[test]
+fn mixtures_of_experts_train_with_a_load_balancing_loss() {
+    use interp::interp_core::train::load_balancing_loss;
+    use interp::interp_core::{CacheSpec, Experts};
+    let uniform = Tensor::zeros([2, 5, 4], (Kind::Float, Device::Cpu));
+    assert!((load_balancing_loss(&[uniform.shallow_clone(), uniform], 2).unwrap().double_value(&[]) - 2.0).abs() < 1e-6);
+    let collapsed = Tensor::from_slice(&[50f32, 0.0, 0.0, 0.0]).expand([3, 7, 4], false);
+    assert!((load_balancing_loss(&[collapsed], 2).unwrap().double_value(&[]) - 4.0).abs() < 1e-5);
+
+    let moe = ModelSpec { experts: Some(Experts { n_experts: 4, top_k: 2 }), ..spec(BlockStyle::Llama, Some(MlpKind::SwiGlu)) };
+    assert!(ModelSpec { style: BlockStyle::Gpt2, ..moe.clone() }.config().unwrap_err().to_string().contains("Llama-style blocks"));
+    let model = HookedTransformer::init_random(&moe, 3, Kind::Float, Device::Cpu).unwrap();
+    assert_eq!((model.cfg.model_type.as_str(), model.cfg.moe.as_ref().unwrap().router_aux_loss_coef), ("mixtral", 0.01));
+    let router_before = model.parameters().iter().find(|p| p.size() == [4, 32]).unwrap().copy();
+    let report = model.train(&Permutation { fail_at: None }, &quiet(60)).unwrap();
+    let (first, last) = (report.eval_losses[0].1, report.eval_losses.last().unwrap().1);
+    assert!(last < 0.5 * first, "eval loss {first} -> {last}");
+    let router_after = model.parameters().into_iter().find(|p| p.size() == [4, 32]).unwrap();
+    assert!(max_abs_diff(&router_before, &router_after) > 1e-3, "the router did not learn");
+    // Every expert gets a share of the tokens.
+    let tokens = Permutation::batch().input;
+    let (_, cache) = model.run_with_cache(&tokens, CacheSpec::names(["blocks.*.mlp.hook_expert_indices"])).unwrap();
+    for (name, chosen) in cache.iter() {
+        let load = chosen.flatten(0, -1).bincount::<Tensor>(None, 4).to_kind(Kind::Float) / chosen.numel() as f64;
+        assert!(load.min().double_value(&[]) > 0.05, "{name}: load per expert {load:?}");
+    }
+    let dir = scratch("moe");
+    model.save_pretrained(&dir).unwrap();
+    let back = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(back.cfg, model.cfg);
+    assert_eq!(max_abs_diff(&back.forward(&tokens).unwrap(), &model.forward(&tokens).unwrap()), 0.0);
 }

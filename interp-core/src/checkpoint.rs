@@ -71,7 +71,7 @@ impl TensorSource for RandomInit {
         } else if shape.len() == 1 {
             Tensor::f_ones(shape, opts)?
         } else {
-            let writes_resid = ["attn.c_proj", "mlp.c_proj", "o_proj", "down_proj"].iter().any(|s| name.contains(s));
+            let writes_resid = ["attn.c_proj", "mlp.c_proj", "o_proj", "down_proj", ".w2."].iter().any(|s| name.contains(s));
             let std = if writes_resid { 0.02 / (2.0 * self.n_layers as f64).sqrt() } else { 0.02 };
             self.rng.borrow_mut().normal_tensor(shape)?.f_to_device(device)?.f_mul_scalar(std)?
         };

@@ -158,6 +158,8 @@ pub struct MoeConfig {
     /// Per layer: a mixture of experts (`true`) or a dense MLP of `d_mlp` units (Qwen-MoE's
     /// `mlp_only_layers`, `decoder_sparse_step`).
     pub layers: Vec<bool>,
+    /// Weight of the load-balancing loss in training (`router_aux_loss_coef`).
+    pub router_aux_loss_coef: f64,
 }
 
 impl MoeConfig {
@@ -176,6 +178,9 @@ impl MoeConfig {
         }
         if let Some(d) = self.d_shared_expert.filter(|d| !(1..=MAX_DIM).contains(d)) {
             return Err(Error::Config(format!("shared_expert_intermediate_size must be between 1 and {MAX_DIM}, found {d}")));
+        }
+        if !self.router_aux_loss_coef.is_finite() || self.router_aux_loss_coef < 0.0 {
+            return Err(Error::Config(format!("router_aux_loss_coef must be finite and non-negative, found {}", self.router_aux_loss_coef)));
         }
         if self.layers.len() != n_layers {
             return Err(Error::Config(format!("{} MoE layer flags for {n_layers} layers", self.layers.len())));

@@ -158,7 +158,7 @@ impl HookedTransformer {
         }
         let cfg = ModelConfig::from_dir(dir)?;
         let ckpt = Checkpoint::open(dir)?;
-        crate::models::check_attn_only_mlps(&cfg, &ckpt)?;
+        crate::models::check_checkpoint(&cfg, &ckpt)?;
         let params = crate::models::load_params(&cfg, &ckpt, kind, device)?;
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = if tok_path.exists() { Some(Tokenizer::from_file(&tok_path, cfg.bos_token_id)?) } else { None };

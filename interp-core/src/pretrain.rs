@@ -21,7 +21,7 @@ use crate::data::{self, Document, TokenDataset};
 use crate::error::{Error, Result};
 use crate::tasks::{induction_head_scores, Task, TaskMixture, TaskVocab, ALL_TASKS};
 use crate::train::{TrainConfig, TrainReport};
-use crate::{BlockStyle, HookedTransformer, MlpKind, ModelSpec, Tokenizer};
+use crate::{BlockStyle, Experts, HookedTransformer, MlpKind, ModelSpec, Tokenizer};
 
 /// What a model is trained on.
 #[allow(clippy::large_enum_variant)] // one value per training run
@@ -60,8 +60,11 @@ pub struct PretrainConfig {
     pub d_model: i64,
     /// Attention heads per block.
     pub n_heads: i64,
-    /// Default 4 x d_model.
+    /// Default 4 x d_model (with experts: 4 x d_model / top_k per expert, so that a token uses as
+    /// many MLP parameters as in the dense default).
     pub d_mlp: Option<i64>,
+    /// Mixture-of-experts MLPs (Llama-style blocks).
+    pub experts: Option<Experts>,
     /// Context length trained on (the model's n_ctx).
     pub n_ctx: i64,
     /// Sequences per step (split evenly over the tasks of the task mixture).
@@ -81,6 +84,7 @@ impl Default for PretrainConfig {
             d_model: 128,
             n_heads: 4,
             d_mlp: None,
+            experts: None,
             n_ctx: 128,
             batch: 16,
             seed: 0,
@@ -96,12 +100,13 @@ impl PretrainConfig {
             n_layers: self.n_layers,
             d_model: self.d_model,
             n_heads: self.n_heads,
-            d_mlp: self.d_mlp.unwrap_or(4 * self.d_model),
+            d_mlp: self.d_mlp.unwrap_or(4 * self.d_model / self.experts.map_or(1, |e| e.top_k.max(1))),
             d_vocab,
             n_ctx: self.n_ctx,
             mlp: self.mlp,
             tie_embeddings: false,
             bos_token_id: Some(0),
+            experts: self.experts,
         }
     }
 }

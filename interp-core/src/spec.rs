@@ -69,6 +69,22 @@ impl MlpKind {
     }
 }
 
+/// Mixture-of-experts MLPs for a model built here (Llama-style blocks, saved as HF `mixtral`): each
+/// token goes to `top_k` of `n_experts` gated MLPs of `d_mlp` units, chosen by a router trained
+/// with a load-balancing loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Experts {
+    /// Experts per layer.
+    pub n_experts: i64,
+    /// Experts per token.
+    pub top_k: i64,
+}
+
+/// Weight of the load-balancing loss that trains a model built with [`Experts`]
+/// (`router_aux_loss_coef`; OLMoE's value: routers of small models collapse onto few experts
+/// under Mixtral's 0.001).
+pub const ROUTER_AUX_LOSS_COEF: f64 = 0.01;
+
 /// A model to build. `mlp: None` makes it attention-only.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelSpec {
@@ -92,6 +108,8 @@ pub struct ModelSpec {
     pub tie_embeddings: bool,
     /// The BOS token (also written as `eos_token_id`).
     pub bos_token_id: Option<i64>,
+    /// Mixture-of-experts MLPs (each expert `d_mlp` wide; Llama-style blocks only).
+    pub experts: Option<Experts>,
 }
 
 impl ModelSpec {
@@ -111,8 +129,12 @@ impl ModelSpec {
                     return Err(Error::Config(format!("Llama-style blocks have gated MLPs; {:?} is not gated", self.mlp)));
                 }
                 let act = if act == "gelu_new" { "gelu_pytorch_tanh" } else { act };
+                let (model_type, architecture) = match self.experts {
+                    Some(_) => ("mixtral", "MixtralForCausalLM"),
+                    None => ("llama", "LlamaForCausalLM"),
+                };
                 json!({
-                    "model_type": "llama", "architectures": ["LlamaForCausalLM"],
+                    "model_type": model_type, "architectures": [architecture],
                     "num_hidden_layers": self.n_layers, "hidden_size": self.d_model, "num_attention_heads": self.n_heads,
                     "num_key_value_heads": self.n_heads, "head_dim": self.d_model / self.n_heads.max(1),
                     "intermediate_size": self.d_mlp, "vocab_size": self.d_vocab, "max_position_embeddings": self.n_ctx,
@@ -122,6 +144,21 @@ impl ModelSpec {
             }
         };
         let map = v.as_object_mut().ok_or_else(|| Error::Config("config is not an object".into()))?;
+        match (self.experts, self.style) {
+            (Some(e), BlockStyle::Llama) => {
+                map.insert("num_local_experts".into(), e.n_experts.into());
+                map.insert("num_experts_per_tok".into(), e.top_k.into());
+                map.insert("router_aux_loss_coef".into(), ROUTER_AUX_LOSS_COEF.into());
+                map.insert("sliding_window".into(), Value::Null);
+            }
+            (Some(_), BlockStyle::Gpt2) => {
+                return Err(Error::Config("mixtures of experts are built with Llama-style blocks (saved as HF `mixtral`): use --style llama".into()))
+            }
+            (None, _) => {}
+        }
+        if self.experts.is_some() && self.mlp.is_none() {
+            return Err(Error::Config("an attention-only model has no MLPs to split into experts".into()));
+        }
         map.insert("bos_token_id".into(), self.bos_token_id.map_or(Value::Null, Value::from));
         map.insert("eos_token_id".into(), self.bos_token_id.map_or(Value::Null, Value::from));
         if self.mlp.is_none() {

@@ -5,6 +5,7 @@
 //! from a checkpoint continues with exactly the batches and optimizer state it would have had:
 //! on CPU, its final weights equal an uninterrupted run's bit for bit.
 
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -24,6 +25,23 @@ pub struct Batch {
     pub target: Tensor,
     /// Positions that count in the loss [batch, pos] (`None`: all).
     pub mask: Option<Tensor>,
+}
+
+/// The load-balancing loss of a mixture of experts (Switch Transformer's, as HF's
+/// `load_balancing_loss_func` computes it over all MoE layers' tokens together):
+/// `n_experts * sum_{slot, e} f[slot, e] P[e]`, where `f[slot, e]` is the fraction of tokens whose
+/// `slot`-th choice is expert e and `P[e]` the mean router probability of e. It is `top_k` when
+/// the router is uniform and grows as routing concentrates on few experts. `router_logits`: one
+/// [batch, pos, n_experts] tensor per MoE layer.
+pub fn load_balancing_loss(router_logits: &[Tensor], top_k: i64) -> Result<Tensor> {
+    let Some(first) = router_logits.first() else { return Err(Error::Input("no router logits".into())) };
+    let n_experts = first.size().last().copied().unwrap_or(0);
+    let flat: Vec<Tensor> = router_logits.iter().map(|t| t.f_reshape([-1, n_experts])).collect::<Result<_, _>>()?;
+    let probs = Tensor::f_cat(&flat, 0)?.f_softmax(-1, Kind::Float)?;
+    let (_, chosen) = probs.f_topk(top_k, -1, true, true)?;
+    let per_slot = chosen.f_one_hot(n_experts)?.f_to_kind(Kind::Float)?.f_mean_dim(0, false, Kind::Float)?; // [top_k, n_experts]
+    let mean_prob = probs.f_mean_dim(0, false, Kind::Float)?; // [n_experts]
+    Ok(per_slot.f_mul(&mean_prob.f_unsqueeze(0)?)?.f_sum(Kind::Float)?.f_mul_scalar(n_experts as f64)?)
 }
 
 /// Where training data comes from. `train_batch` must depend only on `step`.
@@ -376,10 +394,24 @@ impl HookedTransformer {
         let clock = Instant::now();
         for step in start..cfg.steps {
             let batch = data.train_batch(step)?;
-            let mut run = Run::new(self, Hooks::new(), None, None, None)?;
+            // A mixture of experts also minimises its load-balancing loss.
+            let router_logits = RefCell::new(Vec::new());
+            let hooks = match &self.cfg.moe {
+                Some(_) => Hooks::new().add("blocks.*.mlp.hook_router_logits", |x, _| {
+                    router_logits.borrow_mut().push(x.shallow_clone());
+                    Ok(None)
+                }),
+                None => Hooks::new(),
+            };
+            let mut run = Run::new(self, hooks, None, None, None)?;
             let logits = self.run_forward(&mut run, &Input::Tokens(&batch.input), None, None, None)?;
-            let loss = next_token_loss(&logits, &batch)?;
+            drop(run);
+            let mut loss = next_token_loss(&logits, &batch)?;
             let loss_value = loss.f_double_value(&[])?;
+            if let Some(moe) = &self.cfg.moe {
+                let balance = load_balancing_loss(&router_logits.take(), moe.top_k)?;
+                loss = loss.f_add(&balance.f_mul_scalar(moe.router_aux_loss_coef)?)?;
+            }
             if !loss_value.is_finite() {
                 return Err(Error::Diverged { what: format!("training loss is {loss_value}"), step });
             }

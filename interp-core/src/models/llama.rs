@@ -65,6 +65,7 @@ struct MoeKeys {
     mlp_only_layers: Option<Vec<usize>>,
     /// Every `decoder_sparse_step`-th layer is a mixture of experts (Qwen-MoE).
     decoder_sparse_step: Option<Dim>,
+    router_aux_loss_coef: Option<f64>,
     /// OLMoE: q, k and v clamped to this; not supported.
     clip_qkv: Option<f64>,
     /// Routing settings of other MoE families (DeepSeek, GLM-4.5) that change which experts a
@@ -117,6 +118,8 @@ impl MoeKeys {
                 _ => None,
             },
             layers: (0..n_layers).map(|l| !dense.contains(&l) && (l + 1) % step == 0).collect(),
+            // HF's defaults.
+            router_aux_loss_coef: self.router_aux_loss_coef.unwrap_or(if model_type == "olmoe" { 0.01 } else { 0.001 }),
         }))
     }
 }

@@ -317,16 +317,9 @@ impl Loader<'_> {
 
 impl Loader<'_> {
     /// A mixture-of-experts MLP: the experts' projections stacked into one gated MLP's, the router
-    /// and any shared expert. A checkpoint with more experts than the config is refused.
+    /// and any shared expert.
     fn moe(&self, n: &BlockNames, names: &MoeNames, moe: &MoeConfig) -> Result<Mlp> {
         let (dm, de) = (self.cfg.d_model, moe.d_expert);
-        let extra = names.experts.first().map(|[gate, ..]| gate.replace(".experts.0.", &format!(".experts.{}.", moe.n_experts)));
-        if let Some(extra) = extra.filter(|name| self.src.contains(&format!("{name}.weight"))) {
-            return Err(Error::Config(format!(
-                "the checkpoint has `{extra}.weight`, but the config says {} experts per layer",
-                moe.n_experts
-            )));
-        }
         let mut parts: [Vec<Tensor>; 3] = Default::default();
         for [gate, up, down] in &names.experts {
             parts[0].push(self.linear(gate, dm, de, false)?.w);
@@ -384,11 +377,26 @@ pub(crate) fn load_params(cfg: &ModelConfig, src: &dyn TensorSource, kind: Kind,
     Ok(Params { w_e, w_pos, blocks, ln_final: l.norm(&names.ln_final)?, w_u, b_u: None })
 }
 
-/// An attention-only model is saved with MLPs whose output is exactly zero, so that HF (which has no
-/// attention-only block) computes the same function. A checkpoint whose MLPs would write anything
-/// is refused: HF would run them and we would not.
-pub(crate) fn check_attn_only_mlps(cfg: &ModelConfig, ckpt: &Checkpoint) -> Result<()> {
-    if !cfg.attn_only || cfg.family == Family::TransformerLens {
+/// Checks what a checkpoint holds beyond the tensors loading reads, where HF would compute
+/// something else: a mixture of experts with more experts than the config names (HF would refuse
+/// or ignore them), and the MLPs of an attention-only model. Such a model is saved with MLPs whose
+/// output is exactly zero, so that HF (which has no attention-only block) computes the same
+/// function; a checkpoint whose MLPs would write anything is refused: HF would run them and we
+/// would not.
+pub(crate) fn check_checkpoint(cfg: &ModelConfig, ckpt: &Checkpoint) -> Result<()> {
+    if cfg.family == Family::TransformerLens {
+        return Ok(());
+    }
+    if let Some(moe) = &cfg.moe {
+        for n in TensorNames::new(cfg).blocks.iter().filter_map(|b| b.moe.as_ref()) {
+            let Some([gate, ..]) = n.experts.first() else { continue };
+            let extra = format!("{}.weight", gate.replace(".experts.0.", &format!(".experts.{}.", moe.n_experts)));
+            if ckpt.shape(&extra).is_some() {
+                return Err(Error::Config(format!("the checkpoint has `{extra}`, but the config says {} experts per layer", moe.n_experts)));
+            }
+        }
+    }
+    if !cfg.attn_only {
         return Ok(());
     }
     for (l, n) in TensorNames::new(cfg).blocks.iter().enumerate() {
@@ -406,7 +414,7 @@ pub(crate) fn check_attn_only_mlps(cfg: &ModelConfig, ckpt: &Checkpoint) -> Resu
 }
 
 /// Parameters under their HF names in HF layout (copies where the layout differs). An
-/// attention-only block gets an MLP whose output is exactly zero (see [`check_attn_only_mlps`]).
+/// attention-only block gets an MLP whose output is exactly zero (see [`check_checkpoint`]).
 pub(crate) fn hf_tensors(cfg: &ModelConfig, p: &Params, device: Device) -> Result<Vec<(String, Tensor)>> {
     if cfg.family == Family::TransformerLens {
         return Err(Error::Config(

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use interp::interp_core::data;
 use interp::interp_core::pretrain::{pretrain, PretrainConfig, PretrainData};
 use interp::interp_core::train::{Schedule, TrainConfig};
-use interp::interp_core::{tch, BlockStyle, MlpKind, Tokenizer};
+use interp::interp_core::{tch, BlockStyle, Experts, MlpKind, Tokenizer};
 
 use super::SHAKESPEARE;
 
@@ -25,19 +25,26 @@ pub struct TrainArgs {
     tokenizer: Option<PathBuf>,
     #[arg(long, default_value_t = 4096)]
     vocab: usize,
-    /// Block style.
-    #[arg(long, value_enum, default_value_t = PretrainConfig::default().style)]
-    style: BlockStyle,
-    /// MLP kind; none: attention-only.
+    /// Block style (default: gpt2; llama with --mlp moe).
+    #[arg(long, value_enum)]
+    style: Option<BlockStyle>,
+    /// MLP kind; none: attention-only; moe: a mixture of SwiGLU experts (Mixtral's), trained with
+    /// a load-balancing loss and saved as HF `mixtral`.
     #[arg(long, default_value = "gelu", value_parser = mlp_names())]
     mlp: String,
+    /// Experts per layer (--mlp moe).
+    #[arg(long, default_value_t = 8)]
+    experts: i64,
+    /// Experts each token is routed to (--mlp moe).
+    #[arg(long, default_value_t = 2)]
+    top_k: i64,
     #[arg(long, default_value_t = PretrainConfig::default().n_layers)]
     layers: usize,
     #[arg(long, default_value_t = PretrainConfig::default().d_model)]
     d_model: i64,
     #[arg(long, default_value_t = PretrainConfig::default().n_heads)]
     heads: i64,
-    /// MLP width (default 4 x d_model).
+    /// MLP width (default 4 x d_model; each expert's with --mlp moe: 4 x d_model / top-k).
     #[arg(long)]
     d_mlp: Option<i64>,
     /// Context length trained on (and the model's n_ctx).
@@ -76,12 +83,21 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     fn config(&self) -> Result<PretrainConfig> {
+        let moe = self.mlp == "moe";
+        let style = match (self.style, moe) {
+            (Some(BlockStyle::Gpt2), true) => anyhow::bail!("--mlp moe builds Llama-style blocks (saved as HF mixtral); drop --style gpt2"),
+            (Some(style), _) => style,
+            (None, true) => BlockStyle::Llama,
+            (None, false) => PretrainConfig::default().style,
+        };
         Ok(PretrainConfig {
-            style: self.style,
+            style,
             mlp: match self.mlp.as_str() {
                 "none" => None,
+                "moe" => Some(MlpKind::SwiGlu),
                 name => Some(MlpKind::parse(name)?),
             },
+            experts: moe.then_some(Experts { n_experts: self.experts, top_k: self.top_k }),
             n_layers: self.layers,
             d_model: self.d_model,
             n_heads: self.heads,
@@ -163,5 +179,5 @@ pub fn train(a: &TrainArgs) -> Result<()> {
 
 /// `--mlp`'s values: the MLP kinds, or none.
 fn mlp_names() -> clap::builder::PossibleValuesParser {
-    clap::builder::PossibleValuesParser::new(MlpKind::NAMES.iter().copied().chain(["none"]))
+    clap::builder::PossibleValuesParser::new(MlpKind::NAMES.iter().copied().chain(["none", "moe"]))
 }
