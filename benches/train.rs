@@ -9,7 +9,7 @@ mod common;
 
 use common::{gemm_gflops, median, min_secs};
 use interp::interp_core::train::{Batch, BatchSource, TrainConfig};
-use interp::interp_core::{tch, BlockStyle, HookedTransformer, MlpKind, ModelSpec, Result};
+use interp::interp_core::{tch, BlockStyle, HookedTransformer, MlpKind, ModelSpec, NormPlacement, Result};
 use tch::{Device, Kind, Tensor};
 
 const LAYERS: usize = 2;
@@ -48,6 +48,7 @@ fn main() {
         tie_embeddings: false,
         bos_token_id: Some(0),
         experts: None,
+        norm: NormPlacement::Pre,
     };
     let model = HookedTransformer::init_random(&spec, 0, Kind::Float, Device::Cpu).unwrap();
     let cfg = TrainConfig { steps: STEPS, eval_every: 10_000, checkpoint_every: 10_000, progress: false, ..Default::default() };

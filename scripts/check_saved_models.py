@@ -1,6 +1,6 @@
 """Proves that models trained and saved by `interp train` load in HF transformers with the same
 logits. Trains tiny GPT-2- and Llama-style models (every MLP kind HF can express, a mixture of
-experts, and attention-only models, which are saved with MLPs whose output is exactly zero) for a few steps with the release
+experts, peri-norm blocks, and attention-only models, which are saved with MLPs whose output is exactly zero) for a few steps with the release
 `interp` binary, then for each, and for every model shipped in models/, compares HF's logits
 (float32, eager attention) with `interp cache ... --hooks unembed.hook_out` on the same random ids.
 
@@ -18,9 +18,10 @@ from safetensors.torch import load_file, save_file
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 INTERP = os.environ.get("INTERP", os.path.join(ROOT, "target", "release", "interp"))
 VARIANTS = [("gpt2", "gelu"), ("gpt2", "relu"), ("llama", "swiglu"), ("llama", "geglu"), ("llama", "reglu"),
-            ("llama", "glu"), ("llama", "bilinear"), ("gpt2", "none"), ("llama", "none"), ("llama", "moe")]
-# Extra flags per MLP kind: a mixture of experts (saved as HF mixtral).
-EXTRA = {"moe": ["--experts", "4", "--top-k", "2"]}
+            ("llama", "glu"), ("llama", "bilinear"), ("gpt2", "none"), ("llama", "none"), ("llama", "moe"),
+            ("llama", "swiglu-peri"), ("llama", "geglu-peri")]
+# Extra flags: a mixture of experts (saved as HF mixtral), peri-norm blocks (saved as HF gemma2).
+EXTRA = {"moe": ["--experts", "4", "--top-k", "2"], "peri": ["--norm", "peri"]}
 SHIPPED = ["shakespeare-gpt2", "induction-attn-only", "tasks-bilinear"]
 TOL = 1e-4
 
@@ -31,9 +32,11 @@ def main():
         dirs = []
         for style, mlp in VARIANTS:
             out = os.path.join(tmp, f"{style}-{mlp}")
-            subprocess.run([INTERP, "train", "--out", out, "--style", style, "--mlp", mlp, "--vocab", "300",
+            kind, _, placement = mlp.partition("-")
+            subprocess.run([INTERP, "train", "--out", out, "--style", style, "--mlp", kind, "--vocab", "300",
                             "--layers", "2", "--d-model", "64", "--heads", "4", "--ctx", "32", "--steps", "30",
-                            "--warmup", "5", "--eval-every", "30", "--checkpoint-every", "30", "--batch", "8"] + EXTRA.get(mlp, []),
+                            "--warmup", "5", "--eval-every", "30", "--checkpoint-every", "30", "--batch", "8"]
+                           + EXTRA.get(kind, []) + EXTRA.get(placement, []),
                            check=True, capture_output=True)
             dirs.append((f"{style} {mlp}", out))
         dirs += [(f"models/{name}", os.path.join(ROOT, "models", name)) for name in SHIPPED]

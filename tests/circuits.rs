@@ -306,7 +306,7 @@ fn induction_heads_are_in_the_induction_circuit() {
 fn masked_forward_at_gpt2_small_shape() {
     // 12 layers x 12 heads, d_model 768, vocab 50257: 32,491 edges. All edges kept gives the clean
     // logits and none the corrupted ones (f32), in one masked forward of both edge sets.
-    use interp::interp_core::{BlockStyle, MlpKind, ModelSpec};
+    use interp::interp_core::{BlockStyle, MlpKind, ModelSpec, NormPlacement};
     let spec = ModelSpec {
         style: BlockStyle::Gpt2,
         n_layers: 12,
@@ -319,6 +319,7 @@ fn masked_forward_at_gpt2_small_shape() {
         tie_embeddings: true,
         bos_token_id: Some(50256),
         experts: None,
+        norm: NormPlacement::Pre,
     };
     let model = HookedTransformer::init_random(&spec, 0, Kind::Float, Device::Cpu).unwrap();
     let graph = EdgeGraph::new(&model).unwrap();
@@ -482,4 +483,50 @@ fn tracr_programs_have_their_known_circuits_found() {
         }
         eprintln!("tracr {case} ({} edges): {}", graph.n_edges(), report.join("; "));
     }
+}
+
+/// Routing analysis on a small random mixture of experts in the task vocabulary: shares sum to
+/// one per row, the load is the usage over all tasks, an ablation cell equals its own forward,
+/// and a dense model is refused.
+#[test]
+fn routing_analysis_of_a_mixture_of_experts() {
+    use circuits::analysis::{routing_analysis, RoutingConfig};
+    use interp::interp_core::tasks::{Task, TaskVocab};
+    use interp::interp_core::{BlockStyle, Experts, Hooks, Intervention, MlpKind, ModelSpec, NormPlacement, Scope};
+    let vocab = TaskVocab::new(31);
+    let spec = ModelSpec {
+        style: BlockStyle::Llama,
+        n_layers: 2,
+        d_model: 32,
+        n_heads: 4,
+        d_mlp: 16,
+        d_vocab: vocab.len() as i64,
+        n_ctx: 32,
+        mlp: Some(MlpKind::SwiGlu),
+        tie_embeddings: false,
+        bos_token_id: Some(0),
+        experts: Some(Experts { n_experts: 4, top_k: 2 }),
+        norm: NormPlacement::Pre,
+    };
+    let model = HookedTransformer::init_random(&spec, 5, Kind::Float, Device::Cpu).unwrap().with_tokenizer(vocab.tokenizer().unwrap());
+    let cfg = RoutingConfig { n: 16, ..RoutingConfig::default() };
+    let r = routing_analysis(&model, &vocab, &cfg).unwrap();
+    assert_eq!((r.usage.size(), r.ablation.size(), r.load.size()), (vec![10, 4], vec![10, 4], vec![2, 4]));
+    let ones = |t: &Tensor| common::max_abs_diff(&t.sum_dim_intlist(1, false, Kind::Double), &Tensor::ones([t.size()[0]], (Kind::Double, Device::Cpu)));
+    assert!(ones(&r.usage) < 1e-9 && ones(&r.load) < 1e-9);
+    // Row 2 is IOI (the second task) at layer 0; expert 3 ablated by hand.
+    let batch = Task::Ioi.generate(&vocab, 16, cfg.seed).unwrap();
+    let base = Task::Ioi.score(&vocab, &batch, &model.forward(&batch.clean).unwrap()).unwrap();
+    let hooks = Hooks::new().intervene("blocks.0.mlp.hook_expert_out", Intervention::Zero(Scope::all().heads([3])));
+    let ablated = Task::Ioi.score(&vocab, &batch, &model.run_with_hooks(&batch.clean, hooks).unwrap()).unwrap();
+    assert_eq!((r.tasks[1].as_str(), r.scores[1]), ("ioi", base));
+    assert!((r.ablation.double_value(&[2, 3]) - (ablated - base)).abs() < 1e-9);
+    assert!(!r.tokens.rows.is_empty());
+    let dir = common::Scratch::new("routing");
+    let mut out = circuits::Output::new(&dir, "routing").unwrap();
+    r.write(&mut out).unwrap();
+    assert!(dir.join("routing_usage.png").exists() && dir.join("routing.csv").exists() && dir.join("routing_tokens.csv").exists());
+    let dense = HookedTransformer::init_random(&ModelSpec { experts: None, ..spec }, 5, Kind::Float, Device::Cpu).unwrap();
+    let e = routing_analysis(&dense, &vocab, &cfg).err().unwrap().to_string();
+    assert!(e.contains("not a mixture of experts"), "{e}");
 }

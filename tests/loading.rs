@@ -239,9 +239,9 @@ fn an_untied_gpt2_without_an_unembedding_is_refused() {
 /// that HF computes the same function, and a checkpoint whose MLPs would write anything is refused.
 #[test]
 fn attention_only_models_save_zero_mlps_and_refuse_live_ones() {
-    use interp::interp_core::{BlockStyle, ModelSpec};
+    use interp::interp_core::{BlockStyle, ModelSpec, NormPlacement};
     for style in [BlockStyle::Gpt2, BlockStyle::Llama] {
-        let spec = ModelSpec { style, n_layers: 2, d_model: 32, n_heads: 4, d_mlp: 64, d_vocab: 16, n_ctx: 32, mlp: None, tie_embeddings: false, bos_token_id: Some(0), experts: None };
+        let spec = ModelSpec { style, n_layers: 2, d_model: 32, n_heads: 4, d_mlp: 64, d_vocab: 16, n_ctx: 32, mlp: None, tie_embeddings: false, bos_token_id: Some(0), experts: None, norm: NormPlacement::Pre };
         let m = HookedTransformer::init_random(&spec, 1, Kind::Float, Device::Cpu).unwrap();
         let dir = common::Scratch::new(&format!("attn-only-{style:?}"));
         m.save_pretrained(&dir).unwrap();

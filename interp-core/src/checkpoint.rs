@@ -57,6 +57,8 @@ impl TensorSource for Checkpoint {
 /// Draws come from its own seeded [`Rng`], in the order the loader asks for tensors.
 pub(crate) struct RandomInit {
     pub(crate) n_layers: usize,
+    /// The stored value of a unit norm gain (0 where a family stores `gain - 1`, as Gemma does).
+    pub(crate) unit_gain: f64,
     pub(crate) rng: RefCell<Rng>,
 }
 
@@ -69,7 +71,7 @@ impl TensorSource for RandomInit {
         let t = if name.ends_with(".bias") {
             Tensor::f_zeros(shape, opts)?
         } else if shape.len() == 1 {
-            Tensor::f_ones(shape, opts)?
+            Tensor::f_full(shape, self.unit_gain, opts)?
         } else {
             let writes_resid = ["attn.c_proj", "mlp.c_proj", "o_proj", "down_proj", ".w2."].iter().any(|s| name.contains(s));
             let std = if writes_resid { 0.02 / (2.0 * self.n_layers as f64).sqrt() } else { 0.02 };

@@ -60,6 +60,6 @@ pub use memory::reuse_freed_memory;
 pub use model::{HookedTransformer, NormSite, RunOutput, Runner};
 pub use processing::WeightProcessing;
 pub use rng::Rng;
-pub use spec::{BlockStyle, Experts, MlpKind, ModelSpec};
+pub use spec::{BlockStyle, Experts, MlpKind, ModelSpec, NormPlacement};
 pub use tokenizer::{PaddingSide, Tokenizer};
 pub use tch;

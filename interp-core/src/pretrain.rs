@@ -21,7 +21,7 @@ use crate::data::{self, Document, TokenDataset};
 use crate::error::{Error, Result};
 use crate::tasks::{induction_head_scores, Task, TaskMixture, TaskVocab, ALL_TASKS};
 use crate::train::{TrainConfig, TrainReport};
-use crate::{BlockStyle, Experts, HookedTransformer, MlpKind, ModelSpec, Tokenizer};
+use crate::{BlockStyle, Experts, HookedTransformer, MlpKind, ModelSpec, NormPlacement, Tokenizer};
 
 /// What a model is trained on.
 #[allow(clippy::large_enum_variant)] // one value per training run
@@ -65,6 +65,8 @@ pub struct PretrainConfig {
     pub d_mlp: Option<i64>,
     /// Mixture-of-experts MLPs (Llama-style blocks).
     pub experts: Option<Experts>,
+    /// Where the norms sit.
+    pub norm: NormPlacement,
     /// Context length trained on (the model's n_ctx).
     pub n_ctx: i64,
     /// Sequences per step (split evenly over the tasks of the task mixture).
@@ -85,6 +87,7 @@ impl Default for PretrainConfig {
             n_heads: 4,
             d_mlp: None,
             experts: None,
+            norm: NormPlacement::Pre,
             n_ctx: 128,
             batch: 16,
             seed: 0,
@@ -107,6 +110,7 @@ impl PretrainConfig {
             tie_embeddings: false,
             bos_token_id: Some(0),
             experts: self.experts,
+            norm: self.norm,
         }
     }
 }

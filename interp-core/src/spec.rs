@@ -69,6 +69,22 @@ impl MlpKind {
     }
 }
 
+/// Where the norms of a block built here sit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum NormPlacement {
+    /// Before each sublayer (GPT-2, Llama).
+    #[default]
+    Pre,
+    /// Before and after each sublayer, the sublayer's output normalised before it is added (Gemma 2
+    /// and 3, the Peri-LN paper): Llama-style blocks saved as HF `gemma2` (so, as Gemma does,
+    /// embeddings scaled by sqrt(d_model)), without soft caps or sliding windows.
+    Peri,
+    /// After each residual addition, with DeepNet's residual scaling: refused, since no HF
+    /// transformers family computes it (a saved model would not load in HF as the same function).
+    Post,
+}
+
 /// Mixture-of-experts MLPs for a model built here (Llama-style blocks, saved as HF `mixtral`): each
 /// token goes to `top_k` of `n_experts` gated MLPs of `d_mlp` units, chosen by a router trained
 /// with a load-balancing loss.
@@ -110,11 +126,31 @@ pub struct ModelSpec {
     pub bos_token_id: Option<i64>,
     /// Mixture-of-experts MLPs (each expert `d_mlp` wide; Llama-style blocks only).
     pub experts: Option<Experts>,
+    /// Where the norms sit.
+    pub norm: NormPlacement,
 }
 
 impl ModelSpec {
     /// The HF `config.json` (with this toolkit's extension keys where HF has no equivalent).
     pub fn to_hf_json(&self) -> Result<Value> {
+        match (self.norm, self.style, self.experts) {
+            (NormPlacement::Pre, ..) => {}
+            (NormPlacement::Post, ..) => {
+                return Err(Error::Config(
+                    "post-norm blocks (DeepNet) are not built: no HF transformers family computes them, so a saved model would not load in HF as the same function".into(),
+                ))
+            }
+            (NormPlacement::Peri, BlockStyle::Gpt2, _) => {
+                return Err(Error::Config("peri-norm blocks are built Llama-style and saved as HF gemma2: use --style llama".into()))
+            }
+            (NormPlacement::Peri, _, Some(_)) => {
+                return Err(Error::Config("peri-norm blocks have no mixture-of-experts layout in HF transformers (gemma2 has dense MLPs)".into()))
+            }
+            (NormPlacement::Peri, ..) if self.mlp.is_none() => {
+                return Err(Error::Config("peri-norm blocks are saved as HF gemma2, which has no attention-only block".into()))
+            }
+            (NormPlacement::Peri, ..) => {}
+        }
         let default = if self.style == BlockStyle::Llama { MlpKind::SwiGlu } else { MlpKind::Gelu };
         let (act, gated) = self.mlp.unwrap_or(default).hf();
         let mut v = match self.style {
@@ -129,9 +165,10 @@ impl ModelSpec {
                     return Err(Error::Config(format!("Llama-style blocks have gated MLPs; {:?} is not gated", self.mlp)));
                 }
                 let act = if act == "gelu_new" { "gelu_pytorch_tanh" } else { act };
-                let (model_type, architecture) = match self.experts {
-                    Some(_) => ("mixtral", "MixtralForCausalLM"),
-                    None => ("llama", "LlamaForCausalLM"),
+                let (model_type, architecture) = match (self.experts, self.norm) {
+                    (Some(_), _) => ("mixtral", "MixtralForCausalLM"),
+                    (None, NormPlacement::Peri) => ("gemma2", "Gemma2ForCausalLM"),
+                    (None, _) => ("llama", "LlamaForCausalLM"),
                 };
                 json!({
                     "model_type": model_type, "architectures": [architecture],
@@ -155,6 +192,16 @@ impl ModelSpec {
                 return Err(Error::Config("mixtures of experts are built with Llama-style blocks (saved as HF `mixtral`): use --style llama".into()))
             }
             (None, _) => {}
+        }
+        if self.norm == NormPlacement::Peri {
+            // Gemma 2's extras off: no soft caps, every layer global, the usual attention scale.
+            let head_dim = self.d_model / self.n_heads.max(1);
+            map.insert("hidden_activation".into(), map.get("hidden_act").cloned().unwrap_or(Value::Null));
+            map.insert("query_pre_attn_scalar".into(), head_dim.into());
+            map.insert("attn_logit_softcapping".into(), Value::Null);
+            map.insert("final_logit_softcapping".into(), Value::Null);
+            map.insert("sliding_window".into(), self.n_ctx.into());
+            map.insert("layer_types".into(), json!(vec!["full_attention"; self.n_layers]));
         }
         if self.experts.is_some() && self.mlp.is_none() {
             return Err(Error::Config("an attention-only model has no MLPs to split into experts".into()));

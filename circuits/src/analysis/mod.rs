@@ -24,6 +24,7 @@ mod circuit_discovery;
 mod dictionary;
 mod graph;
 mod patching;
+mod routing;
 
 pub use benchmark::{benchmark_case, summary_table, CaseResult, MethodScore};
 pub use bilinear::{bilinear_spectra, single_token, BilinearSpectra, BilinearSpectraConfig, DirectionSpectrum, Readout};
@@ -32,3 +33,4 @@ pub use graph::{graph_analysis, GraphAnalysis, GraphAnalysisConfig, VIEWER_SCAN}
 pub use causal_tracing::{causal_tracing, task_trace_prompts, CausalTracing, CausalTracingConfig};
 pub use circuit_discovery::{circuit_discovery, AcdcRuns, CircuitDiscovery, CircuitDiscoveryConfig, EdgeScores};
 pub use patching::{patching_sweep, PatchingSweep, PatchingSweepConfig};
+pub use routing::{routing_analysis, RoutingAnalysis, RoutingConfig};

@@ -196,6 +196,14 @@ impl TensorNames {
     }
 }
 
+/// What a family adds to a stored norm gain (1 for Gemma's `gain - 1`).
+pub(crate) fn gain_offset(cfg: &ModelConfig) -> f64 {
+    match cfg.family {
+        Family::TransformerLens => 0.0,
+        _ => TensorNames::new(cfg).gain_offset,
+    }
+}
+
 /// Reads HF-named tensors into our layout.
 struct Loader<'a> {
     src: &'a dyn TensorSource,

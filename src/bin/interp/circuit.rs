@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use interp::circuits::analysis::{
-    benchmark_case, causal_tracing, circuit_discovery, patching_sweep, summary_table, task_trace_prompts, CausalTracingConfig, CircuitDiscoveryConfig,
-    PatchingSweepConfig,
+    benchmark_case, causal_tracing, circuit_discovery, patching_sweep, routing_analysis, summary_table, task_trace_prompts, CausalTracingConfig,
+    CircuitDiscoveryConfig, PatchingSweepConfig, RoutingConfig,
 };
-use interp::circuits::{trace_prompts_from_jsonl, Ablation, MemoryBudget, MetricName, PatchSite, TaskPrompts};
+use interp::circuits::{trace_prompts_from_jsonl, Ablation, MemoryBudget, MetricName, Output, PatchSite, TaskPrompts};
 
 use super::standalone;
 use interp::interp_core::tasks::{Task, TaskVocab};
@@ -19,6 +19,9 @@ use tch::Kind;
 
 /// The model the circuit commands run on when none is given: the committed task model.
 pub const TASK_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tasks-bilinear");
+
+/// The committed mixture of experts trained on the tasks (`interp routing`'s default).
+pub const MOE_TASK_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tasks-moe");
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum TaskName {
@@ -462,4 +465,32 @@ fn case_prompts(dir: &Path, fallback: Option<&Path>, model: &HookedTransformer) 
         (false, None) => bail!("{}: no prompts.jsonl in the case folder; give a prompt file with --prompts", dir.display()),
     };
     Ok(TaskPrompts::from_jsonl(path, model)?)
+}
+
+#[derive(clap::Args)]
+pub struct RoutingArgs {
+    /// Checkpoint of a mixture of experts trained on the built-in tasks (default:
+    /// models/tasks-moe).
+    pub model_dir: Option<PathBuf>,
+    /// Prompts per task.
+    #[arg(long, default_value_t = RoutingConfig::default().n)]
+    pub n: usize,
+    /// Output directory (created).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
+}
+
+/// `interp routing`: which experts each task and token uses, and each expert's ablation effect.
+pub fn routing(args: &RoutingArgs, out: &mut Output) -> Result<()> {
+    let dir = args.model_dir.clone().unwrap_or_else(|| PathBuf::from(MOE_TASK_MODEL));
+    let model = HookedTransformer::from_pretrained_dir(&dir, args.device.get(), Kind::Float)?;
+    let vocab = TaskVocab::of_model(&model)?;
+    let found = routing_analysis(&model, &vocab, &RoutingConfig { n: args.n, ..RoutingConfig::default() })?;
+    for (task, score) in found.tasks.iter().zip(&found.scores) {
+        println!("{task:18} score {score:.3}");
+    }
+    found.write(out)?;
+    Ok(())
 }

@@ -114,6 +114,12 @@ enum Command {
     /// OUT/benchmark.{parquet,csv}, OUT/report.html and per case its scores, circuits and
     /// faithfulness curves.
     Benchmark(circuit::BenchmarkArgs),
+    /// Routing of a mixture of experts trained on the built-in tasks (default: models/tasks-moe):
+    /// the share of routing choices each expert gets per task and layer and over all tasks (the
+    /// load), the tokens most often sent to each expert, and each task's score change with each
+    /// expert ablated. Writes OUT/routing.{parquet,csv}, OUT/routing_tokens.{parquet,csv},
+    /// heatmaps OUT/routing_usage.{svg,png} and OUT/routing_ablation.{svg,png}, OUT/report.html.
+    Routing(circuit::RoutingArgs),
     /// Writes a built-in task's clean/corrupted pairs as a JSONL prompt file (token ids, answer,
     /// wrong, label): the format --prompts reads, giving the same numbers as --task.
     Prompts(circuit::PromptsArgs),
@@ -284,6 +290,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Command::Eap(args)) => circuit::discover(&args, args.config(), "EAP and EAP-IG")?,
         Some(Command::Benchmark(args)) => circuit::benchmark(&args)?,
         Some(Command::Prompts(args)) => circuit::export_prompts(&args)?,
+        Some(Command::Routing(args)) => standalone(&args.out, "Mixture-of-experts routing", |out| circuit::routing(&args, out))?,
         Some(Command::Bilinear(args)) => standalone(&args.out, "Bilinear MLP", |out| features::run_bilinear(&args, out))?,
         Some(Command::Graph(args)) => standalone(&args.out, "Attribution graph", |out| features::run_graph(&args, out))?,
         Some(Command::Report(args)) => report::run(&args)?,

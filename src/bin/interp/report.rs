@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 use interp::circuits::bilinear::BilinearLayer;
 use interp::circuits::analysis::{
-    bilinear_spectra, causal_tracing, circuit_discovery, graph_analysis, task_trace_prompts, BilinearSpectraConfig, CausalTracingConfig,
-    CircuitDiscoveryConfig, GraphAnalysisConfig, read_training_curve, training_curve_chart,
+    bilinear_spectra, causal_tracing, circuit_discovery, graph_analysis, read_training_curve, routing_analysis, task_trace_prompts, training_curve_chart,
+    BilinearSpectraConfig, CausalTracingConfig, CircuitDiscoveryConfig, GraphAnalysisConfig, RoutingConfig,
 };
 use interp::circuits::{dashboards_html, heatmaps, Heatmap, Output, Report, Table, TaskPrompts, Value};
 use interp::interp_core::tasks::{Task, TaskVocab, ALL_TASKS};
@@ -80,6 +80,9 @@ fn model_report(dir: &Path, slug: &str, args: &ReportArgs) -> Result<Report> {
     summary(&model, dir, slug, &tokens, &mut out)?;
     if let Some(vocab) = &vocab {
         task_scores(&model, vocab, &mut out)?;
+        if model.cfg.moe.is_some() {
+            routing_analysis(&model, vocab, &RoutingConfig::default())?.write(&mut out)?;
+        }
     }
     dictionaries(&model, dir, args.latents, &mut out)?;
     let tc_dir = dir.join("transcoders");

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use interp::interp_core::data;
 use interp::interp_core::pretrain::{pretrain, PretrainConfig, PretrainData};
 use interp::interp_core::train::{Schedule, TrainConfig};
-use interp::interp_core::{tch, BlockStyle, Experts, MlpKind, Tokenizer};
+use interp::interp_core::{tch, BlockStyle, Experts, MlpKind, NormPlacement, Tokenizer};
 
 use super::SHAKESPEARE;
 
@@ -28,10 +28,16 @@ pub struct TrainArgs {
     /// Block style (default: gpt2; llama with --mlp moe).
     #[arg(long, value_enum)]
     style: Option<BlockStyle>,
-    /// MLP kind; none: attention-only; moe: a mixture of SwiGLU experts (Mixtral's), trained with
-    /// a load-balancing loss and saved as HF `mixtral`.
-    #[arg(long, default_value = "gelu", value_parser = mlp_names())]
-    mlp: String,
+    /// MLP kind (default: gelu for gpt2 blocks, swiglu for llama ones); none: attention-only; moe:
+    /// a mixture of SwiGLU experts (Mixtral's), trained with a load-balancing loss and saved as HF
+    /// `mixtral`.
+    #[arg(long, value_parser = mlp_names())]
+    mlp: Option<String>,
+    /// Norm placement: pre (before each sublayer), peri (also after each sublayer's output, as
+    /// Gemma 2/3 and Peri-LN; saved as HF gemma2, Llama-style blocks only) or post (refused: no HF
+    /// family computes DeepNet's post-norm blocks).
+    #[arg(long, value_enum, default_value_t = NormPlacement::Pre)]
+    norm: NormPlacement,
     /// Experts per layer (--mlp moe).
     #[arg(long, default_value_t = 8)]
     experts: i64,
@@ -83,16 +89,23 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     fn config(&self) -> Result<PretrainConfig> {
-        let moe = self.mlp == "moe";
-        let style = match (self.style, moe) {
-            (Some(BlockStyle::Gpt2), true) => anyhow::bail!("--mlp moe builds Llama-style blocks (saved as HF mixtral); drop --style gpt2"),
+        let moe = self.mlp.as_deref() == Some("moe");
+        let peri = self.norm == NormPlacement::Peri;
+        let style = match (self.style, moe || peri) {
+            (Some(BlockStyle::Gpt2), true) => anyhow::bail!("--mlp moe and --norm peri build Llama-style blocks (saved as HF mixtral, gemma2); drop --style gpt2"),
             (Some(style), _) => style,
             (None, true) => BlockStyle::Llama,
             (None, false) => PretrainConfig::default().style,
         };
+        let mlp = match (self.mlp.as_deref(), style) {
+            (Some(name), _) => name,
+            (None, BlockStyle::Gpt2) => "gelu",
+            (None, BlockStyle::Llama) => "swiglu",
+        };
         Ok(PretrainConfig {
             style,
-            mlp: match self.mlp.as_str() {
+            norm: self.norm,
+            mlp: match mlp {
                 "none" => None,
                 "moe" => Some(MlpKind::SwiGlu),
                 name => Some(MlpKind::parse(name)?),
