@@ -27,6 +27,39 @@ fn inspect_lists_sizes_and_every_hook_point() {
     }
 }
 
+/// A mixture of experts is described, and output piped into a reader that has gone (`| head`)
+/// ends the command quietly instead of a panic on the closed pipe.
+#[test]
+fn inspect_describes_experts_and_stops_quietly_on_a_closed_pipe() {
+    let (ok, out, _) = interp(&["inspect", fixture("qwen2_moe").to_str().unwrap()]);
+    assert!(ok);
+    assert!(out.contains("experts        2 of 5 experts x 32 units per token in 2 of 3 layers, weights as they are, a shared expert of 40 units"), "{out}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_interp"))
+        .args(["inspect", fixture("qwen2_moe").to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // closed before the model has loaded, so the first print hits it
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// `interp routing` on the committed mixture of experts: tables, heatmaps and a page.
+#[test]
+fn routing_writes_tables_and_heatmaps() {
+    let out = common::Scratch::new("cli-routing");
+    let (ok, stdout, err) = interp(&["routing", "--n", "16", "--out", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("modular_addition") && stdout.contains("score"), "{stdout}");
+    for f in ["routing.csv", "routing_tokens.csv", "routing_usage.png", "routing_ablation.svg", "report.html"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    let (ok, _, err) = interp(&["routing", "models/tasks-bilinear", "--out", out.join("dense").to_str().unwrap()]);
+    assert!(!ok && err.contains("not a mixture of experts") && err.lines().count() == 1, "{err}");
+}
+
 #[test]
 fn cache_writes_requested_hooks_and_logits() {
     let dir = fixture("gpt_neox");
@@ -371,6 +404,8 @@ fn report_is_one_self_contained_page_with_every_part() {
         "Circuits: ioi",
         "Circuits: greater_than",
         "Bilinear MLP spectra: layer 1",
+        "tasks-moe: model and logit lens",
+        "Mixture of experts: routing",
     ] {
         assert!(html.contains(&format!(">{section}</h2>")), "section {section:?} missing");
     }
@@ -395,6 +430,8 @@ fn report_is_one_self_contained_page_with_every_part() {
         (task.join("greater-than/faithfulness.parquet"), "method,n_edges,faithfulness"),
         (task.join("eigenvectors.parquet"), "direction,rank,eigenvalue,favoured_tokens,disfavoured_tokens"),
         (task.join("truncation.parquet"), "k,accuracy"),
+        (out.join("tasks-moe/routing.parquet"), "task,layer,expert,share,score,score_change"),
+        (out.join("tasks-moe/routing_tokens.parquet"), "layer,expert,token,share,occurrences"),
     ] {
         let (names, rows) = parquet_columns(&path);
         assert_eq!(names.join(","), columns, "{}", path.display());

@@ -50,7 +50,7 @@ pub struct RoutingAnalysis {
     /// [tasks x layers, experts].
     pub ablation: Tensor,
     /// Per (layer, expert): the tokens most often routed to it, with the share of that token's
-    /// occurrences that were (layer, expert, token, share, occurrences).
+    /// occurrences that were (one of its top-k choices): layer, expert, token, share, occurrences.
     pub tokens: Table,
     /// Forward passes run.
     pub forwards: usize,
@@ -98,7 +98,7 @@ pub fn routing_analysis(model: &HookedTransformer, vocab: &TaskVocab, cfg: &Rout
     let load = counts.f_sum_dim_intlist(1, false, Kind::Double)?;
     let load = load.f_div(&load.f_sum_dim_intlist(1, true, Kind::Double)?)?;
     Ok(RoutingAnalysis {
-        tokens: token_table(&counts, &layers, vocab, cfg.top_tokens)?,
+        tokens: token_table(&counts, &layers, vocab, moe.top_k, cfg.top_tokens)?,
         layers,
         n_experts,
         top_k: moe.top_k,
@@ -112,12 +112,13 @@ pub fn routing_analysis(model: &HookedTransformer, vocab: &TaskVocab, cfg: &Rout
 }
 
 /// The `top` tokens with the largest share of their occurrences routed to each (layer, expert)
-/// (tokens seen at least 8 times), from counts [layers, vocab, experts].
-fn token_table(counts: &Tensor, layers: &[usize], vocab: &TaskVocab, top: usize) -> Result<Table> {
+/// (tokens seen at least 8 times), from counts [layers, vocab, experts] of `top_k` choices per
+/// occurrence.
+fn token_table(counts: &Tensor, layers: &[usize], vocab: &TaskVocab, top_k: i64, top: usize) -> Result<Table> {
     let mut table = Table::new(&["layer", "expert", "token", "share", "occurrences"]);
     for (i, l) in layers.iter().enumerate() {
         let per_layer = counts.f_get(i as i64)?; // [vocab, experts]
-        let seen = per_layer.f_sum_dim_intlist(1, false, Kind::Double)?; // slot choices per token
+        let seen = per_layer.f_sum_dim_intlist(1, false, Kind::Double)?.f_div_scalar(top_k)?; // occurrences per token
         let share = per_layer.f_div(&seen.f_clamp_min(1.0)?.f_unsqueeze(1)?)?;
         let seen: Vec<f64> = Vec::try_from(&seen)?;
         for e in 0..per_layer.size()[1] {

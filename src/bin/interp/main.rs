@@ -136,9 +136,10 @@ enum Command {
     /// and OUT/features/*.json for the kept features), OUT/graph.html and OUT/nodes.csv.
     Graph(features::GraphArgs),
     /// The main job (also `interp` alone): one HTML report of every analysis that applies to each
-    /// model (default: the built-in text and task models): model card and logit lens, SAE and
-    /// transcoder dashboards, a transcoder attribution graph, causal tracing on facts, ACDC and
-    /// EAP-IG circuits of IOI and greater-than, bilinear-MLP spectra. Writes OUT/report.html and,
+    /// model (default: the built-in text model and the two task models): model card and logit
+    /// lens, SAE and transcoder dashboards, a transcoder attribution graph, causal tracing on
+    /// facts, ACDC and EAP-IG circuits of IOI and greater-than, bilinear-MLP spectra, the routing
+    /// of a mixture of experts. Writes OUT/report.html and,
     /// per model, a folder of tables (parquet + CSV), charts (SVG + PNG) and graphs (JSON).
     Report(report::ReportArgs),
     /// Load a model, run a prompt with a cache, print a logit-lens summary.
@@ -205,6 +206,12 @@ fn inspect(model: &HookedTransformer) {
     println!("d_model        {}", c.d_model);
     println!("heads          {} (kv heads {}), d_head {}", c.n_heads, c.n_kv_heads, c.d_head);
     println!("d_mlp          {} ({:?}{})", c.d_mlp, c.act, if c.gated_mlp { ", gated" } else { "" });
+    if let Some(m) = &c.moe {
+        let layers = (0..c.n_layers).filter(|l| c.is_moe_layer(*l)).count();
+        let shared = m.d_shared_expert.map_or(String::new(), |d| format!(", a shared expert of {d} units"));
+        let norm = if m.norm_topk_prob { "renormalised" } else { "as they are" };
+        println!("experts        {} of {} experts x {} units per token in {layers} of {} layers, weights {norm}{shared}", m.top_k, m.n_experts, m.d_expert, c.n_layers);
+    }
     match c.d_vocab_out == c.d_vocab {
         true => println!("vocab          {}", c.d_vocab),
         false => println!("vocab          {} in, {} out", c.d_vocab, c.d_vocab_out),
@@ -301,6 +308,13 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Piped into `head`, stop quietly as Unix tools do (Rust ignores SIGPIPE, so a print to the
+    // closed pipe would panic).
+    // SAFETY: restoring a signal's default action before any thread starts.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     interp::interp_core::reuse_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -1,6 +1,7 @@
 //! `interp report`: the main job. For each model, whatever applies to it: summary and logit lens;
 //! SAE and transcoder dashboards; a transcoder attribution graph; causal tracing on the facts task;
-//! ACDC / EAP-IG circuits of IOI and greater-than; bilinear-MLP spectra. One HTML page, with the
+//! ACDC / EAP-IG circuits of IOI and greater-than; bilinear-MLP spectra; a mixture of experts'
+//! routing. One HTML page, with the
 //! tables (parquet + CSV), charts (SVG + PNG) and graphs (JSON) in one folder per model.
 
 use std::path::{Path, PathBuf};
@@ -24,7 +25,8 @@ use super::features;
 
 #[derive(clap::Args)]
 pub struct ReportArgs {
-    /// Checkpoint directories (default: models/shakespeare-gpt2 and models/tasks-bilinear).
+    /// Checkpoint directories (default: models/shakespeare-gpt2, models/tasks-bilinear and
+    /// models/tasks-moe).
     pub models: Vec<PathBuf>,
     /// Output folder: report.html, and a subfolder of tables, charts and JSON per model.
     #[arg(long, default_value = "report")]
@@ -48,7 +50,7 @@ pub struct ReportArgs {
 
 pub fn run(args: &ReportArgs) -> Result<()> {
     let models = if args.models.is_empty() {
-        vec![PathBuf::from(super::DEFAULT_MODEL), PathBuf::from(circuit::TASK_MODEL)]
+        vec![PathBuf::from(super::DEFAULT_MODEL), PathBuf::from(circuit::TASK_MODEL), PathBuf::from(circuit::MOE_TASK_MODEL)]
     } else {
         args.models.clone()
     };
@@ -171,7 +173,11 @@ fn summary(model: &HookedTransformer, dir: &Path, slug: &str, tokens: &Tensor, o
         ("layers", c.n_layers.to_string()),
         ("d_model", c.d_model.to_string()),
         ("heads", format!("{} (kv heads {}), d_head {}", c.n_heads, c.n_kv_heads, c.d_head)),
-        ("mlp", if c.attn_only { "none (attention-only)".into() } else { format!("d_mlp {} ({:?}{})", c.d_mlp, c.act, if c.gated_mlp { ", gated" } else { "" }) }),
+        ("mlp", match (&c.moe, c.attn_only) {
+            (_, true) => "none (attention-only)".into(),
+            (Some(m), _) => format!("{} of {} experts x {} units per token ({:?}, gated)", m.top_k, m.n_experts, m.d_expert, c.act),
+            (None, _) => format!("d_mlp {} ({:?}{})", c.d_mlp, c.act, if c.gated_mlp { ", gated" } else { "" }),
+        }),
         ("vocabulary", c.d_vocab.to_string()),
         ("context", c.n_ctx.to_string()),
         ("norm", format!("{:?}", c.norm)),
