@@ -27,6 +27,14 @@ time ./target/release/interp train --out models/tasks-bilinear --data tasks \
   --steps 5000 --batch 160 --lr 3e-3 --warmup 100 --eval-every 1000 --checkpoint-every 1000 --seed 0 --threads 2
 rm -rf models/tasks-bilinear/checkpoints
 
+# Mixture of experts on the same mixture of tasks: 8 SwiGLU experts of 128 units, top 2 (so a token
+# uses as many MLP units as the bilinear model's 256), saved as HF mixtral.
+rm -rf models/tasks-moe
+time ./target/release/interp train --out models/tasks-moe --data tasks \
+  --mlp moe --experts 8 --top-k 2 --layers 2 --d-model 128 --heads 4 --d-mlp 128 --ctx 32 \
+  --steps 5000 --batch 160 --lr 3e-3 --warmup 100 --eval-every 1000 --checkpoint-every 1000 --seed 0 --threads 2
+rm -rf models/tasks-moe/checkpoints
+
 # TopK transcoders replacing both MLPs of the Shakespeare model (for `interp graph`).
 for l in 0 1; do
   out=models/shakespeare-gpt2/transcoders/layer_$l
