@@ -1,6 +1,6 @@
 """Proves that models trained and saved by `interp train` load in HF transformers with the same
 logits. Trains tiny GPT-2- and Llama-style models (every MLP kind HF can express, a mixture of
-experts, peri-norm blocks, and attention-only models, which are saved with MLPs whose output is exactly zero) for a few steps with the release
+experts, peri-norm blocks, and attention-only models, and post-norm blocks, which HF must refuse, which are saved with MLPs whose output is exactly zero) for a few steps with the release
 `interp` binary, then for each, and for every model shipped in models/, compares HF's logits
 (float32, eager attention) with `interp cache ... --hooks unembed.hook_out` on the same random ids.
 
@@ -19,10 +19,10 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 INTERP = os.environ.get("INTERP", os.path.join(ROOT, "target", "release", "interp"))
 VARIANTS = [("gpt2", "gelu"), ("gpt2", "relu"), ("llama", "swiglu"), ("llama", "geglu"), ("llama", "reglu"),
             ("llama", "glu"), ("llama", "bilinear"), ("gpt2", "none"), ("llama", "none"), ("llama", "moe"),
-            ("llama", "swiglu-peri"), ("llama", "geglu-peri")]
+            ("llama", "swiglu-peri"), ("llama", "geglu-peri"), ("llama", "swiglu-post")]
 # Extra flags: a mixture of experts (saved as HF mixtral), peri-norm blocks (saved as HF gemma2).
-EXTRA = {"moe": ["--experts", "4", "--top-k", "2"], "peri": ["--norm", "peri"]}
-SHIPPED = ["shakespeare-gpt2", "induction-attn-only", "tasks-bilinear"]
+EXTRA = {"moe": ["--experts", "4", "--top-k", "2"], "peri": ["--norm", "peri"], "post": ["--norm", "post"]}
+SHIPPED = ["shakespeare-gpt2", "induction-attn-only", "tasks-bilinear", "tasks-moe"]
 TOL = 1e-4
 
 
@@ -40,7 +40,18 @@ def main():
                            check=True, capture_output=True)
             dirs.append((f"{style} {mlp}", out))
         dirs += [(f"models/{name}", os.path.join(ROOT, "models", name)) for name in SHIPPED]
+        refused = 0
         for label, out in dirs:
+            if label.endswith("-post"):
+                # Post-norm blocks have no HF family: HF must refuse them, not load something else.
+                try:
+                    transformers.AutoModelForCausalLM.from_pretrained(out)
+                except (ValueError, KeyError) as e:
+                    refused += 1
+                    print(f"{label:28} refused by HF: {str(e).splitlines()[0][:90]}")
+                    continue
+                print(f"FAILED: HF loaded {label}, which it cannot compute", file=sys.stderr)
+                sys.exit(1)
             model = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").float().eval()
             seq = min(32, model.config.max_position_embeddings)
             ids = torch.randint(0, model.config.vocab_size, (2, seq), generator=torch.Generator().manual_seed(0))
@@ -57,7 +68,8 @@ def main():
             if diff > TOL:
                 print(f"FAILED: {label} differs by {diff}", file=sys.stderr)
                 sys.exit(1)
-    print(f"all {len(VARIANTS)} saved and {len(SHIPPED)} shipped models match HF transformers {transformers.__version__} within {TOL} (worst {worst:.2e})")
+    print(f"all {len(VARIANTS) - refused} saved and {len(SHIPPED)} shipped models match HF transformers {transformers.__version__} within {TOL} "
+          f"(worst {worst:.2e}); {refused} refused by HF as it should")
 
 
 if __name__ == "__main__":

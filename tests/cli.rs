@@ -319,7 +319,7 @@ fn circuit_commands_write_tables_json_and_charts() {
     let (ok, _, err) = interp(&["patch", "--sites", "resid_pre", "z", "--n", "8", "--out", &o("patch")]);
     assert!(ok, "{err}");
     let csv = std::fs::read_to_string(out.join("patch/patching.csv")).unwrap();
-    assert!(csv.starts_with("site,layer,pos,head,metric,normalized\n"));
+    assert!(csv.starts_with("site,layer,pos,head,expert,metric,normalized\n"));
     assert!(out.join("patch/patch_z.png").exists());
     // Bad input: one line, non-zero exit.
     for args in [

@@ -192,11 +192,13 @@ fn mixtures_of_experts_train_with_a_load_balancing_loss() {
 }
 
 /// Peri-norm blocks (a norm before and after each sublayer) train and save as HF gemma2, their
-/// gains starting at 1 (Gemma stores gain - 1); post-norm blocks and impossible combinations are
-/// refused with the reason.
+/// gains starting at 1 (Gemma stores gain - 1); post-norm blocks compute DeepNet's
+/// norm(alpha x + f(x)), train, and save as interp_post_norm; impossible combinations are refused
+/// with the reason.
 #[test]
 fn norm_placements() {
-    use interp::interp_core::{Experts, NormSite};
+    use interp::interp_core::{CacheSpec, Experts, NormSite};
+    let tokens = Permutation::batch(99).input;
     let peri = ModelSpec { norm: NormPlacement::Peri, ..spec(BlockStyle::Llama, Some(MlpKind::SwiGlu)) };
     let model = HookedTransformer::init_random(&peri, 2, Kind::Float, Device::Cpu).unwrap();
     assert_eq!((model.cfg.model_type.as_str(), model.cfg.post_norms, model.cfg.attn_softcap, model.cfg.sliding_window[0]), ("gemma2", true, None, None));
@@ -207,10 +209,31 @@ fn norm_placements() {
     let dir = scratch("peri");
     model.save_pretrained(&dir).unwrap();
     let back = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
-    let tokens = Permutation::batch(99).input;
+    assert_eq!(max_abs_diff(&back.forward(&tokens).unwrap(), &model.forward(&tokens).unwrap()), 0.0);
+    // Post-norm (DeepNet): resid_mid = norm(alpha resid_pre + attn_out) with alpha = (2 n_layers)^(1/4),
+    // resid_post likewise; no final norm; saved as interp_post_norm.
+    let post = ModelSpec { norm: NormPlacement::Post, ..peri.clone() };
+    let model = HookedTransformer::init_random(&post, 2, Kind::Float, Device::Cpu).unwrap();
+    let alpha = model.cfg.post_ln_alpha.unwrap();
+    assert_eq!((model.cfg.model_type.as_str(), alpha), ("interp_post_norm", 4f64.powf(0.25)));
+    let (_, cache) = model.run_with_cache(&tokens, CacheSpec::all()).unwrap();
+    let rms = |x: Tensor| &x / (x.square().mean_dim(-1, true, Kind::Float) + 1e-5).sqrt();
+    for l in 0..2 {
+        let get = |s: &str| cache.get(format!("blocks.{l}.{s}").as_str()).unwrap().shallow_clone();
+        assert!(max_abs_diff(&rms(get("hook_resid_pre") * alpha + get("hook_attn_out")), &get("hook_resid_mid")) < 1e-5, "layer {l}");
+        assert!(max_abs_diff(&rms(get("hook_resid_mid") * alpha + get("hook_mlp_out")), &get("hook_resid_post")) < 1e-5, "layer {l}");
+    }
+    assert!(max_abs_diff(cache.get("blocks.1.hook_resid_post").unwrap(), cache.get("unembed.hook_in").unwrap()) == 0.0, "no final norm");
+    assert!(model.hook_point("ln_final.hook_scale").unwrap_err().to_string().contains("no final norm"));
+    let report = model.train(&Permutation { fail_at: None }, &quiet(40)).unwrap();
+    assert!(report.eval_losses.last().unwrap().1 < 0.5 * report.eval_losses[0].1, "{:?}", report.eval_losses);
+    let dir = scratch("post");
+    model.save_pretrained(&dir).unwrap();
+    let back = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
     assert_eq!(max_abs_diff(&back.forward(&tokens).unwrap(), &model.forward(&tokens).unwrap()), 0.0);
     let refused = |s: ModelSpec| s.config().unwrap_err().to_string();
-    assert!(refused(ModelSpec { norm: NormPlacement::Post, ..peri.clone() }).contains("no HF transformers family computes them"));
+    assert!(refused(ModelSpec { style: BlockStyle::Gpt2, ..post.clone() }).contains("post-norm blocks are built Llama-style"));
+    assert!(refused(ModelSpec { mlp: None, ..post }).contains("need an MLP"));
     assert!(refused(ModelSpec { style: BlockStyle::Gpt2, ..peri.clone() }).contains("--style llama"));
     assert!(refused(ModelSpec { experts: Some(Experts { n_experts: 4, top_k: 2 }), ..peri.clone() }).contains("dense MLPs"));
     assert!(refused(ModelSpec { mlp: None, ..peri }).contains("no attention-only block"));

@@ -220,10 +220,11 @@ impl EdgeGraph {
     pub fn new(model: &HookedTransformer) -> Result<EdgeGraph> {
         let c = &model.cfg;
         if c.post_norms {
-            return Err(Error::UnsupportedLayout(format!(
-                "`{}` normalises each attention and MLP output before adding it to the residual stream, so head outputs are not additive senders",
-                c.model_type
-            )));
+            let what = match c.post_ln_alpha {
+                Some(_) => "normalises the residual stream after each sublayer (post-norm blocks)",
+                None => "normalises each attention and MLP output before adding it to the residual stream",
+            };
+            return Err(Error::UnsupportedLayout(format!("`{}` {what}, so head outputs are not additive senders", c.model_type)));
         }
         let (h, kv, has_mlp) = (c.n_heads, c.n_kv_heads, !c.attn_only);
         let mut senders = vec![Sender::Embed];

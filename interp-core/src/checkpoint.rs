@@ -59,6 +59,9 @@ pub(crate) struct RandomInit {
     pub(crate) n_layers: usize,
     /// The stored value of a unit norm gain (0 where a family stores `gain - 1`, as Gemma does).
     pub(crate) unit_gain: f64,
+    /// DeepNet's beta: post-norm models start with v, o and MLP weights this much smaller (instead
+    /// of the usual down-scaling of what writes to the residual stream).
+    pub(crate) deepnet_beta: Option<f64>,
     pub(crate) rng: RefCell<Rng>,
 }
 
@@ -74,7 +77,12 @@ impl TensorSource for RandomInit {
             Tensor::f_full(shape, self.unit_gain, opts)?
         } else {
             let writes_resid = ["attn.c_proj", "mlp.c_proj", "o_proj", "down_proj", ".w2."].iter().any(|s| name.contains(s));
-            let std = if writes_resid { 0.02 / (2.0 * self.n_layers as f64).sqrt() } else { 0.02 };
+            let std = match self.deepnet_beta {
+                Some(beta) if ["v_proj", "o_proj", ".mlp."].iter().any(|s| name.contains(s)) => 0.02 * beta,
+                Some(_) => 0.02,
+                None if writes_resid => 0.02 / (2.0 * self.n_layers as f64).sqrt(),
+                None => 0.02,
+            };
             self.rng.borrow_mut().normal_tensor(shape)?.f_to_device(device)?.f_mul_scalar(std)?
         };
         Ok(t.f_to_kind(kind)?)

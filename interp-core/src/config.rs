@@ -263,6 +263,11 @@ pub struct ModelConfig {
     pub qk_norm: QkNorm,
     /// Norms before attention and MLP (`ln1`, `ln2`); OLMo 2 has none, only norms after them.
     pub pre_norms: bool,
+    /// Post-norm blocks (DeepNet, `interp_post_norm`): the residual stream is scaled by this and
+    /// each sublayer's output added, then the sum normalised (`resid_mid = norm(alpha resid_pre +
+    /// attn_out)`, `resid_post = norm(alpha resid_mid + mlp_out)`), with no norm before the
+    /// unembedding. `None`: norms before the sublayers (and Gemma's on their outputs).
+    pub post_ln_alpha: Option<f64>,
     /// The attention output projection has a bias.
     pub o_bias: bool,
     /// The MLP's projections have biases.
@@ -281,9 +286,10 @@ pub struct ModelConfig {
 }
 
 /// Keys this toolkit adds to HF `config.json` for models HF cannot express (documented in the
-/// README): `interp_attn_only` (blocks without MLPs) and, for `gpt2`, `interp_gated_mlp` (a GLU-family
-/// MLP `act(x W_gate) * (x W_in)` with the gate stored as `h.L.mlp.c_gate`).
-pub const EXTENSION_KEYS: &[&str] = &["interp_attn_only", "interp_gated_mlp"];
+/// README): `interp_attn_only` (blocks without MLPs), for `gpt2`, `interp_gated_mlp` (a GLU-family
+/// MLP `act(x W_gate) * (x W_in)` with the gate stored as `h.L.mlp.c_gate`), and for
+/// `interp_post_norm` (a model type HF refuses), `interp_residual_scale` (DeepNet's alpha).
+pub const EXTENSION_KEYS: &[&str] = &["interp_attn_only", "interp_gated_mlp", "interp_residual_scale"];
 
 impl ModelConfig {
     /// A plain causal decoder of `n_layers` blocks: pre-norms, no soft caps, sliding windows,
@@ -324,6 +330,7 @@ impl ModelConfig {
             attn_only: false,
             qk_norm: QkNorm::None,
             pre_norms: true,
+            post_ln_alpha: None,
             moe: None,
             causal: true,
             hf_json: Value::Null,
@@ -422,7 +429,10 @@ impl ModelConfig {
                 return Err(Error::Config("mixture-of-experts MLPs are gated, without biases".into()));
             }
         }
-        let scales = [("attention scale", Some(self.attn_scale)), ("attn_logit_softcapping", self.attn_softcap), ("final_logit_softcapping", self.final_softcap)];
+        if self.post_ln_alpha.is_some() && (self.attn_only || self.parallel_attn_mlp || !self.post_norms) {
+            return Err(Error::Config("post-norm blocks need an attention and an MLP sublayer in sequence, each followed by its norm".into()));
+        }
+        let scales = [("interp_residual_scale", self.post_ln_alpha), ("attention scale", Some(self.attn_scale)), ("attn_logit_softcapping", self.attn_softcap), ("final_logit_softcapping", self.final_softcap)];
         if let Some((what, v)) = scales.into_iter().find_map(|(w, v)| v.filter(|v| !v.is_finite() || *v <= 0.0).map(|v| (w, v))) {
             return Err(Error::Config(format!("{what} must be positive and finite, found {v}")));
         }

@@ -432,10 +432,19 @@ impl HookedTransformer {
             let resid_post = resid_pre.f_add(&attn_out)?.f_add(&mlp_out)?;
             return run.fire(at(BlockSite::ResidPost), resid_post);
         }
-        let resid_mid = run.fire(at(BlockSite::ResidMid), resid_pre.f_add(&attn_out)?)?;
+        // Post-norm blocks: norm(alpha resid + sublayer output) after each sublayer.
+        let add = |resid: &Tensor, out: &Tensor, norm: Option<&Norm>, run: &mut Run| -> Result<Tensor> {
+            match (self.cfg.post_ln_alpha, norm) {
+                (Some(alpha), Some(norm)) => self.norm(norm, &resid.f_mul_scalar(alpha)?.f_add(out)?, run, None),
+                _ => Ok(resid.f_add(out)?),
+            }
+        };
+        let resid_mid = add(&resid_pre, &attn_out, blk.ln1_post.as_ref(), run)?;
+        let resid_mid = run.fire(at(BlockSite::ResidMid), resid_mid)?;
         let mlp_in = run.fire(at(BlockSite::MlpIn), resid_mid.shallow_clone())?;
         let mlp_out = self.mlp(l, mlp, &mlp_in, run)?;
-        run.fire(at(BlockSite::ResidPost), resid_mid.f_add(&mlp_out)?)
+        let resid_post = add(&resid_mid, &mlp_out, mlp.ln2_post.as_ref(), run)?;
+        run.fire(at(BlockSite::ResidPost), resid_post)
     }
 
     /// q, k, v [batch, pos, heads, d_head] from per-head copies of the block input (opt-in path:
@@ -571,7 +580,7 @@ impl HookedTransformer {
         } else {
             o.forward(&z.f_reshape([b, p, h * dh])?)?
         };
-        if let Some(post) = &blk.ln1_post {
+        if let (Some(post), None) = (&blk.ln1_post, self.cfg.post_ln_alpha) {
             out = self.norm(post, &out, run, None)?;
         }
         run.fire(at(BlockSite::AttnOut), out)
@@ -584,7 +593,7 @@ impl HookedTransformer {
             (Some(moe), Some(sizes)) => self.moe(l, m, moe, sizes, &x, run)?,
             _ => self.dense_mlp(l, m, &x, run)?,
         };
-        if let Some(norm) = &m.ln2_post {
+        if let (Some(norm), None) = (&m.ln2_post, self.cfg.post_ln_alpha) {
             out = self.norm(norm, &out, run, None)?;
         }
         run.fire(at(BlockSite::MlpOut), out)

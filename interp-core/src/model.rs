@@ -69,7 +69,8 @@ pub(crate) struct Mlp {
     pub(crate) ln: Option<Norm>,
     /// [d_model, d_mlp] ([d_model, n_experts d_expert] in a mixture of experts).
     pub(crate) w_out: Linear,
-    /// Gemma-2's norm on the MLP output.
+    /// Gemma-2's norm on the MLP output; in post-norm blocks, the norm of the scaled residual
+    /// plus the MLP output.
     pub(crate) ln2_post: Option<Norm>,
     /// The router (and shared expert) of a mixture-of-experts layer, whose experts are `w_in`,
     /// `w_gate` and `w_out`.
@@ -99,7 +100,8 @@ pub(crate) struct SharedExpert {
 pub(crate) struct Block {
     pub(crate) ln1: Norm,
     pub(crate) attn: Attention,
-    /// Gemma-2's norm on the attention output.
+    /// Gemma-2's norm on the attention output; in post-norm blocks, the norm of the scaled
+    /// residual plus the attention output.
     pub(crate) ln1_post: Option<Norm>,
     /// `None` in attention-only models.
     pub(crate) mlp: Option<Mlp>,
@@ -339,6 +341,9 @@ impl HookedTransformer {
             HookPoint::Block(l, _) if l >= c.n_layers => Err(format!("the model has {} layers", c.n_layers)),
             HookPoint::Block(_, BlockSite::RotQ | BlockSite::RotK) if !matches!(c.positional, Positional::Rotary(_)) => {
                 Err("the model has no rotary embeddings".into())
+            }
+            HookPoint::LnFinalScale | HookPoint::LnFinalNormalized if c.post_ln_alpha.is_some() => {
+                Err("post-norm blocks end normalised: the model has no final norm".into())
             }
             HookPoint::LnFinalScale | HookPoint::LnFinalNormalized | HookPoint::Block(_, BlockSite::Ln1Scale | BlockSite::Ln1Normalized | BlockSite::Ln2Scale | BlockSite::Ln2Normalized)
                 if c.norm == NormKind::Identity =>

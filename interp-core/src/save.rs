@@ -17,7 +17,12 @@ impl HookedTransformer {
     pub fn init_random(spec: &ModelSpec, seed: i64, kind: Kind, device: Device) -> Result<Self> {
         let cfg = spec.config()?;
         let _guard = tch::no_grad_guard();
-        let init = RandomInit { n_layers: cfg.n_layers, unit_gain: 1.0 - crate::models::gain_offset(&cfg), rng: RefCell::new(Rng::new(seed as u64)) };
+        let init = RandomInit {
+            n_layers: cfg.n_layers,
+            unit_gain: 1.0 - crate::models::gain_offset(&cfg),
+            deepnet_beta: cfg.post_ln_alpha.map(|_| (8.0 * cfg.n_layers as f64).powf(-0.25)),
+            rng: RefCell::new(Rng::new(seed as u64)),
+        };
         let params = crate::models::load_params(&cfg, &init, kind, device)?;
         Self::from_params(cfg, params, None, kind, device)
     }

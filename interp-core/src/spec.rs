@@ -80,8 +80,10 @@ pub enum NormPlacement {
     /// and 3, the Peri-LN paper): Llama-style blocks saved as HF `gemma2` (so, as Gemma does,
     /// embeddings scaled by sqrt(d_model)), without soft caps or sliding windows.
     Peri,
-    /// After each residual addition, with DeepNet's residual scaling: refused, since no HF
-    /// transformers family computes it (a saved model would not load in HF as the same function).
+    /// After each residual addition, DeepNet's post-norm: `norm(alpha x + f(x))` with alpha =
+    /// (2 n_layers)^(1/4) and v, o and MLP weights initialised smaller by (8 n_layers)^(-1/4);
+    /// no final norm. No HF transformers family computes it, so it is saved as this toolkit's
+    /// `interp_post_norm` (Llama-style blocks), a model type HF refuses rather than misreads.
     Post,
 }
 
@@ -135,11 +137,6 @@ impl ModelSpec {
     pub fn to_hf_json(&self) -> Result<Value> {
         match (self.norm, self.style, self.experts) {
             (NormPlacement::Pre, ..) => {}
-            (NormPlacement::Post, ..) => {
-                return Err(Error::Config(
-                    "post-norm blocks (DeepNet) are not built: no HF transformers family computes them, so a saved model would not load in HF as the same function".into(),
-                ))
-            }
             (NormPlacement::Peri, BlockStyle::Gpt2, _) => {
                 return Err(Error::Config("peri-norm blocks are built Llama-style and saved as HF gemma2: use --style llama".into()))
             }
@@ -149,7 +146,14 @@ impl ModelSpec {
             (NormPlacement::Peri, ..) if self.mlp.is_none() => {
                 return Err(Error::Config("peri-norm blocks are saved as HF gemma2, which has no attention-only block".into()))
             }
-            (NormPlacement::Peri, ..) => {}
+            (NormPlacement::Post, BlockStyle::Gpt2, _) => {
+                return Err(Error::Config("post-norm blocks are built Llama-style: use --style llama".into()))
+            }
+            (NormPlacement::Post, _, Some(_)) => return Err(Error::Config("post-norm blocks with mixture-of-experts MLPs are not built".into())),
+            (NormPlacement::Post, ..) if self.mlp.is_none() => {
+                return Err(Error::Config("post-norm blocks need an MLP after attention (attention-only post-norm blocks are not built)".into()))
+            }
+            (NormPlacement::Peri | NormPlacement::Post, ..) => {}
         }
         let default = if self.style == BlockStyle::Llama { MlpKind::SwiGlu } else { MlpKind::Gelu };
         let (act, gated) = self.mlp.unwrap_or(default).hf();
@@ -168,7 +172,9 @@ impl ModelSpec {
                 let (model_type, architecture) = match (self.experts, self.norm) {
                     (Some(_), _) => ("mixtral", "MixtralForCausalLM"),
                     (None, NormPlacement::Peri) => ("gemma2", "Gemma2ForCausalLM"),
-                    (None, _) => ("llama", "LlamaForCausalLM"),
+                    // Ours: HF refuses the model type instead of loading something else.
+                    (None, NormPlacement::Post) => ("interp_post_norm", "InterpPostNormForCausalLM"),
+                    (None, NormPlacement::Pre) => ("llama", "LlamaForCausalLM"),
                 };
                 json!({
                     "model_type": model_type, "architectures": [architecture],
@@ -192,6 +198,9 @@ impl ModelSpec {
                 return Err(Error::Config("mixtures of experts are built with Llama-style blocks (saved as HF `mixtral`): use --style llama".into()))
             }
             (None, _) => {}
+        }
+        if self.norm == NormPlacement::Post {
+            map.insert("interp_residual_scale".into(), (2.0 * self.n_layers as f64).powf(0.25).into());
         }
         if self.norm == NormPlacement::Peri {
             // Gemma 2's extras off: no soft caps, every layer global, the usual attention scale.

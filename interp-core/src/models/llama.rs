@@ -4,6 +4,8 @@
 //! windows. Qwen3 adds an RMSNorm over each head's q and k; Phi-3 fuses q, k and v into
 //! `qkv_proj` and gate and up into `gate_up_proj`, and may rotate part of each head; OLMo 2
 //! (`olmo2`) normalises each sublayer's output instead of its input and q and k over all heads.
+//! `interp_post_norm` (this toolkit's, a model type HF refuses) is the Llama layout with DeepNet's
+//! post-norm blocks: norms on the scaled residual plus each sublayer's output, under OLMo 2's names.
 //! The MoE families replace MLPs by a router over gated experts (Qwen2-MoE adds a shared expert;
 //! OLMoE normalises q and k as OLMo 2 does, Qwen3-MoE as Qwen3).
 
@@ -44,6 +46,8 @@ pub(crate) struct LlamaConfig {
     tie_word_embeddings: Option<bool>,
     bos_token_id: Option<i64>,
     interp_attn_only: Option<bool>,
+    /// `interp_post_norm`'s residual scale (DeepNet's alpha).
+    interp_residual_scale: Option<f64>,
     /// Qwen2 and Qwen2-MoE (transformers v5): biases on q, k and v.
     qkv_bias: Option<bool>,
     #[serde(flatten)]
@@ -180,7 +184,7 @@ pub(crate) fn decoder(c: LlamaConfig, model_type: &str, act: Activation) -> Resu
         positional: Positional::Rotary(Rotary { dim: (d_head as f64 * rope.partial_rotary_factor.unwrap_or(1.0)) as i64, base, scaling: rope.scaling()? }),
         attn_scale: (d_head as f64).powf(-0.5),
         sliding_window,
-        post_norms: model_type == "olmo2",
+        post_norms: matches!(model_type, "olmo2" | "interp_post_norm"),
         tie_embeddings: c.tie_word_embeddings.unwrap_or(false),
         qkv_bias: c.qkv_bias.unwrap_or(attention_bias || matches!(model_type, "qwen2" | "qwen2_moe")),
         o_bias: attention_bias,
@@ -192,7 +196,12 @@ pub(crate) fn decoder(c: LlamaConfig, model_type: &str, act: Activation) -> Resu
             "olmo2" | "olmoe" => QkNorm::WholeProjection,
             _ => QkNorm::None,
         },
-        pre_norms: model_type != "olmo2",
+        pre_norms: !matches!(model_type, "olmo2" | "interp_post_norm"),
+        post_ln_alpha: match (model_type, c.interp_residual_scale) {
+            ("interp_post_norm", Some(alpha)) => Some(alpha),
+            ("interp_post_norm", None) => return Err(Error::Config("missing key `interp_residual_scale`".into())),
+            _ => None,
+        },
         moe: c.moe.config(model_type, n_layers, c.intermediate_size.0)?,
         ..ModelConfig::plain(n_layers)
     })

@@ -22,8 +22,12 @@ use crate::error::{Error, Result};
 use crate::model::{Attention, Block, Linear, Mlp, Moe, Norm, Params, SharedExpert};
 
 /// The HF `model_type`s this runtime loads.
-pub const SUPPORTED_MODEL_TYPES: &[&str] =
-    &["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3_text", "mixtral", "qwen2_moe", "olmoe", "qwen3_moe"];
+/// (`interp_post_norm` is this toolkit's own: post-norm blocks, which HF has no family for and
+/// refuses.)
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
+    "gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3_text", "mixtral", "qwen2_moe", "olmoe", "qwen3_moe",
+    "interp_post_norm",
+];
 
 /// Converts an HF `config.json` value into a validated config (`hf_json` keeps the value).
 pub(crate) fn config_from_hf(value: &Value) -> Result<ModelConfig> {
@@ -43,7 +47,7 @@ pub(crate) fn config_from_hf(value: &Value) -> Result<ModelConfig> {
     let mut cfg = match model_type {
         "gpt2" => gpt2::config(parse(value)?)?,
         "gpt_neox" => gpt_neox::config(parse(value)?)?,
-        "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "olmo2" | "mixtral" | "qwen2_moe" | "olmoe" | "qwen3_moe" => {
+        "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "olmo2" | "mixtral" | "qwen2_moe" | "olmoe" | "qwen3_moe" | "interp_post_norm" => {
             llama::config(parse(value)?, model_type)?
         }
         "gemma" | "gemma2" | "gemma3_text" => gemma::config(parse(value)?, model_type)?,
@@ -382,7 +386,12 @@ pub(crate) fn load_params(cfg: &ModelConfig, src: &dyn TensorSource, kind: Kind,
         true => w_e.shallow_clone(),
         false => l.t(&names.unembed, &[cfg.d_vocab, cfg.d_model])?,
     };
-    Ok(Params { w_e, w_pos, blocks, ln_final: l.norm(&names.ln_final)?, w_u, b_u: None })
+    // Post-norm blocks end normalised: no final norm.
+    let ln_final = match cfg.post_ln_alpha {
+        Some(_) => Norm { kind: NormKind::Identity, w: None, b: None, eps: cfg.norm_eps },
+        None => l.norm(&names.ln_final)?,
+    };
+    Ok(Params { w_e, w_pos, blocks, ln_final, w_u, b_u: None })
 }
 
 /// Checks what a checkpoint holds beyond the tensors loading reads, where HF would compute
@@ -556,7 +565,9 @@ pub(crate) fn hf_tensors(cfg: &ModelConfig, p: &Params, device: Device) -> Resul
         };
         linear(&mut out, &n.mlp_out, w, b);
     }
-    norm(&mut out, &names.ln_final, Some(&p.ln_final))?;
+    if cfg.post_ln_alpha.is_none() {
+        norm(&mut out, &names.ln_final, Some(&p.ln_final))?;
+    }
     if !cfg.tie_embeddings {
         out.push((names.unembed.clone(), p.w_u.shallow_clone()));
     }
