@@ -46,6 +46,20 @@ impl BatchSource for Permutation {
     }
 }
 
+/// Trains `model` for `steps` on the permutation task (the eval loss must at least halve), saves
+/// it, and loads it back as the same config and function.
+fn learns_and_round_trips(model: &HookedTransformer, steps: usize, name: &str) {
+    let report = model.train(&Permutation { fail_at: None }, &quiet(steps)).unwrap();
+    let (first, last) = (report.eval_losses[0].1, report.eval_losses.last().unwrap().1);
+    assert!(last < 0.5 * first, "{name}: eval loss {first} -> {last}");
+    let dir = scratch(name);
+    model.save_pretrained(&dir).unwrap();
+    let back = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(back.cfg, model.cfg, "{name}");
+    let tokens = Permutation::batch(99).input;
+    assert_eq!(max_abs_diff(&back.forward(&tokens).unwrap(), &model.forward(&tokens).unwrap()), 0.0, "{name}");
+}
+
 fn quiet(steps: usize) -> TrainConfig {
     TrainConfig { steps, lr: 3e-3, warmup_steps: 5, progress: false, eval_every: 10, checkpoint_every: 5, ..Default::default() }
 }
@@ -172,9 +186,7 @@ fn mixtures_of_experts_train_with_a_load_balancing_loss() {
     let model = HookedTransformer::init_random(&moe, 3, Kind::Float, Device::Cpu).unwrap();
     assert_eq!((model.cfg.model_type.as_str(), model.cfg.moe.as_ref().unwrap().router_aux_loss_coef), ("mixtral", 0.01));
     let router_before = model.parameters().iter().find(|p| p.size() == [4, 32]).unwrap().copy();
-    let report = model.train(&Permutation { fail_at: None }, &quiet(60)).unwrap();
-    let (first, last) = (report.eval_losses[0].1, report.eval_losses.last().unwrap().1);
-    assert!(last < 0.5 * first, "eval loss {first} -> {last}");
+    learns_and_round_trips(&model, 60, "moe");
     let router_after = model.parameters().into_iter().find(|p| p.size() == [4, 32]).unwrap();
     assert!(max_abs_diff(&router_before, &router_after) > 1e-3, "the router did not learn");
     // Every expert gets a share of the tokens.
@@ -184,11 +196,6 @@ fn mixtures_of_experts_train_with_a_load_balancing_loss() {
         let load = chosen.flatten(0, -1).bincount::<Tensor>(None, 4).to_kind(Kind::Float) / chosen.numel() as f64;
         assert!(load.min().double_value(&[]) > 0.05, "{name}: load per expert {load:?}");
     }
-    let dir = scratch("moe");
-    model.save_pretrained(&dir).unwrap();
-    let back = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
-    assert_eq!(back.cfg, model.cfg);
-    assert_eq!(max_abs_diff(&back.forward(&tokens).unwrap(), &model.forward(&tokens).unwrap()), 0.0);
 }
 
 /// Peri-norm blocks (a norm before and after each sublayer) train and save as HF gemma2, their
@@ -204,12 +211,7 @@ fn norm_placements() {
     assert_eq!((model.cfg.model_type.as_str(), model.cfg.post_norms, model.cfg.attn_softcap, model.cfg.sliding_window[0]), ("gemma2", true, None, None));
     let (gain, _) = model.norm_weights(NormSite::Ln2(1)).unwrap();
     assert_eq!(max_abs_diff(&gain.unwrap(), &Tensor::ones([32], (Kind::Float, Device::Cpu))), 0.0, "a unit gain");
-    let report = model.train(&Permutation { fail_at: None }, &quiet(40)).unwrap();
-    assert!(report.eval_losses.last().unwrap().1 < 0.5 * report.eval_losses[0].1, "{:?}", report.eval_losses);
-    let dir = scratch("peri");
-    model.save_pretrained(&dir).unwrap();
-    let back = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
-    assert_eq!(max_abs_diff(&back.forward(&tokens).unwrap(), &model.forward(&tokens).unwrap()), 0.0);
+    learns_and_round_trips(&model, 40, "peri");
     // Post-norm (DeepNet): resid_mid = norm(alpha resid_pre + attn_out) with alpha = (2 n_layers)^(1/4),
     // resid_post likewise; no final norm; saved as interp_post_norm.
     let post = ModelSpec { norm: NormPlacement::Post, ..peri.clone() };
@@ -225,12 +227,7 @@ fn norm_placements() {
     }
     assert!(max_abs_diff(cache.get("blocks.1.hook_resid_post").unwrap(), cache.get("unembed.hook_in").unwrap()) == 0.0, "no final norm");
     assert!(model.hook_point("ln_final.hook_scale").unwrap_err().to_string().contains("no final norm"));
-    let report = model.train(&Permutation { fail_at: None }, &quiet(40)).unwrap();
-    assert!(report.eval_losses.last().unwrap().1 < 0.5 * report.eval_losses[0].1, "{:?}", report.eval_losses);
-    let dir = scratch("post");
-    model.save_pretrained(&dir).unwrap();
-    let back = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
-    assert_eq!(max_abs_diff(&back.forward(&tokens).unwrap(), &model.forward(&tokens).unwrap()), 0.0);
+    learns_and_round_trips(&model, 40, "post");
     let refused = |s: ModelSpec| s.config().unwrap_err().to_string();
     assert!(refused(ModelSpec { style: BlockStyle::Gpt2, ..post.clone() }).contains("post-norm blocks are built Llama-style"));
     assert!(refused(ModelSpec { mlp: None, ..post }).contains("need an MLP"));
