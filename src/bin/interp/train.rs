@@ -25,7 +25,7 @@ pub struct TrainArgs {
     tokenizer: Option<PathBuf>,
     #[arg(long, default_value_t = 4096)]
     vocab: usize,
-    /// Block style (default: gpt2; llama with --mlp moe).
+    /// Block style (default: gpt2; llama with --mlp moe or --norm peri|post).
     #[arg(long, value_enum)]
     style: Option<BlockStyle>,
     /// MLP kind (default: gelu for gpt2 blocks, swiglu for llama ones); none: attention-only; moe:
@@ -34,8 +34,9 @@ pub struct TrainArgs {
     #[arg(long, value_parser = mlp_names())]
     mlp: Option<String>,
     /// Norm placement: pre (before each sublayer), peri (also after each sublayer's output, as
-    /// Gemma 2/3 and Peri-LN; saved as HF gemma2, Llama-style blocks only) or post (refused: no HF
-    /// family computes DeepNet's post-norm blocks).
+    /// Gemma 2/3 and Peri-LN; saved as HF gemma2) or post (DeepNet's, after each residual
+    /// addition; saved as interp_post_norm, which HF refuses); peri and post build Llama-style
+    /// blocks.
     #[arg(long, value_enum, default_value_t = NormPlacement::Pre)]
     norm: NormPlacement,
     /// Experts per layer (--mlp moe).
@@ -90,9 +91,9 @@ pub struct TrainArgs {
 impl TrainArgs {
     fn config(&self) -> Result<PretrainConfig> {
         let moe = self.mlp.as_deref() == Some("moe");
-        let peri = self.norm == NormPlacement::Peri;
-        let style = match (self.style, moe || peri) {
-            (Some(BlockStyle::Gpt2), true) => anyhow::bail!("--mlp moe and --norm peri build Llama-style blocks (saved as HF mixtral, gemma2); drop --style gpt2"),
+        let llama_only = moe || self.norm != NormPlacement::Pre;
+        let style = match (self.style, llama_only) {
+            (Some(BlockStyle::Gpt2), true) => anyhow::bail!("--mlp moe and --norm peri|post build Llama-style blocks; drop --style gpt2"),
             (Some(style), _) => style,
             (None, true) => BlockStyle::Llama,
             (None, false) => PretrainConfig::default().style,
