@@ -602,14 +602,13 @@ impl HookedTransformer {
     /// A dense MLP's output from its normed input `x`.
     fn dense_mlp(&self, l: usize, m: &Mlp, x: &Tensor, run: &mut Run) -> Result<Tensor> {
         let at = |s| HookPoint::Block(l, s);
-        let x = x.shallow_clone();
         let post = match &m.w_gate {
             Some(gate) => {
-                let pre = run.fire(at(BlockSite::MlpPre), gate.forward(&x)?)?;
-                let pre_linear = run.fire(at(BlockSite::MlpPreLinear), m.w_in.forward(&x)?)?;
+                let pre = run.fire(at(BlockSite::MlpPre), gate.forward(x)?)?;
+                let pre_linear = run.fire(at(BlockSite::MlpPreLinear), m.w_in.forward(x)?)?;
                 self.act(&pre)?.f_mul(&pre_linear)?
             }
-            None => self.act(&run.fire(at(BlockSite::MlpPre), m.w_in.forward(&x)?)?)?,
+            None => self.act(&run.fire(at(BlockSite::MlpPre), m.w_in.forward(x)?)?)?,
         };
         let post = match &m.ln {
             Some(ln) => {
