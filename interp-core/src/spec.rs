@@ -135,25 +135,19 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// The HF `config.json` (with this toolkit's extension keys where HF has no equivalent).
     pub fn to_hf_json(&self) -> Result<Value> {
-        match (self.norm, self.style, self.experts) {
-            (NormPlacement::Pre, ..) => {}
-            (NormPlacement::Peri, BlockStyle::Gpt2, _) => {
-                return Err(Error::Config("peri-norm blocks are built Llama-style and saved as HF gemma2: use --style llama".into()))
-            }
-            (NormPlacement::Peri, _, Some(_)) => {
-                return Err(Error::Config("peri-norm blocks have no mixture-of-experts layout in HF transformers (gemma2 has dense MLPs)".into()))
-            }
-            (NormPlacement::Peri, ..) if self.mlp.is_none() => {
-                return Err(Error::Config("peri-norm blocks are saved as HF gemma2, which has no attention-only block".into()))
-            }
-            (NormPlacement::Post, BlockStyle::Gpt2, _) => {
-                return Err(Error::Config("post-norm blocks are built Llama-style: use --style llama".into()))
-            }
-            (NormPlacement::Post, _, Some(_)) => return Err(Error::Config("post-norm blocks with mixture-of-experts MLPs are not built".into())),
-            (NormPlacement::Post, ..) if self.mlp.is_none() => {
-                return Err(Error::Config("post-norm blocks need an MLP after attention (attention-only post-norm blocks are not built)".into()))
-            }
-            (NormPlacement::Peri | NormPlacement::Post, ..) => {}
+        // Combinations no saved layout holds.
+        let (peri, post) = (self.norm == NormPlacement::Peri, self.norm == NormPlacement::Post);
+        let refusal = match (self.style, self.experts.is_some(), self.mlp.is_some()) {
+            (BlockStyle::Gpt2, ..) if peri || post => Some("peri- and post-norm blocks are built Llama-style: use --style llama"),
+            (BlockStyle::Gpt2, true, _) => Some("mixtures of experts are built with Llama-style blocks (saved as HF `mixtral`): use --style llama"),
+            (_, true, false) => Some("an attention-only model has no MLPs to split into experts"),
+            (_, true, _) if peri || post => Some("peri- and post-norm blocks with mixture-of-experts MLPs are not built (HF's gemma2 has dense MLPs)"),
+            (_, _, false) if peri => Some("peri-norm blocks are saved as HF gemma2, which has no attention-only block"),
+            (_, _, false) if post => Some("post-norm blocks need an MLP after attention (attention-only post-norm blocks are not built)"),
+            _ => None,
+        };
+        if let Some(why) = refusal {
+            return Err(Error::Config(why.into()));
         }
         let default = if self.style == BlockStyle::Llama { MlpKind::SwiGlu } else { MlpKind::Gelu };
         let (act, gated) = self.mlp.unwrap_or(default).hf();
@@ -187,22 +181,16 @@ impl ModelSpec {
             }
         };
         let map = v.as_object_mut().ok_or_else(|| Error::Config("config is not an object".into()))?;
-        match (self.experts, self.style) {
-            (Some(e), BlockStyle::Llama) => {
-                map.insert("num_local_experts".into(), e.n_experts.into());
-                map.insert("num_experts_per_tok".into(), e.top_k.into());
-                map.insert("router_aux_loss_coef".into(), ROUTER_AUX_LOSS_COEF.into());
-                map.insert("sliding_window".into(), Value::Null);
-            }
-            (Some(_), BlockStyle::Gpt2) => {
-                return Err(Error::Config("mixtures of experts are built with Llama-style blocks (saved as HF `mixtral`): use --style llama".into()))
-            }
-            (None, _) => {}
+        if let Some(e) = self.experts {
+            map.insert("num_local_experts".into(), e.n_experts.into());
+            map.insert("num_experts_per_tok".into(), e.top_k.into());
+            map.insert("router_aux_loss_coef".into(), ROUTER_AUX_LOSS_COEF.into());
+            map.insert("sliding_window".into(), Value::Null);
         }
-        if self.norm == NormPlacement::Post {
+        if post {
             map.insert("interp_residual_scale".into(), (2.0 * self.n_layers as f64).powf(0.25).into());
         }
-        if self.norm == NormPlacement::Peri {
+        if peri {
             // Gemma 2's extras off: no soft caps, every layer global, the usual attention scale.
             let head_dim = self.d_model / self.n_heads.max(1);
             map.insert("hidden_activation".into(), map.get("hidden_act").cloned().unwrap_or(Value::Null));
@@ -211,9 +199,6 @@ impl ModelSpec {
             map.insert("final_logit_softcapping".into(), Value::Null);
             map.insert("sliding_window".into(), self.n_ctx.into());
             map.insert("layer_types".into(), json!(vec!["full_attention"; self.n_layers]));
-        }
-        if self.experts.is_some() && self.mlp.is_none() {
-            return Err(Error::Config("an attention-only model has no MLPs to split into experts".into()));
         }
         map.insert("bos_token_id".into(), self.bos_token_id.map_or(Value::Null, Value::from));
         map.insert("eos_token_id".into(), self.bos_token_id.map_or(Value::Null, Value::from));
