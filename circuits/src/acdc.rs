@@ -34,11 +34,27 @@ pub struct AcdcConfig {
     /// Stop after the receiver during which this much time has passed, with the decisions so
     /// far (resume later from the checkpoint); `None`: run to the end.
     pub time_limit: Option<std::time::Duration>,
+    /// Opt-in approximation (not ACDC's decisions): remove untested the edges whose attribution
+    /// says they matter little; `None`: exact ACDC.
+    pub prune: Option<AttributionPrune>,
+}
+
+/// Edges whose estimated effect on the metric, |score| (an attribution such as EAP-IG's, in the
+/// metric's units), is below `fraction x tau` are removed without a test; before the next test one
+/// forward re-measures the circuit's loss, and the other edges are tested as usual.
+/// On the task models' IOI and greater-than circuits, a cut of 0.1 tau with EAP-IG(5) scores
+/// agreed with exact ACDC's edges at Jaccard 0.71-0.89, not always with fewer forwards (README).
+#[derive(Clone, Debug)]
+pub struct AttributionPrune {
+    /// [E] each edge's attribution score.
+    pub scores: Vec<f64>,
+    /// The cut, as a fraction of tau.
+    pub fraction: f64,
 }
 
 impl Default for AcdcConfig {
     fn default() -> Self {
-        AcdcConfig { tau: 0.01, max_variants: 1, restart: true, progress: false, checkpoint: None, time_limit: None }
+        AcdcConfig { tau: 0.01, max_variants: 1, restart: true, progress: false, checkpoint: None, time_limit: None, prune: None }
     }
 }
 
@@ -78,6 +94,10 @@ pub struct AcdcResult {
     pub forward_equivalents: f64,
     /// Receivers decided (all of them when the run finished), for resuming.
     pub receivers_done: usize,
+    /// Edges removed untested because their attribution was below the cut (0 unless
+    /// [`AcdcConfig::prune`] asked for it); their `effect` is |score|.
+    #[serde(default)]
+    pub n_pruned: usize,
 }
 
 impl AcdcResult {
@@ -110,14 +130,15 @@ struct Checkpoint {
 fn fingerprint(graph: &EdgeGraph, acts: &EdgeActivations, metric: &Metric, cfg: &AcdcConfig) -> Result<String> {
     let sum = |t: &Tensor| -> Result<f64> { Ok(t.f_to_kind(Kind::Double)?.f_sum(Kind::Double)?.f_double_value(&[])?) };
     Ok(format!(
-        "edges {} prompts {:?} tokens {} clean {:.6e} ablated {:.6e} metric {} tau {:e}",
+        "edges {} prompts {:?} tokens {} clean {:.6e} ablated {:.6e} metric {} tau {:e}{}",
         graph.n_edges(),
         acts.tokens.size(),
         sum(&acts.tokens)?,
         sum(&acts.clean)?,
         sum(&acts.ablated)?,
         metric.name(),
-        cfg.tau
+        cfg.tau,
+        cfg.prune.as_ref().map_or(String::new(), |p| format!(" pruned below {:e} tau by attribution", p.fraction))
     ))
 }
 
@@ -153,6 +174,15 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
         return Err(Error::Input("max_variants must be at least 1".into()));
     }
     let n = graph.n_edges();
+    if let Some(p) = &cfg.prune {
+        if p.scores.len() != n || !p.fraction.is_finite() || p.fraction < 0.0 {
+            return Err(Error::Input(format!(
+                "attribution pruning needs one score per edge ({n}, found {}) and a finite non-negative fraction of tau (found {})",
+                p.scores.len(),
+                p.fraction
+            )));
+        }
+    }
     let positions = acts.tokens.size()[1];
     let fingerprint = fingerprint(graph, acts, metric, cfg)?;
     let resumed = match &cfg.checkpoint {
@@ -201,6 +231,7 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
         n_tested: 0,
         forward_equivalents: 0.0,
         receivers_done: 0,
+        n_pruned: 0,
     });
     // Kept outgoing edges of each sender: a component with none no longer reaches the output.
     let mut out_kept = vec![0usize; graph.senders.len()];
@@ -214,6 +245,8 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
     bar.set_position(decided as u64);
     bar.reset_eta();
     let mut logits_test: Option<LogitsTest> = None;
+    // Untested removals since the circuit's loss was last measured.
+    let mut stale = false;
     let mut width = cfg.max_variants;
     let started = std::time::Instant::now();
     for (ri, &(gi, r)) in receivers.iter().enumerate().skip(state.receivers_done) {
@@ -233,25 +266,49 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
                 logits_test = Some(LogitsTest::new(model, graph, acts, metric)?);
             }
             let start = if cfg.restart { g.layer } else { 0 };
+            // The loss of each edge set, by the cheapest exact path.
+            let measure = |sets: &[Vec<bool>], cost: &mut Cost| -> Result<Vec<f64>> {
+                match &logits_test {
+                    Some(t) if logits_only => {
+                        cost.add(sets.len(), cost_fraction(model, None, positions));
+                        t.losses(model, graph, sets)
+                    }
+                    _ => eval(sets, start, cost),
+                }
+            };
+            let mut to_test = incoming.clone();
+            if let Some(p) = &cfg.prune {
+                let (pruned, tested): (Vec<usize>, Vec<usize>) = incoming.iter().partition(|&&e| p.scores[e].abs() < p.fraction * cfg.tau);
+                if !pruned.is_empty() {
+                    for &e in &pruned {
+                        state.kept[e] = false;
+                        state.effect[e] = p.scores[e].abs();
+                        out_kept[graph.sender_index(graph.edges[e].sender)] -= 1;
+                    }
+                    state.n_pruned += pruned.len();
+                    stale = true;
+                    bar.inc(pruned.len() as u64);
+                }
+                to_test = tested;
+            }
+            // The circuit's loss after untested removals, measured once before the next test.
+            if stale && !to_test.is_empty() {
+                state.circuit_loss = measure(&[state.kept.clone()], &mut cost)?[0];
+                stale = false;
+            }
             let mut i = 0;
-            while i < incoming.len() {
-                let k = width.min(incoming.len() - i);
+            while i < to_test.len() {
+                let k = width.min(to_test.len() - i);
                 let mut sets = Vec::with_capacity(k);
                 let mut trial = state.kept.clone();
-                for &e in &incoming[i..i + k] {
+                for &e in &to_test[i..i + k] {
                     trial[e] = false;
                     sets.push(trial.clone());
                 }
-                let losses = match &logits_test {
-                    Some(t) if logits_only => {
-                        cost.add(k, cost_fraction(model, None, positions));
-                        t.losses(model, graph, &sets)?
-                    }
-                    _ => eval(&sets, start, &mut cost)?,
-                };
+                let losses = measure(&sets, &mut cost)?;
                 let mut done = 0;
                 for (j, loss) in losses.iter().enumerate() {
-                    let e = incoming[i + j];
+                    let e = to_test[i + j];
                     state.effect[e] = loss - state.circuit_loss;
                     state.n_tested += 1;
                     done += 1;
@@ -280,6 +337,12 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
         if cfg.time_limit.is_some_and(|limit| started.elapsed() >= limit) {
             break;
         }
+    }
+    if stale {
+        state.circuit_loss = eval(&[state.kept.clone()], 0, &mut cost)?[0];
+        state.n_forwards += cost.forwards;
+        state.n_variants += cost.variants;
+        state.forward_equivalents += cost.equivalents;
     }
     bar.finish_and_clear();
     Ok(state)

@@ -25,7 +25,7 @@ pub mod error;
 pub mod edge_graph;
 pub mod metric;
 
-pub use acdc::{acdc, circuit_nodes, roc_auc, AcdcConfig, AcdcResult};
+pub use acdc::{acdc, circuit_nodes, roc_auc, AcdcConfig, AcdcResult, AttributionPrune};
 pub use eap::{edge_attribution, top_k_masks, AttributionMethod};
 pub use error::{Error, Result};
 pub use edge_graph::{Ablation, Edge, EdgeActivations, EdgeGraph, Qkv, Receiver, Sender};

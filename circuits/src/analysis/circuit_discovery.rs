@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use interp_core::HookedTransformer;
 use tch::{Kind, Tensor};
 
-use crate::acdc::{acdc, circuit_nodes, AcdcConfig, AcdcResult};
+use crate::acdc::{acdc, circuit_nodes, AcdcConfig, AcdcResult, AttributionPrune};
 use crate::chart::{circuit_graph, line_chart, Series};
 use crate::budget::MemoryBudget;
 use crate::eap::{top_k_masks, AttributionMethod};
@@ -44,6 +44,9 @@ pub struct CircuitDiscoveryConfig {
     pub checkpoint: Option<std::path::PathBuf>,
     /// Stop ACDC after this long (resume from the checkpoint).
     pub time_limit: Option<std::time::Duration>,
+    /// Opt-in approximate ACDC: edges whose EAP-IG score (`steps` steps, on the task metric) is
+    /// below this fraction of tau are removed untested (see [`AttributionPrune`]); not with `kl`.
+    pub prune_by_attribution: Option<f64>,
     /// EAP-IG's circuit: the fewest top edges reaching this faithfulness.
     pub target_faithfulness: f64,
     /// Working memory beyond the weights: prompts and edge sets per forward are chunked to fit.
@@ -63,6 +66,7 @@ impl Default for CircuitDiscoveryConfig {
             max_variants: None,
             checkpoint: None,
             time_limit: None,
+            prune_by_attribution: None,
             target_faithfulness: 0.9,
             budget: MemoryBudget::DEFAULT,
         }
@@ -230,6 +234,14 @@ fn acdc_runs(model: &HookedTransformer, graph: &EdgeGraph, run: &EdgeRun, prompt
         None if max_variants < by_device => format!("{max_variants} candidate removals per forward (memory budget)"),
         None => strategy.to_string(),
     };
+    // The approximation compares EAP-IG's estimates of each edge's effect on the task metric with
+    // tau (EAP's, taken at the full circuit alone, missed saturated effects: greater-than's
+    // faithfulness fell to 0 at a cut of 0.1 tau).
+    let scores = match (cfg.prune_by_attribution, cfg.kl) {
+        (Some(_), true) => return Err(Error::Input("pruning by attribution compares EAP-IG's task-metric effects with tau: it cannot be used with --kl".into())),
+        (Some(_), false) => Some(Vec::<f64>::try_from(&run.attribution(AttributionMethod::EapIg { steps: cfg.steps.max(1) })?.f_to_kind(Kind::Double)?)?),
+        (None, _) => None,
+    };
     let factors: &[f64] = if cfg.tau_sweep { &[0.25, 0.5, 1.0, 2.0, 4.0] } else { &[1.0] };
     let (mut sweep, mut main) = (Vec::new(), None);
     for &factor in factors {
@@ -240,6 +252,7 @@ fn acdc_runs(model: &HookedTransformer, graph: &EdgeGraph, run: &EdgeRun, prompt
             progress: main_run,
             checkpoint: if main_run { cfg.checkpoint.clone() } else { None },
             time_limit: if main_run { cfg.time_limit } else { None },
+            prune: cfg.prune_by_attribution.zip(scores.clone()).map(|(fraction, scores)| AttributionPrune { scores, fraction }),
             ..AcdcConfig::default()
         };
         let t0 = std::time::Instant::now();
@@ -254,6 +267,10 @@ fn acdc_runs(model: &HookedTransformer, graph: &EdgeGraph, run: &EdgeRun, prompt
         }
     }
     let (result, faithfulness, seconds) = main.ok_or_else(|| Error::Input("no ACDC run at tau x 1".into()))?;
+    let strategy = match cfg.prune_by_attribution {
+        Some(f) => format!("{strategy}; approximate: {} edges with |EAP-IG score| below {f} x tau removed untested (EAP-IG run not counted)", result.n_pruned),
+        None => strategy,
+    };
     let mib = MibScores::measure(run, &Tensor::f_from_slice(&result.ranking())?)?;
     Ok(AcdcRuns { tau, result, faithfulness, sweep, mib, strategy, seconds })
 }
@@ -375,6 +392,7 @@ impl CircuitDiscovery {
             let info = serde_json::json!({
                 "task": name, "method": "ACDC", "metric": metric, "tau": a.tau, "ablation": ablation, "faithfulness": a.faithfulness,
                 "strategy": a.strategy, "seconds": a.seconds, "forwards": found.n_forwards, "edges_tested": found.n_tested,
+                "edges_pruned_by_attribution": found.n_pruned,
                 "full_forward_equivalents": found.forward_equivalents,
             });
             out.json("circuit.json", "ACDC circuit", &self.circuit_json(&found.kept, &found.effect, info))?;

@@ -272,6 +272,11 @@ pub struct AcdcArgs {
     /// Stop ACDC after this many minutes (resume with --checkpoint).
     #[arg(long)]
     pub time_limit: Option<f64>,
+    /// Approximate, opt-in: remove untested every edge whose |EAP-IG score| is below this
+    /// fraction of tau (one extra forward per receiver re-measures the circuit). Not ACDC's exact
+    /// decisions: see the README for its agreement with exact ACDC; not with --kl.
+    #[arg(long)]
+    pub prune_by_attribution: Option<f64>,
 }
 
 impl EapArgs {
@@ -291,6 +296,7 @@ impl AcdcArgs {
             max_variants: self.variants,
             checkpoint: self.checkpoint.clone(),
             time_limit: self.time_limit.map(|m| std::time::Duration::from_secs_f64(m.max(0.0) * 60.0)),
+            prune_by_attribution: self.prune_by_attribution,
             ..self.eap.config()
         }
     }
