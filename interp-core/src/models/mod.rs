@@ -242,8 +242,21 @@ impl Loader<'_> {
     fn pre_norm(&self, prefix: &str) -> Result<Norm> {
         match self.cfg.pre_norms {
             true => self.norm(prefix),
-            false => Ok(Norm { kind: NormKind::Identity, w: None, b: None, eps: self.cfg.norm_eps }),
+            false => Ok(self.identity()),
         }
+    }
+
+    /// The final norm: the identity after post-norm blocks, which end normalised.
+    fn final_norm(&self, prefix: &str) -> Result<Norm> {
+        match self.cfg.post_ln_alpha {
+            Some(_) => Ok(self.identity()),
+            None => self.norm(prefix),
+        }
+    }
+
+    /// A norm that is not there.
+    fn identity(&self) -> Norm {
+        Norm { kind: NormKind::Identity, w: None, b: None, eps: self.cfg.norm_eps }
     }
 
     /// A norm over `dm` units (d_model, or d_head for Qwen3's q/k norms).
@@ -325,9 +338,7 @@ impl Loader<'_> {
             mlp,
         })
     }
-}
 
-impl Loader<'_> {
     /// A mixture-of-experts MLP: the experts' projections stacked into one gated MLP's, the router
     /// and any shared expert.
     fn moe(&self, n: &BlockNames, names: &MoeNames, moe: &MoeConfig) -> Result<Mlp> {
@@ -386,12 +397,7 @@ pub(crate) fn load_params(cfg: &ModelConfig, src: &dyn TensorSource, kind: Kind,
         true => w_e.shallow_clone(),
         false => l.t(&names.unembed, &[cfg.d_vocab, cfg.d_model])?,
     };
-    // Post-norm blocks end normalised: no final norm.
-    let ln_final = match cfg.post_ln_alpha {
-        Some(_) => Norm { kind: NormKind::Identity, w: None, b: None, eps: cfg.norm_eps },
-        None => l.norm(&names.ln_final)?,
-    };
-    Ok(Params { w_e, w_pos, blocks, ln_final, w_u, b_u: None })
+    Ok(Params { w_e, w_pos, blocks, ln_final: l.final_norm(&names.ln_final)?, w_u, b_u: None })
 }
 
 /// Checks what a checkpoint holds beyond the tensors loading reads, where HF would compute
@@ -404,8 +410,9 @@ pub(crate) fn check_checkpoint(cfg: &ModelConfig, ckpt: &Checkpoint) -> Result<(
     if cfg.family == Family::TransformerLens {
         return Ok(());
     }
+    let names = TensorNames::new(cfg);
     if let Some(moe) = &cfg.moe {
-        for n in TensorNames::new(cfg).blocks.iter().filter_map(|b| b.moe.as_ref()) {
+        for n in names.blocks.iter().filter_map(|b| b.moe.as_ref()) {
             let Some([gate, ..]) = n.experts.first() else { continue };
             let extra = format!("{}.weight", gate.replace(".experts.0.", &format!(".experts.{}.", moe.n_experts)));
             if ckpt.shape(&extra).is_some() {
@@ -416,7 +423,7 @@ pub(crate) fn check_checkpoint(cfg: &ModelConfig, ckpt: &Checkpoint) -> Result<(
     if !cfg.attn_only {
         return Ok(());
     }
-    for (l, n) in TensorNames::new(cfg).blocks.iter().enumerate() {
+    for (l, n) in names.blocks.iter().enumerate() {
         for name in [format!("{}.weight", n.mlp_out), format!("{}.bias", n.mlp_out)] {
             let Some(shape) = ckpt.shape(&name) else { continue };
             let t = ckpt.tensor(&name, &shape, Kind::Float, Device::Cpu)?;
@@ -511,6 +518,11 @@ pub(crate) fn hf_tensors(cfg: &ModelConfig, p: &Params, device: Device) -> Resul
         }
         if let (Some(names), Some(m), Some(moe)) = (&n.moe, mlp, &cfg.moe) {
             let Some(gate) = &m.w_gate else { return Err(Error::Config("mixture-of-experts MLPs are gated; this one has no gate".into())) };
+            // The forward adds any expert or router bias; HF's MoE layouts have none to hold one.
+            let router = m.moe.as_ref().map(|r| &r.router);
+            if [Some(gate), Some(&m.w_in), Some(&m.w_out), router].into_iter().flatten().any(|l| l.b.is_some()) {
+                return Err(Error::Config(format!("{}'s MoE layout has no place for expert or router biases (from fold_ln)", cfg.model_type)));
+            }
             let de = moe.d_expert;
             for (e, [g, u, d]) in names.experts.iter().enumerate() {
                 let start = e as i64 * de;
