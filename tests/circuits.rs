@@ -309,6 +309,14 @@ fn approximate_acdc_prunes_by_attribution() {
     let value = graph.masked_metric(&model, &acts, &batch.metric, &mask, 0).unwrap().double_value(&[0]);
     let loss = if batch.metric.lower_is_better() { value } else { -value };
     assert!((loss - approx.circuit_loss).abs() < 1e-4, "{loss} vs {}", approx.circuit_loss);
+    // Interrupted after its first receiver and resumed from the checkpoint: the same circuit.
+    let dir = common::Scratch::new("acdc-prune-resume");
+    let checkpoint = Some(dir.join("acdc.json"));
+    let cut = AcdcConfig { checkpoint: checkpoint.clone(), time_limit: Some(std::time::Duration::ZERO), ..with(0.1) };
+    assert_eq!(acdc(&model, &graph, &acts, &batch.metric, &cut).unwrap().receivers_done, 1);
+    let resumed = acdc(&model, &graph, &acts, &batch.metric, &AcdcConfig { checkpoint, ..with(0.1) }).unwrap();
+    assert_eq!((&resumed.kept, resumed.n_pruned), (&approx.kept, approx.n_pruned));
+    assert!((resumed.circuit_loss - approx.circuit_loss).abs() < 1e-5);
     let bad = AcdcConfig { prune: Some(AttributionPrune { scores: vec![0.0; 3], fraction: 0.1 }), ..cfg };
     assert!(acdc(&model, &graph, &acts, &batch.metric, &bad).unwrap_err().to_string().contains("one score per edge"));
 }

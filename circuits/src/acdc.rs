@@ -245,8 +245,9 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
     bar.set_position(decided as u64);
     bar.reset_eta();
     let mut logits_test: Option<LogitsTest> = None;
-    // Untested removals since the circuit's loss was last measured.
-    let mut stale = false;
+    // Untested removals since the circuit's loss was last measured (a checkpoint may have been
+    // saved just after some).
+    let mut stale = state.receivers_done > 0 && cfg.prune.is_some();
     let mut width = cfg.max_variants;
     let started = std::time::Instant::now();
     for (ri, &(gi, r)) in receivers.iter().enumerate().skip(state.receivers_done) {
@@ -276,20 +277,19 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
                     _ => eval(sets, start, cost),
                 }
             };
-            let mut to_test = incoming.clone();
-            if let Some(p) = &cfg.prune {
-                let (pruned, tested): (Vec<usize>, Vec<usize>) = incoming.iter().partition(|&&e| p.scores[e].abs() < p.fraction * cfg.tau);
-                if !pruned.is_empty() {
-                    for &e in &pruned {
-                        state.kept[e] = false;
-                        state.effect[e] = p.scores[e].abs();
-                        out_kept[graph.sender_index(graph.edges[e].sender)] -= 1;
-                    }
-                    state.n_pruned += pruned.len();
-                    stale = true;
-                    bar.inc(pruned.len() as u64);
+            let (pruned, to_test): (Vec<usize>, Vec<usize>) = match &cfg.prune {
+                Some(p) => incoming.iter().partition(|&&e| p.scores[e].abs() < p.fraction * cfg.tau),
+                None => (Vec::new(), incoming.clone()),
+            };
+            if let (Some(p), false) = (&cfg.prune, pruned.is_empty()) {
+                for &e in &pruned {
+                    state.kept[e] = false;
+                    state.effect[e] = p.scores[e].abs();
+                    out_kept[graph.sender_index(graph.edges[e].sender)] -= 1;
                 }
-                to_test = tested;
+                state.n_pruned += pruned.len();
+                stale = true;
+                bar.inc(pruned.len() as u64);
             }
             // The circuit's loss after untested removals, measured once before the next test.
             if stale && !to_test.is_empty() {
