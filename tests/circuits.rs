@@ -47,6 +47,10 @@ fn acdc_recovers_the_planted_circuit() {
         assert_eq!(kept_names(&graph, &found.kept), kept_names(&graph, &truth), "{ablation:?}");
         let auc = roc_auc(&found.effect, &truth).unwrap();
         assert!(auc >= 0.98, "ACDC ROC AUC {auc} under {ablation:?}");
+        // The circuit's loss, measured from the run's per-receiver sums of removed edges, is a
+        // plain masked forward's.
+        let plain = graph.masked_metric(&model, &acts, &metric, &graph.mask_of(&found.kept).unwrap().view([1, -1]), 0).unwrap().double_value(&[0]);
+        assert!((plain - found.circuit_loss).abs() < 1e-6, "{plain} vs {}", found.circuit_loss);
         // One full forward per edge, and 16-way speculation, make the same decisions; the full
         // forwards cost more.
         let slow = acdc(&model, &graph, &acts, &metric, &AcdcConfig { restart: false, ..cfg.clone() }).unwrap();

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::edge_graph::{EdgeActivations, EdgeGraph, Receiver};
+use crate::edge_graph::{EdgeActivations, EdgeGraph, Receiver, RemovedSums};
 use crate::metric::Metric;
 
 /// ACDC settings.
@@ -208,10 +208,11 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
         std::fs::rename(&tmp, path).map_err(Error::io(path))
     };
     let mut cost = Cost::default();
-    // Loss of each edge set in `kept_sets`, the forward restarting at block `start`.
-    let eval = |kept_sets: &[Vec<bool>], start: usize, cost: &mut Cost| -> Result<Vec<f64>> {
+    // Loss of each edge set in `kept_sets`, the forward restarting at block `start`; `sums` holds
+    // the run's removed edges.
+    let eval = |kept_sets: &[Vec<bool>], start: usize, sums: &RemovedSums, cost: &mut Cost| -> Result<Vec<f64>> {
         let rows: Vec<Tensor> = kept_sets.iter().map(|k| graph.mask_of(k)).collect::<Result<_>>()?;
-        let values = graph.masked_metric(model, acts, metric, &Tensor::f_stack(&rows, 0)?, start)?;
+        let values = graph.masked_metric_from(model, acts, metric, &Tensor::f_stack(&rows, 0)?, start, Some(sums))?;
         cost.add(kept_sets.len(), cost_fraction(model, Some(start), positions));
         let v = Vec::<f64>::try_from(&values.f_to_kind(Kind::Double)?)?;
         Ok(v.into_iter().map(|x| metric.as_loss(x)).collect())
@@ -219,7 +220,7 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
     let last = graph.n_layers - 1;
     let full_loss = match &resumed {
         Some(state) => state.full_loss,
-        None => eval(&[vec![true; n]], if cfg.restart { last } else { 0 }, &mut cost)?[0],
+        None => eval(&[vec![true; n]], if cfg.restart { last } else { 0 }, &RemovedSums::new(graph, acts, &vec![true; n])?, &mut cost)?[0],
     };
     let mut state = resumed.unwrap_or(AcdcResult {
         kept: vec![true; n],
@@ -233,6 +234,7 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
         receivers_done: 0,
         n_pruned: 0,
     });
+    let mut sums = RemovedSums::new(graph, acts, &state.kept)?;
     // Kept outgoing edges of each sender: a component with none no longer reaches the output.
     let mut out_kept = vec![0usize; graph.senders.len()];
     for (e, k) in graph.edges.iter().zip(&state.kept) {
@@ -259,6 +261,7 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
         if !nodes.is_empty() && nodes.iter().all(|&s| out_kept[s] == 0) {
             for &e in &incoming {
                 state.kept[e] = false;
+                sums.remove(graph, acts, e)?;
                 out_kept[graph.sender_index(graph.edges[e].sender)] -= 1;
             }
         } else {
@@ -268,13 +271,13 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
             }
             let start = if cfg.restart { g.layer } else { 0 };
             // The loss of each edge set, by the cheapest exact path.
-            let measure = |sets: &[Vec<bool>], cost: &mut Cost| -> Result<Vec<f64>> {
+            let measure = |sets: &[Vec<bool>], sums: &RemovedSums, cost: &mut Cost| -> Result<Vec<f64>> {
                 match &logits_test {
                     Some(t) if logits_only => {
                         cost.add(sets.len(), cost_fraction(model, None, positions));
                         t.losses(model, graph, sets)
                     }
-                    _ => eval(sets, start, cost),
+                    _ => eval(sets, start, sums, cost),
                 }
             };
             let (pruned, to_test): (Vec<usize>, Vec<usize>) = match &cfg.prune {
@@ -284,6 +287,7 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
             if let (Some(p), false) = (&cfg.prune, pruned.is_empty()) {
                 for &e in &pruned {
                     state.kept[e] = false;
+                    sums.remove(graph, acts, e)?;
                     state.effect[e] = p.scores[e].abs();
                     out_kept[graph.sender_index(graph.edges[e].sender)] -= 1;
                 }
@@ -293,7 +297,7 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
             }
             // The circuit's loss after untested removals, measured once before the next test.
             if stale && !to_test.is_empty() {
-                state.circuit_loss = measure(&[state.kept.clone()], &mut cost)?[0];
+                state.circuit_loss = measure(&[state.kept.clone()], &sums, &mut cost)?[0];
                 stale = false;
             }
             let mut i = 0;
@@ -305,7 +309,7 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
                     trial[e] = false;
                     sets.push(trial.clone());
                 }
-                let losses = measure(&sets, &mut cost)?;
+                let losses = measure(&sets, &sums, &mut cost)?;
                 let mut done = 0;
                 for (j, loss) in losses.iter().enumerate() {
                     let e = to_test[i + j];
@@ -314,6 +318,7 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
                     done += 1;
                     if loss - state.circuit_loss < cfg.tau {
                         state.kept[e] = false;
+                        sums.remove(graph, acts, e)?;
                         out_kept[graph.sender_index(graph.edges[e].sender)] -= 1;
                         state.circuit_loss = *loss;
                     } else {
@@ -339,7 +344,7 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
         }
     }
     if stale {
-        state.circuit_loss = eval(&[state.kept.clone()], 0, &mut cost)?[0];
+        state.circuit_loss = eval(&[state.kept.clone()], 0, &sums, &mut cost)?[0];
         state.n_forwards += cost.forwards;
         state.n_variants += cost.variants;
         state.forward_equivalents += cost.equivalents;
@@ -394,7 +399,7 @@ impl LogitsTest {
             let idx = if size.len() == 4 { idx.f_unsqueeze(0)?.f_expand([size[0], b, 1, size[3]], false)? } else { idx };
             Ok(t.f_gather(size.len() as i64 - 2, &idx, false)?.f_squeeze_dim(size.len() as i64 - 2)?)
         };
-        Ok(LogitsTest { resid: at(&resid_final)?, diff: at(acts.diff()?)?, metric: metric.at_last() })
+        Ok(LogitsTest { resid: at(&resid_final)?, diff: at(&acts.ablated)?.f_sub(&at(&acts.clean)?)?, metric: metric.at_last() })
     }
 
     /// The loss of each edge set (only edges into the logits removed).

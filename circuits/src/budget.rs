@@ -33,6 +33,9 @@ pub struct RowCosts {
     pub gradient: u64,
     /// One prompt row of one edge set in a masked forward.
     pub masked: u64,
+    /// What ACDC holds per prompt beside its masked forwards: the clean and ablated sender
+    /// outputs, the residuals and each receiver's sum of removed edges.
+    pub acdc: u64,
 }
 
 impl MemoryBudget {
@@ -64,10 +67,12 @@ impl MemoryBudget {
         // the MLP's hidden units for its backward pass, plus the logits and their gradient; a
         // masked forward keeps every live sender's output and one block's transients.
         let block = 5 * h * d + 4 * h * p + 6 * d + 3 * d_mlp;
+        let receivers = graph.receivers.len() as u64;
         RowCosts {
             activations: (4 * s + l) * p * d * elem * 6 / 5,
             gradient: (l * block + 2 * v) * p * elem,
             masked: (s * d + block + 3 * v) * p * elem,
+            acdc: (2 * s + l + receivers) * p * d * elem * 6 / 5,
         }
     }
 

@@ -128,10 +128,11 @@ impl<'a> EdgeRun<'a> {
     }
 
     /// The activations of the whole set, for ACDC, which tests every edge on every prompt: an
-    /// error when the set and one masked forward of it do not fit the budget at once.
+    /// error when the set, ACDC's per-receiver sums and one masked forward do not fit the budget
+    /// at once.
     pub fn whole(&self) -> Result<&EdgeActivations> {
         let n = self.prompts.len() as u64;
-        let needed = n * (self.costs.activations + self.costs.masked);
+        let needed = n * (self.costs.acdc + self.costs.masked);
         match &self.whole {
             Some(acts) if needed <= self.budget.bytes => Ok(acts),
             _ => Err(Error::MemoryBudget {
@@ -142,9 +143,9 @@ impl<'a> EdgeRun<'a> {
         }
     }
 
-    /// Edge sets per forward that fit beside the whole set's activations (at least 1).
+    /// Edge sets per forward that fit beside what ACDC holds for the whole set (at least 1).
     pub fn variants_per_forward(&self) -> usize {
         let b = self.prompts.len() as u64;
-        (self.budget.bytes.saturating_sub(b * self.costs.activations) / (b * self.costs.masked).max(1)).max(1) as usize
+        (self.budget.bytes.saturating_sub(b * self.costs.acdc) / (b * self.costs.masked).max(1)).max(1) as usize
     }
 }
