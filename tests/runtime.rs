@@ -210,6 +210,42 @@ fn start_and_stop_at_layer_split_the_forward() {
 }
 
 #[test]
+fn last_block_at_one_position_per_row_equals_the_full_run() {
+    for arch in ARCHS {
+        let m = load(arch);
+        let t = ids(arch);
+        let (b, p) = (t.size()[0], t.size()[1]);
+        let rows = Tensor::from_slice(&[p - 1, 3]).narrow(0, 0, b);
+        let full = m.forward(&t).unwrap();
+        let want = full.gather(1, &rows.view([b, 1, 1]).expand([b, 1, full.size()[2]], false), false);
+        let got = m.runner(&t).last_block_at(&rows).run().unwrap().output;
+        assert_eq!(got.size(), want.size(), "{arch}");
+        assert!(max_abs_diff(&got, &want) < 1e-5, "{arch}: {}", max_abs_diff(&got, &want));
+        // From a residual, with hooks on the last block's inputs and outputs.
+        let last = m.cfg.n_layers - 1;
+        let resid = m.runner(&t).stop_at_layer(last).run().unwrap().output;
+        let (seen_k, seen_out) = (Cell::new(0), Cell::new(0));
+        let hooks = Hooks::new()
+            .add(HookPoint::block(last, BlockSite::KInput), |x, _| {
+                seen_k.set(x.size()[1]);
+                Ok(None)
+            })
+            .add(HookPoint::block(last, BlockSite::AttnOut), |x, _| {
+                seen_out.set(x.size()[1]);
+                Ok(None)
+            });
+        let got = m.runner_from_layer(&resid, last).hooks(hooks).last_block_at(&rows).run().unwrap().output;
+        assert!(max_abs_diff(&got, &want) < 1e-5, "{arch} from the last block");
+        assert_eq!((seen_k.get(), seen_out.get()), (p, 1), "{arch}");
+        // Stopping before the last block: the option changes nothing; bad positions are errors.
+        assert_eq!(m.runner(&t).stop_at_layer(last).last_block_at(&rows).run().unwrap().output.size(), resid.size());
+        for bad in [Tensor::from_slice(&[p, 0]).narrow(0, 0, b), Tensor::from_slice(&[0i64]), Tensor::from_slice(&[0.0f32, 1.0]).narrow(0, 0, b)] {
+            assert!(m.runner(&t).last_block_at(&bad).run().is_err(), "{arch}");
+        }
+    }
+}
+
+#[test]
 fn padded_rows_equal_their_unpadded_runs() {
     for arch in ["gpt2", "gpt_neox", "llama", "gemma2", "mistral"] {
         let m = load(arch);

@@ -144,18 +144,19 @@ fn fingerprint(graph: &EdgeGraph, acts: &EdgeActivations, metric: &Metric, cfg: 
 
 /// Cost of one prompt row through blocks `start..` and the unembedding at the answer position
 /// (or, `None`, only that unembedding), as a fraction of a full forward (every position
-/// unembedded). Per token a block costs 2 (4 d^2 + 2 d d_mlp + 2 pos d) FLOPs and the
-/// unembedding 2 d d_vocab_out.
+/// unembedded). Per token a block costs 6 d^2 FLOPs for q, k and v and 2 d^2 + 4 d d_mlp + 4 pos d
+/// for the rest; the last block of a pass computes q, k and v at every position and the rest at
+/// the answer position only; the unembedding costs 2 d d_vocab_out per position.
 fn cost_fraction(model: &HookedTransformer, start: Option<usize>, positions: i64) -> f64 {
     let c = &model.cfg;
     let (d, p) = (c.d_model as f64, positions as f64);
-    let mlp = if c.attn_only { 0.0 } else { 2.0 * d * c.d_mlp as f64 * if c.gated_mlp { 1.5 } else { 1.0 } };
-    let block = 2.0 * (4.0 * d * d + mlp + 2.0 * p * d);
+    let mlp = if c.attn_only { 0.0 } else { 4.0 * d * c.d_mlp as f64 * if c.gated_mlp { 1.5 } else { 1.0 } };
+    let (qkv, rest) = (6.0 * d * d, 2.0 * d * d + mlp + 4.0 * p * d);
     let unembed = 2.0 * d * c.d_vocab_out as f64;
-    let full = c.n_layers as f64 * block + unembed;
+    let full = p * (c.n_layers as f64 * (qkv + rest) + unembed);
     match start {
-        Some(l) => ((c.n_layers - l) as f64 * block + unembed / p) / full,
-        None => unembed / (p * full),
+        Some(l) => ((c.n_layers - l - 1) as f64 * p * (qkv + rest) + p * qkv + rest + unembed) / full,
+        None => unembed / full,
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use interp_core::{BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks};
+use interp_core::{at_rows, BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks};
 use interp_core::config::Positional;
 use tch::{Kind, Tensor};
 
@@ -486,7 +486,7 @@ impl EdgeGraph {
     /// The pass starts at block `start_layer` from the clean residual: every edge into an
     /// earlier block must be kept in every variant.
     pub fn run_masked(&self, model: &HookedTransformer, acts: &EdgeActivations, mask: &Tensor, start_layer: usize) -> Result<Tensor> {
-        let resid = self.masked_residual(model, acts, mask, start_layer, None)?;
+        let resid = self.masked_residual(model, acts, mask, start_layer, None, None)?;
         Ok(model.runner_from_layer(&resid, self.n_layers).run()?.output)
     }
 
@@ -507,17 +507,33 @@ impl EdgeGraph {
         start_layer: usize,
         sums: Option<&RemovedSums>,
     ) -> Result<Tensor> {
-        metric.per_variant_of_residual(model, &self.masked_residual(model, acts, mask, start_layer, sums)?)
+        // The last block runs only at each prompt's answer position (the metric reads nothing else).
+        let b = acts.tokens.size()[0];
+        let rows = match &metric.positions {
+            Some(p) => p.f_to_device(acts.clean.device())?,
+            None => Tensor::f_full([b], acts.tokens.size()[1] - 1, (Kind::Int64, acts.clean.device()))?,
+        };
+        let rows = rows.f_repeat([mask.size()[0]])?;
+        metric.at_last().per_variant_of_residual(model, &self.masked_residual(model, acts, mask, start_layer, sums, Some(&rows))?)
     }
 
-    /// The residual stream after the last block [V * B, P, D] of a masked forward.
+    /// The residual stream after the last block [V * B, P, D] of a masked forward; with `rows`
+    /// [V * B], the last block runs at those positions only ([V * B, 1, D]).
     ///
     /// Receiver `r` gets `sum_s removed_rs (ablated_s - current_s)`, written as
     /// `sum_s removed_rs (ablated_s - clean_s) + sum_{s in the pass} removed_rs (clean_s - current_s)`:
     /// the first sum is read from `sums` for its edge set plus a product over the senders where a
     /// variant differs from it, the second from the outputs of the senders this pass computes
     /// (earlier senders keep their clean outputs).
-    fn masked_residual(&self, model: &HookedTransformer, acts: &EdgeActivations, mask: &Tensor, start_layer: usize, sums: Option<&RemovedSums>) -> Result<Tensor> {
+    fn masked_residual(
+        &self,
+        model: &HookedTransformer,
+        acts: &EdgeActivations,
+        mask: &Tensor,
+        start_layer: usize,
+        sums: Option<&RemovedSums>,
+        rows: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let e = self.edges.len() as i64;
         if mask.dim() != 2 || mask.size()[1] != e {
             return Err(Error::Shape { what: "the edge mask".into(), expected: format!("[variants, {e}]"), found: mask.size() });
@@ -569,6 +585,11 @@ impl EdgeGraph {
         let slot_senders: Vec<i64> = (0..self.senders.len() as i64).filter(|s| needed[*s as usize]).collect();
         let live = Tensor::f_zeros([v, slot_senders.len() as i64, b, p, d], (kind, device))?;
         let on = |ids: &[i64]| Tensor::f_from_slice(ids).and_then(|t| t.f_to_device(device));
+        // With `rows`, the last block's outputs and the inputs read after its attention (its
+        // MLP's and the logits') are at one position per row: live slots get that position,
+        // the other positions are never read.
+        let last = self.n_layers - 1;
+        let row_of = |l: usize| rows.filter(|_| l == last).map(|r| r.f_narrow(0, 0, b)).transpose();
         let mut hooks = Hooks::new();
         for l in start_layer..self.n_layers {
             let heads: Vec<(i64, i64)> = (0..self.n_heads).filter_map(|h| slot_of[self.sender_index(Sender::Head { layer: l, head: h })].map(|s| (h, s))).collect();
@@ -576,10 +597,20 @@ impl EdgeGraph {
                 let live = live.shallow_clone();
                 let idx = on(&heads.iter().map(|(h, _)| *h).collect::<Vec<_>>())?;
                 let clean = acts.clean.f_index_select(0, &on(&heads.iter().map(|(h, _)| self.sender_index(Sender::Head { layer: l, head: *h }) as i64).collect::<Vec<_>>())?)?;
+                let row = row_of(l)?;
                 hooks = hooks.add(HookPoint::block(l, BlockSite::Result), move |x, _| {
                     // x [V * B, P, H, D] -> the needed heads [V, k, B, P, D] (consecutive slots)
-                    let out = x.f_view([v, b, p, -1, d])?.f_index_select(3, &idx)?.f_permute([0, 3, 1, 2, 4])?;
-                    live.f_narrow(1, first_slot, idx.size()[0])?.f_copy_(&clean.f_unsqueeze(0)?.f_sub(&out)?)?;
+                    let out = x.f_view([v, b, x.size()[1], -1, d])?.f_index_select(3, &idx)?.f_permute([0, 3, 1, 2, 4])?;
+                    let mut slots = live.f_narrow(1, first_slot, idx.size()[0])?;
+                    match &row {
+                        None => slots.f_copy_(&clean.f_unsqueeze(0)?.f_sub(&out)?)?,
+                        Some(row) => {
+                            let k = idx.size()[0];
+                            let clean = at_rows(&clean.f_permute([1, 2, 0, 3])?, row)?.f_permute([2, 0, 1, 3])?; // [k, B, 1, D]
+                            let at = row.f_view([1, 1, b, 1, 1])?.f_expand([v, k, b, 1, d], false)?;
+                            let _ = slots.f_scatter_(3, &at, &clean.f_unsqueeze(0)?.f_sub(&out)?)?;
+                        }
+                    }
                     Ok(None)
                 });
             }
@@ -588,8 +619,17 @@ impl EdgeGraph {
                 if let Some(slot) = slot_of[sender] {
                     let live = live.shallow_clone();
                     let clean = acts.clean.f_select(0, sender as i64)?;
+                    let row = row_of(l)?;
                     hooks = hooks.add(HookPoint::block(l, BlockSite::MlpOut), move |x, _| {
-                        live.f_select(1, slot)?.f_copy_(&clean.f_unsqueeze(0)?.f_sub(&x.f_view([v, b, p, d])?)?)?;
+                        let mut slot = live.f_select(1, slot)?;
+                        let out = x.f_view([v, b, -1, d])?;
+                        match &row {
+                            None => slot.f_copy_(&clean.f_unsqueeze(0)?.f_sub(&out)?)?,
+                            Some(row) => {
+                                let at = row.f_view([1, b, 1, 1])?.f_expand([v, b, 1, d], false)?;
+                                let _ = slot.f_scatter_(2, &at, &at_rows(&clean, row)?.f_unsqueeze(0)?.f_sub(&out)?)?;
+                            }
+                        }
                         Ok(None)
                     });
                 }
@@ -622,6 +662,11 @@ impl EdgeGraph {
             };
             let base = sums.and_then(|s| s.sums[gi].as_ref()).map(|t| t.shallow_clone());
             let live = live.shallow_clone();
+            // The MLP's and the logits' inputs of a last block run at `rows`.
+            let row = match g.point {
+                HookPoint::Block(_, BlockSite::MlpIn | BlockSite::ResidPost) => rows.filter(|_| g.layer == last).map(|r| r.shallow_clone()),
+                _ => None,
+            };
             hooks = hooks.add(g.point, move |x, _| {
                 let mut delta: Option<Tensor> = None;
                 if let Some((weights, values)) = &differing {
@@ -635,21 +680,36 @@ impl EdgeGraph {
                         None => t,
                     });
                 }
-                let mut x = match &base {
-                    // [B, P, R, D] or [B, P, D], the same for every variant
-                    Some(base) => x.f_reshape([v, b, p, -1])?.f_add(&base.f_view([b, p, -1])?)?.f_reshape(x.size())?,
-                    None => x.shallow_clone(),
+                // [V * B, P, R, D] or [V * B, P, D], as x
+                let shape = if per_head { vec![v * b, p, r, d] } else { vec![v * b, p, d] };
+                let mut total = match delta {
+                    Some(delta) => Some(delta.f_view([v, r, b, p, d])?.f_permute([0, 2, 3, 1, 4])?.f_reshape(shape.as_slice())?),
+                    None => None,
                 };
-                if let Some(delta) = delta {
-                    let delta = delta.f_view([v, r, b, p, d])?.f_permute([0, 2, 3, 1, 4])?;
-                    let delta = if per_head { delta.f_reshape([v * b, p, r, d])? } else { delta.f_reshape([v * b, p, d])? };
-                    x = x.f_add(&delta)?;
+                if let Some(base) = &base {
+                    // [B, P, R, D] or [B, P, D], the same for every variant
+                    let base = base.f_view([1, b, p, r * d])?.f_expand([v, b, p, r * d], false)?.f_reshape(shape.as_slice())?;
+                    total = Some(match total {
+                        Some(t) => t.f_add(&base)?,
+                        None => base,
+                    });
                 }
-                Ok(Some(x))
+                let total = total.ok_or("a patched group with nothing to add")?;
+                let total = match &row {
+                    Some(row) => at_rows(&total, row)?,
+                    None => total,
+                };
+                Ok(Some(x.f_add(&total)?))
             });
         }
         let resid = acts.resid_pre.f_select(0, start_layer as i64)?.f_unsqueeze(0)?.f_expand([v, b, p, d], false)?.f_reshape([v * b, p, d])?;
-        Ok(model.runner_from_layer(&resid, start_layer).hooks(hooks).stop_at_layer(self.n_layers).run()?.output)
+        let runner = model.runner_from_layer(&resid, start_layer).hooks(hooks).stop_at_layer(self.n_layers);
+        Ok(match rows {
+            Some(rows) => runner.last_block_at(rows),
+            None => runner,
+        }
+        .run()?
+        .output)
     }
 
     /// The metric of each edge set in `masks` [V, E], `max_rows` prompt rows per forward at most.
@@ -689,8 +749,8 @@ mod tests {
     use tch::Device;
 
     /// A masked forward reading an edge set's summed removals equals the plain one, for variants
-    /// that remove more edges or restore some, from block 0 and from the last block; sums built
-    /// edge by edge equal sums built at once.
+    /// that remove more edges or restore some, from block 0 and from the last block, and with the
+    /// last block run at one position per row; sums built edge by edge equal sums built at once.
     #[test]
     fn removed_sums_give_the_plain_masked_forward() -> Result<()> {
         for family in ["gpt2", "llama", "gpt_neox"] {
@@ -720,10 +780,15 @@ mod tests {
                 fewer[removed[0]] = true;
                 fewer[removed[removed.len() - 1]] = true;
                 let mask = Tensor::f_stack(&[graph.mask_of(&kept)?, graph.mask_of(&more)?, graph.mask_of(&fewer)?, graph.mask_of(&vec![true; n])?], 0)?;
-                let plain = graph.masked_residual(&model, &acts, &mask, start, None)?;
-                let summed = graph.masked_residual(&model, &acts, &mask, start, Some(&sums))?;
+                let plain = graph.masked_residual(&model, &acts, &mask, start, None, None)?;
+                let summed = graph.masked_residual(&model, &acts, &mask, start, Some(&sums), None)?;
                 let err = plain.f_sub(&summed)?.f_abs()?.f_max()?.f_double_value(&[])?;
                 assert!(err < 1e-4, "{family} from block {start}: {err}");
+                // The last block at one position per row: those rows of the full pass.
+                let rows = Tensor::f_from_slice(&[4i64, 2, 0])?.f_repeat([4])?;
+                let at_one = graph.masked_residual(&model, &acts, &mask, start, Some(&sums), Some(&rows))?;
+                let err = at_rows(&plain, &rows)?.f_sub(&at_one)?.f_abs()?.f_max()?.f_double_value(&[])?;
+                assert!(err < 1e-4, "{family} from block {start}, last block at one position: {err}");
                 let b = acts.tokens.size()[0];
                 let moved = plain.f_narrow(0, 0, b)?.f_sub(&plain.f_narrow(0, 3 * b, b)?)?.f_abs()?.f_max()?.f_double_value(&[])?;
                 assert!(moved > 1e-3, "{family}: the removals change nothing ({moved})");

@@ -54,6 +54,9 @@ pub(crate) struct Run<'h> {
     grad_points: BTreeSet<HookPoint>,
     pub(crate) grad_inputs: Vec<(HookPoint, Tensor)>,
     pos_offset: i64,
+    /// [batch] the one position per row at which the last block computes its queries, MLP and
+    /// residual (see `Runner::last_block_at`).
+    pub(crate) last_block_at: Option<Tensor>,
 }
 
 impl<'h> Run<'h> {
@@ -81,6 +84,7 @@ impl<'h> Run<'h> {
             grad_points: grad_points.unwrap_or_default(),
             grad_inputs: Vec::new(),
             pos_offset: 0,
+            last_block_at: None,
         })
     }
 
@@ -155,9 +159,16 @@ struct Ctx {
     masks: Vec<(Option<i64>, Tensor)>,
     /// Shortformer models: the position embeddings [batch, pos, d_model] that q and k read.
     shortformer: Option<Tensor>,
+    /// The last block and [batch] the position at which it computes queries, MLP and residual.
+    last_block_at: Option<(usize, Tensor)>,
 }
 
 impl Ctx {
+    /// [batch] the one position per row at which block `l` computes past its keys and values.
+    fn rows(&self, l: usize) -> Option<&Tensor> {
+        self.last_block_at.as_ref().filter(|(last, _)| *last == l).map(|(_, rows)| rows)
+    }
+
     fn mask(&self, window: Option<i64>) -> &Tensor {
         let found = self.masks.iter().find(|(w, _)| *w == window);
         &found.unwrap_or(&self.masks[0]).1
@@ -190,6 +201,16 @@ pub(crate) fn rotary_inv_freq(r: &Rotary) -> Result<Tensor> {
         })
         .collect();
     Ok(Tensor::f_from_slice(&freqs)?)
+}
+
+/// x [batch, pos, ...] at one position per row, `rows` [batch] int64: [batch, 1, ...].
+pub fn at_rows(x: &Tensor, rows: &Tensor) -> Result<Tensor> {
+    let size = x.size();
+    let mut shape = size.clone();
+    shape[1] = 1;
+    let mut view = vec![1i64; size.len()];
+    view[0] = size[0];
+    Ok(x.f_gather(1, &rows.f_view(view.as_slice())?.f_expand(shape.as_slice(), false)?, false)?)
 }
 
 fn rotate_half(x: &Tensor) -> Result<Tensor> {
@@ -327,7 +348,17 @@ impl HookedTransformer {
         if let (Positional::Shortformer, None, Some(w_pos)) = (&c.positional, &shortformer, &self.params.w_pos) {
             shortformer = Some(Tensor::f_embedding(w_pos, &positions, -1, false, false)?);
         }
-        let ctx = Ctx { batch, pos, rotary, rotary_local, masks, shortformer };
+        let last_block_at = match run.last_block_at.take() {
+            Some(rows) if stop == c.n_layers && start < stop => {
+                let ok = rows.size() == [batch] && rows.kind() == Kind::Int64 && rows.numel() > 0;
+                if !ok || rows.f_min()?.int64_value(&[]) < 0 || rows.f_max()?.int64_value(&[]) >= pos {
+                    return Err(Error::Shape { what: format!("the last block's positions (int64, each below {pos})"), expected: format!("[{batch}]"), found: rows.size() });
+                }
+                Some((c.n_layers - 1, rows.f_to_device(self.device)?))
+            }
+            _ => None,
+        };
+        let ctx = Ctx { batch, pos, rotary, rotary_local, masks, shortformer, last_block_at };
 
         for l in start..stop {
             let layer_kv = kv.as_deref_mut().map(|k| &mut k.layers[l]);
@@ -419,6 +450,11 @@ impl HookedTransformer {
         let at = |s| HookPoint::Block(l, s);
         let resid_pre = run.fire(at(BlockSite::ResidPre), resid)?;
         let attn_out = self.attention(l, blk, &resid_pre, run, ctx, kv)?;
+        // Past the attention, the last block may run at one position per row.
+        let resid_pre = match ctx.rows(l) {
+            Some(rows) => at_rows(&resid_pre, rows)?,
+            None => resid_pre,
+        };
         let Some(mlp) = &blk.mlp else {
             let resid_mid = match self.cfg.parallel_attn_mlp {
                 true => resid_pre.f_add(&attn_out)?,
@@ -552,6 +588,15 @@ impl HookedTransformer {
             *slot = Some((k.shallow_clone(), v.shallow_clone()));
         }
         let t = k.size()[2];
+        // Queries only at `rows` (one per row): keys and values stay at every position.
+        let (q, p, allowed) = match ctx.rows(l) {
+            Some(rows) => {
+                let mask = ctx.mask(c.sliding_window[l]);
+                let mask = mask.f_expand([b, 1, p, t], false)?.f_gather(2, &rows.f_view([b, 1, 1, 1])?.f_expand([b, 1, 1, t], false)?, false)?;
+                (at_rows(&q, rows)?, 1, mask)
+            }
+            None => (q, p, ctx.mask(c.sliding_window[l]).shallow_clone()),
+        };
         let g = h / nkv; // query heads per kv head: grouped without repeating k and v
         let q = q.f_transpose(1, 2)?.f_reshape([b, nkv, g, p, dh])?;
         let mut scale = c.attn_scale;
@@ -562,7 +607,6 @@ impl HookedTransformer {
         if let Some(cap) = c.attn_softcap {
             scores = scores.f_div_scalar(cap)?.f_tanh()?.f_mul_scalar(cap)?;
         }
-        let allowed = ctx.mask(c.sliding_window[l]);
         let scores = run.fire(at(BlockSite::AttnScores), scores.f_masked_fill(&allowed.f_logical_not()?, f64::NEG_INFINITY)?)?;
         let pattern = run.fire(at(BlockSite::Pattern), scores.f_softmax(-1, self.accumulate_kind())?.f_to_kind(self.kind)?)?;
         let z = pattern.f_reshape([b, nkv, g, p, t])?.f_matmul(&v.f_unsqueeze(2)?)?.f_reshape([b, h, p, dh])?.f_transpose(1, 2)?;

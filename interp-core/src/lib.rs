@@ -52,7 +52,7 @@ pub mod train;
 pub use cache::{ActivationCache, ResidualStack};
 pub use config::ModelConfig;
 pub use error::{BoxError, Error, Result};
-pub use forward::KvCache;
+pub use forward::{at_rows, KvCache};
 pub use generate::Sampling;
 pub use hook_point::{BlockSite, HookName, HookPoint};
 pub use hooks::{CacheSpec, HookCtx, HookFn, Hooks, Intervention, NamesFilter, Scope};

@@ -516,11 +516,12 @@ pub struct Runner<'m, 'h> {
     stop_at_layer: Option<usize>,
     grads: Option<(NamesFilter, Metric<'h>)>,
     autograd: bool,
+    last_block_at: Option<&'m Tensor>,
 }
 
 impl<'m, 'h> Runner<'m, 'h> {
     fn new(model: &'m HookedTransformer, input: Input<'m>) -> Self {
-        Runner { model, input, hooks: Hooks::new(), cache: None, attention_mask: None, stop_at_layer: None, grads: None, autograd: false }
+        Runner { model, input, hooks: Hooks::new(), cache: None, attention_mask: None, stop_at_layer: None, grads: None, autograd: false, last_block_at: None }
     }
 
     /// Run with these hooks (added to any given before).
@@ -539,6 +540,18 @@ impl<'m, 'h> Runner<'m, 'h> {
     /// then computes exactly what its unpadded tokens would: positions count real tokens only.
     pub fn attention_mask(mut self, mask: &'m Tensor) -> Self {
         self.attention_mask = Some(mask);
+        self
+    }
+
+    /// The last block computes its attention queries, MLP and residual only at `positions`
+    /// [batch] int64, one per row (keys and values at every position), for a metric that reads
+    /// one position per prompt: the output has one position per row ([batch, 1, ...]), equal to
+    /// that row and position of a full run. In the last block, the hooks up to the rotary
+    /// embeddings (`hook_rot_q`, `hook_rot_k`) see every position, and those from
+    /// `hook_attn_scores` on see the one position. No effect on a run that stops before the last
+    /// block.
+    pub fn last_block_at(mut self, positions: &'m Tensor) -> Self {
+        self.last_block_at = Some(positions);
         self
     }
 
@@ -568,6 +581,7 @@ impl<'m, 'h> Runner<'m, 'h> {
         let cache_points = self.cache.as_ref().map(|s| model.resolve_filter(&s.filter)).transpose()?;
         let grad_points = self.grads.as_ref().map(|(f, _)| model.resolve_filter(f)).transpose()?;
         let mut run = Run::new(model, self.hooks, self.cache, cache_points, grad_points)?;
+        run.last_block_at = self.last_block_at.map(|t| t.shallow_clone());
         let output = match self.grads {
             None => {
                 let _guard = (!self.autograd).then(tch::no_grad_guard);
