@@ -229,7 +229,7 @@ fn gpt2_small_case(acdc_tau: Option<f64>) {
     println!("  budget {:.2} GB peak: {}", weights + 0.45, tiny.err().map(|e| e.to_string()).unwrap_or_else(|| "accepted".into()));
 
     // Random weights have no sparse circuit: at 1.5% of this model's tiny clean - corrupted gap
-    // (the CLI's default) ACDC keeps most edges and must test nearly all of them (about 75 min
+    // (the CLI's default) ACDC keeps most edges and must test nearly all of them (well over an hour
     // here); a larger tau leaves a small circuit whose cut-off components go untested, as in a
     // trained model's circuit.
     if let Some(tau) = acdc_tau {
