@@ -5,7 +5,8 @@
 //! are sequential, but candidate removals are evaluated speculatively in batches: variant `j`
 //! removes the next `j + 1` candidates together, so one forward decides every candidate up to the
 //! first one that is kept, with exactly the decisions of the one-edge-per-forward loop. Each
-//! forward restarts at the receiver's block from the cached clean residual.
+//! forward restarts at the receiver's block from the cached clean residual, reads the removed
+//! edges from a running sum per receiver, and runs its last block at the answer positions only.
 
 use std::path::PathBuf;
 
@@ -165,8 +166,10 @@ fn cost_fraction(model: &HookedTransformer, start: Option<usize>, positions: i64
 /// Exact shortcuts that keep the one-edge-per-forward decisions: edges into the logits are tested
 /// first, while every sender still gives its clean output, so they need only the final norm and
 /// the unembedding at each prompt's answer position; every other test restarts at its
-/// receiver's block from the clean residual and unembeds only the answer positions; a component none of whose outputs is kept is cut off
-/// from the output, and its inputs are removed untested.
+/// receiver's block from the clean residual, and its last block computes only what the metric
+/// reads (keys and values at every position, the rest and the unembedding at the answer
+/// positions); a component none of whose outputs is kept is cut off from the output, and its
+/// inputs are removed untested.
 pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations, metric: &Metric, cfg: &AcdcConfig) -> Result<AcdcResult> {
     if cfg.tau.is_nan() || cfg.tau < 0.0 {
         return Err(Error::Input(format!("tau must be zero or positive, found {}", cfg.tau)));
