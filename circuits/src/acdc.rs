@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use interp_core::HookedTransformer;
+use interp_core::{at_rows, HookedTransformer};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -390,20 +390,11 @@ impl LogitsTest {
         let last = graph.n_layers - 1;
         let resid_in = acts.resid_pre.f_select(0, last as i64)?;
         let resid_final = model.runner_from_layer(&resid_in, last).stop_at_layer(graph.n_layers).run()?.output;
-        let b = resid_final.size()[0];
-        let p = resid_final.size()[1];
-        let positions = match &metric.positions {
-            Some(pos) => pos.f_to_device(resid_final.device())?,
-            None => Tensor::f_full([b], p - 1, (Kind::Int64, resid_final.device()))?,
-        };
-        let at = |t: &Tensor| -> Result<Tensor> {
-            // t [..., B, P, D] -> [..., B, D] at each prompt's position
-            let size = t.size();
-            let idx = positions.f_view([b, 1, 1])?.f_expand([b, 1, size[size.len() - 1]], false)?;
-            let idx = if size.len() == 4 { idx.f_unsqueeze(0)?.f_expand([size[0], b, 1, size[3]], false)? } else { idx };
-            Ok(t.f_gather(size.len() as i64 - 2, &idx, false)?.f_squeeze_dim(size.len() as i64 - 2)?)
-        };
-        Ok(LogitsTest { resid: at(&resid_final)?, diff: at(&acts.ablated)?.f_sub(&at(&acts.clean)?)?, metric: metric.at_last() })
+        let size = resid_final.size();
+        let rows = metric.answer_rows(size[0], size[1], resid_final.device())?;
+        // [S, B, P, D] -> [S, B, D] at each prompt's position
+        let at = |t: &Tensor| -> Result<Tensor> { Ok(at_rows(&t.f_permute([1, 2, 0, 3])?, &rows)?.f_squeeze_dim(1)?.f_permute([1, 0, 2])?) };
+        Ok(LogitsTest { resid: at_rows(&resid_final, &rows)?.f_squeeze_dim(1)?, diff: at(&acts.ablated)?.f_sub(&at(&acts.clean)?)?, metric: metric.at_last() })
     }
 
     /// The loss of each edge set (only edges into the logits removed).

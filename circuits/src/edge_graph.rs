@@ -508,12 +508,8 @@ impl EdgeGraph {
         sums: Option<&RemovedSums>,
     ) -> Result<Tensor> {
         // The last block runs only at each prompt's answer position (the metric reads nothing else).
-        let b = acts.tokens.size()[0];
-        let rows = match &metric.positions {
-            Some(p) => p.f_to_device(acts.clean.device())?,
-            None => Tensor::f_full([b], acts.tokens.size()[1] - 1, (Kind::Int64, acts.clean.device()))?,
-        };
-        let rows = rows.f_repeat([mask.size()[0]])?;
+        let size = acts.tokens.size();
+        let rows = metric.answer_rows(mask.size()[0] * size[0], size[1], acts.clean.device())?;
         metric.at_last().per_variant_of_residual(model, &self.masked_residual(model, acts, mask, start_layer, sums, Some(&rows))?)
     }
 

@@ -1,8 +1,8 @@
 //! Metrics of a run's next-token prediction at each prompt's answer position (its last token). Each is built from
 //! differentiable tensor operations, so it can drive gradients (EAP, EAP-IG) as well as patching.
 
-use interp_core::HookedTransformer;
-use tch::{Kind, Tensor};
+use interp_core::{at_rows, HookedTransformer};
+use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 
@@ -142,13 +142,18 @@ impl Metric {
         if size.len() != 3 || n == 0 || size[0] % n != 0 {
             return Err(Error::Shape { what: format!("the final residual for the metric's {n} prompts"), expected: format!("[k * {n}, pos, d_model]"), found: size });
         }
-        let positions = match &self.positions {
-            Some(p) => p.f_to_device(resid.device())?.f_repeat([size[0] / n])?,
-            None => Tensor::f_full([size[0]], size[1] - 1, (Kind::Int64, resid.device()))?,
-        };
-        let idx = positions.f_view([-1, 1, 1])?.f_expand([size[0], 1, size[2]], false)?;
-        let logits = model.runner_from_layer(&resid.f_gather(1, &idx, false)?, model.cfg.n_layers).run()?.output;
+        let rows = self.answer_rows(size[0], size[1], resid.device())?;
+        let logits = model.runner_from_layer(&at_rows(resid, &rows)?, model.cfg.n_layers).run()?.output;
         self.at_last().per_variant(&logits)
+    }
+
+    /// Each row's answer position [rows] int64 in a batch of `rows` rows (copies of the prompts,
+    /// variant-major) of `pos` positions: `positions`, or the last.
+    pub(crate) fn answer_rows(&self, rows: i64, pos: i64, device: Device) -> Result<Tensor> {
+        Ok(match &self.positions {
+            Some(p) => p.f_to_device(device)?.f_repeat([rows / self.n_prompts().max(1)])?,
+            None => Tensor::f_full([rows], pos - 1, (Kind::Int64, device))?,
+        })
     }
 
     /// The metric of prompts `start .. start + len` alone.
