@@ -287,6 +287,43 @@ fn task_model_circuits_are_faithful() {
     }
 }
 
+/// EAP and ACDC equal auto-circuit 1.0.1's on the IOI task model and the same 64 pairs
+/// (tests/fixtures/autocircuit, written by scripts/check_autocircuit.sh): EAP scores edge by
+/// edge, ACDC's circuit at three taus given the same edge order.
+#[test]
+fn eap_and_acdc_equal_auto_circuit() {
+    use circuits::MetricName;
+    let dir = common::repo("tests/fixtures/autocircuit");
+    let fixture: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("ioi.json")).unwrap()).unwrap();
+    let model = task_model();
+    let prompts = TaskPrompts::from_jsonl(&dir.join("ioi.jsonl"), &model).unwrap();
+    let clean = prompts.metric.value(&model.forward(&prompts.clean).unwrap()).unwrap();
+    let theirs = fixture["clean_logit_diff"].as_f64().unwrap();
+    assert!((clean - theirs).abs() < 1e-4, "clean logit difference {clean}, fixture {theirs}: models/tasks-bilinear changed, rerun scripts/check_autocircuit.sh");
+    let graph = EdgeGraph::new(&model).unwrap();
+    let names: Vec<String> = graph.edges.iter().map(|e| e.to_string()).collect();
+    let acts = graph.activations(&model, &prompts.clean, &prompts.corrupted, Ablation::Resample).unwrap();
+    let eap: Vec<f64> = Vec::try_from(&edge_attribution(&model, &graph, &acts, &prompts.metric, AttributionMethod::Eap).unwrap().to_kind(Kind::Double)).unwrap();
+    let (mut worst, mut largest) = (0f64, 0f64);
+    for (name, ours) in names.iter().zip(&eap) {
+        // auto-circuit's score is the gradient of its loss, -mean(logit difference).
+        let theirs = -fixture["eap"][name].as_f64().unwrap_or_else(|| panic!("{name} is not in the fixture"));
+        worst = worst.max((ours - theirs).abs());
+        largest = largest.max(theirs.abs());
+    }
+    eprintln!("EAP: {} edges, largest |score| {largest:.3}, max difference {worst:.2e}", names.len());
+    assert!(largest > 0.1 && worst < 1e-4 * largest.max(1.0), "max difference {worst}");
+    let kl = prompts.with_metric(MetricName::Kl, &model).unwrap();
+    for run in fixture["acdc"].as_array().unwrap() {
+        let tau = run["tau"].as_f64().unwrap();
+        let found = acdc(&model, &graph, &acts, &kl.metric, &AcdcConfig { tau, ..AcdcConfig::default() }).unwrap();
+        let kept: Vec<&str> = names.iter().zip(&found.kept).filter(|(_, k)| **k).map(|(n, _)| n.as_str()).collect();
+        let theirs: Vec<&str> = run["kept"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+        eprintln!("ACDC tau {tau}: {} edges kept (auto-circuit {})", kept.len(), theirs.len());
+        assert_eq!(kept, theirs, "tau {tau}");
+    }
+}
+
 /// The opt-in approximate ACDC: edges whose EAP-IG score is below a tenth of tau go untested;
 /// its circuit stays close to exact ACDC's, its reported loss is the loss of the circuit it
 /// returns, and with a cut of 0 it is exact ACDC.
