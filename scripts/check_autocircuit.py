@@ -30,7 +30,7 @@ TAUS = [(1, -2), (3, -3), (1, -3)]  # tau = base * 10 ** exp (auto-circuit's tao
 
 
 def hooked_model(model_dir: Path) -> HookedTransformer:
-    hf = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=t.float32).eval()
+    hf = LlamaForCausalLM.from_pretrained(model_dir, dtype=t.float32).eval()
     c = hf.config
     assert c.hidden_act == "linear" and c.num_key_value_heads == c.num_attention_heads
     cfg = HookedTransformerConfig(
