@@ -1,7 +1,7 @@
 //! Attribution patching of edges: EAP (one gradient at the clean run) and EAP-IG (gradients
 //! averaged along the straight line from the ablated to the clean input).
 
-use interp_core::{HookedTransformer, NamesFilter};
+use interp_core::{at_rows, HookedTransformer, NamesFilter};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -53,22 +53,31 @@ pub fn edge_attribution(model: &HookedTransformer, graph: &EdgeGraph, acts: &Edg
     let clean0 = acts.clean.f_select(0, 0)?;
     let abl0 = acts.ablated.f_select(0, 0)?;
     let diff = acts.diff()?; // [S, B, P, D]
+    // The last block runs its queries, MLP and unembedding only at each prompt's answer
+    // position: the last MLP's and the logits' gradients are [B, 1, D], and so are their
+    // senders' differences at those rows.
+    let size = diff.size();
+    let rows = metric.answer_rows(b, size[2], diff.device())?;
+    let diff_at_rows = at_rows(&diff.f_permute([1, 2, 0, 3])?, &rows)?.f_permute([2, 0, 1, 3])?.f_contiguous()?;
+    let at_last = metric.at_last();
     let mut scores: Vec<Tensor> = Vec::with_capacity(graph.groups.len());
     for k in 1..=steps {
         let alpha = k as f64 / steps as f64;
         let resid = abl0.f_add(&clean0.f_sub(&abl0)?.f_mul_scalar(alpha)?)?;
         let out = model
             .runner_from_layer(&resid, 0)
-            .gradients(NamesFilter::names(graph.groups.iter().map(|g| g.point)), |logits| Ok(metric.per_variant(logits)?.f_sum(Kind::Float)?))
+            .last_block_at(&rows)
+            .gradients(NamesFilter::names(graph.groups.iter().map(|g| g.point)), |logits| Ok(at_last.per_variant(logits)?.f_sum(Kind::Float)?))
             .run()?;
         let grads = out.grads.ok_or_else(|| Error::Input("the run returned no gradients".into()))?;
         for (gi, g) in graph.groups.iter().enumerate() {
-            let grad = grads.get(g.point)?; // [B, P, (R,) D]
+            let grad = grads.get(g.point)?; // [B, P or 1, (R,) D]
             let grad = if g.per_head { grad.shallow_clone() } else { grad.f_unsqueeze(2)? };
+            let diff = if grad.size()[1] == size[2] { diff } else { &diff_at_rows };
             // scores[r, s] = sum over (b, p, d) of grad[b, p, r, d] diff[s, b, p, d], as one matmul
             // of [R, BPD] by [BPD, S_g] (diff's sender prefix is already contiguous).
-            let size = grad.size();
-            let grad = grad.f_permute([2, 0, 1, 3])?.f_reshape([size[2], -1])?;
+            let gsize = grad.size();
+            let grad = grad.f_permute([2, 0, 1, 3])?.f_reshape([gsize[2], -1])?;
             let s = grad.f_matmul(&diff.f_narrow(0, 0, g.n_senders as i64)?.f_reshape([g.n_senders as i64, -1])?.f_transpose(0, 1)?)?.f_reshape([-1])?.f_to_kind(Kind::Float)?;
             match scores.get_mut(gi) {
                 Some(acc) => *acc = acc.f_add(&s)?,

@@ -400,7 +400,9 @@ impl EdgeGraph {
 
     /// Sender outputs [S, B, P, D] and residuals entering each block [L, B, P, D] on `tokens`.
     fn sender_outputs(&self, model: &HookedTransformer, tokens: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (_, cache) = model.run_with_cache(tokens, CacheSpec::names(self.sender_hooks(model)))?;
+        // Every sender and residual is read before the final norm: no unembedding.
+        let out = model.runner(tokens).cache(CacheSpec::names(self.sender_hooks(model))).stop_at_layer(self.n_layers).run()?;
+        let cache = out.cache.ok_or_else(|| Error::Input("the run returned no cache".into()))?;
         let mut embed = cache.get("hook_embed")?.shallow_clone();
         if cache.contains("hook_pos_embed") {
             embed = embed.f_add(cache.get("hook_pos_embed")?)?;
