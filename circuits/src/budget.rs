@@ -64,14 +64,15 @@ impl MemoryBudget {
         // (`cargo bench --bench circuits`): activations hold the clean and ablated sender outputs,
         // the residuals, and while a pass runs the outputs' differences, with allocator slack; a gradient run keeps each
         // head's own q/k/v input and projections, scores and pattern, norms and residuals and
-        // the MLP's hidden units for its backward pass, plus the logits and their gradient; a
-        // masked forward keeps every live sender's output and one block's transients.
+        // the MLP's hidden units for its backward pass, plus the logits and their gradient at the
+        // answer position; a masked forward keeps every live sender's output and one block's
+        // transients, and the logits at the answer position.
         let block = 5 * h * d + 4 * h * p + 6 * d + 3 * d_mlp;
         let receivers = graph.receivers.len() as u64;
         RowCosts {
             activations: (4 * s + l) * p * d * elem * 6 / 5,
-            gradient: (l * block + 2 * v) * p * elem,
-            masked: (s * d + block + 3 * v) * p * elem,
+            gradient: (l * block * p + 2 * v) * elem,
+            masked: ((s * d + block) * p + 3 * v) * elem,
             acdc: (2 * s + l + receivers) * p * d * elem * 6 / 5,
         }
     }
