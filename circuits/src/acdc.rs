@@ -145,14 +145,16 @@ fn fingerprint(graph: &EdgeGraph, acts: &EdgeActivations, metric: &Metric, cfg: 
 
 /// Cost of one prompt row through blocks `start..` and the unembedding at the answer position
 /// (or, `None`, only that unembedding), as a fraction of a full forward (every position
-/// unembedded). Per token a block costs 6 d^2 FLOPs for q, k and v and 2 d^2 + 4 d d_mlp + 4 pos d
-/// for the rest; the last block of a pass computes q, k and v at every position and the rest at
+/// unembedded). Per token a block costs 2 d d_head (heads + 2 kv_heads) FLOPs for q, k and v
+/// and 2 heads d_head (d + 2 pos) + 4 d d_mlp for the rest (output projection, scores and
+/// values, MLP); the last block of a pass computes q, k and v at every position and the rest at
 /// the answer position only; the unembedding costs 2 d d_vocab_out per position.
 fn cost_fraction(model: &HookedTransformer, start: Option<usize>, positions: i64) -> f64 {
     let c = &model.cfg;
     let (d, p) = (c.d_model as f64, positions as f64);
+    let (heads, kv, dh) = (c.n_heads as f64, c.n_kv_heads as f64, c.d_head as f64);
     let mlp = if c.attn_only { 0.0 } else { 4.0 * d * c.d_mlp as f64 * if c.gated_mlp { 1.5 } else { 1.0 } };
-    let (qkv, rest) = (6.0 * d * d, 2.0 * d * d + mlp + 4.0 * p * d);
+    let (qkv, rest) = (2.0 * d * dh * (heads + 2.0 * kv), 2.0 * heads * dh * (d + 2.0 * p) + mlp);
     let unembed = 2.0 * d * c.d_vocab_out as f64;
     let full = p * (c.n_layers as f64 * (qkv + rest) + unembed);
     match start {
