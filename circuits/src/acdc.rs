@@ -27,7 +27,7 @@ pub struct AcdcConfig {
     pub max_variants: usize,
     /// Restart each forward at the receiver's block (false: every forward runs the whole model).
     pub restart: bool,
-    /// Show a progress bar (edges decided / total, ETA).
+    /// Show a progress bar (edges decided / total, an ETA by the tests' cost).
     pub progress: bool,
     /// Save the decisions here after each receiver; an existing checkpoint of the same graph,
     /// prompts, metric and tau is resumed.
@@ -246,11 +246,27 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
     for (e, k) in graph.edges.iter().zip(&state.kept) {
         out_kept[graph.sender_index(e.sender)] += usize::from(*k);
     }
-    let bar = interp_core::train::progress_bar(n as u64, "edges", cfg.progress);
     let receivers: Vec<(usize, usize)> = (0..graph.groups.len()).rev().flat_map(|gi| (0..graph.groups[gi].n_receivers as usize).rev().map(move |r| (gi, r))).collect();
-    let mut decided: usize = receivers[..state.receivers_done.min(receivers.len())].iter().map(|(gi, _)| graph.groups[*gi].n_senders).sum();
+    // The bar's ETA is by work: a test's cost (in millionths of a full forward) grows with the
+    // blocks after its receiver, so counting edges would underestimate the time left.
+    // Where a test of group `gi`'s receivers starts: its block, block 0 without restarts, or
+    // (`None`) the final norm for the logits, whose test needs only it and the unembedding.
+    let test_start = |gi: usize| -> Option<usize> {
+        let g = &graph.groups[gi];
+        match (graph.receivers[g.first_receiver], cfg.restart) {
+            (Receiver::Logits, true) => None,
+            (_, true) => Some(g.layer),
+            (_, false) => Some(0),
+        }
+    };
+    let test_work = |gi: usize| (cost_fraction(model, test_start(gi), positions) * 1e6).ceil() as u64;
+    let receiver_work = |&(gi, _): &(usize, usize)| test_work(gi) * graph.groups[gi].n_senders as u64;
+    let bar = interp_core::train::work_bar(receivers.iter().map(receiver_work).sum(), cfg.progress);
+    let done_receivers = &receivers[..state.receivers_done.min(receivers.len())];
+    let mut decided: usize = done_receivers.iter().map(|(gi, _)| graph.groups[*gi].n_senders).sum();
     // A resumed run starts where it stopped; its ETA counts only this run's rate.
-    bar.set_position(decided as u64);
+    bar.set_position(done_receivers.iter().map(receiver_work).sum());
+    bar.set_message(format!("{decided}/{n} edges"));
     bar.reset_eta();
     let mut logits_test: Option<LogitsTest> = None;
     // Untested removals since the circuit's loss was last measured (a checkpoint may have been
@@ -271,11 +287,12 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
                 out_kept[graph.sender_index(graph.edges[e].sender)] -= 1;
             }
         } else {
-            let logits_only = receiver == Receiver::Logits && cfg.restart;
+            let start = test_start(gi);
+            let logits_only = start.is_none();
             if logits_only && logits_test.is_none() {
                 logits_test = Some(LogitsTest::new(model, graph, acts, metric)?);
             }
-            let start = if cfg.restart { g.layer } else { 0 };
+            let start = start.unwrap_or(g.layer);
             // The loss of each edge set, by the cheapest exact path.
             let measure = |sets: &[Vec<bool>], sums: &RemovedSums, cost: &mut Cost| -> Result<Vec<f64>> {
                 match &logits_test {
@@ -299,7 +316,7 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
                 }
                 state.n_pruned += pruned.len();
                 stale = true;
-                bar.inc(pruned.len() as u64);
+                bar.inc(pruned.len() as u64 * test_work(gi));
             }
             // The circuit's loss after untested removals, measured once before the next test.
             if stale && !to_test.is_empty() {
@@ -333,12 +350,14 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
                 }
                 // Widen the speculation while removals run on; narrow it when an edge is kept early.
                 width = if done == k { (2 * k).min(cfg.max_variants).max(width) } else { (done + 1).min(cfg.max_variants) };
-                bar.inc(done as u64);
+                bar.inc(done as u64 * test_work(gi));
+                bar.set_message(format!("{}/{n} edges", decided + pruned.len() + i + done));
                 i += done;
             }
         }
         decided += incoming.len();
-        bar.set_position(decided as u64);
+        bar.set_position(receivers[..=ri].iter().map(receiver_work).sum());
+        bar.set_message(format!("{decided}/{n} edges"));
         state.receivers_done = ri + 1;
         state.n_forwards += cost.forwards;
         state.n_variants += cost.variants;

@@ -293,18 +293,29 @@ impl TrainingCheckpoint {
 /// false. When stderr is not a terminal (a log file, a pipe), the bar becomes a progress line
 /// every 30 seconds.
 pub fn progress_bar(len: u64, unit: &str, show: bool) -> indicatif::ProgressBar {
+    bar_with(len, show, &format!("{{pos}}/{{len}} {unit}"), "{msg}")
+}
+
+/// A progress bar for items of unequal cost: its position and length are amounts of work (any
+/// unit), so the ETA extrapolates work done; its message shows the count (set it with
+/// `set_message`, e.g. "120/32491 edges").
+pub fn work_bar(total_work: u64, show: bool) -> indicatif::ProgressBar {
+    bar_with(total_work, show, "{msg}", "")
+}
+
+fn bar_with(len: u64, show: bool, counter: &str, msg: &str) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
     if !show {
         return indicatif::ProgressBar::hidden();
     }
     let (bar, template) = if std::io::stderr().is_terminal() {
-        (indicatif::ProgressBar::new(len), format!("{{bar:30}} {{pos}}/{{len}} {unit} [{{elapsed_precise}}<{{eta_precise}}] {{msg}}"))
+        (indicatif::ProgressBar::new(len), format!("{{bar:30}} {counter} [{{elapsed_precise}}<{{eta_precise}}] {msg}"))
     } else {
         let log = LogLines { every: std::time::Duration::from_secs(30), last: std::sync::Mutex::new(Instant::now()) };
         let target = indicatif::ProgressDrawTarget::term_like(Box::new(log));
-        (indicatif::ProgressBar::with_draw_target(Some(len), target), format!("{{pos}}/{{len}} {unit} ({{percent}}%), {{elapsed_precise}} elapsed, ETA {{eta_precise}} {{msg}}"))
+        (indicatif::ProgressBar::with_draw_target(Some(len), target), format!("{counter} ({{percent}}%), {{elapsed_precise}} elapsed, ETA {{eta_precise}} {msg}"))
     };
-    bar.set_style(indicatif::ProgressStyle::with_template(&template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    bar.set_style(indicatif::ProgressStyle::with_template(template.trim_end()).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
     bar
 }
 
