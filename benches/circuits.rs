@@ -228,10 +228,9 @@ fn gpt2_small_case(acdc_tau: Option<f64>) {
     let tiny = MemoryBudget::for_peak(((weights + 0.45) * 1e9) as u64, &model).and_then(|b| EdgeRun::new(&model, &graph, &prompts, Ablation::Resample, b).map(|_| ()));
     println!("  budget {:.2} GB peak: {}", weights + 0.45, tiny.err().map(|e| e.to_string()).unwrap_or_else(|| "accepted".into()));
 
-    // Random weights have no sparse circuit: at 1.5% of this model's tiny clean - corrupted gap
-    // (the CLI's default) ACDC keeps most edges and must test nearly all of them (well over an hour
-    // here); a larger tau leaves a small circuit whose cut-off components go untested, as in a
-    // trained model's circuit.
+    // At 1.5% of this random model's tiny clean - corrupted gap (the CLI's default) ACDC keeps
+    // about a tenth of the late layers' edges but tests most of them (hours here); a larger tau
+    // leaves a small circuit whose cut-off components go untested, as in a trained model's circuit.
     if let Some(tau) = acdc_tau {
         let fwd = fwd.iter().copied().fold(f64::INFINITY, f64::min);
         let run = EdgeRun::new(&model, &graph, &prompts, Ablation::Resample, MemoryBudget::DEFAULT).unwrap();
