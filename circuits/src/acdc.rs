@@ -247,8 +247,6 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
         out_kept[graph.sender_index(e.sender)] += usize::from(*k);
     }
     let receivers: Vec<(usize, usize)> = (0..graph.groups.len()).rev().flat_map(|gi| (0..graph.groups[gi].n_receivers as usize).rev().map(move |r| (gi, r))).collect();
-    // The bar's ETA is by work: a test's cost (in millionths of a full forward) grows with the
-    // blocks after its receiver, so counting edges would underestimate the time left.
     // Where a test of group `gi`'s receivers starts: its block, block 0 without restarts, or
     // (`None`) the final norm for the logits, whose test needs only it and the unembedding.
     let test_start = |gi: usize| -> Option<usize> {
@@ -259,13 +257,16 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
             (_, false) => Some(0),
         }
     };
+    // The bar's ETA is by work: a test's cost (in millionths of a full forward) grows with the
+    // blocks after its receiver, so counting edges would underestimate the time left.
     let test_work = |gi: usize| (cost_fraction(model, test_start(gi), positions) * 1e6).ceil() as u64;
     let receiver_work = |&(gi, _): &(usize, usize)| test_work(gi) * graph.groups[gi].n_senders as u64;
     let bar = interp_core::train::work_bar(receivers.iter().map(receiver_work).sum(), cfg.progress);
     let done_receivers = &receivers[..state.receivers_done.min(receivers.len())];
     let mut decided: usize = done_receivers.iter().map(|(gi, _)| graph.groups[*gi].n_senders).sum();
+    let mut done_work: u64 = done_receivers.iter().map(receiver_work).sum();
     // A resumed run starts where it stopped; its ETA counts only this run's rate.
-    bar.set_position(done_receivers.iter().map(receiver_work).sum());
+    bar.set_position(done_work);
     bar.set_message(format!("{decided}/{n} edges"));
     bar.reset_eta();
     let mut logits_test: Option<LogitsTest> = None;
@@ -356,7 +357,8 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
             }
         }
         decided += incoming.len();
-        bar.set_position(receivers[..=ri].iter().map(receiver_work).sum());
+        done_work += receiver_work(&(gi, r));
+        bar.set_position(done_work);
         bar.set_message(format!("{decided}/{n} edges"));
         state.receivers_done = ri + 1;
         state.n_forwards += cost.forwards;
