@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::edge_graph::{EdgeActivations, EdgeGraph, Receiver, RemovedSums};
+use crate::edge_graph::{senders_at_rows, EdgeActivations, EdgeGraph, Receiver, RemovedSums};
 use crate::metric::Metric;
 
 /// ACDC settings.
@@ -416,7 +416,7 @@ impl LogitsTest {
         let size = resid_final.size();
         let rows = metric.answer_rows(size[0], size[1], resid_final.device())?;
         // [S, B, P, D] -> [S, B, D] at each prompt's position
-        let at = |t: &Tensor| -> Result<Tensor> { Ok(at_rows(&t.f_permute([1, 2, 0, 3])?, &rows)?.f_squeeze_dim(1)?.f_permute([1, 0, 2])?) };
+        let at = |t: &Tensor| -> Result<Tensor> { Ok(senders_at_rows(t, &rows)?.f_squeeze_dim(2)?) };
         Ok(LogitsTest { resid: at_rows(&resid_final, &rows)?.f_squeeze_dim(1)?, diff: at(&acts.ablated)?.f_sub(&at(&acts.clean)?)?, metric: metric.at_last() })
     }
 

@@ -1,11 +1,11 @@
 //! Attribution patching of edges: EAP (one gradient at the clean run) and EAP-IG (gradients
 //! averaged along the straight line from the ablated to the clean input).
 
-use interp_core::{at_rows, HookedTransformer, NamesFilter};
+use interp_core::{HookedTransformer, NamesFilter};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::edge_graph::{EdgeActivations, EdgeGraph};
+use crate::edge_graph::{senders_at_rows, EdgeActivations, EdgeGraph};
 use crate::metric::Metric;
 
 /// How edge scores are computed.
@@ -58,7 +58,7 @@ pub fn edge_attribution(model: &HookedTransformer, graph: &EdgeGraph, acts: &Edg
     // senders' differences at those rows.
     let size = diff.size();
     let rows = metric.answer_rows(b, size[2], diff.device())?;
-    let diff_at_rows = at_rows(&diff.f_permute([1, 2, 0, 3])?, &rows)?.f_permute([2, 0, 1, 3])?.f_contiguous()?;
+    let diff_at_rows = senders_at_rows(diff, &rows)?.f_contiguous()?;
     let at_last = metric.at_last();
     let mut scores: Vec<Tensor> = Vec::with_capacity(graph.groups.len());
     for k in 1..=steps {

@@ -280,6 +280,11 @@ struct PatchedGroup {
     live: Vec<i64>,
 }
 
+/// Sender outputs [S, B, P, D] at one position per prompt, `rows` [B] int64: [S, B, 1, D].
+pub(crate) fn senders_at_rows(t: &Tensor, rows: &Tensor) -> Result<Tensor> {
+    Ok(at_rows(&t.f_permute([1, 2, 0, 3])?, rows)?.f_permute([2, 0, 1, 3])?)
+}
+
 /// The edge graph of a model.
 pub struct EdgeGraph {
     /// Every sender, in order.
@@ -604,7 +609,7 @@ impl EdgeGraph {
                         None => slots.f_copy_(&clean.f_unsqueeze(0)?.f_sub(&out)?)?,
                         Some(row) => {
                             let k = idx.size()[0];
-                            let clean = at_rows(&clean.f_permute([1, 2, 0, 3])?, row)?.f_permute([2, 0, 1, 3])?; // [k, B, 1, D]
+                            let clean = senders_at_rows(&clean, row)?; // [k, B, 1, D]
                             let at = row.f_view([1, 1, b, 1, 1])?.f_expand([v, k, b, 1, d], false)?;
                             let _ = slots.f_scatter_(3, &at, &clean.f_unsqueeze(0)?.f_sub(&out)?)?;
                         }
