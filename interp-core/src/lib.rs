@@ -33,6 +33,7 @@ pub mod data;
 mod error;
 mod forward;
 mod generate;
+pub mod gguf;
 mod hook_point;
 mod hooks;
 mod memory;

@@ -144,26 +144,47 @@ pub struct HookedTransformer {
 }
 
 impl HookedTransformer {
-    /// Loads `config.json`, the safetensors weights and, if present, `tokenizer.json` from an HF
-    /// checkpoint directory, converting the weights to `kind` (`Float`, `Half` or `BFloat16`) on
-    /// `device`.
-    pub fn from_pretrained_dir(dir: impl AsRef<Path>, device: Device, kind: Kind) -> Result<Self> {
-        let dir = dir.as_ref();
-        if !dir.is_dir() {
+    /// Loads a model from `path`: an HF checkpoint directory (`config.json`, safetensors or PyTorch
+    /// weights and, if present, `tokenizer.json`), or a GGUF file (llama.cpp's format; also a
+    /// folder holding one `.gguf` and no `config.json`), whose tensors are dequantised and whose
+    /// tokenizer is built from its metadata as HF transformers builds them. Weights are converted
+    /// to `kind` (`Float`, `Half`, `BFloat16` or `Double`) on `device`.
+    pub fn from_pretrained_dir(path: impl AsRef<Path>, device: Device, kind: Kind) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.exists() {
             return Err(Error::Io {
-                path: dir.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "model directory or GGUF file not found"),
             });
         }
         if !matches!(kind, Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double) {
             return Err(Error::Input(format!("model dtype must be a float kind, found {kind:?}")));
         }
-        let cfg = ModelConfig::from_dir(dir)?;
-        let ckpt = Checkpoint::open(dir)?;
+        if let Some(file) = crate::gguf::find(path)? {
+            return Self::from_gguf(&file, device, kind);
+        }
+        if !path.is_dir() {
+            return Err(Error::Checkpoint { path: path.to_path_buf(), message: "neither a model directory nor a `.gguf` file".into() });
+        }
+        let cfg = ModelConfig::from_dir(path)?;
+        let ckpt = Checkpoint::open(path)?;
         crate::models::check_checkpoint(&cfg, &ckpt)?;
         let params = crate::models::load_params(&cfg, &ckpt, kind, device)?;
-        let tok_path = dir.join("tokenizer.json");
+        let tok_path = path.join("tokenizer.json");
         let tokenizer = if tok_path.exists() { Some(Tokenizer::from_file(&tok_path, cfg.bos_token_id)?) } else { None };
+        Self::from_params(cfg, params, tokenizer, kind, device)
+    }
+
+    /// Loads a GGUF file (see [`from_pretrained_dir`](Self::from_pretrained_dir)).
+    fn from_gguf(path: &Path, device: Device, kind: Kind) -> Result<Self> {
+        let file = crate::gguf::GgufFile::open(path)?;
+        let cfg = ModelConfig::from_hf_json(&crate::gguf::hf::config(&file)?)?;
+        let tokenizer = match file.get("tokenizer.ggml.model") {
+            Some(_) => Some(Tokenizer::from_json(&crate::gguf::tokenizer::tokenizer_json(&file)?, cfg.bos_token_id)?),
+            None => None,
+        };
+        let ckpt = crate::gguf::hf::GgufCheckpoint::new(file, &cfg.hf_json)?;
+        let params = crate::models::load_params(&cfg, &ckpt, kind, device)?;
         Self::from_params(cfg, params, tokenizer, kind, device)
     }
 

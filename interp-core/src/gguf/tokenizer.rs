@@ -1,0 +1,211 @@
+//! The tokenizer a GGUF file's `tokenizer.ggml.*` metadata describes, built as HF transformers
+//! builds it (5.23, `integrations/gguf/gguf_tokenizer_mapping.py`), so that token ids equal HF's:
+//!
+//! - `gpt2` (byte-level BPE with merges): GPT-2's byte-level pre-tokenizer, or the split regex of
+//!   the pre-tokenizer `tokenizer.ggml.pre` names (llama3, qwen2, gpt-4o, ...);
+//! - `llama` (SentencePiece-style BPE with byte fallback): Metaspace as HF's `LlamaTokenizer`;
+//!   Gemma's files as HF's `GemmaTokenizer` (spaces become `▁`, merges recovered from the
+//!   vocabulary in file order), Phi-3's with a prefix-space normalizer.
+//!
+//! Tokens the file marks as control become special added tokens, user-defined ones plain added
+//! tokens.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value as Json};
+
+use super::{GgufFile, Value};
+use crate::error::{Error, Result};
+
+/// llama.cpp's token type numbers.
+const CONTROL: i64 = 3;
+const USER_DEFINED: i64 = 4;
+
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const GPT4O_SPLIT: &str = concat!(
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+);
+
+/// The split regex of a byte-level vocabulary's `tokenizer.ggml.pre`, where HF sets one.
+fn split_regex(pre: &str) -> Option<&'static str> {
+    Some(match pre {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" | "jina-v5-nano" | "dbrx" | "smaug-bpe" => LLAMA3_SPLIT,
+        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" => QWEN2_SPLIT,
+        "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => GPT4O_SPLIT,
+        _ => return None,
+    })
+}
+
+/// GPT-2's printable spelling of each byte (`bytes_to_unicode`).
+fn byte_alphabet() -> [char; 256] {
+    let mut out = ['\0'; 256];
+    let mut extra = 0u32;
+    for b in 0..=255u8 {
+        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        out[b as usize] = if printable {
+            char::from(b)
+        } else {
+            extra += 1;
+            char::from_u32(255 + extra).unwrap_or('\0')
+        };
+    }
+    out
+}
+
+/// A `tokenizer.json` value for `file`.
+pub(crate) fn tokenizer_json(file: &GgufFile) -> Result<Json> {
+    let bad = |message: String| Error::Tokenizer(format!("{}: {message}", file.path().display()));
+    let strings = |key: &str| -> Result<Option<Vec<String>>> {
+        let Some(v) = file.get(key) else { return Ok(None) };
+        let items = v.as_array().ok_or_else(|| bad(format!("`{key}` is not an array")))?;
+        items.iter().map(|s| s.as_str().map(str::to_string).ok_or_else(|| bad(format!("`{key}` holds a non-string")))).collect::<Result<Vec<_>>>().map(Some)
+    };
+    let model = file.get("tokenizer.ggml.model").and_then(Value::as_str).ok_or_else(|| bad("no `tokenizer.ggml.model` in the metadata".into()))?;
+    let tokens = strings("tokenizer.ggml.tokens")?.ok_or_else(|| bad("no `tokenizer.ggml.tokens` in the metadata".into()))?;
+    let types: Vec<i64> = match file.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
+        Some(t) if t.len() == tokens.len() => t.iter().map(|v| match v {
+            Value::Int(n) => *n,
+            Value::Uint(n) => *n as i64,
+            _ => 0,
+        }).collect(),
+        Some(t) => return Err(bad(format!("{} token types for {} tokens", t.len(), tokens.len()))),
+        None => vec![],
+    };
+    let arch = file.architecture()?;
+    let merges = strings("tokenizer.ggml.merges")?;
+    let unk_token = file.get("tokenizer.ggml.unknown_token_id").and_then(Value::as_u64).and_then(|i| tokens.get(i as usize)).cloned();
+    let (tokens, model_json, normalizer, pre_tokenizer, decoder) = match model {
+        "gpt2" => {
+            let merges = merges.ok_or_else(|| bad("a byte-level BPE vocabulary (`gpt2`) without `tokenizer.ggml.merges`".into()))?;
+            let spelling = byte_alphabet();
+            let tokens: Vec<String> = tokens
+                .into_iter()
+                .map(|t| if t.chars().all(|c| spelling.contains(&c)) { t } else { t.bytes().map(|b| spelling[b as usize]).collect() })
+                .collect();
+            let merges = split_merges(&merges).map_err(bad)?;
+            let pre = file.get("tokenizer.ggml.pre").and_then(Value::as_str).and_then(split_regex);
+            let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+            let pre_tokenizer = match pre {
+                Some(regex) => json!({"type": "Sequence", "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+                    byte_level(false),
+                ]}),
+                None => byte_level(true),
+            };
+            let model = json!({"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "", "end_of_word_suffix": "",
+                "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "merges": merges});
+            let decoder = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
+            (tokens, model, Json::Null, pre_tokenizer, decoder)
+        }
+        "llama" => {
+            let gemma = arch.starts_with("gemma");
+            // Gemma files store tokens of two or more spaces as spaces; its vocabulary spells them `▁`.
+            let tokens: Vec<String> = match gemma {
+                true => tokens.into_iter().map(|t| if t.contains(' ') && t.trim().is_empty() { "\u{2581}".repeat(t.chars().count()) } else { t }).collect(),
+                false => tokens,
+            };
+            let merges = match merges {
+                Some(m) => split_merges(&m).map_err(bad)?,
+                None => {
+                    // Ranked by file position (Gemma: its scores do not follow its merge order) or by score.
+                    let scores: Vec<f64> = match gemma {
+                        true => (0..tokens.len()).map(|i| -(i as f64)).collect(),
+                        false => file
+                            .get("tokenizer.ggml.scores")
+                            .and_then(Value::as_array)
+                            .filter(|s| s.len() == tokens.len())
+                            .ok_or_else(|| bad("a SentencePiece vocabulary with neither merges nor one score per token".into()))?
+                            .iter()
+                            .map(|v| v.as_f64().unwrap_or(0.0))
+                            .collect(),
+                    };
+                    generate_merges(&tokens, &scores)
+                }
+            };
+            let unk = if gemma { unk_token.or(Some("<unk>".into())) } else { None };
+            let model = json!({"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                "fuse_unk": true, "byte_fallback": true, "ignore_merges": false, "merges": merges});
+            let replace = |from: &str, to: &str| json!({"type": "Replace", "pattern": {"String": from}, "content": to});
+            let fallback = vec![replace("\u{2581}", " "), json!({"type": "ByteFallback"}), json!({"type": "Fuse"})];
+            let (normalizer, pre, decoder) = if gemma {
+                (replace(" ", "\u{2581}"), json!({"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false}), json!({"type": "Sequence", "decoders": fallback}))
+            } else {
+                let mut strip = fallback;
+                strip.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+                let decoder = json!({"type": "Sequence", "decoders": strip});
+                match arch {
+                    "phi3" => (json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, replace(" ", "\u{2581}")]}), Json::Null, decoder),
+                    _ => (Json::Null, json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false}), decoder),
+                }
+            };
+            (tokens, model, normalizer, pre, decoder)
+        }
+        other => return Err(bad(format!("tokenizer model `{other}` is not supported (supported: gpt2, llama)"))),
+    };
+    let mut vocab = serde_json::Map::new();
+    for (i, t) in tokens.iter().enumerate() {
+        vocab.insert(t.clone(), json!(i));
+    }
+    let byte_level = model == "gpt2";
+    let spelling = byte_alphabet();
+    let mut added = Vec::new();
+    for (i, (t, ty)) in tokens.iter().zip(types.iter().chain(std::iter::repeat(&0))).enumerate() {
+        // A control token outside the byte alphabet in a byte-level vocabulary is a mislabel HF skips.
+        let control = *ty == CONTROL && (!byte_level || t.chars().all(|c| spelling.contains(&c)));
+        if control || *ty == USER_DEFINED {
+            added.push(json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": control}));
+        }
+    }
+    let mut model_json = model_json;
+    model_json["vocab"] = Json::Object(vocab);
+    Ok(json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": normalizer, "pre_tokenizer": pre_tokenizer, "post_processor": null, "decoder": decoder, "model": model_json,
+    }))
+}
+
+/// `"a b"` merges as pairs.
+fn split_merges(merges: &[String]) -> std::result::Result<Vec<(String, String)>, String> {
+    merges
+        .iter()
+        .map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| format!("merge {m:?} is not two tokens separated by a space")))
+        .collect()
+}
+
+/// The merges a vocabulary implies (HF's `generate_merges`): every split of every token into two
+/// tokens of the vocabulary, ranked by the token's score (highest first), then the longer left
+/// and right pieces first.
+fn generate_merges(tokens: &[String], scores: &[f64]) -> Vec<(String, String)> {
+    // Python dict semantics: the last index of a repeated token wins, its first position orders it.
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(tokens.len());
+    let mut score: HashMap<&str, f64> = HashMap::with_capacity(tokens.len());
+    let mut order: Vec<&str> = Vec::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        if index.insert(t, i).is_none() {
+            order.push(t);
+        }
+        score.insert(t, scores[i]);
+    }
+    let mut merges: Vec<(&str, &str, f64)> = Vec::new();
+    for t in order {
+        let mut local: Vec<(&str, &str, f64)> = Vec::new();
+        for (at, _) in t.char_indices().skip(1) {
+            let (l, r) = t.split_at(at);
+            if index.contains_key(l) && index.contains_key(r) {
+                local.push((l, r, score[t]));
+            }
+        }
+        local.sort_by_key(|(l, r, _)| (index[l], index[r]));
+        merges.extend(local);
+    }
+    // Python's stable sort with reverse=True: descending keys, equal keys keep their order.
+    let key = |m: &(&str, &str, f64)| (m.2, m.0.chars().count(), m.1.chars().count());
+    merges.sort_by(|a, b| {
+        let (ka, kb) = (key(a), key(b));
+        kb.0.total_cmp(&ka.0).then(kb.1.cmp(&ka.1)).then(kb.2.cmp(&ka.2))
+    });
+    merges.into_iter().map(|(l, r, _)| (l.to_string(), r.to_string())).collect()
+}
