@@ -25,8 +25,8 @@ fn runner(cases: u32) -> TestRunner {
 }
 
 /// Tries `cases` inputs from `strategy` on `load`, which says whether the input loaded; a panic
-/// fails the test with the (shrunk) input. Prints the tally.
-fn fuzz<S: Strategy>(what: &str, cases: u32, strategy: S, load: impl Fn(S::Value) -> bool)
+/// fails the test with the (shrunk) input. Prints the tally and returns it (loaded, refused).
+fn fuzz<S: Strategy>(what: &str, cases: u32, strategy: S, load: impl Fn(S::Value) -> bool) -> (usize, usize)
 where
     S::Value: std::fmt::Debug,
 {
@@ -40,6 +40,7 @@ where
         })
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     eprintln!("fuzz {what}: {} inputs, {} loaded, {} refused with an error, 0 panics", cases, loaded.get(), refused.get());
+    (loaded.get(), refused.get())
 }
 
 /// JSON values that break loaders: sizes at and past the edges, wrong types, small nests.
@@ -140,6 +141,35 @@ fn transformer_lens_config_json() {
             std::fs::write(dir.join("config.json"), v.to_string()).unwrap();
             loads(&dir)
         });
+    }
+}
+
+/// GGUF files with bytes of the header, metadata and tensor table overwritten, or cut short: the
+/// tiny GPT-2 (its tokenizer metadata included) and the quantised-types file. Some still load
+/// (a changed name or value the loader does not read), the rest are refused; none panics.
+#[test]
+fn gguf_headers_and_metadata() {
+    let dir = Scratch::new("fuzz-gguf");
+    for name in ["gpt2.gguf", "quants.gguf"] {
+        let original = std::fs::read(common::repo("tests/fixtures/gguf").join(name)).unwrap();
+        let file = interp::interp_core::gguf::GgufFile::open(common::repo("tests/fixtures/gguf").join(name)).unwrap();
+        let header_end = file.data_start();
+        let edits = prop::collection::vec((0..header_end, any::<u8>()), 1..6);
+        let strategy = (edits, prop::option::weighted(0.2, 0..original.len()));
+        let path = dir.join(name);
+        let (loaded, refused) = fuzz(&format!("{name} (bytes)"), 500, strategy, |(edits, cut)| {
+            let mut bytes = original.clone();
+            for (at, b) in edits {
+                bytes[at] = b;
+            }
+            bytes.truncate(cut.unwrap_or(bytes.len()));
+            std::fs::write(&path, &bytes).unwrap();
+            match name {
+                "gpt2.gguf" => loads(&path),
+                _ => interp::interp_core::gguf::GgufFile::open(&path).is_ok_and(|f| f.tensors.iter().all(|t| f.tensor(&t.name).is_ok())),
+            }
+        });
+        assert!(loaded > 0 && refused > 0, "{name}: {loaded} loaded, {refused} refused");
     }
 }
 

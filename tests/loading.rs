@@ -547,3 +547,83 @@ mod gguf {
         }
     }
 }
+
+/// Broken GGUF files, each refused with one clear line naming what is wrong.
+#[test]
+fn bad_gguf_files_give_clear_errors() {
+    let good = std::fs::read(gguf::fixture("llama.gguf")).unwrap();
+    let dir = common::Scratch::new("bad-gguf");
+    let find = |bytes: &[u8], needle: &str| bytes.windows(needle.len()).position(|w| w == needle.as_bytes()).unwrap_or_else(|| panic!("{needle} not in the file"));
+    let try_load = |name: &str, bytes: &[u8]| {
+        let path = dir.join(format!("{name}.gguf"));
+        std::fs::write(&path, bytes).unwrap();
+        load_err(&path)
+    };
+    // Where a u32 metadata value sits: after its key, the key's type.
+    let u32_value = |bytes: &mut Vec<u8>, key: &str, v: u32| {
+        let at = find(bytes, key) + key.len() + 4;
+        bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    };
+    // A tensor's entry: name, rank (u32), dims (u64 each), type (u32), offset (u64).
+    let tensor_entry = |bytes: &[u8], name: &str| {
+        let at = find(bytes, name) + name.len();
+        let rank = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        (at + 4, at + 4 + 8 * rank)
+    };
+
+    let e = try_load("truncated", &good[..good.len() / 2]);
+    assert!(e.contains("truncated: tensor `") && e.contains("lies past the end of the file"), "{e}");
+    let e = try_load("header-only", &good[..20]);
+    assert!(e.contains("tensor count is 21, more than the 4 bytes left in the file can hold"), "{e}");
+    let mut b = good.clone();
+    b[..4].copy_from_slice(b"GGUG");
+    let e = try_load("magic", &b);
+    assert!(e.contains("not a GGUF file: it starts with \"GGUG\""), "{e}");
+
+    let mut b = good.clone();
+    let (_, type_at) = tensor_entry(&b, "blk.0.attn_q.weight");
+    b[type_at..type_at + 4].copy_from_slice(&20u32.to_le_bytes());
+    let e = try_load("iq4", &b);
+    assert!(e.contains("`blk.0.attn_q.weight` has type IQ4_NL, which is not supported"), "{e}");
+
+    let mut b = good.clone();
+    let (dims_at, _) = tensor_entry(&b, "token_embd.weight");
+    b[dims_at..dims_at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+    let e = try_load("huge", &b);
+    assert!(e.contains("`token_embd.weight` has shape") && e.contains("too large"), "{e}");
+    let mut b = good.clone();
+    b[dims_at + 8..dims_at + 16].copy_from_slice(&(1u64 << 30).to_le_bytes());
+    let e = try_load("past-end", &b);
+    assert!(e.contains("`token_embd.weight`") && e.contains("lies past the end of the file"), "{e}");
+
+    let mut b = good.clone();
+    u32_value(&mut b, "llama.attention.head_count", 8);
+    let e = try_load("heads", &b);
+    assert!(e.contains("tensor `blk.0.attn_q.weight` (HF `model.layers.0.self_attn.q_proj.weight`) has shape [64, 64]") && e.contains("imply [128, 64]"), "{e}");
+    let mut b = good.clone();
+    u32_value(&mut b, "llama.vocab_size", 300);
+    let e = try_load("vocab", &b);
+    assert!(e.contains("`token_embd.weight`") && e.contains("has shape [211, 64]") && e.contains("imply [300, 64]"), "{e}");
+
+    let mut b = good.clone();
+    let at = find(&b, "general.architecture") + "general.architecture".len() + 4 + 8;
+    b[at..at + 5].copy_from_slice(b"llamb");
+    let e = try_load("arch", &b);
+    assert!(e.contains("unknown GGUF architecture `llamb`; supported: llama, qwen2"), "{e}");
+
+    // A byte-level vocabulary without its merges.
+    let mut b = std::fs::read(gguf::fixture("gpt2.gguf")).unwrap();
+    let at = find(&b, "tokenizer.ggml.merges");
+    b[at..at + 21].copy_from_slice(b"tokenizer.ggml.mergez");
+    let e = try_load("merges", &b);
+    assert!(e.contains("a byte-level BPE vocabulary (`gpt2`) without `tokenizer.ggml.merges`"), "{e}");
+
+    // Two GGUF files in one folder: which is meant is ambiguous.
+    let two = common::Scratch::new("two-gguf");
+    std::fs::write(two.join("a.gguf"), &good).unwrap();
+    std::fs::write(two.join("b.gguf"), &good).unwrap();
+    assert!(load_err(&two).contains("2 GGUF files here (a.gguf, b.gguf): name the one to load"));
+    // A folder holding one loads as the file does.
+    std::fs::remove_file(two.join("b.gguf")).unwrap();
+    HookedTransformer::from_pretrained_dir(&two, Device::Cpu, Kind::Float).unwrap();
+}

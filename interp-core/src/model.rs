@@ -177,12 +177,14 @@ impl HookedTransformer {
 
     /// Loads a GGUF file (see [`from_pretrained_dir`](Self::from_pretrained_dir)).
     fn from_gguf(path: &Path, device: Device, kind: Kind) -> Result<Self> {
-        let file = crate::gguf::GgufFile::open(path)?;
+        let mut file = crate::gguf::GgufFile::open(path)?;
         let cfg = ModelConfig::from_hf_json(&crate::gguf::hf::config(&file)?)?;
         let tokenizer = match file.get("tokenizer.ggml.model") {
             Some(_) => Some(Tokenizer::from_json(&crate::gguf::tokenizer::tokenizer_json(&file)?, cfg.bos_token_id)?),
             None => None,
         };
+        // The vocabulary's metadata (Gemma: 262k tokens and scores) is not needed for the weights.
+        file.metadata.retain(|key, _| !key.starts_with("tokenizer.ggml."));
         let ckpt = crate::gguf::hf::GgufCheckpoint::new(file, &cfg.hf_json)?;
         let params = crate::models::load_params(&cfg, &ckpt, kind, device)?;
         Self::from_params(cfg, params, tokenizer, kind, device)

@@ -28,9 +28,9 @@ impl Tokenizer {
         Ok(Tokenizer { inner, bos })
     }
 
-    /// Reads a `tokenizer.json` value (as built from a GGUF file's metadata).
-    pub(crate) fn from_json(json: &serde_json::Value, bos: Option<i64>) -> Result<Self> {
-        let inner: tokenizers::Tokenizer = json.to_string().parse().map_err(|e| Error::Tokenizer(format!("tokenizer from GGUF metadata: {e}")))?;
+    /// Reads a `tokenizer.json` text (as built from a GGUF file's metadata).
+    pub(crate) fn from_json(json: &str, bos: Option<i64>) -> Result<Self> {
+        let inner: tokenizers::Tokenizer = json.parse().map_err(|e| Error::Tokenizer(format!("tokenizer from GGUF metadata: {e}")))?;
         Ok(Tokenizer { inner, bos })
     }
 

@@ -133,6 +133,8 @@ pub struct GgufFile {
     pub metadata: BTreeMap<String, Value>,
     /// The tensor table, in file order.
     pub tensors: Vec<TensorInfo>,
+    /// Where the tensor data starts: the header, metadata and tensor table come before it.
+    data_start: usize,
 }
 
 /// A little-endian cursor over the file's bytes; every read checks the bounds.
@@ -236,8 +238,8 @@ impl GgufFile {
         // SAFETY: read-only private mapping; a file truncated underneath us is the hazard every
         // memory-mapped reader accepts.
         let mmap = unsafe { Mmap::map(&file) }.map_err(Error::io(&path))?;
-        let (version, metadata, tensors) = Self::parse(&mmap).map_err(|message| Error::Checkpoint { path: path.clone(), message })?;
-        Ok(GgufFile { path, mmap, version, metadata, tensors })
+        let (version, metadata, tensors, data_start) = Self::parse(&mmap).map_err(|message| Error::Checkpoint { path: path.clone(), message })?;
+        Ok(GgufFile { path, mmap, version, metadata, tensors, data_start })
     }
 
     /// The file's path.
@@ -245,8 +247,13 @@ impl GgufFile {
         &self.path
     }
 
+    /// Bytes before the tensor data: header, metadata and tensor table (with alignment padding).
+    pub fn data_start(&self) -> usize {
+        self.data_start
+    }
+
     #[allow(clippy::type_complexity)]
-    fn parse(bytes: &[u8]) -> std::result::Result<(u32, BTreeMap<String, Value>, Vec<TensorInfo>), String> {
+    fn parse(bytes: &[u8]) -> std::result::Result<(u32, BTreeMap<String, Value>, Vec<TensorInfo>, usize), String> {
         let mut c = Cursor { bytes, at: 0 };
         let magic = c.u32("magic").map_err(|_| "not a GGUF file: shorter than its magic number".to_string())?;
         if magic != MAGIC {
@@ -326,7 +333,7 @@ impl GgufFile {
                 }
             }
         }
-        Ok((version, metadata, tensors))
+        Ok((version, metadata, tensors, data_start))
     }
 
     /// The tensor called `name`, if there is one.
@@ -377,8 +384,8 @@ impl GgufFile {
 }
 
 /// The `.gguf` file `path` names: the file itself, or the one `.gguf` in a folder (with no
-/// `config.json`, which would make it an HF folder).
-pub(crate) fn find(path: &Path) -> Result<Option<PathBuf>> {
+/// `config.json`, which would make it an HF folder); `None` where `path` is neither.
+pub fn find(path: &Path) -> Result<Option<PathBuf>> {
     if path.is_file() {
         return Ok(path.extension().is_some_and(|e| e == "gguf").then(|| path.to_path_buf()));
     }

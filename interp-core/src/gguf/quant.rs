@@ -123,10 +123,11 @@ impl GgmlType {
         }
     }
 
-    /// Bytes that `n` weights take, or `None` where `n` is not a whole number of blocks.
+    /// Bytes that `n` weights take, or `None` where `n` is not a whole number of blocks (or the
+    /// size overflows).
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let (per, bytes) = self.block();
-        (n % per as u64 == 0).then(|| n / per as u64 * bytes as u64)
+        (n % per as u64 == 0).then(|| (n / per as u64).checked_mul(bytes as u64)).flatten()
     }
 
     /// Writes the weights that `data` (whole blocks) holds into `out` (as many as the blocks
@@ -279,5 +280,7 @@ mod tests {
         assert_eq!(GgmlType::from_u32(99), Err("unknown type 99".to_string()));
         assert_eq!(GgmlType::Q4_K.bytes_for(512), Some(288));
         assert_eq!(GgmlType::Q4_K.bytes_for(100), None);
+        // Found by the fuzzing pass: a shape whose byte size overflows.
+        assert_eq!(GgmlType::F32.bytes_for(u64::MAX / 2), None);
     }
 }

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 
+use serde::{Serialize, Serializer};
 use serde_json::{json, Value as Json};
 
 use super::{GgufFile, Value};
@@ -55,8 +56,40 @@ fn byte_alphabet() -> [char; 256] {
     out
 }
 
-/// A `tokenizer.json` value for `file`.
-pub(crate) fn tokenizer_json(file: &GgufFile) -> Result<Json> {
+/// A `tokenizer.json`, written straight from the token and merge lists (a JSON value tree of
+/// Gemma's 262k tokens and 515k merges would take hundreds of MB).
+#[derive(Serialize)]
+struct TokenizerJson<'a> {
+    version: &'static str,
+    truncation: Option<()>,
+    padding: Option<()>,
+    added_tokens: Vec<Json>,
+    normalizer: Json,
+    pre_tokenizer: Json,
+    post_processor: Option<()>,
+    decoder: Json,
+    model: BpeJson<'a>,
+}
+
+#[derive(Serialize)]
+struct BpeJson<'a> {
+    #[serde(flatten)]
+    settings: Json,
+    vocab: Vocab<'a>,
+    merges: &'a [(String, String)],
+}
+
+/// Tokens as a `{token: id}` map.
+struct Vocab<'a>(&'a [String]);
+
+impl Serialize for Vocab<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().enumerate().map(|(i, t)| (t, i)))
+    }
+}
+
+/// The `tokenizer.json` text for `file`.
+pub(crate) fn tokenizer_json(file: &GgufFile) -> Result<String> {
     let bad = |message: String| Error::Tokenizer(format!("{}: {message}", file.path().display()));
     let strings = |key: &str| -> Result<Option<Vec<String>>> {
         let Some(v) = file.get(key) else { return Ok(None) };
@@ -77,7 +110,7 @@ pub(crate) fn tokenizer_json(file: &GgufFile) -> Result<Json> {
     let arch = file.architecture()?;
     let merges = strings("tokenizer.ggml.merges")?;
     let unk_token = file.get("tokenizer.ggml.unknown_token_id").and_then(Value::as_u64).and_then(|i| tokens.get(i as usize)).cloned();
-    let (tokens, model_json, normalizer, pre_tokenizer, decoder) = match model {
+    let (tokens, merges, settings, normalizer, pre_tokenizer, decoder) = match model {
         "gpt2" => {
             let merges = merges.ok_or_else(|| bad("a byte-level BPE vocabulary (`gpt2`) without `tokenizer.ggml.merges`".into()))?;
             let spelling = byte_alphabet();
@@ -96,9 +129,9 @@ pub(crate) fn tokenizer_json(file: &GgufFile) -> Result<Json> {
                 None => byte_level(true),
             };
             let model = json!({"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "", "end_of_word_suffix": "",
-                "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "merges": merges});
+                "fuse_unk": false, "byte_fallback": false, "ignore_merges": false});
             let decoder = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
-            (tokens, model, Json::Null, pre_tokenizer, decoder)
+            (tokens, merges, model, Json::Null, pre_tokenizer, decoder)
         }
         "llama" => {
             let gemma = arch.starts_with("gemma");
@@ -127,7 +160,7 @@ pub(crate) fn tokenizer_json(file: &GgufFile) -> Result<Json> {
             };
             let unk = if gemma { unk_token.or(Some("<unk>".into())) } else { None };
             let model = json!({"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                "fuse_unk": true, "byte_fallback": true, "ignore_merges": false, "merges": merges});
+                "fuse_unk": true, "byte_fallback": true, "ignore_merges": false});
             let replace = |from: &str, to: &str| json!({"type": "Replace", "pattern": {"String": from}, "content": to});
             let fallback = vec![replace("\u{2581}", " "), json!({"type": "ByteFallback"}), json!({"type": "Fuse"})];
             let (normalizer, pre, decoder) = if gemma {
@@ -141,14 +174,10 @@ pub(crate) fn tokenizer_json(file: &GgufFile) -> Result<Json> {
                     _ => (Json::Null, json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false}), decoder),
                 }
             };
-            (tokens, model, normalizer, pre, decoder)
+            (tokens, merges, model, normalizer, pre, decoder)
         }
         other => return Err(bad(format!("tokenizer model `{other}` is not supported (supported: gpt2, llama)"))),
     };
-    let mut vocab = serde_json::Map::new();
-    for (i, t) in tokens.iter().enumerate() {
-        vocab.insert(t.clone(), json!(i));
-    }
     let byte_level = model == "gpt2";
     let spelling = byte_alphabet();
     let mut added = Vec::new();
@@ -159,12 +188,18 @@ pub(crate) fn tokenizer_json(file: &GgufFile) -> Result<Json> {
             added.push(json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": control}));
         }
     }
-    let mut model_json = model_json;
-    model_json["vocab"] = Json::Object(vocab);
-    Ok(json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": normalizer, "pre_tokenizer": pre_tokenizer, "post_processor": null, "decoder": decoder, "model": model_json,
-    }))
+    let json = TokenizerJson {
+        version: "1.0",
+        truncation: None,
+        padding: None,
+        added_tokens: added,
+        normalizer,
+        pre_tokenizer,
+        post_processor: None,
+        decoder,
+        model: BpeJson { settings, vocab: Vocab(&tokens), merges: &merges },
+    };
+    serde_json::to_string(&json).map_err(|e| bad(e.to_string()))
 }
 
 /// `"a b"` merges as pairs.

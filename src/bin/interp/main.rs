@@ -41,7 +41,8 @@ enum DType {
 
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// Checkpoint directory: config.json, model.safetensors (or sharded with an index), tokenizer.json.
+    /// Checkpoint directory (config.json, model.safetensors or sharded with an index,
+    /// tokenizer.json), or a GGUF file (llama.cpp's format), or a folder holding one.
     model_dir: PathBuf,
     #[command(flatten)]
     device: DeviceArg,
@@ -52,7 +53,8 @@ struct ModelArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the architecture, sizes, parameter count and every hook point of a model.
+    /// Print the architecture, sizes, parameter count and every hook point of a model (of a GGUF
+    /// file also its tensor types and the metadata that matters).
     Inspect {
         #[command(flatten)]
         model: ModelArgs,
@@ -199,6 +201,18 @@ fn load(args: &ModelArgs) -> Result<HookedTransformer> {
     Ok(HookedTransformer::from_pretrained_dir(&args.model_dir, args.device.get(), kind)?)
 }
 
+/// What a GGUF file holds beyond the config: its tensor types and count, and its metadata (arrays
+/// such as the vocabulary by their length).
+fn inspect_gguf(file: &interp::interp_core::gguf::GgufFile) {
+    println!("GGUF file      {} (version {})", file.path().display(), file.version);
+    let types: Vec<String> = file.type_counts().iter().map(|(t, n)| format!("{n} {}", t.name())).collect();
+    println!("tensors        {} ({})", file.tensors.len(), types.join(", "));
+    println!("metadata       {} keys", file.metadata.len());
+    for (key, value) in &file.metadata {
+        println!("  {key:<40} {}", value.summary());
+    }
+}
+
 fn inspect(model: &HookedTransformer) {
     let c = &model.cfg;
     println!("model_type     {} ({:?})", c.model_type, c.family);
@@ -285,7 +299,12 @@ fn summary(dir: &Path, text: &str) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Some(Command::Inspect { model }) => inspect(&load(&model)?),
+        Some(Command::Inspect { model }) => {
+            if let Some(file) = interp::interp_core::gguf::find(&model.model_dir)? {
+                inspect_gguf(&interp::interp_core::gguf::GgufFile::open(file)?);
+            }
+            inspect(&load(&model)?)
+        }
         Some(Command::Cache { model, ids_file, text, out, hooks, no_logits }) => {
             cache(&load(&model)?, ids_file.as_deref(), text.as_deref(), &out, &hooks, !no_logits)?
         }
