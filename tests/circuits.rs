@@ -85,10 +85,13 @@ fn acdc_recovers_the_planted_circuit() {
 fn edge_masks_interpolate_between_clean_and_corrupted() {
     // All edges kept gives the clean run, all removed (resample) the corrupted run, exactly: on
     // the planted model, a parallel-block model (GPT-NeoX), grouped-query attention (Mistral) and
-    // mixtures of experts (an MLP node's router reads the same mixed input as its experts).
-    for arch in ["planted", "gpt_neox", "mistral", "mixtral", "qwen2_moe"] {
-        let model = if arch == "planted" { planted_model(Kind::Double) } else {
-            HookedTransformer::from_pretrained_dir(common::fixture(arch), Device::Cpu, Kind::Double).unwrap()
+    // mixtures of experts (an MLP node's router reads the same mixed input as its experts), and
+    // the real SmolLM2-135M (a GGUF file: 30 layers, 9 heads over 3 key-value heads).
+    for arch in ["planted", "gpt_neox", "mistral", "mixtral", "qwen2_moe", "smollm2"] {
+        let model = match arch {
+            "planted" => planted_model(Kind::Double),
+            "smollm2" => HookedTransformer::from_pretrained_dir(common::repo("models/real/SmolLM2-135M-Instruct.Q4_1.gguf"), Device::Cpu, Kind::Double).unwrap(),
+            _ => HookedTransformer::from_pretrained_dir(common::fixture(arch), Device::Cpu, Kind::Double).unwrap(),
         };
         let graph = EdgeGraph::new(&model).unwrap();
         let v = model.cfg.d_vocab.min(20);

@@ -59,6 +59,16 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Write a model (a GGUF file, or any folder this toolkit loads) as an HF checkpoint folder:
+    /// config.json, model.safetensors (the --dtype asked for) and tokenizer.json, which HF
+    /// transformers loads as the same function.
+    Convert {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Run a model and write hook activations (f32) and `logits` (unless --no-logits) to a
     /// safetensors file.
     Cache {
@@ -304,6 +314,10 @@ fn run(cli: Cli) -> Result<()> {
                 inspect_gguf(&interp::interp_core::gguf::GgufFile::open(file)?);
             }
             inspect(&load(&model)?)
+        }
+        Some(Command::Convert { model, out }) => {
+            load(&model)?.save_pretrained(&out)?;
+            println!("wrote {}", out.display());
         }
         Some(Command::Cache { model, ids_file, text, out, hooks, no_logits }) => {
             cache(&load(&model)?, ids_file.as_deref(), text.as_deref(), &out, &hooks, !no_logits)?
