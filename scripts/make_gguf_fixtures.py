@@ -252,11 +252,12 @@ def real(name, file):
     mary, john = tok(" Mary")["input_ids"][-1], tok(" John")["input_ids"][-1]
     with torch.no_grad():
         last = model(r["0.input_ids"]).logits[0, -1]
-    print(f"{name}: IOI logit difference Mary - John = {float(last[mary] - last[john]):.3f}")
+    ioi = float(last[mary] - last[john])
+    print(f"{name}: IOI logit difference Mary - John = {ioi:.3f}")
     save_file(r, os.path.join(OUT, f"{name}.safetensors"))
     tokens = {"text": PARAGRAPH, "ids": tok(PARAGRAPH, add_special_tokens=False)["input_ids"],
               "prompts": {p: tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS},
-              "bos_token_id": tok.bos_token_id, "add_bos_token": bool(getattr(tok, "add_bos_token", False)),
+              "bos_token_id": tok.bos_token_id, "ioi_logit_diff": ioi, "add_bos_token": bool(getattr(tok, "add_bos_token", False)),
               "hf_config": {k: v for k, v in config.items() if k in (
                   "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
                   "intermediate_size", "vocab_size", "rms_norm_eps", "rope_parameters", "layer_types", "sliding_window",

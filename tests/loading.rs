@@ -522,6 +522,15 @@ mod gguf {
         }
     }
 
+    /// The README's IOI example: logit(" Mary") - logit(" John") after "... John gave a drink to"
+    /// (with BOS first where HF's tokenizer adds it: Gemma's does, SmolLM2's does not).
+    fn m_ioi(model: &HookedTransformer, bos: bool) -> f64 {
+        let tokens = model.to_tokens("When Mary and John went to the store, John gave a drink to", bos).unwrap();
+        let last = model.forward(&tokens).unwrap().get(0).get(-1); // [vocab]
+        let id = |word: &str| model.to_tokens(word, false).map(|t| t.int64_value(&[0, 0])).unwrap();
+        last.double_value(&[id(" Mary")]) - last.double_value(&[id(" John")])
+    }
+
     /// Every ggml type the reader dequantises gives exactly the values of `gguf.quants.dequantize`;
     /// a version-2 header reads the same.
     #[test]
@@ -578,6 +587,9 @@ mod gguf {
             assert_eq!(tok.bos_token_id(), tokens["bos_token_id"].as_i64());
             let text = tokens["text"].as_str().unwrap();
             assert_eq!(tok.decode(&ids(&tokens["ids"])).unwrap(), text, "{name}: decode");
+            // The README's example: " Mary" over " John" at the end of an IOI prompt.
+            let ioi = m_ioi(&model, tokens["add_bos_token"].as_bool().unwrap());
+            assert!((ioi - tokens["ioi_logit_diff"].as_f64().unwrap()).abs() < 1e-3, "{name}: IOI logit difference {ioi}");
             let mut worst = 0f64;
             for p in 0..2 {
                 worst = worst.max(compare(&model, &r, &format!("{p}.")));
