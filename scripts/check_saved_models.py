@@ -46,6 +46,14 @@ def main():
             out = os.path.join(tmp, name)
             subprocess.run([INTERP, "convert", os.path.join(ROOT, "models", "real", name), "--out", out], check=True, capture_output=True)
             dirs.append((f"convert {name[:20]}", out))
+            # The tokenizer HF reads from the folder is the one it builds from the GGUF file.
+            text = "When Mary and John went to the store, John gave a drink to Mary. 12345 caf\u00e9 \u65e5\u672c  spaces"
+            ours = transformers.AutoTokenizer.from_pretrained(out)
+            theirs = transformers.AutoTokenizer.from_pretrained(os.path.join(ROOT, "models", "real"), gguf_file=name)
+            if ours(text)["input_ids"] != theirs(text)["input_ids"] or ours.chat_template != theirs.chat_template:
+                print(f"FAILED: {name}: the converted tokenizer differs from HF's GGUF tokenizer", file=sys.stderr)
+                sys.exit(1)
+            print(f"convert {name[:20]}: tokenizer ids and chat template equal HF's GGUF tokenizer")
         refused = 0
         for label, out in dirs:
             if label.endswith("-post"):

@@ -48,6 +48,21 @@ def quants():
     T = gguf.GGMLQuantizationType
     w = gguf.GGUFWriter(os.path.join(OUT, "quants.gguf"), "llama")
     w.add_string("interp.note", "each tensor T beside T.expected, gguf.quants.dequantize(T) as F32")
+    # One key of every metadata value type.
+    w.add_uint8("interp.u8", 200)
+    w.add_int8("interp.i8", -100)
+    w.add_uint16("interp.u16", 60000)
+    w.add_int16("interp.i16", -30000)
+    w.add_uint32("interp.u32", 4000000000)
+    w.add_int32("interp.i32", -2000000000)
+    w.add_float32("interp.f32", 0.5)
+    w.add_uint64("interp.u64", 2**63 + 1)
+    w.add_int64("interp.i64", -(2**62))
+    w.add_float64("interp.f64", 1e300)
+    w.add_bool("interp.bool", True)
+    w.add_string("interp.str", "caf\u00e9 \u65e5\u672c")
+    w.add_array("interp.array", [1, 2, 3])
+    w.add_array("interp.nested", [["a", "b"], ["c"]])
     values = rng.normal(0, 1, size=(2, 512)).astype(np.float32)
     for ty in [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]:
         block, size = gguf.GGML_QUANT_SIZES[ty]

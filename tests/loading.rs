@@ -513,6 +513,9 @@ mod gguf {
             let back = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
             assert_eq!(back.to_tokens(text, true).unwrap().size(), ids.size());
             assert!(back.to_tokens(text, true).unwrap().equal(&ids), "{file}: token ids after a save");
+            let (tok, back_tok) = (m.tokenizer().unwrap(), back.tokenizer().unwrap());
+            assert!(back_tok.chat_template().is_some_and(|t| t.contains("<|im_start|>")) && back_tok.chat_template() == tok.chat_template());
+            assert_eq!(back_tok.add_bos_token(), Some(false));
             let d = max_abs_diff(&back.forward(&ids).unwrap(), &logits);
             assert!(d < 1e-5, "{file}: logits after a save differ by {d:e}");
             drop(back);
@@ -546,6 +549,17 @@ mod gguf {
             types.push(info.ggml_type.name());
         }
         assert_eq!(types, ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]);
+        // One metadata key of every value type, as `gguf`'s writer stored it.
+        use interp::interp_core::gguf::Value as V;
+        let got = |k: &str| file.get(&format!("interp.{k}")).cloned().unwrap();
+        assert_eq!(
+            ["u8", "i8", "u16", "i16", "u32", "i32", "f32", "u64", "i64", "f64", "bool", "str"].map(got),
+            [V::Uint(200), V::Int(-100), V::Uint(60000), V::Int(-30000), V::Uint(4_000_000_000), V::Int(-2_000_000_000), V::Float(0.5),
+             V::Uint((1 << 63) + 1), V::Int(-(1 << 62)), V::Float(1e300), V::Bool(true), V::Str("caf\u{e9} \u{65e5}\u{672c}".into())]
+        );
+        assert_eq!(got("array"), V::Array(vec![V::Int(1), V::Int(2), V::Int(3)]));
+        let strs = |v: &[&str]| V::Array(v.iter().map(|s| V::Str(s.to_string())).collect());
+        assert_eq!(got("nested"), V::Array(vec![strs(&["a", "b"]), strs(&["c"])]));
         let mut bytes = std::fs::read(fixture("quants.gguf")).unwrap();
         bytes[4..8].copy_from_slice(&2u32.to_le_bytes());
         let dir = Scratch::new("gguf-v2");
@@ -585,6 +599,8 @@ mod gguf {
                 assert_eq!(tok.encode(prompt, false).unwrap(), ids(want), "{name}: {prompt}");
             }
             assert_eq!(tok.bos_token_id(), tokens["bos_token_id"].as_i64());
+            assert_eq!(tok.add_bos_token(), tokens["add_bos_token"].as_bool(), "{name}: add_bos_token");
+            assert_eq!(tok.chat_template().is_some(), name.starts_with("smollm2"), "{name}: chat template");
             let text = tokens["text"].as_str().unwrap();
             assert_eq!(tok.decode(&ids(&tokens["ids"])).unwrap(), text, "{name}: decode");
             // The README's example: " Mary" over " John" at the end of an IOI prompt.

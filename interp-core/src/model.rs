@@ -180,7 +180,11 @@ impl HookedTransformer {
         let mut file = crate::gguf::GgufFile::open(path)?;
         let cfg = ModelConfig::from_hf_json(&crate::gguf::hf::config(&file)?)?;
         let tokenizer = match file.get("tokenizer.ggml.model") {
-            Some(_) => Some(Tokenizer::from_json(&crate::gguf::tokenizer::tokenizer_json(&file)?, cfg.bos_token_id)?),
+            Some(_) => {
+                let config = crate::gguf::tokenizer::tokenizer_config(&file);
+                let json = crate::gguf::tokenizer::tokenizer_json(&file, &config)?;
+                Some(Tokenizer::from_json(&json, config, cfg.bos_token_id)?)
+            }
             None => None,
         };
         // The vocabulary's metadata (Gemma: 262k tokens and scores) is not needed for the weights.

@@ -33,8 +33,9 @@ impl HookedTransformer {
         self
     }
 
-    /// Writes `config.json`, `model.safetensors` and (if the model has one) `tokenizer.json` to
-    /// `dir`, as HF `save_pretrained` would; `from_pretrained_dir` and HF `transformers` read it.
+    /// Writes `config.json`, `model.safetensors` and (if the model has one) `tokenizer.json` and
+    /// its `tokenizer_config.json` to `dir`, as HF `save_pretrained` would; `from_pretrained_dir`
+    /// and HF `transformers` read it.
     pub fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(Error::io(dir))?;

@@ -6,10 +6,15 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 
-/// An HF tokenizer plus the model's BOS token.
+/// HF's file of tokenizer settings beside `tokenizer.json`.
+const CONFIG: &str = "tokenizer_config.json";
+
+/// An HF tokenizer plus the model's BOS token, and HF's `tokenizer_config.json` where the model
+/// has one (special tokens, whether BOS is added, the chat template).
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     bos: Option<i64>,
+    config: Option<serde_json::Value>,
 }
 
 /// Which side of a shorter row gets the padding in a batch.
@@ -22,26 +27,54 @@ pub enum PaddingSide {
 }
 
 impl Tokenizer {
-    /// Reads an HF `tokenizer.json`; `bos` is the token `encode` prepends.
+    /// Reads an HF `tokenizer.json` (and the `tokenizer_config.json` beside it, if there is one);
+    /// `bos` is the token `encode` prepends.
     pub fn from_file(path: &Path, bos: Option<i64>) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
-        Ok(Tokenizer { inner, bos })
+        let config_path = path.with_file_name(CONFIG);
+        let config = match config_path.exists() {
+            true => {
+                let text = std::fs::read_to_string(&config_path).map_err(Error::io(&config_path))?;
+                Some(serde_json::from_str(&text).map_err(|source| Error::Json { path: config_path.clone(), source })?)
+            }
+            false => None,
+        };
+        Ok(Tokenizer { inner, bos, config })
     }
 
-    /// Reads a `tokenizer.json` text (as built from a GGUF file's metadata).
-    pub(crate) fn from_json(json: &str, bos: Option<i64>) -> Result<Self> {
+    /// Reads a `tokenizer.json` text and a `tokenizer_config.json` value (as built from a GGUF
+    /// file's metadata).
+    pub(crate) fn from_json(json: &str, config: serde_json::Value, bos: Option<i64>) -> Result<Self> {
         let inner: tokenizers::Tokenizer = json.parse().map_err(|e| Error::Tokenizer(format!("tokenizer from GGUF metadata: {e}")))?;
-        Ok(Tokenizer { inner, bos })
+        Ok(Tokenizer { inner, bos, config: Some(config) })
     }
 
-    /// Writes it as an HF `tokenizer.json`.
+    /// Writes it as an HF `tokenizer.json` at `path`, and its `tokenizer_config.json` beside it
+    /// where it has one.
     pub fn save(&self, path: &Path) -> Result<()> {
-        self.inner.save(path, true).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))
+        self.inner.save(path, true).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        if let Some(config) = &self.config {
+            let config_path = path.with_file_name(CONFIG);
+            let text = serde_json::to_string_pretty(config).map_err(|source| Error::Json { path: config_path.clone(), source })?;
+            std::fs::write(&config_path, text).map_err(Error::io(&config_path))?;
+        }
+        Ok(())
     }
 
     /// Wraps an HF tokenizer (e.g. one trained with the `tokenizers` crate).
     pub fn new(inner: tokenizers::Tokenizer, bos: Option<i64>) -> Self {
-        Tokenizer { inner, bos }
+        Tokenizer { inner, bos, config: None }
+    }
+
+    /// The model's chat template (a Jinja string, from `tokenizer_config.json` or the GGUF
+    /// metadata), if it has one.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.config.as_ref()?.get("chat_template")?.as_str()
+    }
+
+    /// Whether HF's tokenizer puts BOS before a text (`add_bos_token`), where the model says.
+    pub fn add_bos_token(&self) -> Option<bool> {
+        self.config.as_ref()?.get("add_bos_token")?.as_bool()
     }
 
     /// The id of one vocabulary entry, if the tokenizer has it.

@@ -66,7 +66,7 @@ struct TokenizerJson<'a> {
     added_tokens: Vec<Json>,
     normalizer: Json,
     pre_tokenizer: Json,
-    post_processor: Option<()>,
+    post_processor: Json,
     decoder: Json,
     model: BpeJson<'a>,
 }
@@ -88,8 +88,33 @@ impl Serialize for Vocab<'_> {
     }
 }
 
-/// The `tokenizer.json` text for `file`.
-pub(crate) fn tokenizer_json(file: &GgufFile) -> Result<String> {
+/// HF's `tokenizer_config.json` for `file`: the special tokens, whether BOS and EOS are added
+/// (HF's default for a SentencePiece vocabulary that does not say: BOS yes) and the chat template.
+pub(crate) fn tokenizer_config(file: &GgufFile) -> Json {
+    let tokens = file.get("tokenizer.ggml.tokens").and_then(Value::as_array).unwrap_or(&[]);
+    let token = |key: &str| file.get(&format!("tokenizer.ggml.{key}")).and_then(Value::as_u64).and_then(|i| tokens.get(i as usize)).and_then(Value::as_str);
+    let flag = |key: &str| match file.get(&format!("tokenizer.ggml.{key}")) {
+        Some(Value::Bool(b)) => Some(*b),
+        _ => None,
+    };
+    let sentencepiece = file.get("tokenizer.ggml.model").and_then(Value::as_str) == Some("llama");
+    let mut c = serde_json::Map::new();
+    for (hf, key) in [("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")] {
+        if let Some(t) = token(key) {
+            c.insert(hf.into(), json!(t));
+        }
+    }
+    c.insert("add_bos_token".into(), json!(flag("add_bos_token").unwrap_or(sentencepiece)));
+    c.insert("add_eos_token".into(), json!(flag("add_eos_token").unwrap_or(false)));
+    if let Some(t) = file.get("tokenizer.chat_template").and_then(Value::as_str) {
+        c.insert("chat_template".into(), json!(t));
+    }
+    Json::Object(c)
+}
+
+/// The `tokenizer.json` text for `file`, whose `tokenizer_config.json` is `config` (where that
+/// adds BOS, the post-processor puts it first, as HF's does).
+pub(crate) fn tokenizer_json(file: &GgufFile, config: &Json) -> Result<String> {
     let bad = |message: String| Error::Tokenizer(format!("{}: {message}", file.path().display()));
     let strings = |key: &str| -> Result<Option<Vec<String>>> {
         let Some(v) = file.get(key) else { return Ok(None) };
@@ -195,7 +220,16 @@ pub(crate) fn tokenizer_json(file: &GgufFile) -> Result<String> {
         added_tokens: added,
         normalizer,
         pre_tokenizer,
-        post_processor: None,
+        post_processor: match (config["add_bos_token"].as_bool(), config["bos_token"].as_str(), file.get("tokenizer.ggml.bos_token_id").and_then(Value::as_u64)) {
+            (Some(true), Some(bos), Some(id)) => json!({
+                "type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                         {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {bos: {"id": bos, "ids": [id], "tokens": [bos]}},
+            }),
+            _ => Json::Null,
+        },
         decoder,
         model: BpeJson { settings, vocab: Vocab(&tokens), merges: &merges },
     };
