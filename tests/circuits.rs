@@ -109,8 +109,10 @@ fn edge_masks_interpolate_between_clean_and_corrupted() {
 
 #[test]
 fn eap_is_the_gradient_of_the_edge_masks() {
-    // score(e) = dMetric/d(fraction of e removed): compare with a finite difference of the
-    // masked forward, in f64, for every edge; and EAP-IG with one step is EAP.
+    // score(e) = -dMetric/d(fraction of e removed) (positive: the edge supports the metric):
+    // compare with a finite difference of the masked forward, in f64, for every edge. And
+    // EAP-IG's points are MIB's, alpha = k / steps for k = 0..steps: one step is the gradient at
+    // the ablated input, which is EAP with clean and corrupted swapped, negated.
     let model = planted_model(Kind::Double);
     let graph = EdgeGraph::new(&model).unwrap();
     let (clean, corrupted, answer) = planted::prompts(8, 3);
@@ -118,12 +120,15 @@ fn eap_is_the_gradient_of_the_edge_masks() {
     let metric = Metric::probability(answer);
     let eap = edge_attribution(&model, &graph, &acts, &metric, AttributionMethod::Eap).unwrap();
     let ig1 = edge_attribution(&model, &graph, &acts, &metric, AttributionMethod::EapIg { steps: 1 }).unwrap();
-    assert!(common::max_abs_diff(&eap, &ig1) < 1e-12);
+    let swapped = graph.activations(&model, &corrupted, &clean, Ablation::Resample).unwrap();
+    let eap_swapped = edge_attribution(&model, &graph, &swapped, &metric, AttributionMethod::Eap).unwrap();
+    assert!(common::max_abs_diff(&ig1, &(-eap_swapped)) < 1e-12);
+    assert!(common::max_abs_diff(&ig1, &eap) > 1e-3, "the ablated and the clean point differ");
     let e = graph.n_edges() as i64;
     let eps = 1e-6;
     let masks = Tensor::ones([e + 1, e], (Kind::Double, Device::Cpu)) - Tensor::eye_m(e + 1, e, (Kind::Double, Device::Cpu)).roll([1], [0]) * eps;
     let m = graph.circuit_metrics(&model, &acts, &metric, &masks, 4096).unwrap();
-    let fd: Vec<f64> = (0..e as usize).map(|i| (m[i + 1] - m[0]) / eps).collect();
+    let fd: Vec<f64> = (0..e as usize).map(|i| (m[0] - m[i + 1]) / eps).collect();
     let diff = common::max_abs_diff(&Tensor::from_slice(&fd), &eap.to_kind(Kind::Double));
     let scale = eap.abs().max().double_value(&[]);
     assert!(scale > 1e-3 && diff < 1e-5 * scale.max(1.0), "finite difference off by {diff} (scale {scale})");
@@ -309,8 +314,8 @@ fn eap_and_acdc_equal_auto_circuit() {
     let eap: Vec<f64> = Vec::try_from(&edge_attribution(&model, &graph, &acts, &prompts.metric, AttributionMethod::Eap).unwrap().to_kind(Kind::Double)).unwrap();
     let (mut worst, mut largest) = (0f64, 0f64);
     for (name, ours) in names.iter().zip(&eap) {
-        // auto-circuit's score is the gradient of its loss, -mean(logit difference).
-        let theirs = -fixture["eap"][name].as_f64().unwrap_or_else(|| panic!("{name} is not in the fixture"));
+        // auto-circuit's score is the gradient of its loss, -mean(logit difference): MIB's sign, and ours.
+        let theirs = fixture["eap"][name].as_f64().unwrap_or_else(|| panic!("{name} is not in the fixture"));
         worst = worst.max((ours - theirs).abs());
         largest = largest.max(theirs.abs());
     }
@@ -325,6 +330,71 @@ fn eap_and_acdc_equal_auto_circuit() {
         eprintln!("ACDC tau {tau}: {} edges kept (auto-circuit {})", kept.len(), theirs.len());
         assert_eq!(kept, theirs, "tau {tau}");
     }
+}
+
+/// EAP and EAP-IG(5) scores, faithfulness curves, CPR and CMD equal what MIB's own code computes
+/// (circuit track b759df3, EAP-IG 7af394a; tests/fixtures/mib, written by scripts/check_mib.sh)
+/// on the IOI task model and the 64 pairs of the auto-circuit check: scores sign included, curves of circuits pruned
+/// as MIB prunes them.
+#[test]
+fn eap_scores_and_cpr_cmd_equal_mib() {
+    let dir = common::repo("tests/fixtures/mib");
+    let fixture: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("ioi.json")).unwrap()).unwrap();
+    let model = task_model();
+    let prompts = TaskPrompts::from_jsonl(&common::repo("tests/fixtures/autocircuit/ioi.jsonl"), &model).unwrap();
+    let clean = prompts.metric.value(&model.forward(&prompts.clean).unwrap()).unwrap();
+    let theirs = fixture["clean_logit_diff"].as_f64().unwrap();
+    assert!((clean - theirs).abs() < 1e-4, "clean logit difference {clean}, fixture {theirs}: models/tasks-bilinear changed, rerun scripts/check_mib.sh");
+    let graph = EdgeGraph::new(&model).unwrap();
+    let acts = graph.activations(&model, &prompts.clean, &prompts.corrupted, Ablation::Resample).unwrap();
+    let run = circuits::EdgeRun::new(&model, &graph, &prompts, Ablation::Resample, circuits::MemoryBudget::DEFAULT).unwrap();
+    for (name, method) in [("EAP", AttributionMethod::Eap), ("EAP-IG-inputs", AttributionMethod::EapIg { steps: 5 })] {
+        let mib = &fixture["methods"][name];
+        let scores = edge_attribution(&model, &graph, &acts, &prompts.metric, method).unwrap();
+        let ours: Vec<f64> = Vec::try_from(&scores.to_kind(Kind::Double)).unwrap();
+        assert_eq!(mib["scores"].as_object().unwrap().len(), graph.n_edges(), "{name}: MIB's graph has the same edges");
+        let (mut worst, mut largest) = (0f64, 0f64);
+        for (e, s) in graph.edges.iter().zip(&ours) {
+            let edge = circuits::mib_edge_name(e.sender, e.receiver);
+            let theirs = mib["scores"][&edge].as_f64().unwrap_or_else(|| panic!("{edge} is not in MIB's graph"));
+            worst = worst.max((s - theirs).abs());
+            largest = largest.max(theirs.abs());
+        }
+        assert!(largest > 1.0 && worst < 1e-5 * largest, "{name}: scores differ from MIB's by {worst:e} (largest {largest})");
+        let found = circuits::analysis::MibScores::measure(&run, &graph, &scores).unwrap();
+        let curve = |kind: &str| -> Vec<f64> { mib["curves"][kind]["faithfulness"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };
+        for (ours, theirs, kind) in [(&found.signed, curve("signed"), "signed"), (&found.absolute, curve("absolute"), "absolute")] {
+            let d = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
+            assert!(d < 1e-4, "{name} {kind}: faithfulness {ours:?}, MIB's {theirs:?}");
+        }
+        let (cpr, cmd) = (mib["cpr"].as_f64().unwrap(), mib["cmd"].as_f64().unwrap());
+        assert!((found.cpr - cpr).abs() < 1e-4 && (found.cmd - cmd).abs() < 1e-4, "{name}: CPR {} CMD {}, MIB's {cpr} {cmd}", found.cpr, found.cmd);
+        eprintln!("{name}: scores within {worst:.1e} of MIB's (largest {largest:.2}); CPR {:.4} (MIB {cpr:.4}), CMD {:.4} (MIB {cmd:.4})", found.cpr, found.cmd);
+    }
+}
+
+/// MIB's pruning before it evaluates a circuit: a node stays only with a kept edge out and a kept
+/// edge in (the input always counts as fed), an edge only between nodes that stay, until nothing
+/// changes. (Under resample ablation a dangling node computes its corrupted output anyway; under
+/// zero or mean ablation it would not, which is why MIB prunes.)
+#[test]
+fn circuits_are_pruned_as_mib_prunes_them() {
+    let graph = EdgeGraph::new(&task_model()).unwrap();
+    let prune = |edges: &[&str]| -> Vec<String> {
+        let mut keep = truth(&graph, edges);
+        circuits::mib_prune(&graph, &mut keep);
+        kept_names(&graph, &keep)
+    };
+    // A head read by the logits but fed by nothing goes; fed by the input, it stays.
+    assert!(prune(&["L1H0 -> logits"]).is_empty());
+    assert_eq!(prune(&["embed -> L1H0.q", "L1H0 -> logits"]), ["embed -> L1H0.q", "L1H0 -> logits"]);
+    // A head fed but read by nothing goes, and then so does the edge that only fed it.
+    assert!(prune(&["embed -> L0H0.q"]).is_empty());
+    // A chain: input -> L0H1 (v) -> L1H1 (v) -> logits stays whole; without its middle edge the
+    // first head goes (nothing reads it), then the edge from the input; L1H1 goes too (unfed).
+    let chain = ["embed -> L0H1.v", "L0H1 -> L1H1.v", "L1H1 -> logits"];
+    assert_eq!(prune(&chain), chain);
+    assert!(prune(&[chain[0], chain[2]]).is_empty());
 }
 
 /// The opt-in approximate ACDC: edges whose EAP-IG score is below a tenth of tau go untested;

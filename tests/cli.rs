@@ -91,7 +91,7 @@ fn cli_errors_are_one_clear_line() {
     let g = gpt2.to_str().unwrap();
     let llama = fixture("llama");
     let cases: &[(&[&str], &str)] = &[
-        (&["inspect", "/no/such/dir"], "model directory not found"),
+        (&["inspect", "/no/such/dir"], "model directory or GGUF file not found"),
         (&["cache", g, "--text", "hi", "--out", "/tmp/x.safetensors", "--hooks", "blocks.0.hook_zz"], "unknown hook point"),
         (&["cache", g, "--ids-file", "/no/ids.safetensors", "--out", "/tmp/x.safetensors"], "/no/ids.safetensors"),
         (&["inspect", g, "--device", "tpu"], "unknown device `tpu`"),
@@ -483,10 +483,20 @@ fn circuit_commands_take_prompt_files() {
     assert!(ok, "{err}");
     assert!(out.contains("ACDC tau 0.3000") && out.contains("one edge per forward, as on a CPU") && out.contains("MIB CPR"), "{out}");
     assert!(!out.contains("EAP-IG"), "--only runs ACDC alone: {out}");
-    assert!(ckpt.exists() && mib.join("acdc/ioi_tasks-bilinear/importances.json").exists());
-    let importances: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(mib.join("acdc/ioi_tasks-bilinear/importances.json")).unwrap()).unwrap();
+    // MIB's layout: <method>_<ablation>_<level>/<task>_<model>/importances.json.
+    let path = mib.join("ACDC_patching_edge/ioi_tasks-bilinear/importances.json");
+    assert!(ckpt.exists() && path.exists());
+    let importances: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(importances["edges"].as_object().map(|e| e.len()), Some(110));
     assert!(importances["edges"]["input->a0.h0<q>"]["score"].is_number());
+    // Node scores, which MIB's node-level evaluation needs: the sum of each node's outgoing edges.
+    let out_of = |node: &str| -> f64 {
+        importances["edges"].as_object().unwrap().iter().filter(|(name, _)| name.starts_with(&format!("{node}->"))).map(|(_, e)| e["score"].as_f64().unwrap()).sum()
+    };
+    for node in ["input", "a0.h1", "m1"] {
+        let score = importances["nodes"][node]["score"].as_f64().unwrap();
+        assert!((score - out_of(node)).abs() < 1e-9 * score.abs().max(1.0), "{node}: {score} vs {}", out_of(node));
+    }
     // Mistakes: one line each, and nothing written to --out.
     std::fs::write(root.join("bad.jsonl"), "{\"clean_ids\": [0, 1], \"corrupted_ids\": [0, 1, 2], \"answer\": 3}\n").unwrap();
     let bad = root.join("bad.jsonl");

@@ -91,7 +91,7 @@ fn tokenizer_matches_hf_and_prepends_bos() {
 #[test]
 fn bad_checkpoints_give_clear_errors() {
     let nowhere = std::env::temp_dir().join("interp-no-such-model");
-    assert!(load_err(&nowhere).contains("model directory not found"));
+    assert!(load_err(&nowhere).contains("model directory or GGUF file not found"));
 
     let dir = scratch("gpt2", "noconfig");
     std::fs::remove_file(dir.join("config.json")).unwrap();

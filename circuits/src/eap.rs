@@ -1,5 +1,8 @@
 //! Attribution patching of edges: EAP (one gradient at the clean run) and EAP-IG (gradients
 //! averaged along the straight line from the ablated to the clean input).
+//!
+//! Scores follow MIB's convention (and the EAP-IG paper's, and what auto-circuit's users read):
+//! positive means the edge supports the metric, i.e. removing it lowers the metric.
 
 use interp_core::{HookedTransformer, NamesFilter};
 use tch::{Kind, Tensor};
@@ -14,8 +17,9 @@ pub enum AttributionMethod {
     /// Edge attribution patching: 1 forward and 1 backward on the clean prompts.
     Eap,
     /// EAP with integrated gradients over `steps` points between the ablated and the clean
-    /// embeddings (alpha = k / steps, k = 1..=steps); `steps = 1` is EAP. One forward and
-    /// backward per step.
+    /// embeddings, as MIB's `get_scores_eap_ig` takes them: alpha = k / steps for
+    /// k = 0..steps (the ablated input included, the clean one not). One forward and backward
+    /// per step.
     EapIg {
         /// Interpolation points.
         steps: usize,
@@ -32,10 +36,12 @@ impl AttributionMethod {
     }
 }
 
-/// Score of every edge [E]: the first-order estimate of metric(edge ablated) - metric(clean),
-/// `(ablated_s - clean_s) . dMetric/d(input of r)` with the gradient of the metric's mean over prompts,
-/// summed over prompts, positions and dimensions (averaged over the EAP-IG steps). Rank edges
-/// by absolute value.
+/// Score of every edge [E]: the first-order estimate of metric(clean) - metric(edge ablated),
+/// `(clean_s - ablated_s) . dMetric/d(input of r)` with the gradient of the metric's mean over
+/// prompts, summed over prompts, positions and dimensions (averaged over the EAP-IG steps): the
+/// per-prompt mean, positive where the edge supports the metric. MIB's `attribute` gives the same
+/// (sign included) at batch size 1; with larger batches its raw scores shrink by the batch size
+/// (it divides a batch-mean gradient by the number of prompts again), which changes no ranking.
 pub fn edge_attribution(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations, metric: &Metric, method: AttributionMethod) -> Result<Tensor> {
     let steps = match method {
         AttributionMethod::Eap => 1,
@@ -49,7 +55,7 @@ pub fn edge_attribution(model: &HookedTransformer, graph: &EdgeGraph, acts: &Edg
         return Err(Error::Input(format!("the metric is for {} prompts but there are {b}", metric.n_prompts())));
     }
     // One forward and backward per step (memory of one EAP run), from the residual entering
-    // block 0 at ablated + alpha (clean - ablated), alpha = k / steps.
+    // block 0 at ablated + alpha (clean - ablated): alpha = 1 for EAP, k / steps for EAP-IG.
     let clean0 = acts.clean.f_select(0, 0)?;
     let abl0 = acts.ablated.f_select(0, 0)?;
     let diff = acts.diff()?; // [S, B, P, D]
@@ -61,8 +67,11 @@ pub fn edge_attribution(model: &HookedTransformer, graph: &EdgeGraph, acts: &Edg
     let diff_at_rows = senders_at_rows(diff, &rows)?.f_contiguous()?;
     let at_last = metric.at_last();
     let mut scores: Vec<Tensor> = Vec::with_capacity(graph.groups.len());
-    for k in 1..=steps {
-        let alpha = k as f64 / steps as f64;
+    let alphas: Vec<f64> = match method {
+        AttributionMethod::Eap => vec![1.0],
+        AttributionMethod::EapIg { steps } => (0..steps).map(|k| k as f64 / steps as f64).collect(),
+    };
+    for alpha in alphas {
         let resid = abl0.f_add(&clean0.f_sub(&abl0)?.f_mul_scalar(alpha)?)?;
         let out = model
             .runner_from_layer(&resid, 0)
@@ -85,7 +94,8 @@ pub fn edge_attribution(model: &HookedTransformer, graph: &EdgeGraph, acts: &Edg
             }
         }
     }
-    Ok(Tensor::f_cat(&scores, 0)?.f_div_scalar(steps as f64)?)
+    // acts.diff() is ablated - clean: the sign turns it into clean - ablated.
+    Ok(Tensor::f_cat(&scores, 0)?.f_div_scalar(-(steps as f64))?)
 }
 
 /// Edge masks [counts.len(), E] keeping the `k` edges of largest score (of largest |score| when

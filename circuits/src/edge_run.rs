@@ -27,6 +27,8 @@ pub struct EdgeRun<'a> {
     mean: Option<Tensor>,
     /// The activations, kept when the set is one chunk.
     whole: Option<EdgeActivations>,
+    /// Advanced by one per prompt a forward pass covers (three per gradient pass).
+    progress: indicatif::ProgressBar,
 }
 
 impl<'a> EdgeRun<'a> {
@@ -40,11 +42,33 @@ impl<'a> EdgeRun<'a> {
             Ablation::Mean => Some(graph.mean_outputs(model, prompts, chunk)?),
             _ => None,
         };
-        let mut run = EdgeRun { model, graph, prompts, ablation, budget, costs, chunk, mean, whole: None };
+        let mut run = EdgeRun { model, graph, prompts, ablation, budget, costs, chunk, mean, whole: None, progress: indicatif::ProgressBar::hidden() };
         if chunk == prompts.len() {
             run.whole = Some(run.activations(prompts)?);
         }
         Ok(run)
+    }
+
+    /// Reports work on `bar`: each attribution or masked forward advances it by the prompts it
+    /// covers, in forward passes (a gradient pass counts three). See [`EdgeRun::attribution_work`]
+    /// and [`EdgeRun::faithfulness_work`] for the totals.
+    pub fn with_progress(mut self, bar: indicatif::ProgressBar) -> Self {
+        self.progress = bar;
+        self
+    }
+
+    /// The work [`EdgeRun::attribution`] reports for `method` (see [`EdgeRun::with_progress`]).
+    pub fn attribution_work(&self, method: AttributionMethod) -> u64 {
+        let passes = match method {
+            AttributionMethod::Eap => 1,
+            AttributionMethod::EapIg { steps } => steps as u64,
+        };
+        3 * passes * self.prompts.len() as u64
+    }
+
+    /// The work [`EdgeRun::faithfulness`] of `n_masks` edge sets reports.
+    pub fn faithfulness_work(&self, n_masks: usize) -> u64 {
+        (n_masks as u64 + 2) * self.prompts.len() as u64
     }
 
     /// Prompts whose activations are held at once.
@@ -84,6 +108,7 @@ impl<'a> EdgeRun<'a> {
             let rows = self.budget.rows(held, self.costs.gradient, "one prompt's gradient run")?;
             for (start, len) in Self::batches(part.len(), rows) {
                 let s = edge_attribution(self.model, self.graph, &acts.narrow(start, len)?, &part.metric.narrow(start, len)?, method)?;
+                self.progress.inc(self.attribution_work(method) / self.prompts.len() as u64 * len as u64);
                 let s = s.f_mul_scalar(share * len as f64 / part.len() as f64)?;
                 total = Some(match total.take() {
                     Some(t) => t.f_add(&s)?,
@@ -106,6 +131,7 @@ impl<'a> EdgeRun<'a> {
             for (start, len) in Self::batches(part.len(), rows) {
                 // Edge sets per forward: as many copies of this batch as fit.
                 let values = self.graph.circuit_metrics(self.model, &acts.narrow(start, len)?, &part.metric.narrow(start, len)?, &masks, rows)?;
+                self.progress.inc(masks.size()[0] as u64 * len as u64);
                 for (t, v) in total.iter_mut().zip(values) {
                     *t += share * v * len as f64 / part.len() as f64;
                 }

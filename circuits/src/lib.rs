@@ -32,7 +32,7 @@ pub use edge_graph::{Ablation, Edge, EdgeActivations, EdgeGraph, Qkv, Receiver, 
 pub use metric::{Metric, MetricKind, MetricName};
 pub mod prompts;
 pub mod mib;
-pub use mib::{cmd, cpr, mib_counts, write_mib_scores, MIB_FRACTIONS};
+pub use mib::{cmd, cpr, mib_counts, mib_edge_name, mib_folder, mib_model_name, mib_node_scores, mib_prune, write_mib_scores, MIB_FRACTIONS};
 pub mod edge_run;
 pub use edge_run::EdgeRun;
 pub use prompts::{trace_prompts_from_jsonl, PromptPair, TaskPrompts};

@@ -1,16 +1,17 @@
 //! How the Mechanistic Interpretability Benchmark (MIB, circuit-localization track) scores a
 //! circuit-discovery method, as its `evaluate_area_under_curve` does: faithfulness
 //! f = (m(C) - m(empty)) / (m(full) - m(empty)) of the top `int(p * E)` edges at edge fractions
-//! p = 0.001 .. 1; CPR = the trapezoid area under f over p (circuits chosen by signed scores,
-//! higher is better); CMD = the area between f and 1 (absolute scores, lower is better). And its
-//! edge-score file: MIB's `Graph.to_json` layout.
+//! p = 0.001 .. 1, each circuit pruned to what is connected as MIB's `Graph.prune` does; CPR =
+//! the trapezoid area under f over p (circuits chosen by signed scores, higher is better); CMD =
+//! the area between f and 1 (absolute scores, lower is better). And its submission files: MIB's
+//! `Graph.to_json` layout, with node scores, in the folders its `run_evaluation.py` reads.
 
 use std::path::Path;
 
 use interp_core::ModelConfig;
 use serde_json::{json, Map};
 
-use crate::edge_graph::{EdgeGraph, Receiver, Sender};
+use crate::edge_graph::{Ablation, EdgeGraph, Receiver, Sender};
 use crate::error::{Error, Result};
 
 /// MIB's edge budgets, as fractions of all edges.
@@ -40,6 +41,37 @@ pub fn cmd(faithfulness: &[f64]) -> Result<f64> {
     trapezoid(&faithfulness.iter().map(|f| (1.0 - f).abs()).collect::<Vec<_>>())
 }
 
+/// Prunes a circuit (`keep`, one flag per edge of `graph`) as MIB's `Graph.prune` does before it
+/// evaluates one: until nothing changes, a node stays only with a kept edge out and a kept edge
+/// in (the input always counts as fed), and an edge only if its sender stays and its receiver's
+/// node stays (the logits always do).
+pub fn mib_prune(graph: &EdgeGraph, keep: &mut [bool]) {
+    // A k or v input of a key/value head feeds every query head that reads it.
+    let receivers: Vec<Vec<usize>> = graph.edges.iter().map(|e| graph.receiver_nodes(e.receiver)).collect();
+    let logits: Vec<bool> = graph.edges.iter().map(|e| e.receiver == Receiver::Logits).collect();
+    let senders: Vec<usize> = graph.edges.iter().map(|e| graph.sender_index(e.sender)).collect();
+    let n = graph.senders.len();
+    let mut nodes: Option<Vec<bool>> = None;
+    loop {
+        let (mut out, mut fed) = (vec![false; n], vec![false; n]);
+        fed[graph.sender_index(Sender::Embed)] = true;
+        for (e, _) in keep.iter().enumerate().filter(|(_, k)| **k) {
+            out[senders[e]] = true;
+            for &n in &receivers[e] {
+                fed[n] = true;
+            }
+        }
+        let now: Vec<bool> = out.iter().zip(&fed).map(|(o, f)| *o && *f).collect();
+        if nodes.as_ref() == Some(&now) {
+            return;
+        }
+        for (e, k) in keep.iter_mut().enumerate() {
+            *k = *k && now[senders[e]] && (logits[e] || receivers[e].iter().any(|&n| now[n]));
+        }
+        nodes = Some(now);
+    }
+}
+
 /// MIB's name of a sender node: `input`, `a{layer}.h{head}`, `m{layer}`.
 fn node_name(s: Sender) -> String {
     match s {
@@ -59,16 +91,51 @@ pub fn mib_edge_name(sender: Sender, receiver: Receiver) -> String {
     }
 }
 
-/// Writes `scores` (one per edge of `graph`) as MIB's edge-score JSON (`cfg`, `nodes`, `edges`
-/// with `score` and `in_graph`; every edge in the graph, as MIB's evaluation expects of a score
-/// submission) to `path`.
+/// Each sender node's score: the sum of its outgoing edges' scores. For attribution patching this
+/// is the node's own score (the gradient at a node's output is the sum of the gradients at the
+/// inputs it feeds), which MIB's node-level evaluation ranks nodes by.
+pub fn mib_node_scores(graph: &EdgeGraph, scores: &[f64]) -> Vec<f64> {
+    let mut out = vec![0.0; graph.senders.len()];
+    for (e, s) in graph.edges.iter().zip(scores) {
+        out[graph.sender_index(e.sender)] += s;
+    }
+    out
+}
+
+/// MIB's name of the model, for the models MIB benchmarks (`gpt2`, `qwen2.5`, `gemma2`,
+/// `llama3`, as its scripts name them), recognised by family and size.
+pub fn mib_model_name(cfg: &ModelConfig) -> Option<&'static str> {
+    match (cfg.model_type.as_str(), cfg.n_layers, cfg.d_model) {
+        ("gpt2", 12, 768) => Some("gpt2"),
+        ("qwen2", 24, 896) => Some("qwen2.5"),
+        ("gemma2", 26, 2304) => Some("gemma2"),
+        ("llama", 32, 4096) => Some("llama3"),
+        _ => None,
+    }
+}
+
+/// MIB's folder for a method's scores: `<method>_<ablation>_edge/<task>_<model>/`, as its
+/// `run_attribution.py` writes and `run_evaluation.py` reads (ablation `patching` for resampled
+/// activations, `mean`, `zero`; underscores in the task name become hyphens).
+pub fn mib_folder(method: &str, ablation: Ablation, task: &str, model: &str) -> std::path::PathBuf {
+    let ablation = match ablation {
+        Ablation::Resample => "patching",
+        Ablation::Mean => "mean",
+        Ablation::Zero => "zero",
+    };
+    Path::new(&format!("{method}_{ablation}_edge")).join(format!("{}_{model}", task.replace('_', "-")))
+}
+
+/// Writes `scores` (one per edge of `graph`) as MIB's score JSON (`cfg`, `nodes` with `score`
+/// (see [`mib_node_scores`]) and `in_graph`, `edges` with `score` and `in_graph`; everything in the
+/// graph, as MIB's evaluation expects of a score submission) to `path`.
 pub fn write_mib_scores(graph: &EdgeGraph, scores: &[f64], model: &ModelConfig, path: &Path) -> Result<()> {
     if scores.len() != graph.n_edges() {
         return Err(Error::Input(format!("{} scores for {} edges", scores.len(), graph.n_edges())));
     }
     let mut nodes = Map::new();
-    for s in &graph.senders {
-        nodes.insert(node_name(*s), json!({ "in_graph": true }));
+    for (s, score) in graph.senders.iter().zip(mib_node_scores(graph, scores)) {
+        nodes.insert(node_name(*s), json!({ "in_graph": true, "score": score }));
     }
     nodes.insert("logits".into(), json!({ "in_graph": true }));
     let mut edges = Map::new();

@@ -11,7 +11,7 @@ use crate::chart::{circuit_graph, line_chart, Series};
 use crate::budget::MemoryBudget;
 use crate::eap::{top_k_masks, AttributionMethod};
 use crate::edge_run::EdgeRun;
-use crate::mib::{cmd, cpr, mib_counts, write_mib_scores, MIB_FRACTIONS};
+use crate::mib::{cmd, cpr, mib_counts, mib_folder, mib_prune, write_mib_scores, MIB_FRACTIONS};
 use crate::edge_graph::{Ablation, EdgeGraph};
 use crate::error::{Error, Result};
 use crate::metric::{check_gap, Metric, MetricName};
@@ -51,6 +51,9 @@ pub struct CircuitDiscoveryConfig {
     pub target_faithfulness: f64,
     /// Working memory beyond the weights: prompts and edge sets per forward are chunked to fit.
     pub budget: MemoryBudget,
+    /// Show progress bars (EAP, EAP-IG and their curves by forward passes, with an ETA; ACDC's
+    /// by its tests' cost).
+    pub progress: bool,
 }
 
 impl Default for CircuitDiscoveryConfig {
@@ -69,6 +72,7 @@ impl Default for CircuitDiscoveryConfig {
             prune_by_attribution: None,
             target_faithfulness: 0.9,
             budget: MemoryBudget::DEFAULT,
+            progress: false,
         }
     }
 }
@@ -104,10 +108,16 @@ pub struct MibScores {
 }
 
 impl MibScores {
-    /// Measures the circuits of `scores` [E] at MIB's budgets.
-    pub fn measure(run: &EdgeRun, scores: &Tensor) -> Result<MibScores> {
+    /// Measures the circuits of `scores` [E] at MIB's budgets: the top edges, pruned to what is
+    /// connected as MIB prunes them.
+    pub fn measure(run: &EdgeRun, graph: &EdgeGraph, scores: &Tensor) -> Result<MibScores> {
         let counts = mib_counts(scores.size()[0] as usize);
         let both = Tensor::f_cat(&[top_k_masks(scores, &counts, false)?, top_k_masks(scores, &counts, true)?], 0)?;
+        let mut keep: Vec<bool> = Vec::<f32>::try_from(both.f_flatten(0, -1)?)?.into_iter().map(|m| m > 0.5).collect();
+        for row in keep.chunks_mut(graph.n_edges()) {
+            mib_prune(graph, row);
+        }
+        let both = Tensor::f_from_slice(&keep.iter().map(|&k| f32::from(u8::from(k))).collect::<Vec<f32>>())?.f_view([-1, graph.n_edges() as i64])?;
         let f = run.faithfulness(&both)?;
         let (signed, absolute) = (f[..counts.len()].to_vec(), f[counts.len()..].to_vec());
         Ok(MibScores { cpr: cpr(&signed)?, cmd: cmd(&absolute)?, signed, absolute })
@@ -187,17 +197,24 @@ pub fn circuit_discovery(model: &HookedTransformer, prompts: &TaskPrompts, name:
     let counts = edge_counts(graph.n_edges());
     let mut methods = Vec::new();
     let methods_run = if cfg.attribution { vec![AttributionMethod::Eap, AttributionMethod::EapIg { steps: cfg.steps.max(1) }] } else { vec![] };
+    // One bar over every attribution and faithfulness pass, by forward passes.
+    let curves = run.faithfulness_work(counts.len()) + run.faithfulness_work(2 * MIB_FRACTIONS.len());
+    let work = methods_run.iter().map(|m| run.attribution_work(*m) + curves).sum();
+    let bar = interp_core::train::work_bar(work, cfg.progress && work > 0);
+    let run = run.with_progress(bar.clone());
     for method in methods_run {
+        bar.set_message(method.name());
         let t0 = std::time::Instant::now();
         let scores = run.attribution(method)?;
         let seconds = t0.elapsed().as_secs_f64();
         let faithfulness = run.faithfulness(&top_k_masks(&scores, &counts, true)?)?;
-        let mib = MibScores::measure(&run, &scores)?;
+        let mib = MibScores::measure(&run, &graph, &scores)?;
         let scores = Vec::<f64>::try_from(&scores.f_to_kind(Kind::Double)?)?;
         let mut order: Vec<usize> = (0..scores.len()).collect();
         order.sort_by(|i, j| scores[*j].abs().total_cmp(&scores[*i].abs()));
         methods.push(EdgeScores { method, scores, order, faithfulness, mib, seconds });
     }
+    bar.finish_and_clear();
     let acdc_runs = if cfg.acdc { Some(acdc_runs(model, &graph, &run, prompts, (m_clean, m_corrupt), cfg)?) } else { None };
     Ok(CircuitDiscovery {
         name: name.to_string(),
@@ -271,7 +288,7 @@ fn acdc_runs(model: &HookedTransformer, graph: &EdgeGraph, run: &EdgeRun, prompt
         Some(f) => format!("{strategy}; approximate: {} edges with |EAP-IG score| below {f} x tau removed untested (EAP-IG run not counted)", result.n_pruned),
         None => strategy,
     };
-    let mib = MibScores::measure(run, &Tensor::f_from_slice(&result.ranking())?)?;
+    let mib = MibScores::measure(run, graph, &Tensor::f_from_slice(&result.ranking())?)?;
     Ok(AcdcRuns { tau, result, faithfulness, sweep, mib, strategy, seconds })
 }
 
@@ -430,23 +447,28 @@ impl CircuitDiscovery {
         out
     }
 
-    /// Writes each method's edge scores in MIB's submission layout:
-    /// `dir/<method>/<prompts>_<model>/importances.json` (MIB's `Graph.to_json`; ACDC's score is
-    /// its ranking: kept edges first, by measured effect).
+    /// Writes each method's edge scores in MIB's submission layout, as its `run_attribution.py`
+    /// writes them: `dir/<method>_<ablation>_edge/<prompts>_<model>/importances.json` (MIB's
+    /// `Graph.to_json`, node scores included; methods named as MIB names them: `EAP`,
+    /// `EAP-IG-inputs`, and `ACDC`, whose score is its ranking: kept edges first, by measured
+    /// effect). `model_name` is MIB's name where MIB knows the model (`gpt2`, `qwen2.5`, ...).
     pub fn export_mib(&self, dir: &Path, model: &HookedTransformer, model_name: &str) -> Result<Vec<PathBuf>> {
         let mut written = Vec::new();
-        let folder = format!("{}_{model_name}", self.name);
         let mut write = |method: &str, scores: &[f64]| -> Result<()> {
-            let path = dir.join(method).join(&folder).join("importances.json");
+            let path = dir.join(mib_folder(method, self.config.ablation, &self.name, model_name)).join("importances.json");
             write_mib_scores(&self.graph, scores, &model.cfg, &path)?;
             written.push(path);
             Ok(())
         };
         for m in &self.methods {
-            write(&m.method.name().to_lowercase().replace(['(', ')'], ""), &m.scores)?;
+            let method = match m.method {
+                AttributionMethod::Eap => "EAP",
+                AttributionMethod::EapIg { .. } => "EAP-IG-inputs",
+            };
+            write(method, &m.scores)?;
         }
         if let Some(a) = &self.acdc {
-            write("acdc", &a.result.ranking().iter().map(|x| *x as f64).collect::<Vec<_>>())?;
+            write("ACDC", &a.result.ranking().iter().map(|x| *x as f64).collect::<Vec<_>>())?;
         }
         Ok(written)
     }

@@ -31,6 +31,6 @@ pub use bilinear::{bilinear_spectra, single_token, BilinearSpectra, BilinearSpec
 pub use dictionary::{read_training_curve, training_curve_chart, write_metrics, write_set_metrics};
 pub use graph::{graph_analysis, GraphAnalysis, GraphAnalysisConfig, VIEWER_SCAN};
 pub use causal_tracing::{causal_tracing, task_trace_prompts, CausalTracing, CausalTracingConfig};
-pub use circuit_discovery::{circuit_discovery, AcdcRuns, CircuitDiscovery, CircuitDiscoveryConfig, EdgeScores};
+pub use circuit_discovery::{circuit_discovery, AcdcRuns, CircuitDiscovery, CircuitDiscoveryConfig, EdgeScores, MibScores};
 pub use patching::{patching_sweep, PatchingSweep, PatchingSweepConfig};
 pub use routing::{routing_analysis, RoutingAnalysis, RoutingConfig};

@@ -281,7 +281,7 @@ pub struct AcdcArgs {
 
 impl EapArgs {
     pub fn config(&self) -> CircuitDiscoveryConfig {
-        CircuitDiscoveryConfig { ablation: self.ablation, steps: self.steps, acdc: false, ..CircuitDiscoveryConfig::default() }
+        CircuitDiscoveryConfig { ablation: self.ablation, steps: self.steps, acdc: false, progress: true, ..CircuitDiscoveryConfig::default() }
     }
 }
 
@@ -346,7 +346,11 @@ pub fn discover(args: &EapArgs, mut cfg: CircuitDiscoveryConfig, title: &str) ->
         println!("{method:<10} MIB CPR {:.3}  CMD {:.3}", mib.cpr, mib.cmd);
     }
     if let Some(dir) = &args.export_mib {
-        let model_name = task.model_dir.as_ref().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "tasks-bilinear".into());
+        // MIB's name for a model it benchmarks, else the folder's (or file's) name.
+        let model_name = match circuits::mib_model_name(&s.model.cfg) {
+            Some(name) => name.to_string(),
+            None => task.model_dir.as_ref().and_then(|d| d.file_stem()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "tasks-bilinear".into()),
+        };
         for path in found.export_mib(dir, &s.model, &model_name)? {
             println!("wrote {}", path.display());
         }
