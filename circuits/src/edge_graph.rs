@@ -267,6 +267,15 @@ impl RemovedSums {
     }
 }
 
+/// The ablated - clean outputs a patched group's removed edges carry: a few senders' gathered from
+/// the stored outputs when the group's hook fires, or a prefix of the shared difference tensor.
+enum Differences {
+    /// Sender indices, the ablated and the clean outputs [S, B, P, D].
+    Gather(Tensor, Tensor, Tensor),
+    /// [n_senders, B, P, D].
+    Dense(Tensor),
+}
+
 /// A receiver group some variant of a masked forward patches.
 struct PatchedGroup {
     group: usize,
@@ -647,13 +656,16 @@ impl EdgeGraph {
             // others weighing 0), plus the live senders' clean - current, computed when the hook
             // fires (one group's delta alive at a time).
             let n = g.n_senders as i64;
+            // Few differing senders are gathered when the hook fires, so that only one group's
+            // gathered differences are alive at a time (every group's at once took gigabytes on
+            // a 30-layer model); many read the shared difference tensor.
             let differing = if differ.is_empty() {
                 None
             } else if differ.len() as i64 * 4 <= n {
                 let idx = on(&differ)?;
-                Some((dw.f_index_select(2, &idx)?, acts.ablated.f_index_select(0, &idx)?.f_sub(&acts.clean.f_index_select(0, &idx)?)?))
+                Some((dw.f_index_select(2, &idx)?, Differences::Gather(idx, acts.ablated.shallow_clone(), acts.clean.shallow_clone())))
             } else {
-                Some((dw.f_contiguous()?, acts.diff()?.f_narrow(0, 0, n)?))
+                Some((dw.f_contiguous()?, Differences::Dense(acts.diff()?.f_narrow(0, 0, n)?)))
             };
             let current = if live_senders.is_empty() {
                 None
@@ -674,10 +686,16 @@ impl EdgeGraph {
                 let mut delta: Option<Tensor> = None;
                 if let Some((weights, values)) = &differing {
                     let k = weights.size()[2];
+                    let values = match values {
+                        Differences::Gather(idx, ablated, clean) => ablated.f_index_select(0, idx)?.f_sub(&clean.f_index_select(0, idx)?)?,
+                        Differences::Dense(values) => values.shallow_clone(),
+                    };
                     delta = Some(weights.f_reshape([v * r, k])?.f_matmul(&values.f_reshape([k, bpd])?)?.f_view([v, r, bpd])?);
                 }
                 if let Some((weights, k)) = &current {
-                    let t = weights.f_bmm(&live.f_narrow(1, 0, *k)?.f_reshape([v, *k, bpd])?)?;
+                    // A view of the first k slots (no copy: bmm takes the batch stride as it is).
+                    let slots = live.size()[1];
+                    let t = weights.f_bmm(&live.f_view([v, slots, bpd])?.f_narrow(1, 0, *k)?)?;
                     delta = Some(match delta {
                         Some(dl) => dl.f_add(&t)?,
                         None => t,
