@@ -378,7 +378,7 @@ impl GgufFile {
                 None => counts.push((t.ggml_type, 1)),
             }
         }
-        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        counts.sort_by_key(|c| std::cmp::Reverse(c.1));
         counts
     }
 }
