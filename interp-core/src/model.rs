@@ -189,7 +189,7 @@ impl HookedTransformer {
         };
         // The vocabulary's metadata (Gemma: 262k tokens and scores) is not needed for the weights.
         file.metadata.retain(|key, _| !key.starts_with("tokenizer.ggml."));
-        let ckpt = crate::gguf::hf::GgufCheckpoint::new(file, &cfg.hf_json)?;
+        let ckpt = crate::gguf::hf::GgufCheckpoint::new(file, cfg.n_heads, cfg.n_kv_heads)?;
         let params = crate::models::load_params(&cfg, &ckpt, kind, device)?;
         Self::from_params(cfg, params, tokenizer, kind, device)
     }

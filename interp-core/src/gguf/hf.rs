@@ -33,18 +33,17 @@ enum Fix {
 
 /// A GGUF file seen as HF-named tensors.
 pub(crate) struct GgufCheckpoint {
-    pub(crate) file: GgufFile,
+    file: GgufFile,
     /// HF name -> (GGUF name, fix).
     names: HashMap<String, (String, Fix)>,
 }
 
 impl GgufCheckpoint {
-    /// Maps every tensor of `file` to its HF name; a tensor this runtime would not use (rotary
-    /// frequency factors, an unknown name) is refused, never skipped.
-    pub(crate) fn new(file: GgufFile, cfg: &Json) -> Result<Self> {
+    /// Maps every tensor of `file` (a model of `h` query and `kv` key/value heads) to its HF name;
+    /// a tensor this runtime would not use (rotary frequency factors, an unknown name) is refused,
+    /// never skipped.
+    pub(crate) fn new(file: GgufFile, h: i64, kv: i64) -> Result<Self> {
         let arch = file.architecture()?.to_string();
-        let heads = |key: &str| cfg.get(key).and_then(Json::as_i64).unwrap_or(1);
-        let (h, kv) = (heads("num_attention_heads"), heads("num_key_value_heads"));
         let mut names = HashMap::new();
         for t in &file.tensors {
             let (hf, fix) = hf_name(&arch, &t.name, h, kv).ok_or_else(|| Error::Checkpoint {

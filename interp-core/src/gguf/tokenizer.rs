@@ -40,6 +40,12 @@ fn split_regex(pre: &str) -> Option<&'static str> {
     })
 }
 
+/// Whether `c` is in GPT-2's byte alphabet (see [`byte_alphabet`]): the printable bytes as
+/// themselves, and U+0100..=U+0143 for the 68 others.
+fn in_byte_alphabet(c: char) -> bool {
+    matches!(c as u32, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF | 0x100..=0x143)
+}
+
 /// GPT-2's printable spelling of each byte (`bytes_to_unicode`).
 fn byte_alphabet() -> [char; 256] {
     let mut out = ['\0'; 256];
@@ -141,7 +147,7 @@ pub(crate) fn tokenizer_json(file: &GgufFile, config: &Json) -> Result<String> {
             let spelling = byte_alphabet();
             let tokens: Vec<String> = tokens
                 .into_iter()
-                .map(|t| if t.chars().all(|c| spelling.contains(&c)) { t } else { t.bytes().map(|b| spelling[b as usize]).collect() })
+                .map(|t| if t.chars().all(in_byte_alphabet) { t } else { t.bytes().map(|b| spelling[b as usize]).collect() })
                 .collect();
             let merges = split_merges(&merges).map_err(bad)?;
             let pre = file.get("tokenizer.ggml.pre").and_then(Value::as_str).and_then(split_regex);
@@ -204,11 +210,10 @@ pub(crate) fn tokenizer_json(file: &GgufFile, config: &Json) -> Result<String> {
         other => return Err(bad(format!("tokenizer model `{other}` is not supported (supported: gpt2, llama)"))),
     };
     let byte_level = model == "gpt2";
-    let spelling = byte_alphabet();
     let mut added = Vec::new();
     for (i, (t, ty)) in tokens.iter().zip(types.iter().chain(std::iter::repeat(&0))).enumerate() {
         // A control token outside the byte alphabet in a byte-level vocabulary is a mislabel HF skips.
-        let control = *ty == CONTROL && (!byte_level || t.chars().all(|c| spelling.contains(&c)));
+        let control = *ty == CONTROL && (!byte_level || t.chars().all(in_byte_alphabet));
         if control || *ty == USER_DEFINED {
             added.push(json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": control}));
         }
@@ -277,4 +282,19 @@ fn generate_merges(tokens: &[String], scores: &[f64]) -> Vec<(String, String)> {
         kb.0.total_cmp(&ka.0).then(kb.1.cmp(&ka.1)).then(kb.2.cmp(&ka.2))
     });
     merges.into_iter().map(|(l, r, _)| (l.to_string(), r.to_string())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The membership test names exactly the 256 characters of the alphabet.
+    #[test]
+    fn byte_alphabet_membership() {
+        let alphabet = byte_alphabet();
+        let members: Vec<char> = (0..0x200u32).filter_map(char::from_u32).filter(|c| in_byte_alphabet(*c)).collect();
+        let mut sorted = alphabet.to_vec();
+        sorted.sort();
+        assert_eq!(members, sorted);
+    }
 }
