@@ -10,7 +10,9 @@
 //! (interleaved rounds, min and median), peak RSS of each phase, a run under a small memory
 //! budget and one under a budget too small for one prompt; with `--acdc [--tau T]`, ACDC to the
 //! end (tau 0.003 unless given) with its full-forward equivalents against one full forward per
-//! edge, its wall time in plain forwards, and its peak RSS.
+//! edge, its wall time in plain forwards, and its peak RSS. And a whole `interp eap` run (EAP,
+//! EAP-IG(5), their faithfulness curves and MIB's budgets) against EAP-IG(5) alone, there and
+//! with `--smollm2` on SmolLM2-135M with 32 pairs of the shipped IOI prompts.
 
 mod common;
 
@@ -19,7 +21,9 @@ use std::time::Instant;
 
 use common::{median, min_secs};
 use interp::circuits::{
-    acdc, activation_patching, budget::weight_bytes, causal_trace, edge_attribution, estimate_sigma, Ablation, AcdcConfig, AcdcResult, AttributionMethod, Corruption, EdgeGraph,
+    acdc, activation_patching,
+    analysis::{circuit_discovery, CircuitDiscoveryConfig},
+    budget::weight_bytes, causal_trace, edge_attribution, estimate_sigma, Ablation, AcdcConfig, AcdcResult, AttributionMethod, Corruption, EdgeGraph,
     EdgeRun, MemoryBudget, PatchSite, TaskPrompts, TraceConfig, TracePrompt,
 };
 use interp::interp_core::tasks::{Task, TaskVocab};
@@ -119,6 +123,50 @@ fn main() {
     }
     let tau = args.iter().position(|a| a == "--tau").and_then(|i| args.get(i + 1)).map(|t| t.parse::<f64>().expect("--tau takes a number"));
     gpt2_small_case(args.iter().any(|a| a == "--acdc").then(|| tau.unwrap_or(0.003)));
+    if args.iter().any(|a| a == "--smollm2") {
+        let model = HookedTransformer::from_pretrained_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/models/real/SmolLM2-135M-Instruct.Q4_1.gguf"), Device::Cpu, Kind::Float).expect("scripts/fetch_models.sh fetched SmolLM2");
+        let lines = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts/smollm2-135m/ioi.jsonl")).unwrap();
+        let path = std::env::temp_dir().join("interp-bench-smollm2-ioi32.jsonl");
+        std::fs::write(&path, lines.lines().take(32).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+        let prompts = TaskPrompts::from_jsonl(&path, &model).unwrap();
+        whole_run_case("SmolLM2-135M (real weights)", &model, &prompts);
+    }
+}
+
+/// A whole EAP + EAP-IG(5) run (scores, faithfulness curves, MIB's 2 x 9 budgets per method, as
+/// `interp eap` runs it) against EAP-IG(5)'s scores alone and a plain forward, two interleaved
+/// rounds; peak RSS of the whole run.
+fn whole_run_case(name: &str, model: &HookedTransformer, prompts: &TaskPrompts) {
+    let graph = EdgeGraph::new(model).unwrap();
+    let cfg = CircuitDiscoveryConfig { acdc: false, ..CircuitDiscoveryConfig::default() };
+    let (mut fwd, mut ig, mut whole, mut peak) = (vec![], vec![], vec![], 0f64);
+    for _ in 0..2 {
+        let t = Instant::now();
+        let _ = model.forward(&prompts.clean).unwrap();
+        fwd.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let run = EdgeRun::new(model, &graph, prompts, Ablation::Resample, MemoryBudget::DEFAULT).unwrap();
+        let _ = run.attribution(AttributionMethod::EapIg { steps: 5 }).unwrap();
+        ig.push(t.elapsed().as_secs_f64());
+        drop(run);
+        let t = Instant::now();
+        let (_, p) = peak_gb(|| circuit_discovery(model, prompts, "ioi", &cfg).unwrap());
+        whole.push(t.elapsed().as_secs_f64());
+        peak = peak.max(p);
+    }
+    let min = |xs: &[f64]| xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let ratio: Vec<f64> = whole.iter().zip(&ig).map(|(w, i)| w / i).collect();
+    println!(
+        "\n{name}, {} edges, {} IOI pairs: whole EAP + EAP-IG(5) run {:.1} s = {:.1}x EAP-IG(5) alone ({:.1} s; median ratio {:.1}) = {:.0} plain forwards ({:.2} s); peak RSS {peak:.2} GB",
+        graph.n_edges(),
+        prompts.len(),
+        min(&whole),
+        ratio.iter().copied().fold(f64::INFINITY, f64::min),
+        min(&ig),
+        median(ratio.clone()),
+        min(&whole) / min(&fwd),
+        min(&fwd)
+    );
 }
 
 /// A prompt file of 32 IOI-style pairs of 14 to 18 tokens for the GPT-2-small vocabulary: BOS,
@@ -157,6 +205,7 @@ fn gpt2_small_case(acdc_tau: Option<f64>) {
     let model = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
     let prompts = TaskPrompts::from_jsonl(&write_ioi_prompts(&dir), &model).unwrap();
     let graph = EdgeGraph::new(&model).unwrap();
+    whole_run_case("GPT-2-small shape (random weights)", &model, &prompts);
     let weights = weight_bytes(&model) as f64 / 1e9;
     println!(
         "\nGPT-2-small shape (random weights, {weights:.2} GB), {} edges; {} IOI-style pairs of 14-18 tokens, right-padded to {}",

@@ -276,6 +276,14 @@ enum Differences {
     Dense(Tensor),
 }
 
+/// The live slots a patched group's product reads.
+enum Slots {
+    /// The first k slots (a view).
+    Prefix(i64),
+    /// These slots, gathered.
+    Gather(Tensor),
+}
+
 /// A receiver group some variant of a masked forward patches.
 struct PatchedGroup {
     group: usize,
@@ -287,6 +295,8 @@ struct PatchedGroup {
     differ: Vec<i64>,
     /// Removed senders that the pass computes.
     live: Vec<i64>,
+    /// Whether the group's inputs start from the ablated sum (see [`EdgeGraph::masked_residual`]).
+    from_ablated: bool,
 }
 
 /// Sender outputs [S, B, P, D] at one position per prompt, `rows` [B] int64: [S, B, 1, D].
@@ -537,6 +547,12 @@ impl EdgeGraph {
     /// the first sum is read from `sums` for its edge set plus a product over the senders where a
     /// variant differs from it, the second from the outputs of the senders this pass computes
     /// (earlier senders keep their clean outputs).
+    ///
+    /// Without `sums`, a group whose variants keep fewer senders' edges than they remove starts
+    /// from the ablated sum instead: `sum_s (ablated_s - current_s) - sum_s kept_rs (ablated_s -
+    /// current_s)`, the first sum a running total over the senders (one add per sender), the
+    /// second a product over the few kept senders: a small circuit's pass costs about a plain
+    /// forward.
     fn masked_residual(
         &self,
         model: &HookedTransformer,
@@ -581,14 +597,42 @@ impl EdgeGraph {
             if g.layer < start_layer {
                 return Err(Error::Input(format!("edges into `{}` are patched, but the pass starts at block {start_layer}", g.point)));
             }
+            // Fewer kept senders than removed ones: start from the ablated sum (weights -kept).
+            let kept = w.f_neg()?.f_add_scalar(1.0)?;
+            // The running total holds every sender before the group when its hook fires (an MLP
+            // beside its attention, in parallel blocks, reads fewer).
+            let whole_prefix = match g.point {
+                HookPoint::Block(_, BlockSite::MlpIn) => g.n_senders == self.sender_index(Sender::Mlp { layer: g.layer }),
+                _ => true,
+            };
+            let kept_used = if sums.is_none() && whole_prefix { nonzero(&kept)? } else { used.clone() };
+            let (w, dw, differ, used, from_ablated) = if kept_used.len() < used.len() {
+                let minus = kept.f_neg()?;
+                (minus.shallow_clone(), minus, kept_used.clone(), kept_used, true)
+            } else {
+                (w, dw, differ, used, false)
+            };
             let live: Vec<i64> = used.into_iter().filter(|s| *s as usize >= first_live).collect();
+            // Without `sums`, live slots hold ablated - current: the stored differences are read
+            // only for the senders before the pass.
+            let differ = if sums.is_none() { differ.into_iter().filter(|s| (*s as usize) < first_live).collect() } else { differ };
             for s in &live {
                 needed[*s as usize] = true;
             }
-            active.push(PatchedGroup { group: gi, removed: w, extra: dw, differ, live });
+            active.push(PatchedGroup { group: gi, removed: w, extra: dw, differ, live, from_ablated });
         }
+        // The running total `sum_s (ablated_s - current_s)` over the senders computed so far
+        // [V, B, P, D], for the groups that start from the ablated sum: the senders before the
+        // pass are added now, each later one when its hook fires.
+        let total = if active.iter().any(|g| g.from_ablated) {
+            let before = acts.ablated.f_narrow(0, 0, first_live as i64)?.f_sub(&acts.clean.f_narrow(0, 0, first_live as i64)?)?.f_sum_dim_intlist([0i64].as_slice(), false, kind)?;
+            Some(before.f_unsqueeze(0)?.f_repeat([v, 1, 1, 1])?)
+        } else {
+            None
+        };
         // Senders computed in this pass whose output some patched edge reads get a slot, in sender
-        // order, of `live` [V, slots, B, P, D] holding clean - current; a group's live senders lie
+        // order, of `live` [V, slots, B, P, D] holding `reference` - current (the clean outputs
+        // with `sums`, else the ablated ones); a group's live senders lie
         // in a prefix of the slots.
         let slot_of: Vec<Option<i64>> = {
             let mut next = 0;
@@ -602,25 +646,55 @@ impl EdgeGraph {
         // the other positions are never read.
         let last = self.n_layers - 1;
         let row_of = |l: usize| rows.filter(|_| l == last).map(|r| r.f_narrow(0, 0, b)).transpose();
+        let reference = if sums.is_some() { &acts.clean } else { &acts.ablated };
         let mut hooks = Hooks::new();
+        if let Some(total) = &total {
+            for l in start_layer..self.n_layers {
+                let first = self.sender_index(Sender::Head { layer: l, head: 0 }) as i64;
+                let mut add = |point: HookPoint, first: i64, n: i64| -> Result<()> {
+                    // [B, P, D] the ablated outputs of these senders, summed
+                    let ablated = acts.ablated.f_narrow(0, first, n)?.f_sum_dim_intlist([0i64].as_slice(), false, kind)?;
+                    let (mut total, row) = (total.shallow_clone(), row_of(l)?);
+                    hooks = std::mem::take(&mut hooks).add(point, move |x, _| {
+                        // x [V * B, P, H, D] (heads) or [V * B, P, D]: current outputs, summed
+                        let out = if x.dim() == 4 { x.f_view([v, b, x.size()[1], -1, d])?.f_sum_dim_intlist([3i64].as_slice(), false, kind)? } else { x.f_view([v, b, -1, d])? };
+                        match &row {
+                            None => {
+                                let _ = total.f_add_(&ablated.f_unsqueeze(0)?.f_sub(&out)?)?;
+                            }
+                            Some(row) => {
+                                let at = row.f_view([1, b, 1, 1])?.f_expand([v, b, 1, d], false)?;
+                                let _ = total.f_scatter_add_(2, &at, &at_rows(&ablated, row)?.f_unsqueeze(0)?.f_sub(&out)?)?;
+                            }
+                        }
+                        Ok(None)
+                    });
+                    Ok(())
+                };
+                add(HookPoint::block(l, BlockSite::Result), first, self.n_heads)?;
+                if self.has_mlp {
+                    add(HookPoint::block(l, BlockSite::MlpOut), first + self.n_heads, 1)?;
+                }
+            }
+        }
         for l in start_layer..self.n_layers {
             let heads: Vec<(i64, i64)> = (0..self.n_heads).filter_map(|h| slot_of[self.sender_index(Sender::Head { layer: l, head: h })].map(|s| (h, s))).collect();
             if let Some(&(_, first_slot)) = heads.first() {
                 let live = live.shallow_clone();
                 let idx = on(&heads.iter().map(|(h, _)| *h).collect::<Vec<_>>())?;
-                let clean = acts.clean.f_index_select(0, &on(&heads.iter().map(|(h, _)| self.sender_index(Sender::Head { layer: l, head: *h }) as i64).collect::<Vec<_>>())?)?;
+                let from = reference.f_index_select(0, &on(&heads.iter().map(|(h, _)| self.sender_index(Sender::Head { layer: l, head: *h }) as i64).collect::<Vec<_>>())?)?;
                 let row = row_of(l)?;
                 hooks = hooks.add(HookPoint::block(l, BlockSite::Result), move |x, _| {
                     // x [V * B, P, H, D] -> the needed heads [V, k, B, P, D] (consecutive slots)
                     let out = x.f_view([v, b, x.size()[1], -1, d])?.f_index_select(3, &idx)?.f_permute([0, 3, 1, 2, 4])?;
                     let mut slots = live.f_narrow(1, first_slot, idx.size()[0])?;
                     match &row {
-                        None => slots.f_copy_(&clean.f_unsqueeze(0)?.f_sub(&out)?)?,
+                        None => slots.f_copy_(&from.f_unsqueeze(0)?.f_sub(&out)?)?,
                         Some(row) => {
                             let k = idx.size()[0];
-                            let clean = senders_at_rows(&clean, row)?; // [k, B, 1, D]
+                            let from = senders_at_rows(&from, row)?; // [k, B, 1, D]
                             let at = row.f_view([1, 1, b, 1, 1])?.f_expand([v, k, b, 1, d], false)?;
-                            let _ = slots.f_scatter_(3, &at, &clean.f_unsqueeze(0)?.f_sub(&out)?)?;
+                            let _ = slots.f_scatter_(3, &at, &from.f_unsqueeze(0)?.f_sub(&out)?)?;
                         }
                     }
                     Ok(None)
@@ -630,16 +704,16 @@ impl EdgeGraph {
                 let sender = self.sender_index(Sender::Mlp { layer: l });
                 if let Some(slot) = slot_of[sender] {
                     let live = live.shallow_clone();
-                    let clean = acts.clean.f_select(0, sender as i64)?;
+                    let from = reference.f_select(0, sender as i64)?;
                     let row = row_of(l)?;
                     hooks = hooks.add(HookPoint::block(l, BlockSite::MlpOut), move |x, _| {
                         let mut slot = live.f_select(1, slot)?;
                         let out = x.f_view([v, b, -1, d])?;
                         match &row {
-                            None => slot.f_copy_(&clean.f_unsqueeze(0)?.f_sub(&out)?)?,
+                            None => slot.f_copy_(&from.f_unsqueeze(0)?.f_sub(&out)?)?,
                             Some(row) => {
                                 let at = row.f_view([1, b, 1, 1])?.f_expand([v, b, 1, d], false)?;
-                                let _ = slot.f_scatter_(2, &at, &at_rows(&clean, row)?.f_unsqueeze(0)?.f_sub(&out)?)?;
+                                let _ = slot.f_scatter_(2, &at, &at_rows(&from, row)?.f_unsqueeze(0)?.f_sub(&out)?)?;
                             }
                         }
                         Ok(None)
@@ -648,12 +722,12 @@ impl EdgeGraph {
             }
         }
         let bpd = b * p * d;
-        for PatchedGroup { group: gi, removed: w, extra: dw, differ, live: live_senders } in active {
+        for PatchedGroup { group: gi, removed: w, extra: dw, differ, live: live_senders, from_ablated } in active {
             let g = &self.groups[gi];
             let (r, per_head) = (g.n_receivers, g.per_head);
             // delta[v, b, p, r, d]: `sums`' tensor, plus the differing senders' ablated - clean
             // (few are gathered; many take one dense product over the group's senders, the
-            // others weighing 0), plus the live senders' clean - current, computed when the hook
+            // others weighing 0), plus the live senders' slots, filled when their hooks
             // fires (one group's delta alive at a time).
             let n = g.n_senders as i64;
             // Few differing senders are gathered when the hook fires, so that only one group's
@@ -671,11 +745,18 @@ impl EdgeGraph {
                 None
             } else {
                 // Every slot's sender before this group's end (slots are in sender order, so
-                // they are a prefix of `live`, read as a view); weight 0 for those it does not use.
+                // they are a prefix of `live`, read as a view), weight 0 for those it does not
+                // use; or, when it uses few of them, those slots gathered when the hook fires.
                 let prefix: Vec<i64> = slot_senders.iter().copied().take_while(|s| *s < n).collect();
-                Some((w.f_index_select(2, &on(&prefix)?)?, prefix.len() as i64))
+                if live_senders.len() * 4 <= prefix.len() {
+                    let slots: Vec<i64> = live_senders.iter().filter_map(|s| slot_of[*s as usize]).collect();
+                    Some((w.f_index_select(2, &on(&live_senders)?)?, Slots::Gather(on(&slots)?)))
+                } else {
+                    Some((w.f_index_select(2, &on(&prefix)?)?, Slots::Prefix(prefix.len() as i64)))
+                }
             };
             let base = sums.and_then(|s| s.sums[gi].as_ref()).map(|t| t.shallow_clone());
+            let start = if from_ablated { total.as_ref().map(|t| t.shallow_clone()) } else { None };
             let live = live.shallow_clone();
             // The MLP's and the logits' inputs of a last block run at `rows`.
             let row = match g.point {
@@ -692,10 +773,13 @@ impl EdgeGraph {
                     };
                     delta = Some(weights.f_reshape([v * r, k])?.f_matmul(&values.f_reshape([k, bpd])?)?.f_view([v, r, bpd])?);
                 }
-                if let Some((weights, k)) = &current {
-                    // A view of the first k slots (no copy: bmm takes the batch stride as it is).
-                    let slots = live.size()[1];
-                    let t = weights.f_bmm(&live.f_view([v, slots, bpd])?.f_narrow(1, 0, *k)?)?;
+                if let Some((weights, slots)) = &current {
+                    let all = live.f_view([v, live.size()[1], bpd])?;
+                    let t = match slots {
+                        // A view of the first k slots (no copy: bmm takes the batch stride as it is).
+                        Slots::Prefix(k) => weights.f_bmm(&all.f_narrow(1, 0, *k)?)?,
+                        Slots::Gather(idx) => weights.f_bmm(&all.f_index_select(1, idx)?)?,
+                    };
                     delta = Some(match delta {
                         Some(dl) => dl.f_add(&t)?,
                         None => t,
@@ -713,6 +797,15 @@ impl EdgeGraph {
                     total = Some(match total {
                         Some(t) => t.f_add(&base)?,
                         None => base,
+                    });
+                }
+                if let Some(start) = &start {
+                    // The running total as it stands now: [V * B, P, (1,) D]
+                    let start = start.f_view([v * b, p, d])?;
+                    let start = if per_head { start.f_unsqueeze(2)? } else { start };
+                    total = Some(match total {
+                        Some(t) => t.f_add(&start)?,
+                        None => start,
                     });
                 }
                 let total = total.ok_or("a patched group with nothing to add")?;
@@ -810,6 +903,19 @@ mod tests {
                 let at_one = graph.masked_residual(&model, &acts, &mask, start, Some(&sums), Some(&rows))?;
                 let err = at_rows(&plain, &rows)?.f_sub(&at_one)?.f_abs()?.f_max()?.f_double_value(&[])?;
                 assert!(err < 1e-4, "{family} from block {start}, last block at one position: {err}");
+                // A small circuit (a few kept edges per patched group) starts from the ablated
+                // sum; the same circuit patched edge by edge from the clean run (`sums` of no
+                // removed edges) gives the same residual.
+                let small: Vec<bool> = (0..n).map(|e| e < first || e * 7919 % 17 == 0).collect();
+                let none_removed = RemovedSums::new(&graph, &acts, &vec![true; n])?;
+                let smaller: Vec<bool> = (0..n).map(|e| e < first || e * 7919 % 29 == 0).collect();
+                let mask = Tensor::f_stack(&[graph.mask_of(&small)?, graph.mask_of(&smaller)?], 0)?;
+                for rows in [None, Some(Tensor::f_from_slice(&[4i64, 2, 0])?.f_repeat([2])?)] {
+                    let from_ablated = graph.masked_residual(&model, &acts, &mask, start, None, rows.as_ref())?;
+                    let from_clean = graph.masked_residual(&model, &acts, &mask, start, Some(&none_removed), rows.as_ref())?;
+                    let err = from_ablated.f_sub(&from_clean)?.f_abs()?.f_max()?.f_double_value(&[])?;
+                    assert!(err < 1e-4, "{family} from block {start}, a small circuit (rows {}): {err}", rows.is_some());
+                }
                 let b = acts.tokens.size()[0];
                 let moved = plain.f_narrow(0, 0, b)?.f_sub(&plain.f_narrow(0, 3 * b, b)?)?.f_abs()?.f_max()?.f_double_value(&[])?;
                 assert!(moved > 1e-3, "{family}: the removals change nothing ({moved})");

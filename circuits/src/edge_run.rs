@@ -29,6 +29,8 @@ pub struct EdgeRun<'a> {
     whole: Option<EdgeActivations>,
     /// Advanced by one per prompt a forward pass covers (three per gradient pass).
     progress: indicatif::ProgressBar,
+    /// The metric with every edge and with no edge, measured once.
+    endpoints: std::cell::OnceCell<(f64, f64)>,
 }
 
 impl<'a> EdgeRun<'a> {
@@ -42,7 +44,7 @@ impl<'a> EdgeRun<'a> {
             Ablation::Mean => Some(graph.mean_outputs(model, prompts, chunk)?),
             _ => None,
         };
-        let mut run = EdgeRun { model, graph, prompts, ablation, budget, costs, chunk, mean, whole: None, progress: indicatif::ProgressBar::hidden() };
+        let mut run = EdgeRun { model, graph, prompts, ablation, budget, costs, chunk, mean, whole: None, progress: indicatif::ProgressBar::hidden(), endpoints: std::cell::OnceCell::new() };
         if chunk == prompts.len() {
             run.whole = Some(run.activations(prompts)?);
         }
@@ -66,9 +68,10 @@ impl<'a> EdgeRun<'a> {
         3 * passes * self.prompts.len() as u64
     }
 
-    /// The work [`EdgeRun::faithfulness`] of `n_masks` edge sets reports.
+    /// The work [`EdgeRun::faithfulness`] of `n_masks` edge sets reports, beside the full and
+    /// the empty circuit's (`faithfulness_work(2)`, once per run).
     pub fn faithfulness_work(&self, n_masks: usize) -> u64 {
-        (n_masks as u64 + 2) * self.prompts.len() as u64
+        n_masks as u64 * self.prompts.len() as u64
     }
 
     /// Prompts whose activations are held at once.
@@ -143,14 +146,48 @@ impl<'a> EdgeRun<'a> {
 
     /// Faithfulness of each edge set in `masks` [V, E]: (m(circuit) - m(no edges)) /
     /// (m(all edges) - m(no edges)); 1 = the circuit alone does what the model does.
+    ///
+    /// Each distinct edge set is measured once; the full and the empty circuit once per run.
     pub fn faithfulness(&self, masks: &Tensor) -> Result<Vec<f64>> {
         let e = self.graph.n_edges() as i64;
         let cpu = (Kind::Float, Device::Cpu);
-        let all = Tensor::f_cat(&[Tensor::f_ones([1, e], cpu)?, Tensor::f_zeros([1, e], cpu)?, masks.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?], 0)?;
-        let m = self.circuit_metrics(&all)?;
-        let (full, empty) = (m[0], m[1]);
-        check_gap(&self.prompts.metric, full, empty)?;
-        Ok(m[2..].iter().map(|x| (x - empty) / (full - empty)).collect())
+        let (full, empty) = match self.endpoints.get() {
+            Some(m) => *m,
+            None => {
+                let m = self.circuit_metrics(&Tensor::f_cat(&[Tensor::f_ones([1, e], cpu)?, Tensor::f_zeros([1, e], cpu)?], 0)?)?;
+                check_gap(&self.prompts.metric, m[0], m[1])?;
+                *self.endpoints.get_or_init(|| (m[0], m[1]))
+            }
+        };
+        let masks = masks.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?.f_contiguous()?;
+        let values = Vec::<f32>::try_from(masks.f_flatten(0, -1)?)?;
+        // Which measured set each row is: 0 every edge, 1 none, 2.. the distinct others.
+        let mut first_of: std::collections::HashMap<Vec<u32>, usize> = std::collections::HashMap::new();
+        let (mut distinct, mut which) = (Vec::new(), Vec::new());
+        for (i, row) in values.chunks(e.max(1) as usize).enumerate() {
+            let key: Vec<u32> = row.iter().map(|x| x.to_bits()).collect();
+            which.push(if row.iter().all(|x| *x == 1.0) {
+                0
+            } else if row.iter().all(|x| *x == 0.0) {
+                1
+            } else {
+                *first_of.entry(key).or_insert_with(|| (distinct.push(i as i64), distinct.len() + 1).1)
+            });
+        }
+        let measured = match distinct.is_empty() {
+            true => vec![],
+            false => self.circuit_metrics(&masks.f_index_select(0, &Tensor::f_from_slice(&distinct)?)?)?,
+        };
+        // The work `faithfulness_work` counted for the sets not measured again.
+        self.progress.inc((which.len() - distinct.len()) as u64 * self.prompts.len() as u64);
+        Ok(which
+            .iter()
+            .map(|&k| match k {
+                0 => 1.0,
+                1 => 0.0,
+                k => (measured[k - 2] - empty) / (full - empty),
+            })
+            .collect())
     }
 
     /// The activations of the whole set, for ACDC, which tests every edge on every prompt: an

@@ -85,7 +85,8 @@ pub struct EdgeScores {
     pub scores: Vec<f64>,
     /// Edge indices, largest |score| first.
     pub order: Vec<usize>,
-    /// Faithfulness of the top-k circuit for each of [`CircuitDiscovery::counts`].
+    /// Faithfulness of the top-k circuit by |score| for each of [`CircuitDiscovery::counts`],
+    /// pruned as MIB prunes (at MIB's budgets these are the circuits of its CMD).
     pub faithfulness: Vec<f64>,
     /// MIB's scores of the method: faithfulness at [`crate::MIB_FRACTIONS`] of the edges by
     /// signed and by absolute score, CPR and CMD.
@@ -113,15 +114,20 @@ impl MibScores {
     pub fn measure(run: &EdgeRun, graph: &EdgeGraph, scores: &Tensor) -> Result<MibScores> {
         let counts = mib_counts(scores.size()[0] as usize);
         let both = Tensor::f_cat(&[top_k_masks(scores, &counts, false)?, top_k_masks(scores, &counts, true)?], 0)?;
-        let mut keep: Vec<bool> = Vec::<f32>::try_from(both.f_flatten(0, -1)?)?.into_iter().map(|m| m > 0.5).collect();
-        for row in keep.chunks_mut(graph.n_edges()) {
-            mib_prune(graph, row);
-        }
-        let both = Tensor::f_from_slice(&keep.iter().map(|&k| f32::from(u8::from(k))).collect::<Vec<f32>>())?.f_view([-1, graph.n_edges() as i64])?;
-        let f = run.faithfulness(&both)?;
+        let f = run.faithfulness(&pruned(graph, &both)?)?;
         let (signed, absolute) = (f[..counts.len()].to_vec(), f[counts.len()..].to_vec());
         Ok(MibScores { cpr: cpr(&signed)?, cmd: cmd(&absolute)?, signed, absolute })
     }
+}
+
+/// Edge sets `masks` [V, E] (1 keeps) pruned to what is connected, as MIB prunes a circuit
+/// before it measures one (see [`mib_prune`]).
+fn pruned(graph: &EdgeGraph, masks: &Tensor) -> Result<Tensor> {
+    let mut keep: Vec<bool> = Vec::<f32>::try_from(masks.f_flatten(0, -1)?)?.into_iter().map(|m| m > 0.5).collect();
+    for row in keep.chunks_mut(graph.n_edges()) {
+        mib_prune(graph, row);
+    }
+    Ok(Tensor::f_from_slice(&keep.iter().map(|&k| f32::from(u8::from(k))).collect::<Vec<f32>>())?.f_view([-1, graph.n_edges() as i64])?)
 }
 
 /// ACDC's circuit at the chosen tau, and the faithfulness of its runs at other taus.
@@ -159,7 +165,7 @@ pub struct CircuitDiscovery {
     pub clean: f64,
     /// The metric on the corrupted prompts.
     pub corrupted: f64,
-    /// Edge counts of the faithfulness curves: 1, 2, 3, 5, 8, ... up to every edge.
+    /// Edge counts of the faithfulness curves (MIB's budgets, and 1, 2, 3, 5, ... below them).
     pub counts: Vec<usize>,
     /// EAP, then EAP-IG.
     pub methods: Vec<EdgeScores>,
@@ -167,19 +173,22 @@ pub struct CircuitDiscovery {
     pub acdc: Option<AcdcRuns>,
 }
 
-/// Edge counts for the faithfulness curves: 1, 2, 3, 5, 8, ... (x1.5; x2 beyond 2,000 edges)
-/// up to every edge.
+/// Edge counts for the faithfulness curves: MIB's budgets (see [`mib_counts`]), whose circuits
+/// MIB's CMD measures too, and below and between them 1, 2, 3, 5, 8, ... (x1.5) up to 2,000
+/// edges, or 1, 2, 4, 8, ... below MIB's smallest budget in larger graphs.
 fn edge_counts(n: usize) -> Vec<usize> {
+    let mib = mib_counts(n);
+    let limit = if n > 2000 { mib.iter().copied().find(|k| *k > 0).unwrap_or(n) } else { n };
     let step = if n > 2000 { 2.0 } else { 1.5 };
-    let mut out = vec![];
+    let mut out = mib;
     let mut k = 1.0f64;
-    while (k as usize) < n {
-        if out.last() != Some(&(k as usize)) {
-            out.push(k as usize);
-        }
+    while (k as usize) < limit {
+        out.push(k as usize);
         k *= step;
     }
-    out.push(n);
+    out.retain(|k| *k > 0);
+    out.sort_unstable();
+    out.dedup();
     out
 }
 
@@ -199,7 +208,7 @@ pub fn circuit_discovery(model: &HookedTransformer, prompts: &TaskPrompts, name:
     let methods_run = if cfg.attribution { vec![AttributionMethod::Eap, AttributionMethod::EapIg { steps: cfg.steps.max(1) }] } else { vec![] };
     // One bar over every attribution and faithfulness pass, by forward passes.
     let curves = run.faithfulness_work(counts.len()) + run.faithfulness_work(2 * MIB_FRACTIONS.len());
-    let work = methods_run.iter().map(|m| run.attribution_work(*m) + curves).sum();
+    let work = methods_run.iter().map(|m| run.attribution_work(*m) + curves).sum::<u64>() + if methods_run.is_empty() { 0 } else { run.faithfulness_work(2) };
     let bar = interp_core::train::work_bar(work, cfg.progress && work > 0);
     let run = run.with_progress(bar.clone());
     for method in methods_run {
@@ -207,7 +216,7 @@ pub fn circuit_discovery(model: &HookedTransformer, prompts: &TaskPrompts, name:
         let t0 = std::time::Instant::now();
         let scores = run.attribution(method)?;
         let seconds = t0.elapsed().as_secs_f64();
-        let faithfulness = run.faithfulness(&top_k_masks(&scores, &counts, true)?)?;
+        let faithfulness = run.faithfulness(&pruned(&graph, &top_k_masks(&scores, &counts, true)?)?)?;
         let mib = MibScores::measure(&run, &graph, &scores)?;
         let scores = Vec::<f64>::try_from(&scores.f_to_kind(Kind::Double)?)?;
         let mut order: Vec<usize> = (0..scores.len()).collect();
@@ -297,8 +306,8 @@ impl CircuitDiscovery {
         format!("{:?}", self.config.ablation).to_lowercase()
     }
 
-    /// The EAP-IG circuit: its kept edges and faithfulness (the fewest top edges that reach
-    /// `target_faithfulness`, or all of them).
+    /// The EAP-IG circuit: its kept edges, their number and its faithfulness (the fewest top
+    /// edges that reach `target_faithfulness`, or all of them, pruned as MIB prunes).
     pub fn eap_ig_circuit(&self) -> Result<(Vec<bool>, usize, f64)> {
         let ig = self.methods.last().ok_or_else(|| Error::Input("no EAP-IG scores".into()))?;
         let at = ig.faithfulness.iter().position(|v| *v >= self.config.target_faithfulness).unwrap_or(self.counts.len() - 1);
@@ -306,7 +315,9 @@ impl CircuitDiscovery {
         for i in &ig.order[..self.counts[at]] {
             kept[*i] = true;
         }
-        Ok((kept, self.counts[at], ig.faithfulness[at]))
+        mib_prune(&self.graph, &mut kept);
+        let n = kept.iter().filter(|k| **k).count();
+        Ok((kept, n, ig.faithfulness[at]))
     }
 
     /// The kept edges of a circuit as JSON: nodes, edges with their weights, and `info`.
