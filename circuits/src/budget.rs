@@ -77,6 +77,20 @@ impl MemoryBudget {
         }
     }
 
+    /// Causal tracing of one prompt of `positions` tokens with `samples` noise samples: what it
+    /// holds throughout (the clean activations, and the corrupted run's residuals, keys, values
+    /// and MLP outputs), and what one restored variant (its samples' rows) adds to a forward:
+    /// one block's transients, the keys and values it reads, and the logits at the last position.
+    pub fn trace_costs(model: &HookedTransformer, positions: i64, samples: i64) -> (u64, u64) {
+        let c = &model.cfg;
+        let elem = model.kind().elt_size_in_bytes() as u64;
+        let (p, d, h, l, s) = (positions as u64, c.d_model as u64, c.n_heads as u64, c.n_layers as u64, samples as u64);
+        let (kv, d_mlp, v) = ((c.n_kv_heads * c.d_head) as u64, if c.attn_only { 0 } else { c.d_mlp as u64 }, c.d_vocab_out as u64);
+        let fixed = (3 * l * p * d + s * l * p * (2 * d + 2 * kv) + s * v) * elem;
+        let row = (p * (12 * d + 2 * h * p + 4 * d_mlp) + 2 * l * p * kv) * elem + v * (elem + 16);
+        (fixed, s * row)
+    }
+
     /// How many rows fit when `fixed` bytes are held already and each row costs `per_row`;
     /// an error (with the smallest budget that works) if not even one.
     pub fn rows(&self, fixed: u64, per_row: u64, what: &str) -> Result<i64> {

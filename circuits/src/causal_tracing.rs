@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use interp_core::{BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks};
+use interp_core::{BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks, KvCache};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -191,18 +191,22 @@ struct Tracer<'a> {
     model: &'a HookedTransformer,
     tokens: Tensor,
     answer: i64,
-    /// [S, P, D] corrupted token embeddings.
-    corrupt_embed: Tensor,
     /// Clean activations [L, P, D] per site.
     clean: [Tensor; 3],
-    /// Corrupted MLP outputs [S, L, P, D] (for the severed variant).
+    /// The corrupted run ([S] noise samples): the residual entering each block [L, S, P, D],
+    /// every layer's keys and values, the MLP outputs [S, L, P, D] (for the severed variant),
+    /// and the answer's probability (mean over samples).
+    corrupt_resid: Tensor,
+    corrupt_kv: KvCache,
     corrupt_mlp: Option<Tensor>,
+    p_corrupt: f64,
     max_rows: i64,
     forwards: usize,
 }
 
 impl<'a> Tracer<'a> {
-    fn new(model: &'a HookedTransformer, prompt: &TracePrompt, corruption: &Corruption, max_rows: i64) -> Result<Tracer<'a>> {
+    /// The clean activations and the corrupted run (keeping its MLP outputs with `keep_mlp`).
+    fn new(model: &'a HookedTransformer, prompt: &TracePrompt, corruption: &Corruption, max_rows: i64, keep_mlp: bool) -> Result<Tracer<'a>> {
         let c = &model.cfg;
         let p = prompt.tokens.len() as i64;
         if let Some(&id) = prompt.tokens.iter().find(|t| !(0..c.d_vocab).contains(*t)) {
@@ -252,87 +256,116 @@ impl<'a> Tracer<'a> {
             Ok(Tensor::f_stack(&layers, 0)?)
         };
         let clean = [stack(BlockSite::ResidPost)?, stack(BlockSite::MlpOut)?, stack(BlockSite::AttnOut)?];
-        Ok(Tracer { model, tokens, answer: prompt.answer, corrupt_embed, clean, corrupt_mlp: None, max_rows, forwards: 0 })
+
+        // The corrupted run, whose residuals, keys and values every restored run starts from.
+        let s = corrupt_embed.size()[0];
+        let batch = tokens.f_expand([s, p], false)?;
+        let mut corrupt_kv = KvCache::new(c.n_layers);
+        let mut names = vec!["blocks.*.hook_resid_pre"];
+        if keep_mlp && !c.attn_only {
+            names.push("blocks.*.hook_mlp_out");
+        }
+        let out = model
+            .runner(&batch)
+            .hooks(Hooks::new().add("hook_embed", |_, _| Ok(Some(corrupt_embed.shallow_clone()))))
+            .cache(CacheSpec::names(names))
+            .kv_cache(&mut corrupt_kv)
+            .stop_at_layer(c.n_layers)
+            .run()?;
+        let cache = out.cache.ok_or_else(|| Error::Input("the corrupted run cached nothing".into()))?;
+        let per_layer = |site: BlockSite, dim: i64| -> Result<Tensor> {
+            let layers: Vec<Tensor> = (0..c.n_layers).map(|l| Ok(cache.get(HookPoint::block(l, site))?.shallow_clone())).collect::<Result<_>>()?;
+            Ok(Tensor::f_stack(&layers, dim)?)
+        };
+        let corrupt_resid = per_layer(BlockSite::ResidPre, 0)?;
+        let corrupt_mlp = if keep_mlp && !c.attn_only { Some(per_layer(BlockSite::MlpOut, 1)?) } else { None };
+        let p_corrupt = answer_probability(&last_logits(model, &out.output)?, prompt.answer)?.f_mean(Kind::Double)?.f_double_value(&[])?;
+        Ok(Tracer { model, tokens, answer: prompt.answer, clean, corrupt_resid, corrupt_kv, corrupt_mlp, p_corrupt, max_rows, forwards: 1 })
     }
 
     fn samples(&self) -> i64 {
-        self.corrupt_embed.size()[0]
+        self.corrupt_resid.size()[1]
     }
 
-    /// The corrupted run: the answer's probability, and the MLP outputs kept for severing.
-    fn corrupted(&mut self, keep_mlp: bool) -> Result<f64> {
-        let c = &self.model.cfg;
-        let s = self.samples();
-        let tokens = self.tokens.f_expand([s, self.tokens.size()[1]], false)?;
-        let embed = &self.corrupt_embed;
-        let mut runner = self.model.runner(&tokens).hooks(Hooks::new().add("hook_embed", |_, _| Ok(Some(embed.shallow_clone()))));
-        if keep_mlp && !c.attn_only {
-            runner = runner.cache(CacheSpec::names(["blocks.*.hook_mlp_out"]));
-        }
-        let out = runner.run()?;
-        self.forwards += 1;
-        if let Some(cache) = out.cache {
-            let layers: Vec<Tensor> = (0..c.n_layers).map(|l| Ok(cache.get(HookPoint::block(l, BlockSite::MlpOut))?.shallow_clone())).collect::<Result<_>>()?;
-            self.corrupt_mlp = Some(Tensor::f_stack(&layers, 1)?);
-        }
-        let p = self.answer_probability(&out.output)?;
-        Ok(p.f_mean(Kind::Double)?.f_double_value(&[])?)
-    }
-
-    fn answer_probability(&self, logits: &Tensor) -> Result<Tensor> {
-        Ok(logits.f_select(1, -1)?.f_to_kind(Kind::Double)?.f_softmax(-1, Kind::Double)?.f_select(1, self.answer)?)
-    }
-
-    /// Probability of the answer for each variant, averaged over noise samples.
+    /// Probability of the answer for each variant, averaged over noise samples. A variant runs
+    /// from the first block and position it restores or freezes: before them it is the corrupted
+    /// run (causal attention), whose residual, keys and values it starts from; only the last
+    /// position is unembedded.
     fn run(&mut self, variants: &[Variant]) -> Result<Vec<f64>> {
         let c = &self.model.cfg;
         let (s, p, d) = (self.samples(), self.tokens.size()[1], c.d_model);
         let per = (self.max_rows / s).max(1) as usize;
-        let mut out = Vec::with_capacity(variants.len());
-        for chunk in variants.chunks(per) {
-            let v = chunk.len() as i64;
-            let tokens = self.tokens.f_expand([v * s, p], false)?;
-            let embed = self.corrupt_embed.f_repeat([v, 1, 1])?;
-            let mut hooks = Hooks::new().add("hook_embed", move |_, _| Ok(Some(embed.shallow_clone())));
-            for l in 0..c.n_layers {
-                for (site, point) in [(Site::Resid, BlockSite::ResidPost), (Site::Mlp, BlockSite::MlpOut), (Site::Attn, BlockSite::AttnOut)] {
-                    if site == Site::Mlp && c.attn_only {
-                        continue;
-                    }
-                    let restore = row_mask(chunk, p, |var| var.restore.iter().filter(|r| r.0 == site && r.2 == l).map(|r| r.1).collect())?;
-                    let freeze = if site == Site::Mlp {
-                        row_mask(chunk, p, |var| var.freeze.iter().filter(|f| f.1 == l).map(|f| f.0).collect())?
-                    } else {
-                        None
-                    };
-                    if restore.is_none() && freeze.is_none() {
-                        continue;
-                    }
-                    let clean = self.clean[site as usize].f_select(0, l as i64)?; // [P, D]
-                    let frozen = match (&freeze, &self.corrupt_mlp) {
-                        (Some(_), Some(m)) => Some(m.f_select(1, l as i64)?.f_unsqueeze(0)?), // [1, S, P, D]
-                        (Some(_), None) => return Err(Error::Input("severed MLPs need the corrupted run's MLP outputs".into())),
-                        _ => None,
-                    };
-                    hooks = hooks.add(HookPoint::block(l, point), move |x, _| {
-                        let mut y = x.f_view([v, s, p, d])?;
-                        if let Some(m) = &restore {
-                            y = clean.f_expand_as(&y)?.f_where_self(m, &y)?;
+        let mut out = vec![self.p_corrupt; variants.len()];
+        let mut groups: std::collections::BTreeMap<(usize, usize), Vec<usize>> = std::collections::BTreeMap::new();
+        for (i, var) in variants.iter().enumerate() {
+            let layer = var.restore.iter().map(|r| r.2).chain(var.freeze.iter().map(|f| f.1)).min();
+            let pos = var.restore.iter().map(|r| r.1).chain(var.freeze.iter().map(|f| f.0)).min();
+            if let (Some(layer), Some(pos)) = (layer, pos) {
+                groups.entry((layer, pos)).or_default().push(i);
+            }
+        }
+        for ((start, first), members) in groups {
+            let n = p - first as i64; // positions run
+            for ids in members.chunks(per) {
+                let chunk: Vec<Variant> = ids.iter().map(|&i| variants[i].clone()).collect();
+                let v = chunk.len() as i64;
+                let mut hooks = Hooks::new();
+                for l in start..c.n_layers {
+                    for (site, point) in [(Site::Resid, BlockSite::ResidPost), (Site::Mlp, BlockSite::MlpOut), (Site::Attn, BlockSite::AttnOut)] {
+                        if site == Site::Mlp && c.attn_only {
+                            continue;
                         }
-                        if let (Some(m), Some(f)) = (&freeze, &frozen) {
-                            y = f.f_expand_as(&y)?.f_where_self(m, &y)?;
+                        let restore = row_mask(&chunk, n, |var| var.restore.iter().filter(|r| r.0 == site && r.2 == l).map(|r| r.1 - first).collect())?;
+                        let freeze = if site == Site::Mlp {
+                            row_mask(&chunk, n, |var| var.freeze.iter().filter(|f| f.1 == l).map(|f| f.0 - first).collect())?
+                        } else {
+                            None
+                        };
+                        if restore.is_none() && freeze.is_none() {
+                            continue;
                         }
-                        Ok(Some(y.f_reshape([v * s, p, d])?))
-                    });
+                        let clean = self.clean[site as usize].f_select(0, l as i64)?.f_narrow(0, first as i64, n)?; // [n, D]
+                        let frozen = match (&freeze, &self.corrupt_mlp) {
+                            (Some(_), Some(m)) => Some(m.f_select(1, l as i64)?.f_narrow(1, first as i64, n)?.f_unsqueeze(0)?), // [1, S, n, D]
+                            (Some(_), None) => return Err(Error::Input("severed MLPs need the corrupted run's MLP outputs".into())),
+                            _ => None,
+                        };
+                        hooks = hooks.add(HookPoint::block(l, point), move |x, _| {
+                            let mut y = x.f_view([v, s, n, d])?;
+                            if let Some(m) = &restore {
+                                y = clean.f_expand_as(&y)?.f_where_self(m, &y)?;
+                            }
+                            if let (Some(m), Some(f)) = (&freeze, &frozen) {
+                                y = f.f_expand_as(&y)?.f_where_self(m, &y)?;
+                            }
+                            Ok(Some(y.f_reshape([v * s, n, d])?))
+                        });
+                    }
+                }
+                let resid = self.corrupt_resid.f_select(0, start as i64)?.f_narrow(1, first as i64, n)?.f_repeat([v, 1, 1])?;
+                let mut kv = self.corrupt_kv.prefix(first as i64, v)?;
+                let resid = self.model.runner_from_layer(&resid, start).kv_cache(&mut kv).hooks(hooks).stop_at_layer(c.n_layers).run()?.output;
+                let logits = last_logits(self.model, &resid)?;
+                self.forwards += 1;
+                let prob = answer_probability(&logits, self.answer)?.f_view([v, s])?.f_mean_dim(1, false, Kind::Double)?;
+                for (&i, x) in ids.iter().zip(Vec::<f64>::try_from(&prob)?) {
+                    out[i] = x;
                 }
             }
-            let logits = self.model.runner(&tokens).hooks(hooks).run()?.output;
-            self.forwards += 1;
-            let prob = self.answer_probability(&logits)?.f_view([v, s])?.f_mean_dim(1, false, Kind::Double)?;
-            out.extend(Vec::<f64>::try_from(&prob)?);
         }
         Ok(out)
     }
+}
+
+/// Logits [rows, 1, vocab] at the last position of the final residual `resid` [rows, pos, D].
+fn last_logits(model: &HookedTransformer, resid: &Tensor) -> Result<Tensor> {
+    let last = resid.f_narrow(1, resid.size()[1] - 1, 1)?;
+    Ok(model.runner_from_layer(&last, model.cfg.n_layers).run()?.output)
+}
+
+/// The answer's probability at the last position of `logits` [rows, pos, vocab]: [rows] f64.
+fn answer_probability(logits: &Tensor, answer: i64) -> Result<Tensor> {
+    Ok(logits.f_select(1, -1)?.f_to_kind(Kind::Double)?.f_softmax(-1, Kind::Double)?.f_select(1, answer)?)
 }
 
 /// [V, 1, P, 1] true at the positions `pick` returns for each variant; `None` if none anywhere.
@@ -374,10 +407,10 @@ fn window(l: usize, window: usize, n_layers: usize) -> Range<usize> {
 /// windows, and optionally severed MLPs.
 pub fn causal_trace(model: &HookedTransformer, prompt: &TracePrompt, cfg: &TraceConfig) -> Result<CausalTrace> {
     let (p, l) = (prompt.tokens.len(), model.cfg.n_layers);
-    let mut tracer = Tracer::new(model, prompt, &cfg.corruption, cfg.max_rows)?;
-    let p_clean = tracer.answer_probability(&model.forward(&tracer.tokens)?)?.f_double_value(&[0])?;
+    let mut tracer = Tracer::new(model, prompt, &cfg.corruption, cfg.max_rows, cfg.severed_mlp)?;
+    let p_clean = answer_probability(&model.forward(&tracer.tokens)?, prompt.answer)?.f_double_value(&[0])?;
     tracer.forwards += 1;
-    let p_corrupt = tracer.corrupted(cfg.severed_mlp)?;
+    let p_corrupt = tracer.p_corrupt;
     let cells: Vec<(usize, usize)> = (0..p).flat_map(|t| (0..l).map(move |layer| (t, layer))).collect();
     let mut variants = Vec::new();
     for site in [Site::Resid, Site::Mlp, Site::Attn] {
@@ -415,7 +448,7 @@ pub fn restored_probability(model: &HookedTransformer, prompt: &TracePrompt, cor
     if let Some(bad) = cells.iter().find(|(t, layer)| *t >= p || *layer >= l) {
         return Err(Error::Input(format!("cell {bad:?} outside the prompt's {p} positions x {l} layers")));
     }
-    let mut tracer = Tracer::new(model, prompt, corruption, 1 << 16)?;
+    let mut tracer = Tracer::new(model, prompt, corruption, 1 << 16, false)?;
     let restore = cells.iter().map(|&(t, layer)| (Site::Resid, t, layer)).collect();
     Ok(tracer.run(&[Variant { restore, freeze: vec![] }])?[0])
 }

@@ -42,6 +42,17 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// The first `len` positions of every layer's keys and values, the batch tiled `times` over
+    /// (rows `0..b`, then `0..b` again, as `Tensor::repeat` tiles it).
+    pub fn prefix(&self, len: i64, times: i64) -> Result<KvCache> {
+        if !(0..=self.len).contains(&len) || times < 1 {
+            return Err(Error::Input(format!("a prefix of {len} positions, {times} times, of a cache of {}", self.len)));
+        }
+        let cut = |t: &Tensor| -> Result<Tensor> { Ok(t.f_narrow(2, 0, len)?.f_repeat([times, 1, 1, 1])?) };
+        let layers = self.layers.iter().map(|kv| kv.as_ref().map(|(k, v)| Ok((cut(k)?, cut(v)?))).transpose()).collect::<Result<_>>()?;
+        Ok(KvCache { layers, len })
+    }
 }
 
 /// The state of one run: hooks to call, what to cache, what to differentiate.

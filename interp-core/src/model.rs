@@ -9,7 +9,7 @@ use crate::cache::ActivationCache;
 use crate::checkpoint::Checkpoint;
 use crate::config::{Activation, Family, ModelConfig, NormKind, Positional, QkNorm};
 use crate::error::{BoxError, Error, Result};
-use crate::forward::{Input, Run};
+use crate::forward::{Input, KvCache, Run};
 use crate::hook_point::{edit_distance, glob_match, BlockSite, HookPoint};
 use crate::hooks::{CacheSpec, Hooks, NamesFilter};
 use crate::tokenizer::Tokenizer;
@@ -544,11 +544,22 @@ pub struct Runner<'m, 'h> {
     grads: Option<(NamesFilter, Metric<'h>)>,
     autograd: bool,
     last_block_at: Option<&'m Tensor>,
+    kv: Option<&'m mut KvCache>,
 }
 
 impl<'m, 'h> Runner<'m, 'h> {
     fn new(model: &'m HookedTransformer, input: Input<'m>) -> Self {
-        Runner { model, input, hooks: Hooks::new(), cache: None, attention_mask: None, stop_at_layer: None, grads: None, autograd: false, last_block_at: None }
+        Runner { model, input, hooks: Hooks::new(), cache: None, attention_mask: None, stop_at_layer: None, grads: None, autograd: false, last_block_at: None, kv: None }
+    }
+
+    /// Continue after the positions `kv` holds: the input's positions come after them, its
+    /// attention reads their keys and values too, and `kv` gets the input's appended (incremental
+    /// decoding; with [`HookedTransformer::runner_from_layer`], the blocks from that layer read
+    /// `kv`'s layers). Hooks see only the new positions (`HookCtx::pos_offset` says where they
+    /// start).
+    pub fn kv_cache(mut self, kv: &'m mut KvCache) -> Self {
+        self.kv = Some(kv);
+        self
     }
 
     /// Run with these hooks (added to any given before).
@@ -612,10 +623,10 @@ impl<'m, 'h> Runner<'m, 'h> {
         let output = match self.grads {
             None => {
                 let _guard = (!self.autograd).then(tch::no_grad_guard);
-                model.run_forward(&mut run, &self.input, self.attention_mask, self.stop_at_layer, None)?
+                model.run_forward(&mut run, &self.input, self.attention_mask, self.stop_at_layer, self.kv)?
             }
             Some((_, metric)) => {
-                let output = model.run_forward(&mut run, &self.input, self.attention_mask, self.stop_at_layer, None)?;
+                let output = model.run_forward(&mut run, &self.input, self.attention_mask, self.stop_at_layer, self.kv)?;
                 let value = metric(&output).map_err(|e| Error::from_closure(e, Error::Metric))?;
                 if value.numel() != 1 {
                     return Err(Error::Shape { what: "the metric".into(), expected: "a scalar".into(), found: value.size() });

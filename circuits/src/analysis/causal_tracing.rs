@@ -6,6 +6,7 @@ use interp_core::HookedTransformer;
 use tch::Tensor;
 
 use crate::causal_tracing::{causal_trace, estimate_sigma_of, summarize, CausalTrace, Corruption, TraceConfig, TracePrompt, TraceSummary, TOKEN_ROLES};
+use crate::budget::MemoryBudget;
 use crate::chart::{heatmaps, Heatmap};
 use crate::error::{Error, Result};
 use crate::prompts::TaskPrompts;
@@ -29,13 +30,13 @@ pub struct CausalTracingConfig {
     pub charts: usize,
     /// Prompt `i`'s noise is drawn from `seed + i`.
     pub seed: u64,
-    /// Most rows in one forward.
-    pub max_rows: i64,
+    /// Working memory beyond the weights: restored runs per forward are sized to fit.
+    pub budget: MemoryBudget,
 }
 
 impl Default for CausalTracingConfig {
     fn default() -> Self {
-        CausalTracingConfig { samples: 10, scale: 3.0, sigma: None, window: 10, severed: false, charts: 4, seed: 0, max_rows: 4096 }
+        CausalTracingConfig { samples: 10, scale: 3.0, sigma: None, window: 10, severed: false, charts: 4, seed: 0, budget: MemoryBudget::DEFAULT }
     }
 }
 
@@ -89,11 +90,14 @@ pub fn causal_tracing(model: &HookedTransformer, prompts: &[TracePrompt], name: 
     let bar = interp_core::train::progress_bar(prompts.len() as u64, "prompts", true);
     let mut traces = Vec::with_capacity(prompts.len());
     for (i, prompt) in prompts.iter().enumerate() {
+        let samples = cfg.samples.max(1) as i64;
+        let (fixed, per_variant) = MemoryBudget::trace_costs(model, prompt.tokens.len() as i64, samples);
+        let what = format!("causal tracing of prompt {i} ({} tokens, {samples} noise samples)", prompt.tokens.len());
         let trace_cfg = TraceConfig {
             corruption: Corruption::Noise { sigma, scale: cfg.scale, samples: cfg.samples, seed: cfg.seed + i as u64 },
             window: cfg.window,
             severed_mlp: cfg.severed,
-            max_rows: cfg.max_rows,
+            max_rows: samples * cfg.budget.rows(fixed, per_variant, &what)?,
         };
         traces.push(causal_trace(model, prompt, &trace_cfg)?);
         bar.inc(1);

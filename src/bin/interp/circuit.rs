@@ -201,6 +201,10 @@ pub struct TraceArgs {
     /// Heatmaps for this many prompts.
     #[arg(long, default_value_t = CausalTracingConfig::default().charts)]
     pub charts: usize,
+    /// Peak memory in GB (default: the weights plus 3 GB): restored runs per forward are sized
+    /// to stay under it; too small for one prompt's noise samples is an error naming the minimum.
+    #[arg(long)]
+    pub max_memory: Option<f64>,
 }
 
 impl TraceArgs {
@@ -211,8 +215,9 @@ impl TraceArgs {
     }
 }
 
-pub fn trace(task: &TaskArgs, cfg: &CausalTracingConfig) -> Result<()> {
+pub fn trace(task: &TaskArgs, cfg: &CausalTracingConfig, max_memory: Option<f64>) -> Result<()> {
     let s = Setup::new(task)?;
+    let cfg = &CausalTracingConfig { budget: budget(max_memory, &s.model)?, ..cfg.clone() };
     let prompts = match &task.prompts {
         Some(path) => trace_prompts_from_jsonl(path, &s.model)?,
         None => task_trace_prompts(task.task(), &s.pairs(task)?)?,

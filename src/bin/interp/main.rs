@@ -325,7 +325,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Command::Train(args)) => train::train(&args)?,
         Some(Command::Sae(cmd)) => sae::run(cmd)?,
         Some(Command::Patch(args)) => circuit::patch(&args)?,
-        Some(Command::Trace(args)) => circuit::trace(&args.task, &args.config())?,
+        Some(Command::Trace(args)) => circuit::trace(&args.task, &args.config(), args.max_memory)?,
         Some(Command::Acdc(args)) => circuit::discover(&args.eap, args.config(), "ACDC and EAP-IG")?,
         Some(Command::Eap(args)) => circuit::discover(&args, args.config(), "EAP and EAP-IG")?,
         Some(Command::Benchmark(args)) => circuit::benchmark(&args)?,
