@@ -59,12 +59,13 @@ fn acdc_recovers_the_planted_circuit() {
         let wide = acdc(&model, &graph, &acts, &metric, &AcdcConfig { max_variants: 16, ..cfg.clone() }).unwrap();
         assert_eq!(wide.kept, found.kept);
         assert!(wide.n_forwards < found.n_forwards);
-        // Interrupted after its first receiver and resumed from the checkpoint: the same circuit.
+        // Stopped by its time limit after the first test (inside the first receiver) and resumed
+        // from the checkpoint: the same circuit.
         let dir = common::Scratch::new(&format!("acdc-resume-{ablation:?}"));
         let checkpoint = Some(dir.join("acdc.json"));
         let cut = AcdcConfig { checkpoint: checkpoint.clone(), time_limit: Some(std::time::Duration::ZERO), ..cfg.clone() };
         let part = acdc(&model, &graph, &acts, &metric, &cut).unwrap();
-        assert!(!part.finished(&graph) && part.receivers_done == 1);
+        assert_eq!((part.finished(&graph), part.receivers_done, part.tested_in_receiver, part.n_tested), (false, 0, 1, 1));
         let resumed = acdc(&model, &graph, &acts, &metric, &AcdcConfig { checkpoint, ..cfg.clone() }).unwrap();
         assert!(resumed.finished(&graph));
         assert_eq!((&resumed.kept, &resumed.effect), (&found.kept, &found.effect));
@@ -423,11 +424,11 @@ fn approximate_acdc_prunes_by_attribution() {
     let value = graph.masked_metric(&model, &acts, &batch.metric, &mask, 0).unwrap().double_value(&[0]);
     let loss = if batch.metric.lower_is_better() { value } else { -value };
     assert!((loss - approx.circuit_loss).abs() < 1e-4, "{loss} vs {}", approx.circuit_loss);
-    // Interrupted after its first receiver and resumed from the checkpoint: the same circuit.
+    // Stopped by its time limit at once and resumed from the checkpoint: the same circuit.
     let dir = common::Scratch::new("acdc-prune-resume");
     let checkpoint = Some(dir.join("acdc.json"));
     let cut = AcdcConfig { checkpoint: checkpoint.clone(), time_limit: Some(std::time::Duration::ZERO), ..with(0.1) };
-    assert_eq!(acdc(&model, &graph, &acts, &batch.metric, &cut).unwrap().receivers_done, 1);
+    assert!(!acdc(&model, &graph, &acts, &batch.metric, &cut).unwrap().finished(&graph));
     let resumed = acdc(&model, &graph, &acts, &batch.metric, &AcdcConfig { checkpoint, ..with(0.1) }).unwrap();
     assert_eq!((&resumed.kept, resumed.n_pruned), (&approx.kept, approx.n_pruned));
     assert!((resumed.circuit_loss - approx.circuit_loss).abs() < 1e-5);

@@ -95,6 +95,10 @@ pub struct AcdcResult {
     pub forward_equivalents: f64,
     /// Receivers decided (all of them when the run finished), for resuming.
     pub receivers_done: usize,
+    /// Edges into receiver `receivers_done` already tested when a time limit stopped the run
+    /// there, for resuming mid-receiver.
+    #[serde(default)]
+    pub tested_in_receiver: usize,
     /// Edges removed untested because their attribution was below the cut (0 unless
     /// [`AcdcConfig::prune`] asked for it); their `effect` is |score|.
     #[serde(default)]
@@ -238,6 +242,7 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
         n_tested: 0,
         forward_equivalents: 0.0,
         receivers_done: 0,
+        tested_in_receiver: 0,
         n_pruned: 0,
     });
     let mut sums = RemovedSums::new(graph, acts, &state.kept)?;
@@ -258,7 +263,9 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
         }
     };
     // The bar's ETA is by work: a test's cost (in millionths of a full forward) grows with the
-    // blocks after its receiver, so counting edges would underestimate the time left.
+    // blocks after its receiver, so counting edges would underestimate the time left. Work that
+    // turns out not to be needed (edges removed untested) comes off the total instead of
+    // counting as done, so that the rate, and the ETA, are those of tests.
     let test_work = |gi: usize| (cost_fraction(model, test_start(gi), positions) * 1e6).ceil() as u64;
     let receiver_work = |&(gi, _): &(usize, usize)| test_work(gi) * graph.groups[gi].n_senders as u64;
     let bar = interp_core::train::work_bar(receivers.iter().map(receiver_work).sum(), cfg.progress);
@@ -275,18 +282,25 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
     let mut stale = state.receivers_done > 0 && cfg.prune.is_some();
     let mut width = cfg.max_variants;
     let started = std::time::Instant::now();
+    let out_of_time = || cfg.time_limit.is_some_and(|limit| started.elapsed() >= limit);
+    let (resumed_at, resumed_tested) = (state.receivers_done, state.tested_in_receiver);
     for (ri, &(gi, r)) in receivers.iter().enumerate().skip(state.receivers_done) {
+        // Edges of this receiver tested before a time limit stopped the run here.
+        let already = if ri == resumed_at { resumed_tested } else { 0 };
+        let mut stopped = false;
         let g = &graph.groups[gi];
         let first = graph.group_edges(gi).start + r * g.n_senders;
         let incoming: Vec<usize> = (first..first + g.n_senders).rev().collect();
         let receiver = graph.receivers[g.first_receiver + r];
         let nodes = graph.receiver_nodes(receiver);
+        let untested_work;
         if !nodes.is_empty() && nodes.iter().all(|&s| out_kept[s] == 0) {
             for &e in &incoming {
                 state.kept[e] = false;
                 sums.remove(graph, acts, e)?;
                 out_kept[graph.sender_index(graph.edges[e].sender)] -= 1;
             }
+            untested_work = receiver_work(&(gi, r));
         } else {
             let start = test_start(gi);
             let logits_only = start.is_none();
@@ -308,7 +322,8 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
                 Some(p) => incoming.iter().partition(|&&e| p.scores[e].abs() < p.fraction * cfg.tau),
                 None => (Vec::new(), incoming.clone()),
             };
-            if let (Some(p), false) = (&cfg.prune, pruned.is_empty()) {
+            // (A run resumed mid-receiver removed them before it stopped.)
+            if let (Some(p), false, 0) = (&cfg.prune, pruned.is_empty(), already) {
                 for &e in &pruned {
                     state.kept[e] = false;
                     sums.remove(graph, acts, e)?;
@@ -317,14 +332,14 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
                 }
                 state.n_pruned += pruned.len();
                 stale = true;
-                bar.inc(pruned.len() as u64 * test_work(gi));
             }
+            untested_work = pruned.len() as u64 * test_work(gi);
             // The circuit's loss after untested removals, measured once before the next test.
             if stale && !to_test.is_empty() {
                 state.circuit_loss = measure(&[state.kept.clone()], &sums, &mut cost)?[0];
                 stale = false;
             }
-            let mut i = 0;
+            let mut i = already.min(to_test.len());
             while i < to_test.len() {
                 let k = width.min(to_test.len() - i);
                 let mut sets = Vec::with_capacity(k);
@@ -354,19 +369,32 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
                 bar.inc(done as u64 * test_work(gi));
                 bar.set_message(format!("{}/{n} edges", decided + pruned.len() + i + done));
                 i += done;
+                // A time limit stops between forwards; the checkpoint says how far this
+                // receiver's tests got.
+                if i < to_test.len() && out_of_time() {
+                    state.tested_in_receiver = i;
+                    stopped = true;
+                    break;
+                }
             }
         }
-        decided += incoming.len();
-        done_work += receiver_work(&(gi, r));
-        bar.set_position(done_work);
-        bar.set_message(format!("{decided}/{n} edges"));
-        state.receivers_done = ri + 1;
         state.n_forwards += cost.forwards;
         state.n_variants += cost.variants;
         state.forward_equivalents += cost.equivalents;
         cost = Cost::default();
+        if stopped {
+            save(&state)?;
+            break;
+        }
+        decided += incoming.len();
+        bar.set_length(bar.length().unwrap_or(0).saturating_sub(untested_work));
+        done_work += receiver_work(&(gi, r)) - untested_work;
+        bar.set_position(done_work);
+        bar.set_message(format!("{decided}/{n} edges"));
+        state.receivers_done = ri + 1;
+        state.tested_in_receiver = 0;
         save(&state)?;
-        if cfg.time_limit.is_some_and(|limit| started.elapsed() >= limit) {
+        if out_of_time() {
             break;
         }
     }
