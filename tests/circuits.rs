@@ -734,3 +734,30 @@ fn causal_tracing_runs_from_the_corrupted_run() {
     let (none, corrupted) = (restored_probability(&model, &prompt, &explicit(), &[]).unwrap(), direct(&[]));
     assert!((none - corrupted).abs() < 1e-5 && (prob(&clean_logits) - corrupted).abs() > 0.01, "{none} {corrupted}");
 }
+
+#[test]
+fn smollm2_does_ioi_and_its_direct_logit_attributions_add_up() {
+    // The shipped IOI prompts on the real SmolLM2-135M: every one of the first 16 has a positive
+    // logit difference; heads, MLPs, embeddings and biases, each through the final norm's frozen
+    // scale and gain, add up to the logit difference of the logits; some late head is a name
+    // mover (positive direct effect, attending to the indirect object).
+    use circuits::analysis::{behaviour, head_scores};
+    let model = HookedTransformer::from_pretrained_dir(common::repo("models/real/SmolLM2-135M-Instruct.Q4_1.gguf"), Device::Cpu, Kind::Float).unwrap();
+    let dir = common::Scratch::new("ioi-smollm2");
+    let lines = std::fs::read_to_string(common::repo("prompts/smollm2-135m/ioi.jsonl")).unwrap();
+    let path = dir.join("ioi16.jsonl");
+    std::fs::write(&path, lines.lines().take(16).collect::<Vec<_>>().join("\n")).unwrap();
+    let prompts = TaskPrompts::from_jsonl(&path, &model).unwrap();
+    let seen = behaviour(&model, &prompts, "ioi", 8).unwrap();
+    let all = seen.rows.last().unwrap();
+    assert!(all.1 == 16 && all.3 == 1.0 && all.2 > 3.0 && all.4.abs() < 1.0, "{:?}", seen.rows);
+    let heads = head_scores(&model, &prompts, "ioi", false, None).unwrap();
+    let sum = heads.dla.iter().flatten().sum::<f64>() + heads.dla_mlp.iter().sum::<f64>() + heads.dla_rest;
+    assert!((sum - heads.logit_diff).abs() < 1e-3 * heads.logit_diff.abs(), "{sum} vs {}", heads.logit_diff);
+    assert!((heads.logit_diff - all.2).abs() < 1e-4);
+    let movers = heads.name_movers();
+    assert!(movers.iter().any(|(l, _)| *l >= 15), "{movers:?}");
+    for grid in [&heads.attn_io, &heads.attn_s1, &heads.attn_s2, &heads.previous] {
+        assert!(grid.iter().flatten().all(|a| (0.0..=1.0 + 1e-6).contains(a)));
+    }
+}

@@ -1,0 +1,342 @@
+//! What each attention head does on a prompt set with one answer and one wrong token per prompt
+//! (IOI-style: the answer is the indirect object, the wrong token the subject): its direct logit
+//! attribution, where it attends, its activation-patching effect and its attribution-patching
+//! node score, and the roles the IOI paper names, each with the evidence behind it.
+
+use std::collections::BTreeMap;
+
+use interp_core::config::NormKind;
+use interp_core::{CacheSpec, HookPoint, HookedTransformer, NormSite};
+use tch::{Kind, Tensor};
+
+use crate::chart::{heatmaps, Heatmap};
+use crate::edge_graph::{EdgeGraph, Qkv, Receiver, Sender};
+use crate::error::{Error, Result};
+use crate::mib::mib_node_scores;
+use crate::output::Output;
+use crate::patching::{activation_patching, PatchSite};
+use crate::prompts::TaskPrompts;
+use crate::table::Table;
+
+/// A head's score in each role's terms, [layers][heads] each.
+pub struct HeadScores {
+    /// What the prompts are.
+    pub name: String,
+    /// Prompts.
+    pub n_prompts: usize,
+    /// Mean logit(answer) - logit(wrong) at the last position of the clean prompts.
+    pub logit_diff: f64,
+    /// Direct logit attribution of each head's output to the logit difference at the last
+    /// position (the final norm's scale frozen at the clean run's, mean over prompts).
+    pub dla: Vec<Vec<f64>>,
+    /// The same for each MLP.
+    pub dla_mlp: Vec<f64>,
+    /// The embeddings', the attention biases' and the final norm's and unembedding's biases'
+    /// share: with the heads and MLPs it sums to `logit_diff`.
+    pub dla_rest: f64,
+    /// Attention from the last position to the answer token (IO), to the first and to the last
+    /// occurrence of the wrong token (S1, S2), mean over the prompts where they occur.
+    pub attn_io: Vec<Vec<f64>>,
+    /// See `attn_io`.
+    pub attn_s1: Vec<Vec<f64>>,
+    /// See `attn_io`.
+    pub attn_s2: Vec<Vec<f64>>,
+    /// Attention from S2 to S1 (duplicate-token heads).
+    pub duplicate: Vec<Vec<f64>>,
+    /// Attention from S2 to the token after S1 (induction heads).
+    pub induction: Vec<Vec<f64>>,
+    /// Mean attention from each position to the one before (previous-token heads).
+    pub previous: Vec<Vec<f64>>,
+    /// Each head's output (`z`) patched from the clean into the corrupted run: the metric's
+    /// change as a fraction of clean - corrupted (when asked for: one forward per head).
+    pub patching: Option<Vec<Vec<f64>>>,
+    /// The sum of the head's outgoing edge scores (attribution patching's node score), when
+    /// edge scores were given.
+    pub node_score: Option<Vec<Vec<f64>>>,
+    /// The sum of the head's edge scores into name movers' queries (the path through which an
+    /// S-inhibition head acts), when edge scores were given.
+    pub into_name_movers: Option<Vec<Vec<f64>>>,
+}
+
+/// A head's roles, by the rules of [`HeadScores::roles`].
+pub const ROLE_RULES: &str = "name mover: DLA >= 10% of the logit difference and attends more to IO than to S2 from the last \
+     position; negative name mover: DLA <= -10% and attends more to IO; S-inhibition: its EAP-IG edges into name movers' queries \
+     sum to >= 5% of the logit difference; induction: attention from S2 to the token after S1 >= 0.3; duplicate token: attention \
+     from S2 to S1 >= 0.3; previous token: mean attention to the previous position >= 0.3";
+
+/// Positions of a prompt's answer (first occurrence) and wrong token (first and last).
+struct Positions {
+    last: i64,
+    io: Option<i64>,
+    s1: Option<i64>,
+    s2: Option<i64>,
+}
+
+/// Scores every head on `prompts` (one answer and one wrong token each); with `patch`, also
+/// patches each head's `z`. `edges`: EAP-IG (or any attribution) scores of `graph`'s edges on
+/// the same prompts, for the node scores and the paths into name movers.
+pub fn head_scores(model: &HookedTransformer, prompts: &TaskPrompts, name: &str, patch: bool, edges: Option<(&EdgeGraph, &[f64])>) -> Result<HeadScores> {
+    let c = &model.cfg;
+    let n = prompts.len();
+    if prompts.answers.iter().chain(&prompts.wrongs).any(|t| t.len() != 1) {
+        return Err(Error::Input("head roles need one answer and one wrong token per prompt (an IOI-style prompt set)".into()));
+    }
+    let (l_n, h_n) = (c.n_layers, c.n_heads as usize);
+    let tokens: Vec<Vec<i64>> = (0..n).map(|i| Ok(Vec::<i64>::try_from(&prompts.clean.f_get(i as i64)?)?)).collect::<Result<_>>()?;
+    let pos: Vec<Positions> = (0..n)
+        .map(|i| {
+            let t = &tokens[i][..prompts.lengths[i] as usize];
+            let find = |x: i64| t.iter().position(|y| *y == x).map(|p| p as i64);
+            let (io, s1) = (find(prompts.answers[i][0]), find(prompts.wrongs[i][0]));
+            let s2 = t.iter().rposition(|y| *y == prompts.wrongs[i][0]).map(|p| p as i64).filter(|p| Some(*p) != s1);
+            Positions { last: prompts.lengths[i] - 1, io, s1, s2 }
+        })
+        .collect();
+    let last_rows = Tensor::f_from_slice(&pos.iter().map(|p| p.last).collect::<Vec<_>>())?.f_to_device(model.device())?;
+    let names = ["blocks.*.attn.hook_z", "blocks.*.attn.hook_pattern", "blocks.*.hook_attn_out", "blocks.*.hook_mlp_out", "blocks.0.hook_resid_pre", "ln_final.hook_scale"];
+    let names: Vec<&str> = names.iter().copied().filter(|n| !(c.attn_only && n.contains("mlp"))).collect();
+    let (logits, cache) = model.run_with_cache(&prompts.clean, CacheSpec::names(names))?;
+    let at_last = |t: &Tensor| interp_core::at_rows(t, &last_rows).and_then(|x| x.f_squeeze_dim(1).map_err(Into::into));
+    let logits = at_last(&logits)?.f_to_kind(Kind::Double)?; // [B, V]
+    let answer = Tensor::f_from_slice(&prompts.answers.iter().map(|a| a[0]).collect::<Vec<_>>())?.f_to_device(model.device())?;
+    let wrong = Tensor::f_from_slice(&prompts.wrongs.iter().map(|a| a[0]).collect::<Vec<_>>())?.f_to_device(model.device())?;
+    let pick = |t: &Tensor, idx: &Tensor| t.f_gather(1, &idx.f_unsqueeze(1)?, false).and_then(|x| x.f_squeeze_dim(1));
+    let logit_diff = pick(&logits, &answer)?.f_sub(&pick(&logits, &wrong)?)?.f_mean(Kind::Double)?.f_double_value(&[])?;
+
+    // Direct logit attribution: a component c at the last position adds
+    // (c - mean(c) for a LayerNorm) / scale * w . (W_U[answer] - W_U[wrong]) to the difference.
+    let w_u = model.w_u().f_to_kind(Kind::Double)?; // [D, V]
+    let direction = w_u.f_index_select(1, &answer)?.f_sub(&w_u.f_index_select(1, &wrong)?)?.f_transpose(0, 1)?; // [B, D]
+    let (gain, bias) = model.norm_weights(NormSite::LnFinal)?;
+    let direction = match &gain {
+        Some(g) => direction.f_mul(&g.f_to_kind(Kind::Double)?)?,
+        None => direction,
+    };
+    let scale = at_last(cache.get("ln_final.hook_scale")?)?.f_to_kind(Kind::Double)?.f_reshape([n as i64, 1])?; // [B, 1]
+    let centre = c.norm == NormKind::LayerNorm;
+    // [B, ..., D] -> [B, ...]: each prompt's share, then the mean over prompts.
+    let dla_of = |x: &Tensor| -> Result<Tensor> {
+        let x = x.f_to_kind(Kind::Double)?;
+        let x = if centre { x.f_sub(&x.f_mean_dim(-1, true, Kind::Double)?)? } else { x };
+        let shape: Vec<i64> = std::iter::once(n as i64).chain(std::iter::repeat(1).take(x.dim() - 2)).collect();
+        let per = x.f_mul(&direction.f_view([n as i64, -1])?.f_reshape([shape.clone(), vec![-1]].concat())?)?.f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Double)?;
+        Ok(per.f_div(&scale.f_reshape(shape)?)?.f_mean_dim([0i64].as_slice(), false, Kind::Double)?)
+    };
+    let mut dla = Vec::with_capacity(l_n);
+    let mut dla_mlp = Vec::with_capacity(l_n);
+    let mut total = dla_of(&at_last(cache.get("blocks.0.hook_resid_pre")?)?)?.f_double_value(&[])?;
+    for l in 0..l_n {
+        let z = at_last(cache.get(HookPoint::block(l, interp_core::BlockSite::Z))?)?; // [B, H, dh]
+        let result = z.f_unsqueeze(-1)?.f_mul(&model.w_o(l)?.f_unsqueeze(0)?)?.f_sum_dim_intlist([2i64].as_slice(), false, z.kind())?; // [B, H, D]
+        let heads = dla_of(&result)?;
+        let attn = dla_of(&at_last(cache.get(HookPoint::block(l, interp_core::BlockSite::AttnOut))?)?)?.f_double_value(&[])?;
+        total += attn;
+        dla.push(Vec::<f64>::try_from(&heads)?);
+        let mlp = if c.attn_only { 0.0 } else { dla_of(&at_last(cache.get(HookPoint::block(l, interp_core::BlockSite::MlpOut))?)?)?.f_double_value(&[])? };
+        total += mlp;
+        dla_mlp.push(mlp);
+    }
+    let heads_total: f64 = dla.iter().flatten().sum::<f64>() + dla_mlp.iter().sum::<f64>();
+    // Biases after the norm: the final norm's and the unembedding's.
+    let mut after = 0.0;
+    if let Some(b) = &bias {
+        after += w_u.f_index_select(1, &answer)?.f_sub(&w_u.f_index_select(1, &wrong)?)?.f_transpose(0, 1)?.f_mul(&b.f_to_kind(Kind::Double)?)?.f_sum(Kind::Double)?.f_double_value(&[])? / n as f64;
+    }
+    if let Some(b_u) = model.b_u() {
+        let b_u = b_u.f_to_kind(Kind::Double)?;
+        after += b_u.f_index_select(0, &answer)?.f_sub(&b_u.f_index_select(0, &wrong)?)?.f_mean(Kind::Double)?.f_double_value(&[])?;
+    }
+    let dla_rest = total + after - heads_total;
+
+    // Attention scores.
+    let mut attn = [(); 6].map(|_| vec![vec![0.0; h_n]; l_n]);
+    for l in 0..l_n {
+        let pattern = cache.get(HookPoint::block(l, interp_core::BlockSite::Pattern))?.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?; // [B, H, Q, K]
+        let p = Vec::<f64>::try_from(&pattern.f_flatten(0, -1)?)?;
+        let (q_n, k_n) = (pattern.size()[2] as usize, pattern.size()[3] as usize);
+        let at = |b: usize, h: usize, q: i64, k: i64| p[((b * h_n + h) * q_n + q as usize) * k_n + k as usize];
+        for h in 0..h_n {
+            let mean = |f: &dyn Fn(usize, &Positions) -> Option<f64>| -> f64 {
+                let v: Vec<f64> = pos.iter().enumerate().filter_map(|(b, ps)| f(b, ps)).collect();
+                if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 }
+            };
+            attn[0][l][h] = mean(&|b, ps| ps.io.map(|io| at(b, h, ps.last, io)));
+            attn[1][l][h] = mean(&|b, ps| ps.s1.map(|s| at(b, h, ps.last, s)));
+            attn[2][l][h] = mean(&|b, ps| ps.s2.map(|s| at(b, h, ps.last, s)));
+            attn[3][l][h] = mean(&|b, ps| ps.s1.zip(ps.s2).map(|(s1, s2)| at(b, h, s2, s1)));
+            attn[4][l][h] = mean(&|b, ps| ps.s1.zip(ps.s2).filter(|(s1, s2)| s1 + 1 < *s2).map(|(s1, s2)| at(b, h, s2, s1 + 1)));
+            attn[5][l][h] = mean(&|b, ps| (ps.last > 0).then(|| (1..=ps.last).map(|q| at(b, h, q, q - 1)).sum::<f64>() / ps.last as f64));
+        }
+    }
+    let [attn_io, attn_s1, attn_s2, duplicate, induction, previous] = attn;
+
+    let patching = match patch {
+        true => {
+            let patched = activation_patching(model, &prompts.clean, &prompts.corrupted, &prompts.metric, PatchSite::HeadOut, 0)?;
+            Some((0..l_n).map(|l| Ok(Vec::<f64>::try_from(&patched.normalized.f_select(0, l as i64)?.f_to_kind(Kind::Double)?)?)).collect::<Result<_>>()?)
+        }
+        false => None,
+    };
+
+    let mut scores = HeadScores {
+        name: name.to_string(),
+        n_prompts: n,
+        logit_diff,
+        dla,
+        dla_mlp,
+        dla_rest,
+        attn_io,
+        attn_s1,
+        attn_s2,
+        duplicate,
+        induction,
+        previous,
+        patching,
+        node_score: None,
+        into_name_movers: None,
+    };
+    if let Some((graph, edge_scores)) = edges {
+        if edge_scores.len() != graph.n_edges() {
+            return Err(Error::Input(format!("{} edge scores for a graph of {} edges", edge_scores.len(), graph.n_edges())));
+        }
+        let nodes = mib_node_scores(graph, edge_scores);
+        let grid = |f: &dyn Fn(usize, usize) -> f64| (0..l_n).map(|l| (0..h_n).map(|h| f(l, h)).collect()).collect::<Vec<Vec<f64>>>();
+        scores.node_score = Some(grid(&|l, h| nodes[graph.sender_index(Sender::Head { layer: l, head: h as i64 })]));
+        let movers: Vec<(usize, i64)> = scores.name_movers().into_iter().map(|(l, h)| (l, h as i64)).collect();
+        let mut into = vec![vec![0.0; h_n]; l_n];
+        for (e, s) in graph.edges.iter().zip(edge_scores) {
+            if let (Sender::Head { layer, head }, Receiver::Head { layer: rl, head: rh, input: Qkv::Q }) = (e.sender, e.receiver) {
+                if movers.contains(&(rl, rh)) {
+                    into[layer][head as usize] += s;
+                }
+            }
+        }
+        scores.into_name_movers = Some(into);
+    }
+    Ok(scores)
+}
+
+impl HeadScores {
+    fn heads(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..self.dla.len()).flat_map(move |l| (0..self.dla[l].len()).map(move |h| (l, h)))
+    }
+
+    /// Heads with DLA >= 10% of the logit difference that attend more to IO than to S2.
+    pub fn name_movers(&self) -> Vec<(usize, usize)> {
+        self.heads().filter(|&(l, h)| self.dla[l][h] >= 0.1 * self.logit_diff.abs() && self.attn_io[l][h] > self.attn_s2[l][h]).collect()
+    }
+
+    /// Each head's roles by [`ROLE_RULES`] (empty: none).
+    pub fn roles(&self, l: usize, h: usize) -> Vec<&'static str> {
+        let gap = self.logit_diff.abs();
+        let mut out = Vec::new();
+        let io_over_s2 = self.attn_io[l][h] > self.attn_s2[l][h];
+        if self.dla[l][h] >= 0.1 * gap && io_over_s2 {
+            out.push("name mover");
+        }
+        if self.dla[l][h] <= -0.1 * gap && io_over_s2 {
+            out.push("negative name mover");
+        }
+        if self.into_name_movers.as_ref().is_some_and(|s| s[l][h] >= 0.05 * gap) {
+            out.push("S-inhibition");
+        }
+        for (grid, role) in [(&self.induction, "induction"), (&self.duplicate, "duplicate token"), (&self.previous, "previous token")] {
+            if grid[l][h] >= 0.3 {
+                out.push(role);
+            }
+        }
+        out
+    }
+
+    /// The `k` heads with the largest |score| of `grid`.
+    fn top(&self, grid: &[Vec<f64>], k: usize) -> Vec<(usize, usize)> {
+        let mut all: Vec<(usize, usize)> = self.heads().collect();
+        all.sort_by(|a, b| grid[b.0][b.1].abs().total_cmp(&grid[a.0][a.1].abs()));
+        all.truncate(k);
+        all
+    }
+
+    /// How many of the top `k` heads by |DLA|, by |patching| and by |node score| the methods
+    /// share, pairwise (where both were run): (DLA & patching, DLA & node score, patching & node
+    /// score).
+    pub fn agreement(&self, k: usize) -> (Option<usize>, Option<usize>, Option<usize>) {
+        let shared = |a: &Option<Vec<(usize, usize)>>, b: &Option<Vec<(usize, usize)>>| a.as_ref().zip(b.as_ref()).map(|(a, b)| a.iter().filter(|x| b.contains(x)).count());
+        let dla = Some(self.top(&self.dla, k));
+        let patch = self.patching.as_ref().map(|g| self.top(g, k));
+        let node = self.node_score.as_ref().map(|g| self.top(g, k));
+        (shared(&dla, &patch), shared(&dla, &node), shared(&patch, &node))
+    }
+
+    /// A report section with the roles found and the agreement between methods; heatmaps
+    /// (`heads.svg/png`: DLA, patching, node score, attention to IO and S2, induction,
+    /// duplicate-token and previous-token scores); `heads.parquet/csv` (every score and role per
+    /// head).
+    pub fn write(&self, out: &mut Output) -> Result<()> {
+        out.report.section(&format!("Heads: {}", self.name));
+        let (l_n, h_n) = (self.dla.len(), self.dla.first().map_or(0, |r| r.len()));
+        let mlp_total: f64 = self.dla_mlp.iter().sum();
+        let head_total: f64 = self.dla.iter().flatten().sum();
+        out.report.paragraph(&format!(
+            "{} prompts; logit difference {:.3} at the last position = heads {:.3} + MLPs {:.3} + embeddings and biases {:.3} (direct logit \
+             attribution, the final norm's scale frozen). Roles by these rules: {ROLE_RULES}.",
+            self.n_prompts, self.logit_diff, head_total, mlp_total, self.dla_rest
+        ));
+        let mut by_role: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        let mut table = Table::new(&[
+            "layer", "head", "dla", "patching", "node_score", "into_name_movers", "attn_io", "attn_s1", "attn_s2", "duplicate", "induction", "previous", "roles",
+        ]);
+        for (l, h) in self.heads() {
+            let roles = self.roles(l, h);
+            for r in &roles {
+                by_role.entry(r).or_default().push(format!("L{l}H{h}"));
+            }
+            let opt = |g: &Option<Vec<Vec<f64>>>| g.as_ref().map_or(f64::NAN, |g| g[l][h]);
+            table.push(vec![
+                l.into(),
+                h.into(),
+                self.dla[l][h].into(),
+                opt(&self.patching).into(),
+                opt(&self.node_score).into(),
+                opt(&self.into_name_movers).into(),
+                self.attn_io[l][h].into(),
+                self.attn_s1[l][h].into(),
+                self.attn_s2[l][h].into(),
+                self.duplicate[l][h].into(),
+                self.induction[l][h].into(),
+                self.previous[l][h].into(),
+                roles.join(", ").into(),
+            ]);
+        }
+        let found: Vec<String> = by_role.iter().map(|(r, hs)| format!("{r}: {}", hs.join(" "))).collect();
+        out.report.paragraph(&if found.is_empty() { "No head meets a role's rule.".to_string() } else { format!("Roles found. {}.", found.join("; ")) });
+        let k = 10.min(l_n * h_n);
+        let (dp, dn, pn) = self.agreement(k);
+        let opt = |x: Option<usize>| x.map_or("-".to_string(), |x| x.to_string());
+        out.report.paragraph(&format!(
+            "Agreement between methods: of the top {k} heads by |score|, DLA and activation patching share {}, DLA and EAP-IG's node \
+             score {}, patching and EAP-IG {}.",
+            opt(dp),
+            opt(dn),
+            opt(pn)
+        ));
+        let layers: Vec<String> = (0..l_n).map(|l| format!("L{l}")).collect();
+        let heads: Vec<String> = (0..h_n).map(|h| format!("H{h}")).collect();
+        let panel = |title: &str, g: &[Vec<f64>]| Heatmap::from_tensor(title, &Tensor::f_from_slice(&g.concat())?.f_view([l_n as i64, h_n as i64])?, layers.clone(), heads.clone(), "head", "layer");
+        let mut panels = vec![panel("direct logit attribution", &self.dla)?];
+        if let Some(g) = &self.patching {
+            panels.push(panel("z patched, clean -> corrupted (normalised)", g)?);
+        }
+        if let Some(g) = &self.node_score {
+            panels.push(panel("EAP-IG node score", g)?);
+        }
+        panels.extend([
+            panel("attention last -> IO", &self.attn_io)?,
+            panel("attention last -> S2", &self.attn_s2)?,
+            panel("induction (S2 -> S1+1)", &self.induction)?,
+            panel("duplicate token (S2 -> S1)", &self.duplicate)?,
+            panel("previous token", &self.previous)?,
+        ]);
+        out.chart("heads", &format!("{}: per-head scores", self.name), |path| heatmaps(path, &panels))?;
+        out.table("heads", "every head's scores and roles", &table)
+    }
+}
