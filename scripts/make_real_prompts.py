@@ -78,7 +78,9 @@ def single(tok, text):
 def main():
     tok = AutoTokenizer.from_pretrained(GGUF.parent, gguf_file=GGUF.name)
     model = AutoModelForCausalLM.from_pretrained(GGUF.parent, gguf_file=GGUF.name, dtype=torch.float32).eval()
-    bos = [tok.bos_token_id] if getattr(tok, "add_bos_token", False) and tok.bos_token_id is not None else []
+    # BOS first whenever the tokenizer has one, as this toolkit's prompt files are read (and as
+    # TransformerLens prepends it by default), whatever HF's add_bos_token says.
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
 
     def last_logits(text):
         ids = bos + tok(text, add_special_tokens=False)["input_ids"]
@@ -87,7 +89,8 @@ def main():
 
     OUT.mkdir(parents=True, exist_ok=True)
     report = [f"# Prompt sets for {GGUF.name}", "", "Made and checked by `scripts/make_real_prompts.py` with HF transformers' "
-              "own GGUF loader (float32). Logit difference = logit(answer) - logit(wrong) at the last token.", ""]
+              "own GGUF loader (float32), each prompt with the BOS token first (as `interp` reads prompt files). Logit difference = "
+              "logit(answer) - logit(wrong) at the last token.", ""]
 
     # IOI
     names = [n for n in NAMES if single(tok, " " + n) is not None]
@@ -114,7 +117,7 @@ def main():
     for p in pairs:
         ans, wrong = single(tok, p["answer"]), single(tok, p["wrong"])
         lc, lx = last_logits(p["clean"]), last_logits(p["corrupted"])
-        assert len(tok(p["clean"])["input_ids"]) == len(tok(p["corrupted"])["input_ids"])
+        assert len(tok(p["clean"], add_special_tokens=False)["input_ids"]) == len(tok(p["corrupted"], add_special_tokens=False)["input_ids"])
         d, dx = (lc[ans] - lc[wrong]).item(), (lx[ans] - lx[wrong]).item()
         p["logit_diff"] = d
         stats.setdefault(p["label"], []).append((d, dx))
