@@ -693,12 +693,9 @@ fn causal_tracing_runs_from_the_corrupted_run() {
     // none the corrupted one.
     use circuits::{restored_probability, trace_prompts_from_jsonl, Corruption};
     use interp::interp_core::{CacheSpec, Hooks};
-    let model = HookedTransformer::from_pretrained_dir(common::repo("models/real/SmolLM2-135M-Instruct.Q4_1.gguf"), Device::Cpu, Kind::Float).unwrap();
+    let model = common::smollm2();
     let dir = common::Scratch::new("trace-smollm2");
-    let facts = std::fs::read_to_string(common::repo("prompts/smollm2-135m/facts.jsonl")).unwrap();
-    let path = dir.join("fact.jsonl");
-    std::fs::write(&path, facts.lines().next().unwrap()).unwrap();
-    let prompt = trace_prompts_from_jsonl(&path, &model).unwrap().remove(0);
+    let prompt = trace_prompts_from_jsonl(&common::shipped_prompts(&dir, "smollm2-135m/facts.jsonl", 1), &model).unwrap().remove(0);
     let (p, l) = (prompt.tokens.len(), model.cfg.n_layers);
     tch::manual_seed(1);
     let noise = Tensor::randn([3, prompt.subject.len() as i64, model.cfg.d_model], (Kind::Float, Device::Cpu)) * 0.1;
@@ -742,12 +739,9 @@ fn smollm2_does_ioi_and_its_direct_logit_attributions_add_up() {
     // scale and gain, add up to the logit difference of the logits; some late head is a name
     // mover (positive direct effect, attending to the indirect object).
     use circuits::analysis::{behaviour, head_scores};
-    let model = HookedTransformer::from_pretrained_dir(common::repo("models/real/SmolLM2-135M-Instruct.Q4_1.gguf"), Device::Cpu, Kind::Float).unwrap();
+    let model = common::smollm2();
     let dir = common::Scratch::new("ioi-smollm2");
-    let lines = std::fs::read_to_string(common::repo("prompts/smollm2-135m/ioi.jsonl")).unwrap();
-    let path = dir.join("ioi16.jsonl");
-    std::fs::write(&path, lines.lines().take(16).collect::<Vec<_>>().join("\n")).unwrap();
-    let prompts = TaskPrompts::from_jsonl(&path, &model).unwrap();
+    let prompts = TaskPrompts::from_jsonl(&common::shipped_prompts(&dir, "smollm2-135m/ioi.jsonl", 16), &model).unwrap();
     let seen = behaviour(&model, &prompts, "ioi", 8).unwrap();
     let all = seen.rows.last().unwrap();
     assert!(all.1 == 16 && all.3 == 1.0 && all.2 > 3.0 && all.4.abs() < 1.0, "{:?}", seen.rows);

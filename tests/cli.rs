@@ -107,6 +107,15 @@ fn cli_errors_are_one_clear_line() {
 }
 
 #[test]
+fn time_limits_need_a_unit() {
+    // `--time-limit 300` once meant 300 minutes to a user who meant seconds.
+    for (limit, want) in [("300", "`300` has no unit: write 300s, 5m or 2h"), ("2d", "unknown unit `d`"), ("1.2.3m", "is not a duration")] {
+        let (ok, _, err) = interp(&["acdc", "--time-limit", limit, "--out", "/tmp/never-written"]);
+        assert!(!ok && err.contains(want), "{limit}: {err}");
+    }
+}
+
+#[test]
 fn summary_prints_a_logit_lens() {
     let (ok, out, err) = interp(&["summary"]);
     assert!(ok, "{err}");

@@ -201,10 +201,9 @@ fn the_memory_budget_holds_on_smollm2() {
         assert!(peak <= PEAK, "peak RSS {peak} over the budget of {PEAK}");
         return;
     }
-    let model = HookedTransformer::from_pretrained_dir(common::repo("models/real/SmolLM2-135M-Instruct.Q4_1.gguf"), Device::Cpu, Kind::Float).unwrap();
+    let model = common::smollm2();
     let dir = Scratch::new("prompts-smollm2-budget");
-    let lines = std::fs::read_to_string(common::repo("prompts/smollm2-135m/ioi.jsonl")).unwrap();
-    let prompts = TaskPrompts::from_jsonl(&write(&dir, "ioi8.jsonl", &lines.lines().take(8).collect::<Vec<_>>()), &model).unwrap();
+    let prompts = TaskPrompts::from_jsonl(&common::shipped_prompts(&dir, "smollm2-135m/ioi.jsonl", 8), &model).unwrap();
     let graph = EdgeGraph::new(&model).unwrap();
     let run = EdgeRun::new(&model, &graph, &prompts, Ablation::Resample, MemoryBudget::for_peak(PEAK, &model).unwrap()).unwrap();
     assert!(run.chunk() < prompts.len(), "{} prompts per chunk: the budget does not bind", run.chunk());

@@ -34,6 +34,19 @@ pub fn repo(path: &str) -> PathBuf {
 }
 pub mod planted;
 
+/// The real SmolLM2-135M-Instruct (`scripts/fetch_models.sh`), in f32.
+pub fn smollm2() -> HookedTransformer {
+    HookedTransformer::from_pretrained_dir(repo("models/real/SmolLM2-135M-Instruct.Q4_1.gguf"), Device::Cpu, Kind::Float).expect("SmolLM2 loads")
+}
+
+/// The first `n` lines of a shipped prompt file (`prompts/<file>`) as a file in `dir`.
+pub fn shipped_prompts(dir: &Scratch, file: &str, n: usize) -> PathBuf {
+    let text = std::fs::read_to_string(repo("prompts").join(file)).expect("a shipped prompt file");
+    let path = dir.join(format!("first-{n}.jsonl"));
+    std::fs::write(&path, text.lines().take(n).collect::<Vec<_>>().join("\n")).expect("writing prompts");
+    path
+}
+
 /// A fresh copy of fixture `arch` (config, weights, tokenizer; not the reference file) in a
 /// scratch folder named `name`, to break in some way.
 pub fn fixture_copy(arch: &str, name: &str) -> Scratch {

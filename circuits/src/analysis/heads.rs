@@ -53,16 +53,18 @@ pub struct HeadScores {
     /// The sum of the head's outgoing edge scores (attribution patching's node score), when
     /// edge scores were given.
     pub node_score: Option<Vec<Vec<f64>>>,
-    /// The sum of the head's edge scores into name movers' queries (the path through which an
-    /// S-inhibition head acts), when edge scores were given.
-    pub into_name_movers: Option<Vec<Vec<f64>>>,
+    /// The sum of the head's edge scores into the queries of the heads with a direct effect
+    /// (|DLA| >= 10% of the logit difference: name movers, their negative kind, S suppressors),
+    /// the path through which an S-inhibition head acts, when edge scores were given.
+    pub into_output_heads: Option<Vec<Vec<f64>>>,
 }
 
 /// A head's roles, by the rules of [`HeadScores::roles`].
-pub const ROLE_RULES: &str = "name mover: DLA >= 10% of the logit difference and attends more to IO than to S2 from the last \
-     position; negative name mover: DLA <= -10% and attends more to IO; S-inhibition: its EAP-IG edges into name movers' queries \
-     sum to >= 5% of the logit difference; induction: attention from S2 to the token after S1 >= 0.3; duplicate token: attention \
-     from S2 to S1 >= 0.3; previous token: mean attention to the previous position >= 0.3";
+pub const ROLE_RULES: &str = "output heads have |DLA| >= 10% of the logit difference; name mover: an output head with DLA > 0 \
+     whose attention from the last position goes to IO (>= 0.2, more than to S1 or S2); negative name mover: the same with DLA < 0; \
+     S suppressor: DLA > 0 while attending to S (>= 0.2, more than to IO), so lowering the subject's logit; S-inhibition: its EAP-IG \
+     edges into output heads' queries sum to >= 5% of the logit difference; induction: attention from S2 to the token after S1 >= \
+     0.3; duplicate token: attention from S2 to S1 >= 0.3; previous token: mean attention to the previous position >= 0.3";
 
 /// Positions of a prompt's answer (first occurrence) and wrong token (first and last).
 struct Positions {
@@ -193,7 +195,7 @@ pub fn head_scores(model: &HookedTransformer, prompts: &TaskPrompts, name: &str,
         previous,
         patching,
         node_score: None,
-        into_name_movers: None,
+        into_output_heads: None,
     };
     if let Some((graph, edge_scores)) = edges {
         if edge_scores.len() != graph.n_edges() {
@@ -202,7 +204,7 @@ pub fn head_scores(model: &HookedTransformer, prompts: &TaskPrompts, name: &str,
         let nodes = mib_node_scores(graph, edge_scores);
         let grid = |f: &dyn Fn(usize, usize) -> f64| (0..l_n).map(|l| (0..h_n).map(|h| f(l, h)).collect()).collect::<Vec<Vec<f64>>>();
         scores.node_score = Some(grid(&|l, h| nodes[graph.sender_index(Sender::Head { layer: l, head: h as i64 })]));
-        let movers: Vec<(usize, i64)> = scores.name_movers().into_iter().map(|(l, h)| (l, h as i64)).collect();
+        let movers: Vec<(usize, i64)> = scores.output_heads().into_iter().map(|(l, h)| (l, h as i64)).collect();
         let mut into = vec![vec![0.0; h_n]; l_n];
         for (e, s) in graph.edges.iter().zip(edge_scores) {
             if let (Sender::Head { layer, head }, Receiver::Head { layer: rl, head: rh, input: Qkv::Q }) = (e.sender, e.receiver) {
@@ -211,7 +213,7 @@ pub fn head_scores(model: &HookedTransformer, prompts: &TaskPrompts, name: &str,
                 }
             }
         }
-        scores.into_name_movers = Some(into);
+        scores.into_output_heads = Some(into);
     }
     Ok(scores)
 }
@@ -221,23 +223,29 @@ impl HeadScores {
         (0..self.dla.len()).flat_map(move |l| (0..self.dla[l].len()).map(move |h| (l, h)))
     }
 
-    /// Heads with DLA >= 10% of the logit difference that attend more to IO than to S2.
+    /// Heads with |DLA| >= 10% of the logit difference.
+    pub fn output_heads(&self) -> Vec<(usize, usize)> {
+        self.heads().filter(|&(l, h)| self.dla[l][h].abs() >= 0.1 * self.logit_diff.abs()).collect()
+    }
+
+    /// Output heads with DLA > 0 whose attention goes to IO (see [`ROLE_RULES`]).
     pub fn name_movers(&self) -> Vec<(usize, usize)> {
-        self.heads().filter(|&(l, h)| self.dla[l][h] >= 0.1 * self.logit_diff.abs() && self.attn_io[l][h] > self.attn_s2[l][h]).collect()
+        self.heads().filter(|&(l, h)| self.roles(l, h).contains(&"name mover")).collect()
     }
 
     /// Each head's roles by [`ROLE_RULES`] (empty: none).
     pub fn roles(&self, l: usize, h: usize) -> Vec<&'static str> {
         let gap = self.logit_diff.abs();
         let mut out = Vec::new();
-        let io_over_s2 = self.attn_io[l][h] > self.attn_s2[l][h];
-        if self.dla[l][h] >= 0.1 * gap && io_over_s2 {
-            out.push("name mover");
+        let (io, s) = (self.attn_io[l][h], self.attn_s1[l][h].max(self.attn_s2[l][h]));
+        let output = self.dla[l][h].abs() >= 0.1 * gap;
+        if output && io >= 0.2 && io > s {
+            out.push(if self.dla[l][h] > 0.0 { "name mover" } else { "negative name mover" });
         }
-        if self.dla[l][h] <= -0.1 * gap && io_over_s2 {
-            out.push("negative name mover");
+        if output && self.dla[l][h] > 0.0 && s >= 0.2 && s > io {
+            out.push("S suppressor");
         }
-        if self.into_name_movers.as_ref().is_some_and(|s| s[l][h] >= 0.05 * gap) {
+        if self.into_output_heads.as_ref().is_some_and(|g| g[l][h] >= 0.05 * gap) {
             out.push("S-inhibition");
         }
         for (grid, role) in [(&self.induction, "induction"), (&self.duplicate, "duplicate token"), (&self.previous, "previous token")] {
@@ -268,9 +276,9 @@ impl HeadScores {
     }
 
     /// A report section with the roles found and the agreement between methods; heatmaps
-    /// (`heads.svg/png`: DLA, patching, node score, attention to IO and S2, induction,
-    /// duplicate-token and previous-token scores); `heads.parquet/csv` (every score and role per
-    /// head).
+    /// (`heads_effects`: DLA, patching, node score; `heads_attention`: from the last position to
+    /// IO, S1, S2; `heads_patterns`: induction, duplicate-token and previous-token scores, each
+    /// SVG and PNG); `heads.parquet/csv` (every score and role per head).
     pub fn write(&self, out: &mut Output) -> Result<()> {
         out.report.section(&format!("Heads: {}", self.name));
         let (l_n, h_n) = (self.dla.len(), self.dla.first().map_or(0, |r| r.len()));
@@ -283,7 +291,7 @@ impl HeadScores {
         ));
         let mut by_role: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         let mut table = Table::new(&[
-            "layer", "head", "dla", "patching", "node_score", "into_name_movers", "attn_io", "attn_s1", "attn_s2", "duplicate", "induction", "previous", "roles",
+            "layer", "head", "dla", "patching", "node_score", "into_output_heads", "attn_io", "attn_s1", "attn_s2", "duplicate", "induction", "previous", "roles",
         ]);
         for (l, h) in self.heads() {
             let roles = self.roles(l, h);
@@ -297,7 +305,7 @@ impl HeadScores {
                 self.dla[l][h].into(),
                 opt(&self.patching).into(),
                 opt(&self.node_score).into(),
-                opt(&self.into_name_movers).into(),
+                opt(&self.into_output_heads).into(),
                 self.attn_io[l][h].into(),
                 self.attn_s1[l][h].into(),
                 self.attn_s2[l][h].into(),
@@ -322,21 +330,20 @@ impl HeadScores {
         let layers: Vec<String> = (0..l_n).map(|l| format!("L{l}")).collect();
         let heads: Vec<String> = (0..h_n).map(|h| format!("H{h}")).collect();
         let panel = |title: &str, g: &[Vec<f64>]| Heatmap::from_tensor(title, &Tensor::f_from_slice(&g.concat())?.f_view([l_n as i64, h_n as i64])?, layers.clone(), heads.clone(), "head", "layer");
-        let mut panels = vec![panel("direct logit attribution", &self.dla)?];
+        // Three charts of three panels, each readable on a page: effects, where the last position
+        // looks, and the attention patterns that name heads.
+        let mut effects = vec![panel("direct logit attribution", &self.dla)?];
         if let Some(g) = &self.patching {
-            panels.push(panel("z patched, clean -> corrupted (normalised)", g)?);
+            effects.push(panel("z patched, clean -> corrupted (normalised)", g)?);
         }
         if let Some(g) = &self.node_score {
-            panels.push(panel("EAP-IG node score", g)?);
+            effects.push(panel("EAP-IG node score", g)?);
         }
-        panels.extend([
-            panel("attention last -> IO", &self.attn_io)?,
-            panel("attention last -> S2", &self.attn_s2)?,
-            panel("induction (S2 -> S1+1)", &self.induction)?,
-            panel("duplicate token (S2 -> S1)", &self.duplicate)?,
-            panel("previous token", &self.previous)?,
-        ]);
-        out.chart("heads", &format!("{}: per-head scores", self.name), |path| heatmaps(path, &panels))?;
+        let looks = [panel("attention last -> IO", &self.attn_io)?, panel("attention last -> S1", &self.attn_s1)?, panel("attention last -> S2", &self.attn_s2)?];
+        let patterns = [panel("induction (S2 -> S1+1)", &self.induction)?, panel("duplicate token (S2 -> S1)", &self.duplicate)?, panel("previous token", &self.previous)?];
+        out.chart("heads_effects", &format!("{}: each head's effect on the logit difference", self.name), |path| heatmaps(path, &effects))?;
+        out.chart("heads_attention", &format!("{}: attention from the last position", self.name), |path| heatmaps(path, &looks))?;
+        out.chart("heads_patterns", &format!("{}: attention patterns that name heads", self.name), |path| heatmaps(path, &patterns))?;
         out.table("heads", "every head's scores and roles", &table)
     }
 }

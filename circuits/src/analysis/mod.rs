@@ -27,6 +27,7 @@ mod graph;
 mod heads;
 mod patching;
 mod routing;
+mod study;
 
 pub use behaviour::{behaviour, logit_lens, Behaviour, LogitLens};
 pub use benchmark::{benchmark_case, summary_table, CaseResult, MethodScore};
@@ -37,4 +38,5 @@ pub use causal_tracing::{causal_tracing, task_trace_prompts, CausalTracing, Caus
 pub use circuit_discovery::{circuit_discovery, AcdcRuns, CircuitDiscovery, CircuitDiscoveryConfig, EdgeScores, MibScores};
 pub use heads::{head_scores, HeadScores, ROLE_RULES};
 pub use patching::{patching_sweep, PatchingSweep, PatchingSweepConfig};
+pub use study::{study, StudyConfig, StudyStep};
 pub use routing::{routing_analysis, RoutingAnalysis, RoutingConfig};

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use interp::circuits::analysis::{
     benchmark_case, causal_tracing, circuit_discovery, patching_sweep, routing_analysis, summary_table, task_trace_prompts, CausalTracingConfig,
-    CircuitDiscoveryConfig, PatchingSweepConfig, RoutingConfig,
+    CircuitDiscoveryConfig, PatchingSweepConfig, RoutingConfig, StudyConfig,
 };
 use interp::circuits::{trace_prompts_from_jsonl, Ablation, MemoryBudget, MetricName, Output, PatchSite, TaskPrompts};
 
@@ -231,6 +231,69 @@ pub fn trace(task: &TaskArgs, cfg: &CausalTracingConfig, max_memory: Option<f64>
 }
 
 #[derive(clap::Args)]
+pub struct StudyArgs {
+    /// The model: a GGUF file or a checkpoint folder.
+    pub model: PathBuf,
+    /// IOI-style pair file: `clean`, `corrupted`, `answer` (the indirect object), `wrong` (the
+    /// subject), `label` (the template).
+    #[arg(long)]
+    pub ioi: PathBuf,
+    /// Facts to trace: `prompt`, `subject`, `answer`, `label`.
+    #[arg(long)]
+    pub facts: Option<PathBuf>,
+    /// IOI pairs the circuit analyses use (the file's first ones; behaviour uses every pair).
+    #[arg(long, default_value_t = StudyConfig::default().n_ioi)]
+    pub n_ioi: usize,
+    /// Facts traced (the file's first ones; default: all).
+    #[arg(long)]
+    pub n_facts: Option<usize>,
+    /// Noise samples per traced fact.
+    #[arg(long, default_value_t = CausalTracingConfig::default().samples)]
+    pub samples: usize,
+    /// EAP-IG interpolation steps.
+    #[arg(long, default_value_t = CircuitDiscoveryConfig::default().steps)]
+    pub steps: usize,
+    /// Skip patching each head's z (one forward per head).
+    #[arg(long)]
+    pub no_head_patching: bool,
+    /// Peak memory in GB (default: the weights plus 3 GB).
+    #[arg(long)]
+    pub max_memory: Option<f64>,
+    /// Output directory (created).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
+}
+
+/// `interp study`: the whole study of one model, in one report.
+pub fn study(args: &StudyArgs) -> Result<()> {
+    let model = HookedTransformer::from_pretrained_dir(&args.model, args.device.get(), Kind::Float)?;
+    let ioi = TaskPrompts::from_jsonl(&args.ioi, &model)?;
+    let facts = match &args.facts {
+        Some(path) => trace_prompts_from_jsonl(path, &model)?,
+        None => Vec::new(),
+    };
+    let budget = budget(args.max_memory, &model)?;
+    let defaults = StudyConfig::default();
+    let cfg = StudyConfig {
+        n_ioi: args.n_ioi,
+        n_facts: args.n_facts.unwrap_or(usize::MAX),
+        circuits: CircuitDiscoveryConfig { steps: args.steps, budget, ..defaults.circuits },
+        tracing: CausalTracingConfig { samples: args.samples, budget, ..defaults.tracing },
+        patch_heads: !args.no_head_patching,
+    };
+    let setup = Setup { model, vocab: None };
+    let title = format!("Study of {}", args.model.file_name().map_or(args.model.display().to_string(), |n| n.to_string_lossy().into_owned()));
+    standalone(&args.out, &title, |out| {
+        for s in interp::circuits::analysis::study(&setup.model, &ioi, &facts, &|t| setup.token_text(t), &cfg, out)? {
+            println!("{:<70} {:>8.1} s  peak RSS {:.2} GB", s.name, s.seconds, s.peak_gb);
+        }
+        Ok(())
+    })
+}
+
+#[derive(clap::Args)]
 pub struct EapArgs {
     #[command(flatten)]
     pub task: TaskArgs,
@@ -274,9 +337,10 @@ pub struct AcdcArgs {
     /// resumes an interrupted run.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
-    /// Stop ACDC after this many minutes (resume with --checkpoint).
-    #[arg(long)]
-    pub time_limit: Option<f64>,
+    /// Stop ACDC after this long, with a unit: 90s, 5m, 1.5h (it stops within one forward of
+    /// the limit; resume with the same --checkpoint).
+    #[arg(long, value_parser = parse_duration)]
+    pub time_limit: Option<std::time::Duration>,
     /// Approximate, opt-in: remove untested every edge whose |EAP-IG score| is below this
     /// fraction of tau (one extra forward per receiver re-measures the circuit). Not ACDC's exact
     /// decisions: see the README for its agreement with exact ACDC; not with --kl.
@@ -300,7 +364,7 @@ impl AcdcArgs {
             kl: self.kl,
             max_variants: self.variants,
             checkpoint: self.checkpoint.clone(),
-            time_limit: self.time_limit.map(|m| std::time::Duration::from_secs_f64(m.max(0.0) * 60.0)),
+            time_limit: self.time_limit,
             prune_by_attribution: self.prune_by_attribution,
             ..self.eap.config()
         }
@@ -366,6 +430,22 @@ pub fn discover(args: &EapArgs, mut cfg: CircuitDiscoveryConfig, title: &str) ->
         }
     }
     standalone(&task.out, title, |out| Ok(found.write(out)?))
+}
+
+/// A duration with its unit: `90s`, `5m`, `1.5h`.
+fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, String> {
+    let (number, unit) = text.trim().split_at(text.trim().find(|c: char| c.is_alphabetic()).unwrap_or(text.trim().len()));
+    let seconds = match unit {
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "" => return Err(format!("`{text}` has no unit: write 300s, 5m or 2h")),
+        _ => return Err(format!("unknown unit `{unit}` in `{text}`: use s, m or h")),
+    };
+    match number.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(std::time::Duration::from_secs_f64(x * seconds)),
+        _ => Err(format!("`{text}` is not a duration: write 300s, 5m or 2h")),
+    }
 }
 
 /// `--max-memory` (GB of peak memory) as a budget for `model`; the default without it.

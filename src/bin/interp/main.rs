@@ -113,6 +113,14 @@ enum Command {
     /// Writes OUT/traces.csv, OUT/aie.csv (average indirect effects by label, token role and
     /// layer) and heatmaps per prompt and per label.
     Trace(circuit::TraceArgs),
+    /// A model studied end to end on an IOI-style pair file (--ioi: answer = the indirect
+    /// object, wrong = the subject) and facts (--facts, as for `trace`): behaviour per template,
+    /// logit lens, EAP and EAP-IG with faithfulness curves and MIB's CPR/CMD, every head's direct
+    /// logit attribution, attention, z patching and role, causal tracing of the facts, and each
+    /// step's time and peak memory. Writes OUT/report.html with its tables and charts
+    /// (`interp study models/real/SmolLM2-135M-Instruct.Q4_1.gguf --ioi
+    /// prompts/smollm2-135m/ioi.jsonl --facts prompts/smollm2-135m/facts.jsonl --out study`).
+    Study(circuit::StudyArgs),
     /// ACDC circuit discovery on a built-in task or a prompt file (--prompts), next to EAP and EAP-IG: writes
     /// OUT/circuit.json (kept edges, nodes, faithfulness), OUT/acdc_edges.csv, edge scores
     /// (OUT/eap_scores.csv, OUT/eap_ig_scores.csv) and faithfulness curves (CSV, SVG, PNG).
@@ -326,6 +334,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Command::Sae(cmd)) => sae::run(cmd)?,
         Some(Command::Patch(args)) => circuit::patch(&args)?,
         Some(Command::Trace(args)) => circuit::trace(&args.task, &args.config(), args.max_memory)?,
+        Some(Command::Study(args)) => circuit::study(&args)?,
         Some(Command::Acdc(args)) => circuit::discover(&args.eap, args.config(), "ACDC and EAP-IG")?,
         Some(Command::Eap(args)) => circuit::discover(&args, args.config(), "EAP and EAP-IG")?,
         Some(Command::Benchmark(args)) => circuit::benchmark(&args)?,

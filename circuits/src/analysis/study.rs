@@ -1,0 +1,111 @@
+//! A model studied end to end on an IOI-style prompt set and a set of facts: behaviour, logit
+//! lens, circuits (EAP, EAP-IG, MIB's scores), the heads and their roles, and causal tracing of
+//! the facts; with each step's time and the process's peak memory.
+
+use std::time::Instant;
+
+use interp_core::HookedTransformer;
+
+use crate::analysis::{behaviour, causal_tracing, circuit_discovery, head_scores, logit_lens, CausalTracingConfig, CircuitDiscoveryConfig};
+use crate::causal_tracing::TracePrompt;
+use crate::error::{Error, Result};
+use crate::output::Output;
+use crate::prompts::TaskPrompts;
+use crate::table::Table;
+
+/// What [`study`] runs.
+#[derive(Clone, Debug)]
+pub struct StudyConfig {
+    /// IOI pairs the circuit analyses use (the first ones of the set; behaviour uses all).
+    pub n_ioi: usize,
+    /// Facts traced (the first ones).
+    pub n_facts: usize,
+    /// EAP and EAP-IG (and, if asked, ACDC).
+    pub circuits: CircuitDiscoveryConfig,
+    /// Causal tracing of the facts.
+    pub tracing: CausalTracingConfig,
+    /// Patch each head's `z` (one forward per head).
+    pub patch_heads: bool,
+}
+
+impl Default for StudyConfig {
+    fn default() -> Self {
+        StudyConfig {
+            n_ioi: 32,
+            n_facts: usize::MAX,
+            circuits: CircuitDiscoveryConfig { acdc: false, progress: true, ..CircuitDiscoveryConfig::default() },
+            tracing: CausalTracingConfig::default(),
+            patch_heads: true,
+        }
+    }
+}
+
+/// One step's cost.
+pub struct StudyStep {
+    /// What ran.
+    pub name: String,
+    /// Wall time.
+    pub seconds: f64,
+    /// The process's peak resident memory so far (GB; NaN where the OS does not say).
+    pub peak_gb: f64,
+}
+
+/// The process's peak resident set size (GB), from /proc/self/status (NaN elsewhere).
+fn peak_rss_gb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(f64::NAN, |kb| kb * 1024.0 / 1e9)
+}
+
+/// Studies `model` on `ioi` (one answer and one wrong token per pair) and `facts`, writing
+/// every section into `out`; `token_text` renders token ids for the charts. Returns each step's
+/// cost (also written as the `steps` table).
+pub fn study(model: &HookedTransformer, ioi: &TaskPrompts, facts: &[TracePrompt], token_text: &dyn Fn(i64) -> String, cfg: &StudyConfig, out: &mut Output) -> Result<Vec<StudyStep>> {
+    if ioi.is_empty() || cfg.n_ioi == 0 {
+        return Err(Error::Input("the study needs IOI pairs (and n_ioi > 0)".into()));
+    }
+    let mut steps = Vec::new();
+    let mut step = |name: &str, t: Instant| steps.push(StudyStep { name: name.to_string(), seconds: t.elapsed().as_secs_f64(), peak_gb: peak_rss_gb() });
+    let pairs = ioi.narrow(0, cfg.n_ioi.min(ioi.len()))?;
+    let facts = &facts[..cfg.n_facts.min(facts.len())];
+
+    let t = Instant::now();
+    behaviour(model, ioi, "IOI", 16)?.write(out)?;
+    step(&format!("behaviour ({} IOI pairs)", ioi.len()), t);
+
+    let t = Instant::now();
+    let rows = |p: &TaskPrompts| -> Result<Vec<(Vec<i64>, i64)>> {
+        (0..p.len()).map(|i| Ok((Vec::<i64>::try_from(&p.clean.f_get(i as i64)?)?[..p.lengths[i] as usize].to_vec(), p.answers[i][0]))).collect()
+    };
+    let mut sets = vec![("IOI", rows(&pairs)?)];
+    if !facts.is_empty() {
+        sets.push(("facts", facts.iter().map(|f| (f.tokens.clone(), f.answer)).collect()));
+    }
+    logit_lens(model, &sets)?.write(out)?;
+    step("logit lens", t);
+
+    let t = Instant::now();
+    let found = circuit_discovery(model, &pairs, "IOI", &cfg.circuits)?;
+    found.write(out)?;
+    step(&format!("EAP, EAP-IG({}) and faithfulness curves ({} pairs, {} edges)", cfg.circuits.steps, pairs.len(), found.graph.n_edges()), t);
+
+    let t = Instant::now();
+    let edges = found.methods.last().map(|m| (&found.graph, m.scores.as_slice()));
+    head_scores(model, &pairs, "IOI", cfg.patch_heads, edges)?.write(out)?;
+    step(if cfg.patch_heads { "heads: DLA, attention, z patching" } else { "heads: DLA, attention" }, t);
+
+    if !facts.is_empty() {
+        let t = Instant::now();
+        causal_tracing(model, facts, "facts", token_text, &cfg.tracing)?.write(out)?;
+        step(&format!("causal tracing ({} facts, {} noise samples)", facts.len(), cfg.tracing.samples), t);
+    }
+
+    out.report.section("Cost of each step");
+    let mut table = Table::new(&["step", "seconds", "peak_rss_gb"]);
+    for s in &steps {
+        table.push(vec![s.name.clone().into(), s.seconds.into(), s.peak_gb.into()]);
+    }
+    out.table("steps", "wall time and the process's peak memory so far", &table)?;
+    Ok(steps)
+}
