@@ -755,3 +755,31 @@ fn smollm2_does_ioi_and_its_direct_logit_attributions_add_up() {
         assert!(grid.iter().flatten().all(|a| (0.0..=1.0 + 1e-6).contains(a)));
     }
 }
+
+#[test]
+fn eap_on_smollm2_is_the_gradient_of_its_edge_masks() {
+    // On the real SmolLM2-135M in f64 (two shipped IOI pairs of different lengths): each EAP
+    // score equals a finite difference of the masked forward in the edge's weight, for the three
+    // edges with the largest |score| and three others.
+    let model = HookedTransformer::from_pretrained_dir(common::repo("models/real/SmolLM2-135M-Instruct.Q4_1.gguf"), Device::Cpu, Kind::Double).unwrap();
+    let dir = common::Scratch::new("eap-fd-smollm2");
+    let prompts = TaskPrompts::from_jsonl(&common::shipped_prompts(&dir, "smollm2-135m/ioi.jsonl", 2), &model).unwrap();
+    let graph = EdgeGraph::new(&model).unwrap();
+    let acts = graph.prompt_activations(&model, &prompts, Ablation::Resample).unwrap();
+    let eap = Vec::<f64>::try_from(&edge_attribution(&model, &graph, &acts, &prompts.metric, AttributionMethod::Eap).unwrap()).unwrap();
+    let n = graph.n_edges();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|a, b| eap[*b].abs().total_cmp(&eap[*a].abs()));
+    let edges: Vec<usize> = order[..3].iter().copied().chain([n / 7, n / 2, n - 2]).collect();
+    let eps = 1e-6;
+    let mut masks = Tensor::ones([edges.len() as i64 + 1, n as i64], (Kind::Double, Device::Cpu));
+    for (i, &e) in edges.iter().enumerate() {
+        let _ = masks.get(i as i64 + 1).get(e as i64).fill_(1.0 - eps);
+    }
+    let m = graph.circuit_metrics(&model, &acts, &prompts.metric, &masks, 4096).unwrap();
+    for (i, &e) in edges.iter().enumerate() {
+        let fd = (m[0] - m[i + 1]) / eps;
+        assert!((fd - eap[e]).abs() < 1e-4 * eap[order[0]].abs(), "edge {}: finite difference {fd}, EAP {}", graph.edges[e], eap[e]);
+    }
+    assert!(eap[order[0]].abs() > 0.1);
+}

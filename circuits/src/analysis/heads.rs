@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use interp_core::config::NormKind;
-use interp_core::{CacheSpec, HookPoint, HookedTransformer, NormSite};
+use interp_core::{BlockSite, CacheSpec, HookPoint, HookedTransformer, NormSite};
 use tch::{Kind, Tensor};
 
 use crate::chart::{heatmaps, Heatmap};
@@ -74,15 +74,29 @@ struct Positions {
     s2: Option<i64>,
 }
 
-/// Scores every head on `prompts` (one answer and one wrong token each); with `patch`, also
-/// patches each head's `z`. `edges`: EAP-IG (or any attribution) scores of `graph`'s edges on
-/// the same prompts, for the node scores and the paths into name movers.
-pub fn head_scores(model: &HookedTransformer, prompts: &TaskPrompts, name: &str, patch: bool, edges: Option<(&EdgeGraph, &[f64])>) -> Result<HeadScores> {
+/// Prompts per forward of [`head_scores`]: its cache and patching runs do not grow with the set.
+const CHUNK: usize = 16;
+
+/// Sums over prompts, from which [`head_scores`] takes its means.
+struct Sums {
+    logit_diff: f64,
+    dla: Vec<Vec<f64>>,
+    dla_mlp: Vec<f64>,
+    /// Embeddings, attention biases and the biases after the final norm.
+    dla_rest: f64,
+    /// attn_io, attn_s1, attn_s2, duplicate, induction, previous: sums and prompts counted.
+    attn: [Vec<Vec<f64>>; 6],
+    counted: [usize; 6],
+    /// Patched metric per head, clean and corrupted metric, each times the prompts.
+    patched: Vec<Vec<f64>>,
+    clean: f64,
+    corrupted: f64,
+}
+
+/// Adds one chunk of prompts to `sums`.
+fn add_chunk(model: &HookedTransformer, prompts: &TaskPrompts, patch: bool, sums: &mut Sums) -> Result<()> {
     let c = &model.cfg;
     let n = prompts.len();
-    if prompts.answers.iter().chain(&prompts.wrongs).any(|t| t.len() != 1) {
-        return Err(Error::Input("head roles need one answer and one wrong token per prompt (an IOI-style prompt set)".into()));
-    }
     let (l_n, h_n) = (c.n_layers, c.n_heads as usize);
     let tokens: Vec<Vec<i64>> = (0..n).map(|i| Ok(Vec::<i64>::try_from(&prompts.clean.f_get(i as i64)?)?)).collect::<Result<_>>()?;
     let pos: Vec<Positions> = (0..n)
@@ -103,90 +117,129 @@ pub fn head_scores(model: &HookedTransformer, prompts: &TaskPrompts, name: &str,
     let answer = Tensor::f_from_slice(&prompts.answers.iter().map(|a| a[0]).collect::<Vec<_>>())?.f_to_device(model.device())?;
     let wrong = Tensor::f_from_slice(&prompts.wrongs.iter().map(|a| a[0]).collect::<Vec<_>>())?.f_to_device(model.device())?;
     let pick = |t: &Tensor, idx: &Tensor| t.f_gather(1, &idx.f_unsqueeze(1)?, false).and_then(|x| x.f_squeeze_dim(1));
-    let logit_diff = pick(&logits, &answer)?.f_sub(&pick(&logits, &wrong)?)?.f_mean(Kind::Double)?.f_double_value(&[])?;
+    sums.logit_diff += pick(&logits, &answer)?.f_sub(&pick(&logits, &wrong)?)?.f_sum(Kind::Double)?.f_double_value(&[])?;
 
     // Direct logit attribution: a component c at the last position adds
     // (c - mean(c) for a LayerNorm) / scale * w . (W_U[answer] - W_U[wrong]) to the difference.
     let w_u = model.w_u().f_to_kind(Kind::Double)?; // [D, V]
-    let direction = w_u.f_index_select(1, &answer)?.f_sub(&w_u.f_index_select(1, &wrong)?)?.f_transpose(0, 1)?; // [B, D]
+    let unembed = w_u.f_index_select(1, &answer)?.f_sub(&w_u.f_index_select(1, &wrong)?)?.f_transpose(0, 1)?; // [B, D]
     let (gain, bias) = model.norm_weights(NormSite::LnFinal)?;
     let direction = match &gain {
-        Some(g) => direction.f_mul(&g.f_to_kind(Kind::Double)?)?,
-        None => direction,
+        Some(g) => unembed.f_mul(&g.f_to_kind(Kind::Double)?)?,
+        None => unembed.shallow_clone(),
     };
     let scale = at_last(cache.get("ln_final.hook_scale")?)?.f_to_kind(Kind::Double)?.f_reshape([n as i64, 1])?; // [B, 1]
     let centre = c.norm == NormKind::LayerNorm;
-    // [B, ..., D] -> [B, ...]: each prompt's share, then the mean over prompts.
+    // [B, ..., D] -> [...]: summed over the chunk's prompts.
     let dla_of = |x: &Tensor| -> Result<Tensor> {
         let x = x.f_to_kind(Kind::Double)?;
         let x = if centre { x.f_sub(&x.f_mean_dim(-1, true, Kind::Double)?)? } else { x };
         let shape: Vec<i64> = std::iter::once(n as i64).chain(std::iter::repeat(1).take(x.dim() - 2)).collect();
-        let per = x.f_mul(&direction.f_view([n as i64, -1])?.f_reshape([shape.clone(), vec![-1]].concat())?)?.f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Double)?;
-        Ok(per.f_div(&scale.f_reshape(shape)?)?.f_mean_dim([0i64].as_slice(), false, Kind::Double)?)
+        let per = x.f_mul(&direction.f_reshape([shape.clone(), vec![-1]].concat())?)?.f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Double)?;
+        Ok(per.f_div(&scale.f_reshape(shape)?)?.f_sum_dim_intlist([0i64].as_slice(), false, Kind::Double)?)
     };
-    let mut dla = Vec::with_capacity(l_n);
-    let mut dla_mlp = Vec::with_capacity(l_n);
-    let mut total = dla_of(&at_last(cache.get("blocks.0.hook_resid_pre")?)?)?.f_double_value(&[])?;
+    let mut rest = dla_of(&at_last(cache.get("blocks.0.hook_resid_pre")?)?)?.f_double_value(&[])?;
     for l in 0..l_n {
-        let z = at_last(cache.get(HookPoint::block(l, interp_core::BlockSite::Z))?)?; // [B, H, dh]
+        let z = at_last(cache.get(HookPoint::block(l, BlockSite::Z))?)?; // [B, H, dh]
         let result = z.f_unsqueeze(-1)?.f_mul(&model.w_o(l)?.f_unsqueeze(0)?)?.f_sum_dim_intlist([2i64].as_slice(), false, z.kind())?; // [B, H, D]
-        let heads = dla_of(&result)?;
-        let attn = dla_of(&at_last(cache.get(HookPoint::block(l, interp_core::BlockSite::AttnOut))?)?)?.f_double_value(&[])?;
-        total += attn;
-        dla.push(Vec::<f64>::try_from(&heads)?);
-        let mlp = if c.attn_only { 0.0 } else { dla_of(&at_last(cache.get(HookPoint::block(l, interp_core::BlockSite::MlpOut))?)?)?.f_double_value(&[])? };
-        total += mlp;
-        dla_mlp.push(mlp);
+        let heads = Vec::<f64>::try_from(&dla_of(&result)?)?;
+        // The attention output less its heads: the output bias.
+        rest += dla_of(&at_last(cache.get(HookPoint::block(l, BlockSite::AttnOut))?)?)?.f_double_value(&[])? - heads.iter().sum::<f64>();
+        for (acc, x) in sums.dla[l].iter_mut().zip(heads) {
+            *acc += x;
+        }
+        if !c.attn_only {
+            sums.dla_mlp[l] += dla_of(&at_last(cache.get(HookPoint::block(l, BlockSite::MlpOut))?)?)?.f_double_value(&[])?;
+        }
     }
-    let heads_total: f64 = dla.iter().flatten().sum::<f64>() + dla_mlp.iter().sum::<f64>();
     // Biases after the norm: the final norm's and the unembedding's.
-    let mut after = 0.0;
     if let Some(b) = &bias {
-        after += w_u.f_index_select(1, &answer)?.f_sub(&w_u.f_index_select(1, &wrong)?)?.f_transpose(0, 1)?.f_mul(&b.f_to_kind(Kind::Double)?)?.f_sum(Kind::Double)?.f_double_value(&[])? / n as f64;
+        rest += unembed.f_mul(&b.f_to_kind(Kind::Double)?)?.f_sum(Kind::Double)?.f_double_value(&[])?;
     }
     if let Some(b_u) = model.b_u() {
         let b_u = b_u.f_to_kind(Kind::Double)?;
-        after += b_u.f_index_select(0, &answer)?.f_sub(&b_u.f_index_select(0, &wrong)?)?.f_mean(Kind::Double)?.f_double_value(&[])?;
+        rest += b_u.f_index_select(0, &answer)?.f_sub(&b_u.f_index_select(0, &wrong)?)?.f_sum(Kind::Double)?.f_double_value(&[])?;
     }
-    let dla_rest = total + after - heads_total;
+    sums.dla_rest += rest;
 
-    // Attention scores.
-    let mut attn = [(); 6].map(|_| vec![vec![0.0; h_n]; l_n]);
+    // Attention scores: (query, key) per prompt for each score, where the positions exist.
+    type Pick = fn(&Positions) -> Option<Vec<(i64, i64)>>;
+    let picks: [Pick; 6] = [
+        |ps| ps.io.map(|io| vec![(ps.last, io)]),
+        |ps| ps.s1.map(|s| vec![(ps.last, s)]),
+        |ps| ps.s2.map(|s| vec![(ps.last, s)]),
+        |ps| ps.s1.zip(ps.s2).map(|(s1, s2)| vec![(s2, s1)]),
+        |ps| ps.s1.zip(ps.s2).filter(|(s1, s2)| s1 + 1 < *s2).map(|(s1, s2)| vec![(s2, s1 + 1)]),
+        |ps| (ps.last > 0).then(|| (1..=ps.last).map(|q| (q, q - 1)).collect()),
+    ];
+    for (k, pick) in picks.iter().enumerate() {
+        sums.counted[k] += pos.iter().filter(|ps| pick(ps).is_some()).count();
+    }
     for l in 0..l_n {
-        let pattern = cache.get(HookPoint::block(l, interp_core::BlockSite::Pattern))?.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?; // [B, H, Q, K]
+        let pattern = cache.get(HookPoint::block(l, BlockSite::Pattern))?.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?; // [B, H, Q, K]
         let p = Vec::<f64>::try_from(&pattern.f_flatten(0, -1)?)?;
         let (q_n, k_n) = (pattern.size()[2] as usize, pattern.size()[3] as usize);
         let at = |b: usize, h: usize, q: i64, k: i64| p[((b * h_n + h) * q_n + q as usize) * k_n + k as usize];
-        for h in 0..h_n {
-            let mean = |f: &dyn Fn(usize, &Positions) -> Option<f64>| -> f64 {
-                let v: Vec<f64> = pos.iter().enumerate().filter_map(|(b, ps)| f(b, ps)).collect();
-                if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 }
-            };
-            attn[0][l][h] = mean(&|b, ps| ps.io.map(|io| at(b, h, ps.last, io)));
-            attn[1][l][h] = mean(&|b, ps| ps.s1.map(|s| at(b, h, ps.last, s)));
-            attn[2][l][h] = mean(&|b, ps| ps.s2.map(|s| at(b, h, ps.last, s)));
-            attn[3][l][h] = mean(&|b, ps| ps.s1.zip(ps.s2).map(|(s1, s2)| at(b, h, s2, s1)));
-            attn[4][l][h] = mean(&|b, ps| ps.s1.zip(ps.s2).filter(|(s1, s2)| s1 + 1 < *s2).map(|(s1, s2)| at(b, h, s2, s1 + 1)));
-            attn[5][l][h] = mean(&|b, ps| (ps.last > 0).then(|| (1..=ps.last).map(|q| at(b, h, q, q - 1)).sum::<f64>() / ps.last as f64));
+        for (k, pick) in picks.iter().enumerate() {
+            for (b, ps) in pos.iter().enumerate() {
+                let Some(cells) = pick(ps) else { continue };
+                for h in 0..h_n {
+                    sums.attn[k][l][h] += cells.iter().map(|&(q, key)| at(b, h, q, key)).sum::<f64>() / cells.len() as f64;
+                }
+            }
         }
     }
-    let [attn_io, attn_s1, attn_s2, duplicate, induction, previous] = attn;
 
-    let patching = match patch {
-        true => {
-            let patched = activation_patching(model, &prompts.clean, &prompts.corrupted, &prompts.metric, PatchSite::HeadOut, 0)?;
-            Some((0..l_n).map(|l| Ok(Vec::<f64>::try_from(&patched.normalized.f_select(0, l as i64)?.f_to_kind(Kind::Double)?)?)).collect::<Result<_>>()?)
+    if patch {
+        let patched = activation_patching(model, &prompts.clean, &prompts.corrupted, &prompts.metric, PatchSite::HeadOut, 0)?;
+        let values = patched.values.f_to_kind(Kind::Double)?;
+        for (l, row) in sums.patched.iter_mut().enumerate() {
+            for (acc, x) in row.iter_mut().zip(Vec::<f64>::try_from(&values.f_select(0, l as i64)?)?) {
+                *acc += x * n as f64;
+            }
         }
-        false => None,
-    };
+        sums.clean += patched.clean * n as f64;
+        sums.corrupted += patched.corrupted * n as f64;
+    }
+    Ok(())
+}
 
+/// Scores every head on `prompts` (one answer and one wrong token each), [`CHUNK`] prompts per
+/// forward; with `patch`, also patches each head's `z`. `edges`: EAP-IG (or any attribution)
+/// scores of `graph`'s edges on the same prompts, for the node scores and the paths into the
+/// output heads.
+pub fn head_scores(model: &HookedTransformer, prompts: &TaskPrompts, name: &str, patch: bool, edges: Option<(&EdgeGraph, &[f64])>) -> Result<HeadScores> {
+    let n = prompts.len();
+    if n == 0 || prompts.answers.iter().chain(&prompts.wrongs).any(|t| t.len() != 1) {
+        return Err(Error::Input("head roles need prompts with one answer and one wrong token each (an IOI-style prompt set)".into()));
+    }
+    let (l_n, h_n) = (model.cfg.n_layers, model.cfg.n_heads as usize);
+    let grid = || vec![vec![0.0; h_n]; l_n];
+    let mut sums = Sums {
+        logit_diff: 0.0,
+        dla: grid(),
+        dla_mlp: vec![0.0; l_n],
+        dla_rest: 0.0,
+        attn: [(); 6].map(|_| grid()),
+        counted: [0; 6],
+        patched: grid(),
+        clean: 0.0,
+        corrupted: 0.0,
+    };
+    for start in (0..n).step_by(CHUNK) {
+        add_chunk(model, &prompts.narrow(start, CHUNK.min(n - start))?, patch, &mut sums)?;
+    }
+    let per = |g: Vec<Vec<f64>>, by: usize| -> Vec<Vec<f64>> { g.into_iter().map(|r| r.into_iter().map(|x| if by == 0 { f64::NAN } else { x / by as f64 }).collect()).collect() };
+    let [attn_io, attn_s1, attn_s2, duplicate, induction, previous] = std::array::from_fn(|k| per(std::mem::take(&mut sums.attn[k]), sums.counted[k]));
+    let (clean, corrupted) = (sums.clean / n as f64, sums.corrupted / n as f64);
+    let patching = patch.then(|| per(sums.patched.clone(), n).into_iter().map(|r| r.into_iter().map(|v| (v - corrupted) / (clean - corrupted)).collect()).collect());
     let mut scores = HeadScores {
         name: name.to_string(),
         n_prompts: n,
-        logit_diff,
-        dla,
-        dla_mlp,
-        dla_rest,
+        logit_diff: sums.logit_diff / n as f64,
+        dla: per(sums.dla, n),
+        dla_mlp: sums.dla_mlp.iter().map(|x| x / n as f64).collect(),
+        dla_rest: sums.dla_rest / n as f64,
         attn_io,
         attn_s1,
         attn_s2,
