@@ -181,6 +181,8 @@ fn peak_rss_of_alone(test: &str) -> u64 {
     let child = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", test, "--test-threads", "1", "--nocapture"])
         .env("INTERP_CHILD", "1")
+        // Its own `test result` line would count twice in the suite's tally; panics go to stderr.
+        .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let (mut status, mut usage) = (0i32, unsafe { std::mem::zeroed::<libc::rusage>() });
