@@ -97,7 +97,12 @@ macro_rules! render {
     }};
 }
 
-/// Draws `panels` side by side into `path` (`.svg` or `.png`).
+/// Panels side by side wider than this are stacked instead, so that a page 1,280 px wide shows
+/// each at a readable scale.
+const MAX_ROW_W: u32 = 2400;
+
+/// Draws `panels` side by side into `path` (`.svg` or `.png`), or one above the other when side
+/// by side they would be wider than [`MAX_ROW_W`].
 pub fn heatmaps(path: &Path, panels: &[Heatmap]) -> Result<()> {
     if panels.is_empty() {
         return Err(Error::Input("no heatmap to draw".into()));
@@ -112,12 +117,15 @@ pub fn heatmaps(path: &Path, panels: &[Heatmap]) -> Result<()> {
     // Wide enough for the cells and for the title (16 px sans-serif: about 8 px a character).
     let title = panels.iter().map(|p| p.title.chars().count()).max().unwrap_or(0) as u32;
     let panel_w = (120 + COLOR_BAR_W + 7 * longest + 44 * panels.iter().map(|p| p.cols.len()).max().unwrap_or(1) as u32).max(8 * title + 40);
-    let size = (
-        (panel_w * panels.len() as u32).max(360),
-        (140 + 26 * rows as u32).max(260),
-    );
+    let panel_h = (140 + 26 * rows as u32).max(260);
+    let n = panels.len() as u32;
+    let stacked = n > 1 && panel_w * n > MAX_ROW_W;
+    let (size, grid) = match stacked {
+        true => ((panel_w.max(360), panel_h * n), (panels.len(), 1)),
+        false => (((panel_w * n).max(360), panel_h), (1, panels.len())),
+    };
     render!(path, size, |root| {
-        root.split_evenly((1, panels.len()))
+        root.split_evenly(grid)
             .iter()
             .zip(panels)
             .try_for_each(|(area, panel)| draw_heatmap(area, panel, longest))
