@@ -134,7 +134,7 @@ fn add_chunk(model: &HookedTransformer, prompts: &TaskPrompts, patch: bool, sums
     let dla_of = |x: &Tensor| -> Result<Tensor> {
         let x = x.f_to_kind(Kind::Double)?;
         let x = if centre { x.f_sub(&x.f_mean_dim(-1, true, Kind::Double)?)? } else { x };
-        let shape: Vec<i64> = std::iter::once(n as i64).chain(std::iter::repeat(1).take(x.dim() - 2)).collect();
+        let shape: Vec<i64> = std::iter::once(n as i64).chain(std::iter::repeat_n(1, x.dim() - 2)).collect();
         let per = x.f_mul(&direction.f_reshape([shape.clone(), vec![-1]].concat())?)?.f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Double)?;
         Ok(per.f_div(&scale.f_reshape(shape)?)?.f_sum_dim_intlist([0i64].as_slice(), false, Kind::Double)?)
     };
