@@ -76,3 +76,19 @@ fn ngram_baselines_match_closed_forms() {
     let want = -(0.8f64.ln() + 0.75f64.ln()) / 2.0;
     assert!((bi - want).abs() < 1e-12, "{bi} vs {want}");
 }
+
+#[test]
+fn interleaved_corpora_keep_every_character_and_alternate() {
+    let doc = |name: &str, text: &str| data::Document { name: name.into(), text: text.into() };
+    let a = vec![doc("a", "ééé\nline two\nline three\n"), doc("b", "short")];
+    let b = vec![doc("c", "x\ny\nz\n")];
+    // 3 bytes in is inside the second é: the cut moves on to the next line end
+    let mixed = data::interleave(vec![a.clone(), b.clone()], 3);
+    let names: Vec<&str> = mixed.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["a#0", "c#0", "a#1", "c#1", "a#2", "b#0"]);
+    assert_eq!(mixed[0].text, "ééé\n");
+    let joined = |docs: &[data::Document], prefix: &str| docs.iter().filter(|d| d.name.starts_with(prefix)).map(|d| d.text.as_str()).collect::<String>();
+    assert_eq!(joined(&mixed, "a#"), a[0].text);
+    assert_eq!(joined(&mixed, "b#"), a[1].text);
+    assert_eq!(joined(&mixed, "c#"), b[0].text);
+}

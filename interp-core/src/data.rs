@@ -120,6 +120,36 @@ pub fn hold_out(docs: Vec<Document>) -> Result<(Vec<Document>, Vec<Document>)> {
     Ok((train, eval))
 }
 
+/// Documents of several corpora cut into pieces of about `chars` characters (at line ends) and
+/// interleaved round-robin, so that any stretch of the result, the first held-out contexts
+/// included, draws on every corpus. Pieces are named `name#i`.
+pub fn interleave(corpora: Vec<Vec<Document>>, chars: usize) -> Vec<Document> {
+    let mut queues: Vec<std::collections::VecDeque<Document>> = corpora
+        .into_iter()
+        .map(|docs| {
+            let mut pieces = std::collections::VecDeque::new();
+            for d in docs {
+                let (mut start, mut i) = (0, 0);
+                while start < d.text.len() {
+                    let mut cut = (start + chars.max(1)).min(d.text.len());
+                    while !d.text.is_char_boundary(cut) {
+                        cut += 1;
+                    }
+                    let end = d.text[cut..].find('\n').map_or(d.text.len(), |n| cut + n + 1);
+                    pieces.push_back(Document { name: format!("{}#{i}", d.name), text: d.text[start..end].to_string() });
+                    (start, i) = (end, i + 1);
+                }
+            }
+            pieces
+        })
+        .collect();
+    let mut out = Vec::new();
+    while queues.iter().any(|q| !q.is_empty()) {
+        out.extend(queues.iter_mut().filter_map(|q| q.pop_front()));
+    }
+    out
+}
+
 /// A byte-level BPE tokenizer (GPT-2's scheme) with `vocab_size` entries, `<|endoftext|>` at id 0.
 pub fn train_bpe(docs: &[Document], vocab_size: usize) -> Result<Tokenizer> {
     let tok_err = |e: tokenizers::Error| Error::Tokenizer(e.to_string());

@@ -150,8 +150,15 @@ impl TrainArgs {
 }
 
 /// Training and eval documents of `--data`: `shakespeare`, a folder of .txt files or a .jsonl file
-/// (every eighth document held out).
+/// (every eighth document held out), or several of these separated by commas (their training
+/// documents concatenated; their held-out documents cut into pieces of about 8,000 characters and
+/// interleaved, so that the first held-out contexts come from every corpus).
 pub fn corpus(name: &str) -> Result<(Vec<data::Document>, Vec<data::Document>)> {
+    let parts: Vec<&str> = name.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    if parts.len() > 1 {
+        let (train, eval): (Vec<_>, Vec<_>) = parts.iter().map(|p| corpus(p)).collect::<Result<Vec<_>>>()?.into_iter().unzip();
+        return Ok((train.concat(), data::interleave(eval, 8000)));
+    }
     if name == "shakespeare" {
         return data::shakespeare(Path::new(SHAKESPEARE)).context("run scripts/setup.sh to fetch the corpus");
     }
