@@ -567,3 +567,19 @@ fn activation_store_streams_the_models_activations_and_caches_them() {
     let err = CachedActivations::open(&dir, Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("shard_00000.safetensors: `blocks.0.hook_resid_post` is F32 of shape [256, 128] but the manifest says F32 [128, 128]"), "{err}");
 }
+
+#[test]
+fn random_latents_are_a_seeded_sample_of_the_live_ones() {
+    use interp::transcoders::random_latents;
+    // 100 latents, every third dead (log10 density -10).
+    let d: Vec<f64> = (0..100).map(|i| if i % 3 == 0 { -10.0 } else { -2.0 - i as f64 / 100.0 }).collect();
+    let d = Tensor::from_slice(&d);
+    let a = random_latents(&d, 8, 0).unwrap();
+    assert_eq!(a.len(), 8);
+    assert!(a.windows(2).all(|w| w[0] < w[1]) && a.iter().all(|i| i % 3 != 0), "{a:?}");
+    assert_eq!(a, random_latents(&d, 8, 0).unwrap());
+    assert_ne!(a, random_latents(&d, 8, 1).unwrap());
+    // Not the readable ones' order: the draw spans the range.
+    assert!(a.last().unwrap() - a.first().unwrap() > 30, "{a:?}");
+    assert_eq!(random_latents(&d, 1000, 0).unwrap().len(), 66);
+}

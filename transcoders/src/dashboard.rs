@@ -54,6 +54,23 @@ pub fn readable_latents(log10_density: &Tensor, n: usize) -> Result<Vec<i64>> {
     Ok(alive.into_iter().take(n).map(|(_, i)| i).collect())
 }
 
+/// `n` latents drawn uniformly at random (seeded, without replacement) from those alive on the
+/// evaluation contexts, given their log10 densities [d_sae]: a sample that is not cherry-picked.
+/// Returned in increasing order.
+pub fn random_latents(log10_density: &Tensor, n: usize, seed: u64) -> Result<Vec<i64>> {
+    let d = Vec::<f64>::try_from(log10_density.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?)?;
+    let mut alive: Vec<i64> = d.iter().enumerate().filter(|(_, &v)| v > -9.0).map(|(i, _)| i as i64).collect();
+    let mut state = seed;
+    for i in 0..n.min(alive.len()) {
+        state = interp_core::data::splitmix(state);
+        let j = i + (state % (alive.len() - i) as u64) as usize;
+        alive.swap(i, j);
+    }
+    alive.truncate(n);
+    alive.sort_unstable();
+    Ok(alive)
+}
+
 /// Everything shown for one latent.
 #[derive(Clone, Debug, Serialize)]
 pub struct LatentDashboard {

@@ -56,4 +56,4 @@ pub mod runner;
 pub use metrics::{evaluate, evaluate_activations, evaluate_set, DictionaryMetrics, SetMetrics, DownstreamMetrics, DENSE_THRESHOLD};
 
 mod dashboard;
-pub use dashboard::{latent_dashboards, readable_latents, set_dashboards, visible_token, ContextExample, LatentDashboard};
+pub use dashboard::{latent_dashboards, random_latents, readable_latents, set_dashboards, visible_token, ContextExample, LatentDashboard};

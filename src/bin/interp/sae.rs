@@ -12,7 +12,7 @@ use interp::interp_core::train::Schedule;
 use interp::interp_core::{tch, CacheSpec, HookedTransformer};
 use interp::transcoders::runner::{eval_contexts, train_cross_layer, train_dictionary, RunnerConfig, TRAIN_LOG};
 use interp::transcoders::{
-    evaluate, evaluate_activations, evaluate_set, latent_dashboards, load_transcoder_set, readable_latents, ActivationSource, Architecture, CachedActivations, DictionaryMetrics, InMemoryActivations, SaeTrainConfig,
+    evaluate, evaluate_activations, evaluate_set, latent_dashboards, load_transcoder_set, random_latents, readable_latents, ActivationSource, Architecture, CachedActivations, DictionaryMetrics, InMemoryActivations, SaeTrainConfig,
     SetMetrics, SparseDictionary, StoreConfig,
 };
 use tch::{Kind, Tensor};
@@ -85,10 +85,18 @@ pub enum SaeCommand {
         /// of tokens: sparse enough to mean something, frequent enough to have examples).
         #[arg(long, value_delimiter = ',')]
         latents: Vec<i64>,
+        /// How many latents to show when --latents is not given.
         #[arg(long, default_value_t = 12)]
         top: usize,
+        /// Draw the --top latents uniformly at random (seeded by this) from those that fire on
+        /// the contexts, instead of the readable ones: a sample that is not cherry-picked.
+        #[arg(long)]
+        random: Option<u64>,
+        /// Text whose held-out part gives the contexts (shakespeare, a folder of .txt files, a
+        /// .jsonl file, or several separated by commas).
         #[arg(long, default_value = "shakespeare")]
         data: String,
+        /// Held-out contexts (of the dictionary's context size) searched for top activations.
         #[arg(long, default_value_t = 64)]
         contexts: i64,
     },
@@ -109,7 +117,8 @@ pub struct EvalArgs {
     /// Batches of a cache folder to evaluate on (default: all of one epoch).
     #[arg(long)]
     batches: Option<usize>,
-    /// shakespeare, a folder of .txt files or a .jsonl file; its held-out part is used.
+    /// shakespeare, a folder of .txt files, a .jsonl file, or several separated by commas; its
+    /// held-out part is used.
     #[arg(long, default_value = "shakespeare")]
     data: String,
     /// Number of held-out contexts.
@@ -224,6 +233,9 @@ pub struct TrainArgs {
     /// Checkpoint every this many steps.
     #[arg(long, default_value_t = RunnerConfig::default().train.checkpoint_every)]
     checkpoint_every: usize,
+    /// Text to train on: shakespeare, a folder of .txt files, a .jsonl file with a `text` field,
+    /// or several separated by commas (e.g. shakespeare,data/docs); every eighth document is held
+    /// out for the evaluation.
     #[arg(long, default_value = "shakespeare")]
     data: String,
     /// Write the activations to this folder first (sharded safetensors and a manifest that
@@ -502,14 +514,14 @@ pub fn run(cmd: SaeCommand) -> Result<()> {
         SaeCommand::Eval(a) => eval(&a)?,
         SaeCommand::Encode(a) => encode(&a)?,
         SaeCommand::Decode { sae, features, out } => decode(&sae, &features, &out)?,
-        SaeCommand::Dashboard { model, sae, out, latents, top, data, contexts } => {
+        SaeCommand::Dashboard { model, sae, out, latents, top, random, data, contexts } => {
             let model = load(&model)?;
             let dict = load_dictionary(&model, &sae)?;
             let ctx = held_out_contexts(&model, &data, contexts, dict.cfg().context_size)?;
-            let latents = if latents.is_empty() {
-                readable_latents(&evaluate(&dict, &model, &ctx, 8)?.log10_density, top)?
-            } else {
-                latents
+            let latents = match (latents.is_empty(), random) {
+                (false, _) => latents,
+                (true, None) => readable_latents(&evaluate(&dict, &model, &ctx, 8)?.log10_density, top)?,
+                (true, Some(seed)) => random_latents(&evaluate(&dict, &model, &ctx, 8)?.log10_density, top, seed)?,
             };
             let boards = latent_dashboards(&dict, &model, &ctx, &latents, 8)?;
             write_dashboards(&boards, &format!("{} on {}", sae.display(), dict.cfg().hook_name), &out)?;
