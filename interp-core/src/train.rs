@@ -309,14 +309,31 @@ fn bar_with(len: u64, show: bool, counter: &str, msg: &str) -> indicatif::Progre
         return indicatif::ProgressBar::hidden();
     }
     let (bar, template) = if std::io::stderr().is_terminal() {
-        (indicatif::ProgressBar::new(len), format!("{{bar:30}} {counter} [{{elapsed_precise}}<{{eta_precise}}] {msg}"))
+        (indicatif::ProgressBar::new(len), format!("{{bar:30}} {counter} [{{elapsed_precise}}<{{eta_mean}}] {msg}"))
     } else {
         let log = LogLines { every: std::time::Duration::from_secs(30), last: std::sync::Mutex::new(Instant::now()) };
         let target = indicatif::ProgressDrawTarget::term_like(Box::new(log));
-        (indicatif::ProgressBar::with_draw_target(Some(len), target), format!("{counter} ({{percent}}%), {{elapsed_precise}} elapsed, ETA {{eta_precise}} {msg}"))
+        (indicatif::ProgressBar::with_draw_target(Some(len), target), format!("{counter} ({{percent}}%), {{elapsed_precise}} elapsed, ETA {{eta_mean}} {msg}"))
     };
-    bar.set_style(indicatif::ProgressStyle::with_template(template.trim_end()).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    let style = indicatif::ProgressStyle::with_template(template.trim_end()).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style.with_key("eta_mean", |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+        let _ = w.write_str(&eta_mean(s.elapsed(), s.pos(), s.len()));
+    }));
     bar
+}
+
+/// The time left at the mean rate so far (`elapsed` for `done` of `total`), as h:mm:ss; `-`
+/// before any work is done. Work that comes in bursts (a buffer of activations filled every few
+/// training steps, tests of unequal cost) makes a recent-rate estimate swing by the burst size;
+/// the mean rate does not.
+fn eta_mean(elapsed: std::time::Duration, done: u64, total: Option<u64>) -> String {
+    match total {
+        Some(total) if done > 0 => {
+            let left = (elapsed.as_secs_f64() * (total.saturating_sub(done)) as f64 / done as f64).round() as u64;
+            format!("{}:{:02}:{:02}", left / 3600, left / 60 % 60, left % 60)
+        }
+        _ => "-".to_string(),
+    }
 }
 
 /// A progress bar's target in a log: one line, at most every `every`, no cursor movement.
@@ -476,5 +493,20 @@ impl HookedTransformer {
             total += next_token_loss(&self.forward(&b.input)?, b)?.f_double_value(&[])?;
         }
         Ok(total / batches.len() as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::eta_mean;
+    use std::time::Duration;
+
+    #[test]
+    fn the_eta_is_the_time_left_at_the_mean_rate() {
+        // 50 of 1,221 steps in 100 s: 1,171 steps at 2 s each.
+        assert_eq!(eta_mean(Duration::from_secs(100), 50, Some(1221)), "0:39:02");
+        assert_eq!(eta_mean(Duration::from_secs(7200), 1, Some(3)), "4:00:00");
+        assert_eq!(eta_mean(Duration::from_secs(5), 0, Some(10)), "-");
+        assert_eq!(eta_mean(Duration::from_secs(5), 3, None), "-");
     }
 }
