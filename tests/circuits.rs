@@ -736,7 +736,8 @@ fn causal_tracing_runs_from_the_corrupted_run() {
 fn smollm2_does_ioi_and_its_direct_logit_attributions_add_up() {
     // The shipped IOI prompts on the real SmolLM2-135M: every one of the first 16 has a positive
     // logit difference; heads, MLPs, embeddings and biases, each through the final norm's frozen
-    // scale and gain, add up to the logit difference of the logits; some late head is a name
+    // scale and gain, add up to the logit difference of the logits; each head's share splits
+    // into its effects on the answer's and the wrong token's logits; some late head is a name
     // mover (positive direct effect, attending to the indirect object).
     use circuits::analysis::{behaviour, head_scores};
     let model = common::smollm2();
@@ -749,6 +750,13 @@ fn smollm2_does_ioi_and_its_direct_logit_attributions_add_up() {
     let sum = heads.dla.iter().flatten().sum::<f64>() + heads.dla_mlp.iter().sum::<f64>() + heads.dla_rest;
     assert!((sum - heads.logit_diff).abs() < 1e-3 * heads.logit_diff.abs(), "{sum} vs {}", heads.logit_diff);
     assert!((heads.logit_diff - all.2).abs() < 1e-4);
+    // Split into the answer's and the wrong token's logits, each against the mean logit.
+    for (l, row) in heads.dla.iter().enumerate() {
+        for (h, d) in row.iter().enumerate() {
+            assert!((heads.dla_answer[l][h] - heads.dla_wrong[l][h] - d).abs() < 1e-9, "L{l}H{h}");
+        }
+    }
+    assert!(heads.dla_answer.iter().flatten().any(|a| a.abs() > 0.1) && heads.dla_wrong.iter().flatten().any(|a| a.abs() > 0.1));
     let movers = heads.name_movers();
     assert!(movers.iter().any(|(l, _)| *l >= 15), "{movers:?}");
     for grid in [&heads.attn_io, &heads.attn_s1, &heads.attn_s2, &heads.previous] {
@@ -772,7 +780,7 @@ fn eap_on_smollm2_is_the_gradient_of_its_edge_masks() {
     order.sort_by(|a, b| eap[*b].abs().total_cmp(&eap[*a].abs()));
     let edges: Vec<usize> = order[..3].iter().copied().chain([n / 7, n / 2, n - 2]).collect();
     let eps = 1e-6;
-    let mut masks = Tensor::ones([edges.len() as i64 + 1, n as i64], (Kind::Double, Device::Cpu));
+    let masks = Tensor::ones([edges.len() as i64 + 1, n as i64], (Kind::Double, Device::Cpu));
     for (i, &e) in edges.iter().enumerate() {
         let _ = masks.get(i as i64 + 1).get(e as i64).fill_(1.0 - eps);
     }

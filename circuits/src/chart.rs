@@ -376,26 +376,54 @@ fn draw_color_bar<DB: DrawingBackend>(
 /// Draws the kept edges of a circuit on the edge graph into `path` (`.svg` or `.png`): the
 /// embedding at the bottom, then each layer's heads and MLP, the logits at the top; edge width by
 /// `|weight|` (an ACDC effect or an attribution score), colour by the receiving input (q red, k
-/// green, v blue, MLP and logits grey); nodes without a kept edge are faint.
+/// green, v blue, MLP and logits grey); nodes without a kept edge are faint, and in models of more
+/// than 8 layers left out with their rows.
 pub fn circuit_graph(path: &Path, title: &str, graph: &EdgeGraph, kept: &[bool], weights: &[f64]) -> Result<()> {
     if kept.len() != graph.n_edges() || weights.len() != graph.n_edges() {
         return Err(Error::Input(format!("{} edges in the graph, {} kept flags and {} weights", graph.n_edges(), kept.len(), weights.len())));
     }
-    // Rows bottom to top: embed, then per layer heads and MLP, then logits.
+    // Nodes an edge touches are drawn strong, the rest faint.
+    let mut active = std::collections::HashSet::new();
+    for (e, _) in graph.edges.iter().zip(kept).filter(|(_, k)| **k) {
+        active.insert(e.sender.to_string());
+        active.insert(match e.receiver {
+            Receiver::Head { layer, head, .. } => Sender::Head { layer, head }.to_string(),
+            r => r.to_string(),
+        });
+    }
+    // Rows bottom to top: embed, then per layer heads and MLP, then logits; in a graph of more
+    // than 8 layers, rows without a touched node are left out (a 30-layer model's 100 edges
+    // would otherwise stand on a page 60 rows tall).
     let n_heads = graph.senders.iter().filter_map(|s| if let Sender::Head { head, .. } = s { Some(*head + 1) } else { None }).max().unwrap_or(0) as usize;
     let has_mlp = graph.senders.iter().any(|s| matches!(s, Sender::Mlp { .. }));
     let per_layer = 1 + has_mlp as usize;
-    let n_rows = 2 + per_layer * graph.n_layers;
+    let full_rows = 2 + per_layer * graph.n_layers;
+    let compact = graph.n_layers > 8;
+    let row_of_node = |s: &Sender| -> usize {
+        match s {
+            Sender::Embed => 0,
+            Sender::Head { layer, .. } => 1 + per_layer * layer,
+            Sender::Mlp { layer } => 2 + per_layer * layer,
+        }
+    };
+    let mut shown_rows = vec![!compact; full_rows];
+    shown_rows[0] = true;
+    shown_rows[full_rows - 1] = true;
+    for s in graph.senders.iter().filter(|s| active.contains(&s.to_string())) {
+        shown_rows[row_of_node(s)] = true;
+    }
+    let rank: Vec<usize> = shown_rows.iter().scan(0, |n, &on| { let r = *n; *n += on as usize; Some(r) }).collect();
+    let n_rows = shown_rows.iter().filter(|r| **r).count();
     let width = (140 + 110 * n_heads.max(2)) as u32;
     let height = (90 + 90 * n_rows) as u32;
-    let row_y = |row: usize| -> i32 { (height as usize - 50 - 90 * row) as i32 - 20 };
+    let row_y = |row: usize| -> i32 { (height as usize - 50 - 90 * rank[row]) as i32 - 20 };
     let centre = width as i32 / 2;
     let head_x = |h: i64| -> i32 { 90 + ((width as i32 - 180) * (2 * h as i32 + 1)) / (2 * n_heads.max(1) as i32) };
     let sender_xy = |s: &Sender| -> (i32, i32) {
         match s {
             Sender::Embed => (centre, row_y(0)),
-            Sender::Head { layer, head } => (head_x(*head), row_y(1 + per_layer * layer)),
-            Sender::Mlp { layer } => (centre, row_y(2 + per_layer * layer)),
+            Sender::Head { head, .. } => (head_x(*head), row_y(row_of_node(s))),
+            Sender::Mlp { .. } => (centre, row_y(row_of_node(s))),
         }
     };
     let receiver_xy = |r: &Receiver| -> ((i32, i32), RGBColor) {
@@ -406,22 +434,14 @@ pub fn circuit_graph(path: &Path, title: &str, graph: &EdgeGraph, kept: &[bool],
                     Qkv::K => (0, RGBColor(30, 140, 50)),
                     Qkv::V => (10, RGBColor(40, 80, 200)),
                 };
-                ((head_x(*head) + dx, row_y(1 + per_layer * layer)), colour)
+                ((head_x(*head) + dx, row_y(row_of_node(&Sender::Head { layer: *layer, head: *head }))), colour)
             }
-            Receiver::Mlp { layer } => ((centre, row_y(2 + per_layer * layer)), RGBColor(90, 90, 90)),
-            Receiver::Logits => ((centre, row_y(n_rows - 1)), RGBColor(90, 90, 90)),
+            Receiver::Mlp { layer } => ((centre, row_y(row_of_node(&Sender::Mlp { layer: *layer }))), RGBColor(90, 90, 90)),
+            Receiver::Logits => ((centre, row_y(full_rows - 1)), RGBColor(90, 90, 90)),
         }
     };
     let max_w = weights.iter().zip(kept).filter(|(_, k)| **k).fold(0f64, |m, (w, _)| m.max(w.abs())).max(1e-12);
-    let mut active = std::collections::HashSet::new();
-    for (e, _) in graph.edges.iter().zip(kept).filter(|(_, k)| **k) {
-        active.insert(e.sender.to_string());
-        active.insert(match e.receiver {
-            Receiver::Head { layer, head, .. } => Sender::Head { layer, head }.to_string(),
-            r => r.to_string(),
-        });
-    }
-    let mut nodes: Vec<(String, (i32, i32))> = graph.senders.iter().map(|s| (s.to_string(), sender_xy(s))).collect();
+    let mut nodes: Vec<(String, (i32, i32))> = graph.senders.iter().filter(|s| shown_rows[row_of_node(s)]).map(|s| (s.to_string(), sender_xy(s))).collect();
     nodes.push(("logits".into(), receiver_xy(&Receiver::Logits).0));
     render!(path, (width, height), |root| {
         let draw = || -> std::result::Result<(), String> {

@@ -373,6 +373,12 @@ impl EdgeGraph {
         Ok(EdgeGraph { senders, receivers, edges, groups, n_layers: c.n_layers, n_heads: h, n_kv_heads: kv, has_mlp })
     }
 
+    /// Whether heads share key-value heads (grouped-query attention): then the `K` and `V`
+    /// receivers are key-value heads.
+    pub fn kv_grouped(&self) -> bool {
+        self.n_kv_heads < self.n_heads
+    }
+
     /// Number of edges.
     pub fn n_edges(&self) -> usize {
         self.edges.len()

@@ -51,6 +51,11 @@ impl<'a> EdgeRun<'a> {
         Ok(run)
     }
 
+    /// The edge graph it runs.
+    pub fn graph(&self) -> &EdgeGraph {
+        self.graph
+    }
+
     /// Reports work on `bar`: each attribution or masked forward advances it by the prompts it
     /// covers, in forward passes (a gradient pass counts three). See [`EdgeRun::attribution_work`]
     /// and [`EdgeRun::faithfulness_work`] for the totals.

@@ -158,7 +158,16 @@ impl Metric {
 
     /// The metric of prompts `start .. start + len` alone.
     pub fn narrow(&self, start: i64, len: i64) -> Result<Metric> {
-        let rows = |t: &Tensor| t.f_narrow(0, start, len);
+        self.map_rows(|t| t.f_narrow(0, start, len))
+    }
+
+    /// The metric of the prompts at `rows` [k] int64 alone, in that order.
+    pub fn select(&self, rows: &Tensor) -> Result<Metric> {
+        self.map_rows(|t| t.f_index_select(0, &rows.f_to_device(t.device())?))
+    }
+
+    /// The metric with `rows` applied to each per-prompt tensor.
+    fn map_rows(&self, rows: impl Fn(&Tensor) -> std::result::Result<Tensor, tch::TchError>) -> Result<Metric> {
         let kind = match &self.kind {
             MetricKind::LogitDiff { answer, wrong } => MetricKind::LogitDiff { answer: rows(answer)?, wrong: rows(wrong)? },
             MetricKind::Probability { answer } => MetricKind::Probability { answer: rows(answer)? },
@@ -166,7 +175,7 @@ impl Metric {
             MetricKind::Kl { clean_logprobs } => MetricKind::Kl { clean_logprobs: rows(clean_logprobs)? },
             MetricKind::CrossEntropy { answer } => MetricKind::CrossEntropy { answer: rows(answer)? },
         };
-        Ok(Metric { kind, positions: self.positions.as_ref().map(rows).transpose()? })
+        Ok(Metric { kind, positions: self.positions.as_ref().map(&rows).transpose()? })
     }
 
     /// The mean over prompts of the metric of `model` on `tokens` [n, pos], `max_rows` prompts

@@ -152,6 +152,26 @@ impl TaskPrompts {
         })
     }
 
+    /// The pairs at `indices`, in that order, trimmed to the longest of them.
+    pub fn select(&self, indices: &[usize]) -> Result<TaskPrompts> {
+        if indices.is_empty() || indices.iter().any(|&i| i >= self.len()) {
+            return Err(Error::Input(format!("pairs {indices:?} of a set of {}", self.len())));
+        }
+        let rows = Tensor::f_from_slice(&indices.iter().map(|&i| i as i64).collect::<Vec<_>>())?;
+        let lengths: Vec<i64> = indices.iter().map(|&i| self.lengths[i]).collect();
+        let width = lengths.iter().copied().max().unwrap_or(1);
+        let take = |t: &Tensor| -> Result<Tensor> { Ok(t.f_index_select(0, &rows.f_to_device(t.device())?)?.f_narrow(1, 0, width)?) };
+        Ok(TaskPrompts {
+            clean: take(&self.clean)?,
+            corrupted: take(&self.corrupted)?,
+            lengths,
+            answers: indices.iter().map(|&i| self.answers[i].clone()).collect(),
+            wrongs: indices.iter().map(|&i| self.wrongs[i].clone()).collect(),
+            labels: indices.iter().map(|&i| self.labels[i].clone()).collect(),
+            metric: self.metric.select(&rows)?,
+        })
+    }
+
     /// Number of pairs.
     pub fn len(&self) -> usize {
         self.lengths.len()

@@ -12,12 +12,46 @@ use crate::budget::MemoryBudget;
 use crate::eap::{top_k_masks, AttributionMethod};
 use crate::edge_run::EdgeRun;
 use crate::mib::{cmd, cpr, mib_counts, mib_folder, mib_prune, write_mib_scores, MIB_FRACTIONS};
-use crate::edge_graph::{Ablation, EdgeGraph};
+use crate::edge_graph::{Ablation, EdgeGraph, Qkv, Receiver};
 use crate::error::{Error, Result};
 use crate::metric::{check_gap, Metric, MetricName};
 use crate::prompts::TaskPrompts;
 use crate::output::Output;
 use crate::table::{Table, Value};
+
+/// Edge scores summed between two components: a sender and a head (its q, k and v inputs
+/// together; under grouped-query attention k and v belong to a key-value head, named
+/// `L{l}KV{h}`), an MLP or the logits.
+struct ComponentConnection {
+    sender: String,
+    receiver: String,
+    score: f64,
+    /// The sum's parts into q, k and v (zero for an MLP or the logits).
+    qkv: [f64; 3],
+    edges: usize,
+}
+
+/// Every sender-component pair's summed score, largest |score| first.
+fn component_connections(graph: &EdgeGraph, scores: &[f64]) -> Vec<ComponentConnection> {
+    let mut sums: std::collections::BTreeMap<(String, String), ([f64; 3], f64, usize)> = std::collections::BTreeMap::new();
+    for (e, s) in graph.edges.iter().zip(scores) {
+        let (receiver, slot) = match e.receiver {
+            Receiver::Head { layer, head, input: Qkv::Q } => (format!("L{layer}H{head}"), Some(0)),
+            Receiver::Head { layer, head, input } if graph.kv_grouped() => (format!("L{layer}KV{head}"), Some(1 + (input == Qkv::V) as usize)),
+            Receiver::Head { layer, head, input } => (format!("L{layer}H{head}"), Some(1 + (input == Qkv::V) as usize)),
+            r => (r.to_string(), None),
+        };
+        let entry = sums.entry((e.sender.to_string(), receiver)).or_insert(([0.0; 3], 0.0, 0));
+        if let Some(i) = slot {
+            entry.0[i] += s;
+        }
+        entry.1 += s;
+        entry.2 += 1;
+    }
+    let mut out: Vec<ComponentConnection> = sums.into_iter().map(|((sender, receiver), (qkv, score, edges))| ComponentConnection { sender, receiver, score, qkv, edges }).collect();
+    out.sort_by(|a, b| b.score.abs().total_cmp(&a.score.abs()));
+    out
+}
 
 /// What [`circuit_discovery`] runs.
 #[derive(Clone, Debug)]
@@ -388,6 +422,19 @@ impl CircuitDiscovery {
             ));
             let (kept, n_kept, f) = self.eap_ig_circuit()?;
             let scores = &self.methods.last().ok_or_else(|| Error::Input("no EAP-IG scores".into()))?.scores;
+            // The same scores at the level a reader thinks in: between heads, MLPs and the logits.
+            let components = component_connections(graph, scores);
+            let top: Vec<String> = components.iter().take(8).map(|c| format!("{} -> {} {:+.3}", c.sender, c.receiver, c.score)).collect();
+            out.report.paragraph(&format!(
+                "EAP-IG's scores summed over the edges between two components (a head's q, k and v inputs together; table \
+                 `eap_ig_components`), largest |sum| first: {}.",
+                top.join(", ")
+            ));
+            let mut table = Table::new(&["sender", "receiver", "score", "q", "k", "v", "edges"]);
+            for c in &components {
+                table.push(vec![c.sender.clone().into(), c.receiver.clone().into(), c.score.into(), c.qkv[0].into(), c.qkv[1].into(), c.qkv[2].into(), c.edges.into()]);
+            }
+            out.table("eap_ig_components", "EAP-IG scores summed between components, largest |sum| first", &table)?;
             // A drawing of at most DRAWN edges: the circuit's top ones by |score|, pruned.
             const DRAWN: usize = 100;
             let (drawn, title) = if n_kept > DRAWN {

@@ -11,6 +11,7 @@ use tch::{Kind, Tensor};
 
 use crate::chart::{heatmaps, Heatmap};
 use crate::edge_graph::{EdgeGraph, Qkv, Receiver, Sender};
+use crate::edge_run::EdgeRun;
 use crate::error::{Error, Result};
 use crate::mib::mib_node_scores;
 use crate::output::Output;
@@ -29,6 +30,12 @@ pub struct HeadScores {
     /// Direct logit attribution of each head's output to the logit difference at the last
     /// position (the final norm's scale frozen at the clean run's, mean over prompts).
     pub dla: Vec<Vec<f64>>,
+    /// `dla` split into the head's direct effect on logit(answer) and on logit(wrong), each
+    /// against the mean logit (the unembedding centred over the vocabulary):
+    /// `dla = dla_answer - dla_wrong`.
+    pub dla_answer: Vec<Vec<f64>>,
+    /// See `dla_answer`.
+    pub dla_wrong: Vec<Vec<f64>>,
     /// The same for each MLP.
     pub dla_mlp: Vec<f64>,
     /// The embeddings', the attention biases' and the final norm's and unembedding's biases'
@@ -57,13 +64,19 @@ pub struct HeadScores {
     /// (|DLA| >= 10% of the logit difference: name movers, their negative kind, S suppressors),
     /// the path through which an S-inhibition head acts, when edge scores were given.
     pub into_output_heads: Option<Vec<Vec<f64>>>,
+    /// Path patching: the share of the clean - corrupted metric gap lost when only the head's
+    /// edges into the output heads' queries carry the corrupted run's values (every other edge
+    /// clean, everything downstream recomputed), from masked forwards; see
+    /// [`HeadScores::path_patch`].
+    pub path_patching: Option<Vec<Vec<f64>>>,
 }
 
 /// A head's roles, by the rules of [`HeadScores::roles`].
 pub const ROLE_RULES: &str = "output heads have |DLA| >= 10% of the logit difference; name mover: an output head with DLA > 0 \
      whose attention from the last position goes to IO (>= 0.2, more than to S1 or S2); negative name mover: the same with DLA < 0; \
-     S suppressor: DLA > 0 while attending to S (>= 0.2, more than to IO), so lowering the subject's logit; S-inhibition: its EAP-IG \
-     edges into output heads' queries sum to >= 5% of the logit difference; induction: attention from S2 to the token after S1 >= \
+     S suppressor: DLA > 0 while attending to S (>= 0.2, more than to IO), so lowering the subject's logit; S-inhibition: patching \
+     its paths into the output heads' queries loses >= 5% of the clean - corrupted gap (without path patching: its EAP-IG edges there \
+     sum to >= 5% of the logit difference); induction: attention from S2 to the token after S1 >= \
      0.3; duplicate token: attention from S2 to S1 >= 0.3; previous token: mean attention to the previous position >= 0.3";
 
 /// Positions of a prompt's answer (first occurrence) and wrong token (first and last).
@@ -80,7 +93,8 @@ const CHUNK: usize = 16;
 /// Sums over prompts, from which [`head_scores`] takes its means.
 struct Sums {
     logit_diff: f64,
-    dla: Vec<Vec<f64>>,
+    /// DLA to the difference, to the answer and to the wrong token.
+    dla: [Vec<Vec<f64>>; 3],
     dla_mlp: Vec<f64>,
     /// Embeddings, attention biases and the biases after the final norm.
     dla_rest: f64,
@@ -123,30 +137,44 @@ fn add_chunk(model: &HookedTransformer, prompts: &TaskPrompts, patch: bool, sums
     // (c - mean(c) for a LayerNorm) / scale * w . (W_U[answer] - W_U[wrong]) to the difference.
     let w_u = model.w_u().f_to_kind(Kind::Double)?; // [D, V]
     let unembed = w_u.f_index_select(1, &answer)?.f_sub(&w_u.f_index_select(1, &wrong)?)?.f_transpose(0, 1)?; // [B, D]
+    // Each token's unembedding less the mean one: a head's effect on that logit against the rest.
+    let centred = w_u.f_sub(&w_u.f_mean_dim(1, true, Kind::Double)?)?;
     let (gain, bias) = model.norm_weights(NormSite::LnFinal)?;
-    let direction = match &gain {
-        Some(g) => unembed.f_mul(&g.f_to_kind(Kind::Double)?)?,
-        None => unembed.shallow_clone(),
+    let through_gain = |u: Tensor| -> Result<Tensor> {
+        Ok(match &gain {
+            Some(g) => u.f_mul(&g.f_to_kind(Kind::Double)?)?,
+            None => u,
+        })
     };
+    let directions = [
+        through_gain(unembed.shallow_clone())?,
+        through_gain(centred.f_index_select(1, &answer)?.f_transpose(0, 1)?)?,
+        through_gain(centred.f_index_select(1, &wrong)?.f_transpose(0, 1)?)?,
+    ];
+    let direction = &directions[0];
     let scale = at_last(cache.get("ln_final.hook_scale")?)?.f_to_kind(Kind::Double)?.f_reshape([n as i64, 1])?; // [B, 1]
     let centre = c.norm == NormKind::LayerNorm;
     // [B, ..., D] -> [...]: summed over the chunk's prompts.
-    let dla_of = |x: &Tensor| -> Result<Tensor> {
+    let dla_along = |x: &Tensor, direction: &Tensor| -> Result<Tensor> {
         let x = x.f_to_kind(Kind::Double)?;
         let x = if centre { x.f_sub(&x.f_mean_dim(-1, true, Kind::Double)?)? } else { x };
         let shape: Vec<i64> = std::iter::once(n as i64).chain(std::iter::repeat_n(1, x.dim() - 2)).collect();
         let per = x.f_mul(&direction.f_reshape([shape.clone(), vec![-1]].concat())?)?.f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Double)?;
         Ok(per.f_div(&scale.f_reshape(shape)?)?.f_sum_dim_intlist([0i64].as_slice(), false, Kind::Double)?)
     };
+    let dla_of = |x: &Tensor| dla_along(x, direction);
     let mut rest = dla_of(&at_last(cache.get("blocks.0.hook_resid_pre")?)?)?.f_double_value(&[])?;
     for l in 0..l_n {
         let z = at_last(cache.get(HookPoint::block(l, BlockSite::Z))?)?; // [B, H, dh]
         let result = z.f_unsqueeze(-1)?.f_mul(&model.w_o(l)?.f_unsqueeze(0)?)?.f_sum_dim_intlist([2i64].as_slice(), false, z.kind())?; // [B, H, D]
-        let heads = Vec::<f64>::try_from(&dla_of(&result)?)?;
+        // Per head, along the difference, the answer and the wrong token.
+        let heads: Vec<Vec<f64>> = directions.iter().map(|d| Ok(Vec::<f64>::try_from(&dla_along(&result, d)?)?)).collect::<Result<_>>()?;
         // The attention output less its heads: the output bias.
-        rest += dla_of(&at_last(cache.get(HookPoint::block(l, BlockSite::AttnOut))?)?)?.f_double_value(&[])? - heads.iter().sum::<f64>();
-        for (acc, x) in sums.dla[l].iter_mut().zip(heads) {
-            *acc += x;
+        rest += dla_of(&at_last(cache.get(HookPoint::block(l, BlockSite::AttnOut))?)?)?.f_double_value(&[])? - heads[0].iter().sum::<f64>();
+        for (grid, values) in sums.dla.iter_mut().zip(heads) {
+            for (acc, x) in grid[l].iter_mut().zip(values) {
+                *acc += x;
+            }
         }
         if !c.attn_only {
             sums.dla_mlp[l] += dla_of(&at_last(cache.get(HookPoint::block(l, BlockSite::MlpOut))?)?)?.f_double_value(&[])?;
@@ -217,7 +245,7 @@ pub fn head_scores(model: &HookedTransformer, prompts: &TaskPrompts, name: &str,
     let grid = || vec![vec![0.0; h_n]; l_n];
     let mut sums = Sums {
         logit_diff: 0.0,
-        dla: grid(),
+        dla: [grid(), grid(), grid()],
         dla_mlp: vec![0.0; l_n],
         dla_rest: 0.0,
         attn: [(); 6].map(|_| grid()),
@@ -232,12 +260,15 @@ pub fn head_scores(model: &HookedTransformer, prompts: &TaskPrompts, name: &str,
     let per = |g: Vec<Vec<f64>>, by: usize| -> Vec<Vec<f64>> { g.into_iter().map(|r| r.into_iter().map(|x| if by == 0 { f64::NAN } else { x / by as f64 }).collect()).collect() };
     let [attn_io, attn_s1, attn_s2, duplicate, induction, previous] = std::array::from_fn(|k| per(std::mem::take(&mut sums.attn[k]), sums.counted[k]));
     let (clean, corrupted) = (sums.clean / n as f64, sums.corrupted / n as f64);
+    let [dla, dla_answer, dla_wrong] = sums.dla.map(|g| per(g, n));
     let patching = patch.then(|| per(sums.patched.clone(), n).into_iter().map(|r| r.into_iter().map(|v| (v - corrupted) / (clean - corrupted)).collect()).collect());
     let mut scores = HeadScores {
         name: name.to_string(),
         n_prompts: n,
         logit_diff: sums.logit_diff / n as f64,
-        dla: per(sums.dla, n),
+        dla,
+        dla_answer,
+        dla_wrong,
         dla_mlp: sums.dla_mlp.iter().map(|x| x / n as f64).collect(),
         dla_rest: sums.dla_rest / n as f64,
         attn_io,
@@ -249,6 +280,7 @@ pub fn head_scores(model: &HookedTransformer, prompts: &TaskPrompts, name: &str,
         patching,
         node_score: None,
         into_output_heads: None,
+        path_patching: None,
     };
     if let Some((graph, edge_scores)) = edges {
         if edge_scores.len() != graph.n_edges() {
@@ -272,6 +304,36 @@ pub fn head_scores(model: &HookedTransformer, prompts: &TaskPrompts, name: &str,
 }
 
 impl HeadScores {
+    /// Path patching into the output heads' queries (see `path_patching`), for every head in a
+    /// layer below the last output head: one edge set per head, measured by masked forwards on
+    /// `run`'s prompts (the prompts these scores were taken on).
+    pub fn path_patch(&mut self, run: &EdgeRun) -> Result<()> {
+        let graph = run.graph();
+        let outputs: Vec<(usize, i64)> = self.output_heads().into_iter().map(|(l, h)| (l, h as i64)).collect();
+        let Some(last) = outputs.iter().map(|o| o.0).max() else {
+            self.path_patching = None;
+            return Ok(());
+        };
+        let senders: Vec<(usize, usize)> = self.heads().filter(|(l, _)| *l < last).collect();
+        let e = graph.n_edges();
+        let mut masks = vec![1f32; senders.len() * e];
+        for (i, edge) in graph.edges.iter().enumerate() {
+            if let (Sender::Head { layer, head }, Receiver::Head { layer: rl, head: rh, input: Qkv::Q }) = (edge.sender, edge.receiver) {
+                if let Some(v) = senders.iter().position(|s| *s == (layer, head as usize)).filter(|_| outputs.contains(&(rl, rh))) {
+                    masks[v * e + i] = 0.0;
+                }
+            }
+        }
+        let masks = Tensor::f_from_slice(&masks)?.f_view([senders.len() as i64, e as i64])?;
+        let kept = run.faithfulness(&masks)?;
+        let mut grid = vec![vec![0.0; self.dla[0].len()]; self.dla.len()];
+        for ((l, h), f) in senders.into_iter().zip(kept) {
+            grid[l][h] = 1.0 - f;
+        }
+        self.path_patching = Some(grid);
+        Ok(())
+    }
+
     fn heads(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         (0..self.dla.len()).flat_map(move |l| (0..self.dla[l].len()).map(move |h| (l, h)))
     }
@@ -298,7 +360,12 @@ impl HeadScores {
         if output && self.dla[l][h] > 0.0 && s >= 0.2 && s > io {
             out.push("S suppressor");
         }
-        if self.into_output_heads.as_ref().is_some_and(|g| g[l][h] >= 0.05 * gap) {
+        let inhibits = match (&self.path_patching, &self.into_output_heads) {
+            (Some(g), _) => g[l][h] >= 0.05,
+            (None, Some(g)) => g[l][h] >= 0.05 * gap,
+            (None, None) => false,
+        };
+        if inhibits {
             out.push("S-inhibition");
         }
         for (grid, role) in [(&self.induction, "induction"), (&self.duplicate, "duplicate token"), (&self.previous, "previous token")] {
@@ -329,7 +396,7 @@ impl HeadScores {
     }
 
     /// A report section with the roles found and the agreement between methods; heatmaps
-    /// (`heads_effects`: DLA, patching, node score; `heads_attention`: from the last position to
+    /// (`heads_effects`: DLA, patching, node score, path patching; `heads_attention`: from the last position to
     /// IO, S1, S2; `heads_patterns`: induction, duplicate-token and previous-token scores, each
     /// SVG and PNG); `heads.parquet/csv` (every score and role per head).
     pub fn write(&self, out: &mut Output) -> Result<()> {
@@ -344,7 +411,7 @@ impl HeadScores {
         ));
         let mut by_role: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         let mut table = Table::new(&[
-            "layer", "head", "dla", "patching", "node_score", "into_output_heads", "attn_io", "attn_s1", "attn_s2", "duplicate", "induction", "previous", "roles",
+            "layer", "head", "dla", "dla_answer", "dla_wrong", "patching", "node_score", "into_output_heads", "path_patching", "attn_io", "attn_s1", "attn_s2", "duplicate", "induction", "previous", "roles",
         ]);
         for (l, h) in self.heads() {
             let roles = self.roles(l, h);
@@ -356,9 +423,12 @@ impl HeadScores {
                 l.into(),
                 h.into(),
                 self.dla[l][h].into(),
+                self.dla_answer[l][h].into(),
+                self.dla_wrong[l][h].into(),
                 opt(&self.patching).into(),
                 opt(&self.node_score).into(),
                 opt(&self.into_output_heads).into(),
+                opt(&self.path_patching).into(),
                 self.attn_io[l][h].into(),
                 self.attn_s1[l][h].into(),
                 self.attn_s2[l][h].into(),
@@ -370,6 +440,27 @@ impl HeadScores {
         }
         let found: Vec<String> = by_role.iter().map(|(r, hs)| format!("{r}: {}", hs.join(" "))).collect();
         out.report.paragraph(&if found.is_empty() { "No head meets a role's rule.".to_string() } else { format!("Roles found. {}.", found.join("; ")) });
+        let split: Vec<String> = self
+            .output_heads()
+            .into_iter()
+            .map(|(l, h)| format!("L{l}H{h} {:+.2} = answer {:+.2} - wrong {:+.2}", self.dla[l][h], self.dla_answer[l][h], self.dla_wrong[l][h]))
+            .collect();
+        if !split.is_empty() {
+            out.report.paragraph(&format!(
+                "Output heads' direct effects split into logit(answer) and logit(wrong), each against the mean logit: {}.",
+                split.join("; ")
+            ));
+        }
+        if let Some(g) = &self.path_patching {
+            let mut top: Vec<(usize, usize)> = self.heads().filter(|(l, h)| g[*l][*h].abs() >= 0.02).collect();
+            top.sort_by(|a, b| g[b.0][b.1].total_cmp(&g[a.0][a.1]));
+            let shown: Vec<String> = top.iter().take(8).map(|(l, h)| format!("L{l}H{h} {:.2}", g[*l][*h])).collect();
+            out.report.paragraph(&format!(
+                "Path patching into the output heads' queries (only the head's edges into them carry the corrupted run; share of the \
+                 clean - corrupted gap lost), largest first: {}.",
+                if shown.is_empty() { "no head loses 2% or more".to_string() } else { shown.join(", ") }
+            ));
+        }
         let k = 10.min(l_n * h_n);
         let (dp, dn, pn) = self.agreement(k);
         let opt = |x: Option<usize>| x.map_or("-".to_string(), |x| x.to_string());
@@ -392,11 +483,72 @@ impl HeadScores {
         if let Some(g) = &self.node_score {
             effects.push(panel("EAP-IG node score", g)?);
         }
+        if let Some(g) = &self.path_patching {
+            effects.push(panel("path patching into output heads' queries (share lost)", g)?);
+        }
         let looks = [panel("attention last -> IO", &self.attn_io)?, panel("attention last -> S1", &self.attn_s1)?, panel("attention last -> S2", &self.attn_s2)?];
         let patterns = [panel("induction (S2 -> S1+1)", &self.induction)?, panel("duplicate token (S2 -> S1)", &self.duplicate)?, panel("previous token", &self.previous)?];
         out.chart("heads_effects", &format!("{}: each head's effect on the logit difference", self.name), |path| heatmaps(path, &effects))?;
         out.chart("heads_attention", &format!("{}: attention from the last position", self.name), |path| heatmaps(path, &looks))?;
         out.chart("heads_patterns", &format!("{}: attention patterns that name heads", self.name), |path| heatmaps(path, &patterns))?;
         out.table("heads", "every head's scores and roles", &table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::MemoryBudget;
+    use crate::edge_graph::Ablation;
+    use crate::prompts::PromptPair;
+    use tch::Device;
+
+    /// Path patching by masked forwards equals the plain intervention: the sender's output
+    /// difference (corrupted - clean) added to the output heads' query inputs, everything
+    /// downstream recomputed; on a grouped-query Llama with a non-trivial init.
+    #[test]
+    fn path_patching_adds_the_senders_corrupted_output_to_the_output_heads_queries() -> Result<()> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/llama");
+        let model = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Double)?;
+        let c = &model.cfg;
+        assert!(c.n_kv_heads < c.n_heads && c.n_layers >= 2);
+        tch::manual_seed(1);
+        let tokens = Vec::<i64>::try_from(&Tensor::f_randint(c.d_vocab, [4 * 7], (Kind::Int64, Device::Cpu))?)?;
+        let pairs: Vec<PromptPair> = tokens
+            .chunks(7)
+            .map(|t| {
+                let mut corrupted = t[..6].to_vec();
+                corrupted[4] = t[6];
+                PromptPair { clean: t[..6].to_vec(), corrupted, answers: vec![t[1]], wrongs: vec![t[2]], label: String::new() }
+            })
+            .collect();
+        let prompts = TaskPrompts::from_pairs(pairs, c.d_vocab, c.d_vocab)?;
+        let mut scores = head_scores(&model, &prompts, "random", false, None)?;
+        let graph = EdgeGraph::new(&model)?;
+        scores.path_patch(&EdgeRun::new(&model, &graph, &prompts, Ablation::Resample, MemoryBudget::DEFAULT)?)?;
+        let outputs = scores.output_heads();
+        let last = outputs.iter().map(|o| o.0).max().expect("some head has a direct effect");
+        let grid = scores.path_patching.as_ref().expect("path patching ran");
+        let (ls, hs) = scores.heads().filter(|(l, _)| *l < last).max_by(|a, b| grid[a.0][a.1].abs().total_cmp(&grid[b.0][b.1].abs())).expect("a sender");
+        assert!(grid[ls][hs].abs() > 1e-3, "{grid:?}");
+
+        let result = HookPoint::block(ls, BlockSite::Result);
+        let (clean_logits, clean) = model.run_with_cache(&prompts.clean, CacheSpec::names([result]))?;
+        let (corrupt_logits, corrupt) = model.run_with_cache(&prompts.corrupted, CacheSpec::names([result]))?;
+        let delta = corrupt.get(result)?.f_select(2, hs as i64)?.f_sub(&clean.get(result)?.f_select(2, hs as i64)?)?; // [B, P, D]
+        let mut hooks = interp_core::Hooks::new();
+        for (rl, rh) in outputs.iter().copied().filter(|(l, _)| *l > ls) {
+            let delta = delta.shallow_clone();
+            hooks = hooks.add(HookPoint::block(rl, BlockSite::QInput), move |x, _| {
+                let x = x.copy();
+                let _ = x.f_select(2, rh as i64)?.f_add_(&delta)?;
+                Ok(Some(x))
+            });
+        }
+        let patched = prompts.metric.value(&model.run_with_hooks(&prompts.clean, hooks)?)?;
+        let (m_clean, m_corrupt) = (prompts.metric.value(&clean_logits)?, prompts.metric.value(&corrupt_logits)?);
+        let expected = (m_clean - patched) / (m_clean - m_corrupt);
+        assert!((expected - grid[ls][hs]).abs() < 1e-6, "L{ls}H{hs}: hooks {expected}, masked forwards {}", grid[ls][hs]);
+        Ok(())
     }
 }

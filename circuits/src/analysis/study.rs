@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use interp_core::HookedTransformer;
 
-use crate::analysis::{behaviour, causal_tracing, circuit_discovery, head_scores, logit_lens, CausalTracingConfig, CircuitDiscoveryConfig};
+use crate::analysis::{behaviour, causal_tracing, circuit_discovery, head_scores, logit_lens, patching_sweep, CausalTracingConfig, CircuitDiscoveryConfig, PatchingSweepConfig};
+use crate::edge_run::EdgeRun;
+use crate::patching::PatchSite;
 use crate::causal_tracing::TracePrompt;
 use crate::error::{Error, Result};
 use crate::output::Output;
@@ -24,7 +26,8 @@ pub struct StudyConfig {
     pub circuits: CircuitDiscoveryConfig,
     /// Causal tracing of the facts.
     pub tracing: CausalTracingConfig,
-    /// Patch each head's `z` (one forward per head).
+    /// Patch each head's `z` (one forward per head) and each head's path into the output heads'
+    /// queries (one masked forward per head).
     pub patch_heads: bool,
 }
 
@@ -92,8 +95,25 @@ pub fn study(model: &HookedTransformer, ioi: &TaskPrompts, facts: &[TracePrompt]
 
     let t = Instant::now();
     let edges = found.methods.last().map(|m| (&found.graph, m.scores.as_slice()));
-    head_scores(model, &pairs, "IOI", cfg.patch_heads, edges)?.write(out)?;
+    let mut heads = head_scores(model, &pairs, "IOI", cfg.patch_heads, edges)?;
     step(if cfg.patch_heads { "heads: DLA, attention, z patching" } else { "heads: DLA, attention" }, t);
+    if cfg.patch_heads {
+        let t = Instant::now();
+        heads.path_patch(&EdgeRun::new(model, &found.graph, &pairs, cfg.circuits.ablation, cfg.circuits.budget)?)?;
+        step("heads: path patching into the output heads' queries", t);
+    }
+    heads.write(out)?;
+
+    // Positions line up within one template and order: the first pair's.
+    let t = Instant::now();
+    let label = &ioi.labels[0];
+    let same: Vec<usize> = (0..ioi.len()).filter(|&i| ioi.labels[i] == *label && ioi.lengths[i] == ioi.lengths[0]).collect();
+    let sites = vec![PatchSite::ResidPre, PatchSite::AttnOut, PatchSite::MlpOut].into_iter().filter(|s| s.applies_to(model)).collect();
+    let name = format!("IOI, the {} pairs of template {label}", same.len());
+    // A few short prompts make a small forward: every position of a layer in one is faster.
+    let rows = Some(same.len() as i64 * ioi.lengths[0]);
+    patching_sweep(model, &ioi.select(&same)?, &name, token_text, &PatchingSweepConfig { sites, max_rows: rows })?.write(out)?;
+    step(&format!("patching by (layer, position): residual, attention and MLP outputs ({} pairs)", same.len()), t);
 
     if !facts.is_empty() {
         let t = Instant::now();
