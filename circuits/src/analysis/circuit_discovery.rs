@@ -484,6 +484,15 @@ impl CircuitDiscovery {
                 (graph.n_edges() + 1) as f64 / found.forward_equivalents.max(1e-9),
                 a.seconds
             ));
+            if !found.finished(graph) {
+                out.report.paragraph(&format!(
+                    "ACDC stopped at its time limit after deciding {} of {} receivers (from the logits down); the edges into the \
+                     other receivers are kept untested, so this circuit is an upper bound. Run the same command again to resume \
+                     from its checkpoint.",
+                    found.receivers_done,
+                    graph.receivers.len()
+                ));
+            }
             let title = format!("{name}: ACDC, tau {:.3} ({} edges, faithfulness {:.2})", a.tau, found.n_kept(), a.faithfulness);
             out.chart("circuit_acdc", &title, |p| circuit_graph(p, &title, graph, &found.kept, &found.effect))?;
             let mut table = Table::new(&["edge", "sender", "receiver", "kept", "effect"]);

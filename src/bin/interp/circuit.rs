@@ -253,9 +253,15 @@ pub struct StudyArgs {
     /// EAP-IG interpolation steps.
     #[arg(long, default_value_t = CircuitDiscoveryConfig::default().steps)]
     pub steps: usize,
-    /// Skip patching each head's z (one forward per head).
+    /// Skip patching each head's z and each head's path into the output heads' queries (one
+    /// forward per head each).
     #[arg(long)]
     pub no_head_patching: bool,
+    /// Also run ACDC on the IOI pairs, stopping after this long (with a unit: 90s, 10m, 2h).
+    /// Its decisions are saved in OUT/acdc_checkpoint.json as they are made: the same command
+    /// again resumes where it stopped. The report says how many receivers it decided.
+    #[arg(long, value_parser = parse_duration)]
+    pub acdc_time_limit: Option<std::time::Duration>,
     /// Peak memory in GB (default: the weights plus 3 GB).
     #[arg(long)]
     pub max_memory: Option<f64>,
@@ -279,7 +285,15 @@ pub fn study(args: &StudyArgs) -> Result<()> {
     let cfg = StudyConfig {
         n_ioi: args.n_ioi,
         n_facts: args.n_facts.unwrap_or(usize::MAX),
-        circuits: CircuitDiscoveryConfig { steps: args.steps, budget, ..defaults.circuits },
+        circuits: CircuitDiscoveryConfig {
+            steps: args.steps,
+            budget,
+            acdc: args.acdc_time_limit.is_some(),
+            tau_sweep: false,
+            time_limit: args.acdc_time_limit,
+            checkpoint: Some(args.out.join("acdc_checkpoint.json")),
+            ..defaults.circuits
+        },
         tracing: CausalTracingConfig { samples: args.samples, budget, ..defaults.tracing },
         patch_heads: !args.no_head_patching,
     };
