@@ -9,7 +9,7 @@
           order (the reverse of `EdgeGraph`'s edge list).
       Writes OUT_DIR/ioi.json (scores and circuits under our edge names, with the clean logit
       difference as a fingerprint of the weights and auto-circuit's wall times) and copies
-      PROMPTS to OUT_DIR/ioi.jsonl. `tests/circuits.rs` compares our EAP and ACDC with them.
+      PROMPTS to OUT_DIR/ioi.jsonl. `tests/suite/circuits.rs` compares our EAP and ACDC with them.
 """
 import json
 import shutil

@@ -5,7 +5,7 @@
 #      TransformerLens 3 no longer has, so it cannot share .venv-saelens);
 #   2. writes 64 IOI pairs of the task model with `interp prompts`;
 #   3. rewrites tests/fixtures/autocircuit: auto-circuit's EAP scores and ACDC circuits (three taus,
-#      our edge order) on models/tasks-bilinear, which `cargo test --test circuits` compares with ours.
+#      our edge order) on models/tasks-bilinear, which `cargo test --test suite circuits::` compares with ours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv-autocircuit/bin/python ] || python3 -m venv .venv-autocircuit

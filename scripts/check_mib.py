@@ -1,4 +1,4 @@
-"""MIB's own code on the IOI task model, for the fixtures tests/circuits.rs compares with.
+"""MIB's own code on the IOI task model, for the fixtures tests/suite/circuits.rs compares with.
 
     check_mib.py MIB_DIR MODEL_DIR PROMPTS OUT_DIR
 

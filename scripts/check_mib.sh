@@ -7,7 +7,7 @@
 #      dependencies, matplotlib and tabulate) into the git-ignored .venv-tl;
 #   2. rewrites tests/fixtures/mib: MIB's EAP and EAP-IG-inputs(5) scores, faithfulness curves,
 #      CPR and CMD on models/tasks-bilinear and the 64 IOI pairs of tests/fixtures/autocircuit,
-#      which `cargo test --test circuits` compares with ours.
+#      which `cargo test --test suite circuits::` compares with ours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mib=${1:?usage: bash scripts/check_mib.sh MIB_DIR}

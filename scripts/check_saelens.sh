@@ -2,7 +2,7 @@
 # SAELens interop check (not part of CI: it installs sae-lens and its dependencies, ~5 GB).
 #   1. installs torch 2.13.0 + sae-lens 6.54.12 + circuit-tracer 0.5.0 into the git-ignored .venv-saelens;
 #   2. rewrites the committed fixtures tests/fixtures/saelens/* (dictionaries SAELens saved, with
-#      its own encode/decode of an input), which `cargo test --test dictionaries` loads;
+#      its own encode/decode of an input), which `cargo test --test suite dictionaries::` loads;
 #   3. exports dictionaries of every architecture, two transcoder sets and two cross-layer
 #      transcoders from Rust (examples/export_dictionaries.rs) and checks that SAELens and
 #      circuit-tracer load them and encode/decode like we do (1e-5);

@@ -1,4 +1,4 @@
-"""Builds the reference fixtures that tests/reference.rs checks the runtime against.
+"""Builds the reference fixtures that tests/suite/reference.rs checks the runtime against.
 
 For each architecture: a tiny random HF model with a deliberately non-trivial init (large
 initializer range, noise on every norm gain and bias, small soft caps, a sliding window shorter than

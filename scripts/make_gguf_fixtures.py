@@ -1,4 +1,4 @@
-"""Builds the GGUF reference fixtures that tests/gguf.rs checks the GGUF reader against.
+"""Builds the GGUF reference fixtures that tests/suite/loading.rs checks the GGUF reader against.
 
 - tests/fixtures/gguf/quants.gguf: for each ggml type the reader dequantises, a [2, 512] tensor and,
   beside it as F32, the values `gguf.quants.dequantize` (the `gguf` package, llama.cpp's own Python

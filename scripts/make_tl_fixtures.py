@@ -1,4 +1,4 @@
-"""Builds the TransformerLens-native fixtures that tests/transformer_lens.rs checks the runtime
+"""Builds the TransformerLens-native fixtures that tests/suite/loading.rs checks the runtime
 against (tests/fixtures/transformer_lens/<case>/).
 
 Each case is a tiny random `HookedTransformer` with a non-trivial init (every weight, bias and norm

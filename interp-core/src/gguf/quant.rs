@@ -1,6 +1,6 @@
 //! ggml's tensor types and their dequantisers, block by block as ggml lays them out
 //! (`ggml-common.h`; checked value for value against the `gguf` Python package's
-//! `gguf.quants.dequantize` by `tests/loading.rs`).
+//! `gguf.quants.dequantize` by `tests/suite/loading.rs`).
 
 use half::{bf16, f16};
 

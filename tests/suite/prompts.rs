@@ -2,9 +2,9 @@
 //! token (equal to running each length on its own), built-in tasks round-trip through JSONL, and
 //! every mistake in a file is one clear error naming the line.
 
-mod common;
+use crate::common;
 
-use common::Scratch;
+use crate::common::Scratch;
 use interp::circuits::{self, edge_attribution, Ablation, AttributionMethod, EdgeGraph, EdgeRun, MemoryBudget, MetricName, TaskPrompts};
 use interp::interp_core::tasks::{Task, TaskVocab};
 use interp::interp_core::{tch, HookedTransformer};
@@ -175,21 +175,31 @@ fn a_small_memory_budget_gives_the_same_scores() {
     assert!(err.contains("is too small") && err.contains("needs at least"), "{err}");
 }
 
-/// The process's peak RSS when it ran only `test` of this binary with `INTERP_CHILD` set (a
-/// child process, so that no other test's memory counts).
+/// The peak RSS of a process that ran only `test` of this binary, with `INTERP_CHILD` naming the
+/// file where the child writes it (a child process, so that no other test's memory counts). The
+/// child reads its own VmHWM: wait4's ru_maxrss would count the parent's memory, which a spawned
+/// child's maximum inherits at exec.
 fn peak_rss_of_alone(test: &str) -> u64 {
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--test-threads", "1", "--nocapture"])
-        .env("INTERP_CHILD", "1")
+    let report = std::env::temp_dir().join(format!("interp-peak-{}-{test}", std::process::id()));
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        // The test's name in this binary: its module path below the crate.
+        .args(["--exact", &format!("{}::{test}", module_path!().split_once("::").map_or("", |m| m.1)), "--test-threads", "1", "--nocapture"])
+        .env("INTERP_CHILD", &report)
         // Its own `test result` line would count twice in the suite's tally; panics go to stderr.
         .stdout(std::process::Stdio::null())
-        .spawn()
+        .status()
         .unwrap();
-    let (mut status, mut usage) = (0i32, unsafe { std::mem::zeroed::<libc::rusage>() });
-    // SAFETY: waits for our own child; `status` and `usage` are valid for writes.
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert!(pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{test} failed in its own process");
-    usage.ru_maxrss as u64 * 1024
+    assert!(status.success(), "{test} failed in its own process");
+    let peak = std::fs::read_to_string(&report).unwrap_or_else(|e| panic!("{test} wrote no peak to {}: {e}", report.display()));
+    let _ = std::fs::remove_file(&report);
+    peak.trim().parse().unwrap()
+}
+
+/// In a child of [`peak_rss_of_alone`], writes this process's peak RSS (bytes) where it asks.
+fn report_peak_rss() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()).unwrap().parse().unwrap();
+    std::fs::write(std::env::var_os("INTERP_CHILD").unwrap(), (kb * 1024).to_string()).unwrap();
 }
 
 #[test]
@@ -214,4 +224,5 @@ fn the_memory_budget_holds_on_smollm2() {
     let half = Tensor::rand([1, graph.n_edges() as i64], (Kind::Float, Device::Cpu)).round();
     let f = run.faithfulness(&Tensor::cat(&[half, circuits::top_k_masks(&scores, &[700], true).unwrap()], 0)).unwrap();
     assert!(f.iter().all(|x| x.is_finite()), "{f:?}");
+    report_peak_rss();
 }

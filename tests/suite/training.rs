@@ -1,8 +1,8 @@
 //! Building models from scratch, saving them as HF checkpoints, training with exact resume.
 
-mod common;
+use crate::common;
 
-use common::max_abs_diff;
+use crate::common::max_abs_diff;
 use interp::interp_core::train::{Batch, BatchSource, Schedule, TrainConfig};
 use interp::interp_core::{tch, BlockStyle, HookedTransformer, MlpKind, ModelSpec, NormPlacement, Result};
 use tch::{Device, Kind, Tensor};

@@ -2,7 +2,7 @@
 //! the transcoder paper's closed-form connections, determinism, pruning, the circuit-tracer JSON
 //! layout, and bad input.
 
-mod common;
+use crate::common;
 
 use circuits::attribution_graph::{attribution_graph, check_transcoders, de_embedding, feature_connections, AttributionGraph, GraphConfig, Node};
 use interp::circuits;

@@ -1,10 +1,8 @@
 //! Corpora, tokenizer training, token datasets and n-gram baselines.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::Scratch;
+use crate::common::Scratch;
 
 use interp::interp_core::data::{self, Document, TokenDataset};
 use interp::interp_core::tch::Tensor;

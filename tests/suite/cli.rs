@@ -1,10 +1,10 @@
 //! The `interp` CLI contract: `inspect` and `cache` as other tools script against them.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
-use common::{fixture, load, max_abs_diff, reference};
+use crate::common::{fixture, load, max_abs_diff, reference};
 use interp::interp_core::{tch, CacheSpec};
 use polars::prelude::{CsvReadOptions, ParquetReader, SerReader};
 use tch::Tensor;

@@ -1,9 +1,9 @@
 //! Sparse dictionaries: recovery of planted features by every architecture, formats, metrics and
 //! bad input.
 
-mod common;
+use crate::common;
 
-use common::FailsAt;
+use crate::common::FailsAt;
 
 use interp::interp_core::tch;
 use interp::interp_core::{CacheSpec, HookedTransformer};

@@ -1,10 +1,8 @@
 //! Hook semantics, caches, interventions, padding, gradients, generation and weight processing.
 
-mod common;
-
 use std::cell::Cell;
 
-use common::{fixture, load, max_abs_diff, reference, ARCHS};
+use crate::common::{fixture, load, max_abs_diff, reference, ARCHS};
 use interp::interp_core::{
     tch, BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks, Intervention, NamesFilter, Sampling, Scope, WeightProcessing,
 };

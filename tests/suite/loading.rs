@@ -1,10 +1,10 @@
 //! Checkpoint formats (sharded, f16/bf16 on disk), the tokenizer, and clear errors on bad input.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
-use common::{fixture, load, max_abs_diff, reference};
+use crate::common::{fixture, load, max_abs_diff, reference};
 use interp::interp_core::{tch, CacheSpec, HookedTransformer, PaddingSide};
 use tch::{Device, Kind, Tensor};
 

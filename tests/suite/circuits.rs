@@ -1,9 +1,9 @@
 //! Circuit discovery against planted ground truth, closed-form identities and the default models.
 
-mod common;
+use crate::common;
 
 use circuits::{acdc, edge_attribution, roc_auc, Ablation, AcdcConfig, AttributionMethod, EdgeGraph, Error, Metric, TaskPrompts};
-use common::planted;
+use crate::common::planted;
 use interp::circuits;
 use interp::interp_core::{tch, HookedTransformer};
 use tch::{Device, Kind, Tensor};

@@ -5,12 +5,12 @@
 //! truncation); a loader may refuse an input with an error, never panic or abort. Each pass prints
 //! how many inputs it tried and how they ended. Crashers it found are regression tests below.
 
-mod common;
+use crate::common;
 
 use std::cell::Cell;
 use std::path::Path;
 
-use common::{fixture, Scratch};
+use crate::common::{fixture, Scratch};
 use interp::interp_core::{tch, HookedTransformer, ModelConfig, Tokenizer};
 use interp::transcoders::{load_circuit_tracer, ActivationSource, CachedActivations, CrossLayerTranscoder, SparseDictionary};
 use proptest::prelude::*;

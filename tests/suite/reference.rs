@@ -2,9 +2,9 @@
 //! attention pattern of tiny random models of each architecture (fixtures from
 //! scripts/make_fixtures.py), within 1e-4 max abs in f32.
 
-mod common;
+use crate::common;
 
-use common::{load, max_abs_diff, reference, ARCHS};
+use crate::common::{load, max_abs_diff, reference, ARCHS};
 use interp::interp_core::{tch, BlockSite, CacheSpec, HookPoint};
 use tch::Kind;
 

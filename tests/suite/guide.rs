@@ -1,9 +1,9 @@
 //! The calls of docs/guide-transformerlens.md, compiled and run, so that the guide cannot name
 //! what does not exist. One test per section of the guide, in its order.
 
-mod common;
+use crate::common;
 
-use common::{fixture, repo};
+use crate::common::{fixture, repo};
 use interp::circuits::{
     acdc, activation_patching, attribution_graph, causal_trace, edge_attribution, estimate_sigma, summarize, Ablation, AcdcConfig,
     top_k_masks, AttributionMethod, Corruption, EdgeGraph, EdgeRun, GraphConfig, MemoryBudget, Metric, PatchSite, TaskPrompts, TraceConfig, TracePrompt,

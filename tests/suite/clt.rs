@@ -2,9 +2,9 @@
 //! circuit-tracer's CLT files, whole-set evaluation, attribution graphs (completeness, and
 //! equality with per-layer transcoders when no decoder crosses a layer), and bad input.
 
-mod common;
+use crate::common;
 
-use common::FailsAt;
+use crate::common::FailsAt;
 
 use circuits::attribution_graph::{attribution_graph, AttributionGraph, GraphConfig, Node};
 use interp::circuits;
