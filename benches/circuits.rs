@@ -23,8 +23,9 @@ use common::{median, min_secs};
 use interp::circuits::{
     acdc, activation_patching,
     analysis::{circuit_discovery, CircuitDiscoveryConfig},
-    budget::weight_bytes, causal_trace, edge_attribution, estimate_sigma, Ablation, AcdcConfig, AcdcResult, AttributionMethod, Corruption, EdgeGraph,
-    EdgeRun, MemoryBudget, PatchSite, TaskPrompts, TraceConfig, TracePrompt,
+    budget::weight_bytes,
+    causal_trace, edge_attribution, estimate_sigma, Ablation, AcdcConfig, AcdcResult, AttributionMethod, Corruption, EdgeGraph, EdgeRun, MemoryBudget,
+    PatchSite, TaskPrompts, TraceConfig, TracePrompt,
 };
 use interp::interp_core::tasks::{Task, TaskVocab};
 use interp::interp_core::{tch, HookedTransformer, NamesFilter, Rng};
@@ -70,10 +71,22 @@ fn main() {
     let naive_s = best[0].0;
     let kept: Vec<&Vec<bool>> = best.iter().filter_map(|(_, r)| r.as_ref().map(|r| &r.kept)).collect();
     let n_kept = best[1].1.as_ref().map(|r| r.n_kept()).unwrap_or(0);
-    println!("ACDC tau {} ({} of {} edges kept; every strategy the same circuit: {}):", cfg.tau, n_kept, graph.n_edges(), kept.windows(2).all(|w| w[0] == w[1]));
+    println!(
+        "ACDC tau {} ({} of {} edges kept; every strategy the same circuit: {}):",
+        cfg.tau,
+        n_kept,
+        graph.n_edges(),
+        kept.windows(2).all(|w| w[0] == w[1])
+    );
     for ((name, _), (secs, r)) in strategies.iter().zip(&best) {
         if let Some(r) = r {
-            println!("  {name:<50} {:>8.1} ms  {:>5} forwards  {:>7.1} full-forward equivalents  {:.1}x", secs * 1e3, r.n_forwards, r.forward_equivalents, naive_s / secs);
+            println!(
+                "  {name:<50} {:>8.1} ms  {:>5} forwards  {:>7.1} full-forward equivalents  {:.1}x",
+                secs * 1e3,
+                r.n_forwards,
+                r.forward_equivalents,
+                naive_s / secs
+            );
         }
     }
 
@@ -89,7 +102,8 @@ fn main() {
     let answer = facts.answers[0][0];
     let prompt = TracePrompt::new(tokens.clone(), &tokens[1..4], answer, "fact").unwrap();
     let sigma = estimate_sigma(&model, &facts.clean).unwrap();
-    let trace_cfg = |max_rows| TraceConfig { corruption: Corruption::Noise { sigma, scale: 3.0, samples: 10, seed: 0 }, window: 10, severed_mlp: true, max_rows };
+    let trace_cfg =
+        |max_rows| TraceConfig { corruption: Corruption::Noise { sigma, scale: 3.0, samples: 10, seed: 0 }, window: 10, severed_mlp: true, max_rows };
     let batched = trace_cfg(4096);
     let per_cell = trace_cfg(10);
     let grid = causal_trace(&model, &prompt, &batched).unwrap();
@@ -124,7 +138,12 @@ fn main() {
     let tau = args.iter().position(|a| a == "--tau").and_then(|i| args.get(i + 1)).map(|t| t.parse::<f64>().expect("--tau takes a number"));
     gpt2_small_case(args.iter().any(|a| a == "--acdc").then(|| tau.unwrap_or(0.003)));
     if args.iter().any(|a| a == "--smollm2") {
-        let model = HookedTransformer::from_pretrained_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/models/real/SmolLM2-135M-Instruct.Q4_1.gguf"), Device::Cpu, Kind::Float).expect("scripts/fetch_models.sh fetched SmolLM2");
+        let model = HookedTransformer::from_pretrained_dir(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/models/real/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            Device::Cpu,
+            Kind::Float,
+        )
+        .expect("scripts/fetch_models.sh fetched SmolLM2");
         let lines = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts/smollm2-135m/ioi.jsonl")).unwrap();
         let path = std::env::temp_dir().join("interp-bench-smollm2-ioi32.jsonl");
         std::fs::write(&path, lines.lines().take(32).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
@@ -183,7 +202,9 @@ fn write_ioi_prompts(dir: &Path) -> PathBuf {
             corrupted[p] = (rng.next_u64() % 50000) as i64;
         }
         let (answer, wrong) = (clean[3], clean[5]);
-        lines.push_str(&format!("{{\"clean_ids\": {clean:?}, \"corrupted_ids\": {corrupted:?}, \"answer\": {answer}, \"wrong\": {wrong}, \"label\": \"len{len}\"}}\n"));
+        lines.push_str(&format!(
+            "{{\"clean_ids\": {clean:?}, \"corrupted_ids\": {corrupted:?}, \"answer\": {answer}, \"wrong\": {wrong}, \"label\": \"len{len}\"}}\n"
+        ));
     }
     let path = dir.join("ioi.jsonl");
     std::fs::write(&path, lines).unwrap();
@@ -249,7 +270,11 @@ fn gpt2_small_case(acdc_tau: Option<f64>) {
         let r: Vec<f64> = xs.iter().zip(base).map(|(x, b)| x / b).collect();
         (r.iter().copied().fold(f64::INFINITY, f64::min), median(r))
     };
-    println!("  plain forward {:.2} s, forward + backward {:.2} s (min of 3)", fwd.iter().copied().fold(f64::INFINITY, f64::min), fwd_bwd.iter().copied().fold(f64::INFINITY, f64::min));
+    println!(
+        "  plain forward {:.2} s, forward + backward {:.2} s (min of 3)",
+        fwd.iter().copied().fold(f64::INFINITY, f64::min),
+        fwd_bwd.iter().copied().fold(f64::INFINITY, f64::min)
+    );
     // Activations (clean and corrupted sender outputs) are computed once per run and shared by
     // EAP, EAP-IG, the faithfulness points and ACDC; the rows below include them, and without.
     let without = |xs: &[f64]| xs.iter().zip(&acts_s).map(|(x, a)| x - a).collect::<Vec<f64>>();
@@ -264,7 +289,10 @@ fn gpt2_small_case(acdc_tau: Option<f64>) {
     ] {
         let (f_min, f_med) = ratio(xs, &fwd);
         let (b_min, b_med) = ratio(xs, &fwd_bwd);
-        println!("  {name:<42} {:>6.2} s = {f_min:>5.1}x forward (median {f_med:.1}), {b_min:.1}x forward+backward (median {b_med:.1}); peak RSS {peak:.2} GB", xs.iter().copied().fold(f64::INFINITY, f64::min));
+        println!(
+            "  {name:<42} {:>6.2} s = {f_min:>5.1}x forward (median {f_med:.1}), {b_min:.1}x forward+backward (median {b_med:.1}); peak RSS {peak:.2} GB",
+            xs.iter().copied().fold(f64::INFINITY, f64::min)
+        );
     }
 
     // A budget of the weights + 1.0 GB: prompts and edge sets chunked; and one too small for a prompt.
@@ -274,7 +302,8 @@ fn gpt2_small_case(acdc_tau: Option<f64>) {
         (run.chunk(), run.attribution(AttributionMethod::Eap).unwrap(), run.circuit_metrics(&mask).unwrap())
     });
     println!("  budget {:.2} GB peak: {} prompts per chunk, peak RSS {p:.2} GB", weights + 1.4, f.0);
-    let tiny = MemoryBudget::for_peak(((weights + 0.45) * 1e9) as u64, &model).and_then(|b| EdgeRun::new(&model, &graph, &prompts, Ablation::Resample, b).map(|_| ()));
+    let tiny =
+        MemoryBudget::for_peak(((weights + 0.45) * 1e9) as u64, &model).and_then(|b| EdgeRun::new(&model, &graph, &prompts, Ablation::Resample, b).map(|_| ()));
     println!("  budget {:.2} GB peak: {}", weights + 0.45, tiny.err().map(|e| e.to_string()).unwrap_or_else(|| "accepted".into()));
 
     // At 1.5% of this random model's tiny clean - corrupted gap (the CLI's default) ACDC keeps

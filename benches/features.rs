@@ -15,11 +15,11 @@ use std::time::Instant;
 
 use common::min_secs;
 use interp::circuits::attribution_graph::{attribution_graph, GraphConfig};
-use interp::circuits::MemoryBudget;
-use interp::transcoders::{Architecture, CltConfig, CrossLayerTranscoder, DictionaryConfig, SparseDictionary, TranscoderSet};
 use interp::circuits::bilinear::{BilinearLayer, Spectrum};
+use interp::circuits::MemoryBudget;
 use interp::interp_core::{tch, HookedTransformer};
 use interp::transcoders::load_transcoder_set;
+use interp::transcoders::{Architecture, CltConfig, CrossLayerTranscoder, DictionaryConfig, SparseDictionary, TranscoderSet};
 use tch::{Device, Kind, Tensor};
 
 /// Resident set size and its peak so far, in MiB (Linux).
@@ -113,7 +113,13 @@ fn main() {
         let batched = min_secs(2, || {
             let _ = Spectrum::of_batch(&qs).unwrap();
         });
-        print!("  d {d:>3} (d_hidden {}): building Q(u) {:>6.1}/s; torch one at a time {:>6.1}/s, batched {:>6.1}/s", 4 * d, n as f64 / build, n as f64 / single, n as f64 / batched);
+        print!(
+            "  d {d:>3} (d_hidden {}): building Q(u) {:>6.1}/s; torch one at a time {:>6.1}/s, batched {:>6.1}/s",
+            4 * d,
+            n as f64 / build,
+            n as f64 / single,
+            n as f64 / batched
+        );
         #[cfg(feature = "lapack")]
         {
             let lapack = min_secs(2, || {
@@ -135,7 +141,15 @@ fn gpt2_small_graph() {
     let d = model.cfg.d_model;
     let per_layer: TranscoderSet = (0..model.cfg.n_layers)
         .map(|l| {
-            let cfg = DictionaryConfig::transcoder(Architecture::TopK { k: 8 }, false, &format!("blocks.{l}.ln2.hook_normalized"), &format!("blocks.{l}.hook_mlp_out"), d, d, 24_576);
+            let cfg = DictionaryConfig::transcoder(
+                Architecture::TopK { k: 8 },
+                false,
+                &format!("blocks.{l}.ln2.hook_normalized"),
+                &format!("blocks.{l}.hook_mlp_out"),
+                d,
+                d,
+                24_576,
+            );
             SparseDictionary::init(cfg, l as i64, Device::Cpu).expect("transcoder")
         })
         .collect::<Vec<_>>()
@@ -161,7 +175,8 @@ fn gpt2_small_graph() {
         let (_, peak) = rss_mib();
         let passes = ((graph.n_features() + graph.n_logits()) as f64 / 32.0).ceil();
         let limit = max_feature_nodes.map(|m| format!(", at most {m} features")).unwrap_or_default();
-        let completeness = if max_feature_nodes.is_none() { format!("; completeness error {:.1e}", graph.completeness_error().unwrap()) } else { String::new() };
+        let completeness =
+            if max_feature_nodes.is_none() { format!("; completeness error {:.1e}", graph.completeness_error().unwrap()) } else { String::new() };
         println!(
             "  {}, {n_tokens} tokens{limit}: {} features, {} nodes; {secs:.0} s for {passes:.0} passes = {:.2} forward+backward ({:.2} s) per pass; peak RSS {:.2} GB ({:.2} GB before){completeness}",
             tcs.describe(),
@@ -176,7 +191,12 @@ fn gpt2_small_graph() {
     run(&per_layer, 16, None);
     run(&per_layer, 64, None);
     run(&per_layer, 256, Some(1024));
-    match attribution_graph(&model, &per_layer, &Vec::try_from(Tensor::randint(model.cfg.d_vocab, [256], (Kind::Int64, Device::Cpu))).unwrap(), &GraphConfig::default()) {
+    match attribution_graph(
+        &model,
+        &per_layer,
+        &Vec::try_from(Tensor::randint(model.cfg.d_vocab, [256], (Kind::Int64, Device::Cpu))).unwrap(),
+        &GraphConfig::default(),
+    ) {
         Ok(g) => println!("  256 tokens, every feature, default budget: {} nodes", g.nodes.len()),
         Err(e) => println!("  256 tokens, every feature, default budget: {e}"),
     }

@@ -145,7 +145,12 @@ fn main() {
         let r: Vec<f64> = secs[a].iter().zip(&secs[b]).map(|(x, y)| y / x).collect();
         Some((r.iter().copied().fold(f64::INFINITY, f64::min), median(r)))
     };
-    for (label, a, b) in [("forward vs HF", 0, 1), ("forward vs TransformerLens", 0, 2), ("cache vs HF's hidden states + attentions", 3, 4), ("cache vs TransformerLens run_with_cache", 3, 5)] {
+    for (label, a, b) in [
+        ("forward vs HF", 0, 1),
+        ("forward vs TransformerLens", 0, 2),
+        ("cache vs HF's hidden states + attentions", 3, 4),
+        ("cache vs TransformerLens run_with_cache", 3, 5),
+    ] {
         if let Some((lo, med)) = ratio(a, b) {
             println!("  ours {label}: {med:.2}x faster (median of rounds; min {lo:.2}x)");
         }

@@ -61,7 +61,11 @@ fn main() {
         tch::get_num_threads(),
         built.elapsed().as_secs_f64()
     );
-    println!("busiest expert's share of routing choices per layer (random router; 1/{EXPERTS} = {:.3} is even): {:.3} max", 1.0 / EXPERTS as f64, load.iter().cloned().fold(0.0, f64::max));
+    println!(
+        "busiest expert's share of routing choices per layer (random router; 1/{EXPERTS} = {:.3} is even): {:.3} max",
+        1.0 / EXPERTS as f64,
+        load.iter().cloned().fold(0.0, f64::max)
+    );
     let mut rows: Vec<[f64; 5]> = Vec::new();
     for _ in 0..ROUNDS {
         let fwd = |m: &HookedTransformer| {

@@ -117,8 +117,28 @@ fn main() {
     println!("forward                               {fwd:8.3} s  {:9.0} tokens/s  {:6.1} GFLOP/s", tokens_n / fwd, flops / fwd / 1e9);
     println!("  fraction of the skeleton roofline   {:8.2}", med(tuned, &|r| (flops / r[2]) / (skeleton_flops / r[1])));
     println!("  fraction of the GEMM peak           {:8.2}", med(tuned, &|r| flops / r[2] / 1e9 / r[0]));
-    println!("run_with_cache, all {} hook points  {:8.3} s  = {:.2}x forward, cache {:.1} MiB", cache_info.0, med(tuned, &|r| r[3]), med(tuned, &|r| r[3] / r[2]), cache_info.1 as f64 / 1048576.0);
-    println!("  same, stored as f16                 {:8.3} s  = {:.2}x forward, cache {:.1} MiB", med(tuned, &|r| r[4]), med(tuned, &|r| r[4] / r[2]), cache_info.1 as f64 / 2.0 / 1048576.0);
-    println!("  glibc default malloc (no reuse_freed_memory): cache = {:.2}x forward, forward {:.3} s", med(default, &|r| r[3] / r[2]), med(default, &|r| r[2]));
-    println!("load checkpoint                       {load_secs:8.3} s  peak RSS added {:.0} MiB = {:.2}x the weights ({:.0} MiB)", load_rss / 1048576.0, load_rss / weight_bytes, weight_bytes / 1048576.0);
+    println!(
+        "run_with_cache, all {} hook points  {:8.3} s  = {:.2}x forward, cache {:.1} MiB",
+        cache_info.0,
+        med(tuned, &|r| r[3]),
+        med(tuned, &|r| r[3] / r[2]),
+        cache_info.1 as f64 / 1048576.0
+    );
+    println!(
+        "  same, stored as f16                 {:8.3} s  = {:.2}x forward, cache {:.1} MiB",
+        med(tuned, &|r| r[4]),
+        med(tuned, &|r| r[4] / r[2]),
+        cache_info.1 as f64 / 2.0 / 1048576.0
+    );
+    println!(
+        "  glibc default malloc (no reuse_freed_memory): cache = {:.2}x forward, forward {:.3} s",
+        med(default, &|r| r[3] / r[2]),
+        med(default, &|r| r[2])
+    );
+    println!(
+        "load checkpoint                       {load_secs:8.3} s  peak RSS added {:.0} MiB = {:.2}x the weights ({:.0} MiB)",
+        load_rss / 1048576.0,
+        load_rss / weight_bytes,
+        weight_bytes / 1048576.0
+    );
 }

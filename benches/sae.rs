@@ -24,8 +24,8 @@ use std::time::Instant;
 use common::{gemm_gflops, gpt2_small, min_secs, reset_peak_rss, status_kib};
 use interp::interp_core::{tch, HookedTransformer};
 use interp::transcoders::{
-    train_clt, train_dictionaries, ActivationSource, ActivationStore, Architecture, CltConfig, CrossLayerTranscoder, DictionaryConfig, InMemoryActivations, SaeTrainConfig, SparseDictionary,
-    StoreConfig,
+    train_clt, train_dictionaries, ActivationSource, ActivationStore, Architecture, CltConfig, CrossLayerTranscoder, DictionaryConfig, InMemoryActivations,
+    SaeTrainConfig, SparseDictionary, StoreConfig,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -61,7 +61,11 @@ fn main() {
     let roofline_step = 2.0 * 2.0 * (BATCH * D_IN * D_SAE) as f64 / (gflops * 1e9);
     let sparse = step_secs(true, 4, 2);
     let dense = step_secs(false, 4, 2);
-    println!("GEMM [{BATCH},{D_IN}]x[{D_IN},{D_SAE}]: {gflops:.0} GFLOP/s; roofline step (2 GEMMs) {:.3} s = {:.0} tokens/s", roofline_step, BATCH as f64 / roofline_step);
+    println!(
+        "GEMM [{BATCH},{D_IN}]x[{D_IN},{D_SAE}]: {gflops:.0} GFLOP/s; roofline step (2 GEMMs) {:.3} s = {:.0} tokens/s",
+        roofline_step,
+        BATCH as f64 / roofline_step
+    );
     println!(
         "TopK SAE training, sparse decode and encoder gradient: {:.3} s/step = {:.0} tokens/s = {:.2} of the roofline (a step takes {:.2}x the one [4096,768]x[768,16384] GEMM it cannot avoid)",
         sparse,
@@ -89,7 +93,8 @@ fn main() {
     println!("decode of {BATCH} tokens (k {K}), forward+backward: sparse {:.1} ms, dense {:.1} ms ({:.1}x)", 1e3 * t_sparse, 1e3 * t_dense, t_dense / t_sparse);
 
     // 3. Activation store on the default text model.
-    let model = HookedTransformer::from_pretrained_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/models/shakespeare-gpt2"), Device::Cpu, Kind::Float).expect("model");
+    let model =
+        HookedTransformer::from_pretrained_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/models/shakespeare-gpt2"), Device::Cpu, Kind::Float).expect("model");
     let tokens = Tensor::randint(model.cfg.d_vocab, [400_000], (Kind::Int64, Device::Cpu));
     let cfg = StoreConfig { context_size: 128, batch_tokens: 4096, buffer_contexts: 256, forward_batch: 32, seed: 0 };
     let store = ActivationStore::new(&model, &tokens, &["blocks.1.hook_resid_pre"], cfg).expect("store");
@@ -179,7 +184,13 @@ fn gpt2_small_shape() {
     }
     let (one_s, three_s, fwd_s) = (common::median(t_one.clone()), common::median(t_three.clone()), common::median(t_forward.clone()));
     let n = (33 * 127) as f64;
-    println!("GPT-2 small, store of {hook}: {:.0} tokens/s (min {:.0}), plain full forward {:.0} tokens/s: {:.2}x the forward's time (median of 3)", n / one_s, n / t_one.iter().cloned().fold(f64::INFINITY, f64::min), n / fwd_s, one_s / fwd_s);
+    println!(
+        "GPT-2 small, store of {hook}: {:.0} tokens/s (min {:.0}), plain full forward {:.0} tokens/s: {:.2}x the forward's time (median of 3)",
+        n / one_s,
+        n / t_one.iter().cloned().fold(f64::INFINITY, f64::min),
+        n / fwd_s,
+        one_s / fwd_s
+    );
     println!("GPT-2 small, three hooks of block 6 from one pass (SAE + transcoder input and output): {:.2}x one hook's time", three_s / one_s);
 
     // A 16k-latent TopK SAE trained from the stream, end to end.
@@ -205,7 +216,11 @@ fn gpt2_small_shape() {
         let cache = one.write_cache(&dir, 2, kind, false).expect("cache");
         let bytes: u64 = std::fs::read_dir(&dir).expect("dir").filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
         let tokens_cached = (cache.n_batches() as i64 * BATCH) as f64;
-        println!("cache of {hook} in {name}: {:.0} bytes per token, so {:.1} GB for 10M tokens", bytes as f64 / tokens_cached, bytes as f64 / tokens_cached * 1e7 / 1e9);
+        println!(
+            "cache of {hook} in {name}: {:.0} bytes per token, so {:.1} GB for 10M tokens",
+            bytes as f64 / tokens_cached,
+            bytes as f64 / tokens_cached * 1e7 / 1e9
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -62,9 +62,7 @@ fn main() {
     let (mut rates, mut fractions, mut peaks) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let m = BATCH * CTX;
-        let peak = [gemm_gflops(m, D_MODEL, D_MLP, 3), gemm_gflops(m, D_MODEL, VOCAB, 3), gemm_gflops(m, D_MLP, D_MODEL, 3)]
-            .into_iter()
-            .fold(0.0, f64::max);
+        let peak = [gemm_gflops(m, D_MODEL, D_MLP, 3), gemm_gflops(m, D_MODEL, VOCAB, 3), gemm_gflops(m, D_MLP, D_MODEL, 3)].into_iter().fold(0.0, f64::max);
         let secs = min_secs(1, || {
             model.train(&Random, &cfg).unwrap();
         });
@@ -73,8 +71,16 @@ fn main() {
         peaks.push(peak);
         fractions.push(rate * flops_per_token / 1e9 / peak);
     }
-    println!("interp training benchmark: text-model shape ({} params), batch {BATCH} x {CTX}, f32, {} threads, median of {ROUNDS} rounds", model.n_params(), tch::get_num_threads());
+    println!(
+        "interp training benchmark: text-model shape ({} params), batch {BATCH} x {CTX}, f32, {} threads, median of {ROUNDS} rounds",
+        model.n_params(),
+        tch::get_num_threads()
+    );
     println!("torch GEMM roofline at the model's shapes   {:8.1} GFLOP/s", median(peaks));
     let rate = median(rates);
-    println!("training (forward, backward, AdamW)         {rate:8.0} tokens/s  {:6.1} GFLOP/s  = {:.2} of the roofline", rate * flops_per_token / 1e9, median(fractions));
+    println!(
+        "training (forward, backward, AdamW)         {rate:8.0} tokens/s  {:6.1} GFLOP/s  = {:.2} of the roofline",
+        rate * flops_per_token / 1e9,
+        median(fractions)
+    );
 }

@@ -18,7 +18,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let thresholds = |shape: &[i64]| Tensor::rand(shape, (Kind::Float, Device::Cpu)) * 0.5 + 0.5;
     let set: Vec<SparseDictionary> = (0..n)
         .map(|l| {
-            let cfg = DictionaryConfig::transcoder(Architecture::JumpRelu, false, &format!("blocks.{l}.ln2.hook_normalized"), &format!("blocks.{l}.hook_mlp_out"), d, d, m);
+            let cfg = DictionaryConfig::transcoder(
+                Architecture::JumpRelu,
+                false,
+                &format!("blocks.{l}.ln2.hook_normalized"),
+                &format!("blocks.{l}.hook_mlp_out"),
+                d,
+                d,
+                m,
+            );
             SparseDictionary::init(cfg, l as i64, Device::Cpu)?.map_weights(|w| {
                 w.b_enc = Tensor::randn([m], (Kind::Float, Device::Cpu)) * 0.1;
                 w.b_dec = Tensor::randn([d], (Kind::Float, Device::Cpu)) * 0.1;

@@ -1,11 +1,11 @@
-//! Writes the planted induction model (tests/common/planted.rs: a hand-built GPT-2-style model
+//! Writes the planted induction model (tests/suite/common/planted.rs: a hand-built GPT-2-style model
 //! whose circuit is known exactly) as an HF checkpoint, its prompts as a JSONL prompt file and
 //! its circuit at head level, for scripts/make_interpbench_fixtures.py to turn into an
 //! InterpBench case folder.
 //!
 //! cargo run --release --example planted_case -- OUT
 
-#[path = "../tests/common/planted.rs"]
+#[path = "../tests/suite/common/planted.rs"]
 mod planted;
 
 use std::io::Write;

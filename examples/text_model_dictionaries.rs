@@ -37,7 +37,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cfg = SaeTrainConfig { steps, l1_coefficient: 2.0, ..Default::default() };
     let started = std::time::Instant::now();
     let reports = train_dictionaries(&mut dicts, &mut store, &cfg)?;
-    println!("trained 4 dictionaries x {steps} steps of 4096 tokens in {:.0} s ({:.0} tokens/s incl. the model forward)", started.elapsed().as_secs_f64(), reports[0].tokens_per_sec);
+    println!(
+        "trained 4 dictionaries x {steps} steps of 4096 tokens in {:.0} s ({:.0} tokens/s incl. the model forward)",
+        started.elapsed().as_secs_f64(),
+        reports[0].tokens_per_sec
+    );
     let eval_tokens = stream(&eval)?;
     let n = (eval_tokens.size()[0] / 128).min(128);
     let contexts = eval_tokens.narrow(0, 0, n * 128).reshape([n, 128]);

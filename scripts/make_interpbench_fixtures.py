@@ -3,7 +3,7 @@ publishes them (ll_model.pth, ll_model_cfg.pkl, edges.pkl, meta.json), plus prom
 (InterpBench ships none; `interp benchmark` reads this one), and next to it the same config
 pickled as the HookedTransformerConfig object (ll_model_cfg_object.pkl), as some cases ship it.
 
-The model is the planted induction model of tests/common/planted.rs (written as an HF GPT-2
+The model is the planted induction model of tests/suite/common/planted.rs (written as an HF GPT-2
 checkpoint by `cargo run --example planted_case`), whose circuit is known exactly, converted
 with TransformerLens's own GPT-2 conversion and checked to give HF's logits. The config is
 pickled as InterpBench does (`cfg.to_dict()`: numpy floats, a torch dtype), the state dict saved
@@ -83,7 +83,7 @@ def main():
     with open(os.path.join(OUT, "edges.pkl"), "wb") as f:
         pickle.dump(edges, f)
     with open(os.path.join(OUT, "meta.json"), "w") as f:
-        json.dump({"source": "tests/common/planted.rs (hand-built, not trained)", "task": "induction", "ablation_truth": "head level"}, f, indent=1)
+        json.dump({"source": "tests/suite/common/planted.rs (hand-built, not trained)", "task": "induction", "ablation_truth": "head level"}, f, indent=1)
     shutil.copy(os.path.join(SRC, "prompts.jsonl"), OUT)
     print(f"wrote {OUT}: {len(edges)} edges in edges.pkl, TransformerLens logits = HF logits within {d:.1e}")
 

@@ -14,8 +14,8 @@ use interp_core::{at_rows, HookedTransformer};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::error::{Error, Result};
 use crate::edge_graph::{senders_at_rows, EdgeActivations, EdgeGraph, Receiver, RemovedSums};
+use crate::error::{Error, Result};
 use crate::metric::Metric;
 
 /// ACDC settings.
@@ -251,7 +251,8 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
     for (e, k) in graph.edges.iter().zip(&state.kept) {
         out_kept[graph.sender_index(e.sender)] += usize::from(*k);
     }
-    let receivers: Vec<(usize, usize)> = (0..graph.groups.len()).rev().flat_map(|gi| (0..graph.groups[gi].n_receivers as usize).rev().map(move |r| (gi, r))).collect();
+    let receivers: Vec<(usize, usize)> =
+        (0..graph.groups.len()).rev().flat_map(|gi| (0..graph.groups[gi].n_receivers as usize).rev().map(move |r| (gi, r))).collect();
     // Where a test of group `gi`'s receivers starts: its block, block 0 without restarts, or
     // (`None`) the final norm for the logits, whose test needs only it and the unembedding.
     let test_start = |gi: usize| -> Option<usize> {
@@ -453,7 +454,8 @@ impl LogitsTest {
         let g = graph.groups.last().ok_or_else(|| Error::Input("an empty edge graph".into()))?;
         let range = graph.group_edges(graph.groups.len() - 1);
         let removed: Vec<f32> = sets.iter().flat_map(|k| k[range.clone()].iter().map(|x| if *x { 0.0 } else { 1.0 })).collect();
-        let removed = Tensor::f_from_slice(&removed)?.f_view([sets.len() as i64, g.n_senders as i64])?.f_to_kind(self.diff.kind())?.f_to_device(self.diff.device())?;
+        let removed =
+            Tensor::f_from_slice(&removed)?.f_view([sets.len() as i64, g.n_senders as i64])?.f_to_kind(self.diff.kind())?.f_to_device(self.diff.device())?;
         let size = self.diff.size(); // [S, B, D]
         let delta = removed.f_matmul(&self.diff.f_reshape([size[0], -1])?)?.f_view([-1, size[1], size[2]])?; // [V, B, D]
         let resid = self.resid.f_unsqueeze(0)?.f_add(&delta)?.f_reshape([-1, 1, size[2]])?;
@@ -491,7 +493,13 @@ pub fn roc_auc(scores: &[f64], truth: &[bool]) -> Result<f64> {
     let mut wins = 0.0;
     for p in &pos {
         for q in &neg {
-            wins += if p > q { 1.0 } else if p == q { 0.5 } else { 0.0 };
+            wins += if p > q {
+                1.0
+            } else if p == q {
+                0.5
+            } else {
+                0.0
+            };
         }
     }
     Ok(wins / (pos.len() * neg.len()) as f64)

@@ -384,7 +384,14 @@ pub fn token_readout(model: &HookedTransformer, v: &Tensor) -> Result<Tensor> {
 /// eigenpairs, for each `k`. The final norm's scale is held at its clean value, so the largest
 /// `k` reproduces the model's own accuracy; for a last-layer MLP the replacement is exact, for an
 /// earlier one it edits the direct path only. `answers` [n] are token ids.
-pub fn truncation_accuracy(model: &HookedTransformer, layer: usize, tokens: &Tensor, candidates: &[i64], answers: &Tensor, ks: &[i64]) -> Result<Vec<(i64, f64)>> {
+pub fn truncation_accuracy(
+    model: &HookedTransformer,
+    layer: usize,
+    tokens: &Tensor,
+    candidates: &[i64],
+    answers: &Tensor,
+    ks: &[i64],
+) -> Result<Vec<(i64, f64)>> {
     let bl = BilinearLayer::from_model(model, layer)?;
     if model.cfg.final_softcap.is_some() {
         return Err(Error::Input("truncation through a final logit soft cap is not linear".into()));

@@ -127,7 +127,15 @@ impl CausalTrace {
             for (i, v) in vals.iter().enumerate() {
                 let (pos, layer) = (i / size[1] as usize, i % size[1] as usize);
                 let role = TOKEN_ROLES[token_role(&self.prompt, pos)];
-                table.push(vec![self.prompt.label.clone().into(), kind.into(), pos.into(), role.into(), layer.into(), (*v).into(), (v - self.p_corrupt).into()]);
+                table.push(vec![
+                    self.prompt.label.clone().into(),
+                    kind.into(),
+                    pos.into(),
+                    role.into(),
+                    layer.into(),
+                    (*v).into(),
+                    (v - self.p_corrupt).into(),
+                ]);
             }
         }
         Ok(table)

@@ -9,8 +9,8 @@ use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::error::{Error, Result};
 use crate::edge_graph::{EdgeGraph, Qkv, Receiver, Sender};
+use crate::error::{Error, Result};
 use tch::{Kind, Tensor};
 
 /// One heatmap: `values[row][col]`.
@@ -51,19 +51,12 @@ fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // The font is valid TrueType; a failure would only leave PNG text blank.
-        let _ = plotters::style::register_font(
-            "sans-serif",
-            FontStyle::Normal,
-            dejavu::sans::regular(),
-        );
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
     });
 }
 
 fn chart_err(path: &Path) -> impl Fn(String) -> Error + '_ {
-    move |message| Error::Chart {
-        path: path.to_path_buf(),
-        message,
-    }
+    move |message| Error::Chart { path: path.to_path_buf(), message }
 }
 
 /// Runs `$draw` (an expression using `$root`, a drawing area of either backend) for the
@@ -73,26 +66,17 @@ macro_rules! render {
         register_font();
         let path: &Path = $path;
         let err = chart_err(path);
-        let result: std::result::Result<(), String> =
-            match path.extension().and_then(|e| e.to_str()) {
-                Some("svg") => {
-                    let $root = SVGBackend::new(path, $size).into_drawing_area();
-                    $root
-                        .fill(&WHITE)
-                        .map_err(|e| e.to_string())
-                        .and_then(|_| $draw)
-                        .and_then(|_| $root.present().map_err(|e| e.to_string()))
-                }
-                Some("png") => {
-                    let $root = BitMapBackend::new(path, $size).into_drawing_area();
-                    $root
-                        .fill(&WHITE)
-                        .map_err(|e| e.to_string())
-                        .and_then(|_| $draw)
-                        .and_then(|_| $root.present().map_err(|e| e.to_string()))
-                }
-                _ => Err("charts are written as .svg or .png".into()),
-            };
+        let result: std::result::Result<(), String> = match path.extension().and_then(|e| e.to_str()) {
+            Some("svg") => {
+                let $root = SVGBackend::new(path, $size).into_drawing_area();
+                $root.fill(&WHITE).map_err(|e| e.to_string()).and_then(|_| $draw).and_then(|_| $root.present().map_err(|e| e.to_string()))
+            }
+            Some("png") => {
+                let $root = BitMapBackend::new(path, $size).into_drawing_area();
+                $root.fill(&WHITE).map_err(|e| e.to_string()).and_then(|_| $draw).and_then(|_| $root.present().map_err(|e| e.to_string()))
+            }
+            _ => Err("charts are written as .svg or .png".into()),
+        };
         result.map_err(err)
     }};
 }
@@ -108,12 +92,7 @@ pub fn heatmaps(path: &Path, panels: &[Heatmap]) -> Result<()> {
         return Err(Error::Input("no heatmap to draw".into()));
     }
     let rows = panels.iter().map(|p| p.rows.len()).max().unwrap_or(1);
-    let longest = panels
-        .iter()
-        .flat_map(|p| p.rows.iter())
-        .map(|r| r.chars().count())
-        .max()
-        .unwrap_or(4) as u32;
+    let longest = panels.iter().flat_map(|p| p.rows.iter()).map(|r| r.chars().count()).max().unwrap_or(4) as u32;
     // Wide enough for the cells and for the title (16 px sans-serif: about 8 px a character).
     let title = panels.iter().map(|p| p.title.chars().count()).max().unwrap_or(0) as u32;
     let panel_w = (120 + COLOR_BAR_W + 7 * longest + 44 * panels.iter().map(|p| p.cols.len()).max().unwrap_or(1) as u32).max(8 * title + 40);
@@ -124,12 +103,7 @@ pub fn heatmaps(path: &Path, panels: &[Heatmap]) -> Result<()> {
         true => ((panel_w.max(360), panel_h * n), (panels.len(), 1)),
         false => (((panel_w * n).max(360), panel_h), (1, panels.len())),
     };
-    render!(path, size, |root| {
-        root.split_evenly(grid)
-            .iter()
-            .zip(panels)
-            .try_for_each(|(area, panel)| draw_heatmap(area, panel, longest))
-    })
+    render!(path, size, |root| { root.split_evenly(grid).iter().zip(panels).try_for_each(|(area, panel)| draw_heatmap(area, panel, longest)) })
 }
 
 /// One chart of a row drawn by [`line_panels`].
@@ -146,13 +120,7 @@ pub struct LinePanel {
 }
 
 /// Draws `series` as lines with markers into `path` (`.svg` or `.png`).
-pub fn line_chart(
-    path: &Path,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[Series],
-) -> Result<()> {
+pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<()> {
     let panel = LinePanel { title: title.into(), x_label: x_label.into(), y_label: y_label.into(), series: series.to_vec() };
     line_panels(path, std::slice::from_ref(&panel))
 }
@@ -180,7 +148,11 @@ fn panel_ranges(panel: &LinePanel) -> Result<((f64, f64), (f64, f64))> {
     Ok((x, y))
 }
 
-fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &LinePanel, ((x0, x1), (y0, y1)): &((f64, f64), (f64, f64))) -> std::result::Result<(), String> {
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    p: &LinePanel,
+    ((x0, x1), (y0, y1)): &((f64, f64), (f64, f64)),
+) -> std::result::Result<(), String> {
     let (x0, x1, y0, y1) = (*x0, *x1, *y0, *y1);
     let pad = |a: f64, b: f64| if b > a { (b - a) * 0.05 } else { 0.5 };
     // A quantity that cannot be negative keeps its axis at or above 0.
@@ -214,29 +186,15 @@ where
         .y_label_area_size(56)
         .build_cartesian_2d(x, y)
         .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_labels(6)
-        .x_desc(x_label)
-        .y_desc(y_label)
-        .label_style(("sans-serif", 13))
-        .draw()
-        .map_err(|e| e.to_string())?;
+    chart.configure_mesh().x_labels(6).x_desc(x_label).y_desc(y_label).label_style(("sans-serif", 13)).draw().map_err(|e| e.to_string())?;
     for (i, s) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
-            .draw_series(LineSeries::new(
-                s.points.iter().copied(),
-                color.stroke_width(2),
-            ))
+            .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
             .map_err(|e| e.to_string())?
             .label(s.name.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(s.points.iter().map(|p| Circle::new(*p, 3, color.filled())))
-            .map_err(|e| e.to_string())?;
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        chart.draw_series(s.points.iter().map(|p| Circle::new(*p, 3, color.filled()))).map_err(|e| e.to_string())?;
     }
     // A lone unnamed line needs no legend.
     if series.iter().any(|s| !s.name.is_empty()) {
@@ -276,18 +234,9 @@ fn heat_color(t: f64, signed: bool) -> RGBColor {
 /// Width in pixels of a heatmap's colour bar with its tick labels.
 const COLOR_BAR_W: u32 = 76;
 
-fn draw_heatmap<DB: DrawingBackend>(
-    area: &DrawingArea<DB, Shift>,
-    panel: &Heatmap,
-    longest: u32,
-) -> std::result::Result<(), String> {
+fn draw_heatmap<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Heatmap, longest: u32) -> std::result::Result<(), String> {
     let (nr, nc) = (panel.rows.len(), panel.cols.len());
-    let (lo, hi) = panel
-        .values
-        .iter()
-        .flatten()
-        .filter(|v| v.is_finite())
-        .fold((0f64, 0f64), |(a, b), v| (a.min(*v), b.max(*v)));
+    let (lo, hi) = panel.values.iter().flatten().filter(|v| v.is_finite()).fold((0f64, 0f64), |(a, b), v| (a.min(*v), b.max(*v)));
     let signed = lo < 0.0;
     let scale = if signed { lo.abs().max(hi) } else { hi }.max(1e-12);
     let (cells, bar) = area.split_horizontally(area.dim_in_pixel().0.saturating_sub(COLOR_BAR_W));
@@ -324,10 +273,7 @@ fn draw_heatmap<DB: DrawingBackend>(
             row.iter().enumerate().map(move |(c, v)| {
                 let y = nr - 1 - r;
                 Rectangle::new(
-                    [
-                        (SegmentValue::Exact(c), SegmentValue::Exact(y)),
-                        (SegmentValue::Exact(c + 1), SegmentValue::Exact(y + 1)),
-                    ],
+                    [(SegmentValue::Exact(c), SegmentValue::Exact(y)), (SegmentValue::Exact(c + 1), SegmentValue::Exact(y + 1))],
                     heat_color(v / scale, signed).filled(),
                 )
             })
@@ -337,12 +283,7 @@ fn draw_heatmap<DB: DrawingBackend>(
 }
 
 /// The colour scale of a heatmap, from `lo` to `hi`, with tick labels.
-fn draw_color_bar<DB: DrawingBackend>(
-    area: &DrawingArea<DB, Shift>,
-    lo: f64,
-    hi: f64,
-    signed: bool,
-) -> std::result::Result<(), String> {
+fn draw_color_bar<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, lo: f64, hi: f64, signed: bool) -> std::result::Result<(), String> {
     const STEPS: usize = 64;
     let mut bar = ChartBuilder::on(area)
         .margin_top(34)
@@ -412,7 +353,14 @@ pub fn circuit_graph(path: &Path, title: &str, graph: &EdgeGraph, kept: &[bool],
     for s in graph.senders.iter().filter(|s| active.contains(&s.to_string())) {
         shown_rows[row_of_node(s)] = true;
     }
-    let rank: Vec<usize> = shown_rows.iter().scan(0, |n, &on| { let r = *n; *n += on as usize; Some(r) }).collect();
+    let rank: Vec<usize> = shown_rows
+        .iter()
+        .scan(0, |n, &on| {
+            let r = *n;
+            *n += on as usize;
+            Some(r)
+        })
+        .collect();
     let n_rows = shown_rows.iter().filter(|r| **r).count();
     let width = (140 + 110 * n_heads.max(2)) as u32;
     let height = (90 + 90 * n_rows) as u32;
@@ -461,10 +409,10 @@ pub fn circuit_graph(path: &Path, title: &str, graph: &EdgeGraph, kept: &[bool],
                 let half = 7 * name.len() as i32 / 2 + 10;
                 root.draw(&Rectangle::new([(x - half, y - 14), (x + half, y + 14)], fill.filled())).map_err(|e| e.to_string())?;
                 root.draw(&Rectangle::new([(x - half, y - 14), (x + half, y + 14)], ink.stroke_width(1))).map_err(|e| e.to_string())?;
-                let style = ("sans-serif", 14).into_font().color(&ink).pos(plotters::style::text_anchor::Pos::new(
-                    plotters::style::text_anchor::HPos::Center,
-                    plotters::style::text_anchor::VPos::Center,
-                ));
+                let style = ("sans-serif", 14)
+                    .into_font()
+                    .color(&ink)
+                    .pos(plotters::style::text_anchor::Pos::new(plotters::style::text_anchor::HPos::Center, plotters::style::text_anchor::VPos::Center));
                 root.draw(&Text::new(name.clone(), (*x, *y), style)).map_err(|e| e.to_string())?;
             }
             let legend = "edge width: |weight|; into q (red), k (green), v (blue), MLP and logits (grey)";

@@ -7,8 +7,8 @@
 use interp_core::{HookedTransformer, NamesFilter};
 use tch::{Kind, Tensor};
 
-use crate::error::{Error, Result};
 use crate::edge_graph::{senders_at_rows, EdgeActivations, EdgeGraph};
+use crate::error::{Error, Result};
 use crate::metric::Metric;
 
 /// How edge scores are computed.
@@ -59,9 +59,9 @@ pub fn edge_attribution(model: &HookedTransformer, graph: &EdgeGraph, acts: &Edg
     let clean0 = acts.clean.f_select(0, 0)?;
     let abl0 = acts.ablated.f_select(0, 0)?;
     let diff = acts.diff()?; // [S, B, P, D]
-    // The last block runs its queries, MLP and unembedding only at each prompt's answer
-    // position: the last MLP's and the logits' gradients are [B, 1, D], and so are their
-    // senders' differences at those rows.
+                             // The last block runs its queries, MLP and unembedding only at each prompt's answer
+                             // position: the last MLP's and the logits' gradients are [B, 1, D], and so are their
+                             // senders' differences at those rows.
     let size = diff.size();
     let rows = metric.answer_rows(b, size[2], diff.device())?;
     let diff_at_rows = senders_at_rows(diff, &rows)?.f_contiguous()?;
@@ -87,7 +87,10 @@ pub fn edge_attribution(model: &HookedTransformer, graph: &EdgeGraph, acts: &Edg
             // of [R, BPD] by [BPD, S_g] (diff's sender prefix is already contiguous).
             let gsize = grad.size();
             let grad = grad.f_permute([2, 0, 1, 3])?.f_reshape([gsize[2], -1])?;
-            let s = grad.f_matmul(&diff.f_narrow(0, 0, g.n_senders as i64)?.f_reshape([g.n_senders as i64, -1])?.f_transpose(0, 1)?)?.f_reshape([-1])?.f_to_kind(Kind::Float)?;
+            let s = grad
+                .f_matmul(&diff.f_narrow(0, 0, g.n_senders as i64)?.f_reshape([g.n_senders as i64, -1])?.f_transpose(0, 1)?)?
+                .f_reshape([-1])?
+                .f_to_kind(Kind::Float)?;
             match scores.get_mut(gi) {
                 Some(acc) => *acc = acc.f_add(&s)?,
                 None => scores.push(s),
@@ -104,9 +107,6 @@ pub fn top_k_masks(scores: &Tensor, counts: &[usize], absolute: bool) -> Result<
     let e = scores.size()[0];
     let order = if absolute { scores.f_abs()? } else { scores.shallow_clone() }.f_argsort(0, true)?;
     let rank = Tensor::f_empty_like(&order)?.f_scatter(0, &order, &Tensor::f_arange(e, (Kind::Int64, order.device()))?)?;
-    let rows: Vec<Tensor> = counts
-        .iter()
-        .map(|&k| Ok(rank.f_lt(k as i64)?.f_to_kind(Kind::Float)?))
-        .collect::<Result<_>>()?;
+    let rows: Vec<Tensor> = counts.iter().map(|&k| Ok(rank.f_lt(k as i64)?.f_to_kind(Kind::Float)?)).collect::<Result<_>>()?;
     Ok(Tensor::f_stack(&rows, 0)?)
 }

@@ -9,8 +9,8 @@
 
 use std::fmt;
 
-use interp_core::{at_rows, BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks};
 use interp_core::config::Positional;
+use interp_core::{at_rows, BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -343,15 +343,7 @@ impl EdgeGraph {
         let per_layer = h as usize + usize::from(has_mlp);
         let (mut receivers, mut edges, mut groups) = (Vec::new(), Vec::new(), Vec::new());
         let mut add_group = |point: HookPoint, layer: usize, recv: Vec<Receiver>, per_head: bool, n_senders: usize| {
-            groups.push(Group {
-                point,
-                layer,
-                n_receivers: recv.len() as i64,
-                per_head,
-                n_senders,
-                first_edge: edges.len(),
-                first_receiver: receivers.len(),
-            });
+            groups.push(Group { point, layer, n_receivers: recv.len() as i64, per_head, n_senders, first_edge: edges.len(), first_receiver: receivers.len() });
             for r in recv {
                 edges.extend(senders[..n_senders].iter().map(|&s| Edge { sender: s, receiver: r }));
                 receivers.push(r);
@@ -495,7 +487,14 @@ impl EdgeGraph {
 
     /// Activations with the ablated values of `ablation`; `mean` [S, 1, P, D] is required for
     /// [`Ablation::Mean`] (see [`EdgeGraph::mean_outputs`]).
-    pub(crate) fn activations_with(&self, model: &HookedTransformer, clean: &Tensor, corrupted: &Tensor, ablation: Ablation, mean: Option<&Tensor>) -> Result<EdgeActivations> {
+    pub(crate) fn activations_with(
+        &self,
+        model: &HookedTransformer,
+        clean: &Tensor,
+        corrupted: &Tensor,
+        ablation: Ablation,
+        mean: Option<&Tensor>,
+    ) -> Result<EdgeActivations> {
         crate::metric::check_aligned(clean, corrupted)?;
         let (clean, corrupted) = (clean.f_to_device(model.device())?, corrupted.f_to_device(model.device())?);
         let (clean_out, resid_pre) = self.sender_outputs(model, &clean)?;
@@ -524,7 +523,14 @@ impl EdgeGraph {
 
     /// `metric` of each edge set in `mask` [V, E] (see [`EdgeGraph::run_masked`]), per variant
     /// [V]: the final norm and the unembedding run only at each prompt's answer position.
-    pub fn masked_metric(&self, model: &HookedTransformer, acts: &EdgeActivations, metric: &crate::Metric, mask: &Tensor, start_layer: usize) -> Result<Tensor> {
+    pub fn masked_metric(
+        &self,
+        model: &HookedTransformer,
+        acts: &EdgeActivations,
+        metric: &crate::Metric,
+        mask: &Tensor,
+        start_layer: usize,
+    ) -> Result<Tensor> {
         self.masked_metric_from(model, acts, metric, mask, start_layer, None)
     }
 
@@ -578,7 +584,7 @@ impl EdgeGraph {
         let kind = acts.clean.kind();
         let device = acts.clean.device();
         let removed = mask.f_to_kind(kind)?.f_to_device(device)?.f_neg()?.f_add_scalar(1.0)?; // [V, E]
-        // What each variant patches beyond `sums`' edge set.
+                                                                                              // What each variant patches beyond `sums`' edge set.
         let extra = match sums {
             Some(s) => removed.f_sub(&s.mask(kind, device)?)?,
             None => removed.shallow_clone(),
@@ -594,7 +600,9 @@ impl EdgeGraph {
         let mut active: Vec<PatchedGroup> = Vec::new();
         let mut needed = vec![false; self.senders.len()];
         for (gi, g) in self.groups.iter().enumerate() {
-            let narrow = |t: &Tensor| -> Result<Tensor> { Ok(t.f_narrow(1, g.first_edge as i64, g.n_receivers * g.n_senders as i64)?.f_view([v, g.n_receivers, g.n_senders as i64])?) };
+            let narrow = |t: &Tensor| -> Result<Tensor> {
+                Ok(t.f_narrow(1, g.first_edge as i64, g.n_receivers * g.n_senders as i64)?.f_view([v, g.n_receivers, g.n_senders as i64])?)
+            };
             let (w, dw) = (narrow(&removed)?, narrow(&extra)?);
             let (used, differ) = (nonzero(&w)?, nonzero(&dw)?);
             if used.is_empty() && differ.is_empty() {
@@ -631,7 +639,11 @@ impl EdgeGraph {
         // [V, B, P, D], for the groups that start from the ablated sum: the senders before the
         // pass are added now, each later one when its hook fires.
         let total = if active.iter().any(|g| g.from_ablated) {
-            let before = acts.ablated.f_narrow(0, 0, first_live as i64)?.f_sub(&acts.clean.f_narrow(0, 0, first_live as i64)?)?.f_sum_dim_intlist([0i64].as_slice(), false, kind)?;
+            let before = acts.ablated.f_narrow(0, 0, first_live as i64)?.f_sub(&acts.clean.f_narrow(0, 0, first_live as i64)?)?.f_sum_dim_intlist(
+                [0i64].as_slice(),
+                false,
+                kind,
+            )?;
             Some(before.f_unsqueeze(0)?.f_repeat([v, 1, 1, 1])?)
         } else {
             None
@@ -663,7 +675,11 @@ impl EdgeGraph {
                     let (mut total, row) = (total.shallow_clone(), row_of(l)?);
                     hooks = std::mem::take(&mut hooks).add(point, move |x, _| {
                         // x [V * B, P, H, D] (heads) or [V * B, P, D]: current outputs, summed
-                        let out = if x.dim() == 4 { x.f_view([v, b, x.size()[1], -1, d])?.f_sum_dim_intlist([3i64].as_slice(), false, kind)? } else { x.f_view([v, b, -1, d])? };
+                        let out = if x.dim() == 4 {
+                            x.f_view([v, b, x.size()[1], -1, d])?.f_sum_dim_intlist([3i64].as_slice(), false, kind)?
+                        } else {
+                            x.f_view([v, b, -1, d])?
+                        };
                         match &row {
                             None => {
                                 let _ = total.f_add_(&ablated.f_unsqueeze(0)?.f_sub(&out)?)?;
@@ -684,11 +700,13 @@ impl EdgeGraph {
             }
         }
         for l in start_layer..self.n_layers {
-            let heads: Vec<(i64, i64)> = (0..self.n_heads).filter_map(|h| slot_of[self.sender_index(Sender::Head { layer: l, head: h })].map(|s| (h, s))).collect();
+            let heads: Vec<(i64, i64)> =
+                (0..self.n_heads).filter_map(|h| slot_of[self.sender_index(Sender::Head { layer: l, head: h })].map(|s| (h, s))).collect();
             if let Some(&(_, first_slot)) = heads.first() {
                 let live = live.shallow_clone();
                 let idx = on(&heads.iter().map(|(h, _)| *h).collect::<Vec<_>>())?;
-                let from = reference.f_index_select(0, &on(&heads.iter().map(|(h, _)| self.sender_index(Sender::Head { layer: l, head: *h }) as i64).collect::<Vec<_>>())?)?;
+                let from = reference
+                    .f_index_select(0, &on(&heads.iter().map(|(h, _)| self.sender_index(Sender::Head { layer: l, head: *h }) as i64).collect::<Vec<_>>())?)?;
                 let row = row_of(l)?;
                 hooks = hooks.add(HookPoint::block(l, BlockSite::Result), move |x, _| {
                     // x [V * B, P, H, D] -> the needed heads [V, k, B, P, D] (consecutive slots)

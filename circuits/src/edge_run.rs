@@ -44,7 +44,19 @@ impl<'a> EdgeRun<'a> {
             Ablation::Mean => Some(graph.mean_outputs(model, prompts, chunk)?),
             _ => None,
         };
-        let mut run = EdgeRun { model, graph, prompts, ablation, budget, costs, chunk, mean, whole: None, progress: indicatif::ProgressBar::hidden(), endpoints: std::cell::OnceCell::new() };
+        let mut run = EdgeRun {
+            model,
+            graph,
+            prompts,
+            ablation,
+            budget,
+            costs,
+            chunk,
+            mean,
+            whole: None,
+            progress: indicatif::ProgressBar::hidden(),
+            endpoints: std::cell::OnceCell::new(),
+        };
         if chunk == prompts.len() {
             run.whole = Some(run.activations(prompts)?);
         }

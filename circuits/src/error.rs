@@ -31,7 +31,9 @@ pub enum Error {
     #[error("invalid input: {0}")]
     Input(String),
     /// The clean and corrupted runs score the same, so no component can explain a difference.
-    #[error("nothing to explain: the metric ({metric}) is {value:.6} on both the clean and the corrupted prompts; choose prompts or a metric that tell them apart")]
+    #[error(
+        "nothing to explain: the metric ({metric}) is {value:.6} on both the clean and the corrupted prompts; choose prompts or a metric that tell them apart"
+    )]
     NothingToExplain {
         /// The metric's name.
         metric: String,

@@ -36,8 +36,13 @@ pub struct CaseTruth {
 enum Node {
     Sender(Sender),
     /// A head input (`hook_{q,k,v}_input[h]`).
-    HeadIn { layer: usize, head: i64 },
-    MlpIn { layer: usize },
+    HeadIn {
+        layer: usize,
+        head: i64,
+    },
+    MlpIn {
+        layer: usize,
+    },
     Logits,
     /// Inside a component (`attn.hook_q[h]`, ...): edges from or to it are not graph edges.
     Inner,
@@ -187,7 +192,8 @@ fn node(name: &str, model: &HookedTransformer) -> std::result::Result<Node, Stri
     if matches!(base, "hook_embed" | "hook_pos_embed" | "blocks.0.hook_resid_pre") {
         return Ok(Node::Sender(Sender::Embed));
     }
-    let unknown = || format!("`{name}` is not a node this model has ({} layers, {} heads{})", c.n_layers, c.n_heads, if c.attn_only { ", no MLPs" } else { "" });
+    let unknown =
+        || format!("`{name}` is not a node this model has ({} layers, {} heads{})", c.n_layers, c.n_heads, if c.attn_only { ", no MLPs" } else { "" });
     let rest = base.strip_prefix("blocks.").ok_or_else(unknown)?;
     let (layer, site) = rest.split_once('.').ok_or_else(unknown)?;
     let layer: usize = layer.parse().map_err(|_| unknown())?;

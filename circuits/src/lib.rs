@@ -20,18 +20,18 @@ pub mod acdc;
 pub mod budget;
 pub use budget::MemoryBudget;
 pub mod eap;
+pub mod edge_graph;
 /// The crate's error type.
 pub mod error;
-pub mod edge_graph;
 pub mod metric;
 
 pub use acdc::{acdc, circuit_nodes, roc_auc, AcdcConfig, AcdcResult, AttributionPrune};
 pub use eap::{edge_attribution, top_k_masks, AttributionMethod};
-pub use error::{Error, Result};
 pub use edge_graph::{Ablation, Edge, EdgeActivations, EdgeGraph, Qkv, Receiver, Sender};
+pub use error::{Error, Result};
 pub use metric::{Metric, MetricKind, MetricName};
-pub mod prompts;
 pub mod mib;
+pub mod prompts;
 pub use mib::{cmd, cpr, mib_counts, mib_edge_name, mib_folder, mib_model_name, mib_node_scores, mib_prune, write_mib_scores, MIB_FRACTIONS};
 pub mod edge_run;
 pub use edge_run::EdgeRun;
@@ -42,7 +42,10 @@ pub mod table;
 pub use patching::{activation_patching, PatchSite, PatchingResult};
 pub use table::{Table, Value};
 pub mod causal_tracing;
-pub use causal_tracing::{causal_trace, estimate_sigma, estimate_sigma_of, restored_probability, summarize, CausalTrace, Corruption, TraceConfig, TracePrompt, TraceSummary, TOKEN_ROLES};
+pub use causal_tracing::{
+    causal_trace, estimate_sigma, estimate_sigma_of, restored_probability, summarize, CausalTrace, Corruption, TraceConfig, TracePrompt, TraceSummary,
+    TOKEN_ROLES,
+};
 pub mod attribution_graph;
 pub use attribution_graph::{attribution_graph, AttributionGraph, GraphConfig};
 pub mod bilinear;

@@ -140,7 +140,11 @@ impl Metric {
         let size = resid.size();
         let n = self.n_prompts();
         if size.len() != 3 || n == 0 || size[0] % n != 0 {
-            return Err(Error::Shape { what: format!("the final residual for the metric's {n} prompts"), expected: format!("[k * {n}, pos, d_model]"), found: size });
+            return Err(Error::Shape {
+                what: format!("the final residual for the metric's {n} prompts"),
+                expected: format!("[k * {n}, pos, d_model]"),
+                found: size,
+            });
         }
         let rows = self.answer_rows(size[0], size[1], resid.device())?;
         let logits = model.runner_from_layer(&at_rows(resid, &rows)?, model.cfg.n_layers).run()?.output;

@@ -224,7 +224,13 @@ impl TaskPrompts {
         for i in 0..self.len() {
             let len = self.lengths[i];
             let row = |t: &Tensor| -> Result<Vec<i64>> { Ok(Vec::<i64>::try_from(&t.f_get(i as i64)?.f_narrow(0, 0, len)?)?) };
-            let tokens = |set: &[i64]| -> Value { if set.len() == 1 { json!(set[0]) } else { json!(set) } };
+            let tokens = |set: &[i64]| -> Value {
+                if set.len() == 1 {
+                    json!(set[0])
+                } else {
+                    json!(set)
+                }
+            };
             let mut line = json!({ "clean_ids": row(&self.clean)?, "corrupted_ids": row(&self.corrupted)?, "answer": tokens(&self.answers[i]) });
             if let Some(obj) = line.as_object_mut() {
                 if !self.wrongs[i].is_empty() {
@@ -250,7 +256,15 @@ fn answer_positions(lengths: &[i64]) -> Result<Option<Tensor>> {
 
 /// `name`'s metric of prompts with these answers, wrong tokens and lengths; KL runs `model` on
 /// the clean prompts [n, pos], 16 per forward.
-fn build_metric(name: MetricName, answers: &[Vec<i64>], wrongs: &[Vec<i64>], lengths: &[i64], clean: &Tensor, d_vocab: i64, model: Option<&HookedTransformer>) -> Result<Metric> {
+fn build_metric(
+    name: MetricName,
+    answers: &[Vec<i64>],
+    wrongs: &[Vec<i64>],
+    lengths: &[i64],
+    clean: &Tensor,
+    d_vocab: i64,
+    model: Option<&HookedTransformer>,
+) -> Result<Metric> {
     let positions = answer_positions(lengths)?;
     let single = |sets: &[Vec<i64>], what: &str| -> Result<Tensor> {
         let ids = sets
@@ -313,7 +327,13 @@ fn task_pairs(task: Task, vocab: &TaskVocab, n: usize, seed: u64) -> Result<Vec<
                 (vec![a], vec![w])
             }
         };
-        pairs.push(PromptPair { clean: std::mem::take(&mut clean[i]), corrupted: std::mem::take(&mut corrupted[i]), answers, wrongs, label: batch.labels[i].clone() });
+        pairs.push(PromptPair {
+            clean: std::mem::take(&mut clean[i]),
+            corrupted: std::mem::take(&mut corrupted[i]),
+            answers,
+            wrongs,
+            label: batch.labels[i].clone(),
+        });
     }
     Ok(pairs)
 }
@@ -435,7 +455,9 @@ fn label(line: usize, obj: &Map<String, Value>) -> Result<String> {
 }
 
 fn tokenizer(model: &HookedTransformer, line: usize) -> Result<&Tokenizer> {
-    model.tokenizer().ok_or_else(|| Error::Input(format!("line {line}: text prompts need the model's tokenizer.json; give token ids (`clean_ids`, ...) instead")))
+    model
+        .tokenizer()
+        .ok_or_else(|| Error::Input(format!("line {line}: text prompts need the model's tokenizer.json; give token ids (`clean_ids`, ...) instead")))
 }
 
 /// Tokens of a prompt, BOS first when the model has one; it must fit the context.

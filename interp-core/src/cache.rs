@@ -48,10 +48,8 @@ impl ActivationCache {
     /// `blocks.0.attn.hook_pattern` (see [`BlockSite::from_short_name`]); `cache[("pattern", 0)]`
     /// does the same and panics where this returns an error.
     pub fn layer(&self, short_name: &str, layer: usize) -> Result<&Tensor> {
-        let site = BlockSite::from_short_name(short_name).ok_or_else(|| Error::UnknownHook {
-            name: format!("{short_name} (layer {layer})"),
-            suggestion: None,
-        })?;
+        let site =
+            BlockSite::from_short_name(short_name).ok_or_else(|| Error::UnknownHook { name: format!("{short_name} (layer {layer})"), suggestion: None })?;
         self.get_point(HookPoint::Block(layer, site))
     }
 
@@ -91,7 +89,11 @@ impl ActivationCache {
         }
         let names: Vec<String> = self.map.keys().take(6).map(|p| p.to_string()).collect();
         let more = self.map.len().saturating_sub(6);
-        if more > 0 { format!("{}, and {more} more", names.join(", ")) } else { names.join(", ") }
+        if more > 0 {
+            format!("{}, and {more} more", names.join(", "))
+        } else {
+            names.join(", ")
+        }
     }
 
     fn f32(&self, point: HookPoint) -> Result<Tensor> {

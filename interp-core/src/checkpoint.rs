@@ -103,7 +103,10 @@ impl Checkpoint {
         let files: Vec<PathBuf> = if found.extension().is_some_and(|e| e == "json") {
             let text = std::fs::read_to_string(&found).map_err(Error::io(&found))?;
             let json: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json { path: found.clone(), source })?;
-            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Checkpoint { path: found.clone(), message: "no `weight_map` object".into() })?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::Checkpoint { path: found.clone(), message: "no `weight_map` object".into() })?;
             let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
             files.sort();
             files.dedup();
@@ -140,15 +143,16 @@ impl Checkpoint {
     /// The one `*.pth` / `*.pt` file in `dir`.
     fn single_torch_file(dir: &Path, candidates: &[&str]) -> Result<PathBuf> {
         let entries = std::fs::read_dir(dir).map_err(Error::io(dir))?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "pth" || e == "pt"))
-            .collect();
+        let mut files: Vec<PathBuf> =
+            entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "pth" || e == "pt")).collect();
         files.sort();
         let message = match files.len() {
             1 => return Ok(files.remove(0)),
             0 => format!("no weights: none of {}, nor a *.pth or *.pt file, is here", candidates.join(", ")),
-            n => format!("{n} PyTorch files ({}): which holds the weights is ambiguous", files.iter().filter_map(|f| f.file_name()).map(|f| f.to_string_lossy()).collect::<Vec<_>>().join(", ")),
+            n => format!(
+                "{n} PyTorch files ({}): which holds the weights is ambiguous",
+                files.iter().filter_map(|f| f.file_name()).map(|f| f.to_string_lossy()).collect::<Vec<_>>().join(", ")
+            ),
         };
         Err(Error::Checkpoint { path: dir.to_path_buf(), message })
     }
@@ -186,7 +190,9 @@ impl Checkpoint {
         };
         let start = 8 + header_len + info.data_offsets.0;
         let len = info.data_offsets.1 - info.data_offsets.0;
-        let bytes = mmap.get(start..start + len).ok_or_else(|| Error::Checkpoint { path: path.clone(), message: format!("tensor `{name}` lies past the end of the file") })?;
+        let bytes = mmap
+            .get(start..start + len)
+            .ok_or_else(|| Error::Checkpoint { path: path.clone(), message: format!("tensor `{name}` lies past the end of the file") })?;
         let t = Tensor::f_from_data_size(bytes, shape, stored)?;
         // SAFETY: `bytes` is not used after this point; dropping the pages only makes a later read
         // of the same range fault them in again from the file.

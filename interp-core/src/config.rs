@@ -383,19 +383,13 @@ impl ModelConfig {
             return Err(Error::Config(format!("at most {MAX_LAYERS} layers are supported, found {}", self.n_layers)));
         }
         if self.n_heads % self.n_kv_heads != 0 {
-            return Err(Error::Config(format!(
-                "n_heads ({}) must be a multiple of n_kv_heads ({})",
-                self.n_heads, self.n_kv_heads
-            )));
+            return Err(Error::Config(format!("n_heads ({}) must be a multiple of n_kv_heads ({})", self.n_heads, self.n_kv_heads)));
         }
         if matches!(self.family, Family::Gpt2 | Family::GptNeox) && self.d_model % self.n_heads != 0 {
             return Err(Error::Config(format!("d_model ({}) must be divisible by n_heads ({})", self.d_model, self.n_heads)));
         }
         if self.tie_embeddings && self.d_vocab_out != self.d_vocab {
-            return Err(Error::Config(format!(
-                "a tied unembedding needs d_vocab_out = d_vocab, found {} and {}",
-                self.d_vocab_out, self.d_vocab
-            )));
+            return Err(Error::Config(format!("a tied unembedding needs d_vocab_out = d_vocab, found {} and {}", self.d_vocab_out, self.d_vocab)));
         }
         let global = match &self.positional {
             Positional::Rotary(r) => Some(r),
@@ -432,7 +426,12 @@ impl ModelConfig {
         if self.post_ln_alpha.is_some() && (self.attn_only || self.parallel_attn_mlp || !self.post_norms) {
             return Err(Error::Config("post-norm blocks need an attention and an MLP sublayer in sequence, each followed by its norm".into()));
         }
-        let scales = [("interp_residual_scale", self.post_ln_alpha), ("attention scale", Some(self.attn_scale)), ("attn_logit_softcapping", self.attn_softcap), ("final_logit_softcapping", self.final_softcap)];
+        let scales = [
+            ("interp_residual_scale", self.post_ln_alpha),
+            ("attention scale", Some(self.attn_scale)),
+            ("attn_logit_softcapping", self.attn_softcap),
+            ("final_logit_softcapping", self.final_softcap),
+        ];
         if let Some((what, v)) = scales.into_iter().find_map(|(w, v)| v.filter(|v| !v.is_finite() || *v <= 0.0).map(|v| (w, v))) {
             return Err(Error::Config(format!("{what} must be positive and finite, found {v}")));
         }

@@ -58,11 +58,8 @@ pub fn read_jsonl(path: &Path, field: &str) -> Result<Vec<Document>> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, line)| {
-            let v: serde_json::Value = serde_json::from_str(line)
-                .map_err(|e| Error::Input(format!("{}:{}: malformed JSON: {e}", path.display(), i + 1)))?;
-            let text = v.get(field).and_then(|t| t.as_str()).ok_or_else(|| {
-                Error::Input(format!("{}:{}: no string field `{field}`", path.display(), i + 1))
-            })?;
+            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Input(format!("{}:{}: malformed JSON: {e}", path.display(), i + 1)))?;
+            let text = v.get(field).and_then(|t| t.as_str()).ok_or_else(|| Error::Input(format!("{}:{}: no string field `{field}`", path.display(), i + 1)))?;
             Ok(Document { name: format!("line {}", i + 1), text: text.to_string() })
         })
         .collect::<Result<_>>()?;
@@ -93,7 +90,11 @@ pub fn shakespeare(texts_dir: &Path) -> Result<(Vec<Document>, Vec<Document>)> {
     }
     let (mut train, mut eval) = (Vec::new(), Vec::new());
     for (i, d) in docs.into_iter().enumerate() {
-        if i % 8 == 7 { eval.push(d) } else { train.push(d) }
+        if i % 8 == 7 {
+            eval.push(d)
+        } else {
+            train.push(d)
+        }
     }
     Ok((train, eval))
 }
@@ -115,7 +116,11 @@ pub fn hold_out(docs: Vec<Document>) -> Result<(Vec<Document>, Vec<Document>)> {
     }
     let (mut train, mut eval) = (Vec::new(), Vec::new());
     for (i, d) in docs.into_iter().enumerate() {
-        if i % 8 == 7 || (i == 1 && eval.is_empty()) { eval.push(d) } else { train.push(d) }
+        if i % 8 == 7 || (i == 1 && eval.is_empty()) {
+            eval.push(d)
+        } else {
+            train.push(d)
+        }
     }
     Ok((train, eval))
 }
@@ -218,9 +223,7 @@ impl TokenDataset {
 impl BatchSource for TokenDataset {
     fn train_batch(&self, step: usize) -> Result<Batch> {
         let span = (self.train.size()[0] - self.seq_len) as u64;
-        let starts: Vec<i64> = (0..self.batch_size as u64)
-            .map(|i| (splitmix(self.seed ^ splitmix((step as u64) << 20 | i)) % span) as i64)
-            .collect();
+        let starts: Vec<i64> = (0..self.batch_size as u64).map(|i| (splitmix(self.seed ^ splitmix((step as u64) << 20 | i)) % span) as i64).collect();
         self.windows(&self.train, &starts)
     }
 

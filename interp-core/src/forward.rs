@@ -196,8 +196,7 @@ pub(crate) fn rotary_inv_freq(r: &Rotary) -> Result<Tensor> {
                 RopeScaling::Linear { factor } => f / factor,
                 RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
                     let wavelen = 2.0 * std::f64::consts::PI / f;
-                    let (low_wavelen, high_wavelen) =
-                        (original_max_position / low_freq_factor, original_max_position / high_freq_factor);
+                    let (low_wavelen, high_wavelen) = (original_max_position / low_freq_factor, original_max_position / high_freq_factor);
                     if wavelen < high_wavelen {
                         f
                     } else if wavelen > low_wavelen {
@@ -307,11 +306,7 @@ impl HookedTransformer {
             None => None,
         };
         let positions = match &key_valid {
-            Some(valid) => valid
-                .f_cumsum(1, Kind::Int64)?
-                .f_sub_scalar(1)?
-                .f_clamp_min(0)?
-                .f_narrow(1, offset, pos)?,
+            Some(valid) => valid.f_cumsum(1, Kind::Int64)?.f_sub_scalar(1)?.f_clamp_min(0)?.f_narrow(1, offset, pos)?,
             None => Tensor::f_arange_start(offset, keys, (Kind::Int64, self.device))?.f_unsqueeze(0)?.f_expand([batch, pos], false)?,
         };
         let tables = |inv_freq: &Option<Tensor>| -> Result<Option<(Tensor, Tensor)>> {
@@ -324,10 +319,7 @@ impl HookedTransformer {
         let mut windows: Vec<Option<i64>> = c.sliding_window[start..stop].to_vec();
         windows.sort();
         windows.dedup();
-        let masks = windows
-            .into_iter()
-            .map(|w| Ok((w, self.allowed_mask(offset, pos, w, key_valid.as_ref())?)))
-            .collect::<Result<Vec<_>>>()?;
+        let masks = windows.into_iter().map(|w| Ok((w, self.allowed_mask(offset, pos, w, key_valid.as_ref())?))).collect::<Result<Vec<_>>>()?;
         let mut shortformer = None;
         let mut resid = match (input, tokens) {
             (_, Some(tokens)) => {
@@ -363,7 +355,11 @@ impl HookedTransformer {
             Some(rows) if stop == c.n_layers && start < stop => {
                 let ok = rows.size() == [batch] && rows.kind() == Kind::Int64 && rows.numel() > 0;
                 if !ok || rows.f_min()?.int64_value(&[]) < 0 || rows.f_max()?.int64_value(&[]) >= pos {
-                    return Err(Error::Shape { what: format!("the last block's positions (int64, each below {pos})"), expected: format!("[{batch}]"), found: rows.size() });
+                    return Err(Error::Shape {
+                        what: format!("the last block's positions (int64, each below {pos})"),
+                        expected: format!("[{batch}]"),
+                        found: rows.size(),
+                    });
                 }
                 Some((c.n_layers - 1, rows.f_to_device(self.device)?))
             }
@@ -449,15 +445,7 @@ impl HookedTransformer {
         Ok(out.f_to_kind(self.kind)?)
     }
 
-    fn block_forward(
-        &self,
-        l: usize,
-        blk: &Block,
-        resid: Tensor,
-        run: &mut Run,
-        ctx: &Ctx,
-        kv: Option<&mut Option<(Tensor, Tensor)>>,
-    ) -> Result<Tensor> {
+    fn block_forward(&self, l: usize, blk: &Block, resid: Tensor, run: &mut Run, ctx: &Ctx, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
         let at = |s| HookPoint::Block(l, s);
         let resid_pre = run.fire(at(BlockSite::ResidPre), resid)?;
         let attn_out = self.attention(l, blk, &resid_pre, run, ctx, kv)?;
@@ -506,7 +494,8 @@ impl HookedTransformer {
         }
         let (b, p) = (resid_pre.size()[0], resid_pre.size()[1]);
         let w = &blk.attn.qkv.w; // [(h + 2kv) dh, dm]
-        let parts = [(BlockSite::QInput, 0, c.n_heads), (BlockSite::KInput, c.n_heads, c.n_kv_heads), (BlockSite::VInput, c.n_heads + c.n_kv_heads, c.n_kv_heads)];
+        let parts =
+            [(BlockSite::QInput, 0, c.n_heads), (BlockSite::KInput, c.n_heads, c.n_kv_heads), (BlockSite::VInput, c.n_heads + c.n_kv_heads, c.n_kv_heads)];
         let mut out = Vec::with_capacity(3);
         for (site, first, heads) in parts {
             let x = resid_pre.f_unsqueeze(2)?.f_expand([b, p, heads, c.d_model], false)?;
@@ -528,15 +517,7 @@ impl HookedTransformer {
         Ok((q, k, v))
     }
 
-    fn attention(
-        &self,
-        l: usize,
-        blk: &Block,
-        resid_pre: &Tensor,
-        run: &mut Run,
-        ctx: &Ctx,
-        kv: Option<&mut Option<(Tensor, Tensor)>>,
-    ) -> Result<Tensor> {
+    fn attention(&self, l: usize, blk: &Block, resid_pre: &Tensor, run: &mut Run, ctx: &Ctx, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
         let c = &self.cfg;
         let at = |s| HookPoint::Block(l, s);
         let (b, p, h, nkv, dh, dm) = (ctx.batch, ctx.pos, c.n_heads, c.n_kv_heads, c.d_head, c.d_model);

@@ -286,14 +286,7 @@ impl FromStr for HookPoint {
     /// Parses a TransformerLens name. Says nothing about whether a given model has the point:
     /// `HookedTransformer::hook_point` checks that.
     fn from_str(name: &str) -> Result<Self> {
-        let top = [
-            HookPoint::Embed,
-            HookPoint::PosEmbed,
-            HookPoint::LnFinalScale,
-            HookPoint::LnFinalNormalized,
-            HookPoint::UnembedIn,
-            HookPoint::UnembedOut,
-        ];
+        let top = [HookPoint::Embed, HookPoint::PosEmbed, HookPoint::LnFinalScale, HookPoint::LnFinalNormalized, HookPoint::UnembedIn, HookPoint::UnembedOut];
         if let Some(p) = top.into_iter().find(|p| p.to_string() == name) {
             return Ok(p);
         }

@@ -62,5 +62,5 @@ pub use model::{HookedTransformer, NormSite, RunOutput, Runner};
 pub use processing::WeightProcessing;
 pub use rng::Rng;
 pub use spec::{BlockStyle, Experts, MlpKind, ModelSpec, NormPlacement};
-pub use tokenizer::{PaddingSide, Tokenizer};
 pub use tch;
+pub use tokenizer::{PaddingSide, Tokenizer};

@@ -194,13 +194,7 @@ impl HookedTransformer {
         Self::from_params(cfg, params, tokenizer, kind, device)
     }
 
-    pub(crate) fn from_params(
-        cfg: ModelConfig,
-        params: Params,
-        tokenizer: Option<Tokenizer>,
-        kind: Kind,
-        device: Device,
-    ) -> Result<Self> {
+    pub(crate) fn from_params(cfg: ModelConfig, params: Params, tokenizer: Option<Tokenizer>, kind: Kind, device: Device) -> Result<Self> {
         let inv_freq = match &cfg.positional {
             Positional::Rotary(r) => Some(crate::forward::rotary_inv_freq(r)?.f_to_device(device)?),
             Positional::Learned | Positional::Shortformer => None,
@@ -372,7 +366,9 @@ impl HookedTransformer {
             HookPoint::LnFinalScale | HookPoint::LnFinalNormalized if c.post_ln_alpha.is_some() => {
                 Err("post-norm blocks end normalised: the model has no final norm".into())
             }
-            HookPoint::LnFinalScale | HookPoint::LnFinalNormalized | HookPoint::Block(_, BlockSite::Ln1Scale | BlockSite::Ln1Normalized | BlockSite::Ln2Scale | BlockSite::Ln2Normalized)
+            HookPoint::LnFinalScale
+            | HookPoint::LnFinalNormalized
+            | HookPoint::Block(_, BlockSite::Ln1Scale | BlockSite::Ln1Normalized | BlockSite::Ln2Scale | BlockSite::Ln2Normalized)
                 if c.norm == NormKind::Identity =>
             {
                 Err("the model has no normalization".into())
@@ -380,22 +376,20 @@ impl HookedTransformer {
             HookPoint::Block(_, BlockSite::Ln1Scale | BlockSite::Ln1Normalized | BlockSite::Ln2Scale | BlockSite::Ln2Normalized) if !c.pre_norms => {
                 Err("the model has no norms before attention and MLP (only after them)".into())
             }
-            HookPoint::Block(_, BlockSite::QNormScale | BlockSite::QNormNormalized | BlockSite::KNormScale | BlockSite::KNormNormalized) if c.qk_norm == QkNorm::None => {
+            HookPoint::Block(_, BlockSite::QNormScale | BlockSite::QNormNormalized | BlockSite::KNormScale | BlockSite::KNormNormalized)
+                if c.qk_norm == QkNorm::None =>
+            {
                 Err("the model has no q/k norms".into())
             }
             HookPoint::Block(_, BlockSite::MlpMid | BlockSite::MlpLnScale | BlockSite::MlpLnNormalized) if c.act != Activation::SoluLn => {
                 Err("only solu_ln MLPs have a LayerNorm on their hidden units".into())
             }
-            HookPoint::Block(_, BlockSite::ResidMid) if c.parallel_attn_mlp => {
-                Err("attention and MLP run in parallel, so there is no resid_mid".into())
-            }
-            HookPoint::Block(_, s) if c.attn_only && s >= BlockSite::MlpIn && s <= BlockSite::MlpOut => {
-                Err("the model is attention-only".into())
-            }
+            HookPoint::Block(_, BlockSite::ResidMid) if c.parallel_attn_mlp => Err("attention and MLP run in parallel, so there is no resid_mid".into()),
+            HookPoint::Block(_, s) if c.attn_only && s >= BlockSite::MlpIn && s <= BlockSite::MlpOut => Err("the model is attention-only".into()),
             HookPoint::Block(_, BlockSite::MlpPreLinear) if !c.gated_mlp => Err("the MLP is not gated".into()),
-            HookPoint::Block(l, BlockSite::MlpPre | BlockSite::MlpPreLinear | BlockSite::MlpPost) if c.is_moe_layer(l) => {
-                Err(format!("layer {l} is a mixture of experts: its hidden units belong to the experts (hook mlp.hook_expert_out, or hook_mlp_in and hook_mlp_out)"))
-            }
+            HookPoint::Block(l, BlockSite::MlpPre | BlockSite::MlpPreLinear | BlockSite::MlpPost) if c.is_moe_layer(l) => Err(format!(
+                "layer {l} is a mixture of experts: its hidden units belong to the experts (hook mlp.hook_expert_out, or hook_mlp_in and hook_mlp_out)"
+            )),
             HookPoint::Block(l, BlockSite::RouterLogits | BlockSite::ExpertIndices | BlockSite::ExpertWeights | BlockSite::ExpertOut) if !c.is_moe_layer(l) => {
                 Err(format!("layer {l}'s MLP is not a mixture of experts"))
             }
@@ -411,11 +405,7 @@ impl HookedTransformer {
         let top = [HookPoint::Embed, HookPoint::PosEmbed];
         let end = [HookPoint::LnFinalScale, HookPoint::LnFinalNormalized, HookPoint::UnembedIn, HookPoint::UnembedOut];
         let blocks = (0..self.cfg.n_layers).flat_map(|l| BlockSite::ALL.into_iter().map(move |s| HookPoint::Block(l, s)));
-        top.into_iter()
-            .chain(blocks)
-            .chain(end)
-            .filter(|p| self.availability(*p).is_ok() && (opt_in || !p.is_opt_in()))
-            .collect()
+        top.into_iter().chain(blocks).chain(end).filter(|p| self.availability(*p).is_ok() && (opt_in || !p.is_opt_in())).collect()
     }
 
     /// Parses a hook name and checks that this model has it; suggests the closest name if not.
@@ -423,11 +413,7 @@ impl HookedTransformer {
         match name.parse::<HookPoint>() {
             Ok(p) => self.availability(p).map(|()| p).map_err(|why| Error::HookUnavailable { name: name.into(), why }),
             Err(_) => {
-                let suggestion = self
-                    .hook_points(true)
-                    .into_iter()
-                    .map(|p| p.to_string())
-                    .min_by_key(|s| edit_distance(s, name));
+                let suggestion = self.hook_points(true).into_iter().map(|p| p.to_string()).min_by_key(|s| edit_distance(s, name));
                 Err(Error::UnknownHook { name: name.into(), suggestion })
             }
         }
@@ -438,11 +424,8 @@ impl HookedTransformer {
         if !pattern.contains('*') {
             return Ok(vec![self.hook_point(pattern)?]);
         }
-        let found: Vec<HookPoint> = self
-            .hook_points(true)
-            .into_iter()
-            .filter(|p| (!p.is_opt_in() || pattern.contains(p.leaf())) && glob_match(pattern, &p.to_string()))
-            .collect();
+        let found: Vec<HookPoint> =
+            self.hook_points(true).into_iter().filter(|p| (!p.is_opt_in() || pattern.contains(p.leaf())) && glob_match(pattern, &p.to_string())).collect();
         if found.is_empty() {
             return Err(Error::UnknownHook { name: pattern.into(), suggestion: None });
         }
@@ -510,7 +493,11 @@ impl HookedTransformer {
 
     /// The dtype that norms and softmax accumulate in: f32, or f64 for an f64 model.
     pub(crate) fn accumulate_kind(&self) -> Kind {
-        if self.kind == Kind::Double { Kind::Double } else { Kind::Float }
+        if self.kind == Kind::Double {
+            Kind::Double
+        } else {
+            Kind::Float
+        }
     }
 
     /// The model's family.
@@ -549,7 +536,18 @@ pub struct Runner<'m, 'h> {
 
 impl<'m, 'h> Runner<'m, 'h> {
     fn new(model: &'m HookedTransformer, input: Input<'m>) -> Self {
-        Runner { model, input, hooks: Hooks::new(), cache: None, attention_mask: None, stop_at_layer: None, grads: None, autograd: false, last_block_at: None, kv: None }
+        Runner {
+            model,
+            input,
+            hooks: Hooks::new(),
+            cache: None,
+            attention_mask: None,
+            stop_at_layer: None,
+            grads: None,
+            autograd: false,
+            last_block_at: None,
+            kv: None,
+        }
     }
 
     /// Continue after the positions `kv` holds: the input's positions come after them, its
@@ -639,11 +637,7 @@ impl<'m, 'h> Runner<'m, 'h> {
                     true => Tensor::f_run_backward(&[&value], &acts, false, false)?,
                     false => acts.iter().map(|_| Tensor::new()).collect(),
                 };
-                let grads = grads
-                    .into_iter()
-                    .zip(&acts)
-                    .map(|(g, a)| if g.defined() { Ok(g) } else { a.f_zeros_like() })
-                    .collect::<Result<Vec<_>, _>>()?;
+                let grads = grads.into_iter().zip(&acts).map(|(g, a)| if g.defined() { Ok(g) } else { a.f_zeros_like() }).collect::<Result<Vec<_>, _>>()?;
                 return Ok(RunOutput {
                     output: output.f_detach()?,
                     cache: run.take_cached().map(|m| model.new_cache(m)),

@@ -62,9 +62,7 @@ impl MlpKind {
             "reglu" => MlpKind::ReGlu,
             "geglu" => MlpKind::GeGlu,
             "swiglu" => MlpKind::SwiGlu,
-            other => {
-                return Err(Error::Config(format!("unknown MLP `{other}` ({})", Self::NAMES.join(", "))))
-            }
+            other => return Err(Error::Config(format!("unknown MLP `{other}` ({})", Self::NAMES.join(", ")))),
         })
     }
 }

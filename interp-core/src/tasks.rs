@@ -31,7 +31,6 @@ const RELATIONS: [(&str, &str, [&str; 6]); 3] = [
 ];
 const INDUCTION_TOKENS: usize = 48;
 
-
 /// The word-level vocabulary of every task.
 pub struct TaskVocab {
     words: Vec<String>,
@@ -346,18 +345,19 @@ pub struct TaskMixture {
 
 impl TaskMixture {
     fn mixed(&self, seed: u64) -> Result<Batch> {
-        let batches: Vec<Batch> = self.tasks.iter().enumerate().map(|(i, t)| t.training_batch(&self.vocab, self.per_task, seed.wrapping_mul(31).wrapping_add(i as u64))).collect::<Result<_>>()?;
+        let batches: Vec<Batch> = self
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| t.training_batch(&self.vocab, self.per_task, seed.wrapping_mul(31).wrapping_add(i as u64)))
+            .collect::<Result<_>>()?;
         let len = batches.iter().map(|b| b.input.size()[1]).max().unwrap_or(0);
         let pad = |t: &Tensor| t.f_pad([0, len - t.size()[1]], "constant", Some(0.0));
         let cat = |f: &dyn Fn(&Batch) -> &Tensor| -> Result<Tensor> {
             let parts: Vec<Tensor> = batches.iter().map(|b| pad(f(b))).collect::<Result<_, _>>()?;
             Ok(Tensor::f_cat(&parts, 0)?)
         };
-        Ok(Batch {
-            input: cat(&|b| &b.input)?,
-            target: cat(&|b| &b.target)?,
-            mask: Some(cat(&|b| b.mask.as_ref().unwrap_or(&b.input))?),
-        })
+        Ok(Batch { input: cat(&|b| &b.input)?, target: cat(&|b| &b.target)?, mask: Some(cat(&|b| b.mask.as_ref().unwrap_or(&b.input))?) })
     }
 }
 
@@ -396,9 +396,7 @@ pub fn induction_head_scores(model: &crate::HookedTransformer, vocab: &TaskVocab
         // p [n, heads, q, k] -> [heads, n, q, k], then advanced indexing -> [heads, len(idx)]
         let ph = p.f_permute([1, 0, 2, 3])?;
         let heads = ph.size()[0];
-        let picked: Vec<Tensor> = (0..heads)
-            .map(|h| ph.f_get(h)?.f_index(&[Some(&rows), Some(&qs), Some(&ks)]))
-            .collect::<Result<_, _>>()?;
+        let picked: Vec<Tensor> = (0..heads).map(|h| ph.f_get(h)?.f_index(&[Some(&rows), Some(&qs), Some(&ks)])).collect::<Result<_, _>>()?;
         Ok(Tensor::f_stack(&picked, 0)?.f_mean_dim(1, false, Kind::Float)?)
     };
     let (mut prev, mut induction) = (Vec::new(), Vec::new());

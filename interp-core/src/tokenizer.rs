@@ -146,10 +146,7 @@ impl Tokenizer {
 
     /// The text of `ids`.
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
-        let ids = ids
-            .iter()
-            .map(|&i| u32::try_from(i).map_err(|_| Error::Input(format!("token id {i} is not a valid id"))))
-            .collect::<Result<Vec<u32>>>()?;
+        let ids = ids.iter().map(|&i| u32::try_from(i).map_err(|_| Error::Input(format!("token id {i} is not a valid id")))).collect::<Result<Vec<u32>>>()?;
         self.inner.decode(&ids, false).map_err(|e| Error::Tokenizer(e.to_string()))
     }
 }

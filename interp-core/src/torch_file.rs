@@ -466,7 +466,8 @@ impl<'a> Unpickler<'a> {
                     let storage = match pid {
                         Value::Tuple(t) => match t.as_slice() {
                             [Value::Str(tag), Value::Global(ty), Value::Str(key), _, Value::Int(numel)] if tag == "storage" && *numel >= 0 => {
-                                let kind = GLOBALS.iter().find(|(g, _)| g == ty).and_then(|(_, k)| *k).ok_or_else(|| format!("`{ty}` is not a storage type"))?;
+                                let kind =
+                                    GLOBALS.iter().find(|(g, _)| g == ty).and_then(|(_, k)| *k).ok_or_else(|| format!("`{ty}` is not a storage type"))?;
                                 Value::Storage(key.clone(), kind, *numel)
                             }
                             _ => return Err(format!("a persistent id that is not a storage at byte {at}")),
@@ -546,7 +547,20 @@ impl<'a> Unpickler<'a> {
         let Value::Tuple(args) = args else { return Err(format!("call arguments that are {}", args.kind())) };
         let ints = |v: &Value| -> std::result::Result<Vec<i64>, String> {
             match v {
-                Value::Tuple(t) => t.iter().map(|x| if let Value::Int(i) = x { if *i >= 0 { Ok(*i) } else { Err("a negative size or stride".to_string()) } } else { Err("a size or stride that is not an int".into()) }).collect(),
+                Value::Tuple(t) => t
+                    .iter()
+                    .map(|x| {
+                        if let Value::Int(i) = x {
+                            if *i >= 0 {
+                                Ok(*i)
+                            } else {
+                                Err("a negative size or stride".to_string())
+                            }
+                        } else {
+                            Err("a size or stride that is not an int".into())
+                        }
+                    })
+                    .collect(),
                 _ => Err("a size or stride that is not a tuple".into()),
             }
         };
@@ -566,7 +580,11 @@ impl<'a> Unpickler<'a> {
             (Value::Global("numpy.dtype"), [Value::Str(code), ..]) => Ok(Value::Dtype(code.clone())),
             (Value::Global("numpy.core.multiarray.scalar" | "numpy._core.multiarray.scalar"), [Value::Dtype(code), Value::Bytes(b)]) => {
                 let sized = |n: usize| -> std::result::Result<&[u8], String> {
-                    if b.len() == n { Ok(b.as_slice()) } else { Err(format!("a numpy {code} scalar of {} bytes", b.len())) }
+                    if b.len() == n {
+                        Ok(b.as_slice())
+                    } else {
+                        Err(format!("a numpy {code} scalar of {} bytes", b.len()))
+                    }
                 };
                 let array = |n: usize| -> std::result::Result<[u8; 8], String> {
                     let mut out = [0u8; 8];

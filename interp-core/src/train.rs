@@ -248,18 +248,14 @@ impl TrainingCheckpoint {
     /// Writes `state` at `step` (to a temporary file, then renamed).
     pub fn save(&self, step: usize, state: &[(String, Tensor)]) -> Result<()> {
         std::fs::create_dir_all(&self.dir).map_err(Error::io(&self.dir))?;
-        let mut named: Vec<(String, Tensor)> = vec![
-            ("step".into(), Tensor::f_from_slice(&[step as i64])?),
-            ("fingerprint".into(), Tensor::f_from_slice(&[self.fingerprint])?),
-        ];
+        let mut named: Vec<(String, Tensor)> =
+            vec![("step".into(), Tensor::f_from_slice(&[step as i64])?), ("fingerprint".into(), Tensor::f_from_slice(&[self.fingerprint])?)];
         for (name, t) in state {
             named.push((name.clone(), t.f_detach()?.f_to_device(tch::Device::Cpu)?));
         }
         let tmp = self.dir.join("checkpoint.safetensors.tmp");
-        Tensor::write_safetensors(&named, &tmp).map_err(|e| Error::Io {
-            path: tmp.clone(),
-            source: std::io::Error::other(e.to_string().lines().next().unwrap_or_default().to_string()),
-        })?;
+        Tensor::write_safetensors(&named, &tmp)
+            .map_err(|e| Error::Io { path: tmp.clone(), source: std::io::Error::other(e.to_string().lines().next().unwrap_or_default().to_string()) })?;
         std::fs::rename(&tmp, self.path()).map_err(Error::io(self.path()))
     }
 
@@ -415,7 +411,15 @@ impl HookedTransformer {
         result
     }
 
-    fn train_loop(&self, data: &dyn BatchSource, cfg: &TrainConfig, params: &[Tensor], adam: &Adam, checkpoint: Option<&TrainingCheckpoint>, start: usize) -> Result<TrainReport> {
+    fn train_loop(
+        &self,
+        data: &dyn BatchSource,
+        cfg: &TrainConfig,
+        params: &[Tensor],
+        adam: &Adam,
+        checkpoint: Option<&TrainingCheckpoint>,
+        start: usize,
+    ) -> Result<TrainReport> {
         let bar = progress_bar(cfg.steps as u64, "steps", cfg.progress);
         bar.set_position(start as u64);
         let (mut losses, mut eval_losses, mut tokens) = (Vec::new(), Vec::new(), 0usize);
@@ -471,7 +475,8 @@ impl HookedTransformer {
         }
         bar.finish();
         let tail = losses.len().div_ceil(10).max(1);
-        let final_train_loss = if losses.is_empty() { f64::NAN } else { losses[losses.len() - tail.min(losses.len())..].iter().sum::<f64>() / tail.min(losses.len()) as f64 };
+        let final_train_loss =
+            if losses.is_empty() { f64::NAN } else { losses[losses.len() - tail.min(losses.len())..].iter().sum::<f64>() / tail.min(losses.len()) as f64 };
         Ok(TrainReport {
             resumed_at: start,
             steps: cfg.steps,

@@ -2,8 +2,8 @@
 
 use crate::common;
 
-use circuits::{acdc, edge_attribution, roc_auc, Ablation, AcdcConfig, AttributionMethod, EdgeGraph, Error, Metric, TaskPrompts};
 use crate::common::planted;
+use circuits::{acdc, edge_attribution, roc_auc, Ablation, AcdcConfig, AttributionMethod, EdgeGraph, Error, Metric, TaskPrompts};
 use interp::circuits;
 use interp::interp_core::{tch, HookedTransformer};
 use tch::{Device, Kind, Tensor};
@@ -91,7 +91,9 @@ fn edge_masks_interpolate_between_clean_and_corrupted() {
     for arch in ["planted", "gpt_neox", "mistral", "mixtral", "qwen2_moe", "smollm2"] {
         let model = match arch {
             "planted" => planted_model(Kind::Double),
-            "smollm2" => HookedTransformer::from_pretrained_dir(common::repo("models/real/SmolLM2-135M-Instruct.Q4_1.gguf"), Device::Cpu, Kind::Double).unwrap(),
+            "smollm2" => {
+                HookedTransformer::from_pretrained_dir(common::repo("models/real/SmolLM2-135M-Instruct.Q4_1.gguf"), Device::Cpu, Kind::Double).unwrap()
+            }
             _ => HookedTransformer::from_pretrained_dir(common::fixture(arch), Device::Cpu, Kind::Double).unwrap(),
         };
         let graph = EdgeGraph::new(&model).unwrap();
@@ -308,11 +310,15 @@ fn eap_and_acdc_equal_auto_circuit() {
     let prompts = TaskPrompts::from_jsonl(&dir.join("ioi.jsonl"), &model).unwrap();
     let clean = prompts.metric.value(&model.forward(&prompts.clean).unwrap()).unwrap();
     let theirs = fixture["clean_logit_diff"].as_f64().unwrap();
-    assert!((clean - theirs).abs() < 1e-4, "clean logit difference {clean}, fixture {theirs}: models/tasks-bilinear changed, rerun scripts/check_autocircuit.sh");
+    assert!(
+        (clean - theirs).abs() < 1e-4,
+        "clean logit difference {clean}, fixture {theirs}: models/tasks-bilinear changed, rerun scripts/check_autocircuit.sh"
+    );
     let graph = EdgeGraph::new(&model).unwrap();
     let names: Vec<String> = graph.edges.iter().map(|e| e.to_string()).collect();
     let acts = graph.activations(&model, &prompts.clean, &prompts.corrupted, Ablation::Resample).unwrap();
-    let eap: Vec<f64> = Vec::try_from(&edge_attribution(&model, &graph, &acts, &prompts.metric, AttributionMethod::Eap).unwrap().to_kind(Kind::Double)).unwrap();
+    let eap: Vec<f64> =
+        Vec::try_from(&edge_attribution(&model, &graph, &acts, &prompts.metric, AttributionMethod::Eap).unwrap().to_kind(Kind::Double)).unwrap();
     let (mut worst, mut largest) = (0f64, 0f64);
     for (name, ours) in names.iter().zip(&eap) {
         // auto-circuit's score is the gradient of its loss, -mean(logit difference): MIB's sign, and ours.
@@ -370,7 +376,10 @@ fn eap_scores_and_cpr_cmd_equal_mib() {
         }
         let (cpr, cmd) = (mib["cpr"].as_f64().unwrap(), mib["cmd"].as_f64().unwrap());
         assert!((found.cpr - cpr).abs() < 1e-4 && (found.cmd - cmd).abs() < 1e-4, "{name}: CPR {} CMD {}, MIB's {cpr} {cmd}", found.cpr, found.cmd);
-        eprintln!("{name}: scores within {worst:.1e} of MIB's (largest {largest:.2}); CPR {:.4} (MIB {cpr:.4}), CMD {:.4} (MIB {cmd:.4})", found.cpr, found.cmd);
+        eprintln!(
+            "{name}: scores within {worst:.1e} of MIB's (largest {largest:.2}); CPR {:.4} (MIB {cpr:.4}), CMD {:.4} (MIB {cmd:.4})",
+            found.cpr, found.cmd
+        );
     }
 }
 
@@ -417,7 +426,14 @@ fn approximate_acdc_prunes_by_attribution() {
     let approx = acdc(&model, &graph, &acts, &batch.metric, &with(0.1)).unwrap();
     let both = exact.kept.iter().zip(&approx.kept).filter(|(a, b)| **a && **b).count();
     let jaccard = both as f64 / (exact.n_kept() + approx.n_kept() - both) as f64;
-    eprintln!("exact {} edges in {} forwards; approximate {} ({} pruned) in {}; Jaccard {jaccard:.2}", exact.n_kept(), exact.n_forwards, approx.n_kept(), approx.n_pruned, approx.n_forwards);
+    eprintln!(
+        "exact {} edges in {} forwards; approximate {} ({} pruned) in {}; Jaccard {jaccard:.2}",
+        exact.n_kept(),
+        exact.n_forwards,
+        approx.n_kept(),
+        approx.n_pruned,
+        approx.n_forwards
+    );
     // (It need not save forwards: here it ran 83 against exact ACDC's 75, see the README.)
     assert!(approx.n_pruned > 10 && jaccard > 0.8, "{} pruned, Jaccard {jaccard}", approx.n_pruned);
     let mask = graph.mask_of(&approx.kept).unwrap().unsqueeze(0);

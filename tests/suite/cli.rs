@@ -130,16 +130,45 @@ fn train_killed_midway_resumes_to_the_same_weights() {
     let corpus = root.join("corpus");
     std::fs::create_dir_all(&corpus).unwrap();
     for i in 0..4 {
-        let text: String = (0..300).map(|j| format!("the {} cat sat on the {} mat. ", ["black", "white", "red"][(i + j) % 3], ["big", "small"][j % 2])).collect();
+        let text: String =
+            (0..300).map(|j| format!("the {} cat sat on the {} mat. ", ["black", "white", "red"][(i + j) % 3], ["big", "small"][j % 2])).collect();
         std::fs::write(corpus.join(format!("doc{i}.txt")), text).unwrap();
     }
     let args = |out: &std::path::Path| -> Vec<String> {
-        ["train", "--out", out.to_str().unwrap(), "--data", corpus.to_str().unwrap(), "--vocab", "300", "--layers", "1",
-         "--d-model", "32", "--heads", "2", "--ctx", "16", "--batch", "4", "--steps", "400", "--warmup", "10",
-         "--eval-every", "100", "--checkpoint-every", "5", "--threads", "1", "--mlp", "bilinear"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "train",
+            "--out",
+            out.to_str().unwrap(),
+            "--data",
+            corpus.to_str().unwrap(),
+            "--vocab",
+            "300",
+            "--layers",
+            "1",
+            "--d-model",
+            "32",
+            "--heads",
+            "2",
+            "--ctx",
+            "16",
+            "--batch",
+            "4",
+            "--steps",
+            "400",
+            "--warmup",
+            "10",
+            "--eval-every",
+            "100",
+            "--checkpoint-every",
+            "5",
+            "--threads",
+            "1",
+            "--mlp",
+            "bilinear",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
     let whole = root.join("whole");
     let (ok, _, err) = interp(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
@@ -207,7 +236,26 @@ fn clt_train_eval_and_graph_from_the_command_line() {
     let out = common::Scratch::new("cli-clt");
     let _ = std::fs::remove_dir_all(&out);
     let o = out.join("clt");
-    let args = ["sae", "train", model, "--clt", "--arch", "topk", "--k", "8", "--d-sae", "128", "--steps", "6", "--batch-tokens", "512", "--context", "32", "--eval-contexts", "8"];
+    let args = [
+        "sae",
+        "train",
+        model,
+        "--clt",
+        "--arch",
+        "topk",
+        "--k",
+        "8",
+        "--d-sae",
+        "128",
+        "--steps",
+        "6",
+        "--batch-tokens",
+        "512",
+        "--context",
+        "32",
+        "--eval-contexts",
+        "8",
+    ];
     let (ok, stdout, err) = interp(&[&args[..], &["--out", o.to_str().unwrap()]].concat());
     assert!(ok, "{err}");
     assert!(stdout.contains("every MLP spliced: CE loss recovered"), "{stdout}");
@@ -217,7 +265,8 @@ fn clt_train_eval_and_graph_from_the_command_line() {
     let (ok, stdout, err) = interp(&["sae", "eval", model, o.to_str().unwrap(), "--contexts", "4"]);
     assert!(ok && stdout.contains("TopK cross-layer transcoder"), "{err}");
     let graph = out.join("graph");
-    let (ok, stdout, err) = interp(&["graph", model, "--transcoders", o.to_str().unwrap(), "--max-features", "40", "--contexts", "4", "--out", graph.to_str().unwrap()]);
+    let (ok, stdout, err) =
+        interp(&["graph", model, "--transcoders", o.to_str().unwrap(), "--max-features", "40", "--contexts", "4", "--out", graph.to_str().unwrap()]);
     assert!(ok && stdout.contains("40 of ") && stdout.contains("active features (--max-features)"), "{stdout}{err}");
     // A skip path or a hook does not go with --clt: clap says so in one line.
     let (ok, _, err) = interp(&["sae", "train", model, "--clt", "--skip", "--out", o.to_str().unwrap()]);
@@ -248,7 +297,12 @@ fn sae_runs_record_their_cache_curve_and_options() {
     // The same cache with other settings: the differences, one line each, and nothing trained.
     let other = out.join("other");
     let (ok, _, err) = train(&["--context", "64", "--seed", "5", "--steps", "8"], &other);
-    assert!(!ok && err.contains("context_size: 32 in the cache, 64 in this run") && err.contains("seed: 0 in the cache, 5 in this run") && err.contains("--reuse-cache"), "{err}");
+    assert!(
+        !ok && err.contains("context_size: 32 in the cache, 64 in this run")
+            && err.contains("seed: 0 in the cache, 5 in this run")
+            && err.contains("--reuse-cache"),
+        "{err}"
+    );
     // --reuse-cache trains on it and records the cache's context, not the flag's.
     let (ok, _, err) = train(&["--context", "64", "--steps", "8", "--reuse-cache"], &other);
     assert!(ok && err.contains("reusing the cache although its context_size"), "{err}");
@@ -273,7 +327,8 @@ fn sae_runs_record_their_cache_curve_and_options() {
 
     // Evaluation without the model, on the cache: JSON with no downstream metrics.
     let json = out.join("eval.json");
-    let (ok, stdout, err) = interp(&["sae", "eval", o.to_str().unwrap(), "--activations", cache.to_str().unwrap(), "--batches", "4", "--json", json.to_str().unwrap()]);
+    let (ok, stdout, err) =
+        interp(&["sae", "eval", o.to_str().unwrap(), "--activations", cache.to_str().unwrap(), "--batches", "4", "--json", json.to_str().unwrap()]);
     assert!(ok && stdout.contains("FVU") && !stdout.contains("CE loss"), "{err}");
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(m["fvu"].is_number() && m["n_tokens"] == 4 * 512 && m.get("ce_loss_recovered").is_none(), "{m}");
@@ -297,7 +352,8 @@ fn sae_runs_record_their_cache_curve_and_options() {
     assert!(max_abs_diff(&r["sae_out"], &dict.forward(&f["sae_in"]).unwrap()) < 1e-4);
     // Encode activations from `interp cache --no-logits`.
     let acts = out.join("acts.safetensors");
-    let (ok, _, err) = interp(&["cache", model, "--text", "To be, or not to be", "--hooks", "blocks.1.hook_resid_pre", "--no-logits", "--out", acts.to_str().unwrap()]);
+    let (ok, _, err) =
+        interp(&["cache", model, "--text", "To be, or not to be", "--hooks", "blocks.1.hook_resid_pre", "--no-logits", "--out", acts.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(!read(&acts).contains_key("logits"));
     let (ok, _, err) = interp(&["sae", "encode", o.to_str().unwrap(), "--activations", acts.to_str().unwrap(), "--out", feats.to_str().unwrap()]);
@@ -466,11 +522,14 @@ fn report_is_one_self_contained_page_with_every_part() {
 
     // Any model directory: the parts that apply, and a note for the rest.
     let gpt2 = fixture("gpt2");
-    let (ok, _, err) = interp(&["report", gpt2.to_str().unwrap(), "--prompt", "Then, Mary and John went to the store.", "--out", out.join("gpt2").to_str().unwrap()]);
+    let (ok, _, err) =
+        interp(&["report", gpt2.to_str().unwrap(), "--prompt", "Then, Mary and John went to the store.", "--out", out.join("gpt2").to_str().unwrap()]);
     assert!(ok, "{err}");
     let html = std::fs::read_to_string(out.join("gpt2/report.html")).unwrap();
     assert!(html.contains("gpt2: model and logit lens</h2>") && html.contains("Skipped: this model does not use the built-in tasks"));
-    for args in [vec!["report", "no/such/model", "--out", out.to_str().unwrap()], vec!["report", fixture("llama").to_str().unwrap(), "--out", out.to_str().unwrap()]] {
+    for args in
+        [vec!["report", "no/such/model", "--out", out.to_str().unwrap()], vec!["report", fixture("llama").to_str().unwrap(), "--out", out.to_str().unwrap()]]
+    {
         let (ok, _, err) = interp(&args);
         assert!(!ok && err.trim().lines().count() == 1 && err.starts_with("error: "), "{args:?}: {err}");
     }
@@ -487,7 +546,20 @@ fn circuit_commands_take_prompt_files() {
     let acdc_out = root.join("acdc");
     let mib = root.join("mib");
     let ckpt = root.join("acdc.json");
-    let args = ["acdc", "--prompts", f, "--out", acdc_out.to_str().unwrap(), "--only", "--tau", "0.3", "--checkpoint", ckpt.to_str().unwrap(), "--export-mib", mib.to_str().unwrap()];
+    let args = [
+        "acdc",
+        "--prompts",
+        f,
+        "--out",
+        acdc_out.to_str().unwrap(),
+        "--only",
+        "--tau",
+        "0.3",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--export-mib",
+        mib.to_str().unwrap(),
+    ];
     let (ok, out, err) = interp(&args);
     assert!(ok, "{err}");
     assert!(out.contains("ACDC tau 0.3000") && out.contains("one edge per forward, as on a CPU") && out.contains("MIB CPR"), "{out}");
@@ -500,7 +572,13 @@ fn circuit_commands_take_prompt_files() {
     assert!(importances["edges"]["input->a0.h0<q>"]["score"].is_number());
     // Node scores, which MIB's node-level evaluation needs: the sum of each node's outgoing edges.
     let out_of = |node: &str| -> f64 {
-        importances["edges"].as_object().unwrap().iter().filter(|(name, _)| name.starts_with(&format!("{node}->"))).map(|(_, e)| e["score"].as_f64().unwrap()).sum()
+        importances["edges"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(name, _)| name.starts_with(&format!("{node}->")))
+            .map(|(_, e)| e["score"].as_f64().unwrap())
+            .sum()
     };
     for node in ["input", "a0.h1", "m1"] {
         let score = importances["nodes"][node]["score"].as_f64().unwrap();

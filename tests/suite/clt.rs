@@ -10,8 +10,8 @@ use circuits::attribution_graph::{attribution_graph, AttributionGraph, GraphConf
 use interp::circuits;
 use interp::interp_core::{tch, CacheSpec, HookedTransformer};
 use interp::transcoders::{
-    evaluate, evaluate_set, load_transcoder_set, train_clt, train_dictionaries, ActivationSource, Architecture, CltConfig, CrossLayerTranscoder, DictionaryConfig, Error, InMemoryActivations,
-    SaeTrainConfig, SparseDictionary, TranscoderSet,
+    evaluate, evaluate_set, load_transcoder_set, train_clt, train_dictionaries, ActivationSource, Architecture, CltConfig, CrossLayerTranscoder,
+    DictionaryConfig, Error, InMemoryActivations, SaeTrainConfig, SparseDictionary, TranscoderSet,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -84,7 +84,14 @@ fn a_clt_fits_cross_layer_structure_that_per_layer_transcoders_cannot() {
     let clt_fvu = report.log.last().unwrap().fvu;
     // Per-layer transcoders with the same latents per layer, on the same activations.
     let mut per_layer: Vec<SparseDictionary> = (0..2)
-        .map(|l| SparseDictionary::init(DictionaryConfig::transcoder(Architecture::TopK { k: 6 }, false, &format!("blocks.{l}.in"), &format!("blocks.{l}.out"), D, D, F), l, Device::Cpu).unwrap())
+        .map(|l| {
+            SparseDictionary::init(
+                DictionaryConfig::transcoder(Architecture::TopK { k: 6 }, false, &format!("blocks.{l}.in"), &format!("blocks.{l}.out"), D, D, F),
+                l,
+                Device::Cpu,
+            )
+            .unwrap()
+        })
         .collect();
     let reports = train_dictionaries(&mut per_layer, &mut Planted::new(32_768), &quiet(600)).unwrap();
     let layer1_fvu = reports[1].log.last().unwrap().fvu;
@@ -95,11 +102,15 @@ fn a_clt_fits_cross_layer_structure_that_per_layer_transcoders_cannot() {
     let x = [named[0].1.shallow_clone(), named[1].1.shallow_clone()];
     let out = clt.forward(&x).unwrap();
     for (l, y) in [&named[2].1, &named[3].1].into_iter().enumerate() {
-        let fvu = (&out[l] - y).square().sum(Kind::Double).double_value(&[]) / (y - y.mean_dim(0, true, Kind::Float)).square().sum(Kind::Double).double_value(&[]);
+        let fvu =
+            (&out[l] - y).square().sum(Kind::Double).double_value(&[]) / (y - y.mean_dim(0, true, Kind::Float)).square().sum(Kind::Double).double_value(&[]);
         assert!(fvu < 0.15, "layer {l} on raw activations: FVU {fvu}");
     }
     // JumpReLU and ReLU train too (a smoke test of their losses: finite and improving).
-    for (arch, cfg) in [(Architecture::JumpRelu, SaeTrainConfig { l0_coefficient: 0.1, ..quiet(200) }), (Architecture::ReluL1, SaeTrainConfig { l1_coefficient: 0.1, ..quiet(200) })] {
+    for (arch, cfg) in [
+        (Architecture::JumpRelu, SaeTrainConfig { l0_coefficient: 0.1, ..quiet(200) }),
+        (Architecture::ReluL1, SaeTrainConfig { l1_coefficient: 0.1, ..quiet(200) }),
+    ] {
         let mut clt = CrossLayerTranscoder::init(clt_config(arch), 0, Device::Cpu).unwrap();
         let log = train_clt(&mut clt, &mut Planted::new(8192), &SaeTrainConfig { log_every: 20, ..cfg }).unwrap().log;
         assert!(log.last().unwrap().fvu < 0.5 * log[0].fvu, "{arch:?}: FVU {} -> {}", log[0].fvu, log.last().unwrap().fvu);
@@ -120,7 +131,10 @@ fn clt_training_resumes_exactly_and_files_round_trip() {
     assert_eq!(common::max_abs_diff(whole.w_enc(), resumed.w_enc()), 0.0);
     assert_eq!(common::max_abs_diff(whole.w_dec(0), resumed.w_dec(0)), 0.0);
     assert!(dir.join("ckpt/step_20/W_dec_1.safetensors").exists(), "the newest checkpoint kept as a CLT folder");
-    let err = train_clt(&mut CrossLayerTranscoder::init(clt_config(Architecture::TopK { k: 2 }), 0, Device::Cpu).unwrap(), &mut Planted::new(8192), &cfg).err().unwrap().to_string();
+    let err = train_clt(&mut CrossLayerTranscoder::init(clt_config(Architecture::TopK { k: 2 }), 0, Device::Cpu).unwrap(), &mut Planted::new(8192), &cfg)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("another cross-layer transcoder configuration"), "{err}");
 
     // Files: circuit-tracer's layout, read back as the same function, for each activation.
@@ -247,7 +261,14 @@ fn whole_set_evaluation_agrees_with_per_layer_evaluation() {
     let (mut l0, mut worst_single) = (0.0, 0f64);
     for (l, tc) in layers.iter().enumerate() {
         let alone = evaluate(tc, &model, &contexts, 2).unwrap();
-        assert!((alone.fvu - m.layers[l].fvu).abs() < 1e-6 && (alone.l0 - m.layers[l].l0).abs() < 1e-9, "layer {l}: {} {} vs {} {}", alone.fvu, alone.l0, m.layers[l].fvu, m.layers[l].l0);
+        assert!(
+            (alone.fvu - m.layers[l].fvu).abs() < 1e-6 && (alone.l0 - m.layers[l].l0).abs() < 1e-9,
+            "layer {l}: {} {} vs {} {}",
+            alone.fvu,
+            alone.l0,
+            m.layers[l].fvu,
+            m.layers[l].l0
+        );
         l0 += alone.l0;
         let d = alone.downstream.unwrap();
         assert!((d.ce_clean - m.downstream.ce_clean).abs() < 1e-6);

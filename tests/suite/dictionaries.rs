@@ -8,8 +8,8 @@ use crate::common::FailsAt;
 use interp::interp_core::tch;
 use interp::interp_core::{CacheSpec, HookedTransformer};
 use interp::transcoders::{
-    evaluate, evaluate_activations, load_circuit_tracer, save_circuit_tracer, train_dictionaries, ActivationSource, ActivationStore, Architecture, CachedActivations, DictionaryConfig,
-    InMemoryActivations, SaeTrainConfig, SparseDictionary, StoreConfig,
+    evaluate, evaluate_activations, load_circuit_tracer, save_circuit_tracer, train_dictionaries, ActivationSource, ActivationStore, Architecture,
+    CachedActivations, DictionaryConfig, InMemoryActivations, SaeTrainConfig, SparseDictionary, StoreConfig,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -77,7 +77,9 @@ fn sparse_topk_gradients_equal_dense_ones() {
     // AuxK ones); it must train exactly as autograd through the dense product does.
     let x = coefficients(4096, 21).matmul(&directions(N_FEATURES, D, 22)) + 0.3;
     let y = x.matmul(&directions(D, 24, 23));
-    for cfg in [DictionaryConfig::sae(Architecture::TopK { k: 4 }, "x", D, 96), DictionaryConfig::transcoder(Architecture::TopK { k: 4 }, true, "x", "y", D, 24, 96)] {
+    for cfg in
+        [DictionaryConfig::sae(Architecture::TopK { k: 4 }, "x", D, 96), DictionaryConfig::transcoder(Architecture::TopK { k: 4 }, true, "x", "y", D, 24, 96)]
+    {
         let train = |sparse_decode: bool| {
             let mut source = InMemoryActivations::new(vec![("x".into(), x.shallow_clone()), ("y".into(), y.shallow_clone())], 512).unwrap();
             let mut dict = SparseDictionary::init(cfg.clone(), 0, Device::Cpu).unwrap();
@@ -241,14 +243,30 @@ fn loads_sparsify_and_circuit_tracer_layouts() {
     let dir = tempdir("layouts");
     let x = Tensor::randn([30, 16], (Kind::Float, Device::Cpu));
     // sparsify: encoder.weight [n, d_in], W_dec [n, d], skip path [d, d].
-    let tc = SparseDictionary::init(DictionaryConfig::transcoder(Architecture::TopK { k: 4 }, true, "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", 16, 16, 48), 1, Device::Cpu)
-        .unwrap()
-        .map_weights(|w| (w.b_enc, w.w_skip) = (Tensor::randn([48], (Kind::Float, Device::Cpu)) * 0.1, Some(Tensor::randn([16, 16], (Kind::Float, Device::Cpu)) * 0.1)))
-        .unwrap();
+    let tc = SparseDictionary::init(
+        DictionaryConfig::transcoder(Architecture::TopK { k: 4 }, true, "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", 16, 16, 48),
+        1,
+        Device::Cpu,
+    )
+    .unwrap()
+    .map_weights(|w| {
+        (w.b_enc, w.w_skip) = (Tensor::randn([48], (Kind::Float, Device::Cpu)) * 0.1, Some(Tensor::randn([16, 16], (Kind::Float, Device::Cpu)) * 0.1))
+    })
+    .unwrap();
     let sp = dir.join("sparsify");
     std::fs::create_dir_all(&sp).unwrap();
     std::fs::write(sp.join("cfg.json"), r#"{"activation": "topk", "expansion_factor": 3, "normalize_decoder": true, "num_latents": 48, "k": 4, "multi_topk": false, "skip_connection": true, "transcode": true, "d_in": 16}"#).unwrap();
-    Tensor::write_safetensors(&[("encoder.weight", tc.w_enc().tr().contiguous()), ("encoder.bias", tc.b_enc().shallow_clone()), ("W_dec", tc.w_dec().shallow_clone()), ("b_dec", tc.b_dec().shallow_clone()), ("W_skip", tc.w_skip().unwrap().shallow_clone())], sp.join("sae.safetensors")).unwrap();
+    Tensor::write_safetensors(
+        &[
+            ("encoder.weight", tc.w_enc().tr().contiguous()),
+            ("encoder.bias", tc.b_enc().shallow_clone()),
+            ("W_dec", tc.w_dec().shallow_clone()),
+            ("b_dec", tc.b_dec().shallow_clone()),
+            ("W_skip", tc.w_skip().unwrap().shallow_clone()),
+        ],
+        sp.join("sae.safetensors"),
+    )
+    .unwrap();
     let back = SparseDictionary::load_sparsify(&sp, "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", Device::Cpu).unwrap();
     assert_eq!(common::max_abs_diff(&back.forward(&x).unwrap(), &tc.forward(&x).unwrap()), 0.0);
     // circuit-tracer: one file per layer, W_enc [d_tc, d], JumpReLU threshold under its module name.
@@ -261,7 +279,17 @@ fn loads_sparsify_and_circuit_tracer_layouts() {
             .unwrap()
             .map_weights(|w| w.threshold = Some(Tensor::rand([48], (Kind::Float, Device::Cpu)) * 0.5))
             .unwrap();
-        Tensor::write_safetensors(&[("W_enc", j.w_enc().tr().contiguous()), ("W_dec", j.w_dec().shallow_clone()), ("b_enc", j.b_enc().shallow_clone()), ("b_dec", j.b_dec().shallow_clone()), ("activation_function.threshold", j.threshold().unwrap().shallow_clone())], ct.join(format!("layer_{l}.safetensors"))).unwrap();
+        Tensor::write_safetensors(
+            &[
+                ("W_enc", j.w_enc().tr().contiguous()),
+                ("W_dec", j.w_dec().shallow_clone()),
+                ("b_enc", j.b_enc().shallow_clone()),
+                ("b_dec", j.b_dec().shallow_clone()),
+                ("activation_function.threshold", j.threshold().unwrap().shallow_clone()),
+            ],
+            ct.join(format!("layer_{l}.safetensors")),
+        )
+        .unwrap();
         layers.push(j);
     }
     let loaded = load_circuit_tracer(&ct, Device::Cpu).unwrap();
@@ -291,7 +319,11 @@ fn loads_sparsify_and_circuit_tracer_layouts() {
     let undeclared = std::fs::read_to_string(written.join("config.yaml")).unwrap().replace("activation_function: relu\n", "");
     std::fs::write(written.join("config.yaml"), &undeclared).unwrap();
     let err = load_circuit_tracer(&written, Device::Cpu).err().unwrap().to_string();
-    assert!(err.contains("layer_0.safetensors: no `activation_function.threshold` and config.yaml names no activation") && err.contains("`activation_function: topk` and `k: K`"), "{err}");
+    assert!(
+        err.contains("layer_0.safetensors: no `activation_function.threshold` and config.yaml names no activation")
+            && err.contains("`activation_function: topk` and `k: K`"),
+        "{err}"
+    );
     std::fs::write(written.join("config.yaml"), undeclared.replace("transcoders:", "activation_function: topk\nk: 4\ntranscoders:")).unwrap();
     assert_eq!(load_circuit_tracer(&written, Device::Cpu).unwrap()[1].cfg().architecture, Architecture::TopK { k: 4 });
     // What circuit-tracer cannot hold is refused with the reason.
@@ -313,8 +345,17 @@ fn loads_what_saelens_saved_and_matches_its_outputs() {
     // BatchTopK, Matryoshka BatchTopK; their reference is SAELens's own inference form).
     let root = common::repo("tests/fixtures/saelens");
     let archs = [
-        "batchtopk_training", "gated", "jumprelu", "jumprelu_transcoder", "matryoshka_training", "skip_transcoder", "standard", "topk",
-        "topk_rescaled", "topk_training", "transcoder",
+        "batchtopk_training",
+        "gated",
+        "jumprelu",
+        "jumprelu_transcoder",
+        "matryoshka_training",
+        "skip_transcoder",
+        "standard",
+        "topk",
+        "topk_rescaled",
+        "topk_training",
+        "transcoder",
     ];
     // Every folder the script wrote is checked, and nothing else.
     let mut folders: Vec<String> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -335,9 +376,11 @@ fn loads_what_saelens_saved_and_matches_its_outputs() {
     for f in ["cfg.json", "sae_weights.safetensors"] {
         std::fs::copy(root.join("topk_rescaled").join(f), dir.join(f)).unwrap();
     }
-    let cfg = std::fs::read_to_string(dir.join("cfg.json")).unwrap().replace("\"rescale_acts_by_decoder_norm\": true", "\"rescale_acts_by_decoder_norm\": false");
+    let cfg =
+        std::fs::read_to_string(dir.join("cfg.json")).unwrap().replace("\"rescale_acts_by_decoder_norm\": true", "\"rescale_acts_by_decoder_norm\": false");
     std::fs::write(dir.join("cfg.json"), cfg).unwrap();
-    let reference: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(root.join("topk_rescaled/reference.safetensors")).unwrap().into_iter().collect();
+    let reference: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(root.join("topk_rescaled/reference.safetensors")).unwrap().into_iter().collect();
     let unfolded = SparseDictionary::load_saelens(&dir, Device::Cpu).unwrap();
     assert!(common::max_abs_diff(&unfolded.encode(&reference["x"]).unwrap(), &reference["feature_acts"]) > 0.1);
 }
@@ -357,10 +400,18 @@ fn saelens_fields_are_honoured_or_refused_by_name() {
         SparseDictionary::load_saelens(&*dir, Device::Cpu).map_err(|e| e.to_string())
     };
     for (from, edit, expected) in [
-        ("topk", Box::new(|c: &mut serde_json::Value| c["sparsity_schedule"] = 1.into()) as Box<dyn Fn(&mut serde_json::Value)>, "field `sparsity_schedule`: not a field this reader knows"),
+        (
+            "topk",
+            Box::new(|c: &mut serde_json::Value| c["sparsity_schedule"] = 1.into()) as Box<dyn Fn(&mut serde_json::Value)>,
+            "field `sparsity_schedule`: not a field this reader knows",
+        ),
         ("standard", Box::new(|c| c["rescale_acts_by_decoder_norm"] = true.into()), "field `rescale_acts_by_decoder_norm`: SAELens defines it only for TopK"),
         ("topk", Box::new(|c| c["normalize_activations"] = "layer_norm".into()), "field `normalize_activations`: `layer_norm` is not supported"),
-        ("topk", Box::new(|c| c["normalize_activations"] = "expected_average_only_in".into()), "does not hold (a SAELens training checkpoint keeps it in activation_scaler.json)"),
+        (
+            "topk",
+            Box::new(|c| c["normalize_activations"] = "expected_average_only_in".into()),
+            "does not hold (a SAELens training checkpoint keeps it in activation_scaler.json)",
+        ),
         ("topk", Box::new(|c| c["reshape_activations"] = "hook_z".into()), "field `reshape_activations`"),
         ("topk", Box::new(|c| c["metadata"]["hook_head_index"] = 3.into()), "field `hook_head_index`: 3"),
         ("topk", Box::new(|c| c["k"] = 2.5.into()), "needs a whole number `k`"),
@@ -434,7 +485,8 @@ fn trainer_options_behave_as_documented() {
     let dir = tempdir("options");
     let log = dir.join("train_log.jsonl");
     let ckpt = dir.join("checkpoints");
-    let cfg = SaeTrainConfig { log_every: 2, checkpoint_every: 5, checkpoint_dir: Some(ckpt.clone()), keep_checkpoints: 2, log_path: Some(log.clone()), ..quiet(20) };
+    let cfg =
+        SaeTrainConfig { log_every: 2, checkpoint_every: 5, checkpoint_dir: Some(ckpt.clone()), keep_checkpoints: 2, log_path: Some(log.clone()), ..quiet(20) };
     assert!(train_dictionaries(std::slice::from_mut(&mut fresh()), &mut FailsAt(source(), 13), &cfg).is_err());
     let steps = |text: &str| text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect::<Vec<_>>();
     assert_eq!(steps(&std::fs::read_to_string(&log).unwrap()), [2, 4, 6, 8, 10, 12]);
@@ -447,7 +499,8 @@ fn trainer_options_behave_as_documented() {
     }
     assert_eq!(last["tokens"], 20 * 512);
     // The newest two snapshots are kept, as SAELens folders reading raw activations.
-    let mut kept: Vec<String> = std::fs::read_dir(&ckpt).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("step_")).collect();
+    let mut kept: Vec<String> =
+        std::fs::read_dir(&ckpt).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("step_")).collect();
     kept.sort();
     assert_eq!(kept, ["step_15", "step_20"]);
     let mut trained = fresh();
@@ -489,7 +542,9 @@ fn bad_input_gets_clear_errors() {
     assert!(matches!(&err, interp::transcoders::Error::NotFinite { hook, batch: 2 } if hook == "x"), "{err}");
     assert!(err.to_string().contains("activations of `x` in batch 2 contain NaN"), "{err}");
     // Weights are checked against the config when changed.
-    let e = SparseDictionary::init(DictionaryConfig::sae(Architecture::JumpRelu, "x", D, 64), 0, Device::Cpu).unwrap().map_weights(|w| w.b_enc = Tensor::zeros([63], (Kind::Float, Device::Cpu)));
+    let e = SparseDictionary::init(DictionaryConfig::sae(Architecture::JumpRelu, "x", D, 64), 0, Device::Cpu)
+        .unwrap()
+        .map_weights(|w| w.b_enc = Tensor::zeros([63], (Kind::Float, Device::Cpu)));
     assert!(e.err().unwrap().to_string().contains("`b_enc` has shape [63], expected [64]"));
     let e = SparseDictionary::init(DictionaryConfig::sae(Architecture::JumpRelu, "x", D, 64), 0, Device::Cpu).unwrap().map_weights(|w| w.threshold = None);
     assert!(e.err().unwrap().to_string().contains("needs `threshold`"));
@@ -552,7 +607,8 @@ fn activation_store_streams_the_models_activations_and_caches_them() {
     let d = cached.provenance.differences(&shorter.provenance(Kind::Float).unwrap());
     assert!(d.len() == 1 && d[0].starts_with("corpus: "), "{d:?}");
     let other_model = HookedTransformer::from_pretrained_dir(common::repo("models/induction-attn-only"), Device::Cpu, Kind::Float).unwrap();
-    let other = ActivationStore::new(&other_model, &tokens.remainder(other_model.cfg.d_vocab), &hooks[..1], StoreConfig { context_size: 32, ..store.cfg.clone() });
+    let other =
+        ActivationStore::new(&other_model, &tokens.remainder(other_model.cfg.d_vocab), &hooks[..1], StoreConfig { context_size: 32, ..store.cfg.clone() });
     let d = cached.provenance.differences(&other.unwrap().provenance(Kind::Float).unwrap());
     assert!(d.iter().any(|d| d.starts_with("model: ")) && d.iter().any(|d| d.starts_with("width of `blocks.0.hook_resid_post`")), "{d:?}");
     // f16 storage: half the disk, the same batches to f16 precision.

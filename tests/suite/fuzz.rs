@@ -246,7 +246,7 @@ fn pytorch_checkpoint_files() {
     let original = std::fs::read(src.join("pytorch_model.bin")).unwrap();
     let pickle = original.windows(8).position(|w| w == b"data.pkl").expect("data.pkl entry");
     let end = (pickle + 4096).min(original.len()); // past the pickle of this small state dict
-    // Bytes overwritten in the local header and the pickle, or the file cut short.
+                                                   // Bytes overwritten in the local header and the pickle, or the file cut short.
     let edits = prop::collection::vec((pickle.saturating_sub(64)..end, any::<u8>()), 1..6);
     let strategy = (edits, prop::option::weighted(0.2, 0..original.len()));
     fuzz("gpt2 pytorch_model.bin (bytes)", 600, strategy, |(edits, cut)| {
@@ -306,10 +306,7 @@ fn circuit_tracer_config_yaml_and_layer_files() {
     // Lines of the YAML dropped, doubled or given other values.
     let lines: Vec<String> = CT_YAML.lines().map(str::to_string).collect();
     let n = lines.len();
-    let edit = prop_oneof![
-        (0..n).prop_map(|i| (i, None)),
-        (0..n, "[ -~]{0,24}").prop_map(|(i, s)| (i, Some(s))),
-    ];
+    let edit = prop_oneof![(0..n).prop_map(|i| (i, None)), (0..n, "[ -~]{0,24}").prop_map(|(i, s)| (i, Some(s))),];
     fuzz("circuit-tracer config.yaml", 400, prop::collection::vec(edit, 1..4), |edits| {
         let mut text = lines.clone();
         for (i, replacement) in edits {
@@ -412,7 +409,10 @@ fn circuit_tracer_scalar_bias_is_an_error() {
     let dir = Scratch::new("fuzz-ct-scalar");
     std::fs::write(dir.join("config.yaml"), CT_YAML).unwrap();
     for l in 0..2 {
-        write_circuit_tracer_layer(&dir.join(format!("layer_{l}.safetensors")), &[("W_enc", vec![6, 4]), ("W_dec", vec![6, 4]), ("b_enc", vec![]), ("b_dec", vec![4])]);
+        write_circuit_tracer_layer(
+            &dir.join(format!("layer_{l}.safetensors")),
+            &[("W_enc", vec![6, 4]), ("W_dec", vec![6, 4]), ("b_enc", vec![]), ("b_dec", vec![4])],
+        );
     }
     let e = load_circuit_tracer(&*dir, Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("`b_enc`") && e.contains("vector"), "{e}");

@@ -33,7 +33,15 @@ fn random_layers(model: &HookedTransformer, skip: bool) -> Vec<SparseDictionary>
     let d = model.cfg.d_model;
     (0..model.cfg.n_layers)
         .map(|l| {
-            let cfg = DictionaryConfig::transcoder(Architecture::TopK { k: 4 }, skip, &format!("blocks.{l}.ln2.hook_normalized"), &format!("blocks.{l}.hook_mlp_out"), d, d, 64);
+            let cfg = DictionaryConfig::transcoder(
+                Architecture::TopK { k: 4 },
+                skip,
+                &format!("blocks.{l}.ln2.hook_normalized"),
+                &format!("blocks.{l}.hook_mlp_out"),
+                d,
+                d,
+                64,
+            );
             let mut rng = interp::interp_core::Rng::new(7 + l as u64);
             let mut draw = |shape: &[i64], scale: f64| rng.normal_tensor(shape).unwrap() * scale;
             let (b_enc, b_dec, w_skip) = (draw(&[64], 0.1), draw(&[d], 0.1), draw(&[d, d], 0.05));
@@ -138,7 +146,8 @@ fn adjacent_layer_edges_match_the_closed_form() {
     let tcs = random_transcoders(&model, false);
     let graph = attribution_graph(&model, &tcs, &tokens, &GraphConfig::default()).unwrap();
     let input = Tensor::from_slice(&tokens).unsqueeze(0);
-    let (_, cache) = model.run_with_cache(&input, CacheSpec::names(["blocks.1.ln1.hook_scale", "blocks.1.ln2.hook_scale", "blocks.1.attn.hook_pattern"])).unwrap();
+    let (_, cache) =
+        model.run_with_cache(&input, CacheSpec::names(["blocks.1.ln1.hook_scale", "blocks.1.ln2.hook_scale", "blocks.1.attn.hook_pattern"])).unwrap();
     let sigma1 = cache.get("blocks.1.ln1.hook_scale").unwrap().get(0).squeeze_dim(-1).to_kind(Kind::Double);
     let sigma2 = cache.get("blocks.1.ln2.hook_scale").unwrap().get(0).squeeze_dim(-1).to_kind(Kind::Double);
     let pattern = cache.get("blocks.1.attn.hook_pattern").unwrap().get(0).to_kind(Kind::Double); // [head, dst, src]
@@ -220,10 +229,17 @@ fn pruning_and_circuit_tracer_json() {
     let nodes = json["nodes"].as_array().unwrap();
     let ids: std::collections::HashSet<&str> = nodes.iter().map(|n| n["node_id"].as_str().unwrap()).collect();
     // As circuit-tracer writes them: kept nodes on a kept edge, and every token and logit.
-    let linked: std::collections::HashSet<&str> = json["links"].as_array().unwrap().iter().flat_map(|l| [l["source"].as_str().unwrap(), l["target"].as_str().unwrap()]).collect();
-    assert!(nodes.len() <= pruned.n_nodes() && nodes.iter().all(|n| linked.contains(n["node_id"].as_str().unwrap()) || n["feature_type"] == "embedding" || n["feature_type"] == "logit"));
+    let linked: std::collections::HashSet<&str> =
+        json["links"].as_array().unwrap().iter().flat_map(|l| [l["source"].as_str().unwrap(), l["target"].as_str().unwrap()]).collect();
+    assert!(
+        nodes.len() <= pruned.n_nodes()
+            && nodes.iter().all(|n| linked.contains(n["node_id"].as_str().unwrap()) || n["feature_type"] == "embedding" || n["feature_type"] == "logit")
+    );
     assert_eq!(nodes.iter().filter(|n| n["feature_type"] == "embedding").count(), graph.tokens.len());
-    assert!(nodes.iter().filter(|n| n["feature_type"] == "mlp reconstruction error").all(|n| n["node_id"].as_str().unwrap().starts_with("0_")), "error ids are 0_{{layer}}_{{pos}}");
+    assert!(
+        nodes.iter().filter(|n| n["feature_type"] == "mlp reconstruction error").all(|n| n["node_id"].as_str().unwrap().starts_with("0_")),
+        "error ids are 0_{{layer}}_{{pos}}"
+    );
     for key in ["node_id", "feature", "layer", "ctx_idx", "feature_type", "jsNodeId", "influence", "is_target_logit"] {
         assert!(nodes.iter().all(|n| n.get(key).is_some()), "every node has `{key}`");
     }
@@ -271,7 +287,22 @@ fn graph_bad_input() {
     assert!(err(attribution_graph(&attn_only, &tcs, &[0, 1], &cfg)).contains("attention-only"));
     let task = HookedTransformer::from_pretrained_dir("models/tasks-bilinear", Device::Cpu, Kind::Float).unwrap();
     let wide: TranscoderSet = (0..2)
-        .map(|l| SparseDictionary::init(DictionaryConfig::transcoder(Architecture::TopK { k: 4 }, false, &format!("blocks.{l}.ln2.hook_normalized"), &format!("blocks.{l}.hook_mlp_out"), 64, 64, 32), 0, Device::Cpu).unwrap())
+        .map(|l| {
+            SparseDictionary::init(
+                DictionaryConfig::transcoder(
+                    Architecture::TopK { k: 4 },
+                    false,
+                    &format!("blocks.{l}.ln2.hook_normalized"),
+                    &format!("blocks.{l}.hook_mlp_out"),
+                    64,
+                    64,
+                    32,
+                ),
+                0,
+                Device::Cpu,
+            )
+            .unwrap()
+        })
         .collect::<Vec<_>>()
         .into();
     assert!(err(attribution_graph(&task, &wide, &[0, 1], &cfg)).contains("d_model 128"));

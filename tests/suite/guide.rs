@@ -5,8 +5,8 @@ use crate::common;
 
 use crate::common::{fixture, repo};
 use interp::circuits::{
-    acdc, activation_patching, attribution_graph, causal_trace, edge_attribution, estimate_sigma, summarize, Ablation, AcdcConfig,
-    top_k_masks, AttributionMethod, Corruption, EdgeGraph, EdgeRun, GraphConfig, MemoryBudget, Metric, PatchSite, TaskPrompts, TraceConfig, TracePrompt,
+    acdc, activation_patching, attribution_graph, causal_trace, edge_attribution, estimate_sigma, summarize, top_k_masks, Ablation, AcdcConfig,
+    AttributionMethod, Corruption, EdgeGraph, EdgeRun, GraphConfig, MemoryBudget, Metric, PatchSite, TaskPrompts, TraceConfig, TracePrompt,
 };
 use interp::interp_core::tasks::{Task, TaskVocab};
 use interp::interp_core::train::{next_token_loss, Batch};
@@ -14,8 +14,8 @@ use interp::interp_core::{
     tch, BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks, Intervention, NamesFilter, NormSite, Sampling, Scope, WeightProcessing,
 };
 use interp::transcoders::{
-    evaluate, evaluate_set, latent_dashboards, load_transcoder_set, train_clt, Architecture, CltConfig, CrossLayerTranscoder, DictionaryConfig, InMemoryActivations, SaeTrainConfig,
-    SparseDictionary, TranscoderSet,
+    evaluate, evaluate_set, latent_dashboards, load_transcoder_set, train_clt, Architecture, CltConfig, CrossLayerTranscoder, DictionaryConfig,
+    InMemoryActivations, SaeTrainConfig, SparseDictionary, TranscoderSet,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -149,7 +149,12 @@ fn circuits() -> Result {
     let text_model = HookedTransformer::from_pretrained_dir(repo("models/shakespeare-gpt2"), Device::Cpu, Kind::Float)?;
     let transcoders = load_transcoder_set(repo("models/shakespeare-gpt2/transcoders"), Device::Cpu)?;
     let tokens = text_model.to_tokens("To be, or not", true)?;
-    let g = attribution_graph(&text_model, &transcoders, &Vec::<i64>::try_from(&tokens.get(0))?, &GraphConfig { max_feature_nodes: Some(100), ..GraphConfig::default() })?;
+    let g = attribution_graph(
+        &text_model,
+        &transcoders,
+        &Vec::<i64>::try_from(&tokens.get(0))?,
+        &GraphConfig { max_feature_nodes: Some(100), ..GraphConfig::default() },
+    )?;
     let pruned = g.prune(0.8, 0.98)?;
     let _ = g.to_circuit_tracer_json(&pruned, "guide", "shakespeare-gpt2", &|t| t.to_string())?;
     Ok(())

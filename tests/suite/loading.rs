@@ -134,10 +134,7 @@ fn bad_checkpoints_give_clear_errors() {
     assert!(e.contains("`transformer.h.1.mlp.c_fc.weight` is missing") && e.contains("[64, 256]"), "{e}");
 
     let dir = scratch("gpt2", "wrongshape");
-    let bent: Vec<_> = weights(&dir)
-        .into_iter()
-        .map(|(n, t)| if n == "transformer.wpe.weight" { (n, t.narrow(0, 0, 32)) } else { (n, t) })
-        .collect();
+    let bent: Vec<_> = weights(&dir).into_iter().map(|(n, t)| if n == "transformer.wpe.weight" { (n, t.narrow(0, 0, 32)) } else { (n, t) }).collect();
     Tensor::write_safetensors(&bent, dir.join("model.safetensors")).unwrap();
     let e = load_err(&dir);
     assert!(e.contains("`transformer.wpe.weight` has shape [32, 64], expected [64, 64]"), "{e}");
@@ -188,11 +185,7 @@ fn bad_inputs_to_a_run_give_clear_errors() {
     let mask = Tensor::ones([2, 5], (Kind::Int64, Device::Cpu));
     let e = m.runner(ids).attention_mask(&mask).run().err().unwrap().to_string();
     assert!(e.contains("attention mask must be [2, 20]"), "{e}");
-    let e = m
-        .run_with_cache(ids, CacheSpec::names(["blocks.0.hook_q_input", "blocks.0.ln1.hook_scale"]))
-        .err()
-        .unwrap()
-        .to_string();
+    let e = m.run_with_cache(ids, CacheSpec::names(["blocks.0.hook_q_input", "blocks.0.ln1.hook_scale"])).err().unwrap().to_string();
     assert!(e.contains("hook those inputs or ln1, not both"), "{e}");
 
     let neox = load("gpt_neox");
@@ -241,7 +234,20 @@ fn an_untied_gpt2_without_an_unembedding_is_refused() {
 fn attention_only_models_save_zero_mlps_and_refuse_live_ones() {
     use interp::interp_core::{BlockStyle, ModelSpec, NormPlacement};
     for style in [BlockStyle::Gpt2, BlockStyle::Llama] {
-        let spec = ModelSpec { style, n_layers: 2, d_model: 32, n_heads: 4, d_mlp: 64, d_vocab: 16, n_ctx: 32, mlp: None, tie_embeddings: false, bos_token_id: Some(0), experts: None, norm: NormPlacement::Pre };
+        let spec = ModelSpec {
+            style,
+            n_layers: 2,
+            d_model: 32,
+            n_heads: 4,
+            d_mlp: 64,
+            d_vocab: 16,
+            n_ctx: 32,
+            mlp: None,
+            tie_embeddings: false,
+            bos_token_id: Some(0),
+            experts: None,
+            norm: NormPlacement::Pre,
+        };
         let m = HookedTransformer::init_random(&spec, 1, Kind::Float, Device::Cpu).unwrap();
         let dir = common::Scratch::new(&format!("attn-only-{style:?}"));
         m.save_pretrained(&dir).unwrap();
@@ -554,8 +560,20 @@ mod gguf {
         let got = |k: &str| file.get(&format!("interp.{k}")).cloned().unwrap();
         assert_eq!(
             ["u8", "i8", "u16", "i16", "u32", "i32", "f32", "u64", "i64", "f64", "bool", "str"].map(got),
-            [V::Uint(200), V::Int(-100), V::Uint(60000), V::Int(-30000), V::Uint(4_000_000_000), V::Int(-2_000_000_000), V::Float(0.5),
-             V::Uint((1 << 63) + 1), V::Int(-(1 << 62)), V::Float(1e300), V::Bool(true), V::Str("caf\u{e9} \u{65e5}\u{672c}".into())]
+            [
+                V::Uint(200),
+                V::Int(-100),
+                V::Uint(60000),
+                V::Int(-30000),
+                V::Uint(4_000_000_000),
+                V::Int(-2_000_000_000),
+                V::Float(0.5),
+                V::Uint((1 << 63) + 1),
+                V::Int(-(1 << 62)),
+                V::Float(1e300),
+                V::Bool(true),
+                V::Str("caf\u{e9} \u{65e5}\u{672c}".into())
+            ]
         );
         assert_eq!(got("array"), V::Array(vec![V::Int(1), V::Int(2), V::Int(3)]));
         let strs = |v: &[&str]| V::Array(v.iter().map(|s| V::Str(s.to_string())).collect());
@@ -621,7 +639,8 @@ mod gguf {
 fn bad_gguf_files_give_clear_errors() {
     let good = std::fs::read(gguf::fixture("llama.gguf")).unwrap();
     let dir = common::Scratch::new("bad-gguf");
-    let find = |bytes: &[u8], needle: &str| bytes.windows(needle.len()).position(|w| w == needle.as_bytes()).unwrap_or_else(|| panic!("{needle} not in the file"));
+    let find =
+        |bytes: &[u8], needle: &str| bytes.windows(needle.len()).position(|w| w == needle.as_bytes()).unwrap_or_else(|| panic!("{needle} not in the file"));
     let try_load = |name: &str, bytes: &[u8]| {
         let path = dir.join(format!("{name}.gguf"));
         std::fs::write(&path, bytes).unwrap();
@@ -667,7 +686,10 @@ fn bad_gguf_files_give_clear_errors() {
     let mut b = good.clone();
     u32_value(&mut b, "llama.attention.head_count", 8);
     let e = try_load("heads", &b);
-    assert!(e.contains("tensor `blk.0.attn_q.weight` (HF `model.layers.0.self_attn.q_proj.weight`) has shape [64, 64]") && e.contains("imply [128, 64]"), "{e}");
+    assert!(
+        e.contains("tensor `blk.0.attn_q.weight` (HF `model.layers.0.self_attn.q_proj.weight`) has shape [64, 64]") && e.contains("imply [128, 64]"),
+        "{e}"
+    );
     let mut b = good.clone();
     u32_value(&mut b, "llama.vocab_size", 300);
     let e = try_load("vocab", &b);

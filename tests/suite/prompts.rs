@@ -171,7 +171,10 @@ fn a_small_memory_budget_gives_the_same_scores() {
         assert!(tight.whole().is_err(), "ACDC needs every prompt at once");
     }
     // Too small for one prompt: the error states the minimum.
-    let err = EdgeRun::new(&model, &graph, &prompts, Ablation::Resample, MemoryBudget { bytes: small.bytes / 2, outside: 0 }).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = EdgeRun::new(&model, &graph, &prompts, Ablation::Resample, MemoryBudget { bytes: small.bytes / 2, outside: 0 })
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.contains("is too small") && err.contains("needs at least"), "{err}");
 }
 

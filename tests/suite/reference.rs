@@ -49,7 +49,13 @@ fn mixtures_of_experts_route_as_hf() {
         let moe = model.cfg.moe.clone().expect("a mixture of experts");
         let layers: Vec<usize> = (0..model.cfg.n_layers).filter(|l| model.cfg.is_moe_layer(*l)).collect();
         assert_eq!(layers.len(), r.keys().filter(|k| k.starts_with("router_logits.")).count(), "{arch}: MoE layers");
-        let spec = CacheSpec::names(["blocks.*.mlp.hook_router_logits", "blocks.*.mlp.hook_expert_indices", "blocks.*.mlp.hook_expert_weights", "blocks.*.mlp.hook_expert_out", "blocks.*.hook_mlp_out"]);
+        let spec = CacheSpec::names([
+            "blocks.*.mlp.hook_router_logits",
+            "blocks.*.mlp.hook_expert_indices",
+            "blocks.*.mlp.hook_expert_weights",
+            "blocks.*.mlp.hook_expert_out",
+            "blocks.*.hook_mlp_out",
+        ]);
         let (_, cache) = model.run_with_cache(&r["input_ids"], spec).expect("forward");
         let (mut worst, mut distinct) = (0.0f64, std::collections::BTreeSet::new());
         for l in layers {
@@ -105,8 +111,7 @@ fn transformer_lens_models_match_transformer_lens_hook_by_hook() {
     for case in cases {
         let dir = common::fixture("transformer_lens").join(case);
         let model = interp::interp_core::HookedTransformer::from_pretrained_dir(&dir, tch::Device::Cpu, Kind::Float).expect(case);
-        let r: std::collections::HashMap<String, tch::Tensor> =
-            tch::Tensor::read_safetensors(dir.join("reference.safetensors")).unwrap().into_iter().collect();
+        let r: std::collections::HashMap<String, tch::Tensor> = tch::Tensor::read_safetensors(dir.join("reference.safetensors")).unwrap().into_iter().collect();
         let mut hooks: Vec<&String> = r.keys().filter(|k| *k != "input_ids" && *k != "logits").collect();
         // In forward order, so that a failure names the first activation that differs.
         hooks.sort_by_key(|name| model.hook_point(name.as_str()).unwrap_or_else(|e| panic!("{case}: TransformerLens hook {name}: {e}")));

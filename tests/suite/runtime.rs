@@ -3,9 +3,7 @@
 use std::cell::Cell;
 
 use crate::common::{fixture, load, max_abs_diff, reference, ARCHS};
-use interp::interp_core::{
-    tch, BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks, Intervention, NamesFilter, Sampling, Scope, WeightProcessing,
-};
+use interp::interp_core::{tch, BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks, Intervention, NamesFilter, Sampling, Scope, WeightProcessing};
 use tch::{Device, Kind, Tensor};
 
 fn ids(arch: &str) -> Tensor {
@@ -20,9 +18,7 @@ fn every_hook_point_has_the_documented_shape() {
         let (b, p) = (2, 20);
         let (h, kv, dh, dm, dmlp, v) = (c.n_heads, c.n_kv_heads, c.d_head, c.d_model, c.d_mlp, c.d_vocab);
         let (_, cache) = m.run_with_cache(&ids(arch), CacheSpec::all()).unwrap();
-        let (_, opt) = m
-            .run_with_cache(&ids(arch), CacheSpec::names(["blocks.*.attn.hook_result", "blocks.*.hook_q_input", "blocks.*.hook_k_input"]))
-            .unwrap();
+        let (_, opt) = m.run_with_cache(&ids(arch), CacheSpec::names(["blocks.*.attn.hook_result", "blocks.*.hook_q_input", "blocks.*.hook_k_input"])).unwrap();
         let (n_experts, top_k) = c.moe.as_ref().map_or((0, 0), |m| (m.n_experts, m.top_k));
         if n_experts > 0 {
             let (_, experts) = m.run_with_cache(&ids(arch), CacheSpec::names(["blocks.*.mlp.hook_expert_out"])).unwrap();
@@ -44,17 +40,17 @@ fn every_hook_point_has_the_documented_shape() {
                 (Some(n), "hook_scale") => vec![b, p, heads(n), 1],
                 (Some(n), _) => vec![b, p, heads(n), dh],
                 (None, leaf) => match leaf {
-                "hook_q" | "hook_rot_q" | "hook_z" => vec![b, p, h, dh],
-                "hook_k" | "hook_v" | "hook_rot_k" => vec![b, p, kv, dh],
-                "hook_attn_scores" | "hook_pattern" => vec![b, h, p, p],
-                "hook_result" | "hook_q_input" => vec![b, p, h, dm],
-                "hook_k_input" => vec![b, p, kv, dm],
-                "hook_scale" => vec![b, p, 1],
-                "hook_pre" | "hook_pre_linear" | "hook_post" => vec![b, p, dmlp],
-                "hook_out" => vec![b, p, v],
-                "hook_router_logits" => vec![b, p, n_experts],
-                "hook_expert_indices" | "hook_expert_weights" => vec![b, p, top_k],
-                _ => vec![b, p, dm],
+                    "hook_q" | "hook_rot_q" | "hook_z" => vec![b, p, h, dh],
+                    "hook_k" | "hook_v" | "hook_rot_k" => vec![b, p, kv, dh],
+                    "hook_attn_scores" | "hook_pattern" => vec![b, h, p, p],
+                    "hook_result" | "hook_q_input" => vec![b, p, h, dm],
+                    "hook_k_input" => vec![b, p, kv, dm],
+                    "hook_scale" => vec![b, p, 1],
+                    "hook_pre" | "hook_pre_linear" | "hook_post" => vec![b, p, dmlp],
+                    "hook_out" => vec![b, p, v],
+                    "hook_router_logits" => vec![b, p, n_experts],
+                    "hook_expert_indices" | "hook_expert_weights" => vec![b, p, top_k],
+                    _ => vec![b, p, dm],
                 },
             };
             assert_eq!(t.size(), want, "{arch}: {name}");
@@ -93,9 +89,8 @@ fn opt_in_paths_change_nothing_and_add_up() {
     for arch in ["gpt2", "llama", "gemma2"] {
         let m = load(arch);
         let plain = m.forward(&ids(arch)).unwrap();
-        let (logits, cache) = m
-            .run_with_cache(&ids(arch), CacheSpec::names(["blocks.0.attn.hook_result", "blocks.0.hook_attn_out", "blocks.*.hook_v_input"]))
-            .unwrap();
+        let (logits, cache) =
+            m.run_with_cache(&ids(arch), CacheSpec::names(["blocks.0.attn.hook_result", "blocks.0.hook_attn_out", "blocks.*.hook_v_input"])).unwrap();
         assert!(max_abs_diff(&plain, &logits) < 1e-5, "{arch}: opt-in paths change the output");
         if m.cfg.post_norms {
             continue; // attn_out is normalised after the head sum on Gemma-2
@@ -143,9 +138,8 @@ fn interventions_do_what_they_say() {
 
     // Zeroing one head at some positions touches exactly that slice.
     let seen = std::cell::RefCell::new(None);
-    let hooks = Hooks::new()
-        .intervene("blocks.0.attn.hook_z", Intervention::Zero(Scope::all().heads([1]).positions([3, 4])))
-        .add("blocks.0.attn.hook_z", |z, _| {
+    let hooks =
+        Hooks::new().intervene("blocks.0.attn.hook_z", Intervention::Zero(Scope::all().heads([1]).positions([3, 4]))).add("blocks.0.attn.hook_z", |z, _| {
             *seen.borrow_mut() = Some(z.copy());
             Ok(None)
         });
@@ -161,7 +155,13 @@ fn interventions_do_what_they_say() {
 
     // Add, scale and mean agree with their closed forms.
     let v = Tensor::randn([64], (Kind::Float, Device::Cpu));
-    let (_, c) = m.runner(&t).hooks(Hooks::new().intervene("hook_embed", Intervention::Add(v.shallow_clone(), Scope::all()))).cache(CacheSpec::names(["hook_embed"])).run().map(|o| ((), o.cache.unwrap())).unwrap();
+    let (_, c) = m
+        .runner(&t)
+        .hooks(Hooks::new().intervene("hook_embed", Intervention::Add(v.shallow_clone(), Scope::all())))
+        .cache(CacheSpec::names(["hook_embed"]))
+        .run()
+        .map(|o| ((), o.cache.unwrap()))
+        .unwrap();
     let embed = m.w_e().index_select(0, &t.flatten(0, -1)).view([2, 20, 64]);
     assert!(max_abs_diff(c.get("hook_embed").unwrap(), &(embed + &v)) < 1e-6);
     let same = m.run_with_hooks(&t, Hooks::new().intervene("blocks.*.hook_mlp_out", Intervention::Scale(1.0, Scope::all()))).unwrap();
@@ -179,12 +179,16 @@ fn hooks_see_every_layer_through_globs_and_bad_replacements_are_errors() {
     let m = load("llama");
     let t = ids("llama");
     let calls = Cell::new(0);
-    let _ = m.run_with_hooks(&t, Hooks::new().add("blocks.*.attn.hook_pattern", |_, ctx| {
-        assert_eq!(ctx.point.to_string(), format!("blocks.{}.attn.hook_pattern", calls.get()));
-        calls.set(calls.get() + 1);
-        Ok(None)
-    }))
-    .unwrap();
+    let _ = m
+        .run_with_hooks(
+            &t,
+            Hooks::new().add("blocks.*.attn.hook_pattern", |_, ctx| {
+                assert_eq!(ctx.point.to_string(), format!("blocks.{}.attn.hook_pattern", calls.get()));
+                calls.set(calls.get() + 1);
+                Ok(None)
+            }),
+        )
+        .unwrap();
     assert_eq!(calls.get(), m.cfg.n_layers);
     let err = m.run_with_hooks(&t, Hooks::new().add("blocks.0.hook_resid_pre", |x, _| Ok(Some(x.narrow(1, 0, 2))))).unwrap_err();
     assert!(err.to_string().contains("returned shape [2, 2, 64], expected [2, 20, 64]"), "{err}");
@@ -320,7 +324,8 @@ fn generate_with_kv_cache_equals_full_recompute() {
         assert_eq!(max_abs_diff(&fast, &slow), 0.0, "{arch}");
         // Hooks stay active while generating: steering changes the continuation like a recompute.
         let steer = interp::interp_core::Rng::new(0).normal_tensor(&[m.cfg.d_model]).unwrap() * 5.0;
-        let steered = m.generate(&prompt, None, &s, Hooks::new().intervene("blocks.0.hook_resid_post", Intervention::Add(steer.shallow_clone(), Scope::all()))).unwrap();
+        let steered =
+            m.generate(&prompt, None, &s, Hooks::new().intervene("blocks.0.hook_resid_post", Intervention::Add(steer.shallow_clone(), Scope::all()))).unwrap();
         let mut slow = prompt.shallow_clone();
         for _ in 0..10 {
             let hooks = Hooks::new().intervene("blocks.0.hook_resid_post", Intervention::Add(steer.shallow_clone(), Scope::all()));
@@ -350,7 +355,8 @@ fn generate_left_padded_batches_and_sampling() {
     let b = m.generate(&long, None, &sample, Hooks::new()).unwrap();
     assert_eq!(max_abs_diff(&a, &b), 0.0);
     let greedy = m.generate(&long, None, &Sampling { max_new_tokens: 8, ..Default::default() }, Hooks::new()).unwrap();
-    let top1 = m.generate(&long, None, &Sampling { max_new_tokens: 8, temperature: 0.7, top_k: Some(1), seed: Some(1), ..Default::default() }, Hooks::new()).unwrap();
+    let top1 =
+        m.generate(&long, None, &Sampling { max_new_tokens: 8, temperature: 0.7, top_k: Some(1), seed: Some(1), ..Default::default() }, Hooks::new()).unwrap();
     assert_eq!(max_abs_diff(&greedy, &top1), 0.0);
     let right_padded = m.generate(&batch, Some(&mask.flip([1])), &s, Hooks::new());
     assert!(right_padded.unwrap_err().to_string().contains("left padding"));

@@ -8,7 +8,20 @@ use interp::interp_core::{tch, BlockStyle, HookedTransformer, MlpKind, ModelSpec
 use tch::{Device, Kind, Tensor};
 
 fn spec(style: BlockStyle, mlp: Option<MlpKind>) -> ModelSpec {
-    ModelSpec { style, n_layers: 2, d_model: 32, n_heads: 4, d_mlp: 64, d_vocab: 16, n_ctx: 32, mlp, tie_embeddings: false, bos_token_id: Some(0), experts: None, norm: NormPlacement::Pre }
+    ModelSpec {
+        style,
+        n_layers: 2,
+        d_model: 32,
+        n_heads: 4,
+        d_mlp: 64,
+        d_vocab: 16,
+        n_ctx: 32,
+        mlp,
+        tie_embeddings: false,
+        bos_token_id: Some(0),
+        experts: None,
+        norm: NormPlacement::Pre,
+    }
 }
 
 fn scratch(name: &str) -> common::Scratch {

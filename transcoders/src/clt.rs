@@ -64,7 +64,10 @@ impl CltConfig {
 
     fn validated(self) -> Result<Self> {
         if self.n_layers == 0 || self.d_model <= 0 || self.d_sae <= 0 {
-            return Err(Error::Input(format!("a CLT needs layers and positive widths: {} layers, d_model {}, d_sae {}", self.n_layers, self.d_model, self.d_sae)));
+            return Err(Error::Input(format!(
+                "a CLT needs layers and positive widths: {} layers, d_model {}, d_sae {}",
+                self.n_layers, self.d_model, self.d_sae
+            )));
         }
         match self.architecture {
             Architecture::ReluL1 | Architecture::JumpRelu => Ok(self),
@@ -105,7 +108,14 @@ impl CrossLayerTranscoder {
             Architecture::JumpRelu => Some(Tensor::f_full([n, m], 0.001, (Kind::Float, device))?),
             _ => None,
         };
-        Ok(CrossLayerTranscoder { w_enc, b_enc: Tensor::f_zeros([n, m], (Kind::Float, device))?, threshold, w_dec, b_dec: Tensor::f_zeros([n, d], (Kind::Float, device))?, cfg })
+        Ok(CrossLayerTranscoder {
+            w_enc,
+            b_enc: Tensor::f_zeros([n, m], (Kind::Float, device))?,
+            threshold,
+            w_dec,
+            b_dec: Tensor::f_zeros([n, d], (Kind::Float, device))?,
+            cfg,
+        })
     }
 
     /// Shape, activation and hooks.
@@ -182,7 +192,8 @@ impl CrossLayerTranscoder {
         if f.len() != n {
             return Err(Error::Input(format!("{} layers of latents for a {n}-layer CLT", f.len())));
         }
-        let mut out: Vec<Tensor> = (0..n).map(|l| Ok(self.b_dec.f_get(l as i64)?.f_expand(shape_with(&f[0], self.cfg.d_model).as_slice(), false)?)).collect::<Result<_>>()?;
+        let mut out: Vec<Tensor> =
+            (0..n).map(|l| Ok(self.b_dec.f_get(l as i64)?.f_expand(shape_with(&f[0], self.cfg.d_model).as_slice(), false)?)).collect::<Result<_>>()?;
         for (l, f_l) in f.iter().enumerate() {
             let w = &self.w_dec[l];
             let decoded = f_l.f_matmul(&w.f_flatten(1, 2)?)?; // [.., (n - l) * d]
@@ -212,7 +223,9 @@ impl CrossLayerTranscoder {
     pub fn fold_scales(&mut self, s_in: &[f64], s_out: &[f64]) -> Result<()> {
         let _guard = tch::no_grad_guard();
         let dev = self.device();
-        let col = |s: &[f64], shape: &[i64]| -> Result<Tensor> { Ok(Tensor::f_from_slice(&s.iter().map(|&v| v as f32).collect::<Vec<_>>())?.f_reshape(shape)?.f_to_device(dev)?) };
+        let col = |s: &[f64], shape: &[i64]| -> Result<Tensor> {
+            Ok(Tensor::f_from_slice(&s.iter().map(|&v| v as f32).collect::<Vec<_>>())?.f_reshape(shape)?.f_to_device(dev)?)
+        };
         let n = self.cfg.n_layers as i64;
         self.w_enc = self.w_enc.f_mul(&col(s_in, &[n, 1, 1])?)?;
         self.b_dec = self.b_dec.f_div(&col(s_out, &[n, 1])?)?;
@@ -279,7 +292,10 @@ impl CrossLayerTranscoder {
             .filter(|f| f[6..f.len() - 12].parse::<usize>().map_or(true, |l| l >= n_layers))
             .collect();
         if n_layers == 0 || !stray.is_empty() {
-            return Err(Error::format(dir, format!("a CLT needs W_enc_0.safetensors, W_enc_1.safetensors, ... numbered from 0 without gaps ({n_layers} found; out of order: {stray:?})")));
+            return Err(Error::format(
+                dir,
+                format!("a CLT needs W_enc_0.safetensors, W_enc_1.safetensors, ... numbered from 0 without gaps ({n_layers} found; out of order: {stray:?})"),
+            ));
         }
         let (mut w_enc, mut b_enc, mut b_dec, mut thresholds, mut w_dec) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut dims = None;
@@ -318,9 +334,25 @@ impl CrossLayerTranscoder {
             }
             (t, a) => return Err(Error::format(&cfg_path, format!("the activation is ambiguous: thresholds {}, activation_function {a:?}", if t { "present" } else { "absent" }))),
         };
-        let cfg = CltConfig { architecture, n_layers, d_model, d_sae, hook_in: key("feature_input_hook")?, hook_out: key("feature_output_hook")?, model_name: keys.get("model_name").cloned().unwrap_or_default() }.validated()?;
+        let cfg = CltConfig {
+            architecture,
+            n_layers,
+            d_model,
+            d_sae,
+            hook_in: key("feature_input_hook")?,
+            hook_out: key("feature_output_hook")?,
+            model_name: keys.get("model_name").cloned().unwrap_or_default(),
+        }
+        .validated()?;
         let threshold = if has_threshold > 0 { Some(Tensor::f_stack(&thresholds.into_iter().flatten().collect::<Vec<_>>(), 0)?) } else { None };
-        Ok(CrossLayerTranscoder { cfg, w_enc: Tensor::f_stack(&w_enc, 0)?.f_contiguous()?, b_enc: Tensor::f_stack(&b_enc, 0)?, threshold, w_dec, b_dec: Tensor::f_stack(&b_dec, 0)? })
+        Ok(CrossLayerTranscoder {
+            cfg,
+            w_enc: Tensor::f_stack(&w_enc, 0)?.f_contiguous()?,
+            b_enc: Tensor::f_stack(&b_enc, 0)?,
+            threshold,
+            w_dec,
+            b_dec: Tensor::f_stack(&b_dec, 0)?,
+        })
     }
 }
 
@@ -451,7 +483,6 @@ impl TranscoderSet {
             TranscoderSet::CrossLayer(clt) => clt.decode(f),
         }
     }
-
 }
 
 /// The transcoders in `dir`: a CLT (circuit-tracer's CLT layout), a circuit-tracer transcoder set

@@ -35,7 +35,8 @@ impl CrossLayerTranscoder {
         let n = rows as f64;
         let d = self.cfg.d_model;
         let sparsity = cfg.sparsity_scale(step);
-        let mut recon: Vec<Tensor> = (0..n_layers).map(|l| Ok(self.b_dec.f_get(l as i64)?.f_unsqueeze(0)?.f_expand([rows, d], false)?)).collect::<Result<_>>()?;
+        let mut recon: Vec<Tensor> =
+            (0..n_layers).map(|l| Ok(self.b_dec.f_get(l as i64)?.f_unsqueeze(0)?.f_expand([rows, d], false)?)).collect::<Result<_>>()?;
         let mut extra = Tensor::f_zeros([], (Kind::Float, self.device()))?;
         let mut fired = Vec::with_capacity(n_layers);
         let mut topk_pre = Vec::new();
@@ -127,7 +128,9 @@ pub fn train_clt(clt: &mut CrossLayerTranscoder, source: &mut dyn ActivationSour
     }
     let n_layers = clt.cfg.n_layers;
     let names = source.hook_names().to_vec();
-    let find = |hook: String| names.iter().position(|h| *h == hook).ok_or_else(|| Error::Input(format!("the activation source has no `{hook}` (it has: {})", names.join(", "))));
+    let find = |hook: String| {
+        names.iter().position(|h| *h == hook).ok_or_else(|| Error::Input(format!("the activation source has no `{hook}` (it has: {})", names.join(", "))))
+    };
     let inputs: Vec<usize> = (0..n_layers).map(|l| find(clt.cfg.hook_in(l))).collect::<Result<_>>()?;
     let targets: Vec<usize> = (0..n_layers).map(|l| find(clt.cfg.hook_out(l))).collect::<Result<_>>()?;
     let first = source.batch(0)?;

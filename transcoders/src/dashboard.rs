@@ -119,7 +119,13 @@ type Direction<'a> = Box<dyn Fn(i64) -> Result<Tensor> + 'a>;
 
 /// Dashboards of `latents` over `contexts` [n, ctx] (token ids), `n_examples` contexts each;
 /// activations at position 0 and at BOS tokens are left out.
-pub fn latent_dashboards(dict: &SparseDictionary, model: &HookedTransformer, contexts: &Tensor, latents: &[i64], n_examples: usize) -> Result<Vec<LatentDashboard>> {
+pub fn latent_dashboards(
+    dict: &SparseDictionary,
+    model: &HookedTransformer,
+    contexts: &Tensor,
+    latents: &[i64],
+    n_examples: usize,
+) -> Result<Vec<LatentDashboard>> {
     let d = model.cfg.d_model;
     let source = Latents {
         hook: dict.cfg.hook_name.clone(),
@@ -133,7 +139,14 @@ pub fn latent_dashboards(dict: &SparseDictionary, model: &HookedTransformer, con
 
 /// Dashboards of layer `layer`'s `latents` of a transcoder set (see [`latent_dashboards`]); a
 /// CLT latent's logit effects are those of its decoders summed over the layers it writes to.
-pub fn set_dashboards(set: &TranscoderSet, layer: usize, model: &HookedTransformer, contexts: &Tensor, latents: &[i64], n_examples: usize) -> Result<Vec<LatentDashboard>> {
+pub fn set_dashboards(
+    set: &TranscoderSet,
+    layer: usize,
+    model: &HookedTransformer,
+    contexts: &Tensor,
+    latents: &[i64],
+    n_examples: usize,
+) -> Result<Vec<LatentDashboard>> {
     match set {
         TranscoderSet::PerLayer(dicts) => latent_dashboards(&dicts[layer], model, contexts, latents, n_examples),
         TranscoderSet::CrossLayer(clt) => {
@@ -186,7 +199,11 @@ fn dashboards(source: &Latents<'_>, model: &HookedTransformer, contexts: &Tensor
             if best <= 0.0 {
                 break;
             }
-            top_contexts.push(ContextExample { tokens: model.to_str_tokens(&contexts.f_select(0, c)?)?, activations: Vec::<f64>::try_from(a.f_select(0, c)?)?, max_activation: best });
+            top_contexts.push(ContextExample {
+                tokens: model.to_str_tokens(&contexts.f_select(0, c)?)?,
+                activations: Vec::<f64>::try_from(a.f_select(0, c)?)?,
+                max_activation: best,
+            });
         }
         let nonzero = a.f_masked_select(&a.f_gt(0.0)?)?;
         let mut histogram: Vec<(f64, i64)> = (0..20).map(|b| (max_activation * b as f64 / 20.0, 0)).collect();
@@ -205,7 +222,16 @@ fn dashboards(source: &Latents<'_>, model: &HookedTransformer, contexts: &Tensor
             let drive = w_e.f_matmul(&encoder(latent)?.f_to_kind(w_e.kind())?)?;
             direct_tokens = top_tokens(model, &drive, 10, true)?;
         }
-        out.push(LatentDashboard { latent, density: nonzero.size()[0] as f64 / n_tokens, max_activation, top_contexts, histogram, top_logits, bottom_logits, direct_tokens });
+        out.push(LatentDashboard {
+            latent,
+            density: nonzero.size()[0] as f64 / n_tokens,
+            max_activation,
+            top_contexts,
+            histogram,
+            top_logits,
+            bottom_logits,
+            direct_tokens,
+        });
     }
     Ok(out)
 }

@@ -39,8 +39,18 @@ pub enum DictionaryKind {
 }
 
 /// The architecture names of SAELens's `cfg.json` that we read and write.
-pub const SAELENS_ARCHITECTURES: &[&str] =
-    &["standard", "topk", "jumprelu", "gated", "transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder", "batchtopk", "matryoshka_batchtopk"];
+pub const SAELENS_ARCHITECTURES: &[&str] = &[
+    "standard",
+    "topk",
+    "jumprelu",
+    "gated",
+    "transcoder",
+    "skip_transcoder",
+    "jumprelu_transcoder",
+    "jumprelu_skip_transcoder",
+    "batchtopk",
+    "matryoshka_batchtopk",
+];
 
 /// A dictionary's shape and where its activations come from.
 #[derive(Clone, Debug, PartialEq)]

@@ -12,25 +12,68 @@ use crate::error::{Error, Result};
 
 /// Top-level `cfg.json` fields [`SparseDictionary::load_saelens`] reads (v6, and v5's names).
 pub const SAELENS_READ_FIELDS: &[&str] = &[
-    "architecture", "d_in", "d_sae", "d_out", "k", "rescale_acts_by_decoder_norm", "apply_b_dec_to_input", "normalize_activations",
-    "reshape_activations", "metadata", "dtype", "model_name", "hook_name", "hook_point", "hook_name_out", "context_size", "prepend_bos",
-    "hook_head_index", "hook_point_head_index", "activation_fn_str", "activation_fn", "activation_fn_kwargs", "finetuning_scaling_factor",
+    "architecture",
+    "d_in",
+    "d_sae",
+    "d_out",
+    "k",
+    "rescale_acts_by_decoder_norm",
+    "apply_b_dec_to_input",
+    "normalize_activations",
+    "reshape_activations",
+    "metadata",
+    "dtype",
+    "model_name",
+    "hook_name",
+    "hook_point",
+    "hook_name_out",
+    "context_size",
+    "prepend_bos",
+    "hook_head_index",
+    "hook_point_head_index",
+    "activation_fn_str",
+    "activation_fn",
+    "activation_fn_kwargs",
+    "finetuning_scaling_factor",
 ];
 
 /// Fields of SAELens training checkpoints that set how a dictionary was trained (initialisation,
 /// loss coefficients and schedules, the threshold's learning rate, Matryoshka prefixes of the
 /// loss), not what it computes: accepted and not used.
 pub const SAELENS_TRAINING_FIELDS: &[&str] = &[
-    "decoder_init_norm", "use_sparse_activations", "aux_loss_coefficient", "topk_threshold_lr", "matryoshka_widths", "use_matryoshka_aux_loss",
-    "l1_coefficient", "lp_norm", "l1_warm_up_steps", "l0_coefficient", "l0_warm_up_steps", "jumprelu_init_threshold", "jumprelu_bandwidth",
-    "jumprelu_sparsity_loss_mode", "jumprelu_tanh_scale", "jumprelu_ste_to_input", "pre_act_loss_coefficient", "target_l0",
+    "decoder_init_norm",
+    "use_sparse_activations",
+    "aux_loss_coefficient",
+    "topk_threshold_lr",
+    "matryoshka_widths",
+    "use_matryoshka_aux_loss",
+    "l1_coefficient",
+    "lp_norm",
+    "l1_warm_up_steps",
+    "l0_coefficient",
+    "l0_warm_up_steps",
+    "jumprelu_init_threshold",
+    "jumprelu_bandwidth",
+    "jumprelu_sparsity_loss_mode",
+    "jumprelu_tanh_scale",
+    "jumprelu_ste_to_input",
+    "pre_act_loss_coefficient",
+    "target_l0",
 ];
 
 /// Fields that say where a dictionary came from or where SAELens places it, not what it
 /// computes: accepted and not used (v6 keeps provenance in `metadata`, v5 at the top level).
 pub const SAELENS_PROVENANCE_FIELDS: &[&str] = &[
-    "device", "hook_layer", "dataset_path", "dataset_trust_remote_code", "sae_lens_training_version", "sae_lens_version", "neuronpedia_id",
-    "model_from_pretrained_kwargs", "seqpos_slice", "exclude_special_tokens",
+    "device",
+    "hook_layer",
+    "dataset_path",
+    "dataset_trust_remote_code",
+    "sae_lens_training_version",
+    "sae_lens_version",
+    "neuronpedia_id",
+    "model_from_pretrained_kwargs",
+    "seqpos_slice",
+    "exclude_special_tokens",
 ];
 
 /// File names of a SAELens folder.
@@ -48,15 +91,15 @@ pub(crate) fn read_tensors(path: &Path, device: Device) -> Result<HashMap<String
     if !path.exists() {
         return Err(Error::Io { path: path.to_path_buf(), source: std::io::Error::from(std::io::ErrorKind::NotFound) });
     }
-    let tensors = Tensor::read_safetensors(path).map_err(|e| Error::format(path, format!("unreadable safetensors: {}", e.to_string().lines().next().unwrap_or_default())))?;
+    let tensors = Tensor::read_safetensors(path)
+        .map_err(|e| Error::format(path, format!("unreadable safetensors: {}", e.to_string().lines().next().unwrap_or_default())))?;
     tensors.into_iter().map(|(name, t)| Ok((name, t.f_to_kind(Kind::Float)?.f_to_device(device)?))).collect()
 }
 
 /// Writes `named` tensors (any device, any layout) to the safetensors file `path`, as CPU
 /// contiguous copies.
 pub(crate) fn write_safetensors(named: &[(&str, &Tensor)], path: &Path) -> Result<()> {
-    let cpu: Vec<(&str, Tensor)> =
-        named.iter().map(|(n, t)| Ok((*n, t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?))).collect::<Result<_>>()?;
+    let cpu: Vec<(&str, Tensor)> = named.iter().map(|(n, t)| Ok((*n, t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?))).collect::<Result<_>>()?;
     Tensor::write_safetensors(&cpu, path).map_err(|e| Error::format(path, format!("cannot write: {}", e.to_string().lines().next().unwrap_or_default())))
 }
 
@@ -85,7 +128,11 @@ impl Weights {
     }
 
     pub(crate) fn take_opt(&mut self, name: &str, shape: &[i64]) -> Result<Option<Tensor>> {
-        if self.map.contains_key(name) { self.take(name, shape).map(Some) } else { Ok(None) }
+        if self.map.contains_key(name) {
+            self.take(name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 }
 
@@ -201,7 +248,10 @@ impl SparseDictionary {
         let obj = cfg.as_object().ok_or_else(|| Error::format(&cfg_path, "not a JSON object"))?;
         let refuse = |field: &str, why: String| Error::format(&cfg_path, format!("field `{field}`: {why}"));
         for key in obj.keys() {
-            if !SAELENS_READ_FIELDS.contains(&key.as_str()) && !SAELENS_TRAINING_FIELDS.contains(&key.as_str()) && !SAELENS_PROVENANCE_FIELDS.contains(&key.as_str()) {
+            if !SAELENS_READ_FIELDS.contains(&key.as_str())
+                && !SAELENS_TRAINING_FIELDS.contains(&key.as_str())
+                && !SAELENS_PROVENANCE_FIELDS.contains(&key.as_str())
+            {
                 return Err(refuse(key, "not a field this reader knows, so it cannot tell whether it changes the dictionary's function".into()));
             }
         }
@@ -226,13 +276,14 @@ impl SparseDictionary {
         }
         let batch_topk_trained = matches!(name.as_str(), "batchtopk" | "matryoshka_batchtopk");
         let k = || -> Result<i64> {
-            k_field.as_ref().and_then(Value::as_f64).filter(|k| k.fract() == 0.0 && k.abs() < 1e15).map(|k| k as i64).ok_or_else(|| Error::format(&cfg_path, format!("architecture `{name}` needs a whole number `k`")))
+            k_field
+                .as_ref()
+                .and_then(Value::as_f64)
+                .filter(|k| k.fract() == 0.0 && k.abs() < 1e15)
+                .map(|k| k as i64)
+                .ok_or_else(|| Error::format(&cfg_path, format!("architecture `{name}` needs a whole number `k`")))
         };
-        let (architecture, kind) = if batch_topk_trained {
-            (Architecture::JumpRelu, DictionaryKind::Sae)
-        } else {
-            parse_architecture(&name, k)?
-        };
+        let (architecture, kind) = if batch_topk_trained { (Architecture::JumpRelu, DictionaryKind::Sae) } else { parse_architecture(&name, k)? };
         let rescale = match cfg.get("rescale_acts_by_decoder_norm") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -263,7 +314,8 @@ impl SparseDictionary {
         }
         let (d_in, d_sae) = (int("d_in")?, int("d_sae")?);
         let d_out = if kind == DictionaryKind::Sae { d_in } else { int("d_out")? };
-        let hook_name = field("hook_name").or_else(|| field("hook_point")).and_then(Value::as_str).ok_or_else(|| Error::format(&cfg_path, "no `hook_name`"))?.to_string();
+        let hook_name =
+            field("hook_name").or_else(|| field("hook_point")).and_then(Value::as_str).ok_or_else(|| Error::format(&cfg_path, "no `hook_name`"))?.to_string();
         let dcfg = DictionaryConfig {
             architecture,
             kind,
@@ -414,7 +466,10 @@ pub fn load_circuit_tracer(dir: impl AsRef<Path>, device: Device) -> Result<Vec<
                 (t, k, d) => {
                     return Err(Error::format(
                         &path,
-                        format!("the activation is ambiguous: threshold {}, k tensor {k:?}, config.yaml's activation {d:?}", if t.is_some() { "present" } else { "absent" }),
+                        format!(
+                            "the activation is ambiguous: threshold {}, k tensor {k:?}, config.yaml's activation {d:?}",
+                            if t.is_some() { "present" } else { "absent" }
+                        ),
                     ))
                 }
             };
@@ -457,7 +512,8 @@ pub(crate) fn declared_activation(keys: &HashMap<String, String>, cfg_path: &Pat
         Some("relu") => Some(Architecture::ReluL1),
         Some("jumprelu") => Some(Architecture::JumpRelu),
         Some("topk") => {
-            let k = keys.get("k").and_then(|k| k.parse::<i64>().ok()).ok_or_else(|| Error::format(cfg_path, "`activation_function: topk` needs an integer `k`"))?;
+            let k =
+                keys.get("k").and_then(|k| k.parse::<i64>().ok()).ok_or_else(|| Error::format(cfg_path, "`activation_function: topk` needs an integer `k`"))?;
             Some(Architecture::TopK { k })
         }
         Some(other) => return Err(Error::format(cfg_path, format!("activation_function `{other}`: expected relu, jumprelu or topk"))),
@@ -484,7 +540,9 @@ pub fn save_circuit_tracer(transcoders: &[SparseDictionary], scan: &str, dir: im
     let activation = match first.cfg.architecture {
         Architecture::ReluL1 => "relu",
         Architecture::JumpRelu | Architecture::BatchTopK { .. } => "jumprelu",
-        Architecture::TopK { .. } => return Err(Error::Input("circuit-tracer 0.5.0 has no TopK transcoders (it would read them as ReLU); save them as SAELens folders".into())),
+        Architecture::TopK { .. } => {
+            return Err(Error::Input("circuit-tracer 0.5.0 has no TopK transcoders (it would read them as ReLU); save them as SAELens folders".into()))
+        }
         Architecture::Gated => return Err(Error::Input("circuit-tracer has no gated transcoders; save them as SAELens folders".into())),
     };
     for (l, t) in transcoders.iter().enumerate() {
@@ -555,7 +613,10 @@ pub(crate) fn load_per_layer_set(dir: impl AsRef<Path>, device: Device) -> Resul
     set.sort_by_key(|(l, _)| *l);
     for (i, (l, _)) in set.iter().enumerate() {
         if *l != i {
-            return Err(Error::format(dir, format!("transcoders for layers {:?}: each layer from 0 needs exactly one", set.iter().map(|(l, _)| *l).collect::<Vec<_>>())));
+            return Err(Error::format(
+                dir,
+                format!("transcoders for layers {:?}: each layer from 0 needs exactly one", set.iter().map(|(l, _)| *l).collect::<Vec<_>>()),
+            ));
         }
     }
     Ok(set.into_iter().map(|(_, tc)| tc).collect())

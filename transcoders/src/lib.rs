@@ -43,17 +43,17 @@ pub use error::{Error, Result};
 pub use formats::{load_circuit_tracer, save_circuit_tracer, SAELENS_PROVENANCE_FIELDS, SAELENS_READ_FIELDS, SAELENS_TRAINING_FIELDS};
 pub use interp_core;
 
+mod clt_train;
 mod store;
 mod train;
-mod clt_train;
 
-pub use store::{ActivationSource, ActivationStore, CacheProvenance, CachedActivations, CachedHook, InMemoryActivations, StoreConfig};
 pub use clt_train::train_clt;
+pub use store::{ActivationSource, ActivationStore, CacheProvenance, CachedActivations, CachedHook, InMemoryActivations, StoreConfig};
 pub use train::{train_dictionaries, SaeTrainConfig, SaeTrainReport, TrainLogEntry};
 
 mod metrics;
 pub mod runner;
-pub use metrics::{evaluate, evaluate_activations, evaluate_set, DictionaryMetrics, SetMetrics, DownstreamMetrics, DENSE_THRESHOLD};
+pub use metrics::{evaluate, evaluate_activations, evaluate_set, DictionaryMetrics, DownstreamMetrics, SetMetrics, DENSE_THRESHOLD};
 
 mod dashboard;
 pub use dashboard::{latent_dashboards, random_latents, readable_latents, set_dashboards, visible_token, ContextExample, LatentDashboard};

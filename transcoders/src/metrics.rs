@@ -137,7 +137,9 @@ impl Reconstruction {
 pub fn evaluate_activations(dict: &SparseDictionary, source: &mut dyn ActivationSource, n_batches: usize) -> Result<DictionaryMetrics> {
     let _guard = tch::no_grad_guard();
     let names = source.hook_names().to_vec();
-    let find = |hook: &str| names.iter().position(|h| h == hook).ok_or_else(|| Error::Input(format!("the activations have no `{hook}` (they have: {})", names.join(", "))));
+    let find = |hook: &str| {
+        names.iter().position(|h| h == hook).ok_or_else(|| Error::Input(format!("the activations have no `{hook}` (they have: {})", names.join(", "))))
+    };
     let (input, target) = (find(&dict.cfg.hook_name)?, find(&dict.cfg.hook_name_out)?);
     let mut acc = Reconstruction::new(dict.cfg.d_out, dict.cfg.d_sae, dict.device())?;
     for step in 0..n_batches.max(1) {
@@ -181,7 +183,13 @@ impl Downstream {
         self.ce_clean += clean_nll * rows;
         self.ce_spliced += spliced_nll * rows;
         self.ce_zero += zero_nll * rows;
-        self.kl += rows * clean_logp.f_exp()?.f_mul(&clean_logp.f_sub(&spliced_logp)?)?.f_sum_dim_intlist(-1, false, Kind::Double)?.f_mean(Kind::Double)?.f_double_value(&[])?;
+        self.kl += rows
+            * clean_logp
+                .f_exp()?
+                .f_mul(&clean_logp.f_sub(&spliced_logp)?)?
+                .f_sum_dim_intlist(-1, false, Kind::Double)?
+                .f_mean(Kind::Double)?
+                .f_double_value(&[])?;
         self.rows += rows;
         Ok(())
     }

@@ -22,10 +22,10 @@ use std::path::{Path, PathBuf};
 use interp_core::{CacheSpec, HookedTransformer};
 use tch::{Kind, Tensor};
 
-use crate::dictionary::{Architecture, DictionaryConfig, SparseDictionary};
-use crate::error::{Error, Result};
 use crate::clt::{CltConfig, CrossLayerTranscoder, TranscoderSet};
 use crate::clt_train::train_clt;
+use crate::dictionary::{Architecture, DictionaryConfig, SparseDictionary};
+use crate::error::{Error, Result};
 use crate::metrics::{evaluate, evaluate_set, DictionaryMetrics, SetMetrics};
 use crate::store::{ActivationSource, ActivationStore, CachedActivations, StoreConfig};
 use crate::train::{train_dictionaries, SaeTrainConfig, SaeTrainReport};
@@ -255,7 +255,12 @@ pub fn train_cross_layer(model: &HookedTransformer, train_tokens: &Tensor, eval_
 /// provenance must equal the store's, unless `cfg.reuse_cache`), else a new cache written there
 /// from `store`, else `store` streaming from the model. Returns the source, the context its
 /// activations have, and the epochs the steps make over a cache.
-fn training_source<'a>(store: ActivationStore<'a>, cfg: &RunnerConfig, train: &SaeTrainConfig, say: &dyn Fn(String)) -> Result<(Box<dyn ActivationSource + 'a>, i64, Option<f64>)> {
+fn training_source<'a>(
+    store: ActivationStore<'a>,
+    cfg: &RunnerConfig,
+    train: &SaeTrainConfig,
+    say: &dyn Fn(String),
+) -> Result<(Box<dyn ActivationSource + 'a>, i64, Option<f64>)> {
     let mut context_size = cfg.store.context_size;
     let cache = match &cfg.cache_dir {
         Some(dir) if dir.join("manifest.json").exists() => {

@@ -118,7 +118,11 @@ impl CacheProvenance {
             }
         };
         check("model", format!("{} ({})", self.model_fingerprint, self.model), format!("{} ({})", wanted.model_fingerprint, wanted.model));
-        check("corpus", format!("{} ({}, {} tokens)", self.corpus_fingerprint, self.corpus, self.corpus_tokens), format!("{} ({}, {} tokens)", wanted.corpus_fingerprint, wanted.corpus, wanted.corpus_tokens));
+        check(
+            "corpus",
+            format!("{} ({}, {} tokens)", self.corpus_fingerprint, self.corpus, self.corpus_tokens),
+            format!("{} ({}, {} tokens)", wanted.corpus_fingerprint, wanted.corpus, wanted.corpus_tokens),
+        );
         check("context_size", self.context_size.to_string(), wanted.context_size.to_string());
         check("batch_tokens", self.batch_tokens.to_string(), wanted.batch_tokens.to_string());
         check("buffer_contexts", self.buffer_contexts.to_string(), wanted.buffer_contexts.to_string());
@@ -126,7 +130,11 @@ impl CacheProvenance {
         for h in &wanted.hooks {
             match self.hooks.iter().find(|c| c.name == h.name) {
                 Some(c) => check(&format!("width of `{}`", h.name), c.width.to_string(), h.width.to_string()),
-                None => check(&format!("hook `{}`", h.name), "absent".into(), format!("needed (the cache has {})", self.hooks.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "))),
+                None => check(
+                    &format!("hook `{}`", h.name),
+                    "absent".into(),
+                    format!("needed (the cache has {})", self.hooks.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")),
+                ),
             }
         }
         out
@@ -170,7 +178,11 @@ impl<'m> ActivationStore<'m> {
     pub fn new(model: &'m HookedTransformer, tokens: &Tensor, hooks: &[&str], cfg: StoreConfig) -> Result<Self> {
         let n = tokens.size().first().copied().unwrap_or(0);
         if tokens.dim() != 1 || n <= cfg.context_size {
-            return Err(Error::Input(format!("the token stream must be 1-D and longer than one context ({}), found shape {:?}", cfg.context_size, tokens.size())));
+            return Err(Error::Input(format!(
+                "the token stream must be 1-D and longer than one context ({}), found shape {:?}",
+                cfg.context_size,
+                tokens.size()
+            )));
         }
         if cfg.context_size < 2 || cfg.batch_tokens < 1 || cfg.forward_batch < 1 {
             return Err(Error::Input(format!("invalid store settings: {cfg:?}")));
@@ -361,7 +373,15 @@ fn safetensors_header(path: &Path) -> Result<HashMap<String, (String, Vec<i64>)>
     Ok(obj
         .iter()
         .filter(|(k, _)| *k != "__metadata__")
-        .map(|(k, t)| (k.clone(), (t["dtype"].as_str().unwrap_or_default().to_string(), t["shape"].as_array().map(|s| s.iter().filter_map(Value::as_i64).collect()).unwrap_or_default())))
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                (
+                    t["dtype"].as_str().unwrap_or_default().to_string(),
+                    t["shape"].as_array().map(|s| s.iter().filter_map(Value::as_i64).collect()).unwrap_or_default(),
+                ),
+            )
+        })
         .collect())
 }
 
@@ -376,12 +396,15 @@ impl CachedActivations {
         match m["format"].as_str() {
             Some(CACHE_FORMAT) => {}
             Some("interp-activation-cache-v1") => {
-                return Err(bad("written by an older version that did not record which model, corpus and settings produced it; delete the folder and cache again"))
+                return Err(bad(
+                    "written by an older version that did not record which model, corpus and settings produced it; delete the folder and cache again",
+                ))
             }
             _ => return Err(bad(&format!("not an activation cache manifest (format should be `{CACHE_FORMAT}`)"))),
         }
         let provenance: CacheProvenance = serde_json::from_value(m.clone()).map_err(|e| bad(&format!("malformed manifest: {e}")))?;
-        let shards: Vec<String> = m["shards"].as_array().ok_or_else(|| bad("no `shards` list"))?.iter().filter_map(|s| s.as_str().map(str::to_string)).collect();
+        let shards: Vec<String> =
+            m["shards"].as_array().ok_or_else(|| bad("no `shards` list"))?.iter().filter_map(|s| s.as_str().map(str::to_string)).collect();
         let batches_per_shard = m["batches_per_shard"].as_i64().filter(|b| *b > 0).ok_or_else(|| bad("no positive integer `batches_per_shard`"))?;
         if provenance.batch_tokens <= 0 || provenance.hooks.iter().any(|h| h.width <= 0) {
             return Err(bad("`batch_tokens` and every hook's `width` must be positive"));
@@ -405,7 +428,10 @@ impl CachedActivations {
                 match header.get(&h.name) {
                     Some((d, shape)) if shape == &[rows, h.width] && d == dtype => {}
                     Some((d, shape)) => {
-                        return Err(Error::format(&shard_path, format!("`{}` is {d} of shape {shape:?} but the manifest says {dtype} [{rows}, {}]", h.name, h.width)));
+                        return Err(Error::format(
+                            &shard_path,
+                            format!("`{}` is {d} of shape {shape:?} but the manifest says {dtype} [{rows}, {}]", h.name, h.width),
+                        ));
                     }
                     None => return Err(Error::format(&shard_path, format!("no activations of `{}`, which the manifest lists", h.name))),
                 }
@@ -452,7 +478,9 @@ impl ActivationSource for CachedActivations {
             let acts = self
                 .hooks
                 .iter()
-                .map(|h| map.get(h).ok_or_else(|| Error::format(&path, format!("no `{h}`"))).and_then(|t| Ok(t.f_to_kind(Kind::Float)?.f_to_device(self.device)?)))
+                .map(|h| {
+                    map.get(h).ok_or_else(|| Error::format(&path, format!("no `{h}`"))).and_then(|t| Ok(t.f_to_kind(Kind::Float)?.f_to_device(self.device)?))
+                })
                 .collect::<Result<_>>()?;
             self.loaded = Some((shard, acts));
         }

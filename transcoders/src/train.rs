@@ -134,7 +134,11 @@ impl SaeTrainConfig {
     }
 
     pub(crate) fn sparsity_scale(&self, step: usize) -> f64 {
-        if self.sparsity_warmup_steps == 0 { 1.0 } else { ((step + 1) as f64 / self.sparsity_warmup_steps as f64).min(1.0) }
+        if self.sparsity_warmup_steps == 0 {
+            1.0
+        } else {
+            ((step + 1) as f64 / self.sparsity_warmup_steps as f64).min(1.0)
+        }
     }
 }
 
@@ -371,10 +375,14 @@ pub(crate) fn normalisation(source: &mut dyn ActivationSource, first: &[Tensor],
 /// other dictionaries or settings is an error.
 pub fn train_dictionaries(dicts: &mut [SparseDictionary], source: &mut dyn ActivationSource, cfg: &SaeTrainConfig) -> Result<Vec<SaeTrainReport>> {
     if cfg.steps == 0 || cfg.lr.is_nan() || cfg.lr <= 0.0 || cfg.log_every == 0 || cfg.checkpoint_every == 0 || dicts.is_empty() {
-        return Err(Error::Input(format!("invalid training settings (steps, lr, log_every, checkpoint_every must be positive; at least one dictionary): {cfg:?}")));
+        return Err(Error::Input(format!(
+            "invalid training settings (steps, lr, log_every, checkpoint_every must be positive; at least one dictionary): {cfg:?}"
+        )));
     }
     let names = source.hook_names().to_vec();
-    let find = |hook: &str| names.iter().position(|h| h == hook).ok_or_else(|| Error::Input(format!("the activation source has no `{hook}` (it has: {})", names.join(", "))));
+    let find = |hook: &str| {
+        names.iter().position(|h| h == hook).ok_or_else(|| Error::Input(format!("the activation source has no `{hook}` (it has: {})", names.join(", "))))
+    };
     let first = source.batch(0)?;
     let scale = normalisation(source, &first, cfg)?;
     let device = dicts[0].device();
@@ -460,10 +468,8 @@ fn keep_snapshot(dir: &Path, done: usize, keep: usize, dicts: &[SparseDictionary
 
 /// Removes all but the newest `keep` snapshots `dir/step_{N}`.
 pub(crate) fn prune_snapshots(dir: &Path, keep: usize) -> Result<()> {
-    let mut steps: Vec<usize> = std::fs::read_dir(dir)
-        .map_err(Error::io(dir))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("step_")?.parse().ok())
-        .collect();
+    let mut steps: Vec<usize> =
+        std::fs::read_dir(dir).map_err(Error::io(dir))?.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("step_")?.parse().ok()).collect();
     steps.sort_unstable();
     for old in steps.iter().rev().skip(keep) {
         let path = dir.join(format!("step_{old}"));

@@ -38,10 +38,18 @@ pub fn behaviour(model: &HookedTransformer, prompts: &TaskPrompts, name: &str, b
     let mean = |v: &[f64], ids: &[usize]| ids.iter().map(|&i| v[i]).sum::<f64>() / ids.len() as f64;
     let mut rows: Vec<(String, usize, f64, f64, f64)> = by_label
         .iter()
-        .map(|(l, ids)| (l.to_string(), ids.len(), mean(&clean, ids), ids.iter().filter(|&&i| clean[i] > 0.0).count() as f64 / ids.len() as f64, mean(&corrupted, ids)))
+        .map(|(l, ids)| {
+            (l.to_string(), ids.len(), mean(&clean, ids), ids.iter().filter(|&&i| clean[i] > 0.0).count() as f64 / ids.len() as f64, mean(&corrupted, ids))
+        })
         .collect();
     let all: Vec<usize> = (0..prompts.len()).collect();
-    rows.push(("all".into(), all.len(), mean(&clean, &all), clean.iter().filter(|x| **x > 0.0).count() as f64 / all.len().max(1) as f64, mean(&corrupted, &all)));
+    rows.push((
+        "all".into(),
+        all.len(),
+        mean(&clean, &all),
+        clean.iter().filter(|x| **x > 0.0).count() as f64 / all.len().max(1) as f64,
+        mean(&corrupted, &all),
+    ));
     Ok(Behaviour { name: name.to_string(), metric: prompts.metric.name().to_string(), rows })
 }
 
@@ -74,8 +82,11 @@ pub struct LogitLens {
     pub sets: Vec<(String, Vec<f64>, Vec<f64>)>,
 }
 
-/// The answer's rank at each layer for each prompt set: (name, prompts as (tokens, answer)).
-pub fn logit_lens(model: &HookedTransformer, sets: &[(&str, Vec<(Vec<i64>, i64)>)]) -> Result<LogitLens> {
+/// A named prompt set for [`logit_lens`]: each prompt's tokens and its answer token.
+pub type LensPrompts<'a> = (&'a str, Vec<(Vec<i64>, i64)>);
+
+/// The answer's rank at each layer for each prompt set.
+pub fn logit_lens(model: &HookedTransformer, sets: &[LensPrompts]) -> Result<LogitLens> {
     let l_n = model.cfg.n_layers;
     let mut out = Vec::new();
     for (name, prompts) in sets {
@@ -86,7 +97,8 @@ pub fn logit_lens(model: &HookedTransformer, sets: &[(&str, Vec<(Vec<i64>, i64)>
         for (tokens, answer) in prompts {
             let t = Tensor::f_from_slice(tokens)?.f_view([1, -1])?.f_to_device(model.device())?;
             let (_, cache) = model.run_with_cache(&t, CacheSpec::names(["blocks.*.hook_resid_post"]))?;
-            let last: Vec<Tensor> = (0..l_n).map(|l| Ok(cache.get(HookPoint::block(l, interp_core::BlockSite::ResidPost))?.f_select(1, -1)?)).collect::<Result<_>>()?;
+            let last: Vec<Tensor> =
+                (0..l_n).map(|l| Ok(cache.get(HookPoint::block(l, interp_core::BlockSite::ResidPost))?.f_select(1, -1)?)).collect::<Result<_>>()?;
             let stacked = Tensor::f_stack(&last, 0)?; // [L, 1, D]
             let logits = model.runner_from_layer(&stacked, l_n).run()?.output.f_select(1, 0)?.f_to_kind(Kind::Float)?; // [L, V]
             let own = logits.f_select(1, *answer)?.f_unsqueeze(1)?;
@@ -113,15 +125,23 @@ impl LogitLens {
             for (l, (r, t)) in rank.iter().zip(top).enumerate() {
                 table.push(vec![name.clone().into(), l.into(), (*r).into(), (*t).into()]);
             }
-            series.push(Series { name: format!("{name}: log10(mean rank + 1)"), points: rank.iter().enumerate().map(|(l, r)| (l as f64, (r + 1.0).log10())).collect() });
+            series.push(Series {
+                name: format!("{name}: log10(mean rank + 1)"),
+                points: rank.iter().enumerate().map(|(l, r)| (l as f64, (r + 1.0).log10())).collect(),
+            });
             let first = top.iter().position(|t| *t >= 0.5);
             found.push(match first {
                 Some(l) => format!("{name}: the answer is the top token for most prompts from block {l} on"),
                 None => format!("{name}: the answer is the top token for most prompts at no block"),
             });
         }
-        out.report.paragraph(&format!("The residual stream after each block read through the final norm and the unembedding at the last position. {}.", found.join("; ")));
-        out.chart("logit_lens", "rank of the answer by layer", |path| line_chart(path, "logit lens: rank of the answer", "block", "log10(mean rank + 1)", &series))?;
+        out.report.paragraph(&format!(
+            "The residual stream after each block read through the final norm and the unembedding at the last position. {}.",
+            found.join("; ")
+        ));
+        out.chart("logit_lens", "rank of the answer by layer", |path| {
+            line_chart(path, "logit lens: rank of the answer", "block", "log10(mean rank + 1)", &series)
+        })?;
         out.table("logit_lens", "answer rank per layer", &table)
     }
 }

@@ -90,7 +90,8 @@ impl CaseResult {
 
 /// One row per case and method: edges, true edges, edge and node AUROC, CPR, CMD.
 pub fn summary_table<'a>(results: impl IntoIterator<Item = &'a CaseResult>) -> Table {
-    let mut table = Table::new(&["case", "method", "n_edges", "true_edges", "head_level_edges", "true_head_level_edges", "edge_auroc", "node_auroc", "cpr", "cmd"]);
+    let mut table =
+        Table::new(&["case", "method", "n_edges", "true_edges", "head_level_edges", "true_head_level_edges", "edge_auroc", "node_auroc", "cpr", "cmd"]);
     for r in results {
         let n_true = r.truth.edges.iter().filter(|t| **t).count();
         let merged = component_truth(&r.discovery.graph, &r.truth.edges);

@@ -119,7 +119,8 @@ pub fn bilinear_spectra(model: &HookedTransformer, layer: usize, bl: &BilinearLa
     let truncation = match cfg.truncation {
         false => None,
         true => {
-            let vocab = TaskVocab::of_model(model).map_err(|e| Error::Input(format!("the truncation curve needs a model trained on the built-in tasks: {e}")))?;
+            let vocab =
+                TaskVocab::of_model(model).map_err(|e| Error::Input(format!("the truncation curve needs a model trained on the built-in tasks: {e}")))?;
             let batch = Task::ModularAddition.generate(&vocab, 256, 0)?;
             let candidates: Vec<i64> = (0..vocab.modulus).map(|i| vocab.id(&format!("m{i}"))).collect::<std::result::Result<_, _>>()?;
             let ks: Vec<i64> = [0, 1, 2, 4, 8, 16, 32, 64, bl.d_in()].into_iter().filter(|k| *k <= bl.d_in()).collect();
@@ -151,11 +152,19 @@ impl BilinearSpectra {
         for d in &self.directions {
             series.push(Series { name: d.name.clone(), points: d.eigenvalues.iter().take(32).enumerate().map(|(r, v)| (r as f64 + 1.0, *v)).collect() });
             for r in &d.readouts {
-                table.push(vec![Value::Text(d.name.clone()), Value::Int(r.rank), Value::Float(r.eigenvalue), Value::Text(r.favoured.clone()), Value::Text(r.disfavoured.clone())]);
+                table.push(vec![
+                    Value::Text(d.name.clone()),
+                    Value::Int(r.rank),
+                    Value::Float(r.eigenvalue),
+                    Value::Text(r.favoured.clone()),
+                    Value::Text(r.disfavoured.clone()),
+                ]);
             }
         }
         let title = format!("Eigenvalues of Q(u), layer {layer}");
-        out.chart("spectra", "top 32 eigenvalues of each direction's interaction matrix", |p| line_chart(p, &title, "rank by |eigenvalue|", "eigenvalue", &series))?;
+        out.chart("spectra", "top 32 eigenvalues of each direction's interaction matrix", |p| {
+            line_chart(p, &title, "rank by |eigenvalue|", "eigenvalue", &series)
+        })?;
         out.table("eigenvectors", "top eigenvectors as tokens (direct path through W_E)", &table)?;
         if let Some(curve) = &self.truncation {
             let mut t = Table::new(&["k", "accuracy"]);
@@ -165,7 +174,9 @@ impl BilinearSpectra {
             let points = curve.iter().map(|(k, a)| ((*k as f64 + 1.0).log2(), *a)).collect();
             let series = [Series { name: "accuracy".into(), points }];
             let caption = "modular-addition accuracy (256 prompts) with each answer logit's MLP term truncated to its top k eigenpairs";
-            out.chart("truncation", caption, |p| line_chart(p, "Modular addition with the MLP's logit terms truncated", "log2(k + 1) eigenpairs per answer", "accuracy", &series))?;
+            out.chart("truncation", caption, |p| {
+                line_chart(p, "Modular addition with the MLP's logit terms truncated", "log2(k + 1) eigenpairs per answer", "accuracy", &series)
+            })?;
             out.table("truncation", "truncation curve", &t)?;
         }
         Ok(())

@@ -5,12 +5,12 @@ use interp_core::tasks::Task;
 use interp_core::HookedTransformer;
 use tch::Tensor;
 
-use crate::causal_tracing::{causal_trace, estimate_sigma_of, summarize, CausalTrace, Corruption, TraceConfig, TracePrompt, TraceSummary, TOKEN_ROLES};
 use crate::budget::MemoryBudget;
+use crate::causal_tracing::{causal_trace, estimate_sigma_of, summarize, CausalTrace, Corruption, TraceConfig, TracePrompt, TraceSummary, TOKEN_ROLES};
 use crate::chart::{heatmaps, Heatmap};
 use crate::error::{Error, Result};
-use crate::prompts::TaskPrompts;
 use crate::output::Output;
+use crate::prompts::TaskPrompts;
 use crate::table::Table;
 
 /// How [`causal_tracing`] corrupts and restores.
@@ -82,7 +82,13 @@ pub fn task_trace_prompts(task: Task, prompts: &TaskPrompts) -> Result<Vec<Trace
 
 /// Traces each prompt (see [`causal_trace`]) with Gaussian noise on its subject; `token_text`
 /// renders token ids for the charts.
-pub fn causal_tracing(model: &HookedTransformer, prompts: &[TracePrompt], name: &str, token_text: &dyn Fn(i64) -> String, cfg: &CausalTracingConfig) -> Result<CausalTracing> {
+pub fn causal_tracing(
+    model: &HookedTransformer,
+    prompts: &[TracePrompt],
+    name: &str,
+    token_text: &dyn Fn(i64) -> String,
+    cfg: &CausalTracingConfig,
+) -> Result<CausalTracing> {
     let sigma = match cfg.sigma {
         Some(s) => s,
         None => estimate_sigma_of(model, prompts)?,

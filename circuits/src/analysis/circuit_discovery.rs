@@ -7,16 +7,16 @@ use interp_core::HookedTransformer;
 use tch::{Kind, Tensor};
 
 use crate::acdc::{acdc, circuit_nodes, AcdcConfig, AcdcResult, AttributionPrune};
-use crate::chart::{circuit_graph, line_chart, Series};
 use crate::budget::MemoryBudget;
+use crate::chart::{circuit_graph, line_chart, Series};
 use crate::eap::{top_k_masks, AttributionMethod};
-use crate::edge_run::EdgeRun;
-use crate::mib::{cmd, cpr, mib_counts, mib_folder, mib_prune, write_mib_scores, MIB_FRACTIONS};
 use crate::edge_graph::{Ablation, EdgeGraph, Qkv, Receiver};
+use crate::edge_run::EdgeRun;
 use crate::error::{Error, Result};
 use crate::metric::{check_gap, Metric, MetricName};
-use crate::prompts::TaskPrompts;
+use crate::mib::{cmd, cpr, mib_counts, mib_folder, mib_prune, write_mib_scores, MIB_FRACTIONS};
 use crate::output::Output;
+use crate::prompts::TaskPrompts;
 use crate::table::{Table, Value};
 
 /// Edge scores summed between two components: a sender and a head (its q, k and v inputs
@@ -48,7 +48,8 @@ fn component_connections(graph: &EdgeGraph, scores: &[f64]) -> Vec<ComponentConn
         entry.1 += s;
         entry.2 += 1;
     }
-    let mut out: Vec<ComponentConnection> = sums.into_iter().map(|((sender, receiver), (qkv, score, edges))| ComponentConnection { sender, receiver, score, qkv, edges }).collect();
+    let mut out: Vec<ComponentConnection> =
+        sums.into_iter().map(|((sender, receiver), (qkv, score, edges))| ComponentConnection { sender, receiver, score, qkv, edges }).collect();
     out.sort_by(|a, b| b.score.abs().total_cmp(&a.score.abs()));
     out
 }
@@ -275,7 +276,14 @@ pub fn circuit_discovery(model: &HookedTransformer, prompts: &TaskPrompts, name:
 
 /// ACDC at `cfg.tau` (and with the sweep at tau x 1/4 .. 4), each circuit's faithfulness on the
 /// task metric, and MIB's scores of ACDC's ranking.
-fn acdc_runs(model: &HookedTransformer, graph: &EdgeGraph, run: &EdgeRun, prompts: &TaskPrompts, (m_clean, m_corrupt): (f64, f64), cfg: &CircuitDiscoveryConfig) -> Result<AcdcRuns> {
+fn acdc_runs(
+    model: &HookedTransformer,
+    graph: &EdgeGraph,
+    run: &EdgeRun,
+    prompts: &TaskPrompts,
+    (m_clean, m_corrupt): (f64, f64),
+    cfg: &CircuitDiscoveryConfig,
+) -> Result<AcdcRuns> {
     let acts = run.whole()?;
     let kl;
     let metric: &Metric = if cfg.kl {
@@ -298,7 +306,9 @@ fn acdc_runs(model: &HookedTransformer, graph: &EdgeGraph, run: &EdgeRun, prompt
     // tau (EAP's, taken at the full circuit alone, missed saturated effects: greater-than's
     // faithfulness fell to 0 at a cut of 0.1 tau).
     let scores = match (cfg.prune_by_attribution, cfg.kl) {
-        (Some(_), true) => return Err(Error::Input("pruning by attribution compares EAP-IG's task-metric effects with tau: it cannot be used with --kl".into())),
+        (Some(_), true) => {
+            return Err(Error::Input("pruning by attribution compares EAP-IG's task-metric effects with tau: it cannot be used with --kl".into()))
+        }
         (Some(_), false) => Some(Vec::<f64>::try_from(&run.attribution(AttributionMethod::EapIg { steps: cfg.steps.max(1) })?.f_to_kind(Kind::Double)?)?),
         (None, _) => None,
     };
@@ -364,7 +374,8 @@ impl CircuitDiscovery {
             .filter(|(_, (k, _))| **k)
             .map(|(e, (_, w))| serde_json::json!({"sender": e.sender.to_string(), "receiver": e.receiver.to_string(), "weight": w}))
             .collect();
-        let mut json = serde_json::json!({ "n_edges_total": self.graph.n_edges(), "n_edges": edges.len(), "nodes": circuit_nodes(&self.graph, kept), "edges": edges });
+        let mut json =
+            serde_json::json!({ "n_edges_total": self.graph.n_edges(), "n_edges": edges.len(), "nodes": circuit_nodes(&self.graph, kept), "edges": edges });
         if let (Some(j), Some(extra)) = (json.as_object_mut(), info.as_object()) {
             j.extend(extra.clone());
         }
@@ -432,7 +443,15 @@ impl CircuitDiscovery {
             ));
             let mut table = Table::new(&["sender", "receiver", "score", "q", "k", "v", "edges"]);
             for c in &components {
-                table.push(vec![c.sender.clone().into(), c.receiver.clone().into(), c.score.into(), c.qkv[0].into(), c.qkv[1].into(), c.qkv[2].into(), c.edges.into()]);
+                table.push(vec![
+                    c.sender.clone().into(),
+                    c.receiver.clone().into(),
+                    c.score.into(),
+                    c.qkv[0].into(),
+                    c.qkv[1].into(),
+                    c.qkv[2].into(),
+                    c.edges.into(),
+                ]);
             }
             out.table("eap_ig_components", "EAP-IG scores summed between components, largest |sum| first", &table)?;
             // A drawing of at most DRAWN edges: the circuit's top ones by |score|, pruned.
@@ -497,7 +516,13 @@ impl CircuitDiscovery {
             out.chart("circuit_acdc", &title, |p| circuit_graph(p, &title, graph, &found.kept, &found.effect))?;
             let mut table = Table::new(&["edge", "sender", "receiver", "kept", "effect"]);
             for (i, e) in graph.edges.iter().enumerate() {
-                table.push(vec![e.to_string().into(), e.sender.to_string().into(), e.receiver.to_string().into(), i64::from(found.kept[i]).into(), found.effect[i].into()]);
+                table.push(vec![
+                    e.to_string().into(),
+                    e.sender.to_string().into(),
+                    e.receiver.to_string().into(),
+                    i64::from(found.kept[i]).into(),
+                    found.effect[i].into(),
+                ]);
             }
             table.rows.sort_by_key(|row| row[3] != Value::Int(1));
             out.table("acdc_edges", "ACDC: every edge, kept ones first, with the loss increase when it was tested", &table)?;

@@ -27,7 +27,15 @@ pub fn write_metrics(out: &mut Output, stem: &str, name: &str, metrics: &Diction
     let value = serde_json::to_value(metrics).map_err(|e| Error::Input(e.to_string()))?;
     out.json(&format!("{stem}.json"), "metrics", &value)?;
     let mut columns = vec!["dictionary", "tokens", "l0", "fvu", "shrinkage", "dead_fraction", "dense_fraction"];
-    let mut row = vec![name.into(), (metrics.n_tokens as usize).into(), metrics.l0.into(), metrics.fvu.into(), metrics.shrinkage.into(), metrics.dead_fraction.into(), metrics.dense_fraction.into()];
+    let mut row = vec![
+        name.into(),
+        (metrics.n_tokens as usize).into(),
+        metrics.l0.into(),
+        metrics.fvu.into(),
+        metrics.shrinkage.into(),
+        metrics.dead_fraction.into(),
+        metrics.dense_fraction.into(),
+    ];
     if let Some(d) = &metrics.downstream {
         columns.extend(["ce_loss_recovered", "delta_loss", "kl_spliced"]);
         row.extend([d.ce_loss_recovered.into(), d.delta_loss.into(), d.kl_spliced.into()]);
@@ -48,7 +56,15 @@ pub fn write_set_metrics(out: &mut Output, stem: &str, metrics: &SetMetrics) -> 
         table.push(vec![l.to_string().into(), m.l0.into(), m.fvu.into(), m.dead_fraction.into(), f64::NAN.into(), f64::NAN.into(), f64::NAN.into()]);
     }
     let d = &metrics.downstream;
-    table.push(vec!["all".into(), metrics.l0.into(), metrics.fvu.into(), metrics.dead_fraction.into(), d.ce_loss_recovered.into(), d.delta_loss.into(), d.kl_spliced.into()]);
+    table.push(vec![
+        "all".into(),
+        metrics.l0.into(),
+        metrics.fvu.into(),
+        metrics.dead_fraction.into(),
+        d.ce_loss_recovered.into(),
+        d.delta_loss.into(),
+        d.kl_spliced.into(),
+    ]);
     out.table(stem, "evaluation", &table)
 }
 
@@ -67,7 +83,12 @@ pub fn training_curve_chart(out: &mut Output, stem: &str, curve: &[TrainLogEntry
             })
             .collect()
     };
-    let panel = |title: &str, y: &str, value: &dyn Fn(&TrainLogEntry) -> f64| LinePanel { title: title.into(), x_label: x_label.into(), y_label: y.into(), series: series(value) };
+    let panel = |title: &str, y: &str, value: &dyn Fn(&TrainLogEntry) -> f64| LinePanel {
+        title: title.into(),
+        x_label: x_label.into(),
+        y_label: y.into(),
+        series: series(value),
+    };
     let panels = [
         panel("Fraction of variance unexplained", "FVU (batch)", &|e| e.fvu),
         panel("Active latents per token", "L0", &|e| e.l0),

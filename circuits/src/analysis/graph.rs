@@ -10,9 +10,9 @@ use tch::Tensor;
 use transcoders::{set_dashboards, visible_token, LatentDashboard, TranscoderSet};
 
 use crate::attribution_graph::{attribution_graph, cantor, AttributionGraph, GraphConfig, Node, Pruned};
-use crate::report::{dashboards_html, write_graph_page};
 use crate::error::{Error, Result};
 use crate::output::Output;
+use crate::report::{dashboards_html, write_graph_page};
 use crate::table::{Table, Value};
 
 /// How [`graph_analysis`] builds and prunes the graph.
@@ -48,7 +48,6 @@ fn shown_path(path: &Path) -> String {
         None => path.display().to_string(),
     }
 }
-
 
 /// A feature dashboard in circuit-tracer's feature-file format (`frontend/feature_models.py`):
 /// top contexts cut to `window` tokens around their peak.
@@ -213,7 +212,9 @@ impl GraphAnalysis {
                 Node::Feature { layer, pos, feature, activation } => ("feature", layer as i64, pos, feature, at(pos), activation, f64::NAN),
                 Node::Error { layer, pos } => ("error", layer as i64, pos, -1, at(pos), f64::NAN, f64::NAN),
                 Node::Token { pos, token } => ("token", -1, pos, token, at(pos), f64::NAN, f64::NAN),
-                Node::Logit { token, probability } => ("logit", self.n_layers as i64, self.tokens.len() as i64 - 1, token, visible_token(&self.text(token)), f64::NAN, probability),
+                Node::Logit { token, probability } => {
+                    ("logit", self.n_layers as i64, self.tokens.len() as i64 - 1, token, visible_token(&self.text(token)), f64::NAN, probability)
+                }
             };
             table.push(vec![
                 Value::Int(i as i64),

@@ -123,7 +123,14 @@ fn add_chunk(model: &HookedTransformer, prompts: &TaskPrompts, patch: bool, sums
         })
         .collect();
     let last_rows = Tensor::f_from_slice(&pos.iter().map(|p| p.last).collect::<Vec<_>>())?.f_to_device(model.device())?;
-    let names = ["blocks.*.attn.hook_z", "blocks.*.attn.hook_pattern", "blocks.*.hook_attn_out", "blocks.*.hook_mlp_out", "blocks.0.hook_resid_pre", "ln_final.hook_scale"];
+    let names = [
+        "blocks.*.attn.hook_z",
+        "blocks.*.attn.hook_pattern",
+        "blocks.*.hook_attn_out",
+        "blocks.*.hook_mlp_out",
+        "blocks.0.hook_resid_pre",
+        "ln_final.hook_scale",
+    ];
     let names: Vec<&str> = names.iter().copied().filter(|n| !(c.attn_only && n.contains("mlp"))).collect();
     let (logits, cache) = model.run_with_cache(&prompts.clean, CacheSpec::names(names))?;
     let at_last = |t: &Tensor| interp_core::at_rows(t, &last_rows).and_then(|x| x.f_squeeze_dim(1).map_err(Into::into));
@@ -137,7 +144,7 @@ fn add_chunk(model: &HookedTransformer, prompts: &TaskPrompts, patch: bool, sums
     // (c - mean(c) for a LayerNorm) / scale * w . (W_U[answer] - W_U[wrong]) to the difference.
     let w_u = model.w_u().f_to_kind(Kind::Double)?; // [D, V]
     let unembed = w_u.f_index_select(1, &answer)?.f_sub(&w_u.f_index_select(1, &wrong)?)?.f_transpose(0, 1)?; // [B, D]
-    // Each token's unembedding less the mean one: a head's effect on that logit against the rest.
+                                                                                                              // Each token's unembedding less the mean one: a head's effect on that logit against the rest.
     let centred = w_u.f_sub(&w_u.f_mean_dim(1, true, Kind::Double)?)?;
     let (gain, bias) = model.norm_weights(NormSite::LnFinal)?;
     let through_gain = |u: Tensor| -> Result<Tensor> {
@@ -167,7 +174,7 @@ fn add_chunk(model: &HookedTransformer, prompts: &TaskPrompts, patch: bool, sums
     for l in 0..l_n {
         let z = at_last(cache.get(HookPoint::block(l, BlockSite::Z))?)?; // [B, H, dh]
         let result = z.f_unsqueeze(-1)?.f_mul(&model.w_o(l)?.f_unsqueeze(0)?)?.f_sum_dim_intlist([2i64].as_slice(), false, z.kind())?; // [B, H, D]
-        // Per head, along the difference, the answer and the wrong token.
+                                                                                                                                       // Per head, along the difference, the answer and the wrong token.
         let heads: Vec<Vec<f64>> = directions.iter().map(|d| Ok(Vec::<f64>::try_from(&dla_along(&result, d)?)?)).collect::<Result<_>>()?;
         // The attention output less its heads: the output bias.
         rest += dla_of(&at_last(cache.get(HookPoint::block(l, BlockSite::AttnOut))?)?)?.f_double_value(&[])? - heads[0].iter().sum::<f64>();
@@ -257,11 +264,14 @@ pub fn head_scores(model: &HookedTransformer, prompts: &TaskPrompts, name: &str,
     for start in (0..n).step_by(CHUNK) {
         add_chunk(model, &prompts.narrow(start, CHUNK.min(n - start))?, patch, &mut sums)?;
     }
-    let per = |g: Vec<Vec<f64>>, by: usize| -> Vec<Vec<f64>> { g.into_iter().map(|r| r.into_iter().map(|x| if by == 0 { f64::NAN } else { x / by as f64 }).collect()).collect() };
+    let per = |g: Vec<Vec<f64>>, by: usize| -> Vec<Vec<f64>> {
+        g.into_iter().map(|r| r.into_iter().map(|x| if by == 0 { f64::NAN } else { x / by as f64 }).collect()).collect()
+    };
     let [attn_io, attn_s1, attn_s2, duplicate, induction, previous] = std::array::from_fn(|k| per(std::mem::take(&mut sums.attn[k]), sums.counted[k]));
     let (clean, corrupted) = (sums.clean / n as f64, sums.corrupted / n as f64);
     let [dla, dla_answer, dla_wrong] = sums.dla.map(|g| per(g, n));
-    let patching = patch.then(|| per(sums.patched.clone(), n).into_iter().map(|r| r.into_iter().map(|v| (v - corrupted) / (clean - corrupted)).collect()).collect());
+    let patching =
+        patch.then(|| per(sums.patched.clone(), n).into_iter().map(|r| r.into_iter().map(|v| (v - corrupted) / (clean - corrupted)).collect()).collect());
     let mut scores = HeadScores {
         name: name.to_string(),
         n_prompts: n,
@@ -388,7 +398,9 @@ impl HeadScores {
     /// share, pairwise (where both were run): (DLA & patching, DLA & node score, patching & node
     /// score).
     pub fn agreement(&self, k: usize) -> (Option<usize>, Option<usize>, Option<usize>) {
-        let shared = |a: &Option<Vec<(usize, usize)>>, b: &Option<Vec<(usize, usize)>>| a.as_ref().zip(b.as_ref()).map(|(a, b)| a.iter().filter(|x| b.contains(x)).count());
+        let shared = |a: &Option<Vec<(usize, usize)>>, b: &Option<Vec<(usize, usize)>>| {
+            a.as_ref().zip(b.as_ref()).map(|(a, b)| a.iter().filter(|x| b.contains(x)).count())
+        };
         let dla = Some(self.top(&self.dla, k));
         let patch = self.patching.as_ref().map(|g| self.top(g, k));
         let node = self.node_score.as_ref().map(|g| self.top(g, k));
@@ -411,7 +423,22 @@ impl HeadScores {
         ));
         let mut by_role: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         let mut table = Table::new(&[
-            "layer", "head", "dla", "dla_answer", "dla_wrong", "patching", "node_score", "into_output_heads", "path_patching", "attn_io", "attn_s1", "attn_s2", "duplicate", "induction", "previous", "roles",
+            "layer",
+            "head",
+            "dla",
+            "dla_answer",
+            "dla_wrong",
+            "patching",
+            "node_score",
+            "into_output_heads",
+            "path_patching",
+            "attn_io",
+            "attn_s1",
+            "attn_s2",
+            "duplicate",
+            "induction",
+            "previous",
+            "roles",
         ]);
         for (l, h) in self.heads() {
             let roles = self.roles(l, h);
@@ -473,7 +500,9 @@ impl HeadScores {
         ));
         let layers: Vec<String> = (0..l_n).map(|l| format!("L{l}")).collect();
         let heads: Vec<String> = (0..h_n).map(|h| format!("H{h}")).collect();
-        let panel = |title: &str, g: &[Vec<f64>]| Heatmap::from_tensor(title, &Tensor::f_from_slice(&g.concat())?.f_view([l_n as i64, h_n as i64])?, layers.clone(), heads.clone(), "head", "layer");
+        let panel = |title: &str, g: &[Vec<f64>]| {
+            Heatmap::from_tensor(title, &Tensor::f_from_slice(&g.concat())?.f_view([l_n as i64, h_n as i64])?, layers.clone(), heads.clone(), "head", "layer")
+        };
         // Three charts of three panels, each readable on a page: effects, where the last position
         // looks, and the attention patterns that name heads.
         let mut effects = vec![panel("direct logit attribution", &self.dla)?];
@@ -486,8 +515,13 @@ impl HeadScores {
         if let Some(g) = &self.path_patching {
             effects.push(panel("path patching into output heads' queries (share lost)", g)?);
         }
-        let looks = [panel("attention last -> IO", &self.attn_io)?, panel("attention last -> S1", &self.attn_s1)?, panel("attention last -> S2", &self.attn_s2)?];
-        let patterns = [panel("induction (S2 -> S1+1)", &self.induction)?, panel("duplicate token (S2 -> S1)", &self.duplicate)?, panel("previous token", &self.previous)?];
+        let looks =
+            [panel("attention last -> IO", &self.attn_io)?, panel("attention last -> S1", &self.attn_s1)?, panel("attention last -> S2", &self.attn_s2)?];
+        let patterns = [
+            panel("induction (S2 -> S1+1)", &self.induction)?,
+            panel("duplicate token (S2 -> S1)", &self.duplicate)?,
+            panel("previous token", &self.previous)?,
+        ];
         out.chart("heads_effects", &format!("{}: each head's effect on the logit difference", self.name), |path| heatmaps(path, &effects))?;
         out.chart("heads_attention", &format!("{}: attention from the last position", self.name), |path| heatmaps(path, &looks))?;
         out.chart("heads_patterns", &format!("{}: attention patterns that name heads", self.name), |path| heatmaps(path, &patterns))?;

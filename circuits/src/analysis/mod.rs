@@ -29,14 +29,14 @@ mod patching;
 mod routing;
 mod study;
 
-pub use behaviour::{behaviour, logit_lens, Behaviour, LogitLens};
+pub use behaviour::{behaviour, logit_lens, Behaviour, LensPrompts, LogitLens};
 pub use benchmark::{benchmark_case, summary_table, CaseResult, MethodScore};
 pub use bilinear::{bilinear_spectra, single_token, BilinearSpectra, BilinearSpectraConfig, DirectionSpectrum, Readout};
-pub use dictionary::{read_training_curve, training_curve_chart, write_metrics, write_set_metrics};
-pub use graph::{graph_analysis, GraphAnalysis, GraphAnalysisConfig, VIEWER_SCAN};
 pub use causal_tracing::{causal_tracing, task_trace_prompts, CausalTracing, CausalTracingConfig};
 pub use circuit_discovery::{circuit_discovery, AcdcRuns, CircuitDiscovery, CircuitDiscoveryConfig, EdgeScores, MibScores};
+pub use dictionary::{read_training_curve, training_curve_chart, write_metrics, write_set_metrics};
+pub use graph::{graph_analysis, GraphAnalysis, GraphAnalysisConfig, VIEWER_SCAN};
 pub use heads::{head_scores, HeadScores, ROLE_RULES};
 pub use patching::{patching_sweep, PatchingSweep, PatchingSweepConfig};
-pub use study::{study, StudyConfig, StudyStep};
 pub use routing::{routing_analysis, RoutingAnalysis, RoutingConfig};
+pub use study::{study, StudyConfig, StudyStep};

@@ -5,9 +5,9 @@ use tch::Kind;
 
 use crate::chart::{heatmaps, Heatmap};
 use crate::error::Result;
-use crate::prompts::TaskPrompts;
 use crate::output::Output;
 use crate::patching::{activation_patching, PatchSite, PatchingResult};
+use crate::prompts::TaskPrompts;
 use crate::table::Table;
 
 /// What [`patching_sweep`] patches.
@@ -20,7 +20,6 @@ pub struct PatchingSweepConfig {
     /// 4096 rows on a GPU.
     pub max_rows: Option<i64>,
 }
-
 
 /// Each site's patching result on one prompt set.
 pub struct PatchingSweep {
@@ -40,16 +39,20 @@ pub struct PatchingSweep {
 
 /// Patches each activation of the clean run into the corrupted run, per site (see
 /// [`activation_patching`]); `token_text` renders token ids for the charts.
-pub fn patching_sweep(model: &HookedTransformer, prompts: &TaskPrompts, name: &str, token_text: &dyn Fn(i64) -> String, cfg: &PatchingSweepConfig) -> Result<PatchingSweep> {
+pub fn patching_sweep(
+    model: &HookedTransformer,
+    prompts: &TaskPrompts,
+    name: &str,
+    token_text: &dyn Fn(i64) -> String,
+    cfg: &PatchingSweepConfig,
+) -> Result<PatchingSweep> {
     let max_rows = cfg.max_rows.unwrap_or(if model.device() == tch::Device::Cpu { 0 } else { 4096 });
     let sites: Vec<PatchSite> = match cfg.sites.is_empty() {
         true => PatchSite::ALL.iter().copied().filter(|p| p.applies_to(model)).collect(),
         false => cfg.sites.clone(),
     };
-    let results = sites
-        .into_iter()
-        .map(|site| activation_patching(model, &prompts.clean, &prompts.corrupted, &prompts.metric, site, max_rows))
-        .collect::<Result<_>>()?;
+    let results =
+        sites.into_iter().map(|site| activation_patching(model, &prompts.clean, &prompts.corrupted, &prompts.metric, site, max_rows)).collect::<Result<_>>()?;
     // Positions are labelled by the first of the longest prompts (the others end earlier).
     let longest = prompts.lengths.iter().enumerate().max_by_key(|(i, l)| (**l, std::cmp::Reverse(*i))).map(|(i, _)| i).unwrap_or(0);
     let first = Vec::<i64>::try_from(&prompts.clean.f_get(longest as i64)?)?;

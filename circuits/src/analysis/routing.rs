@@ -77,8 +77,11 @@ pub fn routing_analysis(model: &HookedTransformer, vocab: &TaskVocab, cfg: &Rout
         for (i, l) in layers.iter().enumerate() {
             let chosen = cache.get(indices(*l))?.f_to_device(tch::Device::Cpu)?; // [n, pos, top_k]
             let hits = chosen.f_one_hot(n_experts)?.f_to_kind(Kind::Double)?.f_sum_dim_intlist(2, false, Kind::Double)?; // [n, pos, experts]
-            let per_token = Tensor::f_zeros([c.d_vocab, n_experts], (Kind::Double, tch::Device::Cpu))?
-                .f_index_add(0, &batch.clean.f_flatten(0, -1)?, &hits.f_flatten(0, 1)?)?;
+            let per_token = Tensor::f_zeros([c.d_vocab, n_experts], (Kind::Double, tch::Device::Cpu))?.f_index_add(
+                0,
+                &batch.clean.f_flatten(0, -1)?,
+                &hits.f_flatten(0, 1)?,
+            )?;
             let _ = counts.f_get(i as i64)?.f_add_(&per_token)?;
             let share = hits.f_sum_dim_intlist([0, 1].as_slice(), false, Kind::Double)?;
             usage.push(share.f_div(&share.f_sum(Kind::Double)?)?);

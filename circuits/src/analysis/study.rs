@@ -6,12 +6,14 @@ use std::time::Instant;
 
 use interp_core::HookedTransformer;
 
-use crate::analysis::{behaviour, causal_tracing, circuit_discovery, head_scores, logit_lens, patching_sweep, CausalTracingConfig, CircuitDiscoveryConfig, PatchingSweepConfig};
-use crate::edge_run::EdgeRun;
-use crate::patching::PatchSite;
+use crate::analysis::{
+    behaviour, causal_tracing, circuit_discovery, head_scores, logit_lens, patching_sweep, CausalTracingConfig, CircuitDiscoveryConfig, PatchingSweepConfig,
+};
 use crate::causal_tracing::TracePrompt;
+use crate::edge_run::EdgeRun;
 use crate::error::{Error, Result};
 use crate::output::Output;
+use crate::patching::PatchSite;
 use crate::prompts::TaskPrompts;
 use crate::table::Table;
 
@@ -64,7 +66,14 @@ fn peak_rss_gb() -> f64 {
 /// Studies `model` on `ioi` (one answer and one wrong token per pair) and `facts`, writing
 /// every section into `out`; `token_text` renders token ids for the charts. Returns each step's
 /// cost (also written as the `steps` table).
-pub fn study(model: &HookedTransformer, ioi: &TaskPrompts, facts: &[TracePrompt], token_text: &dyn Fn(i64) -> String, cfg: &StudyConfig, out: &mut Output) -> Result<Vec<StudyStep>> {
+pub fn study(
+    model: &HookedTransformer,
+    ioi: &TaskPrompts,
+    facts: &[TracePrompt],
+    token_text: &dyn Fn(i64) -> String,
+    cfg: &StudyConfig,
+    out: &mut Output,
+) -> Result<Vec<StudyStep>> {
     if ioi.is_empty() || cfg.n_ioi == 0 {
         return Err(Error::Input("the study needs IOI pairs (and n_ioi > 0)".into()));
     }

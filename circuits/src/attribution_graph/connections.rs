@@ -35,7 +35,15 @@ pub struct FeatureConnections {
 /// frozen norm scales and attention weights they give the input-dependent attribution: feature s
 /// at position p' to feature t at position p is `a_s / sigma_t(p) * (residual[s, t] [p = p'] +
 /// sum_h A_h[p, p'] / sigma_1(p') heads[h, s, t])` (exact for adjacent layers).
-pub fn feature_connections(model: &HookedTransformer, src_layer: usize, src: &SparseDictionary, src_features: &[i64], tgt_layer: usize, tgt: &SparseDictionary, tgt_features: &[i64]) -> Result<FeatureConnections> {
+pub fn feature_connections(
+    model: &HookedTransformer,
+    src_layer: usize,
+    src: &SparseDictionary,
+    src_features: &[i64],
+    tgt_layer: usize,
+    tgt: &SparseDictionary,
+    tgt_features: &[i64],
+) -> Result<FeatureConnections> {
     if src_layer >= tgt_layer || tgt_layer >= model.cfg.n_layers {
         return Err(Error::Input(format!("connections run from an earlier layer to a later one inside the model; got {src_layer} -> {tgt_layer}")));
     }
@@ -53,9 +61,7 @@ pub fn feature_connections(model: &HookedTransformer, src_layer: usize, src: &Sp
             d = d.f_mul(&g.f_to_kind(Kind::Double)?)?;
         }
         let (w_v, w_o) = (model.w_v(l)?.f_to_kind(Kind::Double)?, model.w_o(l)?.f_to_kind(Kind::Double)?);
-        let heads = (0..c.n_heads)
-            .map(|h| Ok(d.f_matmul(&w_v.f_get(h / group)?)?.f_matmul(&w_o.f_get(h)?)?.f_matmul(&e_tgt)?))
-            .collect::<Result<Vec<_>>>()?;
+        let heads = (0..c.n_heads).map(|h| Ok(d.f_matmul(&w_v.f_get(h / group)?)?.f_matmul(&w_o.f_get(h)?)?.f_matmul(&e_tgt)?)).collect::<Result<Vec<_>>>()?;
         layers.push(Tensor::f_stack(&heads, 0)?);
     }
     Ok(FeatureConnections { residual, heads: Tensor::f_stack(&layers, 0)? })

@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::report::{html_escape, write_graph_page};
 use serde_json::json;
 use tch::Kind;
-use crate::report::{html_escape, write_graph_page};
 use transcoders::visible_token;
 
 /// For every `div.gv` of the page: the slider hides feature and error nodes (and their edges)
@@ -139,7 +139,14 @@ impl AttributionGraph {
     }
 
     /// A self-contained HTML page of [`AttributionGraph::html_view`].
-    pub fn write_html(&self, pruned: &Pruned, path: &Path, title: &str, token_text: &dyn Fn(i64) -> String, feature_labels: &HashMap<(usize, i64), String>) -> Result<()> {
+    pub fn write_html(
+        &self,
+        pruned: &Pruned,
+        path: &Path,
+        title: &str,
+        token_text: &dyn Fn(i64) -> String,
+        feature_labels: &HashMap<(usize, i64), String>,
+    ) -> Result<()> {
         write_graph_page(path, title, &self.html_view(pruned, token_text, feature_labels)?)
     }
 
@@ -175,7 +182,8 @@ impl AttributionGraph {
             cells.entry((row_of(&self.nodes[i]), pos_of(&self.nodes[i]))).or_default().push(i);
         }
         // At least as wide as the position's token, in the 13 px monospace of the token axis.
-        let mut col_w: Vec<f64> = self.tokens.iter().map(|&t| f64::max(min_col_w, (8.0 * visible_token(&token_text(t)).chars().count() as f64 + 8.0).min(120.0))).collect();
+        let mut col_w: Vec<f64> =
+            self.tokens.iter().map(|&t| f64::max(min_col_w, (8.0 * visible_token(&token_text(t)).chars().count() as f64 + 8.0).min(120.0))).collect();
         for ((_, pos), members) in &cells {
             col_w[*pos as usize] = f64::max(col_w[*pos as usize], node_w * members.len() as f64);
         }
@@ -233,10 +241,14 @@ impl AttributionGraph {
                     ("#f4a582", format!("activation {activation:.3}"), (format!("L{layer}/{feature}"), text))
                 }
                 Node::Error { layer, .. } => ("#bababa", "transcoder error".to_string(), (format!("err L{layer}"), String::new())),
-                Node::Token { token, .. } => ("#92c5de", format!("token {}", html_escape(&token_text(*token))), (visible_token(&token_text(*token)), String::new())),
-                Node::Logit { token, probability } => {
-                    ("#a6d96a", format!("\"{}\" p={probability:.3}", html_escape(&token_text(*token))), (visible_token(&token_text(*token)), format!("p={probability:.2}")))
+                Node::Token { token, .. } => {
+                    ("#92c5de", format!("token {}", html_escape(&token_text(*token))), (visible_token(&token_text(*token)), String::new()))
                 }
+                Node::Logit { token, probability } => (
+                    "#a6d96a",
+                    format!("\"{}\" p={probability:.3}", html_escape(&token_text(*token))),
+                    (visible_token(&token_text(*token)), format!("p={probability:.2}")),
+                ),
             };
             let r = 3.0 + 9.0 * pruned.influence[i].max(0.0).sqrt().min(1.0);
             let name = html_escape(format!("{} {}", label.0, label.1).trim());
@@ -249,7 +261,8 @@ impl AttributionGraph {
             let short = |t: &str| html_escape(&t.chars().take(8).collect::<String>());
             svg += &format!("<text data-i=\"{i}\" x=\"{x:.1}\" y=\"{:.1}\" class=\"lbl\" text-anchor=\"middle\">{}</text>\n", y + r + 10.0, short(&label.0));
             if !label.1.is_empty() {
-                svg += &format!("<text data-i=\"{i}\" x=\"{x:.1}\" y=\"{:.1}\" class=\"lbl2\" text-anchor=\"middle\">{}</text>\n", y + r + 20.0, short(&label.1));
+                svg +=
+                    &format!("<text data-i=\"{i}\" x=\"{x:.1}\" y=\"{:.1}\" class=\"lbl2\" text-anchor=\"middle\">{}</text>\n", y + r + 20.0, short(&label.1));
             }
         }
         Ok(format!(

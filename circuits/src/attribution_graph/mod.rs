@@ -44,8 +44,8 @@ use transcoders::TranscoderSet;
 use crate::budget::MemoryBudget;
 use crate::error::{Error, Result};
 
-pub(crate) use export::cantor;
 pub use connections::{de_embedding, feature_connections, residual_encoder, FeatureConnections};
+pub(crate) use export::cantor;
 pub use prune::Pruned;
 pub use replacement::check_transcoders;
 use replacement::{expand, read, Leaves, Replacement};
@@ -79,7 +79,15 @@ pub struct GraphConfig {
 
 impl Default for GraphConfig {
     fn default() -> Self {
-        GraphConfig { max_logits: 10, logit_probability: 0.95, batch_size: 32, progress: false, budget: MemoryBudget::DEFAULT, keep_position_0: false, max_feature_nodes: None }
+        GraphConfig {
+            max_logits: 10,
+            logit_probability: 0.95,
+            batch_size: 32,
+            progress: false,
+            budget: MemoryBudget::DEFAULT,
+            keep_position_0: false,
+            max_feature_nodes: None,
+        }
     }
 }
 
@@ -197,7 +205,10 @@ pub fn attribution_graph(model: &HookedTransformer, transcoders: &TranscoderSet,
     let written: u64 = rep.clean.active.iter().map(|a| a.decoders.len() as u64).sum();
     let per_row = (4 * n_features as u64 + n_pos as u64 * d_model * (2 * written + 3 * (n_layers as u64 + 1) + 12 * n_layers as u64)) * 4;
     let rows_held = if n_kept == n_features { n } else { n_kept + n_logits } as u64;
-    let what = format!("an attribution graph of {n} nodes ({n_pos} tokens{})", if n_kept < n_features { format!(", {n_kept} of {n_features} features") } else { String::new() });
+    let what = format!(
+        "an attribution graph of {n} nodes ({n_pos} tokens{})",
+        if n_kept < n_features { format!(", {n_kept} of {n_features} features") } else { String::new() }
+    );
     let rows = cfg.budget.rows(transcoders.n_bytes() + rows_held * n as u64 * 4, per_row, &what)?;
     let batch_size = cfg.batch_size.min(rows) as usize;
     let mut rows = Rows::new(&rep, &nodes, rows_held as i64, n as i64, first_logit)?;
@@ -284,8 +295,9 @@ impl<'r, 'a> Rows<'r, 'a> {
         }
         cols.push(grad(0)?.f_mul(&rep.clean.embed)?.f_sum_dim_intlist(-1, false, Kind::Float)?);
         let block = Tensor::f_cat(&cols, 1)?.f_to_device(Device::Cpu)?; // [rows, n_sources]
-        // Rows by node index when the rows are the whole adjacency, else in the order computed.
-        let at: Vec<i64> = if self.by_node { chunk.iter().map(|&t| t as i64).collect() } else { (0..chunk.len() as i64).map(|i| i + self.targets.len() as i64).collect() };
+                                                                        // Rows by node index when the rows are the whole adjacency, else in the order computed.
+        let at: Vec<i64> =
+            if self.by_node { chunk.iter().map(|&t| t as i64).collect() } else { (0..chunk.len() as i64).map(|i| i + self.targets.len() as i64).collect() };
         let _ = self.edges.f_narrow(1, 0, self.first_logit as i64)?.f_index_copy_(0, &Tensor::f_from_slice(&at)?, &block)?;
         for (i, &t) in chunk.iter().enumerate() {
             self.targets.push(t);
@@ -325,7 +337,15 @@ impl<'r, 'a> Rows<'r, 'a> {
         };
         let nodes: Vec<Node> = keep.iter().map(|&i| nodes[i as usize].clone()).collect();
         let features_left_out = visited.iter().filter(|v| !**v).count();
-        Ok(AttributionGraph { tokens: tokens.to_vec(), n_layers, nodes, adjacency, values: Tensor::f_from_slice(&values)?, biases: Tensor::f_from_slice(&biases)?, features_left_out })
+        Ok(AttributionGraph {
+            tokens: tokens.to_vec(),
+            n_layers,
+            nodes,
+            adjacency,
+            values: Tensor::f_from_slice(&values)?,
+            biases: Tensor::f_from_slice(&biases)?,
+            features_left_out,
+        })
     }
 }
 

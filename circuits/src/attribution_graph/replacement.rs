@@ -32,7 +32,10 @@ pub fn check_transcoders(model: &HookedTransformer, transcoders: &TranscoderSet)
             return Err(Error::Input(format!("{n} transcoders for a model with {} layers: one per layer is needed", c.n_layers)));
         }
         TranscoderSet::CrossLayer(_) if n != c.n_layers => {
-            return Err(Error::Input(format!("a cross-layer transcoder of {n} layers for a model with {} layers: its layer count must be the model's", c.n_layers)));
+            return Err(Error::Input(format!(
+                "a cross-layer transcoder of {n} layers for a model with {} layers: its layer count must be the model's",
+                c.n_layers
+            )));
         }
         _ => {}
     }
@@ -105,7 +108,8 @@ impl Active {
         let n_pos = self.starts.size()[0];
         let d = self.decoders[j].size()[1];
         let indices = Tensor::f_arange(n_l, (Kind::Int64, acts.device()))?.f_repeat([rows])?;
-        let offsets = Tensor::f_arange(rows, (Kind::Int64, acts.device()))?.f_mul_scalar(n_l)?.f_unsqueeze(1)?.f_add(&self.starts.f_unsqueeze(0)?)?.f_flatten(0, -1)?;
+        let offsets =
+            Tensor::f_arange(rows, (Kind::Int64, acts.device()))?.f_mul_scalar(n_l)?.f_unsqueeze(1)?.f_add(&self.starts.f_unsqueeze(0)?)?.f_flatten(0, -1)?;
         let weights = acts.f_to_kind(self.decoders[j].kind())?.f_flatten(0, -1)?;
         let (sum, _, _, _) = Tensor::f_embedding_bag(&self.decoders[j], &indices, &offsets, false, 0, false, Some(weights), false)?;
         sum.f_reshape([rows, n_pos, d])
@@ -190,11 +194,15 @@ impl<'a> Replacement<'a> {
         let n_zeroed = if zero_position_0 { 1 } else { 0 };
         let x: Vec<Tensor> = hooks.iter().map(|(i, _)| get(i)).collect::<Result<_>>()?;
         let (latents, recon) = tch::no_grad(|| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
-            let latents = x.iter().enumerate().map(|(l, x)| -> Result<Tensor> {
-                let a = transcoders.encode(l, x)?;
-                let _ = a.f_narrow(0, 0, n_zeroed)?.f_zero_()?;
-                Ok(a)
-            }).collect::<Result<Vec<_>>>()?;
+            let latents = x
+                .iter()
+                .enumerate()
+                .map(|(l, x)| -> Result<Tensor> {
+                    let a = transcoders.encode(l, x)?;
+                    let _ = a.f_narrow(0, 0, n_zeroed)?.f_zero_()?;
+                    Ok(a)
+                })
+                .collect::<Result<Vec<_>>>()?;
             let recon = transcoders.decode(&x, &latents)?;
             Ok((latents, recon))
         })?;
@@ -256,7 +264,10 @@ impl<'a> Replacement<'a> {
             hooks = hooks.add(hook_out, move |_, _| {
                 // b_dec and the skip path, the decoder rows of the active features of every
                 // layer that writes here at their positions, the error and the constant.
-                let x = inputs.borrow()[l].as_ref().map(Tensor::shallow_clone).ok_or_else(|| interp_core::Error::Input(format!("layer {l}'s transcoder input hook did not fire")))?;
+                let x = inputs.borrow()[l]
+                    .as_ref()
+                    .map(Tensor::shallow_clone)
+                    .ok_or_else(|| interp_core::Error::Input(format!("layer {l}'s transcoder input hook did not fire")))?;
                 let mut total = set.decoder_bias(l, &x.f_to_kind(Kind::Float)?).map_err(|e| interp_core::Error::Input(e.to_string()))?.f_to_kind(err.kind())?;
                 for (src, (acts, active)) in leaves.acts.iter().zip(&c.active).enumerate().take(l + 1) {
                     let j = l - src;
@@ -290,7 +301,8 @@ impl<'a> Replacement<'a> {
         let rows = targets.len() as i64;
         let pos = self.tokens.size()[1];
         let dev = self.model.device();
-        let inject: Vec<Tensor> = (0..c.n_layers).map(|_| Tensor::f_zeros([rows, pos, c.d_model], (Kind::Float, dev))).collect::<std::result::Result<_, _>>()?;
+        let inject: Vec<Tensor> =
+            (0..c.n_layers).map(|_| Tensor::f_zeros([rows, pos, c.d_model], (Kind::Float, dev))).collect::<std::result::Result<_, _>>()?;
         let inject_final = Tensor::f_zeros([rows, pos, c.d_model], (Kind::Float, dev))?;
         let mut constant = vec![0f64; targets.len()];
         let w_u = self.model.w_u().f_to_kind(Kind::Float)?;
@@ -319,11 +331,12 @@ impl<'a> Replacement<'a> {
 }
 
 pub(super) fn read(x_in: &[Tensor], x_final: &Tensor, r: &Readout) -> Result<Tensor> {
-    let dot = |x: &Tensor, g: &Tensor| -> Result<Tensor> { Ok(x.f_to_kind(Kind::Double)?.f_mul(&g.f_to_kind(Kind::Double)?)?.f_sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Double)?) };
+    let dot = |x: &Tensor, g: &Tensor| -> Result<Tensor> {
+        Ok(x.f_to_kind(Kind::Double)?.f_mul(&g.f_to_kind(Kind::Double)?)?.f_sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Double)?)
+    };
     let mut total = dot(x_final, &r.inject_final)?;
     for (x, g) in x_in.iter().zip(&r.inject) {
         total = total.f_add(&dot(x, g)?)?;
     }
     Ok(total.f_to_device(Device::Cpu)?.f_add(&r.constant)?)
 }
-

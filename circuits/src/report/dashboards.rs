@@ -41,7 +41,8 @@ pub fn dashboards_html(dashboards: &[LatentDashboard]) -> String {
             for (i, (tok, a)) in c.tokens[range.clone()].iter().zip(&c.activations[range]).enumerate() {
                 let alpha = if d.max_activation > 0.0 { (a / d.max_activation).clamp(0.0, 1.0) } else { 0.0 };
                 let outline = if i == peak { ";outline:1px solid #a04000" } else { "" };
-                let _ = write!(h, "<span style=\"background:rgba(230,126,34,{alpha:.2}){outline}\" title=\"{a:.3}\">{}</span>", html_escape(&visible_token(tok)));
+                let _ =
+                    write!(h, "<span style=\"background:rgba(230,126,34,{alpha:.2}){outline}\" title=\"{a:.3}\">{}</span>", html_escape(&visible_token(tok)));
             }
             h.push_str("</div>");
         }

@@ -32,7 +32,8 @@ pub(crate) fn html_escape(s: &str) -> String {
 }
 
 /// Styles of the attribution graph's view.
-const GRAPH_CSS: &str = ".axis{font-size:13px;fill:#444} .tok{font-size:13px;font-family:monospace} .lbl{font-size:9px;fill:#333} .lbl2{font-size:9px;fill:#8a4b08}";
+const GRAPH_CSS: &str =
+    ".axis{font-size:13px;fill:#444} .tok{font-size:13px;font-family:monospace} .lbl{font-size:9px;fill:#333} .lbl2{font-size:9px;fill:#8a4b08}";
 
 /// Styles of the dashboards fragment.
 const DASHBOARD_CSS: &str = ".ctx{font-family:monospace;white-space:pre-wrap;margin:.2em 0}.ctx span{border-radius:2px}\
@@ -237,7 +238,8 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc_4648_vectors() {
-        for (input, expected) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
+        for (input, expected) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")]
+        {
             assert_eq!(base64(input.as_bytes()), expected);
         }
     }

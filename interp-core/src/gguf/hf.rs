@@ -185,14 +185,21 @@ pub(crate) fn config(file: &GgufFile) -> Result<Json> {
     let int = |k: &str| -> Result<Option<i64>> {
         match file.get(&key(k)) {
             None => Ok(None),
-            Some(v) => v.as_u64().and_then(|n| i64::try_from(n).ok()).filter(|&n| n > 0).map(Some).ok_or_else(|| bad(format!("`{}` must be a positive integer, found {}", key(k), v.summary()))),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| i64::try_from(n).ok())
+                .filter(|&n| n > 0)
+                .map(Some)
+                .ok_or_else(|| bad(format!("`{}` must be a positive integer, found {}", key(k), v.summary()))),
         }
     };
     let need = |k: &str| int(k)?.ok_or_else(|| bad(format!("the metadata has no `{}`", key(k))));
     let float = |k: &str| -> Result<Option<f64>> {
         match file.get(&key(k)) {
             None => Ok(None),
-            Some(v) => v.as_f64().filter(|x| x.is_finite()).map(Some).ok_or_else(|| bad(format!("`{}` must be a finite number, found {}", key(k), v.summary()))),
+            Some(v) => {
+                v.as_f64().filter(|x| x.is_finite()).map(Some).ok_or_else(|| bad(format!("`{}` must be a finite number, found {}", key(k), v.summary())))
+            }
         }
     };
     for refused in ["rope.scaling.type", "rope.scaling.factor"] {

@@ -308,7 +308,12 @@ impl GgufFile {
             let shape_text = format!("{:?}", ne.iter().rev().collect::<Vec<_>>());
             let numel = numel.filter(|&n| n > 0).ok_or_else(|| format!("tensor `{name}` has shape {shape_text}: empty or too large"))?;
             if ne[0] % ggml_type.block().0 as u64 != 0 {
-                return Err(format!("tensor `{name}` ({}, shape {shape_text}): its rows of {} weights are not whole blocks of {}", ggml_type.name(), ne[0], ggml_type.block().0));
+                return Err(format!(
+                    "tensor `{name}` ({}, shape {shape_text}): its rows of {} weights are not whole blocks of {}",
+                    ggml_type.name(),
+                    ne[0],
+                    ggml_type.block().0
+                ));
             }
             let len = ggml_type.bytes_for(numel).ok_or_else(|| format!("tensor `{name}`: {numel} weights are not whole {} blocks", ggml_type.name()))?;
             if offset % alignment as u64 != 0 {
@@ -317,13 +322,9 @@ impl GgufFile {
             let start = (data_start as u64).checked_add(offset);
             let end = start.and_then(|s| s.checked_add(len));
             match (start, end) {
-                (Some(start), Some(end)) if end <= bytes.len() as u64 => tensors.push(TensorInfo {
-                    shape: ne.iter().rev().map(|&d| d as i64).collect(),
-                    name,
-                    ggml_type,
-                    offset: start as usize,
-                    len: len as usize,
-                }),
+                (Some(start), Some(end)) if end <= bytes.len() as u64 => {
+                    tensors.push(TensorInfo { shape: ne.iter().rev().map(|&d| d as i64).collect(), name, ggml_type, offset: start as usize, len: len as usize })
+                }
                 _ => {
                     return Err(format!(
                         "truncated: tensor `{name}` ({}, shape {shape_text}, {len} bytes at data offset {offset}) lies past the end of the file ({} bytes)",
@@ -403,7 +404,10 @@ pub fn find(path: &Path) -> Result<Option<PathBuf>> {
         1 => Ok(found.pop()),
         n => Err(Error::Checkpoint {
             path: path.to_path_buf(),
-            message: format!("{n} GGUF files here ({}): name the one to load", found.iter().filter_map(|f| f.file_name()).map(|f| f.to_string_lossy()).collect::<Vec<_>>().join(", ")),
+            message: format!(
+                "{n} GGUF files here ({}): name the one to load",
+                found.iter().filter_map(|f| f.file_name()).map(|f| f.to_string_lossy()).collect::<Vec<_>>().join(", ")
+            ),
         }),
     }
 }

@@ -130,11 +130,14 @@ pub(crate) fn tokenizer_json(file: &GgufFile, config: &Json) -> Result<String> {
     let model = file.get("tokenizer.ggml.model").and_then(Value::as_str).ok_or_else(|| bad("no `tokenizer.ggml.model` in the metadata".into()))?;
     let tokens = strings("tokenizer.ggml.tokens")?.ok_or_else(|| bad("no `tokenizer.ggml.tokens` in the metadata".into()))?;
     let types: Vec<i64> = match file.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
-        Some(t) if t.len() == tokens.len() => t.iter().map(|v| match v {
-            Value::Int(n) => *n,
-            Value::Uint(n) => *n as i64,
-            _ => 0,
-        }).collect(),
+        Some(t) if t.len() == tokens.len() => t
+            .iter()
+            .map(|v| match v {
+                Value::Int(n) => *n,
+                Value::Uint(n) => *n as i64,
+                _ => 0,
+            })
+            .collect(),
         Some(t) => return Err(bad(format!("{} token types for {} tokens", t.len(), tokens.len()))),
         None => vec![],
     };
@@ -145,10 +148,8 @@ pub(crate) fn tokenizer_json(file: &GgufFile, config: &Json) -> Result<String> {
         "gpt2" => {
             let merges = merges.ok_or_else(|| bad("a byte-level BPE vocabulary (`gpt2`) without `tokenizer.ggml.merges`".into()))?;
             let spelling = byte_alphabet();
-            let tokens: Vec<String> = tokens
-                .into_iter()
-                .map(|t| if t.chars().all(in_byte_alphabet) { t } else { t.bytes().map(|b| spelling[b as usize]).collect() })
-                .collect();
+            let tokens: Vec<String> =
+                tokens.into_iter().map(|t| if t.chars().all(in_byte_alphabet) { t } else { t.bytes().map(|b| spelling[b as usize]).collect() }).collect();
             let merges = split_merges(&merges).map_err(bad)?;
             let pre = file.get("tokenizer.ggml.pre").and_then(Value::as_str).and_then(split_regex);
             let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
@@ -195,13 +196,21 @@ pub(crate) fn tokenizer_json(file: &GgufFile, config: &Json) -> Result<String> {
             let replace = |from: &str, to: &str| json!({"type": "Replace", "pattern": {"String": from}, "content": to});
             let fallback = vec![replace("\u{2581}", " "), json!({"type": "ByteFallback"}), json!({"type": "Fuse"})];
             let (normalizer, pre, decoder) = if gemma {
-                (replace(" ", "\u{2581}"), json!({"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false}), json!({"type": "Sequence", "decoders": fallback}))
+                (
+                    replace(" ", "\u{2581}"),
+                    json!({"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false}),
+                    json!({"type": "Sequence", "decoders": fallback}),
+                )
             } else {
                 let mut strip = fallback;
                 strip.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
                 let decoder = json!({"type": "Sequence", "decoders": strip});
                 match arch {
-                    "phi3" => (json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, replace(" ", "\u{2581}")]}), Json::Null, decoder),
+                    "phi3" => (
+                        json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, replace(" ", "\u{2581}")]}),
+                        Json::Null,
+                        decoder,
+                    ),
                     _ => (Json::Null, json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false}), decoder),
                 }
             };
@@ -225,7 +234,8 @@ pub(crate) fn tokenizer_json(file: &GgufFile, config: &Json) -> Result<String> {
         added_tokens: added,
         normalizer,
         pre_tokenizer,
-        post_processor: match (config["add_bos_token"].as_bool(), config["bos_token"].as_str(), file.get("tokenizer.ggml.bos_token_id").and_then(Value::as_u64)) {
+        post_processor: match (config["add_bos_token"].as_bool(), config["bos_token"].as_str(), file.get("tokenizer.ggml.bos_token_id").and_then(Value::as_u64))
+        {
             (Some(true), Some(bos), Some(id)) => json!({
                 "type": "TemplateProcessing",
                 "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{BlockNames, Dim, Layers, MoeNames, QkvNames, RopeParams, TensorNames};
-use crate::config::{Activation, Family, MoeConfig, ModelConfig, NormKind, Positional, QkNorm, Rotary};
+use crate::config::{Activation, Family, ModelConfig, MoeConfig, NormKind, Positional, QkNorm, Rotary};
 use crate::error::{Error, Result};
 
 /// The keys HF's `LlamaConfig`, `MistralConfig` and `Qwen2Config` share (Gemma's config extends
@@ -213,11 +213,9 @@ pub(crate) fn names(cfg: &ModelConfig) -> TensorNames {
         .map(|l| {
             let b = format!("model.layers.{l}");
             let (ln2, ln1_post, ln2_post) = match cfg.post_norms {
-                true => (
-                    format!("{b}.pre_feedforward_layernorm"),
-                    Some(format!("{b}.post_attention_layernorm")),
-                    Some(format!("{b}.post_feedforward_layernorm")),
-                ),
+                true => {
+                    (format!("{b}.pre_feedforward_layernorm"), Some(format!("{b}.post_attention_layernorm")), Some(format!("{b}.post_feedforward_layernorm")))
+                }
                 false => (format!("{b}.post_attention_layernorm"), None, None),
             };
             let phi3 = cfg.model_type == "phi3";

@@ -25,7 +25,21 @@ use crate::model::{Attention, Block, Linear, Mlp, Moe, Norm, Params, SharedExper
 /// (`interp_post_norm` is this toolkit's own: post-norm blocks, which HF has no family for and
 /// refuses.)
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
-    "gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3_text", "mixtral", "qwen2_moe", "olmoe", "qwen3_moe",
+    "gpt2",
+    "gpt_neox",
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "olmo2",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "mixtral",
+    "qwen2_moe",
+    "olmoe",
+    "qwen3_moe",
     "interp_post_norm",
 ];
 
@@ -307,14 +321,14 @@ impl Loader<'_> {
                 true => {
                     let both = self.linear(&n.mlp_in, dm, 2 * c.d_mlp, c.mlp_bias)?;
                     let half = |start: i64| -> Result<Linear> {
-                        Ok(Linear { w: both.w.f_narrow(0, start, c.d_mlp)?.f_contiguous()?, b: both.b.as_ref().map(|b| b.f_narrow(0, start, c.d_mlp)).transpose()? })
+                        Ok(Linear {
+                            w: both.w.f_narrow(0, start, c.d_mlp)?.f_contiguous()?,
+                            b: both.b.as_ref().map(|b| b.f_narrow(0, start, c.d_mlp)).transpose()?,
+                        })
                     };
                     (half(c.d_mlp)?, Some(half(0)?))
                 }
-                false => (
-                    self.linear(&n.mlp_in, dm, c.d_mlp, c.mlp_bias)?,
-                    n.mlp_gate.as_ref().map(|g| self.linear(g, dm, c.d_mlp, c.mlp_bias)).transpose()?,
-                ),
+                false => (self.linear(&n.mlp_in, dm, c.d_mlp, c.mlp_bias)?, n.mlp_gate.as_ref().map(|g| self.linear(g, dm, c.d_mlp, c.mlp_bias)).transpose()?),
             };
             Some(Mlp {
                 ln2: self.pre_norm(&n.ln2)?,
@@ -638,7 +652,10 @@ mod tests {
         assert_eq!(base("mistral", json!({})), [Some(5); 4]);
         assert_eq!(base("qwen2", json!({"use_sliding_window": true, "max_window_layers": 2})), [None, None, Some(5), Some(5)]);
         assert_eq!(base("qwen2", json!({})), [None; 4]);
-        assert_eq!(base("llama", json!({"layer_types": ["full_attention", "sliding_attention", "full_attention", "full_attention"]})), [None, Some(5), None, None]);
+        assert_eq!(
+            base("llama", json!({"layer_types": ["full_attention", "sliding_attention", "full_attention", "full_attention"]})),
+            [None, Some(5), None, None]
+        );
     }
 
     #[test]
@@ -668,7 +685,9 @@ mod tests {
         assert!(gpt2(json!(1_000_000_000_000i64)).contains("found 1000000000000"));
         assert!(gpt2(json!(1.5)).contains("`n_layer` must be an integer, found 1.5"));
         let e = ModelConfig::from_hf_json(&json!({"model_type": "gpt2", "n_layer": 2, "n_embd": -8, "n_head": 2,
-            "vocab_size": 10, "n_positions": 16})).unwrap_err().to_string();
+            "vocab_size": 10, "n_positions": 16}))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("`n_embd` must be between 1 and 16777216, found -8"), "{e}");
         let neox = ModelConfig::from_hf_json(&json!({"model_type": "gpt_neox", "hidden_size": 64, "num_attention_heads": 4,
             "num_hidden_layers": 1, "intermediate_size": 96, "vocab_size": 10, "max_position_embeddings": 64, "rotary_pct": -1.0}));

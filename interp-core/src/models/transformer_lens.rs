@@ -14,7 +14,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::{Dim, Layers};
 use crate::checkpoint::TensorSource;
-use crate::config::{Activation, Family, ModelConfig, NormKind, Positional, Rotary, RopeScaling};
+use crate::config::{Activation, Family, ModelConfig, NormKind, Positional, RopeScaling, Rotary};
 use crate::error::{Error, Result};
 use crate::model::{Attention, Block, Linear, Mlp, Norm, Params};
 
@@ -128,7 +128,9 @@ pub(crate) fn config(c: TlConfig) -> Result<ModelConfig> {
             }
             Positional::Rotary(Rotary { dim: c.rotary_dim.map_or(d_head, |d| d.0), base: c.rotary_base.unwrap_or(10000.0), scaling: RopeScaling::None })
         }
-        other => return Err(Error::Config(format!("TransformerLens config: `positional_embedding_type: {other}` is not supported (standard, shortformer, rotary)"))),
+        other => {
+            return Err(Error::Config(format!("TransformerLens config: `positional_embedding_type: {other}` is not supported (standard, shortformer, rotary)")))
+        }
     };
     // TransformerLens divides scores by `attn_scale` (default sqrt(d_head)); we multiply.
     let attn_scale = match (c.use_attn_scale.unwrap_or(true), c.attn_scale) {

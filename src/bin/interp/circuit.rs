@@ -411,12 +411,16 @@ pub fn discover(args: &EapArgs, mut cfg: CircuitDiscoveryConfig, title: &str) ->
     }
     if let Some(a) = &found.acdc {
         let r = &a.result;
-        let done = if r.finished(&found.graph) { String::new() } else { format!(
-            " (stopped at the time limit: {} of {} receivers decided, {} tests into the next; rerun with the same --checkpoint to resume)",
-            r.receivers_done,
-            found.graph.receivers.len(),
-            r.tested_in_receiver
-        ) };
+        let done = if r.finished(&found.graph) {
+            String::new()
+        } else {
+            format!(
+                " (stopped at the time limit: {} of {} receivers decided, {} tests into the next; rerun with the same --checkpoint to resume)",
+                r.receivers_done,
+                found.graph.receivers.len(),
+                r.tested_in_receiver
+            )
+        };
         // Small thresholds (a tiny metric gap) in scientific notation, not as 0.0000.
         let tau = if a.tau >= 1e-3 { format!("{:.4}", a.tau) } else { format!("{:.3e}", a.tau) };
         println!(

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use interp::circuits::analysis::{bilinear_spectra, graph_analysis, BilinearSpectra, BilinearSpectraConfig, GraphAnalysisConfig};
 use interp::circuits::bilinear::BilinearLayer;
+use interp::circuits::MemoryBudget;
 use interp::circuits::Output;
 use interp::interp_core::{tch, HookedTransformer};
-use interp::circuits::MemoryBudget;
 use interp::transcoders::load_transcoder_set;
 use tch::Kind;
 

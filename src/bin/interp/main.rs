@@ -242,7 +242,10 @@ fn inspect(model: &HookedTransformer) {
         let layers = (0..c.n_layers).filter(|l| c.is_moe_layer(*l)).count();
         let shared = m.d_shared_expert.map_or(String::new(), |d| format!(", a shared expert of {d} units"));
         let norm = if m.norm_topk_prob { "renormalised" } else { "as they are" };
-        println!("experts        {} of {} experts x {} units per token in {layers} of {} layers, weights {norm}{shared}", m.top_k, m.n_experts, m.d_expert, c.n_layers);
+        println!(
+            "experts        {} of {} experts x {} units per token in {layers} of {} layers, weights {norm}{shared}",
+            m.top_k, m.n_experts, m.d_expert, c.n_layers
+        );
     }
     match c.d_vocab_out == c.d_vocab {
         true => println!("vocab          {}", c.d_vocab),
@@ -264,10 +267,7 @@ fn cache(model: &HookedTransformer, ids_file: Option<&Path>, text: Option<&str>,
     let ids = match (ids_file, text) {
         (Some(path), _) => {
             let tensors = Tensor::read_safetensors(path).with_context(|| format!("reading {}", path.display()))?;
-            let (_, ids) = tensors
-                .into_iter()
-                .find(|(n, _)| n == "input_ids")
-                .with_context(|| format!("{} has no tensor `input_ids`", path.display()))?;
+            let (_, ids) = tensors.into_iter().find(|(n, _)| n == "input_ids").with_context(|| format!("{} has no tensor `input_ids`", path.display()))?;
             ids
         }
         (None, Some(text)) => model.to_tokens(text, true)?,

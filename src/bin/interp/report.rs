@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
-use interp::circuits::bilinear::BilinearLayer;
 use interp::circuits::analysis::{
     bilinear_spectra, causal_tracing, circuit_discovery, graph_analysis, read_training_curve, routing_analysis, task_trace_prompts, training_curve_chart,
     BilinearSpectraConfig, CausalTracingConfig, CircuitDiscoveryConfig, GraphAnalysisConfig, RoutingConfig,
 };
+use interp::circuits::bilinear::BilinearLayer;
 use interp::circuits::{dashboards_html, heatmaps, Heatmap, Output, Report, Table, TaskPrompts, Value};
 use interp::interp_core::tasks::{Task, TaskVocab, ALL_TASKS};
 use interp::interp_core::{tch, CacheSpec, HookedTransformer};
@@ -173,11 +173,14 @@ fn summary(model: &HookedTransformer, dir: &Path, slug: &str, tokens: &Tensor, o
         ("layers", c.n_layers.to_string()),
         ("d_model", c.d_model.to_string()),
         ("heads", format!("{} (kv heads {}), d_head {}", c.n_heads, c.n_kv_heads, c.d_head)),
-        ("mlp", match (&c.moe, c.attn_only) {
-            (_, true) => "none (attention-only)".into(),
-            (Some(m), _) => format!("{} of {} experts x {} units per token ({:?}, gated)", m.top_k, m.n_experts, m.d_expert, c.act),
-            (None, _) => format!("d_mlp {} ({:?}{})", c.d_mlp, c.act, if c.gated_mlp { ", gated" } else { "" }),
-        }),
+        (
+            "mlp",
+            match (&c.moe, c.attn_only) {
+                (_, true) => "none (attention-only)".into(),
+                (Some(m), _) => format!("{} of {} experts x {} units per token ({:?}, gated)", m.top_k, m.n_experts, m.d_expert, c.act),
+                (None, _) => format!("d_mlp {} ({:?}{})", c.d_mlp, c.act, if c.gated_mlp { ", gated" } else { "" }),
+            },
+        ),
         ("vocabulary", c.d_vocab.to_string()),
         ("context", c.n_ctx.to_string()),
         ("norm", format!("{:?}", c.norm)),
@@ -232,10 +235,12 @@ fn summary(model: &HookedTransformer, dir: &Path, slug: &str, tokens: &Tensor, o
         x_label: "residual stream after".into(),
         y_label: "token > next".into(),
     };
-    out.chart("logit_lens", "logit lens: the probability each residual stream (through the final norm and unembedding) gives the actual next token", |p| heatmaps(p, std::slice::from_ref(&panel)))?;
+    out.chart("logit_lens", "logit lens: the probability each residual stream (through the final norm and unembedding) gives the actual next token", |p| {
+        heatmaps(p, std::slice::from_ref(&panel))
+    })?;
     // Show the last position first in the report: that is the prediction the prompt asks for.
     table.rows.sort_by_key(|r| std::cmp::Reverse(if let Value::Int(p) = r[1] { p } else { 0 }));
-    Ok(    out.table("logit_lens", "logit lens, last position first", &table)?)
+    Ok(out.table("logit_lens", "logit lens, last position first", &table)?)
 }
 
 fn transpose(grid: &[Vec<f64>]) -> Vec<Vec<f64>> {
@@ -252,7 +257,7 @@ fn task_scores(model: &HookedTransformer, vocab: &TaskVocab, out: &mut Output) -
         table.push(vec![task.name().into(), 256usize.into(), score.into()]);
     }
     out.report.paragraph("Scores on 256 fresh prompts per task (accuracy; greater-than: P(> YY) - P(<= YY)).");
-    Ok(    out.table("task_scores", "task scores", &table)?)
+    Ok(out.table("task_scores", "task scores", &table)?)
 }
 
 /// Metrics and dashboards of every SAELens folder under MODEL/saes and MODEL/transcoders.

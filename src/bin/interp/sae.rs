@@ -12,8 +12,8 @@ use interp::interp_core::train::Schedule;
 use interp::interp_core::{tch, CacheSpec, HookedTransformer};
 use interp::transcoders::runner::{eval_contexts, train_cross_layer, train_dictionary, RunnerConfig, TRAIN_LOG};
 use interp::transcoders::{
-    evaluate, evaluate_activations, evaluate_set, latent_dashboards, load_transcoder_set, random_latents, readable_latents, ActivationSource, Architecture, CachedActivations, DictionaryMetrics, InMemoryActivations, SaeTrainConfig,
-    SetMetrics, SparseDictionary, StoreConfig,
+    evaluate, evaluate_activations, evaluate_set, latent_dashboards, load_transcoder_set, random_latents, readable_latents, ActivationSource, Architecture,
+    CachedActivations, DictionaryMetrics, InMemoryActivations, SaeTrainConfig, SetMetrics, SparseDictionary, StoreConfig,
 };
 use tch::{Kind, Tensor};
 
@@ -294,7 +294,10 @@ fn print_set_metrics(m: &SetMetrics) {
     }
     let d = &m.downstream;
     println!("all layers: L0 {:.2} per token, FVU {:.4}, dead {:.2}%", m.l0, m.fvu, 100.0 * m.dead_fraction);
-    println!("every MLP spliced: CE loss recovered {:.4} (clean {:.4}, spliced {:.4}, all zero-ablated {:.4}); KL {:.4}", d.ce_loss_recovered, d.ce_clean, d.ce_spliced, d.ce_zero_ablation, d.kl_spliced);
+    println!(
+        "every MLP spliced: CE loss recovered {:.4} (clean {:.4}, spliced {:.4}, all zero-ablated {:.4}); KL {:.4}",
+        d.ce_loss_recovered, d.ce_clean, d.ce_spliced, d.ce_zero_ablation, d.kl_spliced
+    );
 }
 
 impl TrainArgs {
@@ -365,7 +368,13 @@ fn train(a: &TrainArgs) -> Result<()> {
         print_set_metrics(&run.metrics);
         println!("{:.0} tokens/s; saved to {}", run.report.tokens_per_sec, a.out.display());
         let mut out = Output::new(&a.out, &run.clt.cfg().describe())?;
-        out.report.paragraph(&format!("Trained {} steps on {} from {}; evaluated on {} held-out tokens.", cfg.train.steps, a.data, a.model.model_dir.display(), run.metrics.n_tokens));
+        out.report.paragraph(&format!(
+            "Trained {} steps on {} from {}; evaluated on {} held-out tokens.",
+            cfg.train.steps,
+            a.data,
+            a.model.model_dir.display(),
+            run.metrics.n_tokens
+        ));
         write_set_metrics(&mut out, "evaluation", &run.metrics)?;
         training_curve_chart(&mut out, "training_curve", &read_training_curve(&a.out.join(TRAIN_LOG))?)?;
         out.write_report()?;
@@ -378,7 +387,14 @@ fn train(a: &TrainArgs) -> Result<()> {
     let c = run.dictionary.cfg();
     let hooks = if c.hook_name == c.hook_name_out { c.hook_name.clone() } else { format!("{} -> {}", c.hook_name, c.hook_name_out) };
     let mut out = Output::new(&a.out, &format!("{} on {hooks}", c.describe()))?;
-    out.report.paragraph(&format!("{} latents, trained {} steps on {} from {}; evaluated on {} held-out tokens.", c.d_sae, cfg.train.steps, a.data, a.model.model_dir.display(), run.metrics.n_tokens));
+    out.report.paragraph(&format!(
+        "{} latents, trained {} steps on {} from {}; evaluated on {} held-out tokens.",
+        c.d_sae,
+        cfg.train.steps,
+        a.data,
+        a.model.model_dir.display(),
+        run.metrics.n_tokens
+    ));
     write_metrics(&mut out, "evaluation", &a.out.display().to_string(), &run.metrics)?;
     training_curve_chart(&mut out, "training_curve", &read_training_curve(&a.out.join(TRAIN_LOG))?)?;
     out.write_report()?;
@@ -396,7 +412,9 @@ fn activation_source(path: &Path, hooks: &[&str], batches: Option<usize>) -> Res
     let mut tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path).with_context(|| format!("reading {}", path.display()))?.into_iter().collect();
     let mut named = Vec::new();
     for hook in hooks {
-        let t = tensors.remove(*hook).with_context(|| format!("{} has no tensor `{hook}` (it has: {})", path.display(), tensors.keys().cloned().collect::<Vec<_>>().join(", ")))?;
+        let t = tensors
+            .remove(*hook)
+            .with_context(|| format!("{} has no tensor `{hook}` (it has: {})", path.display(), tensors.keys().cloned().collect::<Vec<_>>().join(", ")))?;
         let t = match t.dim() {
             3 => t.narrow(1, 1, t.size()[1] - 1).flatten(0, 1),
             2 => t,

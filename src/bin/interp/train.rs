@@ -179,7 +179,8 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         }
         for (key, what) in [("previous_token_scores", "previous-token scores"), ("induction_scores", "induction scores     ")] {
             if let Some(rows) = s[key].as_array() {
-                let rows: Vec<Vec<f64>> = rows.iter().map(|r| r.as_array().map(|r| r.iter().filter_map(|v| v.as_f64()).collect()).unwrap_or_default()).collect();
+                let rows: Vec<Vec<f64>> =
+                    rows.iter().map(|r| r.as_array().map(|r| r.iter().filter_map(|v| v.as_f64()).collect()).unwrap_or_default()).collect();
                 println!("{what} [layer][head]: {rows:.3?}");
             }
         }

@@ -8,7 +8,24 @@ use interp::interp_core::{tch, HookedTransformer};
 use tch::{Device, Kind, Tensor};
 
 /// Every architecture with HF reference fixtures (see scripts/make_fixtures.py).
-pub const ARCHS: &[&str] = &["gpt2", "gpt_neox", "gpt_neox_sequential", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3_text", "mixtral", "qwen2_moe", "olmoe", "qwen3_moe"];
+pub const ARCHS: &[&str] = &[
+    "gpt2",
+    "gpt_neox",
+    "gpt_neox_sequential",
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "olmo2",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "mixtral",
+    "qwen2_moe",
+    "olmoe",
+    "qwen3_moe",
+];
 
 pub fn fixture(arch: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(arch)

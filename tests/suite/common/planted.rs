@@ -29,15 +29,8 @@ const JUNK: i64 = 92;
 const SINK: i64 = 127;
 
 /// The circuit's edges under zero ablation (as `EdgeGraph` prints them).
-pub const ZERO_ABLATION_CIRCUIT: [&str; 7] = [
-    "embed -> L0H0.q",
-    "embed -> L0H0.k",
-    "embed -> L0H0.v",
-    "L0H0 -> L1H0.k",
-    "embed -> L1H0.q",
-    "embed -> L1H0.v",
-    "L1H0 -> logits",
-];
+pub const ZERO_ABLATION_CIRCUIT: [&str; 7] =
+    ["embed -> L0H0.q", "embed -> L0H0.k", "embed -> L0H0.v", "L0H0 -> L1H0.k", "embed -> L1H0.q", "embed -> L1H0.v", "L1H0 -> logits"];
 
 /// Under resample ablation positions are the same in both runs, so the positional q/k edges of
 /// the previous-token head carry no difference.
