@@ -11,3 +11,22 @@ pub use transcoders;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeExamples;
+
+/// The guides' Rust examples in `docs/`, compiled and run as the README's are.
+#[cfg(doctest)]
+pub mod guides {
+    #[doc = include_str!("../docs/runtime.md")]
+    pub struct Runtime;
+    #[doc = include_str!("../docs/training.md")]
+    pub struct Training;
+    #[doc = include_str!("../docs/dictionaries.md")]
+    pub struct Dictionaries;
+    #[doc = include_str!("../docs/circuits.md")]
+    pub struct Circuits;
+    #[doc = include_str!("../docs/bilinear.md")]
+    pub struct Bilinear;
+    #[doc = include_str!("../docs/attribution-graphs.md")]
+    pub struct AttributionGraphs;
+    #[doc = include_str!("../docs/reports.md")]
+    pub struct Reports;
+}
