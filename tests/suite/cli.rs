@@ -633,3 +633,33 @@ fn benchmark_scores_methods_against_known_circuits() {
     let (ok, _, err) = interp(&["benchmark", o.to_str().unwrap(), "--out", o.join("none").to_str().unwrap()]);
     assert!(!ok && err.contains("no InterpBench case here"), "{err}");
 }
+
+#[test]
+fn study_writes_every_section_on_a_task_model() {
+    // `interp study` on the bilinear task model's IOI pairs (ids, no tokenizer needed), ACDC
+    // within a time limit: every IOI section, path patching for the heads before the last
+    // output head, the (layer, position) sweep on one template, each step's cost, and ACDC's
+    // checkpoint where the report says a rerun resumes from.
+    let dir = common::Scratch::new("cli-study");
+    let ioi = dir.join("ioi.jsonl");
+    let (ok, _, err) = interp(&["prompts", "--task", "ioi", "--n", "8", "--out", ioi.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let out = dir.join("study");
+    let model = common::repo("models/tasks-bilinear");
+    let args = ["study", model.to_str().unwrap(), "--ioi", ioi.to_str().unwrap(), "--acdc-time-limit", "60s", "--out", out.to_str().unwrap()];
+    let (ok, stdout, err) = interp(&args);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("heads: path patching") && stdout.contains("patching by (layer, position)"), "{stdout}");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for section in ["Behaviour: IOI", "Logit lens", "Circuits: IOI", "Heads: IOI", "Activation patching: IOI, the", "ACDC at tau", "Cost of each step"] {
+        assert!(html.contains(section), "no {section}");
+    }
+    assert!(out.join("acdc_checkpoint.json").exists() && out.join("eap_ig_components.csv").exists());
+    let heads = std::fs::read_to_string(out.join("heads.csv")).unwrap();
+    let header: Vec<&str> = heads.lines().next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "path_patching").unwrap();
+    let values: Vec<f64> = heads.lines().skip(1).map(|l| l.split(',').nth(col).unwrap().parse().unwrap()).collect();
+    assert!(values.iter().all(|v| v.is_finite()) && values.iter().any(|v| *v != 0.0), "{values:?}");
+    let (ok, _, err) = interp(&["study", model.to_str().unwrap(), "--ioi", ioi.to_str().unwrap(), "--acdc-time-limit", "5", "--out", out.to_str().unwrap()]);
+    assert!(!ok && err.contains("unit") && err.lines().count() == 1, "{err}");
+}

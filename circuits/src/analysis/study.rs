@@ -100,7 +100,8 @@ pub fn study(
     let t = Instant::now();
     let found = circuit_discovery(model, &pairs, "IOI", &cfg.circuits)?;
     found.write(out)?;
-    step(&format!("EAP, EAP-IG({}) and faithfulness curves ({} pairs, {} edges)", cfg.circuits.steps, pairs.len(), found.graph.n_edges()), t);
+    let acdc = if cfg.circuits.acdc { ", ACDC" } else { "" };
+    step(&format!("EAP, EAP-IG({}) and faithfulness curves{acdc} ({} pairs, {} edges)", cfg.circuits.steps, pairs.len(), found.graph.n_edges()), t);
 
     let t = Instant::now();
     let edges = found.methods.last().map(|m| (&found.graph, m.scores.as_slice()));
