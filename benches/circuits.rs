@@ -215,7 +215,7 @@ fn write_ioi_prompts(dir: &Path) -> PathBuf {
 fn peak_gb<T>(f: impl FnOnce() -> T) -> (T, f64) {
     common::reset_peak_rss();
     let out = f();
-    (out, common::status_kib("VmHWM:") * 1024.0 / 1e9)
+    (out, interp::interp_core::status_kib("VmHWM:") * 1024.0 / 1e9)
 }
 
 /// EAP, EAP-IG and faithfulness points on a GPT-2-small-shaped model against a plain forward and

@@ -24,7 +24,7 @@ use tch::{Device, Kind, Tensor};
 
 /// Resident set size and its peak so far, in MiB (Linux).
 fn rss_mib() -> (f64, f64) {
-    (common::status_kib("VmRSS:") / 1024.0, common::status_kib("VmHWM:") / 1024.0)
+    (interp::interp_core::status_kib("VmRSS:") / 1024.0, interp::interp_core::status_kib("VmHWM:") / 1024.0)
 }
 
 fn main() {

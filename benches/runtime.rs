@@ -14,7 +14,8 @@ use std::time::Instant;
 
 mod common;
 
-use common::{min_secs, status_kib};
+use common::min_secs;
+use interp::interp_core::status_kib;
 use interp::interp_core::{reuse_freed_memory, tch, CacheSpec, HookedTransformer};
 use tch::{Device, Kind, Tensor};
 

@@ -21,7 +21,8 @@ mod common;
 
 use std::time::Instant;
 
-use common::{gemm_gflops, gpt2_small, min_secs, reset_peak_rss, status_kib};
+use common::{gemm_gflops, gpt2_small, min_secs, reset_peak_rss};
+use interp::interp_core::status_kib;
 use interp::interp_core::{tch, HookedTransformer};
 use interp::transcoders::{
     train_clt, train_dictionaries, ActivationSource, ActivationStore, Architecture, CltConfig, CrossLayerTranscoder, DictionaryConfig, InMemoryActivations,

@@ -75,12 +75,6 @@ pub fn gpt2_small() -> std::path::PathBuf {
     dir
 }
 
-/// A field of /proc/self/status in KiB (`VmRSS:`, `VmHWM:`); NaN off Linux.
-pub fn status_kib(field: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
-}
-
 /// Resets the process's peak RSS (VmHWM) to its current RSS (Linux), so that the next phase's
 /// peak can be read on its own.
 pub fn reset_peak_rss() {

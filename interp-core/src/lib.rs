@@ -57,7 +57,7 @@ pub use forward::{at_rows, KvCache};
 pub use generate::Sampling;
 pub use hook_point::{BlockSite, HookName, HookPoint};
 pub use hooks::{CacheSpec, HookCtx, HookFn, Hooks, Intervention, NamesFilter, Scope};
-pub use memory::reuse_freed_memory;
+pub use memory::{reuse_freed_memory, status_kib};
 pub use model::{HookedTransformer, NormSite, RunOutput, Runner};
 pub use processing::WeightProcessing;
 pub use rng::Rng;

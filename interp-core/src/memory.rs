@@ -1,4 +1,5 @@
-//! Process-wide allocator tuning for activation-heavy work.
+//! Process-wide allocator tuning for activation-heavy work, and the process's memory as the OS
+//! reports it.
 
 /// Tells glibc's malloc to keep freed memory for reuse instead of handing it back to the OS.
 ///
@@ -20,4 +21,11 @@ pub fn reuse_freed_memory() -> bool {
     {
         false
     }
+}
+
+/// A field of /proc/self/status in KiB (`VmRSS:` the resident set now, `VmHWM:` its peak so
+/// far); NaN off Linux.
+pub fn status_kib(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
 }

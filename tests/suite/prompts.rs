@@ -200,9 +200,9 @@ fn peak_rss_of_alone(test: &str) -> u64 {
 
 /// In a child of [`peak_rss_of_alone`], writes this process's peak RSS (bytes) where it asks.
 fn report_peak_rss() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()).unwrap().parse().unwrap();
-    std::fs::write(std::env::var_os("INTERP_CHILD").unwrap(), (kb * 1024).to_string()).unwrap();
+    let kib = interp::interp_core::status_kib("VmHWM:");
+    assert!(kib.is_finite(), "no VmHWM in /proc/self/status");
+    std::fs::write(std::env::var_os("INTERP_CHILD").unwrap(), ((kib * 1024.0) as u64).to_string()).unwrap();
 }
 
 #[test]

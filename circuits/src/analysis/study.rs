@@ -55,12 +55,9 @@ pub struct StudyStep {
     pub peak_gb: f64,
 }
 
-/// The process's peak resident set size (GB), from /proc/self/status (NaN elsewhere).
+/// The process's peak resident set size (GB; NaN off Linux).
 fn peak_rss_gb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
-        .map_or(f64::NAN, |kb| kb * 1024.0 / 1e9)
+    interp_core::status_kib("VmHWM:") * 1024.0 / 1e9
 }
 
 /// Studies `model` on `ioi` (one answer and one wrong token per pair) and `facts`, writing
