@@ -21,14 +21,12 @@ use std::time::Instant;
 
 use common::{median, min_secs};
 use interp::circuits::{
-    acdc, activation_patching,
-    analysis::{circuit_discovery, CircuitDiscoveryConfig},
-    budget::weight_bytes,
-    causal_trace, edge_attribution, estimate_sigma, Ablation, AcdcConfig, AcdcResult, AttributionMethod, Corruption, EdgeGraph, EdgeRun, MemoryBudget,
-    PatchSite, TaskPrompts, TraceConfig, TracePrompt,
+    acdc, activation_patching, budget::weight_bytes, causal_trace, edge_attribution, estimate_sigma, Ablation, AcdcConfig, AcdcResult, AttributionMethod,
+    Corruption, EdgeGraph, EdgeRun, MemoryBudget, PatchSite, TaskPrompts, TraceConfig, TracePrompt,
 };
 use interp::interp_core::tasks::{Task, TaskVocab};
 use interp::interp_core::{tch, HookedTransformer, NamesFilter, Rng};
+use interp::report::analysis::{circuit_discovery, CircuitDiscoveryConfig};
 use tch::{Device, Kind, Tensor};
 
 fn main() {

@@ -2,9 +2,11 @@
 //! # interp
 //!
 //! The mechanistic-interpretability toolkit: re-exports the runtime (`interp_core`), sparse
-//! dictionaries (`transcoders`) and circuit analysis (`circuits`), and builds the `interp` CLI.
+//! dictionaries (`transcoders`), circuit analysis (`circuits`) and presentation with the analyses
+//! that write it (`report`), and builds the `interp` CLI.
 pub use circuits;
 pub use interp_core;
+pub use report;
 pub use transcoders;
 
 /// The README's Rust examples, compiled (and run where not marked `no_run`) as doctests.

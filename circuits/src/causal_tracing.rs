@@ -10,7 +10,6 @@ use interp_core::{BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks, KvC
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::table::Table;
 
 /// How the subject is corrupted.
 #[derive(Debug)]
@@ -113,39 +112,13 @@ impl CausalTrace {
     pub fn indirect_effect(&self, grid: &Tensor) -> Result<Tensor> {
         Ok(grid.f_sub_scalar(self.p_corrupt)?)
     }
-
-    /// Columns: label, kind, pos, token role, layer, probability, indirect_effect.
-    pub fn to_table(&self) -> Result<Table> {
-        let mut table = Table::new(&["label", "kind", "pos", "role", "layer", "probability", "indirect_effect"]);
-        let mut grids = vec![("resid", &self.resid), ("mlp", &self.mlp), ("attn", &self.attn)];
-        if let Some(s) = &self.severed_mlp {
-            grids.push(("severed_mlp", s));
-        }
-        for (kind, grid) in grids {
-            let size = grid.size();
-            let vals = Vec::<f64>::try_from(&grid.f_reshape([-1])?.f_to_kind(Kind::Double)?)?;
-            for (i, v) in vals.iter().enumerate() {
-                let (pos, layer) = (i / size[1] as usize, i % size[1] as usize);
-                let role = TOKEN_ROLES[token_role(&self.prompt, pos)];
-                table.push(vec![
-                    self.prompt.label.clone().into(),
-                    kind.into(),
-                    pos.into(),
-                    role.into(),
-                    layer.into(),
-                    (*v).into(),
-                    (v - self.p_corrupt).into(),
-                ]);
-            }
-        }
-        Ok(table)
-    }
 }
 
 /// Token roles that grids of different prompts are aligned by when averaged (as in ROME).
 pub const TOKEN_ROLES: [&str; 6] = ["first subject", "middle subject", "last subject", "first after", "further tokens", "last token"];
 
-pub(crate) fn token_role(p: &TracePrompt, pos: usize) -> usize {
+/// The index into [`TOKEN_ROLES`] of position `pos` of `p`.
+pub fn token_role(p: &TracePrompt, pos: usize) -> usize {
     let last = p.tokens.len() - 1;
     match pos {
         _ if pos == last => 5,

@@ -385,7 +385,8 @@ impl EdgeGraph {
             .ok_or_else(|| Error::Input(format!("no edge `{text}` in this model's graph (edges look like `L0H1 -> L1H0.k`)")))
     }
 
-    pub(crate) fn sender_index(&self, s: Sender) -> usize {
+    /// The index of sender `s` among the graph's senders (the row of its node score).
+    pub fn sender_index(&self, s: Sender) -> usize {
         let per_layer = self.n_heads as usize + usize::from(self.has_mlp);
         match s {
             Sender::Embed => 0,

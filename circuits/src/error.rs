@@ -53,22 +53,6 @@ pub enum Error {
         /// What did not fit.
         what: String,
     },
-    /// plotters could not draw or write a chart.
-    #[error("chart {path}: {message}")]
-    Chart {
-        /// The chart's file.
-        path: PathBuf,
-        /// What failed.
-        message: String,
-    },
-    /// polars could not build or write a table.
-    #[error("table {path}: {message}")]
-    Table {
-        /// The table's file stem.
-        path: PathBuf,
-        /// What failed.
-        message: String,
-    },
     /// libtorch's message, first line only (the rest is a C++ backtrace).
     #[error("torch: {}", .0.to_string().lines().next().unwrap_or_default())]
     Torch(#[from] tch::TchError),

@@ -38,9 +38,7 @@ pub use edge_run::EdgeRun;
 pub use prompts::{trace_prompts_from_jsonl, PromptPair, TaskPrompts};
 pub use transcoders;
 pub mod patching;
-pub mod table;
 pub use patching::{activation_patching, PatchSite, PatchingResult};
-pub use table::{Table, Value};
 pub mod causal_tracing;
 pub use causal_tracing::{
     causal_trace, estimate_sigma, estimate_sigma_of, restored_probability, summarize, CausalTrace, Corruption, TraceConfig, TracePrompt, TraceSummary,
@@ -50,12 +48,5 @@ pub mod attribution_graph;
 pub use attribution_graph::{attribution_graph, AttributionGraph, GraphConfig};
 pub mod bilinear;
 pub use bilinear::{BilinearLayer, Spectrum};
-pub mod chart;
-pub use chart::{circuit_graph, heatmaps, line_chart, line_panels, Heatmap, LinePanel, Series};
-pub mod report;
-pub use report::{dashboards_html, write_dashboards, write_graph_page, Report};
-pub mod output;
-pub use output::Output;
 pub mod interpbench;
 pub use interpbench::{component_edges, component_scores, component_truth, node_scores, node_truth, CaseTruth};
-pub mod analysis;

@@ -322,7 +322,7 @@ pub fn clean_and_corrupted(metric: &Metric, clean_logits: &Tensor, corrupted_log
 }
 
 /// [`Error::NothingToExplain`] if the metric's values on the full and the ablated model agree.
-pub(crate) fn check_gap(metric: &Metric, full: f64, ablated: f64) -> Result<()> {
+pub fn check_gap(metric: &Metric, full: f64, ablated: f64) -> Result<()> {
     if (full - ablated).abs() <= 1e-6 * full.abs().max(ablated.abs()).max(1e-3) {
         return Err(Error::NothingToExplain { metric: metric.name().into(), value: full });
     }

@@ -7,7 +7,6 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::metric::{self, Metric};
-use crate::table::Table;
 
 /// What is patched, and over which indices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,31 +136,6 @@ pub struct PatchingResult {
     pub corrupted: f64,
     /// Forward passes run.
     pub forwards: usize,
-}
-
-impl PatchingResult {
-    /// Columns: site, layer, pos, head, expert (-1 where the axis does not apply), metric,
-    /// normalized. A dense layer's rows of an expert sweep are left out.
-    pub fn to_table(&self) -> Result<Table> {
-        let mut table = Table::new(&["site", "layer", "pos", "head", "expert", "metric", "normalized"]);
-        let size = self.values.size();
-        let vals = Vec::<f64>::try_from(&self.values.f_reshape([-1])?.f_to_kind(Kind::Double)?)?;
-        let norm = Vec::<f64>::try_from(&self.normalized.f_reshape([-1])?.f_to_kind(Kind::Double)?)?;
-        let inner: i64 = size[1..].iter().product();
-        for (i, (v, n)) in vals.iter().zip(&norm).enumerate() {
-            let i = i as i64;
-            let (layer, rest) = (i / inner, i % inner);
-            let (pos, head, expert) = match self.site.axes() {
-                ["layer", "pos"] => (rest, -1, -1),
-                ["layer", "head"] => (-1, rest, -1),
-                ["layer", "expert"] if v.is_nan() => continue,
-                ["layer", "expert"] => (-1, -1, rest),
-                _ => (rest / size[2], rest % size[2], -1),
-            };
-            table.push(vec![self.site.name().into(), layer.into(), pos.into(), head.into(), expert.into(), (*v).into(), (*n).into()]);
-        }
-        Ok(table)
-    }
 }
 
 /// Patches each index of `site` from the clean run into the corrupted run and measures `metric`.

@@ -6,6 +6,7 @@ use crate::common::planted;
 use circuits::{acdc, edge_attribution, roc_auc, Ablation, AcdcConfig, AttributionMethod, EdgeGraph, Error, Metric, TaskPrompts};
 use interp::circuits;
 use interp::interp_core::{tch, HookedTransformer};
+use interp::report;
 use tch::{Device, Kind, Tensor};
 
 fn planted_model(kind: Kind) -> HookedTransformer {
@@ -222,7 +223,7 @@ fn activation_patching_matches_one_forward_per_index() {
         let slow = activation_patching(&model, &batch.clean, &batch.corrupted, metric, site, 16).unwrap();
         assert!(common::max_abs_diff(&fast.values, &slow.values) < 1e-4, "{site:?}");
         assert!(fast.forwards < slow.forwards);
-        assert_eq!(fast.to_table().unwrap().rows.len() as i64, fast.values.numel() as i64);
+        assert_eq!(report::analysis::patching_table(&fast).unwrap().rows.len() as i64, fast.values.numel() as i64);
     }
     // Against the runtime's own patch intervention, one head at a time.
     let (_, clean_cache) = model.run_with_cache(&batch.clean, CacheSpec::names(["blocks.1.attn.hook_z"])).unwrap();
@@ -263,7 +264,7 @@ fn activation_patching_sweeps_over_experts() {
     assert_eq!(sweep.values.size(), [3, n_experts]);
     // Layer 1 is dense.
     assert!(sweep.values.get(1).isnan().all().int64_value(&[]) == 1);
-    assert_eq!(sweep.to_table().unwrap().rows.len() as i64, 2 * n_experts);
+    assert_eq!(report::analysis::patching_table(&sweep).unwrap().rows.len() as i64, 2 * n_experts);
     let (_, clean_cache) = model.run_with_cache(&clean, CacheSpec::names(["blocks.2.mlp.hook_expert_out"])).unwrap();
     let mut moved = 0.0f64;
     for e in 0..n_experts {
@@ -368,7 +369,7 @@ fn eap_scores_and_cpr_cmd_equal_mib() {
             largest = largest.max(theirs.abs());
         }
         assert!(largest > 1.0 && worst < 1e-5 * largest, "{name}: scores differ from MIB's by {worst:e} (largest {largest})");
-        let found = circuits::analysis::MibScores::measure(&run, &graph, &scores).unwrap();
+        let found = report::analysis::MibScores::measure(&run, &graph, &scores).unwrap();
         let curve = |kind: &str| -> Vec<f64> { mib["curves"][kind]["faithfulness"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };
         for (ours, theirs, kind) in [(&found.signed, curve("signed"), "signed"), (&found.absolute, curve("absolute"), "absolute")] {
             let d = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
@@ -553,8 +554,8 @@ fn edges_pickle(pairs: &[(&str, &str)]) -> Vec<u8> {
 /// promoted to whole heads, and EAP-IG and ACDC find it.
 #[test]
 fn interpbench_case_loads_and_its_circuit_is_found() {
-    use circuits::analysis::{benchmark_case, CircuitDiscoveryConfig};
     use circuits::CaseTruth;
+    use report::analysis::{benchmark_case, CircuitDiscoveryConfig};
     let dir = common::fixture("interpbench").join("planted-induction");
     let model = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
     let (clean, _, _) = planted::prompts(8, 3);
@@ -608,7 +609,7 @@ fn interpbench_case_loads_and_its_circuit_is_found() {
 /// ACDC paper runs it on reverse) ranks the zero-ablation circuit with ROC AUC >= 0.98 on each.
 #[test]
 fn tracr_programs_have_their_known_circuits_found() {
-    use circuits::analysis::{circuit_discovery, CircuitDiscoveryConfig};
+    use report::analysis::{circuit_discovery, CircuitDiscoveryConfig};
     for case in ["reverse", "frac_prevs", "sort", "hist"] {
         let dir = common::fixture("tracr").join(case);
         let model = HookedTransformer::from_pretrained_dir(&dir, Device::Cpu, Kind::Float).unwrap();
@@ -659,9 +660,9 @@ fn tracr_programs_have_their_known_circuits_found() {
 /// and a dense model is refused.
 #[test]
 fn routing_analysis_of_a_mixture_of_experts() {
-    use circuits::analysis::{routing_analysis, RoutingConfig};
     use interp::interp_core::tasks::{Task, TaskVocab};
     use interp::interp_core::{BlockStyle, Experts, Hooks, Intervention, MlpKind, ModelSpec, NormPlacement, Scope};
+    use report::analysis::{routing_analysis, RoutingConfig};
     let vocab = TaskVocab::new(31);
     let spec = ModelSpec {
         style: BlockStyle::Llama,
@@ -692,7 +693,7 @@ fn routing_analysis_of_a_mixture_of_experts() {
     assert!((r.ablation.double_value(&[2, 3]) - (ablated - base)).abs() < 1e-9);
     assert!(!r.tokens.rows.is_empty());
     let dir = common::Scratch::new("routing");
-    let mut out = circuits::Output::new(&dir, "routing").unwrap();
+    let mut out = report::Output::new(&dir, "routing").unwrap();
     r.write(&mut out).unwrap();
     assert!(dir.join("routing_usage.png").exists() && dir.join("routing.csv").exists() && dir.join("routing_tokens.csv").exists());
     let dense = HookedTransformer::init_random(&ModelSpec { experts: None, ..spec }, 5, Kind::Float, Device::Cpu).unwrap();
@@ -755,7 +756,7 @@ fn smollm2_does_ioi_and_its_direct_logit_attributions_add_up() {
     // scale and gain, add up to the logit difference of the logits; each head's share splits
     // into its effects on the answer's and the wrong token's logits; some late head is a name
     // mover (positive direct effect, attending to the indirect object).
-    use circuits::analysis::{behaviour, head_scores};
+    use report::analysis::{behaviour, head_scores};
     let model = common::smollm2();
     let dir = common::Scratch::new("ioi-smollm2");
     let prompts = TaskPrompts::from_jsonl(&common::shipped_prompts(&dir, "smollm2-135m/ioi.jsonl", 16), &model).unwrap();

@@ -250,7 +250,7 @@ fn pruning_and_circuit_tracer_json() {
     assert_eq!(json["metadata"]["node_threshold"], 0.8, "the threshold the graph was pruned with");
     assert_eq!(nodes.iter().filter(|n| n["is_target_logit"] == true).count(), 1);
     let dir = common::Scratch::new("graph");
-    graph.write_html(&pruned, &dir.join("graph.html"), "test", &text, &Default::default()).unwrap();
+    interp::report::write_graph_html(&graph, &pruned, &dir.join("graph.html"), "test", &text, &Default::default()).unwrap();
     let html = std::fs::read_to_string(dir.join("graph.html")).unwrap();
     assert_eq!(html.matches("<circle").count(), pruned.n_nodes());
 }

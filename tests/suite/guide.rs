@@ -106,7 +106,7 @@ fn saelens() -> Result {
     let d = m.downstream.as_ref().expect("evaluate runs the model");
     let _ = (m.l0, m.fvu, m.explained_variance, d.ce_loss_recovered, d.delta_loss, d.kl_spliced, m.dead_fraction);
     let boards = latent_dashboards(&tc, &model, &contexts, &[0, 1], 2)?;
-    interp::circuits::write_dashboards(&boards, "guide", out.join("dashboards"))?;
+    interp::report::write_dashboards(&boards, "guide", out.join("dashboards"))?;
     let _ = load_transcoder_set(repo("models/shakespeare-gpt2/transcoders"), Device::Cpu)?;
     let mut clt = CrossLayerTranscoder::init(CltConfig::new(Architecture::TopK { k: 4 }, 2, 128, 64), 0, Device::Cpu)?;
     let names: Vec<String> = (0..2).map(|l| clt.cfg().hook_in(l)).chain((0..2).map(|l| clt.cfg().hook_out(l))).collect();

@@ -1,7 +1,7 @@
 //! Feature dashboards: for chosen latents, the contexts that activate them most (with per-token
 //! activations), their activation histogram, the tokens their decoder direction promotes and
 //! suppresses through the unembedding, and the tokens whose embeddings drive them directly. The
-//! data is serializable (JSON); `circuits::report` draws it as HTML.
+//! data is serializable (JSON); `report::html` draws it as HTML.
 
 use interp_core::{CacheSpec, HookedTransformer};
 use serde::Serialize;

@@ -45,7 +45,7 @@ use crate::budget::MemoryBudget;
 use crate::error::{Error, Result};
 
 pub use connections::{de_embedding, feature_connections, residual_encoder, FeatureConnections};
-pub(crate) use export::cantor;
+pub use export::cantor;
 pub use prune::Pruned;
 pub use replacement::check_transcoders;
 use replacement::{expand, read, Leaves, Replacement};

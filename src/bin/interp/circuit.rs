@@ -1,16 +1,17 @@
 //! `interp patch | trace | acdc | eap | prompts | benchmark`: circuit analysis on the built-in tasks or a prompt file. The analyses are
-//! `circuits::analysis`; this file maps flags onto their configs (whose `Default`s are the flags'
+//! `report::analysis`; this file maps flags onto their configs (whose `Default`s are the flags'
 //! defaults) and prints a summary.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
-use interp::circuits::analysis::{
+use interp::circuits::{trace_prompts_from_jsonl, Ablation, MemoryBudget, MetricName, PatchSite, TaskPrompts};
+use interp::report::analysis::{
     benchmark_case, causal_tracing, circuit_discovery, patching_sweep, routing_analysis, summary_table, task_trace_prompts, CausalTracingConfig,
     CircuitDiscoveryConfig, PatchingSweepConfig, RoutingConfig, StudyConfig,
 };
-use interp::circuits::{trace_prompts_from_jsonl, Ablation, MemoryBudget, MetricName, Output, PatchSite, TaskPrompts};
+use interp::report::Output;
 
 use super::standalone;
 use interp::interp_core::tasks::{Task, TaskVocab};
@@ -300,7 +301,7 @@ pub fn study(args: &StudyArgs) -> Result<()> {
     let setup = Setup { model, vocab: None };
     let title = format!("Study of {}", args.model.file_name().map_or(args.model.display().to_string(), |n| n.to_string_lossy().into_owned()));
     standalone(&args.out, &title, |out| {
-        for s in interp::circuits::analysis::study(&setup.model, &ioi, &facts, &|t| setup.token_text(t), &cfg, out)? {
+        for s in interp::report::analysis::study(&setup.model, &ioi, &facts, &|t| setup.token_text(t), &cfg, out)? {
             println!("{:<70} {:>8.1} s  peak RSS {:.2} GB", s.name, s.seconds, s.peak_gb);
         }
         Ok(())
@@ -536,7 +537,7 @@ fn case_folders(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 pub fn benchmark(args: &BenchmarkArgs) -> Result<()> {
     let cases = case_folders(&args.cases)?;
     let mut results = Vec::new();
-    let mut out = interp::circuits::Output::new(&args.out, "Circuit discovery against known circuits")?;
+    let mut out = interp::report::Output::new(&args.out, "Circuit discovery against known circuits")?;
     for dir in &cases {
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "case".into());
         let model = HookedTransformer::from_pretrained_dir(dir, args.device.get(), Kind::Float).with_context(|| format!("case {}", dir.display()))?;
@@ -555,7 +556,7 @@ pub fn benchmark(args: &BenchmarkArgs) -> Result<()> {
         for s in &result.scores {
             println!("  {:<10} edge AUROC {:.3}  node AUROC {:.3}  CPR {:.3}  CMD {:.3}", s.method, s.edge_auroc, s.node_auroc, s.cpr, s.cmd);
         }
-        let mut part = interp::circuits::Output::nested(&args.out, &name, "")?;
+        let mut part = interp::report::Output::nested(&args.out, &name, "")?;
         result.write(&mut part)?;
         results.push((result, part.report));
     }

@@ -1,15 +1,15 @@
 //! `interp bilinear | graph`: weight-based analysis of bilinear MLPs and transcoder attribution
-//! graphs. The analyses are `circuits::analysis`; this file maps flags onto their configs and
+//! graphs. The analyses are `report::analysis`; this file maps flags onto their configs and
 //! prints a summary.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use interp::circuits::analysis::{bilinear_spectra, graph_analysis, BilinearSpectra, BilinearSpectraConfig, GraphAnalysisConfig};
 use interp::circuits::bilinear::BilinearLayer;
 use interp::circuits::MemoryBudget;
-use interp::circuits::Output;
 use interp::interp_core::{tch, HookedTransformer};
+use interp::report::analysis::{bilinear_spectra, graph_analysis, BilinearSpectra, BilinearSpectraConfig, GraphAnalysisConfig};
+use interp::report::Output;
 use interp::transcoders::load_transcoder_set;
 use tch::Kind;
 

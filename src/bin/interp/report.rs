@@ -8,14 +8,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
-use interp::circuits::analysis::{
+use interp::circuits::bilinear::BilinearLayer;
+use interp::circuits::TaskPrompts;
+use interp::interp_core::tasks::{Task, TaskVocab, ALL_TASKS};
+use interp::interp_core::{tch, CacheSpec, HookedTransformer};
+use interp::report::analysis::{
     bilinear_spectra, causal_tracing, circuit_discovery, graph_analysis, read_training_curve, routing_analysis, task_trace_prompts, training_curve_chart,
     BilinearSpectraConfig, CausalTracingConfig, CircuitDiscoveryConfig, GraphAnalysisConfig, RoutingConfig,
 };
-use interp::circuits::bilinear::BilinearLayer;
-use interp::circuits::{dashboards_html, heatmaps, Heatmap, Output, Report, Table, TaskPrompts, Value};
-use interp::interp_core::tasks::{Task, TaskVocab, ALL_TASKS};
-use interp::interp_core::{tch, CacheSpec, HookedTransformer};
+use interp::report::{dashboards_html, heatmaps, Heatmap, Output, Report, Table, Value};
 use interp::transcoders::runner::TRAIN_LOG;
 use interp::transcoders::{evaluate, latent_dashboards, load_transcoder_set, readable_latents};
 use tch::{Device, Kind, Tensor};

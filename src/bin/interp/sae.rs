@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
-use interp::circuits::analysis::{read_training_curve, training_curve_chart, write_metrics, write_set_metrics};
-use interp::circuits::{write_dashboards, Output};
 use interp::interp_core::data::token_stream;
 use interp::interp_core::train::Schedule;
 use interp::interp_core::{tch, CacheSpec, HookedTransformer};
+use interp::report::analysis::{read_training_curve, training_curve_chart, write_metrics, write_set_metrics};
+use interp::report::{write_dashboards, Output};
 use interp::transcoders::runner::{eval_contexts, train_cross_layer, train_dictionary, RunnerConfig, TRAIN_LOG};
 use interp::transcoders::{
     evaluate, evaluate_activations, evaluate_set, latent_dashboards, load_transcoder_set, random_latents, readable_latents, ActivationSource, Architecture,

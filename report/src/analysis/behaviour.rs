@@ -9,8 +9,8 @@ use tch::{Kind, Tensor};
 use crate::chart::{line_chart, Series};
 use crate::error::{Error, Result};
 use crate::output::Output;
-use crate::prompts::TaskPrompts;
 use crate::table::Table;
+use circuits::prompts::TaskPrompts;
 
 /// The metric per label of a prompt set.
 pub struct Behaviour {

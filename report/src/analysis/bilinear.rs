@@ -5,11 +5,11 @@ use interp_core::tasks::{Task, TaskVocab};
 use interp_core::HookedTransformer;
 use tch::Tensor;
 
-use crate::bilinear::{token_readout, truncation_accuracy, unembedding_direction, BilinearLayer, Spectrum};
 use crate::chart::{line_chart, Series};
 use crate::error::{Error, Result};
 use crate::output::Output;
 use crate::table::{Table, Value};
+use circuits::bilinear::{token_readout, truncation_accuracy, unembedding_direction, BilinearLayer, Spectrum};
 
 /// What [`bilinear_spectra`] decomposes.
 #[derive(Clone, Debug)]

@@ -10,14 +10,14 @@ use interp_core::{BlockSite, CacheSpec, HookPoint, HookedTransformer, NormSite};
 use tch::{Kind, Tensor};
 
 use crate::chart::{heatmaps, Heatmap};
-use crate::edge_graph::{EdgeGraph, Qkv, Receiver, Sender};
-use crate::edge_run::EdgeRun;
 use crate::error::{Error, Result};
-use crate::mib::mib_node_scores;
 use crate::output::Output;
-use crate::patching::{activation_patching, PatchSite};
-use crate::prompts::TaskPrompts;
 use crate::table::Table;
+use circuits::edge_graph::{EdgeGraph, Qkv, Receiver, Sender};
+use circuits::edge_run::EdgeRun;
+use circuits::mib::mib_node_scores;
+use circuits::patching::{activation_patching, PatchSite};
+use circuits::prompts::TaskPrompts;
 
 /// A head's score in each role's terms, [layers][heads] each.
 pub struct HeadScores {
@@ -532,9 +532,9 @@ impl HeadScores {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::MemoryBudget;
-    use crate::edge_graph::Ablation;
-    use crate::prompts::PromptPair;
+    use circuits::budget::MemoryBudget;
+    use circuits::edge_graph::Ablation;
+    use circuits::prompts::PromptPair;
     use tch::Device;
 
     /// Path patching by masked forwards equals the plain intervention: the sender's output

@@ -9,13 +9,13 @@ use interp_core::HookedTransformer;
 use crate::analysis::{
     behaviour, causal_tracing, circuit_discovery, head_scores, logit_lens, patching_sweep, CausalTracingConfig, CircuitDiscoveryConfig, PatchingSweepConfig,
 };
-use crate::causal_tracing::TracePrompt;
-use crate::edge_run::EdgeRun;
 use crate::error::{Error, Result};
 use crate::output::Output;
-use crate::patching::PatchSite;
-use crate::prompts::TaskPrompts;
 use crate::table::Table;
+use circuits::causal_tracing::TracePrompt;
+use circuits::edge_run::EdgeRun;
+use circuits::patching::PatchSite;
+use circuits::prompts::TaskPrompts;
 
 /// What [`study`] runs.
 #[derive(Clone, Debug)]

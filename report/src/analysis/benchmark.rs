@@ -1,5 +1,5 @@
 //! Circuit discovery scored against known circuits: EAP, EAP-IG and ACDC on an InterpBench case
-//! (a model with its true circuit, see [`crate::interpbench`]), with edge and node AUROC against
+//! (a model with its true circuit, see [`circuits::interpbench`]), with edge and node AUROC against
 //! the truth next to MIB's CPR and CMD.
 
 use std::path::Path;
@@ -7,12 +7,12 @@ use std::path::Path;
 use interp_core::HookedTransformer;
 
 use super::circuit_discovery::{circuit_discovery, CircuitDiscovery, CircuitDiscoveryConfig};
-use crate::acdc::roc_auc;
 use crate::error::{Error, Result};
-use crate::interpbench::{component_scores, component_truth, node_scores, CaseTruth};
 use crate::output::Output;
-use crate::prompts::TaskPrompts;
 use crate::table::Table;
+use circuits::acdc::roc_auc;
+use circuits::interpbench::{component_scores, component_truth, node_scores, CaseTruth};
+use circuits::prompts::TaskPrompts;
 
 /// One method's scores on one case.
 #[derive(Clone, Debug)]
@@ -46,7 +46,7 @@ pub struct CaseResult {
 /// Runs `cfg`'s methods on `model` and `prompts` and scores them against the truth in `dir`'s
 /// `edges.pkl`.
 pub fn benchmark_case(dir: &Path, name: &str, model: &HookedTransformer, prompts: &TaskPrompts, cfg: &CircuitDiscoveryConfig) -> Result<CaseResult> {
-    let graph = crate::edge_graph::EdgeGraph::new(model)?;
+    let graph = circuits::edge_graph::EdgeGraph::new(model)?;
     let truth = CaseTruth::read(dir, model, &graph)?;
     if !truth.edges.iter().any(|t| *t) {
         return Err(Error::Input(format!("{}: the true circuit has no edge of the model's graph", dir.display())));

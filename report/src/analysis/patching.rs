@@ -6,9 +6,9 @@ use tch::Kind;
 use crate::chart::{heatmaps, Heatmap};
 use crate::error::Result;
 use crate::output::Output;
-use crate::patching::{activation_patching, PatchSite, PatchingResult};
-use crate::prompts::TaskPrompts;
 use crate::table::Table;
+use circuits::patching::{activation_patching, PatchSite, PatchingResult};
+use circuits::prompts::TaskPrompts;
 
 /// What [`patching_sweep`] patches.
 #[derive(Clone, Debug, Default)]
@@ -51,8 +51,10 @@ pub fn patching_sweep(
         true => PatchSite::ALL.iter().copied().filter(|p| p.applies_to(model)).collect(),
         false => cfg.sites.clone(),
     };
-    let results =
-        sites.into_iter().map(|site| activation_patching(model, &prompts.clean, &prompts.corrupted, &prompts.metric, site, max_rows)).collect::<Result<_>>()?;
+    let results = sites
+        .into_iter()
+        .map(|site| activation_patching(model, &prompts.clean, &prompts.corrupted, &prompts.metric, site, max_rows))
+        .collect::<circuits::Result<_>>()?;
     // Positions are labelled by the first of the longest prompts (the others end earlier).
     let longest = prompts.lengths.iter().enumerate().max_by_key(|(i, l)| (**l, std::cmp::Reverse(*i))).map(|(i, _)| i).unwrap_or(0);
     let first = Vec::<i64>::try_from(&prompts.clean.f_get(longest as i64)?)?;
@@ -79,7 +81,7 @@ impl PatchingSweep {
         let layers: Vec<String> = (0..self.n_layers).map(|l| format!("L{l}")).collect();
         for r in &self.results {
             let site = r.site;
-            table.extend(r.to_table()?)?;
+            table.extend(patching_table(r)?)?;
             let n = r.normalized.f_to_kind(Kind::Double)?;
             let heads = |n_heads: i64| (0..n_heads).map(|h| format!("H{h}")).collect::<Vec<_>>();
             let panels: Vec<Heatmap> = match site.axes() {
@@ -110,4 +112,27 @@ impl PatchingSweep {
         }
         out.table("patching", "patching results", &table)
     }
+}
+
+/// `r` as a table. Columns: site, layer, pos, head, expert (-1 where the axis does not apply), metric,
+/// normalized. A dense layer's rows of an expert sweep are left out.
+pub fn patching_table(r: &PatchingResult) -> Result<Table> {
+    let mut table = Table::new(&["site", "layer", "pos", "head", "expert", "metric", "normalized"]);
+    let size = r.values.size();
+    let vals = Vec::<f64>::try_from(&r.values.f_reshape([-1])?.f_to_kind(Kind::Double)?)?;
+    let norm = Vec::<f64>::try_from(&r.normalized.f_reshape([-1])?.f_to_kind(Kind::Double)?)?;
+    let inner: i64 = size[1..].iter().product();
+    for (i, (v, n)) in vals.iter().zip(&norm).enumerate() {
+        let i = i as i64;
+        let (layer, rest) = (i / inner, i % inner);
+        let (pos, head, expert) = match r.site.axes() {
+            ["layer", "pos"] => (rest, -1, -1),
+            ["layer", "head"] => (-1, rest, -1),
+            ["layer", "expert"] if v.is_nan() => continue,
+            ["layer", "expert"] => (-1, -1, rest),
+            _ => (rest / size[2], rest % size[2], -1),
+        };
+        table.push(vec![r.site.name().into(), layer.into(), pos.into(), head.into(), expert.into(), (*v).into(), (*n).into()]);
+    }
+    Ok(table)
 }

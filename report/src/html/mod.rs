@@ -20,8 +20,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 mod dashboards;
+mod graph;
 
 pub use dashboards::{dashboards_html, write_dashboards};
+pub use graph::{graph_view, write_graph_html};
 
 use crate::error::{Error, Result};
 use crate::table::{Table, Value};
@@ -54,7 +56,7 @@ pub(crate) fn page(title: &str, body: &str) -> String {
 }
 
 /// Writes a self-contained HTML page around `view`, a fragment of
-/// [`AttributionGraph::html_view`](crate::AttributionGraph::html_view).
+/// [`AttributionGraph::html_view`](circuits::AttributionGraph::html_view).
 pub fn write_graph_page(path: &Path, title: &str, view: &str) -> Result<()> {
     std::fs::write(path, page(title, view)).map_err(Error::io(path))
 }
@@ -122,7 +124,7 @@ impl Report {
     }
 
     /// Trusted HTML (a fragment such as [`dashboards_html`] or
-    /// [`AttributionGraph::html_view`](crate::AttributionGraph::html_view)).
+    /// [`AttributionGraph::html_view`](circuits::AttributionGraph::html_view)).
     pub fn html(&mut self, fragment: &str) {
         self.body().push_str(fragment);
         self.body().push('\n');

@@ -6,18 +6,18 @@ use std::path::{Path, PathBuf};
 use interp_core::HookedTransformer;
 use tch::{Kind, Tensor};
 
-use crate::acdc::{acdc, circuit_nodes, AcdcConfig, AcdcResult, AttributionPrune};
-use crate::budget::MemoryBudget;
 use crate::chart::{circuit_graph, line_chart, Series};
-use crate::eap::{top_k_masks, AttributionMethod};
-use crate::edge_graph::{Ablation, EdgeGraph, Qkv, Receiver};
-use crate::edge_run::EdgeRun;
 use crate::error::{Error, Result};
-use crate::metric::{check_gap, Metric, MetricName};
-use crate::mib::{cmd, cpr, mib_counts, mib_folder, mib_prune, write_mib_scores, MIB_FRACTIONS};
 use crate::output::Output;
-use crate::prompts::TaskPrompts;
 use crate::table::{Table, Value};
+use circuits::acdc::{acdc, circuit_nodes, AcdcConfig, AcdcResult, AttributionPrune};
+use circuits::budget::MemoryBudget;
+use circuits::eap::{top_k_masks, AttributionMethod};
+use circuits::edge_graph::{Ablation, EdgeGraph, Qkv, Receiver};
+use circuits::edge_run::EdgeRun;
+use circuits::metric::{check_gap, Metric, MetricName};
+use circuits::mib::{cmd, cpr, mib_counts, mib_folder, mib_prune, write_mib_scores, MIB_FRACTIONS};
+use circuits::prompts::TaskPrompts;
 
 /// Edge scores summed between two components: a sender and a head (its q, k and v inputs
 /// together; under grouped-query attention k and v belong to a key-value head, named
@@ -123,7 +123,7 @@ pub struct EdgeScores {
     /// Faithfulness of the top-k circuit by |score| for each of [`CircuitDiscovery::counts`],
     /// pruned as MIB prunes (at MIB's budgets these are the circuits of its CMD).
     pub faithfulness: Vec<f64>,
-    /// MIB's scores of the method: faithfulness at [`crate::MIB_FRACTIONS`] of the edges by
+    /// MIB's scores of the method: faithfulness at [`circuits::MIB_FRACTIONS`] of the edges by
     /// signed and by absolute score, CPR and CMD.
     pub mib: MibScores,
     /// Time to score every edge.

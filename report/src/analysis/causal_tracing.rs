@@ -3,15 +3,17 @@
 
 use interp_core::tasks::Task;
 use interp_core::HookedTransformer;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
-use crate::budget::MemoryBudget;
-use crate::causal_tracing::{causal_trace, estimate_sigma_of, summarize, CausalTrace, Corruption, TraceConfig, TracePrompt, TraceSummary, TOKEN_ROLES};
 use crate::chart::{heatmaps, Heatmap};
 use crate::error::{Error, Result};
 use crate::output::Output;
-use crate::prompts::TaskPrompts;
 use crate::table::Table;
+use circuits::budget::MemoryBudget;
+use circuits::causal_tracing::{
+    causal_trace, estimate_sigma_of, summarize, token_role, CausalTrace, Corruption, TraceConfig, TracePrompt, TraceSummary, TOKEN_ROLES,
+};
+use circuits::prompts::TaskPrompts;
 
 /// How [`causal_tracing`] corrupts and restores.
 #[derive(Clone, Debug)]
@@ -75,7 +77,7 @@ pub fn task_trace_prompts(task: Task, prompts: &TaskPrompts) -> Result<Vec<Trace
         .map(|i| {
             let tokens = Vec::<i64>::try_from(&prompts.clean.f_get(i)?)?;
             let subj = tokens.get(subject.clone()).ok_or_else(|| Error::Input(format!("prompt {i} is too short for its subject")))?.to_vec();
-            TracePrompt::new(tokens, &subj, answers[i as usize], prompts.labels[i as usize].clone())
+            Ok(TracePrompt::new(tokens, &subj, answers[i as usize], prompts.labels[i as usize].clone())?)
         })
         .collect()
 }
@@ -134,7 +136,7 @@ impl CausalTracing {
         let layers: Vec<String> = (0..self.n_layers).map(|l| format!("L{l}")).collect();
         let mut table = Table::default();
         for (i, tr) in self.traces.iter().enumerate() {
-            table.extend(tr.to_table()?)?;
+            table.extend(trace_table(tr)?)?;
             let Some(labels) = self.words.get(i) else { continue };
             let grid = |title: &str, t: &Tensor| Heatmap::from_tensor(title, t, labels.clone(), layers.clone(), "layer", "token");
             let mut panels = vec![
@@ -175,4 +177,23 @@ impl CausalTracing {
         out.table("aie", "average indirect effects", &summary_table)?;
         out.table("traces", "every traced cell", &table)
     }
+}
+
+/// `tr` as a table. Columns: label, kind, pos, token role, layer, probability, indirect_effect.
+pub fn trace_table(tr: &CausalTrace) -> Result<Table> {
+    let mut table = Table::new(&["label", "kind", "pos", "role", "layer", "probability", "indirect_effect"]);
+    let mut grids = vec![("resid", &tr.resid), ("mlp", &tr.mlp), ("attn", &tr.attn)];
+    if let Some(s) = &tr.severed_mlp {
+        grids.push(("severed_mlp", s));
+    }
+    for (kind, grid) in grids {
+        let size = grid.size();
+        let vals = Vec::<f64>::try_from(&grid.f_reshape([-1])?.f_to_kind(Kind::Double)?)?;
+        for (i, v) in vals.iter().enumerate() {
+            let (pos, layer) = (i / size[1] as usize, i % size[1] as usize);
+            let role = TOKEN_ROLES[token_role(&tr.prompt, pos)];
+            table.push(vec![tr.prompt.label.clone().into(), kind.into(), pos.into(), role.into(), layer.into(), (*v).into(), (v - tr.p_corrupt).into()]);
+        }
+    }
+    Ok(table)
 }

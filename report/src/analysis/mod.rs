@@ -1,21 +1,7 @@
 //! Analyses: each runs one method on a model and a prompt set, from a config struct whose
 //! `Default` holds the method's defaults (the CLI's flags wrap these configs), and returns a
 //! result that writes its own tables, charts and JSON into an [`Output`](crate::Output). The
-//! `interp` CLI, `interp report` and the notebooks all call these.
-//!
-//! ```no_run
-//! use circuits::analysis::{circuit_discovery, CircuitDiscoveryConfig};
-//! use circuits::{Output, TaskPrompts};
-//! use interp_core::{tasks::{Task, TaskVocab}, HookedTransformer};
-//! let model = HookedTransformer::from_pretrained_dir("models/tasks-bilinear", tch::Device::Cpu, tch::Kind::Float)?;
-//! let vocab = TaskVocab::of_model(&model)?;
-//! let ioi = TaskPrompts::new(Task::Ioi, &vocab, 32, 0)?;
-//! let found = circuit_discovery(&model, &ioi, "ioi", &CircuitDiscoveryConfig::default())?;
-//! let mut out = Output::new(std::path::Path::new("ioi-circuit"), "IOI circuit")?;
-//! found.write(&mut out)?; // tables (parquet + CSV), charts (SVG + PNG), circuit JSON
-//! out.write_report()?;
-//! # Ok::<(), circuits::Error>(())
-//! ```
+//! `interp` CLI, `interp report` and the notebooks all call these; the crate's page has an example.
 
 mod behaviour;
 mod benchmark;
@@ -32,11 +18,11 @@ mod study;
 pub use behaviour::{behaviour, logit_lens, Behaviour, LensPrompts, LogitLens};
 pub use benchmark::{benchmark_case, summary_table, CaseResult, MethodScore};
 pub use bilinear::{bilinear_spectra, single_token, BilinearSpectra, BilinearSpectraConfig, DirectionSpectrum, Readout};
-pub use causal_tracing::{causal_tracing, task_trace_prompts, CausalTracing, CausalTracingConfig};
+pub use causal_tracing::{causal_tracing, task_trace_prompts, trace_table, CausalTracing, CausalTracingConfig};
 pub use circuit_discovery::{circuit_discovery, AcdcRuns, CircuitDiscovery, CircuitDiscoveryConfig, EdgeScores, MibScores};
 pub use dictionary::{read_training_curve, training_curve_chart, write_metrics, write_set_metrics};
 pub use graph::{graph_analysis, GraphAnalysis, GraphAnalysisConfig, VIEWER_SCAN};
 pub use heads::{head_scores, HeadScores, ROLE_RULES};
-pub use patching::{patching_sweep, PatchingSweep, PatchingSweepConfig};
+pub use patching::{patching_sweep, patching_table, PatchingSweep, PatchingSweepConfig};
 pub use routing::{routing_analysis, RoutingAnalysis, RoutingConfig};
 pub use study::{study, StudyConfig, StudyStep};

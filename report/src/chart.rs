@@ -9,8 +9,8 @@ use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::edge_graph::{EdgeGraph, Qkv, Receiver, Sender};
 use crate::error::{Error, Result};
+use circuits::edge_graph::{EdgeGraph, Qkv, Receiver, Sender};
 use tch::{Kind, Tensor};
 
 /// One heatmap: `values[row][col]`.

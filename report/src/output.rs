@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::report::Report;
+use crate::html::Report;
 use crate::table::Table;
 
 /// Rows of a table shown in the report (the files hold all of them).

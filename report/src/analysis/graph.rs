@@ -9,11 +9,11 @@ use serde_json::json;
 use tch::Tensor;
 use transcoders::{set_dashboards, visible_token, LatentDashboard, TranscoderSet};
 
-use crate::attribution_graph::{attribution_graph, cantor, AttributionGraph, GraphConfig, Node, Pruned};
 use crate::error::{Error, Result};
+use crate::html::{dashboards_html, graph_view, write_graph_page};
 use crate::output::Output;
-use crate::report::{dashboards_html, write_graph_page};
 use crate::table::{Table, Value};
+use circuits::attribution_graph::{attribution_graph, cantor, AttributionGraph, GraphConfig, Node, Pruned};
 
 /// How [`graph_analysis`] builds and prunes the graph.
 #[derive(Clone, Debug)]
@@ -180,7 +180,7 @@ impl GraphAnalysis {
         ));
         let labels: std::collections::HashMap<(usize, i64), String> =
             self.features.iter().filter_map(|(layer, d)| d.top_logits.first().map(|(t, _)| ((*layer, d.latent), t.clone()))).collect();
-        let mut view = graph.html_view(pruned, &text, &labels)?;
+        let mut view = graph_view(graph, pruned, &text, &labels)?;
         // Each kept feature's dashboard, hidden until its node is clicked.
         for (layer, d) in &self.features {
             view.push_str(&format!("<div id=\"dash-{layer}-{}\" hidden>{}</div>\n", d.latent, dashboards_html(std::slice::from_ref(d))));
