@@ -3,10 +3,10 @@
 //!
 //! The mechanistic-interpretability toolkit: re-exports the runtime (`interp_core`), sparse
 //! dictionaries (`transcoders`), circuit analysis (`circuits`) and presentation with the analyses
-//! that write it (`report`), and builds the `interp` CLI.
+//! that write it (`interp_report`, as `interp::report`), and builds the `interp` CLI.
 pub use circuits;
 pub use interp_core;
-pub use report;
+pub use interp_report as report;
 pub use transcoders;
 
 /// The README's Rust examples, compiled (and run where not marked `no_run`) as doctests.

@@ -2,7 +2,8 @@
 //! Circuit analysis on hooked models: metrics, activation patching, causal tracing, the edge
 //! graph with edge patching, attribution patching (EAP, EAP-IG) and ACDC; and from the weights,
 //! bilinear-MLP eigendecomposition ([`bilinear`]) and transcoder attribution graphs
-//! ([`attribution_graph`]).
+//! ([`attribution_graph`]). Computation only: the tables, charts, HTML and the analyses that
+//! write them are in `interp-report`.
 //!
 //! ```no_run
 //! use circuits::{acdc, edge_attribution, Ablation, AcdcConfig, AttributionMethod, EdgeGraph, TaskPrompts};

@@ -1,17 +1,17 @@
 //! `ModelConfig`: the validated, architecture-independent description of a model, read from an HF
-//! `config.json`.
-
-use std::path::Path;
+//! `config.json` by the family modules in `models/` (`ModelConfig::from_dir`, `from_hf_json`).
 
 use serde_json::Value;
 use tch::Tensor;
 
 use crate::error::{Error, Result};
 
-pub use crate::models::{MAX_DIM, SUPPORTED_MODEL_TYPES};
-
 /// Most layers a `config.json` may declare.
 pub const MAX_LAYERS: usize = 4096;
+
+/// Largest size any `config.json` dimension may take (16.7M: beyond every published model), so
+/// that nothing is ever allocated from an unchecked size.
+pub const MAX_DIM: i64 = 1 << 24;
 
 /// The model family (one module of `models/` each); decides tensor names and block layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -340,26 +340,6 @@ impl ModelConfig {
     /// Whether layer `l`'s MLP is a mixture of experts.
     pub fn is_moe_layer(&self, l: usize) -> bool {
         self.moe.as_ref().is_some_and(|m| m.layers.get(l).copied().unwrap_or(false))
-    }
-
-    /// Reads and validates `<dir>/config.json` (or, in an InterpBench case folder without one,
-    /// the pickled TransformerLens config `ll_model_cfg.pkl`).
-    pub fn from_dir(dir: &Path) -> Result<Self> {
-        let path = dir.join("config.json");
-        // An InterpBench case folder: the TransformerLens config pickled.
-        let pickled = dir.join("ll_model_cfg.pkl");
-        if !path.exists() && pickled.exists() {
-            return Self::from_hf_json(&crate::torch_file::read_pickle(&pickled)?);
-        }
-        let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
-        let value: Value = serde_json::from_str(&text).map_err(|source| Error::Json { path: path.clone(), source })?;
-        Self::from_hf_json(&value)
-    }
-
-    /// Converts an HF `config.json` value (each family's keys are read by its module in
-    /// `models/`).
-    pub fn from_hf_json(value: &Value) -> Result<Self> {
-        crate::models::config_from_hf(value)
     }
 
     pub(crate) fn validate(&self) -> Result<()> {

@@ -125,6 +125,33 @@ pub fn hold_out(docs: Vec<Document>) -> Result<(Vec<Document>, Vec<Document>)> {
     Ok((train, eval))
 }
 
+/// Where `scripts/setup.sh` puts the Shakespeare corpus that the corpus name `shakespeare` stands
+/// for.
+pub const SHAKESPEARE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/shakespeare");
+
+/// Training and eval documents of a corpus as the CLI's `--data` names it: `shakespeare`, a
+/// folder of .txt files or a .jsonl file (`text` field; every eighth document held out), or
+/// several of these separated by commas (their training documents concatenated; their held-out
+/// documents cut into pieces of about 8,000 characters and interleaved, so that the first
+/// held-out contexts come from every corpus).
+pub fn corpus(name: &str) -> Result<(Vec<Document>, Vec<Document>)> {
+    let parts: Vec<&str> = name.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    if parts.len() > 1 {
+        let (train, eval): (Vec<_>, Vec<_>) = parts.iter().map(|p| corpus(p)).collect::<Result<Vec<_>>>()?.into_iter().unzip();
+        return Ok((train.concat(), interleave(eval, 8000)));
+    }
+    if name == "shakespeare" {
+        let dir = Path::new(SHAKESPEARE_DIR);
+        if !dir.is_dir() {
+            return Err(Error::MissingData { path: dir.to_path_buf(), fetch: "run scripts/setup.sh to fetch the Shakespeare corpus" });
+        }
+        return shakespeare(dir);
+    }
+    let path = Path::new(name);
+    let docs = if path.is_dir() { read_text_dir(path)? } else { read_jsonl(path, "text")? };
+    hold_out(docs).map_err(|e| Error::Input(format!("{}: {e}", path.display())))
+}
+
 /// Documents of several corpora cut into pieces of about `chars` characters (at line ends) and
 /// interleaved round-robin, so that any stretch of the result, the first held-out contexts
 /// included, draws on every corpus. Pieces are named `name#i`.

@@ -23,16 +23,20 @@ pub enum Error {
     #[error("config: {0}")]
     Config(String),
     /// A `model_type` no family module handles.
-    #[error("unknown model_type `{found}`; supported: {}", crate::config::SUPPORTED_MODEL_TYPES.join(", "))]
+    #[error("unknown model_type `{found}`; supported: {}", supported.join(", "))]
     UnknownModelType {
         /// The `model_type` found.
         found: String,
+        /// The ones the family modules handle.
+        supported: &'static [&'static str],
     },
     /// A GGUF file of an architecture this runtime does not map to a family.
-    #[error("unknown GGUF architecture `{found}`; supported: {}", crate::gguf::hf::GGUF_ARCHITECTURES.join(", "))]
+    #[error("unknown GGUF architecture `{found}`; supported: {}", supported.join(", "))]
     UnknownGgufArchitecture {
         /// `general.architecture` as found.
         found: String,
+        /// The ones the GGUF reader maps onto HF families.
+        supported: &'static [&'static str],
     },
     /// A weights file that cannot be used.
     #[error("{path}: {message}")]
@@ -153,6 +157,14 @@ pub enum Error {
     /// Anything else a caller gave that cannot be used, with the reason.
     #[error("invalid input: {0}")]
     Input(String),
+    /// Data that a setup script fetches is not there yet.
+    #[error("{}: not found; {fetch}", path.display())]
+    MissingData {
+        /// Where it should be.
+        path: std::path::PathBuf,
+        /// How to get it.
+        fetch: &'static str,
+    },
     /// A hook closure failed (with an error of any crate).
     #[error("hook on `{point}`: {source}")]
     Hook {

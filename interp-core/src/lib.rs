@@ -59,6 +59,7 @@ pub use hook_point::{BlockSite, HookName, HookPoint};
 pub use hooks::{CacheSpec, HookCtx, HookFn, Hooks, Intervention, NamesFilter, Scope};
 pub use memory::{reuse_freed_memory, status_kib};
 pub use model::{HookedTransformer, NormSite, RunOutput, Runner};
+pub use models::SUPPORTED_MODEL_TYPES;
 pub use processing::WeightProcessing;
 pub use rng::Rng;
 pub use spec::{BlockStyle, Experts, MlpKind, ModelSpec, NormPlacement};

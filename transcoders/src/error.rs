@@ -23,10 +23,12 @@ pub enum Error {
         message: String,
     },
     /// An architecture name no reader knows.
-    #[error("unknown dictionary architecture `{found}`; supported: {}", crate::dictionary::SAELENS_ARCHITECTURES.join(", "))]
+    #[error("unknown dictionary architecture `{found}`; supported: {}", supported.join(", "))]
     UnknownArchitecture {
         /// The name found.
         found: String,
+        /// The names the readers know.
+        supported: &'static [&'static str],
     },
     /// Activations whose width is not the dictionary's.
     #[error("{what}: width {found}, but the dictionary expects {expected}")]
@@ -65,6 +67,16 @@ pub enum Error {
         differences: Vec<String>,
         /// Whether the cache could still serve (it has the hooks, at the right widths).
         reuse_allowed: bool,
+    },
+    /// A dictionary made for another model: a hook it reads or writes is not one of the model's.
+    #[error("{}: the dictionary's hook `{hook}` does not fit this model: {source}", path.display())]
+    OtherModel {
+        /// The dictionary's folder.
+        path: PathBuf,
+        /// The hook.
+        hook: String,
+        /// The model's reason.
+        source: interp_core::Error,
     },
     /// Anything else a caller gave that cannot be used, with the reason.
     #[error("invalid input: {0}")]

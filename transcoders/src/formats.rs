@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use interp_core::HookedTransformer;
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
-use crate::dictionary::{Architecture, DictionaryConfig, DictionaryKind, SparseDictionary};
+use crate::dictionary::{Architecture, DictionaryConfig, DictionaryKind, SparseDictionary, SAELENS_ARCHITECTURES};
 use crate::error::{Error, Result};
 
 /// Top-level `cfg.json` fields [`SparseDictionary::load_saelens`] reads (v6, and v5's names).
@@ -167,7 +168,7 @@ fn parse_architecture(name: &str, k: impl Fn() -> Result<i64>) -> Result<(Archit
         "topk" => Architecture::TopK { k: k()? },
         "jumprelu" => Architecture::JumpRelu,
         "gated" => Architecture::Gated,
-        _ => return Err(Error::UnknownArchitecture { found: name.to_string() }),
+        _ => return Err(Error::UnknownArchitecture { found: name.to_string(), supported: SAELENS_ARCHITECTURES }),
     };
     Ok((arch, kind))
 }
@@ -374,7 +375,7 @@ impl SparseDictionary {
         let cfg_path = dir.join("cfg.json");
         let cfg = read_json(&cfg_path)?;
         if let Some(act) = cfg.get("activation").and_then(Value::as_str).filter(|a| *a != "topk") {
-            return Err(Error::UnknownArchitecture { found: format!("sparsify activation `{act}`") });
+            return Err(Error::UnknownArchitecture { found: format!("sparsify activation `{act}`"), supported: SAELENS_ARCHITECTURES });
         }
         let int = |name: &str| cfg.get(name).and_then(Value::as_i64).ok_or_else(|| Error::format(&cfg_path, format!("no integer `{name}`")));
         let (d_in, k) = (int("d_in")?, int("k")?);
@@ -648,4 +649,16 @@ pub(crate) fn parse_flat_yaml(text: &str) -> (HashMap<String, String>, Vec<Strin
         }
     }
     (keys, items)
+}
+
+impl SparseDictionary {
+    /// [`SparseDictionary::load_saelens`] on `model`'s device, refused
+    /// ([`Error::OtherModel`]) when a hook it reads or writes is not one of `model`'s.
+    pub fn load_saelens_for(model: &HookedTransformer, dir: &Path) -> Result<Self> {
+        let dict = SparseDictionary::load_saelens(dir, model.device())?;
+        for hook in [&dict.cfg().hook_name, &dict.cfg().hook_name_out] {
+            model.hook_point(hook).map_err(|source| Error::OtherModel { path: dir.to_path_buf(), hook: hook.clone(), source })?;
+        }
+        Ok(dict)
+    }
 }

@@ -108,6 +108,13 @@ pub struct RunnerOutput {
     pub epochs: Option<f64>,
 }
 
+/// The first `n` held-out contexts of `context` tokens of the corpus `data` (named as
+/// [`interp_core::data::corpus`] names it), tokenized by `model`: [n, context].
+pub fn held_out_contexts(model: &HookedTransformer, data: &str, n: i64, context: i64) -> Result<Tensor> {
+    let tok = model.tokenizer().ok_or_else(|| Error::Input("the model has no tokenizer.json to tokenize held-out text with".into()))?;
+    eval_contexts(&interp_core::data::token_stream(tok, &interp_core::data::corpus(data)?.1)?, n, context)
+}
+
 /// The first `n` contexts of `context` tokens of a token stream [n_tokens]: [n, context].
 pub fn eval_contexts(stream: &Tensor, n: i64, context: i64) -> Result<Tensor> {
     let available = stream.size().first().copied().unwrap_or(0) / context.max(1);

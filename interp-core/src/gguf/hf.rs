@@ -178,7 +178,7 @@ fn block(stem: &str) -> Option<(usize, &str)> {
 pub(crate) fn config(file: &GgufFile) -> Result<Json> {
     let arch = file.architecture()?;
     if !GGUF_ARCHITECTURES.contains(&arch) {
-        return Err(Error::UnknownGgufArchitecture { found: arch.to_string() });
+        return Err(Error::UnknownGgufArchitecture { found: arch.to_string(), supported: GGUF_ARCHITECTURES });
     }
     let bad = |message: String| Error::Checkpoint { path: file.path().to_path_buf(), message };
     let key = |k: &str| format!("{arch}.{k}");

@@ -11,13 +11,15 @@ mod gpt_neox;
 mod llama;
 mod transformer_lens;
 
+use std::path::Path;
+
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{Checkpoint, TensorSource};
-use crate::config::{Family, ModelConfig, MoeConfig, NormKind, QkNorm, RopeScaling};
+use crate::config::{Family, ModelConfig, MoeConfig, NormKind, QkNorm, RopeScaling, MAX_DIM};
 use crate::error::{Error, Result};
 use crate::model::{Attention, Block, Linear, Mlp, Moe, Norm, Params, SharedExpert};
 
@@ -65,7 +67,7 @@ pub(crate) fn config_from_hf(value: &Value) -> Result<ModelConfig> {
             llama::config(parse(value)?, model_type)?
         }
         "gemma" | "gemma2" | "gemma3_text" => gemma::config(parse(value)?, model_type)?,
-        other => return Err(Error::UnknownModelType { found: other.to_string() }),
+        other => return Err(Error::UnknownModelType { found: other.to_string(), supported: SUPPORTED_MODEL_TYPES }),
     };
     cfg.hf_json = value.clone();
     cfg.validate()?;
@@ -86,9 +88,28 @@ fn parse<T: DeserializeOwned>(value: &Value) -> Result<T> {
     })
 }
 
-/// Largest size any `config.json` dimension may take (16.7M: beyond every published model), so
-/// that nothing is ever allocated from an unchecked size.
-pub const MAX_DIM: i64 = 1 << 24;
+// Reading a config is the family modules' work, so it lives here: config.rs knows no family.
+impl ModelConfig {
+    /// Reads and validates `<dir>/config.json` (or, in an InterpBench case folder without one,
+    /// the pickled TransformerLens config `ll_model_cfg.pkl`).
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        // An InterpBench case folder: the TransformerLens config pickled.
+        let pickled = dir.join("ll_model_cfg.pkl");
+        if !path.exists() && pickled.exists() {
+            return Self::from_hf_json(&crate::torch_file::read_pickle(&pickled)?);
+        }
+        let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+        let value: Value = serde_json::from_str(&text).map_err(|source| Error::Json { path: path.clone(), source })?;
+        Self::from_hf_json(&value)
+    }
+
+    /// Converts an HF `config.json` value (each family's keys are read by its module in
+    /// `models/`).
+    pub fn from_hf_json(value: &Value) -> Result<Self> {
+        config_from_hf(value)
+    }
+}
 
 /// A size from `config.json`: an integer in `1..=MAX`, checked as it is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,13 +2,13 @@
 //! graphs. The analyses are `report::analysis`; this file maps flags onto their configs and
 //! prints a summary.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use interp::circuits::bilinear::BilinearLayer;
 use interp::circuits::MemoryBudget;
 use interp::interp_core::{tch, HookedTransformer};
-use interp::report::analysis::{bilinear_spectra, graph_analysis, BilinearSpectra, BilinearSpectraConfig, GraphAnalysisConfig};
+use interp::report::analysis::{bilinear_spectra, graph_analysis, graph_slug, BilinearSpectraConfig, GraphAnalysisConfig};
 use interp::report::Output;
 use interp::transcoders::load_transcoder_set;
 use tch::Kind;
@@ -45,32 +45,8 @@ pub fn run_bilinear(args: &BilinearArgs, out: &mut Output) -> Result<()> {
     let layer = args.layer.unwrap_or(model.cfg.n_layers.saturating_sub(1));
     let cfg = BilinearSpectraConfig { directions: args.tokens.clone(), top: args.top, truncation: !args.no_task };
     let spectra = bilinear_spectra(&model, layer, &BilinearLayer::from_model(&model, layer)?, &cfg)?;
-    print_spectra(&spectra);
+    spectra.print();
     Ok(spectra.write(out)?)
-}
-
-/// The spectra's summary on stdout.
-pub fn print_spectra(s: &BilinearSpectra) {
-    println!("{}", s.intro());
-    for d in &s.directions {
-        let total: f64 = d.eigenvalues.iter().map(|v| v * v).sum();
-        let top2: f64 = d.eigenvalues.iter().take(2).map(|v| v * v).sum();
-        println!(
-            "  {:>8}: effective rank {:.1}, top eigenvalues {:+.3} {:+.3}, top 2 hold {:.0}% of ||Q||_F^2",
-            d.name,
-            d.effective_rank,
-            d.eigenvalues.first().copied().unwrap_or(0.0),
-            d.eigenvalues.get(1).copied().unwrap_or(0.0),
-            100.0 * top2 / total.max(1e-30)
-        );
-        for r in d.readouts.iter().take(2) {
-            println!("      v{} ({:+.3}): + {} | - {}", r.rank, r.eigenvalue, r.favoured, r.disfavoured);
-        }
-    }
-    if let Some(curve) = &s.truncation {
-        let shown: Vec<String> = curve.iter().map(|(k, a)| format!("k={k}: {a:.3}")).collect();
-        println!("modular addition (256 prompts), accuracy with k eigenpairs per answer logit: {}", shown.join(", "));
-    }
 }
 
 #[derive(clap::Args)]
@@ -140,7 +116,7 @@ pub fn run_graph(args: &GraphArgs, out: &mut Output) -> Result<()> {
     if let Some(gb) = args.max_memory {
         cfg.graph.budget = MemoryBudget::for_peak((gb * 1e9) as u64, &model)?;
     }
-    let contexts = match super::sae::held_out_contexts(&model, &args.data, args.contexts, 128) {
+    let contexts = match interp::transcoders::runner::held_out_contexts(&model, &args.data, args.contexts, 128) {
         Ok(c) => Some(c),
         Err(why) => {
             eprintln!("no feature files: {why:#}");
@@ -164,16 +140,4 @@ pub fn run_graph(args: &GraphArgs, out: &mut Output) -> Result<()> {
     found.write(out)?;
     println!("wrote {} and {}", out.dir.join(format!("{name}.json")).display(), out.dir.join("graph.html").display());
     Ok(())
-}
-
-/// A model folder's name, as a report's folder name.
-pub fn slug(dir: &Path) -> String {
-    dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "graph".into())
-}
-
-/// A graph's slug for circuit-tracer's viewer: the model folder's name and the prompt's first
-/// words, lower case, joined by dashes ("shakespeare-gpt2-to-be-or-not-to-be").
-pub fn graph_slug(dir: &Path, prompt: &str) -> String {
-    let words: Vec<String> = prompt.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).take(6).map(str::to_lowercase).collect();
-    std::iter::once(slug(dir)).chain(words).collect::<Vec<_>>().join("-")
 }

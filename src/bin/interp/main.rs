@@ -16,9 +16,6 @@ use interp::interp_core::{tch, CacheSpec, HookedTransformer, NamesFilter};
 use interp::report::Output;
 use tch::{Device, Kind, Tensor};
 
-/// The Shakespeare corpus that scripts/setup.sh fetches.
-const SHAKESPEARE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/shakespeare");
-
 /// The prompt the main job runs when none is given.
 const DEFAULT_PROMPT: &str = "ROMEO. But soft, what light through yonder window breaks? It is the east, and Juliet is the";
 
@@ -301,12 +298,11 @@ fn summary(dir: &Path, text: &str) -> Result<()> {
         start.elapsed().as_secs_f64() * 1e3
     );
     let final_top = logits.select(1, -1).argmax(-1, false).int64_value(&[0]);
-    let lens = cache.accumulated_resid(None, false, false)?;
-    let lens_logits = model.logit_lens(&lens.components)?; // [n, 1, pos, vocab]
-    let probs = lens_logits.select(2, -1).select(1, 0).softmax(-1, Kind::Float); // [n, vocab]
+    let (labels, probs) = interp::report::lens_probabilities(&model, &tokens, false)?;
+    let probs = probs.select(2, -1).select(1, 0); // [n, vocab]
     println!("logit lens at the last position (final prediction {:?}):", model.to_string(&Tensor::from_slice(&[final_top]))?);
     println!("  {:<12} {:<16} {:>8} {:>14}", "residual", "top token", "p(top)", "p(final top)");
-    for (i, label) in lens.labels.iter().enumerate() {
+    for (i, label) in labels.iter().enumerate() {
         let row = probs.get(i as i64);
         let top = row.argmax(-1, false).int64_value(&[]);
         let tok = model.to_string(&Tensor::from_slice(&[top]))?;

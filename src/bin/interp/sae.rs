@@ -5,19 +5,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
-use interp::interp_core::data::token_stream;
+use interp::interp_core::data::{self, token_stream};
 use interp::interp_core::train::Schedule;
 use interp::interp_core::{tch, CacheSpec, HookedTransformer};
 use interp::report::analysis::{read_training_curve, training_curve_chart, write_metrics, write_set_metrics};
 use interp::report::{write_dashboards, Output};
-use interp::transcoders::runner::{eval_contexts, train_cross_layer, train_dictionary, RunnerConfig, TRAIN_LOG};
+use interp::transcoders::runner::{held_out_contexts, train_cross_layer, train_dictionary, RunnerConfig, TRAIN_LOG};
 use interp::transcoders::{
     evaluate, evaluate_activations, evaluate_set, latent_dashboards, load_transcoder_set, random_latents, readable_latents, ActivationSource, Architecture,
     CachedActivations, DictionaryMetrics, InMemoryActivations, SaeTrainConfig, SetMetrics, SparseDictionary, StoreConfig,
 };
 use tch::{Kind, Tensor};
 
-use super::train::corpus;
 use super::{load, DeviceArg, ModelArgs};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -268,12 +267,6 @@ pub struct TrainArgs {
     threads: i32,
 }
 
-/// The first `n` held-out contexts of `context` tokens of `data`.
-pub fn held_out_contexts(model: &HookedTransformer, data: &str, n: i64, context: i64) -> Result<Tensor> {
-    let tok = model.tokenizer().context("the model has no tokenizer.json")?;
-    Ok(eval_contexts(&token_stream(tok, &corpus(data)?.1)?, n, context)?)
-}
-
 fn print_metrics(m: &DictionaryMetrics) {
     println!("tokens            {}", m.n_tokens);
     println!("L0                {:.2}", m.l0);
@@ -361,7 +354,7 @@ fn train(a: &TrainArgs) -> Result<()> {
     let cfg = a.config()?;
     let model = load(&a.model)?;
     let tok = model.tokenizer().context("the model has no tokenizer.json")?;
-    let train_tokens = token_stream(tok, &corpus(&a.data)?.0)?;
+    let train_tokens = token_stream(tok, &data::corpus(&a.data)?.0)?;
     let contexts = held_out_contexts(&model, &a.data, a.eval_contexts, a.context)?;
     let Some(hook) = &a.hook else {
         let run = train_cross_layer(&model, &train_tokens, &contexts, &cfg, &a.out)?;
@@ -459,7 +452,7 @@ fn eval(a: &EvalArgs) -> Result<()> {
         }
         (Some(model_dir), None) => {
             let model = HookedTransformer::from_pretrained_dir(model_dir, a.device.get(), Kind::Float)?;
-            let dict = load_dictionary(&model, sae)?;
+            let dict = SparseDictionary::load_saelens_for(&model, sae)?;
             let ctx = held_out_contexts(&model, &a.data, a.contexts, dict.cfg().context_size)?;
             evaluate(&dict, &model, &ctx, 8)?
         }
@@ -478,7 +471,7 @@ fn encode(a: &EncodeArgs) -> Result<()> {
     let (dict, x) = match (model_dir, &a.text, &a.activations) {
         (Some(model_dir), Some(text), _) => {
             let model = HookedTransformer::from_pretrained_dir(model_dir, a.device.get(), Kind::Float)?;
-            let dict = load_dictionary(&model, sae)?;
+            let dict = SparseDictionary::load_saelens_for(&model, sae)?;
             let ids = model.to_tokens(text, true)?;
             let (_, cache) = model.run_with_cache(&ids, CacheSpec::names([dict.cfg().hook_name.as_str()]))?;
             let x = cache.get(&dict.cfg().hook_name)?.to_kind(Kind::Float);
@@ -518,14 +511,6 @@ fn decode(sae: &Path, features: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn load_dictionary(model: &HookedTransformer, dir: &Path) -> Result<SparseDictionary> {
-    let dict = SparseDictionary::load_saelens(dir, model.device())?;
-    for hook in [&dict.cfg().hook_name, &dict.cfg().hook_name_out] {
-        model.hook_point(hook).with_context(|| format!("{}: the dictionary's hook does not fit this model", dir.display()))?;
-    }
-    Ok(dict)
-}
-
 pub fn run(cmd: SaeCommand) -> Result<()> {
     match cmd {
         SaeCommand::Train(a) => train(&a)?,
@@ -534,7 +519,7 @@ pub fn run(cmd: SaeCommand) -> Result<()> {
         SaeCommand::Decode { sae, features, out } => decode(&sae, &features, &out)?,
         SaeCommand::Dashboard { model, sae, out, latents, top, random, data, contexts } => {
             let model = load(&model)?;
-            let dict = load_dictionary(&model, &sae)?;
+            let dict = SparseDictionary::load_saelens_for(&model, &sae)?;
             let ctx = held_out_contexts(&model, &data, contexts, dict.cfg().context_size)?;
             let latents = match (latents.is_empty(), random) {
                 (false, _) => latents,

@@ -1,14 +1,12 @@
-//! `interp train`: flags mapped onto `interp_core::pretrain`, and the corpora `--data` names.
+//! `interp train`: flags mapped onto `interp_core::pretrain`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use interp::interp_core::data;
 use interp::interp_core::pretrain::{pretrain, PretrainConfig, PretrainData};
 use interp::interp_core::train::{Schedule, TrainConfig};
 use interp::interp_core::{tch, BlockStyle, Experts, MlpKind, NormPlacement, Tokenizer};
-
-use super::SHAKESPEARE;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -138,7 +136,7 @@ impl TrainArgs {
         Ok(match self.data.as_str() {
             "tasks" | "induction" => PretrainData::Tasks { modulus: self.modulus, induction_only: self.data == "induction" },
             name => {
-                let (train, eval) = corpus(name)?;
+                let (train, eval) = data::corpus(name)?;
                 PretrainData::Text { train, eval, tokenizer: self.tokenizer()?, vocab: self.vocab }
             }
         })
@@ -147,24 +145,6 @@ impl TrainArgs {
     fn tokenizer(&self) -> Result<Option<Tokenizer>> {
         Ok(self.tokenizer.as_ref().map(|p| Tokenizer::from_file(p, Some(0))).transpose()?)
     }
-}
-
-/// Training and eval documents of `--data`: `shakespeare`, a folder of .txt files or a .jsonl file
-/// (every eighth document held out), or several of these separated by commas (their training
-/// documents concatenated; their held-out documents cut into pieces of about 8,000 characters and
-/// interleaved, so that the first held-out contexts come from every corpus).
-pub fn corpus(name: &str) -> Result<(Vec<data::Document>, Vec<data::Document>)> {
-    let parts: Vec<&str> = name.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
-    if parts.len() > 1 {
-        let (train, eval): (Vec<_>, Vec<_>) = parts.iter().map(|p| corpus(p)).collect::<Result<Vec<_>>>()?.into_iter().unzip();
-        return Ok((train.concat(), data::interleave(eval, 8000)));
-    }
-    if name == "shakespeare" {
-        return data::shakespeare(Path::new(SHAKESPEARE)).context("run scripts/setup.sh to fetch the corpus");
-    }
-    let path = Path::new(name);
-    let docs = if path.is_dir() { data::read_text_dir(path)? } else { data::read_jsonl(path, "text")? };
-    data::hold_out(docs).with_context(|| path.display().to_string())
 }
 
 /// `interp train`: prints the eval loss next to its n-gram baselines, or each task's score.

@@ -21,7 +21,7 @@ pub use bilinear::{bilinear_spectra, single_token, BilinearSpectra, BilinearSpec
 pub use causal_tracing::{causal_tracing, task_trace_prompts, trace_table, CausalTracing, CausalTracingConfig};
 pub use circuit_discovery::{circuit_discovery, AcdcRuns, CircuitDiscovery, CircuitDiscoveryConfig, EdgeScores, MibScores};
 pub use dictionary::{read_training_curve, training_curve_chart, write_metrics, write_set_metrics};
-pub use graph::{graph_analysis, GraphAnalysis, GraphAnalysisConfig, VIEWER_SCAN};
+pub use graph::{graph_analysis, graph_slug, GraphAnalysis, GraphAnalysisConfig, VIEWER_SCAN};
 pub use heads::{head_scores, HeadScores, ROLE_RULES};
 pub use patching::{patching_sweep, patching_table, PatchingSweep, PatchingSweepConfig};
 pub use routing::{routing_analysis, RoutingAnalysis, RoutingConfig};

@@ -5,7 +5,7 @@
 //! and needs no other file.
 //!
 //! ```no_run
-//! use circuits::{Report, Table};
+//! use interp_report::{Report, Table};
 //! let mut table = Table::new(&["layer", "score"]);
 //! table.push(vec![0usize.into(), 0.5.into()]);
 //! let mut report = Report::new("My analysis");
@@ -13,7 +13,7 @@
 //! report.paragraph("One row per layer.");
 //! report.table("scores", &table, 20);
 //! report.write("out/report.html".as_ref())?;
-//! # Ok::<(), circuits::Error>(())
+//! # Ok::<(), interp_report::Error>(())
 //! ```
 
 use std::fmt::Write as _;
@@ -56,7 +56,7 @@ pub(crate) fn page(title: &str, body: &str) -> String {
 }
 
 /// Writes a self-contained HTML page around `view`, a fragment of
-/// [`AttributionGraph::html_view`](circuits::AttributionGraph::html_view).
+/// [`graph_view`].
 pub fn write_graph_page(path: &Path, title: &str, view: &str) -> Result<()> {
     std::fs::write(path, page(title, view)).map_err(Error::io(path))
 }
@@ -124,7 +124,7 @@ impl Report {
     }
 
     /// Trusted HTML (a fragment such as [`dashboards_html`] or
-    /// [`AttributionGraph::html_view`](circuits::AttributionGraph::html_view)).
+    /// [`graph_view`]).
     pub fn html(&mut self, fragment: &str) {
         self.body().push_str(fragment);
         self.body().push('\n');

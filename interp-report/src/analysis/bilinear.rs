@@ -182,3 +182,30 @@ impl BilinearSpectra {
         Ok(())
     }
 }
+
+impl BilinearSpectra {
+    /// The spectra's summary on stdout.
+    pub fn print(&self) {
+        let s = self;
+        println!("{}", s.intro());
+        for d in &s.directions {
+            let total: f64 = d.eigenvalues.iter().map(|v| v * v).sum();
+            let top2: f64 = d.eigenvalues.iter().take(2).map(|v| v * v).sum();
+            println!(
+                "  {:>8}: effective rank {:.1}, top eigenvalues {:+.3} {:+.3}, top 2 hold {:.0}% of ||Q||_F^2",
+                d.name,
+                d.effective_rank,
+                d.eigenvalues.first().copied().unwrap_or(0.0),
+                d.eigenvalues.get(1).copied().unwrap_or(0.0),
+                100.0 * top2 / total.max(1e-30)
+            );
+            for r in d.readouts.iter().take(2) {
+                println!("      v{} ({:+.3}): + {} | - {}", r.rank, r.eigenvalue, r.favoured, r.disfavoured);
+            }
+        }
+        if let Some(curve) = &s.truncation {
+            let shown: Vec<String> = curve.iter().map(|(k, a)| format!("k={k}: {a:.3}")).collect();
+            println!("modular addition (256 prompts), accuracy with k eigenpairs per answer logit: {}", shown.join(", "));
+        }
+    }
+}
