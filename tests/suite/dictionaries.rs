@@ -639,3 +639,35 @@ fn random_latents_are_a_seeded_sample_of_the_live_ones() {
     assert!(a.last().unwrap() - a.first().unwrap() > 30, "{a:?}");
     assert_eq!(random_latents(&d, 1000, 0).unwrap().len(), 66);
 }
+
+#[test]
+fn a_dictionary_for_another_model_is_refused_by_variant() {
+    let model = text_model();
+    let dir = tempdir("other-model");
+    // A hook at a layer the text model does not have, and a width it does not use.
+    let fits = identity_sae("blocks.0.hook_resid_post", model.cfg.d_model);
+    let other = identity_sae(&format!("blocks.{}.hook_resid_post", model.cfg.n_layers + 3), model.cfg.d_model);
+    fits.save_saelens(dir.join("fits"), None).unwrap();
+    other.save_saelens(dir.join("other"), None).unwrap();
+    assert!(SparseDictionary::load_saelens_for(&model, &dir.join("fits")).is_ok());
+    match SparseDictionary::load_saelens_for(&model, &dir.join("other")) {
+        Err(interp::transcoders::Error::OtherModel { hook, path, .. }) => {
+            assert_eq!(hook, other.cfg().hook_name);
+            assert_eq!(path, dir.join("other"));
+        }
+        r => panic!("expected OtherModel, got {:?}", r.map(|_| ())),
+    }
+    // An unknown architecture names the ones the readers know.
+    let cfg_path = dir.join("fits").join("cfg.json");
+    let text = std::fs::read_to_string(&cfg_path).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&text).unwrap();
+    cfg["architecture"] = "no-such".into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    match SparseDictionary::load_saelens(dir.join("fits"), Device::Cpu) {
+        Err(interp::transcoders::Error::UnknownArchitecture { found, supported }) => {
+            assert_eq!(found, "no-such");
+            assert_eq!(supported, interp::transcoders::SAELENS_ARCHITECTURES);
+        }
+        r => panic!("expected UnknownArchitecture, got {:?}", r.map(|_| ())),
+    }
+}

@@ -76,7 +76,7 @@ pub enum Error {
         /// The hook.
         hook: String,
         /// The model's reason.
-        source: interp_core::Error,
+        source: Box<interp_core::Error>,
     },
     /// Anything else a caller gave that cannot be used, with the reason.
     #[error("invalid input: {0}")]

@@ -657,7 +657,7 @@ impl SparseDictionary {
     pub fn load_saelens_for(model: &HookedTransformer, dir: &Path) -> Result<Self> {
         let dict = SparseDictionary::load_saelens(dir, model.device())?;
         for hook in [&dict.cfg().hook_name, &dict.cfg().hook_name_out] {
-            model.hook_point(hook).map_err(|source| Error::OtherModel { path: dir.to_path_buf(), hook: hook.clone(), source })?;
+            model.hook_point(hook).map_err(|source| Error::OtherModel { path: dir.to_path_buf(), hook: hook.clone(), source: Box::new(source) })?;
         }
         Ok(dict)
     }
