@@ -127,25 +127,34 @@ fn circuits() -> Result {
     let vocab = TaskVocab::of_model(&model)?;
     let ioi = TaskPrompts::new(Task::Ioi, &vocab, 4, 0)?;
     for site in [PatchSite::ResidPre, PatchSite::HeadOut, PatchSite::HeadOutByPos] {
-        let _ = activation_patching(&model, &ioi.clean, &ioi.corrupted, &ioi.metric, site, 4096)?;
+        let r = activation_patching(&model, &ioi.clean, &ioi.corrupted, &ioi.metric, site, 4096)?;
+        assert!(r.clean > r.corrupted, "{site:?}: the model does IOI ({} vs {})", r.clean, r.corrupted);
+        assert_eq!(r.values.isfinite().all().int64_value(&[]), 1, "{site:?}");
     }
     let facts = TaskPrompts::new(Task::Facts, &vocab, 1, 0)?;
     let tokens = Vec::<i64>::try_from(&facts.clean.get(0))?;
     let prompt = TracePrompt::new(tokens.clone(), &tokens[1..4], facts.answers[0][0], "fact")?;
     let noise = Corruption::Noise { sigma: estimate_sigma(&model, &facts.clean)?, scale: 3.0, samples: 4, seed: 0 };
     let trace = causal_trace(&model, &prompt, &TraceConfig { corruption: noise, window: 10, severed_mlp: false, max_rows: 4096 })?;
-    let _ = summarize(&[trace])?;
+    assert!(trace.total_effect() > 0.0, "noise on the subject lowers the answer's probability");
+    assert_eq!(summarize(&[trace])?[0].n_prompts, 1);
     let graph = EdgeGraph::new(&model)?;
     let acts = graph.activations(&model, &ioi.clean, &ioi.corrupted, Ablation::Resample)?;
-    let _ = edge_attribution(&model, &graph, &acts, &ioi.metric, AttributionMethod::EapIg { steps: 5 })?;
-    let _ = acdc(&model, &graph, &acts, &ioi.metric, &AcdcConfig { tau: 0.3, progress: false, ..AcdcConfig::default() })?;
+    let ig = edge_attribution(&model, &graph, &acts, &ioi.metric, AttributionMethod::EapIg { steps: 5 })?;
+    assert_eq!(ig.size(), [graph.n_edges() as i64]);
+    let circuit = acdc(&model, &graph, &acts, &ioi.metric, &AcdcConfig { tau: 0.3, progress: false, ..AcdcConfig::default() })?;
+    assert!(circuit.n_kept() > 0 && circuit.n_kept() < graph.n_edges(), "{} of {} edges kept", circuit.n_kept(), graph.n_edges());
     let _ = Metric::kl_to(&model.forward(&ioi.clean)?, None)?;
     let run = EdgeRun::new(&model, &graph, &ioi, Ablation::Resample, MemoryBudget::DEFAULT)?;
     let scores = run.attribution(AttributionMethod::Eap)?;
-    let _ = run.faithfulness(&top_k_masks(&scores, &[10], true)?)?;
+    let faithfulness = run.faithfulness(&top_k_masks(&scores, &[10, graph.n_edges()], true)?)?;
+    assert!((faithfulness[1] - 1.0).abs() < 1e-4, "the full circuit is the model: {faithfulness:?}");
     let bl = interp::circuits::BilinearLayer::from_model(&model, 1)?;
     let u = interp::circuits::bilinear::unembedding_direction(&model, vocab.id("m3")?)?;
-    let _ = interp::circuits::Spectrum::of(&bl.interaction_matrix(&u)?)?;
+    let q = bl.interaction_matrix(&u)?;
+    let spectrum = interp::circuits::Spectrum::of(&q)?;
+    // The eigenvalues of the symmetric part sum to its trace.
+    assert!((spectrum.values.sum(Kind::Double).double_value(&[]) - q.to_kind(Kind::Double).trace().double_value(&[])).abs() < 1e-6);
     let text_model = HookedTransformer::from_pretrained_dir(repo("models/shakespeare-gpt2"), Device::Cpu, Kind::Float)?;
     let transcoders = load_transcoder_set(repo("models/shakespeare-gpt2/transcoders"), Device::Cpu)?;
     let tokens = text_model.to_tokens("To be, or not", true)?;
@@ -156,6 +165,8 @@ fn circuits() -> Result {
         &GraphConfig { max_feature_nodes: Some(100), ..GraphConfig::default() },
     )?;
     let pruned = g.prune(0.8, 0.98)?;
-    let _ = g.to_circuit_tracer_json(&pruned, "guide", "shakespeare-gpt2", &|t| t.to_string())?;
+    assert!(g.completeness_error()? < 1e-3, "every node's inputs add up to its value");
+    let json = g.to_circuit_tracer_json(&pruned, "guide", "shakespeare-gpt2", &|t| t.to_string())?;
+    assert_eq!(json["nodes"].as_array().map(Vec::len), Some(pruned.n_nodes()));
     Ok(())
 }
