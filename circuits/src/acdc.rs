@@ -198,13 +198,13 @@ pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations
     let resumed = match &cfg.checkpoint {
         Some(path) if path.exists() => {
             let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-            let saved: Checkpoint = serde_json::from_str(&text).map_err(|e| Error::Input(format!("{}: not an ACDC checkpoint: {e}", path.display())))?;
+            let saved: Checkpoint = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
+                path: path.clone(),
+                found: format!("no ACDC checkpoint: {e}"),
+                expected: fingerprint.clone(),
+            })?;
             if saved.fingerprint != fingerprint || saved.state.kept.len() != n {
-                return Err(Error::Input(format!(
-                    "{}: a checkpoint of another run ({}); this run is {fingerprint}. Remove it or choose another --checkpoint",
-                    path.display(),
-                    saved.fingerprint
-                )));
+                return Err(Error::Checkpoint { path: path.clone(), found: saved.fingerprint, expected: fingerprint });
             }
             Some(saved.state)
         }

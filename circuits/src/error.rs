@@ -27,6 +27,33 @@ pub enum Error {
         /// The shape it has.
         found: Vec<i64>,
     },
+    /// An ACDC checkpoint that another run wrote (other prompts, graph, metric or settings), or not
+    /// a checkpoint at all: resuming from it would mix two runs.
+    #[error("{}: not a checkpoint of this run (it holds {found}; this run is {expected}). Remove it or choose another --checkpoint", path.display())]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What it holds: the other run's fingerprint, or why it does not read as a checkpoint.
+        found: String,
+        /// This run's fingerprint.
+        expected: String,
+    },
+    /// A line of a prompt file (pairs or tracing prompts) that cannot be used.
+    #[error("{}: line {line}: {kind}", path.display())]
+    PromptLine {
+        /// The file.
+        path: PathBuf,
+        /// The line, from 1.
+        line: usize,
+        /// What is wrong with it.
+        kind: LineError,
+    },
+    /// A prompt file without a prompt.
+    #[error("{}: no prompts (one JSON object per line)", path.display())]
+    NoPrompts {
+        /// The file.
+        path: PathBuf,
+    },
     /// Anything else a caller gave that cannot be used, with the reason.
     #[error("invalid input: {0}")]
     Input(String),
@@ -66,4 +93,112 @@ impl Error {
         let path = path.into();
         move |source| Error::Io { path, source }
     }
+}
+
+/// What is wrong with one line of a prompt file; [`Error::PromptLine`] adds the file and the line.
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    /// The line does not parse as JSON.
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    /// The line is JSON but not an object.
+    #[error("expected a JSON object")]
+    NotAnObject,
+    /// A field the file's kind requires is absent.
+    #[error("missing `{0}`")]
+    Missing(&'static str),
+    /// Neither a prompt's text nor its token ids.
+    #[error("missing `{text}` (text) or `{ids}` (token ids)")]
+    MissingPrompt {
+        /// The text field.
+        text: &'static str,
+        /// The token-id field.
+        ids: &'static str,
+    },
+    /// Both a prompt's text and its token ids.
+    #[error("give `{text}` or `{ids}`, not both")]
+    TextAndIds {
+        /// The text field.
+        text: &'static str,
+        /// The token-id field.
+        ids: &'static str,
+    },
+    /// A field this kind of file does not have (a typo, most often).
+    #[error("unknown field `{field}` (fields: {})", allowed.join(", "))]
+    UnknownField {
+        /// The field found.
+        field: String,
+        /// The fields the file may have.
+        allowed: &'static [&'static str],
+    },
+    /// A field of the wrong JSON type.
+    #[error("`{field}` must be {expected}")]
+    WrongType {
+        /// The field.
+        field: String,
+        /// What it must be, in words.
+        expected: &'static str,
+    },
+    /// A list field with nothing in it.
+    #[error("`{0}` is an empty list")]
+    EmptyList(String),
+    /// Text, but the model has no tokenizer to read it with.
+    #[error("text prompts need the model's tokenizer.json; give token ids (`clean_ids`, ...) instead")]
+    NoTokenizer,
+    /// The tokenizer failed on the text.
+    #[error("{0}")]
+    Tokenizer(String),
+    /// A prompt of no tokens.
+    #[error("an empty prompt")]
+    EmptyPrompt,
+    /// A prompt longer than the model's context.
+    #[error("{len} tokens, longer than the model's context of {n_ctx}")]
+    TooLong {
+        /// Its tokens.
+        len: usize,
+        /// The model's context.
+        n_ctx: i64,
+    },
+    /// A prompt token id outside the model's vocabulary.
+    #[error("token id {id} is outside the vocabulary (0..{d_vocab})")]
+    TokenOutOfVocabulary {
+        /// The id.
+        id: i64,
+        /// The model's input vocabulary.
+        d_vocab: i64,
+    },
+    /// An answer token id outside the model's output vocabulary.
+    #[error("token id {id} in `{field}` is outside the output vocabulary (0..{d_vocab_out})")]
+    AnswerOutOfVocabulary {
+        /// `answer` or `wrong`.
+        field: String,
+        /// The id.
+        id: i64,
+        /// The model's output vocabulary.
+        d_vocab_out: i64,
+    },
+    /// An answer string that is not exactly one token.
+    #[error("`{field}` {text:?} is {} tokens {pieces:?}, not one; give a single token (often with its leading space) or a token id", pieces.len())]
+    NotOneToken {
+        /// `answer` or `wrong`.
+        field: String,
+        /// The string.
+        text: String,
+        /// Its tokens.
+        pieces: Vec<String>,
+    },
+    /// A pair whose prompts differ in length.
+    #[error("clean is {} tokens and corrupted {}; position-wise patching needs pairs of equal length (clean {clean:?}, corrupted {corrupted:?})", clean.len(), corrupted.len())]
+    UnequalLengths {
+        /// The clean prompt's tokens (their text where the model has a tokenizer, else ids).
+        clean: Vec<String>,
+        /// The corrupted prompt's tokens.
+        corrupted: Vec<String>,
+    },
+    /// A tracing line with other than one answer token.
+    #[error("causal tracing scores one answer token, found {0}")]
+    AnswerCount(usize),
+    /// A tracing line whose subject cannot be found or used.
+    #[error("{0}")]
+    Subject(String),
 }

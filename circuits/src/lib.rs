@@ -29,7 +29,7 @@ pub mod metric;
 pub use acdc::{acdc, circuit_nodes, roc_auc, AcdcConfig, AcdcResult, AttributionPrune};
 pub use eap::{edge_attribution, top_k_masks, AttributionMethod};
 pub use edge_graph::{Ablation, Edge, EdgeActivations, EdgeGraph, Qkv, Receiver, Sender};
-pub use error::{Error, Result};
+pub use error::{Error, LineError, Result};
 pub use metric::{Metric, MetricKind, MetricName};
 pub mod mib;
 pub mod prompts;

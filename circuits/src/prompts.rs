@@ -26,7 +26,7 @@ use serde_json::{json, Map, Value};
 use tch::Tensor;
 
 use crate::causal_tracing::TracePrompt;
-use crate::error::{Error, Result};
+use crate::error::{Error, LineError, Result};
 use crate::metric::{Metric, MetricName};
 
 /// One clean/corrupted pair, as token ids.
@@ -213,7 +213,7 @@ impl TaskPrompts {
     /// Reads a JSONL pair file (see the module docs) for `model`: text needs its tokenizer,
     /// ids must be in its vocabulary, prompts must fit its context. Errors name the line.
     pub fn from_jsonl(path: &Path, model: &HookedTransformer) -> Result<TaskPrompts> {
-        let pairs = read_lines(path, |line, obj| parse_pair(line, obj, model))?;
+        let pairs = read_lines(path, |obj| parse_pair(obj, model))?;
         TaskPrompts::from_pairs(pairs, model.cfg.d_vocab, model.cfg.d_vocab_out)
     }
 
@@ -341,176 +341,152 @@ fn task_pairs(task: Task, vocab: &TaskVocab, n: usize, seed: u64) -> Result<Vec<
 /// Reads causal-tracing prompts from JSONL: `prompt`, `subject` (a substring of the prompt),
 /// `answer` (one token) and optional `label`. Needs the model's tokenizer.
 pub fn trace_prompts_from_jsonl(path: &Path, model: &HookedTransformer) -> Result<Vec<TracePrompt>> {
-    let prompts = read_lines(path, |line, obj| {
-        let tok = tokenizer(model, line)?;
-        check_fields(line, obj, &["prompt", "subject", "answer", "label"])?;
-        let prompt = text_field(line, obj, "prompt")?;
-        let subject = text_field(line, obj, "subject")?;
-        let tokens = encode_prompt(tok, line, prompt, model)?;
-        let span = subject_span(tok, &tokens, subject).map_err(|why| Error::Input(format!("line {line}: {why}")))?;
-        let answers = token_set(line, obj, "answer", model)?.ok_or_else(|| missing(line, "answer"))?;
-        let [answer] = answers[..] else {
-            return Err(Error::Input(format!("line {line}: causal tracing scores one answer token, found {}", answers.len())));
-        };
-        let label = label(line, obj)?;
-        TracePrompt::new(tokens.clone(), &tokens[span], answer, label).map_err(|e| Error::Input(format!("line {line}: {e}")))
-    })?;
-    Ok(prompts)
+    read_lines(path, |obj| {
+        let tok = tokenizer(model)?;
+        check_fields(obj, &["prompt", "subject", "answer", "label"])?;
+        let prompt = text_field(obj, "prompt")?;
+        let subject = text_field(obj, "subject")?;
+        let tokens = encode_prompt(tok, prompt, model)?;
+        let span = subject_span(tok, &tokens, subject)?;
+        let answers = token_set(obj, "answer", model)?.ok_or(LineError::Missing("answer"))?;
+        let [answer] = answers[..] else { return Err(LineError::AnswerCount(answers.len())) };
+        TracePrompt::new(tokens.clone(), &tokens[span], answer, label(obj)?).map_err(|e| LineError::Subject(e.to_string()))
+    })
 }
 
+type LineResult<T> = std::result::Result<T, LineError>;
+
 /// The token range of the last occurrence of `subject` in the text of `tokens`.
-fn subject_span(tok: &Tokenizer, tokens: &[i64], subject: &str) -> std::result::Result<std::ops::Range<usize>, String> {
+fn subject_span(tok: &Tokenizer, tokens: &[i64], subject: &str) -> LineResult<std::ops::Range<usize>> {
     // Character end of each token's text, by decoding growing prefixes (ROME's find_token_range).
+    let decode = |ids: &[i64]| tok.decode(ids).map_err(|e| LineError::Tokenizer(e.to_string()));
     let mut ends = Vec::with_capacity(tokens.len());
     for i in 0..tokens.len() {
-        ends.push(tok.decode(&tokens[..=i]).map_err(|e| e.to_string())?.len());
+        ends.push(decode(&tokens[..=i])?.len());
     }
-    let text = tok.decode(tokens).map_err(|e| e.to_string())?;
-    let start = text.rfind(subject).ok_or_else(|| format!("subject {subject:?} does not occur in the prompt {text:?}"))?;
+    let text = decode(tokens)?;
+    let start = text.rfind(subject).ok_or_else(|| LineError::Subject(format!("subject {subject:?} does not occur in the prompt {text:?}")))?;
     let end = start + subject.len();
-    let first = ends.iter().position(|e| *e > start).ok_or("the subject is empty")?;
-    let last = ends.iter().position(|e| *e >= end).ok_or("the subject runs past the prompt")?;
+    let first = ends.iter().position(|e| *e > start).ok_or_else(|| LineError::Subject("the subject is empty".into()))?;
+    let last = ends.iter().position(|e| *e >= end).ok_or_else(|| LineError::Subject("the subject runs past the prompt".into()))?;
     Ok(first..last + 1)
 }
 
 /// Runs `parse` on each non-blank line's JSON object; errors name the file and the line.
-fn read_lines<T>(path: &Path, mut parse: impl FnMut(usize, &Map<String, Value>) -> Result<T>) -> Result<Vec<T>> {
+fn read_lines<T>(path: &Path, mut parse: impl FnMut(&Map<String, Value>) -> LineResult<T>) -> Result<Vec<T>> {
     let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
         if raw.trim().is_empty() {
             continue;
         }
-        let value: Value = serde_json::from_str(raw).map_err(|e| Error::Input(format!("{}: line {line}: not JSON: {e}", path.display())))?;
-        let obj = value.as_object().ok_or_else(|| Error::Input(format!("{}: line {line}: expected a JSON object", path.display())))?;
-        out.push(parse(line, obj).map_err(|e| match e {
-            Error::Input(msg) => Error::Input(format!("{}: {msg}", path.display())),
-            other => Error::Input(format!("{}: line {line}: {other}", path.display())),
-        })?);
+        let parsed = serde_json::from_str::<Value>(raw)
+            .map_err(|e| LineError::NotJson(e.to_string()))
+            .and_then(|value| value.as_object().ok_or(LineError::NotAnObject).and_then(&mut parse));
+        out.push(parsed.map_err(|kind| Error::PromptLine { path: path.to_path_buf(), line: i + 1, kind })?);
     }
     if out.is_empty() {
-        return Err(Error::Input(format!("{}: no prompts (one JSON object per line)", path.display())));
+        return Err(Error::NoPrompts { path: path.to_path_buf() });
     }
     Ok(out)
 }
 
-fn parse_pair(line: usize, obj: &Map<String, Value>, model: &HookedTransformer) -> Result<PromptPair> {
-    check_fields(line, obj, &["clean", "corrupted", "clean_ids", "corrupted_ids", "answer", "wrong", "label"])?;
-    let prompt = |text: &str, ids: &str| -> Result<Vec<i64>> {
+fn parse_pair(obj: &Map<String, Value>, model: &HookedTransformer) -> LineResult<PromptPair> {
+    check_fields(obj, &["clean", "corrupted", "clean_ids", "corrupted_ids", "answer", "wrong", "label"])?;
+    let prompt = |text: &'static str, ids: &'static str| -> LineResult<Vec<i64>> {
         match (obj.get(text), obj.get(ids)) {
-            (Some(_), Some(_)) => Err(Error::Input(format!("line {line}: give `{text}` or `{ids}`, not both"))),
-            (Some(_), None) => encode_prompt(tokenizer(model, line)?, line, text_field(line, obj, text)?, model),
+            (Some(_), Some(_)) => Err(LineError::TextAndIds { text, ids }),
+            (Some(_), None) => encode_prompt(tokenizer(model)?, text_field(obj, text)?, model),
             (None, Some(v)) => {
-                let ids = v
-                    .as_array()
-                    .and_then(|a| a.iter().map(|x| x.as_i64()).collect::<Option<Vec<i64>>>())
-                    .ok_or_else(|| Error::Input(format!("line {line}: `{ids}` must be a list of token ids")))?;
-                check_ids(line, ids, model)
+                let list = v.as_array().and_then(|a| a.iter().map(|x| x.as_i64()).collect::<Option<Vec<i64>>>());
+                check_ids(list.ok_or(LineError::WrongType { field: ids.into(), expected: "a list of token ids" })?, model)
             }
-            (None, None) => Err(Error::Input(format!("line {line}: missing `{text}` (text) or `{ids}` (token ids)"))),
+            (None, None) => Err(LineError::MissingPrompt { text, ids }),
         }
     };
     let (clean, corrupted) = (prompt("clean", "clean_ids")?, prompt("corrupted", "corrupted_ids")?);
     if clean.len() != corrupted.len() {
         let shown = |ids: &[i64]| match model.tokenizer() {
-            Some(t) => format!("{:?}", t.to_str_tokens(ids).unwrap_or_default()),
-            None => format!("{ids:?}"),
+            Some(t) => t.to_str_tokens(ids).unwrap_or_default(),
+            None => ids.iter().map(i64::to_string).collect(),
         };
-        return Err(Error::Input(format!(
-            "line {line}: clean is {} tokens and corrupted {}; position-wise patching needs pairs of equal length (clean {}, corrupted {})",
-            clean.len(),
-            corrupted.len(),
-            shown(&clean),
-            shown(&corrupted)
-        )));
+        return Err(LineError::UnequalLengths { clean: shown(&clean), corrupted: shown(&corrupted) });
     }
-    let answers = token_set(line, obj, "answer", model)?.ok_or_else(|| missing(line, "answer"))?;
-    let wrongs = token_set(line, obj, "wrong", model)?.unwrap_or_default();
-    Ok(PromptPair { clean, corrupted, answers, wrongs, label: label(line, obj)? })
+    let answers = token_set(obj, "answer", model)?.ok_or(LineError::Missing("answer"))?;
+    let wrongs = token_set(obj, "wrong", model)?.unwrap_or_default();
+    Ok(PromptPair { clean, corrupted, answers, wrongs, label: label(obj)? })
 }
 
-fn missing(line: usize, field: &str) -> Error {
-    Error::Input(format!("line {line}: missing `{field}`"))
-}
-
-fn check_fields(line: usize, obj: &Map<String, Value>, allowed: &[&str]) -> Result<()> {
+fn check_fields(obj: &Map<String, Value>, allowed: &'static [&'static str]) -> LineResult<()> {
     match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(Error::Input(format!("line {line}: unknown field `{k}` (fields: {})", allowed.join(", ")))),
+        Some(k) => Err(LineError::UnknownField { field: k.clone(), allowed }),
         None => Ok(()),
     }
 }
 
-fn text_field<'a>(line: usize, obj: &'a Map<String, Value>, field: &str) -> Result<&'a str> {
-    obj.get(field).ok_or_else(|| missing(line, field))?.as_str().ok_or_else(|| Error::Input(format!("line {line}: `{field}` must be a string")))
+fn text_field<'a>(obj: &'a Map<String, Value>, field: &'static str) -> LineResult<&'a str> {
+    obj.get(field).ok_or(LineError::Missing(field))?.as_str().ok_or(LineError::WrongType { field: field.into(), expected: "a string" })
 }
 
-fn label(line: usize, obj: &Map<String, Value>) -> Result<String> {
+fn label(obj: &Map<String, Value>) -> LineResult<String> {
     match obj.get("label") {
         None => Ok(String::new()),
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Number(n)) => Ok(n.to_string()),
-        Some(_) => Err(Error::Input(format!("line {line}: `label` must be a string"))),
+        Some(_) => Err(LineError::WrongType { field: "label".into(), expected: "a string" }),
     }
 }
 
-fn tokenizer(model: &HookedTransformer, line: usize) -> Result<&Tokenizer> {
-    model
-        .tokenizer()
-        .ok_or_else(|| Error::Input(format!("line {line}: text prompts need the model's tokenizer.json; give token ids (`clean_ids`, ...) instead")))
+fn tokenizer(model: &HookedTransformer) -> LineResult<&Tokenizer> {
+    model.tokenizer().ok_or(LineError::NoTokenizer)
 }
 
 /// Tokens of a prompt, BOS first when the model has one; it must fit the context.
-fn encode_prompt(tok: &Tokenizer, line: usize, text: &str, model: &HookedTransformer) -> Result<Vec<i64>> {
-    let ids = tok.encode(text, tok.bos_token_id().is_some()).map_err(|e| Error::Input(format!("line {line}: {e}")))?;
-    check_ids(line, ids, model)
+fn encode_prompt(tok: &Tokenizer, text: &str, model: &HookedTransformer) -> LineResult<Vec<i64>> {
+    check_ids(tok.encode(text, tok.bos_token_id().is_some()).map_err(|e| LineError::Tokenizer(e.to_string()))?, model)
 }
 
-fn check_ids(line: usize, ids: Vec<i64>, model: &HookedTransformer) -> Result<Vec<i64>> {
+fn check_ids(ids: Vec<i64>, model: &HookedTransformer) -> LineResult<Vec<i64>> {
     let (d_vocab, n_ctx) = (model.cfg.d_vocab, model.cfg.n_ctx);
     if ids.is_empty() {
-        return Err(Error::Input(format!("line {line}: an empty prompt")));
+        return Err(LineError::EmptyPrompt);
     }
     if ids.len() as i64 > n_ctx {
-        return Err(Error::Input(format!("line {line}: {} tokens, longer than the model's context of {n_ctx}", ids.len())));
+        return Err(LineError::TooLong { len: ids.len(), n_ctx });
     }
-    if let Some(t) = ids.iter().find(|t| !(0..d_vocab).contains(*t)) {
-        return Err(Error::Input(format!("line {line}: token id {t} is outside the vocabulary (0..{d_vocab})")));
+    match ids.iter().find(|t| !(0..d_vocab).contains(*t)) {
+        Some(&id) => Err(LineError::TokenOutOfVocabulary { id, d_vocab }),
+        None => Ok(ids),
     }
-    Ok(ids)
 }
 
 /// `field` as tokens: a single-token string, a token id, or a list of these.
-fn token_set(line: usize, obj: &Map<String, Value>, field: &str, model: &HookedTransformer) -> Result<Option<Vec<i64>>> {
+fn token_set(obj: &Map<String, Value>, field: &str, model: &HookedTransformer) -> LineResult<Option<Vec<i64>>> {
     let Some(v) = obj.get(field) else { return Ok(None) };
-    let one = |x: &Value| -> Result<i64> {
+    let one = |x: &Value| -> LineResult<i64> {
         match x {
             Value::Number(n) => {
-                let id = n.as_i64().ok_or_else(|| Error::Input(format!("line {line}: `{field}` {n} is not a token id")))?;
+                let id = n.as_i64().ok_or(LineError::WrongType { field: field.into(), expected: "a string, a token id or a list of these" })?;
                 let d_vocab_out = model.cfg.d_vocab_out;
                 match (0..d_vocab_out).contains(&id) {
                     true => Ok(id),
-                    false => Err(Error::Input(format!("line {line}: token id {id} in `{field}` is outside the output vocabulary (0..{d_vocab_out})"))),
+                    false => Err(LineError::AnswerOutOfVocabulary { field: field.into(), id, d_vocab_out }),
                 }
             }
             Value::String(s) => {
-                let tok = tokenizer(model, line)?;
-                let ids = tok.encode(s, false).map_err(|e| Error::Input(format!("line {line}: {e}")))?;
+                let tok = tokenizer(model)?;
+                let ids = tok.encode(s, false).map_err(|e| LineError::Tokenizer(e.to_string()))?;
                 match ids[..] {
                     [id] => Ok(id),
-                    _ => Err(Error::Input(format!(
-                        "line {line}: `{field}` {s:?} is {} tokens {:?}, not one; give a single token (often with its leading space) or a token id",
-                        ids.len(),
-                        tok.to_str_tokens(&ids).unwrap_or_default()
-                    ))),
+                    _ => Err(LineError::NotOneToken { field: field.into(), text: s.clone(), pieces: tok.to_str_tokens(&ids).unwrap_or_default() }),
                 }
             }
-            _ => Err(Error::Input(format!("line {line}: `{field}` must be a string, a token id or a list of these"))),
+            _ => Err(LineError::WrongType { field: field.into(), expected: "a string, a token id or a list of these" }),
         }
     };
     let set = match v {
-        Value::Array(items) if items.is_empty() => return Err(Error::Input(format!("line {line}: `{field}` is an empty list"))),
-        Value::Array(items) => items.iter().map(one).collect::<Result<Vec<i64>>>()?,
+        Value::Array(items) if items.is_empty() => return Err(LineError::EmptyList(field.into())),
+        Value::Array(items) => items.iter().map(one).collect::<LineResult<Vec<i64>>>()?,
         x => vec![one(x)?],
     };
     Ok(Some(set))

@@ -73,8 +73,10 @@ fn acdc_recovers_the_planted_circuit() {
         assert_eq!(resumed.n_tested, found.n_tested);
         // A checkpoint of another run is refused.
         let other = AcdcConfig { tau: 0.02, checkpoint: Some(dir.join("acdc.json")), ..cfg.clone() };
-        let err = acdc(&model, &graph, &acts, &metric, &other).unwrap_err().to_string();
-        assert!(err.contains("a checkpoint of another run"), "{err}");
+        match acdc(&model, &graph, &acts, &metric, &other) {
+            Err(Error::Checkpoint { path, found, expected }) => assert!(path == dir.join("acdc.json") && found != expected),
+            r => panic!("expected a checkpoint mismatch, got {:?}", r.map(|_| ())),
+        }
 
         let ig = edge_attribution(&model, &graph, &acts, &metric, AttributionMethod::EapIg { steps: 5 }).unwrap();
         let scores: Vec<f64> = Vec::<f64>::try_from(&ig.abs().to_kind(Kind::Double)).unwrap();

@@ -5,7 +5,7 @@
 use crate::common;
 
 use crate::common::Scratch;
-use interp::circuits::{self, edge_attribution, Ablation, AttributionMethod, EdgeGraph, EdgeRun, MemoryBudget, MetricName, TaskPrompts};
+use interp::circuits::{self, edge_attribution, Ablation, AttributionMethod, EdgeGraph, EdgeRun, LineError, MemoryBudget, MetricName, TaskPrompts};
 use interp::interp_core::tasks::{Task, TaskVocab};
 use interp::interp_core::{tch, HookedTransformer};
 use tch::{Device, Kind, Tensor};
@@ -107,7 +107,7 @@ fn mistakes_in_prompt_files_name_the_line() {
     let good = SHORT[0];
     let cases: [(&[&str], &str); 12] = [
         (&[], "no prompts"),
-        (&[good, r#"{"clean": "ROMEO. But", "answer": " t"}"#], "line 2: missing `corrupted` (text) or `corrupted_ids`"),
+        (&[good, r#"{"clean": "ROMEO. But", "answer": " t"}"#], "line 2: missing `corrupted` (text) or `corrupted_ids` (token ids)"),
         (&[r#"{"clean": "ROMEO. But", "corrupted": "ROMEO. And"}"#], "line 1: missing `answer`"),
         (&[r#"{"clean": "ROMEO. But", "corrupted": "ROMEO. And", "answer": " xyzzy"}"#], "line 1: `answer` \" xyzzy\" is"),
         (&[r#"{"clean": "ROMEO. But", "corrupted": "JULIET. But", "answer": " t"}"#], "line 1: clean is"),
@@ -121,10 +121,30 @@ fn mistakes_in_prompt_files_name_the_line() {
     ];
     for (lines, expected) in cases {
         let path = write(&dir, "bad.jsonl", lines);
-        let err = TaskPrompts::from_jsonl(&path, &model).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = TaskPrompts::from_jsonl(&path, &model).err();
+        // The variant carries the file and the line; the message says the rest.
+        match &err {
+            Some(circuits::Error::PromptLine { path: p, line, .. }) => {
+                assert_eq!(p, &path);
+                assert!(expected.starts_with(&format!("line {line}: ")), "line {line} for `{expected}`");
+            }
+            Some(circuits::Error::NoPrompts { path: p }) => assert_eq!((p, expected), (&path, "no prompts")),
+            other => panic!("expected a prompt-file error for `{expected}`, got {other:?}"),
+        }
+        let err = err.map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains(expected), "expected `{expected}` in `{err}`");
         assert!(err.contains("bad.jsonl"), "the error names the file: {err}");
     }
+    // What is wrong, by variant.
+    let kind = |lines: &[&str]| match TaskPrompts::from_jsonl(&write(&dir, "kind.jsonl", lines), &model) {
+        Err(circuits::Error::PromptLine { kind, .. }) => kind,
+        other => panic!("expected a prompt-file error, got {:?}", other.map(|_| ())),
+    };
+    assert!(matches!(kind(&[r#"{"clean_ids": [1, 2, 3], "corrupted_ids": [1, 2, 99999], "answer": 3}"#]), LineError::TokenOutOfVocabulary { id: 99999, .. }));
+    assert!(
+        matches!(kind(&[r#"{"clean": "ROMEO. But", "corrupted": "ROMEO. And", "answr": " d"}"#]), LineError::UnknownField { field, .. } if field == "answr")
+    );
+    assert!(matches!(kind(&[r#"{"clean": "ROMEO. But", "corrupted": "JULIET. But", "answer": " t"}"#]), LineError::UnequalLengths { .. }));
     // Longer than the context.
     let long = format!(r#"{{"clean_ids": {:?}, "corrupted_ids": {:?}, "answer": 1}}"#, vec![1; 300], vec![1; 300]);
     let err = TaskPrompts::from_jsonl(&write(&dir, "long.jsonl", &[&long]), &model).err().map(|e| e.to_string()).unwrap_or_default();
