@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use interp_core::{BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks, KvCache};
+use interp_core::{BlockSite, CacheSpec, HookName, HookPoint, HookedTransformer, Hooks, KvCache};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -197,9 +197,9 @@ impl<'a> Tracer<'a> {
             return Err(interp_core::Error::TokenOutOfVocabulary { id: prompt.answer, d_vocab: c.d_vocab_out }.into());
         }
         let tokens = Tensor::f_from_slice(&prompt.tokens)?.f_view([1, p])?.f_to_device(model.device())?;
-        let mut names = vec!["hook_embed", "blocks.*.hook_resid_post", "blocks.*.hook_attn_out"];
+        let mut names = vec![HookPoint::Embed.hook_name(), BlockSite::ResidPost.hook_name(), BlockSite::AttnOut.hook_name()];
         if !c.attn_only {
-            names.push("blocks.*.hook_mlp_out");
+            names.push(BlockSite::MlpOut.hook_name());
         }
         let (_, cache) = model.run_with_cache(&tokens, CacheSpec::names(names))?;
         let embed = cache.get("hook_embed")?.f_select(0, 0)?; // [P, D]
@@ -242,9 +242,9 @@ impl<'a> Tracer<'a> {
         let s = corrupt_embed.size()[0];
         let batch = tokens.f_expand([s, p], false)?;
         let mut corrupt_kv = KvCache::new(c.n_layers);
-        let mut names = vec!["blocks.*.hook_resid_pre"];
+        let mut names = vec![BlockSite::ResidPre];
         if keep_mlp && !c.attn_only {
-            names.push("blocks.*.hook_mlp_out");
+            names.push(BlockSite::MlpOut);
         }
         let out = model
             .runner(&batch)

@@ -10,7 +10,7 @@
 use std::fmt;
 
 use interp_core::config::Positional;
-use interp_core::{at_rows, BlockSite, CacheSpec, HookPoint, HookedTransformer, Hooks};
+use interp_core::{at_rows, BlockSite, CacheSpec, HookName, HookPoint, HookedTransformer, Hooks};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -410,13 +410,13 @@ impl EdgeGraph {
     }
 
     /// Hook names whose cache holds every sender output and the residual entering each block.
-    fn sender_hooks(&self, model: &HookedTransformer) -> Vec<&'static str> {
-        let mut names = vec!["hook_embed", "blocks.*.attn.hook_result", "blocks.*.hook_resid_pre"];
+    fn sender_hooks(&self, model: &HookedTransformer) -> Vec<String> {
+        let mut names = vec![HookPoint::Embed.hook_name(), BlockSite::Result.hook_name(), BlockSite::ResidPre.hook_name()];
         if model.cfg.positional == Positional::Learned {
-            names.push("hook_pos_embed");
+            names.push(HookPoint::PosEmbed.hook_name());
         }
         if self.has_mlp {
-            names.push("blocks.*.hook_mlp_out");
+            names.push(BlockSite::MlpOut.hook_name());
         }
         names
     }

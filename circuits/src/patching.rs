@@ -162,7 +162,7 @@ pub fn activation_patching(
     let patched = |l: usize| site != PatchSite::Expert || c.is_moe_layer(l);
     let points = (0..c.n_layers).filter(|l| patched(*l)).map(|l| site.hook(l));
     let (clean_logits, clean_cache) = model.run_with_cache(clean, CacheSpec::names(points))?;
-    let (corrupt_logits, corrupt_cache) = model.run_with_cache(corrupted, CacheSpec::names(["blocks.*.hook_resid_pre"]))?;
+    let (corrupt_logits, corrupt_cache) = model.run_with_cache(corrupted, CacheSpec::names([BlockSite::ResidPre]))?;
     let (m_clean, m_corrupt) = metric::clean_and_corrupted(metric, &clean_logits, &corrupt_logits)?;
     let (b, p) = (clean.size()[0], clean.size()[1]);
     let heads = match site {

@@ -326,6 +326,14 @@ impl HookName for HookPoint {
     }
 }
 
+/// A site alone names that site in every block: the glob `blocks.*.<suffix>`
+/// (`CacheSpec::names([BlockSite::Pattern])` caches every layer's attention pattern).
+impl HookName for BlockSite {
+    fn hook_name(&self) -> String {
+        format!("blocks.*.{}", self.suffix())
+    }
+}
+
 impl HookName for &HookPoint {
     fn hook_name(&self) -> String {
         self.to_string()
@@ -399,6 +407,9 @@ mod tests {
         assert_eq!(site("scale"), None, "ambiguous: ln1 or ln2");
         assert_eq!(site("nothing"), None);
         assert_eq!(HookPoint::block(3, BlockSite::Z).hook_name(), "blocks.3.attn.hook_z");
+        // A site alone is that site in every block.
+        assert_eq!(BlockSite::Pattern.hook_name(), "blocks.*.attn.hook_pattern");
+        assert!(glob_match(&BlockSite::ResidPre.hook_name(), "blocks.11.hook_resid_pre"));
     }
 
     #[test]

@@ -389,7 +389,7 @@ pub fn induction_head_scores(model: &crate::HookedTransformer, vocab: &TaskVocab
             ind_idx.push([r as i64, q, q - period + 1]);
         }
     }
-    let (_, cache) = model.run_with_cache(&b.clean, crate::CacheSpec::names(["blocks.*.attn.hook_pattern"]))?;
+    let (_, cache) = model.run_with_cache(&b.clean, crate::CacheSpec::names([crate::BlockSite::Pattern]))?;
     let pick = |p: &Tensor, idx: &[[i64; 3]]| -> Result<Tensor> {
         let col = |j: usize| Tensor::f_from_slice(&idx.iter().map(|t| t[j]).collect::<Vec<i64>>());
         let (rows, qs, ks) = (col(0)?, col(1)?, col(2)?);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use circuits::bilinear::BilinearLayer;
 use circuits::TaskPrompts;
 use interp_core::tasks::{Task, TaskVocab, ALL_TASKS};
-use interp_core::{CacheSpec, HookedTransformer};
+use interp_core::{BlockSite, CacheSpec, HookedTransformer};
 use tch::{Device, Kind, Tensor};
 use transcoders::runner::{held_out_contexts, TRAIN_LOG};
 use transcoders::{evaluate, latent_dashboards, load_transcoder_set, readable_latents, SparseDictionary};
@@ -189,9 +189,9 @@ pub fn model_card(model: &HookedTransformer, dir: &Path) -> Table {
 pub fn lens_probabilities(model: &HookedTransformer, tokens: &Tensor, incl_mid: bool) -> Result<(Vec<String>, Tensor)> {
     // Parallel blocks (GPT-NeoX) have no resid_mid.
     let incl_mid = incl_mid && model.hook_point("blocks.0.hook_resid_mid").is_ok();
-    let mut names = vec!["blocks.*.hook_resid_pre", "blocks.*.hook_resid_post"];
+    let mut names = vec![BlockSite::ResidPre, BlockSite::ResidPost];
     if incl_mid {
-        names.push("blocks.*.hook_resid_mid");
+        names.push(BlockSite::ResidMid);
     }
     let (_, cache) = model.run_with_cache(tokens, CacheSpec::names(names))?;
     let lens = cache.accumulated_resid(None, incl_mid, false)?;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use interp_core::{CacheSpec, HookPoint, HookedTransformer};
+use interp_core::{BlockSite, CacheSpec, HookPoint, HookedTransformer};
 use tch::{Kind, Tensor};
 
 use crate::chart::{line_chart, Series};
@@ -96,7 +96,7 @@ pub fn logit_lens(model: &HookedTransformer, sets: &[LensPrompts]) -> Result<Log
         let (mut rank, mut top) = (vec![0.0; l_n], vec![0.0; l_n]);
         for (tokens, answer) in prompts {
             let t = Tensor::f_from_slice(tokens)?.f_view([1, -1])?.f_to_device(model.device())?;
-            let (_, cache) = model.run_with_cache(&t, CacheSpec::names(["blocks.*.hook_resid_post"]))?;
+            let (_, cache) = model.run_with_cache(&t, CacheSpec::names([BlockSite::ResidPost]))?;
             let last: Vec<Tensor> =
                 (0..l_n).map(|l| Ok(cache.get(HookPoint::block(l, interp_core::BlockSite::ResidPost))?.f_select(1, -1)?)).collect::<Result<_>>()?;
             let stacked = Tensor::f_stack(&last, 0)?; // [L, 1, D]

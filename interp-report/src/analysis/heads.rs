@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use interp_core::config::NormKind;
-use interp_core::{BlockSite, CacheSpec, HookPoint, HookedTransformer, NormSite};
+use interp_core::{BlockSite, CacheSpec, HookName, HookPoint, HookedTransformer, NormSite};
 use tch::{Kind, Tensor};
 
 use crate::chart::{heatmaps, Heatmap};
@@ -123,15 +123,16 @@ fn add_chunk(model: &HookedTransformer, prompts: &TaskPrompts, patch: bool, sums
         })
         .collect();
     let last_rows = Tensor::f_from_slice(&pos.iter().map(|p| p.last).collect::<Vec<_>>())?.f_to_device(model.device())?;
-    let names = [
-        "blocks.*.attn.hook_z",
-        "blocks.*.attn.hook_pattern",
-        "blocks.*.hook_attn_out",
-        "blocks.*.hook_mlp_out",
-        "blocks.0.hook_resid_pre",
-        "ln_final.hook_scale",
+    let mut names = vec![
+        BlockSite::Z.hook_name(),
+        BlockSite::Pattern.hook_name(),
+        BlockSite::AttnOut.hook_name(),
+        HookPoint::block(0, BlockSite::ResidPre).hook_name(),
+        HookPoint::LnFinalScale.hook_name(),
     ];
-    let names: Vec<&str> = names.iter().copied().filter(|n| !(c.attn_only && n.contains("mlp"))).collect();
+    if !c.attn_only {
+        names.push(BlockSite::MlpOut.hook_name());
+    }
     let (logits, cache) = model.run_with_cache(&prompts.clean, CacheSpec::names(names))?;
     let at_last = |t: &Tensor| interp_core::at_rows(t, &last_rows).and_then(|x| x.f_squeeze_dim(1).map_err(Into::into));
     let logits = at_last(&logits)?.f_to_kind(Kind::Double)?; // [B, V]
