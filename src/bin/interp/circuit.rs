@@ -312,6 +312,20 @@ pub fn study(args: &StudyArgs) -> Result<()> {
 pub struct EapArgs {
     #[command(flatten)]
     pub task: TaskArgs,
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
+    /// Also write each method's edge scores in MIB's submission layout under this folder
+    /// (DIR/<method>/<prompts>_<model>/importances.json).
+    #[arg(long)]
+    pub export_mib: Option<PathBuf>,
+    /// Torch threads.
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+/// The settings every circuit-discovery command shares.
+#[derive(clap::Args)]
+pub struct DiscoveryArgs {
     /// What an ablated edge carries.
     #[arg(long, value_enum, default_value_t = CircuitDiscoveryConfig::default().ablation)]
     pub ablation: Ablation,
@@ -322,26 +336,33 @@ pub struct EapArgs {
     /// are chunked to stay under it; too small for one prompt is an error naming the minimum.
     #[arg(long)]
     pub max_memory: Option<f64>,
-    /// Also write each method's edge scores in MIB's submission layout under this folder
-    /// (DIR/<method>/<prompts>_<model>/importances.json).
+}
+
+impl DiscoveryArgs {
+    /// The defaults with these settings, the budget sized for `model`.
+    fn config(&self, model: &HookedTransformer) -> Result<CircuitDiscoveryConfig> {
+        Ok(CircuitDiscoveryConfig { ablation: self.ablation, steps: self.steps, budget: budget(self.max_memory, model)?, ..CircuitDiscoveryConfig::default() })
+    }
+}
+
+/// ACDC's threshold, as `interp acdc` and `interp benchmark` take it.
+#[derive(clap::Args)]
+pub struct ThresholdArgs {
+    /// Keep an edge if removing it worsens the metric by tau or more (default: 1.5% of the
+    /// clean - corrupted gap of the prompts, each case's own in a benchmark).
     #[arg(long)]
-    pub export_mib: Option<PathBuf>,
-    /// Torch threads.
+    pub tau: Option<f64>,
+    /// Prune by KL divergence to the clean output instead of the task metric.
     #[arg(long)]
-    pub threads: Option<i32>,
+    pub kl: bool,
 }
 
 #[derive(clap::Args)]
 pub struct AcdcArgs {
     #[command(flatten)]
     pub eap: EapArgs,
-    /// Keep an edge if removing it worsens the metric by tau or more (default: 1.5% of the
-    /// clean - corrupted gap).
-    #[arg(long)]
-    pub tau: Option<f64>,
-    /// Prune by KL divergence to the clean output instead of the task metric.
-    #[arg(long)]
-    pub kl: bool,
+    #[command(flatten)]
+    pub threshold: ThresholdArgs,
     /// ACDC alone at one tau: no EAP, EAP-IG or runs at tau x 1/4, 1/2, 2 and 4.
     #[arg(long)]
     pub only: bool,
@@ -364,8 +385,9 @@ pub struct AcdcArgs {
 }
 
 impl EapArgs {
+    /// What `interp eap` runs: EAP and EAP-IG, with a progress bar.
     pub fn config(&self) -> CircuitDiscoveryConfig {
-        CircuitDiscoveryConfig { ablation: self.ablation, steps: self.steps, acdc: false, progress: true, ..CircuitDiscoveryConfig::default() }
+        CircuitDiscoveryConfig { acdc: false, progress: true, ..CircuitDiscoveryConfig::default() }
     }
 }
 
@@ -375,8 +397,8 @@ impl AcdcArgs {
             acdc: true,
             attribution: !self.only,
             tau_sweep: !self.only,
-            tau: self.tau,
-            kl: self.kl,
+            tau: self.threshold.tau,
+            kl: self.threshold.kl,
             max_variants: self.variants,
             checkpoint: self.checkpoint.clone(),
             time_limit: self.time_limit,
@@ -402,7 +424,8 @@ pub fn discover(args: &EapArgs, mut cfg: CircuitDiscoveryConfig, title: &str) ->
         }
     }
     let s = Setup::new(task)?;
-    cfg.budget = budget(args.max_memory, &s.model)?;
+    let shared = args.discovery.config(&s.model)?;
+    (cfg.ablation, cfg.steps, cfg.budget) = (shared.ablation, shared.steps, shared.budget);
     let prompts = s.pairs(task)?;
     let found = circuit_discovery(&s.model, &prompts, &task.name(), &cfg)?;
     println!("{} edges; {} clean {:.4}, corrupted {:.4}", found.graph.n_edges(), found.metric, found.clean, found.corrupted);
@@ -486,21 +509,10 @@ pub struct BenchmarkArgs {
     /// JSONL prompt file for cases without their own prompts.jsonl (InterpBench publishes none).
     #[arg(long)]
     pub prompts: Option<PathBuf>,
-    /// What an ablated edge carries.
-    #[arg(long, value_enum, default_value_t = CircuitDiscoveryConfig::default().ablation)]
-    pub ablation: Ablation,
-    /// EAP-IG interpolation steps.
-    #[arg(long, default_value_t = CircuitDiscoveryConfig::default().steps)]
-    pub steps: usize,
-    /// ACDC's threshold (default: 1.5% of each case's clean - corrupted gap).
-    #[arg(long)]
-    pub tau: Option<f64>,
-    /// ACDC prunes by KL divergence to the clean output instead of the task metric.
-    #[arg(long)]
-    pub kl: bool,
-    /// Peak memory in GB (default: the weights plus 3 GB).
-    #[arg(long)]
-    pub max_memory: Option<f64>,
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
+    #[command(flatten)]
+    pub threshold: ThresholdArgs,
     /// Output directory (created): OUT/benchmark.{parquet,csv}, OUT/report.html and a folder per case.
     #[arg(long)]
     pub out: PathBuf,
@@ -542,15 +554,7 @@ pub fn benchmark(args: &BenchmarkArgs) -> Result<()> {
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "case".into());
         let model = HookedTransformer::from_pretrained_dir(dir, args.device.get(), Kind::Float).with_context(|| format!("case {}", dir.display()))?;
         let prompts = case_prompts(dir, args.prompts.as_deref(), &model)?;
-        let cfg = CircuitDiscoveryConfig {
-            ablation: args.ablation,
-            steps: args.steps,
-            tau: args.tau,
-            kl: args.kl,
-            tau_sweep: false,
-            budget: budget(args.max_memory, &model)?,
-            ..CircuitDiscoveryConfig::default()
-        };
+        let cfg = CircuitDiscoveryConfig { tau: args.threshold.tau, kl: args.threshold.kl, tau_sweep: false, ..args.discovery.config(&model)? };
         println!("case {name}: {} prompts", prompts.clean.size()[0]);
         let result = benchmark_case(dir, &name, &model, &prompts, &cfg).with_context(|| format!("case {}", dir.display()))?;
         for s in &result.scores {
