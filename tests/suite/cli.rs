@@ -414,9 +414,15 @@ fn bilinear_and_graph_write_their_reports() {
     for f in ["spectra.svg", "spectra.png", "truncation.png"] {
         assert!(out.join("bilinear").join(f).metadata().unwrap().len() > 1000, "{f}");
     }
-    let (ok, stdout, err) = interp(&["graph", "--prompt", "To be, or not to be", "--out", &o("graph")]);
+    let (ok, stdout, err) = interp(&["graph", "--prompt", "To be, or not to be", "--qk", "1.0:5:3", "--qk-heads", "2", "--out", &o("graph")]);
     assert!(ok, "{err}");
-    assert!(stdout.contains("completeness error"), "{stdout}");
+    assert!(stdout.contains("completeness error") && stdout.contains("QK L1H0 5 -> 3"), "{stdout}");
+    // QK attribution: the one asked for and the two strongest heads, each exact.
+    let qk: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("graph/qk.json")).unwrap()).unwrap();
+    let qk = qk["qk_attributions"].as_array().unwrap();
+    assert_eq!(qk.len(), 3);
+    assert_eq!((&qk[0]["layer"], &qk[0]["head"], &qk[0]["query_pos"], &qk[0]["key_pos"]), (&1.into(), &0.into(), &5.into(), &3.into()));
+    assert!(qk.iter().all(|q| q["completeness_error"].as_f64().unwrap() < 1e-4 && q["top_pairs"].as_array().unwrap().len() == 8));
     let read = |p: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(out.join(p)).unwrap()).unwrap() };
     let json = read("graph/shakespeare-gpt2-to-be-or-not-to-be.json");
     assert!(!json["nodes"].as_array().unwrap().is_empty() && !json["links"].as_array().unwrap().is_empty());
@@ -436,11 +442,21 @@ fn bilinear_and_graph_write_their_reports() {
     assert!(ok, "{err}");
     let slugs: Vec<String> = read("graph/graph-metadata.json")["graphs"].as_array().unwrap().iter().map(|g| g["slug"].as_str().unwrap().to_string()).collect();
     assert_eq!(slugs, ["shakespeare-gpt2-to-be-or-not-to-be", "second"]);
+    // `interp qk` on any model, here without transcoders: each MLP is one source.
+    let (ok, stdout, err) = interp(&["qk", "--prompt", "To be, or not to be", "--qk", "1.2:-1:1", "--out", &o("qk")]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("by query source") && stdout.contains("MLP 0"), "{stdout}");
+    let qk = read("qk/qk.json");
+    assert!(qk["completeness_error"].as_f64().unwrap() < 1e-4 && qk["key_pos"] == 1, "{qk}");
     for args in [
         vec!["bilinear", "models/shakespeare-gpt2", "--out", &o("bad")],
         vec!["bilinear", "--tokens", "not-a-token", "--out", &o("bad")],
         vec!["graph", "--transcoders", "models/tasks-bilinear", "--out", &o("bad")],
         vec!["graph", "--max-memory", "0.01", "--out", &o("bad")],
+        vec!["graph", "--qk", "1.0:3:5", "--out", &o("bad")],
+        vec!["graph", "--qk", "1:3:5", "--out", &o("bad")],
+        vec!["qk", "--prompt", "To be", "--qk", "1.0:0:-1x", "--out", &o("bad")],
+        vec!["qk", "--prompt", "To be", "--qk", "1.0:1:2", "--out", &o("bad")],
     ] {
         let (ok, _, err) = interp(&args);
         assert!(!ok && err.trim().lines().count() == 1 && err.starts_with("error: "), "{args:?}: {err}");

@@ -4,7 +4,9 @@
 
 use crate::common;
 
-use circuits::attribution_graph::{attribution_graph, check_transcoders, de_embedding, feature_connections, AttributionGraph, GraphConfig, Node};
+use circuits::attribution_graph::{
+    attribution_graph, check_transcoders, de_embedding, feature_connections, qk_attribution, AttributionGraph, GraphConfig, Node, QkSource,
+};
 use interp::circuits;
 use interp::interp_core::{tch, CacheSpec, HookedTransformer};
 use interp::transcoders::{load_transcoder_set, Architecture, DictionaryConfig, SparseDictionary, TranscoderSet};
@@ -343,4 +345,53 @@ fn a_feature_limit_keeps_the_most_influential_features_and_their_exact_edges() {
     let all = attribution_graph(&model, &tcs, &tokens, &GraphConfig { max_feature_nodes: Some(n_features + 5), ..GraphConfig::default() }).unwrap();
     assert_eq!(all.nodes, full.nodes);
     assert!(max_abs(&(&all.adjacency - &full.adjacency)) < 1e-5);
+}
+
+/// QK attribution: the pairs of sources add up to the score the model computes, on a LayerNorm
+/// model with learned positions (with and without transcoders, skip paths included) and on
+/// rotary, grouped-query, RMSNorm and QK-norm fixtures; bad queries get one clear error.
+#[test]
+fn qk_pairs_add_up_to_the_score() {
+    let model = text_model();
+    let tokens = model.tokenizer().unwrap().encode("To be, or not to be, that is the question", true).unwrap();
+    let last = tokens.len() as i64 - 1;
+    let layer = model.cfg.n_layers - 1;
+    for transcoders in [None, Some(random_transcoders(&model, false)), Some(random_transcoders(&model, true))] {
+        let qk = qk_attribution(&model, transcoders.as_ref(), &tokens, layer, 1, last, 3).unwrap();
+        assert!(qk.completeness_error().unwrap() < 1e-4 * qk.score.abs().max(1.0), "{} vs {}", qk.pairs.sum(Kind::Double).double_value(&[]), qk.score);
+        assert_eq!(qk.pairs.size(), [qk.query.len() as i64 + 1, qk.key.len() as i64 + 1]);
+        let features = qk.query.iter().filter(|s| matches!(s, QkSource::Feature { .. })).count();
+        assert_eq!(features > 0, transcoders.is_some(), "features are sources exactly when transcoders split the MLPs");
+    }
+    // f64 fixtures of other layouts: the sum is exact to rounding.
+    for arch in ["llama", "qwen3", "olmo2", "gpt_neox"] {
+        let m = HookedTransformer::from_pretrained_dir(common::fixture(arch), Device::Cpu, Kind::Double).unwrap();
+        let ids: Vec<i64> = (0..7).map(|i| (i * 5 + 3) % m.cfg.d_vocab).collect();
+        let qk = qk_attribution(&m, None, &ids, m.cfg.n_layers - 1, m.cfg.n_heads - 1, 6, 2).unwrap();
+        assert!(qk.completeness_error().unwrap() < 1e-9 * qk.score.abs().max(1.0), "{arch}: {} vs {}", qk.pairs.sum(Kind::Double).double_value(&[]), qk.score);
+    }
+    // Bad queries.
+    let err = |r: Result<_, circuits::Error>| r.err().map(|e: circuits::Error| e.to_string()).unwrap_or_default();
+    assert!(err(qk_attribution(&model, None, &tokens, layer, 99, last, 0)).contains("no head"));
+    assert!(err(qk_attribution(&model, None, &tokens, layer, 0, 2, 5)).contains("earlier one"));
+    assert!(err(qk_attribution(&model, None, &tokens, 99, 0, 2, 1)).contains("no head"));
+}
+
+/// On the planted induction model, the induction head's score at the right key (the token after
+/// the first occurrence of the current token) comes from the current token's embedding at the
+/// query and the previous-token head's output at the key; a wrong key gets no such pair.
+#[test]
+fn qk_attribution_finds_the_induction_mechanism() {
+    let dir = common::Scratch::new("qk-planted");
+    common::planted::write_planted(&dir);
+    let model = HookedTransformer::from_pretrained_dir(&*dir, Device::Cpu, Kind::Float).unwrap();
+    let (clean, _, _) = common::planted::prompts(1, 4);
+    let tokens = Vec::<i64>::try_from(&clean.get(0)).unwrap();
+    // [BOS, s0..s9, s0..s8]: the query at s8's second occurrence (19) should look at s9 (10).
+    let qk = qk_attribution(&model, None, &tokens, 1, 0, 19, 10).unwrap();
+    let top = qk.top_pairs(1).unwrap();
+    assert_eq!((top[0].0, top[0].1), (Some(&QkSource::Embedding), Some(&QkSource::Head { layer: 0, head: 0 })), "{top:?}");
+    assert!(top[0].2 > 0.8 * qk.score, "the pair carries the score: {} of {}", top[0].2, qk.score);
+    let wrong = qk_attribution(&model, None, &tokens, 1, 0, 19, 5).unwrap();
+    assert!(wrong.score < 0.2 * qk.score, "a wrong key scores low: {} vs {}", wrong.score, qk.score);
 }

@@ -30,11 +30,13 @@
 //!
 //! Files: `replacement.rs` (the linearised replacement model and the backward passes that read
 //! the adjacency), `prune.rs` (influence pruning), `export.rs` (circuit-tracer's JSON, our HTML
-//! view), `connections.rs` (weight-based feature connections).
+//! view), `connections.rs` (weight-based feature connections), `qk.rs` (why a head attends
+//! where it does: a score split into pairs of sources).
 
 mod connections;
 mod export;
 mod prune;
+mod qk;
 mod replacement;
 
 use interp_core::HookedTransformer;
@@ -47,6 +49,7 @@ use crate::error::{Error, Result};
 pub use connections::{de_embedding, feature_connections, residual_encoder, FeatureConnections};
 pub use export::cantor;
 pub use prune::Pruned;
+pub use qk::{qk_attribution, QkAttribution, QkPair, QkSource};
 pub use replacement::check_transcoders;
 use replacement::{expand, read, Leaves, Replacement};
 

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use interp_core::HookedTransformer;
+use interp_core::{BlockSite, CacheSpec, HookPoint, HookedTransformer};
 use serde_json::json;
 use tch::Tensor;
 use transcoders::{set_dashboards, visible_token, LatentDashboard, TranscoderSet};
@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::html::{dashboards_html, graph_view, write_graph_page};
 use crate::output::Output;
 use crate::table::{Table, Value};
-use circuits::attribution_graph::{attribution_graph, cantor, AttributionGraph, GraphConfig, Node, Pruned};
+use circuits::attribution_graph::{attribution_graph, cantor, qk_attribution, AttributionGraph, GraphConfig, Node, Pruned, QkAttribution, QkSource};
 
 /// How [`graph_analysis`] builds and prunes the graph.
 #[derive(Clone, Debug)]
@@ -26,11 +26,23 @@ pub struct GraphAnalysisConfig {
     pub edge_threshold: f64,
     /// Top contexts in each feature file (when contexts are given).
     pub feature_examples: usize,
+    /// QK attribution of these scores: (layer, head, query position, key position).
+    pub qk: Vec<(usize, i64, i64, i64)>,
+    /// And of this many more: the heads that attend most strongly from the last position to one
+    /// key (position 0, the usual attention sink, left out), at that key.
+    pub qk_top_heads: usize,
 }
 
 impl Default for GraphAnalysisConfig {
     fn default() -> Self {
-        GraphAnalysisConfig { graph: GraphConfig { progress: true, ..GraphConfig::default() }, node_threshold: 0.8, edge_threshold: 0.98, feature_examples: 8 }
+        GraphAnalysisConfig {
+            graph: GraphConfig { progress: true, ..GraphConfig::default() },
+            node_threshold: 0.8,
+            edge_threshold: 0.98,
+            feature_examples: 8,
+            qk: Vec::new(),
+            qk_top_heads: 3,
+        }
     }
 }
 
@@ -101,6 +113,9 @@ pub struct GraphAnalysis {
     pub seconds: f64,
     /// Dashboards of the features the pruned graph keeps, by layer (empty without contexts).
     pub features: Vec<(usize, LatentDashboard)>,
+    /// Why heads attend where they do: each score split into pairs of sources, with the head's
+    /// attention weight there.
+    pub qk: Vec<(QkAttribution, f64)>,
 }
 
 /// Builds and prunes the attribution graph of `prompt` (tokenized with the model's tokenizer, BOS
@@ -141,7 +156,9 @@ pub fn graph_analysis(
             features.extend(set_dashboards(transcoders, layer, model, contexts, &latents, cfg.feature_examples)?.into_iter().map(|d| (layer, d)));
         }
     }
+    let qk = head_scores_explained(model, transcoders, &tokens, cfg)?;
     Ok(GraphAnalysis {
+        qk,
         prompt: prompt.to_string(),
         tokens,
         token_text,
@@ -153,6 +170,40 @@ pub fn graph_analysis(
         seconds,
         features,
     })
+}
+
+/// The QK attributions `cfg` asks for, each with the head's attention weight at its key.
+fn head_scores_explained(
+    model: &HookedTransformer,
+    transcoders: &TranscoderSet,
+    tokens: &[i64],
+    cfg: &GraphAnalysisConfig,
+) -> Result<Vec<(QkAttribution, f64)>> {
+    let n_pos = tokens.len() as i64;
+    let ids = Tensor::f_from_slice(tokens)?.f_view([1, n_pos])?.f_to_device(model.device())?;
+    let (_, cache) = tch::no_grad(|| model.run_with_cache(&ids, CacheSpec::names([BlockSite::Pattern])))?;
+    let pattern = |l: usize| -> Result<Tensor> { Ok(cache.get(HookPoint::block(l, BlockSite::Pattern))?.f_select(0, 0)?.f_to_device(tch::Device::Cpu)?) }; // [heads, q, k]
+    let mut queries = cfg.qk.clone();
+    if cfg.qk_top_heads > 0 && n_pos > 1 {
+        let mut strongest = Vec::new();
+        for l in 0..model.cfg.n_layers {
+            let from_last = pattern(l)?.f_select(1, n_pos - 1)?.f_narrow(1, 1, n_pos - 1)?; // [heads, keys 1..]
+            let (weight, key) = from_last.f_max_dim(1, false)?;
+            for h in 0..model.cfg.n_heads {
+                strongest.push((weight.f_double_value(&[h])?, (l, h, n_pos - 1, key.f_int64_value(&[h])? + 1)));
+            }
+        }
+        strongest.sort_by(|a, b| b.0.total_cmp(&a.0));
+        queries.extend(strongest.into_iter().map(|(_, q)| q).filter(|q| !cfg.qk.contains(q)).take(cfg.qk_top_heads));
+    }
+    queries
+        .into_iter()
+        .map(|(l, h, q, k)| {
+            let qk = qk_attribution(model, Some(transcoders), tokens, l, h, q, k)?;
+            let weight = pattern(l)?.f_double_value(&[h, q, k])?;
+            Ok((qk, weight))
+        })
+        .collect()
 }
 
 impl GraphAnalysis {
@@ -203,6 +254,7 @@ impl GraphAnalysis {
             ));
         }
         write_graph_page(&out.dir.join("graph.html"), &format!("Attribution graph: {}", self.prompt), &view)?;
+        self.write_qk(out, &labels)?;
         // Token text next to every id; activations for features, probabilities for logits (empty
         // where they do not apply).
         let mut table = Table::new(&["node", "kind", "layer", "pos", "feature", "token", "activation", "probability", "influence", "kept"]);
@@ -234,6 +286,56 @@ impl GraphAnalysis {
             _ => std::cmp::Ordering::Equal,
         });
         out.table("nodes", "nodes by influence on the logits", &table)
+    }
+
+    /// The QK attributions: a table of each score's top pairs in the report, and every pair's
+    /// contribution in `qk.json`.
+    fn write_qk(&self, out: &mut Output, labels: &std::collections::HashMap<(usize, i64), String>) -> Result<()> {
+        if self.qk.is_empty() {
+            return Ok(());
+        }
+        let name = |s: Option<&QkSource>, side: &str| match s {
+            None => format!("{side}'s own bias"),
+            Some(QkSource::Feature { layer, feature, .. }) => match labels.get(&(*layer, *feature)) {
+                Some(label) => format!("L{layer}/{feature} ({})", visible_token(label)),
+                None => format!("L{layer}/{feature}"),
+            },
+            Some(s) => s.to_string(),
+        };
+        let at = |pos: i64| format!("{} ({pos})", visible_token(&self.text(self.tokens[pos as usize])));
+        out.report.subsection("Why heads attend: QK attribution");
+        out.report.paragraph(
+            "Each score (before the softmax) split into pairs of sources: the residual stream at the query and at the key is the embedding, every earlier \
+             head's output, every earlier transcoder's active features and its error, and fixed biases; with the norm scales frozen as in the graph, the score \
+             is exactly the sum over pairs, plus the query's and the key's own bias. The heads are those asked for (`--qk`) and those that attend most strongly from the last position to one key.",
+        );
+        let mut table = Table::new(&["head", "query", "key", "attention", "score", "query_source", "key_source", "contribution", "share"]);
+        let mut all = Vec::new();
+        for (qk, weight) in &self.qk {
+            let pairs = qk.top_pairs(8)?;
+            for (q, k, v) in &pairs {
+                table.push(vec![
+                    Value::Text(format!("L{}H{}", qk.layer, qk.head)),
+                    Value::Text(at(qk.query_pos)),
+                    Value::Text(at(qk.key_pos)),
+                    Value::Float(*weight),
+                    Value::Float(qk.score),
+                    Value::Text(name(*q, "query")),
+                    Value::Text(name(*k, "key")),
+                    Value::Float(*v),
+                    Value::Float(v / qk.score),
+                ]);
+            }
+            all.push(json!({
+                "layer": qk.layer, "head": qk.head, "query_pos": qk.query_pos, "key_pos": qk.key_pos, "attention": weight, "score": qk.score,
+                "completeness_error": qk.completeness_error()?,
+                "query_sources": qk.query.iter().map(|s| name(Some(s), "")).chain([name(None, "query")]).collect::<Vec<_>>(),
+                "key_sources": qk.key.iter().map(|s| name(Some(s), "")).chain([name(None, "key")]).collect::<Vec<_>>(),
+                "top_pairs": pairs.iter().map(|(q, k, v)| json!({ "query": name(*q, "query"), "key": name(*k, "key"), "contribution": v })).collect::<Vec<_>>(),
+            }));
+        }
+        out.table("qk_pairs", "the top 8 pairs of each score", &table)?;
+        out.json("qk.json", "QK attributions: each score's sources and top pairs", &json!({ "qk_attributions": all }))
     }
 
     /// Adds this graph's metadata to `dir/graph-metadata.json` (created if absent; an entry of

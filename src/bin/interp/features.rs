@@ -5,12 +5,14 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use interp::circuits::attribution_graph::{qk_attribution, QkSource};
 use interp::circuits::bilinear::BilinearLayer;
 use interp::circuits::MemoryBudget;
 use interp::interp_core::{tch, HookedTransformer};
 use interp::report::analysis::{bilinear_spectra, graph_analysis, graph_slug, BilinearSpectraConfig, GraphAnalysisConfig};
-use interp::report::Output;
+use interp::report::{Output, Table, Value};
 use interp::transcoders::load_transcoder_set;
+use interp::transcoders::visible_token;
 use tch::Kind;
 
 #[derive(clap::Args)]
@@ -95,6 +97,15 @@ pub struct GraphArgs {
     /// and their MLP output counts as a constant, as circuit-tracer does.
     #[arg(long)]
     pub keep_position_0: bool,
+    /// Explain why a head attends where it does: its score from a query position to a key
+    /// position split into pairs of sources (features, errors, embeddings, heads), written as
+    /// LAYER.HEAD:QUERY:KEY, e.g. 1.3:19:10 (repeatable).
+    #[arg(long, value_parser = parse_qk)]
+    pub qk: Vec<(usize, i64, i64, i64)>,
+    /// Also explain the scores of this many heads: those attending most strongly from the last
+    /// position to one key (position 0 left out).
+    #[arg(long, default_value_t = GraphAnalysisConfig::default().qk_top_heads)]
+    pub qk_heads: usize,
     /// Output directory (created).
     #[arg(long)]
     pub out: PathBuf,
@@ -109,7 +120,13 @@ pub fn run_graph(args: &GraphArgs, out: &mut Output) -> Result<()> {
     let model = HookedTransformer::from_pretrained_dir(&dir, device, Kind::Float)?;
     let tc_dir = args.transcoders.clone().unwrap_or_else(|| dir.join("transcoders"));
     let transcoders = load_transcoder_set(&tc_dir, device)?;
-    let mut cfg = GraphAnalysisConfig { node_threshold: args.node_threshold, edge_threshold: args.edge_threshold, ..GraphAnalysisConfig::default() };
+    let mut cfg = GraphAnalysisConfig {
+        node_threshold: args.node_threshold,
+        edge_threshold: args.edge_threshold,
+        qk: args.qk.clone(),
+        qk_top_heads: args.qk_heads,
+        ..GraphAnalysisConfig::default()
+    };
     cfg.graph.batch_size = args.batch;
     cfg.graph.keep_position_0 = args.keep_position_0;
     cfg.graph.max_feature_nodes = args.max_features;
@@ -137,7 +154,118 @@ pub fn run_graph(args: &GraphArgs, out: &mut Output) -> Result<()> {
     println!("{} tokens, {features}, {} nodes in all; graph in {:.2} s; {completeness}", found.tokens.len(), g.nodes.len(), found.seconds);
     println!("logit targets: {}", found.logit_targets().join(", "));
     println!("pruned to {} nodes and {} edges (thresholds {} / {})", p.n_nodes(), p.n_edges()?, p.node_threshold, p.edge_threshold);
+    for (qk, weight) in &found.qk {
+        let text = |s: Option<&interp::circuits::attribution_graph::QkSource>, side: &str| s.map_or(format!("{side}'s own bias"), |s| s.to_string());
+        let top: Vec<String> = qk.top_pairs(3)?.into_iter().map(|(q, k, v)| format!("{} x {} {v:+.3}", text(q, "query"), text(k, "key"))).collect();
+        println!(
+            "QK L{}H{} {} -> {} (attention {weight:.2}): score {:.3} = top pairs {}, ...",
+            qk.layer,
+            qk.head,
+            qk.query_pos,
+            qk.key_pos,
+            qk.score,
+            top.join(", ")
+        );
+    }
     found.write(out)?;
     println!("wrote {} and {}", out.dir.join(format!("{name}.json")).display(), out.dir.join("graph.html").display());
     Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct QkArgs {
+    /// Checkpoint directory or GGUF file (default: models/shakespeare-gpt2).
+    pub model_dir: Option<PathBuf>,
+    /// Prompt (BOS prepended when the model has one).
+    #[arg(long)]
+    pub prompt: String,
+    /// The score to explain, LAYER.HEAD:QUERY:KEY; positions count from 0, or from the end when
+    /// negative (23.0:-1:4 is head 0 of layer 23 from the last position to position 4).
+    #[arg(long, allow_hyphen_values = true)]
+    pub qk: String,
+    /// Transcoders that split every MLP into features and an error (any layout `interp graph`
+    /// reads); without them each MLP is one source.
+    #[arg(long)]
+    pub transcoders: Option<PathBuf>,
+    /// Pairs printed.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Output directory (created).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
+}
+
+/// `interp qk`: one attention score split into pairs of sources.
+pub fn run_qk(args: &QkArgs, out: &mut Output) -> Result<()> {
+    let dir = args.model_dir.clone().unwrap_or_else(|| PathBuf::from(super::DEFAULT_MODEL));
+    let device = args.device.get();
+    let model = HookedTransformer::from_pretrained_dir(&dir, device, Kind::Float)?;
+    let transcoders = args.transcoders.as_ref().map(|d| load_transcoder_set(d, device)).transpose()?;
+    let tok = model.tokenizer().ok_or_else(|| anyhow::anyhow!("the model has no tokenizer to encode the prompt"))?;
+    let tokens = tok.encode(&args.prompt, tok.bos_token_id().is_some())?;
+    let (layer, head, query, key) = parse_signed_qk(&args.qk, tokens.len() as i64).map_err(anyhow::Error::msg)?;
+    let qk = qk_attribution(&model, transcoders.as_ref(), &tokens, layer, head, query, key)?;
+    let text = |p: i64| visible_token(&tok.decode(&[tokens[p as usize]]).unwrap_or_default());
+    println!(
+        "L{layer}H{head} from {:?} ({query}) to {:?} ({key}): score {:.4}, split into {} x {} pairs (sum off by {:.1e})",
+        text(query),
+        text(key),
+        qk.score,
+        qk.query.len() + 1,
+        qk.key.len() + 1,
+        qk.completeness_error()?
+    );
+    let name = |s: Option<&QkSource>, side: &str| s.map_or(format!("{side}'s own bias"), |s| s.to_string());
+    let mut table = Table::new(&["query_source", "key_source", "contribution", "share"]);
+    let pairs = qk.top_pairs(usize::MAX)?;
+    for (i, (q, k, v)) in pairs.iter().enumerate() {
+        if i < args.top {
+            println!("  {:<28} x {:<28} {v:+.4} ({:+.0}%)", name(*q, "query"), name(*k, "key"), 100.0 * v / qk.score);
+        }
+        table.push(vec![Value::Text(name(*q, "query")), Value::Text(name(*k, "key")), Value::Float(*v), Value::Float(v / qk.score)]);
+    }
+    // Each side's sources by their total part of the score.
+    for (by_key, side, sources) in [(false, "query", &qk.query), (true, "key", &qk.key)] {
+        let totals = qk.marginals(by_key)?;
+        let mut order: Vec<usize> = (0..totals.len()).collect();
+        order.sort_by(|&a, &b| totals[b].abs().total_cmp(&totals[a].abs()));
+        let shown: Vec<String> = order.iter().take(args.top.min(6)).map(|&i| format!("{} {:+.3}", name(sources.get(i), side), totals[i])).collect();
+        println!("  by {side} source: {}", shown.join(", "));
+    }
+    out.report.section(&format!("L{layer}H{head}: {:?} ({query}) -> {:?} ({key})", text(query), text(key)));
+    out.report
+        .paragraph(&format!("Score {:.4} on the prompt {:?}, split exactly into pairs of (query source, key source); largest first.", qk.score, args.prompt));
+    out.table("qk_pairs", "every pair, largest first", &table)?;
+    let summary = serde_json::json!({
+        "layer": layer, "head": head, "query_pos": query, "key_pos": key, "score": qk.score, "completeness_error": qk.completeness_error()?,
+        "top_pairs": pairs.iter().take(args.top).map(|(q, k, v)| serde_json::json!({ "query": name(*q, "query"), "key": name(*k, "key"), "contribution": v })).collect::<Vec<_>>(),
+    });
+    Ok(out.json("qk.json", "the score and its top pairs", &summary)?)
+}
+
+/// `LAYER.HEAD:QUERY:KEY` with positions from the end when negative, for a prompt of `n` tokens.
+fn parse_signed_qk(text: &str, n: i64) -> std::result::Result<(usize, i64, i64, i64), String> {
+    let bad = || format!("--qk `{text}`: write LAYER.HEAD:QUERY:KEY, e.g. 23.0:-1:4 (negative positions count from the end of the {n}-token prompt)");
+    let parts: Vec<&str> = text.split(':').collect();
+    let [head, query, key] = parts[..] else { return Err(bad()) };
+    let (layer, head) = head.split_once('.').ok_or_else(bad)?;
+    let int = |s: &str| s.trim().parse::<i64>().map_err(|_| bad());
+    let pos = |s: &str| int(s).map(|p| if p < 0 { p + n } else { p });
+    let (layer, head) = (int(layer)?, int(head)?);
+    if layer < 0 || head < 0 {
+        return Err(bad());
+    }
+    Ok((layer as usize, head, pos(query)?, pos(key)?))
+}
+
+/// `--qk LAYER.HEAD:QUERY:KEY`.
+fn parse_qk(text: &str) -> std::result::Result<(usize, i64, i64, i64), String> {
+    let bad = || format!("`{text}`: write LAYER.HEAD:QUERY:KEY, e.g. 1.3:19:10");
+    let (head, positions) = text.split_once(':').ok_or_else(bad)?;
+    let (layer, head) = head.split_once('.').ok_or_else(bad)?;
+    let (query, key) = positions.split_once(':').ok_or_else(bad)?;
+    let int = |s: &str| s.trim().parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(bad);
+    Ok((int(layer)? as usize, int(head)?, int(query)?, int(key)?))
 }

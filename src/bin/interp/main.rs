@@ -152,6 +152,12 @@ enum Command {
     /// reads (OUT/SLUG.json, OUT/graph-metadata.json, which collects every graph written to OUT,
     /// and OUT/features/*.json for the kept features), OUT/graph.html and OUT/nodes.csv.
     Graph(features::GraphArgs),
+    /// Why a head attends where it does, on any model: its score from a query position to a key
+    /// position split exactly into pairs of sources (the embedding, every earlier head's output,
+    /// every earlier MLP's output, or with --transcoders each transcoder's active features and its
+    /// error), norm scales frozen as in attribution graphs. Prints the top pairs; writes
+    /// OUT/qk.json and OUT/qk_pairs.csv with every pair.
+    Qk(features::QkArgs),
     /// The main job (also `interp` alone): one HTML report of every analysis that applies to each
     /// model (default: the built-in text model and the two task models): model card and logit
     /// lens, SAE and transcoder dashboards, a transcoder attribution graph, causal tracing on
@@ -338,6 +344,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Command::Routing(args)) => standalone(&args.out, "Mixture-of-experts routing", |out| circuit::routing(&args, out))?,
         Some(Command::Bilinear(args)) => standalone(&args.out, "Bilinear MLP", |out| features::run_bilinear(&args, out))?,
         Some(Command::Graph(args)) => standalone(&args.out, "Attribution graph", |out| features::run_graph(&args, out))?,
+        Some(Command::Qk(args)) => standalone(&args.out, "QK attribution", |out| features::run_qk(&args, out))?,
         Some(Command::Report(args)) => report::run(&args)?,
         Some(Command::Summary { model_dir, text }) => summary(model_dir.as_deref().unwrap_or(Path::new(DEFAULT_MODEL)), &text)?,
         None => return run(Cli::parse_from(["interp", "report"])),
