@@ -423,3 +423,25 @@ pub fn truncation_accuracy(
         })
         .collect()
 }
+
+// ndarray-linalg (OpenBLAS) and libtorch in one binary: `cargo test -p circuits --features lapack
+// --lib` (.ci/run runs it when time allows).
+#[cfg(all(test, feature = "lapack"))]
+mod lapack_tests {
+    use super::*;
+
+    #[test]
+    fn openblas_and_torch_agree_in_one_binary() -> Result<()> {
+        tch::manual_seed(0);
+        let a = Tensor::f_randn([8, 8], (Kind::Double, Device::Cpu))?;
+        let q = a.f_add(&a.f_tr()?)?;
+        let x = Tensor::f_randn([20, 8], (Kind::Double, Device::Cpu))?;
+        let before = x.f_matmul(&q)?;
+        let (torch, lapack) = (Spectrum::of(&q)?, Spectrum::of_lapack(&q)?);
+        let diff = |a: &Tensor, b: &Tensor| -> Result<f64> { Ok(a.f_sub(b)?.f_abs()?.f_max()?.f_double_value(&[])?) };
+        assert!(diff(&lapack.values, &torch.values)? < 1e-10, "OpenBLAS and torch agree");
+        assert!(diff(&lapack.truncated(3)?, &torch.truncated(3)?)? < 1e-10);
+        assert!(diff(&x.f_matmul(&q)?, &before)? < 1e-10, "torch's matmul still right after a LAPACK call");
+        Ok(())
+    }
+}
