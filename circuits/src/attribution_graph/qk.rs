@@ -247,31 +247,43 @@ pub fn qk_attribution(
     let (query, q_vectors) = sources(query_pos)?;
     let (key, k_vectors) = sources(key_pos)?;
 
-    // Each source through the layer's attention, alone at its position, norm scales frozen; the
-    // zero row gives the bias.
-    let (n_q, n_k) = (query.len() as i64, key.len() as i64);
-    let rows = n_q + n_k + 1;
-    let resid = Tensor::f_zeros([rows, n_pos, c.d_model], (Kind::Double, model.device()))?;
-    resid.f_narrow(0, 0, n_q)?.f_select(1, query_pos)?.f_copy_(&q_vectors)?;
-    resid.f_narrow(0, n_q, n_k)?.f_select(1, key_pos)?.f_copy_(&k_vectors)?;
-    let resid = resid.f_to_kind(model.kind())?;
-    let mut hooks = Hooks::new();
-    for p in &frozen {
-        let clean = cache.get(*p)?.shallow_clone();
-        hooks = hooks.add(*p, move |x: &Tensor, _| Ok(Some(clean.f_expand(x.size(), false)?.f_contiguous()?)));
-    }
+    // Each source through the layer's attention, alone at its position, norm scales frozen, on
+    // the prompt up to the query (nothing after it matters); rows in chunks of about 1 GB. A zero
+    // source gives the bias.
     let (q_point, k_point) = match c.positional {
         Positional::Rotary(_) => (at(BlockSite::RotQ), at(BlockSite::RotK)),
         _ => (at(BlockSite::Q), at(BlockSite::K)),
     };
-    let out = tch::no_grad(|| model.runner_from_layer(&resid, layer).hooks(hooks).cache(CacheSpec::names([q_point, k_point])).stop_at_layer(layer + 1).run())?;
-    let out_cache = out.cache.ok_or_else(|| Error::Input("the run kept no cache".into()))?;
     let kv_head = head / (c.n_heads / c.n_kv_heads);
-    let q = out_cache.get(q_point)?.f_select(1, query_pos)?.f_select(1, head)?.f_to_kind(Kind::Double)?; // [rows, d_head]
-    let k = out_cache.get(k_point)?.f_select(1, key_pos)?.f_select(1, kv_head)?.f_to_kind(Kind::Double)?;
-    let (q0, k0) = (q.f_get(rows - 1)?, k.f_get(rows - 1)?);
-    let q_parts = Tensor::f_cat(&[q.f_narrow(0, 0, n_q)?.f_sub(&q0)?, q0.f_unsqueeze(0)?], 0)?; // [n_q + 1, d_head]
-    let k_parts = Tensor::f_cat(&[k.f_narrow(0, n_q, n_k)?.f_sub(&k0)?, k0.f_unsqueeze(0)?], 0)?;
+    let len = query_pos + 1;
+    let per_row = (len * (c.d_model + 4 * c.n_heads * c.d_head) * 8) as usize;
+    let chunk = ((1usize << 30) / per_row.max(1)).max(1);
+    // Query and key [n, d_head] of `vectors` [n, d_model] placed at `pos`.
+    let through = |vectors: &Tensor, pos: i64| -> Result<(Tensor, Tensor)> {
+        let (mut q, mut k) = (Vec::new(), Vec::new());
+        for start in (0..vectors.size()[0]).step_by(chunk) {
+            let part = vectors.f_narrow(0, start, (chunk as i64).min(vectors.size()[0] - start))?;
+            let resid = Tensor::f_zeros([part.size()[0], len, c.d_model], (Kind::Double, model.device()))?;
+            resid.f_select(1, pos)?.f_copy_(&part)?;
+            let resid = resid.f_to_kind(model.kind())?;
+            let mut hooks = Hooks::new();
+            for p in &frozen {
+                let clean = cache.get(*p)?.f_narrow(1, 0, len)?;
+                hooks = hooks.add(*p, move |x: &Tensor, _| Ok(Some(clean.f_expand(x.size(), false)?.f_contiguous()?)));
+            }
+            let out = tch::no_grad(|| {
+                model.runner_from_layer(&resid, layer).hooks(hooks).cache(CacheSpec::names([q_point, k_point])).stop_at_layer(layer + 1).run()
+            })?;
+            let out = out.cache.ok_or_else(|| Error::Input("the run kept no cache".into()))?;
+            q.push(out.get(q_point)?.f_select(1, pos)?.f_select(1, head)?.f_to_kind(Kind::Double)?);
+            k.push(out.get(k_point)?.f_select(1, pos)?.f_select(1, kv_head)?.f_to_kind(Kind::Double)?);
+        }
+        Ok((Tensor::f_cat(&q, 0)?, Tensor::f_cat(&k, 0)?))
+    };
+    let zero = Tensor::f_zeros([1, c.d_model], (Kind::Double, model.device()))?;
+    let (q0, k0) = (through(&zero, query_pos)?.0, through(&zero, key_pos)?.1); // [1, d_head]
+    let q_parts = Tensor::f_cat(&[through(&q_vectors, query_pos)?.0.f_sub(&q0)?, q0], 0)?; // [n_q + 1, d_head]
+    let k_parts = Tensor::f_cat(&[through(&k_vectors, key_pos)?.1.f_sub(&k0)?, k0], 0)?;
     let mut scale = c.attn_scale;
     if c.scale_attn_by_inverse_layer_idx {
         scale /= (layer + 1) as f64;
