@@ -395,3 +395,36 @@ fn qk_attribution_finds_the_induction_mechanism() {
     let wrong = qk_attribution(&model, None, &tokens, 1, 0, 19, 5).unwrap();
     assert!(wrong.score < 0.2 * qk.score, "a wrong key scores low: {} vs {}", wrong.score, qk.score);
 }
+
+/// circuit-tracer's replacement and completeness scores, by hand on a four-node graph: the logit
+/// reads a feature (3) and an error (1), the feature reads the token (2).
+#[test]
+fn replacement_and_completeness_scores_match_the_closed_form() {
+    let graph = AttributionGraph {
+        tokens: vec![0, 5],
+        n_layers: 1,
+        nodes: vec![
+            Node::Feature { layer: 0, pos: 1, feature: 0, activation: 1.0 },
+            Node::Error { layer: 0, pos: 1 },
+            Node::Token { pos: 1, token: 5 },
+            Node::Logit { token: 7, probability: 1.0 },
+        ],
+        adjacency: Tensor::from_slice(&[0f32, 0., 2., 0., 0., 0., 0., 0., 0., 0., 0., 0., 3., 1., 0., 0.]).view([4, 4]),
+        values: Tensor::zeros([4], (Kind::Double, Device::Cpu)),
+        biases: Tensor::zeros([4], (Kind::Double, Device::Cpu)),
+        features_left_out: 0,
+    };
+    // Influence: feature 0.75, error 0.25, token 0.75 (through the feature). Replacement: the
+    // token's share of token + error influence, 0.75 / 1.0. Completeness: non-error input shares
+    // (logit 0.75, others 1) weighted by influence + logit weight: 2.5 / 2.75.
+    let (replacement, completeness) = graph.replacement_and_completeness().unwrap();
+    assert!((replacement - 0.75).abs() < 1e-12, "{replacement}");
+    assert!((completeness - 2.5 / 2.75).abs() < 1e-12, "{completeness}");
+    // On the text model's graph both are shares, and its errors carry some influence.
+    let model = text_model();
+    let tokens = model.tokenizer().unwrap().encode("To be, or not to be", true).unwrap();
+    let g = attribution_graph(&model, &load_transcoder_set(TEXT_MODEL.to_string() + "/transcoders", Device::Cpu).unwrap(), &tokens, &GraphConfig::default())
+        .unwrap();
+    let (r, c) = g.replacement_and_completeness().unwrap();
+    assert!(0.0 < r && r < 1.0 && 0.0 < c && c < 1.0 && r <= c, "replacement {r}, completeness {c}");
+}

@@ -363,6 +363,28 @@ impl AttributionGraph {
         self.nodes.iter().filter(|n| matches!(n, Node::Logit { .. })).count()
     }
 
+    /// circuit-tracer's `compute_graph_scores`, on the same normalised adjacency and influence as
+    /// pruning: the **replacement score**, the share of the tokens' and errors' influence on the
+    /// logits that the tokens carry (1: the logits are explained through features alone), and the
+    /// **completeness score**, each node's share of non-error inputs weighted by its influence
+    /// (plus its logit probability) on the output.
+    pub fn replacement_and_completeness(&self) -> Result<(f64, f64)> {
+        let a = prune::normalize_rows(&self.adjacency)?;
+        let weights = prune::logit_weights(&self.nodes)?;
+        let all = Tensor::f_arange(self.nodes.len() as i64, (Kind::Int64, Device::Cpu))?;
+        let influence = Vec::<f64>::try_from(&prune::influence(&a, &all, &weights)?)?;
+        let is_error: Vec<bool> = self.nodes.iter().map(|n| matches!(n, Node::Error { .. })).collect();
+        let share = |kind: fn(&Node) -> bool| self.nodes.iter().zip(&influence).filter(|(n, _)| kind(n)).map(|(_, v)| v).sum::<f64>();
+        let (tokens, errors) = (share(|n| matches!(n, Node::Token { .. })), share(|n| matches!(n, Node::Error { .. })));
+        let replacement = if tokens + errors > 0.0 { tokens / (tokens + errors) } else { 0.0 };
+        let mask = Tensor::f_from_slice(&is_error.iter().map(|&e| f64::from(u8::from(e))).collect::<Vec<_>>())?;
+        let non_error = Vec::<f64>::try_from(&a.f_matmul(&mask)?.f_neg()?.f_add_scalar(1.0)?)?;
+        let output: Vec<f64> = influence.iter().zip(Vec::<f64>::try_from(&weights)?).map(|(i, w)| i + w).collect();
+        let total: f64 = output.iter().sum();
+        let completeness = if total > 0.0 { non_error.iter().zip(&output).map(|(f, o)| f * o).sum::<f64>() / total } else { 0.0 };
+        Ok((replacement, completeness))
+    }
+
     /// Largest |sum of incoming edges + bias - value| over all targets (0 up to rounding when the
     /// linearisation is exact).
     pub fn completeness_error(&self) -> Result<f64> {

@@ -229,6 +229,12 @@ impl GraphAnalysis {
             pruned.node_threshold,
             pruned.edge_threshold
         ));
+        let (replacement, completeness) = graph.replacement_and_completeness()?;
+        out.report.paragraph(&format!(
+            "Replacement score {replacement:.3} (the share of the tokens' and errors' influence on the logits that the tokens carry, through \
+             features) and completeness score {completeness:.3} (each node's share of non-error inputs, weighted by its influence), as \
+             circuit-tracer's compute_graph_scores defines them."
+        ));
         let labels: std::collections::HashMap<(usize, i64), String> =
             self.features.iter().filter_map(|(layer, d)| d.top_logits.first().map(|(t, _)| ((*layer, d.latent), t.clone()))).collect();
         let mut view = graph_view(graph, pruned, &text, &labels)?;

@@ -153,6 +153,8 @@ pub fn run_graph(args: &GraphArgs, out: &mut Output) -> Result<()> {
     };
     println!("{} tokens, {features}, {} nodes in all; graph in {:.2} s; {completeness}", found.tokens.len(), g.nodes.len(), found.seconds);
     println!("logit targets: {}", found.logit_targets().join(", "));
+    let (replacement, completeness) = g.replacement_and_completeness()?;
+    println!("replacement score {replacement:.3}, completeness score {completeness:.3} (circuit-tracer's compute_graph_scores)");
     println!("pruned to {} nodes and {} edges (thresholds {} / {})", p.n_nodes(), p.n_edges()?, p.node_threshold, p.edge_threshold);
     for (qk, weight) in &found.qk {
         let text = |s: Option<&interp::circuits::attribution_graph::QkSource>, side: &str| s.map_or(format!("{side}'s own bias"), |s| s.to_string());
