@@ -363,6 +363,10 @@ fn qk_pairs_add_up_to_the_score() {
         let features = qk.query.iter().filter(|s| matches!(s, QkSource::Feature { .. })).count();
         assert_eq!(features > 0, transcoders.is_some(), "features are sources exactly when transcoders split the MLPs");
     }
+    // Negative positions count from the end.
+    let from_end = qk_attribution(&model, None, &tokens, layer, 1, -1, 3 - tokens.len() as i64).unwrap();
+    let direct = qk_attribution(&model, None, &tokens, layer, 1, last, 3).unwrap();
+    assert_eq!((from_end.query_pos, from_end.key_pos, from_end.score), (last, 3, direct.score));
     // f64 fixtures of other layouts: the sum is exact to rounding.
     for arch in ["llama", "qwen3", "olmo2", "gpt_neox"] {
         let m = HookedTransformer::from_pretrained_dir(common::fixture(arch), Device::Cpu, Kind::Double).unwrap();

@@ -117,7 +117,8 @@ impl QkAttribution {
 }
 
 /// Splits the score of head `head` of layer `layer` from query position `query_pos` to key
-/// position `key_pos` on `tokens` into pairs of sources (see the module docs). With
+/// position `key_pos` (negative: from the end) on `tokens` into pairs of sources (see the module
+/// docs). With
 /// `transcoders`, each MLP below `layer` is split into its active features and its error.
 pub fn qk_attribution(
     model: &HookedTransformer,
@@ -130,6 +131,9 @@ pub fn qk_attribution(
 ) -> Result<QkAttribution> {
     let c = &model.cfg;
     let n_pos = tokens.len() as i64;
+    // Negative positions count from the end, as Python's indices do.
+    let from_end = |p: i64| if p < 0 { p + n_pos } else { p };
+    let (query_pos, key_pos) = (from_end(query_pos), from_end(key_pos));
     if layer >= c.n_layers || !(0..c.n_heads).contains(&head) {
         return Err(Error::Input(format!("no head L{layer}H{head}: the model has {} layers of {} heads", c.n_layers, c.n_heads)));
     }

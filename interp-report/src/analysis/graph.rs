@@ -26,7 +26,8 @@ pub struct GraphAnalysisConfig {
     pub edge_threshold: f64,
     /// Top contexts in each feature file (when contexts are given).
     pub feature_examples: usize,
-    /// QK attribution of these scores: (layer, head, query position, key position).
+    /// QK attribution of these scores: (layer, head, query position, key position; negative
+    /// positions count from the end).
     pub qk: Vec<(usize, i64, i64, i64)>,
     /// And of this many more: the heads that attend most strongly from the last position to one
     /// key (position 0, the usual attention sink, left out), at that key.
@@ -200,7 +201,7 @@ fn head_scores_explained(
         .into_iter()
         .map(|(l, h, q, k)| {
             let qk = qk_attribution(model, Some(transcoders), tokens, l, h, q, k)?;
-            let weight = pattern(l)?.f_double_value(&[h, q, k])?;
+            let weight = pattern(l)?.f_double_value(&[h, qk.query_pos, qk.key_pos])?;
             Ok((qk, weight))
         })
         .collect()

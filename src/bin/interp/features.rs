@@ -99,8 +99,8 @@ pub struct GraphArgs {
     pub keep_position_0: bool,
     /// Explain why a head attends where it does: its score from a query position to a key
     /// position split into pairs of sources (features, errors, embeddings, heads), written as
-    /// LAYER.HEAD:QUERY:KEY, e.g. 1.3:19:10 (repeatable).
-    #[arg(long, value_parser = parse_qk)]
+    /// LAYER.HEAD:QUERY:KEY, e.g. 1.3:19:10; negative positions count from the end (repeatable).
+    #[arg(long, value_parser = parse_qk, allow_hyphen_values = true)]
     pub qk: Vec<(usize, i64, i64, i64)>,
     /// Also explain the scores of this many heads: those attending most strongly from the last
     /// position to one key (position 0 left out).
@@ -183,8 +183,8 @@ pub struct QkArgs {
     pub prompt: String,
     /// The score to explain, LAYER.HEAD:QUERY:KEY; positions count from 0, or from the end when
     /// negative (23.0:-1:4 is head 0 of layer 23 from the last position to position 4).
-    #[arg(long, allow_hyphen_values = true)]
-    pub qk: String,
+    #[arg(long, value_parser = parse_qk, allow_hyphen_values = true)]
+    pub qk: (usize, i64, i64, i64),
     /// Transcoders that split every MLP into features and an error (any layout `interp graph`
     /// reads); without them each MLP is one source.
     #[arg(long)]
@@ -207,8 +207,9 @@ pub fn run_qk(args: &QkArgs, out: &mut Output) -> Result<()> {
     let transcoders = args.transcoders.as_ref().map(|d| load_transcoder_set(d, device)).transpose()?;
     let tok = model.tokenizer().ok_or_else(|| anyhow::anyhow!("the model has no tokenizer to encode the prompt"))?;
     let tokens = tok.encode(&args.prompt, tok.bos_token_id().is_some())?;
-    let (layer, head, query, key) = parse_signed_qk(&args.qk, tokens.len() as i64).map_err(anyhow::Error::msg)?;
+    let (layer, head, query, key) = args.qk;
     let qk = qk_attribution(&model, transcoders.as_ref(), &tokens, layer, head, query, key)?;
+    let (query, key) = (qk.query_pos, qk.key_pos);
     let text = |p: i64| visible_token(&tok.decode(&[tokens[p as usize]]).unwrap_or_default());
     println!(
         "L{layer}H{head} from {:?} ({query}) to {:?} ({key}): score {:.4}, split into {} x {} pairs (sum off by {:.1e})",
@@ -247,27 +248,16 @@ pub fn run_qk(args: &QkArgs, out: &mut Output) -> Result<()> {
     Ok(out.json("qk.json", "the score and its top pairs", &summary)?)
 }
 
-/// `LAYER.HEAD:QUERY:KEY` with positions from the end when negative, for a prompt of `n` tokens.
-fn parse_signed_qk(text: &str, n: i64) -> std::result::Result<(usize, i64, i64, i64), String> {
-    let bad = || format!("--qk `{text}`: write LAYER.HEAD:QUERY:KEY, e.g. 23.0:-1:4 (negative positions count from the end of the {n}-token prompt)");
+/// `--qk LAYER.HEAD:QUERY:KEY`; negative positions count from the end of the prompt.
+fn parse_qk(text: &str) -> std::result::Result<(usize, i64, i64, i64), String> {
+    let bad = || format!("`{text}`: write LAYER.HEAD:QUERY:KEY, e.g. 1.3:19:10 or 23.0:-1:4 (negative positions count from the end)");
     let parts: Vec<&str> = text.split(':').collect();
     let [head, query, key] = parts[..] else { return Err(bad()) };
     let (layer, head) = head.split_once('.').ok_or_else(bad)?;
     let int = |s: &str| s.trim().parse::<i64>().map_err(|_| bad());
-    let pos = |s: &str| int(s).map(|p| if p < 0 { p + n } else { p });
     let (layer, head) = (int(layer)?, int(head)?);
     if layer < 0 || head < 0 {
         return Err(bad());
     }
-    Ok((layer as usize, head, pos(query)?, pos(key)?))
-}
-
-/// `--qk LAYER.HEAD:QUERY:KEY`.
-fn parse_qk(text: &str) -> std::result::Result<(usize, i64, i64, i64), String> {
-    let bad = || format!("`{text}`: write LAYER.HEAD:QUERY:KEY, e.g. 1.3:19:10");
-    let (head, positions) = text.split_once(':').ok_or_else(bad)?;
-    let (layer, head) = head.split_once('.').ok_or_else(bad)?;
-    let (query, key) = positions.split_once(':').ok_or_else(bad)?;
-    let int = |s: &str| s.trim().parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(bad);
-    Ok((int(layer)? as usize, int(head)?, int(query)?, int(key)?))
+    Ok((layer as usize, head, int(query)?, int(key)?))
 }
