@@ -118,8 +118,9 @@ impl QkAttribution {
 
 /// Splits the score of head `head` of layer `layer` from query position `query_pos` to key
 /// position `key_pos` (negative: from the end) on `tokens` into pairs of sources (see the module
-/// docs). With
-/// `transcoders`, each MLP below `layer` is split into its active features and its error.
+/// docs). With `transcoders`, each MLP below `layer` is split into its active features and its
+/// error. Memory: the prompt's cache of every layer's head outputs, and the sources run through
+/// the layer in chunks of about 1 GB.
 pub fn qk_attribution(
     model: &HookedTransformer,
     transcoders: Option<&TranscoderSet>,
