@@ -448,6 +448,14 @@ fn bilinear_and_graph_write_their_reports() {
     assert!(stdout.contains("by query source") && stdout.contains("MLP 0"), "{stdout}");
     let qk = read("qk/qk.json");
     assert!(qk["completeness_error"].as_f64().unwrap() < 1e-4 && qk["key_pos"] == 1, "{qk}");
+    // Each side's sources summed add up to the score too.
+    let score = qk["score"].as_f64().unwrap();
+    for side in ["query", "key"] {
+        let csv = std::fs::read_to_string(out.join(format!("qk/qk_{side}_sources.csv"))).unwrap();
+        // The source names may hold commas: the part is the second field from the end.
+        let total: f64 = csv.lines().skip(1).map(|l| l.rsplit(',').nth(1).unwrap().parse::<f64>().unwrap()).sum();
+        assert!((total - score).abs() < 1e-4, "{side}: {total} vs {score}");
+    }
     for args in [
         vec!["bilinear", "models/shakespeare-gpt2", "--out", &o("bad")],
         vec!["bilinear", "--tokens", "not-a-token", "--out", &o("bad")],

@@ -230,16 +230,25 @@ pub fn run_qk(args: &QkArgs, out: &mut Output) -> Result<()> {
         table.push(vec![Value::Text(name(*q, "query")), Value::Text(name(*k, "key")), Value::Float(*v), Value::Float(v / qk.score)]);
     }
     // Each side's sources by their total part of the score.
+    let mut by_side = Vec::new();
     for (by_key, side, sources) in [(false, "query", &qk.query), (true, "key", &qk.key)] {
         let totals = qk.marginals(by_key)?;
         let mut order: Vec<usize> = (0..totals.len()).collect();
         order.sort_by(|&a, &b| totals[b].abs().total_cmp(&totals[a].abs()));
         let shown: Vec<String> = order.iter().take(args.top.min(6)).map(|&i| format!("{} {:+.3}", name(sources.get(i), side), totals[i])).collect();
         println!("  by {side} source: {}", shown.join(", "));
+        let mut t = Table::new(&[&format!("{side}_source"), "part", "share"]);
+        for &i in &order {
+            t.push(vec![Value::Text(name(sources.get(i), side)), Value::Float(totals[i]), Value::Float(totals[i] / qk.score)]);
+        }
+        by_side.push((side, t));
     }
     out.report.section(&format!("L{layer}H{head}: {:?} ({query}) -> {:?} ({key})", text(query), text(key)));
     out.report
         .paragraph(&format!("Score {:.4} on the prompt {:?}, split exactly into pairs of (query source, key source); largest first.", qk.score, args.prompt));
+    for (side, t) in &by_side {
+        out.table(&format!("qk_{side}_sources"), &format!("each {side} source's part of the score (its pairs summed), largest first"), t)?;
+    }
     out.table("qk_pairs", "every pair, largest first", &table)?;
     let summary = serde_json::json!({
         "layer": layer, "head": head, "query_pos": query, "key_pos": key, "score": qk.score, "completeness_error": qk.completeness_error()?,

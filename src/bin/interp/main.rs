@@ -155,8 +155,9 @@ enum Command {
     /// Why a head attends where it does, on any model: its score from a query position to a key
     /// position split exactly into pairs of sources (the embedding, every earlier head's output,
     /// every earlier MLP's output, or with --transcoders each transcoder's active features and its
-    /// error), norm scales frozen as in attribution graphs. Prints the top pairs; writes
-    /// OUT/qk.json and OUT/qk_pairs.csv with every pair.
+    /// error), norm scales frozen as in attribution graphs. Prints the top pairs and each side's
+    /// sources by their total; writes OUT/qk.json, OUT/qk_pairs.csv (every pair),
+    /// OUT/qk_query_sources.csv and OUT/qk_key_sources.csv, and OUT/report.html.
     Qk(features::QkArgs),
     /// The main job (also `interp` alone): one HTML report of every analysis that applies to each
     /// model (default: the built-in text model and the two task models): model card and logit
