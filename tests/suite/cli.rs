@@ -463,6 +463,8 @@ fn bilinear_and_graph_write_their_reports() {
         vec!["graph", "--max-memory", "0.01", "--out", &o("bad")],
         vec!["graph", "--qk", "1.0:3:5", "--out", &o("bad")],
         vec!["graph", "--qk", "1:3:5", "--out", &o("bad")],
+        vec!["graph", "--pin", "99_1_1", "--out", &o("bad")],
+        vec!["graph", "--supernode", "no-ids=", "--out", &o("bad")],
         vec!["qk", "--prompt", "To be", "--qk", "1.0:0:-1x", "--out", &o("bad")],
         vec!["qk", "--prompt", "To be", "--qk", "1.0:1:2", "--out", &o("bad")],
     ] {

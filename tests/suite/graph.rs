@@ -5,7 +5,7 @@
 use crate::common;
 
 use circuits::attribution_graph::{
-    attribution_graph, check_transcoders, de_embedding, feature_connections, qk_attribution, AttributionGraph, GraphConfig, Node, QkSource,
+    attribution_graph, check_transcoders, de_embedding, feature_connections, qk_attribution, AttributionGraph, GraphConfig, Node, QkSource, Subgraph,
 };
 use interp::circuits;
 use interp::interp_core::{tch, CacheSpec, HookedTransformer};
@@ -431,4 +431,30 @@ fn replacement_and_completeness_scores_match_the_closed_form() {
         .unwrap();
     let (r, c) = g.replacement_and_completeness().unwrap();
     assert!(0.0 < r && r < 1.0 && 0.0 < c && c < 1.0 && r <= c, "replacement {r}, completeness {c}");
+}
+
+/// Pinned nodes and supernodes go into the graph's `qParams` as circuit-tracer's viewer saves a
+/// subgraph, and read back the same (also from the viewer's comma-separated pinned ids); an id
+/// the graph lacks is refused.
+#[test]
+fn subgraphs_are_saved_as_the_viewer_saves_them_and_read_back() {
+    let model = text_model();
+    let tokens = model.tokenizer().unwrap().encode("To be, or not to be", true).unwrap();
+    let transcoders = load_transcoder_set(TEXT_MODEL.to_string() + "/transcoders", Device::Cpu).unwrap();
+    let graph = attribution_graph(&model, &transcoders, &tokens, &GraphConfig::default()).unwrap();
+    let pruned = graph.prune(0.8, 0.98).unwrap();
+    let mut json = graph.to_circuit_tracer_json(&pruned, "sub", "shakespeare-gpt2", &|t| t.to_string()).unwrap();
+    let ids: Vec<String> = json["nodes"].as_array().unwrap().iter().map(|n| n["node_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(Subgraph::read(&json).unwrap(), Subgraph::default(), "a new graph has no subgraph");
+    let sub = Subgraph { pinned: ids[..3].to_vec(), supernodes: vec![("first two".into(), ids[..2].to_vec()), ("last".into(), ids[ids.len() - 1..].to_vec())] };
+    sub.save_into(&mut json).unwrap();
+    assert_eq!(json["qParams"]["supernodes"][0][0], "first two");
+    assert_eq!(json["qParams"]["supernodes"][0][1], ids[0].as_str());
+    assert_eq!(Subgraph::read(&serde_json::from_str(&json.to_string()).unwrap()).unwrap(), sub);
+    json["qParams"]["pinnedIds"] = ids[..2].join(",").into();
+    assert_eq!(Subgraph::read(&json).unwrap().pinned, ids[..2].to_vec());
+    let bad = Subgraph { pinned: vec!["99_1_1".into()], supernodes: vec![] };
+    assert!(bad.save_into(&mut json).unwrap_err().to_string().contains("`99_1_1` is not in the graph"));
+    json["qParams"]["supernodes"] = serde_json::json!([[]]);
+    assert!(Subgraph::read(&json).is_err(), "an empty supernode");
 }

@@ -4,7 +4,7 @@ use serde_json::json;
 use tch::Kind;
 
 use super::{AttributionGraph, Node, Pruned};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// circuit-tracer's feature index of (layer, feature): the Cantor pairing, which its viewer
 /// unpairs to find a feature's file.
@@ -102,5 +102,56 @@ impl AttributionGraph {
             "nodes": nodes,
             "links": links,
         }))
+    }
+}
+
+/// A subgraph as circuit-tracer's viewer saves one in a graph's `qParams`: pinned node ids, and
+/// supernodes (groups of nodes shown as one, each `[label, id, ...]`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Subgraph {
+    /// Pinned node ids (`{layer}_{feature}_{pos}`, `E_{token}_{pos}`, ...).
+    pub pinned: Vec<String>,
+    /// Supernodes: a label and the node ids it groups.
+    pub supernodes: Vec<(String, Vec<String>)>,
+}
+
+impl Subgraph {
+    /// Writes the subgraph into `graph`'s `qParams` (a graph from
+    /// [`AttributionGraph::to_circuit_tracer_json`]); every id must be one of its nodes.
+    pub fn save_into(&self, graph: &mut serde_json::Value) -> Result<()> {
+        let ids: std::collections::HashSet<&str> =
+            graph["nodes"].as_array().map(|nodes| nodes.iter().filter_map(|n| n["node_id"].as_str()).collect()).unwrap_or_default();
+        let grouped = self.supernodes.iter().flat_map(|(_, members)| members);
+        if let Some(missing) = self.pinned.iter().chain(grouped).find(|id| !ids.contains(id.as_str())) {
+            return Err(Error::Input(format!("node `{missing}` is not in the graph (pruned, or no such node); ids look like 3_1204_5, E_464_0")));
+        }
+        if let Some((label, _)) = self.supernodes.iter().find(|(_, members)| members.is_empty()) {
+            return Err(Error::Input(format!("supernode `{label}` groups no node")));
+        }
+        let supernodes: Vec<Vec<&str>> =
+            self.supernodes.iter().map(|(label, members)| std::iter::once(label.as_str()).chain(members.iter().map(String::as_str)).collect()).collect();
+        graph["qParams"]["pinnedIds"] = json!(self.pinned);
+        graph["qParams"]["supernodes"] = json!(supernodes);
+        Ok(())
+    }
+
+    /// The subgraph saved in a graph's `qParams`, as circuit-tracer's viewer writes it (pinned
+    /// ids as a list or as one comma-separated string).
+    pub fn read(graph: &serde_json::Value) -> Result<Subgraph> {
+        let q = &graph["qParams"];
+        let text = |v: &serde_json::Value| v.as_str().map(str::to_string).ok_or_else(|| Error::Input(format!("qParams: expected a node id, found {v}")));
+        let pinned = match &q["pinnedIds"] {
+            serde_json::Value::Null => Vec::new(),
+            serde_json::Value::String(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect(),
+            serde_json::Value::Array(ids) => ids.iter().map(text).collect::<Result<_>>()?,
+            other => return Err(Error::Input(format!("qParams.pinnedIds: expected a list of node ids, found {other}"))),
+        };
+        let mut supernodes = Vec::new();
+        for group in q["supernodes"].as_array().into_iter().flatten() {
+            let items = group.as_array().ok_or_else(|| Error::Input(format!("qParams.supernodes: expected [label, id, ...], found {group}")))?;
+            let (label, members) = items.split_first().ok_or_else(|| Error::Input("qParams.supernodes: an empty supernode".into()))?;
+            supernodes.push((text(label)?, members.iter().map(text).collect::<Result<_>>()?));
+        }
+        Ok(Subgraph { pinned, supernodes })
     }
 }

@@ -47,7 +47,7 @@ use crate::budget::MemoryBudget;
 use crate::error::{Error, Result};
 
 pub use connections::{de_embedding, feature_connections, residual_encoder, FeatureConnections};
-pub use export::cantor;
+pub use export::{cantor, Subgraph};
 pub use prune::Pruned;
 pub use qk::{qk_attribution, QkAttribution, QkPair, QkSource};
 pub use replacement::check_transcoders;

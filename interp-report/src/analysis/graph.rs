@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::html::{dashboards_html, graph_view, write_graph_page};
 use crate::output::Output;
 use crate::table::{Table, Value};
-use circuits::attribution_graph::{attribution_graph, cantor, qk_attribution, AttributionGraph, GraphConfig, Node, Pruned, QkAttribution, QkSource};
+use circuits::attribution_graph::{attribution_graph, cantor, qk_attribution, AttributionGraph, GraphConfig, Node, Pruned, QkAttribution, QkSource, Subgraph};
 
 /// How [`graph_analysis`] builds and prunes the graph.
 #[derive(Clone, Debug)]
@@ -32,6 +32,9 @@ pub struct GraphAnalysisConfig {
     /// And of this many more: the heads that attend most strongly from the last position to one
     /// key (position 0, the usual attention sink, left out), at that key.
     pub qk_top_heads: usize,
+    /// Pinned nodes and supernodes saved in the graph's `qParams`, as circuit-tracer's viewer
+    /// saves a subgraph.
+    pub subgraph: Subgraph,
 }
 
 impl Default for GraphAnalysisConfig {
@@ -43,6 +46,7 @@ impl Default for GraphAnalysisConfig {
             feature_examples: 8,
             qk: Vec::new(),
             qk_top_heads: 3,
+            subgraph: Subgraph::default(),
         }
     }
 }
@@ -117,6 +121,8 @@ pub struct GraphAnalysis {
     /// Why heads attend where they do: each score split into pairs of sources, with the head's
     /// attention weight there.
     pub qk: Vec<(QkAttribution, f64)>,
+    /// The pinned nodes and supernodes saved with the graph.
+    pub subgraph: Subgraph,
 }
 
 /// Builds and prunes the attribution graph of `prompt` (tokenized with the model's tokenizer, BOS
@@ -160,6 +166,7 @@ pub fn graph_analysis(
     let qk = head_scores_explained(model, transcoders, &tokens, cfg)?;
     Ok(GraphAnalysis {
         qk,
+        subgraph: cfg.subgraph.clone(),
         prompt: prompt.to_string(),
         tokens,
         token_text,
@@ -220,7 +227,8 @@ impl GraphAnalysis {
         let (graph, pruned) = (&self.graph, &self.pruned);
         let text = |t: i64| self.text(t);
         let scan = if self.features.is_empty() { self.slug.as_str() } else { VIEWER_SCAN };
-        let json = graph.to_circuit_tracer_json(pruned, &self.slug, scan, &text)?;
+        let mut json = graph.to_circuit_tracer_json(pruned, &self.slug, scan, &text)?;
+        self.subgraph.save_into(&mut json)?;
         out.report.section("Transcoder attribution graph");
         out.report.paragraph(&format!(
             "Prompt {:?} through the transcoders in {}: direct effects between active features, transcoder errors, token embeddings and the top \

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use interp::circuits::attribution_graph::{qk_attribution, QkSource};
+use interp::circuits::attribution_graph::{qk_attribution, QkSource, Subgraph};
 use interp::circuits::bilinear::BilinearLayer;
 use interp::circuits::MemoryBudget;
 use interp::interp_core::{tch, HookedTransformer};
@@ -106,6 +106,13 @@ pub struct GraphArgs {
     /// position to one key (position 0 left out).
     #[arg(long, default_value_t = GraphAnalysisConfig::default().qk_top_heads)]
     pub qk_heads: usize,
+    /// Pin a node in the saved graph, as circuit-tracer's viewer pins one (its node id, e.g.
+    /// 1_1204_5 or E_464_0; repeatable).
+    #[arg(long)]
+    pub pin: Vec<String>,
+    /// Group nodes into a supernode in the saved graph: LABEL=ID,ID,... (repeatable).
+    #[arg(long, value_parser = parse_supernode)]
+    pub supernode: Vec<(String, Vec<String>)>,
     /// Output directory (created).
     #[arg(long)]
     pub out: PathBuf,
@@ -125,6 +132,7 @@ pub fn run_graph(args: &GraphArgs, out: &mut Output) -> Result<()> {
         edge_threshold: args.edge_threshold,
         qk: args.qk.clone(),
         qk_top_heads: args.qk_heads,
+        subgraph: Subgraph { pinned: args.pin.clone(), supernodes: args.supernode.clone() },
         ..GraphAnalysisConfig::default()
     };
     cfg.graph.batch_size = args.batch;
@@ -269,4 +277,14 @@ fn parse_qk(text: &str) -> std::result::Result<(usize, i64, i64, i64), String> {
         return Err(bad());
     }
     Ok((layer as usize, head, int(query)?, int(key)?))
+}
+
+/// `--supernode LABEL=ID,ID,...`.
+fn parse_supernode(text: &str) -> std::result::Result<(String, Vec<String>), String> {
+    let (label, ids) = text.split_once('=').ok_or_else(|| format!("`{text}`: write LABEL=ID,ID,..., e.g. capital=3_1204_5,4_88_5"))?;
+    let ids: Vec<String> = ids.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+    if label.trim().is_empty() || ids.is_empty() {
+        return Err(format!("`{text}`: a supernode needs a label and at least one node id"));
+    }
+    Ok((label.trim().to_string(), ids))
 }
