@@ -49,7 +49,7 @@ use crate::error::{Error, Result};
 pub use connections::{de_embedding, feature_connections, residual_encoder, FeatureConnections};
 pub use export::{cantor, Subgraph};
 pub use prune::Pruned;
-pub use qk::{qk_attribution, QkAttribution, QkPair, QkSource};
+pub use qk::{qk_attribution, source_name, QkAttribution, QkPair, QkSource};
 pub use replacement::check_transcoders;
 use replacement::{expand, read, Leaves, Replacement};
 

@@ -93,6 +93,12 @@ pub struct QkAttribution {
     pub pairs: Tensor,
 }
 
+/// A pair's side as a reader names it: the source (`L3H1`, `L2/804`, `MLP 5`, ...), or for `None`
+/// that side's own bias (`side` is `"query"` or `"key"`).
+pub fn source_name(source: Option<&QkSource>, side: &str) -> String {
+    source.map_or(format!("{side}'s own bias"), QkSource::to_string)
+}
+
 impl QkAttribution {
     /// The `n` pairs of largest |contribution|: (query source, key source, contribution), `None`
     /// standing for the side's own bias.
@@ -176,26 +182,26 @@ pub fn qk_attribution(
 
     // The sources at each position; they must add up to the residual stream entering `layer`.
     let sources = |pos: i64| -> Result<(Vec<QkSource>, Tensor)> {
-        let row = |name: &str| -> Result<Tensor> { Ok(cache.get(name)?.f_select(0, 0)?.f_select(0, pos)?.f_to_kind(Kind::Double)?) };
-        let (mut labels, mut vectors) = (vec![QkSource::Embedding], vec![row(&HookPoint::Embed.hook_name())?]);
+        let row = |point: HookPoint| -> Result<Tensor> { Ok(cache.get(point)?.f_select(0, 0)?.f_select(0, pos)?.f_to_kind(Kind::Double)?) };
+        let (mut labels, mut vectors) = (vec![QkSource::Embedding], vec![row(HookPoint::Embed)?]);
         if c.positional == Positional::Learned {
-            vectors[0] = vectors[0].f_add(&row(&HookPoint::PosEmbed.hook_name())?)?;
+            vectors[0] = vectors[0].f_add(&row(HookPoint::PosEmbed)?)?;
         }
         let mut fixed = Tensor::f_zeros([c.d_model], (Kind::Double, model.device()))?;
         for l in 0..layer {
-            let heads = row(&HookPoint::Block(l, BlockSite::Result).hook_name())?; // [heads, d_model]
+            let heads = row(HookPoint::Block(l, BlockSite::Result))?; // [heads, d_model]
             for h in 0..c.n_heads {
                 labels.push(QkSource::Head { layer: l, head: h });
                 vectors.push(heads.f_get(h)?);
             }
-            fixed = fixed.f_add(&row(&HookPoint::Block(l, BlockSite::AttnOut).hook_name())?.f_sub(&heads.f_sum_dim_intlist(0, false, Kind::Double)?)?)?;
+            fixed = fixed.f_add(&row(HookPoint::Block(l, BlockSite::AttnOut))?.f_sub(&heads.f_sum_dim_intlist(0, false, Kind::Double)?)?)?;
         }
         if has_mlp {
             match transcoders {
                 None => {
                     for l in 0..layer {
                         labels.push(QkSource::Mlp { layer: l });
-                        vectors.push(row(&HookPoint::Block(l, BlockSite::MlpOut).hook_name())?);
+                        vectors.push(row(HookPoint::Block(l, BlockSite::MlpOut))?);
                     }
                 }
                 Some(t) => {
@@ -230,7 +236,7 @@ pub fn qk_attribution(
                     }
                     for (l, r) in reconstructed.iter().enumerate() {
                         labels.push(QkSource::Error { layer: l });
-                        vectors.push(row(&HookPoint::Block(l, BlockSite::MlpOut).hook_name())?.f_sub(r)?);
+                        vectors.push(row(HookPoint::Block(l, BlockSite::MlpOut))?.f_sub(r)?);
                     }
                 }
             }
@@ -238,7 +244,7 @@ pub fn qk_attribution(
         labels.push(QkSource::Fixed);
         vectors.push(fixed);
         let stacked = Tensor::f_stack(&vectors, 0)?; // [n, d_model]
-        let resid = row(&at(BlockSite::ResidPre).hook_name())?;
+        let resid = row(at(BlockSite::ResidPre))?;
         let gap = stacked.f_sum_dim_intlist(0, false, Kind::Double)?.f_sub(&resid)?.f_abs()?.f_max()?.f_double_value(&[])?;
         let size = resid.f_abs()?.f_max()?.f_double_value(&[])?;
         // NaN fails the check too.

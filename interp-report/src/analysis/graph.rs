@@ -13,7 +13,9 @@ use crate::error::{Error, Result};
 use crate::html::{dashboards_html, graph_view, write_graph_page};
 use crate::output::Output;
 use crate::table::{Table, Value};
-use circuits::attribution_graph::{attribution_graph, cantor, qk_attribution, AttributionGraph, GraphConfig, Node, Pruned, QkAttribution, QkSource, Subgraph};
+use circuits::attribution_graph::{
+    attribution_graph, cantor, qk_attribution, source_name, AttributionGraph, GraphConfig, Node, Pruned, QkAttribution, QkSource, Subgraph,
+};
 
 /// How [`graph_analysis`] builds and prunes the graph.
 #[derive(Clone, Debug)]
@@ -309,13 +311,12 @@ impl GraphAnalysis {
         if self.qk.is_empty() {
             return Ok(());
         }
+        // Features with a dashboard get its top token next to their name.
         let name = |s: Option<&QkSource>, side: &str| match s {
-            None => format!("{side}'s own bias"),
-            Some(QkSource::Feature { layer, feature, .. }) => match labels.get(&(*layer, *feature)) {
-                Some(label) => format!("L{layer}/{feature} ({})", visible_token(label)),
-                None => format!("L{layer}/{feature}"),
-            },
-            Some(s) => s.to_string(),
+            Some(QkSource::Feature { layer, feature, .. }) if labels.contains_key(&(*layer, *feature)) => {
+                format!("{} ({})", source_name(s, side), visible_token(&labels[&(*layer, *feature)]))
+            }
+            _ => source_name(s, side),
         };
         let at = |pos: i64| format!("{} ({pos})", visible_token(&self.text(self.tokens[pos as usize])));
         out.report.subsection("Why heads attend: QK attribution");

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use interp::circuits::attribution_graph::{qk_attribution, QkSource, Subgraph};
+use interp::circuits::attribution_graph::{qk_attribution, source_name, Subgraph};
 use interp::circuits::bilinear::BilinearLayer;
 use interp::circuits::MemoryBudget;
 use interp::interp_core::{tch, HookedTransformer};
@@ -165,8 +165,8 @@ pub fn run_graph(args: &GraphArgs, out: &mut Output) -> Result<()> {
     println!("replacement score {replacement:.3}, completeness score {completeness:.3} (circuit-tracer's compute_graph_scores)");
     println!("pruned to {} nodes and {} edges (thresholds {} / {})", p.n_nodes(), p.n_edges()?, p.node_threshold, p.edge_threshold);
     for (qk, weight) in &found.qk {
-        let text = |s: Option<&interp::circuits::attribution_graph::QkSource>, side: &str| s.map_or(format!("{side}'s own bias"), |s| s.to_string());
-        let top: Vec<String> = qk.top_pairs(3)?.into_iter().map(|(q, k, v)| format!("{} x {} {v:+.3}", text(q, "query"), text(k, "key"))).collect();
+        let top: Vec<String> =
+            qk.top_pairs(3)?.into_iter().map(|(q, k, v)| format!("{} x {} {v:+.3}", source_name(q, "query"), source_name(k, "key"))).collect();
         println!(
             "QK L{}H{} {} -> {} (attention {weight:.2}): score {:.3} = top pairs {}, ...",
             qk.layer,
@@ -228,7 +228,7 @@ pub fn run_qk(args: &QkArgs, out: &mut Output) -> Result<()> {
         qk.key.len() + 1,
         qk.completeness_error()?
     );
-    let name = |s: Option<&QkSource>, side: &str| s.map_or(format!("{side}'s own bias"), |s| s.to_string());
+    let name = source_name;
     let mut table = Table::new(&["query_source", "key_source", "contribution", "share"]);
     let pairs = qk.top_pairs(usize::MAX)?;
     for (i, (q, k, v)) in pairs.iter().enumerate() {
