@@ -213,49 +213,115 @@ fn write_metrics_json(out: &Path, json: &serde_json::Value) -> Result<()> {
     std::fs::write(&path, text).map_err(Error::io(&path))
 }
 
-/// A trained cross-layer transcoder, its metrics on the held-out contexts and the trainer's report.
-pub struct CltRunOutput {
-    /// The CLT, as saved.
-    pub clt: CrossLayerTranscoder,
-    /// Its metrics on the held-out contexts (every layer spliced at once).
-    pub metrics: SetMetrics,
-    /// What training measured.
-    pub report: SaeTrainReport,
+/// Which set [`train_transcoder_set`] trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetKind {
+    /// One transcoder per layer, from `blocks.{l}.ln2.hook_normalized` to `blocks.{l}.hook_mlp_out`,
+    /// saved as SAELens folders `OUT/layer_{l}`.
+    PerLayer,
+    /// A cross-layer transcoder (decoders writing every later layer), saved in circuit-tracer's
+    /// CLT layout.
+    CrossLayer,
 }
 
-/// Trains a cross-layer transcoder over every layer of `model` (encoders reading
-/// `blocks.{l}.ln2.hook_normalized`, decoders predicting every later `blocks.{l'}.hook_mlp_out`)
-/// on `train_tokens` [n_tokens], as [`train_dictionary`] does a dictionary (`cfg.architecture`:
-/// ReLU, TopK or JumpReLU; `cfg.d_sae` latents per layer, default 8 x d_model), evaluates it with
-/// [`evaluate_set`] and saves it to `out` in circuit-tracer's CLT layout plus `metrics.json`.
-/// Resumes from `out/checkpoints`.
-pub fn train_cross_layer(model: &HookedTransformer, train_tokens: &Tensor, eval_contexts: &Tensor, cfg: &RunnerConfig, out: &Path) -> Result<CltRunOutput> {
-    if cfg.skip || !cfg.matryoshka_widths.is_empty() || cfg.init_from.is_some() {
-        return Err(Error::Input("cross-layer transcoders have no skip path, Matryoshka prefixes or fine-tuning here".into()));
+/// A trained transcoder set, its metrics on the held-out contexts and the training throughput.
+pub struct SetRunOutput {
+    /// The set, as saved.
+    pub set: TranscoderSet,
+    /// Its metrics on the held-out contexts (every layer spliced at once).
+    pub metrics: SetMetrics,
+    /// Activation tokens per second while training.
+    pub tokens_per_sec: f64,
+    /// Contexts per shuffle buffer used (cut from the configured number so that every layer's
+    /// activations of one buffer fit in [`SET_BUFFER_BYTES`]).
+    pub buffer_contexts: i64,
+}
+
+/// At most this many bytes of activations in a set's shuffle buffer: a buffer holds two hooks
+/// per layer, 60 for a 30-layer model, so SAELens's 512 contexts of 128 tokens would take 9 GB
+/// at width 576.
+pub const SET_BUFFER_BYTES: i64 = 1 << 30;
+
+/// Trains transcoders that replace every MLP of `model` in one streaming pass over
+/// `train_tokens` [n_tokens] (every layer's input and output cached by the same forward): one per
+/// layer, or a cross-layer transcoder (encoders reading `blocks.{l}.ln2.hook_normalized`, decoders
+/// predicting every later `blocks.{l'}.hook_mlp_out`). `cfg.architecture` and `cfg.d_sae` (per
+/// layer, default 8 x d_model) size them; the shuffle buffer is cut to [`SET_BUFFER_BYTES`]. The
+/// set is evaluated with [`evaluate_set`] (every layer spliced in at once) and saved to `out` (per
+/// layer: SAELens folders `layer_{l}`, which [`crate::load_transcoder_set`] reads back) with
+/// `metrics.json`. Resumes from `out/checkpoints`.
+pub fn train_transcoder_set(
+    model: &HookedTransformer,
+    kind: SetKind,
+    train_tokens: &Tensor,
+    eval_contexts: &Tensor,
+    cfg: &RunnerConfig,
+    out: &Path,
+) -> Result<SetRunOutput> {
+    if !cfg.matryoshka_widths.is_empty() || cfg.init_from.is_some() || (cfg.skip && kind == SetKind::CrossLayer) {
+        return Err(Error::Input("a transcoder set is trained from scratch, without Matryoshka prefixes (and a CLT without a skip path)".into()));
     }
     let n_layers = model.cfg.n_layers;
     let d = model.cfg.d_model;
-    let mut clt_cfg = CltConfig::new(cfg.architecture, n_layers, d, cfg.d_sae.unwrap_or(8 * d));
-    clt_cfg.model_name = cfg.model_name.clone();
-    let mut clt = CrossLayerTranscoder::init(clt_cfg, cfg.store.seed as i64, model.device())?;
-    let hooks: Vec<String> = (0..n_layers).map(|l| clt.cfg().hook_in(l)).chain((0..n_layers).map(|l| clt.cfg().hook_out(l))).collect();
-    let hooks: Vec<&str> = hooks.iter().map(String::as_str).collect();
-    let store = ActivationStore::new(model, train_tokens, &hooks, cfg.store.clone())?.with_labels(&cfg.model_name, &cfg.corpus_name);
+    let d_sae = cfg.d_sae.unwrap_or(8 * d);
+    let clt_cfg = CltConfig::new(cfg.architecture, n_layers, d, d_sae);
+    let hooks: Vec<String> = (0..n_layers).map(|l| clt_cfg.hook_in(l)).chain((0..n_layers).map(|l| clt_cfg.hook_out(l))).collect();
+    let hook_refs: Vec<&str> = hooks.iter().map(String::as_str).collect();
+    let mut store_cfg = cfg.store.clone();
+    let per_context = store_cfg.context_size.max(1) * 2 * n_layers as i64 * d * 4;
+    store_cfg.buffer_contexts = store_cfg
+        .buffer_contexts
+        .min(SET_BUFFER_BYTES / per_context)
+        .max((store_cfg.batch_tokens + store_cfg.context_size.max(2) - 2) / (store_cfg.context_size.max(2) - 1));
+    let buffer_contexts = store_cfg.buffer_contexts;
+    let store = ActivationStore::new(model, train_tokens, &hook_refs, store_cfg)?.with_labels(&cfg.model_name, &cfg.corpus_name);
     let train = run_settings(cfg, out)?;
     let say = |msg: String| {
         if train.progress {
             eprintln!("{msg}");
         }
     };
-    say(format!("training a {} on {n_layers} layers from {} corpus tokens", clt.cfg().describe(), train_tokens.numel()));
-    let (mut source, _, epochs) = training_source(store, cfg, &train, &say)?;
-    let report = train_clt(&mut clt, source.as_mut(), &train)?;
-    let set = TranscoderSet::CrossLayer(clt);
+    let (set, tokens_per_sec) = match kind {
+        SetKind::CrossLayer => {
+            let mut clt_cfg = clt_cfg;
+            clt_cfg.model_name = cfg.model_name.clone();
+            let mut clt = CrossLayerTranscoder::init(clt_cfg, cfg.store.seed as i64, model.device())?;
+            say(format!("training a {} on {n_layers} layers from {} corpus tokens", clt.cfg().describe(), train_tokens.numel()));
+            let (mut source, _, _) = training_source(store, cfg, &train, &say)?;
+            let report = train_clt(&mut clt, source.as_mut(), &train)?;
+            (TranscoderSet::CrossLayer(clt), report.tokens_per_sec)
+        }
+        SetKind::PerLayer => {
+            let mut dicts = (0..n_layers)
+                .map(|l| {
+                    let mut dcfg = DictionaryConfig::transcoder(cfg.architecture, cfg.skip, &hooks[l], &hooks[n_layers + l], d, d, d_sae);
+                    dcfg.model_name = cfg.model_name.clone();
+                    SparseDictionary::init(dcfg, cfg.store.seed as i64 + l as i64, model.device())
+                })
+                .collect::<Result<Vec<_>>>()?;
+            say(format!("training {n_layers} transcoders of {d_sae} latents, one per layer, from {} corpus tokens", train_tokens.numel()));
+            let (mut source, context_size, _) = training_source(store, cfg, &train, &say)?;
+            let reports = train_dictionaries(&mut dicts, source.as_mut(), &train)?;
+            for dict in &mut dicts {
+                dict.cfg.context_size = context_size;
+            }
+            (TranscoderSet::PerLayer(dicts), reports.first().map_or(0.0, |r| r.tokens_per_sec))
+        }
+    };
     let metrics = evaluate_set(&set, model, eval_contexts, cfg.eval_batch)?;
-    let TranscoderSet::CrossLayer(clt) = set else { unreachable!("built as a CLT") };
-    clt.save(out, &cfg.model_name)?;
-    write_metrics_json(out, &serde_json::json!({ "metrics": metrics, "tokens_per_sec": report.tokens_per_sec, "steps": train.steps, "epochs": epochs }))?;
-    Ok(CltRunOutput { clt, metrics, report })
+    match &set {
+        TranscoderSet::CrossLayer(clt) => clt.save(out, &cfg.model_name)?,
+        TranscoderSet::PerLayer(dicts) => {
+            for (l, (dict, m)) in dicts.iter().zip(&metrics.layers).enumerate() {
+                dict.save_saelens(out.join(format!("layer_{l}")), Some(&m.log10_density))?;
+            }
+        }
+    }
+    write_metrics_json(
+        out,
+        &serde_json::json!({ "metrics": metrics, "tokens_per_sec": tokens_per_sec, "steps": train.steps, "buffer_contexts": buffer_contexts }),
+    )?;
+    Ok(SetRunOutput { set, metrics, tokens_per_sec, buffer_contexts })
 }
 
 /// What a run trains on: the activations cached in `cfg.cache_dir` when they exist (their

@@ -10,7 +10,7 @@ use interp::interp_core::train::Schedule;
 use interp::interp_core::{tch, CacheSpec, HookedTransformer};
 use interp::report::analysis::{read_training_curve, training_curve_chart, write_metrics, write_set_metrics};
 use interp::report::{write_dashboards, Output};
-use interp::transcoders::runner::{held_out_contexts, train_cross_layer, train_dictionary, RunnerConfig, TRAIN_LOG};
+use interp::transcoders::runner::{held_out_contexts, train_dictionary, train_transcoder_set, RunnerConfig, SetKind, TRAIN_LOG};
 use interp::transcoders::{
     evaluate, evaluate_activations, evaluate_set, latent_dashboards, load_transcoder_set, random_latents, readable_latents, ActivationSource, Architecture,
     CachedActivations, DictionaryMetrics, InMemoryActivations, SaeTrainConfig, SetMetrics, SparseDictionary, StoreConfig,
@@ -154,13 +154,19 @@ pub struct TrainArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Hook the dictionary reads, e.g. blocks.1.hook_resid_pre or blocks.0.ln2.hook_normalized.
-    #[arg(long, required_unless_present = "clt")]
+    #[arg(long, required_unless_present_any = ["clt", "every_layer"])]
     hook: Option<String>,
     /// Train a cross-layer transcoder over every layer instead (encoders read each layer's
     /// ln2.hook_normalized, decoders write every later layer's hook_mlp_out; --d-sae latents per
     /// layer; relu, topk or jumprelu). Saved in circuit-tracer's CLT layout.
-    #[arg(long, conflicts_with_all = ["hook", "hook_out", "skip", "matryoshka", "from"])]
+    #[arg(long, conflicts_with_all = ["hook", "hook_out", "skip", "matryoshka", "from", "every_layer"])]
     clt: bool,
+    /// Train one transcoder per layer instead, every layer's in the same pass over the model (each
+    /// reads its layer's ln2.hook_normalized and predicts its hook_mlp_out; --d-sae latents each,
+    /// --skip for skip transcoders). Saved as OUT/layer_L SAELens folders, the set `interp graph
+    /// --transcoders OUT` reads. The shuffle buffer is cut to hold at most 1 GiB.
+    #[arg(long, conflicts_with_all = ["hook", "hook_out", "matryoshka", "from"])]
+    every_layer: bool,
     /// Hook it predicts (a transcoder: blocks.L.hook_mlp_out); default: --hook (an SAE).
     #[arg(long)]
     hook_out: Option<String>,
@@ -357,10 +363,11 @@ fn train(a: &TrainArgs) -> Result<()> {
     let train_tokens = token_stream(tok, &data::corpus(&a.data)?.0)?;
     let contexts = held_out_contexts(&model, &a.data, a.eval_contexts, a.context)?;
     let Some(hook) = &a.hook else {
-        let run = train_cross_layer(&model, &train_tokens, &contexts, &cfg, &a.out)?;
+        let kind = if a.clt { SetKind::CrossLayer } else { SetKind::PerLayer };
+        let run = train_transcoder_set(&model, kind, &train_tokens, &contexts, &cfg, &a.out)?;
         print_set_metrics(&run.metrics);
-        println!("{:.0} tokens/s; saved to {}", run.report.tokens_per_sec, a.out.display());
-        let mut out = Output::new(&a.out, &run.clt.cfg().describe())?;
+        println!("{:.0} tokens/s ({} contexts per shuffle buffer); saved to {}", run.tokens_per_sec, run.buffer_contexts, a.out.display());
+        let mut out = Output::new(&a.out, &run.set.describe())?;
         out.report.paragraph(&format!(
             "Trained {} steps on {} from {}; evaluated on {} held-out tokens.",
             cfg.train.steps,
