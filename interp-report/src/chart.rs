@@ -1,5 +1,5 @@
 //! Charts for reports: heatmap panels (patching and tracing grids), line charts (faithfulness
-//! curves) and circuit drawings, as SVG or PNG by the file extension. PNG text uses DejaVu Sans embedded in the
+//! curves), scatter plots (predicted against measured) and circuit drawings, as SVG or PNG by the file extension. PNG text uses DejaVu Sans embedded in the
 //! binary, so it renders on machines without fonts.
 
 use std::path::Path;
@@ -135,6 +135,54 @@ pub fn line_panels(path: &Path, panels: &[LinePanel]) -> Result<()> {
         .iter()
         .zip(panels.iter().zip(&ranges))
         .try_for_each(|(area, (p, r))| draw_panel(area, p, r)))
+}
+
+/// Draws `panels` as scatter plots, each series a colour of points, with the diagonal y = x
+/// dashed (both axes share one range): a prediction (x) against a measurement (y). Side by side,
+/// 420 px wide each, into `path` (`.svg` or `.png`).
+pub fn scatter_panels(path: &Path, panels: &[LinePanel]) -> Result<()> {
+    let ranges = panels.iter().map(panel_ranges).collect::<Result<Vec<_>>>()?;
+    render!(path, (420 * panels.len() as u32, 400), |root| root.split_evenly((1, panels.len())).iter().zip(panels.iter().zip(&ranges)).try_for_each(
+        |(area, (p, ((x0, x1), (y0, y1))))| {
+            let (lo, hi) = (x0.min(*y0), x1.max(*y1));
+            let pad = if hi > lo { (hi - lo) * 0.05 } else { 0.5 };
+            let r = lo - pad..hi + pad;
+            let mut chart = ChartBuilder::on(area)
+                .caption(&p.title, ("sans-serif", 17))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(56)
+                .build_cartesian_2d(r.clone(), r.clone())
+                .map_err(|e| e.to_string())?;
+            chart
+                .configure_mesh()
+                .x_labels(6)
+                .y_labels(6)
+                .x_desc(&p.x_label)
+                .y_desc(&p.y_label)
+                .label_style(("sans-serif", 13))
+                .draw()
+                .map_err(|e| e.to_string())?;
+            let grey = RGBColor(150, 150, 150);
+            chart.draw_series(DashedLineSeries::new([(r.start, r.start), (r.end, r.end)], 6, 4, grey.stroke_width(1))).map_err(|e| e.to_string())?;
+            for (i, s) in p.series.iter().enumerate() {
+                let color = Palette99::pick(i).to_rgba();
+                chart
+                    .draw_series(s.points.iter().filter(|(x, y)| x.is_finite() && y.is_finite()).map(|p| Circle::new(*p, 3, color.filled())))
+                    .map_err(|e| e.to_string())?
+                    .label(s.name.clone())
+                    .legend(move |(x, y)| Circle::new((x + 9, y), 3, color.filled()));
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 13))
+                .position(SeriesLabelPosition::UpperLeft)
+                .draw()
+                .map_err(|e| e.to_string())
+        }
+    ))
 }
 
 /// The x and y extents of a panel's finite points; an error when it has none.

@@ -32,6 +32,14 @@ impl AttributionGraph {
         }
     }
 
+    /// The index of the node whose id is `id` among those `pruned` keeps; an id of a node pruned
+    /// away, or of none, is refused by name.
+    pub fn kept_node(&self, pruned: &Pruned, id: &str) -> Result<usize> {
+        (0..self.nodes.len())
+            .find(|&i| pruned.node_mask.get(i).copied().unwrap_or(false) && self.node_id(i) == id)
+            .ok_or_else(|| Error::Input(format!("node `{id}` is not in the pruned graph (pruned away, or no such node); ids look like 3_1204_5, E_464_0")))
+    }
+
     /// The pruned graph as the JSON that circuit-tracer's graph viewer reads (`metadata`,
     /// `qParams`, `nodes`, `links`), node ids and the choice of nodes as circuit-tracer 0.5.0's
     /// `create_graph_files` writes them (kept nodes on a kept edge, plus every token and logit);

@@ -31,10 +31,12 @@
 //! Files: `replacement.rs` (the linearised replacement model and the backward passes that read
 //! the adjacency), `prune.rs` (influence pruning), `export.rs` (circuit-tracer's JSON, our HTML
 //! view), `connections.rs` (weight-based feature connections), `qk.rs` (why a head attends
-//! where it does: a score split into pairs of sources).
+//! where it does: a score split into pairs of sources), `intervention.rs` (the graph's predictions
+//! beside interventions in the model's forward).
 
 mod connections;
 mod export;
+mod intervention;
 mod prune;
 mod qk;
 mod replacement;
@@ -48,6 +50,7 @@ use crate::error::{Error, Result};
 
 pub use connections::{de_embedding, feature_connections, residual_encoder, FeatureConnections};
 pub use export::{cantor, Subgraph};
+pub use intervention::{check_by_intervention, Freeze, Intervention, InterventionCheck};
 pub use prune::Pruned;
 pub use qk::{qk_attribution, source_name, QkAttribution, QkPair, QkSource};
 pub use replacement::check_transcoders;

@@ -9,12 +9,14 @@ use serde_json::json;
 use tch::Tensor;
 use transcoders::{set_dashboards, visible_token, LatentDashboard, TranscoderSet};
 
+use crate::chart::{scatter_panels, LinePanel, Series};
 use crate::error::{Error, Result};
 use crate::html::{dashboards_html, graph_view, write_graph_page};
 use crate::output::Output;
 use crate::table::{Table, Value};
 use circuits::attribution_graph::{
-    attribution_graph, cantor, qk_attribution, source_name, AttributionGraph, GraphConfig, Node, Pruned, QkAttribution, QkSource, Subgraph,
+    attribution_graph, cantor, check_by_intervention, qk_attribution, source_name, AttributionGraph, Freeze, GraphConfig, InterventionCheck, Node, Pruned,
+    QkAttribution, QkSource, Subgraph,
 };
 
 /// How [`graph_analysis`] builds and prunes the graph.
@@ -37,6 +39,13 @@ pub struct GraphAnalysisConfig {
     /// Pinned nodes and supernodes saved in the graph's `qParams`, as circuit-tracer's viewer
     /// saves a subgraph.
     pub subgraph: Subgraph,
+    /// Check the graph by intervention on this many features, those the pruned graph keeps of
+    /// highest influence on the logits (0: none) ...
+    pub interventions: usize,
+    /// ... or on these (node ids of kept features, e.g. 3_1204_5).
+    pub intervene: Vec<String>,
+    /// Each checked feature's activation is multiplied by each of these.
+    pub strengths: Vec<f64>,
 }
 
 impl Default for GraphAnalysisConfig {
@@ -49,6 +58,9 @@ impl Default for GraphAnalysisConfig {
             qk: Vec::new(),
             qk_top_heads: 3,
             subgraph: Subgraph::default(),
+            interventions: 10,
+            intervene: Vec::new(),
+            strengths: vec![0.0, 0.5, 2.0],
         }
     }
 }
@@ -125,6 +137,8 @@ pub struct GraphAnalysis {
     pub qk: Vec<(QkAttribution, f64)>,
     /// The pinned nodes and supernodes saved with the graph.
     pub subgraph: Subgraph,
+    /// The top features' interventions against the graph's predictions.
+    pub interventions: Option<InterventionCheck>,
 }
 
 /// Builds and prunes the attribution graph of `prompt` (tokenized with the model's tokenizer, BOS
@@ -166,7 +180,18 @@ pub fn graph_analysis(
         }
     }
     let qk = head_scores_explained(model, transcoders, &tokens, cfg)?;
+    let mut top: Vec<usize> = (0..graph.nodes.len()).filter(|&i| matches!(graph.nodes[i], Node::Feature { .. }) && pruned.node_mask[i]).collect();
+    top.sort_by(|&a, &b| pruned.influence[b].total_cmp(&pruned.influence[a]));
+    top.truncate(cfg.interventions);
+    if !cfg.intervene.is_empty() {
+        top = cfg.intervene.iter().map(|id| graph.kept_node(&pruned, id)).collect::<circuits::Result<_>>()?;
+    }
+    let interventions = match top.is_empty() {
+        true => None,
+        false => Some(check_by_intervention(model, transcoders, &graph, &top, &cfg.strengths, None)?),
+    };
     Ok(GraphAnalysis {
+        interventions,
         qk,
         subgraph: cfg.subgraph.clone(),
         prompt: prompt.to_string(),
@@ -272,6 +297,7 @@ impl GraphAnalysis {
         }
         write_graph_page(&out.dir.join("graph.html"), &format!("Attribution graph: {}", self.prompt), &view)?;
         self.write_qk(out, &labels)?;
+        self.write_interventions(out, &labels)?;
         // Token text next to every id; activations for features, probabilities for logits (empty
         // where they do not apply).
         let mut table = Table::new(&["node", "kind", "layer", "pos", "feature", "token", "activation", "probability", "influence", "kept"]);
@@ -352,6 +378,90 @@ impl GraphAnalysis {
         }
         out.table("qk_pairs", "the top 8 pairs of each score", &table)?;
         out.json("qk.json", "QK attributions: each score's sources and top pairs", &json!({ "qk_attributions": all }))
+    }
+
+    /// The interventions: correlations in a paragraph, predicted against measured per freeze in a
+    /// chart, every intervention in a table.
+    fn write_interventions(&self, out: &mut Output, labels: &std::collections::HashMap<(usize, i64), String>) -> Result<()> {
+        let Some(check) = &self.interventions else { return Ok(()) };
+        let target = match self.graph.nodes[check.target] {
+            Node::Logit { token, .. } => visible_token(&self.text(token)),
+            _ => String::new(),
+        };
+        out.report.subsection("Checked by intervention");
+        let strengths: Vec<String> = self.strengths().iter().map(|s| format!("{s}")).collect();
+        let corr: Vec<String> = Freeze::ALL.iter().map(|&f| format!("{} {:.3}", f.name(), check.correlation(f))).collect();
+        out.report.paragraph(&format!(
+            "The {} kept features of highest influence, each with its activation multiplied by {} in a forward of the model (the change of its              decoder rows added to the MLP outputs it writes, as circuit-tracer's feature_intervention does), and the change of the logit of {target:?}              (minus the mean logit) beside what the graph predicts: its direct edge with attention patterns, norm scales and MLP outputs frozen, else              its total effect along every path through features. Correlation of prediction and measurement: {}. With attention and norms frozen only the              MLPs respond, so what is left is their nonlinearity (features that saturate or switch, errors that respond); the last two measurements              let the norm scales and then the attention patterns respond as well.",
+            check.interventions.len() / strengths.len().max(1),
+            strengths.join(", "),
+            corr.join(", ")
+        ));
+        let panels: Vec<LinePanel> = Freeze::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, &f)| LinePanel {
+                title: format!("{} (r = {:.3})", f.name(), check.correlation(f)),
+                x_label: if f == Freeze::DirectEffects { "graph: direct edge".into() } else { "graph: total effect".into() },
+                y_label: "measured change".into(),
+                series: self
+                    .strengths()
+                    .iter()
+                    .map(|&s| Series {
+                        name: format!("x{s}"),
+                        points: check
+                            .interventions
+                            .iter()
+                            .filter(|v| v.strength == s)
+                            .map(|v| (if f == Freeze::DirectEffects { v.direct } else { v.predicted }, v.measured[i]))
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        out.chart("interventions", "the change of the target logit: predicted by the graph (x) and measured (y), one panel per what is frozen", |p| {
+            scatter_panels(p, &panels)
+        })?;
+        let mut table = Table::new(&[
+            "node",
+            "feature",
+            "label",
+            "strength",
+            "direct",
+            "predicted",
+            "measured_direct",
+            "measured_attn_norms",
+            "measured_attn",
+            "measured_free",
+        ]);
+        for v in &check.interventions {
+            let (label, layer, feature) = match self.graph.nodes[v.node] {
+                Node::Feature { layer, feature, .. } => (labels.get(&(layer, feature)).map(|t| visible_token(t)).unwrap_or_default(), layer, feature),
+                _ => (String::new(), 0, 0),
+            };
+            let mut row = vec![
+                Value::Text(self.graph.node_id(v.node)),
+                Value::Text(format!("L{layer}/{feature}")),
+                Value::Text(label),
+                Value::Float(v.strength),
+                Value::Float(v.direct),
+                Value::Float(v.predicted),
+            ];
+            row.extend(v.measured.iter().map(|m| Value::Float(*m)));
+            table.push(row);
+        }
+        out.table("interventions", "every intervention: the graph's prediction and the change measured with attention, norms and MLP outputs frozen (direct), attention and norms frozen, attention frozen, and nothing frozen", &table)
+    }
+
+    /// The strengths of the interventions, in the order run.
+    fn strengths(&self) -> Vec<f64> {
+        let mut seen: Vec<f64> = Vec::new();
+        for v in self.interventions.iter().flat_map(|c| &c.interventions) {
+            if !seen.contains(&v.strength) {
+                seen.push(v.strength);
+            }
+        }
+        seen
     }
 
     /// Adds this graph's metadata to `dir/graph-metadata.json` (created if absent; an entry of
