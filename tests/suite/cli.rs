@@ -230,7 +230,7 @@ fn sae_train_eval_and_dashboard_from_the_command_line() {
 }
 
 #[test]
-fn clt_train_eval_and_graph_from_the_command_line() {
+fn transcoder_sets_train_eval_and_graph_from_the_command_line() {
     let model = common::repo("models/shakespeare-gpt2");
     let model = model.to_str().unwrap();
     let out = common::Scratch::new("cli-clt");
@@ -271,6 +271,24 @@ fn clt_train_eval_and_graph_from_the_command_line() {
     // A skip path or a hook does not go with --clt: clap says so in one line.
     let (ok, _, err) = interp(&["sae", "train", model, "--clt", "--skip", "--out", o.to_str().unwrap()]);
     assert!(!ok && err.contains("cannot be used with"), "{err}");
+
+    // Skip transcoders for every layer, trained in one pass: a folder per layer that the graph
+    // reads, checked by intervention on kept features.
+    let per_layer = out.join("per-layer");
+    let every: Vec<&str> = args.iter().map(|a| if *a == "--clt" { "--every-layer" } else { a }).collect();
+    let (ok, stdout, err) = interp(&[&every[..], &["--skip", "--out", per_layer.to_str().unwrap()]].concat());
+    assert!(ok && stdout.contains("2 per-layer transcoders: TopK skip transcoder"), "{stdout}{err}");
+    for f in ["layer_0/cfg.json", "layer_1/sae_weights.safetensors", "metrics.json", "report.html"] {
+        assert!(per_layer.join(f).exists(), "{f}");
+    }
+    let graph = out.join("graph-per-layer");
+    let (ok, stdout, err) = interp(&["graph", model, "--transcoders", per_layer.to_str().unwrap(), "--check", "3", "--out", graph.to_str().unwrap()]);
+    assert!(ok && stdout.contains("9 interventions") && stdout.contains("direct effects 1.000"), "{stdout}{err}");
+    let csv = std::fs::read_to_string(graph.join("interventions.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 10, "{csv}");
+    // An id that pruning removed (or that names nothing) is one clear line.
+    let (ok, _, err) = interp(&["graph", model, "--transcoders", per_layer.to_str().unwrap(), "--intervene", "1_9999_3", "--out", graph.to_str().unwrap()]);
+    assert!(!ok && err.lines().count() == 1 && err.contains("`1_9999_3` is not in the pruned graph"), "{err}");
 }
 
 #[test]
