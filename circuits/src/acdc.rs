@@ -178,10 +178,10 @@ fn cost_fraction(model: &HookedTransformer, start: Option<usize>, positions: i64
 /// inputs are removed untested.
 pub fn acdc(model: &HookedTransformer, graph: &EdgeGraph, acts: &EdgeActivations, metric: &Metric, cfg: &AcdcConfig) -> Result<AcdcResult> {
     if cfg.tau.is_nan() || cfg.tau < 0.0 {
-        return Err(Error::Input(format!("tau must be zero or positive, found {}", cfg.tau)));
+        return Err(Error::setting("tau", cfg.tau, "zero or positive"));
     }
     if cfg.max_variants == 0 {
-        return Err(Error::Input("max_variants must be at least 1".into()));
+        return Err(Error::setting("max_variants", cfg.max_variants, "at least 1"));
     }
     let n = graph.n_edges();
     if let Some(p) = &cfg.prune {

@@ -206,8 +206,11 @@ impl<'a> Tracer<'a> {
         let (s0, n_subj) = (prompt.subject.start as i64, prompt.subject.len() as i64);
         let corrupt_embed = match corruption {
             Corruption::Noise { sigma, scale, samples, seed } => {
-                if *samples == 0 || !(sigma.is_finite() && *sigma > 0.0) {
-                    return Err(Error::Input(format!("noise needs samples > 0 and a positive sigma, found {samples} and {sigma}")));
+                if *samples == 0 {
+                    return Err(Error::setting("samples", samples, "at least 1 noise sample"));
+                }
+                if !(sigma.is_finite() && *sigma > 0.0) {
+                    return Err(Error::setting("sigma", sigma, "a positive number (the noise's standard deviation)"));
                 }
                 let noise = gaussian(*samples as i64 * n_subj * c.d_model, *seed)?.f_view([*samples as i64, n_subj, c.d_model])?;
                 add_noise(&embed, &noise.f_mul_scalar(scale * sigma)?, s0)?

@@ -48,7 +48,7 @@ pub fn edge_attribution(model: &HookedTransformer, graph: &EdgeGraph, acts: &Edg
         AttributionMethod::EapIg { steps } => steps,
     };
     if steps == 0 {
-        return Err(Error::Input("EAP-IG needs at least one interpolation step".into()));
+        return Err(Error::setting("steps", steps, "at least 1 (EAP-IG interpolation steps)"));
     }
     let b = acts.tokens.size()[0];
     if metric.n_prompts() != b {

@@ -54,6 +54,17 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
+    /// A setting outside the values it can take (a step count of 0, a NaN rate, k above the
+    /// width): its name, the value given and what it must be.
+    #[error("invalid setting {name} = {value}: {expected}")]
+    Setting {
+        /// The setting, as the config field or command-line option names it.
+        name: String,
+        /// The value given.
+        value: String,
+        /// What it must be.
+        expected: String,
+    },
     /// Anything else a caller gave that cannot be used, with the reason.
     #[error("invalid input: {0}")]
     Input(String),
@@ -92,6 +103,11 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }
+    }
+
+    /// An invalid setting: its name, the value given and what it must be.
+    pub(crate) fn setting(name: &str, value: impl std::fmt::Display, expected: impl Into<String>) -> Error {
+        Error::Setting { name: name.to_string(), value: value.to_string(), expected: expected.into() }
     }
 }
 

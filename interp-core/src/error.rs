@@ -154,6 +154,17 @@ pub enum Error {
         /// Which vocabulary (`task vocabulary`).
         vocabulary: String,
     },
+    /// A setting outside the values it can take (a step count of 0, a NaN rate, k above the
+    /// width): its name, the value given and what it must be.
+    #[error("invalid setting {name} = {value}: {expected}")]
+    Setting {
+        /// The setting, as the config field or command-line option names it.
+        name: String,
+        /// The value given.
+        value: String,
+        /// What it must be.
+        expected: String,
+    },
     /// Anything else a caller gave that cannot be used, with the reason.
     #[error("invalid input: {0}")]
     Input(String),
@@ -191,6 +202,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Error {
+    /// An invalid setting: its name, the value given and what it must be.
+    pub(crate) fn setting(name: &str, value: impl std::fmt::Display, expected: impl Into<String>) -> Error {
+        Error::Setting { name: name.to_string(), value: value.to_string(), expected: expected.into() }
+    }
+
     /// The error a closure returned: ours (or libtorch's) as it was, any other wrapped by `wrap`.
     pub(crate) fn from_closure(e: BoxError, wrap: impl FnOnce(BoxError) -> Error) -> Error {
         match e.downcast::<Error>() {

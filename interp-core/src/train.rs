@@ -394,8 +394,13 @@ impl HookedTransformer {
     /// Trains the model in place on `data`; see [`TrainConfig`]. A NaN or infinite loss stops
     /// the run with an error (the last checkpoint stays as it was).
     pub fn train(&self, data: &dyn BatchSource, cfg: &TrainConfig) -> Result<TrainReport> {
-        if cfg.steps == 0 || cfg.lr.is_nan() || cfg.lr <= 0.0 || cfg.checkpoint_every == 0 || cfg.eval_every == 0 {
-            return Err(Error::Input(format!("invalid training settings: {cfg:?}")));
+        for (name, value) in [("steps", cfg.steps), ("checkpoint_every", cfg.checkpoint_every), ("eval_every", cfg.eval_every)] {
+            if value == 0 {
+                return Err(Error::setting(name, value, "at least 1"));
+            }
+        }
+        if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
+            return Err(Error::setting("lr", cfg.lr, "a positive learning rate"));
         }
         let params: Vec<Tensor> = self.parameters().into_iter().map(|p| p.set_requires_grad(true)).collect();
         let adam = Adam::new(&params, cfg.betas, cfg.eps)?;

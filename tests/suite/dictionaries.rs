@@ -122,7 +122,9 @@ fn matryoshka_prefixes_learn_the_frequent_features_first() {
     assert!(prefix_scores[0] >= 0.95 && prefix_scores[1] < 0.8, "{prefix_scores:?}");
     // Widths must nest up to d_sae.
     let err = SparseDictionary::init(DictionaryConfig { d_sae: 90, ..DictionaryConfig::matryoshka(4, &[8, 96], "x", D) }, 0, Device::Cpu);
-    assert!(err.err().unwrap().to_string().contains("Matryoshka widths [8, 96] must increase from above 0 to d_sae = 90"));
+    let err = err.err().unwrap();
+    assert!(matches!(&err, interp::transcoders::Error::Setting { name, value, .. } if name == "matryoshka_widths" && value == "[8, 96]"), "{err}");
+    assert!(err.to_string().contains("increasing from above 0 to d_sae = 90"), "{err}");
 }
 
 #[test]

@@ -274,6 +274,13 @@ fn graph_bad_input() {
     sae[1] = SparseDictionary::init(DictionaryConfig::sae(Architecture::TopK { k: 4 }, "blocks.1.hook_mlp_out", 128, 64), 0, Device::Cpu).unwrap();
     assert!(check_transcoders(&model, &sae.into()).unwrap_err().to_string().contains("SAE"));
     assert!(err(attribution_graph(&model, &tcs, &[], &cfg)).contains("non-empty"));
+    // A setting out of range is typed: its name and value.
+    for (bad, name) in
+        [(GraphConfig { batch_size: 0, ..cfg.clone() }, "batch_size"), (GraphConfig { logit_probability: f64::NAN, ..cfg.clone() }, "logit_probability")]
+    {
+        let e = attribution_graph(&model, &tcs, &tokens, &bad).err().expect("an error");
+        assert!(matches!(&e, circuits::Error::Setting { name: n, .. } if n == name), "{e}");
+    }
     // A budget too small for the adjacency is an error stating what it needs; a small one that
     // fits only cuts the rows per backward pass, not the graph.
     let tiny = GraphConfig { budget: circuits::MemoryBudget { bytes: 100_000, outside: 0 }, ..GraphConfig::default() };
@@ -503,7 +510,6 @@ fn interventions_measure_what_the_graph_predicts() {
     let check = check_by_intervention(&model, &tcs, &graph, &features, &[0.0, 0.5, 2.0], None).unwrap();
     assert_eq!(check.interventions.len(), 30);
     assert!(check.worst_relative_error(Freeze::DirectEffects) < 1e-4, "direct effects: {}", check.worst_relative_error(Freeze::DirectEffects));
-    let (frozen, free) = (check.correlation(Freeze::Attention), check.correlation(Freeze::Nothing));
     // With norms frozen as the graph freezes them, only the MLPs respond: a last-layer feature's
     // change is its total effect exactly, and the others' follow closely.
     let last_layer = |v: &&circuits::attribution_graph::Intervention| matches!(graph.nodes[v.node], Node::Feature { layer: 1, .. });

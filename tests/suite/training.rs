@@ -177,8 +177,10 @@ fn bad_training_setups_give_clear_errors() {
     let model = HookedTransformer::init_random(&spec(BlockStyle::Gpt2, Some(MlpKind::Gelu)), 1, Kind::Float, Device::Cpu).unwrap();
     let e = model.train(&Permutation { fail_at: None }, &TrainConfig { checkpoint_dir: Some(blocker.join("ckpt")), ..quiet(5) }).unwrap_err().to_string();
     assert!(e.contains("not-a-dir"), "{e}");
-    let e = model.train(&Permutation { fail_at: None }, &TrainConfig { steps: 0, ..quiet(5) }).unwrap_err().to_string();
-    assert!(e.contains("invalid training settings"), "{e}");
+    let e = model.train(&Permutation { fail_at: None }, &TrainConfig { steps: 0, ..quiet(5) }).unwrap_err();
+    assert!(matches!(&e, interp::interp_core::Error::Setting { name, value, .. } if name == "steps" && value == "0"), "{e}");
+    let e = model.train(&Permutation { fail_at: None }, &TrainConfig { lr: f64::NAN, ..quiet(5) }).unwrap_err();
+    assert!(matches!(&e, interp::interp_core::Error::Setting { name, .. } if name == "lr"), "{e}");
 }
 
 /// The load-balancing loss against its closed forms (top_k for a uniform router, n_experts for one

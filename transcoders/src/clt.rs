@@ -72,7 +72,7 @@ impl CltConfig {
         match self.architecture {
             Architecture::ReluL1 | Architecture::JumpRelu => Ok(self),
             Architecture::TopK { k } if k >= 1 && k <= self.d_sae => Ok(self),
-            Architecture::TopK { k } => Err(Error::Input(format!("k = {k} must be in 1..={}", self.d_sae))),
+            Architecture::TopK { k } => Err(Error::setting("k", k, format!("in 1..={} (the number of latents)", self.d_sae))),
             other => Err(Error::Input(format!("cross-layer transcoders are ReLU, TopK or JumpReLU, not {other:?}"))),
         }
     }

@@ -123,9 +123,7 @@ impl CrossLayerTranscoder {
 /// in). With a checkpoint dir an existing checkpoint is resumed (one of another CLT or settings is
 /// an error); `keep_checkpoints` keeps CLT folders `step_{N}` there.
 pub fn train_clt(clt: &mut CrossLayerTranscoder, source: &mut dyn ActivationSource, cfg: &SaeTrainConfig) -> Result<SaeTrainReport> {
-    if cfg.steps == 0 || cfg.lr.is_nan() || cfg.lr <= 0.0 || cfg.log_every == 0 || cfg.checkpoint_every == 0 {
-        return Err(Error::Input(format!("invalid training settings (steps, lr, log_every, checkpoint_every must be positive): {cfg:?}")));
-    }
+    cfg.validated()?;
     let n_layers = clt.cfg.n_layers;
     let names = source.hook_names().to_vec();
     let find = |hook: String| {

@@ -147,7 +147,9 @@ impl DictionaryConfig {
     /// The config, if its widths and settings are consistent.
     pub(crate) fn validated(self) -> Result<Self> {
         if self.d_in <= 0 || self.d_sae <= 0 || self.d_out <= 0 {
-            return Err(Error::Input(format!("dictionary widths must be positive: d_in {}, d_sae {}, d_out {}", self.d_in, self.d_sae, self.d_out)));
+            let (name, value) =
+                [("d_in", self.d_in), ("d_sae", self.d_sae), ("d_out", self.d_out)].into_iter().find(|(_, v)| *v <= 0).unwrap_or(("d_in", self.d_in));
+            return Err(Error::setting(name, value, "a positive width"));
         }
         if self.kind == DictionaryKind::Sae && self.d_out != self.d_in {
             return Err(Error::Input("an SAE reads and writes the same hook: d_out must equal d_in".into()));
@@ -161,12 +163,12 @@ impl DictionaryConfig {
                 return Err(Error::Input("Matryoshka prefixes need the BatchTopK architecture".into()));
             }
             if w[0] <= 0 || w.windows(2).any(|p| p[0] >= p[1]) || w.last() != Some(&self.d_sae) {
-                return Err(Error::Input(format!("Matryoshka widths {w:?} must increase from above 0 to d_sae = {}", self.d_sae)));
+                return Err(Error::setting("matryoshka_widths", format!("{w:?}"), format!("increasing from above 0 to d_sae = {}", self.d_sae)));
             }
         }
         if let Architecture::TopK { k } | Architecture::BatchTopK { k } = self.architecture {
             if k <= 0 || k > self.d_sae {
-                return Err(Error::Input(format!("k = {k} must be in 1..={}", self.d_sae)));
+                return Err(Error::setting("k", k, format!("in 1..={} (the number of latents)", self.d_sae)));
             }
         }
         Ok(self)

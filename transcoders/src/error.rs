@@ -78,6 +78,17 @@ pub enum Error {
         /// The model's reason.
         source: Box<interp_core::Error>,
     },
+    /// A setting outside the values it can take (a step count of 0, a NaN rate, k above the
+    /// width): its name, the value given and what it must be.
+    #[error("invalid setting {name} = {value}: {expected}")]
+    Setting {
+        /// The setting, as the config field or command-line option names it.
+        name: String,
+        /// The value given.
+        value: String,
+        /// What it must be.
+        expected: String,
+    },
     /// Anything else a caller gave that cannot be used, with the reason.
     #[error("invalid input: {0}")]
     Input(String),
@@ -90,6 +101,10 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// An invalid setting: its name, the value given and what it must be.
+    pub(crate) fn setting(name: &str, value: impl std::fmt::Display, expected: impl Into<String>) -> Error {
+        Error::Setting { name: name.to_string(), value: value.to_string(), expected: expected.into() }
+    }
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }

@@ -184,8 +184,14 @@ impl<'m> ActivationStore<'m> {
                 tokens.size()
             )));
         }
-        if cfg.context_size < 2 || cfg.batch_tokens < 1 || cfg.forward_batch < 1 {
-            return Err(Error::Input(format!("invalid store settings: {cfg:?}")));
+        if cfg.context_size < 2 {
+            return Err(Error::setting("context_size", cfg.context_size, "at least 2 tokens (position 0 is not trained on)"));
+        }
+        if cfg.batch_tokens < 1 {
+            return Err(Error::setting("batch_tokens", cfg.batch_tokens, "at least 1"));
+        }
+        if cfg.forward_batch < 1 {
+            return Err(Error::setting("forward_batch", cfg.forward_batch, "at least 1 context per forward"));
         }
         if cfg.buffer_contexts * (cfg.context_size - 1) < cfg.batch_tokens {
             return Err(Error::Input(format!(

@@ -110,6 +110,20 @@ impl Default for SaeTrainConfig {
 }
 
 impl SaeTrainConfig {
+    /// The settings, if each is in range: steps, log and checkpoint intervals at least 1, a
+    /// positive learning rate.
+    pub fn validated(&self) -> Result<&Self> {
+        for (name, value) in [("steps", self.steps), ("log_every", self.log_every), ("checkpoint_every", self.checkpoint_every)] {
+            if value == 0 {
+                return Err(Error::setting(name, value, "at least 1"));
+            }
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::setting("lr", self.lr, "a positive learning rate"));
+        }
+        Ok(self)
+    }
+
     /// The learning rate at `step`: linear warmup, constant, then a linear or cosine decay to 0
     /// over the last `decay_steps`.
     pub fn lr_at(&self, step: usize) -> f64 {
@@ -374,10 +388,9 @@ pub(crate) fn normalisation(source: &mut dyn ActivationSource, first: &[Tensor],
 /// normalisation folded in). With a checkpoint dir, an existing checkpoint is resumed; one of
 /// other dictionaries or settings is an error.
 pub fn train_dictionaries(dicts: &mut [SparseDictionary], source: &mut dyn ActivationSource, cfg: &SaeTrainConfig) -> Result<Vec<SaeTrainReport>> {
-    if cfg.steps == 0 || cfg.lr.is_nan() || cfg.lr <= 0.0 || cfg.log_every == 0 || cfg.checkpoint_every == 0 || dicts.is_empty() {
-        return Err(Error::Input(format!(
-            "invalid training settings (steps, lr, log_every, checkpoint_every must be positive; at least one dictionary): {cfg:?}"
-        )));
+    cfg.validated()?;
+    if dicts.is_empty() {
+        return Err(Error::Input("no dictionary to train".into()));
     }
     let names = source.hook_names().to_vec();
     let find = |hook: &str| {

@@ -166,7 +166,7 @@ pub fn check_by_intervention(
         return Err(Error::Input(format!("node {target} is not a logit node of the graph: interventions are measured on a logit")));
     };
     if strengths.is_empty() || strengths.iter().any(|s| !s.is_finite()) {
-        return Err(Error::Input(format!("intervention strengths must be finite numbers, at least one: {strengths:?}")));
+        return Err(Error::setting("strengths", format!("{strengths:?}"), "at least one finite factor"));
     }
     let direct = graph.adjacency.f_select(0, target as i64)?.f_to_kind(Kind::Double)?;
     let total = graph.total_effects(target)?;

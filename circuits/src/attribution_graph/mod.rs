@@ -165,8 +165,14 @@ pub fn attribution_graph(model: &HookedTransformer, transcoders: &TranscoderSet,
     if tokens.len() as i64 > model.cfg.n_ctx {
         return Err(Error::Input(format!("the prompt has {} tokens, longer than the model's context of {}", tokens.len(), model.cfg.n_ctx)));
     }
-    if cfg.batch_size < 1 || cfg.max_logits < 1 || !(cfg.logit_probability > 0.0 && cfg.logit_probability <= 1.0) {
-        return Err(Error::Input(format!("bad graph configuration: {cfg:?}")));
+    if cfg.batch_size < 1 {
+        return Err(Error::setting("batch_size", cfg.batch_size, "at least 1 target per backward pass"));
+    }
+    if cfg.max_logits < 1 {
+        return Err(Error::setting("max_logits", cfg.max_logits, "at least 1 logit target"));
+    }
+    if !(cfg.logit_probability > 0.0 && cfg.logit_probability <= 1.0) {
+        return Err(Error::setting("logit_probability", cfg.logit_probability, "in (0, 1]"));
     }
     let rep = Replacement::new(model, transcoders, tokens, !cfg.keep_position_0)?;
     let n_layers = model.cfg.n_layers;
