@@ -202,12 +202,12 @@ pub fn check_by_intervention(
                 });
             }
         }
-        for l in 0..n {
+        for (l, (hook_in, _)) in hooks_io.iter().enumerate() {
             let mine: Vec<&Tensor> = deltas.iter().filter(|(at, _)| *at == l).map(|(_, d)| d).collect();
             if freeze != Freeze::DirectEffects && mine.is_empty() {
                 continue;
             }
-            let (inputs, clean, hook_in) = (&inputs, &clean, hooks_io[l].0.as_str());
+            let (inputs, clean, hook_in) = (&inputs, &clean, hook_in.as_str());
             hooks = hooks.add(HookPoint::block(l, BlockSite::MlpOut), move |x, ctx| {
                 let mut out = if freeze == Freeze::DirectEffects { clean.get_point(ctx.point)?.shallow_clone() } else { x.shallow_clone() };
                 if let (true, Some(now)) = (freeze == Freeze::DirectEffects, inputs.borrow()[l].as_ref()) {
