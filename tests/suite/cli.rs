@@ -445,6 +445,23 @@ fn bilinear_and_graph_write_their_reports() {
     let json = read("graph/shakespeare-gpt2-to-be-or-not-to-be.json");
     assert!(!json["nodes"].as_array().unwrap().is_empty() && !json["links"].as_array().unwrap().is_empty());
     assert!(out.join("graph/graph.html").exists() && out.join("graph/nodes.csv").exists());
+    // The graph's own JSON carries the QK attributions too, each pair's sources by node id
+    // (features, errors and embeddings are nodes of the full graph; heads and biases are not).
+    let in_graph = json["qk_attributions"].as_array().unwrap();
+    assert_eq!(in_graph.len(), 3);
+    let ids: Vec<&str> =
+        in_graph.iter().flat_map(|q| q["top_pairs"].as_array().unwrap()).flat_map(|p| [&p["query_node"], &p["key_node"]]).filter_map(|v| v.as_str()).collect();
+    assert!(!ids.is_empty() && ids.iter().all(|id| id.starts_with("E_") || id.split('_').count() == 3), "{ids:?}");
+    let nodes = std::fs::read_to_string(out.join("graph/nodes.csv")).unwrap();
+    let in_table = |id: &str| {
+        let parts: Vec<&str> = id.split('_').collect();
+        match parts[0] {
+            "E" => nodes.lines().any(|l| l.contains(&format!(",token,-1,{},{},", parts[2], parts[1]))),
+            "0" if nodes.lines().any(|l| l.contains(&format!(",error,{},{},", parts[1], parts[2]))) => true,
+            layer => nodes.lines().any(|l| l.contains(&format!(",feature,{layer},{},{},", parts[2], parts[1]))),
+        }
+    };
+    assert!(ids.iter().all(|id| in_table(id)), "every id names a node of the graph: {ids:?}");
     // What circuit-tracer's viewer fetches: the metadata list and a feature file per feature node.
     assert_eq!(json["metadata"]["scan"], "./graph_data/features");
     for node in json["nodes"].as_array().unwrap().iter().filter(|n| n["feature_type"] == "cross layer transcoder") {

@@ -24,7 +24,12 @@ impl AttributionGraph {
 
     /// circuit-tracer's node id of node `i` (`{layer}_{feature}_{pos}`, `E_{token}_{pos}`, ...).
     pub fn node_id(&self, i: usize) -> String {
-        match self.nodes[i] {
+        self.id_of(&self.nodes[i])
+    }
+
+    /// circuit-tracer's id of `node` in this graph (which need not hold it).
+    pub fn id_of(&self, node: &Node) -> String {
+        match *node {
             Node::Feature { layer, pos, feature, .. } => format!("{layer}_{feature}_{pos}"),
             Node::Error { layer, pos } => format!("0_{layer}_{pos}"),
             Node::Token { pos, token } => format!("E_{token}_{pos}"),

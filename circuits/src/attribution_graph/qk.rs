@@ -66,6 +66,20 @@ impl std::fmt::Display for QkSource {
     }
 }
 
+impl QkSource {
+    /// The graph node this source is at position `pos` of the prompt `tokens`, for a model of
+    /// `n_layers` layers: a feature, an error or a token embedding; `None` for heads, MLPs and
+    /// fixed vectors, which are no nodes of an attribution graph.
+    pub fn node(&self, pos: i64, tokens: &[i64]) -> Option<super::Node> {
+        match *self {
+            QkSource::Feature { layer, feature, activation } => Some(super::Node::Feature { layer, pos, feature, activation }),
+            QkSource::Error { layer } => Some(super::Node::Error { layer, pos }),
+            QkSource::Embedding => tokens.get(pos as usize).map(|&token| super::Node::Token { pos, token }),
+            QkSource::Head { .. } | QkSource::Mlp { .. } | QkSource::Fixed => None,
+        }
+    }
+}
+
 /// A pair's query source, key source (`None`: that side's own bias) and contribution.
 pub type QkPair<'a> = (Option<&'a QkSource>, Option<&'a QkSource>, f64);
 

@@ -256,6 +256,13 @@ impl GraphAnalysis {
         let scan = if self.features.is_empty() { self.slug.as_str() } else { VIEWER_SCAN };
         let mut json = graph.to_circuit_tracer_json(pruned, &self.slug, scan, &text)?;
         self.subgraph.save_into(&mut json)?;
+        let labels: std::collections::HashMap<(usize, i64), String> =
+            self.features.iter().filter_map(|(layer, d)| d.top_logits.first().map(|(t, _)| ((*layer, d.latent), t.clone()))).collect();
+        if !self.qk.is_empty() {
+            // The viewer ignores keys it does not know; readers of the file find each head's
+            // pairs next to the nodes they name.
+            json["qk_attributions"] = self.qk_json(&labels)?;
+        }
         out.report.section("Transcoder attribution graph");
         out.report.paragraph(&format!(
             "Prompt {:?} through the transcoders in {}: direct effects between active features, transcoder errors, token embeddings and the top \
@@ -271,8 +278,6 @@ impl GraphAnalysis {
              features) and completeness score {completeness:.3} (each node's share of non-error inputs, weighted by its influence), as \
              circuit-tracer's compute_graph_scores defines them."
         ));
-        let labels: std::collections::HashMap<(usize, i64), String> =
-            self.features.iter().filter_map(|(layer, d)| d.top_logits.first().map(|(t, _)| ((*layer, d.latent), t.clone()))).collect();
         let mut view = graph_view(graph, pruned, &text, &labels)?;
         // Each kept feature's dashboard, hidden until its node is clicked.
         for (layer, d) in &self.features {
@@ -331,19 +336,46 @@ impl GraphAnalysis {
         out.table("nodes", "nodes by influence on the logits", &table)
     }
 
-    /// The QK attributions: a table of each score's top pairs in the report, and every pair's
-    /// contribution in `qk.json`.
-    fn write_qk(&self, out: &mut Output, labels: &std::collections::HashMap<(usize, i64), String>) -> Result<()> {
-        if self.qk.is_empty() {
-            return Ok(());
-        }
-        // Features with a dashboard get its top token next to their name.
-        let name = |s: Option<&QkSource>, side: &str| match s {
+    /// A QK source's name, with the top token of its feature's dashboard when there is one.
+    fn qk_source_name(&self, s: Option<&QkSource>, side: &str, labels: &std::collections::HashMap<(usize, i64), String>) -> String {
+        match s {
             Some(QkSource::Feature { layer, feature, .. }) if labels.contains_key(&(*layer, *feature)) => {
                 format!("{} ({})", source_name(s, side), visible_token(&labels[&(*layer, *feature)]))
             }
             _ => source_name(s, side),
-        };
+        }
+    }
+
+    /// Every QK attribution as JSON: its head, positions, score, sources and top pairs, each pair's
+    /// sources with the graph node ids they are (features, errors, embeddings; null for heads
+    /// and fixed vectors).
+    fn qk_json(&self, labels: &std::collections::HashMap<(usize, i64), String>) -> Result<serde_json::Value> {
+        let name = |s: Option<&QkSource>, side: &str| self.qk_source_name(s, side, labels);
+        let id = |s: Option<&QkSource>, pos: i64| s.and_then(|s| s.node(pos, &self.tokens)).map(|n| self.graph.id_of(&n));
+        let mut all = Vec::new();
+        for (qk, weight) in &self.qk {
+            let pairs = qk.top_pairs(8)?;
+            all.push(json!({
+                "layer": qk.layer, "head": qk.head, "query_pos": qk.query_pos, "key_pos": qk.key_pos, "attention": weight, "score": qk.score,
+                "completeness_error": qk.completeness_error()?,
+                "query_sources": qk.query.iter().map(|s| name(Some(s), "")).chain([name(None, "query")]).collect::<Vec<_>>(),
+                "key_sources": qk.key.iter().map(|s| name(Some(s), "")).chain([name(None, "key")]).collect::<Vec<_>>(),
+                "top_pairs": pairs.iter().map(|(q, k, v)| json!({
+                    "query": name(*q, "query"), "key": name(*k, "key"), "contribution": v,
+                    "query_node": id(*q, qk.query_pos), "key_node": id(*k, qk.key_pos),
+                })).collect::<Vec<_>>(),
+            }));
+        }
+        Ok(serde_json::Value::Array(all))
+    }
+
+    /// The QK attributions: a table of each score's top pairs in the report, and every pair's
+    /// contribution in `qk.json` (also in the graph's JSON, as `qk_attributions`).
+    fn write_qk(&self, out: &mut Output, labels: &std::collections::HashMap<(usize, i64), String>) -> Result<()> {
+        if self.qk.is_empty() {
+            return Ok(());
+        }
+        let name = |s: Option<&QkSource>, side: &str| self.qk_source_name(s, side, labels);
         let at = |pos: i64| format!("{} ({pos})", visible_token(&self.text(self.tokens[pos as usize])));
         out.report.subsection("Why heads attend: QK attribution");
         out.report.paragraph(
@@ -352,32 +384,23 @@ impl GraphAnalysis {
              is exactly the sum over pairs, plus the query's and the key's own bias. The heads are those asked for (`--qk`) and those that attend most strongly from the last position to one key.",
         );
         let mut table = Table::new(&["head", "query", "key", "attention", "score", "query_source", "key_source", "contribution", "share"]);
-        let mut all = Vec::new();
         for (qk, weight) in &self.qk {
-            let pairs = qk.top_pairs(8)?;
-            for (q, k, v) in &pairs {
+            for (q, k, v) in qk.top_pairs(8)? {
                 table.push(vec![
                     Value::Text(format!("L{}H{}", qk.layer, qk.head)),
                     Value::Text(at(qk.query_pos)),
                     Value::Text(at(qk.key_pos)),
                     Value::Float(*weight),
                     Value::Float(qk.score),
-                    Value::Text(name(*q, "query")),
-                    Value::Text(name(*k, "key")),
-                    Value::Float(*v),
+                    Value::Text(name(q, "query")),
+                    Value::Text(name(k, "key")),
+                    Value::Float(v),
                     Value::Float(v / qk.score),
                 ]);
             }
-            all.push(json!({
-                "layer": qk.layer, "head": qk.head, "query_pos": qk.query_pos, "key_pos": qk.key_pos, "attention": weight, "score": qk.score,
-                "completeness_error": qk.completeness_error()?,
-                "query_sources": qk.query.iter().map(|s| name(Some(s), "")).chain([name(None, "query")]).collect::<Vec<_>>(),
-                "key_sources": qk.key.iter().map(|s| name(Some(s), "")).chain([name(None, "key")]).collect::<Vec<_>>(),
-                "top_pairs": pairs.iter().map(|(q, k, v)| json!({ "query": name(*q, "query"), "key": name(*k, "key"), "contribution": v })).collect::<Vec<_>>(),
-            }));
         }
         out.table("qk_pairs", "the top 8 pairs of each score", &table)?;
-        out.json("qk.json", "QK attributions: each score's sources and top pairs", &json!({ "qk_attributions": all }))
+        out.json("qk.json", "QK attributions: each score's sources and top pairs", &json!({ "qk_attributions": self.qk_json(labels)? }))
     }
 
     /// The interventions: correlations in a paragraph, predicted against measured per freeze in a
