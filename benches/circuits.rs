@@ -123,7 +123,7 @@ fn main() {
         tc / tb
     );
 
-    for site in [PatchSite::ResidPre, PatchSite::HeadOutByPos] {
+    for site in [PatchSite::ResidPre, PatchSite::ZByPos] {
         let b = ioi.clean.size()[0];
         let fast = min_secs(3, || {
             let _ = activation_patching(&model, &ioi.clean, &ioi.corrupted, &ioi.metric, site, 1024).unwrap();

@@ -23,10 +23,10 @@ pub enum PatchSite {
     MlpOut,
     /// Each head's output (`hook_z`) at every position, by (layer, head).
     #[cfg_attr(feature = "clap", value(name = "z"))]
-    HeadOut,
+    Z,
     /// Each head's output by (layer, pos, head).
     #[cfg_attr(feature = "clap", value(name = "z_by_pos"))]
-    HeadOutByPos,
+    ZByPos,
     /// Queries, keys, values and attention patterns per head at every position, by (layer, head)
     /// (key/value heads under grouped-query attention).
     #[cfg_attr(feature = "clap", value(name = "q"))]
@@ -52,8 +52,8 @@ impl PatchSite {
         PatchSite::ResidPre,
         PatchSite::AttnOut,
         PatchSite::MlpOut,
-        PatchSite::HeadOut,
-        PatchSite::HeadOutByPos,
+        PatchSite::Z,
+        PatchSite::ZByPos,
         PatchSite::Q,
         PatchSite::K,
         PatchSite::V,
@@ -76,8 +76,8 @@ impl PatchSite {
             PatchSite::ResidPre => "resid_pre",
             PatchSite::AttnOut => "attn_out",
             PatchSite::MlpOut => "mlp_out",
-            PatchSite::HeadOut => "z",
-            PatchSite::HeadOutByPos => "z_by_pos",
+            PatchSite::Z => "z",
+            PatchSite::ZByPos => "z_by_pos",
             PatchSite::Q => "q",
             PatchSite::K => "k",
             PatchSite::V => "v",
@@ -91,7 +91,7 @@ impl PatchSite {
             PatchSite::ResidPre => BlockSite::ResidPre,
             PatchSite::AttnOut => BlockSite::AttnOut,
             PatchSite::MlpOut => BlockSite::MlpOut,
-            PatchSite::HeadOut | PatchSite::HeadOutByPos => BlockSite::Z,
+            PatchSite::Z | PatchSite::ZByPos => BlockSite::Z,
             PatchSite::Q => BlockSite::Q,
             PatchSite::K => BlockSite::K,
             PatchSite::V => BlockSite::V,
@@ -105,7 +105,7 @@ impl PatchSite {
     pub fn axes(self) -> &'static [&'static str] {
         match self {
             PatchSite::ResidPre | PatchSite::AttnOut | PatchSite::MlpOut => &["layer", "pos"],
-            PatchSite::HeadOutByPos => &["layer", "pos", "head"],
+            PatchSite::ZByPos => &["layer", "pos", "head"],
             PatchSite::Expert => &["layer", "expert"],
             _ => &["layer", "head"],
         }
@@ -183,7 +183,7 @@ pub fn activation_patching(
         // One mask per variant, the shape of an activation without its batch axis.
         let masks: Vec<Tensor> = match site {
             PatchSite::ResidPre | PatchSite::AttnOut | PatchSite::MlpOut => (0..p).map(|i| one_hot(&[p, 1], &[i])).collect::<Result<_>>()?,
-            PatchSite::HeadOutByPos => (0..p).flat_map(|i| (0..heads).map(move |h| one_hot(&[p, heads, 1], &[i, h]))).collect::<Result<_>>()?,
+            PatchSite::ZByPos => (0..p).flat_map(|i| (0..heads).map(move |h| one_hot(&[p, heads, 1], &[i, h]))).collect::<Result<_>>()?,
             PatchSite::Pattern => (0..heads).map(|h| one_hot(&[heads, 1, 1], &[h])).collect::<Result<_>>()?,
             _ => (0..heads).map(|h| one_hot(&[1, heads, 1], &[0, h])).collect::<Result<_>>()?,
         };

@@ -220,7 +220,7 @@ fn activation_patching_matches_one_forward_per_index() {
     let vocab = TaskVocab::new(31);
     let batch = TaskPrompts::new(Task::Ioi, &vocab, 16, 3).unwrap();
     let metric = &batch.metric;
-    for site in [PatchSite::ResidPre, PatchSite::HeadOut, PatchSite::HeadOutByPos, PatchSite::K, PatchSite::Pattern, PatchSite::MlpOut] {
+    for site in [PatchSite::ResidPre, PatchSite::Z, PatchSite::ZByPos, PatchSite::K, PatchSite::Pattern, PatchSite::MlpOut] {
         let fast = activation_patching(&model, &batch.clean, &batch.corrupted, metric, site, 4096).unwrap();
         let slow = activation_patching(&model, &batch.clean, &batch.corrupted, metric, site, 16).unwrap();
         assert!(common::max_abs_diff(&fast.values, &slow.values) < 1e-4, "{site:?}");
@@ -229,7 +229,7 @@ fn activation_patching_matches_one_forward_per_index() {
     }
     // Against the runtime's own patch intervention, one head at a time.
     let (_, clean_cache) = model.run_with_cache(&batch.clean, CacheSpec::names(["blocks.1.attn.hook_z"])).unwrap();
-    let heads = activation_patching(&model, &batch.clean, &batch.corrupted, metric, PatchSite::HeadOut, 4096).unwrap();
+    let heads = activation_patching(&model, &batch.clean, &batch.corrupted, metric, PatchSite::Z, 4096).unwrap();
     for h in 0..4 {
         let hooks = Hooks::new().intervene("blocks.1.attn.hook_z", Intervention::Patch(&clean_cache, Scope::all().heads([h])));
         let logits = model.run_with_hooks(&batch.corrupted, hooks).unwrap();

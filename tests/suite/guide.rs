@@ -126,7 +126,7 @@ fn circuits() -> Result {
     let model = HookedTransformer::from_pretrained_dir(repo("models/tasks-bilinear"), Device::Cpu, Kind::Float)?;
     let vocab = TaskVocab::of_model(&model)?;
     let ioi = TaskPrompts::new(Task::Ioi, &vocab, 4, 0)?;
-    for site in [PatchSite::ResidPre, PatchSite::HeadOut, PatchSite::HeadOutByPos] {
+    for site in [PatchSite::ResidPre, PatchSite::Z, PatchSite::ZByPos] {
         let r = activation_patching(&model, &ioi.clean, &ioi.corrupted, &ioi.metric, site, 4096)?;
         assert!(r.clean > r.corrupted, "{site:?}: the model does IOI ({} vs {})", r.clean, r.corrupted);
         assert_eq!(r.values.isfinite().all().int64_value(&[]), 1, "{site:?}");

@@ -227,7 +227,7 @@ fn add_chunk(model: &HookedTransformer, prompts: &TaskPrompts, patch: bool, sums
     }
 
     if patch {
-        let patched = activation_patching(model, &prompts.clean, &prompts.corrupted, &prompts.metric, PatchSite::HeadOut, 0)?;
+        let patched = activation_patching(model, &prompts.clean, &prompts.corrupted, &prompts.metric, PatchSite::Z, 0)?;
         let values = patched.values.f_to_kind(Kind::Double)?;
         for (l, row) in sums.patched.iter_mut().enumerate() {
             for (acc, x) in row.iter_mut().zip(Vec::<f64>::try_from(&values.f_select(0, l as i64)?)?) {
