@@ -12,7 +12,7 @@ use circuits::TaskPrompts;
 use interp_core::tasks::{Task, TaskVocab, ALL_TASKS};
 use interp_core::{BlockSite, CacheSpec, HookedTransformer};
 use tch::{Device, Kind, Tensor};
-use transcoders::runner::{held_out_contexts, TRAIN_LOG};
+use transcoders::pipeline::{held_out_contexts, TRAIN_LOG};
 use transcoders::{evaluate, latent_dashboards, load_transcoder_set, readable_latents, SparseDictionary};
 
 use crate::analysis::{

@@ -52,7 +52,7 @@ pub use store::{ActivationSource, ActivationStore, CacheProvenance, CachedActiva
 pub use train::{train_dictionaries, SaeTrainConfig, SaeTrainReport, TrainLogEntry};
 
 mod metrics;
-pub mod runner;
+pub mod pipeline;
 pub use metrics::{evaluate, evaluate_activations, evaluate_set, DictionaryMetrics, DownstreamMetrics, SetMetrics, DENSE_THRESHOLD};
 
 mod dashboard;

@@ -158,7 +158,7 @@ pub fn run_graph(args: &GraphArgs, out: &mut Output) -> Result<()> {
     if let Some(gb) = args.max_memory {
         cfg.graph.budget = MemoryBudget::for_peak((gb * 1e9) as u64, &model)?;
     }
-    let contexts = match interp::transcoders::runner::held_out_contexts(&model, &args.data, args.contexts, 128) {
+    let contexts = match interp::transcoders::pipeline::held_out_contexts(&model, &args.data, args.contexts, 128) {
         Ok(c) => Some(c),
         Err(why) => {
             eprintln!("no feature files: {why:#}");

