@@ -17,27 +17,18 @@
 //! println!("{} of {} edges kept", circuit.n_kept(), graph.n_edges());
 //! # Ok::<(), circuits::Error>(())
 //! ```
-pub mod acdc;
-pub mod budget;
-pub use budget::MemoryBudget;
-pub mod eap;
-pub mod edge_graph;
+// What every analysis shares: errors, memory budgets, metrics and prompt sets.
 /// The crate's error type.
 pub mod error;
-pub mod metric;
-
-pub use acdc::{acdc, circuit_nodes, roc_auc, AcdcConfig, AcdcResult, AttributionPrune};
-pub use eap::{edge_attribution, top_k_masks, AttributionMethod};
-pub use edge_graph::{Ablation, Edge, EdgeActivations, EdgeGraph, Qkv, Receiver, Sender};
 pub use error::{Error, LineError, Result};
+pub mod budget;
+pub use budget::MemoryBudget;
+pub mod metric;
 pub use metric::{Metric, MetricKind, MetricName};
-pub mod mib;
 pub mod prompts;
-pub use mib::{cmd, cpr, mib_counts, mib_edge_name, mib_folder, mib_model_name, mib_node_scores, mib_prune, write_mib_scores, MIB_FRACTIONS};
-pub mod edge_run;
-pub use edge_run::EdgeRun;
 pub use prompts::{trace_prompts_from_jsonl, PromptPair, TaskPrompts};
-pub use transcoders;
+
+// Activations patched: by site, and ROME's causal tracing.
 pub mod patching;
 pub use patching::{activation_patching, PatchSite, PatchingResult};
 pub mod causal_tracing;
@@ -45,9 +36,26 @@ pub use causal_tracing::{
     causal_trace, estimate_sigma, estimate_sigma_of, restored_probability, summarize, CausalTrace, Corruption, TraceConfig, TracePrompt, TraceSummary,
     TOKEN_ROLES,
 };
-pub mod attribution_graph;
-pub use attribution_graph::{attribution_graph, AttributionGraph, GraphConfig};
-pub mod bilinear;
-pub use bilinear::{BilinearLayer, Spectrum};
+
+// Edge circuits: the edge graph and its runs, EAP/EAP-IG, ACDC, MIB's scores, InterpBench's truth.
+pub mod edge_graph;
+pub use edge_graph::{Ablation, Edge, EdgeActivations, EdgeGraph, Qkv, Receiver, Sender};
+pub mod edge_run;
+pub use edge_run::EdgeRun;
+pub mod eap;
+pub use eap::{edge_attribution, top_k_masks, AttributionMethod};
+pub mod acdc;
+pub use acdc::{acdc, circuit_nodes, roc_auc, AcdcConfig, AcdcResult, AttributionPrune};
+pub mod mib;
+pub use mib::{cmd, cpr, mib_counts, mib_edge_name, mib_folder, mib_model_name, mib_node_scores, mib_prune, write_mib_scores, MIB_FRACTIONS};
 pub mod interpbench;
 pub use interpbench::{component_edges, component_scores, component_truth, node_scores, node_truth, CaseTruth};
+
+// Feature circuits: transcoder attribution graphs.
+pub mod attribution_graph;
+pub use attribution_graph::{attribution_graph, AttributionGraph, GraphConfig};
+pub use transcoders;
+
+// From the weights alone: bilinear-MLP eigendecomposition.
+pub mod bilinear;
+pub use bilinear::{BilinearLayer, Spectrum};
