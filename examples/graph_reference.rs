@@ -1,8 +1,10 @@
 //! Writes random JumpReLU transcoders for the text model, a per-layer set (`OUT/set`) and a
 //! cross-layer transcoder (`OUT/clt`), in circuit-tracer's layouts, and the full attribution graph
 //! of a prompt through each (`OUT/set.safetensors`, `OUT/clt.safetensors`: `adjacency` [n, n],
-//! `values`, `tokens`, the feature nodes' (layer, pos, feature) and the logit tokens), for
-//! scripts/check_saelens.sh to compare with circuit-tracer's own `attribute` on the same weights.
+//! `values`, `tokens`, the feature nodes' (layer, pos, feature) and the logit tokens; `scores`:
+//! the replacement and completeness scores; `node_mask` and `edge_mask`: pruning at 0.8 / 0.98),
+//! for scripts/check_saelens.sh to compare with circuit-tracer's own `attribute`,
+//! `compute_graph_scores` and `prune_graph` on the same weights.
 //! Usage: `cargo run --example graph_reference -- OUT_DIR`.
 
 use interp::circuits::attribution_graph::{attribution_graph, GraphConfig, Node};
@@ -54,7 +56,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 _ => {}
             }
         }
+        let (replacement, completeness) = graph.replacement_and_completeness()?;
+        let pruned = graph.prune(0.8, 0.98)?;
         let tensors = [
+            ("scores", Tensor::from_slice(&[replacement, completeness])),
+            ("node_mask", Tensor::from_slice(&pruned.node_mask)),
+            ("edge_mask", pruned.edge_mask.shallow_clone()),
             ("adjacency", graph.adjacency.shallow_clone()),
             ("values", graph.values.shallow_clone()),
             ("tokens", Tensor::from_slice(&tokens)),

@@ -215,6 +215,15 @@ def graph_of(tc_dir: Path, ours: dict):
     pearson = torch.corrcoef(torch.stack([a[mask], b[mask]]))[0, 1].item()
     print(f"{tc_dir.name}: {len(feats)} features, {a.shape[0]} nodes; circuit-tracer's adjacency vs ours: max difference {diff:.1e} (largest edge {a.abs().max().item():.2f}), Pearson {pearson:.7f}")
     assert diff < 1e-4 * max(1.0, a.abs().max().item()), diff
+    # Its graph scores and pruning on its own graph against ours on ours.
+    from circuit_tracer.graph import compute_graph_scores, prune_graph
+    theirs = torch.tensor(compute_graph_scores(g), dtype=torch.float64)
+    print(f"{tc_dir.name}: replacement, completeness: circuit-tracer {theirs.tolist()}, ours {ours['scores'].tolist()}")
+    assert (theirs - ours["scores"]).abs().max().item() < 1e-5
+    pruned = prune_graph(g, 0.8, 0.98)
+    nodes, edges = pruned.node_mask.bool(), pruned.edge_mask.bool()
+    print(f"{tc_dir.name}: pruning at 0.8 / 0.98 keeps {int(nodes.sum())} nodes and {int(edges.sum())} edges (circuit-tracer), {int(ours['node_mask'].sum())} and {int(ours['edge_mask'].sum())} (ours)")
+    assert torch.equal(nodes, ours["node_mask"].bool()) and torch.equal(edges, ours["edge_mask"].bool()), "the same nodes and edges kept"
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
 #      transcoders from Rust (examples/export_dictionaries.rs) and checks that SAELens and
 #      circuit-tracer load them and encode/decode like we do (1e-5);
 #   4. checks the viewer files of `interp graph` with circuit-tracer's models, and that
-#      circuit-tracer's `attribute` gives our attribution graphs (examples/graph_reference.rs).
+#      circuit-tracer's `attribute` gives our attribution graphs, its `compute_graph_scores` our
+#      replacement and completeness scores, and its `prune_graph` our pruning (examples/graph_reference.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv-saelens/bin/python ] || python3 -m venv .venv-saelens
