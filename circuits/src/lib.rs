@@ -28,9 +28,11 @@ pub use metric::{Metric, MetricKind, MetricName};
 pub mod prompts;
 pub use prompts::{trace_prompts_from_jsonl, PromptPair, TaskPrompts};
 
-// Activations patched: by site, and ROME's causal tracing.
+// Activations patched: by site, each head's roles (IOI), and ROME's causal tracing.
 pub mod patching;
 pub use patching::{activation_patching, PatchSite, PatchingResult};
+pub mod heads;
+pub use heads::{head_scores, HeadScores, ROLE_RULES};
 pub mod causal_tracing;
 pub use causal_tracing::{
     causal_trace, estimate_sigma, estimate_sigma_of, restored_probability, summarize, CausalTrace, Corruption, TraceConfig, TracePrompt, TraceSummary,

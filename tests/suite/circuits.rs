@@ -758,7 +758,8 @@ fn smollm2_does_ioi_and_its_direct_logit_attributions_add_up() {
     // scale and gain, add up to the logit difference of the logits; each head's share splits
     // into its effects on the answer's and the wrong token's logits; some late head is a name
     // mover (positive direct effect, attending to the indirect object).
-    use report::analysis::{behaviour, head_scores};
+    use interp::circuits::head_scores;
+    use report::analysis::behaviour;
     let model = common::smollm2();
     let dir = common::Scratch::new("ioi-smollm2");
     let prompts = TaskPrompts::from_jsonl(&common::shipped_prompts(&dir, "smollm2-135m/ioi.jsonl", 16), &model).unwrap();

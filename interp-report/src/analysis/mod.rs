@@ -22,7 +22,7 @@ pub use causal_tracing::{causal_tracing, task_trace_prompts, trace_table, Causal
 pub use circuit_discovery::{circuit_discovery, AcdcRuns, CircuitDiscovery, CircuitDiscoveryConfig, EdgeScores, MibScores};
 pub use dictionary::{read_training_curve, training_curve_chart, write_metrics, write_set_metrics};
 pub use graph::{graph_analysis, graph_slug, GraphAnalysis, GraphAnalysisConfig, VIEWER_SCAN};
-pub use heads::{head_scores, HeadScores, ROLE_RULES};
+pub use heads::write_heads;
 pub use patching::{patching_sweep, patching_table, PatchingSweep, PatchingSweepConfig};
 pub use routing::{routing_analysis, RoutingAnalysis, RoutingConfig};
 pub use study::{study, StudyConfig, StudyStep};

@@ -7,13 +7,14 @@ use std::time::Instant;
 use interp_core::HookedTransformer;
 
 use crate::analysis::{
-    behaviour, causal_tracing, circuit_discovery, head_scores, logit_lens, patching_sweep, CausalTracingConfig, CircuitDiscoveryConfig, PatchingSweepConfig,
+    behaviour, causal_tracing, circuit_discovery, logit_lens, patching_sweep, write_heads, CausalTracingConfig, CircuitDiscoveryConfig, PatchingSweepConfig,
 };
 use crate::error::{Error, Result};
 use crate::output::Output;
 use crate::table::Table;
 use circuits::causal_tracing::TracePrompt;
 use circuits::edge_run::EdgeRun;
+use circuits::heads::head_scores;
 use circuits::patching::PatchSite;
 use circuits::prompts::TaskPrompts;
 
@@ -109,7 +110,7 @@ pub fn study(
         heads.path_patch(&EdgeRun::new(model, &found.graph, &pairs, cfg.circuits.ablation, cfg.circuits.budget)?)?;
         step("heads: path patching into the output heads' queries", t);
     }
-    heads.write(out)?;
+    write_heads(&heads, out)?;
 
     // Positions line up within one template and order: the first pair's.
     let t = Instant::now();
