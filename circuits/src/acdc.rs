@@ -483,7 +483,7 @@ pub fn circuit_nodes(graph: &EdgeGraph, kept: &[bool]) -> Vec<String> {
 /// Area under the ROC curve of `scores` against the true edge set (ties count half).
 pub fn roc_auc(scores: &[f64], truth: &[bool]) -> Result<f64> {
     if scores.len() != truth.len() {
-        return Err(Error::Input(format!("{} scores for {} edges", scores.len(), truth.len())));
+        return Err(Error::Count { what: "scores for the true circuit's edges".into(), found: scores.len(), expected: truth.len() });
     }
     let pos: Vec<f64> = scores.iter().zip(truth).filter(|(_, t)| **t).map(|(s, _)| *s).collect();
     let neg: Vec<f64> = scores.iter().zip(truth).filter(|(_, t)| !**t).map(|(s, _)| *s).collect();

@@ -52,7 +52,7 @@ pub fn edge_attribution(model: &HookedTransformer, graph: &EdgeGraph, acts: &Edg
     }
     let b = acts.tokens.size()[0];
     if metric.n_prompts() != b {
-        return Err(Error::Input(format!("the metric is for {} prompts but there are {b}", metric.n_prompts())));
+        return Err(Error::Count { what: "prompts the metric is for".into(), found: metric.n_prompts() as usize, expected: b as usize });
     }
     // One forward and backward per step (memory of one EAP run), from the residual entering
     // block 0 at ablated + alpha (clean - ablated): alpha = 1 for EAP, k / steps for EAP-IG.

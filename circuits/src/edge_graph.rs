@@ -214,7 +214,7 @@ impl RemovedSums {
     /// The sums of the edge set `kept` [E] on `acts`.
     pub(crate) fn new(graph: &EdgeGraph, acts: &EdgeActivations, kept: &[bool]) -> Result<RemovedSums> {
         if kept.len() != graph.n_edges() {
-            return Err(Error::Input(format!("an edge set of {} edges for a graph of {}", kept.len(), graph.n_edges())));
+            return Err(Error::Count { what: "edges in the edge set for the graph's edges".into(), found: kept.len(), expected: graph.n_edges() });
         }
         let mut sums = RemovedSums { removed: vec![false; kept.len()], sums: graph.groups.iter().map(|_| None).collect() };
         let size = acts.clean.size();

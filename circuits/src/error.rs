@@ -65,6 +65,38 @@ pub enum Error {
         /// What it must be.
         expected: String,
     },
+    /// Transcoders that do not replace this model's MLPs (another model's, an SAE, a layer
+    /// missing, other widths).
+    #[error("transcoders that do not fit the model: {0}")]
+    Transcoders(String),
+    /// A node id that the (pruned) graph does not hold.
+    #[error("node `{id}` is not in the pruned graph (pruned away, or no such node); ids look like 3_1204_5, E_464_0")]
+    UnknownNode {
+        /// The id asked for.
+        id: String,
+    },
+    /// A head the model does not have.
+    #[error("no head L{layer}H{head}: the model has {n_layers} layers of {n_heads} heads")]
+    NoHead {
+        /// The layer asked for.
+        layer: usize,
+        /// The head asked for.
+        head: i64,
+        /// The model's layers.
+        n_layers: usize,
+        /// Its heads per layer.
+        n_heads: i64,
+    },
+    /// A list whose length does not match what it describes (scores per edge, values per budget).
+    #[error("{found} {what}, expected {expected}")]
+    Count {
+        /// What the list holds and what it must match ("edge scores for the graph's edges").
+        what: String,
+        /// Its length.
+        found: usize,
+        /// The length it needs.
+        expected: usize,
+    },
     /// Anything else a caller gave that cannot be used, with the reason.
     #[error("invalid input: {0}")]
     Input(String),

@@ -291,7 +291,7 @@ pub fn head_scores(model: &HookedTransformer, prompts: &TaskPrompts, name: &str,
     };
     if let Some((graph, edge_scores)) = edges {
         if edge_scores.len() != graph.n_edges() {
-            return Err(Error::Input(format!("{} edge scores for a graph of {} edges", edge_scores.len(), graph.n_edges())));
+            return Err(Error::Count { what: "edge scores for the graph's edges".into(), found: edge_scores.len(), expected: graph.n_edges() });
         }
         let nodes = mib_node_scores(graph, edge_scores);
         let grid = |f: &dyn Fn(usize, usize) -> f64| (0..l_n).map(|l| (0..h_n).map(|h| f(l, h)).collect()).collect::<Vec<Vec<f64>>>();

@@ -24,7 +24,7 @@ pub fn mib_counts(n_edges: usize) -> Vec<usize> {
 
 fn trapezoid(values: &[f64]) -> Result<f64> {
     if values.len() != MIB_FRACTIONS.len() {
-        return Err(Error::Input(format!("{} faithfulness values for MIB's {} edge budgets", values.len(), MIB_FRACTIONS.len())));
+        return Err(Error::Count { what: "faithfulness values for MIB's edge budgets".into(), found: values.len(), expected: MIB_FRACTIONS.len() });
     }
     Ok(MIB_FRACTIONS.windows(2).zip(values.windows(2)).map(|(x, y)| (x[1] - x[0]) * (y[0] + y[1]) / 2.0).sum())
 }
@@ -131,7 +131,7 @@ pub fn mib_folder(method: &str, ablation: Ablation, task: &str, model: &str) -> 
 /// graph, as MIB's evaluation expects of a score submission) to `path`.
 pub fn write_mib_scores(graph: &EdgeGraph, scores: &[f64], model: &ModelConfig, path: &Path) -> Result<()> {
     if scores.len() != graph.n_edges() {
-        return Err(Error::Input(format!("{} scores for {} edges", scores.len(), graph.n_edges())));
+        return Err(Error::Count { what: "scores for the graph's edges".into(), found: scores.len(), expected: graph.n_edges() });
     }
     let mut nodes = Map::new();
     for (s, score) in graph.senders.iter().zip(mib_node_scores(graph, scores)) {

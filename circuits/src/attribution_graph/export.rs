@@ -42,7 +42,7 @@ impl AttributionGraph {
     pub fn kept_node(&self, pruned: &Pruned, id: &str) -> Result<usize> {
         (0..self.nodes.len())
             .find(|&i| pruned.node_mask.get(i).copied().unwrap_or(false) && self.node_id(i) == id)
-            .ok_or_else(|| Error::Input(format!("node `{id}` is not in the pruned graph (pruned away, or no such node); ids look like 3_1204_5, E_464_0")))
+            .ok_or_else(|| Error::UnknownNode { id: id.to_string() })
     }
 
     /// The pruned graph as the JSON that circuit-tracer's graph viewer reads (`metadata`,
@@ -136,7 +136,7 @@ impl Subgraph {
             graph["nodes"].as_array().map(|nodes| nodes.iter().filter_map(|n| n["node_id"].as_str()).collect()).unwrap_or_default();
         let grouped = self.supernodes.iter().flat_map(|(_, members)| members);
         if let Some(missing) = self.pinned.iter().chain(grouped).find(|id| !ids.contains(id.as_str())) {
-            return Err(Error::Input(format!("node `{missing}` is not in the graph (pruned, or no such node); ids look like 3_1204_5, E_464_0")));
+            return Err(Error::UnknownNode { id: missing.clone() });
         }
         if let Some((label, _)) = self.supernodes.iter().find(|(_, members)| members.is_empty()) {
             return Err(Error::Input(format!("supernode `{label}` groups no node")));

@@ -156,7 +156,7 @@ pub fn qk_attribution(
     let from_end = |p: i64| if p < 0 { p + n_pos } else { p };
     let (query_pos, key_pos) = (from_end(query_pos), from_end(key_pos));
     if layer >= c.n_layers || !(0..c.n_heads).contains(&head) {
-        return Err(Error::Input(format!("no head L{layer}H{head}: the model has {} layers of {} heads", c.n_layers, c.n_heads)));
+        return Err(Error::NoHead { layer, head, n_layers: c.n_layers, n_heads: c.n_heads });
     }
     if !(0..n_pos).contains(&query_pos) || !(0..=query_pos).contains(&key_pos) {
         return Err(Error::Input(format!(
@@ -170,7 +170,7 @@ pub fn qk_attribution(
     }
     if let Some(t) = transcoders {
         if t.n_layers() != c.n_layers {
-            return Err(Error::Input(format!("{} transcoders for a model of {} layers", t.n_layers(), c.n_layers)));
+            return Err(Error::Transcoders(format!("{} transcoders for a model of {} layers", t.n_layers(), c.n_layers)));
         }
     }
     let at = |s| HookPoint::Block(layer, s);

@@ -29,10 +29,10 @@ pub fn check_transcoders(model: &HookedTransformer, transcoders: &TranscoderSet)
     let n = transcoders.n_layers();
     match transcoders {
         TranscoderSet::PerLayer(_) if n != c.n_layers => {
-            return Err(Error::Input(format!("{n} transcoders for a model with {} layers: one per layer is needed", c.n_layers)));
+            return Err(Error::Transcoders(format!("{n} transcoders for a model with {} layers: one per layer is needed", c.n_layers)));
         }
         TranscoderSet::CrossLayer(_) if n != c.n_layers => {
-            return Err(Error::Input(format!(
+            return Err(Error::Transcoders(format!(
                 "a cross-layer transcoder of {n} layers for a model with {} layers: its layer count must be the model's",
                 c.n_layers
             )));
@@ -48,22 +48,22 @@ pub fn check_transcoders(model: &HookedTransformer, transcoders: &TranscoderSet)
         let what = format!("transcoder {l} (`{hook_in}` -> `{hook_out}`)");
         if let TranscoderSet::PerLayer(set) = transcoders {
             if set[l].cfg().kind == DictionaryKind::Sae {
-                return Err(Error::Input(format!("{what} is an SAE, not a transcoder")));
+                return Err(Error::Transcoders(format!("{what} is an SAE, not a transcoder")));
             }
             if set[l].cfg().architecture == Architecture::Gated {
-                return Err(Error::Input(format!("{what}: gated dictionaries are not supported in attribution graphs")));
+                return Err(Error::Transcoders(format!("{what}: gated dictionaries are not supported in attribution graphs")));
             }
         }
         let reads = hook_in.parse::<HookPoint>().ok();
         let writes = hook_out.parse::<HookPoint>().ok();
         if writes != Some(HookPoint::block(l, BlockSite::MlpOut)) || !reads.is_some_and(|p| input_hooks(l).contains(&p)) {
-            return Err(Error::Input(format!(
+            return Err(Error::Transcoders(format!(
                 "{what} does not replace the MLP of layer {l}: it must read blocks.{l}.ln2.hook_normalized (or hook_mlp_in / hook_resid_mid) and write blocks.{l}.hook_mlp_out"
             )));
         }
         let (d_in, d_out) = widths(l);
         if d_in != c.d_model || d_out != c.d_model {
-            return Err(Error::Input(format!("{what} maps {d_in} -> {d_out} dimensions, the model has d_model {}", c.d_model)));
+            return Err(Error::Transcoders(format!("{what} maps {d_in} -> {d_out} dimensions, the model has d_model {}", c.d_model)));
         }
     }
     Ok(())
