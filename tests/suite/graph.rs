@@ -385,7 +385,7 @@ fn qk_pairs_add_up_to_the_score() {
     }
     // Bad queries.
     let err = |r: Result<_, circuits::Error>| r.err().map(|e: circuits::Error| e.to_string()).unwrap_or_default();
-    let e = qk_attribution(&model, None, &tokens, layer, 99, last, 0).err().expect("an error");
+    let e = qk_attribution(&model, None, &tokens, layer, 99, last, 0).expect_err("an error");
     assert!(matches!(e, circuits::Error::NoHead { head: 99, n_layers: 2, .. }), "{e}");
     assert!(err(qk_attribution(&model, None, &tokens, layer, 0, 2, 5)).contains("earlier one"));
     assert!(err(qk_attribution(&model, None, &tokens, 99, 0, 2, 1)).contains("no head"));
