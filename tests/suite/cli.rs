@@ -335,7 +335,7 @@ fn sae_runs_record_their_cache_curve_and_options() {
     assert!(ok && stdout.contains("epochs over the cache"), "{err}");
     // A budget below one batch, and a fine-tune start of other widths.
     let (ok, _, err) = train(&["--tokens", "100"], &other);
-    assert!(!ok && err.contains("a budget of 100 tokens is less than one batch of 512") && err.lines().count() == 1, "{err}");
+    assert!(!ok && err.contains("invalid setting tokens = 100: at least one batch (512 tokens)") && err.lines().count() == 1, "{err}");
     let foreign = common::repo("tests/fixtures/saelens/topk");
     let (ok, _, err) = train(&["--context", "32", "--steps", "8", "--from", foreign.to_str().unwrap()], &out.join("tune"));
     assert!(!ok && err.contains("cannot fine-tune a dictionary of widths 16 -> 40 latents -> 16") && err.lines().count() == 1, "{err}");

@@ -477,8 +477,14 @@ fn trainer_options_behave_as_documented() {
     assert_eq!(SaeTrainConfig { decay_steps: Some(0), ..cfg.clone() }.lr_at(99), 1.0);
     // A token budget in steps; less than one batch is an error.
     assert_eq!(SaeTrainConfig::steps_for_tokens(10_000, 4096).unwrap(), 3);
-    let err = SaeTrainConfig::steps_for_tokens(1000, 4096).err().unwrap().to_string();
-    assert!(err.contains("a budget of 1000 tokens is less than one batch of 4096"), "{err}");
+    let err = SaeTrainConfig::steps_for_tokens(1000, 4096).unwrap_err();
+    assert!(matches!(&err, interp::transcoders::Error::Setting { name, value, .. } if name == "tokens" && value == "1000"), "{err}");
+    assert!(err.to_string().contains("at least one batch (4096 tokens)"), "{err}");
+    // A dictionary reading a hook the activations lack: the hook and what there is.
+    let mut source = InMemoryActivations::new(vec![("x".into(), Tensor::randn([64, 8], (Kind::Float, Device::Cpu)))], 32).unwrap();
+    let mut dict = SparseDictionary::init(DictionaryConfig::sae(Architecture::TopK { k: 2 }, "y", 8, 16), 0, Device::Cpu).unwrap();
+    let err = train_dictionaries(std::slice::from_mut(&mut dict), &mut source, &quiet(2)).unwrap_err();
+    assert!(matches!(&err, interp::transcoders::Error::MissingHook { hook, available } if hook == "y" && available == &["x"]), "{err}");
 
     // The curve is written as it goes; a resumed run rewrites the steps after its checkpoint.
     let x = coefficients(8192, 7).matmul(&directions(N_FEATURES, D, 8));

@@ -126,9 +126,7 @@ pub fn train_clt(clt: &mut CrossLayerTranscoder, source: &mut dyn ActivationSour
     cfg.validated()?;
     let n_layers = clt.cfg.n_layers;
     let names = source.hook_names().to_vec();
-    let find = |hook: String| {
-        names.iter().position(|h| *h == hook).ok_or_else(|| Error::Input(format!("the activation source has no `{hook}` (it has: {})", names.join(", "))))
-    };
+    let find = |hook: String| names.iter().position(|h| *h == hook).ok_or_else(|| Error::MissingHook { hook: hook.to_string(), available: names.clone() });
     let inputs: Vec<usize> = (0..n_layers).map(|l| find(clt.cfg.hook_in(l))).collect::<Result<_>>()?;
     let targets: Vec<usize> = (0..n_layers).map(|l| find(clt.cfg.hook_out(l))).collect::<Result<_>>()?;
     let first = source.batch(0)?;

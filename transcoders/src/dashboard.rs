@@ -165,7 +165,7 @@ pub fn set_dashboards(
 fn dashboards(source: &Latents<'_>, model: &HookedTransformer, contexts: &Tensor, latents: &[i64], n_examples: usize) -> Result<Vec<LatentDashboard>> {
     let _guard = tch::no_grad_guard();
     if let Some(&bad) = latents.iter().find(|&&l| l < 0 || l >= source.d_sae) {
-        return Err(Error::Input(format!("latent {bad} is out of range (the dictionary has {})", source.d_sae)));
+        return Err(Error::setting("latent", bad, format!("in 0..{} (the dictionary's latents)", source.d_sae)));
     }
     let device = model.device();
     let bos = model.tokenizer().and_then(|t| t.bos_token_id());

@@ -152,15 +152,15 @@ impl DictionaryConfig {
             return Err(Error::setting(name, value, "a positive width"));
         }
         if self.kind == DictionaryKind::Sae && self.d_out != self.d_in {
-            return Err(Error::Input("an SAE reads and writes the same hook: d_out must equal d_in".into()));
+            return Err(Error::setting("d_out", self.d_out, format!("d_in = {}: an SAE reads and writes the same hook", self.d_in)));
         }
         if self.apply_b_dec_to_input && self.d_out != self.d_in {
-            return Err(Error::Input("apply_b_dec_to_input needs d_out == d_in".into()));
+            return Err(Error::setting("apply_b_dec_to_input", true, format!("false unless d_out = d_in ({} != {})", self.d_out, self.d_in)));
         }
         if !self.matryoshka_widths.is_empty() {
             let w = &self.matryoshka_widths;
             if !matches!(self.architecture, Architecture::BatchTopK { .. }) {
-                return Err(Error::Input("Matryoshka prefixes need the BatchTopK architecture".into()));
+                return Err(Error::setting("architecture", format!("{:?}", self.architecture), "BatchTopK for Matryoshka prefixes"));
             }
             if w[0] <= 0 || w.windows(2).any(|p| p[0] >= p[1]) || w.last() != Some(&self.d_sae) {
                 return Err(Error::setting("matryoshka_widths", format!("{w:?}"), format!("increasing from above 0 to d_sae = {}", self.d_sae)));

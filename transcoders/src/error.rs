@@ -89,6 +89,14 @@ pub enum Error {
         /// What it must be.
         expected: String,
     },
+    /// Activations that lack a hook a dictionary reads or predicts.
+    #[error("the activations have no `{hook}` (they have: {})", available.join(", "))]
+    MissingHook {
+        /// The hook asked for.
+        hook: String,
+        /// The hooks they have.
+        available: Vec<String>,
+    },
     /// Anything else a caller gave that cannot be used, with the reason.
     #[error("invalid input: {0}")]
     Input(String),

@@ -137,9 +137,7 @@ impl Reconstruction {
 pub fn evaluate_activations(dict: &SparseDictionary, source: &mut dyn ActivationSource, n_batches: usize) -> Result<DictionaryMetrics> {
     let _guard = tch::no_grad_guard();
     let names = source.hook_names().to_vec();
-    let find = |hook: &str| {
-        names.iter().position(|h| h == hook).ok_or_else(|| Error::Input(format!("the activations have no `{hook}` (they have: {})", names.join(", "))))
-    };
+    let find = |hook: &str| names.iter().position(|h| h == hook).ok_or_else(|| Error::MissingHook { hook: hook.to_string(), available: names.to_vec() });
     let (input, target) = (find(&dict.cfg.hook_name)?, find(&dict.cfg.hook_name_out)?);
     let mut acc = Reconstruction::new(dict.cfg.d_out, dict.cfg.d_sae, dict.device())?;
     for step in 0..n_batches.max(1) {

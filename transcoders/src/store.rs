@@ -147,7 +147,7 @@ fn dtype_name(kind: Kind) -> Result<&'static str> {
         Kind::Float => Ok("float32"),
         Kind::Half => Ok("float16"),
         Kind::BFloat16 => Ok("bfloat16"),
-        other => Err(Error::Input(format!("activations can be cached as float32, float16 or bfloat16, not {other:?}"))),
+        other => Err(Error::setting("cache_dtype", format!("{other:?}"), "float32, float16 or bfloat16")),
     }
 }
 

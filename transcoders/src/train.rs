@@ -142,7 +142,7 @@ impl SaeTrainConfig {
     /// go past it); a budget below one batch is an error.
     pub fn steps_for_tokens(tokens: u64, batch_tokens: i64) -> Result<usize> {
         if batch_tokens < 1 || tokens < batch_tokens as u64 {
-            return Err(Error::Input(format!("a budget of {tokens} tokens is less than one batch of {batch_tokens}")));
+            return Err(Error::setting("tokens", tokens, format!("at least one batch ({batch_tokens} tokens)")));
         }
         Ok(tokens.div_ceil(batch_tokens as u64) as usize)
     }
@@ -393,9 +393,7 @@ pub fn train_dictionaries(dicts: &mut [SparseDictionary], source: &mut dyn Activ
         return Err(Error::Input("no dictionary to train".into()));
     }
     let names = source.hook_names().to_vec();
-    let find = |hook: &str| {
-        names.iter().position(|h| h == hook).ok_or_else(|| Error::Input(format!("the activation source has no `{hook}` (it has: {})", names.join(", "))))
-    };
+    let find = |hook: &str| names.iter().position(|h| h == hook).ok_or_else(|| Error::MissingHook { hook: hook.to_string(), available: names.clone() });
     let first = source.batch(0)?;
     let scale = normalisation(source, &first, cfg)?;
     let device = dicts[0].device();
