@@ -59,9 +59,14 @@ impl HookedTransformer {
     ///
     /// Returns tokens [batch, pos + new].
     pub fn generate(&self, tokens: &Tensor, attention_mask: Option<&Tensor>, sampling: &Sampling, hooks: Hooks<'_>) -> Result<Tensor> {
-        let bad_p = |p: f64| p.is_nan() || p <= 0.0 || p > 1.0;
-        if sampling.temperature.is_nan() || sampling.temperature < 0.0 || sampling.top_k.is_some_and(|k| k < 1) || sampling.top_p.is_some_and(bad_p) {
-            return Err(Error::Input(format!("invalid sampling settings: {sampling:?}")));
+        if sampling.temperature.is_nan() || sampling.temperature < 0.0 {
+            return Err(Error::setting("temperature", sampling.temperature, "0 (greedy) or more"));
+        }
+        if let Some(k) = sampling.top_k.filter(|k| *k < 1) {
+            return Err(Error::setting("top_k", k, "at least 1"));
+        }
+        if let Some(p) = sampling.top_p.filter(|p| p.is_nan() || *p <= 0.0 || *p > 1.0) {
+            return Err(Error::setting("top_p", p, "in (0, 1]"));
         }
         if !self.cfg.causal {
             return Err(Error::Input("generate needs a causal model: with bidirectional attention earlier positions change as tokens are added".into()));

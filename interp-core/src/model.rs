@@ -158,7 +158,7 @@ impl HookedTransformer {
             });
         }
         if !matches!(kind, Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double) {
-            return Err(Error::Input(format!("model dtype must be a float kind, found {kind:?}")));
+            return Err(Error::setting("dtype", format!("{kind:?}"), "a float kind (f32, f16, bf16 or f64)"));
         }
         if let Some(file) = crate::gguf::find(path)? {
             return Self::from_gguf(&file, device, kind);

@@ -360,6 +360,11 @@ fn generate_left_padded_batches_and_sampling() {
     assert_eq!(max_abs_diff(&greedy, &top1), 0.0);
     let right_padded = m.generate(&batch, Some(&mask.flip([1])), &s, Hooks::new());
     assert!(right_padded.unwrap_err().to_string().contains("left padding"));
+    // A sampling setting out of range names itself.
+    for (bad, name) in [(Sampling { top_p: Some(1.5), ..s.clone() }, "top_p"), (Sampling { temperature: f64::NAN, ..s.clone() }, "temperature")] {
+        let e = m.generate(&long, None, &bad, Hooks::new()).unwrap_err();
+        assert!(matches!(&e, interp::interp_core::Error::Setting { name: n, .. } if n == name), "{e}");
+    }
 }
 
 #[test]
