@@ -573,3 +573,56 @@ fn llama_graphs_are_complete_and_match_interventions() {
     // In f64 (the adjacency is f32): changes of up to 0.02 agree to 1e-6 of the largest.
     assert!(check.worst_relative_error(Freeze::DirectEffects) < 1e-6, "{}", check.worst_relative_error(Freeze::DirectEffects));
 }
+
+/// Pruning reads the adjacency by blocks and scores edges on the kept nodes only: the same nodes
+/// and edges as circuit-tracer's `prune_graph` written out densely (every [n, n] matrix held).
+#[test]
+fn pruning_by_blocks_equals_the_dense_algorithm() {
+    let model = text_model();
+    let graph = trained_graph(&model);
+    let pruned = graph.prune(0.8, 0.98).unwrap();
+    let n = graph.nodes.len();
+    let normalize = |a: &Tensor| {
+        let a = a.abs().to_kind(Kind::Double);
+        let sums = a.sum_dim_intlist(1, true, Kind::Double).clamp_min(1e-10);
+        a / sums
+    };
+    let influence = |a: &Tensor, w: &Tensor| {
+        let (mut current, mut total) = (w.unsqueeze(0).matmul(a), w.zeros_like().unsqueeze(0));
+        while current.abs().sum(Kind::Double).double_value(&[]) > 0.0 {
+            total += &current;
+            current = current.matmul(a);
+        }
+        total.squeeze_dim(0)
+    };
+    let threshold = |scores: &Tensor, fraction: f64| {
+        let (sorted, _) = scores.flatten(0, -1).sort(0, true);
+        let cumulative = sorted.cumsum(0, Kind::Double) / sorted.sum(Kind::Double);
+        let index = cumulative.ge(fraction).to_kind(Kind::Int64).argmax(0, false).int64_value(&[]);
+        sorted.double_value(&[index])
+    };
+    let weights = Tensor::from_slice(&graph.nodes.iter().map(|v| if let Node::Logit { probability, .. } = v { *probability } else { 0.0 }).collect::<Vec<_>>());
+    let node_influence = influence(&normalize(&graph.adjacency), &weights);
+    let always = n - graph.n_logits() - graph.tokens.len();
+    let mut keep = node_influence.ge(threshold(&node_influence, 0.8));
+    let _ = keep.narrow(0, always as i64, (n - always) as i64).fill_(1);
+    let mask = keep.to_kind(Kind::Float);
+    let kept = &graph.adjacency * mask.unsqueeze(1) * mask.unsqueeze(0);
+    let normalized = normalize(&kept);
+    let scores = &normalized * (influence(&normalized, &weights) + &weights).unsqueeze(1);
+    let mut edges = scores.ge(threshold(&scores, 0.98)).logical_and(&scores.gt(0.0));
+    loop {
+        let before = keep.copy();
+        let (has_out, has_in) = (edges.any_dim(0, false), edges.any_dim(1, false));
+        let rule = has_out.copy();
+        let _ = rule.narrow(0, 0, graph.n_features() as i64).logical_and_(&has_in.narrow(0, 0, graph.n_features() as i64));
+        let _ = rule.narrow(0, always as i64, (n - always) as i64).fill_(1);
+        keep = keep.logical_and(&rule);
+        edges = edges.logical_and(&keep.unsqueeze(1)).logical_and(&keep.unsqueeze(0));
+        if keep.equal(&before) {
+            break;
+        }
+    }
+    assert_eq!(Vec::<bool>::try_from(&keep).unwrap(), pruned.node_mask, "kept nodes");
+    assert!(edges.equal(&pruned.edge_mask), "kept edges: {} dense, {} by blocks", edges.sum(Kind::Int64).int64_value(&[]), pruned.n_edges().unwrap());
+}

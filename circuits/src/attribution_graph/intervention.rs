@@ -127,13 +127,12 @@ impl AttributionGraph {
         }
         let activation: Vec<f64> = self.nodes.iter().map(|node| if let Node::Feature { activation, .. } = node { *activation } else { 0.0 }).collect();
         let per_activation = Tensor::f_from_slice(&activation.iter().map(|&a| if a != 0.0 { 1.0 / a } else { 0.0 }).collect::<Vec<_>>())?;
-        let a = self.adjacency.f_to_kind(Kind::Double)?;
         let mut row = Tensor::f_zeros([n as i64], (Kind::Double, Device::Cpu))?;
         let _ = row.f_get(target as i64)?.f_fill_(1.0)?;
         let mut total = Tensor::f_zeros([n as i64], (Kind::Double, Device::Cpu))?;
         // Paths have at most one feature per layer and end at the target: n_layers + 2 steps.
         for _ in 0..self.n_layers + 2 {
-            let step = row.f_unsqueeze(0)?.f_matmul(&a)?.f_squeeze_dim(0)?;
+            let step = super::prune::Normalized::signed_left(&self.adjacency, &row)?;
             if step.f_count_nonzero(None::<i64>)?.f_int64_value(&[])? == 0 {
                 return Ok(Vec::<f64>::try_from(&total)?);
             }

@@ -322,9 +322,9 @@ impl<'r, 'a> Rows<'r, 'a> {
     /// Every node's influence on the logits (weighted by their probabilities) through the rows
     /// computed so far (circuit-tracer's `compute_partial_influences`).
     fn partial_influence(&self) -> Result<Vec<f64>> {
-        let a = prune::normalize_rows(&self.edges.f_narrow(0, 0, self.targets.len() as i64)?)?;
+        let edges = self.edges.f_narrow(0, 0, self.targets.len() as i64)?;
         let rows = Tensor::f_from_slice(&self.targets.iter().map(|&t| t as i64).collect::<Vec<_>>())?;
-        Ok(Vec::<f64>::try_from(&prune::influence(&a, &rows, &prune::logit_weights(self.nodes)?)?)?)
+        Ok(Vec::<f64>::try_from(&prune::influence(&prune::Normalized::new(&edges)?, &rows, &prune::logit_weights(self.nodes)?)?)?)
     }
 
     /// The graph of the features visited (all, or those the feature limit chose), errors,
@@ -378,7 +378,7 @@ impl AttributionGraph {
     /// **completeness score**, each node's share of non-error inputs weighted by its influence
     /// (plus its logit probability) on the output.
     pub fn replacement_and_completeness(&self) -> Result<(f64, f64)> {
-        let a = prune::normalize_rows(&self.adjacency)?;
+        let a = prune::Normalized::new(&self.adjacency)?;
         let weights = prune::logit_weights(&self.nodes)?;
         let all = Tensor::f_arange(self.nodes.len() as i64, (Kind::Int64, Device::Cpu))?;
         let influence = Vec::<f64>::try_from(&prune::influence(&a, &all, &weights)?)?;
@@ -387,7 +387,7 @@ impl AttributionGraph {
         let (tokens, errors) = (share(|n| matches!(n, Node::Token { .. })), share(|n| matches!(n, Node::Error { .. })));
         let replacement = if tokens + errors > 0.0 { tokens / (tokens + errors) } else { 0.0 };
         let mask = Tensor::f_from_slice(&is_error.iter().map(|&e| f64::from(u8::from(e))).collect::<Vec<_>>())?;
-        let non_error = Vec::<f64>::try_from(&a.f_matmul(&mask)?.f_neg()?.f_add_scalar(1.0)?)?;
+        let non_error = Vec::<f64>::try_from(&a.right(&mask)?.f_neg()?.f_add_scalar(1.0)?)?;
         let output: Vec<f64> = influence.iter().zip(Vec::<f64>::try_from(&weights)?).map(|(i, w)| i + w).collect();
         let total: f64 = output.iter().sum();
         let completeness = if total > 0.0 { non_error.iter().zip(&output).map(|(f, o)| f * o).sum::<f64>() / total } else { 0.0 };
@@ -397,7 +397,7 @@ impl AttributionGraph {
     /// Largest |sum of incoming edges + bias - value| over all targets (0 up to rounding when the
     /// linearisation is exact).
     pub fn completeness_error(&self) -> Result<f64> {
-        let sums = self.adjacency.f_to_kind(Kind::Double)?.f_sum_dim_intlist(1, false, Kind::Double)?;
+        let sums = self.adjacency.f_sum_dim_intlist(1, false, Kind::Double)?;
         Ok(sums.f_add(&self.biases)?.f_sub(&self.values)?.f_abs()?.f_max()?.f_double_value(&[])?)
     }
 }

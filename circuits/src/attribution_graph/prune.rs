@@ -34,10 +34,68 @@ impl Pruned {
     }
 }
 
-/// |A| with rows scaled to sum to one.
-pub(super) fn normalize_rows(a: &Tensor) -> Result<Tensor> {
-    let a = a.f_abs()?.f_to_kind(Kind::Double)?;
-    Ok(a.f_div(&a.f_sum_dim_intlist(1, true, Kind::Double)?.f_clamp_min(1e-10)?)?)
+/// |A| with rows scaled to sum to one, as a linear map that is never held whole: `a` [k, n] (any
+/// float kind) is read a block of rows at a time in f64, about 64 MB each. A graph of n nodes
+/// then needs its adjacency and no more than a block besides (circuit-tracer's pruning holds
+/// several [n, n] copies; its users run out of memory near 2,300 tokens, its issue #92).
+pub(super) struct Normalized<'a> {
+    a: &'a Tensor,
+    /// Sums of |A| by row, at least 1e-10 [k] (f64).
+    sums: Tensor,
+}
+
+impl<'a> Normalized<'a> {
+    pub(super) fn new(a: &'a Tensor) -> Result<Self> {
+        let mut parts = Vec::new();
+        for (start, len) in Self::blocks(a) {
+            parts.push(a.f_narrow(0, start, len)?.f_abs()?.f_sum_dim_intlist(1, false, Kind::Double)?);
+        }
+        let sums = if parts.is_empty() { Tensor::f_zeros([0], (Kind::Double, a.device()))? } else { Tensor::f_cat(&parts, 0)? };
+        Ok(Normalized { a, sums: sums.f_clamp_min(1e-10)? })
+    }
+
+    /// (first row, rows) of each block.
+    fn blocks(a: &Tensor) -> Vec<(i64, i64)> {
+        let (k, n) = (a.size()[0], a.size().get(1).copied().unwrap_or(1).max(1));
+        let step = (8_000_000 / n).max(1);
+        (0..k).step_by(step as usize).map(|start| (start, step.min(k - start))).collect()
+    }
+
+    fn block(&self, start: i64, len: i64) -> Result<Tensor> {
+        Ok(self.a.f_narrow(0, start, len)?.f_abs()?.f_to_kind(Kind::Double)?)
+    }
+
+    /// `v A_n` [n] for `v` [k] (f64).
+    pub(super) fn left(&self, v: &Tensor) -> Result<Tensor> {
+        let v = v.f_div(&self.sums)?;
+        let mut total = Tensor::f_zeros([self.a.size()[1]], (Kind::Double, self.a.device()))?;
+        for (start, len) in Self::blocks(self.a) {
+            total = total.f_add(&v.f_narrow(0, start, len)?.f_unsqueeze(0)?.f_matmul(&self.block(start, len)?)?.f_squeeze_dim(0)?)?;
+        }
+        Ok(total)
+    }
+
+    /// `v A` [n] for `v` [k] (f64), A as it is (signed, not normalised), read by blocks.
+    pub(super) fn signed_left(a: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let mut total = Tensor::f_zeros([a.size()[1]], (Kind::Double, a.device()))?;
+        for (start, len) in Self::blocks(a) {
+            let block = a.f_narrow(0, start, len)?.f_to_kind(Kind::Double)?;
+            total = total.f_add(&v.f_narrow(0, start, len)?.f_unsqueeze(0)?.f_matmul(&block)?.f_squeeze_dim(0)?)?;
+        }
+        Ok(total)
+    }
+
+    /// `A_n v` [k] for `v` [n] (f64).
+    pub(super) fn right(&self, v: &Tensor) -> Result<Tensor> {
+        let parts = Self::blocks(self.a).into_iter().map(|(start, len)| Ok(self.block(start, len)?.f_mv(v)?)).collect::<Result<Vec<_>>>()?;
+        let product = if parts.is_empty() { Tensor::f_zeros([0], (Kind::Double, self.a.device()))? } else { Tensor::f_cat(&parts, 0)? };
+        Ok(product.f_div(&self.sums)?)
+    }
+
+    /// The whole matrix [k, n] (f64), for small ones.
+    fn dense(&self) -> Result<Tensor> {
+        Ok(self.a.f_abs()?.f_to_kind(Kind::Double)?.f_div(&self.sums.f_unsqueeze(1)?)?)
+    }
 }
 
 /// Each node's probability as a logit target, 0 for other nodes [n_nodes] (f64).
@@ -48,11 +106,11 @@ pub(super) fn logit_weights(nodes: &[Node]) -> Result<Tensor> {
 
 /// `w A + w A^2 + ...` [n] for an acyclic graph whose known rows are `a` [k, n] (row `i` the
 /// inputs of node `rows[i]` [k]; nodes without a row have no inputs), `w` [n].
-pub(super) fn influence(a: &Tensor, rows: &Tensor, weights: &Tensor) -> Result<Tensor> {
+pub(super) fn influence(a: &Normalized, rows: &Tensor, weights: &Tensor) -> Result<Tensor> {
     let mut current = weights.shallow_clone();
     let mut total = weights.f_zeros_like()?;
-    for _ in 0..=a.size()[1] {
-        current = current.f_index_select(0, rows)?.f_unsqueeze(0)?.f_matmul(a)?.f_squeeze_dim(0)?;
+    for _ in 0..=a.a.size()[1] {
+        current = a.left(&current.f_index_select(0, rows)?)?;
         if current.f_count_nonzero(None::<i64>)?.f_int64_value(&[])? == 0 {
             return Ok(total);
         }
@@ -91,31 +149,47 @@ impl AttributionGraph {
         let (n_logits, n_tokens, n_features) = (self.n_logits(), self.tokens.len(), self.n_features());
         let weights = logit_weights(&self.nodes)?;
         let all = Tensor::f_arange(n as i64, (Kind::Int64, tch::Device::Cpu))?;
-        let node_influence = Vec::<f64>::try_from(&influence(&normalize_rows(&self.adjacency)?, &all, &weights)?)?;
+        let node_influence = Vec::<f64>::try_from(&influence(&Normalized::new(&self.adjacency)?, &all, &weights)?)?;
         let cut = threshold(&node_influence, node_threshold);
         let always = n - n_logits - n_tokens;
         let mut node_mask: Vec<bool> = node_influence.iter().enumerate().map(|(i, s)| *s >= cut || i >= always).collect();
 
-        let keep = Tensor::f_from_slice(&node_mask)?;
-        let pruned = self.adjacency.f_mul(&keep.f_unsqueeze(1)?)?.f_mul(&keep.f_unsqueeze(0)?)?;
-        let normalized = normalize_rows(&pruned)?;
-        let edge_influence = influence(&normalized, &all, &weights)?.f_add(&weights)?;
-        let scores = normalized.f_mul(&edge_influence.f_unsqueeze(1)?)?;
-        let cut = threshold(&Vec::<f64>::try_from(&scores.f_flatten(0, -1)?)?, edge_threshold);
-        let mut edge_mask = scores.f_ge(cut)?.f_logical_and(&scores.f_gt(0.0)?)?;
+        // Edges: only between kept nodes, so on the kept nodes' submatrix [K, K] (the pruned
+        // matrix is zero elsewhere).
+        let kept: Vec<i64> = (0..n as i64).filter(|&i| node_mask[i as usize]).collect();
+        let kept_t = Tensor::f_from_slice(&kept)?;
+        let sub = self.adjacency.f_index_select(0, &kept_t)?.f_index_select(1, &kept_t)?;
+        let normalized = Normalized::new(&sub)?;
+        let sub_weights = weights.f_index_select(0, &kept_t)?;
+        let edge_influence =
+            influence(&normalized, &Tensor::f_arange(kept.len() as i64, (Kind::Int64, tch::Device::Cpu))?, &sub_weights)?.f_add(&sub_weights)?;
+        let scores = normalized.dense()?.f_mul(&edge_influence.f_unsqueeze(1)?)?;
+        let positive: Vec<f64> = Vec::<f64>::try_from(&scores.f_flatten(0, -1)?)?.into_iter().filter(|s| *s > 0.0).collect();
+        let cut = threshold(&positive, edge_threshold);
+        let mut sub_mask = scores.f_ge(cut)?.f_logical_and(&scores.f_gt(0.0)?)?;
         loop {
             let before = node_mask.clone();
-            let has_out = Vec::<bool>::try_from(&edge_mask.f_any_dim(0, false)?)?;
-            let has_in = Vec::<bool>::try_from(&edge_mask.f_any_dim(1, false)?)?;
-            for i in 0..always {
-                node_mask[i] &= has_out[i] && (i >= n_features || has_in[i]);
+            let has_out = Vec::<bool>::try_from(&sub_mask.f_any_dim(0, false)?)?;
+            let has_in = Vec::<bool>::try_from(&sub_mask.f_any_dim(1, false)?)?;
+            for (j, &i) in kept.iter().enumerate() {
+                let i = i as usize;
+                if i < always {
+                    node_mask[i] &= has_out[j] && (i >= n_features || has_in[j]);
+                }
             }
-            let keep = Tensor::f_from_slice(&node_mask)?;
-            edge_mask = edge_mask.f_logical_and(&keep.f_unsqueeze(1)?)?.f_logical_and(&keep.f_unsqueeze(0)?)?;
+            let keep = Tensor::f_from_slice(&kept.iter().map(|&i| node_mask[i as usize]).collect::<Vec<_>>())?;
+            sub_mask = sub_mask.f_logical_and(&keep.f_unsqueeze(1)?)?.f_logical_and(&keep.f_unsqueeze(0)?)?;
             if node_mask == before {
                 break;
             }
         }
+        let pairs = sub_mask.f_nonzero()?; // [m, 2] in the submatrix
+        let (targets, sources) = (kept_t.f_index_select(0, &pairs.f_select(1, 0)?)?, kept_t.f_index_select(0, &pairs.f_select(1, 1)?)?);
+        let edge_mask = Tensor::f_zeros([n as i64, n as i64], (Kind::Bool, tch::Device::Cpu))?.f_index_put(
+            &[Some(targets), Some(sources)],
+            &Tensor::f_ones([pairs.size()[0]], (Kind::Bool, tch::Device::Cpu))?,
+            false,
+        )?;
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|a, b| node_influence[*b].total_cmp(&node_influence[*a]));
         let total: f64 = node_influence.iter().sum();
