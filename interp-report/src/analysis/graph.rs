@@ -513,10 +513,13 @@ impl GraphAnalysis {
     }
 }
 
-/// A graph's slug for circuit-tracer's viewer: the model folder's name and the prompt's first
-/// words, lower case, joined by dashes ("shakespeare-gpt2-to-be-or-not-to-be").
+/// A graph's slug for circuit-tracer's viewer: the model folder's name (a model file's, without
+/// its extension) and the prompt's first words, lower case, joined by dashes
+/// ("shakespeare-gpt2-to-be-or-not-to-be").
 pub fn graph_slug(dir: &Path, prompt: &str) -> String {
-    let folder = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "graph".into());
+    // A GGUF file names the model without its extension.
+    let name = if dir.is_file() { dir.file_stem() } else { dir.file_name() };
+    let folder = name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "graph".into());
     let words = prompt.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).take(6).map(str::to_lowercase);
     std::iter::once(folder).chain(words).collect::<Vec<_>>().join("-")
 }

@@ -51,6 +51,10 @@ pub fn write_graph_html(
     write_graph_page(path, title, &graph_view(graph, pruned, token_text, feature_labels)?)
 }
 
+/// At most this many edges are drawn, the strongest (a real model's pruned graph keeps hundreds
+/// of thousands, which no browser draws; all are in the graph's JSON).
+pub const MAX_DRAWN_EDGES: usize = 20_000;
+
 /// `graph`, pruned by `pruned`, as an HTML fragment (a caption and an inline SVG with a little script;
 /// a `Report` or [`write_graph_page`] brings its styles): one column per position, as wide as
 /// its most crowded layer needs, one row per layer (embeddings at the bottom, logits at the
@@ -105,6 +109,12 @@ pub fn graph_view(
         }
     }
     let (pairs, weights) = graph.kept_edges(pruned)?;
+    let mut drawn: Vec<usize> = (0..weights.len()).collect();
+    if drawn.len() > MAX_DRAWN_EDGES {
+        drawn.sort_by(|&a, &b| weights[b].abs().total_cmp(&weights[a].abs()));
+        drawn.truncate(MAX_DRAWN_EDGES);
+        drawn.sort_unstable();
+    }
     let max_w = weights.iter().fold(0f64, |m, w| m.max(w.abs())).max(1e-12);
     let mut svg = String::new();
     for r in 0..rows {
@@ -124,7 +134,7 @@ pub fn graph_view(
             html_escape(&visible_token(&token_text(t)))
         );
     }
-    for (p, w) in pairs.chunks(2).zip(&weights) {
+    for (p, w) in drawn.iter().map(|&e| (&pairs[2 * e..2 * e + 2], &weights[e])) {
         let (Some(a), Some(b)) = (xy.get(&(p[1] as usize)), xy.get(&(p[0] as usize))) else { continue };
         let colour = if *w >= 0.0 { "#2166ac" } else { "#b2182b" };
         let opacity = 0.1 + 0.9 * (w.abs() / max_w);
@@ -171,7 +181,7 @@ pub fn graph_view(
         }
     }
     Ok(format!(
-        "<p>{nodes} of {all} nodes and {edges} edges kept by influence on the logits. Node area: influence; blue edges excite, red inhibit; \
+        "<p>{nodes} of {all} nodes and {edges} edges kept by influence on the logits{drawn}. Node area: influence; blue edges excite, red inhibit; \
          features are labelled layer/index and the token they promote most. Wheel to zoom, drag to pan, double-click to reset; click a node for its \
          strongest input and output edges (and a feature's dashboard); the slider prunes further. \
          Completeness error (max |sum of inputs + bias − value|): {err:.2e}{left_out}.</p>\n\
@@ -182,6 +192,7 @@ pub fn graph_view(
         nodes = pruned.n_nodes(),
         all = graph.nodes.len(),
         edges = pruned.n_edges()?,
+        drawn = if drawn.len() < weights.len() { format!(" (the {} strongest edges are drawn; all are in the graph's JSON)", drawn.len()) } else { String::new() },
         err = graph.completeness_error()?,
         left_out = match graph.features_left_out {
             0 => String::new(),
