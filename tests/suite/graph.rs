@@ -491,6 +491,17 @@ fn total_effects_sum_the_paths_through_features() {
         features_left_out: 0,
     };
     let total = graph.total_effects(3).unwrap();
+    // Correlations skip measurements that overflowed (and count them).
+    let v = |node, predicted: f64, measured: f64| circuits::attribution_graph::Intervention {
+        node,
+        strength: 0.0,
+        direct: predicted,
+        predicted,
+        measured: [predicted, measured, measured, measured],
+    };
+    let check = circuits::attribution_graph::InterventionCheck { target: 3, interventions: vec![v(0, 1.0, 2.0), v(1, 2.0, f64::INFINITY), v(0, 3.0, 6.5)] };
+    assert_eq!(check.non_finite(Freeze::Attention), 1);
+    assert!((check.correlation(Freeze::Attention) - 1.0).abs() < 1e-12 && check.non_finite(Freeze::DirectEffects) == 0);
     let expected = [0.5 + 3.0 / 4.0, 3.0, 2.0 * 3.0 / 4.0, 0.0];
     assert!(total.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-12), "{total:?}");
     assert!(graph.total_effects(9).unwrap_err().to_string().contains("node 9"));

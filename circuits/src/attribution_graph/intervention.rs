@@ -79,21 +79,35 @@ pub struct InterventionCheck {
 
 impl InterventionCheck {
     /// Pearson's correlation between the graph's prediction (`direct` for
-    /// [`Freeze::DirectEffects`], else `predicted`) and the change measured with `freeze`; `NaN`
-    /// when either does not vary.
+    /// [`Freeze::DirectEffects`], else `predicted`) and the change measured with `freeze`, over
+    /// the finite measurements (see [`InterventionCheck::non_finite`]); `NaN` when either does not
+    /// vary.
     pub fn correlation(&self, freeze: Freeze) -> f64 {
         let i = Freeze::ALL.iter().position(|f| *f == freeze).unwrap_or(0);
-        let pairs: Vec<(f64, f64)> =
-            self.interventions.iter().map(|v| (if freeze == Freeze::DirectEffects { v.direct } else { v.predicted }, v.measured[i])).collect();
+        let pairs: Vec<(f64, f64)> = self
+            .interventions
+            .iter()
+            .map(|v| (if freeze == Freeze::DirectEffects { v.direct } else { v.predicted }, v.measured[i]))
+            .filter(|(_, m)| m.is_finite())
+            .collect();
         pearson(&pairs)
     }
 
-    /// The largest |measured - predicted| with `freeze`, relative to the largest |measured|.
+    /// Measurements with `freeze` that overflowed to infinity or NaN. With norm scales frozen, a
+    /// deep stack of gated MLPs can amplify a doubled feature layer after layer until it does.
+    pub fn non_finite(&self, freeze: Freeze) -> usize {
+        let i = Freeze::ALL.iter().position(|f| *f == freeze).unwrap_or(0);
+        self.interventions.iter().filter(|v| !v.measured[i].is_finite()).count()
+    }
+
+    /// The largest |measured - predicted| with `freeze`, relative to the largest |measured|, over
+    /// the finite measurements.
     pub fn worst_relative_error(&self, freeze: Freeze) -> f64 {
         let i = Freeze::ALL.iter().position(|f| *f == freeze).unwrap_or(0);
         let graph = |v: &Intervention| if freeze == Freeze::DirectEffects { v.direct } else { v.predicted };
-        let worst = self.interventions.iter().map(|v| (v.measured[i] - graph(v)).abs()).fold(0.0, f64::max);
-        let scale = self.interventions.iter().map(|v| v.measured[i].abs()).fold(0.0, f64::max);
+        let finite = || self.interventions.iter().filter(|v| v.measured[i].is_finite());
+        let worst = finite().map(|v| (v.measured[i] - graph(v)).abs()).fold(0.0, f64::max);
+        let scale = finite().map(|v| v.measured[i].abs()).fold(0.0, f64::max);
         if scale > 0.0 {
             worst / scale
         } else {
