@@ -637,3 +637,23 @@ fn pruning_by_blocks_equals_the_dense_algorithm() {
     assert_eq!(Vec::<bool>::try_from(&keep).unwrap(), pruned.node_mask, "kept nodes");
     assert!(edges.equal(&pruned.edge_mask), "kept edges: {} dense, {} by blocks", edges.sum(Kind::Int64).int64_value(&[]), pruned.n_edges().unwrap());
 }
+
+/// A graph too large to read whole is drawn as its most influential nodes (every token and logit
+/// kept) and the strongest edges between them, and the caption says so.
+#[test]
+fn the_graph_view_draws_the_most_influential_nodes_of_a_large_graph() {
+    use interp::report::html::{MAX_DRAWN_EDGES, MAX_DRAWN_NODES};
+    let model = text_model();
+    let tcs = load_transcoder_set(format!("{TEXT_MODEL}/transcoders"), Device::Cpu).unwrap();
+    let tok = model.tokenizer().unwrap();
+    let text =
+        "First Citizen: Before we proceed any further, hear me speak. All: Speak, speak. First Citizen: You are all resolved rather to die than to famish?";
+    let graph = attribution_graph(&model, &tcs, &tok.encode(text, true).unwrap(), &GraphConfig::default()).unwrap();
+    let pruned = graph.prune(1.0, 1.0).unwrap();
+    assert!(pruned.n_nodes() > MAX_DRAWN_NODES, "{} kept", pruned.n_nodes());
+    let view = interp::report::graph_view(&graph, &pruned, &|t| tok.decode(&[t]).unwrap_or_default(), &Default::default()).unwrap();
+    assert_eq!(view.matches("<circle").count(), MAX_DRAWN_NODES);
+    assert_eq!(view.matches("data-k=\"t\"").count(), graph.tokens.len(), "every token is drawn");
+    assert_eq!(view.matches("data-k=\"l\"").count(), graph.n_logits(), "every logit is drawn");
+    assert!(view.matches("<line").count() <= MAX_DRAWN_EDGES && view.contains(&format!("drawn: the {MAX_DRAWN_NODES} nodes of highest influence")));
+}

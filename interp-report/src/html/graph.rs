@@ -53,7 +53,12 @@ pub fn write_graph_html(
 
 /// At most this many edges are drawn, the strongest (a real model's pruned graph keeps hundreds
 /// of thousands, which no browser draws; all are in the graph's JSON).
-pub const MAX_DRAWN_EDGES: usize = 20_000;
+pub const MAX_DRAWN_EDGES: usize = 3_000;
+
+/// At most this many nodes are drawn: every token and logit, then the features and errors of
+/// highest influence (a real model's pruned graph keeps thousands, too many to read side by side
+/// at 1,280 px; all are in the JSON and the node table).
+pub const MAX_DRAWN_NODES: usize = 300;
 
 /// `graph`, pruned by `pruned`, as an HTML fragment (a caption and an inline SVG with a little script;
 /// a `Report` or [`write_graph_page`] brings its styles): one column per position, as wide as
@@ -86,7 +91,16 @@ pub fn graph_view(
     };
     // Each (row, position) cell lays its kept nodes side by side; a column is as wide as its
     // fullest cell, so crowded positions spread and empty ones stay narrow.
-    let kept: Vec<usize> = (0..graph.nodes.len()).filter(|&i| pruned.node_mask[i]).collect();
+    let mut kept: Vec<usize> = (0..graph.nodes.len()).filter(|&i| pruned.node_mask[i]).collect();
+    let n_kept = kept.len();
+    if n_kept > MAX_DRAWN_NODES {
+        let always = |i: &usize| matches!(graph.nodes[*i], Node::Token { .. } | Node::Logit { .. });
+        let (mut drawn, mut rest): (Vec<usize>, Vec<usize>) = kept.iter().partition(|i| always(i));
+        rest.sort_by(|&a, &b| pruned.influence[b].total_cmp(&pruned.influence[a]));
+        drawn.extend(rest.into_iter().take(MAX_DRAWN_NODES.saturating_sub(drawn.len())));
+        drawn.sort_unstable();
+        kept = drawn;
+    }
     let mut cells: HashMap<(usize, i64), Vec<usize>> = HashMap::new();
     for &i in &kept {
         cells.entry((row_of(&graph.nodes[i]), pos_of(&graph.nodes[i]))).or_default().push(i);
@@ -109,7 +123,8 @@ pub fn graph_view(
         }
     }
     let (pairs, weights) = graph.kept_edges(pruned)?;
-    let mut drawn: Vec<usize> = (0..weights.len()).collect();
+    let mut drawn: Vec<usize> =
+        (0..weights.len()).filter(|&e| xy.contains_key(&(pairs[2 * e] as usize)) && xy.contains_key(&(pairs[2 * e + 1] as usize))).collect();
     if drawn.len() > MAX_DRAWN_EDGES {
         drawn.sort_by(|&a, &b| weights[b].abs().total_cmp(&weights[a].abs()));
         drawn.truncate(MAX_DRAWN_EDGES);
@@ -192,7 +207,15 @@ pub fn graph_view(
         nodes = pruned.n_nodes(),
         all = graph.nodes.len(),
         edges = pruned.n_edges()?,
-        drawn = if drawn.len() < weights.len() { format!(" (the {} strongest edges are drawn; all are in the graph's JSON)", drawn.len()) } else { String::new() },
+        drawn = match (kept.len() < n_kept, drawn.len() < weights.len()) {
+            (false, false) => String::new(),
+            (false, true) => format!(" (the {} strongest edges are drawn; all are in the graph's JSON)", drawn.len()),
+            (true, _) => format!(
+                " (drawn: the {} nodes of highest influence, tokens and logits included, and the {} strongest edges between them; all are in the graph's JSON and the node table)",
+                kept.len(),
+                drawn.len()
+            ),
+        },
         err = graph.completeness_error()?,
         left_out = match graph.features_left_out {
             0 => String::new(),

@@ -23,7 +23,7 @@ mod dashboards;
 mod graph;
 
 pub use dashboards::{dashboards_html, write_dashboards};
-pub use graph::{graph_view, write_graph_html};
+pub use graph::{graph_view, write_graph_html, MAX_DRAWN_EDGES, MAX_DRAWN_NODES};
 
 use crate::error::{Error, Result};
 use crate::table::{Table, Value};
