@@ -187,6 +187,12 @@ pub enum Error {
     /// A gradient metric closure failed (with an error of any crate).
     #[error("metric: {0}")]
     Metric(BoxError),
+    /// A model loaded without a `tokenizer.json`, asked to work with text.
+    #[error("the model has no tokenizer.json, needed {needed_for}")]
+    NoTokenizer {
+        /// What it was needed for ("to encode the prompt").
+        needed_for: String,
+    },
     /// A tokenizer that cannot be read, or text it cannot encode.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

@@ -7,7 +7,7 @@ use crate::forward::{Input, KvCache, Run};
 use crate::hooks::Hooks;
 use crate::model::HookedTransformer;
 use crate::rng::Rng;
-use crate::tokenizer::{tensor_ids, Tokenizer};
+use crate::tokenizer::tensor_ids;
 
 /// How `generate` picks the next token. `temperature == 0` is greedy.
 #[derive(Clone, Debug)]
@@ -34,23 +34,19 @@ impl Default for Sampling {
 }
 
 impl HookedTransformer {
-    fn require_tokenizer(&self) -> Result<&Tokenizer> {
-        self.tokenizer.as_ref().ok_or_else(|| Error::Tokenizer("the model directory has no tokenizer.json".into()))
-    }
-
     /// Tokens [1, pos] of `text`, BOS first if `prepend_bos`.
     pub fn to_tokens(&self, text: &str, prepend_bos: bool) -> Result<Tensor> {
-        Ok(self.require_tokenizer()?.to_tokens(text, prepend_bos)?.f_to_device(self.device)?)
+        Ok(self.require_tokenizer("to tokenize text")?.to_tokens(text, prepend_bos)?.f_to_device(self.device)?)
     }
 
     /// Each token of `tokens` ([pos] or [1, pos]) as a string.
     pub fn to_str_tokens(&self, tokens: &Tensor) -> Result<Vec<String>> {
-        self.require_tokenizer()?.to_str_tokens(&tensor_ids(tokens)?)
+        self.require_tokenizer("to show tokens as text")?.to_str_tokens(&tensor_ids(tokens)?)
     }
 
     /// The text of `tokens` [1, pos] (or [pos]).
     pub fn to_string(&self, tokens: &Tensor) -> Result<String> {
-        self.require_tokenizer()?.decode(&tensor_ids(tokens)?)
+        self.require_tokenizer("to decode tokens")?.decode(&tensor_ids(tokens)?)
     }
 
     /// Continues `tokens` [batch, pos] by `sampling.max_new_tokens`, one forward per new token on

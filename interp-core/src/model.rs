@@ -218,6 +218,12 @@ impl HookedTransformer {
         self.tokenizer.as_ref()
     }
 
+    /// The tokenizer, or [`Error::NoTokenizer`] saying what it was `needed_for` ("to encode the
+    /// prompt").
+    pub fn require_tokenizer(&self, needed_for: &str) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| Error::NoTokenizer { needed_for: needed_for.to_string() })
+    }
+
     /// Every parameter tensor, a tied unembedding once. They share storage with the model, so
     /// in-place updates (an optimiser step) change it; they are leaves, so they can require grad.
     pub fn parameters(&self) -> Vec<Tensor> {

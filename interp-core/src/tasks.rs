@@ -62,7 +62,7 @@ impl TaskVocab {
     /// trained with (`interp train --modulus`), read from its tokenizer. An error says why a
     /// model does not speak it.
     pub fn of_model(model: &crate::HookedTransformer) -> Result<Self> {
-        let tok = model.tokenizer().ok_or_else(|| Error::Input("the model has no tokenizer.json, so it cannot speak the task vocabulary".into()))?;
+        let tok = model.require_tokenizer("to speak the task vocabulary")?;
         let modulus = (0..).take_while(|i| tok.token_to_id(&format!("m{i}")).is_some()).count();
         let vocab = TaskVocab::new(modulus);
         if vocab.len() as i64 > model.cfg.d_vocab {

@@ -147,7 +147,7 @@ pub fn model_report(dir: &Path, slug: &str, cfg: &ReportConfig) -> Result<Report
 fn top_tokens(model: &HookedTransformer, tokens: &Tensor) -> Result<Vec<String>> {
     let logits = model.forward(&tokens.unsqueeze(0))?.select(1, -1).select(0, 0);
     let (_, top) = logits.topk(2, 0, true, true);
-    let tok = model.tokenizer().ok_or_else(|| Error::Input("the model has no tokenizer.json".into()))?;
+    let tok = model.require_tokenizer("to name the top tokens")?;
     Ok(tok.to_str_tokens(&Vec::<i64>::try_from(&top)?)?.into_iter().map(|t| t.trim().to_string()).collect())
 }
 

@@ -191,8 +191,9 @@ fn bad_inputs_to_a_run_give_clear_errors() {
     let neox = load("gpt_neox");
     let e = neox.run_with_cache(ids, CacheSpec::names(["blocks.0.hook_resid_mid"])).err().unwrap().to_string();
     assert!(e.contains("in parallel") && e.contains("no resid_mid"), "{e}");
-    let e = neox.to_tokens("hi", true).unwrap_err().to_string();
-    assert!(e.contains("no tokenizer.json"), "{e}");
+    let e = neox.to_tokens("hi", true).unwrap_err();
+    assert!(matches!(&e, interp::interp_core::Error::NoTokenizer { needed_for } if needed_for == "to tokenize text"), "{e}");
+    assert!(e.to_string().contains("no tokenizer.json"), "{e}");
     let e = m.runner_from_layer(&Tensor::zeros([2, 3, 7], (Kind::Float, Device::Cpu)), 1).run().err().unwrap().to_string();
     assert!(e.contains("residual must be [batch, pos, 64]"), "{e}");
 }

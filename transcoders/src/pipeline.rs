@@ -113,7 +113,7 @@ pub struct PipelineOutput {
 /// The first `n` held-out contexts of `context` tokens of the corpus `data` (named as
 /// [`interp_core::data::corpus`] names it), tokenized by `model`: [n, context].
 pub fn held_out_contexts(model: &HookedTransformer, data: &str, n: i64, context: i64) -> Result<Tensor> {
-    let tok = model.tokenizer().ok_or_else(|| Error::Input("the model has no tokenizer.json to tokenize held-out text with".into()))?;
+    let tok = model.require_tokenizer("to tokenize held-out text")?;
     eval_contexts(&interp_core::data::token_stream(tok, &interp_core::data::corpus(data)?.1)?, n, context)
 }
 

@@ -67,7 +67,7 @@ pub struct BilinearSpectra {
 
 /// The id of one token, by its text; an error if the text is not exactly one token.
 pub fn single_token(model: &HookedTransformer, word: &str) -> Result<i64> {
-    let tok = model.tokenizer().ok_or_else(|| Error::Input("the model has no tokenizer.json to look tokens up in".into()))?;
+    let tok = model.require_tokenizer("to look tokens up")?;
     let ids = tok.encode(word, false)?;
     match ids.as_slice() {
         // An unknown word can encode to the unknown-token id: check the round trip.

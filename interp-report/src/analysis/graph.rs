@@ -153,7 +153,7 @@ pub fn graph_analysis(
     contexts: Option<&Tensor>,
     cfg: &GraphAnalysisConfig,
 ) -> Result<GraphAnalysis> {
-    let tok = model.tokenizer().ok_or_else(|| Error::Input("the model has no tokenizer.json to encode the prompt".into()))?;
+    let tok = model.require_tokenizer("to encode the prompt")?;
     let tokens = tok.encode(prompt, true)?;
     let start = std::time::Instant::now();
     let graph = attribution_graph(model, transcoders, &tokens, &cfg.graph)?;

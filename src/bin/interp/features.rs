@@ -240,7 +240,7 @@ pub fn run_qk(args: &QkArgs, out: &mut Output) -> Result<()> {
     let device = args.device.get();
     let model = HookedTransformer::from_pretrained_dir(&dir, device, Kind::Float)?;
     let transcoders = args.transcoders.as_ref().map(|d| load_transcoder_set(d, device)).transpose()?;
-    let tok = model.tokenizer().ok_or_else(|| anyhow::anyhow!("the model has no tokenizer to encode the prompt"))?;
+    let tok = model.require_tokenizer("to encode the prompt")?;
     let tokens = tok.encode(&args.prompt, tok.bos_token_id().is_some())?;
     let (layer, head, query, key) = args.qk;
     let qk = qk_attribution(&model, transcoders.as_ref(), &tokens, layer, head, query, key)?;

@@ -359,7 +359,7 @@ fn train(a: &TrainArgs) -> Result<()> {
     tch::set_num_threads(a.threads);
     let cfg = a.config()?;
     let model = load(&a.model)?;
-    let tok = model.tokenizer().context("the model has no tokenizer.json")?;
+    let tok = model.require_tokenizer("to tokenize the training text")?;
     let train_tokens = token_stream(tok, &data::corpus(&a.data)?.0)?;
     let contexts = held_out_contexts(&model, &a.data, a.eval_contexts, a.context)?;
     let Some(hook) = &a.hook else {
