@@ -42,6 +42,12 @@ impl Freeze {
     /// Every mode, in the order [`Intervention::measured`] holds them.
     pub const ALL: [Freeze; 4] = [Freeze::DirectEffects, Freeze::AttentionAndNorms, Freeze::Attention, Freeze::Nothing];
 
+    /// Its place in [`Freeze::ALL`] and in [`Intervention::measured`] (the variants are declared
+    /// in that order).
+    fn index(self) -> usize {
+        self as usize
+    }
+
     /// "direct effects", "frozen attention and norms", "frozen attention", "free".
     pub fn name(self) -> &'static str {
         match self {
@@ -68,6 +74,18 @@ pub struct Intervention {
     pub measured: [f64; 4],
 }
 
+impl Intervention {
+    /// What the graph predicts for the measurement with `freeze`: the direct edge with everything
+    /// frozen, else the total effect.
+    pub fn graph(&self, freeze: Freeze) -> f64 {
+        if freeze == Freeze::DirectEffects {
+            self.direct
+        } else {
+            self.predicted
+        }
+    }
+}
+
 /// Interventions on a graph's features and what they did to one logit target.
 #[derive(Clone, Debug)]
 pub struct InterventionCheck {
@@ -83,30 +101,32 @@ impl InterventionCheck {
     /// the finite measurements (see [`InterventionCheck::non_finite`]); `NaN` when either does not
     /// vary.
     pub fn correlation(&self, freeze: Freeze) -> f64 {
-        let i = Freeze::ALL.iter().position(|f| *f == freeze).unwrap_or(0);
-        let pairs: Vec<(f64, f64)> = self
-            .interventions
-            .iter()
-            .map(|v| (if freeze == Freeze::DirectEffects { v.direct } else { v.predicted }, v.measured[i]))
-            .filter(|(_, m)| m.is_finite())
-            .collect();
+        let i = freeze.index();
+        let pairs: Vec<(f64, f64)> = self.interventions.iter().map(|v| (v.graph(freeze), v.measured[i])).filter(|(_, m)| m.is_finite()).collect();
         pearson(&pairs)
+    }
+
+    /// "frozen attention 0.770", with "(1 overflowed, left out)" when measurements overflowed.
+    pub fn describe(&self, freeze: Freeze) -> String {
+        match self.non_finite(freeze) {
+            0 => format!("{} {:.3}", freeze.name(), self.correlation(freeze)),
+            n => format!("{} {:.3} ({n} overflowed, left out)", freeze.name(), self.correlation(freeze)),
+        }
     }
 
     /// Measurements with `freeze` that overflowed to infinity or NaN. With norm scales frozen, a
     /// deep stack of gated MLPs can amplify a doubled feature layer after layer until it does.
     pub fn non_finite(&self, freeze: Freeze) -> usize {
-        let i = Freeze::ALL.iter().position(|f| *f == freeze).unwrap_or(0);
+        let i = freeze.index();
         self.interventions.iter().filter(|v| !v.measured[i].is_finite()).count()
     }
 
     /// The largest |measured - predicted| with `freeze`, relative to the largest |measured|, over
     /// the finite measurements.
     pub fn worst_relative_error(&self, freeze: Freeze) -> f64 {
-        let i = Freeze::ALL.iter().position(|f| *f == freeze).unwrap_or(0);
-        let graph = |v: &Intervention| if freeze == Freeze::DirectEffects { v.direct } else { v.predicted };
+        let i = freeze.index();
         let finite = || self.interventions.iter().filter(|v| v.measured[i].is_finite());
-        let worst = finite().map(|v| (v.measured[i] - graph(v)).abs()).fold(0.0, f64::max);
+        let worst = finite().map(|v| (v.measured[i] - v.graph(freeze)).abs()).fold(0.0, f64::max);
         let scale = finite().map(|v| v.measured[i].abs()).fold(0.0, f64::max);
         if scale > 0.0 {
             worst / scale

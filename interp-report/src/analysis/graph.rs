@@ -413,13 +413,7 @@ impl GraphAnalysis {
         };
         out.report.subsection("Checked by intervention");
         let strengths: Vec<String> = self.strengths().iter().map(|s| format!("{s}")).collect();
-        let corr: Vec<String> = Freeze::ALL
-            .iter()
-            .map(|&f| match check.non_finite(f) {
-                0 => format!("{} {:.3}", f.name(), check.correlation(f)),
-                n => format!("{} {:.3} (over the finite ones: {n} overflowed)", f.name(), check.correlation(f)),
-            })
-            .collect();
+        let corr: Vec<String> = Freeze::ALL.iter().map(|&f| check.describe(f)).collect();
         out.report.paragraph(&format!(
             "The {} kept features of highest influence, each with its activation multiplied by {} in a forward of the model (the change of its              decoder rows added to the MLP outputs it writes, as circuit-tracer's feature_intervention does), and the change of the logit of {target:?}              (minus the mean logit) beside what the graph predicts: its direct edge with attention patterns, norm scales and MLP outputs frozen, else              its total effect along every path through features. Correlation of prediction and measurement: {}. With attention and norms frozen only the              MLPs respond, so what is left is their nonlinearity (features that saturate or switch, errors that respond); the last two measurements              let the norm scales and then the attention patterns respond as well.",
             check.interventions.len() / strengths.len().max(1),
@@ -438,12 +432,7 @@ impl GraphAnalysis {
                     .iter()
                     .map(|&s| Series {
                         name: format!("x{s}"),
-                        points: check
-                            .interventions
-                            .iter()
-                            .filter(|v| v.strength == s)
-                            .map(|v| (if f == Freeze::DirectEffects { v.direct } else { v.predicted }, v.measured[i]))
-                            .collect(),
+                        points: check.interventions.iter().filter(|v| v.strength == s).map(|v| (v.graph(f), v.measured[i])).collect(),
                     })
                     .collect(),
             })

@@ -195,13 +195,7 @@ pub fn run_graph(args: &GraphArgs, out: &mut Output) -> Result<()> {
         );
     }
     if let Some(check) = &found.interventions {
-        let corr: Vec<String> = Freeze::ALL
-            .iter()
-            .map(|&f| match check.non_finite(f) {
-                0 => format!("{} {:.3}", f.name(), check.correlation(f)),
-                n => format!("{} {:.3} ({n} overflowed)", f.name(), check.correlation(f)),
-            })
-            .collect();
+        let corr: Vec<String> = Freeze::ALL.iter().map(|&f| check.describe(f)).collect();
         println!("{} interventions, the graph's prediction against the change measured: correlation {}", check.interventions.len(), corr.join(", "));
     }
     found.write(out)?;
