@@ -10,6 +10,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::AddedToken;
 
 use crate::error::{Error, Result};
+use crate::rng::splitmix;
 use crate::tokenizer::Tokenizer;
 use crate::train::{Batch, BatchSource};
 
@@ -199,15 +200,6 @@ pub fn train_bpe(docs: &[Document], vocab_size: usize) -> Result<Tokenizer> {
         .into();
     tok.train(&mut trainer, docs.iter().map(|d| d.text.as_str())).map_err(tok_err)?;
     Ok(Tokenizer::new(tok, Some(0)))
-}
-
-/// Deterministic 64-bit mixing (SplitMix64), so a batch depends only on (seed, step); also the
-/// step of [`Rng`](crate::Rng).
-pub fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e3779b97f4a7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
-    x ^ (x >> 31)
 }
 
 /// Token streams (documents joined by BOS) cut into random training windows and fixed eval windows.

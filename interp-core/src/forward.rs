@@ -7,11 +7,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tch::{Kind, Tensor};
 
-use crate::config::{MoeConfig, NormKind, Positional, QkNorm, RopeScaling, Rotary};
+use crate::config::{MoeConfig, NormKind, Positional, QkNorm};
 use crate::error::{Error, Result};
 use crate::hook_point::{BlockSite, HookPoint};
 use crate::hooks::{axes, CacheSpec, HookCtx, HookFn, Hooks};
-use crate::model::{Block, HookedTransformer, Linear, Mlp, Moe, Norm};
+use crate::model::HookedTransformer;
+use crate::params::{Block, Linear, Mlp, Moe, Norm};
 
 pub(crate) enum Input<'a> {
     /// Token ids [batch, pos].
@@ -184,33 +185,6 @@ impl Ctx {
         let found = self.masks.iter().find(|(w, _)| *w == window);
         &found.unwrap_or(&self.masks[0]).1
     }
-}
-
-/// Rotary inverse frequencies [dim / 2] (f32), with the configured scaling.
-pub(crate) fn rotary_inv_freq(r: &Rotary) -> Result<Tensor> {
-    let freqs: Vec<f32> = (0..r.dim / 2)
-        .map(|i| {
-            let f = 1.0 / r.base.powf((2 * i) as f64 / r.dim as f64);
-            let f = match r.scaling {
-                RopeScaling::None => f,
-                RopeScaling::Linear { factor } => f / factor,
-                RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
-                    let wavelen = 2.0 * std::f64::consts::PI / f;
-                    let (low_wavelen, high_wavelen) = (original_max_position / low_freq_factor, original_max_position / high_freq_factor);
-                    if wavelen < high_wavelen {
-                        f
-                    } else if wavelen > low_wavelen {
-                        f / factor
-                    } else {
-                        let smooth = (original_max_position / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
-                        (1.0 - smooth) * f / factor + smooth * f
-                    }
-                }
-            };
-            f as f32
-        })
-        .collect();
-    Ok(Tensor::f_from_slice(&freqs)?)
 }
 
 /// x [batch, pos, ...] at one position per row, `rows` [batch] int64: [batch, 1, ...].

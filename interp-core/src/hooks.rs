@@ -1,11 +1,14 @@
 //! Hooks that read or rewrite activations, the filters that choose what to cache, and ready-made
 //! interventions (zero, mean, patch, add, scale) scoped to heads and positions.
 
+use std::collections::BTreeSet;
+
 use tch::{Device, Kind, Tensor};
 
 use crate::cache::ActivationCache;
 use crate::error::{BoxError, Error, Result};
 use crate::hook_point::{BlockSite, HookName, HookPoint};
+use crate::model::HookedTransformer;
 
 /// What a hook is told about the activation it sees.
 #[derive(Clone, Copy, Debug)]
@@ -74,6 +77,21 @@ impl NamesFilter {
     /// Points whose name `f` accepts.
     pub fn predicate(f: impl Fn(&str) -> bool + 'static) -> Self {
         NamesFilter::Predicate(Box::new(f))
+    }
+
+    /// The points this filter selects on `model`; an error for a name or pattern that selects none.
+    pub(crate) fn resolve(&self, model: &HookedTransformer) -> Result<BTreeSet<HookPoint>> {
+        Ok(match self {
+            NamesFilter::All => model.hook_points(false).into_iter().collect(),
+            NamesFilter::Names(names) => {
+                let mut set = BTreeSet::new();
+                for n in names {
+                    set.extend(model.resolve_pattern(n)?);
+                }
+                set
+            }
+            NamesFilter::Predicate(f) => model.hook_points(true).into_iter().filter(|p| f(&p.to_string())).collect(),
+        })
     }
 }
 

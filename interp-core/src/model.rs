@@ -1,49 +1,16 @@
-//! `HookedTransformer`: the model, its parameters, and the public ways to run it.
+//! `HookedTransformer`: the model, its loading, its weights in TransformerLens's layouts, and its
+//! hook points. Running it is in `runner` (the public ways) and `forward` (the pass itself).
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::cache::ActivationCache;
 use crate::checkpoint::Checkpoint;
-use crate::config::{Activation, Family, ModelConfig, NormKind, Positional, QkNorm};
-use crate::error::{BoxError, Error, Result};
-use crate::forward::{Input, KvCache, Run};
+use crate::config::{Activation, Family, ModelConfig, NormKind, Positional, QkNorm, RopeScaling, Rotary};
+use crate::error::{Error, Result};
 use crate::hook_point::{edit_distance, glob_match, BlockSite, HookPoint};
-use crate::hooks::{CacheSpec, Hooks, NamesFilter};
+use crate::params::{Block, Linear, Mlp, Norm, Params};
 use crate::tokenizer::Tokenizer;
-
-/// `x W^T + b` with W stored [out, in].
-pub(crate) struct Linear {
-    pub(crate) w: Tensor,
-    pub(crate) b: Option<Tensor>,
-}
-
-impl Linear {
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_linear(&self.w, self.b.as_ref())?)
-    }
-}
-
-/// LayerNorm or RMSNorm; gain and bias in f32 (`None` once folded away by `fold_ln`).
-pub(crate) struct Norm {
-    pub(crate) kind: NormKind,
-    pub(crate) w: Option<Tensor>,
-    pub(crate) b: Option<Tensor>,
-    pub(crate) eps: f64,
-}
-
-pub(crate) struct Attention {
-    /// [(n_heads + 2 n_kv_heads) d_head, d_model]: q heads, then k heads, then v heads.
-    pub(crate) qkv: Linear,
-    /// [d_model, n_heads d_head]
-    pub(crate) o: Linear,
-    /// Qwen3's RMSNorm over each head's q (gain [d_head]).
-    pub(crate) q_norm: Option<Norm>,
-    /// Qwen3's RMSNorm over each key head's k (gain [d_head]).
-    pub(crate) k_norm: Option<Norm>,
-}
 
 /// Which norm [`HookedTransformer::norm_weights`] reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,70 +21,6 @@ pub enum NormSite {
     Ln2(usize),
     /// `ln_final`, before the unembedding.
     LnFinal,
-}
-
-/// An MLP sublayer: its norm(s) and weights.
-pub(crate) struct Mlp {
-    /// `blocks.L.ln2`, before the MLP.
-    pub(crate) ln2: Norm,
-    /// [d_mlp, d_model]; a mixture of experts: [n_experts d_expert, d_model], the experts' up
-    /// projections stacked (expert e's units are rows e d_expert .. (e + 1) d_expert).
-    pub(crate) w_in: Linear,
-    /// [d_mlp, d_model], gated MLPs only (stacked like `w_in` in a mixture of experts).
-    pub(crate) w_gate: Option<Linear>,
-    /// The LayerNorm over the hidden units after SoLU (`solu_ln` models: TransformerLens's `mlp.ln`).
-    pub(crate) ln: Option<Norm>,
-    /// [d_model, d_mlp] ([d_model, n_experts d_expert] in a mixture of experts).
-    pub(crate) w_out: Linear,
-    /// Gemma-2's norm on the MLP output; in post-norm blocks, the norm of the scaled residual
-    /// plus the MLP output.
-    pub(crate) ln2_post: Option<Norm>,
-    /// The router (and shared expert) of a mixture-of-experts layer, whose experts are `w_in`,
-    /// `w_gate` and `w_out`.
-    pub(crate) moe: Option<Moe>,
-}
-
-/// A mixture-of-experts layer's router and shared expert (sizes in [`crate::config::MoeConfig`]).
-pub(crate) struct Moe {
-    /// [n_experts, d_model]
-    pub(crate) router: Linear,
-    /// Qwen2-MoE's shared expert.
-    pub(crate) shared: Option<SharedExpert>,
-}
-
-/// An expert that every token uses, its output scaled by `sigmoid(x W_shared_gate)` (Qwen2-MoE).
-pub(crate) struct SharedExpert {
-    /// [d_shared_expert, d_model]
-    pub(crate) w_in: Linear,
-    /// [d_shared_expert, d_model]
-    pub(crate) w_gate: Linear,
-    /// [d_model, d_shared_expert]
-    pub(crate) w_out: Linear,
-    /// [1, d_model]
-    pub(crate) gate: Linear,
-}
-
-pub(crate) struct Block {
-    pub(crate) ln1: Norm,
-    pub(crate) attn: Attention,
-    /// Gemma-2's norm on the attention output; in post-norm blocks, the norm of the scaled
-    /// residual plus the attention output.
-    pub(crate) ln1_post: Option<Norm>,
-    /// `None` in attention-only models.
-    pub(crate) mlp: Option<Mlp>,
-}
-
-pub(crate) struct Params {
-    /// [d_vocab, d_model]
-    pub(crate) w_e: Tensor,
-    /// [n_ctx, d_model]
-    pub(crate) w_pos: Option<Tensor>,
-    pub(crate) blocks: Vec<Block>,
-    pub(crate) ln_final: Norm,
-    /// [d_vocab_out, d_model] (HF layout; `w_u()` gives TransformerLens' [d_model, d_vocab_out]).
-    pub(crate) w_u: Tensor,
-    /// [d_vocab_out]
-    pub(crate) b_u: Option<Tensor>,
 }
 
 /// A transformer language model with TransformerLens hook points.
@@ -196,10 +99,10 @@ impl HookedTransformer {
 
     pub(crate) fn from_params(cfg: ModelConfig, params: Params, tokenizer: Option<Tokenizer>, kind: Kind, device: Device) -> Result<Self> {
         let inv_freq = match &cfg.positional {
-            Positional::Rotary(r) => Some(crate::forward::rotary_inv_freq(r)?.f_to_device(device)?),
+            Positional::Rotary(r) => Some(rotary_inv_freq(r)?.f_to_device(device)?),
             Positional::Learned | Positional::Shortformer => None,
         };
-        let inv_freq_local = cfg.local_rotary.as_ref().map(|r| crate::forward::rotary_inv_freq(r)?.f_to_device(device).map_err(Error::from)).transpose()?;
+        let inv_freq_local = cfg.local_rotary.as_ref().map(|r| rotary_inv_freq(r)?.f_to_device(device).map_err(Error::from)).transpose()?;
         Ok(HookedTransformer { cfg, params, tokenizer, kind, device, inv_freq, inv_freq_local })
     }
 
@@ -438,52 +341,6 @@ impl HookedTransformer {
         Ok(found)
     }
 
-    pub(crate) fn resolve_filter(&self, filter: &NamesFilter) -> Result<BTreeSet<HookPoint>> {
-        Ok(match filter {
-            NamesFilter::All => self.hook_points(false).into_iter().collect(),
-            NamesFilter::Names(names) => {
-                let mut set = BTreeSet::new();
-                for n in names {
-                    set.extend(self.resolve_pattern(n)?);
-                }
-                set
-            }
-            NamesFilter::Predicate(f) => self.hook_points(true).into_iter().filter(|p| f(&p.to_string())).collect(),
-        })
-    }
-
-    // ---- running ----
-
-    /// Starts a configurable run: hooks, cache, attention mask, start/stop layer, gradients.
-    pub fn runner<'m, 'h>(&'m self, tokens: &'m Tensor) -> Runner<'m, 'h> {
-        Runner::new(self, Input::Tokens(tokens))
-    }
-
-    /// Starts a run from the residual stream `resid` [batch, pos, d_model] entering `layer`.
-    pub fn runner_from_layer<'m, 'h>(&'m self, resid: &'m Tensor, layer: usize) -> Runner<'m, 'h> {
-        Runner::new(self, Input::Residual { resid, layer })
-    }
-
-    /// Logits [batch, pos, d_vocab] for tokens [batch, pos] (int64).
-    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
-        Ok(self.runner(tokens).run()?.output)
-    }
-
-    /// Logits and the activations selected by `spec`.
-    pub fn run_with_cache(&self, tokens: &Tensor, spec: CacheSpec) -> Result<(Tensor, ActivationCache)> {
-        let out = self.runner(tokens).cache(spec).run()?;
-        Ok((out.output, out.cache.unwrap_or_else(|| self.new_cache(Default::default()))))
-    }
-
-    /// Logits with `hooks` reading or rewriting activations.
-    pub fn run_with_hooks(&self, tokens: &Tensor, hooks: Hooks<'_>) -> Result<Tensor> {
-        Ok(self.runner(tokens).hooks(hooks).run()?.output)
-    }
-
-    pub(crate) fn new_cache(&self, map: std::collections::BTreeMap<HookPoint, Tensor>) -> ActivationCache {
-        ActivationCache { map, n_layers: self.cfg.n_layers, norm: self.cfg.norm, attn_only: self.cfg.attn_only }
-    }
-
     /// The MLP nonlinearity, applied in the model dtype.
     pub(crate) fn act(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self.cfg.act {
@@ -512,146 +369,29 @@ impl HookedTransformer {
     }
 }
 
-/// What a run returns.
-pub struct RunOutput {
-    /// Logits [batch, pos, d_vocab], or with `stop_at_layer(l)` the residual stream entering layer `l`.
-    pub output: Tensor,
-    /// The activations the run was asked to store.
-    pub cache: Option<ActivationCache>,
-    /// Gradients of the metric with respect to the activations named in `gradients`.
-    pub grads: Option<ActivationCache>,
-    /// The metric's value, when gradients were asked for.
-    pub metric: Option<Tensor>,
-}
-
-type Metric<'h> = Box<dyn FnOnce(&Tensor) -> Result<Tensor, BoxError> + 'h>;
-
-/// A configurable forward pass; see [`HookedTransformer::runner`].
-pub struct Runner<'m, 'h> {
-    model: &'m HookedTransformer,
-    input: Input<'m>,
-    hooks: Hooks<'h>,
-    cache: Option<CacheSpec>,
-    attention_mask: Option<&'m Tensor>,
-    stop_at_layer: Option<usize>,
-    grads: Option<(NamesFilter, Metric<'h>)>,
-    autograd: bool,
-    last_block_at: Option<&'m Tensor>,
-    kv: Option<&'m mut KvCache>,
-}
-
-impl<'m, 'h> Runner<'m, 'h> {
-    fn new(model: &'m HookedTransformer, input: Input<'m>) -> Self {
-        Runner {
-            model,
-            input,
-            hooks: Hooks::new(),
-            cache: None,
-            attention_mask: None,
-            stop_at_layer: None,
-            grads: None,
-            autograd: false,
-            last_block_at: None,
-            kv: None,
-        }
-    }
-
-    /// Continue after the positions `kv` holds: the input's positions come after them, its
-    /// attention reads their keys and values too, and `kv` gets the input's appended (incremental
-    /// decoding; with [`HookedTransformer::runner_from_layer`], the blocks from that layer read
-    /// `kv`'s layers). Hooks see only the new positions (`HookCtx::pos_offset` says where they
-    /// start).
-    pub fn kv_cache(mut self, kv: &'m mut KvCache) -> Self {
-        self.kv = Some(kv);
-        self
-    }
-
-    /// Run with these hooks (added to any given before).
-    pub fn hooks(mut self, hooks: Hooks<'h>) -> Self {
-        self.hooks.entries.extend(hooks.entries);
-        self
-    }
-
-    /// Store the activations `spec` chooses.
-    pub fn cache(mut self, spec: CacheSpec) -> Self {
-        self.cache = Some(spec);
-        self
-    }
-
-    /// Attention mask [batch, pos] (1 = real token, 0 = padding; left or right padding). Each row
-    /// then computes exactly what its unpadded tokens would: positions count real tokens only.
-    pub fn attention_mask(mut self, mask: &'m Tensor) -> Self {
-        self.attention_mask = Some(mask);
-        self
-    }
-
-    /// The last block computes its attention queries, MLP and residual only at `positions`
-    /// [batch] int64, one per row (keys and values at every position), for a metric that reads
-    /// one position per prompt: the output has one position per row ([batch, 1, ...]), equal to
-    /// that row and position of a full run. In the last block, the hooks up to the rotary
-    /// embeddings (`hook_rot_q`, `hook_rot_k`) see every position, and those from
-    /// `hook_attn_scores` on see the one position. No effect on a run that stops before the last
-    /// block.
-    pub fn last_block_at(mut self, positions: &'m Tensor) -> Self {
-        self.last_block_at = Some(positions);
-        self
-    }
-
-    /// Stop before block `layer` and return the residual stream entering it [batch, pos, d_model].
-    pub fn stop_at_layer(mut self, layer: usize) -> Self {
-        self.stop_at_layer = Some(layer);
-        self
-    }
-
-    /// Also compute d metric / d activation for the points `names` selects; `metric` maps the
-    /// output (logits) to a scalar.
-    pub fn gradients(mut self, names: NamesFilter, metric: impl FnOnce(&Tensor) -> Result<Tensor, BoxError> + 'h) -> Self {
-        self.grads = Some((names, Box::new(metric)));
-        self
-    }
-
-    /// Record the autograd graph of the forward (runs without [`Runner::gradients`] are under
-    /// `no_grad` otherwise), for callers that differentiate through tensors their hooks supply.
-    pub fn autograd(mut self) -> Self {
-        self.autograd = true;
-        self
-    }
-
-    /// Runs the forward (and the backward, with `gradients`).
-    pub fn run(self) -> Result<RunOutput> {
-        let model = self.model;
-        let cache_points = self.cache.as_ref().map(|s| model.resolve_filter(&s.filter)).transpose()?;
-        let grad_points = self.grads.as_ref().map(|(f, _)| model.resolve_filter(f)).transpose()?;
-        let mut run = Run::new(model, self.hooks, self.cache, cache_points, grad_points)?;
-        run.last_block_at = self.last_block_at.map(|t| t.shallow_clone());
-        let output = match self.grads {
-            None => {
-                let _guard = (!self.autograd).then(tch::no_grad_guard);
-                model.run_forward(&mut run, &self.input, self.attention_mask, self.stop_at_layer, self.kv)?
-            }
-            Some((_, metric)) => {
-                let output = model.run_forward(&mut run, &self.input, self.attention_mask, self.stop_at_layer, self.kv)?;
-                let value = metric(&output).map_err(|e| Error::from_closure(e, Error::Metric))?;
-                if value.numel() != 1 {
-                    return Err(Error::Shape { what: "the metric".into(), expected: "a scalar".into(), found: value.size() });
+/// Rotary inverse frequencies [dim / 2] (f32), with the configured scaling.
+fn rotary_inv_freq(r: &Rotary) -> Result<Tensor> {
+    let freqs: Vec<f32> = (0..r.dim / 2)
+        .map(|i| {
+            let f = 1.0 / r.base.powf((2 * i) as f64 / r.dim as f64);
+            let f = match r.scaling {
+                RopeScaling::None => f,
+                RopeScaling::Linear { factor } => f / factor,
+                RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    let (low_wavelen, high_wavelen) = (original_max_position / low_freq_factor, original_max_position / high_freq_factor);
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (original_max_position / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
                 }
-                let (points, acts): (Vec<HookPoint>, Vec<Tensor>) = std::mem::take(&mut run.grad_inputs).into_iter().unzip();
-                // A metric that depends on none of the points has no autograd graph (libtorch would
-                // crash walking it), and a point the metric does not reach gets an undefined
-                // gradient: either way the gradient is zero.
-                let grads = match value.requires_grad() {
-                    true => Tensor::f_run_backward(&[&value], &acts, false, false)?,
-                    false => acts.iter().map(|_| Tensor::new()).collect(),
-                };
-                let grads = grads.into_iter().zip(&acts).map(|(g, a)| if g.defined() { Ok(g) } else { a.f_zeros_like() }).collect::<Result<Vec<_>, _>>()?;
-                return Ok(RunOutput {
-                    output: output.f_detach()?,
-                    cache: run.take_cached().map(|m| model.new_cache(m)),
-                    grads: Some(model.new_cache(points.into_iter().zip(grads).collect())),
-                    metric: Some(value.f_detach()?),
-                });
-            }
-        };
-        Ok(RunOutput { output, cache: run.take_cached().map(|m| model.new_cache(m)), grads: None, metric: None })
-    }
+            };
+            f as f32
+        })
+        .collect();
+    Ok(Tensor::f_from_slice(&freqs)?)
 }

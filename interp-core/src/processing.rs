@@ -5,7 +5,8 @@ use tch::{Kind, Tensor};
 
 use crate::config::{NormKind, Positional};
 use crate::error::{Error, Result};
-use crate::model::{HookedTransformer, Linear, Norm};
+use crate::model::HookedTransformer;
+use crate::params::{Linear, Norm};
 
 /// Which processing steps `HookedTransformer::process_weights` applies.
 #[derive(Clone, Copy, Debug, Default)]

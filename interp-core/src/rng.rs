@@ -6,6 +6,15 @@ use tch::Tensor;
 
 use crate::error::Result;
 
+/// Deterministic 64-bit mixing (SplitMix64): a hash of `x`, so that a draw can depend only on
+/// (seed, step) as the training batches do; also the step of [`Rng`].
+pub fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e3779b97f4a7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
+    x ^ (x >> 31)
+}
+
 /// Deterministic 64-bit random numbers (SplitMix64).
 pub struct Rng(u64);
 
@@ -17,7 +26,7 @@ impl Rng {
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        let out = crate::data::splitmix(self.0);
+        let out = splitmix(self.0);
         self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
         out
     }

@@ -62,7 +62,7 @@ pub fn random_latents(log10_density: &Tensor, n: usize, seed: u64) -> Result<Vec
     let mut alive: Vec<i64> = d.iter().enumerate().filter(|(_, &v)| v > -9.0).map(|(i, _)| i as i64).collect();
     let mut state = seed;
     for i in 0..n.min(alive.len()) {
-        state = interp_core::data::splitmix(state);
+        state = interp_core::splitmix(state);
         let j = i + (state % (alive.len() - i) as u64) as usize;
         alive.swap(i, j);
     }

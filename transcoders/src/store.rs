@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use interp_core::data::splitmix as mix;
+use interp_core::splitmix as mix;
 use interp_core::train::{fingerprint_bytes, fingerprint_of};
 use interp_core::{CacheSpec, HookedTransformer};
 use serde::{Deserialize, Serialize};

@@ -21,7 +21,7 @@ use tch::{Device, Kind, Tensor};
 use crate::checkpoint::{Checkpoint, TensorSource};
 use crate::config::{Family, ModelConfig, MoeConfig, NormKind, QkNorm, RopeScaling, MAX_DIM};
 use crate::error::{Error, Result};
-use crate::model::{Attention, Block, Linear, Mlp, Moe, Norm, Params, SharedExpert};
+use crate::params::{Attention, Block, Linear, Mlp, Moe, Norm, Params, SharedExpert};
 
 /// The HF `model_type`s this runtime loads.
 /// (`interp_post_norm` is this toolkit's own: post-norm blocks, which HF has no family for and

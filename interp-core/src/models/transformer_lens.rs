@@ -16,7 +16,7 @@ use super::{Dim, Layers};
 use crate::checkpoint::TensorSource;
 use crate::config::{Activation, Family, ModelConfig, NormKind, Positional, RopeScaling, Rotary};
 use crate::error::{Error, Result};
-use crate::model::{Attention, Block, Linear, Mlp, Norm, Params};
+use crate::params::{Attention, Block, Linear, Mlp, Norm, Params};
 
 /// A JSON object is a TransformerLens config when it has these keys (and no `model_type`).
 pub(crate) fn is_config(map: &Map<String, Value>) -> bool {
