@@ -213,3 +213,74 @@ impl ModelSpec {
         ModelConfig::from_hf_json(&self.to_hf_json()?)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Another value of the same kind, one the reader must notice if it reads the key.
+    fn perturbed(v: &Value) -> Value {
+        match v {
+            Value::Bool(b) => (!b).into(),
+            Value::Number(n) => n.as_i64().map_or_else(|| (n.as_f64().unwrap_or(0.0) * 2.0 + 1.0).into(), |i| (i + 1).into()),
+            Value::String(s) => if s == "relu" { "silu" } else { "relu" }.into(),
+            Value::Null => 3.into(),
+            Value::Array(a) => a.iter().map(perturbed).collect(),
+            Value::Object(_) => Value::Null,
+        }
+    }
+
+    #[test]
+    fn every_key_a_spec_writes_is_read() {
+        // The keys are spelled here and in the family structs of models/: a key misspelt here would
+        // leave the reader at its default without a word. So each key, changed, must change the
+        // config read back (or make it invalid). HF-only keys are listed.
+        let hf_only = ["model_type", "architectures", "eos_token_id"];
+        let base = ModelSpec {
+            style: BlockStyle::Gpt2,
+            n_layers: 2,
+            d_model: 16,
+            n_heads: 2,
+            d_mlp: 32,
+            d_vocab: 50,
+            n_ctx: 24,
+            mlp: Some(MlpKind::Gelu),
+            tie_embeddings: false,
+            bos_token_id: Some(0),
+            experts: None,
+            norm: NormPlacement::Pre,
+        };
+        let llama = ModelSpec { style: BlockStyle::Llama, mlp: Some(MlpKind::SwiGlu), ..base.clone() };
+        let specs = [
+            base.clone(),
+            ModelSpec { mlp: Some(MlpKind::GeGlu), ..base.clone() },
+            ModelSpec { mlp: None, ..base.clone() },
+            llama.clone(),
+            ModelSpec { mlp: None, ..llama.clone() },
+            ModelSpec { experts: Some(Experts { n_experts: 4, top_k: 2 }), ..llama.clone() },
+            ModelSpec { norm: NormPlacement::Peri, ..llama.clone() },
+            ModelSpec { norm: NormPlacement::Post, ..llama.clone() },
+        ];
+        let read = |json: &Value| ModelConfig::from_hf_json(json).map(|c| ModelConfig { hf_json: Value::Null, ..c });
+        for spec in specs {
+            let json = spec.to_hf_json().unwrap();
+            let cfg = read(&json).unwrap();
+            // Peri-norm blocks are saved as gemma2, which reads `hidden_activation`, and whose
+            // `sliding_window` only transformers versions before `layer_types` read.
+            let written_for_hf = if spec.norm == NormPlacement::Peri { &["hidden_act", "sliding_window"][..] } else { &[] };
+            let unread: Vec<&String> = json
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(key, value)| {
+                    let mut changed = json.clone();
+                    changed[key.as_str()] = perturbed(value);
+                    !hf_only.contains(&key.as_str()) && !written_for_hf.contains(&key.as_str()) && read(&changed).is_ok_and(|c| c == cfg)
+                })
+                .map(|(key, _)| key)
+                .collect();
+            assert!(unread.is_empty(), "{:?} {:?} {:?}: keys that change nothing: {unread:?}", spec.style, spec.mlp, spec.norm);
+        }
+    }
+}

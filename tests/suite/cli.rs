@@ -298,9 +298,19 @@ fn sae_runs_record_their_cache_curve_and_options() {
     let out = common::Scratch::new("cli-sae-options");
     let _ = std::fs::remove_dir_all(&out);
     let (o, cache) = (out.join("sae"), out.join("acts"));
+    // A small corpus (16 documents, the first 8 kB of each play: about 30k tokens), so that each of
+    // the seven runs below tokenizes 30k tokens to fingerprint the cache, not Shakespeare's 1.4M.
+    let (train_docs, _) = interp::interp_core::data::corpus("shakespeare").unwrap();
+    let corpus = out.join("corpus.jsonl");
+    std::fs::create_dir_all(&*out).unwrap();
+    let lines: Vec<String> =
+        train_docs.iter().take(16).map(|d| serde_json::json!({ "text": d.text.chars().take(8000).collect::<String>() }).to_string()).collect();
+    std::fs::write(&corpus, lines.join("\n")).unwrap();
+    let corpus = corpus.to_str().unwrap();
     let train = |extra: &[&str], to: &std::path::Path| {
-        let args = ["sae", "train", model, "--hook", "blocks.1.hook_resid_pre", "--k", "8", "--d-sae", "256", "--batch-tokens", "512", "--eval-contexts", "4"];
-        interp(&[&args[..], &["--out", to.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap()], extra].concat())
+        let args = ["sae", "train", model, "--data", corpus, "--hook", "blocks.1.hook_resid_pre", "--k", "8", "--d-sae", "256", "--batch-tokens", "512"];
+        let args = [&args[..], &["--eval-contexts", "4", "--out", to.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap()]].concat();
+        interp(&[&args[..], extra].concat())
     };
     let (ok, _, err) = train(&["--context", "32", "--steps", "8", "--cache-dtype", "f16", "--keep-checkpoints", "1", "--checkpoint-every", "4"], &o);
     assert!(ok, "{err}");
@@ -311,7 +321,7 @@ fn sae_runs_record_their_cache_curve_and_options() {
     assert!(!o.join("checkpoints/step_4").exists());
     assert_eq!(std::fs::read_to_string(o.join("train_log.jsonl")).unwrap().lines().count(), 1);
     let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cache.join("manifest.json")).unwrap()).unwrap();
-    assert_eq!((manifest["dtype"].as_str(), manifest["context_size"].as_i64(), manifest["corpus"].as_str()), (Some("float16"), Some(32), Some("shakespeare")));
+    assert_eq!((manifest["dtype"].as_str(), manifest["context_size"].as_i64(), manifest["corpus"].as_str()), (Some("float16"), Some(32), Some(corpus)));
     // The same cache with other settings: the differences, one line each, and nothing trained.
     let other = out.join("other");
     let (ok, _, err) = train(&["--context", "64", "--seed", "5", "--steps", "8"], &other);
@@ -515,7 +525,7 @@ fn parquet_columns(path: &std::path::Path) -> (Vec<String>, usize) {
 }
 
 #[test]
-fn report_is_one_self_contained_page_with_every_part() {
+fn report_runs_every_analysis_on_every_built_in_model_into_one_self_contained_page() {
     let out = common::Scratch::new("cli-report");
     let (ok, stdout, err) = interp(&["report", "--n", "8", "--out", out.to_str().unwrap()]);
     assert!(ok, "{err}");

@@ -51,24 +51,38 @@ fn train_planted(architecture: Architecture, cfg: &SaeTrainConfig) -> f64 {
     recovery(&truth, dict.w_dec())
 }
 
+/// Trains `architecture` on the planted features and asserts that it recovers them (mean best
+/// cosine at least 0.95). One test per architecture, so that they run side by side.
+fn recovers_planted_features(architecture: Architecture, cfg: SaeTrainConfig) {
+    let score = train_planted(architecture, &cfg);
+    eprintln!("{architecture:?}: mean best cosine {score:.4}");
+    assert!(score >= 0.95, "{architecture:?}: mean best cosine {score:.4}, below 0.95");
+}
+
 #[test]
-fn every_architecture_recovers_planted_features() {
-    let cases: [(Architecture, SaeTrainConfig); 5] = [
-        (Architecture::ReluL1, SaeTrainConfig { l1_coefficient: 0.3, ..quiet(1500) }),
-        (Architecture::TopK { k: 4 }, quiet(1500)),
-        (Architecture::BatchTopK { k: 4 }, quiet(1500)),
-        (Architecture::JumpRelu, SaeTrainConfig { l0_coefficient: 0.5, ..quiet(1500) }),
-        (Architecture::Gated, SaeTrainConfig { l1_coefficient: 3.0, ..quiet(1500) }),
-    ];
-    let mut failures = Vec::new();
-    for (arch, cfg) in cases {
-        let score = train_planted(arch, &cfg);
-        eprintln!("{arch:?}: mean best cosine {score:.4}");
-        if score < 0.95 {
-            failures.push(format!("{arch:?} {score:.4}"));
-        }
-    }
-    assert!(failures.is_empty(), "below 0.95: {failures:?}");
+fn relu_l1_recovers_planted_features() {
+    // The slowest to converge: 0.961 after 600 steps, 0.968 after 1,500.
+    recovers_planted_features(Architecture::ReluL1, SaeTrainConfig { l1_coefficient: 0.3, ..quiet(1500) });
+}
+
+#[test]
+fn topk_recovers_planted_features() {
+    recovers_planted_features(Architecture::TopK { k: 4 }, quiet(600));
+}
+
+#[test]
+fn batch_topk_recovers_planted_features() {
+    recovers_planted_features(Architecture::BatchTopK { k: 4 }, quiet(600));
+}
+
+#[test]
+fn jumprelu_recovers_planted_features() {
+    recovers_planted_features(Architecture::JumpRelu, SaeTrainConfig { l0_coefficient: 0.5, ..quiet(600) });
+}
+
+#[test]
+fn gated_recovers_planted_features() {
+    recovers_planted_features(Architecture::Gated, SaeTrainConfig { l1_coefficient: 3.0, ..quiet(600) });
 }
 
 #[test]
@@ -139,7 +153,7 @@ fn transcoders_recover_planted_input_output_pairs() {
         let mut source = InMemoryActivations::new(vec![("in".into(), c.matmul(&u)), ("out".into(), c.matmul(&v))], 1024).unwrap();
         let cfg = DictionaryConfig::transcoder(Architecture::TopK { k: 4 }, skip, "in", "out", D, 24, 2 * N_FEATURES);
         let mut dict = SparseDictionary::init(cfg, 0, Device::Cpu).unwrap();
-        let report = train_dictionaries(std::slice::from_mut(&mut dict), &mut source, &quiet(1500)).unwrap();
+        let report = train_dictionaries(std::slice::from_mut(&mut dict), &mut source, &quiet(600)).unwrap();
         let score = recovery(&v, dict.w_dec());
         fvu.push(report[0].log.last().unwrap().fvu);
         eprintln!("transcoder (skip {skip}): mean best cosine {score:.4}, FVU {:.4}", fvu.last().unwrap());
