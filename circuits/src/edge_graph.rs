@@ -151,7 +151,7 @@ impl std::str::FromStr for Ablation {
             "resample" => Ok(Ablation::Resample),
             "zero" => Ok(Ablation::Zero),
             "mean" => Ok(Ablation::Mean),
-            _ => Err(Error::Input(format!("unknown ablation `{s}`; use resample, zero or mean"))),
+            _ => Err(Error::setting("ablation", s, "resample, zero or mean")),
         }
     }
 }

@@ -117,7 +117,7 @@ impl std::str::FromStr for PatchSite {
     fn from_str(s: &str) -> Result<Self> {
         PatchSite::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
             let names: Vec<&str> = PatchSite::ALL.iter().map(|p| p.name()).collect();
-            Error::Input(format!("unknown patching site `{s}`; use one of {}", names.join(", ")))
+            Error::setting("patching site", s, format!("one of {}", names.join(", ")))
         })
     }
 }

@@ -160,6 +160,11 @@ fn edge_graph_bad_input() {
     let err = acdc(&model, &graph, &acts, &metric, &AcdcConfig { tau: -0.1, ..AcdcConfig::default() }).err().unwrap();
     assert!(err.to_string().contains("tau"), "{err}");
     assert!(graph.find_edge("L9H0 -> logits").is_err());
+    // Settings by name: an ablation, a patching site.
+    let err = "zebra".parse::<Ablation>().err().unwrap();
+    assert!(matches!(&err, Error::Setting { name, value, .. } if name == "ablation" && value == "zebra"), "{err}");
+    let err = "heads".parse::<circuits::PatchSite>().err().unwrap();
+    assert!(matches!(&err, Error::Setting { name, expected, .. } if name == "patching site" && expected.contains("z_by_pos")), "{err}");
 }
 
 fn task_model() -> HookedTransformer {

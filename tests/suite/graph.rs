@@ -317,7 +317,7 @@ fn graph_bad_input() {
         .collect::<Vec<_>>()
         .into();
     assert!(err(attribution_graph(&task, &wide, &[0, 1], &cfg)).contains("d_model 128"));
-    assert!(graph_prune_err(&model, &tcs, &tokens).contains("fractions"));
+    assert!(graph_prune_err(&model, &tcs, &tokens).contains("invalid setting pruning threshold = 1.5: a fraction in [0, 1]"));
     assert!(load_transcoder_set("models/tasks-bilinear", Device::Cpu).err().unwrap().to_string().contains("neither a circuit-tracer set"));
 }
 

@@ -142,7 +142,7 @@ impl AttributionGraph {
     pub fn prune(&self, node_threshold: f64, edge_threshold: f64) -> Result<Pruned> {
         for t in [node_threshold, edge_threshold] {
             if !(0.0..=1.0).contains(&t) {
-                return Err(Error::Input(format!("pruning thresholds are fractions in [0, 1]; got {t}")));
+                return Err(Error::setting("pruning threshold", t, "a fraction in [0, 1]"));
             }
         }
         let n = self.nodes.len();
