@@ -127,7 +127,7 @@ fn matryoshka_prefixes_learn_the_frequent_features_first() {
             false => DictionaryConfig::matryoshka(4, &widths, "x", D),
         };
         let mut dict = SparseDictionary::init(cfg, 0, Device::Cpu).unwrap();
-        train_dictionaries(std::slice::from_mut(&mut dict), &mut source, &quiet(800)).unwrap();
+        train_dictionaries(std::slice::from_mut(&mut dict), &mut source, &quiet(600)).unwrap();
         let (all, prefix) = (recovery(&truth, dict.w_dec()), recovery(&truth.narrow(0, 0, 8), &dict.w_dec().narrow(0, 0, 8)));
         eprintln!("widths {widths:?}: all features {all:.4}, frequent features by the first 8 latents {prefix:.4}");
         assert!(all >= 0.93, "{widths:?}: {all}");
