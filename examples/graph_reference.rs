@@ -61,7 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let tensors = [
             ("scores", Tensor::from_slice(&[replacement, completeness])),
             ("node_mask", Tensor::from_slice(&pruned.node_mask)),
-            ("edge_mask", pruned.edge_mask.shallow_clone()),
+            ("edge_mask", pruned.edge_mask()?),
             ("adjacency", graph.adjacency.shallow_clone()),
             ("values", graph.values.shallow_clone()),
             ("tokens", Tensor::from_slice(&tokens)),

@@ -210,17 +210,19 @@ fn pruning_and_circuit_tracer_json() {
     let n_tokens = graph.tokens.len();
     assert!(pruned.node_mask[n - graph.n_logits() - n_tokens..].iter().all(|k| *k), "tokens and logits stay");
     assert!(pruned.n_nodes() < n, "pruning removes nodes ({} of {n})", pruned.n_nodes());
-    let total = pruned.n_edges().unwrap();
+    let total = pruned.n_edges();
     let nonzero = graph.adjacency.ne(0.0).sum(Kind::Int64).int64_value(&[]);
     assert!(total > 0 && total < nonzero, "{total} of {nonzero} edges kept");
     // A kept edge joins two kept nodes.
     let keep = Tensor::from_slice(&pruned.node_mask);
-    let outside = pruned.edge_mask.logical_and(&keep.unsqueeze(1).logical_and(&keep.unsqueeze(0)).logical_not());
+    let outside = pruned.edge_mask().unwrap().logical_and(&keep.unsqueeze(1).logical_and(&keep.unsqueeze(0)).logical_not());
     assert_eq!(outside.sum(Kind::Int64).int64_value(&[]), 0);
     // Looser thresholds keep a superset.
     let loose = graph.prune(1.0, 1.0).unwrap();
-    assert!(loose.n_edges().unwrap() > total);
-    assert_eq!(pruned.edge_mask.logical_and(&loose.edge_mask.logical_not()).sum(Kind::Int64).int64_value(&[]), 0);
+    assert!(loose.n_edges() > total);
+    // The kept edges are (target, source) pairs in row-major order.
+    assert!(pruned.edges.equal(&pruned.edge_mask().unwrap().nonzero()));
+    assert_eq!(pruned.edge_mask().unwrap().logical_and(&loose.edge_mask().unwrap().logical_not()).sum(Kind::Int64).int64_value(&[]), 0);
     // The influence on the logits of a logit's own strongest input is positive.
     let last = n as i64 - graph.n_logits() as i64;
     let strongest = graph.adjacency.get(last).abs().argmax(0, false).int64_value(&[]);
@@ -620,7 +622,7 @@ fn pruning_by_blocks_equals_the_dense_algorithm() {
         }
     }
     assert_eq!(Vec::<bool>::try_from(&keep).unwrap(), pruned.node_mask, "kept nodes");
-    assert!(edges.equal(&pruned.edge_mask), "kept edges: {} dense, {} by blocks", edges.sum(Kind::Int64).int64_value(&[]), pruned.n_edges().unwrap());
+    assert!(edges.equal(&pruned.edge_mask().unwrap()), "kept edges: {} dense, {} by blocks", edges.sum(Kind::Int64).int64_value(&[]), pruned.n_edges());
 }
 
 /// A graph too large to read whole is drawn as its most influential nodes (every token and logit

@@ -16,9 +16,9 @@ pub fn cantor(layer: usize, feature: i64) -> i64 {
 impl AttributionGraph {
     /// The edges `pruned` keeps: (target, source) index pairs, flattened, and their weights.
     pub fn kept_edges(&self, pruned: &Pruned) -> Result<(Vec<i64>, Vec<f64>)> {
-        let mask = pruned.edge_mask.f_nonzero()?;
-        let pairs = Vec::<i64>::try_from(&mask.f_flatten(0, -1)?)?;
-        let weights = Vec::<f64>::try_from(&self.adjacency.f_index(&[Some(mask.f_select(1, 0)?), Some(mask.f_select(1, 1)?)])?.f_to_kind(Kind::Double)?)?;
+        let edges = &pruned.edges;
+        let pairs = Vec::<i64>::try_from(&edges.f_flatten(0, -1)?)?;
+        let weights = Vec::<f64>::try_from(&self.adjacency.f_index(&[Some(edges.f_select(1, 0)?), Some(edges.f_select(1, 1)?)])?.f_to_kind(Kind::Double)?)?;
         Ok((pairs, weights))
     }
 

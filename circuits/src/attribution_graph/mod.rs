@@ -397,7 +397,7 @@ impl AttributionGraph {
     /// Largest |sum of incoming edges + bias - value| over all targets (0 up to rounding when the
     /// linearisation is exact).
     pub fn completeness_error(&self) -> Result<f64> {
-        let sums = self.adjacency.f_sum_dim_intlist(1, false, Kind::Double)?;
+        let sums = prune::row_sums(&self.adjacency, false)?;
         Ok(sums.f_add(&self.biases)?.f_sub(&self.values)?.f_abs()?.f_max()?.f_double_value(&[])?)
     }
 }

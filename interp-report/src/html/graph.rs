@@ -206,7 +206,7 @@ pub fn graph_view(
         thr = pruned.node_threshold,
         nodes = pruned.n_nodes(),
         all = graph.nodes.len(),
-        edges = pruned.n_edges()?,
+        edges = pruned.n_edges(),
         drawn = match (kept.len() < n_kept, drawn.len() < weights.len()) {
             (false, false) => String::new(),
             (false, true) => format!(" (the {} strongest edges are drawn; all are in the graph's JSON)", drawn.len()),

@@ -180,7 +180,7 @@ pub fn run_graph(args: &GraphArgs, out: &mut Output) -> Result<()> {
     println!("logit targets: {}", found.logit_targets().join(", "));
     let (replacement, completeness) = g.replacement_and_completeness()?;
     println!("replacement score {replacement:.3}, completeness score {completeness:.3} (circuit-tracer's compute_graph_scores)");
-    println!("pruned to {} nodes and {} edges (thresholds {} / {})", p.n_nodes(), p.n_edges()?, p.node_threshold, p.edge_threshold);
+    println!("pruned to {} nodes and {} edges (thresholds {} / {})", p.n_nodes(), p.n_edges(), p.node_threshold, p.edge_threshold);
     for (qk, weight) in &found.qk {
         let top: Vec<String> =
             qk.top_pairs(3)?.into_iter().map(|(q, k, v)| format!("{} x {} {v:+.3}", source_name(q, "query"), source_name(k, "key"))).collect();
