@@ -8,7 +8,7 @@ use crate::common::FailsAt;
 
 use circuits::attribution_graph::{attribution_graph, AttributionGraph, GraphConfig, Node};
 use interp::circuits;
-use interp::interp_core::{tch, CacheSpec, HookedTransformer};
+use interp::interp_core::{tch, CacheSpec, HookedTransformer, Rng};
 use interp::transcoders::{
     evaluate, evaluate_set, load_transcoder_set, train_clt, train_dictionaries, ActivationSource, Architecture, CltConfig, CrossLayerTranscoder,
     DictionaryConfig, Error, InMemoryActivations, SaeTrainConfig, SparseDictionary, TranscoderSet,
@@ -19,8 +19,8 @@ const D: i64 = 24;
 const F: i64 = 32;
 
 /// Unit directions [n, d].
-fn directions(n: i64, d: i64) -> Tensor {
-    let u = Tensor::randn([n, d], (Kind::Float, Device::Cpu));
+fn directions(rng: &mut Rng, n: i64, d: i64) -> Tensor {
+    let u = common::normal(rng, &[n, d]);
     &u / u.norm_scalaropt_dim(2.0, [1], true)
 }
 
@@ -28,13 +28,14 @@ fn directions(n: i64, d: i64) -> Tensor {
 /// features), and layer l''s output is `sum_{l <= l'} c_l V_{l,l'}`: layer 0's features write to
 /// both outputs, which layer 1's input cannot tell. Names: in_0, in_1, out_0, out_1.
 fn planted(tokens: i64) -> Vec<(String, Tensor)> {
-    tch::manual_seed(11);
+    let mut rng = Rng::new(11);
     // The directions first, so that every token count gets the same ones.
-    let (u0, u1, v00, v01, v11) = (directions(F, D), directions(F, D), directions(F, D), directions(F, D), directions(F, D));
+    let mut next = || directions(&mut rng, F, D);
+    let (u0, u1, v00, v01, v11) = (next(), next(), next(), next(), next());
     let c: Vec<Tensor> = (0..2)
         .map(|_| {
-            let on = Tensor::rand([tokens, F], (Kind::Float, Device::Cpu)).lt(3.0 / F as f64).to_kind(Kind::Float);
-            on * (Tensor::rand([tokens, F], (Kind::Float, Device::Cpu)) + 0.5)
+            let on = common::uniform(&mut rng, &[tokens, F]).lt(3.0 / F as f64).to_kind(Kind::Float);
+            on * (common::uniform(&mut rng, &[tokens, F]) + 0.5)
         })
         .collect();
     vec![
