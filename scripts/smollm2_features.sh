@@ -9,14 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-report/smollm2-features}
-model=models/real/SmolLM2-135M-Instruct.Q4_1.gguf
-data=shakespeare,data/docs
-export OMP_WAIT_POLICY=PASSIVE
-[ -f "$model" ] || bash scripts/fetch_models.sh
-bash scripts/fetch_docs_corpus.sh
-interp=target/release/interp
-[ -x "$interp" ] || cargo build --release
-mkdir -p "$out"
+source scripts/smollm2_common.sh
 train() { # name, flags...
   local name=$1
   shift

@@ -11,14 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-report/smollm2-graph}
-model=models/real/SmolLM2-135M-Instruct.Q4_1.gguf
-data=shakespeare,data/docs
-export OMP_WAIT_POLICY=PASSIVE
-[ -f "$model" ] || bash scripts/fetch_models.sh
-bash scripts/fetch_docs_corpus.sh
-interp=target/release/interp
-[ -x "$interp" ] || cargo build --release
-mkdir -p "$out"
+source scripts/smollm2_common.sh
 if [ ! -f "$out/transcoders/layer_29/cfg.json" ]; then
   /usr/bin/time -v "$interp" sae train "$model" --every-layer --d-sae 2304 --k 32 --tokens 1000000 --batch-tokens 2048 --lr 0.0008 \
     --data "$data" --eval-contexts 64 --out "$out/transcoders" 2>&1 | tee "$out/transcoders.log"
