@@ -59,6 +59,8 @@ impl KvCache {
 /// The state of one run: hooks to call, what to cache, what to differentiate.
 pub(crate) struct Run<'h> {
     fns: Vec<HookFn<'h>>,
+    /// Per hook, whether it replaces its point's value without reading it.
+    replaces: Vec<bool>,
     hooked: HashMap<HookPoint, Vec<usize>>,
     spec: Option<CacheSpec>,
     cache_points: BTreeSet<HookPoint>,
@@ -79,16 +81,18 @@ impl<'h> Run<'h> {
         cache_points: Option<BTreeSet<HookPoint>>,
         grad_points: Option<BTreeSet<HookPoint>>,
     ) -> Result<Self> {
-        let mut fns = Vec::new();
+        let (mut fns, mut replaces) = (Vec::new(), Vec::new());
         let mut hooked: HashMap<HookPoint, Vec<usize>> = HashMap::new();
-        for (pattern, f) in hooks.entries {
+        for (pattern, f, replace) in hooks.entries {
             for p in model.resolve_pattern(&pattern)? {
                 hooked.entry(p).or_default().push(fns.len());
             }
             fns.push(f);
+            replaces.push(replace);
         }
         Ok(Run {
             fns,
+            replaces,
             hooked,
             spec,
             cache_points: cache_points.unwrap_or_default(),
@@ -105,14 +109,34 @@ impl<'h> Run<'h> {
     }
 
     /// Runs the hooks on `x`, then caches it and marks it for gradients as asked.
-    pub(crate) fn fire(&mut self, p: HookPoint, mut x: Tensor) -> Result<Tensor> {
+    pub(crate) fn fire(&mut self, p: HookPoint, x: Tensor) -> Result<Tensor> {
+        let shape = x.size();
+        self.fire_from(p, x, 0, &shape)
+    }
+
+    /// Whether a hook at `p` replaces its value without reading it ([`crate::Hooks::replace`]):
+    /// the forward may then skip computing that value and call [`Run::fire_replaced`].
+    pub(crate) fn replaced(&self, p: HookPoint) -> bool {
+        self.hooked.get(&p).is_some_and(|ids| ids.iter().any(|&i| self.replaces[i]))
+    }
+
+    /// The value of `p` (of shape `shape`) that its last replacing hook gives, through the hooks
+    /// after it; then cached and marked as [`Run::fire`] does.
+    pub(crate) fn fire_replaced(&mut self, p: HookPoint, shape: &[i64]) -> Result<Tensor> {
+        let ids = self.hooked.get(&p).map(Vec::as_slice).unwrap_or_default();
+        let from = ids.iter().rposition(|&i| self.replaces[i]).ok_or_else(|| Error::Input(format!("no hook replaces {p}")))?;
+        self.fire_from(p, Tensor::new(), from, shape)
+    }
+
+    /// Runs the hooks of `p` from its `from`-th on, each value checked against `shape`.
+    fn fire_from(&mut self, p: HookPoint, mut x: Tensor, from: usize, shape: &[i64]) -> Result<Tensor> {
         if let Some(ids) = self.hooked.get(&p) {
             let ctx = HookCtx { point: p, pos_offset: self.pos_offset };
-            for &i in ids {
+            for &i in &ids[from..] {
                 let replaced = (self.fns[i])(&x, &ctx).map_err(|e| Error::from_closure(e, |source| Error::Hook { point: p.to_string(), source }))?;
                 if let Some(new) = replaced {
-                    if new.size() != x.size() {
-                        return Err(Error::HookShape { name: p.to_string(), expected: x.size(), found: new.size() });
+                    if new.size() != shape {
+                        return Err(Error::HookShape { name: p.to_string(), expected: shape.to_vec(), found: new.size() });
                     }
                     x = new;
                 }
@@ -494,8 +518,18 @@ impl HookedTransformer {
     fn attention(&self, l: usize, blk: &Block, resid_pre: &Tensor, run: &mut Run, ctx: &Ctx, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
         let c = &self.cfg;
         let at = |s| HookPoint::Block(l, s);
-        let (b, p, h, nkv, dh, dm) = (ctx.batch, ctx.pos, c.n_heads, c.n_kv_heads, c.d_head, c.d_model);
+        let (b, p, h, nkv, dh) = (ctx.batch, ctx.pos, c.n_heads, c.n_kv_heads, c.d_head);
         let split = [BlockSite::QInput, BlockSite::KInput, BlockSite::VInput].into_iter().any(|s| run.active(at(s)));
+        if run.replaced(at(BlockSite::Pattern)) && !split && kv.is_none() && ctx.rows(l).is_none() {
+            // The pattern is given: only the values are needed.
+            let x = self.norm(&blk.ln1, resid_pre, run, Some((at(BlockSite::Ln1Scale), at(BlockSite::Ln1Normalized))))?;
+            let (lin, start, len) = (&blk.attn.qkv, (h + nkv) * dh, nkv * dh);
+            let bias = lin.b.as_ref().map(|b| b.f_narrow(0, start, len)).transpose()?;
+            let v = x.f_linear(&lin.w.f_narrow(0, start, len)?, bias.as_ref())?.f_reshape([b, p, nkv, dh])?;
+            let v = run.fire(at(BlockSite::V), v)?.f_transpose(1, 2)?;
+            let pattern = run.fire_replaced(at(BlockSite::Pattern), &[b, h, p, p])?;
+            return self.attend(l, blk, &pattern, &v, run);
+        }
         let (q, k, v) = if split {
             self.split_qkv(l, blk, resid_pre, run, ctx)?
         } else {
@@ -575,6 +609,17 @@ impl HookedTransformer {
         }
         let scores = run.fire(at(BlockSite::AttnScores), scores.f_masked_fill(&allowed.f_logical_not()?, f64::NEG_INFINITY)?)?;
         let pattern = run.fire(at(BlockSite::Pattern), scores.f_softmax(-1, self.accumulate_kind())?.f_to_kind(self.kind)?)?;
+        self.attend(l, blk, &pattern, &v, run)
+    }
+
+    /// The attention output from the pattern [batch, heads, queries, keys] and the values
+    /// [batch, kv heads, keys, d_head]: z, the per-head results when hooked, the output projection.
+    fn attend(&self, l: usize, blk: &Block, pattern: &Tensor, v: &Tensor, run: &mut Run) -> Result<Tensor> {
+        let c = &self.cfg;
+        let at = |s| HookPoint::Block(l, s);
+        let (b, h, p, t) = pattern.size4()?;
+        let (nkv, dh, dm) = (c.n_kv_heads, c.d_head, c.d_model);
+        let g = h / nkv;
         let z = pattern.f_reshape([b, nkv, g, p, t])?.f_matmul(&v.f_unsqueeze(2)?)?.f_reshape([b, h, p, dh])?.f_transpose(1, 2)?;
         let z = run.fire(at(BlockSite::Z), z)?;
         let o = &blk.attn.o;
@@ -599,6 +644,9 @@ impl HookedTransformer {
     fn mlp(&self, l: usize, m: &Mlp, mlp_in: &Tensor, run: &mut Run) -> Result<Tensor> {
         let at = |s| HookPoint::Block(l, s);
         let x = self.norm(&m.ln2, mlp_in, run, Some((at(BlockSite::Ln2Scale), at(BlockSite::Ln2Normalized))))?;
+        if run.replaced(at(BlockSite::MlpOut)) {
+            return run.fire_replaced(at(BlockSite::MlpOut), &mlp_in.size());
+        }
         let mut out = match (&m.moe, &self.cfg.moe) {
             (Some(moe), Some(sizes)) => self.moe(l, m, moe, sizes, &x, run)?,
             _ => self.dense_mlp(l, m, &x, run)?,

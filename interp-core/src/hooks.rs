@@ -27,7 +27,8 @@ pub type HookFn<'a> = Box<dyn FnMut(&Tensor, &HookCtx) -> Result<Option<Tensor>,
 /// Hooks to run in a forward pass, keyed by hook name or glob pattern (`blocks.*.attn.hook_z`).
 #[derive(Default)]
 pub struct Hooks<'a> {
-    pub(crate) entries: Vec<(String, HookFn<'a>)>,
+    /// (name or pattern, hook, whether the hook replaces the value without reading it).
+    pub(crate) entries: Vec<(String, HookFn<'a>, bool)>,
 }
 
 impl<'a> Hooks<'a> {
@@ -39,7 +40,18 @@ impl<'a> Hooks<'a> {
     /// Adds a hook on every point matching `name` (a [`HookPoint`], an exact name or a glob
     /// pattern).
     pub fn add(mut self, name: impl HookName, hook: impl FnMut(&Tensor, &HookCtx) -> Result<Option<Tensor>, BoxError> + 'a) -> Self {
-        self.entries.push((name.hook_name(), Box::new(hook)));
+        self.entries.push((name.hook_name(), Box::new(hook), false));
+        self
+    }
+
+    /// Adds a hook that gives every point matching `name` its value without reading the one the
+    /// model computed, so the forward skips computing it where it can: the queries, keys and
+    /// scores under `attn.hook_pattern` (the values are still computed), the MLP under
+    /// `hook_mlp_out` (its norm still runs and fires its hooks). A frozen-attention replacement
+    /// model is then as cheap as its linear parts. Hooks added before it at the same point see
+    /// nothing; hooks added after it see its value.
+    pub fn replace(mut self, name: impl HookName, mut value: impl FnMut(&HookCtx) -> Result<Tensor, BoxError> + 'a) -> Self {
+        self.entries.push((name.hook_name(), Box::new(move |_, ctx| value(ctx).map(Some)), true));
         self
     }
 

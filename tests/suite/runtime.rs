@@ -196,6 +196,42 @@ fn hooks_see_every_layer_through_globs_and_bad_replacements_are_errors() {
     assert!(err.to_string().contains("no head axis"), "{err}");
 }
 
+/// A replacing hook gives its point's value without reading it, so the forward skips what only
+/// that point needs: with every pattern and MLP output replaced by its clean value, the output is
+/// the clean one, and no hook inside the MLP or on the queries, keys or scores fires.
+#[test]
+fn replacing_hooks_skip_what_they_replace() {
+    for arch in ARCHS {
+        let m = load(arch);
+        let t = ids(arch);
+        let mut points = Vec::new();
+        for l in 0..m.cfg.n_layers {
+            points.extend([BlockSite::Pattern, BlockSite::MlpOut].map(|s| HookPoint::block(l, s)));
+        }
+        let (clean, cache) = m.run_with_cache(&t, CacheSpec::names(&points)).unwrap();
+        let fired = Cell::new(0);
+        let mut hooks = Hooks::new();
+        for p in &points {
+            let value = cache.get(*p).unwrap().shallow_clone();
+            hooks = hooks.replace(*p, move |_| Ok(value.shallow_clone()));
+        }
+        let mlp_inside = if m.cfg.moe.is_some() { "blocks.*.mlp.hook_router_logits" } else { "blocks.*.mlp.hook_pre" };
+        for skipped in ["blocks.*.attn.hook_q", "blocks.*.attn.hook_k", "blocks.*.attn.hook_attn_scores", mlp_inside] {
+            hooks = hooks.add(skipped, |_, _| {
+                fired.set(fired.get() + 1);
+                Ok(None)
+            });
+        }
+        let out = m.run_with_hooks(&t, hooks).unwrap();
+        assert!(max_abs_diff(&out, &clean) < 1e-4 * clean.abs().max().double_value(&[]), "{arch}: {}", max_abs_diff(&out, &clean));
+        assert_eq!(fired.get(), 0, "{arch}: a skipped hook fired");
+    }
+    let m = load("gpt2");
+    let err =
+        m.run_with_hooks(&ids("gpt2"), Hooks::new().replace("blocks.0.hook_mlp_out", |_| Ok(Tensor::zeros([1, 2], (Kind::Float, Device::Cpu))))).unwrap_err();
+    assert!(err.to_string().contains("returned shape [1, 2]"), "{err}");
+}
+
 #[test]
 fn start_and_stop_at_layer_split_the_forward() {
     for arch in ["gpt2", "gemma2"] {
