@@ -7,7 +7,9 @@
 //! (random weights, 12 TopK transcoders of 24,576 latents, k 8) graphs of 16- and 64-token
 //! prompts, of a 256-token prompt with circuit-tracer's feature limit (1,024 features), and of a
 //! 64-token prompt through a cross-layer transcoder (12 x 4,096 latents): time against a forward +
-//! backward of the same rows, and peak RSS (`-- text` and `-- gpt2` run one part alone).
+//! backward of the same rows, and peak RSS (`-- text` and `-- gpt2` run one part alone); `-- gpt2
+//! full [TOKENS]` builds and prunes the graph of every feature of a 256-token (or TOKENS) prompt
+//! under the default budget, its rows in a temporary file.
 
 mod common;
 
@@ -134,6 +136,46 @@ fn main() {
     gpt2_small_graph();
 }
 
+/// The graph of a random prompt of `n_tokens` with every feature under the default budget, then
+/// pruned: time, passes, where the rows were held, peak RSS.
+fn full_graph(model: &HookedTransformer, tcs: &TranscoderSet, n_tokens: i64) {
+    tch::manual_seed(n_tokens);
+    let tokens: Vec<i64> = Vec::try_from(Tensor::randint(model.cfg.d_vocab, [n_tokens], (Kind::Int64, Device::Cpu))).unwrap();
+    common::reset_peak_rss();
+    let (before, _) = rss_mib();
+    let start = Instant::now();
+    let graph = match attribution_graph(model, tcs, &tokens, &GraphConfig { progress: true, ..GraphConfig::default() }) {
+        Ok(g) => g,
+        Err(e) => return println!("  {n_tokens} tokens, every feature, default budget: {e}"),
+    };
+    let secs = start.elapsed().as_secs_f64();
+    let (_, peak) = rss_mib();
+    println!(
+        "  {}, {n_tokens} tokens, every feature, default budget: {} features, {} nodes, rows {}; {secs:.0} s; peak RSS {:.2} GB ({:.2} GB before); completeness error {:.1e}",
+        tcs.describe(),
+        graph.n_features(),
+        graph.nodes.len(),
+        if graph.adjacency.in_a_file() { "in a temporary file" } else { "in memory" },
+        peak / 1024.0,
+        before / 1024.0,
+        graph.completeness_error().unwrap(),
+    );
+    // Pruning's own peak, from the RSS it starts at.
+    common::reset_peak_rss();
+    let (before, _) = rss_mib();
+    let start = Instant::now();
+    let pruned = graph.prune(0.8, 0.98).unwrap();
+    let (_, peak) = rss_mib();
+    println!(
+        "  pruned to {} nodes and {} edges in {:.0} s; peak RSS {:.2} GB ({:.2} GB before)",
+        pruned.n_nodes(),
+        pruned.n_edges(),
+        start.elapsed().as_secs_f64(),
+        peak / 1024.0,
+        before / 1024.0
+    );
+}
+
 /// Section 3: attribution graphs at GPT-2 small's shape: prompts of 16 and 64 tokens in full,
 /// 256 tokens with circuit-tracer's feature limit, and a cross-layer transcoder at 64 tokens.
 fn gpt2_small_graph() {
@@ -188,18 +230,15 @@ fn gpt2_small_graph() {
             before / 1024.0,
         );
     };
+    // `-- gpt2 full [TOKENS]`: the graph of every feature under the default budget (256 tokens).
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "full") {
+        return full_graph(&model, &per_layer, args.get(i + 1).and_then(|t| t.parse().ok()).unwrap_or(256));
+    }
     run(&per_layer, 16, None);
     run(&per_layer, 64, None);
     run(&per_layer, 256, Some(1024));
-    match attribution_graph(
-        &model,
-        &per_layer,
-        &Vec::try_from(Tensor::randint(model.cfg.d_vocab, [256], (Kind::Int64, Device::Cpu))).unwrap(),
-        &GraphConfig::default(),
-    ) {
-        Ok(g) => println!("  256 tokens, every feature, default budget: {} nodes", g.nodes.len()),
-        Err(e) => println!("  256 tokens, every feature, default budget: {e}"),
-    }
+    println!("  every feature under the default budget: `cargo bench --bench features -- gpt2 full [TOKENS]` (256 tokens: about 9 minutes)");
     drop(per_layer);
     let clt = CrossLayerTranscoder::init(CltConfig::new(Architecture::TopK { k: 8 }, model.cfg.n_layers, d, 4096), 0, Device::Cpu).expect("CLT");
     run(&clt.into(), 64, None);

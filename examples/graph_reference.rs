@@ -62,7 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("scores", Tensor::from_slice(&[replacement, completeness])),
             ("node_mask", Tensor::from_slice(&pruned.node_mask)),
             ("edge_mask", pruned.edge_mask()?),
-            ("adjacency", graph.adjacency.shallow_clone()),
+            ("adjacency", graph.adjacency.to_dense().unwrap()),
             ("values", graph.values.shallow_clone()),
             ("tokens", Tensor::from_slice(&tokens)),
             ("features", Tensor::from_slice(&features).reshape([-1, 3])),

@@ -113,6 +113,18 @@ pub enum Error {
     /// A model whose components do not add into the residual stream the way an edge graph needs.
     #[error("no edge graph for this model: {0}")]
     UnsupportedLayout(String),
+    /// A file the analysis would write does not fit the free space of its folder.
+    #[error("{what} needs {:.2} GB in {}, which has {:.2} GB free", *.needed as f64 / 1e9, .dir.display(), *.free as f64 / 1e9)]
+    DiskSpace {
+        /// The folder.
+        dir: PathBuf,
+        /// Bytes the file needs.
+        needed: u64,
+        /// Bytes free there.
+        free: u64,
+        /// What the file holds, and how to avoid it.
+        what: String,
+    },
     /// A memory budget that cannot hold the smallest unit of work (one prompt).
     #[error("a memory budget of {:.2} GB is too small: {what} needs at least {:.2} GB", *.given as f64 / 1e9, *.needed as f64 / 1e9)]
     MemoryBudget {

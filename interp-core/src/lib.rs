@@ -59,7 +59,7 @@ pub use forward::{at_rows, KvCache};
 pub use generate::Sampling;
 pub use hook_point::{BlockSite, HookName, HookPoint};
 pub use hooks::{CacheSpec, HookCtx, HookFn, Hooks, Intervention, NamesFilter, Scope};
-pub use memory::{reuse_freed_memory, status_kib};
+pub use memory::{free_disk_bytes, reuse_freed_memory, status_kib};
 pub use model::{HookedTransformer, NormSite};
 pub use models::SUPPORTED_MODEL_TYPES;
 pub use processing::WeightProcessing;

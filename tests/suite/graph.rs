@@ -5,8 +5,8 @@
 use crate::common;
 
 use circuits::attribution_graph::{
-    attribution_graph, check_by_intervention, check_transcoders, de_embedding, feature_connections, qk_attribution, AttributionGraph, Freeze, GraphConfig,
-    Node, QkSource, Subgraph,
+    attribution_graph, check_by_intervention, check_transcoders, de_embedding, feature_connections, qk_attribution, Adjacency, AttributionGraph, Freeze,
+    GraphConfig, Node, QkSource, Subgraph,
 };
 use interp::circuits;
 use interp::interp_core::{tch, CacheSpec, HookedTransformer};
@@ -99,9 +99,10 @@ fn edges_plus_bias_equal_each_value() {
         }
         assert!(worst < 1e-4, "linearised values = real values ({worst:e})");
         // Sources have no inputs; features only read from earlier layers.
+        let dense = graph.adjacency.to_dense().unwrap();
         for (i, node) in graph.nodes.iter().enumerate() {
             if let Node::Feature { layer: 0, .. } | Node::Error { .. } | Node::Token { .. } = node {
-                let row = graph.adjacency.get(i as i64);
+                let row = dense.get(i as i64);
                 let feature_inputs = row.narrow(0, 0, graph.n_features() as i64);
                 assert_eq!(max_abs(&feature_inputs), 0.0, "node {node:?} has feature inputs");
             }
@@ -124,9 +125,10 @@ fn position_0_is_left_out_as_circuit_tracer_does() {
         assert!(graph.nodes.iter().all(|n| !matches!(n, Node::Feature { pos: 0, .. })));
         let err = graph.completeness_error().unwrap();
         assert!(err < 1e-4 * max_abs(&graph.values).max(1.0), "skip {skip}: completeness error {err:e}");
+        let dense = graph.adjacency.to_dense().unwrap();
         for (i, node) in graph.nodes.iter().enumerate() {
             if let Node::Error { pos: 0, .. } = node {
-                assert_eq!(max_abs(&graph.adjacency.select(1, i as i64)), 0.0, "edges out of {node:?}");
+                assert_eq!(max_abs(&dense.select(1, i as i64)), 0.0, "edges out of {node:?}");
             }
         }
         // The same targets have the same values either way (the logits and pre-activations).
@@ -155,6 +157,7 @@ fn adjacent_layer_edges_match_the_closed_form() {
     let sigma2 = cache.get("blocks.1.ln2.hook_scale").unwrap().get(0).squeeze_dim(-1).to_kind(Kind::Double);
     let pattern = cache.get("blocks.1.attn.hook_pattern").unwrap().get(0).to_kind(Kind::Double); // [head, dst, src]
     let (mut checked, mut worst, mut largest) = (0, 0f64, 0f64);
+    let dense = graph.adjacency.to_dense().unwrap();
     for (ti, t) in graph.nodes.iter().enumerate() {
         let Node::Feature { layer: 1, pos: p, feature: ft, .. } = *t else { continue };
         for (si, s) in graph.nodes.iter().enumerate() {
@@ -168,7 +171,7 @@ fn adjacent_layer_edges_match_the_closed_form() {
                 expected += pattern.double_value(&[h, p, q]) / sigma1.double_value(&[q]) * conn.heads.double_value(&[0, h, 0, 0]);
             }
             expected *= activation / sigma2.double_value(&[p]);
-            let edge = graph.adjacency.double_value(&[ti as i64, si as i64]);
+            let edge = dense.double_value(&[ti as i64, si as i64]);
             worst = worst.max((edge - expected).abs());
             largest = largest.max(expected.abs());
             checked += 1;
@@ -189,8 +192,8 @@ fn graphs_are_deterministic_and_batch_independent() {
     let build = |batch| attribution_graph(&model, &tcs, &tokens, &GraphConfig { batch_size: batch, ..GraphConfig::default() }).unwrap();
     let (a, b, c) = (build(8), build(8), build(64));
     assert_eq!(a.nodes, b.nodes);
-    assert!(a.adjacency.equal(&b.adjacency), "same prompt, same graph, bit for bit");
-    assert!(max_abs(&(&a.adjacency - &c.adjacency)) < 1e-5, "batch size does not change edges");
+    assert!(a.adjacency.to_dense().unwrap().equal(&b.adjacency.to_dense().unwrap()), "same prompt, same graph, bit for bit");
+    assert!(max_abs(&(&a.adjacency.to_dense().unwrap() - &c.adjacency.to_dense().unwrap())) < 1e-5, "batch size does not change edges");
 }
 
 fn trained_graph(model: &HookedTransformer) -> AttributionGraph {
@@ -211,7 +214,7 @@ fn pruning_and_circuit_tracer_json() {
     assert!(pruned.node_mask[n - graph.n_logits() - n_tokens..].iter().all(|k| *k), "tokens and logits stay");
     assert!(pruned.n_nodes() < n, "pruning removes nodes ({} of {n})", pruned.n_nodes());
     let total = pruned.n_edges();
-    let nonzero = graph.adjacency.ne(0.0).sum(Kind::Int64).int64_value(&[]);
+    let nonzero = graph.adjacency.to_dense().unwrap().ne(0.0).sum(Kind::Int64).int64_value(&[]);
     assert!(total > 0 && total < nonzero, "{total} of {nonzero} edges kept");
     // A kept edge joins two kept nodes.
     let keep = Tensor::from_slice(&pruned.node_mask);
@@ -225,7 +228,7 @@ fn pruning_and_circuit_tracer_json() {
     assert_eq!(pruned.edge_mask().unwrap().logical_and(&loose.edge_mask().unwrap().logical_not()).sum(Kind::Int64).int64_value(&[]), 0);
     // The influence on the logits of a logit's own strongest input is positive.
     let last = n as i64 - graph.n_logits() as i64;
-    let strongest = graph.adjacency.get(last).abs().argmax(0, false).int64_value(&[]);
+    let strongest = graph.adjacency.to_dense().unwrap().get(last).abs().argmax(0, false).int64_value(&[]);
     assert!(pruned.influence[strongest as usize] > 0.0);
 
     let tok = model.tokenizer().unwrap();
@@ -293,7 +296,7 @@ fn graph_bad_input() {
     let n = full.nodes.len() as u64;
     let tight = GraphConfig { budget: circuits::MemoryBudget { bytes: n * n * 4 + 4_000_000, outside: 0 }, ..GraphConfig::default() };
     let small = attribution_graph(&model, &tcs, &tokens, &tight).unwrap();
-    assert!(max_abs(&(&small.adjacency - &full.adjacency)) < 1e-5);
+    assert!(max_abs(&(&small.adjacency.to_dense().unwrap() - &full.adjacency.to_dense().unwrap())) < 1e-5);
     assert!(err(attribution_graph(&model, &tcs, &vec![5; 129], &cfg)).contains("the prompt has 129 tokens, longer than the model's context of 128"));
     assert!(err(attribution_graph(&model, &tcs, &[0, 99_999], &cfg)).contains("99999"));
     let attn_only = HookedTransformer::from_pretrained_dir("models/induction-attn-only", Device::Cpu, Kind::Float).unwrap();
@@ -343,8 +346,8 @@ fn a_feature_limit_keeps_the_most_influential_features_and_their_exact_edges() {
     // Every edge among the nodes kept is the full graph's edge.
     let index: Vec<i64> = small.nodes.iter().map(|n| full.nodes.iter().position(|m| m == n).unwrap() as i64).collect();
     let index = Tensor::from_slice(&index);
-    let sub = full.adjacency.index_select(0, &index).index_select(1, &index);
-    assert!(max_abs(&(&sub - &small.adjacency)) < 1e-5 * max_abs(&full.adjacency), "kept edges equal the full graph's");
+    let sub = full.adjacency.to_dense().unwrap().index_select(0, &index).index_select(1, &index);
+    assert!(max_abs(&(&sub - &small.adjacency.to_dense().unwrap())) < 1e-5 * max_abs(&full.adjacency.to_dense().unwrap()), "kept edges equal the full graph's");
     // The features chosen are mostly the full graph's most influential ones.
     let pruned = full.prune(0.8, 0.98).unwrap();
     let mut ranked: Vec<usize> = (0..n_features).collect();
@@ -355,7 +358,7 @@ fn a_feature_limit_keeps_the_most_influential_features_and_their_exact_edges() {
     // A limit at or above the number of features is the full graph.
     let all = attribution_graph(&model, &tcs, &tokens, &GraphConfig { max_feature_nodes: Some(n_features + 5), ..GraphConfig::default() }).unwrap();
     assert_eq!(all.nodes, full.nodes);
-    assert!(max_abs(&(&all.adjacency - &full.adjacency)) < 1e-5);
+    assert!(max_abs(&(&all.adjacency.to_dense().unwrap() - &full.adjacency.to_dense().unwrap())) < 1e-5);
 }
 
 /// QK attribution: the pairs of sources add up to the score the model computes, on a LayerNorm
@@ -425,7 +428,7 @@ fn replacement_and_completeness_scores_match_the_closed_form() {
             Node::Token { pos: 1, token: 5 },
             Node::Logit { token: 7, probability: 1.0 },
         ],
-        adjacency: Tensor::from_slice(&[0f32, 0., 2., 0., 0., 0., 0., 0., 0., 0., 0., 0., 3., 1., 0., 0.]).view([4, 4]),
+        adjacency: Adjacency::from_dense(&Tensor::from_slice(&[0f32, 0., 2., 0., 0., 0., 0., 0., 0., 0., 0., 0., 3., 1., 0., 0.]).view([4, 4])).unwrap(),
         values: Tensor::zeros([4], (Kind::Double, Device::Cpu)),
         biases: Tensor::zeros([4], (Kind::Double, Device::Cpu)),
         features_left_out: 0,
@@ -487,7 +490,7 @@ fn total_effects_sum_the_paths_through_features() {
             Node::Logit { token: 7, probability: 1.0 },
         ],
         // Rows are targets: feature 1 <- feature 0 (1) and token (2); logit <- feature 0 (0.5), feature 1 (3).
-        adjacency: Tensor::from_slice(&[0f32, 0., 0., 0., 1., 0., 2., 0., 0., 0., 0., 0., 0.5, 3., 0., 0.]).view([4, 4]),
+        adjacency: Adjacency::from_dense(&Tensor::from_slice(&[0f32, 0., 0., 0., 1., 0., 2., 0., 0., 0., 0., 0., 0.5, 3., 0., 0.]).view([4, 4])).unwrap(),
         values: Tensor::zeros([4], (Kind::Double, Device::Cpu)),
         biases: Tensor::zeros([4], (Kind::Double, Device::Cpu)),
         features_left_out: 0,
@@ -600,12 +603,12 @@ fn pruning_by_blocks_equals_the_dense_algorithm() {
         sorted.double_value(&[index])
     };
     let weights = Tensor::from_slice(&graph.nodes.iter().map(|v| if let Node::Logit { probability, .. } = v { *probability } else { 0.0 }).collect::<Vec<_>>());
-    let node_influence = influence(&normalize(&graph.adjacency), &weights);
+    let node_influence = influence(&normalize(&graph.adjacency.to_dense().unwrap()), &weights);
     let always = n - graph.n_logits() - graph.tokens.len();
     let mut keep = node_influence.ge(threshold(&node_influence, 0.8));
     let _ = keep.narrow(0, always as i64, (n - always) as i64).fill_(1);
     let mask = keep.to_kind(Kind::Float);
-    let kept = &graph.adjacency * mask.unsqueeze(1) * mask.unsqueeze(0);
+    let kept = &graph.adjacency.to_dense().unwrap() * mask.unsqueeze(1) * mask.unsqueeze(0);
     let normalized = normalize(&kept);
     let scores = &normalized * (influence(&normalized, &weights) + &weights).unsqueeze(1);
     let mut edges = scores.ge(threshold(&scores, 0.98)).logical_and(&scores.gt(0.0));

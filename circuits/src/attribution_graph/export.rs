@@ -1,7 +1,6 @@
 //! Writing graphs: circuit-tracer's graph JSON (the HTML view is `report::html::graph_view`).
 
 use serde_json::json;
-use tch::Kind;
 
 use super::{AttributionGraph, Node, Pruned};
 use crate::error::{Error, Result};
@@ -18,7 +17,7 @@ impl AttributionGraph {
     pub fn kept_edges(&self, pruned: &Pruned) -> Result<(Vec<i64>, Vec<f64>)> {
         let edges = &pruned.edges;
         let pairs = Vec::<i64>::try_from(&edges.f_flatten(0, -1)?)?;
-        let weights = Vec::<f64>::try_from(&self.adjacency.f_index(&[Some(edges.f_select(1, 0)?), Some(edges.f_select(1, 1)?)])?.f_to_kind(Kind::Double)?)?;
+        let weights = Vec::<f64>::try_from(&self.adjacency.at(edges)?)?;
         Ok((pairs, weights))
     }
 

@@ -164,9 +164,10 @@ impl AttributionGraph {
         let mut row = Tensor::f_zeros([n as i64], (Kind::Double, Device::Cpu))?;
         let _ = row.f_get(target as i64)?.f_fill_(1.0)?;
         let mut total = Tensor::f_zeros([n as i64], (Kind::Double, Device::Cpu))?;
+        let stored = Tensor::f_from_slice(self.adjacency.stored_nodes())?;
         // Paths have at most one feature per layer and end at the target: n_layers + 2 steps.
         for _ in 0..self.n_layers + 2 {
-            let step = super::prune::Normalized::signed_left(&self.adjacency, &row)?;
+            let step = super::prune::signed_left(&self.adjacency, &row.f_index_select(0, &stored)?)?;
             if step.f_count_nonzero(None::<i64>)?.f_int64_value(&[])? == 0 {
                 return Ok(Vec::<f64>::try_from(&total)?);
             }
@@ -201,7 +202,7 @@ pub fn check_by_intervention(
     if strengths.is_empty() || strengths.iter().any(|s| !s.is_finite()) {
         return Err(Error::setting("strengths", format!("{strengths:?}"), "at least one finite factor"));
     }
-    let direct = graph.adjacency.f_select(0, target as i64)?.f_to_kind(Kind::Double)?;
+    let direct = graph.adjacency.row(target)?.f_to_kind(Kind::Double)?;
     let total = graph.total_effects(target)?;
     let n_pos = graph.tokens.len() as i64;
     let tokens = Tensor::f_from_slice(&graph.tokens)?.f_view([1, n_pos])?.f_to_device(model.device())?;

@@ -34,6 +34,7 @@
 //! where it does: a score split into pairs of sources), `intervention.rs` (the graph's predictions
 //! beside interventions in the model's forward).
 
+mod adjacency;
 mod connections;
 mod export;
 mod intervention;
@@ -48,6 +49,7 @@ use transcoders::TranscoderSet;
 use crate::budget::MemoryBudget;
 use crate::error::{Error, Result};
 
+pub use adjacency::Adjacency;
 pub use connections::{de_embedding, feature_connections, residual_encoder, FeatureConnections};
 pub use export::{cantor, Subgraph};
 pub use intervention::{check_by_intervention, Freeze, Intervention, InterventionCheck};
@@ -67,9 +69,11 @@ pub struct GraphConfig {
     pub batch_size: i64,
     /// Show a progress bar over the backward passes.
     pub progress: bool,
-    /// Memory the graph may hold on top of the model's weights: the transcoders, the dense
-    /// adjacency [n_nodes, n_nodes] and the backward passes (rows per pass are cut to fit); a
-    /// prompt whose graph cannot fit is an error stating the budget it needs.
+    /// Memory the graph may hold on top of the model's weights: the transcoders, the adjacency's
+    /// rows and the backward passes (rows per pass are cut to fit). Rows that would leave no room
+    /// for a full batch of targets go to a temporary file in the system's temporary directory
+    /// (`TMPDIR`, n_nodes^2 x 4 bytes), read back a block at a time; a prompt whose graph cannot
+    /// fit even so is an error stating the budget it needs.
     pub budget: MemoryBudget,
     /// Keep features and errors at position 0 as nodes. By default, as circuit-tracer does, they
     /// are left out: position 0 (BOS, an attention sink) has outsized activations that explain
@@ -144,8 +148,9 @@ pub struct AttributionGraph {
     /// position), tokens, logits.
     pub nodes: Vec<Node>,
     /// [n_nodes, n_nodes] (f32): `adjacency[target, source]` is the direct effect of the source
-    /// on the target. Rows of error and token nodes are zero.
-    pub adjacency: Tensor,
+    /// on the target. Only the rows of features and logits are stored (those of errors and
+    /// tokens are zero), in memory or in a temporary file.
+    pub adjacency: Adjacency,
     /// [n_nodes] (f64): each target's value (pre-activation, or demeaned logit); 0 for sources.
     pub values: Tensor,
     /// [n_nodes] (f64): each target's value with every source at zero.
@@ -208,28 +213,49 @@ pub fn attribution_graph(model: &HookedTransformer, transcoders: &TranscoderSet,
     let first_logit = n_features + (n_layers + 1) * n_pos as usize;
     let n_logits = n - first_logit;
     let n_kept = cfg.max_feature_nodes.map_or(n_features, |m| m.min(n_features));
-    // Memory: the transcoders stay, and the rows computed: the dense adjacency [n, n] when every
-    // feature is a target, else the rows of the chosen features and the logits over every
-    // source, [n_kept + n_logits, n]. Each row of a backward pass holds the leaves (features of
-    // every layer, errors, embeddings), their gradients, what the features decode to at each
-    // position of each layer they write, and the forward's activations for the backward.
+    // Memory: the transcoders stay, and the rows computed, [n_kept + n_logits, n] (f32), or a
+    // block of them when they are in a file. Each row of a backward pass holds at most (a pass
+    // over every block and position) the leaves (features of every layer, errors, embeddings),
+    // their gradients, what the features decode to at each position of each layer they write,
+    // and the forward's activations for the backward.
     let d_model = model.cfg.d_model as u64;
     let written: u64 = rep.clean.active.iter().map(|a| a.decoders.len() as u64).sum();
     let per_row = (4 * n_features as u64 + n_pos as u64 * d_model * (2 * written + 3 * (n_layers as u64 + 1) + 12 * n_layers as u64)) * 4;
-    let rows_held = if n_kept == n_features { n } else { n_kept + n_logits } as u64;
+    let rows_held = (n_kept + n_logits) as u64;
     let what = format!(
         "an attribution graph of {n} nodes ({n_pos} tokens{})",
         if n_kept < n_features { format!(", {n_kept} of {n_features} features") } else { String::new() }
     );
-    let rows = cfg.budget.rows(transcoders.n_bytes() + rows_held * n as u64 * 4, per_row, &what)?;
+    // The rows in memory if a full batch of targets still fits beside them (or no more would
+    // with them in a file), else in a file, read back a block at a time.
+    let fits = |held: u64| cfg.budget.rows(transcoders.n_bytes() + held, per_row, &what);
+    let (memory_bytes, file_bytes) = (rows_held * n as u64 * 4, adjacency::block_bytes(rows_held as i64, n as i64));
+    let memory_rows = fits(memory_bytes).unwrap_or(0);
+    let in_memory = memory_rows > 0 && (memory_rows >= cfg.batch_size || memory_rows >= fits(file_bytes).unwrap_or(0));
+    let rows = fits(if in_memory { memory_bytes } else { file_bytes })?;
     let batch_size = cfg.batch_size.min(rows) as usize;
-    let mut rows = Rows::new(&rep, &nodes, rows_held as i64, n as i64, first_logit)?;
+    let adjacency = if in_memory {
+        Adjacency::in_memory(rows_held as i64, n as i64)?
+    } else {
+        let dir = std::env::temp_dir();
+        let (needed, free) = (rows_held * n as u64 * 4, interp_core::free_disk_bytes(&dir).unwrap_or(u64::MAX));
+        if needed > free {
+            let what =
+                format!("{what}, its rows in a file (they do not fit the memory budget; set TMPDIR to a larger disk, raise the budget or limit the features)");
+            return Err(Error::DiskSpace { dir, needed, free, what });
+        }
+        Adjacency::in_file(&dir, n as i64)?
+    };
+    let mut rows = Rows::new(&rep, &nodes, adjacency)?;
     let bar = interp_core::train::progress_bar((n_kept + n_logits) as u64, "targets", cfg.progress);
     let logits: Vec<usize> = (first_logit..n).collect();
     for chunk in logits.chunks(batch_size) {
         rows.compute(chunk)?;
         bar.inc(chunk.len() as u64);
     }
+    // Features in node order (layer, position), a pass never across two layers: each pass then
+    // runs the replacement model only up to its layer and its last position.
+    let layer = |f: usize| if let Node::Feature { layer, .. } = nodes[f] { layer } else { usize::MAX };
     let mut visited = vec![false; n_features];
     let mut n_visited = 0;
     while n_visited < n_kept {
@@ -242,9 +268,10 @@ pub fn attribution_graph(model: &HookedTransformer, transcoders: &TranscoderSet,
             let mut order: Vec<usize> = (0..n_features).filter(|&f| !visited[f]).collect();
             order.sort_by(|&a, &b| influence[b].total_cmp(&influence[a]));
             order.truncate((4 * batch_size).min(n_kept - n_visited));
+            order.sort_unstable();
             order
         };
-        for chunk in pending.chunks(batch_size) {
+        for chunk in pending.chunk_by(|&a, &b| layer(a) == layer(b)).flat_map(|same| same.chunks(batch_size)) {
             rows.compute(chunk)?;
             for &f in chunk {
                 visited[f] = true;
@@ -262,59 +289,59 @@ pub fn attribution_graph(model: &HookedTransformer, transcoders: &TranscoderSet,
 struct Rows<'r, 'a> {
     rep: &'r Replacement<'a>,
     nodes: &'r [Node],
-    /// [capacity, n_nodes] (f32): row `i` is target `targets[i]`'s incoming edges.
-    edges: Tensor,
-    targets: Vec<usize>,
+    adjacency: Adjacency,
     values: Vec<f64>,
     biases: Vec<f64>,
     /// The readout of every target with every source at zero (their biases' forward).
-    zero_run: (Vec<Tensor>, Tensor),
-    first_logit: usize,
-    /// `edges` is the square adjacency, row `t` target `t` (every feature is a target).
-    by_node: bool,
+    zero_run: (Vec<Tensor>, Option<Tensor>),
 }
 
 impl<'r, 'a> Rows<'r, 'a> {
-    fn new(rep: &'r Replacement<'a>, nodes: &'r [Node], capacity: i64, n: i64, first_logit: usize) -> Result<Self> {
-        let zero_run = tch::no_grad(|| rep.forward(&Leaves::zeros(&rep.clean)?))?;
-        let edges = Tensor::f_zeros([capacity, n], (Kind::Float, Device::Cpu))?;
-        Ok(Rows { rep, nodes, edges, targets: Vec::new(), values: Vec::new(), biases: Vec::new(), zero_run, first_logit, by_node: capacity == n })
+    fn new(rep: &'r Replacement<'a>, nodes: &'r [Node], adjacency: Adjacency) -> Result<Self> {
+        let zero_run = tch::no_grad(|| rep.forward(&Leaves::zeros(&rep.clean)?, rep.full_span()))?;
+        Ok(Rows { rep, nodes, adjacency, values: Vec::new(), biases: Vec::new(), zero_run })
     }
 
-    /// Computes the rows of `chunk` (node indices of features or logits) in one backward pass.
+    /// Computes the rows of `chunk` (node indices of features or logits) in one backward pass,
+    /// through the part of the replacement model they read (their [`Span`]).
     fn compute(&mut self, chunk: &[usize]) -> Result<()> {
-        let (rep, n_layers) = (self.rep, self.rep.clean.active.len());
-        let readout = rep.readout(self.nodes, chunk)?;
-        let zero_x: Vec<Tensor> = self.zero_run.0.iter().map(|x| Ok(expand(&x.f_squeeze_dim(0)?, chunk.len() as i64)?)).collect::<Result<_>>()?;
-        let bias = read(&zero_x, &expand(&self.zero_run.1.f_squeeze_dim(0)?, chunk.len() as i64)?, &readout)?;
-        let leaves = Leaves::repeat(&rep.clean, chunk.len() as i64)?;
-        let (x_in, x_final) = rep.forward(&leaves)?;
-        let value = read(&x_in, &x_final, &readout)?;
+        let rep = self.rep;
+        let span = rep.span(self.nodes, chunk);
+        let rows = chunk.len() as i64;
+        let readout = rep.readout(self.nodes, chunk, span)?;
+        let (zero_in, zero_final) = &self.zero_run;
+        let zero = |x: &Tensor| expand(&x.f_squeeze_dim(0)?.f_narrow(0, 0, span.pos)?, rows);
+        let zero_x: Vec<Tensor> = zero_in.iter().take(span.blocks).map(zero).collect::<std::result::Result<_, _>>()?;
+        let zero_final = zero_final.as_ref().filter(|_| span.logits).map(zero).transpose()?;
+        let bias = read(&zero_x, zero_final.as_ref(), &readout)?;
+        let leaves = Leaves::repeat(&rep.clean, rows, span.pos)?;
+        let (x_in, x_final) = rep.forward(&leaves, span)?;
+        let value = read(&x_in, x_final.as_ref(), &readout)?;
         let all = leaves.all();
         let grads = Tensor::f_run_backward(&[value.f_sum(Kind::Double)?], &all, false, false)?;
+        // Gradients over the span, zero past it: [rows, n] per kind of source, as the graph's columns.
         let grad = |i: usize| -> Result<Tensor> {
             let g = &grads[i];
             Ok(if g.defined() { g.shallow_clone() } else { all[i].f_zeros_like()? })
         };
-        let mut cols = Vec::with_capacity(2 * n_layers + 1);
+        let pad = |t: Tensor, n: i64| -> Result<Tensor> { Ok(t.f_constant_pad_nd([0, n - t.size()[1]])?) };
+        let n_pos = rep.clean.embed.size()[0];
+        let mut cols = Vec::with_capacity(2 * rep.clean.active.len() + 1);
         for (l, a) in rep.clean.active.iter().enumerate() {
             // Edge = the source's activation times the gradient of the target w.r.t. it.
-            cols.push(grad(1 + l)?.f_to_kind(Kind::Float)?.f_mul(&a.values.f_to_kind(Kind::Float)?)?);
+            let values = a.values.f_narrow(0, 0, leaves.acts[l].size()[1])?.f_to_kind(Kind::Float)?;
+            cols.push(pad(grad(1 + l)?.f_to_kind(Kind::Float)?.f_mul(&values)?, a.values.size()[0])?);
         }
-        for l in 0..n_layers {
-            let g = grad(1 + n_layers + l)?;
-            cols.push(g.f_mul(&rep.clean.errors[l])?.f_sum_dim_intlist(-1, false, Kind::Float)?);
+        for (l, error) in rep.clean.errors.iter().enumerate() {
+            let g = grad(1 + rep.clean.active.len() + l)?;
+            cols.push(pad(g.f_mul(&error.f_narrow(0, 0, span.pos)?)?.f_sum_dim_intlist(-1, false, Kind::Float)?, n_pos)?);
         }
-        cols.push(grad(0)?.f_mul(&rep.clean.embed)?.f_sum_dim_intlist(-1, false, Kind::Float)?);
-        let block = Tensor::f_cat(&cols, 1)?.f_to_device(Device::Cpu)?; // [rows, n_sources]
-                                                                        // Rows by node index when the rows are the whole adjacency, else in the order computed.
-        let at: Vec<i64> =
-            if self.by_node { chunk.iter().map(|&t| t as i64).collect() } else { (0..chunk.len() as i64).map(|i| i + self.targets.len() as i64).collect() };
-        let _ = self.edges.f_narrow(1, 0, self.first_logit as i64)?.f_index_copy_(0, &Tensor::f_from_slice(&at)?, &block)?;
-        for (i, &t) in chunk.iter().enumerate() {
-            self.targets.push(t);
-            self.biases.push(bias.f_double_value(&[i as i64])?);
-            self.values.push(value.f_double_value(&[i as i64])?);
+        cols.push(pad(grad(0)?.f_mul(&rep.clean.embed.f_narrow(0, 0, span.pos)?)?.f_sum_dim_intlist(-1, false, Kind::Float)?, n_pos)?);
+        let block = Tensor::f_cat(&cols, 1)?.f_to_device(Device::Cpu)?; // [rows, sources]: every node before the logits
+        self.adjacency.push(chunk, &block)?;
+        for i in 0..chunk.len() as i64 {
+            self.biases.push(bias.f_double_value(&[i])?);
+            self.values.push(value.f_double_value(&[i])?);
         }
         Ok(())
     }
@@ -322,31 +349,23 @@ impl<'r, 'a> Rows<'r, 'a> {
     /// Every node's influence on the logits (weighted by their probabilities) through the rows
     /// computed so far (circuit-tracer's `compute_partial_influences`).
     fn partial_influence(&self) -> Result<Vec<f64>> {
-        let edges = self.edges.f_narrow(0, 0, self.targets.len() as i64)?;
-        let rows = Tensor::f_from_slice(&self.targets.iter().map(|&t| t as i64).collect::<Vec<_>>())?;
-        Ok(Vec::<f64>::try_from(&prune::influence(&prune::Normalized::new(&edges)?, &rows, &prune::logit_weights(self.nodes)?)?)?)
+        let rows = Tensor::f_from_slice(self.adjacency.stored_nodes())?;
+        Ok(Vec::<f64>::try_from(&prune::influence(&prune::Normalized::new(&self.adjacency)?, &rows, &prune::logit_weights(self.nodes)?)?)?)
     }
 
     /// The graph of the features visited (all, or those the feature limit chose), errors,
     /// tokens and logits, with the rows computed.
     fn into_graph(self, tokens: &[i64], n_layers: usize, visited: &[bool]) -> Result<AttributionGraph> {
         let nodes = self.nodes;
-        // Columns kept: the visited features, then every error, token and logit node.
+        // Nodes kept: the visited features, then every error, token and logit node.
         let keep: Vec<i64> = (0..nodes.len()).filter(|&i| i >= visited.len() || visited[i]).map(|i| i as i64).collect();
-        let position: std::collections::HashMap<usize, i64> = keep.iter().enumerate().map(|(j, &i)| (i as usize, j as i64)).collect();
-        let n = keep.len() as i64;
-        let (mut values, mut biases) = (vec![0f64; n as usize], vec![0f64; n as usize]);
-        let rows: Vec<i64> = self.targets.iter().map(|t| position[t]).collect();
-        for (i, &r) in rows.iter().enumerate() {
+        let adjacency = if keep.len() == nodes.len() { self.adjacency } else { self.adjacency.select(&keep, &std::env::temp_dir())? };
+        let n = keep.len();
+        let (mut values, mut biases) = (vec![0f64; n], vec![0f64; n]);
+        for (i, &r) in adjacency.stored_nodes().iter().enumerate() {
             values[r as usize] = self.values[i];
             biases[r as usize] = self.biases[i];
         }
-        let adjacency = if self.by_node {
-            self.edges
-        } else {
-            let selected = self.edges.f_narrow(0, 0, rows.len() as i64)?.f_index_select(1, &Tensor::f_from_slice(&keep)?)?;
-            Tensor::f_zeros([n, n], (Kind::Float, Device::Cpu))?.f_index_copy(0, &Tensor::f_from_slice(&rows)?, &selected)?
-        };
         let nodes: Vec<Node> = keep.iter().map(|&i| nodes[i as usize].clone()).collect();
         let features_left_out = visited.iter().filter(|v| !**v).count();
         Ok(AttributionGraph {
@@ -380,14 +399,16 @@ impl AttributionGraph {
     pub fn replacement_and_completeness(&self) -> Result<(f64, f64)> {
         let a = prune::Normalized::new(&self.adjacency)?;
         let weights = prune::logit_weights(&self.nodes)?;
-        let all = Tensor::f_arange(self.nodes.len() as i64, (Kind::Int64, Device::Cpu))?;
-        let influence = Vec::<f64>::try_from(&prune::influence(&a, &all, &weights)?)?;
+        let rows = Tensor::f_from_slice(self.adjacency.stored_nodes())?;
+        let influence = Vec::<f64>::try_from(&prune::influence(&a, &rows, &weights)?)?;
         let is_error: Vec<bool> = self.nodes.iter().map(|n| matches!(n, Node::Error { .. })).collect();
         let share = |kind: fn(&Node) -> bool| self.nodes.iter().zip(&influence).filter(|(n, _)| kind(n)).map(|(_, v)| v).sum::<f64>();
         let (tokens, errors) = (share(|n| matches!(n, Node::Token { .. })), share(|n| matches!(n, Node::Error { .. })));
         let replacement = if tokens + errors > 0.0 { tokens / (tokens + errors) } else { 0.0 };
         let mask = Tensor::f_from_slice(&is_error.iter().map(|&e| f64::from(u8::from(e))).collect::<Vec<_>>())?;
-        let non_error = Vec::<f64>::try_from(&a.right(&mask)?.f_neg()?.f_add_scalar(1.0)?)?;
+        // A node without a row has no inputs, none of them errors.
+        let error_share = Tensor::f_zeros([self.nodes.len() as i64], (Kind::Double, Device::Cpu))?.f_index_copy(0, &rows, &a.right(&mask)?)?;
+        let non_error = Vec::<f64>::try_from(&error_share.f_neg()?.f_add_scalar(1.0)?)?;
         let output: Vec<f64> = influence.iter().zip(Vec::<f64>::try_from(&weights)?).map(|(i, w)| i + w).collect();
         let total: f64 = output.iter().sum();
         let completeness = if total > 0.0 { non_error.iter().zip(&output).map(|(f, o)| f * o).sum::<f64>() / total } else { 0.0 };
@@ -397,7 +418,9 @@ impl AttributionGraph {
     /// Largest |sum of incoming edges + bias - value| over all targets (0 up to rounding when the
     /// linearisation is exact).
     pub fn completeness_error(&self) -> Result<f64> {
-        let sums = prune::row_sums(&self.adjacency, false)?;
+        let rows = Tensor::f_from_slice(self.adjacency.stored_nodes())?;
+        let sums =
+            Tensor::f_zeros([self.nodes.len() as i64], (Kind::Double, Device::Cpu))?.f_index_copy(0, &rows, &prune::row_sums(&self.adjacency, false)?)?;
         Ok(sums.f_add(&self.biases)?.f_sub(&self.values)?.f_abs()?.f_max()?.f_double_value(&[])?)
     }
 }

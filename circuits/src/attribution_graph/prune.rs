@@ -1,7 +1,10 @@
 //! Pruning by influence on the logits (circuit-tracer's `prune_graph`).
 
-use tch::{Kind, Tensor};
+use std::collections::BTreeMap;
 
+use tch::{Device, Kind, Tensor};
+
+use super::adjacency::{RowBlocks, Submatrix};
 use super::{AttributionGraph, Node};
 use crate::error::{Error, Result};
 
@@ -44,47 +47,33 @@ impl Pruned {
     }
 }
 
-/// |A| with rows scaled to sum to one, as a linear map that is never held whole: `a` [k, n] (any
-/// float kind) is read a block of rows at a time in f64, about 64 MB each. A graph of n nodes
-/// then needs its adjacency and no more than a block besides (circuit-tracer's pruning holds
-/// several [n, n] copies; its users run out of memory near 2,300 tokens, its issue #92).
+/// |A| with rows scaled to sum to one, as a linear map that is never held whole: the rows of `a`
+/// are read a block at a time (about 32 MB) in f64. A graph of n nodes then needs no more than
+/// a block besides what it keeps, whether its rows are in memory or in a file (circuit-tracer's
+/// pruning holds several [n, n] copies; its users run out of memory near 2,300 tokens, its issue
+/// #92).
 pub(super) struct Normalized<'a> {
-    a: &'a Tensor,
+    a: &'a dyn RowBlocks,
     /// Sums of |A| by row, at least 1e-10 [k] (f64).
     sums: Tensor,
 }
 
 impl<'a> Normalized<'a> {
-    pub(super) fn new(a: &'a Tensor) -> Result<Self> {
+    pub(super) fn new(a: &'a dyn RowBlocks) -> Result<Self> {
         Ok(Normalized { a, sums: row_sums(a, true)?.f_clamp_min(1e-10)? })
     }
 
-    /// (first row, rows) of each block.
-    fn blocks(a: &Tensor) -> Vec<(i64, i64)> {
-        let (k, n) = (a.size()[0], a.size().get(1).copied().unwrap_or(1).max(1));
-        let step = (8_000_000 / n).max(1);
-        (0..k).step_by(step as usize).map(|start| (start, step.min(k - start))).collect()
-    }
-
+    /// Rows `start..start + len` of the normalised matrix [len, n] (f64).
     fn block(&self, start: i64, len: i64) -> Result<Tensor> {
-        Ok(self.a.f_narrow(0, start, len)?.f_abs()?.f_to_kind(Kind::Double)?)
+        Ok(self.a.read(start, len)?.f_abs()?.f_to_kind(Kind::Double)?.f_div(&self.sums.f_narrow(0, start, len)?.f_unsqueeze(1)?)?)
     }
 
     /// `v A_n` [n] for `v` [k] (f64).
     pub(super) fn left(&self, v: &Tensor) -> Result<Tensor> {
         let v = v.f_div(&self.sums)?;
-        let mut total = Tensor::f_zeros([self.a.size()[1]], (Kind::Double, self.a.device()))?;
-        for (start, len) in Self::blocks(self.a) {
-            total = total.f_add(&v.f_narrow(0, start, len)?.f_unsqueeze(0)?.f_matmul(&self.block(start, len)?)?.f_squeeze_dim(0)?)?;
-        }
-        Ok(total)
-    }
-
-    /// `v A` [n] for `v` [k] (f64), A as it is (signed, not normalised), read by blocks.
-    pub(super) fn signed_left(a: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let mut total = Tensor::f_zeros([a.size()[1]], (Kind::Double, a.device()))?;
-        for (start, len) in Self::blocks(a) {
-            let block = a.f_narrow(0, start, len)?.f_to_kind(Kind::Double)?;
+        let mut total = Tensor::f_zeros([self.a.shape().1], (Kind::Double, Device::Cpu))?;
+        for (start, len) in self.a.blocks() {
+            let block = self.a.read(start, len)?.f_abs()?.f_to_kind(Kind::Double)?;
             total = total.f_add(&v.f_narrow(0, start, len)?.f_unsqueeze(0)?.f_matmul(&block)?.f_squeeze_dim(0)?)?;
         }
         Ok(total)
@@ -92,28 +81,32 @@ impl<'a> Normalized<'a> {
 
     /// `A_n v` [k] for `v` [n] (f64).
     pub(super) fn right(&self, v: &Tensor) -> Result<Tensor> {
-        let parts = Self::blocks(self.a).into_iter().map(|(start, len)| Ok(self.block(start, len)?.f_mv(v)?)).collect::<Result<Vec<_>>>()?;
-        let product = if parts.is_empty() { Tensor::f_zeros([0], (Kind::Double, self.a.device()))? } else { Tensor::f_cat(&parts, 0)? };
-        Ok(product.f_div(&self.sums)?)
+        let parts = self.a.blocks().into_iter().map(|(start, len)| Ok(self.block(start, len)?.f_mv(v)?)).collect::<Result<Vec<_>>>()?;
+        Ok(if parts.is_empty() { Tensor::f_zeros([0], (Kind::Double, Device::Cpu))? } else { Tensor::f_cat(&parts, 0)? })
     }
+}
 
-    /// The whole matrix [k, n] (f64), for small ones.
-    fn dense(&self) -> Result<Tensor> {
-        Ok(self.a.f_abs()?.f_to_kind(Kind::Double)?.f_div(&self.sums.f_unsqueeze(1)?)?)
+/// `v A` [n] for `v` [k] (f64), A as it is (signed, not normalised), read by blocks.
+pub(super) fn signed_left(a: &dyn RowBlocks, v: &Tensor) -> Result<Tensor> {
+    let mut total = Tensor::f_zeros([a.shape().1], (Kind::Double, Device::Cpu))?;
+    for (start, len) in a.blocks() {
+        let block = a.read(start, len)?.f_to_kind(Kind::Double)?;
+        total = total.f_add(&v.f_narrow(0, start, len)?.f_unsqueeze(0)?.f_matmul(&block)?.f_squeeze_dim(0)?)?;
     }
+    Ok(total)
 }
 
 /// The sums of the rows of `a` [k, n] (of their absolute values with `abs`) in f64 [k], a block
 /// of rows at a time: a sum in f64 of the whole matrix would first copy it into f64, twice its
 /// size (1.55 GB for a graph of 13,905 nodes).
-pub(super) fn row_sums(a: &Tensor, abs: bool) -> Result<Tensor> {
+pub(super) fn row_sums(a: &dyn RowBlocks, abs: bool) -> Result<Tensor> {
     let mut parts = Vec::new();
-    for (start, len) in Normalized::blocks(a) {
-        let block = a.f_narrow(0, start, len)?;
+    for (start, len) in a.blocks() {
+        let block = a.read(start, len)?;
         let block = if abs { block.f_abs()? } else { block };
         parts.push(block.f_sum_dim_intlist(1, false, Kind::Double)?);
     }
-    Ok(if parts.is_empty() { Tensor::f_zeros([0], (Kind::Double, a.device()))? } else { Tensor::f_cat(&parts, 0)? })
+    Ok(if parts.is_empty() { Tensor::f_zeros([0], (Kind::Double, Device::Cpu))? } else { Tensor::f_cat(&parts, 0)? })
 }
 
 /// Each node's probability as a logit target, 0 for other nodes [n_nodes] (f64).
@@ -127,7 +120,7 @@ pub(super) fn logit_weights(nodes: &[Node]) -> Result<Tensor> {
 pub(super) fn influence(a: &Normalized, rows: &Tensor, weights: &Tensor) -> Result<Tensor> {
     let mut current = weights.shallow_clone();
     let mut total = weights.f_zeros_like()?;
-    for _ in 0..=a.a.size()[1] {
+    for _ in 0..=a.a.shape().1 {
         current = a.left(&current.f_index_select(0, rows)?)?;
         if current.f_count_nonzero(None::<i64>)?.f_int64_value(&[])? == 0 {
             return Ok(total);
@@ -137,26 +130,50 @@ pub(super) fn influence(a: &Normalized, rows: &Tensor, weights: &Tensor) -> Resu
     Err(Error::Input("influence did not converge: the adjacency matrix has a cycle".into()))
 }
 
-/// The score above which the top scores hold `fraction` of the total.
-fn threshold(scores: &[f64], fraction: f64) -> f64 {
-    let mut sorted: Vec<f64> = scores.to_vec();
-    sorted.sort_by(|a, b| b.total_cmp(a));
-    let total: f64 = sorted.iter().sum();
-    let mut acc = 0.0;
-    for (i, s) in sorted.iter().enumerate() {
+/// Scores given a part at a time to the visitor, each time it is called.
+type Parts<'a> = dyn Fn(&mut dyn FnMut(&[f64])) -> Result<()> + 'a;
+
+/// The score at which the top scores (those >= 0 that `each` gives, a part at a time, each time
+/// it is called) first hold `fraction` of their total: what a sort of them all gives, without
+/// holding them all. A first pass sums the scores by bucket (exponent and the top 8 bits of the
+/// mantissa: 1/256 of a binade), a second sorts those of the bucket where the share is reached.
+fn threshold(each: &Parts, fraction: f64) -> Result<f64> {
+    let bucket = |s: f64| s.to_bits() >> 44; // increasing with s >= 0
+    let (mut sums, mut total) = (BTreeMap::<u64, f64>::new(), 0.0);
+    each(&mut |part| {
+        for &s in part.iter().filter(|s| **s >= 0.0) {
+            *sums.entry(bucket(s)).or_default() += s;
+            total += s;
+        }
+    })?;
+    let Some(&lowest) = sums.keys().next() else { return Ok(f64::INFINITY) };
+    // The highest bucket where the share is reached (the lowest when rounding never reaches it).
+    let (mut acc, mut at) = (0.0, lowest);
+    for (&b, &sum) in sums.iter().rev() {
+        if (acc + sum) / total >= fraction || b == lowest {
+            at = b;
+            break;
+        }
+        acc += sum;
+    }
+    let mut inside: Vec<f64> = Vec::new();
+    each(&mut |part| inside.extend(part.iter().filter(|s| **s >= 0.0 && bucket(**s) == at)))?;
+    inside.sort_by(|a, b| b.total_cmp(a));
+    for (i, s) in inside.iter().enumerate() {
         acc += s;
-        if acc / total >= fraction || i + 1 == sorted.len() {
-            return *s;
+        if acc / total >= fraction || i + 1 == inside.len() {
+            return Ok(*s);
         }
     }
-    f64::INFINITY
+    Ok(f64::INFINITY)
 }
 
 impl AttributionGraph {
     /// Keeps the nodes that carry `node_threshold` of the influence on the logits and then the
     /// edges that carry `edge_threshold` of it (circuit-tracer's defaults: 0.8, 0.98); tokens
     /// and logits always stay, features without a kept input or output and errors without a
-    /// kept output go.
+    /// kept output go. The adjacency is read by blocks: pruning holds the kept nodes' vectors
+    /// and the kept edges, not n_nodes^2 scores.
     pub fn prune(&self, node_threshold: f64, edge_threshold: f64) -> Result<Pruned> {
         for t in [node_threshold, edge_threshold] {
             if !(0.0..=1.0).contains(&t) {
@@ -166,29 +183,63 @@ impl AttributionGraph {
         let n = self.nodes.len();
         let (n_logits, n_tokens, n_features) = (self.n_logits(), self.tokens.len(), self.n_features());
         let weights = logit_weights(&self.nodes)?;
-        let all = Tensor::f_arange(n as i64, (Kind::Int64, tch::Device::Cpu))?;
-        let node_influence = Vec::<f64>::try_from(&influence(&Normalized::new(&self.adjacency)?, &all, &weights)?)?;
-        let cut = threshold(&node_influence, node_threshold);
+        let adjacency = &self.adjacency;
+        let stored = Tensor::f_from_slice(adjacency.stored_nodes())?;
+        let node_influence = Vec::<f64>::try_from(&influence(&Normalized::new(adjacency)?, &stored, &weights)?)?;
+        let cut = threshold(
+            &|f| {
+                f(&node_influence);
+                Ok(())
+            },
+            node_threshold,
+        )?;
         let always = n - n_logits - n_tokens;
         let mut node_mask: Vec<bool> = node_influence.iter().enumerate().map(|(i, s)| *s >= cut || i >= always).collect();
 
         // Edges: only between kept nodes, so on the kept nodes' submatrix [K, K] (the pruned
-        // matrix is zero elsewhere).
+        // matrix is zero elsewhere), read by blocks of its rows (those of kept targets).
         let kept: Vec<i64> = (0..n as i64).filter(|&i| node_mask[i as usize]).collect();
+        let mut position = vec![-1i64; n];
+        for (j, &i) in kept.iter().enumerate() {
+            position[i as usize] = j as i64;
+        }
         let kept_t = Tensor::f_from_slice(&kept)?;
-        let sub = self.adjacency.f_index_select(0, &kept_t)?.f_index_select(1, &kept_t)?;
+        let rows: Vec<i64> = (0..adjacency.stored_nodes().len() as i64).filter(|&r| node_mask[adjacency.stored_nodes()[r as usize] as usize]).collect();
+        let targets: Vec<i64> = rows.iter().map(|&r| position[adjacency.stored_nodes()[r as usize] as usize]).collect();
+        let sub = Submatrix { adjacency, rows, columns: kept_t.shallow_clone() };
         let normalized = Normalized::new(&sub)?;
+        let targets_t = Tensor::f_from_slice(&targets)?;
         let sub_weights = weights.f_index_select(0, &kept_t)?;
-        let edge_influence =
-            influence(&normalized, &Tensor::f_arange(kept.len() as i64, (Kind::Int64, tch::Device::Cpu))?, &sub_weights)?.f_add(&sub_weights)?;
-        let scores = normalized.dense()?.f_mul(&edge_influence.f_unsqueeze(1)?)?;
-        let positive: Vec<f64> = Vec::<f64>::try_from(&scores.f_flatten(0, -1)?)?.into_iter().filter(|s| *s > 0.0).collect();
-        let cut = threshold(&positive, edge_threshold);
-        let mut sub_mask = scores.f_ge(cut)?.f_logical_and(&scores.f_gt(0.0)?)?;
+        let edge_influence = influence(&normalized, &targets_t, &sub_weights)?.f_add(&sub_weights)?.f_index_select(0, &targets_t)?;
+        // Each edge's score: its normalised weight times its target's influence, a block at a time.
+        let scores =
+            |start: i64, len: i64| -> Result<Tensor> { Ok(normalized.block(start, len)?.f_mul(&edge_influence.f_narrow(0, start, len)?.f_unsqueeze(1)?)?) };
+        let cut = threshold(
+            &|f| {
+                for (start, len) in sub.blocks() {
+                    let positive: Vec<f64> = Vec::<f64>::try_from(&scores(start, len)?.f_flatten(0, -1)?)?.into_iter().filter(|s| *s > 0.0).collect();
+                    f(&positive);
+                }
+                Ok(())
+            },
+            edge_threshold,
+        )?;
+        // The kept edges as (target, source) pairs in the submatrix.
+        let mut parts = Vec::new();
+        for (start, len) in sub.blocks() {
+            let s = scores(start, len)?;
+            let at = s.f_ge(cut)?.f_logical_and(&s.f_gt(0.0)?)?.f_nonzero()?; // [m, 2]: (row in block, column)
+            let target = targets_t.f_index_select(0, &at.f_select(1, 0)?.f_add_scalar(start)?)?;
+            parts.push(Tensor::f_stack(&[target, at.f_select(1, 1)?], 1)?);
+        }
+        let mut pairs = if parts.is_empty() { Tensor::f_zeros([0, 2], (Kind::Int64, Device::Cpu))? } else { Tensor::f_cat(&parts, 0)? };
         loop {
             let before = node_mask.clone();
-            let has_out = Vec::<bool>::try_from(&sub_mask.f_any_dim(0, false)?)?;
-            let has_in = Vec::<bool>::try_from(&sub_mask.f_any_dim(1, false)?)?;
+            let k = kept.len() as i64;
+            let marked = |column: i64| -> Result<Vec<bool>> {
+                Ok(Vec::<bool>::try_from(&Tensor::f_zeros([k], (Kind::Bool, Device::Cpu))?.f_index_fill(0, &pairs.f_select(1, column)?, 1)?)?)
+            };
+            let (has_in, has_out) = (marked(0)?, marked(1)?);
             for (j, &i) in kept.iter().enumerate() {
                 let i = i as usize;
                 if i < always {
@@ -196,14 +247,15 @@ impl AttributionGraph {
                 }
             }
             let keep = Tensor::f_from_slice(&kept.iter().map(|&i| node_mask[i as usize]).collect::<Vec<_>>())?;
-            sub_mask = sub_mask.f_logical_and(&keep.f_unsqueeze(1)?)?.f_logical_and(&keep.f_unsqueeze(0)?)?;
+            let both = keep.f_index_select(0, &pairs.f_select(1, 0)?)?.f_logical_and(&keep.f_index_select(0, &pairs.f_select(1, 1)?)?)?;
+            pairs = pairs.f_index(&[Some(both)])?;
             if node_mask == before {
                 break;
             }
         }
-        // [m, 2] in the submatrix, row-major; the kept indices are increasing, so the pairs in
-        // the whole graph are row-major too.
-        let edges = kept_t.f_index_select(0, &sub_mask.f_nonzero()?.f_flatten(0, -1)?)?.f_view([-1, 2])?;
+        // In the whole graph, row-major: kept indices increase with node indices.
+        let order = pairs.f_select(1, 0)?.f_mul_scalar(kept.len() as i64)?.f_add(&pairs.f_select(1, 1)?)?.f_argsort(0, false)?;
+        let edges = kept_t.f_index_select(0, &pairs.f_index_select(0, &order)?.f_flatten(0, -1)?)?.f_view([-1, 2])?;
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|a, b| node_influence[*b].total_cmp(&node_influence[*a]));
         let total: f64 = node_influence.iter().sum();

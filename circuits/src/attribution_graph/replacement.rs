@@ -100,25 +100,45 @@ pub(super) struct Active {
 }
 
 impl Active {
-    /// What these features write to layer + `j` at each position, [rows, n_pos, d_model], for
-    /// their activations `acts` [rows, n_l]: a weighted sum of decoder rows per position
-    /// (embedding_bag), never a [rows, n_l, d_model] product.
-    fn decode(&self, j: usize, acts: &Tensor) -> std::result::Result<Tensor, tch::TchError> {
+    /// The features at positions before `pos`: the first so many, as they are in position order.
+    pub(super) fn before(&self, pos: i64) -> Result<i64> {
+        Ok(if pos >= self.starts.size()[0] { self.pos.size()[0] } else { self.starts.f_int64_value(&[pos])? })
+    }
+
+    /// What these features write to layer + `j` at each of the first `n_pos` positions,
+    /// [rows, n_pos, d_model], for the activations `acts` [rows, n] of the first `n` (those
+    /// before `n_pos`): a weighted sum of decoder rows per position (embedding_bag), never a
+    /// [rows, n, d_model] product.
+    fn decode(&self, j: usize, acts: &Tensor, n_pos: i64) -> std::result::Result<Tensor, tch::TchError> {
         let (rows, n_l) = (acts.size()[0], acts.size()[1]);
-        let n_pos = self.starts.size()[0];
+        let starts = self.starts.f_narrow(0, 0, n_pos)?;
         let d = self.decoders[j].size()[1];
         let indices = Tensor::f_arange(n_l, (Kind::Int64, acts.device()))?.f_repeat([rows])?;
         let offsets =
-            Tensor::f_arange(rows, (Kind::Int64, acts.device()))?.f_mul_scalar(n_l)?.f_unsqueeze(1)?.f_add(&self.starts.f_unsqueeze(0)?)?.f_flatten(0, -1)?;
+            Tensor::f_arange(rows, (Kind::Int64, acts.device()))?.f_mul_scalar(n_l)?.f_unsqueeze(1)?.f_add(&starts.f_unsqueeze(0)?)?.f_flatten(0, -1)?;
         let weights = acts.f_to_kind(self.decoders[j].kind())?.f_flatten(0, -1)?;
         let (sum, _, _, _) = Tensor::f_embedding_bag(&self.decoders[j], &indices, &offsets, false, 0, false, Some(weights), false)?;
         sum.f_reshape([rows, n_pos, d])
     }
 }
 
-/// Sources of one linearised forward: embeddings and errors [rows, pos, d_model], and the
-/// activations of the active features only, [rows, n_l] per layer (a feature that is not active
-/// is no source, so the decode is a sum of n_l decoder rows instead of a [d_sae, d_model] product).
+/// How much of the replacement model a batch of targets reads: the blocks up to the last target's
+/// layer and the positions up to the last target's (attention is causal, so later positions change
+/// nothing before them). Logits read every block, the final norm and every position.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Span {
+    /// Blocks run, from the first.
+    pub(super) blocks: usize,
+    /// Positions, from the first.
+    pub(super) pos: i64,
+    /// Whether the final norm runs (a logit is read).
+    pub(super) logits: bool,
+}
+
+/// Sources of one linearised forward over the first `pos` positions: embeddings and errors
+/// [rows, pos, d_model], and the activations of the active features before `pos` only, [rows, n]
+/// per layer (a feature that is not active is no source, so the decode is a sum of n decoder rows
+/// instead of a [d_sae, d_model] product).
 pub(super) struct Leaves {
     pub(super) embed: Tensor,
     pub(super) acts: Vec<Tensor>,
@@ -126,17 +146,18 @@ pub(super) struct Leaves {
 }
 
 impl Leaves {
-    /// The clean sources repeated `rows` times, as leaves that collect gradients.
-    pub(super) fn repeat(clean: &Clean, rows: i64) -> Result<Leaves> {
-        let rep = |t: &Tensor| -> Result<Tensor> {
+    /// The clean sources at the first `pos` positions repeated `rows` times, as leaves that
+    /// collect gradients.
+    pub(super) fn repeat(clean: &Clean, rows: i64, pos: i64) -> Result<Leaves> {
+        let rep = |t: &Tensor, n: i64| -> Result<Tensor> {
             let mut times = vec![1; t.dim() + 1];
             times[0] = rows;
-            Ok(t.f_unsqueeze(0)?.f_repeat(times.as_slice())?.f_detach()?.f_set_requires_grad(true)?)
+            Ok(t.f_narrow(0, 0, n)?.f_unsqueeze(0)?.f_repeat(times.as_slice())?.f_detach()?.f_set_requires_grad(true)?)
         };
         Ok(Leaves {
-            embed: rep(&clean.embed)?,
-            acts: clean.active.iter().map(|a| rep(&a.values)).collect::<Result<_>>()?,
-            errors: clean.errors.iter().map(rep).collect::<Result<_>>()?,
+            embed: rep(&clean.embed, pos)?,
+            acts: clean.active.iter().map(|a| rep(&a.values, a.before(pos)?)).collect::<Result<_>>()?,
+            errors: clean.errors.iter().map(|e| rep(e, pos)).collect::<Result<_>>()?,
         })
     }
 
@@ -154,12 +175,21 @@ impl Leaves {
     }
 }
 
-/// Readout vectors: row `b` of the batch reads `<x_in[layer][b], inject[layer][b]>` summed over
-/// layers plus `<x_final[b], inject_final[b]>`, plus a constant.
+/// What each row of a batch reads over a [`Span`]: `<x[row, pos], vector>` plus a constant, where x
+/// is a layer's transcoder input (a feature target) or the final normalised residual (a logit).
+/// The rows are grouped by what they read.
 pub(super) struct Readout {
-    inject: Vec<Tensor>,
-    inject_final: Tensor,
+    reads: Vec<Read>,
     constant: Tensor,
+}
+
+/// Rows that read one tensor: a layer's transcoder input, or (`layer` None) the final residual.
+struct Read {
+    layer: Option<usize>,
+    /// [m] rows of the batch, the position each reads [m], and its vector [m, d_model].
+    rows: Tensor,
+    pos: Tensor,
+    vectors: Tensor,
 }
 
 pub(super) struct Replacement<'a> {
@@ -239,29 +269,51 @@ impl<'a> Replacement<'a> {
         Ok(Replacement { model, transcoders, tokens, clean })
     }
 
-    /// The linearised forward of `leaves`; returns the transcoder inputs [rows, pos, d_in] per
-    /// layer and the final normalised residual [rows, pos, d_model].
-    pub(super) fn forward(&self, leaves: &Leaves) -> Result<(Vec<Tensor>, Tensor)> {
-        let rows = leaves.embed.size()[0];
-        let tokens = self.tokens.f_expand([rows, -1], false)?;
-        let n = self.transcoders.n_layers();
+    /// The span of the replacement model that `targets` (feature or logit nodes) read.
+    pub(super) fn span(&self, nodes: &[Node], targets: &[usize]) -> Span {
+        let mut span = Span { blocks: 0, pos: 0, logits: false };
+        for &t in targets {
+            let (blocks, pos, logits) = match nodes[t] {
+                Node::Feature { layer, pos, .. } => (layer + 1, pos + 1, false),
+                _ => (self.clean.active.len(), self.tokens.size()[1], true),
+            };
+            span = Span { blocks: span.blocks.max(blocks), pos: span.pos.max(pos), logits: span.logits || logits };
+        }
+        span
+    }
+
+    /// The whole replacement model.
+    pub(super) fn full_span(&self) -> Span {
+        Span { blocks: self.clean.active.len(), pos: self.tokens.size()[1], logits: true }
+    }
+
+    /// The linearised forward of `leaves` over `span` (the leaves' positions); returns the
+    /// transcoder inputs [rows, pos, d_in] of the span's layers and, when it reads logits, the
+    /// final normalised residual [rows, pos, d_model]. The frozen attention patterns and MLP
+    /// outputs are given by replacing hooks, so the model computes neither queries, keys nor MLPs.
+    pub(super) fn forward(&self, leaves: &Leaves, span: Span) -> Result<(Vec<Tensor>, Option<Tensor>)> {
+        let (rows, n_pos) = (leaves.embed.size()[0], span.pos);
+        let tokens = self.tokens.f_narrow(1, 0, n_pos)?.f_expand([rows, -1], false)?;
+        let n = span.blocks;
         let inputs: RefCell<Vec<Option<Tensor>>> = RefCell::new((0..n).map(|_| None).collect());
         let mut hooks = Hooks::new().add(HookPoint::Embed, |_, _| Ok(Some(leaves.embed.shallow_clone())));
         let c = &self.clean;
         let set = self.transcoders;
+        let first = |t: &Tensor| t.f_narrow(0, 0, n_pos);
         for l in 0..n {
             let (hook_in, hook_out) = set.hooks(l);
-            let frozen = [(BlockSite::Ln1Scale, &c.ln1_scale[l]), (BlockSite::Pattern, &c.pattern[l]), (BlockSite::Ln2Scale, &c.ln2_scale[l])];
-            for (site, value) in frozen {
-                hooks = hooks.add(HookPoint::block(l, site), move |_, _| Ok(Some(expand(value, rows)?)));
+            let pattern = c.pattern[l].f_narrow(1, 0, n_pos)?.f_narrow(2, 0, n_pos)?;
+            hooks = hooks.replace(HookPoint::block(l, BlockSite::Pattern), move |_| Ok(expand(&pattern, rows)?));
+            for (site, value) in [(BlockSite::Ln1Scale, first(&c.ln1_scale[l])?), (BlockSite::Ln2Scale, first(&c.ln2_scale[l])?)] {
+                hooks = hooks.add(HookPoint::block(l, site), move |_, _| Ok(Some(expand(&value, rows)?)));
             }
             let inputs = &inputs;
             hooks = hooks.add(hook_in, move |x, _| {
                 inputs.borrow_mut()[l] = Some(x.shallow_clone());
                 Ok(None)
             });
-            let (err, fixed) = (&leaves.errors[l], &c.fixed[l]);
-            hooks = hooks.add(hook_out, move |_, _| {
+            let (err, fixed) = (&leaves.errors[l], first(&c.fixed[l])?);
+            hooks = hooks.replace(hook_out, move |_| {
                 // b_dec and the skip path, the decoder rows of the active features of every
                 // layer that writes here at their positions, the error and the constant.
                 let x = inputs.borrow()[l]
@@ -271,72 +323,87 @@ impl<'a> Replacement<'a> {
                 let mut total = set.decoder_bias(l, &x.f_to_kind(Kind::Float)?).map_err(|e| interp_core::Error::Input(e.to_string()))?.f_to_kind(err.kind())?;
                 for (src, (acts, active)) in leaves.acts.iter().zip(&c.active).enumerate().take(l + 1) {
                     let j = l - src;
-                    if j < active.decoders.len() && active.pos.size()[0] > 0 {
-                        total = total.f_add(&active.decode(j, acts)?.f_to_kind(err.kind())?)?;
+                    if j < active.decoders.len() && acts.size()[1] > 0 {
+                        total = total.f_add(&active.decode(j, acts, n_pos)?.f_to_kind(err.kind())?)?;
                     }
                 }
-                Ok(Some(total.f_add(err)?.f_add(fixed)?))
+                Ok(total.f_add(err)?.f_add(&fixed)?)
             });
         }
-        // Stop after the last block and apply the final norm with its scale frozen: the
-        // unembedding is never needed, targets read the normalised residual.
+        // Stop after the last block read and, for logits, apply the final norm with its scale
+        // frozen: the unembedding is never needed, targets read the normalised residual.
         let resid = self.model.runner(&tokens).hooks(hooks).stop_at_layer(n).autograd().run()?.output;
-        let scale = expand(&c.final_scale, rows)?;
-        let mut x_final = self.model.cfg.norm.centre(&resid.f_to_kind(scale.kind())?, -1)?.f_div(&scale)?;
-        let (gain, bias) = self.model.norm_weights(NormSite::LnFinal)?;
-        if let Some(g) = gain {
-            x_final = x_final.f_mul(&g)?;
-        }
-        if let Some(b) = bias {
-            x_final = x_final.f_add(&b)?;
-        }
+        let x_final = if span.logits {
+            let scale = expand(&first(&c.final_scale)?, rows)?;
+            let mut x_final = self.model.cfg.norm.centre(&resid.f_to_kind(scale.kind())?, -1)?.f_div(&scale)?;
+            let (gain, bias) = self.model.norm_weights(NormSite::LnFinal)?;
+            if let Some(g) = gain {
+                x_final = x_final.f_mul(&g)?;
+            }
+            if let Some(b) = bias {
+                x_final = x_final.f_add(&b)?;
+            }
+            Some(x_final.f_to_kind(self.model.kind())?)
+        } else {
+            None
+        };
         let inputs = inputs.into_inner().into_iter().collect::<Option<Vec<_>>>();
         let inputs = inputs.ok_or_else(|| Error::Input("a transcoder input hook did not fire".into()))?;
-        Ok((inputs, x_final.f_to_kind(self.model.kind())?))
+        Ok((inputs, x_final))
     }
 
-    /// The readout of `targets` (feature or logit nodes), one per row.
-    pub(super) fn readout(&self, nodes: &[Node], targets: &[usize]) -> Result<Readout> {
-        let c = &self.model.cfg;
-        let rows = targets.len() as i64;
-        let pos = self.tokens.size()[1];
+    /// The readout of `targets` (feature or logit nodes), one per row, over `span`.
+    pub(super) fn readout(&self, nodes: &[Node], targets: &[usize], span: Span) -> Result<Readout> {
         let dev = self.model.device();
-        let inject: Vec<Tensor> =
-            (0..c.n_layers).map(|_| Tensor::f_zeros([rows, pos, c.d_model], (Kind::Float, dev))).collect::<std::result::Result<_, _>>()?;
-        let inject_final = Tensor::f_zeros([rows, pos, c.d_model], (Kind::Float, dev))?;
         let mut constant = vec![0f64; targets.len()];
         let w_u = self.model.w_u().f_to_kind(Kind::Float)?;
         let mean_u = w_u.f_mean_dim(1, false, Kind::Float)?;
         let b_u_mean = self.model.b_u().map(|b| b.f_mean(Kind::Double)?.f_double_value(&[])).transpose()?;
+        let mut groups: std::collections::BTreeMap<Option<usize>, Vec<(i64, i64, Tensor)>> = Default::default();
         for (row, &t) in targets.iter().enumerate() {
-            let row = row as i64;
-            match nodes[t] {
-                Node::Feature { layer, pos, feature, .. } => {
+            let (layer, pos, vector) = match nodes[t] {
+                Node::Feature { layer, pos, feature, .. } if layer < span.blocks && pos < span.pos => {
                     let (w, k) = self.transcoders.encoder(layer, feature)?;
-                    inject[layer].f_get(row)?.f_get(pos)?.f_copy_(&w)?;
-                    constant[row as usize] = k;
+                    constant[row] = k;
+                    (Some(layer), pos, w.f_to_kind(Kind::Float)?)
                 }
-                Node::Logit { token, .. } => {
-                    let u = w_u.f_select(1, token)?.f_sub(&mean_u)?;
-                    inject_final.f_get(row)?.f_get(pos - 1)?.f_copy_(&u)?;
+                Node::Logit { token, .. } if span.logits => {
                     if let (Some(b), Some(mean)) = (self.model.b_u(), b_u_mean) {
-                        constant[row as usize] = b.f_double_value(&[token])? - mean;
+                        constant[row] = b.f_double_value(&[token])? - mean;
                     }
+                    (None, span.pos - 1, w_u.f_select(1, token)?.f_sub(&mean_u)?)
                 }
-                _ => return Err(Error::Input("only features and logits are targets".into())),
-            }
+                _ => return Err(Error::Input("only features and logits inside the span are targets".into())),
+            };
+            groups.entry(layer).or_default().push((row as i64, pos, vector));
         }
-        Ok(Readout { inject, inject_final, constant: Tensor::f_from_slice(&constant)? })
+        let index = |v: Vec<i64>| -> Result<Tensor> { Ok(Tensor::f_from_slice(&v)?.f_to_device(dev)?) };
+        let reads = groups
+            .into_iter()
+            .map(|(layer, group)| {
+                let vectors = Tensor::f_stack(&group.iter().map(|g| g.2.shallow_clone()).collect::<Vec<_>>(), 0)?.f_to_device(dev)?;
+                Ok(Read { layer, rows: index(group.iter().map(|g| g.0).collect())?, pos: index(group.iter().map(|g| g.1).collect())?, vectors })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Readout { reads, constant: Tensor::f_from_slice(&constant)? })
     }
 }
 
-pub(super) fn read(x_in: &[Tensor], x_final: &Tensor, r: &Readout) -> Result<Tensor> {
-    let dot = |x: &Tensor, g: &Tensor| -> Result<Tensor> {
-        Ok(x.f_to_kind(Kind::Double)?.f_mul(&g.f_to_kind(Kind::Double)?)?.f_sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Double)?)
-    };
-    let mut total = dot(x_final, &r.inject_final)?;
-    for (x, g) in x_in.iter().zip(&r.inject) {
-        total = total.f_add(&dot(x, g)?)?;
+/// Each row's readout [rows] (f64, on the CPU) from the transcoder inputs `x_in` and the final
+/// residual `x_final` of a forward over the readout's span.
+pub(super) fn read(x_in: &[Tensor], x_final: Option<&Tensor>, r: &Readout) -> Result<Tensor> {
+    let mut total = Tensor::f_zeros([r.constant.size()[0]], (Kind::Double, Device::Cpu))?;
+    for Read { layer, rows, pos, vectors } in &r.reads {
+        let x = match layer {
+            Some(layer) => &x_in[*layer],
+            None => x_final.ok_or_else(|| Error::Input("a logit is read from a forward without the final norm".into()))?,
+        };
+        let dots = x.f_index(&[Some(rows), Some(pos)])?.f_to_kind(Kind::Double)?.f_mul(&vectors.f_to_kind(Kind::Double)?)?.f_sum_dim_intlist(
+            -1,
+            false,
+            Kind::Double,
+        )?;
+        total = total.f_index_add(0, &rows.f_to_device(Device::Cpu)?, &dots.f_to_device(Device::Cpu)?)?;
     }
-    Ok(total.f_to_device(Device::Cpu)?.f_add(&r.constant)?)
+    Ok(total.f_add(&r.constant)?)
 }

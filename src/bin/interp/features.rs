@@ -84,8 +84,10 @@ pub struct GraphArgs {
     /// Held-out contexts of 128 tokens searched for each feature's top activations.
     #[arg(long, default_value_t = 64)]
     pub contexts: i64,
-    /// Peak memory allowed, in GB (the model's weights, the transcoders, the adjacency and the
-    /// backward passes); default: the weights plus 3 GB. A graph that cannot fit is an error.
+    /// Peak memory allowed, in GB (the model's weights, the transcoders, the adjacency's rows and
+    /// the backward passes); default: the weights plus 3 GB. Rows that would leave too little room
+    /// for the passes go to a temporary file (in TMPDIR, nodes^2 x 4 bytes) and are read back by
+    /// blocks. A graph that cannot fit even so is an error.
     #[arg(long)]
     pub max_memory: Option<f64>,
     /// At most this many feature nodes (circuit-tracer's max_feature_nodes): after the logits,
