@@ -190,19 +190,25 @@ impl Adjacency {
         Ok(Tensor::f_from_slice(&values)?)
     }
 
-    /// The submatrix of the nodes `keep` (increasing), in the same kind of store: stored rows of
-    /// kept nodes, columns `keep`.
-    pub(super) fn select(&self, keep: &[i64], dir: &Path) -> Result<Adjacency> {
-        let k = keep.len() as i64;
+    /// The stored rows of the nodes `keep` (increasing), and the index in `keep` of each one's node.
+    pub(super) fn rows_of(&self, keep: &[i64]) -> (Vec<i64>, Vec<i64>) {
         let mut position = vec![-1i64; self.n as usize];
         for (j, &i) in keep.iter().enumerate() {
             position[i as usize] = j as i64;
         }
-        let rows: Vec<i64> = (0..self.nodes.len() as i64).filter(|&r| position[self.nodes[r as usize] as usize] >= 0).collect();
+        (0..self.nodes.len() as i64).map(|r| (r, position[self.nodes[r as usize] as usize])).filter(|(_, j)| *j >= 0).unzip()
+    }
+
+    /// The submatrix of the nodes `keep` (increasing), in the same kind of store: stored rows of
+    /// kept nodes, columns `keep`.
+    pub(super) fn select(&self, keep: &[i64], dir: &Path) -> Result<Adjacency> {
+        let k = keep.len() as i64;
+        let (rows, targets) = self.rows_of(keep);
         let mut out = if self.in_a_file() { Adjacency::in_file(dir, k)? } else { Adjacency::in_memory(rows.len() as i64, k)? };
         let columns = Tensor::f_from_slice(keep)?;
-        for chunk in rows.chunks((BLOCK_ENTRIES / self.n.max(1)).max(1) as usize) {
-            let targets: Vec<usize> = chunk.iter().map(|&r| position[self.nodes[r as usize] as usize] as usize).collect();
+        let step = (BLOCK_ENTRIES / self.n.max(1)).max(1) as usize;
+        for (chunk, targets) in rows.chunks(step).zip(targets.chunks(step)) {
+            let targets: Vec<usize> = targets.iter().map(|&j| j as usize).collect();
             out.push(&targets, &self.stored_at(chunk)?.f_index_select(1, &columns)?)?;
         }
         Ok(out)

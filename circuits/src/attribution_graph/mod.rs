@@ -359,13 +359,13 @@ impl<'r, 'a> Rows<'r, 'a> {
         let nodes = self.nodes;
         // Nodes kept: the visited features, then every error, token and logit node.
         let keep: Vec<i64> = (0..nodes.len()).filter(|&i| i >= visited.len() || visited[i]).map(|i| i as i64).collect();
-        let adjacency = if keep.len() == nodes.len() { self.adjacency } else { self.adjacency.select(&keep, &std::env::temp_dir())? };
-        let n = keep.len();
-        let (mut values, mut biases) = (vec![0f64; n], vec![0f64; n]);
-        for (i, &r) in adjacency.stored_nodes().iter().enumerate() {
-            values[r as usize] = self.values[i];
-            biases[r as usize] = self.biases[i];
+        let (mut values, mut biases) = (vec![0f64; keep.len()], vec![0f64; keep.len()]);
+        let (rows, at) = self.adjacency.rows_of(&keep);
+        for (r, j) in rows.into_iter().zip(at) {
+            values[j as usize] = self.values[r as usize];
+            biases[j as usize] = self.biases[r as usize];
         }
+        let adjacency = if keep.len() == nodes.len() { self.adjacency } else { self.adjacency.select(&keep, &std::env::temp_dir())? };
         let nodes: Vec<Node> = keep.iter().map(|&i| nodes[i as usize].clone()).collect();
         let features_left_out = visited.iter().filter(|v| !**v).count();
         Ok(AttributionGraph {

@@ -199,13 +199,8 @@ impl AttributionGraph {
         // Edges: only between kept nodes, so on the kept nodes' submatrix [K, K] (the pruned
         // matrix is zero elsewhere), read by blocks of its rows (those of kept targets).
         let kept: Vec<i64> = (0..n as i64).filter(|&i| node_mask[i as usize]).collect();
-        let mut position = vec![-1i64; n];
-        for (j, &i) in kept.iter().enumerate() {
-            position[i as usize] = j as i64;
-        }
         let kept_t = Tensor::f_from_slice(&kept)?;
-        let rows: Vec<i64> = (0..adjacency.stored_nodes().len() as i64).filter(|&r| node_mask[adjacency.stored_nodes()[r as usize] as usize]).collect();
-        let targets: Vec<i64> = rows.iter().map(|&r| position[adjacency.stored_nodes()[r as usize] as usize]).collect();
+        let (rows, targets) = adjacency.rows_of(&kept);
         let sub = Submatrix { adjacency, rows, columns: kept_t.shallow_clone() };
         let normalized = Normalized::new(&sub)?;
         let targets_t = Tensor::f_from_slice(&targets)?;
