@@ -150,15 +150,18 @@ fn full_graph(model: &HookedTransformer, tcs: &TranscoderSet, n_tokens: i64) {
     };
     let secs = start.elapsed().as_secs_f64();
     let (_, peak) = rss_mib();
+    common::reset_peak_rss();
+    let completeness = graph.completeness_error().unwrap();
+    let (_, completeness_peak) = rss_mib();
     println!(
-        "  {}, {n_tokens} tokens, every feature, default budget: {} features, {} nodes, rows {}; {secs:.0} s; peak RSS {:.2} GB ({:.2} GB before); completeness error {:.1e}",
+        "  {}, {n_tokens} tokens, every feature, default budget: {} features, {} nodes, rows {}; {secs:.0} s; peak RSS {:.2} GB ({:.2} GB before); completeness error {completeness:.1e} (peak RSS {:.2} GB)",
         tcs.describe(),
         graph.n_features(),
         graph.nodes.len(),
         if graph.adjacency.in_a_file() { "in a temporary file" } else { "in memory" },
         peak / 1024.0,
         before / 1024.0,
-        graph.completeness_error().unwrap(),
+        completeness_peak / 1024.0,
     );
     // Pruning's own peak, from the RSS it starts at.
     common::reset_peak_rss();

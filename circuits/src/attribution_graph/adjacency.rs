@@ -1,8 +1,8 @@
 //! A graph's adjacency matrix, held by its rows: only the nodes that have inputs (features and
 //! logits) have a row, in memory or, when the rows would not fit the memory budget, in a
-//! temporary file that is read back a block of rows at a time. Everything that reads the matrix
-//! (pruning, scores, exports, total effects) reads it by blocks, so a graph held in a file needs
-//! memory for a block and for what it keeps, not for n_nodes^2 entries.
+//! temporary file that is read back a block of rows (about 8 MB) at a time. Everything that reads
+//! the matrix (pruning, scores, exports, total effects) reads it by blocks, so a graph held in a
+//! file needs memory for a block and for what it keeps, not for n_nodes^2 entries.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -13,13 +13,13 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 
-/// Entries per block of rows read at once (32 MB of f32).
-const BLOCK_ENTRIES: i64 = 8_000_000;
+/// Entries per block of rows read at once (8 MB of f32).
+const BLOCK_ENTRIES: i64 = 2_000_000;
 
 /// What reading the rows of a graph held in a file costs in memory: a block of `rows` rows of `n`
-/// entries at most, in f32 as read and in f64 while it is used.
+/// entries at most, as bytes read, in f32 and in f64 while it is used (32 bytes an entry).
 pub(super) fn block_bytes(rows: i64, n: i64) -> u64 {
-    12 * BLOCK_ENTRIES.min(rows * n) as u64
+    32 * BLOCK_ENTRIES.min(rows * n) as u64
 }
 
 /// The adjacency [n_nodes, n_nodes] (f32) of a graph, `a[target, source]`: the direct effect of
@@ -138,7 +138,7 @@ impl Adjacency {
         }
     }
 
-    /// (first stored row, rows) of each block read at once, about 32 MB.
+    /// (first stored row, rows) of each block read at once, about 8 MB.
     pub(super) fn blocks(&self) -> Vec<(i64, i64)> {
         blocks(self.nodes.len() as i64, self.n)
     }
@@ -215,7 +215,7 @@ impl Adjacency {
     }
 }
 
-/// (first row, rows) of blocks of about 32 MB over `rows` rows of `width` entries.
+/// (first row, rows) of blocks of about 8 MB over `rows` rows of `width` entries.
 pub(super) fn blocks(rows: i64, width: i64) -> Vec<(i64, i64)> {
     let step = (BLOCK_ENTRIES / width.max(1)).max(1);
     (0..rows).step_by(step as usize).map(|start| (start, step.min(rows - start))).collect()

@@ -48,7 +48,7 @@ impl Pruned {
 }
 
 /// |A| with rows scaled to sum to one, as a linear map that is never held whole: the rows of `a`
-/// are read a block at a time (about 32 MB) in f64. A graph of n nodes then needs no more than
+/// are read a block at a time (about 8 MB of f32) in f64. A graph of n nodes then needs no more than
 /// a block besides what it keeps, whether its rows are in memory or in a file (circuit-tracer's
 /// pruning holds several [n, n] copies; its users run out of memory near 2,300 tokens, its issue
 /// #92).
