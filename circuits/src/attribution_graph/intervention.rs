@@ -167,7 +167,7 @@ impl AttributionGraph {
         let stored = Tensor::f_from_slice(self.adjacency.stored_nodes())?;
         // Paths have at most one feature per layer and end at the target: n_layers + 2 steps.
         for _ in 0..self.n_layers + 2 {
-            let step = super::prune::signed_left(&self.adjacency, &row.f_index_select(0, &stored)?)?;
+            let step = super::prune::left_product(&self.adjacency, &row.f_index_select(0, &stored)?, false)?;
             if step.f_count_nonzero(None::<i64>)?.f_int64_value(&[])? == 0 {
                 return Ok(Vec::<f64>::try_from(&total)?);
             }

@@ -70,13 +70,7 @@ impl<'a> Normalized<'a> {
 
     /// `v A_n` [n] for `v` [k] (f64).
     pub(super) fn left(&self, v: &Tensor) -> Result<Tensor> {
-        let v = v.f_div(&self.sums)?;
-        let mut total = Tensor::f_zeros([self.a.shape().1], (Kind::Double, Device::Cpu))?;
-        for (start, len) in self.a.blocks() {
-            let block = self.a.read(start, len)?.f_abs()?.f_to_kind(Kind::Double)?;
-            total = total.f_add(&v.f_narrow(0, start, len)?.f_unsqueeze(0)?.f_matmul(&block)?.f_squeeze_dim(0)?)?;
-        }
-        Ok(total)
+        left_product(self.a, &v.f_div(&self.sums)?, true)
     }
 
     /// `A_n v` [k] for `v` [n] (f64).
@@ -86,11 +80,12 @@ impl<'a> Normalized<'a> {
     }
 }
 
-/// `v A` [n] for `v` [k] (f64), A as it is (signed, not normalised), read by blocks.
-pub(super) fn signed_left(a: &dyn RowBlocks, v: &Tensor) -> Result<Tensor> {
+/// `v A` [n] for `v` [k] (f64), of A as it is or (with `abs`) of |A|, read by blocks.
+pub(super) fn left_product(a: &dyn RowBlocks, v: &Tensor, abs: bool) -> Result<Tensor> {
     let mut total = Tensor::f_zeros([a.shape().1], (Kind::Double, Device::Cpu))?;
     for (start, len) in a.blocks() {
-        let block = a.read(start, len)?.f_to_kind(Kind::Double)?;
+        let block = a.read(start, len)?;
+        let block = if abs { block.f_abs()? } else { block }.f_to_kind(Kind::Double)?;
         total = total.f_add(&v.f_narrow(0, start, len)?.f_unsqueeze(0)?.f_matmul(&block)?.f_squeeze_dim(0)?)?;
     }
     Ok(total)
