@@ -523,9 +523,7 @@ impl HookedTransformer {
         if run.replaced(at(BlockSite::Pattern)) && !split && kv.is_none() && ctx.rows(l).is_none() {
             // The pattern is given: only the values are needed.
             let x = self.norm(&blk.ln1, resid_pre, run, Some((at(BlockSite::Ln1Scale), at(BlockSite::Ln1Normalized))))?;
-            let (lin, start, len) = (&blk.attn.qkv, (h + nkv) * dh, nkv * dh);
-            let bias = lin.b.as_ref().map(|b| b.f_narrow(0, start, len)).transpose()?;
-            let v = x.f_linear(&lin.w.f_narrow(0, start, len)?, bias.as_ref())?.f_reshape([b, p, nkv, dh])?;
+            let v = blk.attn.qkv.forward_rows(&x, (h + nkv) * dh, nkv * dh)?.f_reshape([b, p, nkv, dh])?;
             let v = run.fire(at(BlockSite::V), v)?.f_transpose(1, 2)?;
             let pattern = run.fire_replaced(at(BlockSite::Pattern), &[b, h, p, p])?;
             return self.attend(l, blk, &pattern, &v, run);
@@ -538,12 +536,8 @@ impl HookedTransformer {
                 // q and k read the normed input plus the position embeddings, v the normed input.
                 Some(pos_embed) => {
                     let lin = &blk.attn.qkv;
-                    let part = |x: &Tensor, start: i64, len: i64| -> Result<Tensor> {
-                        let b = lin.b.as_ref().map(|b| b.f_narrow(0, start, len)).transpose()?;
-                        Ok(x.f_linear(&lin.w.f_narrow(0, start, len)?, b.as_ref())?)
-                    };
-                    let qk = part(&x.f_add(pos_embed)?, 0, (h + nkv) * dh)?;
-                    Tensor::f_cat(&[qk, part(&x, (h + nkv) * dh, nkv * dh)?], 2)?
+                    let qk = lin.forward_rows(&x.f_add(pos_embed)?, 0, (h + nkv) * dh)?;
+                    Tensor::f_cat(&[qk, lin.forward_rows(&x, (h + nkv) * dh, nkv * dh)?], 2)?
                 }
                 None => blk.attn.qkv.forward(&x)?,
             };

@@ -17,6 +17,12 @@ impl Linear {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.f_linear(&self.w, self.b.as_ref())?)
     }
+
+    /// The outputs `start..start + len` only (a slice of a fused projection such as q, k, v).
+    pub(crate) fn forward_rows(&self, x: &Tensor, start: i64, len: i64) -> Result<Tensor> {
+        let b = self.b.as_ref().map(|b| b.f_narrow(0, start, len)).transpose()?;
+        Ok(x.f_linear(&self.w.f_narrow(0, start, len)?, b.as_ref())?)
+    }
 }
 
 /// LayerNorm or RMSNorm; gain and bias in f32 (`None` once folded away by `fold_ln`).

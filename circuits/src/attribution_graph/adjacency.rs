@@ -138,11 +138,6 @@ impl Adjacency {
         }
     }
 
-    /// (first stored row, rows) of each block read at once, about 8 MB.
-    pub(super) fn blocks(&self) -> Vec<(i64, i64)> {
-        blocks(self.nodes.len() as i64, self.n)
-    }
-
     /// The inputs of `node` [n] (f32); zero for a node without a row.
     pub fn row(&self, node: usize) -> Result<Tensor> {
         match self.row_of.get(node) {
@@ -178,7 +173,7 @@ impl Adjacency {
             }
         }
         let rows: Vec<i64> = by_row.keys().copied().collect();
-        for chunk in rows.chunks((BLOCK_ENTRIES / self.n.max(1)).max(1) as usize) {
+        for chunk in rows.chunks(rows_per_block(self.n)) {
             let block = self.stored_at(chunk)?.f_to_kind(Kind::Double)?;
             for (j, r) in chunk.iter().enumerate() {
                 let row = Vec::<f64>::try_from(&block.f_get(j as i64)?)?;
@@ -206,7 +201,7 @@ impl Adjacency {
         let (rows, targets) = self.rows_of(keep);
         let mut out = if self.in_a_file() { Adjacency::in_file(dir, k)? } else { Adjacency::in_memory(rows.len() as i64, k)? };
         let columns = Tensor::f_from_slice(keep)?;
-        let step = (BLOCK_ENTRIES / self.n.max(1)).max(1) as usize;
+        let step = rows_per_block(self.n);
         for (chunk, targets) in rows.chunks(step).zip(targets.chunks(step)) {
             let targets: Vec<usize> = targets.iter().map(|&j| j as usize).collect();
             out.push(&targets, &self.stored_at(chunk)?.f_index_select(1, &columns)?)?;
@@ -215,10 +210,15 @@ impl Adjacency {
     }
 }
 
+/// Rows of `width` entries in a block of about 8 MB (at least one).
+fn rows_per_block(width: i64) -> usize {
+    (BLOCK_ENTRIES / width.max(1)).max(1) as usize
+}
+
 /// (first row, rows) of blocks of about 8 MB over `rows` rows of `width` entries.
-pub(super) fn blocks(rows: i64, width: i64) -> Vec<(i64, i64)> {
-    let step = (BLOCK_ENTRIES / width.max(1)).max(1);
-    (0..rows).step_by(step as usize).map(|start| (start, step.min(rows - start))).collect()
+fn blocks(rows: i64, width: i64) -> Vec<(i64, i64)> {
+    let step = rows_per_block(width);
+    (0..rows).step_by(step).map(|start| (start, (step as i64).min(rows - start))).collect()
 }
 
 /// A matrix read a block of rows at a time: the stored rows of an [`Adjacency`], or its
@@ -238,7 +238,7 @@ impl RowBlocks for Adjacency {
     }
 
     fn blocks(&self) -> Vec<(i64, i64)> {
-        Adjacency::blocks(self)
+        blocks(self.nodes.len() as i64, self.n)
     }
 
     fn read(&self, start: i64, len: i64) -> Result<Tensor> {
